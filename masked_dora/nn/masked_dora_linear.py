@@ -1,0 +1,253 @@
+"""``MaskedDoRALinear``: a drop-in ``nn.Linear`` with DoRA and a trainable channel mask."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..masks.gates import Gate, make_gate
+from ..ops import _checks
+from ..ops.row_norm import DEFAULT_EPS, row_norm, weight_sq_norm
+from .functional import masked_dora_linear
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+
+
+class MaskedDoRALinear(nn.Module):
+    r"""``nn.Linear`` with a frozen base weight, a DoRA adapter and a gated magnitude.
+
+    ``y = (x W0^T + s (x A^T) B^T) * (m z / n) + z b`` where ``n`` is the detached
+    row norm of ``W0 + s B A`` and ``z = gate(mask_logits)`` (see
+    :mod:`masked_dora.ops.dora_linear` for the math and
+    :mod:`masked_dora.masks.gates` for the gates). With every channel kept this
+    is PEFT's DoRA (``use_dora=True``, no dropout) exactly.
+
+    Parameters: ``weight`` (out x in, frozen), ``bias`` (out, frozen),
+    ``lora_A`` (rank x in, Kaiming-uniform), ``lora_B`` (out x rank, zeros),
+    ``magnitude`` (out, initialised to ``||W0_j||``), ``mask_logits`` (out,
+    initialised to ``mask_init``: every channel kept with a margin).
+
+    ``scaling`` is ``alpha / rank`` (``alpha / sqrt(rank)`` with ``use_rslora``).
+    In training mode the gate samples a relaxed mask; in eval mode (or after
+    :meth:`set_mask`) the mask is exactly 0/1, so eval outputs equal those of
+    :meth:`to_linear`. The row norm is cached while ``weight``, ``lora_A`` and
+    ``lora_B`` are unchanged (keyed on their versions), so gradient
+    accumulation and activation checkpointing do not recompute it.
+    """
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, rank: int = 8,
+        alpha: float = 16.0, use_rslora: bool = False, gate: Union[str, Gate] = "hard_concrete",
+        mask_init: float = 3.0, norm_eps: float = DEFAULT_EPS, device=None, dtype=None,
+    ):
+        super().__init__()
+        _check_positive_int("in_features", in_features)
+        _check_positive_int("out_features", out_features)
+        _check_positive_int("rank", rank)
+        if rank > min(in_features, out_features):
+            raise ValueError(f"rank: expected at most min(in_features, out_features)="
+                             f"{min(in_features, out_features)}, got {rank}")
+        if not alpha > 0:
+            raise ValueError(f"alpha: expected a positive float, got {alpha}")
+        if dtype is not None and not dtype.is_floating_point:
+            raise TypeError(f"dtype: expected a floating-point dtype, got {dtype}")
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.alpha, self.use_rslora = float(alpha), bool(use_rslora)
+        self.scaling = self.alpha / (math.sqrt(rank) if use_rslora else rank)
+        self.mask_init, self.norm_eps = float(mask_init), float(norm_eps)
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory), requires_grad=False)
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, **factory), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+        self.gate = make_gate(gate)
+        self._reset_base()
+        self._create_adapter()
+        self._norm_cache: Optional[Tuple[tuple, Tensor]] = None
+        self._weight_sq_cache: Optional[Tuple[tuple, Tensor]] = None
+
+    # ------------------------------------------------------------ construction
+
+    def _reset_base(self) -> None:
+        # the initialisation nn.Linear uses
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def _create_adapter(self) -> None:
+        factory = {"device": self.weight.device, "dtype": self.weight.dtype}
+        self.lora_A = nn.Parameter(torch.empty(self.rank, self.in_features, **factory))
+        self.lora_B = nn.Parameter(torch.empty(self.out_features, self.rank, **factory))
+        self.magnitude = nn.Parameter(torch.empty(self.out_features, **factory))
+        self.mask_logits = nn.Parameter(torch.empty(self.out_features, **factory))
+        self.register_buffer("fixed_keep", torch.ones(self.out_features, dtype=torch.bool,
+                                                       device=self.weight.device))
+        self.register_buffer("mask_fixed", torch.zeros((), dtype=torch.bool, device=self.weight.device))
+        if self.weight.device.type != "meta":
+            self.gate.to(self.weight.device)
+        self.reset_adapter()
+
+    @torch.no_grad()
+    def reset_adapter(self) -> None:
+        """A as in PEFT (Kaiming-uniform), B = 0, m = ||W0_j||, logits = ``mask_init``, no fixed mask."""
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B)
+        if self.weight.device.type != "meta":
+            self.magnitude.copy_(weight_sq_norm(self.weight).sqrt())
+        self.mask_logits.fill_(self.mask_init)
+        self.fixed_keep.fill_(True)
+        self.mask_fixed.fill_(False)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, rank: int = 8, alpha: float = 16.0, use_rslora: bool = False,
+                    gate: Union[str, Gate] = "hard_concrete", mask_init: float = 3.0,
+                    norm_eps: float = DEFAULT_EPS) -> "MaskedDoRALinear":
+        """Wrap ``linear``: its weight and bias Parameters are shared (no copy) and frozen."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
+        if not linear.weight.is_floating_point():
+            raise TypeError(f"linear: expected a floating-point weight, got dtype {linear.weight.dtype}")
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, rank=rank,
+                    alpha=alpha, use_rslora=use_rslora, gate=gate, mask_init=mask_init,
+                    norm_eps=norm_eps, device="meta", dtype=linear.weight.dtype)
+        layer.weight = linear.weight
+        layer.weight.requires_grad_(False)
+        if linear.bias is not None:
+            layer.bias = linear.bias
+            layer.bias.requires_grad_(False)
+        layer._create_adapter()
+        return layer
+
+    # ------------------------------------------------------------ masks
+
+    def gate_values(self) -> Tensor:
+        """``z``: the fixed mask if one is set, else the gate's output (sampled in training)."""
+        if bool(self.mask_fixed):
+            return self.fixed_keep.to(self.mask_logits.dtype)
+        return self.gate(self.mask_logits)
+
+    def keep_mask(self) -> Tensor:
+        """The current hard decision (bool, one per output channel)."""
+        if bool(self.mask_fixed):
+            return self.fixed_keep.clone()
+        return self.gate.hard(self.mask_logits.detach()).bool()
+
+    @torch.no_grad()
+    def set_mask(self, keep: Tensor) -> None:
+        """Fix a hard 0/1 mask (``keep``: bool, one per output channel) until :meth:`clear_mask`."""
+        if not isinstance(keep, Tensor) or keep.dtype != torch.bool:
+            raise TypeError(f"keep: expected a bool tensor, got "
+                            f"{keep.dtype if isinstance(keep, Tensor) else type(keep).__name__}")
+        _checks.check_shape("keep", keep, (self.out_features,))
+        self.fixed_keep.copy_(keep.to(self.fixed_keep.device))
+        self.mask_fixed.fill_(True)
+
+    @torch.no_grad()
+    def clear_mask(self) -> None:
+        """Go back to the learned gate."""
+        self.fixed_keep.fill_(True)
+        self.mask_fixed.fill_(False)
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of output channels the hard decision removes."""
+        return 1.0 - self.keep_mask().float().mean().item()
+
+    # ------------------------------------------------------------ forward
+
+    def _version_key(self, *tensors: Tensor) -> tuple:
+        return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+
+    def weight_sq(self) -> Optional[Tensor]:
+        """``||W0_j||^2`` (float32), cached while the frozen weight is unchanged."""
+        if torch.compiler.is_compiling():
+            return None
+        key = self._version_key(self.weight)
+        if self._weight_sq_cache is None or self._weight_sq_cache[0] != key:
+            with torch.no_grad():
+                self._weight_sq_cache = (key, weight_sq_norm(self.weight))
+        return self._weight_sq_cache[1]
+
+    def weight_norm(self) -> Tensor:
+        """The detached row norm ``n``; cached while weight, lora_A and lora_B are unchanged."""
+        A = self.lora_A.to(self.weight.dtype)
+        B = self.lora_B.to(self.weight.dtype)
+        if torch.compiler.is_compiling():
+            return row_norm(self.weight, A, B, self.scaling, None, self.norm_eps)
+        key = self._version_key(self.weight, self.lora_A, self.lora_B) + ((self.scaling, self.norm_eps),)
+        if self._norm_cache is None or self._norm_cache[0] != key:
+            with torch.no_grad():
+                self._norm_cache = (key, row_norm(self.weight, A, B, self.scaling, self.weight_sq(),
+                                                  self.norm_eps))
+        return self._norm_cache[1]
+
+    def _check_input(self, x: Tensor) -> None:
+        _checks.check_floating("x", x)
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x: expected last dimension in_features={self.in_features}, "
+                             f"got shape {tuple(x.shape)}")
+        if x.device != self.weight.device:
+            raise ValueError(f"x: expected device {self.weight.device} (the layer's), got {x.device}")
+        if x.dtype != self.weight.dtype:
+            raise TypeError(f"x: expected dtype {self.weight.dtype} (the layer's weight dtype), got {x.dtype}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        return masked_dora_linear(x, self.weight, self.bias, self.lora_A, self.lora_B, self.scaling,
+                                  self.magnitude, self.gate_values(), norm=self.weight_norm())
+
+    # ------------------------------------------------------------ merging
+
+    @torch.no_grad()
+    def merged_weight(self) -> Tuple[Tensor, Optional[Tensor]]:
+        """``(c * (W0 + s B A), z * b)`` under the hard mask, full width, in the weight dtype.
+
+        Pruned rows (and their bias entries) are exactly zero.
+        """
+        acc = torch.float64 if self.weight.dtype == torch.float64 else torch.float32
+        z = self.keep_mask().to(acc)
+        A, B = self.lora_A.to(acc), self.lora_B.to(acc)
+        norm = row_norm(self.weight, self.lora_A.to(self.weight.dtype), self.lora_B.to(self.weight.dtype),
+                        self.scaling, None, self.norm_eps).to(acc)
+        scale = self.magnitude.to(acc) * z / norm
+        merged = torch.addmm(self.weight.to(acc), B, A, alpha=self.scaling).mul_(scale[:, None])
+        bias = None if self.bias is None else (z * self.bias.to(acc)).to(self.bias.dtype)
+        return merged.to(self.weight.dtype), bias
+
+    @torch.no_grad()
+    def to_linear(self, compact: bool = False) -> Union[nn.Linear, Tuple[nn.Linear, Tensor]]:
+        """The merged ``nn.Linear``.
+
+        ``compact=False``: full width, pruned rows zero. ``compact=True``: the
+        pruned rows removed; returns ``(linear, kept_indices)`` with
+        ``kept_indices`` the sorted int64 indices of the kept output channels.
+        """
+        weight, bias = self.merged_weight()
+        if not compact:
+            rows, kept = weight, None
+        else:
+            kept = torch.nonzero(self.keep_mask()).flatten().to(weight.device)
+            if kept.numel() == 0:
+                raise ValueError("to_linear(compact=True): every output channel is pruned; "
+                                 "there is no layer left to build")
+            rows = weight.index_select(0, kept)
+            bias = None if bias is None else bias.index_select(0, kept)
+        linear = nn.Linear(self.in_features, rows.shape[0], bias=bias is not None,
+                           device=weight.device, dtype=weight.dtype)
+        linear.weight.copy_(rows)
+        if bias is not None:
+            linear.bias.copy_(bias)
+        return linear if not compact else (linear, kept)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, rank={self.rank}, alpha={self.alpha:g}, "
+                f"scaling={self.scaling:.4g}, use_rslora={self.use_rslora}, gate={self.gate.name}")

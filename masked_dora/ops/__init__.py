@@ -1,0 +1,17 @@
+"""The op layer: one entry point per op, each registered with ``torch.library``.
+
+Every op has a pure-PyTorch reference implementation (backend ``"torch"``);
+kernel backends (``"triton"``, ``"cpp"``, ``"cuda"``) register under the same
+dispatcher when they can be imported. See :mod:`masked_dora.ops._registry`.
+"""
+
+from . import _registry
+from ._registry import BACKENDS, forced_backend, registered, select, use_backend
+from .dora_linear import dora_linear
+from .row_norm import row_norm, weight_sq_norm
+from .. import _backends
+
+_backends.load_kernel_backends()
+
+__all__ = ["BACKENDS", "dora_linear", "forced_backend", "registered", "row_norm", "select",
+           "use_backend", "weight_sq_norm"]

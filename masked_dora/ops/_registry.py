@@ -1,0 +1,197 @@
+"""One dispatcher for every op: which backend runs it.
+
+Each op (``dora_linear``, ``row_norm``, ...) has a pure-PyTorch reference
+implementation registered under the backend name ``"torch"``; Triton, C++ and
+CUDA kernels register themselves under ``"triton"``, ``"cpp"`` and ``"cuda"``
+when they can be imported. A backend entry carries a ``supports(device, dtype)``
+predicate and a priority; the dispatcher picks the highest-priority backend that
+supports the inputs.
+
+``MASKED_DORA_BACKEND=torch|triton|cpp|cuda`` (read at every dispatch, so tests
+and users can change it at run time) or the :func:`use_backend` context manager
+forces one backend:
+
+* if the forced backend implements the op but cannot run these inputs (wrong
+  device, dtype, extension not built), a ``RuntimeError`` names the op, the
+  backend and the reason;
+* if the forced backend has no kernel for this op at all, the automatic choice
+  is used (a backend need not implement every op), and a warning says so once.
+
+Nothing here touches CUDA: ``supports`` predicates look at ``device.type`` only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, Optional, Union
+
+import torch
+
+BACKENDS = ("torch", "triton", "cpp", "cuda")
+ENV_VAR = "MASKED_DORA_BACKEND"
+
+
+@dataclass(frozen=True)
+class BackendImpl:
+    """One backend's implementation of one op."""
+
+    name: str
+    fn: Callable
+    supports: Callable[[torch.device, torch.dtype], bool]
+    priority: Union[int, Callable[[torch.device], int]]
+    why_not: Callable[[torch.device, torch.dtype], str]
+
+    def priority_on(self, device: torch.device) -> int:
+        return self.priority(device) if callable(self.priority) else self.priority
+
+
+_REGISTRY: Dict[str, Dict[str, BackendImpl]] = {}
+_local = threading.local()
+_warned: set = set()
+
+
+def _always(device: torch.device, dtype: torch.dtype) -> bool:
+    return True
+
+
+def register(
+    op: str,
+    backend: str,
+    fn: Callable,
+    *,
+    supports: Callable[[torch.device, torch.dtype], bool] = _always,
+    priority: Union[int, Callable[[torch.device], int]] = 0,
+    why_not: Optional[Callable[[torch.device, torch.dtype], str]] = None,
+) -> None:
+    """Register ``fn`` as ``backend``'s implementation of ``op``.
+
+    ``priority`` (an int, or a function of the device) ranks the automatic
+    choice; the reference ``torch`` backend has priority 0, so a backend that
+    should only run when forced on some device (Triton under the interpreter
+    on a CPU) returns a negative priority there.
+
+    ``why_not(device, dtype)`` returns the human-readable reason ``supports``
+    said no; it defaults to naming the device and dtype.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    if why_not is None:
+        def why_not(device, dtype, _b=backend):
+            return f"backend {_b!r} does not support device={device.type} dtype={dtype}"
+    _REGISTRY.setdefault(op, {})[backend] = BackendImpl(backend, fn, supports, priority, why_not)
+
+
+def registered(op: str) -> Dict[str, BackendImpl]:
+    """The backends registered for ``op`` (name -> entry)."""
+    if op not in _REGISTRY:
+        raise KeyError(f"op: no op named {op!r}; known ops: {sorted(_REGISTRY)}")
+    return dict(_REGISTRY[op])
+
+
+def forced_backend() -> Optional[str]:
+    """The backend forced by :func:`use_backend` or ``MASKED_DORA_BACKEND``, if any."""
+    forced = getattr(_local, "forced", None)
+    if forced is None:
+        forced = os.environ.get(ENV_VAR, "").strip().lower() or None
+    if forced is not None and forced not in BACKENDS:
+        raise ValueError(f"{ENV_VAR}: expected one of {BACKENDS}, got {forced!r}")
+    return forced
+
+
+@contextlib.contextmanager
+def use_backend(backend: Optional[str]) -> Iterator[None]:
+    """Force ``backend`` for every op dispatched inside the block (``None``: automatic)."""
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS} or None, got {backend!r}")
+    previous = getattr(_local, "forced", None)
+    _local.forced = backend
+    try:
+        yield
+    finally:
+        _local.forced = previous
+
+
+def select(op: str, device: torch.device, dtype: torch.dtype) -> BackendImpl:
+    """The implementation of ``op`` that runs inputs on ``device`` in ``dtype``."""
+    impls = registered(op)
+    forced = forced_backend()
+    if forced is not None:
+        impl = impls.get(forced)
+        if impl is not None:
+            if not impl.supports(device, dtype):
+                raise RuntimeError(
+                    f"{ENV_VAR}={forced}: op {op!r} cannot run on this input: "
+                    f"{impl.why_not(device, dtype)}"
+                )
+            return impl
+        key = (op, forced)
+        if key not in _warned:
+            _warned.add(key)
+            warnings.warn(
+                f"{ENV_VAR}={forced}: backend {forced!r} has no kernel for op {op!r}; "
+                f"using the automatic choice among {sorted(impls)}",
+                stacklevel=3,
+            )
+    candidates = [i for i in impls.values() if i.supports(device, dtype)]
+    if not candidates:
+        reasons = "; ".join(i.why_not(device, dtype) for i in impls.values())
+        raise RuntimeError(f"op {op!r}: no backend runs device={device.type} dtype={dtype}: {reasons}")
+    return max(candidates, key=lambda i: i.priority_on(device))
+
+
+def dispatch(op: str, device: torch.device, dtype: torch.dtype, *args, **kwargs):
+    """Run ``op`` with the backend :func:`select` picks."""
+    return select(op, device, dtype).fn(*args, **kwargs)
+
+
+# ---------------------------------------------------------------- compiled (C++/CUDA) kernels
+
+_DISPATCH_KEYS = {"cpp": ("cpu", "CPU"), "cuda": ("cuda", "CUDA")}
+
+
+def kernel_op_name(op: str) -> str:
+    return f"{op}_kernel"
+
+
+def define_compiled_kernel(op: str, schema: str, *, priorities: Optional[Dict[str, int]] = None,
+                           dtypes: Optional[Dict[str, tuple]] = None) -> None:
+    """Define the schema that the C++/CUDA extension implements for ``op``, and route to it.
+
+    The schema is written once, here in Python: ``masked_dora::<op>_kernel``
+    with ``schema`` (e.g. ``"(Tensor x, Tensor w) -> Tensor"``). The extension
+    only registers implementations, ``TORCH_LIBRARY_IMPL(masked_dora, CPU, m)``
+    and ``TORCH_LIBRARY_IMPL(masked_dora, CUDA, m)`` with
+    ``m.impl("<op>_kernel", ...)``. The ``cpp`` and ``cuda`` backends of ``op``
+    then run that kernel when the extension has registered one for the input's
+    device and the dtype is in ``dtypes[backend]`` (default: any), and say why
+    not otherwise.
+    """
+    dtypes = dtypes or {}
+    name = kernel_op_name(op)
+    torch.library.define(f"masked_dora::{name}", schema)
+    priorities = {"cpp": 10, "cuda": 30, **(priorities or {})}
+    qualname = f"masked_dora::{name}"
+
+    for backend, (device_type, key) in _DISPATCH_KEYS.items():
+        allowed = dtypes.get(backend)
+
+        def supports(device, dtype, _type=device_type, _key=key, _allowed=allowed):
+            return (device.type == _type and (_allowed is None or dtype in _allowed)
+                    and torch._C._dispatch_has_kernel_for_dispatch_key(qualname, _key))
+
+        def why_not(device, dtype, _type=device_type, _key=key, _b=backend, _allowed=allowed):
+            if device.type != _type:
+                return f"backend {_b!r} runs {_type} tensors only, got device={device.type}"
+            if _allowed is not None and dtype not in _allowed:
+                return f"backend {_b!r} kernel for {qualname} supports dtypes {_allowed}, got {dtype}"
+            return (f"backend {_b!r}: the compiled extension masked_dora._C has no {_key} kernel for "
+                    f"{qualname} (not built with it; see masked_dora.backend_status())")
+
+        def run(*args, _name=name):
+            return getattr(torch.ops.masked_dora, _name)(*args)
+
+        register(op, backend, run, supports=supports, priority=priorities[backend], why_not=why_not)

@@ -1,0 +1,89 @@
+r"""The DoRA row norm without materialising ``W0 + s B A``.
+
+    n_j^2 = ||W0_j||^2 + 2 s <(W0 A^T)_j, B_j> + s^2 B_j (A A^T) B_j^T
+    n_j   = max(sqrt(max(n_j^2, 0)), eps)
+
+``||W0_j||^2`` is passed in when cached (W0 is frozen), ``W0 A^T`` is one N x r
+skinny GEMM (one read of W0), ``A A^T`` is r x r. Everything after the GEMM
+accumulates in float32 (float64 for float64 inputs). The clamp at 0 absorbs
+cancellation; the ``eps`` floor keeps ``m / n`` finite on exactly-zero rows
+(real checkpoints have them: PEFT issue #3237).
+
+The norm is detached (DoRA section 4.3): the op has no autograd formula and the
+entry point detaches its inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _checks, _registry
+from .dora_linear import accumulate_dtype
+
+OP = "row_norm"
+DEFAULT_EPS = 1e-8
+
+
+def weight_sq_norm(weight: Tensor) -> Tensor:
+    """``||W0_j||^2`` per row, accumulated in float32 (float64 for float64)."""
+    acc = accumulate_dtype(weight.dtype)
+    return torch.linalg.vector_norm(weight, dim=1, dtype=acc).square()
+
+
+def row_norm_reference(
+    weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float,
+    weight_sq: Optional[Tensor], eps: float,
+) -> Tensor:
+    acc = accumulate_dtype(weight.dtype)
+    if weight_sq is None:
+        weight_sq = weight_sq_norm(weight)
+    w_a = (weight @ lora_A.t()).to(acc)                 # N x r, one read of W0
+    a = lora_A.to(acc)
+    b = lora_B.to(acc)
+    gram = a @ a.t()                                    # r x r
+    cross = (w_a * b).sum(1)
+    low_rank = ((b @ gram) * b).sum(1)
+    sq = weight_sq.to(acc) + (2.0 * scaling) * cross + (scaling * scaling) * low_rank
+    return sq.clamp_min(0.0).sqrt().clamp_min(eps)
+
+
+_registry.register(OP, "torch", row_norm_reference, priority=0)
+
+
+@torch.library.custom_op("masked_dora::row_norm", mutates_args=())
+def _row_norm_op(
+    weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float,
+    weight_sq: Optional[Tensor], eps: float,
+) -> Tensor:
+    return _registry.dispatch(OP, weight.device, weight.dtype, weight, lora_A, lora_B, scaling, weight_sq, eps)
+
+
+@_row_norm_op.register_fake
+def _(weight, lora_A, lora_B, scaling, weight_sq, eps):
+    return weight.new_empty(weight.shape[0], dtype=accumulate_dtype(weight.dtype))
+
+
+def row_norm(
+    weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float,
+    weight_sq: Optional[Tensor] = None, eps: float = DEFAULT_EPS,
+) -> Tensor:
+    """Detached ``max(||W0_j + s (B A)_j||_2, eps)`` per output row, float32 (float64 for float64)."""
+    for name, t in (("weight", weight), ("lora_A", lora_A), ("lora_B", lora_B)):
+        _checks.check_floating(name, t)
+        _checks.check_ndim(name, t, 2)
+    n, k = weight.shape
+    r = lora_A.shape[0]
+    _checks.check_shape("lora_A", lora_A, (r, k))
+    _checks.check_shape("lora_B", lora_B, (n, r))
+    _checks.check_vector("weight_sq", weight_sq, n)
+    _checks.check_same_device([("weight", weight), ("lora_A", lora_A), ("lora_B", lora_B),
+                               ("weight_sq", weight_sq)])
+    _checks.check_same_dtype([("weight", weight), ("lora_A", lora_A), ("lora_B", lora_B)])
+    if not eps >= 0.0:
+        raise ValueError(f"eps: expected a non-negative float, got {eps}")
+    return torch.ops.masked_dora.row_norm(
+        weight.detach(), lora_A.detach(), lora_B.detach(), float(scaling),
+        None if weight_sq is None else weight_sq.detach(), float(eps))
