@@ -1,0 +1,54 @@
+"""Shared test helpers: relative error, tolerances, the float64 dense reference."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+# DESIGN.md correctness policy: ||out - ref|| / ||ref||
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+TF32_TOLERANCE = 5e-4
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64 (0 when both are 0)."""
+    out, ref = out.detach().double(), ref.detach().double()
+    denom = ref.norm().item()
+    diff = (out - ref).norm().item()
+    if denom == 0.0:
+        return diff
+    return diff / denom
+
+
+def assert_close_rel(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str = "",
+                     tol: Optional[float] = None) -> None:
+    tol = TOLERANCE[dtype] if tol is None else tol
+    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    assert torch.isfinite(out).all(), f"{what}: non-finite values"
+    err = rel_err(out, ref)
+    assert err < tol, f"{what}: relative error {err:.3e} >= {tol:.1e} ({dtype})"
+
+
+def dense_masked_dora_f64(x, weight, bias, lora_A, lora_B, scaling, magnitude, gate_values, eps=1e-8):
+    """The textbook definition in float64, building W0 + s B A densely (tests only).
+
+    Differentiable in every argument that requires grad; the row norm is detached.
+    Returns y with x's leading shape.
+    """
+    d = lambda t: None if t is None else t.double()  # noqa: E731
+    x, weight, bias, lora_A, lora_B = d(x), d(weight), d(bias), d(lora_A), d(lora_B)
+    magnitude, z = d(magnitude), d(gate_values)
+    dense = weight + scaling * lora_B @ lora_A
+    norm = dense.detach().norm(dim=1).clamp_min(eps)
+    scale = magnitude * z / norm
+    pre = x @ weight.t() + scaling * (x @ lora_A.t()) @ lora_B.t()
+    y = pre * scale
+    if bias is not None:
+        y = y + z * bias
+    return y
+
+
+def leaf(t: torch.Tensor, dtype=None) -> torch.Tensor:
+    """A fresh leaf copy (optionally cast) that requires grad."""
+    return t.detach().to(dtype or t.dtype).clone().requires_grad_(True)
