@@ -130,15 +130,13 @@ class MaskedDoRALinear(nn.Module):
 
     def gate_values(self) -> Tensor:
         """``z``: the fixed mask if one is set, else the gate's output (sampled in training)."""
-        if bool(self.mask_fixed):
-            return self.fixed_keep.to(self.mask_logits.dtype)
-        return self.gate(self.mask_logits)
+        # torch.where, not an `if`: no host sync, and torch.compile sees no data-dependent branch
+        return torch.where(self.mask_fixed, self.fixed_keep.to(self.mask_logits.dtype),
+                           self.gate(self.mask_logits))
 
     def keep_mask(self) -> Tensor:
         """The current hard decision (bool, one per output channel)."""
-        if bool(self.mask_fixed):
-            return self.fixed_keep.clone()
-        return self.gate.hard(self.mask_logits.detach()).bool()
+        return torch.where(self.mask_fixed, self.fixed_keep, self.gate.hard(self.mask_logits.detach()).bool())
 
     @torch.no_grad()
     def set_mask(self, keep: Tensor) -> None:

@@ -1,0 +1,77 @@
+"""The op dispatcher: automatic choice, MASKED_DORA_BACKEND, and its errors."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from masked_dora.ops import _registry, use_backend
+
+
+@pytest.fixture
+def toy_op():
+    name = "toy_op_for_tests"
+    _registry.register(name, "torch", lambda: "torch", priority=0)
+    _registry.register(name, "cpp", lambda: "cpp", priority=10,
+                       supports=lambda d, t: d.type == "cpu" and t == torch.float32)
+    yield name
+    _registry._REGISTRY.pop(name)
+
+
+CPU = torch.device("cpu")
+
+
+def test_automatic_choice_prefers_highest_priority_that_supports(toy_op):
+    assert _registry.dispatch(toy_op, CPU, torch.float32) == "cpp"
+    assert _registry.dispatch(toy_op, CPU, torch.float64) == "torch"
+
+
+def test_forced_backend(toy_op, monkeypatch):
+    monkeypatch.setenv("MASKED_DORA_BACKEND", "torch")
+    assert _registry.dispatch(toy_op, CPU, torch.float32) == "torch"
+    with use_backend("cpp"):  # the context manager wins over the environment
+        assert _registry.dispatch(toy_op, CPU, torch.float32) == "cpp"
+        with pytest.raises(RuntimeError, match="MASKED_DORA_BACKEND=cpp: op 'toy_op_for_tests' cannot run"):
+            _registry.dispatch(toy_op, CPU, torch.float64)
+
+
+def test_forced_backend_without_kernel_falls_back_with_warning(toy_op):
+    with use_backend("cuda"):
+        with pytest.warns(UserWarning, match="has no kernel for op 'toy_op_for_tests'"):
+            assert _registry.dispatch(toy_op, CPU, torch.float32) == "cpp"
+
+
+def test_unknown_backend_is_rejected(monkeypatch):
+    monkeypatch.setenv("MASKED_DORA_BACKEND", "tpu")
+    with pytest.raises(ValueError, match="MASKED_DORA_BACKEND: expected one of"):
+        _registry.forced_backend()
+    with pytest.raises(ValueError, match="backend: expected one of"):
+        with use_backend("tpu"):
+            pass
+    with pytest.raises(KeyError, match="no op named"):
+        _registry.registered("nope")
+
+
+def test_every_op_has_a_torch_reference():
+    for op in ("dora_linear", "dora_linear_backward", "row_norm"):
+        assert "torch" in _registry.registered(op)
+
+
+def test_import_never_initialises_cuda_and_survives_missing_backends():
+    code = (
+        "import sys, torch\n"
+        "sys.modules['masked_dora._C'] = None\n"      # the extension cannot be imported
+        "sys.modules['triton'] = None\n"               # nor can Triton
+        "import masked_dora\n"
+        "from masked_dora import MaskedDoRALinear\n"
+        "assert not torch.cuda.is_initialized()\n"
+        "st = masked_dora.backend_status()\n"
+        "assert st['extension'].startswith('unavailable') and st['triton'].startswith('unavailable'), st\n"
+        "layer = MaskedDoRALinear(8, 4, rank=2).eval()\n"
+        "assert layer(torch.randn(2, 8)).shape == (2, 4)\n"
+        "assert not torch.cuda.is_initialized()\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
