@@ -54,10 +54,12 @@ def dora_linear_forward_reference(
     """Returns ``(y, P, x A^T)`` for a 2-D ``x``; see the module docstring."""
     acc = accumulate_dtype(x.dtype)
     xa = x @ lora_A.t()
-    pre_scale = torch.addmm(x @ weight.t(), xa, lora_B.t(), alpha=scaling)
-    y = pre_scale.to(acc) * scale.to(acc)
-    if bias is not None:
-        y = y + bias.to(acc)
+    pre_scale = (x @ weight.t()).addmm_(xa, lora_B.t(), alpha=scaling)
+    scale = scale.to(acc)
+    if bias is None:
+        y = pre_scale.to(acc) * scale
+    else:  # one fused pass: bias + P * c
+        y = torch.addcmul(bias.to(acc), pre_scale.to(acc), scale)
     return y.to(x.dtype), pre_scale, xa
 
 
