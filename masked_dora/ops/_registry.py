@@ -158,7 +158,8 @@ def kernel_op_name(op: str) -> str:
 
 
 def define_compiled_kernel(op: str, schema: str, *, priorities: Optional[Dict[str, int]] = None,
-                           dtypes: Optional[Dict[str, tuple]] = None) -> None:
+                           dtypes: Optional[Dict[str, tuple]] = None,
+                           backends: tuple = ("cpp", "cuda")) -> None:
     """Define the schema that the C++/CUDA extension implements for ``op``, and route to it.
 
     The schema is written once, here in Python: ``masked_dora::<op>_kernel``
@@ -168,7 +169,9 @@ def define_compiled_kernel(op: str, schema: str, *, priorities: Optional[Dict[st
     ``m.impl("<op>_kernel", ...)``. The ``cpp`` and ``cuda`` backends of ``op``
     then run that kernel when the extension has registered one for the input's
     device and the dtype is in ``dtypes[backend]`` (default: any), and say why
-    not otherwise.
+    not otherwise. ``backends`` lists which of ``cpp``/``cuda`` the extension
+    implements for this op at all (a backend with no kernel is not registered,
+    so forcing it falls back to the automatic choice).
     """
     dtypes = dtypes or {}
     name = kernel_op_name(op)
@@ -176,7 +179,8 @@ def define_compiled_kernel(op: str, schema: str, *, priorities: Optional[Dict[st
     priorities = {"cpp": 10, "cuda": 30, **(priorities or {})}
     qualname = f"masked_dora::{name}"
 
-    for backend, (device_type, key) in _DISPATCH_KEYS.items():
+    for backend in backends:
+        device_type, key = _DISPATCH_KEYS[backend]
         allowed = dtypes.get(backend)
 
         def supports(device, dtype, _type=device_type, _key=key, _allowed=allowed):
