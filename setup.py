@@ -48,7 +48,7 @@ def _extensions():
     if not cpp_sources and not cuda_sources:
         return [], {}
     os.environ.setdefault("MAX_JOBS", _default_max_jobs())
-    cxx_flags = ["-O3", "-std=c++17", "-g0", "-fopenmp"]
+    cxx_flags = ["-O3", "-std=c++20", "-g0", "-fopenmp"]
     extra_link = ["-fopenmp"]
     with_cuda = (cpp_extension.CUDA_HOME is not None and torch.version.cuda is not None
                  and bool(cuda_sources))

@@ -83,6 +83,15 @@ def dora_linear_backward_reference(
 
 _registry.register(OP, "torch", dora_linear_forward_reference, priority=0)
 _registry.register(OP_BACKWARD, "torch", dora_linear_backward_reference, priority=0)
+# CUDA: cuBLAS GEMMs + fused epilogue / prologue kernels (csrc/cuda/dora_kernels.cu, ops_cuda.cpp)
+_CUDA_DTYPES = {"cuda": (torch.float32, torch.float16, torch.bfloat16)}
+_registry.define_compiled_kernel(
+    OP, "(Tensor x, Tensor weight, Tensor lora_A, Tensor lora_B, float scaling, Tensor scale, Tensor? bias)"
+        " -> (Tensor, Tensor, Tensor)", backends=("cuda",), dtypes=_CUDA_DTYPES)
+_registry.define_compiled_kernel(
+    OP_BACKWARD, "(Tensor grad_y, Tensor x, Tensor weight, Tensor lora_A, Tensor lora_B, float scaling, "
+                 "Tensor scale, Tensor pre_scale, Tensor xa) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    backends=("cuda",), dtypes=_CUDA_DTYPES)
 
 
 # ---------------------------------------------------------------- torch.library ops

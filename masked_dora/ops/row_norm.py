@@ -51,6 +51,10 @@ def row_norm_reference(
 
 
 _registry.register(OP, "torch", row_norm_reference, priority=0)
+# CUDA: cuBLAS for W0 A^T + one fused finishing kernel (csrc/cuda/dora_kernels.cu)
+_registry.define_compiled_kernel(
+    OP, "(Tensor weight, Tensor lora_A, Tensor lora_B, float scaling, Tensor? weight_sq, float eps) -> Tensor",
+    backends=("cuda",), dtypes={"cuda": (torch.float32, torch.float16, torch.bfloat16)})
 
 
 @torch.library.custom_op("masked_dora::row_norm", mutates_args=())

@@ -1,0 +1,176 @@
+// CUDA kernels for masked-DoRA training: the row-norm pieces, the forward
+// epilogue and the backward prologue (dP = dy * c fused with the column
+// reductions sum dy * P and sum dy). The GEMMs around them are cuBLAS calls made
+// by ops_cuda.cpp. CUDA headers only (see kernels_abi.h).
+//
+// STATUS: compile-checked for sm_80/sm_90 (CI: tests/test_cuda_sources.py);
+// run on a GPU only by the `cuda`-marked tests. See README "C++/CUDA extension".
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "kernels_abi.h"
+
+namespace {
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T from_float(float v);
+template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+constexpr int kThreads = 256;
+
+// ---------------------------------------------------------------- row norm
+
+template <typename T>
+__global__ void row_sq_norm_kernel(const T* __restrict__ w, int64_t cols, int64_t ld, float* __restrict__ out) {
+  const T* row = w + blockIdx.x * ld;
+  float acc = 0.f;
+  for (int64_t k = threadIdx.x; k < cols; k += blockDim.x) {
+    float v = to_float(row[k]);
+    acc = fmaf(v, v, acc);
+  }
+  __shared__ float partial[kThreads / 32];
+  acc = warp_sum(acc);
+  if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = acc;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float v = threadIdx.x < (blockDim.x >> 5) ? partial[threadIdx.x] : 0.f;
+    v = warp_sum(v);
+    if (threadIdx.x == 0) out[blockIdx.x] = v;
+  }
+}
+
+// one warp per row: n^2 = w2 + sum_r (2 s wa + s^2 bg) * b, clamp, sqrt, eps floor
+__global__ void row_norm_finish_kernel(const float* __restrict__ wa, const float* __restrict__ bg,
+                                       const float* __restrict__ b, const float* __restrict__ w2, int64_t rows,
+                                       int64_t rank, float s, float eps, float* __restrict__ out) {
+  const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= rows) return;  // whole warps exit together: row is uniform within a warp
+  float acc = 0.f;
+  for (int64_t r = lane; r < rank; r += 32) {
+    const int64_t i = row * rank + r;
+    acc = fmaf(fmaf(2.f * s, wa[i], s * s * bg[i]), b[i], acc);
+  }
+  acc = warp_sum(acc);
+  if (lane == 0) out[row] = fmaxf(sqrtf(fmaxf(w2[row] + acc, 0.f)), eps);
+}
+
+// ---------------------------------------------------------------- forward epilogue
+
+template <typename T>
+__global__ void forward_epilogue_kernel(const T* __restrict__ pre, const float* __restrict__ scale,
+                                        const float* __restrict__ bias, int64_t m, int64_t n, T* __restrict__ y) {
+  // 2-D grid: blockIdx.y walks rows, x covers columns, so the column index needs no division
+  const int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= n) return;
+  const float c = scale[j];
+  const float b = bias ? bias[j] : 0.f;
+  for (int64_t i = blockIdx.y; i < m; i += gridDim.y) {
+    const int64_t idx = i * n + j;
+    y[idx] = from_float<T>(fmaf(to_float(pre[idx]), c, b));
+  }
+}
+
+// ---------------------------------------------------------------- backward prologue
+
+template <typename T>
+__global__ void backward_prologue_kernel(const T* __restrict__ dy, const T* __restrict__ pre,
+                                         const float* __restrict__ scale, int64_t m, int64_t n,
+                                         int64_t rows_per_split, T* __restrict__ dpre,
+                                         float* __restrict__ partial_dc, float* __restrict__ partial_db) {
+  const int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= n) return;
+  const float c = scale[j];
+  const int64_t begin = (int64_t)blockIdx.y * rows_per_split;
+  const int64_t end = begin + rows_per_split < m ? begin + rows_per_split : m;
+  float dc = 0.f, db = 0.f;
+  for (int64_t i = begin; i < end; ++i) {  // consecutive threads read consecutive columns: coalesced
+    const int64_t idx = i * n + j;
+    const float g = to_float(dy[idx]);
+    dc = fmaf(g, to_float(pre[idx]), dc);
+    db += g;
+    dpre[idx] = from_float<T>(g * c);
+  }
+  partial_dc[blockIdx.y * n + j] = dc;
+  partial_db[blockIdx.y * n + j] = db;
+}
+
+int grid_cols(int64_t n) { return (int)((n + kThreads - 1) / kThreads); }
+
+template <typename T>
+int launch_row_sq_norm(const void* w, int64_t rows, int64_t cols, int64_t ld, float* out, cudaStream_t stream) {
+  if (rows > 0) row_sq_norm_kernel<T><<<(unsigned)rows, kThreads, 0, stream>>>((const T*)w, cols, ld, out);
+  return (int)cudaGetLastError();
+}
+
+template <typename T>
+int launch_forward_epilogue(const void* pre, const float* scale, const float* bias, int64_t m, int64_t n, void* y,
+                            cudaStream_t stream) {
+  if (m == 0 || n == 0) return 0;
+  dim3 grid(grid_cols(n), (unsigned)(m < 65535 ? m : 65535));
+  forward_epilogue_kernel<T><<<grid, kThreads, 0, stream>>>((const T*)pre, scale, bias, m, n, (T*)y);
+  return (int)cudaGetLastError();
+}
+
+template <typename T>
+int launch_backward_prologue(const void* dy, const void* pre, const float* scale, int64_t m, int64_t n,
+                             int64_t splits, void* dpre, float* partial_dc, float* partial_db, cudaStream_t stream) {
+  if (n == 0) return 0;
+  const int64_t rows_per_split = (m + splits - 1) / splits;
+  dim3 grid(grid_cols(n), (unsigned)splits);
+  backward_prologue_kernel<T><<<grid, kThreads, 0, stream>>>((const T*)dy, (const T*)pre, scale, m, n,
+                                                             rows_per_split > 0 ? rows_per_split : 1, (T*)dpre,
+                                                             partial_dc, partial_db);
+  return (int)cudaGetLastError();
+}
+
+}  // namespace
+
+#define MD_DISPATCH(dtype, fn, ...)                                     \
+  switch (dtype) {                                                      \
+    case MD_FLOAT32: return fn<float>(__VA_ARGS__);                     \
+    case MD_FLOAT16: return fn<__half>(__VA_ARGS__);                    \
+    case MD_BFLOAT16: return fn<__nv_bfloat16>(__VA_ARGS__);            \
+    default: return (int)cudaErrorInvalidValue;                         \
+  }
+
+extern "C" int md_row_sq_norm(const void* w, int dtype, int64_t rows, int64_t cols, int64_t ld, float* out,
+                              cudaStream_t stream) {
+  MD_DISPATCH(dtype, launch_row_sq_norm, w, rows, cols, ld, out, stream)
+}
+
+extern "C" int md_row_norm_finish(const float* wa, const float* bg, const float* b, const float* w2, int64_t rows,
+                                  int64_t rank, float scaling, float eps, float* out, cudaStream_t stream) {
+  if (rows == 0) return 0;
+  const int warps = kThreads / 32;
+  row_norm_finish_kernel<<<(unsigned)((rows + warps - 1) / warps), kThreads, 0, stream>>>(
+      wa, bg, b, w2, rows, rank, scaling, eps, out);
+  return (int)cudaGetLastError();
+}
+
+extern "C" int md_dora_forward_epilogue(const void* pre_scale, int dtype, const float* scale, const float* bias,
+                                        int64_t m, int64_t n, void* y, cudaStream_t stream) {
+  MD_DISPATCH(dtype, launch_forward_epilogue, pre_scale, scale, bias, m, n, y, stream)
+}
+
+extern "C" int md_dora_backward_prologue(const void* grad_y, const void* pre_scale, int dtype, const float* scale,
+                                         int64_t m, int64_t n, int64_t splits, void* grad_pre, float* partial_dc,
+                                         float* partial_db, cudaStream_t stream) {
+  MD_DISPATCH(dtype, launch_backward_prologue, grad_y, pre_scale, scale, m, n, splits, grad_pre, partial_dc,
+              partial_db, stream)
+}
