@@ -1,0 +1,190 @@
+"""Masked-DoRA training layer vs PEFT DoRA vs PEFT LoRA, as rows for the GPU report.
+
+``dora_train_section()`` is called by ``bench/gpu_report.py``. For each shape
+(Llama-7B: 4096x4096, 4096->11008, 11008->4096), rank and implementation it
+measures the forward (``fwd``, grad enabled so activations are saved as in
+training) and the forward + backward (``fwd_bwd``):
+
+* ``ms``: median time (``triton.testing.do_bench`` on a GPU, L2 flushed; the
+  median of wall-clock repeats on the CPU, smoke runs only);
+* ``saved_mb``: memory still allocated after the forward (the activations
+  kept for the backward, plus the output), ``torch.cuda.memory_allocated`` delta;
+* ``peak_mb``: peak allocated above the starting point during fwd (or
+  fwd+bwd): activations + transients, ``torch.cuda.max_memory_allocated`` delta
+  (parameter gradients included, they are the same size for every adapter impl).
+
+Implementations: ``masked_dora`` (MaskedDoRALinear, automatic backend: the
+CUDA extension when built with CUDA, else the fused Triton kernels),
+``masked_dora_triton`` / ``masked_dora_cuda`` / ``masked_dora_torch`` (the same
+layer forced to one backend; the CUDA one is skipped when the extension has no
+CUDA kernels), ``peft_dora``, ``peft_lora``. PEFT layers
+are built with ``autocast_adapter_dtype=False`` so every layer runs entirely in
+the benchmark dtype. MaskedDoRALinear recomputes the row norm on every call
+here (its cache is cleared), the cost it pays once per optimizer step; 25% of
+its channels are pruned (fixed mask) as in the DESIGN targets.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from masked_dora import MaskedDoRALinear
+from masked_dora.ops import select, use_backend
+
+LLAMA7B_SHAPES: Tuple[Tuple[int, int], ...] = ((4096, 4096), (4096, 11008), (11008, 4096))  # (in, out)
+IMPLS = ("masked_dora", "masked_dora_triton", "masked_dora_cuda", "masked_dora_torch", "peft_dora", "peft_lora")
+FORCED_BACKEND = {"masked_dora_triton": "triton", "masked_dora_cuda": "cuda", "masked_dora_torch": "torch"}
+
+
+class _Holder(nn.Module):
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.proj = linear
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+def build_layer(impl: str, k: int, n: int, r: int, dtype: torch.dtype, device: str, sparsity: float = 0.25,
+                seed: int = 0) -> nn.Module:
+    """One layer of ``impl`` with non-zero LoRA B (so every term does real work)."""
+    torch.manual_seed(seed)
+    if impl == "masked_dora" or impl in FORCED_BACKEND:
+        layer = MaskedDoRALinear(k, n, rank=r, alpha=2 * r, dtype=dtype, device=device)
+        with torch.no_grad():
+            layer.lora_B.normal_(0, 0.02)
+        keep = torch.ones(n, dtype=torch.bool, device=device)
+        keep[torch.randperm(n, device=device)[: int(n * sparsity)]] = False
+        layer.set_mask(keep)
+        return layer.train()
+    if impl not in ("peft_dora", "peft_lora"):
+        raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
+    import peft
+
+    base = _Holder(nn.Linear(k, n, dtype=dtype, device=device))
+    config = peft.LoraConfig(r=r, lora_alpha=2 * r, target_modules=["proj"], use_dora=impl == "peft_dora",
+                             init_lora_weights=False, lora_dropout=0.0)
+    return peft.get_peft_model(base, config, autocast_adapter_dtype=False).train()
+
+
+def _timer(device: str) -> Callable[[Callable], float]:
+    if device == "cuda":
+        import triton.testing as tt
+
+        return lambda fn: float(tt.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+    def run_cpu(fn):
+        fn()
+        fn()
+        times = []
+        for _ in range(7):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+    return run_cpu
+
+
+def _memory(device: str, layer: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> Dict[str, Optional[float]]:
+    """Activation (saved) and peak memory deltas in MiB; ``None`` on the CPU (not measured)."""
+    if device != "cuda":
+        return {"saved_mb": None, "peak_fwd_mb": None, "peak_fwd_bwd_mb": None}
+    mib = 1024.0 ** 2
+    for p in layer.parameters():
+        p.grad = None
+    x.grad = None
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    start = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    y = layer(x)
+    torch.cuda.synchronize()
+    saved = torch.cuda.memory_allocated() - start
+    peak_fwd = torch.cuda.max_memory_allocated() - start
+    y.backward(dy)
+    del y
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - start
+    return {"saved_mb": saved / mib, "peak_fwd_mb": peak_fwd / mib, "peak_fwd_bwd_mb": peak / mib}
+
+
+def _clear_norm_cache(layer: nn.Module) -> None:
+    if isinstance(layer, MaskedDoRALinear):
+        layer._norm_cache = None
+
+
+def dora_train_section(device: str = "cuda", dtype: torch.dtype = torch.bfloat16,
+                       shapes: Sequence[Tuple[int, int]] = LLAMA7B_SHAPES, tokens: int = 8192,
+                       ranks: Sequence[int] = (16, 64), impls: Sequence[str] = IMPLS) -> List[dict]:
+    """Time and measure every (shape, rank, impl, mode); one flat dict row each (keys: see module doc)."""
+    timer = _timer(device)
+    rows: List[dict] = []
+    gen = torch.Generator().manual_seed(0)
+    for k, n in shapes:
+        for r in ranks:
+            x = torch.randn(tokens, k, generator=gen).to(device=device, dtype=dtype).requires_grad_(True)
+            dy = (torch.randn(tokens, n, generator=gen) * 0.01).to(device=device, dtype=dtype)
+            results: Dict[str, dict] = {}
+            outputs: Dict[str, torch.Tensor] = {}
+            for impl in impls:
+                backend = FORCED_BACKEND.get(impl)
+                if backend == "cuda" and not torch._C._dispatch_has_kernel_for_dispatch_key(
+                        "masked_dora::dora_linear_kernel", "CUDA"):
+                    continue  # extension built without CUDA: nothing to measure
+                if backend == "triton" and device != "cuda":
+                    continue  # interpreter timings mean nothing
+                layer = build_layer(impl, k, n, r, dtype, device)
+                params = [p for p in layer.parameters() if p.requires_grad]
+
+                def fwd(layer=layer):
+                    _clear_norm_cache(layer)
+                    return layer(x)
+
+                def fwd_bwd(layer=layer):
+                    _clear_norm_cache(layer)
+                    layer(x).backward(dy)
+                    for p in params:
+                        p.grad = None
+                    x.grad = None
+
+                with use_backend(backend):
+                    chosen = (select("dora_linear", x.device, dtype).name
+                              if impl.startswith("masked_dora") else "peft")
+                    if impl.startswith("masked_dora"):  # kept to check the fused path against the reference
+                        with torch.no_grad():
+                            outputs[impl] = layer(x).float()
+                    mem = _memory(device, layer, x, dy)
+                    results[impl] = {"fwd": timer(fwd), "fwd_bwd": timer(fwd_bwd), "mem": mem,
+                                     "backend": chosen}
+                del layer, params
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+            errors = {}
+            if "masked_dora_torch" in outputs:
+                ref = outputs["masked_dora_torch"]
+                for name, out in outputs.items():
+                    if name != "masked_dora_torch":
+                        errors[name] = float((out - ref).norm() / ref.norm().clamp_min(1e-30))
+            for impl, res in results.items():
+                for mode in ("fwd", "fwd_bwd"):
+                    t = res[mode]
+                    row = {"section": "dora_train", "in_features": k, "out_features": n, "tokens": tokens,
+                           "rank": r, "impl": impl, "backend": res["backend"], "mode": mode,
+                           "dtype": str(dtype).replace("torch.", ""), "ms": t,
+                           "vs_peft_lora": t / results["peft_lora"][mode] if "peft_lora" in results else None,
+                           "speedup_vs_peft_dora": (results["peft_dora"][mode] / t
+                                                    if "peft_dora" in results else None),
+                           "saved_mb": res["mem"]["saved_mb"],
+                           "peak_mb": res["mem"]["peak_fwd_mb" if mode == "fwd" else "peak_fwd_bwd_mb"],
+                           "rel_err_vs_torch": errors.get(impl)}
+                    dora_peak = results.get("peft_dora", {}).get("mem", {})
+                    key = "peak_fwd_mb" if mode == "fwd" else "peak_fwd_bwd_mb"
+                    row["peak_vs_peft_dora"] = (row["peak_mb"] / dora_peak[key]
+                                                if row["peak_mb"] is not None and dora_peak.get(key) else None)
+                    rows.append(row)
+    return rows
