@@ -192,3 +192,18 @@ def test_forced_torch_backend_runs_reference():
         y, _ = run_layer(inp, torch.float32)
     y_ref, _ = run_dense_f64(inp)
     assert_close_rel(y, y_ref, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_zero_rows_with_nonzero_magnitude_stay_finite(dtype):
+    """The default norm floor for half types keeps c = m / n inside float16's range."""
+    inp = make_inputs(6, 16, 10, 2, dtype, zero_rows=2)
+    inp["lora_B"][:2] = 0.0
+    inp["magnitude"][:2] = 1.0  # e.g. imported, or moved by weight decay
+    y, leaves = run_layer(inp, dtype)
+    y.float().pow(2).sum().backward()
+    assert torch.isfinite(y).all()
+    for t in leaves:
+        assert torch.isfinite(t.grad).all()
+    w = inp["weight"].to(dtype)
+    assert (row_norm(w, inp["lora_A"].to(dtype), inp["lora_B"].to(dtype), 1.0)[:2] == 1e-4).all()

@@ -13,7 +13,7 @@ from ..ops.row_norm import DEFAULT_EPS, row_norm
 def masked_dora_linear(
     x: Tensor, weight: Tensor, bias: Optional[Tensor], lora_A: Tensor, lora_B: Tensor,
     scaling: float, magnitude: Tensor, gate_values: Tensor, *,
-    norm: Optional[Tensor] = None, weight_sq: Optional[Tensor] = None, eps: float = DEFAULT_EPS,
+    norm: Optional[Tensor] = None, weight_sq: Optional[Tensor] = None, eps: Optional[float] = DEFAULT_EPS,
 ) -> Tensor:
     """``y = (x W0^T + s (x A^T) B^T) * (m z / n) + z b`` with ``n`` the detached row norm.
 

@@ -44,7 +44,7 @@ class MaskedDoRALinear(nn.Module):
     def __init__(
         self, in_features: int, out_features: int, bias: bool = True, rank: int = 8,
         alpha: float = 16.0, use_rslora: bool = False, gate: Union[str, Gate] = "hard_concrete",
-        mask_init: float = 3.0, norm_eps: float = DEFAULT_EPS, device=None, dtype=None,
+        mask_init: float = 3.0, norm_eps: Optional[float] = DEFAULT_EPS, device=None, dtype=None,
     ):
         super().__init__()
         _check_positive_int("in_features", in_features)
@@ -60,7 +60,8 @@ class MaskedDoRALinear(nn.Module):
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         self.alpha, self.use_rslora = float(alpha), bool(use_rslora)
         self.scaling = self.alpha / (math.sqrt(rank) if use_rslora else rank)
-        self.mask_init, self.norm_eps = float(mask_init), float(norm_eps)
+        self.mask_init = float(mask_init)
+        self.norm_eps = None if norm_eps is None else float(norm_eps)  # None: per dtype
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory), requires_grad=False)
         if bias:
@@ -72,6 +73,7 @@ class MaskedDoRALinear(nn.Module):
         self._create_adapter()
         self._norm_cache: Optional[Tuple[tuple, Tensor]] = None
         self._weight_sq_cache: Optional[Tuple[tuple, Tensor]] = None
+        self._mask_source = None
 
     # ------------------------------------------------------------ construction
 
@@ -109,7 +111,7 @@ class MaskedDoRALinear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, rank: int = 8, alpha: float = 16.0, use_rslora: bool = False,
                     gate: Union[str, Gate] = "hard_concrete", mask_init: float = 3.0,
-                    norm_eps: float = DEFAULT_EPS) -> "MaskedDoRALinear":
+                    norm_eps: Optional[float] = DEFAULT_EPS) -> "MaskedDoRALinear":
         """Wrap ``linear``: its weight and bias Parameters are shared (no copy) and frozen."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
@@ -128,14 +130,40 @@ class MaskedDoRALinear(nn.Module):
 
     # ------------------------------------------------------------ masks
 
+    @property
+    def mask_source(self):
+        """The external mask source this layer's ``z`` comes from, or ``None`` (its own logits)."""
+        return self.__dict__.get("_mask_source")
+
+    def set_mask_source(self, source) -> None:
+        """Take ``z`` from ``source`` instead of this layer's own logits (``None``: back to them).
+
+        ``source`` is any object that is not a Module (so nothing is registered
+        twice) with ``gate_values() -> Tensor`` and ``keep_mask() -> bool Tensor``,
+        each of shape ``(out_features,)``: this is how the layers of a coupled
+        group share one set of mask logits (see :mod:`masked_dora.models.group_mask`).
+        While a source is set the layer's own ``mask_logits`` are frozen and
+        unused, and :meth:`set_mask` is refused (set the source's mask instead).
+        """
+        if source is not None and (isinstance(source, nn.Module) or not (
+                callable(getattr(source, "gate_values", None)) and callable(getattr(source, "keep_mask", None)))):
+            raise TypeError(f"source: expected a non-Module object with gate_values() and keep_mask(), "
+                            f"got {type(source).__name__}")
+        self._mask_source = source
+        self.mask_logits.requires_grad_(source is None)
+
     def gate_values(self) -> Tensor:
         """``z``: the fixed mask if one is set, else the gate's output (sampled in training)."""
+        if self.mask_source is not None:
+            return self.mask_source.gate_values().to(self.mask_logits.dtype)
         # torch.where, not an `if`: no host sync, and torch.compile sees no data-dependent branch
         return torch.where(self.mask_fixed, self.fixed_keep.to(self.mask_logits.dtype),
                            self.gate(self.mask_logits))
 
     def keep_mask(self) -> Tensor:
         """The current hard decision (bool, one per output channel)."""
+        if self.mask_source is not None:
+            return self.mask_source.keep_mask().bool()
         return torch.where(self.mask_fixed, self.fixed_keep, self.gate.hard(self.mask_logits.detach()).bool())
 
     @torch.no_grad()
@@ -145,6 +173,9 @@ class MaskedDoRALinear(nn.Module):
             raise TypeError(f"keep: expected a bool tensor, got "
                             f"{keep.dtype if isinstance(keep, Tensor) else type(keep).__name__}")
         _checks.check_shape("keep", keep, (self.out_features,))
+        if self.mask_source is not None:
+            raise RuntimeError("set_mask: this layer's mask comes from a shared mask source "
+                               "(set_mask_source); set the mask on that source instead")
         self.fixed_keep.copy_(keep.to(self.fixed_keep.device))
         self.mask_fixed.fill_(True)
 
@@ -244,6 +275,32 @@ class MaskedDoRALinear(nn.Module):
         if bias is not None:
             linear.bias.copy_(bias)
         return linear if not compact else (linear, kept)
+
+    @torch.no_grad()
+    def to_compact(self, scatter: bool = False):
+        """The merged layer with its pruned rows dropped, as a :class:`~masked_dora.nn.CompactLinear`.
+
+        The weight is ``c * (W0 + s B A)`` from :meth:`merged_weight` (hard
+        mask), kept rows only. ``scatter=False``: the output is compact (one
+        column per kept channel, in ascending channel order), for a layer
+        whose consumer drops the matching input columns (see
+        :func:`masked_dora.nn.compact_pair`). ``scatter=True``: the output is
+        full width (``out_features``) with exact zeros in the pruned channels,
+        i.e. equal to this layer's eval-mode output; ``forward(x, residual)``
+        then adds into a residual stream. Raises if every channel is pruned.
+        """
+        from .compact_linear import CompactLinear
+
+        weight, bias = self.merged_weight()
+        kept = torch.nonzero(self.keep_mask()).flatten().to(weight.device)
+        if kept.numel() == 0:
+            raise ValueError("to_compact: every output channel is pruned; there is no layer left to build "
+                             "(remove the layer and its consumer's input instead)")
+        rows = weight.index_select(0, kept)
+        bias = None if bias is None else bias.index_select(0, kept)
+        if scatter:
+            return CompactLinear(rows, bias, self.in_features, self.out_features, out_idx=kept)
+        return CompactLinear(rows, bias, self.in_features, rows.shape[0])
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -24,7 +24,17 @@ from . import _checks, _registry
 from .dora_linear import accumulate_dtype
 
 OP = "row_norm"
-DEFAULT_EPS = 1e-8
+DEFAULT_EPS = None  # per compute dtype, see default_eps
+
+
+def default_eps(dtype: torch.dtype) -> float:
+    """The norm floor used when none is given: 1e-8, or 1e-4 for float16/bfloat16.
+
+    In half precision ``c = m / n`` is cast with the gradients: a zero row with a
+    non-zero magnitude and a 1e-8 floor would give ``c = 1e8``, past float16's
+    range (65504), and turn ``dP = dy * c`` into inf/NaN.
+    """
+    return 1e-4 if dtype in (torch.float16, torch.bfloat16) else 1e-8
 
 
 def weight_sq_norm(weight: Tensor) -> Tensor:
@@ -72,9 +82,12 @@ def _(weight, lora_A, lora_B, scaling, weight_sq, eps):
 
 def row_norm(
     weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float,
-    weight_sq: Optional[Tensor] = None, eps: float = DEFAULT_EPS,
+    weight_sq: Optional[Tensor] = None, eps: Optional[float] = DEFAULT_EPS,
 ) -> Tensor:
-    """Detached ``max(||W0_j + s (B A)_j||_2, eps)`` per output row, float32 (float64 for float64)."""
+    """Detached ``max(||W0_j + s (B A)_j||_2, eps)`` per output row, float32 (float64 for float64).
+
+    ``eps=None`` takes :func:`default_eps` of the weight's dtype.
+    """
     for name, t in (("weight", weight), ("lora_A", lora_A), ("lora_B", lora_B)):
         _checks.check_floating(name, t)
         _checks.check_ndim(name, t, 2)
@@ -86,6 +99,8 @@ def row_norm(
     _checks.check_same_device([("weight", weight), ("lora_A", lora_A), ("lora_B", lora_B),
                                ("weight_sq", weight_sq)])
     _checks.check_same_dtype([("weight", weight), ("lora_A", lora_A), ("lora_B", lora_B)])
+    if eps is None:
+        eps = default_eps(weight.dtype)
     if not eps >= 0.0:
         raise ValueError(f"eps: expected a non-negative float, got {eps}")
     return torch.ops.masked_dora.row_norm(
