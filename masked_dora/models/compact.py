@@ -1,0 +1,248 @@
+r"""Compaction: merge every adapter, drop pruned channels and heads, return a plain transformers model.
+
+:func:`compact_model` folds ``c * (W0 + s B A)`` into one weight per layer
+(:meth:`MaskedDoRALinear.merged_weight`), keeps the rows of producers and the
+columns of consumers that the group masks keep, and builds a fresh model of
+the same class with ``nn.Linear`` layers of the new sizes. Its outputs equal
+the masked model's in eval mode to the dtype's rounding.
+
+Checkpoints:
+
+* **uniform** pruning (the same sizes in every layer) whose sizes the family's
+  config can express (Llama-style configs have ``head_dim``; BERT-style ones
+  derive the head size from ``hidden_size // num_attention_heads``, so pruned
+  heads are not expressible) saves with ``save_pretrained`` as a plain
+  checkpoint: ``AutoModel.from_pretrained`` loads it without masked_dora;
+* anything else stores the per-layer sizes in ``config.masked_dora_layer_sizes``
+  and loads with :func:`load_compact`. (transformers 5.x ``per_layer_config``
+  is honoured only by a few model classes, none of the families here: their
+  blocks read ``config.intermediate_size`` and the head counts directly.) A
+  plain ``from_pretrained`` of such a checkpoint fails with a size mismatch
+  rather than loading wrong weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+from ..nn import MaskedDoRALinear
+from .prepare import STATE_ATTR, get_state
+from .specs import ModelSpec, block_modules, find_layers, head_layout, role_paths, spec_for
+
+LAYER_SIZES_KEY = "masked_dora_layer_sizes"
+
+
+def _idx(keep: torch.Tensor) -> torch.Tensor:
+    return torch.nonzero(keep.cpu()).flatten()
+
+
+@torch.no_grad()
+def _merged(module: nn.Module):
+    if isinstance(module, MaskedDoRALinear):
+        return module.merged_weight()
+    return module.weight.detach().clone(), None if module.bias is None else module.bias.detach().clone()
+
+
+def _original_sizes(model, spec, layers) -> List[Dict[str, int]]:
+    hl = head_layout(model.config, spec)
+    out = []
+    for block in layers:
+        mods = block_modules(block, spec, ("mlp",))["mlp"]
+        out.append(dict(intermediate=int(mods["consumer"].in_features), heads=hl.heads, kv_heads=hl.kv_heads,
+                        head_dim=hl.head_dim))
+    return out
+
+
+@torch.no_grad()
+def _compact_weights(model: nn.Module):
+    """``({qualified module name: (weight, bias)}, per-layer sizes)`` of the compacted layers."""
+    state = get_state(model)
+    spec = state.spec
+    layers_path, layers = find_layers(model, spec)
+    sizes = _original_sizes(model, spec, layers)
+    repl = {}
+    for i, block in enumerate(layers):
+        prefix = f"{layers_path}.{i}."
+        if "mlp" in state.config.target_groups:
+            paths = role_paths(spec, "mlp")
+            mods = block_modules(block, spec, ("mlp",))["mlp"]
+            kept = _idx(state.group("mlp", i).hard())
+            for role, m in mods.items():
+                w, b = _merged(m)
+                if role == "consumer":
+                    repl[prefix + paths[role]] = (w[:, kept.to(w.device)], b)
+                else:
+                    k = kept.to(w.device)
+                    repl[prefix + paths[role]] = (w[k], None if b is None else b[k])
+            sizes[i]["intermediate"] = int(kept.numel())
+        if "heads" in state.config.target_groups:
+            paths = role_paths(spec, "heads")
+            mods = block_modules(block, spec, ("heads",))["heads"]
+            hd = sizes[i]["head_dim"]
+            rows = {role: _idx(mods[role].keep_mask()) for role in ("query", "key", "value")}
+            for role, kept in rows.items():
+                w, b = _merged(mods[role])
+                k = kept.to(w.device)
+                repl[prefix + paths[role]] = (w[k], None if b is None else b[k])
+            w, b = _merged(mods["output"])
+            repl[prefix + paths["output"]] = (w[:, rows["query"].to(w.device)], b)
+            heads, kv = rows["query"].numel() // hd, rows["key"].numel() // hd
+            if rows["query"].numel() % hd or rows["key"].numel() % hd or rows["value"].numel() != rows["key"].numel():
+                raise RuntimeError(f"compact_model: layer {i} keeps a partial head; masks must keep whole heads")
+            sizes[i]["heads"], sizes[i]["kv_heads"] = heads, kv
+    return repl, sizes
+
+
+def _set_plain_sizes(config, spec: ModelSpec, size: Dict[str, int]) -> None:
+    setattr(config, spec.mlp.size_key, size["intermediate"])
+    setattr(config, spec.heads.heads_key, size["heads"])
+    if spec.heads.kv_heads_key:
+        setattr(config, spec.heads.kv_heads_key, size["kv_heads"])
+    if spec.heads.head_dim_key:
+        setattr(config, spec.heads.head_dim_key, size["head_dim"])
+
+
+def _is_plain(spec: ModelSpec, original, sizes) -> bool:
+    uniform = all(s == sizes[0] for s in sizes)
+    heads_changed = any((s["heads"], s["kv_heads"]) != (o["heads"], o["kv_heads"]) for s, o in zip(sizes, original))
+    return uniform and (not heads_changed or spec.heads.head_dim_key is not None)
+
+
+def _new_linear(block: nn.Module, path: str, in_features: int, out_features: int) -> None:
+    old = block.get_submodule(path)
+    if (old.in_features, old.out_features) == (in_features, out_features):
+        return
+    parent_path, _, name = path.rpartition(".")
+    parent = block.get_submodule(parent_path) if parent_path else block
+    setattr(parent, name, nn.Linear(in_features, out_features, bias=old.bias is not None,
+                                    device=old.weight.device, dtype=old.weight.dtype))
+
+
+def resize_block(block: nn.Module, spec: ModelSpec, size: Dict[str, int]) -> None:
+    """Give one block of a freshly built model the sizes ``size`` (Linear shapes and module attributes)."""
+    mods = block_modules(block, spec)
+    mlp_paths, head_paths = role_paths(spec, "mlp"), role_paths(spec, "heads")
+    inter = size["intermediate"]
+    for role, path in mlp_paths.items():
+        m = mods["mlp"][role]
+        if role == "consumer":
+            _new_linear(block, path, inter, m.out_features)
+        else:
+            _new_linear(block, path, m.in_features, inter)
+    for mpath, attr in spec.mlp.size_attrs:
+        setattr(block.get_submodule(mpath), attr, inter)
+    hd, heads, kv = size["head_dim"], size["heads"], size["kv_heads"]
+    for role, n in (("query", heads), ("key", kv), ("value", kv)):
+        _new_linear(block, head_paths[role], mods["heads"][role].in_features, n * hd)
+    _new_linear(block, head_paths["output"], heads * hd, mods["heads"]["output"].out_features)
+    quantity = {"heads": heads, "kv_heads": kv, "groups": heads // kv, "width": heads * hd}
+    attention = block.get_submodule(spec.heads.attention)
+    for attr, what in spec.heads.attrs:
+        setattr(attention, attr, quantity[what])
+
+
+def build_compact_model(model_class, config, dtype: Optional[torch.dtype] = None) -> nn.Module:
+    """A model of ``model_class`` with the sizes in ``config`` (per-layer ones included); random weights."""
+    model = model_class(config)
+    sizes = getattr(config, LAYER_SIZES_KEY, None)
+    if sizes:
+        spec = spec_for(config)
+        _, layers = find_layers(model, spec)
+        if len(sizes) != len(layers):
+            raise ValueError(f"config.{LAYER_SIZES_KEY}: expected {len(layers)} entries, got {len(sizes)}")
+        for block, size in zip(layers, sizes):
+            resize_block(block, spec, size)
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.eval()
+
+
+@torch.no_grad()
+def compact_model(model: nn.Module) -> nn.Module:
+    """The compacted plain transformers model (``nn.Linear`` layers, smaller config); ``model`` is untouched."""
+    state = get_state(model)
+    spec = state.spec
+    _, layers = find_layers(model, spec)
+    original = _original_sizes(model, spec, layers)
+    repl, sizes = _compact_weights(model)
+    config = copy.deepcopy(model.config)
+    if _is_plain(spec, original, sizes):
+        _set_plain_sizes(config, spec, sizes[0])
+        if hasattr(config, LAYER_SIZES_KEY):
+            delattr(config, LAYER_SIZES_KEY)
+    else:
+        setattr(config, LAYER_SIZES_KEY, sizes)
+    dtype = next(model.parameters()).dtype
+    new = build_compact_model(type(model), config, dtype)
+    old_sd = {k: v for k, v in model.state_dict().items() if not k.startswith(STATE_ATTR + ".")}
+    new_sd = {}
+    for key in new.state_dict():
+        module_name, _, leaf = key.rpartition(".")
+        if module_name in repl and leaf in ("weight", "bias"):
+            w, b = repl[module_name]
+            new_sd[key] = w if leaf == "weight" else b
+        elif key in old_sd:
+            new_sd[key] = old_sd[key]
+        else:
+            raise RuntimeError(f"compact_model: no source for {key!r}")
+    new.load_state_dict(new_sd, strict=True)
+    device = next(model.parameters()).device
+    return new.to(device).eval()
+
+
+def _read_safetensors(path: str) -> Dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    single = os.path.join(path, "model.safetensors")
+    if os.path.exists(single):
+        return load_file(single)
+    index = os.path.join(path, "model.safetensors.index.json")
+    if not os.path.exists(index):
+        raise FileNotFoundError(f"path: expected model.safetensors or model.safetensors.index.json in {path!r}")
+    with open(index) as f:
+        files = sorted(set(json.load(f)["weight_map"].values()))
+    out = {}
+    for name in files:
+        out.update(load_file(os.path.join(path, name)))
+    return out
+
+
+def load_compact(path: str, model_class=None, dtype: Optional[torch.dtype] = None) -> nn.Module:
+    """Load a compacted checkpoint: plain ones through ``from_pretrained``, per-layer ones through masked_dora.
+
+    ``model_class``: the transformers class (default: the config's first
+    ``architectures`` entry). Returns the model in eval mode.
+    """
+    import transformers
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"path: expected a directory written by save_pretrained, got {path!r}")
+    config = transformers.AutoConfig.from_pretrained(path)
+    if model_class is None:
+        archs = getattr(config, "architectures", None) or []
+        model_class = getattr(transformers, archs[0], None) if archs else None
+        if model_class is None:
+            raise ValueError(f"model_class: the config in {path!r} names no known architecture "
+                             f"({archs}); pass the transformers model class")
+    if not getattr(config, LAYER_SIZES_KEY, None):
+        kwargs = {} if dtype is None else {"dtype": dtype}
+        return model_class.from_pretrained(path, **kwargs).eval()
+    saved = _read_safetensors(path)
+    if dtype is None:
+        dtype = next(iter(saved.values())).dtype if saved else None
+    model = build_compact_model(model_class, config, dtype)
+    missing, unexpected = model.load_state_dict(saved, strict=False)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    loaded_ptrs = {t.data_ptr() for k, t in model.state_dict().items() if k in saved}
+    untied = [k for k in missing if model.state_dict()[k].data_ptr() not in loaded_ptrs]
+    if untied or unexpected:
+        raise ValueError(f"load_compact: checkpoint in {path!r} does not match the model "
+                         f"(missing {untied[:5]}, unexpected {list(unexpected)[:5]})")
+    return model.eval()

@@ -1,0 +1,107 @@
+"""``MaskedDoRAConfig``: what :func:`~masked_dora.models.prepare_model` builds (reads like PEFT's LoraConfig)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple, Union
+
+from ..masks.gates import GATES
+from .specs import GROUP_KINDS
+
+IMPORTANCE = ("none", "magnitude", "taylor", "activation")
+GQA_MODES = ("kv_groups", "query_heads")
+ALLOCATIONS = ("uniform", "global")
+
+
+@dataclass
+class MaskedDoRAConfig:
+    """Adapter, mask and sparsity settings.
+
+    * ``rank``, ``alpha``, ``use_rslora``: the DoRA adapter (scaling ``alpha/rank``
+      or ``alpha/sqrt(rank)``); every member of a targeted group gets one.
+    * ``target_groups``: group kinds to prune, from ``("mlp", "heads")``.
+    * ``target_sparsity``: fraction of units removed per kind (a float applies
+      to every targeted kind): MLP channels, or query heads for ``heads``.
+    * ``alignment``: kept counts are multiples of this (MLP channels per layer,
+      default 64; heads: whole heads, default 1) so compact GEMMs keep fast tiles.
+    * ``gqa``: ``"kv_groups"`` removes whole KV groups (a KV head with its query
+      heads); ``"query_heads"`` removes the same number of query heads in every
+      KV group. Identical for models without GQA.
+    * ``allocation``: ``"uniform"`` keeps the same count in every layer (a plain
+      transformers checkpoint after compaction); ``"global"`` ranks units across
+      layers (each layer keeps at least one aligned block).
+    * ``gate``, ``temperature`` (``None``: the gate's default) and
+      ``final_temperature``/``temperature_steps``: the gate and its schedule.
+    * ``importance``: mask initialisation score (``none``: every unit starts
+      kept at ``mask_init``; ``magnitude``, ``taylor`` or ``activation``: the
+      top units by score start kept, the rest start pruned).
+    * ``warmup_steps``, ``lambda_lr``: the Lagrangian controller (target ramp,
+      multiplier learning rate).
+    """
+
+    rank: int = 8
+    alpha: float = 16.0
+    use_rslora: bool = False
+    target_groups: Tuple[str, ...] = ("mlp", "heads")
+    target_sparsity: Union[float, Dict[str, float]] = 0.25
+    alignment: Dict[str, int] = field(default_factory=lambda: {"mlp": 64, "heads": 1})
+    gqa: str = "kv_groups"
+    allocation: str = "uniform"
+    gate: str = "hard_concrete"
+    temperature: Optional[float] = None
+    final_temperature: Optional[float] = None
+    temperature_steps: int = 0
+    importance: str = "magnitude"
+    mask_init: float = 3.0
+    warmup_steps: int = 0
+    lambda_lr: float = 0.05
+
+    def __post_init__(self):
+        if isinstance(self.target_groups, str):
+            self.target_groups = (self.target_groups,)
+        self.target_groups = tuple(self.target_groups)
+        if not self.target_groups or any(k not in GROUP_KINDS for k in self.target_groups):
+            raise ValueError(f"target_groups: expected a non-empty subset of {GROUP_KINDS}, got {self.target_groups}")
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"rank: expected a positive int, got {self.rank!r}")
+        if not self.alpha > 0:
+            raise ValueError(f"alpha: expected a positive float, got {self.alpha}")
+        if isinstance(self.target_sparsity, (int, float)):
+            self.target_sparsity = {k: float(self.target_sparsity) for k in self.target_groups}
+        self.target_sparsity = {k: float(v) for k, v in dict(self.target_sparsity).items()}
+        for kind in self.target_groups:
+            value = self.target_sparsity.get(kind)
+            if value is None or not 0.0 <= value < 1.0:
+                raise ValueError(f"target_sparsity[{kind!r}]: expected a fraction in [0, 1), got {value}")
+        self.alignment = {**{"mlp": 64, "heads": 1}, **dict(self.alignment)}
+        for kind, value in self.alignment.items():
+            if kind not in GROUP_KINDS or isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"alignment[{kind!r}]: expected a positive int for a kind in {GROUP_KINDS}, "
+                                 f"got {value!r}")
+        for name, value, allowed in (("gqa", self.gqa, GQA_MODES), ("allocation", self.allocation, ALLOCATIONS),
+                                     ("gate", self.gate, tuple(GATES)), ("importance", self.importance, IMPORTANCE)):
+            if value not in allowed:
+                raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
+        for name in ("temperature", "final_temperature"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name}: expected a positive float or None, got {value}")
+        for name in ("temperature_steps", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: expected a non-negative int, got {getattr(self, name)}")
+        if not self.lambda_lr > 0:
+            raise ValueError(f"lambda_lr: expected a positive float, got {self.lambda_lr}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["target_groups"] = list(self.target_groups)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MaskedDoRAConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"config: unknown MaskedDoRAConfig keys {sorted(unknown)}")
+        return cls(**d)

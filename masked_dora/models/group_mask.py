@@ -1,0 +1,148 @@
+r"""One set of mask logits per coupled group, shared by every member layer.
+
+A :class:`GroupMask` owns the logits of one group (one logit per *unit*: an MLP
+channel, a KV group, or a query head) and the gate that turns them into ``z``.
+Member layers (:class:`~masked_dora.nn.MaskedDoRALinear`) read their
+per-channel ``z`` through a :class:`MaskView` (``z_unit[index]``, e.g. a head's
+``z`` repeated ``head_dim`` times); a consumer whose *input* must be gated (the
+output projection when query heads are pruned inside KV groups) gets an
+:class:`InputGate` forward pre-hook. In training the gate is sampled once per
+model forward (the model's pre-hook calls :meth:`GroupMask.clear_sample`), so
+q, k and v of one head see the same sample.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..masks.gates import make_gate
+
+
+class GroupMask(nn.Module):
+    """Mask logits and gate of one coupled group.
+
+    ``num_units`` logits; ``partitions`` equal, contiguous partitions of the
+    units inside which hardening keeps the same count (``> 1`` only for query
+    heads inside KV groups). ``indices`` maps a member role to the unit index of
+    each of its channels (a non-persistent buffer per role).
+    """
+
+    def __init__(self, kind: str, layer: int, num_units: int, indices: Dict[str, Tensor], gate: str = "hard_concrete",
+                 mask_init: float = 3.0, partitions: int = 1, unit_size: int = 1):
+        super().__init__()
+        if num_units < 1 or num_units % partitions:
+            raise ValueError(f"num_units: expected a positive multiple of partitions={partitions}, got {num_units}")
+        self.kind, self.layer, self.num_units = kind, int(layer), int(num_units)
+        self.partitions, self.unit_size = int(partitions), int(unit_size)
+        self.gate = make_gate(gate)
+        self.mask_logits = nn.Parameter(torch.full((num_units,), float(mask_init)))
+        self.register_buffer("fixed_keep", torch.ones(num_units, dtype=torch.bool))
+        self.register_buffer("mask_fixed", torch.zeros((), dtype=torch.bool))
+        self.roles = tuple(indices)
+        for role, index in indices.items():
+            if index.dtype != torch.long or index.dim() != 1 or index.min() < 0 or index.max() >= num_units:
+                raise ValueError(f"indices[{role!r}]: expected a 1-D int64 tensor of unit indices in [0, {num_units})")
+            self.register_buffer(f"index_{role}", index.clone(), persistent=False)
+        self._sample: Optional[Tensor] = None
+        self._probe: Optional[Tensor] = None
+
+    def index(self, role: str) -> Tensor:
+        if role not in self.roles:
+            raise KeyError(f"role: expected one of {self.roles}, got {role!r}")
+        return getattr(self, f"index_{role}")
+
+    # ---------------------------------------------------------------- values
+
+    def values(self) -> Tensor:
+        """Per-unit ``z``: probe (importance), fixed mask, one training sample per forward, or the hard mask."""
+        if self._probe is not None:
+            return self._probe
+        if bool(self.mask_fixed):
+            return self.fixed_keep.to(self.mask_logits.dtype)
+        if not self.training:
+            return self.gate.hard(self.mask_logits)
+        if self._sample is None:
+            self._sample = self.gate(self.mask_logits)
+        return self._sample
+
+    def hard(self) -> Tensor:
+        """The per-unit hard decision (bool)."""
+        if bool(self.mask_fixed):
+            return self.fixed_keep.clone()
+        return self.gate.hard(self.mask_logits.detach()).bool()
+
+    def expected_keep(self) -> Tensor:
+        """Per-unit probability of being kept (differentiable in the logits)."""
+        if bool(self.mask_fixed):
+            return self.fixed_keep.float()
+        return self.gate.expected_keep(self.mask_logits.float())
+
+    def clear_sample(self) -> None:
+        self._sample = None
+
+    @torch.no_grad()
+    def set_mask(self, keep: Tensor) -> None:
+        """Fix the hard per-unit mask ``keep`` (bool, ``num_units``) until :meth:`clear_mask`."""
+        if not isinstance(keep, Tensor) or keep.dtype != torch.bool or keep.shape != (self.num_units,):
+            raise ValueError(f"keep: expected a bool tensor of shape ({self.num_units},), got "
+                             f"{getattr(keep, 'dtype', type(keep).__name__)} {tuple(getattr(keep, 'shape', ()))}")
+        if not keep.any():
+            raise ValueError(f"keep: group {self.kind} of layer {self.layer} would lose every unit")
+        if self.partitions > 1:
+            counts = keep.view(self.partitions, -1).sum(1)
+            if not (counts == counts[0]).all():
+                raise ValueError(f"keep: expected the same number of kept query heads in each of the "
+                                 f"{self.partitions} KV groups (never part of a KV group), got {counts.tolist()}")
+        self.fixed_keep.copy_(keep.to(self.fixed_keep.device))
+        self.mask_fixed.fill_(True)
+
+    @torch.no_grad()
+    def clear_mask(self) -> None:
+        self.fixed_keep.fill_(True)
+        self.mask_fixed.fill_(False)
+
+    def extra_repr(self) -> str:
+        return (f"kind={self.kind}, layer={self.layer}, units={self.num_units}, unit_size={self.unit_size}, "
+                f"partitions={self.partitions}, gate={self.gate.name}")
+
+
+class MaskView:
+    """A member layer's window on a :class:`GroupMask`: ``z_channel = z_unit[index(role)]``."""
+
+    def __init__(self, group: GroupMask, role: str):
+        group.index(role)  # validates the role
+        self.group, self.role = group, role
+
+    def gate_values(self) -> Tensor:
+        return self.group.values()[self.group.index(self.role)]
+
+    def keep_mask(self) -> Tensor:
+        return self.group.hard()[self.group.index(self.role)]
+
+
+class InputGate:
+    """Forward pre-hook multiplying a consumer's input channels by the group's ``z``."""
+
+    def __init__(self, group: GroupMask, role: str):
+        group.index(role)
+        self.group, self.role = group, role
+
+    def __call__(self, module: nn.Module, args):
+        x = args[0]
+        z = self.group.values()[self.group.index(self.role)].to(x.dtype)
+        return (x * z,) + tuple(args[1:])
+
+
+class ClearSamples:
+    """Model forward pre-hook: draw fresh gate samples for this forward."""
+
+    def __init__(self, groups: nn.ModuleDict):
+        self.groups = groups
+
+    def __call__(self, module: nn.Module, args, kwargs=None):
+        for group in self.groups.values():
+            group.clear_sample()
+        return None

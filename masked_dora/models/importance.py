@@ -1,0 +1,188 @@
+r"""Importance scores per group unit, and mask initialisation from them.
+
+* ``magnitude``: for each member, the squared Frobenius norm of the unit's
+  rows (producers) or columns (consumer), divided by the member's total, summed
+  over members (scale-free across members).
+* ``taylor`` (first order): ``sum over calibration batches |dL/dz_unit|`` at
+  ``z = 1``: the loss change from removing the unit, to first order. Needs
+  ``calibration`` and ``loss_fn`` (default: ``model(**batch).loss``).
+* ``activation`` (activation-aware, Wanda-style): at the consumer's input,
+  ``||X_c||_2 * ||W_consumer[:, c]||_2`` per channel, summed per unit.
+
+:func:`init_masks_from_importance` plans the target cut from the scores
+(the same planner as hardening) and sets logits so that the planned-kept
+units start kept (positive) and the rest pruned (negative), with magnitudes in
+``(0, mask_init]`` growing with the score's rank among the kind's units.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Iterable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .prepare import get_state
+from .sparsity import plan_keep
+from .specs import block_modules, find_layers
+
+METHODS = ("magnitude", "taylor", "activation")
+
+
+def _members(model, group):
+    state = get_state(model)
+    _, layers = find_layers(model, state.spec)
+    return block_modules(layers[group.layer], state.spec, (group.kind,))[group.kind]
+
+
+def _consumer_role(group) -> str:
+    return "consumer" if group.kind == "mlp" else "output"
+
+
+def _consumer_unit_index(model, group) -> Tensor:
+    """Unit index of each input channel of the group's consumer (o_proj's inputs are q's outputs)."""
+    return group.index("consumer" if group.kind == "mlp" else "query")
+
+
+def _scatter(values: Tensor, index: Tensor, num_units: int) -> Tensor:
+    return torch.zeros(num_units, dtype=torch.float64).index_add_(0, index.cpu(), values.double().cpu())
+
+
+@torch.no_grad()
+def magnitude_scores(model: nn.Module) -> Dict[str, Tensor]:
+    out = {}
+    for key, group in get_state(model).groups.items():
+        score = torch.zeros(group.num_units, dtype=torch.float64)
+        for role, m in _members(model, group).items():
+            w = m.weight.detach().double()
+            if role == _consumer_role(group):
+                per = w.pow(2).sum(0)
+                index = _consumer_unit_index(model, group)
+            elif role in group.roles:
+                per = w.pow(2).sum(1)
+                index = group.index(role)
+            else:
+                continue
+            score += _scatter(per, index, group.num_units) / per.sum().clamp_min(1e-30)
+        out[key] = score
+    return out
+
+
+def _default_loss(model, batch):
+    out = model(**batch) if isinstance(batch, dict) else model(batch)
+    loss = getattr(out, "loss", None)
+    if loss is None:
+        raise ValueError("loss_fn: the model returned no loss for a calibration batch; pass "
+                         "loss_fn(model, batch) -> scalar tensor (or batches with labels)")
+    return loss
+
+
+def _check_calibration(calibration, method):
+    if calibration is None:
+        raise ValueError(f"calibration: importance={method!r} needs an iterable of calibration batches "
+                         f"(dicts of model inputs); got None")
+
+
+def taylor_scores(model: nn.Module, calibration: Iterable, loss_fn: Optional[Callable] = None) -> Dict[str, Tensor]:
+    _check_calibration(calibration, "taylor")
+    loss_fn = loss_fn or _default_loss
+    state = get_state(model)
+    was_training = model.training
+    model.eval()
+    scores = {k: torch.zeros(g.num_units, dtype=torch.float64) for k, g in state.groups.items()}
+    n = 0
+    try:
+        for batch in calibration:
+            probes = {}
+            for k, g in state.groups.items():
+                probes[k] = torch.ones(g.num_units, device=g.mask_logits.device, requires_grad=True)
+                g._probe = probes[k]
+            with torch.enable_grad():
+                loss = loss_fn(model, batch)
+                grads = torch.autograd.grad(loss, list(probes.values()), allow_unused=True)
+            for k, grad in zip(probes, grads):
+                if grad is not None:
+                    scores[k] += grad.detach().double().abs().cpu()
+            n += 1
+    finally:
+        for g in state.groups.values():
+            g._probe = None
+        model.train(was_training)
+    if n == 0:
+        raise ValueError("calibration: expected at least one batch, got an empty iterable")
+    return scores
+
+
+@torch.no_grad()
+def activation_scores(model: nn.Module, calibration: Iterable) -> Dict[str, Tensor]:
+    _check_calibration(calibration, "activation")
+    state = get_state(model)
+    sq: Dict[str, Tensor] = {}
+    handles = []
+
+    def hook_for(key):
+        def hook(module, args):
+            x = args[0].detach().double()
+            s = x.pow(2).reshape(-1, x.shape[-1]).sum(0).cpu()
+            sq[key] = sq.get(key, 0) + s
+        return hook
+
+    consumers = {}
+    for key, group in state.groups.items():
+        consumers[key] = _members(model, group)[_consumer_role(group)]
+        handles.append(consumers[key].register_forward_pre_hook(hook_for(key)))
+    was_training = model.training
+    model.eval()
+    n = 0
+    try:
+        for batch in calibration:
+            model(**batch) if isinstance(batch, dict) else model(batch)
+            n += 1
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if n == 0:
+        raise ValueError("calibration: expected at least one batch, got an empty iterable")
+    out = {}
+    for key, group in state.groups.items():
+        col = consumers[key].weight.detach().double().pow(2).sum(0).sqrt().cpu()
+        per = sq[key].sqrt() * col
+        out[key] = _scatter(per, _consumer_unit_index(model, group), group.num_units)
+    return out
+
+
+def importance_scores(model: nn.Module, method: str, calibration=None, loss_fn=None) -> Dict[str, Tensor]:
+    """``{group key: per-unit score}`` by ``method`` (see the module docstring)."""
+    if method == "magnitude":
+        return magnitude_scores(model)
+    if method == "taylor":
+        return taylor_scores(model, calibration, loss_fn)
+    if method == "activation":
+        return activation_scores(model, calibration)
+    raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+
+
+@torch.no_grad()
+def init_masks_from_importance(model: nn.Module, method: str, calibration=None, loss_fn=None) -> Dict[str, Tensor]:
+    """Set every group's logits from importance scores (see the module docstring); returns the scores."""
+    state = get_state(model)
+    cfg = state.config
+    scores = importance_scores(model, method, calibration, loss_fn)
+    for kind in cfg.target_groups:
+        keys = [k for k, g in state.groups.items() if g.kind == kind]
+        groups = [state.groups[k] for k in keys]
+        masks = plan_keep(groups, [scores[k] for k in keys], cfg.target_sparsity[kind], cfg.alignment[kind],
+                          cfg.allocation)
+        flat = torch.cat([scores[k] for k in keys])
+        ranks = torch.empty_like(flat)
+        ranks[torch.sort(flat, stable=True).indices] = torch.arange(flat.numel(), dtype=flat.dtype)
+        q = (ranks + 1) / flat.numel()  # (0, 1]
+        start = 0
+        for g, keep in zip(groups, masks):
+            qg = q[start:start + g.num_units].float()
+            start += g.num_units
+            logits = torch.where(keep, qg, qg - 1.0).clamp(-1.0, 1.0) * cfg.mask_init
+            logits = torch.where(keep, logits.clamp_min(1e-3 * cfg.mask_init), logits.clamp_max(-1e-3 * cfg.mask_init))
+            g.mask_logits.copy_(logits.to(g.mask_logits.device))
+    return scores

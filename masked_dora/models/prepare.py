@@ -1,0 +1,185 @@
+"""``prepare_model``: wrap the coupled groups of a transformers model in masked DoRA.
+
+Every member of a targeted group (producers *and* consumers) becomes a
+:class:`~masked_dora.nn.MaskedDoRALinear` sharing the original weight; every
+other parameter is frozen. Each group gets one :class:`GroupMask`; producers
+read their ``z`` from it, consumers keep an all-ones mask of their own (their
+columns go at compaction). Everything the library adds lives under
+``model.masked_dora`` (a :class:`MaskedDoRAState`).
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..nn import MaskedDoRALinear
+from .config import MaskedDoRAConfig
+from .group_mask import ClearSamples, GroupMask, InputGate, MaskView
+from .specs import ModelSpec, block_modules, find_layers, head_layout, role_paths, spec_for
+
+STATE_ATTR = "masked_dora"
+
+
+class MaskedDoRAState(nn.Module):
+    """What ``prepare_model`` adds to a model: the group masks and the settings that built them."""
+
+    def __init__(self, config: MaskedDoRAConfig, spec: ModelSpec, layers_path: str, num_layers: int):
+        super().__init__()
+        self.config, self.spec, self.layers_path, self.num_layers = config, spec, layers_path, num_layers
+        self.groups = nn.ModuleDict()
+
+    def group(self, kind: str, layer: int) -> GroupMask:
+        return self.groups[f"{kind}_{layer}"]
+
+    def groups_of(self, kind: str) -> List[GroupMask]:
+        return [g for g in self.groups.values() if g.kind == kind]
+
+    def set_temperature(self, value: float) -> None:
+        for g in self.groups.values():
+            g.gate.set_temperature(value)
+
+
+def get_state(model: nn.Module) -> MaskedDoRAState:
+    state = getattr(model, STATE_ATTR, None)
+    if not isinstance(state, MaskedDoRAState):
+        raise ValueError("model: expected a model prepared with masked_dora.prepare_model "
+                         f"(no {STATE_ATTR!r} attribute on {type(model).__name__})")
+    return state
+
+
+def is_prepared(model: nn.Module) -> bool:
+    return isinstance(getattr(model, STATE_ATTR, None), MaskedDoRAState)
+
+
+def _replace(block: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = block.get_submodule(parent_path) if parent_path else block
+    setattr(parent, name, new)
+
+
+def _wrap(block: nn.Module, path: str, module: nn.Module, config: MaskedDoRAConfig, where: str) -> MaskedDoRALinear:
+    if isinstance(module, MaskedDoRALinear):
+        return module
+    if not isinstance(module, nn.Linear):
+        raise TypeError(f"model: expected an nn.Linear at {where}.{path}, got {type(module).__name__} "
+                        f"(merge or unload other adapters first; for PEFT DoRA use masked_dora.from_peft)")
+    rank = min(config.rank, module.in_features, module.out_features)
+    layer = MaskedDoRALinear.from_linear(module, rank=rank, alpha=config.alpha, use_rslora=config.use_rslora,
+                                         gate=config.gate, mask_init=config.mask_init)
+    _replace(block, path, layer)
+    return layer
+
+
+def _keep_all(layer: MaskedDoRALinear) -> None:
+    """A member that is not gated (consumer, or K/V kept whole): plain DoRA, its own logits frozen."""
+    layer.set_mask(torch.ones(layer.out_features, dtype=torch.bool))
+    layer.mask_logits.requires_grad_(False)
+
+
+def _mlp_group(block, i, spec, config, where) -> GroupMask:
+    mods = block_modules(block, spec, ("mlp",))["mlp"]
+    paths = role_paths(spec, "mlp")
+    width = mods["consumer"].in_features
+    for role, m in mods.items():
+        size = m.in_features if role == "consumer" else m.out_features
+        if size != width:
+            raise ValueError(f"model: {where}.{paths[role]} has {size} channels, the MLP group expects {width}")
+    roles = {role: torch.arange(width) for role in mods}
+    group = GroupMask("mlp", i, width, roles, gate=config.gate, mask_init=config.mask_init)
+    for role, m in mods.items():
+        layer = _wrap(block, paths[role], m, config, where)
+        if role == "consumer":
+            _keep_all(layer)
+        else:
+            layer.set_mask_source(MaskView(group, role))
+    return group
+
+
+def _head_group(block, i, spec, config, model_config, where) -> Tuple[GroupMask, Optional[InputGate]]:
+    hl = head_layout(model_config, spec)
+    mods = block_modules(block, spec, ("heads",))["heads"]
+    paths = role_paths(spec, "heads")
+    expect = {"query": ("out_features", hl.heads), "key": ("out_features", hl.kv_heads),
+              "value": ("out_features", hl.kv_heads), "output": ("in_features", hl.heads)}
+    for role, (attr, heads) in expect.items():
+        if getattr(mods[role], attr) != heads * hl.head_dim:
+            raise ValueError(f"model: {where}.{paths[role]}.{attr} is {getattr(mods[role], attr)}, expected "
+                             f"{heads} heads x head_dim {hl.head_dim}")
+    q_head = torch.arange(hl.heads * hl.head_dim) // hl.head_dim
+    kv_head = torch.arange(hl.kv_heads * hl.head_dim) // hl.head_dim
+    by_kv = config.gqa == "kv_groups" or hl.group_size == 1
+    if by_kv:  # one unit per KV head; its query heads follow it
+        indices = {"query": q_head // hl.group_size, "key": kv_head, "value": kv_head}
+        group = GroupMask("heads", i, hl.kv_heads, indices, gate=config.gate, mask_init=config.mask_init,
+                          unit_size=hl.group_size)
+        gated = ("query", "key", "value")
+    else:  # one unit per query head, the same count kept in every KV group
+        indices = {"query": q_head, "output": q_head}
+        group = GroupMask("heads", i, hl.heads, indices, gate=config.gate, mask_init=config.mask_init,
+                          partitions=hl.kv_heads)
+        gated = ("query",)
+    input_gate = None
+    for role, m in mods.items():
+        layer = _wrap(block, paths[role], m, config, where)
+        if role in gated:
+            layer.set_mask_source(MaskView(group, role))
+        else:
+            _keep_all(layer)
+    if not by_kv:  # the KV heads stay, so a pruned query head must be cut at o_proj's input
+        input_gate = InputGate(group, "output")
+        block.get_submodule(paths["output"]).register_forward_pre_hook(input_gate)
+    return group, input_gate
+
+
+def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, calibration=None,
+                  loss_fn=None) -> nn.Module:
+    """Wrap ``model``'s targeted groups in masked DoRA (in place) and return it.
+
+    ``calibration`` (an iterable of input dicts) and ``loss_fn(model, batch) ->
+    scalar`` feed the ``taylor`` and ``activation`` importance scores used to
+    initialise the masks (see :mod:`masked_dora.models.importance`).
+    """
+    config = MaskedDoRAConfig() if config is None else config
+    if not isinstance(config, MaskedDoRAConfig):
+        raise TypeError(f"config: expected a MaskedDoRAConfig, got {type(config).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a transformers model (nn.Module), got {type(model).__name__}")
+    if is_prepared(model):
+        raise ValueError("model: already prepared with masked_dora.prepare_model")
+    if config.importance in ("taylor", "activation") and calibration is None:
+        raise ValueError(f"calibration: importance={config.importance!r} needs an iterable of calibration "
+                         f"batches (dicts of model inputs); got None")
+    spec = spec_for(model)
+    layers_path, layers = find_layers(model, spec)
+    for i, block in enumerate(layers):  # check every block before changing anything
+        for kind, roles in block_modules(block, spec, config.target_groups).items():
+            paths = role_paths(spec, kind)
+            for role, module in roles.items():
+                if not isinstance(module, nn.Linear):
+                    raise TypeError(f"model: expected an nn.Linear at {layers_path}.{i}.{paths[role]}, got "
+                                    f"{type(module).__name__} (merge or unload other adapters first; for PEFT "
+                                    f"LoRA/DoRA use masked_dora.from_peft)")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    state = MaskedDoRAState(config, spec, layers_path, len(layers))
+    device = next(model.parameters()).device
+    for i, block in enumerate(layers):
+        where = f"{layers_path}.{i}"
+        if "mlp" in config.target_groups:
+            state.groups[f"mlp_{i}"] = _mlp_group(block, i, spec, config, where)
+        if "heads" in config.target_groups:
+            group, _ = _head_group(block, i, spec, config, model.config, where)
+            state.groups[f"heads_{i}"] = group
+    if config.temperature is not None:
+        state.set_temperature(config.temperature)
+    setattr(model, STATE_ATTR, state.to(device))
+    model.train(model.training)  # new modules follow the model's mode
+    model.register_forward_pre_hook(ClearSamples(state.groups))
+    if config.importance != "none":
+        from .importance import init_masks_from_importance
+
+        init_masks_from_importance(model, config.importance, calibration, loss_fn)
+    return model

@@ -1,0 +1,91 @@
+"""The pruning report: markdown tables and a PNG of kept channels / heads per layer.
+
+The plot uses matplotlib (Agg backend) when it is installed (``requirements-demo.txt``):
+a labelled bar chart that anyone can read is worth the optional dependency. Without
+it the report says so and the rest is written.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional
+
+
+def plot_kept(sizes: List[Dict[str, int]], original: List[Dict[str, int]], path: str, title: str) -> Optional[str]:
+    """Bar chart of kept MLP channels and heads per layer; returns ``None`` if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=True)
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install -r requirements-demo.txt); no plot"
+    layers = list(range(len(sizes)))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, key, label in ((axes[0], "intermediate", "MLP channels"), (axes[1], "heads", "attention heads")):
+        ax.bar(layers, [o[key] for o in original], color="#d9d9d9", label="dense")
+        ax.bar(layers, [s[key] for s in sizes], color="#3b75af", label="kept")
+        ax.set_xlabel("layer")
+        ax.set_ylabel(label)
+        ax.set_xticks(layers)
+        ax.set_title(f"kept {label} per layer")
+        ax.legend(loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def write_markdown(path: str, metrics: Dict, plot_file: Optional[str], plot_note: Optional[str]) -> None:
+    m = metrics
+    lines = [f"# masked-dora prune report: `{m['model']}`", "",
+             f"Target sparsity: {m['target_sparsity']} (alignment {m['alignment']}, GQA mode {m['gqa']}, "
+             f"allocation {m['allocation']}); importance init `{m['importance']}`; "
+             f"{m['steps']} mask-learning + {m['recovery_steps']} recovery steps (masks fixed) of batch "
+             f"{m['batch_size']} in {m['train_seconds']:.1f} s "
+             f"(distilling the dense model's mean-pooled embeddings on {m['n_train']} stdlib docstrings).", "",
+             "## Size and speed", "",
+             "| | dense | pruned | ratio |", "|---|---|---|---|",
+             f"| parameters | {m['params_dense']:,} | {m['params_pruned']:,} | "
+             f"{m['params_pruned'] / m['params_dense']:.3f} |",
+             f"| encoder-layer parameters | {m['layer_params_dense']:,} | {m['layer_params_pruned']:,} | "
+             f"{m['layer_params_pruned'] / m['layer_params_dense']:.3f} |"]
+    for key, label in (("latency_batch", f"latency, batch {m['latency_batch_size']} (ms, median)"),
+                       ("latency_single", "latency, 1 sequence (ms, median)")):
+        d, p = m[f"{key}_dense_ms"], m[f"{key}_pruned_ms"]
+        lines.append(f"| {label} | {d:.1f} | {p:.1f} | {p / d:.3f} |")
+    lines += ["", f"Latency on {m['device']}, {m['threads']} threads, sequences of up to {m['max_length']} tokens.",
+              "", "## Quality on held-out text", "",
+              f"{m['n_eval']} held-out docstring paragraphs from modules never used in training; retrieval: the "
+              "first half of each paragraph is the query, the second halves are the documents.", "",
+              "| model | cosine to dense (mean) | cosine (min) | top-1 agreement with dense | top-1 accuracy |",
+              "|---|---|---|---|---|"]
+    for row in m["quality"]:
+        lines.append(f"| {row['name']} | {_fmt(row['cosine_mean'])} | {_fmt(row['cosine_min'])} | "
+                     f"{_fmt(row['top1_agreement'])} | {_fmt(row['top1_accuracy'])} |")
+    lines += ["", f"Dense top-1 accuracy: {m['top1_accuracy_dense']:.4f}.", "",
+              "## Kept structure per layer", "", "| layer | MLP channels | heads | KV heads |", "|---|---|---|---|"]
+    for i, (s, o) in enumerate(zip(m["layer_sizes"], m["original_sizes"])):
+        lines.append(f"| {i} | {s['intermediate']} / {o['intermediate']} | {s['heads']} / {o['heads']} | "
+                     f"{s['kv_heads']} / {o['kv_heads']} |")
+    lines.append("")
+    if plot_file:
+        lines += [f"![kept per layer]({plot_file})", ""]
+    if plot_note:
+        lines += [f"(Plot: {plot_note}.)", ""]
+    lines += ["## Checkpoint", "", f"`{m['checkpoint']}`: {m['checkpoint_note']}", ""]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
+def report_paths(out_dir: str) -> Dict[str, str]:
+    return {"markdown": os.path.join(out_dir, "report.md"), "plot": os.path.join(out_dir, "kept_per_layer.png"),
+            "metrics": os.path.join(out_dir, "metrics.json"), "model": os.path.join(out_dir, "model"),
+            "state": os.path.join(out_dir, "training_state")}

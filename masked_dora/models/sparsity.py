@@ -1,0 +1,169 @@
+r"""Exact target sparsity per group kind: a Lagrangian controller and deterministic top-k hardening.
+
+Units are ranked by score (the mask logits when hardening, an importance score
+at initialisation) and kept in *blocks*: ``alignment`` channels of the MLP,
+one KV group, or (query heads inside KV groups) the r-th best query head of
+every KV group together. ``uniform`` allocation keeps the same number of units
+in every layer, ``kept_count(units, sparsity, alignment)``; ``global`` ranks
+blocks across layers (block score: the mean of its units' scores), keeps each
+layer's best block, then the best remaining blocks until the kind's total
+``kept_count(total, sparsity, alignment)`` is reached.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..masks.controller import LagrangianController, kept_count
+from .group_mask import GroupMask
+from .prepare import get_state
+
+
+def _blocks(group: GroupMask, scores: Tensor, alignment: int) -> List[Tensor]:
+    """Unit-index blocks of one group in keep-priority order (block scores non-increasing)."""
+    scores = scores.detach().float().cpu()
+    if group.partitions > 1:
+        per = scores.view(group.partitions, -1)
+        order = torch.sort(per, dim=1, descending=True, stable=True).indices
+        offsets = torch.arange(group.partitions)[:, None] * per.shape[1]
+        ranked = order + offsets  # ranked[p, r]: the r-th best unit of partition p
+        return [ranked[:, r].sort().values for r in range(per.shape[1])]
+    order = torch.sort(scores, descending=True, stable=True).indices
+    return [order[s:s + alignment] for s in range(0, order.numel(), alignment)]
+
+
+def _block_unit(group: GroupMask, kind_alignment: int) -> int:
+    return group.partitions if group.partitions > 1 else kind_alignment
+
+
+def plan_keep(groups: Sequence[GroupMask], scores: Sequence[Tensor], sparsity: float, alignment: int,
+              allocation: str = "uniform") -> List[Tensor]:
+    """Per-group bool keep masks hitting ``sparsity`` exactly (up to alignment rounding)."""
+    if len(groups) != len(scores):
+        raise ValueError(f"scores: expected one tensor per group ({len(groups)}), got {len(scores)}")
+    for g, s in zip(groups, scores):
+        if s.shape != (g.num_units,):
+            raise ValueError(f"scores: expected shape ({g.num_units},) for {g.kind} layer {g.layer}, "
+                             f"got {tuple(s.shape)}")
+    align = alignment if groups and groups[0].partitions == 1 else 1
+    blocks = [_blocks(g, s, align) for g, s in zip(groups, scores)]
+    if allocation == "uniform":
+        counts = [kept_count(g.num_units, sparsity, _block_unit(g, align)) for g in groups]
+    elif allocation == "global":
+        counts = _global_counts(groups, scores, blocks, sparsity, align)
+    else:
+        raise ValueError(f"allocation: expected 'uniform' or 'global', got {allocation!r}")
+    masks = []
+    for g, bl, count in zip(groups, blocks, counts):
+        keep = torch.zeros(g.num_units, dtype=torch.bool)
+        taken = 0
+        for b in bl:
+            if taken >= count:
+                break
+            keep[b] = True
+            taken += b.numel()
+        masks.append(keep)
+    return masks
+
+
+def _global_counts(groups, scores, blocks, sparsity, align) -> List[int]:
+    unit = max(_block_unit(g, align) for g in groups)
+    total = sum(g.num_units for g in groups)
+    target = kept_count(total, sparsity, unit)
+    counts = [blocks[i][0].numel() for i in range(len(groups))]  # every layer keeps its best block
+    candidates = []
+    for i, (bl, s) in enumerate(zip(blocks, scores)):
+        s = s.detach().float().cpu()
+        for j in range(1, len(bl)):
+            candidates.append((-s[bl[j]].mean().item(), i, j))
+    candidates.sort()  # by score, then layer, then block index: prefixes within each layer
+    taken = sum(counts)
+    next_block = [1] * len(groups)
+    for _, i, j in candidates:
+        size = blocks[i][j].numel()
+        if taken + size > target or j != next_block[i]:
+            continue
+        counts[i] += size
+        next_block[i] += 1
+        taken += size
+    return counts
+
+
+@torch.no_grad()
+def harden(model: nn.Module) -> Dict[str, Dict[str, float]]:
+    """Fix every group's mask to the exact top-k of its logits; returns kept counts per kind."""
+    state = get_state(model)
+    cfg = state.config
+    summary = {}
+    for kind in cfg.target_groups:
+        groups = state.groups_of(kind)
+        masks = plan_keep(groups, [g.mask_logits for g in groups], cfg.target_sparsity[kind],
+                          cfg.alignment[kind], cfg.allocation)
+        for g, keep in zip(groups, masks):
+            g.set_mask(keep.to(g.fixed_keep.device))
+        kept = sum(int(m.sum()) for m in masks)
+        total = sum(g.num_units for g in groups)
+        summary[kind] = {"kept": kept, "total": total, "sparsity": 1.0 - kept / total}
+    return summary
+
+
+def kept_fraction(model: nn.Module, kind: str) -> float:
+    """Fraction of ``kind``'s units the current hard masks keep (unit-weighted over layers)."""
+    groups = get_state(model).groups_of(kind)
+    return sum(int(g.hard().sum()) for g in groups) / sum(g.num_units for g in groups)
+
+
+def expected_keep(model: nn.Module, kind: str) -> Tensor:
+    """Differentiable expected kept fraction of ``kind``'s units."""
+    groups = get_state(model).groups_of(kind)
+    return torch.cat([g.expected_keep() for g in groups]).mean()
+
+
+def planned_keep_fraction(model: nn.Module, kind: str) -> float:
+    """The kept fraction :func:`harden` will produce (with alignment rounding) for ``kind``."""
+    state = get_state(model)
+    groups = state.groups_of(kind)
+    masks = plan_keep(groups, [torch.arange(g.num_units, 0, -1).float() for g in groups],
+                      state.config.target_sparsity[kind], state.config.alignment[kind], state.config.allocation)
+    return sum(int(m.sum()) for m in masks) / sum(g.num_units for g in groups)
+
+
+class SparsityController(nn.Module):
+    """One :class:`LagrangianController` per targeted kind, on the expected kept fraction.
+
+    Its target is the fraction hardening will keep, so training and hardening
+    agree. Keep its parameters out of the model's optimiser: use
+    :meth:`make_optimizer` (gradient *ascent* on the multipliers).
+    """
+
+    def __init__(self, model: nn.Module, warmup_steps: int = None):
+        super().__init__()
+        state = get_state(model)
+        warmup = state.config.warmup_steps if warmup_steps is None else warmup_steps
+        self.controllers = nn.ModuleDict({
+            kind: LagrangianController(1.0 - planned_keep_fraction(model, kind), warmup)
+            for kind in state.config.target_groups})
+
+    def penalty(self, model: nn.Module) -> Tensor:
+        terms = [c(expected_keep(model, kind)) for kind, c in self.controllers.items()]
+        return torch.stack(terms).sum()
+
+    def make_optimizer(self, lr: float = 0.05) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=0.0, maximize=True)
+
+    def advance(self) -> None:
+        for c in self.controllers.values():
+            c.advance()
+
+    @torch.no_grad()
+    def stats(self, model: nn.Module) -> Dict[str, float]:
+        out = {}
+        for kind, c in self.controllers.items():
+            out[f"sparsity/{kind}_expected_keep"] = float(expected_keep(model, kind))
+            out[f"sparsity/{kind}_hard_keep"] = kept_fraction(model, kind)
+            out[f"sparsity/{kind}_target_keep"] = c.target_keep(int(c.step))
+            out[f"sparsity/{kind}_lambda1"] = float(c.lambda_1)
+        return out

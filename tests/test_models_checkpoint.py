@@ -1,0 +1,179 @@
+"""Pruned checkpoints (plain transformers reload in a clean process), training state, PEFT import."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from masked_dora.models import (MaskedDoRAConfig, SparsityController, compact_model, from_peft, get_state, harden,
+                                load_compact, load_training_state, prepare_model, save_training_state)
+from masked_dora.models.compact import LAYER_SIZES_KEY
+
+from tiny_models import output_tensor, randomize_adapters, tiny_inputs, tiny_model
+
+CFG = dict(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5)
+
+PLAIN_RELOAD = textwrap.dedent("""
+    import sys, torch, transformers
+    path, auto = sys.argv[1], sys.argv[2]
+    inputs = torch.load(path + "/inputs.pt")
+    model = getattr(transformers, auto).from_pretrained(path).eval()
+    with torch.no_grad():
+        out = model(**inputs)
+    out = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+    torch.save(out, path + "/reloaded.pt")
+    assert not any(m.startswith("masked_dora") for m in sys.modules), "masked_dora was imported"
+    print("ok")
+""")
+
+
+def _reload_in_clean_process(path, auto):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_HUB_OFFLINE"] = "1"
+    res = subprocess.run([sys.executable, "-c", PLAIN_RELOAD, path, auto], capture_output=True, text=True,
+                         env=env, cwd=path, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return torch.load(os.path.join(path, "reloaded.pt"))
+
+
+@pytest.mark.parametrize("family, auto", [("qwen2", "AutoModelForCausalLM"), ("bert", "AutoModel")])
+def test_uniform_checkpoint_reloads_with_plain_transformers(tmp_path, family, auto):
+    kind = "lm" if family == "qwen2" else "base"
+    model = tiny_model(family, kind=kind)
+    groups = ("mlp", "heads") if family == "qwen2" else ("mlp",)  # BERT configs cannot express pruned heads
+    prepare_model(model, MaskedDoRAConfig(target_groups=groups, **CFG))
+    randomize_adapters(model)
+    harden(model)
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        ref = output_tensor(model(**inputs))
+    small = compact_model(model)
+    small.save_pretrained(str(tmp_path))
+    torch.save(inputs, tmp_path / "inputs.pt")
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["intermediate_size"] == 32 and LAYER_SIZES_KEY not in config
+    out = _reload_in_clean_process(str(tmp_path), auto)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "distilbert"])
+def test_non_uniform_checkpoint_loads_through_masked_dora(tmp_path, family):
+    model = tiny_model(family)
+    prepare_model(model, MaskedDoRAConfig(allocation="global", **CFG))
+    randomize_adapters(model)
+    with torch.no_grad():
+        get_state(model).group("mlp", 0).mask_logits.add_(5.0)
+    harden(model)
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        ref = output_tensor(model(**inputs))
+    small = compact_model(model)
+    sizes = getattr(small.config, LAYER_SIZES_KEY)
+    assert sizes[0]["intermediate"] != sizes[1]["intermediate"]
+    small.save_pretrained(str(tmp_path))
+    loaded = load_compact(str(tmp_path))
+    with torch.no_grad():
+        out = output_tensor(loaded(**inputs))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    from transformers import AutoModel
+    with pytest.raises(Exception, match="mismatch"):  # a plain load fails loudly, it never loads wrong weights
+        AutoModel.from_pretrained(str(tmp_path))
+
+
+def test_loader_rejects_bad_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="path"):
+        load_compact(str(tmp_path / "nope"))
+
+
+def test_training_state_round_trip_is_bit_identical(tmp_path):
+    model = tiny_model("llama", kind="lm")
+    prepare_model(model, MaskedDoRAConfig(gqa="query_heads", **CFG))
+    randomize_adapters(model, seed=3)
+    controller = SparsityController(model)
+    with torch.no_grad():
+        controller.controllers["mlp"].lambda_1.fill_(0.7)
+        controller.controllers["mlp"].step.fill_(5)
+        get_state(model).groups["heads_0"].gate.set_temperature(0.3)
+    save_training_state(model, str(tmp_path), controller)
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        ref = output_tensor(model(**inputs))
+
+    fresh = tiny_model("llama", kind="lm")
+    fresh_controller = None
+    load_training_state(fresh, str(tmp_path))
+    fresh_controller = SparsityController(fresh)
+    load_training_state(fresh, str(tmp_path), fresh_controller)  # already prepared: loads in place
+    with torch.no_grad():
+        out = output_tensor(fresh(**inputs))
+    assert torch.equal(out, ref)
+    assert float(fresh_controller.controllers["mlp"].lambda_1.detach()) == pytest.approx(0.7)
+    assert int(fresh_controller.controllers["mlp"].step) == 5
+    assert float(get_state(fresh).groups["heads_0"].gate.temperature) == pytest.approx(0.3)
+    assert get_state(fresh).config == get_state(model).config
+    # the base weights are not in the file
+    from safetensors.torch import load_file
+    keys = load_file(str(tmp_path / "masked_dora_adapter.safetensors")).keys()
+    assert not any(k.endswith((".weight", ".bias")) and "lora" not in k for k in keys), sorted(keys)[:5]
+    with pytest.raises(ValueError, match="model_type"):
+        load_training_state(tiny_model("bert"), str(tmp_path))
+
+
+@pytest.mark.parametrize("use_dora", [True, False])
+def test_from_peft_keeps_the_peft_function(use_dora):
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_model("llama", kind="lm")
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, use_dora=use_dora, lora_dropout=0.0,
+                                                  target_modules=["q_proj", "v_proj", "down_proj", "lm_head"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+            if "lora_magnitude_vector" in name:
+                p.mul_(1.3)
+    peft_model.eval()
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        ref = output_tensor(peft_model(**inputs))
+    masked = from_peft(peft_model).eval()
+    q = masked.model.layers[0].self_attn.q_proj
+    assert q.rank == 4 and q.scaling == pytest.approx(2.0) and q.lora_B.abs().sum() > 0
+    with torch.no_grad():
+        out = output_tensor(masked(**inputs))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    with pytest.raises(TypeError, match="peft_model"):
+        from_peft(masked)
+
+
+def test_non_uniform_query_heads_round_trip(tmp_path):
+    model = tiny_model("llama", kind="lm")
+    cfg = {**CFG, "target_sparsity": {"mlp": 0.5, "heads": 0.25}}
+    prepare_model(model, MaskedDoRAConfig(gqa="query_heads", allocation="global", **cfg))
+    randomize_adapters(model, seed=5)
+    with torch.no_grad():
+        get_state(model).group("heads", 1).mask_logits.add_(5.0)  # layer 1 keeps all its query heads
+    harden(model)
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        ref = output_tensor(model(**inputs))
+    small = compact_model(model)
+    heads = [s["heads"] for s in getattr(small.config, LAYER_SIZES_KEY)]
+    assert heads == [2, 4], heads  # 6 of 8 query heads: one block (a head per KV group) each, the rest to layer 1
+    assert all(s["kv_heads"] == 2 for s in getattr(small.config, LAYER_SIZES_KEY))
+    small.save_pretrained(str(tmp_path))
+    with torch.no_grad():
+        out = output_tensor(load_compact(str(tmp_path))(**inputs))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_prepare_refuses_a_peft_wrapped_layer():
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(TypeError, match="from_peft"):
+        prepare_model(peft_model.get_base_model(), MaskedDoRAConfig(**CFG))

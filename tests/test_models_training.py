@@ -1,0 +1,73 @@
+"""Training: the Trainer callback inside a real 2-step Trainer run, and the plain loop."""
+
+import pytest
+import torch
+
+from masked_dora.models import (MaskedDoRACallback, MaskedDoRAConfig, get_state, harden, kept_fraction,
+                                prepare_model, train_masked)
+
+from tiny_models import tiny_model
+
+
+def _lm_batches(n=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(3, 97, (2, 9), generator=gen)
+        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
+    return out
+
+
+def test_callback_runs_inside_trainer(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    model = tiny_model("llama", kind="lm")
+    cfg = MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5,
+                           temperature=1.0, final_temperature=0.5, temperature_steps=2)
+    prepare_model(model, cfg)
+    rows = [{k: v[i] for k, v in b.items()} for b in _lm_batches() for i in range(2)]
+    callback = MaskedDoRACallback(model, lambda_lr=0.5)
+    logits_before = get_state(model).group("mlp", 0).mask_logits.detach().clone()
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2,
+                             learning_rate=1e-2, logging_steps=1, report_to=[], use_cpu=True, save_strategy="no",
+                             disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=[callback])
+    trainer.train()
+    assert trainer.state.global_step == 2
+    ctrl = callback.mask_trainer.controller.controllers["mlp"]
+    assert int(ctrl.step) == 2
+    # the penalty reached the loss: the multipliers moved (gradient ascent) and so did the mask logits
+    assert float(ctrl.lambda_1.detach()) != 0.0
+    assert not torch.equal(get_state(model).group("mlp", 0).mask_logits.detach(), logits_before)
+    # the temperature followed its schedule (step 1 of 2: sqrt(1.0 * 0.5))
+    assert float(get_state(model).group("mlp", 0).gate.temperature) == pytest.approx(0.5 ** 0.5, rel=1e-5)
+    logged = [e for e in trainer.state.log_history if "sparsity/mlp_expected_keep" in e]
+    assert len(logged) >= 2 and len(callback.history) >= 2
+    assert logged[-1]["sparsity/mlp_target_keep"] == pytest.approx(0.5)
+    # the hook is removed after training: eval losses carry no penalty
+    assert not model._forward_hooks or all(type(h).__name__ != "_AddPenalty" for h in model._forward_hooks.values())
+
+
+def test_train_masked_reaches_target_and_hardens_exactly():
+    model = tiny_model("llama", kind="lm")
+    cfg = MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5,
+                           target_groups=("mlp",))
+    prepare_model(model, cfg)
+    log = train_masked(model, _lm_batches(), lambda m, b: m(**b).loss, steps=40, lr=1e-3, mask_lr=0.1,
+                       log_every=10)
+    assert len(log) == 5 and all(torch.isfinite(torch.tensor(e["loss"])) for e in log)
+    assert log[-1]["sparsity/mlp_expected_keep"] < log[0]["sparsity/mlp_expected_keep"]
+    assert not model.training
+    harden(model)
+    assert kept_fraction(model, "mlp") == 0.5
+
+
+def test_train_masked_rejects_bad_input():
+    model = tiny_model("llama", kind="lm")
+    with pytest.raises(ValueError, match="prepare_model"):
+        train_masked(model, _lm_batches(), lambda m, b: m(**b).loss, steps=1)
+    prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none"))
+    with pytest.raises(ValueError, match="steps"):
+        train_masked(model, _lm_batches(), lambda m, b: m(**b).loss, steps=0)
+    with pytest.raises(ValueError, match="batches"):
+        train_masked(model, [], lambda m, b: m(**b).loss, steps=1)
