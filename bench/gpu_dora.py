@@ -42,6 +42,8 @@ FORCED_BACKEND = {"masked_dora_triton": "triton", "masked_dora_cuda": "cuda", "m
 
 
 class _Holder(nn.Module):
+    """One nn.Linear named ``proj``, the module PEFT targets."""
+
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.proj = linear
@@ -145,7 +147,7 @@ def dora_train_section(device: str = "cuda", dtype: torch.dtype = torch.bfloat16
                     _clear_norm_cache(layer)
                     return layer(x)
 
-                def fwd_bwd(layer=layer):
+                def fwd_bwd(layer=layer, params=params):
                     _clear_norm_cache(layer)
                     layer(x).backward(dy)
                     for p in params:

@@ -23,7 +23,7 @@ import triton.language as tl
 from torch import Tensor
 
 from masked_dora.ops import _checks, _registry
-from masked_dora.ops.dora_linear import OP
+from masked_dora.ops.dora_linear import OP, check_dora_linear_args
 
 from ._common import (INTERPRET_GEMM, SUPPORTED_DTYPES, TunedKernel, compile_precisions, device_guard,
                       dot_precision, gemm_configs, grouped_pid, m_bucket, make_predicates, rank_pad)
@@ -119,20 +119,8 @@ def r_block(r: int) -> int:
 
 def check_forward_args(x: Tensor, weight: Tensor, lora_A: Tensor, lora_B: Tensor, scale: Tensor,
                        bias: Optional[Tensor]) -> None:
-    for name, t in (("x", x), ("weight", weight), ("lora_A", lora_A), ("lora_B", lora_B)):
-        _checks.check_floating(name, t)
-        _checks.check_ndim(name, t, 2)
-    n, k = weight.shape
-    r = lora_A.shape[0]
-    if x.shape[1] != k:
-        raise ValueError(f"x: expected shape (M, {k}), got {tuple(x.shape)}")
-    _checks.check_shape("lora_A", lora_A, (r, k))
-    _checks.check_shape("lora_B", lora_B, (n, r))
-    _checks.check_vector("scale", scale, n)
-    _checks.check_vector("bias", bias, n)
-    _checks.check_same_device([("x", x), ("weight", weight), ("lora_A", lora_A), ("lora_B", lora_B),
-                               ("scale", scale), ("bias", bias)])
-    _checks.check_same_dtype([("x", x), ("weight", weight), ("lora_A", lora_A), ("lora_B", lora_B)])
+    check_dora_linear_args(x, weight, lora_A, lora_B, scale, bias)
+    _checks.check_ndim("x", x, 2)
     if x.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"x: the triton dora_linear kernels support {SUPPORTED_DTYPES}, got {x.dtype}")
 

@@ -20,8 +20,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from masked_dora.ops import _checks, _registry
-from masked_dora.ops.row_norm import OP, row_norm_reference
+from masked_dora.ops import _registry
+from masked_dora.ops.row_norm import OP, check_row_norm_args, row_norm_reference
 
 from ._common import (MAX_FUSED_RANK, SUPPORTED_DTYPES, TunedKernel, compile_precisions, device_guard,
                       dot_precision, make_predicates, rank_pad)
@@ -83,14 +83,9 @@ def row_norm_triton(weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: flo
 
     ``out``: an optional preallocated contiguous float32 buffer of length N.
     """
-    for name, t in (("weight", weight), ("lora_A", lora_A), ("lora_B", lora_B)):
-        _checks.check_floating(name, t)
-        _checks.check_ndim(name, t, 2)
+    check_row_norm_args(weight, lora_A, lora_B, weight_sq)
     n, k = weight.shape
     r = lora_A.shape[0]
-    _checks.check_shape("lora_A", lora_A, (r, k))
-    _checks.check_shape("lora_B", lora_B, (n, r))
-    _checks.check_vector("weight_sq", weight_sq, n)
     if weight.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"weight: the triton row_norm kernel supports {SUPPORTED_DTYPES}, got {weight.dtype}")
     if out is None:

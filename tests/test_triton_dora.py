@@ -243,7 +243,7 @@ def test_dispatch_priority_and_errors():
     a, b, c = torch.randn(2, 8), torch.randn(6, 2), torch.rand(6)
     with pytest.raises(ValueError, match="lora_B"):
         fwd_mod.dora_linear_triton(x, w, a, torch.randn(5, 2), 1.0, c, None)
-    with pytest.raises(ValueError, match="x: expected shape"):
+    with pytest.raises(ValueError, match="x: expected last dimension in_features=8"):
         fwd_mod.dora_linear_triton(torch.randn(4, 7), w, a, b, 1.0, c, None)
     with pytest.raises(TypeError, match="x: the triton dora_linear kernels support"):
         fwd_mod.dora_linear_triton(x.double(), w.double(), a.double(), b.double(), 1.0, c, None)

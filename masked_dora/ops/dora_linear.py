@@ -157,17 +157,9 @@ _dora_linear_op.register_autograd(_backward, setup_context=_setup_context)
 
 # ---------------------------------------------------------------- public entry point
 
-def dora_linear(
-    x: Tensor, weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float,
-    scale: Tensor, bias: Optional[Tensor] = None,
-) -> Tensor:
-    """``y = (x W0^T + s (x A^T) B^T) * scale + bias`` for ``x`` of shape (..., K).
-
-    ``weight`` (N x K, frozen), ``lora_A`` (r x K) and ``lora_B`` (N x r) share
-    ``x``'s dtype; ``scale`` and ``bias`` are length-N vectors of any float dtype
-    (the epilogue runs in float32). Differentiable in ``x``, ``lora_A``,
-    ``lora_B``, ``scale`` and ``bias``.
-    """
+def check_dora_linear_args(x: Tensor, weight: Tensor, lora_A: Tensor, lora_B: Tensor, scale: Tensor,
+                           bias: Optional[Tensor]) -> None:
+    """Shapes, dtypes and devices of the op's arguments (``x``: (..., K)); clear errors naming each."""
     for name, t in (("x", x), ("weight", weight), ("lora_A", lora_A), ("lora_B", lora_B)):
         _checks.check_floating(name, t)
     _checks.check_ndim("weight", weight, 2)
@@ -184,6 +176,21 @@ def dora_linear(
     _checks.check_same_device([("x", x), ("weight", weight), ("lora_A", lora_A), ("lora_B", lora_B),
                                ("scale", scale), ("bias", bias)])
     _checks.check_same_dtype([("x", x), ("weight", weight), ("lora_A", lora_A), ("lora_B", lora_B)])
+
+
+def dora_linear(
+    x: Tensor, weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float,
+    scale: Tensor, bias: Optional[Tensor] = None,
+) -> Tensor:
+    """``y = (x W0^T + s (x A^T) B^T) * scale + bias`` for ``x`` of shape (..., K).
+
+    ``weight`` (N x K, frozen), ``lora_A`` (r x K) and ``lora_B`` (N x r) share
+    ``x``'s dtype; ``scale`` and ``bias`` are length-N vectors of any float dtype
+    (the epilogue runs in float32). Differentiable in ``x``, ``lora_A``,
+    ``lora_B``, ``scale`` and ``bias``.
+    """
+    check_dora_linear_args(x, weight, lora_A, lora_B, scale, bias)
+    n, k = weight.shape
     if weight.requires_grad and torch.is_grad_enabled():
         raise ValueError("weight: the base weight must be frozen (requires_grad=False); "
                          "masked DoRA never forms a gradient for it")

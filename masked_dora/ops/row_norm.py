@@ -80,14 +80,8 @@ def _(weight, lora_A, lora_B, scaling, weight_sq, eps):
     return weight.new_empty(weight.shape[0], dtype=accumulate_dtype(weight.dtype))
 
 
-def row_norm(
-    weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float,
-    weight_sq: Optional[Tensor] = None, eps: Optional[float] = DEFAULT_EPS,
-) -> Tensor:
-    """Detached ``max(||W0_j + s (B A)_j||_2, eps)`` per output row, float32 (float64 for float64).
-
-    ``eps=None`` takes :func:`default_eps` of the weight's dtype.
-    """
+def check_row_norm_args(weight: Tensor, lora_A: Tensor, lora_B: Tensor, weight_sq: Optional[Tensor]) -> None:
+    """Shapes, dtypes and devices of the op's arguments; clear errors naming each."""
     for name, t in (("weight", weight), ("lora_A", lora_A), ("lora_B", lora_B)):
         _checks.check_floating(name, t)
         _checks.check_ndim(name, t, 2)
@@ -99,6 +93,17 @@ def row_norm(
     _checks.check_same_device([("weight", weight), ("lora_A", lora_A), ("lora_B", lora_B),
                                ("weight_sq", weight_sq)])
     _checks.check_same_dtype([("weight", weight), ("lora_A", lora_A), ("lora_B", lora_B)])
+
+
+def row_norm(
+    weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float,
+    weight_sq: Optional[Tensor] = None, eps: Optional[float] = DEFAULT_EPS,
+) -> Tensor:
+    """Detached ``max(||W0_j + s (B A)_j||_2, eps)`` per output row, float32 (float64 for float64).
+
+    ``eps=None`` takes :func:`default_eps` of the weight's dtype.
+    """
+    check_row_norm_args(weight, lora_A, lora_B, weight_sq)
     if eps is None:
         eps = default_eps(weight.dtype)
     if not eps >= 0.0:
