@@ -83,15 +83,17 @@ def dora_linear_backward_reference(
 
 _registry.register(OP, "torch", dora_linear_forward_reference, priority=0)
 _registry.register(OP_BACKWARD, "torch", dora_linear_backward_reference, priority=0)
-# CUDA: cuBLAS GEMMs + fused epilogue / prologue kernels (csrc/cuda/dora_kernels.cu, ops_cuda.cpp)
-_CUDA_DTYPES = {"cuda": (torch.float32, torch.float16, torch.bfloat16)}
+# C++ CPU (csrc/cpu/dora_linear.cpp) and CUDA (csrc/cuda/dora_kernels.cu, ops_cuda.cpp): BLAS/cuBLAS
+# GEMMs + single-pass epilogue (forward) and prologue (backward: dP, dc, dbias in one pass)
+_COMPILED_DTYPES = {"cpp": (torch.float32, torch.float64, torch.bfloat16, torch.float16),
+                    "cuda": (torch.float32, torch.float16, torch.bfloat16)}
 _registry.define_compiled_kernel(
     OP, "(Tensor x, Tensor weight, Tensor lora_A, Tensor lora_B, float scaling, Tensor scale, Tensor? bias)"
-        " -> (Tensor, Tensor, Tensor)", backends=("cuda",), dtypes=_CUDA_DTYPES)
+        " -> (Tensor, Tensor, Tensor)", dtypes=_COMPILED_DTYPES)
 _registry.define_compiled_kernel(
     OP_BACKWARD, "(Tensor grad_y, Tensor x, Tensor weight, Tensor lora_A, Tensor lora_B, float scaling, "
                  "Tensor scale, Tensor pre_scale, Tensor xa) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
-    backends=("cuda",), dtypes=_CUDA_DTYPES)
+    dtypes=_COMPILED_DTYPES)
 
 
 # ---------------------------------------------------------------- torch.library ops
@@ -131,6 +133,7 @@ def _setup_context(ctx, inputs, output):
     x, weight, lora_A, lora_B, scaling, scale, bias = inputs
     _, pre_scale, xa = output
     ctx.mark_non_differentiable(pre_scale, xa)
+    ctx.set_materialize_grads(False)  # no M x N zero-filled gradient for the unused P output
     ctx.save_for_backward(x, weight, lora_A, lora_B, scale, pre_scale, xa)
     ctx.scaling = scaling
     ctx.bias_dtype = None if bias is None else bias.dtype
