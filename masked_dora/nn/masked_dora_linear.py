@@ -252,6 +252,17 @@ class MaskedDoRALinear(nn.Module):
         return merged.to(self.weight.dtype), bias
 
     @torch.no_grad()
+    def _merged_kept_rows(self, caller: str) -> Tuple[Tensor, Optional[Tensor], Tensor]:
+        """``(rows, bias, kept)``: the merged weight's kept rows, their bias and the kept indices."""
+        weight, bias = self.merged_weight()
+        kept = torch.nonzero(self.keep_mask()).flatten().to(weight.device)
+        if kept.numel() == 0:
+            raise ValueError(f"{caller}: every output channel is pruned; there is no layer left to build "
+                             "(remove the layer and its consumer's input instead)")
+        rows = weight.index_select(0, kept)
+        return rows, None if bias is None else bias.index_select(0, kept), kept
+
+    @torch.no_grad()
     def to_linear(self, compact: bool = False) -> Union[nn.Linear, Tuple[nn.Linear, Tensor]]:
         """The merged ``nn.Linear``.
 
@@ -259,18 +270,12 @@ class MaskedDoRALinear(nn.Module):
         pruned rows removed; returns ``(linear, kept_indices)`` with
         ``kept_indices`` the sorted int64 indices of the kept output channels.
         """
-        weight, bias = self.merged_weight()
-        if not compact:
-            rows, kept = weight, None
+        if compact:
+            rows, bias, kept = self._merged_kept_rows("to_linear(compact=True)")
         else:
-            kept = torch.nonzero(self.keep_mask()).flatten().to(weight.device)
-            if kept.numel() == 0:
-                raise ValueError("to_linear(compact=True): every output channel is pruned; "
-                                 "there is no layer left to build")
-            rows = weight.index_select(0, kept)
-            bias = None if bias is None else bias.index_select(0, kept)
+            (rows, bias), kept = self.merged_weight(), None
         linear = nn.Linear(self.in_features, rows.shape[0], bias=bias is not None,
-                           device=weight.device, dtype=weight.dtype)
+                           device=rows.device, dtype=rows.dtype)
         linear.weight.copy_(rows)
         if bias is not None:
             linear.bias.copy_(bias)
@@ -291,13 +296,7 @@ class MaskedDoRALinear(nn.Module):
         """
         from .compact_linear import CompactLinear
 
-        weight, bias = self.merged_weight()
-        kept = torch.nonzero(self.keep_mask()).flatten().to(weight.device)
-        if kept.numel() == 0:
-            raise ValueError("to_compact: every output channel is pruned; there is no layer left to build "
-                             "(remove the layer and its consumer's input instead)")
-        rows = weight.index_select(0, kept)
-        bias = None if bias is None else bias.index_select(0, kept)
+        rows, bias, kept = self._merged_kept_rows("to_compact")
         if scatter:
             return CompactLinear(rows, bias, self.in_features, self.out_features, out_idx=kept)
         return CompactLinear(rows, bias, self.in_features, rows.shape[0])
