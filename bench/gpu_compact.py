@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from masked_dora.ops import compact_linear, compact_linear_
+from masked_dora.ops import compact_linear, compact_linear_, registered, select, use_backend
 
 LLAMA7B = {"hidden": 4096, "intermediate": 11008}
 DEFAULT_TOKENS = (1, 16, 128, 1024, 8192)
@@ -85,6 +85,21 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
+def _forced(backend: str, fn: Callable) -> Callable:
+    def run():
+        with use_backend(backend):
+            return fn()
+    return run
+
+
+def _gpu_backends(device: str, dtype: torch.dtype) -> List[str]:
+    """The kernel backends to time one by one (besides the automatic choice): GPU only."""
+    if device != "cuda":
+        return []
+    impls = registered("compact_linear")
+    return [b for b in ("triton", "cuda") if b in impls and impls[b].supports(torch.device(device), dtype)]
+
+
 def compact_linear_section(
     device: str = "cuda", dtype: torch.dtype = torch.bfloat16,
     tokens: Sequence[int] = DEFAULT_TOKENS, keeps: Sequence[float] = DEFAULT_KEEPS,
@@ -95,7 +110,8 @@ def compact_linear_section(
 
     Row keys: ``section`` ("compact_linear"), ``layer``, ``M``, ``N`` (kept
     output rows), ``K`` (kept inputs), ``out_features``, ``in_features``,
-    ``keep``, ``pattern``, ``impl`` (one of ``IMPLS``; ``compact_linear_``, the
+    ``keep``, ``pattern``, ``impl`` (one of ``IMPLS``, plus ``compact_linear[triton]`` and
+    ``compact_linear[cuda]`` on a GPU: each kernel backend forced; ``compact_linear_``, the
     in-place residual update, only for ``o_scatter_residual``), ``dtype``, ``ms``,
     ``tflops`` (2*M*N*K useful FLOPs / time), ``gbps`` (bytes the op must move
     / time), ``ideal_over_t`` (t_ideal / t: DESIGN target >= 1/1.10 for
@@ -105,7 +121,6 @@ def compact_linear_section(
     ``shape`` overrides the Llama-7B ``{"hidden", "intermediate"}`` sizes
     (small shapes make a CPU smoke run possible: ``device="cpu"``).
     """
-    from masked_dora.ops import select
 
     dims = dict(LLAMA7B, **(shape or {}))
     gen = torch.Generator().manual_seed(seed)
@@ -158,8 +173,12 @@ def compact_linear_section(
                         if with_compile:
                             fns["eager_compiled"] = lambda: compiled[layer](x, wc, idx, res)
                         moved = (m * k + n * k + 2 * m * n_full) * elt
+                    forced = {}
+                    for b in _gpu_backends(device, dtype):  # each kernel backend on its own
+                        forced[f"compact_linear[{b}]"] = b
+                        fns[f"compact_linear[{b}]"] = _forced(b, fns["compact_linear"])
                     with torch.no_grad():
-                        err = _rel_err(fns["compact_linear"](), fns["eager"]())
+                        errs = {impl: _rel_err(fns[impl](), fns["eager"]()) for impl in ["compact_linear", *forced]}
                         timer = _timer(device, m)
                         times = {impl: timer(fn) for impl, fn in fns.items()}
                     for impl, t in times.items():
@@ -170,6 +189,6 @@ def compact_linear_section(
                             "tflops": 2.0 * m * n * k / (t * 1e-3) / 1e12, "gbps": moved / (t * 1e-3) / 1e9,
                             "ideal_over_t": times["ideal"] / t, "speedup_vs_eager": times["eager"] / t,
                             "speedup_vs_dense": times["dense"] / t,
-                            "rel_err": err if impl == "compact_linear" else None, "backend": backend,
+                            "rel_err": errs.get(impl), "backend": forced.get(impl, backend),
                         })
     return rows
