@@ -280,3 +280,20 @@ def test_cuda_forward_backward_against_float64(dtype):
     y_ref.backward(g)
     for ours, ref, name in ((x.grad, x64.grad, "x"), (layer.lora_A.grad, A.grad, "A"), (layer.lora_B.grad, B.grad, "B")):
         assert_close_rel(ours, ref, dtype, f"grad {name}", tol=tol)
+
+
+def test_autocast_mixed_precision_like_nn_linear():
+    """fp32 layer inside torch.autocast(bfloat16): bf16 GEMMs, fp32 gradients, bf16-accurate result."""
+    layer = trained_layer().eval()
+    layer.set_mask(torch.rand(16) > 0.3)
+    x = torch.randn(5, 24, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    x64 = x.detach().double()
+    y_ref = dense_masked_dora_f64(x64, layer.weight, layer.bias, layer.lora_A.detach(), layer.lora_B.detach(),
+                                  layer.scaling, layer.magnitude.detach(), layer.keep_mask().double())
+    assert_close_rel(y, y_ref, torch.bfloat16, "autocast y")
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and layer.lora_A.grad.dtype == torch.float32
+    assert torch.isfinite(layer.lora_B.grad).all() and layer.weight.grad is None

@@ -218,6 +218,18 @@ class MaskedDoRALinear(nn.Module):
                                                   self.norm_eps))
         return self._norm_cache[1]
 
+    def _compute_dtype(self, x: Tensor) -> torch.dtype:
+        """The dtype the GEMMs run in: the autocast dtype inside ``torch.autocast``, else the weight's.
+
+        Outside autocast ``x`` must already have the weight's dtype (as for
+        ``nn.Linear``); inside it, like ``nn.Linear``, x and the frozen weight are
+        cast to the autocast dtype while the row norm and the per-channel scale
+        stay in float32 and the trainable parameters keep their own dtype.
+        """
+        if torch.is_autocast_enabled(x.device.type):
+            return torch.get_autocast_dtype(x.device.type)
+        return self.weight.dtype
+
     def _check_input(self, x: Tensor) -> None:
         _checks.check_floating("x", x)
         if x.dim() < 1 or x.shape[-1] != self.in_features:
@@ -225,13 +237,15 @@ class MaskedDoRALinear(nn.Module):
                              f"got shape {tuple(x.shape)}")
         if x.device != self.weight.device:
             raise ValueError(f"x: expected device {self.weight.device} (the layer's), got {x.device}")
-        if x.dtype != self.weight.dtype:
-            raise TypeError(f"x: expected dtype {self.weight.dtype} (the layer's weight dtype), got {x.dtype}")
+        if x.dtype != self.weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"x: expected dtype {self.weight.dtype} (the layer's weight dtype; or run "
+                            f"inside torch.autocast), got {x.dtype}")
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        return masked_dora_linear(x, self.weight, self.bias, self.lora_A, self.lora_B, self.scaling,
-                                  self.magnitude, self.gate_values(), norm=self.weight_norm())
+        dtype = self._compute_dtype(x)
+        return masked_dora_linear(x.to(dtype), self.weight.to(dtype), self.bias, self.lora_A, self.lora_B,
+                                  self.scaling, self.magnitude, self.gate_values(), norm=self.weight_norm())
 
     # ------------------------------------------------------------ merging
 
