@@ -60,25 +60,23 @@ class GroupMask(nn.Module):
         """Per-unit ``z``: probe (importance), fixed mask, one training sample per forward, or the hard mask."""
         if self._probe is not None:
             return self._probe
-        if bool(self.mask_fixed):
-            return self.fixed_keep.to(self.mask_logits.dtype)
         if not self.training:
-            return self.gate.hard(self.mask_logits)
-        if self._sample is None:
-            self._sample = self.gate(self.mask_logits)
-        return self._sample
+            free = self.gate.hard(self.mask_logits)
+        else:
+            if self._sample is None:
+                self._sample = self.gate(self.mask_logits)
+            free = self._sample
+        # torch.where, not `if bool(mask_fixed)`: no host sync and no data-dependent branch for torch.compile
+        return torch.where(self.mask_fixed, self.fixed_keep.to(free.dtype), free)
 
     def hard(self) -> Tensor:
         """The per-unit hard decision (bool)."""
-        if bool(self.mask_fixed):
-            return self.fixed_keep.clone()
-        return self.gate.hard(self.mask_logits.detach()).bool()
+        return torch.where(self.mask_fixed, self.fixed_keep, self.gate.hard(self.mask_logits.detach()).bool())
 
     def expected_keep(self) -> Tensor:
         """Per-unit probability of being kept (differentiable in the logits)."""
-        if bool(self.mask_fixed):
-            return self.fixed_keep.float()
-        return self.gate.expected_keep(self.mask_logits.float())
+        return torch.where(self.mask_fixed, self.fixed_keep.float(),
+                           self.gate.expected_keep(self.mask_logits.float()))
 
     def clear_sample(self) -> None:
         self._sample = None
