@@ -36,6 +36,43 @@ from ._common import SUPPORTED_DTYPES, dot_precision, grouped_pid, is_interprete
 
 
 @triton.jit
+def _gathered_dot(acc, x_rows, w_cols, in_idx_ptr, k_start, k_stop, K, stride_xk, rk, m_mask, n_mask,
+                  HAS_IN: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc += x[rows, in_idx[k_start:k_stop]] @ W[cols, k_start:k_stop]^T, gathering in the load stage."""
+    for k0 in range(k_start, k_stop, BLOCK_K):
+        kk = k0 + rk
+        k_mask = kk < K
+        if HAS_IN:
+            cols = tl.load(in_idx_ptr + kk, mask=k_mask, other=0)
+        else:
+            cols = kk.to(tl.int64)
+        a = tl.load(x_rows + cols[None, :] * stride_xk, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+        b = tl.load(w_cols + kk[:, None], mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    return acc
+
+
+@triton.jit
+def _bias_scatter_store(acc, rm, rn, m_mask, n_mask, b_ptr, out_idx_ptr, res_ptr, out_ptr,
+                        stride_rm, stride_rn, stride_om,
+                        HAS_BIAS: tl.constexpr, HAS_OUT: tl.constexpr, HAS_RES: tl.constexpr):
+    """The epilogue: + bias, scatter to out[:, out_idx] fused with the residual add, cast, store."""
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    if HAS_OUT:
+        ocols = tl.load(out_idx_ptr + rn, mask=n_mask, other=0)
+    else:
+        ocols = rn.to(tl.int64)
+    mask = m_mask[:, None] & n_mask[None, :]
+    if HAS_RES:
+        r = tl.load(res_ptr + rm.to(tl.int64)[:, None] * stride_rm + ocols[None, :] * stride_rn,
+                    mask=mask, other=0.0)
+        acc += r.to(tl.float32)
+    tl.store(out_ptr + rm.to(tl.int64)[:, None] * stride_om + ocols[None, :],
+             acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def compact_linear_kernel(
     x_ptr, w_ptr, b_ptr, in_idx_ptr, out_idx_ptr, res_ptr, out_ptr,
     M, N, K, M_BUCKET, stride_xm, stride_xk, stride_rm, stride_rn, stride_om,
@@ -53,29 +90,10 @@ def compact_linear_kernel(
     x_rows = x_ptr + rm.to(tl.int64)[:, None] * stride_xm
     w_cols = w_ptr + rn.to(tl.int64)[None, :] * K          # W is (N, K) contiguous; tile read as (BK, BN)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        kk = k0 + rk
-        k_mask = kk < K
-        if HAS_IN:
-            cols = tl.load(in_idx_ptr + kk, mask=k_mask, other=0)   # gather in the load stage
-        else:
-            cols = kk.to(tl.int64)
-        a = tl.load(x_rows + cols[None, :] * stride_xk, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        b = tl.load(w_cols + kk[:, None], mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    if HAS_OUT:
-        ocols = tl.load(out_idx_ptr + rn, mask=n_mask, other=0)    # scatter in the epilogue
-    else:
-        ocols = rn.to(tl.int64)
-    mask = m_mask[:, None] & n_mask[None, :]
-    if HAS_RES:
-        r = tl.load(res_ptr + rm.to(tl.int64)[:, None] * stride_rm + ocols[None, :] * stride_rn,
-                    mask=mask, other=0.0)
-        acc += r.to(tl.float32)
-    tl.store(out_ptr + rm.to(tl.int64)[:, None] * stride_om + ocols[None, :],
-             acc.to(out_ptr.dtype.element_ty), mask=mask)
+    acc = _gathered_dot(acc, x_rows, w_cols, in_idx_ptr, 0, K, K, stride_xk, rk, m_mask, n_mask,
+                        HAS_IN, DOT_PRECISION, BLOCK_K)
+    _bias_scatter_store(acc, rm, rn, m_mask, n_mask, b_ptr, out_idx_ptr, res_ptr, out_ptr,
+                        stride_rm, stride_rn, stride_om, HAS_BIAS, HAS_OUT, HAS_RES)
 
 
 @triton.jit
@@ -96,16 +114,8 @@ def compact_linear_splitk_kernel(
     w_cols = w_ptr + rn.to(tl.int64)[None, :] * K
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     k_begin = pid_k * K_PER_SPLIT                         # K_PER_SPLIT is a multiple of BLOCK_K
-    for k0 in range(k_begin, k_begin + K_PER_SPLIT, BLOCK_K):
-        kk = k0 + rk
-        k_mask = kk < K
-        if HAS_IN:
-            cols = tl.load(in_idx_ptr + kk, mask=k_mask, other=0)
-        else:
-            cols = kk.to(tl.int64)
-        a = tl.load(x_rows + cols[None, :] * stride_xk, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        b = tl.load(w_cols + kk[:, None], mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    acc = _gathered_dot(acc, x_rows, w_cols, in_idx_ptr, k_begin, k_begin + K_PER_SPLIT, K, stride_xk, rk,
+                        m_mask, n_mask, HAS_IN, DOT_PRECISION, BLOCK_K)
     tl.atomic_add(ws_ptr + rm[:, None] * N + rn[None, :], acc, mask=m_mask[:, None] & n_mask[None, :])
 
 
@@ -122,20 +132,10 @@ def compact_linear_epilogue_kernel(
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_mask = rm < M
     n_mask = rn < N
-    mask = m_mask[:, None] & n_mask[None, :]
-    acc = tl.load(ws_ptr + rm.to(tl.int64)[:, None] * N + rn[None, :], mask=mask, other=0.0)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    if HAS_OUT:
-        ocols = tl.load(out_idx_ptr + rn, mask=n_mask, other=0)
-    else:
-        ocols = rn.to(tl.int64)
-    if HAS_RES:
-        r = tl.load(res_ptr + rm.to(tl.int64)[:, None] * stride_rm + ocols[None, :] * stride_rn,
-                    mask=mask, other=0.0)
-        acc += r.to(tl.float32)
-    tl.store(out_ptr + rm.to(tl.int64)[:, None] * stride_om + ocols[None, :],
-             acc.to(out_ptr.dtype.element_ty), mask=mask)
+    acc = tl.load(ws_ptr + rm.to(tl.int64)[:, None] * N + rn[None, :], mask=m_mask[:, None] & n_mask[None, :],
+                  other=0.0)
+    _bias_scatter_store(acc, rm, rn, m_mask, n_mask, b_ptr, out_idx_ptr, res_ptr, out_ptr,
+                        stride_rm, stride_rn, stride_om, HAS_BIAS, HAS_OUT, HAS_RES)
 
 
 # ---------------------------------------------------------------- configs
