@@ -5,11 +5,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.masked_dora-installed
-EXT_SOURCES := $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cpp)
+EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cpp csrc/cuda/*.h)
 
 DEMO_STAMP := $(VENV)/.masked_dora-demo-deps
 
-.PHONY: install test test-fast bench demo demo-layer gpu-report clean
+.PHONY: install test test-fast bench demo demo-layer gpu-report gpu-check clean
 
 $(STAMP): setup.py pyproject.toml $(EXT_SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,8 +44,16 @@ demo: $(DEMO_STAMP)
 demo-layer: $(STAMP)
 	$(PY) -m masked_dora.demo
 
-gpu-report: $(STAMP)
-	$(PY) bench/gpu_report.py
+# GPU machine: the preinstalled python (a CUDA torch; no venv, no network), never the CPU venv's stamp
+GPU_PY ?= $(shell command -v python >/dev/null 2>&1 && echo python || echo python3)
+
+gpu-report:
+	$(GPU_PY) bench/gpu_report.py $(GPU_REPORT_ARGS)
+
+# build, registration, CUDA tests, compute-sanitizer, short benchmark, Triton tests in one 540 s time box
+# (bench/gpu_check.sh; results in $$GPU_CHECK_OUT); GPU_CHECK_ARGS=--dry-run runs it on a CPU machine
+gpu-check:
+	PYTHON="$(GPU_PY)" bash bench/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info masked_dora/_C*.so .pytest_cache .benchmarks demo-out

@@ -9,7 +9,8 @@
   ``c10/cuda/impl/cuda_cmake_macros.h`` (a single ``#define
   C10_CUDA_BUILD_SHARED_LIBS``); the test writes that header into a scratch
   include directory, which is cheaper than installing a multi-GB CUDA torch;
-* every kernel the CUDA glue registers has its schema defined in Python.
+* every kernel the CPU and CUDA sources register has its schema defined in Python, and goes
+  through the one C++ signature in csrc/kernel_signatures.h.
 
 Skipped when nvcc is not on the machine; linking and running need the GPU machine.
 """
@@ -89,11 +90,25 @@ def test_cuda_glue_compiles_against_torch_headers(source, tmp_path):
     assert res.returncode == 0, f"{cxx} -fsyntax-only {source} failed:\n{res.stderr[-4000:]}"
 
 
-def test_every_registered_cuda_kernel_has_a_python_schema():
+def kernel_names():
+    """Kernel struct -> op name, from csrc/kernel_signatures.h (the one place C++ signatures are declared)."""
+    with open(os.path.join(ROOT, "csrc", "kernel_signatures.h")) as f:
+        header = f.read()
+    return dict(re.findall(r'struct (\w+) \{\s*static constexpr const char\* name = "(\w+)";', header))
+
+
+def test_every_registered_kernel_has_a_python_schema():
+    names = kernel_names()
+    assert names, "csrc/kernel_signatures.h declares no kernel"
+    for struct, name in names.items():
+        assert hasattr(torch.ops.masked_dora, name), f"{struct} registers {name} but Python defines no schema for it"
+    sources = [os.path.join(CUDA_DIR, s) for s in CPP_SOURCES]
+    sources += [os.path.join(ROOT, "csrc", "cpu", s) for s in os.listdir(os.path.join(ROOT, "csrc", "cpu"))]
     registered = set()
-    for source in CPP_SOURCES:
-        with open(os.path.join(CUDA_DIR, source)) as f:
-            registered |= set(re.findall(r'm\.impl\("([A-Za-z0-9_]+)"', f.read()))
-    assert registered, "no TORCH_LIBRARY_IMPL registrations found"
-    for name in sorted(registered):
-        assert hasattr(torch.ops.masked_dora, name), f"csrc registers {name} but Python defines no schema for it"
+    for path in sources:
+        with open(path) as f:
+            text = f.read()
+        assert "TORCH_LIBRARY_IMPL" not in text and "m.impl(" not in text, \
+            f"{path}: register through kernels::impl<Kernel> (csrc/kernel_signatures.h), not m.impl directly"
+        registered |= set(re.findall(r"kernels::impl<kernels::(\w+)>", text))
+    assert registered == set(names), (registered, names)

@@ -1,6 +1,7 @@
 // CPU kernel of masked_dora::compact_linear:  out[:, out_idx] = x[:, in_idx] @ W^T + b (+ residual)
 //
-// The schema is defined in Python (masked_dora/ops/compact_linear.py, define_compiled_kernel):
+// The schema is defined in Python (masked_dora/ops/compact_linear.py, define_compiled_kernel), the
+// C++ signature in csrc/kernel_signatures.h:
 //   compact_linear_kernel(Tensor x, Tensor weight, Tensor? bias, Tensor? in_idx, Tensor? out_idx,
 //                         Tensor? residual, Tensor(a!) out) -> ()
 // Contract (checked cheaply here; indices are pre-validated by the caller: int64, unique, in range):
@@ -27,6 +28,8 @@
 #include <cstring>
 #include <optional>
 #include <vector>
+
+#include "../kernel_signatures.h"
 
 namespace masked_dora {
 namespace {
@@ -220,8 +223,8 @@ void compact_linear_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(masked_dora, CPU, m) {
-  m.impl("compact_linear_kernel", &compact_linear_cpu);
+void register_compact_linear_cpu(torch::Library& m) {
+  kernels::impl<kernels::CompactLinear>(m, &compact_linear_cpu);
 }
 
 }  // namespace masked_dora

@@ -1,6 +1,7 @@
 // CPU kernels of masked_dora::dora_linear and dora_linear_backward (the `cpp` backend).
 //
-// Schemas are defined in Python (masked_dora/ops/dora_linear.py, define_compiled_kernel):
+// Schemas are defined in Python (masked_dora/ops/dora_linear.py, define_compiled_kernel), C++
+// signatures in csrc/kernel_signatures.h:
 //   dora_linear_kernel(x, weight, lora_A, lora_B, scaling, scale, bias?) -> (y, P, xA^T)
 //   dora_linear_backward_kernel(grad_y, x, weight, lora_A, lora_B, scaling, scale, P, xa)
 //       -> (dx, dA, dB, dscale, dbias)
@@ -20,6 +21,8 @@
 
 #include <optional>
 #include <tuple>
+
+#include "../kernel_signatures.h"
 
 namespace masked_dora {
 namespace {
@@ -116,9 +119,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dora_line
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(masked_dora, CPU, m) {
-  m.impl("dora_linear_kernel", &dora_linear_cpu);
-  m.impl("dora_linear_backward_kernel", &dora_linear_backward_cpu);
+void register_dora_linear_cpu(torch::Library& m) {
+  kernels::impl<kernels::DoraLinear>(m, &dora_linear_cpu);
+  kernels::impl<kernels::DoraLinearBackward>(m, &dora_linear_backward_cpu);
 }
 
 }  // namespace masked_dora

@@ -1,6 +1,7 @@
 // CUDA implementations of the masked_dora kernel ops. The schemas are defined
-// once, in Python (masked_dora/ops/*.py, `_registry.define_compiled_kernel`);
-// this file only registers implementations for the CUDA dispatch key.
+// once, in Python (masked_dora/ops/*.py, `_registry.define_compiled_kernel`), their C++
+// signatures once in csrc/kernel_signatures.h (shared with the CPU kernels, so a mismatch is a
+// compile error); this file only implements them for the CUDA dispatch key.
 //
 // Work split: the GEMMs are cuBLAS calls through ATen (at::mm / addmm_), the
 // elementwise and reduction passes around them are the kernels of
@@ -8,8 +9,9 @@
 // compact_linear_kernels.cu. Inputs are validated by the Python entry points
 // before they get here; the TORCH_CHECKs below guard the kernel contracts.
 //
-// STATUS: compile-checked here (g++ -fsyntax-only against torch's and CUDA's
-// headers, tests/test_cuda_sources.py); built and run only on a GPU machine.
+// STATUS: compile-checked (g++ -fsyntax-only against torch's and CUDA's headers,
+// tests/test_cuda_sources.py) and built + imported against torch 2.11 CUDA 13.0 in CI
+// (.ci/cuda_build_check.sh); UNRUN on a GPU so far.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -18,6 +20,7 @@
 #include <optional>
 #include <tuple>
 
+#include "../kernel_signatures.h"
 #include "kernels_abi.h"
 
 namespace masked_dora {
@@ -129,7 +132,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dora_line
 
 void compact_linear_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                          const std::optional<at::Tensor>& in_idx, const std::optional<at::Tensor>& out_idx,
-                         const std::optional<at::Tensor>& residual, at::Tensor out) {
+                         const std::optional<at::Tensor>& residual, const at::Tensor& out) {
   check_cuda(x, "x");
   c10::cuda::CUDAGuard guard(x.device());
   TORCH_CHECK(x.dim() == 2 && weight.dim() == 2 && out.dim() == 2, "compact_linear CUDA kernel: 2-D x, weight, out");
@@ -154,11 +157,11 @@ void compact_linear_cuda(const at::Tensor& x, const at::Tensor& weight, const st
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(masked_dora, CUDA, m) {
-  m.impl("row_norm_kernel", &row_norm_cuda);
-  m.impl("dora_linear_kernel", &dora_linear_cuda);
-  m.impl("dora_linear_backward_kernel", &dora_linear_backward_cuda);
-  m.impl("compact_linear_kernel", &compact_linear_cuda);
+void register_cuda_kernels(torch::Library& m) {
+  kernels::impl<kernels::RowNorm>(m, &row_norm_cuda);
+  kernels::impl<kernels::DoraLinear>(m, &dora_linear_cuda);
+  kernels::impl<kernels::DoraLinearBackward>(m, &dora_linear_backward_cuda);
+  kernels::impl<kernels::CompactLinear>(m, &compact_linear_cuda);
 }
 
 }  // namespace masked_dora
