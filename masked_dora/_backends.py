@@ -25,10 +25,27 @@ def _try(name: str, module: str) -> None:
         _status[name] = f"unavailable: {type(exc).__name__}: {exc}"
 
 
+def _describe_extension() -> str:
+    """What the loaded ``masked_dora._C`` was built with (its module attributes)."""
+    from . import _C
+
+    archs = [a for a in _C.cuda_archs.split(",") if a]
+    kind = (f"C++ CPU + CUDA (SASS {', '.join('sm_' + a for a in archs)}; PTX compute_{_C.cuda_ptx_arch})"
+            if _C.with_cuda else "C++ CPU only (no CUDA kernels)")
+    built = f"{kind}, built against torch {_C.torch_version}"
+    import torch
+
+    if _C.torch_version != torch.__version__:
+        built += f" -- running torch {torch.__version__}: rebuild it (pip install --no-build-isolation .)"
+    return built
+
+
 def load_kernel_backends() -> None:
     if _status:
         return
     _try("extension", "masked_dora._C")
+    if _status["extension"] == "loaded":
+        _status["extension_build"] = _describe_extension()
     _try("triton", "masked_dora.kernels")
 
 

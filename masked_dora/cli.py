@@ -1,5 +1,8 @@
 """``masked-dora`` command line: ``python -m masked_dora prune --model PATH --sparsity 0.25 --out DIR``.
 
+``selftest`` checks every kernel backend on this device against the float64 reference
+(:mod:`masked_dora.selftest`); ``selftest --enable`` lets the passing ones run by default on it.
+
 ``prune`` fine-tunes an encoder with masked DoRA by distilling the dense
 model's mean-pooled sentence embeddings into the masked one on real text (the
 docstrings of Python's standard library), hardens the masks to the exact
@@ -84,7 +87,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive("--threads"), default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_selftest_parser(sub)
     return parser
+
+
+def _add_selftest_parser(sub) -> None:
+    from .selftest import DTYPES, OPS
+
+    p = sub.add_parser("selftest", help="check every kernel backend on this device against float64; "
+                                        "--enable lets the verified ones run by default here")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    p.add_argument("--enable", action="store_true",
+                   help="record the backends whose every check passed as verified for this GPU and software "
+                        "(a per-user cache the dispatcher reads; see masked_dora.ops._verified)")
+    p.add_argument("--backends", nargs="+", default=None, choices=("torch", "triton", "cpp", "cuda"),
+                   help="only these backends (default: every one registered)")
+    p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    p.add_argument("--ops", nargs="+", default=list(OPS), choices=list(OPS))
+    p.add_argument("--quick", action="store_true", help="small shapes only (seconds)")
+    p.add_argument("--reps", type=_positive("--reps"), default=5, help="timed repetitions per check (median)")
+    p.add_argument("--json", default=None, help="also write the rows, device and verdicts to this JSON file")
 
 
 def resolve_model(name: str) -> str:
@@ -247,6 +269,10 @@ def run_prune(args) -> dict:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "selftest":
+        from .selftest import main as selftest_main
+
+        return selftest_main(args)
     if args.command == "prune":
         m = run_prune(args)
         q = m["quality"][0]

@@ -17,7 +17,10 @@ forces one backend:
 * if the forced backend has no kernel for this op at all, the automatic choice
   is used (a backend need not implement every op), and a warning says so once.
 
-Nothing here touches CUDA: ``supports`` predicates look at ``device.type`` only.
+On a GPU the automatic choice takes a kernel backend only where it was built for the device and
+is verified there (see :mod:`masked_dora.ops._verified`); otherwise the ``torch`` reference runs.
+Nothing here initialises CUDA: ``supports`` predicates look at ``device.type`` only, and the
+device capability is read only for CUDA tensors.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, Optional, Union
 
 import torch
+
+from . import _verified
 
 BACKENDS = ("torch", "triton", "cpp", "cuda")
 ENV_VAR = "MASKED_DORA_BACKEND"
@@ -115,18 +120,33 @@ def use_backend(backend: Optional[str]) -> Iterator[None]:
         _local.forced = previous
 
 
+def unavailable(impl: BackendImpl, device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    """Why ``impl`` cannot run inputs on ``device`` in ``dtype`` (``None``: it can).
+
+    Device type and dtype (``impl.supports``), and on a GPU whether the kernels were built for
+    its compute capability (:mod:`._verified`).
+    """
+    if not impl.supports(device, dtype):
+        return impl.why_not(device, dtype)
+    if device.type == "cuda":
+        return _verified.why_not_built_for(impl.name, device)
+    return None
+
+
 def select(op: str, device: torch.device, dtype: torch.dtype) -> BackendImpl:
-    """The implementation of ``op`` that runs inputs on ``device`` in ``dtype``."""
+    """The implementation of ``op`` that runs inputs on ``device`` in ``dtype``.
+
+    Automatic choice: the highest priority among the backends that can run the input and, on a
+    GPU, are verified there (:mod:`._verified`); a forced backend runs wherever it can.
+    """
     impls = registered(op)
     forced = forced_backend()
     if forced is not None:
         impl = impls.get(forced)
         if impl is not None:
-            if not impl.supports(device, dtype):
-                raise RuntimeError(
-                    f"{ENV_VAR}={forced}: op {op!r} cannot run on this input: "
-                    f"{impl.why_not(device, dtype)}"
-                )
+            reason = unavailable(impl, device, dtype)
+            if reason is not None:
+                raise RuntimeError(f"{ENV_VAR}={forced}: op {op!r} cannot run on this input: {reason}")
             return impl
         key = (op, forced)
         if key not in _warned:
@@ -136,10 +156,16 @@ def select(op: str, device: torch.device, dtype: torch.dtype) -> BackendImpl:
                 f"using the automatic choice among {sorted(impls)}",
                 stacklevel=3,
             )
-    candidates = [i for i in impls.values() if i.supports(device, dtype)]
+    reasons = {name: unavailable(i, device, dtype) for name, i in impls.items()}
+    candidates = [i for name, i in impls.items() if reasons[name] is None]
     if not candidates:
-        reasons = "; ".join(i.why_not(device, dtype) for i in impls.values())
-        raise RuntimeError(f"op {op!r}: no backend runs device={device.type} dtype={dtype}: {reasons}")
+        raise RuntimeError(f"op {op!r}: no backend runs device={device.type} dtype={dtype}: "
+                           + "; ".join(r for r in reasons.values() if r))
+    if device.type == "cuda":
+        unverified = [i.name for i in candidates if not _verified.is_verified(op, i.name, device)]
+        if unverified:
+            _verified.warn_unverified(op, unverified, device)
+            candidates = [i for i in candidates if i.name not in unverified]
     return max(candidates, key=lambda i: i.priority_on(device))
 
 
