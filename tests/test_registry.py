@@ -75,3 +75,32 @@ def test_import_never_initialises_cuda_and_survives_missing_backends():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_forced_backend_reaches_a_backward_on_another_thread(monkeypatch):
+    """Autograd runs a CUDA backward on a device thread, where use_backend()'s thread-local is unset:
+    the forward's forced backend must still choose the backward's kernel."""
+    import dataclasses
+    import threading
+
+    from masked_dora.ops import dora_linear
+
+    ran = []
+    impls = _registry._REGISTRY["dora_linear_backward"]
+    for name in ("torch", "cpp"):
+        if name in impls:
+            impl = impls[name]
+            monkeypatch.setitem(impls, name, dataclasses.replace(
+                impl, fn=lambda *a, _fn=impl.fn, _n=name: ran.append(_n) or _fn(*a),
+                priority=(100 if name == "cpp" else 0), supports=lambda d, t: True))
+    if "cpp" not in impls:  # a stand-in automatic choice that must not run
+        monkeypatch.setitem(impls, "cpp", _registry.BackendImpl(
+            "cpp", lambda *a: ran.append("cpp"), lambda d, t: True, 100, lambda d, t: ""))
+    x = torch.randn(5, 8, requires_grad=True)
+    w, a, b = torch.randn(6, 8), torch.randn(2, 8, requires_grad=True), torch.randn(6, 2, requires_grad=True)
+    with use_backend("torch"):
+        y = dora_linear(x, w, a, b, 0.5, torch.rand(6))
+    worker = threading.Thread(target=lambda: y.sum().backward())
+    worker.start()
+    worker.join()
+    assert ran == ["torch"] and x.grad is not None

@@ -137,12 +137,16 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, weight, lora_A, lora_B, scale, pre_scale, xa)
     ctx.scaling = scaling
     ctx.bias_dtype = None if bias is None else bias.dtype
+    # Autograd runs a CUDA backward on its own device thread, where the thread-local
+    # use_backend() of the forward is not set: carry the forward's forced backend over.
+    ctx.forced_backend = _registry.forced_backend()
 
 
 def _backward(ctx, grad_y, _grad_pre_scale, _grad_xa):
     x, weight, lora_A, lora_B, scale, pre_scale, xa = ctx.saved_tensors
-    grad_x, grad_A, grad_B, grad_scale, grad_bias = torch.ops.masked_dora.dora_linear_backward(
-        grad_y.contiguous(), x, weight, lora_A, lora_B, ctx.scaling, scale, pre_scale, xa)
+    with _registry.use_backend(_registry.forced_backend() or ctx.forced_backend):
+        grad_x, grad_A, grad_B, grad_scale, grad_bias = torch.ops.masked_dora.dora_linear_backward(
+            grad_y.contiguous(), x, weight, lora_A, lora_B, ctx.scaling, scale, pre_scale, xa)
     needs = ctx.needs_input_grad
     return (
         grad_x if needs[0] else None,
