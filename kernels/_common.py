@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from typing import Dict, List, Sequence, Tuple
 
 import torch
 import triton
 import triton.language as tl
+
+from masked_dora.ops.precision import fp32_matmul_uses_tf32
 
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 # largest rank whose whole LoRA slice lives in registers (row norm, fused dgrad)
@@ -24,6 +27,22 @@ def is_interpreted(kernel) -> bool:
     return type(kernel).__name__ == "InterpretedFunction" or type(fn).__name__ == "InterpretedFunction"
 
 
+# The CPU interpreter of older Triton releases mis-handles scalar loop bounds (`range(0, K, BLOCK_K)`),
+# which our kernels use; compiled kernels are fine on those releases (checked with 3.6).
+INTERPRETER_MIN_TRITON = (3, 9)
+
+
+def _version_tuple(version: str) -> Tuple[int, ...]:
+    parts = []
+    for piece in version.split("+")[0].split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+INTERPRETER_USABLE = _version_tuple(triton.__version__) >= INTERPRETER_MIN_TRITON
+
+
 def make_predicates(op: str, kernel):
     """``supports``, ``why_not`` and ``priority`` for registering ``kernel``'s op."""
     interpreted = is_interpreted(kernel)
@@ -33,7 +52,7 @@ def make_predicates(op: str, kernel):
             return False
         if device.type == "cuda":
             return not interpreted
-        return device.type == "cpu" and interpreted
+        return device.type == "cpu" and interpreted and INTERPRETER_USABLE
 
     def why_not(device: torch.device, dtype: torch.dtype) -> str:
         if dtype not in SUPPORTED_DTYPES:
@@ -42,6 +61,10 @@ def make_predicates(op: str, kernel):
         if device.type == "cpu" and not interpreted:
             return (f"backend 'triton' runs {op} on cpu only under the Triton interpreter: set "
                     "TRITON_INTERPRET=1 before masked_dora is imported")
+        if device.type == "cpu" and not INTERPRETER_USABLE:
+            return (f"backend 'triton' runs {op} on cpu only under the Triton interpreter of triton >= "
+                    f"{'.'.join(map(str, INTERPRETER_MIN_TRITON))} (older interpreters mis-handle scalar loop "
+                    f"bounds); this is triton {triton.__version__}")
         if device.type == "cuda" and interpreted:
             return (f"backend 'triton': {op} kernels were defined under TRITON_INTERPRET=1 "
                     "(interpreter only); unset it to run them on the GPU")
@@ -60,7 +83,7 @@ def device_guard(t: torch.Tensor):
 
 def dot_precision(dtype: torch.dtype) -> str:
     """``tl.dot`` input precision: tf32 for float32 only where torch allows tf32 matmuls."""
-    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+    if dtype == torch.float32 and fp32_matmul_uses_tf32():
         return "tf32"
     return "ieee"
 
@@ -98,6 +121,24 @@ def gemm_configs(dtype: torch.dtype) -> List[Tuple[int, ...]]:
     return GEMM_32 if dtype == torch.float32 else GEMM_16
 
 
+# MASKED_DORA_AUTOTUNE=small: autotune over a small fixed set (the first SMALL_AUTOTUNE rows of each
+# kernel's list, the big-tile configs) so a time-boxed GPU run (bench/gpu_check.sh) does not spend its
+# minutes compiling and timing configs; unset or "full": every config (the default). The full lists stay
+# the compile targets (kernels/_compile.py) either way. Read when a kernel's autotuner is first built.
+AUTOTUNE_ENV = "MASKED_DORA_AUTOTUNE"
+SMALL_AUTOTUNE = 2
+
+
+def autotune_rows(rows: Sequence[Tuple[int, ...]]) -> List[Tuple[int, ...]]:
+    """The config rows to autotune over, per ``MASKED_DORA_AUTOTUNE`` (``full``, the default, or ``small``)."""
+    mode = os.environ.get(AUTOTUNE_ENV, "").strip().lower() or "full"
+    if mode == "full":
+        return list(rows)
+    if mode == "small":
+        return list(rows)[:SMALL_AUTOTUNE]
+    raise ValueError(f"{AUTOTUNE_ENV}: expected 'full' or 'small', got {mode!r}")
+
+
 def autotune_configs(rows: Sequence[Tuple[int, ...]], names: Sequence[str]) -> List[triton.Config]:
     return [triton.Config(_cfg(names, row[:-2]), num_warps=row[-2], num_stages=row[-1]) for row in rows]
 
@@ -121,7 +162,8 @@ class TunedKernel:
 
     @functools.lru_cache(maxsize=None)
     def _tuned(self, dtype: torch.dtype):
-        return triton.autotune(autotune_configs(self.configs_for(dtype), self.names), key=self.key)(self.kernel)
+        rows = autotune_rows(self.configs_for(dtype))  # MASKED_DORA_AUTOTUNE=small: the first few only
+        return triton.autotune(autotune_configs(rows, self.names), key=self.key)(self.kernel)
 
     def meta(self, dtype: torch.dtype) -> Dict[str, int]:
         """The block sizes the interpreter uses (the GPU picks per autotune)."""

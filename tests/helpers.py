@@ -6,9 +6,22 @@ from typing import Optional
 
 import torch
 
+from masked_dora.ops.precision import fp32_matmul_uses_tf32
+
 # DESIGN.md correctness policy: ||out - ref|| / ||ref||
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 TF32_TOLERANCE = 5e-4
+
+
+def kernel_tolerance(dtype: torch.dtype, device="cpu") -> float:
+    """The relative-error bound for a kernel's ``dtype`` output on ``device``.
+
+    The policy's (``TOLERANCE``), except float32 on a GPU while TF32 matmuls are
+    allowed (:func:`masked_dora.ops.precision.fp32_matmul_uses_tf32`): ``TF32_TOLERANCE`` then. CPU kernels never use TF32.
+    """
+    if dtype == torch.float32 and torch.device(device).type == "cuda" and fp32_matmul_uses_tf32():
+        return TF32_TOLERANCE
+    return TOLERANCE[dtype]
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -34,7 +47,10 @@ def dense_masked_dora_f64(x, weight, bias, lora_A, lora_B, scaling, magnitude, g
     """The textbook definition in float64, building W0 + s B A densely (tests only).
 
     Differentiable in every argument that requires grad; the row norm is detached.
-    Returns y with x's leading shape.
+    Returns y with x's leading shape. ``eps`` is the row-norm floor: the default
+    1e-8 is the op's for float32/float64 only; to compare with an op run in
+    another dtype on rows whose norm can reach the floor (exactly-zero rows with a
+    non-zero magnitude), pass the op's ``masked_dora.ops.row_norm.default_eps(dtype)``.
     """
     d = lambda t: None if t is None else t.double()  # noqa: E731
     x, weight, bias, lora_A, lora_B = d(x), d(weight), d(bias), d(lora_A), d(lora_B)
