@@ -16,8 +16,9 @@ training) and the forward + backward (``fwd_bwd``):
 Implementations: ``masked_dora`` (MaskedDoRALinear, automatic backend: the
 CUDA extension when built with CUDA, else the fused Triton kernels),
 ``masked_dora_triton`` / ``masked_dora_cuda`` / ``masked_dora_torch`` (the same
-layer forced to one backend; the CUDA one is skipped when the extension has no
-CUDA kernels), ``peft_dora``, ``peft_lora``. PEFT layers
+layer forced to one backend, timed only where the op registry says that backend
+supports the device and dtype, see :func:`timed_impls`: no CUDA extension on CPU
+tensors, no Triton interpreter timings), ``peft_dora``, ``peft_lora``. PEFT layers
 are built with ``autocast_adapter_dtype=False`` so every layer runs entirely in
 the benchmark dtype. MaskedDoRALinear recomputes the row norm on every call
 here (its cache is cleared), the cost it pays once per optimizer step; 25% of
@@ -34,7 +35,7 @@ import torch
 from torch import nn
 
 from masked_dora import MaskedDoRALinear
-from masked_dora.ops import select, use_backend
+from masked_dora.ops import registered, select, use_backend
 
 LLAMA7B_SHAPES: Tuple[Tuple[int, int], ...] = ((4096, 4096), (4096, 11008), (11008, 4096))  # (in, out)
 IMPLS = ("masked_dora", "masked_dora_triton", "masked_dora_cuda", "masked_dora_torch", "peft_dora", "peft_lora")
@@ -72,6 +73,29 @@ def build_layer(impl: str, k: int, n: int, r: int, dtype: torch.dtype, device: s
     config = peft.LoraConfig(r=r, lora_alpha=2 * r, target_modules=["proj"], use_dora=impl == "peft_dora",
                              init_lora_weights=False, lora_dropout=0.0)
     return peft.get_peft_model(base, config, autocast_adapter_dtype=False).train()
+
+
+def timed_impls(impls: Sequence[str], device: str, dtype: torch.dtype) -> List[str]:
+    """The implementations of ``impls`` to time on ``device`` in ``dtype``.
+
+    A forced-backend implementation (``FORCED_BACKEND``) is timed only when that backend
+    implements the forward and backward ops and its ``supports(device, dtype)`` says yes:
+    the registry decides, not whether the extension happens to have CUDA kernels (a CUDA
+    build does, yet cannot run CPU tensors). Triton on a CPU (the interpreter) is never
+    timed: its timings mean nothing.
+    """
+    dev = torch.device(device)
+    chosen = []
+    for impl in impls:
+        backend = FORCED_BACKEND.get(impl)
+        if backend == "triton" and dev.type != "cuda":
+            continue
+        if backend is not None and not all(
+                backend in registered(op) and registered(op)[backend].supports(dev, dtype)
+                for op in ("dora_linear", "dora_linear_backward")):
+            continue
+        chosen.append(impl)
+    return chosen
 
 
 def _timer(device: str) -> Callable[[Callable], float]:
@@ -133,13 +157,8 @@ def dora_train_section(device: str = "cuda", dtype: torch.dtype = torch.bfloat16
             dy = (torch.randn(tokens, n, generator=gen) * 0.01).to(device=device, dtype=dtype)
             results: Dict[str, dict] = {}
             outputs: Dict[str, torch.Tensor] = {}
-            for impl in impls:
+            for impl in timed_impls(impls, device, dtype):
                 backend = FORCED_BACKEND.get(impl)
-                if backend == "cuda" and not torch._C._dispatch_has_kernel_for_dispatch_key(
-                        "masked_dora::dora_linear_kernel", "CUDA"):
-                    continue  # extension built without CUDA: nothing to measure
-                if backend == "triton" and device != "cuda":
-                    continue  # interpreter timings mean nothing
                 layer = build_layer(impl, k, n, r, dtype, device)
                 params = [p for p in layer.parameters() if p.requires_grad]
 

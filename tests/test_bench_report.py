@@ -5,6 +5,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+import torch
+
+from masked_dora.ops import registered
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -24,3 +29,38 @@ def test_gpu_report_cpu_smoke(tmp_path):
     assert all(r["ms"] > 0 and r["peak_mb"] is None for r in rows)      # no (fake) GPU memory numbers
     md = (tmp_path / files[1]).read_text()
     assert "NOT GPU results" in md
+
+
+# ---------------------------------------------------------------- which forced backends a section times
+
+@pytest.fixture
+def cuda_build(monkeypatch):
+    """Pretend the extension was built with CUDA kernels (as on a GPU build machine); import the bench modules."""
+    real = torch._C._dispatch_has_kernel_for_dispatch_key
+    monkeypatch.setattr(torch._C, "_dispatch_has_kernel_for_dispatch_key",
+                        lambda name, key: True if key == "CUDA" else real(name, key))
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "bench"))
+
+
+def test_dora_train_section_times_no_cuda_backend_on_cpu(cuda_build):
+    """A CUDA build cannot run CPU tensors: the --cpu-smoke section must not force the cuda backend on them."""
+    import gpu_dora
+
+    rows = gpu_dora.dora_train_section(device="cpu", dtype=torch.float32, shapes=((16, 24),), tokens=8, ranks=(2,),
+                                       impls=("masked_dora_cuda", "masked_dora_triton", "masked_dora_torch"))
+    assert {r["impl"] for r in rows} == {"masked_dora_torch"}
+    assert gpu_dora.timed_impls(gpu_dora.IMPLS, "cpu", torch.float32) == [
+        "masked_dora", "masked_dora_torch", "peft_dora", "peft_lora"]
+    on_gpu = gpu_dora.timed_impls(gpu_dora.IMPLS, "cuda", torch.bfloat16)
+    assert "masked_dora_cuda" in on_gpu and "masked_dora_cuda" not in gpu_dora.timed_impls(
+        gpu_dora.IMPLS, "cuda", torch.float64)                              # the registry's dtypes decide too
+    triton_gpu = registered("dora_linear")["triton"].supports(torch.device("cuda"), torch.bfloat16)
+    assert ("masked_dora_triton" in on_gpu) == triton_gpu                   # interpreter-only kernels: not timed
+
+
+def test_compact_linear_section_times_each_backend_only_where_it_runs(cuda_build):
+    import gpu_compact
+
+    assert gpu_compact._gpu_backends("cpu", torch.bfloat16) == []
+    assert "cuda" in gpu_compact._gpu_backends("cuda", torch.bfloat16)
+    assert "cuda" not in gpu_compact._gpu_backends("cuda", torch.float32)  # the CUDA kernel is half-only
