@@ -3,13 +3,23 @@
     python bench/gpu_report.py                     # on a CUDA machine: every section, full sizes
     python bench/gpu_report.py --sections dora_train
     python bench/gpu_report.py --cpu-smoke         # no GPU: the CPU-runnable parts at tiny sizes
+    python bench/gpu_report.py --quick             # one training shape, compact_linear at M = 1 and 8192
+    python bench/gpu_report.py --shapes 4096x11008 --tokens 8192 --ranks 16 --compact-tokens 1 8192
 
-Each section is a function ``(smoke: bool, device: str) -> list[dict]`` (flat
-rows) registered in :data:`SECTIONS`; add a section by writing one and listing
-it there. The report records the device name, torch / triton versions and the
-date. ``--cpu-smoke`` only checks that the report runs end to end: its rows are
-CPU wall-clock times at toy sizes, written to ``cpu-smoke-*`` files whose
-header says so; it never writes GPU results.
+Each section is a function ``(smoke: bool, device: str, **sizes) -> list[dict]``
+(flat rows) registered in :data:`SECTIONS`; add a section by writing one and
+listing it there. The size options (``--shapes``, ``--tokens``, ``--ranks``,
+``--impls`` for dora_train; ``--compact-tokens``, ``--keeps``, ``--patterns``,
+``--layers``, ``--no-compile`` for compact_linear) override a section's
+defaults; ``--quick`` presets the short run of bench/gpu_check.sh (explicit
+options still win). The report records the device name, torch / triton
+versions and the date. The JSON and markdown files are rewritten after EACH
+section (``"complete": false`` until the last one ends), so a run that is cut
+off keeps every finished section; a section that raises is recorded under
+``"errors"`` and the others still run (exit code 1). ``--cpu-smoke`` only
+checks that the report runs end to end: its rows are CPU wall-clock times at
+toy sizes, written to ``cpu-smoke-*`` files whose header says so; it never
+writes GPU results.
 """
 
 from __future__ import annotations
@@ -20,7 +30,8 @@ import json
 import os
 import platform
 import sys
-from typing import Callable, Dict, List
+import traceback
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -29,23 +40,26 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def section_dora_train(smoke: bool, device: str) -> List[dict]:
+def section_dora_train(smoke: bool, device: str, **sizes) -> List[dict]:
+    """``sizes``: any of ``shapes``, ``tokens``, ``ranks``, ``impls`` (override the defaults)."""
     from gpu_dora import IMPLS, dora_train_section
 
     if smoke:  # toy sizes, fp32; the triton path is GPU-only (the interpreter's timings mean nothing)
-        return dora_train_section(device="cpu", dtype=torch.float32, shapes=((64, 96), (96, 64)), tokens=128,
-                                  ranks=(4,), impls=[i for i in IMPLS if i != "masked_dora"])
-    return dora_train_section(device=device)
+        kw = dict(device="cpu", dtype=torch.float32, shapes=((64, 96), (96, 64)), tokens=128,
+                  ranks=(4,), impls=[i for i in IMPLS if i != "masked_dora"])
+        return dora_train_section(**dict(kw, **sizes))
+    return dora_train_section(device=device, **sizes)
 
 
-def section_compact_linear(smoke: bool, device: str) -> List[dict]:
+def section_compact_linear(smoke: bool, device: str, **sizes) -> List[dict]:
+    """``sizes``: any of ``tokens``, ``keeps``, ``patterns``, ``layers``, ``with_compile``."""
     from gpu_compact import compact_linear_section
 
     if smoke:
-        return compact_linear_section(device="cpu", dtype=torch.float32, tokens=(1, 16), keeps=(0.5,),
-                                      patterns=("random",), shape={"hidden": 64, "intermediate": 96},
-                                      with_compile=False)
-    return compact_linear_section(device=device)
+        kw = dict(device="cpu", dtype=torch.float32, tokens=(1, 16), keeps=(0.5,), patterns=("random",),
+                  shape={"hidden": 64, "intermediate": 96}, with_compile=False)
+        return compact_linear_section(**dict(kw, **sizes))
+    return compact_linear_section(device=device, **sizes)
 
 
 SECTIONS: Dict[str, Callable[[bool, str], List[dict]]] = {
@@ -80,13 +94,20 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def markdown(env: dict, sections: Dict[str, List[dict]]) -> str:
+def markdown(env: dict, sections: Dict[str, List[dict]], errors: Optional[Dict[str, str]] = None,
+             pending: Sequence[str] = ()) -> str:
     head = "CPU SMOKE RUN (toy sizes, CPU wall clock; NOT GPU results)" if env["cpu_smoke"] else "GPU report"
     lines = [f"# masked_dora benchmark: {head}", "",
              f"device: {env['device_name']} | torch {env['torch']} | triton {env['triton']} | "
              f"CUDA {env['cuda']} | {env['date']}", ""]
+    if env.get("sizes"):
+        lines += [f"sizes: {json.dumps(env['sizes'])}", ""]
+    if pending:
+        lines += [f"INCOMPLETE: sections not finished (yet): {', '.join(pending)}", ""]
     for name, rows in sections.items():
         lines += [f"## {name}", ""]
+        if errors and name in errors:
+            lines += ["FAILED: " + errors[name].strip().splitlines()[-1], ""]
         if not rows:
             lines += ["(no rows)", ""]
             continue
@@ -99,33 +120,92 @@ def markdown(env: dict, sections: Dict[str, List[dict]]) -> str:
     return "\n".join(lines)
 
 
+# --quick (GPU only; ignored with --cpu-smoke): what bench/gpu_check.sh measures in its time box
+QUICK = {"shapes": [(4096, 11008)], "tokens": 8192, "ranks": [16], "compact_tokens": [1, 8192], "keeps": [0.75],
+         "patterns": ["random", "runs8"]}
+
+
+def _shape(text: str):
+    try:
+        k, n = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected INxOUT such as 4096x11008, got {text!r}") from None
+    return (k, n)
+
+
+def section_sizes(args) -> Dict[str, dict]:
+    """The per-section size overrides given on the command line (``--quick`` fills the ones not given)."""
+    quick = QUICK if args.quick and not args.cpu_smoke else {}
+    pick = lambda name: getattr(args, name) if getattr(args, name) is not None else quick.get(name)  # noqa: E731
+    dora = {"shapes": pick("shapes"), "tokens": pick("tokens"), "ranks": pick("ranks"), "impls": args.impls}
+    compact = {"tokens": pick("compact_tokens"), "keeps": pick("keeps"), "patterns": pick("patterns"),
+               "layers": args.layers, "with_compile": False if args.no_compile else None}
+    return {"dora_train": {k: v for k, v in dora.items() if v is not None},
+            "compact_linear": {k: v for k, v in compact.items() if v is not None}}
+
+
+def _write(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)  # a reader (or a cut-off run) never sees half a file
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="run the CPU-runnable parts at tiny sizes (checks the script; no GPU numbers)")
     parser.add_argument("--out", default=RESULTS, help="output folder (default bench/results)")
+    parser.add_argument("--quick", action="store_true", help=f"short run: {json.dumps(QUICK)}")
+    sizes = parser.add_argument_group("sizes (override a section's defaults)")
+    sizes.add_argument("--shapes", nargs="+", type=_shape, help="dora_train: INxOUT layer shapes, e.g. 4096x11008")
+    sizes.add_argument("--tokens", type=int, help="dora_train: tokens per batch")
+    sizes.add_argument("--ranks", nargs="+", type=int, help="dora_train: LoRA ranks")
+    sizes.add_argument("--impls", nargs="+", help="dora_train: implementations (see bench/gpu_dora.py IMPLS)")
+    sizes.add_argument("--compact-tokens", nargs="+", type=int, help="compact_linear: token counts M")
+    sizes.add_argument("--keeps", nargs="+", type=float, help="compact_linear: kept fractions")
+    sizes.add_argument("--patterns", nargs="+", choices=["random", "runs8"], help="compact_linear: index patterns")
+    sizes.add_argument("--layers", nargs="+", choices=["down_gather", "o_scatter_residual"],
+                       help="compact_linear: layers")
+    sizes.add_argument("--no-compile", action="store_true", help="compact_linear: no torch.compile baseline")
     args = parser.parse_args(argv)
     if not args.cpu_smoke and not torch.cuda.is_available():
         parser.error("no CUDA GPU: the report measures GPU kernels; use --cpu-smoke to check it runs here")
     device = "cpu" if args.cpu_smoke else "cuda"
+    overrides = section_sizes(args)
     env = environment(device, args.cpu_smoke)
-    results: Dict[str, List[dict]] = {}
-    for name in args.sections:
-        print(f"== section {name}", flush=True)
-        results[name] = SECTIONS[name](args.cpu_smoke, device)
+    env["sizes"] = {name: overrides[name] for name in args.sections if overrides.get(name)}
+    env["autotune"] = os.environ.get("MASKED_DORA_AUTOTUNE") or "full"
     os.makedirs(args.out, exist_ok=True)
     stamp = env["date"].replace(":", "").replace("+0000", "Z")
     prefix = "cpu-smoke" if args.cpu_smoke else "gpu-report"
     base = os.path.join(args.out, f"{prefix}-{stamp}")
-    with open(base + ".json", "w") as f:
-        json.dump({"environment": env, "sections": results}, f, indent=1)
-    md = markdown(env, results)
-    with open(base + ".md", "w") as f:
-        f.write(md + "\n")
-    print(md)
+    results: Dict[str, List[dict]] = {}
+    errors: Dict[str, str] = {}
+
+    def write(pending: Sequence[str]) -> str:
+        report = {"environment": env, "complete": not pending, "pending": list(pending), "sections": results}
+        if errors:
+            report["errors"] = errors
+        _write(base + ".json", json.dumps(report, indent=1) + "\n")
+        md = markdown(env, results, errors, pending)
+        _write(base + ".md", md + "\n")
+        return md
+
+    write(args.sections)
+    for i, name in enumerate(args.sections):
+        print(f"== section {name}", flush=True)
+        try:
+            results[name] = SECTIONS[name](args.cpu_smoke, device, **overrides.get(name, {}))
+        except Exception:  # keep the other sections: record the failure, go on
+            errors[name] = traceback.format_exc()
+            results[name] = []
+            print(errors[name], file=sys.stderr, flush=True)
+        write(args.sections[i + 1:])  # after EACH section: a cut-off run keeps what finished
+        print(f"   wrote {base}.json and {base}.md ({name} done)", flush=True)
+    print(write(()))
     print(f"wrote {base}.json and {base}.md")
-    return 0
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":

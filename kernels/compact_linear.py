@@ -32,7 +32,8 @@ import triton.language as tl
 from masked_dora.ops import _registry
 from masked_dora.ops.compact_linear import OP
 
-from ._common import SUPPORTED_DTYPES, dot_precision, grouped_pid, is_interpreted, make_predicates, m_bucket
+from ._common import (SUPPORTED_DTYPES, autotune_rows, dot_precision, grouped_pid, is_interpreted, make_predicates,
+                      m_bucket)
 
 
 @triton.jit
@@ -173,14 +174,17 @@ def configs_for(dtype: torch.dtype, small_m: bool) -> List[Tuple[int, ...]]:
     return CONFIGS_FP32 if dtype == torch.float32 else CONFIGS_16BIT
 
 
-_tuned: Dict[Tuple[torch.dtype, bool], object] = {}
+_tuned: Dict[Tuple[torch.dtype, bool, int], object] = {}
 
 
 def _autotuned(dtype: torch.dtype, small_m: bool):
-    key = (dtype, small_m)
+    # MASKED_DORA_AUTOTUNE=small (kernels/_common.py): the first configs of the list only; the compile
+    # targets below keep every config of configs_for
+    rows = autotune_rows(configs_for(dtype, small_m))
+    key = (dtype, small_m, len(rows))
     if key not in _tuned:
         configs = [triton.Config(dict(zip(CONFIG_NAMES, c[:4])), num_warps=c[4], num_stages=c[5])
-                   for c in configs_for(dtype, small_m)]
+                   for c in rows]
         _tuned[key] = triton.autotune(configs, key=["M_BUCKET", "N", "K", "HAS_IN", "HAS_OUT", "HAS_RES"],
                                       restore_value=["out_ptr"])(compact_linear_kernel)
     return _tuned[key]
