@@ -17,8 +17,9 @@
 #   3b selftest     masked-dora selftest --enable: every backend vs float64 on this GPU; records the
 #                   passing kernels (cache in the results folder) -> selftest.log, selftest.json
 #   4 cuda_tests    pytest -q -m cuda tests -> cuda_tests.log, cuda_tests.xml
-#   5 sanitize      compute-sanitizer --tool memcheck over bench/gpu_sanitize.py (every CUDA kernel at
-#                   tiny odd shapes vs the torch backend) -> sanitize.log, sanitize.json
+#   5 sanitize      compute-sanitizer --tool memcheck over `masked-dora selftest --quick --backends cuda`
+#                   (every CUDA kernel, every variant, at tiny odd shapes, vs float64) -> sanitize.log,
+#                   sanitize.json
 #   6 bench         bench/gpu_report.py: DoRA layer 4096->11008, 8192 tokens, bf16, r=16 (masked_dora
 #                   vs PEFT LoRA / DoRA), compact_linear at M in {1, 8192}; MASKED_DORA_AUTOTUNE=small
 #                   -> bench.log, bench/gpu-report-*.json|md (rewritten after each section)
@@ -199,26 +200,29 @@ stage_pytest() {  # stage_pytest NAME MARK
 }
 
 stage_sanitize() {
+    # the selftest's --quick shapes (tiny, odd: every variant of every op) with the backend forced, under
+    # memcheck; each result is also checked against float64
     export MASKED_DORA_AUTOTUNE=${MASKED_DORA_AUTOTUNE:-small}   # Triton autotuning under memcheck is slow
-    if [[ $GPU_CHECK_MODE == dry-run ]]; then
-        echo "dry run: no compute-sanitizer; the same calls on the CPU (cpp / torch backends)"
-        "$PY" bench/gpu_sanitize.py --device cpu --json "$OUTDIR/sanitize.json"
-        return
-    fi
-    local san; san=$(find_sanitizer)
     # read ${GPU_CHECK_SANITIZE_BACKENDS} as a word list
     # shellcheck disable=SC2206
     local backends=(${GPU_CHECK_SANITIZE_BACKENDS:-cuda})
-    local script=("$PY" bench/gpu_sanitize.py --device cuda --backends "${backends[@]}" --json "$OUTDIR/sanitize.json")
+    local calls=("$PY" -m masked_dora selftest --quick --reps 1 --json "$OUTDIR/sanitize.json")
+    if [[ $GPU_CHECK_MODE == dry-run ]]; then
+        echo "dry run: no compute-sanitizer; the same calls on the CPU (cpp / torch backends)"
+        "${calls[@]}" --device cpu --backends cpp torch
+        return
+    fi
+    calls+=(--device cuda --backends "${backends[@]}")
+    local san; san=$(find_sanitizer)
     if [[ ! -x $san ]]; then
         echo "compute-sanitizer not found: running the calls WITHOUT memcheck (stage fails)"
-        "${script[@]}" || return 1; return 9
+        "${calls[@]}" || return 1; return 9
     fi
     local opts=(--tool memcheck --error-exitcode 7 --print-limit 100)
     "$san" --help 2>/dev/null | grep -q -- --report-api-errors && opts+=(--report-api-errors no)
     # no caching allocator: every tensor is its own allocation, so an out-of-bounds access is caught
-    echo "+ PYTORCH_NO_CUDA_MEMORY_CACHING=1 $san ${opts[*]} ${script[*]}"
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$san" "${opts[@]}" "${script[@]}"
+    echo "+ PYTORCH_NO_CUDA_MEMORY_CACHING=1 $san ${opts[*]} ${calls[*]}"
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$san" "${opts[@]}" "${calls[@]}"
 }
 
 stage_bench() {
@@ -380,7 +384,7 @@ print("all expected kernels registered" if d["ok"] else "missing: " + " ".join(d
             case $rc in
                 7) NOTE[$s]="compute-sanitizer memcheck reported errors (see sanitize.log)" ;;
                 9) NOTE[$s]="compute-sanitizer not found: calls ran without memcheck" ;;
-                *) NOTE[$s]="$(grep -m1 -o -E 'gpu_sanitize: [0-9]+ ok.*' "$OUTDIR/sanitize.log" || echo "see sanitize.log")" ;;
+                *) NOTE[$s]="$(grep -m1 -E '^[0-9]+ passed, [0-9]+ failed' "$OUTDIR/sanitize.log" || echo "see sanitize.log")" ;;
             esac
             [[ $MODE == dry-run ]] && NOTE[$s]+=" (dry run: CPU, no memcheck)" ;;
         bench) [[ $MODE == dry-run ]] && NOTE[$s]="dry run: --cpu-smoke, toy sizes (CPU timings, not GPU results)" ;;

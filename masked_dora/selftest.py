@@ -2,12 +2,14 @@
 
 For each op (``row_norm``, ``dora_linear`` forward, ``dora_linear_backward``, ``compact_linear``),
 each backend that can run on the device (forced, one at a time; ``torch`` is the baseline) and
-each dtype, it runs a few shapes (odd sizes, zero rows of W0, r = 1, gather + scatter + residual)
+each dtype, it runs a few shapes (odd sizes, exactly-zero rows of W0, r = 1, a cached ``‖W0‖²``,
+3-D and strided inputs, gather and/or scatter with and without a residual, in place)
 and reports the largest relative error ``‖out − ref‖ / ‖ref‖`` over every output (and gradient),
 against the same op computed by the ``torch`` reference in float64 with the same norm floor, the
 tolerance of the correctness policy (fp32 1e-5, or 5e-4 where float32 matmuls may use TF32;
-bf16/fp16 1e-2) and the median time of one check call (for ``dora_linear_backward``: the
-reference forward plus the kernel's backward).
+bf16/fp16 1e-2) and the median time of one check call (every variant of the op; for
+``dora_linear_backward`` plus the reference forward that makes its inputs). Its ``--quick`` shapes
+are tiny and odd: what bench/gpu_check.sh runs under compute-sanitizer.
 
 ``--enable`` records, for this device and software, every (backend, op) whose every check passed
 (:func:`masked_dora.ops._verified.record_user_verification`): from then on the dispatcher uses those
@@ -103,28 +105,45 @@ def _row_norm_case(shape, dtype, device, gen):
     eps = default_eps(dtype)  # the reference floors at the same eps as the kernel under test
 
     def run(backend, cast):
+        w, a, b = (t[k].to(cast) for k in ("weight", "lora_A", "lora_B"))
         with ops.use_backend(backend):
-            return {"norm": ops.row_norm(t["weight"].to(cast), t["lora_A"].to(cast), t["lora_B"].to(cast), 1.5,
-                                         eps=eps)}
+            return {"norm": ops.row_norm(w, a, b, 1.5, eps=eps),
+                    "norm, cached ||W0||^2": ops.row_norm(w, a, b, 1.5, weight_sq=ops.weight_sq_norm(w), eps=eps)}
     return run
 
 
-def _dora_forward_case(shape, dtype, device, gen, backward: bool):
+def _dora_vectors(t, cast):
+    vec = torch.float64 if cast == torch.float64 else torch.float32  # the module keeps c and zb in fp32
+    return t["scale"].to(vec), t["bias"].to(vec)
+
+
+def _dora_forward_case(shape, dtype, device, gen):
     t = _dora_inputs(shape, dtype, device, gen)
 
     def run(backend, cast):
-        leaf = lambda v, d: v.detach().to(d, copy=True).requires_grad_(backward)  # noqa: E731
-        x, a, b = (leaf(t[k], cast) for k in ("x", "lora_A", "lora_B"))
-        vec = torch.float64 if cast == torch.float64 else torch.float32  # the module keeps c and zb in fp32
-        scale, bias = leaf(t["scale"], vec), leaf(t["bias"], vec)
-        # the backward row runs the forward on the reference, so each row checks one op's kernel
-        with ops.use_backend("torch" if backward else backend):
-            y = ops.dora_linear(x, t["weight"].to(cast), a, b, 2.0, scale, bias)
-        if not backward:
-            return {"y": y}
+        x, w, a, b = (t[k].to(cast) for k in ("x", "weight", "lora_A", "lora_B"))
+        scale, bias = _dora_vectors(t, cast)
+        strided = x.repeat_interleave(2, dim=1)[:, ::2]  # the same values, last stride 2
         with ops.use_backend(backend):
-            y.backward(t["dy"].to(cast))
-        return {"dx": x.grad, "dA": a.grad, "dB": b.grad, "dscale": scale.grad, "dbias": bias.grad}
+            return {"y": ops.dora_linear(x, w, a, b, 2.0, scale, bias),
+                    "y, 3-D x, no bias": ops.dora_linear(x.unsqueeze(0), w, a, b, 2.0, scale)[0],
+                    "y, strided x": ops.dora_linear(strided, w, a, b, 2.0, scale, bias)}
+    return run
+
+
+def _dora_backward_case(shape, dtype, device, gen):
+    """The backward op itself, on the saved tensors of the reference forward in the same dtype (calling
+    it directly keeps the check on this thread: autograd runs a CUDA backward on its own)."""
+    t = _dora_inputs(shape, dtype, device, gen)
+
+    def run(backend, cast):
+        x, w, a, b, dy = (t[k].to(cast) for k in ("x", "weight", "lora_A", "lora_B", "dy"))
+        scale, bias = _dora_vectors(t, cast)
+        with ops.use_backend("torch"):
+            _, pre, xa = torch.ops.masked_dora.dora_linear(x, w, a, b, 2.0, scale, bias)
+        with ops.use_backend(backend):
+            grads = torch.ops.masked_dora.dora_linear_backward(dy, x, w, a, b, 2.0, scale, pre, xa)
+        return dict(zip(("dx", "dA", "dB", "dscale", "dbias"), grads))
     return run
 
 
@@ -134,22 +153,29 @@ def _compact_case(shape, dtype, device, gen):
     out_idx = torch.sort(torch.randperm(n_full, generator=gen)[:n_kept]).values.to(device)
     rnd = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64).to(device)  # noqa: E731
     x, w, bias, res = rnd(m, k_full), rnd(n_kept, k_kept) / k_kept ** 0.5, rnd(n_kept), rnd(m, n_full)
+    res_kept = rnd(m, n_kept)
 
     def run(backend, cast):
+        xc, wc, bc = x.to(cast), w.to(cast), bias.to(cast)
         with ops.use_backend(backend):
-            out = ops.compact_linear(x.to(cast), w.to(cast), bias.to(cast), in_idx=in_idx, out_idx=out_idx,
-                                     out_features=n_full, residual=res.to(cast))
-            plain = ops.compact_linear(x[:, :k_kept].to(cast), w.to(cast), None)
-            inplace = ops.compact_linear_(res.to(cast, copy=True), x.to(cast), w.to(cast), bias.to(cast), in_idx=in_idx,
-                                          out_idx=out_idx)
-        return {"gather+scatter+residual": out, "no indices": plain, "in place": inplace}
+            return {
+                "gather+scatter+residual": ops.compact_linear(xc, wc, bc, in_idx=in_idx, out_idx=out_idx,
+                                                              out_features=n_full, residual=res.to(cast)),
+                "gather only": ops.compact_linear(xc, wc, bc, in_idx=in_idx),
+                "scatter only": ops.compact_linear(xc[:, :k_kept], wc, None, out_idx=out_idx, out_features=n_full),
+                "no indices, strided x, residual": ops.compact_linear(xc[:, :k_kept], wc, bc,
+                                                                      residual=res_kept.to(cast)),
+                "in place": ops.compact_linear_(res.to(cast, copy=True), xc, wc, bc, in_idx=in_idx,
+                                                out_idx=out_idx),
+                "in place, no indices": ops.compact_linear_(res_kept.to(cast, copy=True), xc[:, :k_kept], wc, bc),
+            }
     return run
 
 
 CASES: Dict[str, Tuple[str, Callable]] = {
     "row_norm": ("dora", _row_norm_case),
-    "dora_linear": ("dora", lambda s, d, dev, g: _dora_forward_case(s, d, dev, g, backward=False)),
-    "dora_linear_backward": ("dora", lambda s, d, dev, g: _dora_forward_case(s, d, dev, g, backward=True)),
+    "dora_linear": ("dora", _dora_forward_case),
+    "dora_linear_backward": ("dora", _dora_backward_case),
     "compact_linear": ("compact", _compact_case),
 }
 

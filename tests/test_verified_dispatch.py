@@ -142,6 +142,24 @@ def test_selftest_cli_on_cpu(tmp_path, capsys):
     assert "nothing recorded" in text and "| row_norm | torch | float32 |" in text
 
 
+@pytest.mark.parametrize("op", selftest.OPS)
+def test_selftest_runs_the_forced_kernel(op, monkeypatch):
+    """Each check runs the backend under test (here Triton under the interpreter), every variant of the op."""
+    cpu = torch.device("cpu")
+    impl = _registry.registered(op).get("triton")
+    if impl is None or not impl.supports(cpu, torch.float32):
+        pytest.skip("the Triton backend does not run CPU tensors here (no interpreter)")
+    calls = []
+    monkeypatch.setitem(_registry._REGISTRY[op], "triton",
+                        dataclasses.replace(impl, fn=lambda *a, _fn=impl.fn: calls.append(1) or _fn(*a)))
+    row = selftest.check(op, "triton", torch.float32, cpu, quick=True, reps=1)
+    assert row.status == "passed", row
+    shapes = selftest.QUICK_SHAPES[selftest.CASES[op][0]]
+    variants = {key.split("@")[0] for key in row.errors}  # outputs checked per shape
+    assert len(row.errors) == len(shapes) * len(variants) and len(variants) >= 2
+    assert len(calls) >= 2 * len(shapes)  # the checked run and the timed ones
+
+
 def _fake_impl(fn, name="cpp"):
     return _registry.BackendImpl(name, fn, lambda d, t: True, 10, lambda d, t: "")
 
