@@ -36,7 +36,8 @@ INTERP_DTYPES = [torch.float32, torch.float16]
 TRITON_CPU = _registry.registered("dora_linear")["triton"].supports(torch.device("cpu"), torch.float32)
 interpreter_only = pytest.mark.skipif(
     not TRITON_CPU, reason="runs Triton kernels on CPU tensors: needs the Triton interpreter (TRITON_INTERPRET=1, "
-    "set by tests/conftest.py without a GPU); here the kernels are compiled for the GPU and refuse CPU tensors")
+    "set by tests/conftest.py without a GPU); here: "
+    + _registry.registered("dora_linear")["triton"].why_not(torch.device("cpu"), torch.float32))
 
 # (x shape, N, r): odd sizes, 3-D input, r = 1, non-power-of-two r, r above the fused limit
 CASES = [((2, 7, 70), 45, 1), ((37, 90), 130, 5), ((19, 33), 20, 16), ((9, 150), 140, 130)]
