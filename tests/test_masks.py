@@ -33,9 +33,27 @@ def test_expected_keep_matches_monte_carlo(cls):
     gate = cls().train()
     logits = torch.tensor([-2.0, -0.5, 0.0, 0.7, 2.5])
     samples = gate(logits.expand(40000, -1))
-    threshold = 0.0 if cls is HardConcreteGate else 0.5  # P(z != 0) resp. P(z > 1/2)
-    empirical = (samples > threshold).float().mean(0)
+    # P(z > 1/2): the sample is on the kept side of the eval / hardening decision 1[theta > 0]
+    empirical = (samples > 0.5).float().mean(0)
     assert torch.allclose(empirical, gate.expected_keep(logits), atol=0.01)
+    assert ((gate.expected_keep(logits) > 0.5) == (gate.eval()(logits) == 1)).all()
+    if cls is HardConcreteGate:  # the L0 quantity, P(z != 0), stays available
+        assert torch.allclose((samples > 0).float().mean(0), gate.prob_nonzero(logits), atol=0.01)
+
+
+@pytest.mark.parametrize("name", ["hard_concrete", "gumbel_sigmoid", "sigmoid_ste"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+def test_gates_compute_in_fp32_and_training_agrees_with_eval(name, dtype):
+    """bf16 sigmoid(1e-3) rounds to exactly 1/2: a half-precision straight-through forward dropped small
+    positive logits that eval keeps. Gates compute in float32 whatever the logits' dtype."""
+    logits = torch.tensor([1e-3, 2e-3, -1e-3, 0.01, -0.01, 3.0], dtype=dtype)
+    gate = make_gate(name)
+    assert gate.train()(logits).dtype == torch.float32 and gate.expected_keep(logits).dtype == torch.float32
+    assert gate.train()(logits.double()).dtype == torch.float64  # float64 stays float64 (the reference tests)
+    hard_eval = gate.eval()(logits)
+    assert hard_eval.tolist() == [1, 1, 0, 1, 0, 1]
+    if name == "sigmoid_ste":  # deterministic: the training forward is exactly the eval decision
+        assert torch.equal(gate.train()(logits), hard_eval)
 
 
 def test_hard_concrete_reaches_exact_zero_and_one_in_training():

@@ -6,7 +6,7 @@ import torch
 from masked_dora.models import (MaskedDoRACallback, MaskedDoRAConfig, get_state, harden, kept_fraction,
                                 prepare_model, train_masked)
 
-from tiny_models import tiny_model
+from tiny_models import randomize_adapters, tiny_model
 
 
 def _lm_batches(n=4, seed=0):
@@ -93,3 +93,42 @@ def test_prepared_model_compiles_as_one_graph():
     loss.backward()
     logits = [p for n, p in model.named_parameters() if n.endswith("mask_logits") and p.requires_grad]
     assert logits and all(p.grad is not None for p in logits)
+
+
+def _loss_and_grads(checkpointing):
+    """One training forward/backward of a prepared tiny Llama under ``checkpointing``, same gate noise."""
+    from torch.utils.checkpoint import checkpoint
+
+    model = tiny_model("llama", kind="lm")
+    prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5,
+                                          gqa="query_heads"))
+    randomize_adapters(model)  # mixed logits: a gate sample clamped at 1 would have no gradient anyway
+    model.train()
+    if checkpointing in ("reentrant", "non_reentrant"):
+        model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": checkpointing == "reentrant"})
+    elif checkpointing == "torch_block":  # torch.utils.checkpoint around one decoder block, by hand
+        block = model.model.layers[1]
+        inner = block.forward
+        block.forward = lambda *a, **k: checkpoint(inner, *a, use_reentrant=False, **k)
+    batch = _lm_batches(1)[0]
+    torch.manual_seed(123)  # the same gate noise in every variant
+    out = model(**batch)
+    out.loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    return out.loss.detach(), grads
+
+
+@pytest.mark.parametrize("checkpointing", ["non_reentrant", "reentrant", "torch_block"])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(checkpointing):
+    """The gate is sampled once per forward, before any block: a checkpoint recomputes with the same sample.
+    (Sampled lazily inside the first block, non-reentrant raised CheckpointError and reentrant left every
+    mask logit without a gradient.)"""
+    ref_loss, ref = _loss_and_grads(None)
+    loss, grads = _loss_and_grads(checkpointing)
+    assert torch.equal(loss, ref_loss)
+    logits = [n for n in ref if n.endswith("mask_logits")]
+    assert len(logits) == 4 and all(ref[n] is not None and ref[n].abs().sum() > 0 for n in logits)
+    for name, g in ref.items():
+        assert grads[name] is not None, f"{checkpointing}: no gradient for {name}"
+        assert torch.allclose(grads[name], g, rtol=1e-5, atol=1e-7), name

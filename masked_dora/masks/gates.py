@@ -7,9 +7,18 @@ Every gate has three behaviours:
 * **eval** (``not module.training``): the deterministic hard decision
   ``z = 1[theta > 0]``, exactly 0 or 1 (for every gate below, ``theta > 0`` is
   the point where the deterministic relaxation crosses 1/2);
-* ``expected_keep(theta)``: the probability that a channel is kept (non-zero
-  for hard-concrete, above 1/2 for the sigmoid gates), differentiable, which is
-  what a sparsity controller penalises.
+* ``expected_keep(theta)``: the probability that a training sample lands on
+  the kept side of the decision eval and hardening make (``z > 1/2``, which
+  for every gate here is ``sigmoid(theta / tau)`` with the sigmoid-STE's tau and
+  ``sigmoid(theta)`` otherwise: above 1/2 exactly where ``theta > 0``),
+  differentiable: what a sparsity controller steers, so that the soft masks are
+  steered to the count hardening keeps. (Hard-concrete's L0 quantity
+  ``P(z != 0)`` is :meth:`HardConcreteGate.prob_nonzero`; it is above 1/2 for
+  logits down to about -1.6, i.e. for channels that hardening drops.)
+
+Gates compute in float32 whatever the logits' dtype (float64 logits stay
+float64): a bf16 ``sigmoid`` rounds small positive logits to exactly 1/2, so a
+bf16 straight-through forward would prune channels that eval keeps.
 
 ``straight_through=True`` makes the training forward value hard (0/1 at 1/2)
 while gradients flow through the soft value (straight-through estimator).
@@ -21,7 +30,7 @@ Hard-concrete (Louizos, Welling and Kingma, 2018)::
 
     u ~ U(0, 1);  s = sigmoid((log u - log(1 - u) + theta) / beta)
     z = clamp(s (zeta - gamma) + gamma, 0, 1)
-    P(z != 0) = sigmoid(theta - beta log(-gamma / zeta))
+    P(z != 0) = sigmoid(theta - beta log(-gamma / zeta)),   P(z > 1/2) = sigmoid(theta)
 
 defaults beta = 2/3, gamma = -0.1, zeta = 1.1 (the paper's). The stretch past
 [0, 1] gives exact zeros and ones with non-zero probability during training.
@@ -50,8 +59,13 @@ def _logistic_noise(like: Tensor, eps: float = 1e-6) -> Tensor:
     return torch.log(u) - torch.log1p(-u)
 
 
-def _straight_through(soft: Tensor) -> Tensor:
-    hard = (soft > 0.5).to(soft.dtype)
+def _full(logits: Tensor) -> Tensor:
+    """The logits in float32 (float64 stays float64): gates never compute in half precision."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+def _straight_through(soft: Tensor, hard: Tensor) -> Tensor:
+    """Forward ``hard``, gradient of ``soft``."""
     return hard + (soft - soft.detach())
 
 
@@ -73,8 +87,8 @@ class Gate(nn.Module):
         self.temperature.fill_(float(value))
 
     def hard(self, logits: Tensor) -> Tensor:
-        """The deterministic 0/1 decision ``1[theta > 0]`` in ``logits``' dtype."""
-        return (logits > 0).to(logits.dtype)
+        """The deterministic 0/1 decision ``1[theta > 0]`` (float32, float64 for float64 logits)."""
+        return (logits > 0).to(_full(logits).dtype)
 
     def sample(self, logits: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -83,10 +97,12 @@ class Gate(nn.Module):
         raise NotImplementedError
 
     def forward(self, logits: Tensor) -> Tensor:
+        """Gate values (float32; float64 for float64) for ``logits`` of any float dtype."""
+        logits = _full(logits)
         if not self.training:
             return self.hard(logits)
         z = self.sample(logits)
-        return _straight_through(z) if self.straight_through else z
+        return _straight_through(z, (z > 0.5).to(z.dtype)) if self.straight_through else z
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature.item():.4g}, straight_through={self.straight_through}"
@@ -110,8 +126,13 @@ class HardConcreteGate(Gate):
         return (s * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
 
     def expected_keep(self, logits: Tensor) -> Tensor:
+        """``P(z > 1/2) = sigmoid(theta)``: the sample is on the side of the eval/hardening decision."""
+        return torch.sigmoid(_full(logits))
+
+    def prob_nonzero(self, logits: Tensor) -> Tensor:
+        """``P(z != 0)``, the L0 norm's expectation (Louizos et al.)."""
         shift = self.temperature * math.log(-self.gamma / self.zeta)
-        return torch.sigmoid(logits - shift)
+        return torch.sigmoid(_full(logits) - shift)
 
 
 class GumbelSigmoidGate(Gate):
@@ -126,7 +147,7 @@ class GumbelSigmoidGate(Gate):
         return torch.sigmoid((logits + _logistic_noise(logits)) / self.temperature)
 
     def expected_keep(self, logits: Tensor) -> Tensor:
-        return torch.sigmoid(logits)
+        return torch.sigmoid(_full(logits))
 
 
 class SigmoidSTEGate(Gate):
@@ -140,8 +161,15 @@ class SigmoidSTEGate(Gate):
     def sample(self, logits: Tensor) -> Tensor:
         return torch.sigmoid(logits / self.temperature)
 
+    def forward(self, logits: Tensor) -> Tensor:
+        """Forward exactly the eval decision ``1[theta > 0]`` (not ``sigmoid > 1/2``, which rounds)."""
+        logits = _full(logits)
+        if not self.training:
+            return self.hard(logits)
+        return _straight_through(self.sample(logits), self.hard(logits))
+
     def expected_keep(self, logits: Tensor) -> Tensor:
-        return torch.sigmoid(logits / self.temperature)
+        return torch.sigmoid(_full(logits) / self.temperature)
 
 
 GATES = {cls.name: cls for cls in (HardConcreteGate, GumbelSigmoidGate, SigmoidSTEGate)}

@@ -7,8 +7,9 @@ per-channel ``z`` through a :class:`MaskView` (``z_unit[index]``, e.g. a head's
 ``z`` repeated ``head_dim`` times); a consumer whose *input* must be gated (the
 output projection when query heads are pruned inside KV groups) gets an
 :class:`InputGate` forward pre-hook. In training the gate is sampled once per
-model forward (the model's pre-hook calls :meth:`GroupMask.clear_sample`), so
-q, k and v of one head see the same sample.
+model forward, by the model's pre-hook (:meth:`GroupMask.draw_sample`) before
+any block runs: q, k and v of one head see the same sample, and activation
+checkpointing recomputes a block with that same sample.
 """
 
 from __future__ import annotations
@@ -81,6 +82,18 @@ class GroupMask(nn.Module):
     def clear_sample(self) -> None:
         self._sample = None
 
+    def draw_sample(self) -> None:
+        """Sample this forward's gate values now (training), so every later read in the forward reuses them.
+
+        Called by the model's forward pre-hook, i.e. outside any activation-checkpointed block: a
+        checkpoint's recomputation then reads the very same tensor (the same noise, the same saved
+        tensors) and the gradient reaches the logits through it, reentrant or not. (Sampled lazily inside
+        the first block instead, the recomputation found the cache filled and skipped the gate: a
+        non-reentrant checkpoint raised CheckpointError, a reentrant one sampled under no_grad and the
+        logits got no gradient.)
+        """
+        self._sample = self.gate(self.mask_logits) if self.training and self._probe is None else None
+
     @torch.no_grad()
     def set_mask(self, keep: Tensor) -> None:
         """Fix the hard per-unit mask ``keep`` (bool, ``num_units``) until :meth:`clear_mask`."""
@@ -135,12 +148,12 @@ class InputGate:
 
 
 class ClearSamples:
-    """Model forward pre-hook: draw fresh gate samples for this forward."""
+    """Model forward pre-hook: draw this forward's gate samples, once, before any block runs."""
 
     def __init__(self, groups: nn.ModuleDict):
         self.groups = groups
 
     def __call__(self, module: nn.Module, args, kwargs=None):
         for group in self.groups.values():
-            group.clear_sample()
+            group.draw_sample()
         return None

@@ -155,10 +155,10 @@ class MaskedDoRALinear(nn.Module):
     def gate_values(self) -> Tensor:
         """``z``: the fixed mask if one is set, else the gate's output (sampled in training)."""
         if self.mask_source is not None:
-            return self.mask_source.gate_values().to(self.mask_logits.dtype)
+            return self.mask_source.gate_values()
         # torch.where, not an `if`: no host sync, and torch.compile sees no data-dependent branch
-        return torch.where(self.mask_fixed, self.fixed_keep.to(self.mask_logits.dtype),
-                           self.gate(self.mask_logits))
+        z = self.gate(self.mask_logits)  # float32 (float64 for float64 logits), never half precision
+        return torch.where(self.mask_fixed, self.fixed_keep.to(z.dtype), z)
 
     def keep_mask(self) -> Tensor:
         """The current hard decision (bool, one per output channel)."""
