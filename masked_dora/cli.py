@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive("--batch-size"), default=16)
     p.add_argument("--max-length", type=_positive("--max-length"), default=64)
     p.add_argument("--lr", type=_positive("--lr", float), default=2e-3)
-    p.add_argument("--mask-lr", type=_positive("--mask-lr", float), default=0.05)
+    p.add_argument("--mask-lr", type=_positive("--mask-lr", float), default=0.05,
+                   help="mask logits' learning rate, their own optimizer group (default 0.05)")
     p.add_argument("--lambda-lr", type=_positive("--lambda-lr", float), default=0.05)
     p.add_argument("--train-texts", type=_positive("--train-texts"), default=1200)
     p.add_argument("--eval-texts", type=_positive("--eval-texts"), default=400)
@@ -164,7 +165,7 @@ def run_prune(args) -> dict:
                                   target_sparsity={k: sparsity[k] for k in groups if k in sparsity},
                                   alignment={"mlp": args.mlp_alignment, "heads": args.heads_alignment},
                                   gqa=args.gqa, allocation=args.allocation, gate=args.gate,
-                                  importance=args.importance, lambda_lr=args.lambda_lr)
+                                  importance=args.importance, lambda_lr=args.lambda_lr, mask_lr=args.mask_lr)
     except ValueError as exc:
         raise SystemExit(f"--groups/--sparsity: {exc}")
     if args.recovery_steps < 0:

@@ -49,6 +49,7 @@ def test_cli_prune_end_to_end(tmp_path):
         assert -1.0 <= row["cosine_mean"] <= 1.0 and 0.0 <= row["top1_agreement"] <= 1.0
     report = (out / "report.md").read_text()
     assert "parameters" in report and "top-1 agreement" in report and "load_compact" in report
+    assert "Target sparsity: {'mlp': 0.5, 'heads': 0.5}, achieved: {'mlp': 0.5, 'heads': 0.5}" in report
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "kept_per_layer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the checkpoint loads (pruned heads: through masked_dora) and the training state is there

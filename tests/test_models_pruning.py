@@ -202,3 +202,21 @@ def test_deepcopy_keeps_groups_tied_to_their_own_layers():
     with torch.no_grad():
         torch.testing.assert_close(output_tensor(compact_model(clone)(**inputs)),
                                    output_tensor(clone(**inputs)), rtol=1e-4, atol=1e-5)
+
+
+def test_targets_that_rounding_changes_warn_at_prepare_with_the_numbers():
+    """25% of 2 KV groups per layer is none (round(1.5) = 2): a warning with the numbers, not silence."""
+    import warnings
+
+    with pytest.warns(UserWarning, match=r"target_sparsity\['heads'\]=0.25 becomes 0 after rounding: 2 KV groups"
+                                         r".*2 x 0.75 = 1.5 to 2 kept") as caught:
+        model = prepare_model(tiny_model("llama"), MaskedDoRAConfig(
+            target_groups=("mlp", "heads"), target_sparsity=0.25, alignment={"mlp": 64}, importance="none"))
+    assert any("target_sparsity['mlp']=0.25 becomes 0" in str(w.message) for w in caught)  # 64 channels, blocks of 64
+    assert harden(model) == {"mlp": {"kept": 128, "total": 128, "sparsity": 0.0},
+                             "heads": {"kept": 4, "total": 4, "sparsity": 0.0}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # reachable targets say nothing
+        prepare_model(tiny_model("llama"), MaskedDoRAConfig(target_groups=("mlp", "heads"), target_sparsity=0.5,
+                                                            alignment={"mlp": 8}, gqa="query_heads",
+                                                            importance="none"))

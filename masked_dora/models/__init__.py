@@ -17,9 +17,9 @@ from .prepare import MaskedDoRAState, get_state, is_prepared, prepare_model
 from .sparsity import SparsityController, expected_keep, harden, kept_fraction, plan_keep
 from .specs import SPECS, ModelSpec, spec_for
 from .state import from_peft, load_training_state, save_training_state
-from .training import MaskedDoRACallback, MaskTrainer, train_masked
+from .training import MaskedDoRACallback, MaskTrainer, param_groups, train_masked, use_mask_group
 
 __all__ = ["GroupMask", "MaskTrainer", "MaskedDoRACallback", "MaskedDoRAConfig", "MaskedDoRAState", "ModelSpec",
            "SPECS", "SparsityController", "build_compact_model", "compact_model", "expected_keep", "from_peft",
-           "get_state", "harden", "is_prepared", "kept_fraction", "load_compact", "load_training_state", "plan_keep",
-           "prepare_model", "save_training_state", "spec_for", "train_masked"]
+           "get_state", "harden", "is_prepared", "kept_fraction", "load_compact", "load_training_state", "param_groups",
+           "plan_keep", "prepare_model", "save_training_state", "spec_for", "train_masked", "use_mask_group"]

@@ -36,8 +36,15 @@ class MaskedDoRAConfig:
     * ``importance``: mask initialisation score (``none``: every unit starts
       kept at ``mask_init``; ``magnitude``, ``taylor`` or ``activation``: the
       top units by score start kept, the rest start pruned).
-    * ``warmup_steps``, ``lambda_lr``: the Lagrangian controller (target ramp,
-      multiplier learning rate).
+    * ``warmup_steps``, ``lambda_lr``, ``lambda_2_init``: the Lagrangian
+      controller (target ramp, multiplier learning rate, starting weight of the
+      quadratic term: a proportional gain that damps the loop; 0 is CoFi's
+      undamped start, which overshoots in short runs).
+    * ``mask_lr``: the mask logits' learning rate, in their own optimizer group
+      with no weight decay (:func:`~masked_dora.models.param_groups`; the HF
+      Trainer callback sets this group up). Logits are decisions, not weights:
+      with Adam a logit moves about ``mask_lr`` per step, so it must be orders of
+      magnitude above a LoRA learning rate to reach a decision within a run.
     """
 
     rank: int = 8
@@ -56,6 +63,8 @@ class MaskedDoRAConfig:
     mask_init: float = 3.0
     warmup_steps: int = 0
     lambda_lr: float = 0.05
+    mask_lr: float = 0.05
+    lambda_2_init: float = 30.0
 
     def __post_init__(self):
         if isinstance(self.target_groups, str):
@@ -90,8 +99,11 @@ class MaskedDoRAConfig:
         for name in ("temperature_steps", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: expected a non-negative int, got {getattr(self, name)}")
-        if not self.lambda_lr > 0:
-            raise ValueError(f"lambda_lr: expected a positive float, got {self.lambda_lr}")
+        for name in ("lambda_lr", "mask_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: expected a positive float, got {getattr(self, name)}")
+        if not self.lambda_2_init >= 0:
+            raise ValueError(f"lambda_2_init: expected a non-negative float, got {self.lambda_2_init}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

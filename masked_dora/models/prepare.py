@@ -178,6 +178,9 @@ def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, c
     setattr(model, STATE_ATTR, state.to(device))
     model.train(model.training)  # new modules follow the model's mode
     model.register_forward_pre_hook(ClearSamples(state.groups))
+    from .sparsity import warn_unreachable_targets
+
+    warn_unreachable_targets(model)  # a target that rounding changes (e.g. 25% of 2 KV groups: none) warns now
     if config.importance != "none":
         from .importance import init_masks_from_importance
 

@@ -46,7 +46,9 @@ def _fmt(value) -> str:
 def write_markdown(path: str, metrics: Dict, plot_file: Optional[str], plot_note: Optional[str]) -> None:
     m = metrics
     lines = [f"# masked-dora prune report: `{m['model']}`", "",
-             f"Target sparsity: {m['target_sparsity']} (alignment {m['alignment']}, GQA mode {m['gqa']}, "
+             f"Target sparsity: {m['target_sparsity']}, achieved: "
+             f"{ {k: round(v['sparsity'], 4) for k, v in m['hardened'].items()} } "
+             f"(alignment {m['alignment']}, GQA mode {m['gqa']}, "
              f"allocation {m['allocation']}); importance init `{m['importance']}`; "
              f"{m['steps']} mask-learning + {m['recovery_steps']} recovery steps (masks fixed) of batch "
              f"{m['batch_size']} in {m['train_seconds']:.1f} s "

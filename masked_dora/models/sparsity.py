@@ -131,6 +131,38 @@ def planned_keep_fraction(model: nn.Module, kind: str) -> float:
     return sum(int(m.sum()) for m in masks) / sum(g.num_units for g in groups)
 
 
+def warn_unreachable_targets(model: nn.Module, tolerance: float = 0.05) -> Dict[str, Dict[str, float]]:
+    """Warn where rounding (alignment, whole units) turns a target into something else; the numbers per kind.
+
+    Returns ``{kind: {"target": ..., "achieved": ...}}``; warns when a non-zero target removes nothing,
+    or the sparsity hardening will reach is more than ``tolerance`` from the target.
+    """
+    import warnings
+
+    state = get_state(model)
+    cfg = state.config
+    out = {}
+    for kind in cfg.target_groups:
+        target = cfg.target_sparsity[kind]
+        achieved = 1.0 - planned_keep_fraction(model, kind)
+        out[kind] = {"target": target, "achieved": achieved}
+        if (target > 0 and achieved == 0.0) or abs(achieved - target) > tolerance:
+            g = state.groups_of(kind)[0]
+            if kind == "mlp":
+                unit = f"{g.num_units} MLP channels per layer, kept in blocks of alignment={cfg.alignment['mlp']}"
+            elif g.unit_size > 1:
+                unit = (f"{g.num_units} KV groups of {g.unit_size} query heads per layer (gqa='kv_groups' removes "
+                        f"whole KV groups; gqa='query_heads' removes query heads inside every group)")
+            else:
+                unit = f"{g.num_units} heads per layer" + (f" in {g.partitions} KV groups" if g.partitions > 1 else "")
+            warnings.warn(
+                f"target_sparsity[{kind!r}]={target:g} becomes {achieved:.4g} after rounding: {unit}; "
+                f"kept_count rounds {g.num_units} x {1 - target:g} = {g.num_units * (1 - target):g} to "
+                f"{round(g.num_units * (1 - achieved))} kept ({cfg.allocation} allocation). Hardening will remove {achieved:.1%} of the {kind} units, "
+                f"not {target:.1%}.", UserWarning, stacklevel=3)
+    return out
+
+
 class SparsityController(nn.Module):
     """One :class:`LagrangianController` per targeted kind, on the expected kept fraction.
 
@@ -144,7 +176,8 @@ class SparsityController(nn.Module):
         state = get_state(model)
         warmup = state.config.warmup_steps if warmup_steps is None else warmup_steps
         self.controllers = nn.ModuleDict({
-            kind: LagrangianController(1.0 - planned_keep_fraction(model, kind), warmup)
+            kind: LagrangianController(1.0 - planned_keep_fraction(model, kind), warmup,
+                                       lambda_2_init=state.config.lambda_2_init)
             for kind in state.config.target_groups})
 
     def penalty(self, model: nn.Module) -> Tensor:

@@ -1,6 +1,8 @@
 """Training with masked DoRA: a ``transformers.TrainerCallback`` and a plain training loop.
 
-Both do the same four things per optimiser step: set the gate temperature
+Both give the mask logits their own optimizer group (:func:`param_groups`: a
+mask learning rate orders of magnitude above the adapters', no weight decay)
+and do the same four things per optimiser step: set the gate temperature
 from its schedule, add the Lagrangian sparsity penalty to the loss, take a
 gradient-*ascent* step on the multipliers (their own optimiser, never the
 model's), and log the sparsity (expected, hard, target kept fraction per kind).
@@ -23,6 +25,88 @@ try:  # transformers is a hard dependency of masked_dora.models, but keep the im
     from transformers import TrainerCallback
 except ImportError:  # pragma: no cover
     TrainerCallback = object
+
+
+MASK_GROUP = "masked_dora.mask_logits"
+
+
+def mask_parameters(model: nn.Module) -> List[nn.Parameter]:
+    """The trainable mask logits of a prepared model (one tensor per coupled group)."""
+    return [g.mask_logits for g in get_state(model).groups.values() if g.mask_logits.requires_grad]
+
+
+def param_groups(model: nn.Module, lr: float, mask_lr: Optional[float] = None,
+                 weight_decay: float = 0.0) -> List[Dict]:
+    """Optimizer parameter groups for a prepared model: pass them to any ``torch.optim`` optimizer.
+
+    * ``masked_dora.adapters``: ``lora_A``, ``lora_B`` (and any other trainable parameter) at ``lr``
+      with ``weight_decay``;
+    * ``masked_dora.magnitudes``: the DoRA magnitudes at ``lr``, no weight decay (decay would shrink
+      the function, not regularise it);
+    * ``masked_dora.mask_logits``: the mask logits at ``mask_lr`` (default: the config's ``mask_lr``),
+      no weight decay (decay pulls every logit to the decision boundary 0).
+
+    The sparsity controller's multipliers are not model parameters: they have their own
+    (gradient-ascent) optimizer (:class:`MaskTrainer`).
+    """
+    state = get_state(model)
+    if not lr > 0:
+        raise ValueError(f"lr: expected a positive float, got {lr}")
+    mask_lr = state.config.mask_lr if mask_lr is None else mask_lr
+    if not mask_lr > 0:
+        raise ValueError(f"mask_lr: expected a positive float, got {mask_lr}")
+    if not weight_decay >= 0:
+        raise ValueError(f"weight_decay: expected a non-negative float, got {weight_decay}")
+    masks = mask_parameters(model)
+    mask_ids = {id(p) for p in masks}
+    magnitudes, adapters = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in mask_ids:
+            continue
+        (magnitudes if name.endswith("magnitude") else adapters).append(p)
+    return [{"params": adapters, "lr": lr, "weight_decay": weight_decay, "name": "masked_dora.adapters"},
+            {"params": magnitudes, "lr": lr, "weight_decay": 0.0, "name": "masked_dora.magnitudes"},
+            {"params": masks, "lr": mask_lr, "weight_decay": 0.0, "name": MASK_GROUP}]
+
+
+def use_mask_group(optimizer: torch.optim.Optimizer, model: nn.Module, mask_lr: Optional[float] = None,
+                   scheduler=None) -> bool:
+    """Give the mask logits their own group in an existing ``optimizer`` (in place); ``True`` if it changed.
+
+    For an optimizer built without :func:`param_groups` (the HF Trainer's own: one learning rate,
+    weight decay on every non-bias weight): the logits leave their groups (emptied groups stay, so an
+    LR scheduler's per-group lists keep lining up) and join a new group at ``mask_lr`` with no weight
+    decay. ``scheduler``, an LR scheduler already attached to ``optimizer``, gets the new group too,
+    at a constant ``mask_lr`` (its per-group lists are extended; torch's schedulers refuse a group
+    they do not know). An optimizer that already has the logits in a group of their own is left alone.
+    """
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
+    masks = mask_parameters(model)
+    ids = {id(p) for p in masks}
+    for group in optimizer.param_groups:
+        if group["params"] and all(id(p) in ids for p in group["params"]) and len(group["params"]) == len(ids):
+            return False
+    mask_lr = get_state(model).config.mask_lr if mask_lr is None else mask_lr
+    if scheduler is not None:
+        scheduler = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler
+        if not hasattr(scheduler, "base_lrs"):
+            raise TypeError(f"scheduler: cannot add the mask group to a {type(scheduler).__name__}; build the "
+                            f"optimizer with masked_dora.param_groups(model, lr=...) instead")
+    for group in optimizer.param_groups:
+        group["params"] = [p for p in group["params"] if id(p) not in ids]
+    optimizer.add_param_group({"params": masks, "lr": mask_lr, "initial_lr": mask_lr, "weight_decay": 0.0,
+                               "name": MASK_GROUP})
+    if scheduler is not None:
+        scheduler.base_lrs.append(mask_lr)
+        if hasattr(scheduler, "lr_lambdas"):  # LambdaLR (every HF schedule): a constant factor of 1
+            scheduler.lr_lambdas.append(_constant_factor)
+        if hasattr(scheduler, "_last_lr"):
+            scheduler._last_lr.append(mask_lr)
+    return True
+
+
+def _constant_factor(step: int) -> float:
+    return 1.0
 
 
 class MaskTrainer:
@@ -77,8 +161,13 @@ class _AddPenalty:
 
 
 class MaskedDoRACallback(TrainerCallback):
-    """Plug masked DoRA into a ``transformers.Trainer``: temperature schedule, penalty, logging.
+    """Plug masked DoRA into a ``transformers.Trainer``: mask learning rate, temperature schedule, penalty, logging.
 
+    At the start of training it moves the mask logits into an optimizer group of their own
+    (:func:`use_mask_group`: ``mask_lr``, default the config's, constant, no weight decay),
+    so the masks learn at a LoRA learning rate with the Trainer's default optimizer. (Resuming a run
+    from a checkpoint needs the optimizer built with these groups from the start:
+    ``Trainer(..., optimizers=(torch.optim.AdamW(masked_dora.param_groups(model, lr=...)), None))``.)
     The penalty is added to ``outputs.loss`` by a forward hook, so it needs the
     model to return its loss (inputs with labels; a ``compute_loss_func`` or
     label smoothing computes the loss outside the model: add
@@ -87,13 +176,16 @@ class MaskedDoRACallback(TrainerCallback):
     """
 
     def __init__(self, model: nn.Module, controller: Optional[SparsityController] = None,
-                 lambda_lr: Optional[float] = None):
+                 lambda_lr: Optional[float] = None, mask_lr: Optional[float] = None):
         get_state(model)
         self.mask_trainer = MaskTrainer(model, controller, lambda_lr)
+        self.mask_lr = mask_lr
         self.history: List[Dict[str, float]] = []
         self._handle = None
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        if optimizer is not None:
+            use_mask_group(optimizer, self.mask_trainer.model, self.mask_lr, scheduler=lr_scheduler)
         if self._handle is None:
             self._handle = self.mask_trainer.model.register_forward_hook(_AddPenalty(self.mask_trainer))
 
@@ -118,12 +210,13 @@ class MaskedDoRACallback(TrainerCallback):
 
 
 def train_masked(model: nn.Module, batches: Iterable, loss_fn: Callable, steps: int, lr: float = 1e-3,
-                 mask_lr: float = 0.05, controller: Optional[SparsityController] = None, log_every: int = 10,
+                 mask_lr: Optional[float] = None, controller: Optional[SparsityController] = None, log_every: int = 10,
                  progress: bool = False, grad_clip: Optional[float] = 1.0, sparsity_penalty: bool = True,
                  desc: str = "masked DoRA") -> List[Dict[str, float]]:
     """Train ``model`` (prepared) for ``steps`` steps on ``loss_fn(model, batch) + penalty``.
 
-    ``batches`` is cycled. Adapters use ``lr``, mask logits ``mask_lr``. Returns
+    ``batches`` is cycled. Adapters use ``lr``, mask logits ``mask_lr`` (default: the config's),
+    in the groups of :func:`param_groups`. Returns
     the log: one dict per ``log_every`` steps (loss, penalty, sparsity stats).
     ``sparsity_penalty=False`` trains without the controller (e.g. recovery
     fine-tuning after :func:`~masked_dora.models.harden`, when the masks are fixed).
@@ -133,12 +226,9 @@ def train_masked(model: nn.Module, batches: Iterable, loss_fn: Callable, steps: 
     batches = list(batches)
     if not batches:
         raise ValueError("batches: expected at least one batch, got none")
-    state = get_state(model)
-    mask_params = [g.mask_logits for g in state.groups.values()]
-    mask_ids = {id(p) for p in mask_params}
-    adapter_params = [p for p in model.parameters() if p.requires_grad and id(p) not in mask_ids]
-    optimizer = torch.optim.AdamW([{"params": adapter_params, "lr": lr, "weight_decay": 0.0},
-                                   {"params": mask_params, "lr": mask_lr, "weight_decay": 0.0}])
+    groups = param_groups(model, lr=lr, mask_lr=mask_lr)
+    optimizer = torch.optim.AdamW(groups)
+    trainable = [p for g in groups for p in g["params"]]
     helper = MaskTrainer(model, controller)
     model.train()
     log: List[Dict[str, float]] = []
@@ -154,7 +244,7 @@ def train_masked(model: nn.Module, batches: Iterable, loss_fn: Callable, steps: 
         penalty = helper.penalty() if sparsity_penalty else loss.new_zeros(())
         (loss + penalty).backward()
         if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(adapter_params + mask_params, grad_clip)
+            torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if sparsity_penalty:
