@@ -21,11 +21,16 @@ def readme_example() -> str:
 
 
 @pytest.mark.slow
-def test_readme_trainer_example_reaches_the_target(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_readme_trainer_example_reaches_the_target(precision, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)                 # output_dir="out" lands here
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    code = readme_example()
+    if precision == "bf16":                     # the Trainer's mixed precision (autocast), as users run it
+        assert 'save_strategy="no")' in code
+        code = code.replace('save_strategy="no")', 'save_strategy="no", bf16=True, use_cpu=True)')
     scope = {}
-    exec(compile(readme_example(), "README.md:trainer-example", "exec"), scope)
+    exec(compile(code, "README.md:trainer-example", "exec"), scope)
     callback, model = scope["callback"], scope["model"]
     history = callback.history
     assert history and history[-1]["step"] == 120
