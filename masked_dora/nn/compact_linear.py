@@ -146,15 +146,24 @@ class CompactLinear(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-        for name, size in (("in_idx", self.in_features), ("out_idx", self.out_features)):
-            idx = getattr(self, name)
-            if idx is not None and prefix + name in state_dict:
-                try:
-                    validate_indices(prefix + name, idx, size)
-                except (TypeError, ValueError) as exc:
-                    error_msgs.append(str(exc))
+        # validate the incoming indices first: with a bad one nothing of this module is loaded (it used to
+        # keep the bad indices after load_state_dict raised, and the next forward read out of bounds)
+        bad = False
+        for name, size, length in (("in_idx", self.in_features, self.kept_in),
+                                   ("out_idx", self.out_features, self.kept_out)):
+            value = state_dict.get(prefix + name)
+            if value is None or getattr(self, name) is None:
+                continue
+            try:
+                idx = validate_indices(prefix + name, value, size)
+                if idx.numel() != length:
+                    raise ValueError(f"{prefix + name}: expected {length} indices, got {idx.numel()}")
+            except (TypeError, ValueError) as exc:
+                error_msgs.append(str(exc))
+                bad = True
+        if not bad:
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                          unexpected_keys, error_msgs)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

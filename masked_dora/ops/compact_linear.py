@@ -17,8 +17,9 @@ int64, 1-D, non-empty, in range and strictly increasing (so sorted and unique;
 unsorted indices are rejected, not silently sorted, because sorting them means
 permuting the weight with them -- ``CompactLinear.from_linear`` does both for
 you). The op itself only checks shapes, dtypes and devices (cheap, no device
-sync): **its indices must be pre-validated**; duplicates or out-of-range values
-are undefined behaviour in the kernels.
+sync), and before any kernel runs, every call, range and strict order
+(:func:`check_index_values`: one O(len) pass and one sync): a bad index raises
+``ValueError`` naming it, never reaches a kernel.
 
 The op is functional: it returns a new tensor and never writes into
 ``residual`` (so it is safe under autograd and ``torch.compile``). With
@@ -80,9 +81,9 @@ def validate_indices(name: str, idx: Union[Tensor, Sequence[int]], size: int,
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"{name}: the indexed dimension must have a positive int size, got {size!r}")
     if not isinstance(idx, Tensor):
-        try:
-            idx = torch.as_tensor(list(idx), dtype=torch.int64)
-        except (TypeError, ValueError) as exc:
+        try:  # no dtype: floats stay floats and bools stay bools, and are refused below (never truncated)
+            idx = torch.as_tensor(list(idx))
+        except (TypeError, ValueError, RuntimeError) as exc:
             raise TypeError(f"{name}: expected an integer tensor or a sequence of ints, "
                             f"got {type(idx).__name__}") from exc
     if idx.dtype == torch.bool or idx.is_floating_point() or idx.is_complex():
@@ -110,6 +111,23 @@ def validate_indices(name: str, idx: Union[Tensor, Sequence[int]], size: int,
                              f"{int(idx[pos + 1])} at position {pos}); sort them and permute the "
                              f"weight's rows/columns with them (CompactLinear.from_linear does both)")
     return idx.contiguous()
+
+
+def check_index_values(name: str, idx: Optional[Tensor], size: int) -> None:
+    """Before any kernel launch: ``idx`` lies in ``[0, size)`` and strictly increases (one O(len) pass, one sync).
+
+    An out-of-range index made the C++ and Triton kernels read or write past their buffers (a segfault,
+    or silently wrong memory); a duplicate makes a scatter race. Runs inside the op, so on every call,
+    eager or compiled; the precise reason comes from :func:`validate_indices`.
+    """
+    if idx is None or idx.numel() == 0:
+        return
+    ok = (idx.min() >= 0) & (idx.max() < size)
+    if idx.numel() > 1:
+        ok = ok & (idx[1:] > idx[:-1]).all()
+    if not bool(ok):
+        validate_indices(name, idx, size)
+        raise ValueError(f"{name}: indices are not in [0, {size}) and strictly increasing")  # unreachable
 
 
 # ---------------------------------------------------------------- allocation + reference
@@ -162,6 +180,8 @@ _registry.define_compiled_kernel(OP, KERNEL_SCHEMA,
 @torch.library.custom_op("masked_dora::compact_linear", mutates_args=())
 def _compact_linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_idx: Optional[Tensor],
                        out_idx: Optional[Tensor], out_features: int, residual: Optional[Tensor]) -> Tensor:
+    check_index_values("in_idx", in_idx, x.shape[1])
+    check_index_values("out_idx", out_idx, out_features)
     impl = _registry.select(OP, x.device, x.dtype)
     out, res = allocate_output(impl.name, x, out_idx, out_features, residual)
     impl.fn(x, weight, bias, in_idx, out_idx, res, out)
@@ -259,7 +279,10 @@ def _prepare(x, weight, bias, in_idx, out_idx, out_features, residual):
         raise ValueError(f"residual: expected shape {(*lead, out_features)}, got {tuple(residual.shape)}")
     weight = weight if weight.is_contiguous() else weight.contiguous()
     bias = bias if bias is None or bias.is_contiguous() else bias.contiguous()
-    return x.reshape(-1, k_in), weight, bias, int(out_features), lead
+    # the kernels read indices as contiguous (a strided index tensor was read wrongly by the Triton kernel)
+    in_idx = None if in_idx is None else in_idx.contiguous()
+    out_idx = None if out_idx is None else out_idx.contiguous()
+    return x.reshape(-1, k_in), weight, bias, in_idx, out_idx, int(out_features), lead
 
 
 def compact_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, in_idx: Optional[Tensor] = None,
@@ -275,11 +298,13 @@ def compact_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, in_
     the result is ``residual`` plus the scattered product (a new tensor;
     ``residual`` is not modified). Index tensors must be int64 and
     pre-validated with :func:`validate_indices` (checked here: dtype, length,
-    device only). ``x``, ``weight``, ``bias`` and ``residual`` share one dtype
+    device here; range and order checked by the op before any kernel runs). ``x``,
+    ``weight``, ``bias`` and ``residual`` share one dtype
     and device. Returns (..., out_features) in ``x``'s dtype. Differentiable
     in ``x``, ``weight``, ``bias`` and ``residual``.
     """
-    x2, weight, bias, out_features, lead = _prepare(x, weight, bias, in_idx, out_idx, out_features, residual)
+    x2, weight, bias, in_idx, out_idx, out_features, lead = _prepare(x, weight, bias, in_idx, out_idx,
+                                                                      out_features, residual)
     r2 = None if residual is None else residual.reshape(-1, out_features)
     y = torch.ops.masked_dora.compact_linear(x2, weight, bias, in_idx, out_idx, out_features, r2)
     return y.reshape(*lead, out_features)
@@ -290,6 +315,10 @@ def compact_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, in_
 @torch.library.custom_op("masked_dora::compact_linear_add_", mutates_args=("residual",))
 def _compact_linear_add_op(residual: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor],
                            in_idx: Optional[Tensor], out_idx: Optional[Tensor]) -> None:
+    check_index_values("in_idx", in_idx, x.shape[1])
+    check_index_values("out_idx", out_idx, residual.shape[1])
+    if x.untyped_storage().data_ptr() == residual.untyped_storage().data_ptr():
+        x = x.clone()  # x aliases the residual it updates (h += f(h)): the kernels would read what they write
     _registry.select(OP, x.device, x.dtype).fn(x, weight, bias, in_idx, out_idx, residual, residual)
 
 
@@ -310,8 +339,8 @@ def compact_linear_(residual: Tensor, x: Tensor, weight: Tensor, bias: Optional[
     """
     if not isinstance(residual, Tensor):
         raise TypeError(f"residual: expected a tensor, got {type(residual).__name__}")
-    x2, weight, bias, out_features, lead = _prepare(x, weight, bias, in_idx, out_idx, residual.shape[-1]
-                                                    if residual.dim() else None, residual)
+    x2, weight, bias, in_idx, out_idx, out_features, lead = _prepare(
+        x, weight, bias, in_idx, out_idx, residual.shape[-1] if residual.dim() else None, residual)
     if not residual.is_contiguous():
         raise ValueError("residual: the in-place op needs a contiguous residual, got strides "
                          f"{tuple(residual.stride())}")

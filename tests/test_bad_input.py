@@ -1,0 +1,123 @@
+"""Bad input never crashes the process or silently writes out of bounds (issue 13, the compact_linear family).
+
+Out-of-range indices used to segfault the cpp and Triton backends (or, just past the end, read and write
+neighbouring memory): those cases run in a subprocess, so a crash is a test failure, not a dead run.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from masked_dora.nn import CompactLinear
+from masked_dora.ops import compact_linear, compact_linear_, registered, use_backend, validate_indices
+
+from helpers import assert_close_rel
+
+CPU = torch.device("cpu")
+CPU_BACKENDS = [b for b, impl in registered("compact_linear").items()
+                if impl.supports(CPU, torch.float32) and impl.priority_on(CPU) > -100]
+
+
+def _runnable(backend):
+    return registered("compact_linear")[backend].supports(CPU, torch.float32)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp", "triton"])
+def test_out_of_range_indices_raise_in_every_backend(backend):
+    if backend not in registered("compact_linear") or not _runnable(backend):
+        pytest.skip(f"backend {backend!r} does not run CPU float32 here")
+    code = f"""
+import torch
+from masked_dora.ops import compact_linear, compact_linear_, use_backend
+x, w = torch.randn(5, 16), torch.randn(3, 4)
+cases = {{
+    "out_idx far": dict(in_idx=torch.tensor([0, 1, 2, 3]), out_idx=torch.tensor([0, 1, 10**9]), out_features=8),
+    "out_idx just past": dict(in_idx=torch.tensor([0, 1, 2, 3]), out_idx=torch.tensor([0, 1, 8]), out_features=8),
+    "in_idx past K": dict(in_idx=torch.tensor([0, 1, 2, 16]), out_idx=None, out_features=None),
+    "negative": dict(in_idx=torch.tensor([-1, 1, 2, 3]), out_idx=None, out_features=None),
+    "duplicate": dict(in_idx=None, out_idx=torch.tensor([1, 1, 2]), out_features=8, x=torch.randn(5, 4)),
+}}
+with use_backend({backend!r}):
+    for name, kw in cases.items():
+        xx = kw.pop("x", x)
+        for fn in ("functional", "in place"):
+            try:
+                if fn == "functional":
+                    compact_linear(xx, w, None, **kw)
+                else:
+                    res = torch.zeros(5, kw["out_features"] or 3)
+                    compact_linear_(res, xx, w, None, in_idx=kw["in_idx"], out_idx=kw["out_idx"])
+            except ValueError as exc:
+                which = "out_idx" if kw["out_idx"] is not None and kw["in_idx"] is None or "out" in name else "in_idx"
+                assert which in str(exc), (name, str(exc))
+                print("raised", name, fn)
+            else:
+                raise SystemExit(f"no error for {{name}} ({{fn}})")
+print("alive")
+"""
+    env = dict(os.environ)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0 and out.stdout.strip().endswith("alive"), (out.returncode, out.stdout[-2000:],
+                                                                          out.stderr[-3000:])
+    assert out.stdout.count("raised") == 10
+
+
+def test_compact_linear_load_state_dict_keeps_nothing_bad():
+    layer = CompactLinear.from_linear(torch.nn.Linear(8, 6), keep_in=torch.tensor([0, 2, 5]),
+                                      keep_out=torch.tensor([1, 4]))
+    good = {k: v.clone() for k, v in layer.state_dict().items()}
+    bad = dict(good, out_idx=torch.tensor([1, 10**9]))
+    with pytest.raises(RuntimeError, match=r"out_idx: index 1000000000 is out of range \[0, 6\)"):
+        layer.load_state_dict(bad)
+    assert torch.equal(layer.out_idx, good["out_idx"])   # the module kept its own (valid) indices
+    layer(torch.randn(2, 8))                               # and still runs
+    with pytest.raises(RuntimeError, match="in_idx: expected 3 indices"):
+        layer.load_state_dict(dict(good, in_idx=torch.tensor([0, 1])))
+    layer.load_state_dict(good)                            # a valid state dict still loads, bit-exactly
+    assert all(torch.equal(v, good[k]) for k, v in layer.state_dict().items())
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_strided_index_tensors_are_read_by_value(backend):
+    x, w = torch.randn(7, 20), torch.randn(6, 5)
+    wide_in, wide_out = torch.tensor([1, 0, 4, 0, 9, 0, 12, 0, 19, 0]), torch.tensor([0, 9, 3, 9, 5, 9, 8, 9, 10, 9, 11, 9])
+    in_idx, out_idx = wide_in[::2], wide_out[::2]              # stride 2
+    assert not in_idx.is_contiguous()
+    with use_backend(backend):
+        got = compact_linear(x, w, None, in_idx=in_idx, out_idx=out_idx, out_features=12)
+    ref = torch.zeros(7, 12, dtype=torch.float64)
+    ref[:, out_idx] = x.double()[:, in_idx] @ w.double().t()
+    assert_close_rel(got, ref, torch.float32, f"{backend}: strided indices")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("with_indices", [False, True])
+def test_in_place_update_of_its_own_input(backend, with_indices):
+    """compact_linear_(h, h, W): the residual stream updated with a function of itself (was wrong on cpp/triton)."""
+    h = torch.randn(300, 256)          # several row blocks, a real GEMM
+    w = torch.randn(256, 256) / 16 if not with_indices else torch.randn(100, 120) / 11
+    kw = {} if not with_indices else dict(in_idx=torch.arange(0, 240, 2), out_idx=torch.arange(5, 255, 2)[:100])
+    xg = h.double() if not with_indices else h.double()[:, kw["in_idx"]]
+    ref = h.double().clone()
+    if with_indices:
+        ref[:, kw["out_idx"]] += xg @ w.double().t()
+    else:
+        ref += xg @ w.double().t()
+    with use_backend(backend), torch.no_grad():
+        compact_linear_(h, h, w, None, **kw)
+    assert_close_rel(h, ref, torch.float32, f"{backend}: h += f(h)")
+
+
+@pytest.mark.parametrize("bad, error", [
+    ([0.5, 2.7], "dtype torch.float32"), (np.array([0.0, 2.0]), "dtype torch.float64"),
+    ([True, False], "dtype torch.bool"), (["a"], "sequence of ints"),
+])
+def test_validate_indices_never_truncates_or_casts(bad, error):
+    with pytest.raises(TypeError, match=error):
+        validate_indices("keep", bad, 5)
+    assert validate_indices("keep", [0, 3], 5).tolist() == [0, 3]
+    assert validate_indices("keep", np.array([1, 4]), 5).tolist() == [1, 4]
