@@ -121,3 +121,48 @@ def test_validate_indices_never_truncates_or_casts(bad, error):
         validate_indices("keep", bad, 5)
     assert validate_indices("keep", [0, 3], 5).tolist() == [0, 3]
     assert validate_indices("keep", np.array([1, 4]), 5).tolist() == [1, 4]
+
+
+# ---------------------------------------------------------------- the layer and the functional form
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(alpha=None), TypeError, "alpha: expected a finite real number, got NoneType"),
+    (dict(alpha="16"), TypeError, "alpha: expected a finite real number, got str"),
+    (dict(alpha=float("inf")), ValueError, "alpha: expected a finite real number"),
+    (dict(alpha=0.0), ValueError, "alpha: expected a positive float"),
+    (dict(mask_init=float("nan")), ValueError, "mask_init: expected a finite real number"),
+    (dict(norm_eps=-1.0), ValueError, "norm_eps: expected a non-negative float"),
+    (dict(norm_eps=float("nan")), ValueError, "norm_eps: expected a finite real number"),
+])
+def test_layer_constructor_names_the_bad_argument(kwargs, error, match):
+    from masked_dora import MaskedDoRALinear
+
+    with pytest.raises(error, match=match):
+        MaskedDoRALinear(8, 4, rank=2, **kwargs)
+    MaskedDoRALinear(8, 4, rank=2, alpha=np.float32(16.0), mask_init=np.float64(2.0))  # numpy scalars are numbers
+
+
+def test_layer_runs_on_meta_tensors():
+    from masked_dora import MaskedDoRALinear
+
+    layer = MaskedDoRALinear(8, 4, rank=2, device="meta")
+    assert layer(torch.empty(3, 5, 8, device="meta")).shape == (3, 5, 4)
+
+
+def test_dora_linear_with_zero_in_features():
+    from masked_dora.ops import dora_linear
+
+    y = dora_linear(torch.randn(2, 3, 0), torch.randn(4, 0), torch.randn(2, 0), torch.randn(4, 2), 0.5,
+                    torch.ones(4), torch.full((4,), 0.25))
+    assert y.shape == (2, 3, 4) and torch.equal(y, torch.full((2, 3, 4), 0.25))
+
+
+@pytest.mark.parametrize("name", ["magnitude", "gate_values", "norm"])
+def test_functional_form_refuses_broadcastable_vectors(name):
+    from masked_dora.nn import masked_dora_linear
+
+    args = dict(magnitude=torch.ones(4), gate_values=torch.ones(4), norm=torch.ones(4))
+    args[name] = torch.ones(1)  # used to broadcast silently
+    with pytest.raises(ValueError, match=rf"{name}: expected shape \(4,\), got \(1,\)"):
+        masked_dora_linear(torch.randn(3, 8), torch.randn(4, 8), None, torch.randn(2, 8), torch.randn(4, 2), 0.5,
+                           args["magnitude"], args["gate_values"], norm=args["norm"])

@@ -6,6 +6,7 @@ from typing import Optional
 
 from torch import Tensor
 
+from ..ops import _checks
 from ..ops.dora_linear import dora_linear
 from ..ops.row_norm import DEFAULT_EPS, row_norm
 
@@ -21,6 +22,9 @@ def masked_dora_linear(
     ``weight_sq`` (``||W0_j||^2``) speeds it up when it has not. ``lora_A`` and
     ``lora_B`` are cast to ``x``'s dtype; ``weight`` must already have it.
     """
+    n = weight.shape[0] if weight.dim() == 2 else -1
+    for name, vec in (("magnitude", magnitude), ("gate_values", gate_values), ("norm", norm)):
+        _checks.check_vector(name, vec, n)  # a length-1 vector would broadcast silently
     if norm is None:
         norm = row_norm(weight, lora_A.to(weight.dtype), lora_B.to(weight.dtype), scaling, weight_sq, eps)
     acc = norm.dtype

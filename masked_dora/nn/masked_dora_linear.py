@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional, Tuple, Union
 
 import torch
@@ -17,6 +18,26 @@ from .functional import masked_dora_linear
 def _check_positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}: expected a positive int, got {value!r}")
+
+
+def _check_finite_real(name: str, value, minimum: Optional[float] = None, strict: bool = False) -> float:
+    """``value`` as a float: a real number (not a bool or a string), finite, and above ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a finite real number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite real number, got {value!r}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        what = ("a positive" if strict else "a non-negative") if minimum == 0 else \
+            f"a number {'>' if strict else '>='} {minimum}, i.e. a"
+        raise ValueError(f"{name}: expected {what} float, got {value!r}")
+    return float(value)
+
+
+def _autocast_on(device: torch.device) -> bool:
+    """``torch.is_autocast_enabled`` for device types that have autocast (never for meta tensors)."""
+    if device.type == "meta":
+        return False
+    return torch.is_autocast_enabled(device.type)
 
 
 class MaskedDoRALinear(nn.Module):
@@ -53,8 +74,10 @@ class MaskedDoRALinear(nn.Module):
         if rank > min(in_features, out_features):
             raise ValueError(f"rank: expected at most min(in_features, out_features)="
                              f"{min(in_features, out_features)}, got {rank}")
-        if not alpha > 0:
-            raise ValueError(f"alpha: expected a positive float, got {alpha}")
+        alpha = _check_finite_real("alpha", alpha, minimum=0.0, strict=True)
+        mask_init = _check_finite_real("mask_init", mask_init)
+        if norm_eps is not None:
+            norm_eps = _check_finite_real("norm_eps", norm_eps, minimum=0.0)
         if dtype is not None and not dtype.is_floating_point:
             raise TypeError(f"dtype: expected a floating-point dtype, got {dtype}")
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
@@ -226,7 +249,7 @@ class MaskedDoRALinear(nn.Module):
         cast to the autocast dtype while the row norm and the per-channel scale
         stay in float32 and the trainable parameters keep their own dtype.
         """
-        if torch.is_autocast_enabled(x.device.type):
+        if _autocast_on(x.device):
             return torch.get_autocast_dtype(x.device.type)
         return self.weight.dtype
 
@@ -237,7 +260,7 @@ class MaskedDoRALinear(nn.Module):
                              f"got shape {tuple(x.shape)}")
         if x.device != self.weight.device:
             raise ValueError(f"x: expected device {self.weight.device} (the layer's), got {x.device}")
-        if x.dtype != self.weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        if x.dtype != self.weight.dtype and not _autocast_on(x.device):
             raise TypeError(f"x: expected dtype {self.weight.dtype} (the layer's weight dtype; or run "
                             f"inside torch.autocast), got {x.dtype}")
 

@@ -202,6 +202,10 @@ def dora_linear(
         raise ValueError("weight: the base weight must be frozen (requires_grad=False); "
                          "masked DoRA never forms a gradient for it")
     lead = x.shape[:-1]
-    y, _, _ = torch.ops.masked_dora.dora_linear(x.reshape(-1, k), weight, lora_A, lora_B,
+    m = 1
+    for d in lead:
+        m *= d
+    # reshape(m, k), not (-1, k): with k = 0 (or an empty batch) -1 cannot be inferred
+    y, _, _ = torch.ops.masked_dora.dora_linear(x.reshape(m, k), weight, lora_A, lora_B,
                                                 float(scaling), scale, bias)
     return y.reshape(*lead, n)
