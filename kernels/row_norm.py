@@ -64,6 +64,7 @@ def _row_norm_kernel(w_ptr, a_ptr, b_ptr, gram_ptr, wsq_ptr, out_ptr, N, K, R, s
     low_rank = tl.sum(tl.dot(b, gram, input_precision="ieee") * b, axis=1)
     total = sq + (2.0 * scaling) * cross + (scaling * scaling) * low_rank
     norm = tl.maximum(tl.sqrt(tl.maximum(total, 0.0)), eps)
+    norm = tl.where(total != total, total, norm)  # NaN in W0, A, B or ||W0||^2 stays NaN (maximum drops it)
     tl.store(out_ptr + offs_n, norm, mask=n_mask)
 
 

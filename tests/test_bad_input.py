@@ -166,3 +166,54 @@ def test_functional_form_refuses_broadcastable_vectors(name):
     with pytest.raises(ValueError, match=rf"{name}: expected shape \(4,\), got \(1,\)"):
         masked_dora_linear(torch.randn(3, 8), torch.randn(4, 8), None, torch.randn(2, 8), torch.randn(4, 2), 0.5,
                            args["magnitude"], args["gate_values"], norm=args["norm"])
+
+
+# ---------------------------------------------------------------- numerics: NaN, autocast, the norm cache
+
+ROW_NORM_CPU = [b for b, impl in registered("row_norm").items() if impl.supports(CPU, torch.float32)]
+
+
+@pytest.mark.parametrize("backend", ROW_NORM_CPU)
+@pytest.mark.parametrize("where", ["weight", "lora_A", "lora_B", "weight_sq"])
+def test_row_norm_propagates_nan(backend, where):
+    """A NaN in W0, A, B or the cached ||W0||^2 stays NaN (the Triton kernel turned it into the eps floor)."""
+    from masked_dora.ops import row_norm, weight_sq_norm
+
+    t = dict(weight=torch.randn(20, 24), lora_A=torch.randn(3, 24), lora_B=torch.randn(20, 3))
+    t["weight_sq"] = weight_sq_norm(t["weight"])
+    t[where] = t[where].clone()
+    t[where].view(-1)[0 if where != "lora_B" else 7] = float("nan")   # row 0 of W0/||W0||^2, row 2 of B; all of A
+    with use_backend(backend):
+        norm = row_norm(t["weight"], t["lora_A"], t["lora_B"], 0.5, weight_sq=t["weight_sq"])
+    bad_rows = {"weight": [0], "weight_sq": [0], "lora_B": [2], "lora_A": list(range(20))}[where]
+    assert torch.isnan(norm[bad_rows]).all(), norm
+    rest = [j for j in range(20) if j not in bad_rows]
+    assert torch.isfinite(norm[rest]).all()
+
+
+@pytest.mark.parametrize("backend", ROW_NORM_CPU)
+def test_row_norm_under_autocast_stays_fp32(backend):
+    """Inside torch.autocast(bfloat16) the op body's own matmuls ran in bf16 (reference, Triton host Gram)."""
+    from masked_dora.ops import row_norm
+
+    w, a, b = torch.randn(64, 256), torch.randn(4, 256) * 0.1, torch.randn(64, 4)
+    ref = (w.double() + 0.5 * b.double() @ a.double()).norm(dim=1)
+    with use_backend(backend), torch.autocast("cpu", dtype=torch.bfloat16):
+        norm = row_norm(w, a, b, 0.5)
+    assert norm.dtype == torch.float32
+    assert_close_rel(norm, ref, torch.float32, f"{backend}: row norm under autocast")
+
+
+def test_layer_norm_cache_after_autocast_and_after_data_edits():
+    from masked_dora import MaskedDoRALinear
+
+    layer = MaskedDoRALinear(64, 48, rank=4).train()
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    dense = lambda: (layer.weight.double() + layer.scaling * layer.lora_B.double() @ layer.lora_A.double()).norm(dim=1)  # noqa: E731
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(torch.randn(2, 64))                       # computes and caches the norm inside autocast
+    assert_close_rel(layer.weight_norm(), dense(), torch.float32, "norm cached under autocast")
+    layer.lora_B.data.normal_()                          # invisible to the version counters
+    layer.invalidate_norm_cache()
+    assert_close_rel(layer.weight_norm(), dense(), torch.float32, "norm after invalidate_norm_cache")

@@ -67,7 +67,11 @@ __global__ void row_norm_finish_kernel(const float* __restrict__ wa, const float
     acc = fmaf(fmaf(2.f * s, wa[i], s * s * bg[i]), b[i], acc);
   }
   acc = warp_sum(acc);
-  if (lane == 0) out[row] = fmaxf(sqrtf(fmaxf(w2[row] + acc, 0.f)), eps);
+  // fmaxf drops a NaN: keep it, as the reference does (a NaN in W0, A, B or ||W0||^2 must not become eps)
+  if (lane == 0) {
+    const float total = w2[row] + acc;
+    out[row] = isnan(total) ? total : fmaxf(sqrtf(fmaxf(total, 0.f)), eps);
+  }
 }
 
 // ---------------------------------------------------------------- forward epilogue

@@ -228,8 +228,19 @@ class MaskedDoRALinear(nn.Module):
                 self._weight_sq_cache = (key, weight_sq_norm(self.weight))
         return self._weight_sq_cache[1]
 
+    def invalidate_norm_cache(self) -> None:
+        """Drop the cached row norm and ``||W0||^2``; the next forward recomputes them.
+
+        The cache is keyed on the tensors' version counters, which every in-place op (an optimizer
+        step, ``with torch.no_grad(): p.add_(...)``) bumps; an edit through ``.data``
+        (``layer.lora_B.data.normal_()``) bumps nothing: call this after one.
+        """
+        self._norm_cache = None
+        self._weight_sq_cache = None
+
     def weight_norm(self) -> Tensor:
-        """The detached row norm ``n``; cached while weight, lora_A and lora_B are unchanged."""
+        """The detached row norm ``n``; cached while weight, lora_A and lora_B are unchanged (their
+        version counters; see :meth:`invalidate_norm_cache` for edits through ``.data``)."""
         A = self.lora_A.to(self.weight.dtype)
         B = self.lora_B.to(self.weight.dtype)
         if torch.compiler.is_compiling():

@@ -169,9 +169,22 @@ def select(op: str, device: torch.device, dtype: torch.dtype) -> BackendImpl:
     return max(candidates, key=lambda i: i.priority_on(device))
 
 
+def no_autocast(device: torch.device):
+    """Op bodies run with autocast off: a kernel computes in the dtypes it is given (its caller chose them).
+
+    Autocast does not stop at a custom op: without this, the reference's and the Triton launcher's own
+    matmuls (the row norm's ``W0 A^T`` and Gram) ran in bf16/fp16 inside ``torch.autocast``.
+    """
+    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def dispatch(op: str, device: torch.device, dtype: torch.dtype, *args, **kwargs):
-    """Run ``op`` with the backend :func:`select` picks."""
-    return select(op, device, dtype).fn(*args, **kwargs)
+    """Run ``op`` with the backend :func:`select` picks (autocast off, see :func:`no_autocast`)."""
+    impl = select(op, device, dtype)
+    with no_autocast(device):
+        return impl.fn(*args, **kwargs)
 
 
 # ---------------------------------------------------------------- compiled (C++/CUDA) kernels

@@ -184,7 +184,8 @@ def _compact_linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_idx
     check_index_values("out_idx", out_idx, out_features)
     impl = _registry.select(OP, x.device, x.dtype)
     out, res = allocate_output(impl.name, x, out_idx, out_features, residual)
-    impl.fn(x, weight, bias, in_idx, out_idx, res, out)
+    with _registry.no_autocast(x.device):
+        impl.fn(x, weight, bias, in_idx, out_idx, res, out)
     return out
 
 
@@ -319,7 +320,9 @@ def _compact_linear_add_op(residual: Tensor, x: Tensor, weight: Tensor, bias: Op
     check_index_values("out_idx", out_idx, residual.shape[1])
     if x.untyped_storage().data_ptr() == residual.untyped_storage().data_ptr():
         x = x.clone()  # x aliases the residual it updates (h += f(h)): the kernels would read what they write
-    _registry.select(OP, x.device, x.dtype).fn(x, weight, bias, in_idx, out_idx, residual, residual)
+    impl = _registry.select(OP, x.device, x.dtype)
+    with _registry.no_autocast(x.device):
+        impl.fn(x, weight, bias, in_idx, out_idx, residual, residual)
 
 
 @_compact_linear_add_op.register_fake
