@@ -217,3 +217,28 @@ def test_layer_norm_cache_after_autocast_and_after_data_edits():
     layer.lora_B.data.normal_()                          # invisible to the version counters
     layer.invalidate_norm_cache()
     assert_close_rel(layer.weight_norm(), dense(), torch.float32, "norm after invalidate_norm_cache")
+
+
+@pytest.mark.parametrize("backend", ROW_NORM_CPU)
+def test_row_norm_precision_when_rank_exceeds_k_or_the_adapter_cancels_a_row(backend):
+    """K=1, r=65 (8e-5 relative before) and a row that W0 + sBA nearly cancels (a bf16 row fell to the eps
+    floor, 1e-4 instead of its norm): the factored formula loses digits there; those rows are formed directly."""
+    from masked_dora.ops import row_norm
+
+    gen = torch.Generator().manual_seed(0)
+    w, a, b = torch.randn(40, 1, generator=gen), torch.randn(65, 1, generator=gen), torch.randn(40, 65, generator=gen)
+    ref = (w.double() + 0.7 * b.double() @ a.double()).norm(dim=1)
+    before = [t.clone() for t in (w, a, b)]
+    with use_backend(backend):
+        assert_close_rel(row_norm(w, a, b, 0.7), ref, torch.float32, f"{backend}: K=1, r=65")
+    assert all(torch.equal(t, u) for t, u in zip((w, a, b), before))  # the direct path writes into nothing
+    w, a, b = torch.randn(30, 64, generator=gen), torch.randn(4, 64, generator=gen), torch.randn(30, 4, generator=gen)
+    w[3] = -(0.5 * b[3] @ a) + 1e-3 * torch.randn(64, generator=gen)      # the adapter cancels row 3
+    dtypes = [torch.float32] + ([torch.bfloat16] if backend != "triton" else [])  # interpreter bf16 dot: #11584
+    for dtype in dtypes:
+        wd, ad, bd = w.to(dtype), a.to(dtype), b.to(dtype)
+        ref = (wd.double() + 0.5 * bd.double() @ ad.double()).norm(dim=1)
+        with use_backend(backend):
+            norm = row_norm(wd, ad, bd, 0.5)
+        assert abs(norm[3].item() / ref[3].item() - 1) < 1e-5, (dtype, norm[3].item(), ref[3].item())
+        assert_close_rel(norm, ref, torch.float32, f"{backend} {dtype}: a cancelled row")

@@ -67,7 +67,9 @@ at::Tensor row_norm_cuda(const at::Tensor& weight, const at::Tensor& lora_A, con
                                 stream_of(w)),
                  "row_sq_norm");
   }
-  at::Tensor wa = f32(at::mm(weight, lora_A.t()));  // N x r: the one read of W0 (cuBLAS)
+  // N x r: the one read of W0 (cuBLAS), products accumulated and returned in fp32 (never rounded to half)
+  at::Tensor wa = (weight.scalar_type() == at::kFloat ? at::mm(weight, lora_A.t())
+                                                      : at::mm(weight, lora_A.t(), at::kFloat)).contiguous();
   at::Tensor a = f32(lora_A), b = f32(lora_B);
   at::Tensor bg = at::mm(b, at::mm(a, a.t())).contiguous();  // B (A A^T), N x r
   at::Tensor out = at::empty({rows}, opts);
