@@ -9,7 +9,7 @@ EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc
 
 DEMO_STAMP := $(VENV)/.masked_dora-demo-deps
 
-.PHONY: install test test-fast bench demo demo-layer gpu-report gpu-check clean
+.PHONY: install test test-fast fuzz bench demo demo-layer gpu-report gpu-check clean
 
 $(STAMP): setup.py pyproject.toml $(EXT_SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,18 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q tests -m "not slow"
+
+# property-based checks (tests/fuzz, hypothesis), long profile, a fresh seed per round until FUZZ_SECONDS
+# (default 30 minutes) are up; stops at the first failure (`make test` runs a bounded profile of the same)
+FUZZ_SECONDS ?= 1800
+fuzz: $(STAMP)
+	@end=$$(( $$(date +%s) + $(FUZZ_SECONDS) )); round=0; \
+	while [ $$(date +%s) -lt $$end ]; do \
+	  round=$$((round + 1)); seed=$$(od -An -N4 -tu4 /dev/urandom | tr -d ' '); \
+	  echo "== fuzz round $$round, seed $$seed"; \
+	  HYPOTHESIS_PROFILE=long $(PY) -m pytest -q -x -p no:cacheprovider tests/fuzz/fuzz_ops.py \
+	    --hypothesis-seed=$$seed || { echo "fuzz: FAILED in round $$round (seed $$seed)"; exit 1; }; \
+	done; echo "fuzz: $$round rounds clean in $(FUZZ_SECONDS) s"
 
 bench: $(STAMP)
 	$(PY) -m pytest bench --benchmark-enable --benchmark-columns=median,iqr,rounds --benchmark-sort=name

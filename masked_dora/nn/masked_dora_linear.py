@@ -20,8 +20,10 @@ def _check_positive_int(name: str, value) -> None:
         raise ValueError(f"{name}: expected a positive int, got {value!r}")
 
 
-def _check_finite_real(name: str, value, minimum: Optional[float] = None, strict: bool = False) -> float:
-    """``value`` as a float: a real number (not a bool or a string), finite, and above ``minimum``."""
+def _check_finite_real(name: str, value, minimum: Optional[float] = None, strict: bool = False,
+                       maximum: Optional[float] = None) -> float:
+    """``value`` as a float: a real number (not a bool or a string), finite, above ``minimum``, at most
+    ``maximum``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a finite real number, got {type(value).__name__} {value!r}")
     if not math.isfinite(value):
@@ -30,6 +32,8 @@ def _check_finite_real(name: str, value, minimum: Optional[float] = None, strict
         what = ("a positive" if strict else "a non-negative") if minimum == 0 else \
             f"a number {'>' if strict else '>='} {minimum}, i.e. a"
         raise ValueError(f"{name}: expected {what} float, got {value!r}")
+    if maximum is not None and abs(value) > maximum:
+        raise ValueError(f"{name}: expected a magnitude of at most {maximum:g}, got {value!r}")
     return float(value)
 
 
@@ -74,10 +78,11 @@ class MaskedDoRALinear(nn.Module):
         if rank > min(in_features, out_features):
             raise ValueError(f"rank: expected at most min(in_features, out_features)="
                              f"{min(in_features, out_features)}, got {rank}")
-        alpha = _check_finite_real("alpha", alpha, minimum=0.0, strict=True)
-        mask_init = _check_finite_real("mask_init", mask_init)
+        # bounds past which nothing is meaningful and float32 math overflows (a logit of 100 is already certain)
+        alpha = _check_finite_real("alpha", alpha, minimum=0.0, strict=True, maximum=1e6)
+        mask_init = _check_finite_real("mask_init", mask_init, maximum=100.0)
         if norm_eps is not None:
-            norm_eps = _check_finite_real("norm_eps", norm_eps, minimum=0.0)
+            norm_eps = _check_finite_real("norm_eps", norm_eps, minimum=0.0, maximum=1.0)
         if dtype is not None and not dtype.is_floating_point:
             raise TypeError(f"dtype: expected a floating-point dtype, got {dtype}")
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
