@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from masked_dora.ops import compact_linear, compact_linear_, registered, select, use_backend
+from masked_dora.ops import _registry, compact_linear, compact_linear_, registered, select, use_backend
 
 LLAMA7B = {"hidden": 4096, "intermediate": 11008}
 DEFAULT_TOKENS = (1, 16, 128, 1024, 8192)
@@ -97,7 +97,8 @@ def _gpu_backends(device: str, dtype: torch.dtype) -> List[str]:
     if device != "cuda":
         return []
     impls = registered("compact_linear")
-    return [b for b in ("triton", "cuda") if b in impls and impls[b].supports(torch.device(device), dtype)]
+    dev = torch.device(device)  # can run here: dtype, and kernels built for the GPU's compute capability
+    return [b for b in ("triton", "cuda") if b in impls and _registry.unavailable(impls[b], dev, dtype) is None]
 
 
 def compact_linear_section(

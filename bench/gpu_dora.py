@@ -13,8 +13,9 @@ training) and the forward + backward (``fwd_bwd``):
   fwd+bwd): activations + transients, ``torch.cuda.max_memory_allocated`` delta
   (parameter gradients included, they are the same size for every adapter impl).
 
-Implementations: ``masked_dora`` (MaskedDoRALinear, automatic backend: the
-CUDA extension when built with CUDA, else the fused Triton kernels),
+Implementations: ``masked_dora`` (MaskedDoRALinear, automatic backend: on a GPU
+the verified kernels, CUDA extension first, else the torch reference; see
+``masked-dora selftest --enable``, which bench/gpu_check.sh runs before this),
 ``masked_dora_triton`` / ``masked_dora_cuda`` / ``masked_dora_torch`` (the same
 layer forced to one backend, timed only where the op registry says that backend
 supports the device and dtype, see :func:`timed_impls`: no CUDA extension on CPU
@@ -35,7 +36,7 @@ import torch
 from torch import nn
 
 from masked_dora import MaskedDoRALinear
-from masked_dora.ops import registered, select, use_backend
+from masked_dora.ops import _registry, registered, select, use_backend
 
 LLAMA7B_SHAPES: Tuple[Tuple[int, int], ...] = ((4096, 4096), (4096, 11008), (11008, 4096))  # (in, out)
 IMPLS = ("masked_dora", "masked_dora_triton", "masked_dora_cuda", "masked_dora_torch", "peft_dora", "peft_lora")
@@ -79,7 +80,8 @@ def timed_impls(impls: Sequence[str], device: str, dtype: torch.dtype) -> List[s
     """The implementations of ``impls`` to time on ``device`` in ``dtype``.
 
     A forced-backend implementation (``FORCED_BACKEND``) is timed only when that backend
-    implements the forward and backward ops and its ``supports(device, dtype)`` says yes:
+    implements the forward and backward ops and can run them here (``_registry.unavailable``:
+    device, dtype, and on a GPU kernels built for its compute capability):
     the registry decides, not whether the extension happens to have CUDA kernels (a CUDA
     build does, yet cannot run CPU tensors). Triton on a CPU (the interpreter) is never
     timed: its timings mean nothing.
@@ -91,7 +93,7 @@ def timed_impls(impls: Sequence[str], device: str, dtype: torch.dtype) -> List[s
         if backend == "triton" and dev.type != "cuda":
             continue
         if backend is not None and not all(
-                backend in registered(op) and registered(op)[backend].supports(dev, dtype)
+                backend in registered(op) and _registry.unavailable(registered(op)[backend], dev, dtype) is None
                 for op in ("dora_linear", "dora_linear_backward")):
             continue
         chosen.append(impl)

@@ -36,10 +36,20 @@ def test_gpu_report_cpu_smoke(tmp_path):
 @pytest.fixture
 def cuda_build(monkeypatch):
     """Pretend the extension was built with CUDA kernels (as on a GPU build machine); import the bench modules."""
+    from masked_dora.ops import _verified
+
     real = torch._C._dispatch_has_kernel_for_dispatch_key
     monkeypatch.setattr(torch._C, "_dispatch_has_kernel_for_dispatch_key",
                         lambda name, key: True if key == "CUDA" else real(name, key))
+    # ... on an sm_90 GPU the build covers (the registry asks for the device's compute capability)
+    monkeypatch.setattr(_verified, "capability", lambda device: (9, 0))
+    monkeypatch.setattr(_verified, "device_index", lambda device: 0)
+    monkeypatch.setattr(_verified, "extension_build", lambda: {"loaded": True, "with_cuda": True, "sass": (80, 90),
+                                                               "ptx": 90, "torch": torch.__version__})
+    _verified.forget()
     monkeypatch.syspath_prepend(os.path.join(ROOT, "bench"))
+    yield
+    _verified.forget()
 
 
 def test_dora_train_section_times_no_cuda_backend_on_cpu(cuda_build):
