@@ -1,5 +1,6 @@
 """Property-based checks of every op on every CPU backend (hypothesis): random shapes (1, odd, r > K,
-r > N, empty batches), strides (transposed, stepped, stride-0 broadcast), dtypes and bad inputs.
+r > N, empty batches), strides (transposed, stepped with NaN-poisoned gaps, stride-0 rows), dtypes, special
+rows (NaN, inf, zero, cancelled) and bad inputs (indices, constructor arguments).
 
 Run in a child process by tests/test_fuzz.py (a crash fails that test instead of killing the run), with
 the bounded ``ci`` profile; ``make fuzz`` runs the ``long`` profile with fresh seeds until its time is up.
@@ -56,9 +57,12 @@ def close(out: torch.Tensor, ref: torch.Tensor, magnitude: torch.Tensor, dtype) 
 
 
 def layout(t: torch.Tensor, kind: str) -> torch.Tensor:
-    """The same values in another memory layout: contiguous, transposed storage, or every other column."""
+    """The same values in another memory layout: contiguous, transposed storage, every other column, or
+    (``broadcast``: the caller made every row equal) one row expanded with row stride 0."""
     if kind == "transposed" and t.dim() == 2:
         return t.t().contiguous().t()
+    if kind == "broadcast" and t.dim() == 2 and t.shape[0] > 0:
+        return t[:1].expand_as(t)
     if kind == "stepped":
         wide = torch.stack([t, torch.full_like(t, float("nan"))], dim=-1)  # poison between the elements
         return wide.flatten(-2)[..., ::2]
@@ -66,7 +70,7 @@ def layout(t: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 dtypes = st.sampled_from([torch.float32, torch.float16, torch.bfloat16])
-layouts = st.sampled_from(["contiguous", "transposed", "stepped"])
+layouts = st.sampled_from(["contiguous", "transposed", "stepped", "broadcast"])
 
 
 @settings(max_examples=settings().max_examples)
@@ -81,6 +85,8 @@ def test_dora_linear_matches_float64(m, k, n, r, dtype, x_layout, zero_rows, bia
     zero_rows = min(zero_rows, n)
     w[:zero_rows], b[:zero_rows] = 0.0, 0.0
     x, dy = rnd(m, k), rnd(m, n)
+    if x_layout == "broadcast":  # stride-0 rows: every row the same values
+        x = x[:1].expand_as(x).clone()
     norm = (w + 0.5 * b @ a).norm(dim=1).clamp_min(default_eps(dtype))
     mag = (w + 0.5 * b @ a).norm(dim=1)  # m = ||W0_j + sBA_j|| as initialised: zero rows get m = 0
     scale = (mag * (torch.rand(n, generator=gen, dtype=torch.float64) + 0.5) / norm)
@@ -156,6 +162,8 @@ def test_compact_linear_matches_float64(m, k_full, n_full, dtype, gather, scatte
                                                      max_size=n_kept)))) if scatter else None
     gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1)))
     x = torch.randn(m, k_full, generator=gen, dtype=torch.float64)
+    if x_layout == "broadcast":  # stride-0 rows: every row the same values
+        x = x[:1].expand_as(x).clone()
     w = torch.randn(n_kept, k_kept, generator=gen, dtype=torch.float64) / k_kept ** 0.5
     bias = torch.randn(n_kept, generator=gen, dtype=torch.float64)
     res = torch.randn(m, n_full, generator=gen, dtype=torch.float64) if (residual or in_place) else None
