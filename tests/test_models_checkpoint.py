@@ -177,3 +177,27 @@ def test_prepare_refuses_a_peft_wrapped_layer():
     peft_model = get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj"]))
     with pytest.raises(TypeError, match="from_peft"):
         prepare_model(peft_model.get_base_model(), MaskedDoRAConfig(**CFG))
+
+
+def test_realistic_head_layout_saves_and_reloads(tmp_path):
+    """32 query / 8 KV heads at 25% keeps 24 heads: transformers refuses hidden_size % 24 != 0 as a plain
+    config (save_pretrained raised after compaction); it saves in the per-layer form and reloads equal,
+    generating the same tokens."""
+    import transformers as t
+
+    torch.manual_seed(0)
+    model = t.LlamaForCausalLM(t.LlamaConfig(vocab_size=97, hidden_size=128, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=32, num_key_value_heads=8,
+                                             max_position_embeddings=64)).eval()
+    prepare_model(model, MaskedDoRAConfig(target_groups=("heads",), target_sparsity=0.25, importance="none"))
+    randomize_adapters(model)
+    harden(model)
+    with pytest.warns(UserWarning, match="cannot express the pruned sizes as a plain checkpoint"):
+        small = compact_model(model)
+    assert [s["heads"] for s in getattr(small.config, LAYER_SIZES_KEY)] == [24, 24]
+    small.save_pretrained(tmp_path)
+    reloaded = load_compact(str(tmp_path))
+    ids = torch.randint(3, 97, (2, 9), generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(reloaded(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-5)
+    gen = dict(max_new_tokens=6, do_sample=False)
+    assert torch.equal(reloaded.generate(ids[:1], **gen), model.generate(ids[:1], **gen))

@@ -108,6 +108,32 @@ def _set_plain_sizes(config, spec: ModelSpec, size: Dict[str, int]) -> None:
         setattr(config, spec.heads.head_dim_key, size["head_dim"])
 
 
+def _plain_config(config, spec: ModelSpec, original, sizes):
+    """The smaller config of a plain checkpoint, or ``None`` where the config class cannot express the sizes.
+
+    Besides non-uniform sizes and configs without ``head_dim``, the config's own validation decides: a
+    Llama with 32 query / 8 KV heads pruned by 25% keeps 24 heads, and transformers 5.x refuses a
+    ``hidden_size`` (4096) that is not a multiple of ``num_attention_heads`` (24) even with an explicit
+    ``head_dim`` (``save_pretrained`` raised after training). Such a model saves in the per-layer form.
+    """
+    if not _is_plain(spec, original, sizes):
+        return None
+    plain = copy.deepcopy(config)
+    _set_plain_sizes(plain, spec, sizes[0])
+    validate = getattr(plain, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except Exception as exc:  # noqa: BLE001  (huggingface_hub StrictDataclassClassValidationError, ValueError)
+            import warnings
+
+            warnings.warn(f"compact_model: {type(config).__name__} cannot express the pruned sizes as a plain "
+                          f"checkpoint ({str(exc).strip().splitlines()[-1].strip()}); it saves with per-layer "
+                          f"sizes: load it with masked_dora.load_compact(path)", UserWarning, stacklevel=3)
+            return None
+    return plain
+
+
 def _is_plain(spec: ModelSpec, original, sizes) -> bool:
     uniform = all(s == sizes[0] for s in sizes)
     heads_changed = any((s["heads"], s["kv_heads"]) != (o["heads"], o["kv_heads"]) for s, o in zip(sizes, original))
@@ -172,8 +198,9 @@ def compact_model(model: nn.Module) -> nn.Module:
     original = _original_sizes(model, spec, layers)
     repl, sizes = _compact_weights(model)
     config = copy.deepcopy(model.config)
-    if _is_plain(spec, original, sizes):
-        _set_plain_sizes(config, spec, sizes[0])
+    plain = _plain_config(config, spec, original, sizes)
+    if plain is not None:
+        config = plain
         if hasattr(config, LAYER_SIZES_KEY):
             delattr(config, LAYER_SIZES_KEY)
     else:
