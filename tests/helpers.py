@@ -68,3 +68,21 @@ def dense_masked_dora_f64(x, weight, bias, lora_A, lora_B, scaling, magnitude, g
 def leaf(t: torch.Tensor, dtype=None) -> torch.Tensor:
     """A fresh leaf copy (optionally cast) that requires grad."""
     return t.detach().to(dtype or t.dtype).clone().requires_grad_(True)
+
+
+def pretend_gpu(monkeypatch, state: dict) -> None:
+    """Make :mod:`masked_dora.ops._verified` see a GPU without one: ``state["cap"]`` its compute capability,
+    ``state["build"]`` what ``masked_dora._C`` was built for (read at every call, so a test may change them;
+    call ``_verified.forget()`` after a change)."""
+    from masked_dora.ops import _verified
+
+    monkeypatch.setattr(_verified, "capability", lambda device: state["cap"])
+    monkeypatch.setattr(_verified, "device_index", lambda device: 0)
+    monkeypatch.setattr(_verified, "extension_build", lambda: state["build"])
+    _verified.forget()
+
+
+def sm90_build() -> dict:
+    """An sm_90 device and an extension built with CUDA for sm_80/sm_90 plus PTX compute_90."""
+    return {"cap": (9, 0), "build": {"loaded": True, "with_cuda": True, "sass": (80, 90), "ptx": 90,
+                                     "torch": torch.__version__}}

@@ -10,6 +10,8 @@ import torch
 
 from masked_dora.ops import registered
 
+from helpers import pretend_gpu, sm90_build
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -42,11 +44,7 @@ def cuda_build(monkeypatch):
     monkeypatch.setattr(torch._C, "_dispatch_has_kernel_for_dispatch_key",
                         lambda name, key: True if key == "CUDA" else real(name, key))
     # ... on an sm_90 GPU the build covers (the registry asks for the device's compute capability)
-    monkeypatch.setattr(_verified, "capability", lambda device: (9, 0))
-    monkeypatch.setattr(_verified, "device_index", lambda device: 0)
-    monkeypatch.setattr(_verified, "extension_build", lambda: {"loaded": True, "with_cuda": True, "sass": (80, 90),
-                                                               "ptx": 90, "torch": torch.__version__})
-    _verified.forget()
+    pretend_gpu(monkeypatch, sm90_build())
     monkeypatch.syspath_prepend(os.path.join(ROOT, "bench"))
     yield
     _verified.forget()

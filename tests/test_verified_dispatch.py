@@ -22,6 +22,8 @@ import masked_dora
 from masked_dora import cli, selftest
 from masked_dora.ops import _registry, _verified, select, use_backend
 
+from helpers import pretend_gpu, sm90_build
+
 CUDA = torch.device("cuda")
 OP = "dora_linear"
 
@@ -29,14 +31,11 @@ OP = "dora_linear"
 @pytest.fixture
 def fake_gpu(monkeypatch, tmp_path):
     """A pretend sm_90 GPU with stand-in cuda/triton kernels for OP; a private verification cache."""
-    state = {"cap": (9, 0), "build": {"loaded": True, "with_cuda": True, "sass": (80, 90), "ptx": 90,
-                                      "torch": torch.__version__}}
+    state = sm90_build()
     monkeypatch.setenv(_verified.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.delenv(_verified.TRUST_ENV, raising=False)
     monkeypatch.delenv(_registry.ENV_VAR, raising=False)
-    monkeypatch.setattr(_verified, "capability", lambda device: state["cap"])
-    monkeypatch.setattr(_verified, "device_index", lambda device: 0)
-    monkeypatch.setattr(_verified, "extension_build", lambda: state["build"])
+    pretend_gpu(monkeypatch, state)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda idx=None: "Fake H100")
     monkeypatch.setattr(_verified, "VERIFIED", {})
     for op in _registry._REGISTRY:  # stand-ins (a CUDA build registers real ones: not what is tested)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
 from typing import Dict, List, Optional
 
 import torch
@@ -125,8 +126,6 @@ def _plain_config(config, spec: ModelSpec, original, sizes):
         try:
             validate()
         except Exception as exc:  # noqa: BLE001  (huggingface_hub StrictDataclassClassValidationError, ValueError)
-            import warnings
-
             warnings.warn(f"compact_model: {type(config).__name__} cannot express the pruned sizes as a plain "
                           f"checkpoint ({str(exc).strip().splitlines()[-1].strip()}); it saves with per-layer "
                           f"sizes: load it with masked_dora.load_compact(path)", UserWarning, stacklevel=3)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from ..masks.gates import Gate, make_gate
 from ..ops import _checks
+from ..ops.precision import autocast_enabled
 from ..ops.row_norm import DEFAULT_EPS, row_norm, weight_sq_norm
 from .functional import masked_dora_linear
 
@@ -20,28 +21,19 @@ def _check_positive_int(name: str, value) -> None:
         raise ValueError(f"{name}: expected a positive int, got {value!r}")
 
 
-def _check_finite_real(name: str, value, minimum: Optional[float] = None, strict: bool = False,
-                       maximum: Optional[float] = None) -> float:
-    """``value`` as a float: a real number (not a bool or a string), finite, above ``minimum``, at most
-    ``maximum``."""
+def _check_finite_real(name: str, value, *, maximum: float, positive: bool = False,
+                       nonnegative: bool = False) -> float:
+    """``value`` as a float: a real number (not a bool or a string), finite, of magnitude at most ``maximum``,
+    and ``> 0`` (``positive``) or ``>= 0`` (``nonnegative``) when asked."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a finite real number, got {type(value).__name__} {value!r}")
     if not math.isfinite(value):
         raise ValueError(f"{name}: expected a finite real number, got {value!r}")
-    if minimum is not None and (value <= minimum if strict else value < minimum):
-        what = ("a positive" if strict else "a non-negative") if minimum == 0 else \
-            f"a number {'>' if strict else '>='} {minimum}, i.e. a"
-        raise ValueError(f"{name}: expected {what} float, got {value!r}")
-    if maximum is not None and abs(value) > maximum:
+    if (positive and not value > 0) or (nonnegative and not value >= 0):
+        raise ValueError(f"{name}: expected a {'positive' if positive else 'non-negative'} float, got {value!r}")
+    if abs(value) > maximum:
         raise ValueError(f"{name}: expected a magnitude of at most {maximum:g}, got {value!r}")
     return float(value)
-
-
-def _autocast_on(device: torch.device) -> bool:
-    """``torch.is_autocast_enabled`` for device types that have autocast (never for meta tensors)."""
-    if device.type == "meta":
-        return False
-    return torch.is_autocast_enabled(device.type)
 
 
 class MaskedDoRALinear(nn.Module):
@@ -79,10 +71,10 @@ class MaskedDoRALinear(nn.Module):
             raise ValueError(f"rank: expected at most min(in_features, out_features)="
                              f"{min(in_features, out_features)}, got {rank}")
         # bounds past which nothing is meaningful and float32 math overflows (a logit of 100 is already certain)
-        alpha = _check_finite_real("alpha", alpha, minimum=0.0, strict=True, maximum=1e6)
+        alpha = _check_finite_real("alpha", alpha, positive=True, maximum=1e6)
         mask_init = _check_finite_real("mask_init", mask_init, maximum=100.0)
         if norm_eps is not None:
-            norm_eps = _check_finite_real("norm_eps", norm_eps, minimum=0.0, maximum=1.0)
+            norm_eps = _check_finite_real("norm_eps", norm_eps, nonnegative=True, maximum=1.0)
         if dtype is not None and not dtype.is_floating_point:
             raise TypeError(f"dtype: expected a floating-point dtype, got {dtype}")
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
@@ -265,7 +257,7 @@ class MaskedDoRALinear(nn.Module):
         cast to the autocast dtype while the row norm and the per-channel scale
         stay in float32 and the trainable parameters keep their own dtype.
         """
-        if _autocast_on(x.device):
+        if autocast_enabled(x.device):
             return torch.get_autocast_dtype(x.device.type)
         return self.weight.dtype
 
@@ -276,7 +268,7 @@ class MaskedDoRALinear(nn.Module):
                              f"got shape {tuple(x.shape)}")
         if x.device != self.weight.device:
             raise ValueError(f"x: expected device {self.weight.device} (the layer's), got {x.device}")
-        if x.dtype != self.weight.dtype and not _autocast_on(x.device):
+        if x.dtype != self.weight.dtype and not autocast_enabled(x.device):
             raise TypeError(f"x: expected dtype {self.weight.dtype} (the layer's weight dtype; or run "
                             f"inside torch.autocast), got {x.dtype}")
 

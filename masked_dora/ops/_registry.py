@@ -35,6 +35,7 @@ from typing import Callable, Dict, Iterator, Optional, Union
 import torch
 
 from . import _verified
+from .precision import autocast_enabled
 
 BACKENDS = ("torch", "triton", "cpp", "cuda")
 ENV_VAR = "MASKED_DORA_BACKEND"
@@ -175,7 +176,7 @@ def no_autocast(device: torch.device):
     Autocast does not stop at a custom op: without this, the reference's and the Triton launcher's own
     matmuls (the row norm's ``W0 A^T`` and Gram) ran in bf16/fp16 inside ``torch.autocast``.
     """
-    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
+    if autocast_enabled(device):
         return torch.autocast(device.type, enabled=False)
     return contextlib.nullcontext()
 

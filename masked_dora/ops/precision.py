@@ -1,4 +1,4 @@
-"""Numerical settings the ops and kernels follow: whether float32 matmuls may use TF32."""
+"""Numerical settings the ops and kernels follow: TF32 for float32 matmuls, autocast."""
 
 from __future__ import annotations
 
@@ -18,3 +18,11 @@ def fp32_matmul_uses_tf32() -> bool:
         return torch.get_float32_matmul_precision() != "highest"
     except RuntimeError:
         return getattr(torch.backends.cuda.matmul, "fp32_precision", "ieee") == "tf32"
+
+
+def autocast_enabled(device: torch.device) -> bool:
+    """``torch.is_autocast_enabled`` for ``device``'s type; ``False`` for types without autocast (meta)."""
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except RuntimeError:  # "unknown device type for autocast"
+        return False

@@ -78,7 +78,7 @@ CANCELLATION = 1.0 / 16.0
 
 
 def fix_cancellation(norm: Tensor, weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float,
-                     weight_sq: Optional[Tensor], eps: float) -> Tensor:
+                     weight_sq: Tensor, eps: float) -> Tensor:
     """Recompute, directly, the rows where the adapter nearly cancels ``W0_j`` (``n_j^2 < ||W0_j||^2 / 16``).
 
     The factored formula subtracts numbers of size ``||W0_j||^2``: such a row lost digits (a bf16 row
@@ -86,8 +86,6 @@ def fix_cancellation(norm: Tensor, weight: Tensor, lora_A: Tensor, lora_B: Tenso
     """
     if weight.shape[0] == 0:
         return norm
-    if weight_sq is None:
-        weight_sq = weight_sq_norm(weight)
     rows = torch.nonzero(norm.square() < CANCELLATION * weight_sq.to(norm.dtype)).flatten()
     if rows.numel():
         norm = norm.index_copy(0, rows, direct_row_norm(weight, lora_A, lora_B, scaling, eps, rows).to(norm.dtype))
@@ -125,8 +123,10 @@ def _row_norm_op(
     weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float,
     weight_sq: Optional[Tensor], eps: float,
 ) -> Tensor:
-    norm = _registry.dispatch(OP, weight.device, weight.dtype, weight, lora_A, lora_B, scaling, weight_sq, eps)
     with _registry.no_autocast(weight.device):
+        if weight_sq is None:  # once, for the backend and the cancellation check alike
+            weight_sq = weight_sq_norm(weight)
+        norm = _registry.dispatch(OP, weight.device, weight.dtype, weight, lora_A, lora_B, scaling, weight_sq, eps)
         return fix_cancellation(norm, weight, lora_A, lora_B, scaling, weight_sq, eps)
 
 
