@@ -267,9 +267,40 @@ def test_backend_choice_on_cpu():
     impls = registered("compact_linear")
     cpu = torch.device("cpu")
     if HAS_TRITON:
-        assert impls["triton"].priority_on(cpu) < 0 < impls["triton"].priority_on(torch.device("cuda"))
+        assert impls["triton"].priority_on(cpu) < 0
     expected = "cpp" if HAS_CPP else "torch"
     assert select("compact_linear", cpu, torch.float32).name == expected
+
+
+def test_fused_kernels_rank_below_the_reference_on_a_gpu():
+    """Measured on an H100 (bench/results/2026-11-27-h100.md): index_select + cuBLAS beat both fused kernels."""
+    impls = registered("compact_linear")
+    cuda = torch.device("cuda")
+    reference = impls["torch"].priority_on(cuda)
+    for name in ("triton", "cuda"):
+        if name in impls:
+            assert impls[name].priority_on(cuda) < reference, name
+
+
+def test_index_check_is_remembered_until_the_indices_change():
+    x, w = torch.randn(3, 10), torch.randn(4, 3)
+    in_idx = validate_indices("in_idx", [1, 4, 7], 10)
+    out_idx = validate_indices("out_idx", [0, 2, 3, 5], 6)
+    compact_linear(x, w, in_idx=in_idx, out_idx=out_idx, out_features=6)
+    assert getattr(in_idx, "_masked_dora_index_check")[1] == 7
+    compact_linear(x, w, in_idx=in_idx, out_idx=out_idx, out_features=6)  # remembered: no new pass
+    with pytest.raises(ValueError, match="out_idx"):  # the same tensor against a narrower output: checked again
+        compact_linear(x, w, in_idx=in_idx, out_idx=out_idx, out_features=5)
+    in_idx[2] = 12  # in place: the version counter moves, so the next call checks again
+    with pytest.raises(ValueError, match="in_idx: index 12 is out of range"):
+        compact_linear(x, w, in_idx=in_idx, out_idx=out_idx, out_features=6)
+    in_idx[2] = 2  # now not increasing
+    with pytest.raises(ValueError, match="in_idx"):
+        compact_linear(x, w, in_idx=in_idx, out_idx=out_idx, out_features=6)
+    with torch.inference_mode():  # inference tensors have no version counter: checked on every call
+        frozen = torch.tensor([1, 4, 7])
+        compact_linear(x, w, in_idx=frozen)
+        assert not hasattr(frozen, "_masked_dora_index_check")
 
 
 # ---------------------------------------------------------------- validation
