@@ -5,8 +5,9 @@
 #   bash bench/gpu_check.sh --dry-run     # any CPU machine: the whole script end to end, no GPU needed
 #   make gpu-check                        # the same (GPU_CHECK_ARGS=--dry-run for the dry run)
 # A GPU session runs it with the device tool, from the repository root, e.g.
-#   run(command="GPU_CHECK_OUT=$OUT/gpu-check bash bench/gpu_check.sh", timeout_s=600)
-# and reads $OUT/gpu-check/summary.md (every file under it comes back, even after a time-out).
+#   run(command="GPU_CHECK_OUT=/tmp/gc GPU_CHECK_TAR=$OUT/gpu-check.tgz bash bench/gpu_check.sh", timeout_s=600)
+# (the device tool brings back at most 8 files: GPU_CHECK_TAR packs every result into one archive,
+# rewritten after each stage, so a time-out keeps what finished).
 #
 # Stages, in this order; each one's files are written AS IT ENDS (a late failure loses nothing):
 #   1 env           nvidia-smi, python, torch, triton, transformers, peft, nvcc, device, capability,
@@ -42,11 +43,14 @@
 # and left out of the exit code); MASKED_DORA_CUDA_ARCHS (default: the device's, e.g. 90);
 # GPU_CHECK_SANITIZE_BACKENDS (default "cuda"; "cuda triton" adds Triton); GPU_CHECK_BENCH_ARGS
 # (replaces the benchmark's size options); GPU_CHECK_TEST_AUTOTUNE (MASKED_DORA_AUTOTUNE for the
-# test stages; default full lists); GPU_CHECK_TRITON_MARK (stage 7's -m). MASKED_DORA_BACKEND and
+# test stages; default small); GPU_CHECK_WORKERS (most processes for the selftest's Triton compile
+# warm-up and, where pytest-xdist is installed, the test stages; default 12, at most the cores);
+# GPU_CHECK_TAR (see above); GPU_CHECK_TRITON_MARK (stage 7's -m). MASKED_DORA_BACKEND and
 # TRITON_INTERPRET are unset.
 #
-# NOTE: written on a CPU machine; only --dry-run has run. The GPU stages (nvcc build, CUDA tests,
-# compute-sanitizer, GPU benchmark) have NOT run yet: their first run is their first check.
+# First GPU run: H100 80GB HBM3, 2026-11-27 (bench/results/2026-11-27-h100.md): build 20 s, every stage
+# ran; the selftest and the CUDA tests ran out of time compiling Triton kernels one by one, hence the
+# compile warm-up (selftest --jobs) and pytest-xdist with small autotune lists in the test stages.
 set -u -o pipefail
 
 SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
@@ -188,15 +192,24 @@ stage_selftest() {
     # choice (the benchmark's "masked_dora" row) uses them. selftest.json is what a session commits to
     # fill masked_dora/ops/_verified.py's VERIFIED table.
     export MASKED_DORA_AUTOTUNE=${MASKED_DORA_AUTOTUNE:-small}
-    local dev=(--device cuda)
+    local dev=(--device cuda --jobs "$(workers)")   # Triton compiles in parallel processes first
     [[ $GPU_CHECK_MODE == dry-run ]] && dev=(--device cpu --quick --backends torch cpp)
     "$PY" -m masked_dora selftest "${dev[@]}" --enable --json "$OUTDIR/selftest.json"
 }
 
+workers() {  # parallel processes for Triton compilation / tests: the cores, at most GPU_CHECK_WORKERS (12)
+    local n; n=$(nproc 2>/dev/null || echo 1)
+    (( n > ${GPU_CHECK_WORKERS:-12} )) && n=${GPU_CHECK_WORKERS:-12}
+    echo "$n"
+}
+
 stage_pytest() {  # stage_pytest NAME MARK
-    local autotune=${GPU_CHECK_TEST_AUTOTUNE:-}
-    [[ -n $autotune ]] && export MASKED_DORA_AUTOTUNE=$autotune
-    "$PY" -m pytest -q -m "$2" tests -p no:cacheprovider -rfEs --junitxml="$OUTDIR/$1.xml"
+    # small autotune lists: the tests check correctness, and every config is a Triton compile (seconds);
+    # on the H100 the full lists let 10 of 314 CUDA tests finish in 106 s
+    export MASKED_DORA_AUTOTUNE=${GPU_CHECK_TEST_AUTOTUNE:-small}
+    local par=()   # pytest-xdist, where installed: the tests' Triton compiles run on every core
+    if [[ $GPU_CHECK_MODE == gpu ]] && "$PY" -c "import xdist" 2>/dev/null; then par=(-n "$(workers)"); fi
+    "$PY" -m pytest -q -m "$2" tests -p no:cacheprovider -rfEs "${par[@]}" --junitxml="$OUTDIR/$1.xml"
 }
 
 stage_sanitize() {
@@ -350,6 +363,12 @@ write_summary() {  # write_summary COMPLETE(true|false)
     } > "$OUTDIR/summary.md.tmp" && mv "$OUTDIR/summary.md.tmp" "$OUTDIR/summary.md"
 }
 
+write_tarball() {  # GPU_CHECK_TAR: every result file in one archive, rewritten after each stage
+    [[ -n ${GPU_CHECK_TAR:-} ]] || return 0
+    tar czf "$GPU_CHECK_TAR.tmp" -C "$(dirname "$OUTDIR")" "$(basename "$OUTDIR")" 2>/dev/null \
+        && mv "$GPU_CHECK_TAR.tmp" "$GPU_CHECK_TAR"
+}
+
 junit_note() {  # "P passed, S skipped, F failed, E errors" from a junit XML
     local f=$OUTDIR/$1.xml t s fl e
     [[ -f $f ]] || { echo "no junit XML"; return; }
@@ -426,8 +445,10 @@ for i in "${!STAGES[@]}"; do
     fi
     echo "   [$s] ${STATUS[$s]} ${SECS[$s]:-0}s ${NOTE[$s]:-}"
     write_summary false
+    write_tarball
 done
 write_summary true
+write_tarball
 echo
 cat "$OUTDIR/summary.md"
 exit_code

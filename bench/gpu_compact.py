@@ -21,7 +21,7 @@ Layers (Llama-7B: hidden 4096, intermediate 11008):
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -54,19 +54,21 @@ def _eager_scatter(x, w, idx, res):
     return res.index_add(1, idx, F.linear(x, w))
 
 
-def _timer(device: str, m: int) -> Callable[[Callable], float]:
-    """ms per call: do_bench (median, L2 flushed) on CUDA, do_bench_cudagraph for M <= 16; a
-    best-of-5 wall clock on the CPU (smoke runs only)."""
+def _timer(device: str, m: int) -> Callable[[Callable], Tuple[float, str]]:
+    """``(ms per call, how)``: do_bench (median, L2 flushed) on CUDA, do_bench_cudagraph for M <= 16
+    (launch overhead out, as in a graph-captured decode step); a best-of-5 wall clock on the CPU (smoke
+    runs only). ``how`` goes into the row: a call that cannot be captured (one that syncs) falls back to
+    do_bench, and its time then includes the launch overhead its baselines' do not."""
     if device == "cuda":
         import triton.testing as tt
 
         def run(fn):
             if m <= 16:
                 try:
-                    return float(tt.do_bench_cudagraph(fn, rep=50))
-                except Exception:  # graph capture can fail (e.g. first-call allocations); fall back
+                    return float(tt.do_bench_cudagraph(fn, rep=50)), "cudagraph"
+                except Exception:  # graph capture can fail (e.g. a host sync); fall back
                     pass
-            return float(tt.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+            return float(tt.do_bench(fn, warmup=25, rep=100, return_mode="median")), "do_bench"
         return run
 
     def run_cpu(fn):
@@ -76,7 +78,7 @@ def _timer(device: str, m: int) -> Callable[[Callable], float]:
             t = time.perf_counter()
             fn()
             best = min(best, (time.perf_counter() - t) * 1e3)
-        return best
+        return best, "wall_clock"
     return run_cpu
 
 
@@ -118,7 +120,8 @@ def compact_linear_section(
     / time), ``ideal_over_t`` (t_ideal / t: DESIGN target >= 1/1.10 for
     compact_linear), ``speedup_vs_eager`` (t_eager / t: target >= 1.3),
     ``speedup_vs_dense``, ``rel_err`` (compact_linear vs eager, compact_linear
-    rows only; else None), ``backend`` (the backend compact_linear chose).
+    rows only; else None), ``backend`` (the backend compact_linear chose), ``timer``
+    (``cudagraph`` / ``do_bench`` / ``wall_clock``, see :func:`_timer`).
     ``shape`` overrides the Llama-7B ``{"hidden", "intermediate"}`` sizes
     (small shapes make a CPU smoke run possible: ``device="cpu"``).
     """
@@ -181,7 +184,8 @@ def compact_linear_section(
                     with torch.no_grad():
                         errs = {impl: _rel_err(fns[impl](), fns["eager"]()) for impl in ["compact_linear", *forced]}
                         timer = _timer(device, m)
-                        times = {impl: timer(fn) for impl, fn in fns.items()}
+                        timed = {impl: timer(fn) for impl, fn in fns.items()}
+                    times = {impl: t for impl, (t, _) in timed.items()}
                     for impl, t in times.items():
                         rows.append({
                             "section": "compact_linear", "layer": layer, "M": m, "N": n, "K": k,
@@ -191,5 +195,6 @@ def compact_linear_section(
                             "ideal_over_t": times["ideal"] / t, "speedup_vs_eager": times["eager"] / t,
                             "speedup_vs_dense": times["dense"] / t,
                             "rel_err": errs.get(impl), "backend": forced.get(impl, backend),
+                            "timer": timed[impl][1],
                         })
     return rows

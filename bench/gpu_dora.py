@@ -9,6 +9,9 @@ training) and the forward + backward (``fwd_bwd``):
   median of wall-clock repeats on the CPU, smoke runs only);
 * ``saved_mb``: memory still allocated after the forward (the activations
   kept for the backward, plus the output), ``torch.cuda.memory_allocated`` delta;
+* ``activations_mb``: ``saved_mb`` less the output's own bytes (what the layer keeps for its
+  backward; the DESIGN target compares this, "output excluded"), and
+  ``activations_vs_peft_dora`` its ratio to PEFT DoRA's;
 * ``peak_mb``: peak allocated above the starting point during fwd (or
   fwd+bwd): activations + transients, ``torch.cuda.max_memory_allocated`` delta
   (parameter gradients included, they are the same size for every adapter impl).
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -121,7 +124,7 @@ def _timer(device: str) -> Callable[[Callable], float]:
 def _memory(device: str, layer: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> Dict[str, Optional[float]]:
     """Activation (saved) and peak memory deltas in MiB; ``None`` on the CPU (not measured)."""
     if device != "cuda":
-        return {"saved_mb": None, "peak_fwd_mb": None, "peak_fwd_bwd_mb": None}
+        return {"saved_mb": None, "activations_mb": None, "peak_fwd_mb": None, "peak_fwd_bwd_mb": None}
     mib = 1024.0 ** 2
     for p in layer.parameters():
         p.grad = None
@@ -133,12 +136,14 @@ def _memory(device: str, layer: nn.Module, x: torch.Tensor, dy: torch.Tensor) ->
     y = layer(x)
     torch.cuda.synchronize()
     saved = torch.cuda.memory_allocated() - start
+    output = y.numel() * y.element_size()
     peak_fwd = torch.cuda.max_memory_allocated() - start
     y.backward(dy)
     del y
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - start
-    return {"saved_mb": saved / mib, "peak_fwd_mb": peak_fwd / mib, "peak_fwd_bwd_mb": peak / mib}
+    return {"saved_mb": saved / mib, "activations_mb": (saved - output) / mib, "peak_fwd_mb": peak_fwd / mib,
+            "peak_fwd_bwd_mb": peak / mib}
 
 
 def _clear_norm_cache(layer: nn.Module) -> None:
@@ -147,67 +152,72 @@ def _clear_norm_cache(layer: nn.Module) -> None:
 
 
 def dora_train_section(device: str = "cuda", dtype: torch.dtype = torch.bfloat16,
-                       shapes: Sequence[Tuple[int, int]] = LLAMA7B_SHAPES, tokens: int = 8192,
+                       shapes: Sequence[Tuple[int, int]] = LLAMA7B_SHAPES,
+                       tokens: Union[int, Sequence[int]] = (8192, 1024),
                        ranks: Sequence[int] = (16, 64), impls: Sequence[str] = IMPLS) -> List[dict]:
-    """Time and measure every (shape, rank, impl, mode); one flat dict row each (keys: see module doc)."""
+    """Time and measure every (shape, tokens, rank, impl, mode); one flat dict row each (keys: see module doc)."""
     timer = _timer(device)
     rows: List[dict] = []
     gen = torch.Generator().manual_seed(0)
-    for k, n in shapes:
-        for r in ranks:
-            x = torch.randn(tokens, k, generator=gen).to(device=device, dtype=dtype).requires_grad_(True)
-            dy = (torch.randn(tokens, n, generator=gen) * 0.01).to(device=device, dtype=dtype)
-            results: Dict[str, dict] = {}
-            outputs: Dict[str, torch.Tensor] = {}
-            for impl in timed_impls(impls, device, dtype):
-                backend = FORCED_BACKEND.get(impl)
-                layer = build_layer(impl, k, n, r, dtype, device)
-                params = [p for p in layer.parameters() if p.requires_grad]
+    token_counts = (tokens,) if isinstance(tokens, int) else tuple(tokens)
+    for (k, n), m, r in ((s, t, r) for s in shapes for t in token_counts for r in ranks):
+        x = torch.randn(m, k, generator=gen).to(device=device, dtype=dtype).requires_grad_(True)
+        dy = (torch.randn(m, n, generator=gen) * 0.01).to(device=device, dtype=dtype)
+        results: Dict[str, dict] = {}
+        outputs: Dict[str, torch.Tensor] = {}
+        for impl in timed_impls(impls, device, dtype):
+            backend = FORCED_BACKEND.get(impl)
+            layer = build_layer(impl, k, n, r, dtype, device)
+            params = [p for p in layer.parameters() if p.requires_grad]
 
-                def fwd(layer=layer):
-                    _clear_norm_cache(layer)
-                    return layer(x)
+            def fwd(layer=layer):
+                _clear_norm_cache(layer)
+                return layer(x)
 
-                def fwd_bwd(layer=layer, params=params):
-                    _clear_norm_cache(layer)
-                    layer(x).backward(dy)
-                    for p in params:
-                        p.grad = None
-                    x.grad = None
+            def fwd_bwd(layer=layer, params=params):
+                _clear_norm_cache(layer)
+                layer(x).backward(dy)
+                for p in params:
+                    p.grad = None
+                x.grad = None
 
-                with use_backend(backend):
-                    chosen = (select("dora_linear", x.device, dtype).name
-                              if impl.startswith("masked_dora") else "peft")
-                    if impl.startswith("masked_dora"):  # kept to check the fused path against the reference
-                        with torch.no_grad():
-                            outputs[impl] = layer(x).float()
-                    mem = _memory(device, layer, x, dy)
-                    results[impl] = {"fwd": timer(fwd), "fwd_bwd": timer(fwd_bwd), "mem": mem,
-                                     "backend": chosen}
-                del layer, params
-                if device == "cuda":
-                    torch.cuda.empty_cache()
-            errors = {}
-            if "masked_dora_torch" in outputs:
-                ref = outputs["masked_dora_torch"]
-                for name, out in outputs.items():
-                    if name != "masked_dora_torch":
-                        errors[name] = float((out - ref).norm() / ref.norm().clamp_min(1e-30))
-            for impl, res in results.items():
-                for mode in ("fwd", "fwd_bwd"):
-                    t = res[mode]
-                    row = {"section": "dora_train", "in_features": k, "out_features": n, "tokens": tokens,
-                           "rank": r, "impl": impl, "backend": res["backend"], "mode": mode,
-                           "dtype": str(dtype).replace("torch.", ""), "ms": t,
-                           "vs_peft_lora": t / results["peft_lora"][mode] if "peft_lora" in results else None,
-                           "speedup_vs_peft_dora": (results["peft_dora"][mode] / t
-                                                    if "peft_dora" in results else None),
-                           "saved_mb": res["mem"]["saved_mb"],
-                           "peak_mb": res["mem"]["peak_fwd_mb" if mode == "fwd" else "peak_fwd_bwd_mb"],
-                           "rel_err_vs_torch": errors.get(impl)}
-                    dora_peak = results.get("peft_dora", {}).get("mem", {})
-                    key = "peak_fwd_mb" if mode == "fwd" else "peak_fwd_bwd_mb"
-                    row["peak_vs_peft_dora"] = (row["peak_mb"] / dora_peak[key]
-                                                if row["peak_mb"] is not None and dora_peak.get(key) else None)
-                    rows.append(row)
+            with use_backend(backend):
+                chosen = (select("dora_linear", x.device, dtype).name
+                          if impl.startswith("masked_dora") else "peft")
+                if impl.startswith("masked_dora"):  # kept to check the fused path against the reference
+                    with torch.no_grad():
+                        outputs[impl] = layer(x).float()
+                mem = _memory(device, layer, x, dy)
+                results[impl] = {"fwd": timer(fwd), "fwd_bwd": timer(fwd_bwd), "mem": mem,
+                                 "backend": chosen}
+            del layer, params
+            if device == "cuda":
+                torch.cuda.empty_cache()
+        errors = {}
+        if "masked_dora_torch" in outputs:
+            ref = outputs["masked_dora_torch"]
+            for name, out in outputs.items():
+                if name != "masked_dora_torch":
+                    errors[name] = float((out - ref).norm() / ref.norm().clamp_min(1e-30))
+        for impl, res in results.items():
+            for mode in ("fwd", "fwd_bwd"):
+                t = res[mode]
+                row = {"section": "dora_train", "in_features": k, "out_features": n, "tokens": m,
+                       "rank": r, "impl": impl, "backend": res["backend"], "mode": mode,
+                       "dtype": str(dtype).replace("torch.", ""), "ms": t,
+                       "vs_peft_lora": t / results["peft_lora"][mode] if "peft_lora" in results else None,
+                       "speedup_vs_peft_dora": (results["peft_dora"][mode] / t
+                                                if "peft_dora" in results else None),
+                       "saved_mb": res["mem"]["saved_mb"],
+                       "activations_mb": res["mem"]["activations_mb"],
+                       "peak_mb": res["mem"]["peak_fwd_mb" if mode == "fwd" else "peak_fwd_bwd_mb"],
+                       "rel_err_vs_torch": errors.get(impl)}
+                dora_peak = results.get("peft_dora", {}).get("mem", {})
+                row["activations_vs_peft_dora"] = (row["activations_mb"] / dora_peak["activations_mb"]
+                                                   if row["activations_mb"] is not None
+                                                   and dora_peak.get("activations_mb") else None)
+                key = "peak_fwd_mb" if mode == "fwd" else "peak_fwd_bwd_mb"
+                row["peak_vs_peft_dora"] = (row["peak_mb"] / dora_peak[key]
+                                            if row["peak_mb"] is not None and dora_peak.get(key) else None)
+                rows.append(row)
     return rows

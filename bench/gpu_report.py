@@ -10,8 +10,9 @@ Each section is a function ``(smoke: bool, device: str, **sizes) -> list[dict]``
 (flat rows) registered in :data:`SECTIONS`; add a section by writing one and
 listing it there. The size options (``--shapes``, ``--tokens``, ``--ranks``,
 ``--impls`` for dora_train; ``--compact-tokens``, ``--keeps``, ``--patterns``,
-``--layers``, ``--no-compile`` for compact_linear) override a section's
-defaults; ``--quick`` presets the short run of bench/gpu_check.sh (explicit
+``--layers``, ``--no-compile`` for compact_linear; ``--block-layers``,
+``--prefill-tokens``, ``--decode-batch``, ``--context`` for block) override a
+section's defaults; ``--quick`` presets the short run of bench/gpu_check.sh (explicit
 options still win). The report records the device name, torch / triton
 versions and the date. The JSON and markdown files are rewritten after EACH
 section (``"complete": false`` until the last one ends), so a run that is cut
@@ -62,18 +63,33 @@ def section_compact_linear(smoke: bool, device: str, **sizes) -> List[dict]:
     return compact_linear_section(device=device, **sizes)
 
 
+def section_block(smoke: bool, device: str, **sizes) -> List[dict]:
+    """``sizes``: any of ``layers``, ``prefill_tokens``, ``decode_batch``, ``context``."""
+    from gpu_block import block_section
+
+    if smoke:  # a toy Llama (4 heads -> 3, 256 MLP channels -> 192), fp32
+        kw = dict(device="cpu", dtype=torch.float32, layers=2, hidden=64, intermediate=256, heads=4, kv_heads=4,
+                  prefill_tokens=(16,), decode_batch=(1,), context=8, vocab=128)
+        return block_section(**dict(kw, **sizes))
+    return block_section(device=device, **sizes)
+
+
 SECTIONS: Dict[str, Callable[[bool, str], List[dict]]] = {
     "dora_train": section_dora_train,
     "compact_linear": section_compact_linear,
+    "block": section_block,
 }
 
 # columns of each section's markdown table (all row keys go to the JSON)
 COLUMNS = {
     "dora_train": ["in_features", "out_features", "tokens", "rank", "mode", "impl", "backend", "ms",
-                   "vs_peft_lora", "speedup_vs_peft_dora", "saved_mb", "peak_mb", "peak_vs_peft_dora",
+                   "vs_peft_lora", "speedup_vs_peft_dora", "saved_mb", "activations_mb",
+                   "activations_vs_peft_dora", "peak_mb", "peak_vs_peft_dora",
                    "rel_err_vs_torch"],
     "compact_linear": ["layer", "M", "N", "K", "keep", "pattern", "impl", "ms", "tflops", "gbps",
-                       "ideal_over_t", "speedup_vs_eager", "rel_err"],
+                       "ideal_over_t", "speedup_vs_eager", "rel_err", "timer"],
+    "block": ["phase", "batch", "tokens", "context", "model", "form", "intermediate", "heads", "kv_heads", "ms",
+              "tokens_per_s", "speedup_vs_dense", "params_m", "block_params_m", "rel_err_vs_masked"],
 }
 
 
@@ -121,7 +137,7 @@ def markdown(env: dict, sections: Dict[str, List[dict]], errors: Optional[Dict[s
 
 
 # --quick (GPU only; ignored with --cpu-smoke): what bench/gpu_check.sh measures in its time box
-QUICK = {"shapes": [(4096, 11008)], "tokens": 8192, "ranks": [16], "compact_tokens": [1, 8192], "keeps": [0.75],
+QUICK = {"shapes": [(4096, 11008)], "tokens": [8192], "ranks": [16], "compact_tokens": [1, 8192], "keeps": [0.75],
          "patterns": ["random", "runs8"]}
 
 
@@ -140,8 +156,11 @@ def section_sizes(args) -> Dict[str, dict]:
     dora = {"shapes": pick("shapes"), "tokens": pick("tokens"), "ranks": pick("ranks"), "impls": args.impls}
     compact = {"tokens": pick("compact_tokens"), "keeps": pick("keeps"), "patterns": pick("patterns"),
                "layers": args.layers, "with_compile": False if args.no_compile else None}
+    block = {"layers": args.block_layers, "prefill_tokens": args.prefill_tokens, "decode_batch": args.decode_batch,
+             "context": args.context}
     return {"dora_train": {k: v for k, v in dora.items() if v is not None},
-            "compact_linear": {k: v for k, v in compact.items() if v is not None}}
+            "compact_linear": {k: v for k, v in compact.items() if v is not None},
+            "block": {k: v for k, v in block.items() if v is not None}}
 
 
 def _write(path: str, text: str) -> None:
@@ -159,7 +178,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"short run: {json.dumps(QUICK)}")
     sizes = parser.add_argument_group("sizes (override a section's defaults)")
     sizes.add_argument("--shapes", nargs="+", type=_shape, help="dora_train: INxOUT layer shapes, e.g. 4096x11008")
-    sizes.add_argument("--tokens", type=int, help="dora_train: tokens per batch")
+    sizes.add_argument("--tokens", nargs="+", type=int, help="dora_train: tokens per batch (one or more)")
     sizes.add_argument("--ranks", nargs="+", type=int, help="dora_train: LoRA ranks")
     sizes.add_argument("--impls", nargs="+", help="dora_train: implementations (see bench/gpu_dora.py IMPLS)")
     sizes.add_argument("--compact-tokens", nargs="+", type=int, help="compact_linear: token counts M")
@@ -168,6 +187,10 @@ def main(argv=None) -> int:
     sizes.add_argument("--layers", nargs="+", choices=["down_gather", "o_scatter_residual"],
                        help="compact_linear: layers")
     sizes.add_argument("--no-compile", action="store_true", help="compact_linear: no torch.compile baseline")
+    sizes.add_argument("--block-layers", type=int, help="block: decoder layers of the Llama-7B-sized model")
+    sizes.add_argument("--prefill-tokens", nargs="+", type=int, help="block: prefill lengths (batch 1)")
+    sizes.add_argument("--decode-batch", nargs="+", type=int, help="block: decode batch sizes")
+    sizes.add_argument("--context", type=int, help="block: cached tokens for decode")
     args = parser.parse_args(argv)
     if not args.cpu_smoke and not torch.cuda.is_available():
         parser.error("no CUDA GPU: the report measures GPU kernels; use --cpu-smoke to check it runs here")

@@ -108,6 +108,8 @@ def _add_selftest_parser(sub) -> None:
     p.add_argument("--quick", action="store_true", help="small shapes only (seconds)")
     p.add_argument("--reps", type=_positive("--reps"), default=5, help="timed repetitions per check (median)")
     p.add_argument("--json", default=None, help="also write the rows, device and verdicts to this JSON file")
+    p.add_argument("--jobs", type=_positive("--jobs"), default=1,
+                   help="GPU: compile the Triton kernels in this many processes first (default 1: no warm-up)")
 
 
 def resolve_model(name: str) -> str:

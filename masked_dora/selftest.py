@@ -14,12 +14,15 @@ are tiny and odd: what bench/gpu_check.sh runs under compute-sanitizer.
 ``--enable`` records, for this device and software, every (backend, op) whose every check passed
 (:func:`masked_dora.ops._verified.record_user_verification`): from then on the dispatcher uses those
 kernels by default here. ``--json PATH`` writes the rows, the device and the verdicts (the form a
-committed GPU run fills :data:`masked_dora.ops._verified.VERIFIED` from).
+committed GPU run fills :data:`masked_dora.ops._verified.VERIFIED` from), rewritten after every check
+(``"complete": false`` until the last). ``--jobs N`` first compiles the Triton kernels in N processes
+at once (:func:`warm_up`); the checks themselves always run in this process.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -216,15 +219,70 @@ def check(op: str, backend: str, dtype: torch.dtype, device: torch.device, quick
     return row
 
 
-def run_selftest(device: torch.device, backends: Optional[Sequence[str]] = None,
-                 dtypes: Sequence[torch.dtype] = tuple(DTYPES.values()), ops_: Sequence[str] = OPS,
-                 quick: bool = False, reps: int = 5) -> List[Row]:
-    rows = []
+def plan(device: torch.device, backends: Optional[Sequence[str]] = None,
+         dtypes: Sequence[torch.dtype] = tuple(DTYPES.values()), ops_: Sequence[str] = OPS) -> List[tuple]:
+    """The (op, backend, dtype) checks, in order: per op the ``torch`` baseline first, then the kernels."""
+    todo = []
     for op in ops_:
         names = [b for b in _registry.registered(op) if backends is None or b in backends]
         for backend in sorted(names, key=lambda b: (b != "torch", b)):
-            for dtype in dtypes:
-                rows.append(check(op, backend, dtype, device, quick=quick, reps=reps))
+            todo.extend((op, backend, dtype) for dtype in dtypes)
+    return todo
+
+
+def _warm_one(op: str, backend: str, dtype_name: str, device: str, quick: bool) -> str:
+    """Worker of :func:`warm_up` (a fresh process): run one check once; what it compiles lands in Triton's
+    on-disk cache. The result is thrown away (the timed, reported run is the main process's)."""
+    row = check(op, backend, DTYPES[dtype_name], torch.device(device), quick=quick, reps=1)
+    return row.status
+
+
+def warm_up(device: torch.device, todo: Sequence[tuple], jobs: int, quick: bool = False) -> None:
+    """Compile the Triton kernels of ``todo`` in ``jobs`` processes at once (GPU only).
+
+    Triton compiles every (kernel, config, specialisation) on first use, one after another, seconds each:
+    on an H100 the serial selftest spent its 90 s compiling. Checking each (op, dtype) once in parallel
+    processes fills Triton's on-disk cache, so the main pass (timed, reported) only loads kernels. A worker
+    that fails is ignored here: the main pass runs the same check and reports it.
+    """
+    triton_checks = [(op, b, dt) for op, b, dt in todo if b == "triton"]
+    if jobs <= 1 or device.type != "cuda" or not triton_checks:
+        return
+    t0 = time.perf_counter()
+    statuses = run_in_processes(device, triton_checks, jobs, quick=quick)
+    print(f"warm-up: ran the {len(statuses)} Triton checks once in {min(jobs, len(statuses))} processes "
+          f"({time.perf_counter() - t0:.0f} s; compiled kernels are in Triton's cache)", flush=True)
+
+
+def run_in_processes(device: torch.device, checks: Sequence[tuple], jobs: int, quick: bool = False) -> List[str]:
+    """Run each (op, backend, dtype) check once in ``jobs`` fresh (spawned) processes; their statuses
+    ("error: ..." where a worker itself failed). Any device: :func:`warm_up` uses it on GPUs."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    statuses = []
+    with ProcessPoolExecutor(max_workers=max(1, min(jobs, len(checks))),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_warm_one, op, b, str(dt).replace("torch.", ""), str(device), quick)
+                   for op, b, dt in checks]
+        for f in futures:
+            try:
+                statuses.append(f.result())
+            except Exception as exc:  # noqa: BLE001  (the main pass runs the same check and reports it)
+                statuses.append(f"error: {type(exc).__name__}: {exc}")
+    return statuses
+
+
+def run_selftest(device: torch.device, backends: Optional[Sequence[str]] = None,
+                 dtypes: Sequence[torch.dtype] = tuple(DTYPES.values()), ops_: Sequence[str] = OPS,
+                 quick: bool = False, reps: int = 5,
+                 on_row: Optional[Callable[[List[Row]], None]] = None) -> List[Row]:
+    """Every check of :func:`plan`; ``on_row(rows_so_far)`` after each one (a cut-off run keeps its rows)."""
+    rows: List[Row] = []
+    for op, backend, dtype in plan(device, backends, dtypes, ops_):
+        rows.append(check(op, backend, dtype, device, quick=quick, reps=reps))
+        if on_row is not None:
+            on_row(rows)
     return rows
 
 
@@ -300,15 +358,31 @@ def main(args) -> int:
     info = device_info(device)
     print(f"masked-dora selftest on {info['name']} ({info.get('capability', device.type)}), torch {info['torch']}, "
           f"triton {info['triton']}, extension {info['backends'].get('extension')}", flush=True)
+    todo = plan(device, backends=args.backends, dtypes=dtypes, ops_=args.ops)
+    warm_up(device, todo, args.jobs, quick=args.quick)
+
+    def write_json(rows: Sequence[Row], complete: bool) -> None:
+        report = {"environment": info, "complete": complete, "rows": [asdict(r) for r in rows],
+                  "verified": verdicts(rows)}
+        with open(args.json + ".tmp", "w") as f:
+            json.dump(report, f, indent=1)
+        os.replace(args.json + ".tmp", args.json)  # a reader (or a cut-off run) never sees half a file
+
+    def progress(rows: List[Row]) -> None:
+        r = rows[-1]
+        err = "-" if r.max_rel_err is None else f"{r.max_rel_err:.2e}"
+        print(f"  {r.op} {r.backend} {r.dtype}: {r.status} (max rel err {err})"
+              + (f" {r.detail}" if r.detail and r.status != "skipped" else ""), flush=True)
+        if args.json:
+            write_json(rows, complete=False)
+
     rows = run_selftest(device, backends=args.backends, dtypes=dtypes, ops_=args.ops, quick=args.quick,
-                        reps=args.reps)
+                        reps=args.reps, on_row=progress)
     print(table(rows))
     passed = verdicts(rows)
     bad = [r for r in rows if r.status in ("FAILED", "error")]
-    report = {"environment": info, "rows": [asdict(r) for r in rows], "verified": passed}
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+        write_json(rows, complete=True)
         print(f"wrote {args.json}")
     if args.enable:
         if device.type != "cuda":

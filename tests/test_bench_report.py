@@ -33,6 +33,42 @@ def test_gpu_report_cpu_smoke(tmp_path):
     assert "NOT GPU results" in md
 
 
+def test_block_section_cpu_smoke_compacts_through_the_library(tmp_path, monkeypatch):
+    """--cpu-smoke --sections block: a toy Llama pruned by 25% through prepare_model / harden / compact_model
+    (4 heads -> 3, 256 MLP channels -> 192), dense and compact timed on the same inputs; the size options
+    reach the section."""
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "bench"))
+    import gpu_report
+
+    rc = gpu_report.main(["--cpu-smoke", "--sections", "block", "--out", str(tmp_path), "--block-layers", "1",
+                          "--prefill-tokens", "8", "--decode-batch", "1", "2", "--context", "4"])
+    assert rc == 0
+    files = sorted(os.listdir(tmp_path))
+    assert len(files) == 2 and all(f.startswith("cpu-smoke-") for f in files), files
+    report = json.load(open(tmp_path / files[0]))
+    assert report["complete"] and "errors" not in report
+    assert report["environment"]["sizes"]["block"] == {"layers": 1, "prefill_tokens": [8], "decode_batch": [1, 2],
+                                                       "context": 4}
+    rows = report["sections"]["block"]
+    timed = (("prefill", 1, 8, 0), ("decode", 1, 1, 4), ("decode", 2, 1, 4))   # phase, batch, tokens, context
+    assert {(r["phase"], r["batch"], r["tokens"], r["context"], r["model"]) for r in rows} == {
+        (*t, model) for t in timed for model in ("dense", "compact")}
+    assert all(set(gpu_report.COLUMNS["block"]) <= set(r) and r["section"] == "block" and r["layers"] == 1
+               for r in rows)
+    for r in rows:
+        assert r["ms"] > 0 and r["tokens_per_s"] == pytest.approx(r["batch"] * r["tokens"] / (r["ms"] * 1e-3))
+        if r["model"] == "dense":
+            assert (r["intermediate"], r["heads"], r["kv_heads"], r["form"]) == (256, 4, 4, "dense")
+            assert r["speedup_vs_dense"] == 1.0 and r["rel_err_vs_masked"] is None
+        else:  # really smaller; 3 heads do not divide hidden 64: the per-layer form
+            assert (r["intermediate"], r["heads"], r["kv_heads"], r["form"]) == (192, 3, 3, "per_layer")
+            assert r["speedup_vs_dense"] > 0 and r["rel_err_vs_masked"] < 1e-4   # fp32: equals the masked model
+    dense, compact = (next(r for r in rows if r["model"] == m) for m in ("dense", "compact"))
+    assert compact["block_params_m"] < 0.8 * dense["block_params_m"] and compact["params_m"] < dense["params_m"]
+    md = (tmp_path / files[1]).read_text()
+    assert "## block" in md and "speedup_vs_dense" in md and "NOT GPU results" in md
+
+
 # ---------------------------------------------------------------- which forced backends a section times
 
 @pytest.fixture

@@ -158,7 +158,7 @@ def test_report_is_written_after_each_section(gpu_report, monkeypatch, tmp_path)
         seen["second"] = sizes
         (path,) = tmp_path.glob("cpu-smoke-*.json")
         on_disk = json.loads(path.read_text())
-        assert on_disk["complete"] is False and on_disk["pending"] == ["compact_linear"]
+        assert on_disk["complete"] is False and on_disk["pending"] == ["compact_linear", "block"]
         assert on_disk["sections"]["dora_train"][0]["ms"] == 1.0
         raise RuntimeError("boom")
 
@@ -168,7 +168,7 @@ def test_report_is_written_after_each_section(gpu_report, monkeypatch, tmp_path)
                           "--ranks", "2", "--compact-tokens", "1", "3", "--keeps", "0.5", "--patterns", "runs8",
                           "--no-compile", "--quick"])
     assert rc == 1  # a failed section is reported, the run goes on
-    assert seen["first"] == {"shapes": [(64, 96), (32, 48)], "tokens": 16, "ranks": [2]}
+    assert seen["first"] == {"shapes": [(64, 96), (32, 48)], "tokens": [16], "ranks": [2]}
     assert seen["second"] == {"tokens": [1, 3], "keeps": [0.5], "patterns": ["runs8"], "with_compile": False}
     (path,) = tmp_path.glob("cpu-smoke-*.json")
     report = json.loads(path.read_text())
@@ -179,11 +179,12 @@ def test_report_is_written_after_each_section(gpu_report, monkeypatch, tmp_path)
 
 def test_quick_preset_is_for_the_gpu_only(gpu_report):
     args = argparse.Namespace(quick=True, cpu_smoke=False, shapes=None, tokens=None, ranks=None, impls=None,
-                              compact_tokens=None, keeps=None, patterns=None, layers=None, no_compile=False)
+                              compact_tokens=None, keeps=None, patterns=None, layers=None, no_compile=False,
+                              block_layers=None, prefill_tokens=None, decode_batch=None, context=None)
     sizes = gpu_report.section_sizes(args)
-    assert sizes["dora_train"] == {"shapes": [(4096, 11008)], "tokens": 8192, "ranks": [16]}
+    assert sizes["dora_train"] == {"shapes": [(4096, 11008)], "tokens": [8192], "ranks": [16]}
     assert sizes["compact_linear"]["tokens"] == [1, 8192]
-    args.tokens = 1024  # an explicit option wins over the preset
-    assert gpu_report.section_sizes(args)["dora_train"]["tokens"] == 1024
+    args.tokens = [1024]  # an explicit option wins over the preset
+    assert gpu_report.section_sizes(args)["dora_train"]["tokens"] == [1024]
     args.cpu_smoke = True  # the smoke run keeps its toy sizes
-    assert gpu_report.section_sizes(args) == {"dora_train": {"tokens": 1024}, "compact_linear": {}}
+    assert gpu_report.section_sizes(args) == {"dora_train": {"tokens": [1024]}, "compact_linear": {}, "block": {}}

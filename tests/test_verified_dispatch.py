@@ -139,6 +139,35 @@ def test_selftest_cli_on_cpu(tmp_path, capsys):
     assert all(r["status"] == "passed" and r["max_rel_err"] < r["tolerance"] for r in ran)
     assert {r["backend"] for r in ran} >= {"torch"}
     assert "nothing recorded" in text and "| row_norm | torch | float32 |" in text
+    assert report["complete"] is True
+    assert "  row_norm torch float32: passed" in text  # each check is reported as it finishes
+
+
+def test_selftest_json_is_written_after_every_check(tmp_path, monkeypatch):
+    """A run cut off by a time box (the GPU check's selftest stage) keeps the checks that finished."""
+    out = tmp_path / "selftest.json"
+    seen = []
+    real_check = selftest.check
+
+    def check_then_read(op, backend, dtype, device, quick=False, reps=5):
+        if out.exists():
+            seen.append(json.load(open(out)))
+        return real_check(op, backend, dtype, device, quick=quick, reps=reps)
+
+    monkeypatch.setattr(selftest, "check", check_then_read)
+    rc = cli.main(["selftest", "--device", "cpu", "--quick", "--reps", "1", "--json", str(out), "--backends", "torch",
+                   "--ops", "row_norm", "dora_linear", "--dtypes", "float32"])
+    assert rc == 0
+    assert [len(r["rows"]) for r in seen] == [1] and seen[0]["complete"] is False
+    assert json.load(open(out))["complete"] is True and len(json.load(open(out))["rows"]) == 2
+
+
+def test_checks_run_in_spawned_processes():
+    """The machinery of the GPU compile warm-up (`selftest --jobs N`), here with CPU checks."""
+    cpu = torch.device("cpu")
+    todo = selftest.plan(cpu, backends=["torch"], dtypes=[torch.float32], ops_=["row_norm", "compact_linear"])
+    assert todo == [("row_norm", "torch", torch.float32), ("compact_linear", "torch", torch.float32)]
+    assert selftest.run_in_processes(cpu, todo, jobs=2, quick=True) == ["passed", "passed"]
 
 
 @pytest.mark.parametrize("op", selftest.OPS)
