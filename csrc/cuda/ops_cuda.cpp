@@ -109,9 +109,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dora_line
   at::Tensor dy = grad_y.to(pre_scale.scalar_type()).contiguous();
   at::Tensor pre = pre_scale.contiguous();
   const int64_t m = dy.size(0), n = dy.size(1);
-  // enough row splits to fill the GPU with column strips, few enough that the partials stay small
-  const int64_t col_blocks = (n + 255) / 256;
-  const int64_t splits = std::max<int64_t>(1, std::min<int64_t>((m + 63) / 64, (1024 + col_blocks - 1) / col_blocks));
+  // enough row splits to fill the GPU with column strips, few enough that the partials stay small; a thread
+  // covers 16 bytes of columns where the kernel can use 16-byte accesses (n a multiple of them)
+  const int64_t vec = n % (16 / dy.element_size()) == 0 ? 16 / dy.element_size() : 1;
+  const int64_t col_blocks = (n / vec + 255) / 256;
+  const int64_t splits = std::max<int64_t>(1, std::min<int64_t>((m + 31) / 32, (1024 + col_blocks - 1) / col_blocks));
   auto f32_opts = dy.options().dtype(at::kFloat);
   at::Tensor partial_dc = at::empty({splits, n}, f32_opts), partial_db = at::empty({splits, n}, f32_opts);
   at::Tensor dpre = at::empty_like(dy);
