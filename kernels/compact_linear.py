@@ -269,7 +269,7 @@ _supports, _why_not, _priority = make_predicates(OP, compact_linear_kernel)
 
 
 def _gpu_ranked_below_reference(device: torch.device) -> int:
-    """On a GPU the reference measured faster (see GPU_SLOWER_THAN_REFERENCE): run only when forced."""
+    """On a GPU the reference measured faster (see GPU_SLOWER_THAN_REFERENCE's note): run only when forced."""
     return GPU_SLOWER_THAN_REFERENCE if device.type == "cuda" else _priority(device)
 
 

@@ -273,7 +273,8 @@ def test_backend_choice_on_cpu():
 
 
 def test_fused_kernels_rank_below_the_reference_on_a_gpu():
-    """Measured on an H100 (bench/results/2026-11-27-h100.md): index_select + cuBLAS beat both fused kernels."""
+    """Measured on an H100 (bench/results/2026-11-27-h100.md): index_select + cuBLAS beat both fused kernels
+    7-10x at M = 8192."""
     impls = registered("compact_linear")
     cuda = torch.device("cuda")
     reference = impls["torch"].priority_on(cuda)

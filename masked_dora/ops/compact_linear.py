@@ -140,8 +140,9 @@ def check_index_values(name: str, idx: Optional[Tensor], size: int) -> None:
 
     The pass (one O(len) reduction and one device sync) runs once per index tensor and contents: the
     result is remembered on the tensor with its :func:`_stamp`, so a layer's index buffers cost nothing
-    after their first call (on an H100 the check was 0.15 ms of a 0.2 ms decode call). Any in-place change
-    to the tensor checks it again.
+    after their first call (on an H100 a decode-size call with the per-call check took 0.21 ms against
+    0.04 ms for the same work in eager PyTorch, and its sync kept the op out of CUDA graphs). Any in-place
+    change to the tensor checks it again.
     """
     if idx is None or idx.numel() == 0:
         return
@@ -215,11 +216,13 @@ def compact_linear_reference(x: Tensor, weight: Tensor, bias: Optional[Tensor], 
 
 _registry.register(OP, "torch", compact_linear_reference, priority=0)
 
-# Dispatch on a GPU, as measured (bench/results/2026-11-27-h100.md, H100, bf16): the fused gather/scatter
-# kernels were slower than the reference's index_select + cuBLAS + index_add at every size measured
-# (Llama-7B down_proj at keep 0.75: Triton 0.21 ms and CUDA 0.74 ms vs 0.037 ms eager at M=1; 7.4 ms and
-# 10.1 ms vs 0.98 ms at M=8192). So on CUDA they rank BELOW the reference (priority < 0): they run only
-# when forced (MASKED_DORA_BACKEND / use_backend). They stay correct (verified, memcheck-clean).
+# Dispatch on a GPU, as measured (bench/results/2026-11-27-h100.md, H100, bf16, Llama-7B shapes, keep 0.75):
+# at M = 8192 the fused gather/scatter kernels were 7.6x (Triton, 7.39 ms) and 10.4x (CUDA, 10.1 ms) slower
+# than the reference's index_select + cuBLAS (0.98 ms) on down_proj, 1.9x and 8x on the scatter layer. At
+# M = 1 that run could not time them fairly (the per-call index check synced, so they ran outside the CUDA
+# graph their baselines were timed in), but the CUDA kernel took 0.74 ms against 0.04 ms eager. So on CUDA
+# they rank BELOW the reference (priority < 0) at every M: they run only when forced (MASKED_DORA_BACKEND /
+# use_backend). They stay correct (memcheck-clean at the selftest's quick shapes on the H100).
 GPU_SLOWER_THAN_REFERENCE = -5
 # the CUDA kernel is a WMMA tensor-core GEMM: half types only (fp32/fp64 go to Triton or the reference)
 _registry.define_compiled_kernel(OP, KERNEL_SCHEMA, priorities={"cuda": GPU_SLOWER_THAN_REFERENCE},
