@@ -18,6 +18,10 @@ reference does). No gradient for ``W0`` is formed:
 
 Four kernels in all (three when fused). Returns exactly what
 :func:`masked_dora.ops.dora_linear.dora_linear_backward_reference` returns.
+
+GPU status: ran on an H100 once inside the benchmark (2026-11-27); not yet checked against float64 there
+(the run's selftest did not reach it). The dgrad epilogue accumulating ``(s dP B) A`` into the main
+accumulator (written after that run) is UNRUN on a GPU.
 """
 
 from __future__ import annotations

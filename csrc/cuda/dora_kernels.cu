@@ -3,8 +3,10 @@
 // reductions sum dy * P and sum dy). The GEMMs around them are cuBLAS calls made
 // by ops_cuda.cpp. CUDA headers only (see kernels_abi.h).
 //
-// STATUS: compile-checked for sm_80/sm_90 (CI: tests/test_cuda_sources.py);
-// run on a GPU only by the `cuda`-marked tests. See README "C++/CUDA extension".
+// STATUS: compile-checked for sm_80/sm_90 (CI: tests/test_cuda_sources.py). The scalar versions ran on
+// an H100 once (2026-11-27: memcheck-clean, within tolerance of float64 at the selftest's quick shapes);
+// the 16-byte (Pack) epilogue and prologue were written after that run and are UNRUN on a GPU.
+// See README "C++/CUDA extension".
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
