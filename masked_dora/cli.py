@@ -136,16 +136,6 @@ def _log(msg: str) -> None:
     print(f"[masked-dora] {msg}", file=sys.stderr, flush=True)
 
 
-def _quality(name, ref, new, q_ref, d_ref, q_new, d_new):
-    from .models.embedding import retrieval_metrics
-
-    cos = (ref * new).sum(-1)
-    r = retrieval_metrics(q_ref, d_ref, q_new, d_new)
-    return {"name": name, "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
-            "top1_agreement": r["top1_agreement"], "top1_accuracy": r["top1_accuracy"],
-            "top1_accuracy_dense": r["top1_accuracy_reference"]}
-
-
 def run_prune(args) -> dict:
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -153,11 +143,10 @@ def run_prune(args) -> dict:
     from .models import (MaskedDoRAConfig, SparsityController, compact_model, harden, prepare_model,
                          save_training_state, train_masked)
     from .models.compact import LAYER_SIZES_KEY, _original_sizes
-    from .models.embedding import (count_parameters, distillation_loss, embed, encode, latency_ms,
-                                   tokenize_batches)
+    from .models.distill import build_task
+    from .models.embedding import count_parameters, encode, latency_ms, tokenize_batches
     from .models.report import plot_kept, report_paths, write_markdown
     from .models.specs import find_layers, spec_for
-    from .models.textdata import query_document_pairs, stdlib_corpus
 
     groups = tuple(g.strip() for g in args.groups.split(",") if g.strip())
     sparsity = {"mlp": args.sparsity if args.mlp_sparsity is None else args.mlp_sparsity,
@@ -189,20 +178,9 @@ def run_prune(args) -> dict:
     spec = spec_for(dense)  # fails early, with the reason, for an unsupported architecture
 
     _log("collecting stdlib docstrings")
-    train_texts, eval_texts = stdlib_corpus(args.train_texts, args.eval_texts, seed=args.seed)
-    queries, docs = query_document_pairs(eval_texts)
-    train_batches = tokenize_batches(tokenizer, train_texts, args.batch_size, args.max_length)
-    eval_sets = {name: tokenize_batches(tokenizer, texts, 64, args.max_length)
-                 for name, texts in (("texts", eval_texts), ("queries", queries), ("docs", docs))}
-    teacher = embed(dense, train_batches, progress, "teacher embeddings")
-    teacher_by_batch, start = {}, 0
-    for b in train_batches:
-        teacher_by_batch[id(b)] = teacher[start:start + b["input_ids"].shape[0]]
-        start += b["input_ids"].shape[0]
-    dense_eval = {k: embed(dense, v, progress, f"dense {k}") for k, v in eval_sets.items()}
-
-    def loss_fn(model, batch):
-        return distillation_loss(encode(model, batch), teacher_by_batch[id(batch)])
+    task = build_task(tokenizer, dense, args.train_texts, args.eval_texts, args.batch_size, args.max_length,
+                      seed=args.seed, progress=progress)
+    train_batches, eval_texts, loss_fn = task.train_batches, task.eval_texts, task.loss_fn
 
     _log(f"preparing masked DoRA ({config.importance} importance)")
     student = prepare_model(copy.deepcopy(dense), config, calibration=train_batches[:args.calibration_batches],
@@ -224,7 +202,7 @@ def run_prune(args) -> dict:
     save_training_state(student, paths["state"], controller)
     pruned = compact_model(student)
     with torch.no_grad():  # the compacted model computes what the hardened masked model computes
-        probe = eval_sets["texts"][0]
+        probe = task.eval_sets["texts"][0]
         compaction_err = float((encode(student.eval(), probe) - encode(pruned, probe)).abs().max())
     pruned.save_pretrained(paths["model"])
     tokenizer.save_pretrained(paths["model"])
@@ -232,9 +210,7 @@ def run_prune(args) -> dict:
 
     quality = []
     for name, model in (("pruned, masked DoRA trained", pruned), ("pruned, importance init only", one_shot)):
-        new = {k: embed(model, v, progress, f"{name.split(',')[1].strip()} {k}") for k, v in eval_sets.items()}
-        quality.append(_quality(name, dense_eval["texts"], new["texts"], dense_eval["queries"],
-                                dense_eval["docs"], new["queries"], new["docs"]))
+        quality.append(dict(name=name, **task.evaluate(model, progress, name.split(',')[1].strip())))
 
     lat_batch = tokenize_batches(tokenizer, eval_texts[:args.latency_batch_size], args.latency_batch_size,
                                  args.max_length)[0]
@@ -245,7 +221,7 @@ def run_prune(args) -> dict:
         "model": args.model, "model_dir": model_dir, "target_sparsity": config.target_sparsity,
         "alignment": config.alignment, "gqa": config.gqa, "allocation": config.allocation,
         "importance": config.importance, "steps": args.steps, "batch_size": args.batch_size,
-        "recovery_steps": args.recovery_steps, "max_length": args.max_length, "n_train": len(train_texts), "n_eval": len(eval_texts),
+        "recovery_steps": args.recovery_steps, "max_length": args.max_length, "n_train": len(task.train_texts), "n_eval": len(eval_texts),
         "train_seconds": train_seconds, "hardened": summary, "compaction_max_abs_diff": compaction_err,
         "params_dense": count_parameters(dense), "params_pruned": count_parameters(pruned),
         "layer_params_dense": count_parameters(dense_layers), "layer_params_pruned": count_parameters(pruned_layers),

@@ -3,7 +3,6 @@
 import importlib.util
 import json
 import os
-import string
 import subprocess
 import sys
 
@@ -12,21 +11,7 @@ import torch
 
 from masked_dora.cli import build_parser, main
 
-
-def _tiny_bert_dir(path):
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    chars = string.ascii_lowercase + string.digits + string.punctuation
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(chars) + ["##" + c for c in chars]
-    os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, "vocab.txt"), "w") as f:
-        f.write("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=os.path.join(path, "vocab.txt")).save_pretrained(path)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=4, max_position_embeddings=64)
-    BertModel(config).save_pretrained(path)
-    return path
+from tiny_models import tiny_bert_dir as _tiny_bert_dir
 
 
 def test_cli_prune_end_to_end(tmp_path):

@@ -67,3 +67,23 @@ def randomize_adapters(model, seed: int = 0) -> None:
     if state is not None:
         for group in state.groups.values():
             group.mask_logits.copy_(torch.randn(group.mask_logits.shape, generator=gen))
+
+
+def tiny_bert_dir(path: str) -> str:
+    """A saved tiny BERT (2 layers, hidden 32, 4 heads, MLP 64) with a character-level WordPiece tokenizer."""
+    import os
+    import string
+
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    chars = string.ascii_lowercase + string.digits + string.punctuation
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(chars) + ["##" + c for c in chars]
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "vocab.txt"), "w") as f:
+        f.write("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=os.path.join(path, "vocab.txt")).save_pretrained(path)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, max_position_embeddings=64)
+    BertModel(config).save_pretrained(path)
+    return path

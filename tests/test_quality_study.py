@@ -1,0 +1,50 @@
+"""bench/quality.py (the learned-mask study) runs end to end: a smoke run on a tiny BERT, not the study."""
+
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+from tiny_models import tiny_bert_dir
+
+HAS_TP = importlib.util.find_spec("torch_pruning") is not None
+
+
+@pytest.fixture(scope="module")
+def quality():
+    path = os.path.join(os.path.dirname(__file__), "..", "bench", "quality.py")
+    spec = importlib.util.spec_from_file_location("bench_quality", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_quality"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_study_smoke_run(quality, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    methods = ["learned", "fixed_activation", "cut_activation", "learned_global"] + (["tp_cut"] if HAS_TP else [])
+    rc = quality.main(["--model", tiny_bert_dir(str(tmp_path / "tiny")), "--methods", *methods,
+                       "--sparsities", "0.5", "--seeds", "0", "1", "--steps", "2", "--recovery-steps", "1",
+                       "--batch-size", "4", "--max-length", "16", "--train-texts", "8", "--eval-texts", "12",
+                       "--calibration-batches", "1", "--mlp-alignment", "8", "--out", str(tmp_path), "--tag", "q"])
+    assert rc == 0
+    report = json.loads((tmp_path / "q.json").read_text())
+    runs = {(r["method"], r["seed"]) for r in report["rows"]}
+    assert ("learned", 1) in runs and ("cut_activation", 0) in runs and ("cut_activation", 1) not in runs
+    assert all(-1.0 <= r["cosine_mean"] <= 1.0 and 0.0 <= r["top1_agreement"] <= 1.0 for r in report["rows"])
+    learned = [r for r in report["rows"] if r["method"] == "learned"]
+    assert {"units_changed_by_learning", "units_flipped_by_hardening"} <= set(learned[0]["info"])
+    summary = {s["method"]: s for s in report["summary"]}
+    assert summary["learned"]["seeds"] == 2 and summary["learned"]["cosine_spread"] >= 0.0
+    md = (tmp_path / "q.md").read_text()
+    assert "| 50% | learned | 2 |" in md and "## Every run" in md
+    if HAS_TP:  # Torch-Pruning removed whole heads and MLP channels, as asked
+        tp = next(r for r in report["rows"] if r["method"] == "tp_cut")
+        assert tp["info"]["kept_heads"] == [2, 2] and tp["info"]["kept_mlp"] == [32, 32]
+
+
+def test_methods_are_described(quality):
+    assert {"learned", "fixed_activation", "torch_pruning"} <= set(quality.METHODS)
+    assert all(m.kind in quality.RUNNERS and m.description for m in quality.METHODS.values())
