@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gqa", choices=("kv_groups", "query_heads"), default="kv_groups")
     p.add_argument("--allocation", choices=("uniform", "global"), default="uniform")
     p.add_argument("--importance", choices=("none", "magnitude", "taylor", "activation"), default="activation")
+    p.add_argument("--budget", choices=("lagrangian", "exact"), default="lagrangian",
+                   help="how mask learning holds the target: a Lagrangian penalty on stochastic gates, or the exact "
+                        "top-k of the logits in every forward with straight-through gradients (MaskedDoRAConfig.budget)")
     p.add_argument("--gate", choices=("hard_concrete", "gumbel_sigmoid", "sigmoid_ste"), default="hard_concrete")
     p.add_argument("--rank", type=_positive("--rank"), default=8)
     p.add_argument("--alpha", type=_positive("--alpha", float), default=16.0)
@@ -156,7 +159,8 @@ def run_prune(args) -> dict:
                                   target_sparsity={k: sparsity[k] for k in groups if k in sparsity},
                                   alignment={"mlp": args.mlp_alignment, "heads": args.heads_alignment},
                                   gqa=args.gqa, allocation=args.allocation, gate=args.gate,
-                                  importance=args.importance, lambda_lr=args.lambda_lr, mask_lr=args.mask_lr)
+                                  importance=args.importance, lambda_lr=args.lambda_lr, mask_lr=args.mask_lr,
+                                  budget=args.budget)
     except ValueError as exc:
         raise SystemExit(f"--groups/--sparsity: {exc}")
     if args.recovery_steps < 0:
@@ -220,7 +224,7 @@ def run_prune(args) -> dict:
     metrics = {
         "model": args.model, "model_dir": model_dir, "target_sparsity": config.target_sparsity,
         "alignment": config.alignment, "gqa": config.gqa, "allocation": config.allocation,
-        "importance": config.importance, "steps": args.steps, "batch_size": args.batch_size,
+        "importance": config.importance, "budget": config.budget, "steps": args.steps, "batch_size": args.batch_size,
         "recovery_steps": args.recovery_steps, "max_length": args.max_length, "n_train": len(task.train_texts), "n_eval": len(eval_texts),
         "train_seconds": train_seconds, "hardened": summary, "compaction_max_abs_diff": compaction_err,
         "params_dense": count_parameters(dense), "params_pruned": count_parameters(pruned),

@@ -132,3 +132,54 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(checkpointing)
     for name, g in ref.items():
         assert grads[name] is not None, f"{checkpointing}: no gradient for {name}"
         assert torch.allclose(grads[name], g, rtol=1e-5, atol=1e-7), name
+
+
+# ---------------------------------------------------------------- budget="exact": the hardening plan in every forward
+
+def _exact_model(allocation="uniform"):
+    model = tiny_model("llama", kind="lm")
+    prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5,
+                                          budget="exact", allocation=allocation, gqa="query_heads"))
+    randomize_adapters(model)
+    with torch.no_grad():  # distinct logits, so the plan is unambiguous
+        gen = torch.Generator().manual_seed(5)
+        for g in get_state(model).groups.values():
+            g.mask_logits.copy_(torch.randn(g.num_units, generator=gen))
+    return model
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
+def test_exact_budget_trains_at_the_target_and_hardens_to_what_it_trained(allocation):
+    model = _exact_model(allocation)
+    state = get_state(model)
+    model.train()
+    out = model(**_lm_batches(1)[0])
+    kept = {k: g.values().detach() for k, g in state.groups.items()}
+    assert all(bool(((v == 0) | (v == 1)).all()) for v in kept.values())  # hard 0/1 in the forward
+    for kind in ("mlp", "heads"):
+        assert kept_fraction(model, kind) == 0.5  # exactly the target, every step
+    out.loss.backward()
+    grads = [g.mask_logits.grad for g in state.groups.values()]
+    assert all(gr is not None and gr.abs().sum() > 0 for gr in grads)  # straight-through reaches the logits
+    from masked_dora.models import SparsityController
+
+    assert float(SparsityController(model).penalty(model)) == 0.0
+    planned = {k: g.hard().clone() for k, g in state.groups.items()}
+    harden(model)
+    assert all(torch.equal(g.fixed_keep, planned[k]) for k, g in state.groups.items())  # nothing flips
+
+
+def test_exact_budget_logits_learn_and_eval_uses_the_plan():
+    model = _exact_model()
+    state = get_state(model)
+    before = {k: g.mask_logits.detach().clone() for k, g in state.groups.items()}
+    train_masked(model, _lm_batches(), lambda m, b: m(**b).loss, steps=5, lr=1e-3, mask_lr=0.1)
+    assert any(not torch.equal(g.mask_logits.detach(), before[k]) for k, g in state.groups.items())
+    model.eval()
+    model(**_lm_batches(1)[0])
+    assert kept_fraction(model, "mlp") == 0.5  # eval before hardening: the same exact plan, not the signs
+
+
+def test_budget_is_validated():
+    with pytest.raises(ValueError, match="budget"):
+        MaskedDoRAConfig(budget="soft")

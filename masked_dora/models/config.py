@@ -12,6 +12,7 @@ from .specs import GROUP_KINDS
 IMPORTANCE = ("none", "magnitude", "taylor", "activation")
 GQA_MODES = ("kv_groups", "query_heads")
 ALLOCATIONS = ("uniform", "global")
+BUDGETS = ("lagrangian", "exact")
 
 
 @dataclass
@@ -45,6 +46,16 @@ class MaskedDoRAConfig:
       Trainer callback sets this group up). Logits are decisions, not weights:
       with Adam a logit moves about ``mask_lr`` per step, so it must be orders of
       magnitude above a LoRA learning rate to reach a decision within a run.
+    * ``budget``: how training holds the sparsity target. ``"lagrangian"``: stochastic
+      gates whose expected kept fraction a Lagrangian controller steers to the
+      target (CoFi, "Learning to Prune"); the model trains at whatever the samples
+      keep, and hardening then takes the top-k of the logits. ``"exact"``: every
+      forward (training and eval) uses exactly the mask hardening would take from
+      the current logits (the top-k per layer, or across layers with
+      ``allocation="global"``), and the logits learn through a straight-through
+      gradient (``d z / d theta`` of ``sigmoid(theta)``); no penalty, no
+      controller, and the model always trains at the target sparsity. Units swap
+      when their accumulated gradient evidence moves their logits past each other.
     """
 
     rank: int = 8
@@ -65,6 +76,7 @@ class MaskedDoRAConfig:
     lambda_lr: float = 0.05
     mask_lr: float = 0.05
     lambda_2_init: float = 30.0
+    budget: str = "lagrangian"
 
     def __post_init__(self):
         if isinstance(self.target_groups, str):
@@ -89,7 +101,8 @@ class MaskedDoRAConfig:
                 raise ValueError(f"alignment[{kind!r}]: expected a positive int for a kind in {GROUP_KINDS}, "
                                  f"got {value!r}")
         for name, value, allowed in (("gqa", self.gqa, GQA_MODES), ("allocation", self.allocation, ALLOCATIONS),
-                                     ("gate", self.gate, tuple(GATES)), ("importance", self.importance, IMPORTANCE)):
+                                     ("gate", self.gate, tuple(GATES)), ("importance", self.importance, IMPORTANCE),
+                                     ("budget", self.budget, BUDGETS)):
             if value not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
         for name in ("temperature", "final_temperature"):

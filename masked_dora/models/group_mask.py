@@ -49,6 +49,7 @@ class GroupMask(nn.Module):
             self.register_buffer(f"index_{role}", index.clone(), persistent=False)
         self._sample: Optional[Tensor] = None
         self._probe: Optional[Tensor] = None
+        self._planned: Optional[Tensor] = None   # budget="exact": this forward's top-k plan (bool)
 
     def index(self, role: str) -> Tensor:
         if role not in self.roles:
@@ -61,6 +62,12 @@ class GroupMask(nn.Module):
         """Per-unit ``z``: probe (importance), fixed mask, one training sample per forward, or the hard mask."""
         if self._probe is not None:
             return self._probe
+        if self._planned is not None:  # budget="exact": the plan, with a straight-through gradient while training
+            free = self._planned.float()
+            if self.training:
+                soft = self.gate.expected_keep(self.mask_logits.float())
+                free = free + (soft - soft.detach())
+            return torch.where(self.mask_fixed, self.fixed_keep.to(free.dtype), free)
         if not self.training:
             free = self.gate.hard(self.mask_logits)
         else:
@@ -72,7 +79,12 @@ class GroupMask(nn.Module):
 
     def hard(self) -> Tensor:
         """The per-unit hard decision (bool)."""
-        return torch.where(self.mask_fixed, self.fixed_keep, self.gate.hard(self.mask_logits.detach()).bool())
+        free = self._planned if self._planned is not None else self.gate.hard(self.mask_logits.detach()).bool()
+        return torch.where(self.mask_fixed, self.fixed_keep, free)
+
+    def set_planned(self, keep: Optional[Tensor]) -> None:
+        """``budget="exact"``: the exact top-k plan this forward uses (``None``: back to the gate)."""
+        self._planned = None if keep is None else keep.to(self.mask_logits.device)
 
     def expected_keep(self) -> Tensor:
         """Per-unit probability of being kept (differentiable in the logits)."""
@@ -148,12 +160,22 @@ class InputGate:
 
 
 class ClearSamples:
-    """Model forward pre-hook: draw this forward's gate samples, once, before any block runs."""
+    """Model forward pre-hook: draw this forward's gate samples, once, before any block runs.
 
-    def __init__(self, groups: nn.ModuleDict):
+    With a ``planner`` (``budget="exact"``) it sets every group's exact top-k plan instead: one
+    plan per forward, computed outside any checkpointed block, so a recomputation reads the same.
+    """
+
+    def __init__(self, groups: nn.ModuleDict, planner=None):
         self.groups = groups
+        self.planner = planner
 
     def __call__(self, module: nn.Module, args, kwargs=None):
+        if self.planner is not None:
+            plans = self.planner()
+            for key, group in self.groups.items():
+                group.set_planned(plans[key])
+            return None
         for group in self.groups.values():
             group.draw_sample()
         return None

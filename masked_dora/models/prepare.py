@@ -10,6 +10,8 @@ columns go at compaction). Everything the library adds lives under
 
 from __future__ import annotations
 
+import functools
+
 from typing import List, Optional, Tuple
 
 import torch
@@ -177,7 +179,12 @@ def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, c
         state.set_temperature(config.temperature)
     setattr(model, STATE_ATTR, state.to(device))
     model.train(model.training)  # new modules follow the model's mode
-    model.register_forward_pre_hook(ClearSamples(state.groups))
+    planner = None
+    if config.budget == "exact":
+        from .sparsity import plan_current
+
+        planner = functools.partial(plan_current, state)
+    model.register_forward_pre_hook(ClearSamples(state.groups, planner))
     from .sparsity import warn_unreachable_targets
 
     warn_unreachable_targets(model)  # a target that rounding changes (e.g. 25% of 2 KV groups: none) warns now

@@ -69,6 +69,20 @@ def plan_keep(groups: Sequence[GroupMask], scores: Sequence[Tensor], sparsity: f
     return masks
 
 
+@torch.no_grad()
+def plan_current(state) -> Dict[str, Tensor]:
+    """``{group key: keep}``: the masks :func:`harden` would take from the current logits (``budget="exact"``)."""
+    cfg = state.config
+    plans = {}
+    for kind in cfg.target_groups:
+        keys = [k for k, g in state.groups.items() if g.kind == kind]
+        groups = [state.groups[k] for k in keys]
+        masks = plan_keep(groups, [g.mask_logits.detach().float().cpu() for g in groups], cfg.target_sparsity[kind],
+                          cfg.alignment[kind], cfg.allocation)
+        plans.update(zip(keys, masks))
+    return plans
+
+
 def _global_counts(groups, scores, blocks, sparsity, align) -> List[int]:
     unit = max(_block_unit(g, align) for g in groups)
     total = sum(g.num_units for g in groups)
@@ -181,6 +195,10 @@ class SparsityController(nn.Module):
             for kind in state.config.target_groups})
 
     def penalty(self, model: nn.Module) -> Tensor:
+        """The Lagrangian term; zero with ``budget="exact"`` (every forward already keeps the target)."""
+        state = get_state(model)
+        if state.config.budget == "exact":
+            return next(iter(state.groups.values())).mask_logits.new_zeros(())
         terms = [c(expected_keep(model, kind)) for kind, c in self.controllers.items()]
         return torch.stack(terms).sum()
 
