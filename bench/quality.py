@@ -12,12 +12,17 @@ the seed), held-out cosine to the dense embeddings and top-1 retrieval agreement
 (:data:`METHODS`):
 
 * ``learned`` (A): the CLI as it runs: importance-initialised logits, masks learned with the
-  Lagrangian controller, hardened, then recovery;
+  Lagrangian controller, hardened, then recovery (a second ``train_masked`` call: a fresh AdamW,
+  batches from the start, as the CLI does; the fixed-mask methods train in one call);
 * ``fixed_<score>`` (C, D, ...): the cut of that importance score, fixed from step 0, masked DoRA
   for the same total steps; ``cut_<score>``: that cut, no training;
 * ``torch_pruning`` (TP): Torch-Pruning's group-Taylor cut (DependencyGraph, whole heads, gradients
-  of the same loss on the same calibration batches with dropout on) then PEFT LoRA (same rank, alpha,
-  target layers, learning rate and steps); ``tp_cut``: its cut alone. Needs ``torch-pruning``
+  of the same loss on the same calibration batches with dropout on: at the dense model the
+  self-distillation loss is 0, so the gradients come from dropout's perturbation, as in issue 12's
+  protocol) then PEFT LoRA (same rank, alpha, learning rate and steps; target modules ``query``,
+  ``key``, ``value``, ``dense``, which in BERT also adapts the pooler, unused by mean pooling). TP
+  differs from ours in two ways at once, criterion and adapter (LoRA, no magnitudes);
+  ``fixed_taylor`` is our adapter on a Taylor cut. ``tp_cut``: its cut alone. Needs ``torch-pruning``
   (the ``quality`` extra; a benchmark-only dependency);
 * variants of ``learned``: ``learned_exact`` (``budget="exact"``: the exact top-k of the current
   logits in every forward, straight-through gradients), ``_global`` (units ranked across layers), and
@@ -55,6 +60,7 @@ class Method:
     kind: str                                     # learned | fixed | cut | torch_pruning | tp_cut
     description: str
     config: Dict[str, object] = field(default_factory=dict)   # MaskedDoRAConfig overrides
+    calibration_dropout: bool = False  # Taylor scores with dropout on (the dense model is its own teacher)
 
 
 METHODS: Dict[str, Method] = {
@@ -77,6 +83,11 @@ METHODS: Dict[str, Method] = {
                             {"importance": "activation", "budget": "exact"}),
     "learned_exact_global": Method("learned", "learned_exact with allocation='global' (units swap across layers)",
                                    {"importance": "activation", "budget": "exact", "allocation": "global"}),
+    "learned_exact_slow": Method("learned", "learned_exact with mask_lr 0.005 (fewer, better-evidenced swaps)",
+                                 {"importance": "activation", "budget": "exact", "mask_lr": 0.005}),
+    "fixed_taylor": Method("fixed", "first-order Taylor cut (|dL/dz| on the calibration batches, dropout on, as "
+                           "TP's gradients), fixed from step 0, masked DoRA", {"importance": "taylor"},
+                           calibration_dropout=True),
 }
 # the study as committed (--methods all runs every entry of METHODS)
 DEFAULT_METHODS = ["learned_exact", "fixed_activation", "torch_pruning", "learned_exact_global",
@@ -110,21 +121,30 @@ def run_masked(task, method: Method, sparsity: float, seed: int, steps: int, rec
     torch.manual_seed(seed)
     config = _config(method, sparsity, rank, alpha)
     batches = _shuffled(task.train_batches, seed)
+    calib_loss = task.loss_fn
+    if method.calibration_dropout:  # the importance pass runs in eval mode, where a self-distillation loss is 0
+        def calib_loss(model, batch):
+            model.train()
+            return task.loss_fn(model, batch)
     student = prepare_model(copy.deepcopy(task.dense), config, calibration=task.train_batches[:calibration],
-                            loss_fn=task.loss_fn)
+                            loss_fn=calib_loss)
     info: Dict[str, object] = {}
     if method.kind == "learned":
-        init = {k: g.mask_logits.detach().clone() for k, g in get_state(student).groups.items()}
+        from masked_dora.models.sparsity import plan_current
+
+        state = get_state(student)
+        init_plan = plan_current(state)  # the cut the initial logits imply (what harden would take at step 0)
         log = train_masked(student, batches, task.loss_fn, steps=steps, lr=lr,
                            controller=SparsityController(student), log_every=max(1, steps // 10))
         last = log[-1]
         info["hard_keep_end_of_learning"] = {k.split("/")[1]: v for k, v in last.items() if k.endswith("hard_keep")}
-        groups = get_state(student).groups
-        moved = sum(int(((init[k] > 0) != (g.mask_logits.detach() > 0)).sum()) for k, g in groups.items())
-        before = {k: g.mask_logits.detach().clone() for k, g in groups.items()}
+        signs = {k: g.mask_logits.detach() > 0 for k, g in state.groups.items()}
         harden(student)
-        flipped = sum(int(((before[k] > 0) != g.fixed_keep).sum()) for k, g in groups.items())
-        info.update(units_changed_by_learning=moved, units_flipped_by_hardening=flipped)
+        # units whose kept/pruned state differs between the initial cut and the hardened mask (a swap is 2)
+        info["units_moved_by_learning"] = sum(int((init_plan[k] != g.fixed_keep.cpu()).sum())
+                                              for k, g in state.groups.items())
+        if config.budget == "lagrangian":  # the logits' signs (what the gates trained towards) vs the hard cut
+            info["sign_vs_hardened"] = sum(int((signs[k] != g.fixed_keep).sum()) for k, g in state.groups.items())
         if recovery:
             train_masked(student, batches, task.loss_fn, steps=recovery, lr=lr, sparsity_penalty=False)
     else:

@@ -5,11 +5,11 @@ Two launches:
 1. ``_xa_kernel``: the skinny GEMM ``xa = x A^T`` (M x r), stored in the compute
    dtype (it is also saved for the backward).
 2. ``_dora_fwd_kernel``: one tiled GEMM ``x W0^T`` (fp32 accumulation, grouped
-   tile order for L2 reuse) whose epilogue adds ``(s xa) B^T`` into the same
-   accumulator (rank chunks of ``R_BLOCK``, so any r works; ``s xa`` is rounded
-   to the compute dtype for the dot, one rounding of the low-rank term's input),
-   rounds ``P`` to the compute dtype and stores it, then stores ``y = P * c + zb``
-   (float32 epilogue math).
+   tile order for L2 reuse) whose epilogue adds ``s xa B^T`` into the same
+   accumulator (rank chunks of ``R_BLOCK``, so any r works; the accumulator is
+   divided by ``s`` before and multiplied after, in fp32), rounds ``P`` to the
+   compute dtype and stores it, then stores ``y = P * c + zb`` (float32 epilogue
+   math).
 
 ``x`` may have any strides (they are passed to the kernels). Outputs ``(y, P,
 xa)`` exactly as :func:`masked_dora.ops.dora_linear.dora_linear_forward_reference`.
@@ -89,18 +89,19 @@ def _dora_fwd_kernel(x_ptr, w_ptr, xa_ptr, b_ptr, c_ptr, zb_ptr, y_ptr, p_ptr,
         acc = tl.dot(x, w, acc, input_precision=DOT_PRECISION)
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
-    # epilogue: + (s x A^T) B^T, in rank chunks, into the same accumulator (a second BLOCK_M x BLOCK_N
-    # fp32 accumulator made the 128x256 tiles spill: 255 registers and a 1 KB stack on sm_90)
+    # epilogue: + s (x A^T) B^T, in rank chunks, into the same accumulator (a second BLOCK_M x BLOCK_N
+    # fp32 accumulator made the 128x256 tiles spill: 255 registers and a 1 KB stack on sm_90), scaled in
+    # fp32 around the dots (acc / s + xa B^T, times s) so the low-rank inputs are used as stored
+    acc = acc * (1.0 / scaling)
     for r0 in range(0, R, R_BLOCK):
         offs_r = r0 + tl.arange(0, R_BLOCK)
         r_mask = offs_r < R
         xa = tl.load(xa_ptr + rows[:, None] * R + offs_r[None, :], mask=m_mask[:, None] & r_mask[None, :],
                      other=0.0)
-        xa_s = (xa.to(tl.float32) * scaling).to(xa.dtype)                               # s x A^T, M x R
         bt = tl.load(b_ptr + cols[None, :] * stride_bn + offs_r[:, None] * stride_br,
                      mask=r_mask[:, None] & n_mask[None, :], other=0.0)                 # B^T chunk, R x N
-        acc = tl.dot(xa_s, bt, acc, input_precision=DOT_PRECISION)
-    pre = acc.to(p_ptr.dtype.element_ty)
+        acc = tl.dot(xa, bt, acc, input_precision=DOT_PRECISION)
+    pre = (acc * scaling).to(p_ptr.dtype.element_ty)
     out_mask = m_mask[:, None] & n_mask[None, :]
     out_offs = rows[:, None] * N + cols[None, :]
     tl.store(p_ptr + out_offs, pre, mask=out_mask)

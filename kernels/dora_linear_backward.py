@@ -84,18 +84,19 @@ def _dgrad_kernel(dy_ptr, c_ptr, w_ptr, b_ptr, a_ptr, dpb_ptr, dx_ptr,
             tl.store(dpb_ptr + rows[:, None] * R + offs_r[None, :], dpb_c, mask=m_mask[:, None] & r_mask[None, :])
         a = tl.load(a_ptr + offs_r[:, None] * stride_ar + offs_k[None, :] * stride_ak,
                     mask=r_mask[:, None] & k_mask[None, :], other=0.0)
-        dpb_s = (dpb * scaling).to(w_ptr.dtype.element_ty)
-        acc = tl.dot(dpb_s, a, acc, input_precision=DOT_PRECISION)  # into acc: no second tile accumulator
+        # into acc, scaled in fp32 around the dot (no second tile accumulator, no extra rounding)
+        acc = tl.dot(dpb_c, a, acc * (1.0 / scaling), input_precision=DOT_PRECISION) * scaling
     else:  # dP B was computed before the launch: read it in rank chunks of R_PAD, accumulate into acc
+        acc = acc * (1.0 / scaling)
         for r0 in range(0, R, R_PAD):
             rr = r0 + offs_r
             rr_mask = rr < R
             dpb_c = tl.load(dpb_ptr + rows[:, None] * R + rr[None, :], mask=m_mask[:, None] & rr_mask[None, :],
                             other=0.0)
-            dpb_s = (dpb_c.to(tl.float32) * scaling).to(dpb_c.dtype)
             a = tl.load(a_ptr + rr[:, None] * stride_ar + offs_k[None, :] * stride_ak,
                         mask=rr_mask[:, None] & k_mask[None, :], other=0.0)
-            acc = tl.dot(dpb_s, a, acc, input_precision=DOT_PRECISION)
+            acc = tl.dot(dpb_c, a, acc, input_precision=DOT_PRECISION)
+        acc = acc * scaling
     tl.store(dx_ptr + rows[:, None] * K + offs_k[None, :], acc.to(dx_ptr.dtype.element_ty),
              mask=m_mask[:, None] & k_mask[None, :])
 

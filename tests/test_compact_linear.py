@@ -288,7 +288,9 @@ def test_index_check_is_remembered_until_the_indices_change():
     in_idx = validate_indices("in_idx", [1, 4, 7], 10)
     out_idx = validate_indices("out_idx", [0, 2, 3, 5], 6)
     compact_linear(x, w, in_idx=in_idx, out_idx=out_idx, out_features=6)
-    assert getattr(in_idx, "_masked_dora_index_check")[1] == 7
+    from masked_dora.ops.compact_linear import _CHECKED
+
+    assert _CHECKED[in_idx][1] == 7 and not hasattr(in_idx, "_masked_dora_index_check")  # nothing on the tensor
     compact_linear(x, w, in_idx=in_idx, out_idx=out_idx, out_features=6)  # remembered: no new pass
     with pytest.raises(ValueError, match="out_idx"):  # the same tensor against a narrower output: checked again
         compact_linear(x, w, in_idx=in_idx, out_idx=out_idx, out_features=5)
@@ -298,10 +300,18 @@ def test_index_check_is_remembered_until_the_indices_change():
     in_idx[2] = 2  # now not increasing
     with pytest.raises(ValueError, match="in_idx"):
         compact_linear(x, w, in_idx=in_idx, out_idx=out_idx, out_features=6)
+    in_idx[2] = 7
+    compact_linear(x, w, in_idx=in_idx, out_idx=out_idx, out_features=6)
+    in_idx.untyped_storage().copy_(torch.tensor([1, 4, 12]).untyped_storage())  # bypasses the version counter
+    from masked_dora.ops import forget_index_check
+
+    forget_index_check(in_idx)  # ... so say so, and the next call checks again
+    with pytest.raises(ValueError, match="in_idx: index 12 is out of range"):
+        compact_linear(x, w, in_idx=in_idx, out_idx=out_idx, out_features=6)
     with torch.inference_mode():  # inference tensors have no version counter: checked on every call
         frozen = torch.tensor([1, 4, 7])
         compact_linear(x, w, in_idx=frozen)
-        assert not hasattr(frozen, "_masked_dora_index_check")
+        assert frozen not in _CHECKED
 
 
 # ---------------------------------------------------------------- validation

@@ -180,6 +180,36 @@ def test_exact_budget_logits_learn_and_eval_uses_the_plan():
     assert kept_fraction(model, "mlp") == 0.5  # eval before hardening: the same exact plan, not the signs
 
 
+def test_exact_budget_plans_once_per_step_and_follows_a_loaded_config():
+    model = _exact_model()
+    state = get_state(model)
+    batch = _lm_batches(1)[0]
+    model.train()
+    model(**batch)
+    plan = state.exact_plan()
+    model(**batch)  # no logit changed: the same plan object, not planned again
+    assert state.exact_plan() is plan
+    with torch.no_grad():
+        state.group("mlp", 0).mask_logits.mul_(-1.0)  # an optimizer step: planned again, differently
+    assert state.exact_plan() is not plan
+    state.config.budget = "lagrangian"  # e.g. a training state loaded later: the hook reads the config
+    model(**batch)
+    assert all(g._planned is None for g in state.groups.values())
+
+
+def test_exact_budget_with_gradient_checkpointing_gives_the_same_gradients():
+    grads = {}
+    for checkpointing in (False, True):
+        model = _exact_model()
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model(**_lm_batches(1)[0]).loss.backward()
+        grads[checkpointing] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    for name, g in grads[False].items():
+        assert grads[True][name] is not None and torch.allclose(grads[True][name], g, rtol=1e-5, atol=1e-7), name
+
+
 def test_budget_is_validated():
     with pytest.raises(ValueError, match="budget"):
         MaskedDoRAConfig(budget="soft")

@@ -35,7 +35,7 @@ def test_study_smoke_run(quality, tmp_path, monkeypatch):
     assert ("learned", 1) in runs and ("cut_activation", 0) in runs and ("cut_activation", 1) not in runs
     assert all(-1.0 <= r["cosine_mean"] <= 1.0 and 0.0 <= r["top1_agreement"] <= 1.0 for r in report["rows"])
     learned = [r for r in report["rows"] if r["method"] == "learned"]
-    assert {"units_changed_by_learning", "units_flipped_by_hardening"} <= set(learned[0]["info"])
+    assert {"units_moved_by_learning", "sign_vs_hardened"} <= set(learned[0]["info"])
     summary = {s["method"]: s for s in report["summary"]}
     assert summary["learned"]["seeds"] == 2 and summary["learned"]["cosine_spread"] >= 0.0
     md = (tmp_path / "q.md").read_text()

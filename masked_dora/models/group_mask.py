@@ -63,7 +63,7 @@ class GroupMask(nn.Module):
         if self._probe is not None:
             return self._probe
         if self._planned is not None:  # budget="exact": the plan, with a straight-through gradient while training
-            free = self._planned.float()
+            free = self._planned.to(self.mask_logits.device).float()
             if self.training:
                 soft = self.gate.expected_keep(self.mask_logits.float())
                 free = free + (soft - soft.detach())
@@ -79,7 +79,10 @@ class GroupMask(nn.Module):
 
     def hard(self) -> Tensor:
         """The per-unit hard decision (bool)."""
-        free = self._planned if self._planned is not None else self.gate.hard(self.mask_logits.detach()).bool()
+        if self._planned is not None:  # budget="exact": the plan of the last forward (see MaskedDoRAState.exact_plan)
+            free = self._planned.to(self.fixed_keep.device)
+        else:
+            free = self.gate.hard(self.mask_logits.detach()).bool()
         return torch.where(self.mask_fixed, self.fixed_keep, free)
 
     def set_planned(self, keep: Optional[Tensor]) -> None:
@@ -159,23 +162,26 @@ class InputGate:
         return (x * z,) + tuple(args[1:])
 
 
-class ClearSamples:
-    """Model forward pre-hook: draw this forward's gate samples, once, before any block runs.
+class ForwardMasks:
+    """Model forward pre-hook: fix this forward's masks once, before any block runs.
 
-    With a ``planner`` (``budget="exact"``) it sets every group's exact top-k plan instead: one
-    plan per forward, computed outside any checkpointed block, so a recomputation reads the same.
+    ``budget="lagrangian"``: draw every group's gate sample. ``budget="exact"``: set every group's
+    exact top-k plan (``state.exact_plan()``, recomputed only when a logit changed). Read from the
+    state's config at every call (a training state loaded later may change it). Either way the masks
+    are fixed outside any checkpointed block, so a recomputation reads the same.
     """
 
-    def __init__(self, groups: nn.ModuleDict, planner=None):
-        self.groups = groups
-        self.planner = planner
+    def __init__(self, state: nn.Module):
+        self.state = state
 
     def __call__(self, module: nn.Module, args, kwargs=None):
-        if self.planner is not None:
-            plans = self.planner()
-            for key, group in self.groups.items():
+        groups = self.state.groups
+        if self.state.config.budget == "exact":
+            plans = self.state.exact_plan()
+            for key, group in groups.items():
                 group.set_planned(plans[key])
             return None
-        for group in self.groups.values():
+        for group in groups.values():
+            group.set_planned(None)
             group.draw_sample()
         return None

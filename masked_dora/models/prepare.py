@@ -10,16 +10,15 @@ columns go at compaction). Everything the library adds lives under
 
 from __future__ import annotations
 
-import functools
 
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..nn import MaskedDoRALinear
 from .config import MaskedDoRAConfig
-from .group_mask import ClearSamples, GroupMask, InputGate, MaskView
+from .group_mask import ForwardMasks, GroupMask, InputGate, MaskView
 from .specs import ModelSpec, block_modules, find_layers, head_layout, role_paths, spec_for
 
 STATE_ATTR = "masked_dora"
@@ -42,6 +41,20 @@ class MaskedDoRAState(nn.Module):
     def set_temperature(self, value: float) -> None:
         for g in self.groups.values():
             g.gate.set_temperature(value)
+
+    def exact_plan(self) -> Dict[str, Tensor]:
+        """``budget="exact"``: the masks :func:`~masked_dora.models.harden` would take from the current logits.
+
+        Planned again only when a logit tensor changed (an optimizer step bumps its version counter), so
+        once per step however many forwards (gradient accumulation, evaluation, generation), and never
+        again once training stops.
+        """
+        key = tuple((k, g.mask_logits._version, g.mask_logits.data_ptr()) for k, g in self.groups.items())
+        if getattr(self, "_plan_key", None) != key:
+            from .sparsity import plan_current
+
+            self._plan, self._plan_key = plan_current(self), key
+        return self._plan
 
 
 def get_state(model: nn.Module) -> MaskedDoRAState:
@@ -179,12 +192,7 @@ def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, c
         state.set_temperature(config.temperature)
     setattr(model, STATE_ATTR, state.to(device))
     model.train(model.training)  # new modules follow the model's mode
-    planner = None
-    if config.budget == "exact":
-        from .sparsity import plan_current
-
-        planner = functools.partial(plan_current, state)
-    model.register_forward_pre_hook(ClearSamples(state.groups, planner))
+    model.register_forward_pre_hook(ForwardMasks(state))
     from .sparsity import warn_unreachable_targets
 
     warn_unreachable_targets(model)  # a target that rounding changes (e.g. 25% of 2 KV groups: none) warns now

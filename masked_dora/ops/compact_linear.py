@@ -57,6 +57,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from . import _checks, _registry
 
@@ -114,16 +115,18 @@ def validate_indices(name: str, idx: Union[Tensor, Sequence[int]], size: int,
     return idx.contiguous()
 
 
-_CHECKED_ATTR = "_masked_dora_index_check"
+# index tensor -> (its _stamp when checked, its largest value); weak keys: nothing is kept alive, and
+# nothing is written onto the user's tensor (a verdict stored on it travelled into pickles and copies)
+_CHECKED = WeakTensorKeyDictionary()
 
 
 def _stamp(idx: Tensor):
     """What identifies ``idx``'s current contents: (version counter, storage address, length); None if untracked.
 
     In-place writes through the tensor or any view of it bump ``_version``; inference tensors have no
-    version counter (their check is not remembered). Writes that bypass autograd's counter (through
-    ``.data``, a NumPy view or a raw pointer) are not seen: re-validate after such a write with
-    :func:`validate_indices`, or pass a fresh tensor.
+    version counter (their check is not remembered). Writes that bypass the counter (through ``.data``,
+    a NumPy view, the untyped storage, or another tensor ``set_`` onto the same storage) are not seen:
+    after one, call :func:`forget_index_check` (or pass a fresh tensor).
     """
     try:
         return (idx._version, idx.data_ptr(), idx.numel())
@@ -131,24 +134,28 @@ def _stamp(idx: Tensor):
         return None
 
 
+def forget_index_check(idx: Tensor) -> None:
+    """Drop the remembered range/order verdict of ``idx``: the next call checks it again."""
+    _CHECKED.pop(idx, None)
+
+
 def check_index_values(name: str, idx: Optional[Tensor], size: int) -> None:
     """Before any kernel launch: ``idx`` lies in ``[0, size)`` and strictly increases.
 
     An out-of-range index made the C++ and Triton kernels read or write past their buffers (a segfault,
-    or silently wrong memory); a duplicate makes a scatter race. Runs inside the op, so on every call,
-    eager or compiled; the precise reason comes from :func:`validate_indices`.
+    or silently wrong memory); a duplicate makes a scatter race. Runs inside the op, eager or compiled;
+    the precise reason comes from :func:`validate_indices`.
 
     The pass (one O(len) reduction and one device sync) runs once per index tensor and contents: the
-    result is remembered on the tensor with its :func:`_stamp`, so a layer's index buffers cost nothing
-    after their first call (on an H100 a decode-size call with the per-call check took 0.21 ms against
-    0.04 ms for the same work in eager PyTorch, and its sync kept the op out of CUDA graphs). Any in-place
-    change to the tensor checks it again.
+    verdict is remembered (weakly, by tensor) with its :func:`_stamp`, so a layer's index buffers cost
+    nothing after their first call, and the op can be captured in a CUDA graph after it (a graph replay
+    never checks again). Any in-place change to the tensor checks it again.
     """
     if idx is None or idx.numel() == 0:
         return
     stamp = _stamp(idx)
     if stamp is not None:
-        seen = getattr(idx, _CHECKED_ATTR, None)
+        seen = _CHECKED.get(idx)
         if seen is not None and seen[0] == stamp and seen[1] < size:
             return
     stats = [idx.min(), idx.max()]
@@ -159,7 +166,7 @@ def check_index_values(name: str, idx: Optional[Tensor], size: int) -> None:
         validate_indices(name, idx, size)
         raise ValueError(f"{name}: indices are not in [0, {size}) and strictly increasing")  # unreachable
     if stamp is not None:
-        setattr(idx, _CHECKED_ATTR, (stamp, hi))
+        _CHECKED[idx] = (stamp, hi)
 
 
 # ---------------------------------------------------------------- allocation + reference
@@ -197,7 +204,9 @@ def compact_linear_reference(x: Tensor, weight: Tensor, bias: Optional[Tensor], 
             if bias is not None:
                 out.add_(bias)
         elif residual is not None:
-            torch.addmm(residual if bias is None else residual + bias, xg, wt, out=out)
+            torch.addmm(residual, xg, wt, out=out)
+            if bias is not None:
+                out.add_(bias)
         elif bias is not None:
             torch.addmm(bias, xg, wt, out=out)
         else:
@@ -218,11 +227,13 @@ _registry.register(OP, "torch", compact_linear_reference, priority=0)
 
 # Dispatch on a GPU, as measured (bench/results/2026-11-27-h100.md, H100, bf16, Llama-7B shapes, keep 0.75):
 # at M = 8192 the fused gather/scatter kernels were 7.6x (Triton, 7.39 ms) and 10.4x (CUDA, 10.1 ms) slower
-# than the reference's index_select + cuBLAS (0.98 ms) on down_proj, 1.9x and 8x on the scatter layer. At
+# than eager index_select + cuBLAS (0.98 ms) on down_proj; on the scatter layer 1.6x and 6.7x slower than this
+# reference (0.99 and 4.14 ms vs 0.62 ms). At
 # M = 1 that run could not time them fairly (the per-call index check synced, so they ran outside the CUDA
 # graph their baselines were timed in), but the CUDA kernel took 0.74 ms against 0.04 ms eager. So on CUDA
 # they rank BELOW the reference (priority < 0) at every M: they run only when forced (MASKED_DORA_BACKEND /
-# use_backend). They stay correct (memcheck-clean at the selftest's quick shapes on the H100).
+# use_backend). Both matched float64 in that run; the CUDA one also ran memcheck-clean at the selftest's quick
+# shapes (the Triton one was not run under compute-sanitizer).
 GPU_SLOWER_THAN_REFERENCE = -5
 # the CUDA kernel is a WMMA tensor-core GEMM: half types only (fp32/fp64 go to Triton or the reference)
 _registry.define_compiled_kernel(OP, KERNEL_SCHEMA, priorities={"cuda": GPU_SLOWER_THAN_REFERENCE},
