@@ -141,8 +141,10 @@ def block_section(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, lay
     dense = build_dense(device, dtype, layers, hidden, intermediate, heads, kv_heads, vocab, seed,
                         max_positions=max(4096, *prefill_tokens, context + 1))
     masked, compact = build_compact(dense, prune, seed)
-    kept_kv = kv_heads - round(prune * kv_heads)  # whole KV groups go (gqa="kv_groups", the default)
-    expect = {"intermediate": intermediate - round(prune * intermediate / MLP_ALIGNMENT) * MLP_ALIGNMENT,
+    from masked_dora.masks.controller import kept_count
+
+    kept_kv = kept_count(kv_heads, prune)  # whole KV groups go (gqa="kv_groups", the default)
+    expect = {"intermediate": kept_count(intermediate, prune, MLP_ALIGNMENT),  # the library's own rounding
               "heads": kept_kv * (heads // kv_heads), "kv_heads": kept_kv}
     sizes = {"dense": block_sizes(dense), "compact": block_sizes(compact)}
     assert sizes["dense"] == {"intermediate": intermediate, "heads": heads, "kv_heads": kv_heads}, sizes

@@ -96,14 +96,24 @@ DEFAULT_METHODS = ["learned_exact", "fixed_activation", "torch_pruning", "learne
 
 # ---------------------------------------------------------------- one run per (method, sparsity, seed)
 
-MLP_ALIGNMENT = {"value": 64}  # --mlp-alignment (the CLI's default; a tiny test model needs less)
+@dataclass(frozen=True)
+class Settings:
+    """What every method shares in one study (the CLI's defaults)."""
+
+    steps: int = 90
+    recovery: int = 60
+    lr: float = 2e-3
+    rank: int = 8
+    alpha: float = 16.0
+    calibration: int = 4
+    mlp_alignment: int = 64
 
 
-def _config(method: Method, sparsity: float, rank: int, alpha: float):
+def _config(method: Method, sparsity: float, run: Settings):
     from masked_dora.models import MaskedDoRAConfig
 
-    return MaskedDoRAConfig(rank=rank, alpha=alpha, target_groups=("mlp", "heads"), target_sparsity=sparsity,
-                            alignment={"mlp": MLP_ALIGNMENT["value"], "heads": 1}, **method.config)
+    return MaskedDoRAConfig(rank=run.rank, alpha=run.alpha, target_groups=("mlp", "heads"), target_sparsity=sparsity,
+                            alignment={"mlp": run.mlp_alignment, "heads": 1}, **method.config)
 
 
 def _shuffled(batches: List, seed: int) -> List:
@@ -112,21 +122,21 @@ def _shuffled(batches: List, seed: int) -> List:
     return order
 
 
-def run_masked(task, method: Method, sparsity: float, seed: int, steps: int, recovery: int, lr: float,
-               rank: int, alpha: float, calibration: int) -> Dict[str, object]:
+def run_masked(task, method: Method, sparsity: float, seed: int, run: Settings):
     """``learned``, ``fixed`` and ``cut`` through the library's public path."""
     from masked_dora.models import SparsityController, compact_model, harden, prepare_model, train_masked
     from masked_dora.models.prepare import get_state
 
     torch.manual_seed(seed)
-    config = _config(method, sparsity, rank, alpha)
+    config = _config(method, sparsity, run)
+    steps, recovery, lr = run.steps, run.recovery, run.lr
     batches = _shuffled(task.train_batches, seed)
     calib_loss = task.loss_fn
     if method.calibration_dropout:  # the importance pass runs in eval mode, where a self-distillation loss is 0
         def calib_loss(model, batch):
             model.train()
             return task.loss_fn(model, batch)
-    student = prepare_model(copy.deepcopy(task.dense), config, calibration=task.train_batches[:calibration],
+    student = prepare_model(copy.deepcopy(task.dense), config, calibration=task.train_batches[:run.calibration],
                             loss_fn=calib_loss)
     info: Dict[str, object] = {}
     if method.kind == "learned":
@@ -156,8 +166,7 @@ def run_masked(task, method: Method, sparsity: float, seed: int, steps: int, rec
     return info, model
 
 
-def run_torch_pruning(task, method: Method, sparsity: float, seed: int, steps: int, recovery: int, lr: float,
-                      rank: int, alpha: float, calibration: int):
+def run_torch_pruning(task, method: Method, sparsity: float, seed: int, run: Settings):
     """Torch-Pruning's group-Taylor cut of MLP channels and whole heads, then (``torch_pruning``) PEFT LoRA."""
     import peft
     import torch_pruning as tp
@@ -180,7 +189,7 @@ def run_torch_pruning(task, method: Method, sparsity: float, seed: int, steps: i
         head_pruning_ratio=sparsity, round_to=None, global_pruning=False)
     model.train()  # dropout on: the dense model is its own teacher, so its eval-mode loss and gradients are 0
     model.zero_grad()
-    for batch in task.train_batches[:calibration]:
+    for batch in task.train_batches[:run.calibration]:
         task.loss_fn(model, batch).backward()
     pruner.step()
     model.zero_grad(set_to_none=True)
@@ -193,14 +202,14 @@ def run_torch_pruning(task, method: Method, sparsity: float, seed: int, steps: i
             "kept_mlp": [layer.intermediate.dense.out_features for layer in layers]}
     if method.kind == "tp_cut":
         return info, model.eval()
-    config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
+    config = peft.LoraConfig(r=run.rank, lora_alpha=run.alpha, lora_dropout=0.0,
                              target_modules=["query", "key", "value", "dense"])
     model = peft.get_peft_model(model, config)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=run.lr, weight_decay=0.0)
     model.train()
     batches = _shuffled(task.train_batches, seed)
-    for step in range(steps + recovery):
+    for step in range(run.steps + run.recovery):
         loss = task.loss_fn(model, batches[step % len(batches)])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)  # as train_masked
@@ -310,7 +319,8 @@ def main(argv=None) -> int:
     import transformers
     from transformers import AutoModel, AutoTokenizer
 
-    MLP_ALIGNMENT["value"] = args.mlp_alignment
+    settings = Settings(steps=args.steps, recovery=args.recovery_steps, lr=args.lr, rank=args.rank, alpha=args.alpha,
+                        calibration=args.calibration_batches, mlp_alignment=args.mlp_alignment)
     from masked_dora.cli import resolve_model
     from masked_dora.models.distill import build_task
 
@@ -346,8 +356,7 @@ def main(argv=None) -> int:
                 continue
             for seed in (args.seeds if method.kind not in ("cut", "tp_cut") else args.seeds[:1]):
                 t0 = time.perf_counter()
-                info, model = RUNNERS[method.kind](task, method, sparsity, seed, args.steps, args.recovery_steps,
-                                                   args.lr, args.rank, args.alpha, args.calibration_batches)
+                info, model = RUNNERS[method.kind](task, method, sparsity, seed, settings)
                 row = {"method": name, "sparsity": sparsity, "seed": seed, **task.evaluate(model),
                        "seconds": time.perf_counter() - t0, "info": info}
                 rows.append(row)
