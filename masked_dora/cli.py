@@ -51,6 +51,18 @@ def _positive(name, kind=int):
     return parse
 
 
+def _non_negative(name):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}: expected a non-negative int, got {text!r}")
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{name}: expected a non-negative int, got {value}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="masked-dora", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gate", choices=("hard_concrete", "gumbel_sigmoid", "sigmoid_ste"), default="hard_concrete")
     p.add_argument("--rank", type=_positive("--rank"), default=8)
     p.add_argument("--alpha", type=_positive("--alpha", float), default=16.0)
-    p.add_argument("--steps", type=_positive("--steps"), default=90, help="mask + adapter training steps")
+    p.add_argument("--steps", type=_non_negative("--steps"), default=90,
+                   help="mask + adapter training steps (0: no mask learning: the importance cut is hardened at "
+                        "once and only the recovery steps train, the fixed-cut method of bench/quality.py)")
     p.add_argument("--recovery-steps", type=int, default=60,
                    help="adapter-only steps after hardening, masks fixed (default 60; 0: none)")
     p.add_argument("--batch-size", type=_positive("--batch-size"), default=16)
@@ -163,6 +177,8 @@ def run_prune(args) -> dict:
                                   budget=args.budget)
     except ValueError as exc:
         raise SystemExit(f"--groups/--sparsity: {exc}")
+    if args.steps == 0 and config.importance == "none":
+        raise SystemExit("--steps 0 keeps the importance cut, but --importance none gives no cut: choose a score")
     if args.recovery_steps < 0:
         raise SystemExit(f"--recovery-steps: expected a non-negative int, got {args.recovery_steps}")
     if args.threads:
@@ -195,8 +211,10 @@ def run_prune(args) -> dict:
 
     controller = SparsityController(student)
     t0 = time.perf_counter()
-    log = train_masked(student, train_batches, loss_fn, steps=args.steps, lr=args.lr, mask_lr=args.mask_lr,
-                       controller=controller, progress=progress, log_every=max(1, args.steps // 10))
+    log = []
+    if args.steps > 0:
+        log = train_masked(student, train_batches, loss_fn, steps=args.steps, lr=args.lr, mask_lr=args.mask_lr,
+                           controller=controller, progress=progress, log_every=max(1, args.steps // 10))
     summary = harden(student)
     if args.recovery_steps > 0:
         log += train_masked(student, train_batches, loss_fn, steps=args.recovery_steps, lr=args.lr,

@@ -14,6 +14,22 @@ from masked_dora.cli import build_parser, main
 from tiny_models import tiny_bert_dir as _tiny_bert_dir
 
 
+def test_cli_prune_with_no_mask_learning_keeps_the_importance_cut(tmp_path):
+    """--steps 0: the fixed-cut method (harden the importance init at once, train adapters only)."""
+    model_dir = _tiny_bert_dir(str(tmp_path / "tiny"))
+    out = tmp_path / "out"
+    rc = main(["prune", "--model", model_dir, "--out", str(out), "--sparsity", "0.5", "--mlp-alignment", "8",
+               "--steps", "0", "--recovery-steps", "2", "--batch-size", "4", "--max-length", "16",
+               "--train-texts", "8", "--eval-texts", "12", "--calibration-batches", "1", "--latency-batch-size", "4",
+               "--importance", "magnitude", "--no-progress"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 0 and metrics["hardened"]["mlp"]["sparsity"] == 0.5
+    assert all(e.get("penalty", 0.0) == 0.0 for e in metrics["training_log"])  # recovery only: no penalty
+    with pytest.raises(SystemExit, match="--importance none gives no cut"):
+        main(["prune", "--model", model_dir, "--out", str(tmp_path / "o2"), "--steps", "0", "--importance", "none"])
+
+
 def test_cli_prune_end_to_end(tmp_path):
     model_dir = _tiny_bert_dir(str(tmp_path / "tiny"))
     out = tmp_path / "out"
@@ -47,7 +63,7 @@ def test_cli_prune_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("argv, match", [
     (["prune", "--out", "x", "--sparsity", "1.5"], "--sparsity: expected a fraction"),
-    (["prune", "--out", "x", "--steps", "0"], "--steps: expected a positive int"),
+    (["prune", "--out", "x", "--steps", "-1"], "--steps: expected a non-negative int"),
     (["prune", "--out", "x", "--gqa", "heads"], "--gqa"),
     (["prune"], "--out"),
 ])
