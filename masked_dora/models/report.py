@@ -50,8 +50,10 @@ def write_markdown(path: str, metrics: Dict, plot_file: Optional[str], plot_note
              f"{ {k: round(v['sparsity'], 4) for k, v in m['hardened'].items()} } "
              f"(alignment {m['alignment']}, GQA mode {m['gqa']}, "
              f"allocation {m['allocation']}); importance init `{m['importance']}`; "
-             f"{m['steps']} mask-learning + {m['recovery_steps']} recovery steps (masks fixed) of batch "
-             f"{m['batch_size']} in {m['train_seconds']:.1f} s "
+             + (f"{m['steps']} mask-learning + {m['recovery_steps']} recovery steps (masks fixed)" if m['steps'] else
+                f"no mask learning: the importance cut, hardened at once, then {m['recovery_steps']} steps of "
+                f"masked DoRA with the masks fixed")
+             + f" of batch {m['batch_size']} in {m['train_seconds']:.1f} s "
              f"(distilling the dense model's mean-pooled embeddings on {m['n_train']} stdlib docstrings).", "",
              "## Size and speed", "",
              "| | dense | pruned | ratio |", "|---|---|---|---|",
