@@ -50,10 +50,8 @@ from __future__ import annotations
 
 import copy
 import inspect
-import statistics
-import time
 import warnings
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -62,25 +60,9 @@ from masked_dora.models import MaskedDoRAConfig, compact_model, get_state, harde
 from masked_dora.models.compact import LAYER_SIZES_KEY
 from masked_dora.ops import use_backend
 
+from timing import median_timer
+
 MLP_ALIGNMENT = 64  # MaskedDoRAConfig's default: kept MLP channels come in blocks of 64
-
-
-def _timer(device: str) -> Callable[[Callable], float]:
-    """ms per call: do_bench median on CUDA; the median of wall-clock repeats on the CPU."""
-    if device == "cuda":
-        import triton.testing as tt
-
-        return lambda fn: float(tt.do_bench(fn, warmup=25, rep=100, return_mode="median"))
-
-    def run_cpu(fn):
-        fn()
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
-    return run_cpu
 
 
 def build_dense(device, dtype, layers, hidden, intermediate, heads, kv_heads, vocab, seed,
@@ -165,7 +147,7 @@ def block_section(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, lay
     del masked
     if device == "cuda":
         torch.cuda.empty_cache()
-    timer = _timer(device)
+    timer = median_timer(device, cpu_repeats=5, cpu_warmup=1)
     rows: List[dict] = []
 
     def add(phase: str, batch: int, tokens: int, ctx: int, times: Dict[str, float]) -> None:

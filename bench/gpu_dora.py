@@ -31,15 +31,15 @@ its channels are pruned (fixed mask) as in the DESIGN targets.
 
 from __future__ import annotations
 
-import statistics
-import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from masked_dora import MaskedDoRALinear
 from masked_dora.ops import _registry, registered, select, use_backend
+
+from timing import median_timer
 
 LLAMA7B_SHAPES: Tuple[Tuple[int, int], ...] = ((4096, 4096), (4096, 11008), (11008, 4096))  # (in, out)
 IMPLS = ("masked_dora", "masked_dora_triton", "masked_dora_cuda", "masked_dora_torch", "peft_dora", "peft_lora")
@@ -103,24 +103,6 @@ def timed_impls(impls: Sequence[str], device: str, dtype: torch.dtype) -> List[s
     return chosen
 
 
-def _timer(device: str) -> Callable[[Callable], float]:
-    if device == "cuda":
-        import triton.testing as tt
-
-        return lambda fn: float(tt.do_bench(fn, warmup=25, rep=100, return_mode="median"))
-
-    def run_cpu(fn):
-        fn()
-        fn()
-        times = []
-        for _ in range(7):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
-    return run_cpu
-
-
 def _memory(device: str, layer: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> Dict[str, Optional[float]]:
     """Activation (saved) and peak memory deltas in MiB; ``None`` on the CPU (not measured)."""
     if device != "cuda":
@@ -156,7 +138,7 @@ def dora_train_section(device: str = "cuda", dtype: torch.dtype = torch.bfloat16
                        tokens: Union[int, Sequence[int]] = (8192, 1024),
                        ranks: Sequence[int] = (16, 64), impls: Sequence[str] = IMPLS) -> List[dict]:
     """Time and measure every (shape, tokens, rank, impl, mode); one flat dict row each (keys: see module doc)."""
-    timer = _timer(device)
+    timer = median_timer(device, cpu_repeats=7, cpu_warmup=2)
     rows: List[dict] = []
     gen = torch.Generator().manual_seed(0)
     token_counts = (tokens,) if isinstance(tokens, int) else tuple(tokens)
