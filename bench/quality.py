@@ -64,7 +64,8 @@ class Method:
 
 
 METHODS: Dict[str, Method] = {
-    "learned": Method("learned", "A: CLI default (activation init, learned masks, harden, recovery)",
+    "learned": Method("learned", "A: the CLI's method until this study (activation init, masks learned with the "
+                      "Lagrangian controller for 90 steps, harden, 60 recovery steps)",
                       {"importance": "activation"}),
     "fixed_activation": Method("fixed", "C: activation cut fixed from step 0, masked DoRA",
                                {"importance": "activation"}),
@@ -77,7 +78,8 @@ METHODS: Dict[str, Method] = {
     "learned_global": Method("learned", "A with allocation='global' (layer budgets learned)",
                              {"importance": "activation", "allocation": "global"}),
     "fixed_activation_global": Method("fixed", "C with allocation='global' (the activation cut ranked across "
-                                      "layers), fixed from step 0", {"importance": "activation", "allocation": "global"}),
+                                      "layers), fixed from step 0: the CLI's default since this study",
+                                      {"importance": "activation", "allocation": "global"}),
     "learned_soft": Method("learned", "A with logits near the boundary (mask_init 0.5) so decisions can move",
                            {"importance": "activation", "mask_init": 0.5}),
     "learned_exact": Method("learned", "budget='exact': every forward keeps the activation cut's exact top-k of the "

@@ -3,10 +3,11 @@
 ``selftest`` checks every kernel backend on this device against the float64 reference
 (:mod:`masked_dora.selftest`); ``selftest --enable`` lets the passing ones run by default on it.
 
-``prune`` fine-tunes an encoder with masked DoRA by distilling the dense
-model's mean-pooled sentence embeddings into the masked one on real text (the
-docstrings of Python's standard library), hardens the masks to the exact
-target sparsity, compacts the model, evaluates dense vs pruned on held-out
+``prune`` cuts an encoder by an importance score ranked across layers (by default:
+``--allocation global --steps 0``, the best method measured by ``bench/quality.py``;
+``--steps N`` learns the masks for N steps first), fine-tunes it with masked DoRA by
+distilling the dense model's mean-pooled sentence embeddings into the pruned one on
+real text (the docstrings of Python's standard library), compacts the model, evaluates dense vs pruned on held-out
 text (embedding cosine, top-1 retrieval agreement), measures parameters and
 latency, and writes ``report.md``, ``kept_per_layer.png``, ``metrics.json``,
 the pruned checkpoint (``model/``) and the training state (``training_state/``).
@@ -79,7 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mlp-alignment", type=_positive("--mlp-alignment"), default=64)
     p.add_argument("--heads-alignment", type=_positive("--heads-alignment"), default=1)
     p.add_argument("--gqa", choices=("kv_groups", "query_heads"), default="kv_groups")
-    p.add_argument("--allocation", choices=("uniform", "global"), default="uniform")
+    p.add_argument("--allocation", choices=("uniform", "global"), default="global",
+                   help="global (default): units ranked across layers, per-layer sizes differ (the best measured, "
+                        "bench/results/quality-2026-11-27.md); uniform: the same count per layer (a plain "
+                        "transformers checkpoint where the config can express it)")
     p.add_argument("--importance", choices=("none", "magnitude", "taylor", "activation"), default="activation")
     p.add_argument("--budget", choices=("lagrangian", "exact"), default="lagrangian",
                    help="how mask learning holds the target: a Lagrangian penalty on stochastic gates, or the exact "
@@ -87,11 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gate", choices=("hard_concrete", "gumbel_sigmoid", "sigmoid_ste"), default="hard_concrete")
     p.add_argument("--rank", type=_positive("--rank"), default=8)
     p.add_argument("--alpha", type=_positive("--alpha", float), default=16.0)
-    p.add_argument("--steps", type=_non_negative("--steps"), default=90,
-                   help="mask + adapter training steps (0: no mask learning: the importance cut is hardened at "
-                        "once and only the recovery steps train, the fixed-cut method of bench/quality.py)")
-    p.add_argument("--recovery-steps", type=int, default=60,
-                   help="adapter-only steps after hardening, masks fixed (default 60; 0: none)")
+    p.add_argument("--steps", type=_non_negative("--steps"), default=0,
+                   help="mask-learning steps (default 0: no mask learning: the importance cut is hardened at once "
+                        "and every step trains the adapters, the best method measured in bench/quality.py; "
+                        "e.g. --steps 90 --recovery-steps 60 learns the masks first)")
+    p.add_argument("--recovery-steps", type=int, default=150,
+                   help="adapter-only steps after hardening, masks fixed (default 150; 0: none)")
     p.add_argument("--batch-size", type=_positive("--batch-size"), default=16)
     p.add_argument("--max-length", type=_positive("--max-length"), default=64)
     p.add_argument("--lr", type=_positive("--lr", float), default=2e-3)
