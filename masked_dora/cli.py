@@ -40,26 +40,17 @@ def _fraction(name):
     return parse
 
 
-def _positive(name, kind=int):
+def _positive(name, kind=int, zero_ok=False):
+    """An argparse type: a ``kind`` number > 0 (>= 0 with ``zero_ok``), the error naming the option."""
+    what = f"{'non-negative' if zero_ok else 'positive'} {kind.__name__}"
+
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}: expected a positive {kind.__name__}, got {text!r}")
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"{name}: expected a positive {kind.__name__}, got {value}")
-        return value
-    return parse
-
-
-def _non_negative(name):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}: expected a non-negative int, got {text!r}")
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{name}: expected a non-negative int, got {value}")
+            raise argparse.ArgumentTypeError(f"{name}: expected a {what}, got {text!r}")
+        if not (value >= 0 if zero_ok else value > 0):
+            raise argparse.ArgumentTypeError(f"{name}: expected a {what}, got {value}")
         return value
     return parse
 
@@ -91,11 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gate", choices=("hard_concrete", "gumbel_sigmoid", "sigmoid_ste"), default="hard_concrete")
     p.add_argument("--rank", type=_positive("--rank"), default=8)
     p.add_argument("--alpha", type=_positive("--alpha", float), default=16.0)
-    p.add_argument("--steps", type=_non_negative("--steps"), default=0,
+    p.add_argument("--steps", type=_positive("--steps", zero_ok=True), default=0,
                    help="mask-learning steps (default 0: no mask learning: the importance cut is hardened at once "
                         "and every step trains the adapters, the best method measured in bench/quality.py; "
                         "e.g. --steps 90 --recovery-steps 60 learns the masks first)")
-    p.add_argument("--recovery-steps", type=int, default=150,
+    p.add_argument("--recovery-steps", type=_positive("--recovery-steps", zero_ok=True), default=150,
                    help="adapter-only steps after hardening, masks fixed (default 150; 0: none)")
     p.add_argument("--batch-size", type=_positive("--batch-size"), default=16)
     p.add_argument("--max-length", type=_positive("--max-length"), default=64)
@@ -184,8 +175,6 @@ def run_prune(args) -> dict:
         raise SystemExit(f"--groups/--sparsity: {exc}")
     if args.steps == 0 and config.importance == "none":
         raise SystemExit("--steps 0 keeps the importance cut, but --importance none gives no cut: choose a score")
-    if args.recovery_steps < 0:
-        raise SystemExit(f"--recovery-steps: expected a non-negative int, got {args.recovery_steps}")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -64,6 +64,7 @@ def test_cli_prune_end_to_end(tmp_path):
 @pytest.mark.parametrize("argv, match", [
     (["prune", "--out", "x", "--sparsity", "1.5"], "--sparsity: expected a fraction"),
     (["prune", "--out", "x", "--steps", "-1"], "--steps: expected a non-negative int"),
+    (["prune", "--out", "x", "--recovery-steps", "-2"], "--recovery-steps: expected a non-negative int"),
     (["prune", "--out", "x", "--gqa", "heads"], "--gqa"),
     (["prune"], "--out"),
 ])
