@@ -213,3 +213,21 @@ def test_exact_budget_with_gradient_checkpointing_gives_the_same_gradients():
 def test_budget_is_validated():
     with pytest.raises(ValueError, match="budget"):
         MaskedDoRAConfig(budget="soft")
+
+
+def test_exact_budget_inside_the_trainer(tmp_path):
+    """The user's path: the HF Trainer with the callback; the masks learn and the budget holds every step."""
+    from transformers import Trainer, TrainingArguments
+
+    model = _exact_model()
+    rows = [{k: v[i] for k, v in b.items()} for b in _lm_batches() for i in range(2)]
+    callback = MaskedDoRACallback(model)
+    before = {k: g.mask_logits.detach().clone() for k, g in get_state(model).groups.items()}
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=2,
+                             learning_rate=1e-2, logging_steps=1, report_to=[], use_cpu=True, save_strategy="no",
+                             disable_tqdm=True)
+    Trainer(model=model, args=args, train_dataset=rows, callbacks=[callback]).train()
+    state = get_state(model)
+    assert any(not torch.equal(g.mask_logits.detach(), before[k]) for k, g in state.groups.items())
+    assert all(e["sparsity/mlp_hard_keep"] == 0.5 for e in callback.history)
+    assert float(callback.mask_trainer.controller.controllers["mlp"].lambda_1.detach()) == 0.0  # no penalty
