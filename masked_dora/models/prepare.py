@@ -10,7 +10,6 @@ columns go at compaction). Everything the library adds lives under
 
 from __future__ import annotations
 
-
 from typing import Dict, List, Optional, Tuple
 
 import torch

@@ -110,16 +110,14 @@ def _global_counts(groups, scores, blocks, sparsity, align) -> List[int]:
 def harden(model: nn.Module) -> Dict[str, Dict[str, float]]:
     """Fix every group's mask to the exact top-k of its logits; returns kept counts per kind."""
     state = get_state(model)
-    cfg = state.config
+    plans = plan_current(state)
     summary = {}
-    for kind in cfg.target_groups:
-        groups = state.groups_of(kind)
-        masks = plan_keep(groups, [g.mask_logits for g in groups], cfg.target_sparsity[kind],
-                          cfg.alignment[kind], cfg.allocation)
-        for g, keep in zip(groups, masks):
-            g.set_mask(keep.to(g.fixed_keep.device))
-        kept = sum(int(m.sum()) for m in masks)
-        total = sum(g.num_units for g in groups)
+    for kind in state.config.target_groups:
+        keys = [k for k, g in state.groups.items() if g.kind == kind]
+        for k in keys:
+            state.groups[k].set_mask(plans[k].to(state.groups[k].fixed_keep.device))
+        kept = sum(int(plans[k].sum()) for k in keys)
+        total = sum(state.groups[k].num_units for k in keys)
         summary[kind] = {"kept": kept, "total": total, "sparsity": 1.0 - kept / total}
     return summary
 
