@@ -260,3 +260,44 @@ print("alive")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0 and out.stdout.strip().endswith("alive"), (out.stdout, out.stderr[-3000:])
+
+
+def test_committed_verification_names_real_ops_backends_and_its_results_file():
+    """Every committed VERIFIED entry: an sm_XY key, kernel backends, ops the registry knows, and the
+    committed GPU results file it came from (so a claim of verification can be traced to its run)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert set(_verified.VERIFIED) == set(_verified.VERIFIED_RUNS)
+    for arch, backends in _verified.VERIFIED.items():
+        assert arch.startswith("sm_") and arch[3:].isdigit(), arch
+        assert set(backends) <= set(_verified.KERNEL_BACKENDS), backends
+        for backend, ops in backends.items():
+            assert ops and set(ops) <= set(_registry._REGISTRY), (backend, ops)
+        results = os.path.join(root, _verified.VERIFIED_RUNS[arch])
+        assert os.path.isfile(results), results
+        with open(results) as f:
+            text = f.read()
+        assert arch in text and "selftest" in text
+
+
+def test_committed_sm90_verification_makes_the_cuda_kernels_the_default_there(monkeypatch, tmp_path):
+    """With the committed table (not a stand-in), an sm_90 GPU picks the verified CUDA kernel without
+    any user cache, and no 'not verified' warning is raised."""
+    if "sm_90" not in _verified.VERIFIED:
+        pytest.skip("no committed sm_90 verification")
+    state = sm90_build()
+    monkeypatch.setenv(_verified.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv(_verified.TRUST_ENV, raising=False)
+    monkeypatch.delenv(_registry.ENV_VAR, raising=False)
+    pretend_gpu(monkeypatch, state)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda idx=None: "Fake H100")
+    for name, prio in (("cuda", 30), ("triton", 20)):
+        impl = _registry.BackendImpl(name, lambda *a: name, lambda d, t: d.type == "cuda", prio,
+                                     lambda d, t: "cpu tensor")
+        monkeypatch.setitem(_registry._REGISTRY[OP], name, impl)
+    _verified.forget()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert select(OP, CUDA, torch.bfloat16).name == "cuda"
+    finally:
+        _verified.forget()
