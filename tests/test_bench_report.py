@@ -108,3 +108,12 @@ def test_compact_linear_section_times_each_backend_only_where_it_runs(cuda_build
     assert gpu_compact._gpu_backends("cpu", torch.bfloat16) == []
     assert "cuda" in gpu_compact._gpu_backends("cuda", torch.bfloat16)
     assert "cuda" not in gpu_compact._gpu_backends("cuda", torch.float32)  # the CUDA kernel is half-only
+
+
+def test_host_overhead_benchmark_runs_every_case():
+    """bench/bench_host_overhead.py (pytest-benchmark; each case once with --benchmark-disable)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MASKED_DORA_BACKEND", "TRITON_INTERPRET")}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable",
+                          os.path.join(ROOT, "bench", "bench_host_overhead.py")],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert out.returncode == 0 and "13 passed" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]

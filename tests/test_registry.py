@@ -104,3 +104,30 @@ def test_forced_backend_reaches_a_backward_on_another_thread(monkeypatch):
     worker.start()
     worker.join()
     assert ran == ["torch"] and x.grad is not None
+
+
+def test_selection_is_remembered_and_follows_every_change_it_depends_on(monkeypatch):
+    """select() caches its answer; a new registration, a forced backend, a different dtype and a
+    verification change (``_verified.forget``) each give a fresh answer."""
+    from masked_dora.ops import _registry, _verified
+
+    op = "test_cached_selection_op"
+    monkeypatch.setitem(_registry._REGISTRY, op, {})
+    _registry.register(op, "torch", lambda: "torch", priority=0)
+    cpu = torch.device("cpu")
+    assert _registry.select(op, cpu, torch.float32).name == "torch"
+    assert _registry.select(op, cpu, torch.float32) is _registry.select(op, cpu, torch.float32)
+    _registry.register(op, "cpp", lambda: "cpp", priority=10,
+                       supports=lambda d, t: t == torch.float32)
+    assert _registry.select(op, cpu, torch.float32).name == "cpp"      # new registration seen
+    assert _registry.select(op, cpu, torch.float16).name == "torch"    # dtype is part of the key
+    with _registry.use_backend("torch"):
+        assert _registry.select(op, cpu, torch.float32).name == "torch"  # forced backend in the key
+    monkeypatch.setitem(_registry._REGISTRY[op], "cpp", _registry.BackendImpl(
+        "cpp", lambda: "x", lambda d, t: False, 10, lambda d, t: "patched out"))
+    assert _registry.select(op, cpu, torch.float32).name == "torch"    # a patched entry is seen
+    before = _verified.generation
+    _verified.forget()
+    assert _verified.generation == before + 1
+    with _registry.use_backend("cpp"), pytest.raises(RuntimeError, match="patched out"):
+        _registry.select(op, cpu, torch.float32)                         # errors are never cached

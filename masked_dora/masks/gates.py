@@ -55,8 +55,8 @@ from torch import Tensor, nn
 
 
 def _logistic_noise(like: Tensor, eps: float = 1e-6) -> Tensor:
-    u = torch.rand_like(like).clamp_(eps, 1.0 - eps)
-    return torch.log(u) - torch.log1p(-u)
+    """``log u - log(1 - u)`` for ``u ~ U(eps, 1 - eps)``: ``logit`` clamps and transforms in one op."""
+    return torch.logit(torch.rand_like(like), eps=eps)
 
 
 def _full(logits: Tensor) -> Tensor:

@@ -58,6 +58,8 @@ class BackendImpl:
 _REGISTRY: Dict[str, Dict[str, BackendImpl]] = {}
 _local = threading.local()
 _warned: set = set()
+# select()'s answers, keyed on everything they depend on (see _selection_key); a few us a call otherwise
+_selected: Dict[tuple, BackendImpl] = {}
 
 
 def _always(device: torch.device, dtype: torch.dtype) -> bool:
@@ -89,6 +91,7 @@ def register(
         def why_not(device, dtype, _b=backend):
             return f"backend {_b!r} does not support device={device.type} dtype={dtype}"
     _REGISTRY.setdefault(op, {})[backend] = BackendImpl(backend, fn, supports, priority, why_not)
+    _selected.clear()
 
 
 def registered(op: str) -> Dict[str, BackendImpl]:
@@ -134,14 +137,33 @@ def unavailable(impl: BackendImpl, device: torch.device, dtype: torch.dtype) -> 
     return None
 
 
+def _selection_key(op: str, device: torch.device, dtype: torch.dtype, forced: Optional[str]) -> tuple:
+    """What a selection depends on: the op's registered entries (by identity: re-registering or
+    patching one changes the key), the device (a CUDA device by index), the dtype, the forced
+    backend and the verification state (:data:`._verified.generation`, bumped by every change)."""
+    index = _verified.device_index(device) if device.type == "cuda" else device.index
+    entries = _REGISTRY.get(op, {})
+    return (op, device.type, index, dtype, forced, _verified.generation,
+            tuple((name, id(impl)) for name, impl in entries.items()))
+
+
 def select(op: str, device: torch.device, dtype: torch.dtype) -> BackendImpl:
     """The implementation of ``op`` that runs inputs on ``device`` in ``dtype``.
 
     Automatic choice: the highest priority among the backends that can run the input and, on a
-    GPU, are verified there (:mod:`._verified`); a forced backend runs wherever it can.
+    GPU, are verified there (:mod:`._verified`); a forced backend runs wherever it can. Answers are
+    remembered per :func:`_selection_key`; errors are not (they are raised again every call).
     """
-    impls = registered(op)
     forced = forced_backend()
+    key = _selection_key(op, device, dtype, forced)
+    impl = _selected.get(key)
+    if impl is None:
+        impl = _selected[key] = _select(op, device, dtype, forced)
+    return impl
+
+
+def _select(op: str, device: torch.device, dtype: torch.dtype, forced: Optional[str]) -> BackendImpl:
+    impls = registered(op)
     if forced is not None:
         impl = impls.get(forced)
         if impl is not None:

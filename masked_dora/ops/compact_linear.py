@@ -60,6 +60,7 @@ from torch import Tensor
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from . import _checks, _registry
+from ._eager import plain_eager
 
 OP = "compact_linear"
 KERNEL_SCHEMA = ("(Tensor x, Tensor weight, Tensor? bias, Tensor? in_idx, Tensor? out_idx, "
@@ -242,9 +243,9 @@ _registry.define_compiled_kernel(OP, KERNEL_SCHEMA, priorities={"cuda": GPU_SLOW
 
 # ---------------------------------------------------------------- torch.library op
 
-@torch.library.custom_op("masked_dora::compact_linear", mutates_args=())
-def _compact_linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_idx: Optional[Tensor],
-                       out_idx: Optional[Tensor], out_features: int, residual: Optional[Tensor]) -> Tensor:
+def _compact_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_idx: Optional[Tensor],
+                    out_idx: Optional[Tensor], out_features: int, residual: Optional[Tensor]) -> Tensor:
+    """The op's body (the custom op and the eager path alike, see :mod:`._eager`)."""
     check_index_values("in_idx", in_idx, x.shape[1])
     check_index_values("out_idx", out_idx, out_features)
     impl = _registry.select(OP, x.device, x.dtype)
@@ -252,6 +253,9 @@ def _compact_linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_idx
     with _registry.no_autocast(x.device):
         impl.fn(x, weight, bias, in_idx, out_idx, res, out)
     return out
+
+
+_compact_linear_op = torch.library.custom_op("masked_dora::compact_linear", _compact_linear, mutates_args=())
 
 
 @_compact_linear_op.register_fake
@@ -287,6 +291,19 @@ def _backward(ctx, grad_out):
 
 
 _compact_linear_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerCompactLinear(torch.autograd.Function):
+    """The custom op's body and autograd formula without the custom-op machinery (see :mod:`._eager`)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, in_idx, out_idx, out_features, residual):
+        inputs = (x, weight, bias, in_idx, out_idx, out_features, residual)
+        output = _compact_linear(*inputs)
+        _setup_context(ctx, inputs, output)
+        return output
+
+    backward = staticmethod(_backward)
 
 
 # ---------------------------------------------------------------- public entry point
@@ -372,15 +389,21 @@ def compact_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, in_
     x2, weight, bias, in_idx, out_idx, out_features, lead = _prepare(x, weight, bias, in_idx, out_idx,
                                                                       out_features, residual)
     r2 = None if residual is None else residual.reshape(-1, out_features)
-    y = torch.ops.masked_dora.compact_linear(x2, weight, bias, in_idx, out_idx, out_features, r2)
+    args = (x2, weight, bias, in_idx, out_idx, out_features, r2)
+    if plain_eager(x2, weight, bias, in_idx, out_idx, r2):
+        needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                     for t in (x2, weight, bias, r2))
+        y = _EagerCompactLinear.apply(*args) if needs_grad else _compact_linear(*args)
+    else:
+        y = torch.ops.masked_dora.compact_linear(*args)
     return y.reshape(*lead, out_features)
 
 
 # ---------------------------------------------------------------- in-place residual update (inference)
 
-@torch.library.custom_op("masked_dora::compact_linear_add_", mutates_args=("residual",))
-def _compact_linear_add_op(residual: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor],
-                           in_idx: Optional[Tensor], out_idx: Optional[Tensor]) -> None:
+def _compact_linear_add(residual: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor],
+                        in_idx: Optional[Tensor], out_idx: Optional[Tensor]) -> None:
+    """The in-place op's body (the custom op and the eager path alike)."""
     check_index_values("in_idx", in_idx, x.shape[1])
     check_index_values("out_idx", out_idx, residual.shape[1])
     if x.untyped_storage().data_ptr() == residual.untyped_storage().data_ptr():
@@ -388,6 +411,10 @@ def _compact_linear_add_op(residual: Tensor, x: Tensor, weight: Tensor, bias: Op
     impl = _registry.select(OP, x.device, x.dtype)
     with _registry.no_autocast(x.device):
         impl.fn(x, weight, bias, in_idx, out_idx, residual, residual)
+
+
+_compact_linear_add_op = torch.library.custom_op("masked_dora::compact_linear_add_", _compact_linear_add,
+                                               mutates_args=("residual",))
 
 
 @_compact_linear_add_op.register_fake
@@ -415,5 +442,10 @@ def compact_linear_(residual: Tensor, x: Tensor, weight: Tensor, bias: Optional[
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (residual, x, weight, bias)):
         raise RuntimeError("compact_linear_: the in-place residual update has no autograd formula; run it under "
                            "torch.no_grad() / inference_mode, or use compact_linear(..., residual=residual)")
-    torch.ops.masked_dora.compact_linear_add_(residual.view(-1, out_features), x2, weight, bias, in_idx, out_idx)
+    args = (residual.view(-1, out_features), x2, weight, bias, in_idx, out_idx)
+    if plain_eager(residual, x2, weight, bias, in_idx, out_idx):
+        _compact_linear_add(*args)
+        torch.autograd.graph.increment_version(residual)  # as the custom op does for a mutated argument
+    else:
+        torch.ops.masked_dora.compact_linear_add_(*args)
     return residual

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from . import _checks, _registry
+from ._eager import plain_eager
 
 OP = "dora_linear"
 OP_BACKWARD = "dora_linear_backward"
@@ -98,12 +99,20 @@ _registry.define_compiled_kernel(
 
 # ---------------------------------------------------------------- torch.library ops
 
-@torch.library.custom_op("masked_dora::dora_linear", mutates_args=())
-def _dora_linear_op(
-    x: Tensor, weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float,
-    scale: Tensor, bias: Optional[Tensor],
-) -> Tuple[Tensor, Tensor, Tensor]:
+def _forward(x: Tensor, weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float, scale: Tensor,
+             bias: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    """The forward op's body: the dispatcher's choice of backend (custom op and eager path alike)."""
     return _registry.dispatch(OP, x.device, x.dtype, x, weight, lora_A, lora_B, scaling, scale, bias)
+
+
+def _backward_body(grad_y: Tensor, x: Tensor, weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float,
+                   scale: Tensor, pre_scale: Tensor, xa: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The backward op's body (custom op and eager path alike)."""
+    return _registry.dispatch(OP_BACKWARD, x.device, x.dtype, grad_y, x, weight, lora_A, lora_B,
+                              scaling, scale, pre_scale, xa)
+
+
+_dora_linear_op = torch.library.custom_op("masked_dora::dora_linear", _forward, mutates_args=())
 
 
 @_dora_linear_op.register_fake
@@ -112,13 +121,8 @@ def _(x, weight, lora_A, lora_B, scaling, scale, bias):
     return x.new_empty(m, n), x.new_empty(m, n), x.new_empty(m, r)
 
 
-@torch.library.custom_op("masked_dora::dora_linear_backward", mutates_args=())
-def _dora_linear_backward_op(
-    grad_y: Tensor, x: Tensor, weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float,
-    scale: Tensor, pre_scale: Tensor, xa: Tensor,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _registry.dispatch(OP_BACKWARD, x.device, x.dtype, grad_y, x, weight, lora_A, lora_B,
-                              scaling, scale, pre_scale, xa)
+_dora_linear_backward_op = torch.library.custom_op("masked_dora::dora_linear_backward", _backward_body,
+                                                   mutates_args=())
 
 
 @_dora_linear_backward_op.register_fake
@@ -144,9 +148,13 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_y, _grad_pre_scale, _grad_xa):
     x, weight, lora_A, lora_B, scale, pre_scale, xa = ctx.saved_tensors
+    grad_y = grad_y.contiguous()
+    args = (grad_y, x, weight, lora_A, lora_B, ctx.scaling, scale, pre_scale, xa)
     with _registry.use_backend(_registry.forced_backend() or ctx.forced_backend):
-        grad_x, grad_A, grad_B, grad_scale, grad_bias = torch.ops.masked_dora.dora_linear_backward(
-            grad_y.contiguous(), x, weight, lora_A, lora_B, ctx.scaling, scale, pre_scale, xa)
+        if plain_eager(grad_y, x, weight, lora_A, lora_B, scale, pre_scale, xa):
+            grad_x, grad_A, grad_B, grad_scale, grad_bias = _backward_body(*args)
+        else:
+            grad_x, grad_A, grad_B, grad_scale, grad_bias = torch.ops.masked_dora.dora_linear_backward(*args)
     needs = ctx.needs_input_grad
     return (
         grad_x if needs[0] else None,
@@ -157,6 +165,23 @@ def _backward(ctx, grad_y, _grad_pre_scale, _grad_xa):
         grad_scale if needs[5] else None,
         grad_bias.to(ctx.bias_dtype) if ctx.bias_dtype is not None and needs[6] else None,
     )
+
+
+class _EagerDoRALinear(torch.autograd.Function):
+    """The custom op's body and autograd formula without the custom-op machinery (see :mod:`._eager`).
+
+    ``forward(ctx, ...)``, not a separate ``setup_context``: with one, every ``apply`` binds its
+    arguments through ``inspect.signature`` (~20 us).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, lora_A, lora_B, scaling, scale, bias):
+        inputs = (x, weight, lora_A, lora_B, scaling, scale, bias)
+        output = _forward(*inputs)
+        _setup_context(ctx, inputs, output)
+        return output
+
+    backward = staticmethod(_backward)
 
 
 _dora_linear_op.register_autograd(_backward, setup_context=_setup_context)
@@ -206,6 +231,9 @@ def dora_linear(
     for d in lead:
         m *= d
     # reshape(m, k), not (-1, k): with k = 0 (or an empty batch) -1 cannot be inferred
-    y, _, _ = torch.ops.masked_dora.dora_linear(x.reshape(m, k), weight, lora_A, lora_B,
-                                                float(scaling), scale, bias)
+    args = (x.reshape(m, k), weight, lora_A, lora_B, float(scaling), scale, bias)
+    if plain_eager(x, weight, lora_A, lora_B, scale, bias):
+        y, _, _ = _EagerDoRALinear.apply(*args)
+    else:
+        y, _, _ = torch.ops.masked_dora.dora_linear(*args)
     return y.reshape(*lead, n)

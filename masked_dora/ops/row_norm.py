@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from . import _checks, _registry
+from ._eager import plain_eager
 from .dora_linear import accumulate_dtype
 
 OP = "row_norm"
@@ -118,16 +119,19 @@ _registry.define_compiled_kernel(
     backends=("cuda",), dtypes={"cuda": (torch.float32, torch.float16, torch.bfloat16)})
 
 
-@torch.library.custom_op("masked_dora::row_norm", mutates_args=())
-def _row_norm_op(
+def _row_norm(
     weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float,
     weight_sq: Optional[Tensor], eps: float,
 ) -> Tensor:
+    """The op's body (the custom op and the eager path of :func:`row_norm` alike)."""
     with _registry.no_autocast(weight.device):
         if weight_sq is None:  # once, for the backend and the cancellation check alike
             weight_sq = weight_sq_norm(weight)
         norm = _registry.dispatch(OP, weight.device, weight.dtype, weight, lora_A, lora_B, scaling, weight_sq, eps)
         return fix_cancellation(norm, weight, lora_A, lora_B, scaling, weight_sq, eps)
+
+
+_row_norm_op = torch.library.custom_op("masked_dora::row_norm", _row_norm, mutates_args=())
 
 
 @_row_norm_op.register_fake
@@ -163,6 +167,9 @@ def row_norm(
         eps = default_eps(weight.dtype)
     if not eps >= 0.0:
         raise ValueError(f"eps: expected a non-negative float, got {eps}")
-    return torch.ops.masked_dora.row_norm(
-        weight.detach(), lora_A.detach(), lora_B.detach(), float(scaling),
-        None if weight_sq is None else weight_sq.detach(), float(eps))
+    args = (weight.detach(), lora_A.detach(), lora_B.detach(), float(scaling),
+            None if weight_sq is None else weight_sq.detach(), float(eps))
+    if plain_eager(weight, lora_A, lora_B, weight_sq):  # the body directly: see ._eager
+        with torch.no_grad():
+            return _row_norm(*args)
+    return torch.ops.masked_dora.row_norm(*args)
