@@ -58,48 +58,66 @@ def _positive(name, kind=int, zero_ok=False):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="masked-dora", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("prune", help="fine-tune with masked DoRA, prune, compact, evaluate, report")
+    p = sub.add_parser("prune", help="fine-tune with masked DoRA, prune, compact, evaluate, report",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="local model directory, or a name already in the local Hugging Face cache "
-                        f"(default: {DEFAULT_MODEL}, shipped by the pip package of that name)")
+                   help="local model directory, or a name already in the local Hugging Face cache (the "
+                        "default is shipped by the pip package of that name)")
     p.add_argument("--out", required=True, help="output directory (created)")
     p.add_argument("--sparsity", type=_fraction("--sparsity"), default=0.25,
-                   help="fraction of units to remove in every targeted group kind (default 0.25)")
-    p.add_argument("--mlp-sparsity", type=_fraction("--mlp-sparsity"), default=None)
-    p.add_argument("--heads-sparsity", type=_fraction("--heads-sparsity"), default=None)
-    p.add_argument("--groups", default="mlp,heads", help="comma-separated group kinds: mlp, heads")
-    p.add_argument("--mlp-alignment", type=_positive("--mlp-alignment"), default=64)
-    p.add_argument("--heads-alignment", type=_positive("--heads-alignment"), default=1)
-    p.add_argument("--gqa", choices=("kv_groups", "query_heads"), default="kv_groups")
+                   help="fraction of units to remove in every targeted group kind")
+    p.add_argument("--mlp-sparsity", type=_fraction("--mlp-sparsity"), default=None,
+                   help="fraction of MLP channels to remove (None: --sparsity)")
+    p.add_argument("--heads-sparsity", type=_fraction("--heads-sparsity"), default=None,
+                   help="fraction of attention heads to remove (None: --sparsity)")
+    p.add_argument("--groups", default="mlp,heads", help="comma-separated group kinds to prune: mlp, heads")
+    p.add_argument("--mlp-alignment", type=_positive("--mlp-alignment"), default=64,
+                   help="kept MLP channels per layer are a multiple of this (fast GEMM tiles)")
+    p.add_argument("--heads-alignment", type=_positive("--heads-alignment"), default=1,
+                   help="kept heads per layer are a multiple of this")
+    p.add_argument("--gqa", choices=("kv_groups", "query_heads"), default="kv_groups",
+                   help="with grouped-query attention: remove whole KV groups, or the same number of query heads "
+                        "in every group (KV heads stay)")
     p.add_argument("--allocation", choices=("uniform", "global"), default="global",
                    help="global (default): units ranked across layers, per-layer sizes differ (the best measured, "
                         "bench/results/quality-2026-11-27.md); uniform: the same count per layer (a plain "
                         "transformers checkpoint where the config can express it)")
-    p.add_argument("--importance", choices=("none", "magnitude", "taylor", "activation"), default="activation")
+    p.add_argument("--importance", choices=("none", "magnitude", "taylor", "activation"), default="activation",
+                   help="mask initialisation score on --calibration-batches (the API's MaskedDoRAConfig defaults to "
+                        "magnitude, which needs no data; the CLI has data, and activation measured best)")
     p.add_argument("--budget", choices=("lagrangian", "exact"), default="lagrangian",
                    help="how mask learning holds the target: a Lagrangian penalty on stochastic gates, or the exact "
                         "top-k of the logits in every forward with straight-through gradients (MaskedDoRAConfig.budget)")
-    p.add_argument("--gate", choices=("hard_concrete", "gumbel_sigmoid", "sigmoid_ste"), default="hard_concrete")
-    p.add_argument("--rank", type=_positive("--rank"), default=8)
-    p.add_argument("--alpha", type=_positive("--alpha", float), default=16.0)
+    p.add_argument("--gate", choices=("hard_concrete", "gumbel_sigmoid", "sigmoid_ste"), default="hard_concrete",
+                   help="the stochastic gate on the mask logits during mask learning")
+    p.add_argument("--rank", type=_positive("--rank"), default=8, help="LoRA rank of every adapted layer")
+    p.add_argument("--alpha", type=_positive("--alpha", float), default=16.0,
+                   help="LoRA alpha (the adapter is scaled by alpha / rank)")
     p.add_argument("--steps", type=_positive("--steps", zero_ok=True), default=0,
-                   help="mask-learning steps (default 0: no mask learning: the importance cut is hardened at once "
+                   help="mask-learning steps (0: no mask learning: the importance cut is hardened at once "
                         "and every step trains the adapters, the best method measured in bench/quality.py; "
                         "e.g. --steps 90 --recovery-steps 60 learns the masks first)")
     p.add_argument("--recovery-steps", type=_positive("--recovery-steps", zero_ok=True), default=150,
-                   help="adapter-only steps after hardening, masks fixed (default 150; 0: none)")
-    p.add_argument("--batch-size", type=_positive("--batch-size"), default=16)
-    p.add_argument("--max-length", type=_positive("--max-length"), default=64)
-    p.add_argument("--lr", type=_positive("--lr", float), default=2e-3)
+                   help="adapter-only steps after hardening, masks fixed (0: none)")
+    p.add_argument("--batch-size", type=_positive("--batch-size"), default=16, help="texts per training step")
+    p.add_argument("--max-length", type=_positive("--max-length"), default=64, help="tokens per text (truncated)")
+    p.add_argument("--lr", type=_positive("--lr", float), default=2e-3,
+                   help="learning rate of the adapters (LoRA A/B, magnitudes)")
     p.add_argument("--mask-lr", type=_positive("--mask-lr", float), default=0.05,
-                   help="mask logits' learning rate, their own optimizer group (default 0.05)")
-    p.add_argument("--lambda-lr", type=_positive("--lambda-lr", float), default=0.05)
-    p.add_argument("--train-texts", type=_positive("--train-texts"), default=1200)
-    p.add_argument("--eval-texts", type=_positive("--eval-texts"), default=400)
-    p.add_argument("--calibration-batches", type=_positive("--calibration-batches"), default=4)
-    p.add_argument("--latency-batch-size", type=_positive("--latency-batch-size"), default=32)
-    p.add_argument("--threads", type=_positive("--threads"), default=None, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=0)
+                   help="mask logits' learning rate, their own optimizer group")
+    p.add_argument("--lambda-lr", type=_positive("--lambda-lr", float), default=0.05,
+                   help="learning rate of the Lagrangian controller's multipliers (--budget lagrangian)")
+    p.add_argument("--train-texts", type=_positive("--train-texts"), default=1200,
+                   help="training texts (stdlib docstrings)")
+    p.add_argument("--eval-texts", type=_positive("--eval-texts"), default=400,
+                   help="held-out texts for the evaluation (stdlib docstrings, disjoint from training)")
+    p.add_argument("--calibration-batches", type=_positive("--calibration-batches"), default=4,
+                   help="batches scored for --importance taylor/activation")
+    p.add_argument("--latency-batch-size", type=_positive("--latency-batch-size"), default=32,
+                   help="batch size of the dense vs compacted latency measurement in the report")
+    p.add_argument("--threads", type=_positive("--threads"), default=None,
+                   help="torch CPU threads (None: torch's default)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data split, the masks' noise and the adapters")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_selftest_parser(sub)
     return parser

@@ -1,5 +1,6 @@
 """The masked-dora CLI: an end-to-end smoke run on a tiny BERT, and clear errors for bad arguments."""
 
+import argparse
 import importlib.util
 import json
 import os
@@ -80,3 +81,16 @@ def test_cli_rejects_unknown_model_and_groups(tmp_path):
         main(["prune", "--model", str(tmp_path / "missing-model"), "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="target_groups"):
         main(["prune", "--groups", "mlp,ffn", "--out", str(tmp_path / "o")])
+
+
+def test_every_prune_option_has_help_and_the_help_shows_defaults(capsys):
+    from masked_dora.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    prune = sub.choices["prune"]
+    assert [a.option_strings for a in prune._actions if not a.help] == []
+    with pytest.raises(SystemExit):
+        parser.parse_args(["prune", "--help"])
+    text = capsys.readouterr().out
+    assert "(default: activation)" in text and "(default: 150)" in text and "(default: global)" in text
