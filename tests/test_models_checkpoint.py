@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -181,18 +182,26 @@ def test_prepare_refuses_a_peft_wrapped_layer():
 
 def test_realistic_head_layout_saves_and_reloads(tmp_path):
     """32 query / 8 KV heads at 25% keeps 24 heads: transformers refuses hidden_size % 24 != 0 as a plain
-    config (save_pretrained raised after compaction); it saves in the per-layer form and reloads equal,
-    generating the same tokens."""
+    config (save_pretrained raised after compaction); prepare_model says so before any training, it saves in
+    the per-layer form and reloads equal, generating the same tokens; save_form="plain" is refused up front."""
     import transformers as t
 
     torch.manual_seed(0)
     model = t.LlamaForCausalLM(t.LlamaConfig(vocab_size=97, hidden_size=128, intermediate_size=64, num_hidden_layers=2,
                                              num_attention_heads=32, num_key_value_heads=8,
                                              max_position_embeddings=64)).eval()
-    prepare_model(model, MaskedDoRAConfig(target_groups=("heads",), target_sparsity=0.25, importance="none"))
+    with pytest.raises(ValueError, match=r"save_form: a plain checkpoint cannot hold this pruning \(LlamaConfig "
+                                         r"refuses the pruned sizes: .*not a multiple of the number of attention"):
+        prepare_model(model, MaskedDoRAConfig(target_groups=("heads",), target_sparsity=0.25, importance="none",
+                                              save_form="plain"))
+    assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())  # nothing changed
+    with pytest.warns(UserWarning, match=r"will save in the per-layer form \(LlamaConfig refuses"):
+        prepare_model(model, MaskedDoRAConfig(target_groups=("heads",), target_sparsity=0.25, importance="none"))
+    assert get_state(model).save_form == "per_layer"
     randomize_adapters(model)
     harden(model)
-    with pytest.warns(UserWarning, match="cannot express the pruned sizes as a plain checkpoint"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # decided at prepare: no second warning at compaction
         small = compact_model(model)
     assert [s["heads"] for s in getattr(small.config, LAYER_SIZES_KEY)] == [24, 24]
     small.save_pretrained(tmp_path)
@@ -201,3 +210,18 @@ def test_realistic_head_layout_saves_and_reloads(tmp_path):
     assert torch.allclose(reloaded(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-5)
     gen = dict(max_new_tokens=6, do_sample=False)
     assert torch.equal(reloaded.generate(ids[:1], **gen), model.generate(ids[:1], **gen))
+
+
+def test_save_form_per_layer_is_honoured_where_plain_would_do(tmp_path):
+    model = tiny_model("qwen2", kind="lm")
+    prepare_model(model, MaskedDoRAConfig(save_form="per_layer", **CFG))
+    assert get_state(model).save_form == "per_layer"
+    randomize_adapters(model)
+    harden(model)
+    small = compact_model(model)
+    assert hasattr(small.config, LAYER_SIZES_KEY)
+    small.save_pretrained(tmp_path)
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(output_tensor(load_compact(str(tmp_path))(**inputs)),
+                                   output_tensor(model(**inputs)), rtol=1e-4, atol=1e-5)

@@ -4,34 +4,87 @@ from __future__ import annotations
 
 import torch
 
-FAMILIES = ("llama", "mistral", "qwen2", "bert", "roberta", "distilbert")
+# decoders with GQA (4 query heads, 2 KV heads, head_dim 8)
+GQA_DECODERS = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "cohere", "granite", "phi",
+                "stablelm")
+FAMILIES = GQA_DECODERS + ("opt", "bert", "roberta", "xlm-roberta", "electra", "deberta-v2", "distilbert", "bart")
+# families whose MLP prunes but whose heads cannot (the spec refuses them, see masked_dora.models.specs)
+MLP_ONLY_FAMILIES = ("olmo2",)
+DECODER_LMS = GQA_DECODERS + ("opt", "olmo2")  # causal LMs: generate() is checked on them
+
+
+def _classes(t, family):
+    """(config class, base model class, LM class) of ``family``."""
+    table = {
+        "llama": ("LlamaConfig", "LlamaModel", "LlamaForCausalLM"),
+        "mistral": ("MistralConfig", "MistralModel", "MistralForCausalLM"),
+        "qwen2": ("Qwen2Config", "Qwen2Model", "Qwen2ForCausalLM"),
+        "qwen3": ("Qwen3Config", "Qwen3Model", "Qwen3ForCausalLM"),
+        "gemma": ("GemmaConfig", "GemmaModel", "GemmaForCausalLM"),
+        "gemma2": ("Gemma2Config", "Gemma2Model", "Gemma2ForCausalLM"),
+        "gemma3_text": ("Gemma3TextConfig", "Gemma3TextModel", "Gemma3ForCausalLM"),
+        "cohere": ("CohereConfig", "CohereModel", "CohereForCausalLM"),
+        "granite": ("GraniteConfig", "GraniteModel", "GraniteForCausalLM"),
+        "phi": ("PhiConfig", "PhiModel", "PhiForCausalLM"),
+        "stablelm": ("StableLmConfig", "StableLmModel", "StableLmForCausalLM"),
+        "olmo2": ("Olmo2Config", "Olmo2Model", "Olmo2ForCausalLM"),
+        "opt": ("OPTConfig", "OPTModel", "OPTForCausalLM"),
+        "bert": ("BertConfig", "BertModel", "BertForMaskedLM"),
+        "roberta": ("RobertaConfig", "RobertaModel", "RobertaForMaskedLM"),
+        "xlm-roberta": ("XLMRobertaConfig", "XLMRobertaModel", "XLMRobertaForMaskedLM"),
+        "electra": ("ElectraConfig", "ElectraModel", "ElectraForMaskedLM"),
+        "deberta-v2": ("DebertaV2Config", "DebertaV2Model", "DebertaV2ForMaskedLM"),
+        "distilbert": ("DistilBertConfig", "DistilBertModel", "DistilBertForMaskedLM"),
+        "bart": ("BartConfig", "BartModel", "BartForConditionalGeneration"),
+    }
+    if family not in table:
+        raise ValueError(f"family: expected one of {FAMILIES + MLP_ONLY_FAMILIES}, got {family!r}")
+    return tuple(getattr(t, name) for name in table[family])
+
+
+def tiny_config(family: str):
+    """A tiny config of ``family``: 2 layers, hidden 32, 4 heads of 8 (2 KV heads for GQA decoders), MLP 64."""
+    import transformers as t
+
+    cfg_cls, _, _ = _classes(t, family)
+    common = dict(vocab_size=97, num_hidden_layers=2, max_position_embeddings=64)
+    encoder = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, hidden_dropout_prob=0.0,
+                   attention_probs_dropout_prob=0.0, **common)
+    if family in GQA_DECODERS + MLP_ONLY_FAMILIES:
+        extra = {"gemma": dict(head_dim=8), "gemma2": dict(head_dim=8, query_pre_attn_scalar=8, sliding_window=4),
+                 "gemma3_text": dict(head_dim=8, query_pre_attn_scalar=8, sliding_window=4),
+                 "qwen3": dict(head_dim=8), "phi": dict(resid_pdrop=0.0, embd_pdrop=0.0)}.get(family, {})
+        return cfg_cls(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+                       **extra, **common)
+    if family == "opt":
+        return cfg_cls(hidden_size=32, ffn_dim=64, num_attention_heads=4, word_embed_proj_dim=32, dropout=0.0,
+                       **common)
+    if family in ("bert", "roberta", "xlm-roberta"):
+        return cfg_cls(**encoder)
+    if family == "electra":
+        return cfg_cls(embedding_size=16, **encoder)
+    if family == "deberta-v2":  # DeBERTa-v3's attention: relative positions through the shared key/query projections
+        return cfg_cls(relative_attention=True, pos_att_type=["p2c", "c2p"], share_att_key=True, position_buckets=16,
+                       max_relative_positions=-1, position_biased_input=False, **encoder)
+    if family == "distilbert":
+        return cfg_cls(dim=32, hidden_dim=64, n_heads=4, n_layers=2, vocab_size=97, max_position_embeddings=64,
+                       dropout=0.0, attention_dropout=0.0)
+    if family == "bart":
+        return cfg_cls(vocab_size=97, d_model=32, encoder_layers=2, decoder_layers=2, encoder_ffn_dim=64,
+                       decoder_ffn_dim=48, encoder_attention_heads=4, decoder_attention_heads=4,
+                       max_position_embeddings=64, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    raise ValueError(f"family: no tiny config for {family!r}")
 
 
 def tiny_model(family: str, seed: int = 0, kind: str = "base"):
-    """A tiny model of ``family``; GQA (4 query heads, 2 KV heads) for the decoders.
+    """A tiny model of ``family`` (:func:`tiny_config`).
 
-    ``kind``: ``"base"`` (the bare model) or ``"lm"`` (with a head: causal LM / masked LM).
+    ``kind``: ``"base"`` (the bare model) or ``"lm"`` (with a head: causal LM / masked LM / BART's seq2seq LM).
     """
     import transformers as t
 
-    common = dict(vocab_size=97, num_hidden_layers=2)
-    if family in ("llama", "mistral", "qwen2"):
-        cfg_cls, base, lm = {"llama": (t.LlamaConfig, t.LlamaModel, t.LlamaForCausalLM),
-                             "mistral": (t.MistralConfig, t.MistralModel, t.MistralForCausalLM),
-                             "qwen2": (t.Qwen2Config, t.Qwen2Model, t.Qwen2ForCausalLM)}[family]
-        config = cfg_cls(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=64, **common)
-    elif family in ("bert", "roberta"):
-        cfg_cls, base, lm = {"bert": (t.BertConfig, t.BertModel, t.BertForMaskedLM),
-                             "roberta": (t.RobertaConfig, t.RobertaModel, t.RobertaForMaskedLM)}[family]
-        config = cfg_cls(hidden_size=32, intermediate_size=64, num_attention_heads=4, max_position_embeddings=64,
-                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **common)
-    elif family == "distilbert":
-        cfg_cls, base, lm = t.DistilBertConfig, t.DistilBertModel, t.DistilBertForMaskedLM
-        config = cfg_cls(dim=32, hidden_dim=64, n_heads=4, n_layers=2, vocab_size=97, max_position_embeddings=64,
-                         dropout=0.0, attention_dropout=0.0)
-    else:
-        raise ValueError(f"family: expected one of {FAMILIES}, got {family!r}")
+    _, base, lm = _classes(t, family)
+    config = tiny_config(family)
     torch.manual_seed(seed)
     model = (lm if kind == "lm" else base)(config)
     return model.eval()

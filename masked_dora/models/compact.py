@@ -109,16 +109,21 @@ def _set_plain_sizes(config, spec: ModelSpec, size: Dict[str, int]) -> None:
         setattr(config, spec.heads.head_dim_key, size["head_dim"])
 
 
-def _plain_config(config, spec: ModelSpec, original, sizes):
-    """The smaller config of a plain checkpoint, or ``None`` where the config class cannot express the sizes.
+def plain_config_or_reason(config, spec: ModelSpec, original, sizes):
+    """``(the smaller config of a plain checkpoint, None)``, or ``(None, why the config class cannot express
+    the sizes)``.
 
     Besides non-uniform sizes and configs without ``head_dim``, the config's own validation decides: a
     Llama with 32 query / 8 KV heads pruned by 25% keeps 24 heads, and transformers 5.x refuses a
     ``hidden_size`` (4096) that is not a multiple of ``num_attention_heads`` (24) even with an explicit
     ``head_dim`` (``save_pretrained`` raised after training). Such a model saves in the per-layer form.
     """
-    if not _is_plain(spec, original, sizes):
-        return None
+    if not all(s == sizes[0] for s in sizes):
+        return None, "the layers keep different sizes"
+    heads_changed = any((s["heads"], s["kv_heads"]) != (o["heads"], o["kv_heads"]) for s, o in zip(sizes, original))
+    if heads_changed and spec.heads.head_dim_key is None:
+        return None, (f"{type(config).__name__} derives the head size from {spec.hidden_key} / "
+                      f"{spec.heads.heads_key}, so it cannot describe pruned heads")
     plain = copy.deepcopy(config)
     _set_plain_sizes(plain, spec, sizes[0])
     validate = getattr(plain, "validate", None)
@@ -126,17 +131,20 @@ def _plain_config(config, spec: ModelSpec, original, sizes):
         try:
             validate()
         except Exception as exc:  # noqa: BLE001  (huggingface_hub StrictDataclassClassValidationError, ValueError)
-            warnings.warn(f"compact_model: {type(config).__name__} cannot express the pruned sizes as a plain "
-                          f"checkpoint ({str(exc).strip().splitlines()[-1].strip()}); it saves with per-layer "
-                          f"sizes: load it with masked_dora.load_compact(path)", UserWarning, stacklevel=3)
-            return None
+            return None, f"{type(config).__name__} refuses the pruned sizes: {str(exc).strip().splitlines()[-1].strip()}"
+    return plain, None
+
+
+def _plain_config(config, spec: ModelSpec, original, sizes, form: str = "auto"):
+    """The plain config, or ``None`` (the per-layer form): as decided at ``prepare_model`` (``form``)."""
+    plain, reason = plain_config_or_reason(config, spec, original, sizes)
+    if form == "per_layer":
+        return None
+    if plain is None and form == "plain":
+        warnings.warn(f"compact_model: prepare_model planned a plain checkpoint, but the hardened masks cannot be "
+                      f"one ({reason}); it saves with per-layer sizes: load it with masked_dora.load_compact(path)",
+                      UserWarning, stacklevel=3)
     return plain
-
-
-def _is_plain(spec: ModelSpec, original, sizes) -> bool:
-    uniform = all(s == sizes[0] for s in sizes)
-    heads_changed = any((s["heads"], s["kv_heads"]) != (o["heads"], o["kv_heads"]) for s, o in zip(sizes, original))
-    return uniform and (not heads_changed or spec.heads.head_dim_key is not None)
 
 
 def _new_linear(block: nn.Module, path: str, in_features: int, out_features: int) -> None:
@@ -197,7 +205,7 @@ def compact_model(model: nn.Module) -> nn.Module:
     original = _original_sizes(model, spec, layers)
     repl, sizes = _compact_weights(model)
     config = copy.deepcopy(model.config)
-    plain = _plain_config(config, spec, original, sizes)
+    plain = _plain_config(config, spec, original, sizes, getattr(state, "save_form", "auto"))
     if plain is not None:
         config = plain
         if hasattr(config, LAYER_SIZES_KEY):

@@ -13,6 +13,7 @@ IMPORTANCE = ("none", "magnitude", "taylor", "activation")
 GQA_MODES = ("kv_groups", "query_heads")
 ALLOCATIONS = ("uniform", "global")
 BUDGETS = ("lagrangian", "exact")
+SAVE_FORMS = ("auto", "plain", "per_layer")
 
 
 @dataclass
@@ -56,6 +57,12 @@ class MaskedDoRAConfig:
       gradient (``d z / d theta`` of ``sigmoid(theta)``); no penalty, no
       controller, and the model always trains at the target sparsity. Units swap
       when their accumulated gradient evidence moves their logits past each other.
+    * ``save_form``: how the compacted model will be saved, decided by :func:`prepare_model` before any
+      training (``MaskedDoRAState.save_form``). ``"auto"``: a plain transformers checkpoint where the
+      config class can express the pruned sizes (uniform allocation; pruned heads only with an explicit
+      ``head_dim`` the config accepts), else the per-layer form that :func:`load_compact` reads, with a
+      warning at ``prepare_model`` saying why. ``"plain"``: the plain checkpoint or an error at
+      ``prepare_model``. ``"per_layer"``: always the per-layer form.
     """
 
     rank: int = 8
@@ -77,6 +84,7 @@ class MaskedDoRAConfig:
     mask_lr: float = 0.05
     lambda_2_init: float = 30.0
     budget: str = "lagrangian"
+    save_form: str = "auto"
 
     def __post_init__(self):
         if isinstance(self.target_groups, str):
@@ -102,7 +110,8 @@ class MaskedDoRAConfig:
                                  f"got {value!r}")
         for name, value, allowed in (("gqa", self.gqa, GQA_MODES), ("allocation", self.allocation, ALLOCATIONS),
                                      ("gate", self.gate, tuple(GATES)), ("importance", self.importance, IMPORTANCE),
-                                     ("budget", self.budget, BUDGETS)):
+                                     ("budget", self.budget, BUDGETS),
+                                     ("save_form", self.save_form, SAVE_FORMS)):
             if value not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
         for name in ("temperature", "final_temperature"):

@@ -167,15 +167,30 @@ def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, c
         raise ValueError(f"calibration: importance={config.importance!r} needs an iterable of calibration "
                          f"batches (dicts of model inputs); got None")
     spec = spec_for(model)
+    for kind in config.target_groups:
+        reason = spec.refusal(kind, model.config)
+        if reason is not None:
+            others = tuple(k for k in config.target_groups if k != kind)
+            raise ValueError(f"config.target_groups: {kind!r} cannot be pruned in a {model.config.model_type!r} "
+                             f"model: {reason}. Prune the rest only: target_groups={others}")
     layers_path, layers = find_layers(model, spec)
     for i, block in enumerate(layers):  # check every block before changing anything
         for kind, roles in block_modules(block, spec, config.target_groups).items():
             paths = role_paths(spec, kind)
             for role, module in roles.items():
                 if not isinstance(module, nn.Linear):
+                    kind_name = type(module).__name__
+                    advice = ("GPT-2-style Conv1D layers (a transposed weight) are not supported yet"
+                              if kind_name == "Conv1D" else
+                              "merge or unload other adapters first; for PEFT LoRA/DoRA use masked_dora.from_peft"
+                              if hasattr(module, "base_layer") else
+                              "the spec must point at the nn.Linear projections")
                     raise TypeError(f"model: expected an nn.Linear at {layers_path}.{i}.{paths[role]}, got "
-                                    f"{type(module).__name__} (merge or unload other adapters first; for PEFT "
-                                    f"LoRA/DoRA use masked_dora.from_peft)")
+                                    f"{kind_name} ({advice})")
+    from .save_form import decide_save_form
+
+    # how the compacted model will be saved, decided (and refused, for save_form="plain") before any change
+    save_form, save_form_reason = decide_save_form(model, spec, config)
     for p in model.parameters():
         p.requires_grad_(False)
     state = MaskedDoRAState(config, spec, layers_path, len(layers))
@@ -190,6 +205,7 @@ def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, c
     if config.temperature is not None:
         state.set_temperature(config.temperature)
     setattr(model, STATE_ATTR, state.to(device))
+    state.save_form, state.save_form_reason = save_form, save_form_reason
     model.train(model.training)  # new modules follow the model's mode
     model.register_forward_pre_hook(ForwardMasks(state))
     from .sparsity import warn_unreachable_targets

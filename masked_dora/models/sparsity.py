@@ -39,6 +39,12 @@ def _block_unit(group: GroupMask, kind_alignment: int) -> int:
     return group.partitions if group.partitions > 1 else kind_alignment
 
 
+def uniform_count(num_units: int, partitions: int, sparsity: float, kind_alignment: int) -> int:
+    """Units one layer keeps under ``allocation="uniform"``: a multiple of the alignment (or, for a group
+    split into ``partitions`` equal parts, of the partitions: the same count in each), whatever the logits."""
+    return kept_count(num_units, sparsity, partitions if partitions > 1 else kind_alignment)
+
+
 def plan_keep(groups: Sequence[GroupMask], scores: Sequence[Tensor], sparsity: float, alignment: int,
               allocation: str = "uniform") -> List[Tensor]:
     """Per-group bool keep masks hitting ``sparsity`` exactly (up to alignment rounding)."""
@@ -51,7 +57,7 @@ def plan_keep(groups: Sequence[GroupMask], scores: Sequence[Tensor], sparsity: f
     align = alignment if groups and groups[0].partitions == 1 else 1
     blocks = [_blocks(g, s, align) for g, s in zip(groups, scores)]
     if allocation == "uniform":
-        counts = [kept_count(g.num_units, sparsity, _block_unit(g, align)) for g in groups]
+        counts = [uniform_count(g.num_units, g.partitions, sparsity, align) for g in groups]
     elif allocation == "global":
         counts = _global_counts(groups, scores, blocks, sparsity, align)
     else:

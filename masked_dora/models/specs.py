@@ -23,6 +23,7 @@ Groups (DESIGN.md, "Coupled structure"):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import replace as replace_dataclass
 from typing import Dict, Optional, Tuple
 
 from torch import nn
@@ -67,6 +68,16 @@ class ModelSpec:
     hidden_key: str
     mlp: MLPSpec
     heads: HeadSpec
+    # groups this family cannot prune exactly: (kind, config flag, reason); refused when the flag is ""
+    # or the model's config sets it truthy (prepare_model raises before anything changes)
+    unsupported: Tuple[Tuple[str, str, str], ...] = ()
+
+    def refusal(self, kind: str, config) -> Optional[str]:
+        """Why ``kind`` cannot be pruned in a model with ``config`` (``None``: it can)."""
+        for k, flag, reason in self.unsupported:
+            if k == kind and (not flag or getattr(config, flag, False)):
+                return reason
+        return None
 
 
 LLAMA_STYLE = dict(
@@ -99,15 +110,78 @@ DISTILBERT = dict(
                    attrs=(("n_heads", "heads"),)),
 )
 
+PHI = dict(
+    layers=("layers",),
+    hidden_key="hidden_size",
+    mlp=MLPSpec(producers=("mlp.fc1",), consumer="mlp.fc2", size_key="intermediate_size"),
+    heads=HeadSpec(query="self_attn.q_proj", key="self_attn.k_proj", value="self_attn.v_proj",
+                   output="self_attn.dense", heads_key="num_attention_heads",
+                   kv_heads_key="num_key_value_heads", head_dim_key="head_dim", attention="self_attn",
+                   attrs=(("num_key_value_groups", "groups"),)),
+)
+
+OPT = dict(
+    layers=("decoder.layers",),
+    hidden_key="hidden_size",
+    mlp=MLPSpec(producers=("fc1",), consumer="fc2", size_key="ffn_dim"),
+    heads=HeadSpec(query="self_attn.q_proj", key="self_attn.k_proj", value="self_attn.v_proj",
+                   output="self_attn.out_proj", heads_key="num_attention_heads", attention="self_attn",
+                   attrs=(("num_heads", "heads"),)),
+)
+
+DEBERTA_V2 = dict(
+    layers=("encoder.layer",),
+    hidden_key="hidden_size",
+    mlp=MLPSpec(producers=("intermediate.dense",), consumer="output.dense", size_key="intermediate_size"),
+    heads=HeadSpec(query="attention.self.query_proj", key="attention.self.key_proj",
+                   value="attention.self.value_proj", output="attention.output.dense",
+                   heads_key="num_attention_heads", attention="attention.self",
+                   attrs=(("num_attention_heads", "heads"), ("all_head_size", "width"))),
+)
+
+BART_ENCODER = dict(  # the encoder stack only: its own config keys, the decoder's are untouched
+    layers=("encoder.layers",),
+    hidden_key="d_model",
+    mlp=MLPSpec(producers=("fc1",), consumer="fc2", size_key="encoder_ffn_dim"),
+    heads=HeadSpec(query="self_attn.q_proj", key="self_attn.k_proj", value="self_attn.v_proj",
+                   output="self_attn.out_proj", heads_key="encoder_attention_heads", attention="self_attn",
+                   attrs=(("num_heads", "heads"),)),
+)
+
+STABLELM = dict(LLAMA_STYLE, heads=HeadSpec(  # head_dim is hidden // heads in its attention: per-layer form
+    query="self_attn.q_proj", key="self_attn.k_proj", value="self_attn.v_proj", output="self_attn.o_proj",
+    heads_key="num_attention_heads", kv_heads_key="num_key_value_heads", attention="self_attn",
+    attrs=(("num_heads", "heads"), ("num_key_value_heads", "kv_heads"), ("num_key_value_groups", "groups"))))
+
+_QK_NORM_SPANS_HEADS = ("its q/k norms normalise over all heads' width together, so removing a head would change "
+                        "every kept head's output (the compacted model would not equal the masked one)")
+
 SPECS: Dict[str, ModelSpec] = {
-    "llama": ModelSpec(name="llama", model_types=("llama", "mistral", "qwen2"), **LLAMA_STYLE),
-    "bert": ModelSpec(name="bert", model_types=("bert", "roberta"), **BERT_STYLE),
+    "llama": ModelSpec(name="llama", model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
+                                                  "gemma3_text", "granite"), **LLAMA_STYLE),
+    "cohere": ModelSpec(name="cohere", model_types=("cohere",), **LLAMA_STYLE, unsupported=(
+        ("heads", "use_qk_norm", "with use_qk_norm its q/k LayerNorms hold one weight row per head, which "
+                                 "compaction does not prune yet"),)),
+    "olmo2": ModelSpec(name="olmo2", model_types=("olmo2",), **LLAMA_STYLE,
+                       unsupported=(("heads", "", _QK_NORM_SPANS_HEADS),)),
+    "stablelm": ModelSpec(name="stablelm", model_types=("stablelm",), **STABLELM, unsupported=(
+        ("heads", "qk_layernorm", "with qk_layernorm it keeps one LayerNorm per head, which compaction does not "
+                                  "prune yet"),)),
+    "phi": ModelSpec(name="phi", model_types=("phi",), **PHI),
+    "opt": ModelSpec(name="opt", model_types=("opt",), **OPT),
+    "bert": ModelSpec(name="bert", model_types=("bert", "roberta", "xlm-roberta", "electra"), **BERT_STYLE),
+    "deberta-v2": ModelSpec(name="deberta-v2", model_types=("deberta-v2",), **DEBERTA_V2),
     "distilbert": ModelSpec(name="distilbert", model_types=("distilbert",), **DISTILBERT),
+    "bart-encoder": ModelSpec(name="bart-encoder", model_types=("bart",), **BART_ENCODER),
 }
 
 
 def spec_for(model_or_config) -> ModelSpec:
-    """The spec of a model (or config) by its ``config.model_type``; a clear error if there is none."""
+    """The spec of a model (or config) by its ``config.model_type``; a clear error if there is none.
+
+    Given a model without a spec, the error says which existing spec its module names match (one
+    :func:`register_spec` call away) or that none does.
+    """
     config = getattr(model_or_config, "config", model_or_config)
     model_type = getattr(config, "model_type", None)
     if model_type is None:
@@ -117,10 +191,66 @@ def spec_for(model_or_config) -> ModelSpec:
         if model_type in spec.model_types:
             return spec
     known = sorted(t for s in SPECS.values() for t in s.model_types)
-    raise ValueError(
-        f"model: no masked_dora spec for model_type {model_type!r} (known: {known}). A spec must name the "
-        f"block list (e.g. 'model.layers'), the MLP producers/consumer and its size key, and the attention "
-        f"q/k/v/o projections with their head-count keys; add a ModelSpec to masked_dora.models.specs.SPECS")
+    msg = f"model: no masked_dora spec for model_type {model_type!r} (known: {known}). "
+    like = matching_specs(model_or_config) if isinstance(model_or_config, nn.Module) else []
+    if like:
+        msg += (f"Its modules are laid out like the {like[0]!r} spec: masked_dora.register_spec({model_type!r}, "
+                f"like={like[0]!r}) adds it (then check that the compacted model equals the masked one, as the "
+                f"tests of the shipped families do).")
+    else:
+        msg += ("A spec names the block list (e.g. 'model.layers'), the MLP producers/consumer and its size key, "
+                "and the attention q/k/v/o projections with their head-count keys: masked_dora.register_spec("
+                f"{model_type!r}, spec=ModelSpec(...)). Not expressible yet: fused projections (one Linear for "
+                "q/k/v or for gate/up), GPT-2's Conv1D, MoE experts.")
+    raise ValueError(msg)
+
+
+def matching_specs(model: nn.Module) -> list:
+    """Names of the registered specs whose block list and group modules (all ``nn.Linear``) ``model`` has."""
+    names = []
+    for name, spec in SPECS.items():
+        try:
+            _, layers = find_layers(model, spec)
+            mods = block_modules(layers[0], spec) if len(layers) else {}
+        except ValueError:
+            continue
+        if mods and all(isinstance(m, nn.Linear) for roles in mods.values() for m in roles.values()):
+            names.append(name)
+    return names
+
+
+def register_spec(model_type: str, like: Optional[str] = None, spec: Optional[ModelSpec] = None,
+                  *, replace: bool = False) -> ModelSpec:
+    """Teach masked_dora a model family: ``like=`` an existing spec's name (the family's module names and
+    config keys are that spec's), or a full ``spec=ModelSpec(...)``. Returns the registered spec.
+
+    ``model_type`` is the config's ``model_type``. A type that already has a spec is refused unless
+    ``replace=True``. The registration lasts for the process (call it before ``prepare_model`` and before
+    ``load_compact``).
+    """
+    if not isinstance(model_type, str) or not model_type:
+        raise TypeError(f"model_type: expected a non-empty str, got {model_type!r}")
+    if (like is None) == (spec is None):
+        raise ValueError("register_spec: give exactly one of like= (an existing spec's name) or spec= (a ModelSpec)")
+    if like is not None:
+        if like not in SPECS:
+            raise ValueError(f"like: expected one of {sorted(SPECS)}, got {like!r}")
+        spec = replace_dataclass(SPECS[like], name=model_type, model_types=(model_type,))
+    elif not isinstance(spec, ModelSpec):
+        raise TypeError(f"spec: expected a ModelSpec, got {type(spec).__name__}")
+    elif model_type not in spec.model_types:
+        spec = replace_dataclass(spec, model_types=tuple(spec.model_types) + (model_type,))
+    owner = next((n for n, s in SPECS.items() if model_type in s.model_types), None)
+    if owner is not None and not replace:
+        raise ValueError(f"model_type: {model_type!r} already has the spec {owner!r}; pass replace=True to "
+                         f"override it")
+    if owner is not None:
+        old = SPECS[owner]
+        SPECS[owner] = replace_dataclass(old, model_types=tuple(t for t in old.model_types if t != model_type))
+    if spec.name in SPECS and spec.name != owner and not replace:
+        raise ValueError(f"spec.name: {spec.name!r} is already registered; pick another name or replace=True")
+    SPECS[spec.name] = spec
+    return spec
 
 
 def _resolve(root: nn.Module, path: str, what: str) -> nn.Module:

@@ -1,0 +1,71 @@
+"""How a prepared model will be saved once compacted: decided by ``prepare_model``, before any training.
+
+A compacted model is a **plain** transformers checkpoint (``from_pretrained`` without masked_dora) where
+the config class can express its sizes, else it carries per-layer sizes that
+:func:`~masked_dora.models.load_compact` reads (**per-layer** form). Which one follows from the
+configuration alone: the allocation (``"uniform"`` keeps equal counts in every layer; ``"global"`` does
+not), the kept counts that hardening will take (fixed by the target and the alignment, whatever the
+logits), and what the family's config accepts (an explicit ``head_dim`` for pruned heads; the config
+class's own validation). So ``prepare_model`` decides it and says so (a warning for the per-layer form,
+an error when ``save_form="plain"`` was asked for and cannot be), instead of ``save_pretrained`` failing
+after training.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Dict, List, Optional, Tuple
+
+from torch import nn
+
+from .specs import ModelSpec, find_layers, head_layout
+
+
+def planned_sizes(model: nn.Module, spec: ModelSpec, config) -> List[Dict[str, int]]:
+    """Per-layer sizes after :func:`~masked_dora.models.harden` with ``allocation="uniform"`` (the counts do
+    not depend on the logits: :func:`~masked_dora.models.sparsity.uniform_count`, as ``harden`` plans them)."""
+    from .compact import _original_sizes
+    from .sparsity import uniform_count
+
+    _, layers = find_layers(model, spec)
+    sizes = _original_sizes(model, spec, layers)
+    hl = head_layout(model.config, spec)
+    by_kv = config.gqa == "kv_groups" or hl.group_size == 1
+    for size in sizes:
+        if "mlp" in config.target_groups:
+            size["intermediate"] = uniform_count(size["intermediate"], 1, config.target_sparsity["mlp"],
+                                                 config.alignment["mlp"])
+        if "heads" in config.target_groups:
+            if by_kv:  # one unit per KV head, its query heads with it
+                kv = uniform_count(hl.kv_heads, 1, config.target_sparsity["heads"], config.alignment["heads"])
+                size.update(kv_heads=kv, heads=kv * hl.group_size)
+            else:  # one unit per query head, the same count in every KV group; the KV heads stay
+                size["heads"] = uniform_count(hl.heads, hl.kv_heads, config.target_sparsity["heads"], 1)
+    return sizes
+
+
+def decide_save_form(model: nn.Module, spec: ModelSpec, config) -> Tuple[str, Optional[str]]:
+    """``("plain", None)`` or ``("per_layer", why)``; raises for ``save_form="plain"`` that cannot be.
+
+    Called by ``prepare_model`` before it changes anything.
+    """
+    from .compact import _original_sizes, plain_config_or_reason
+
+    if config.save_form == "per_layer":
+        return "per_layer", "save_form='per_layer' was asked for"
+    if config.allocation == "global":
+        reason = "allocation='global' gives every layer its own sizes"
+    else:
+        _, layers = find_layers(model, spec)
+        original = _original_sizes(model, spec, layers)
+        _, reason = plain_config_or_reason(model.config, spec, original, planned_sizes(model, spec, config))
+    if reason is None:
+        return "plain", None
+    if config.save_form == "plain":
+        raise ValueError(f"config.save_form: a plain checkpoint cannot hold this pruning ({reason}); use "
+                         f"save_form='auto' (the per-layer form, loaded with masked_dora.load_compact) or change "
+                         f"the target")
+    warnings.warn(f"prepare_model: the compacted model will save in the per-layer form ({reason}): load it with "
+                  f"masked_dora.load_compact(path), not a plain from_pretrained (save_form='plain' makes this an "
+                  f"error instead)", UserWarning, stacklevel=3)
+    return "per_layer", reason
