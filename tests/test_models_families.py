@@ -105,7 +105,7 @@ def test_plain_checkpoints_reload_with_plain_transformers(chains):
             if plain]
     plain_families = sorted(f for f, v in chains.items() if v[-1])
     # the Llama-style decoders with head_dim in their config are plain after head pruning
-    assert {"llama", "qwen3", "gemma", "gemma2", "gemma3_text", "granite", "phi", "cohere", "olmo2"} <= set(
+    assert {"llama", "qwen3", "gemma", "gemma2", "gemma3_text", "granite", "phi", "phi3", "cohere", "olmo2"} <= set(
         plain_families), plain_families
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["HF_HUB_OFFLINE"] = "1"
@@ -177,3 +177,38 @@ def test_a_spec_that_points_at_conv1d_layers_is_refused_with_the_reason(monkeypa
     model = t.GPT2Model(t.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
     with pytest.raises(TypeError, match=r"got Conv1D \(GPT-2-style Conv1D layers .* not supported yet\)"):
         prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), importance="none"))
+
+
+def test_fused_projections_prune_by_kv_group_and_phi3_heads_need_the_plain_form():
+    """Phi-3's fused qkv_proj: gqa='query_heads' cannot split it (refused); its attention reads the head counts
+    from the config, so pruned heads with a per-layer result (allocation='global') are refused at prepare_model."""
+    with pytest.raises(ValueError, match="'query_heads' needs separate q/k/v projections"):
+        prepare_model(tiny_model("phi3"), MaskedDoRAConfig(gqa="query_heads", importance="none"))
+    with pytest.raises(ValueError, match="reads its head counts from the model config.*allocation='global'"):
+        prepare_model(tiny_model("phi3"), MaskedDoRAConfig(allocation="global", importance="none"))
+    model = prepare_model(tiny_model("phi3"), MaskedDoRAConfig(target_groups=("mlp",), allocation="global",
+                                                               importance="none"))
+    assert get_state(model).save_form == "per_layer"  # the MLP alone may go per layer
+
+
+@pytest.mark.parametrize("family", ["phi3", "gpt_neox", "modernbert"])
+def test_fused_rows_follow_their_units(family):
+    """Each row of a fused projection is gated by its own unit: the gate_up halves by the same channel, the
+    q/k/v blocks (or per-head triples) by their KV head."""
+    from masked_dora.models.specs import role_paths
+
+    model = prepare_model(tiny_model(family), MaskedDoRAConfig(rank=2, importance="none", alignment={"mlp": 8}))
+    state = get_state(model)
+    heads = state.group("heads", 0)
+    qkv = heads.index("qkv")
+    if family == "gpt_neox":  # [q_h k_h v_h] per head, 4 heads of 8
+        assert qkv.tolist() == [h for h in range(4) for _ in range(24)]
+    else:  # [q | k | v] blocks
+        kv = 2 if family == "phi3" else 4
+        q = [h // (4 // kv) for h in range(4) for _ in range(8)]
+        assert qkv.tolist() == q + [h for h in range(kv) for _ in range(8)] * 2
+    if family != "gpt_neox":
+        mlp = state.group("mlp", 0)
+        producer = mlp.index("producer0")
+        assert producer.tolist() == list(range(64)) * 2
+    assert set(role_paths(state.spec, "heads")) == {"qkv", "output"}

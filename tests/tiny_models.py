@@ -6,11 +6,12 @@ import torch
 
 # decoders with GQA (4 query heads, 2 KV heads, head_dim 8)
 GQA_DECODERS = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "cohere", "granite", "phi",
-                "stablelm")
-FAMILIES = GQA_DECODERS + ("opt", "bert", "roberta", "xlm-roberta", "electra", "deberta-v2", "distilbert", "bart")
+                "stablelm", "phi3")
+FAMILIES = GQA_DECODERS + ("opt", "gpt_neox", "bert", "roberta", "xlm-roberta", "electra", "deberta-v2", "distilbert",
+                           "modernbert", "bart")
 # families whose MLP prunes but whose heads cannot (the spec refuses them, see masked_dora.models.specs)
 MLP_ONLY_FAMILIES = ("olmo2",)
-DECODER_LMS = GQA_DECODERS + ("opt", "olmo2")  # causal LMs: generate() is checked on them
+DECODER_LMS = GQA_DECODERS + ("opt", "gpt_neox", "olmo2")  # causal LMs: generate() is checked on them
 
 
 def _classes(t, family):
@@ -28,7 +29,10 @@ def _classes(t, family):
         "phi": ("PhiConfig", "PhiModel", "PhiForCausalLM"),
         "stablelm": ("StableLmConfig", "StableLmModel", "StableLmForCausalLM"),
         "olmo2": ("Olmo2Config", "Olmo2Model", "Olmo2ForCausalLM"),
+        "phi3": ("Phi3Config", "Phi3Model", "Phi3ForCausalLM"),
         "opt": ("OPTConfig", "OPTModel", "OPTForCausalLM"),
+        "gpt_neox": ("GPTNeoXConfig", "GPTNeoXModel", "GPTNeoXForCausalLM"),
+        "modernbert": ("ModernBertConfig", "ModernBertModel", "ModernBertForMaskedLM"),
         "bert": ("BertConfig", "BertModel", "BertForMaskedLM"),
         "roberta": ("RobertaConfig", "RobertaModel", "RobertaForMaskedLM"),
         "xlm-roberta": ("XLMRobertaConfig", "XLMRobertaModel", "XLMRobertaForMaskedLM"),
@@ -53,12 +57,20 @@ def tiny_config(family: str):
     if family in GQA_DECODERS + MLP_ONLY_FAMILIES:
         extra = {"gemma": dict(head_dim=8), "gemma2": dict(head_dim=8, query_pre_attn_scalar=8, sliding_window=4),
                  "gemma3_text": dict(head_dim=8, query_pre_attn_scalar=8, sliding_window=4),
-                 "qwen3": dict(head_dim=8), "phi": dict(resid_pdrop=0.0, embd_pdrop=0.0)}.get(family, {})
+                 "qwen3": dict(head_dim=8), "phi": dict(resid_pdrop=0.0, embd_pdrop=0.0),
+                 "phi3": dict(resid_pdrop=0.0, embd_pdrop=0.0, pad_token_id=0)}.get(family, {})
         return cfg_cls(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
                        **extra, **common)
     if family == "opt":
         return cfg_cls(hidden_size=32, ffn_dim=64, num_attention_heads=4, word_embed_proj_dim=32, dropout=0.0,
                        **common)
+    if family == "gpt_neox":
+        return cfg_cls(hidden_size=32, intermediate_size=64, num_attention_heads=4, hidden_dropout=0.0,
+                       attention_dropout=0.0, **common)
+    if family == "modernbert":
+        return cfg_cls(hidden_size=32, intermediate_size=64, num_attention_heads=4, pad_token_id=0, bos_token_id=1,
+                       eos_token_id=2, cls_token_id=1, sep_token_id=2, global_attn_every_n_layers=2,
+                       local_attention=8, **common)
     if family in ("bert", "roberta", "xlm-roberta"):
         return cfg_cls(**encoder)
     if family == "electra":

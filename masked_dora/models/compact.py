@@ -78,11 +78,23 @@ def _compact_weights(model: nn.Module):
                 w, b = _merged(m)
                 if role == "consumer":
                     repl[prefix + paths[role]] = (w[:, kept.to(w.device)], b)
-                else:
-                    k = kept.to(w.device)
+                else:  # the producer's kept rows (every segment of a fused one)
+                    k = _idx(m.keep_mask()).to(w.device)
                     repl[prefix + paths[role]] = (w[k], None if b is None else b[k])
             sizes[i]["intermediate"] = int(kept.numel())
-        if "heads" in state.config.target_groups:
+        if "heads" in state.config.target_groups and spec.heads.qkv:
+            paths = role_paths(spec, "heads")
+            mods = block_modules(block, spec, ("heads",))["heads"]
+            group = state.group("heads", i)
+            rows = _idx(mods["qkv"].keep_mask())
+            w, b = _merged(mods["qkv"])
+            repl[prefix + paths["qkv"]] = (w[rows.to(w.device)], None if b is None else b[rows.to(w.device)])
+            cols = _idx(group.hard()[group.index("output")])
+            w, b = _merged(mods["output"])
+            repl[prefix + paths["output"]] = (w[:, cols.to(w.device)], b)
+            kv = int(group.hard().sum())
+            sizes[i]["heads"], sizes[i]["kv_heads"] = kv * group.unit_size, kv
+        elif "heads" in state.config.target_groups:
             paths = role_paths(spec, "heads")
             mods = block_modules(block, spec, ("heads",))["heads"]
             hd = sizes[i]["head_dim"]
@@ -167,12 +179,15 @@ def resize_block(block: nn.Module, spec: ModelSpec, size: Dict[str, int]) -> Non
         if role == "consumer":
             _new_linear(block, path, inter, m.out_features)
         else:
-            _new_linear(block, path, m.in_features, inter)
+            _new_linear(block, path, m.in_features, inter * spec.mlp.segments_of(int(role[len("producer"):])))
     for mpath, attr in spec.mlp.size_attrs:
         setattr(block.get_submodule(mpath), attr, inter)
     hd, heads, kv = size["head_dim"], size["heads"], size["kv_heads"]
-    for role, n in (("query", heads), ("key", kv), ("value", kv)):
-        _new_linear(block, head_paths[role], mods["heads"][role].in_features, n * hd)
+    if spec.heads.qkv:
+        _new_linear(block, head_paths["qkv"], mods["heads"]["qkv"].in_features, (heads + 2 * kv) * hd)
+    else:
+        for role, n in (("query", heads), ("key", kv), ("value", kv)):
+            _new_linear(block, head_paths[role], mods["heads"][role].in_features, n * hd)
     _new_linear(block, head_paths["output"], heads * hd, mods["heads"]["output"].out_features)
     quantity = {"heads": heads, "kv_heads": kv, "groups": heads // kv, "width": heads * hd}
     attention = block.get_submodule(spec.heads.attention)
@@ -247,6 +262,24 @@ def _read_safetensors(path: str) -> Dict[str, torch.Tensor]:
     return out
 
 
+def _saved_key_names(model: nn.Module, keys) -> Dict[str, str]:
+    """``{name save_pretrained writes: the model's state_dict key}`` for ``keys`` (transformers' own renaming on
+    save, applied key by key; empty where this transformers has none)."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # older transformers: keys are saved as they are
+        return {}
+    names = {}
+    for key in keys:
+        try:
+            saved = revert_weight_conversion(model, {key: torch.empty(0)})
+        except Exception:  # noqa: BLE001  (a converter that needs real tensors: leave the key as it is)
+            continue
+        if len(saved) == 1:
+            names[next(iter(saved))] = key
+    return names
+
+
 def load_compact(path: str, model_class=None, dtype: Optional[torch.dtype] = None) -> nn.Module:
     """Load a compacted checkpoint: plain ones through ``from_pretrained``, per-layer ones through masked_dora.
 
@@ -272,6 +305,10 @@ def load_compact(path: str, model_class=None, dtype: Optional[torch.dtype] = Non
         dtype = next(iter(saved.values())).dtype if saved else None
     model = build_compact_model(model_class, config, dtype)
     missing, unexpected = model.load_state_dict(saved, strict=False)
+    if unexpected:  # transformers 5 saves some keys under their original names (GPT-NeoX: embed_out, not lm_head)
+        renamed = _saved_key_names(model, missing)
+        saved = {renamed.get(k, k): v for k, v in saved.items()}
+        missing, unexpected = model.load_state_dict(saved, strict=False)
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     loaded_ptrs = {t.data_ptr() for k, t in model.state_dict().items() if k in saved}

@@ -41,7 +41,9 @@ def _consumer_role(group) -> str:
 
 def _consumer_unit_index(model, group) -> Tensor:
     """Unit index of each input channel of the group's consumer (o_proj's inputs are q's outputs)."""
-    return group.index("consumer" if group.kind == "mlp" else "query")
+    if group.kind == "mlp":
+        return group.index("consumer")
+    return group.index("output" if "output" in group.roles else "query")
 
 
 def _scatter(values: Tensor, index: Tensor, num_units: int) -> Tensor:

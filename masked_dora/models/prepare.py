@@ -97,11 +97,14 @@ def _mlp_group(block, i, spec, config, where) -> GroupMask:
     mods = block_modules(block, spec, ("mlp",))["mlp"]
     paths = role_paths(spec, "mlp")
     width = mods["consumer"].in_features
+    segments = {f"producer{i}": spec.mlp.segments_of(i) for i in range(len(spec.mlp.producers))}
     for role, m in mods.items():
         size = m.in_features if role == "consumer" else m.out_features
-        if size != width:
-            raise ValueError(f"model: {where}.{paths[role]} has {size} channels, the MLP group expects {width}")
-    roles = {role: torch.arange(width) for role in mods}
+        expected = width * segments.get(role, 1)
+        if size != expected:
+            raise ValueError(f"model: {where}.{paths[role]} has {size} channels, the MLP group expects {expected}")
+    # a fused producer stacks segments: row r of it is channel r mod width
+    roles = {role: torch.arange(width).repeat(segments.get(role, 1)) for role in mods}
     group = GroupMask("mlp", i, width, roles, gate=config.gate, mask_init=config.mask_init)
     for role, m in mods.items():
         layer = _wrap(block, paths[role], m, config, where)
@@ -116,6 +119,8 @@ def _head_group(block, i, spec, config, model_config, where) -> Tuple[GroupMask,
     hl = head_layout(model_config, spec)
     mods = block_modules(block, spec, ("heads",))["heads"]
     paths = role_paths(spec, "heads")
+    if spec.heads.qkv:
+        return _fused_head_group(block, i, spec, config, hl, mods, paths, where), None
     expect = {"query": ("out_features", hl.heads), "key": ("out_features", hl.kv_heads),
               "value": ("out_features", hl.kv_heads), "output": ("in_features", hl.heads)}
     for role, (attr, heads) in expect.items():
@@ -146,6 +151,30 @@ def _head_group(block, i, spec, config, model_config, where) -> Tuple[GroupMask,
         input_gate = InputGate(group, "output")
         block.get_submodule(paths["output"]).register_forward_pre_hook(input_gate)
     return group, input_gate
+
+
+def _fused_head_group(block, i, spec, config, hl, mods, paths, where) -> GroupMask:
+    """Heads of a fused q/k/v projection: one unit per KV head (its query heads, key and value with it)."""
+    if config.gqa == "query_heads" and hl.group_size > 1:
+        raise ValueError("config.gqa: 'query_heads' needs separate q/k/v projections; this family fuses them "
+                         f"({where}.{paths['qkv']}): use gqa='kv_groups'")
+    hd, gs = hl.head_dim, hl.group_size
+    if spec.heads.qkv_layout == "per_head":  # [q_h k_h v_h] for each head h (no GQA)
+        rows = torch.arange(hl.heads * 3 * hd) // (3 * hd)
+    else:  # [q | k | v]
+        q_unit = torch.arange(hl.heads * hd) // hd // gs
+        kv_unit = torch.arange(hl.kv_heads * hd) // hd
+        rows = torch.cat([q_unit, kv_unit, kv_unit])
+    expect = {"qkv": ("out_features", rows.numel()), "output": ("in_features", hl.heads * hd)}
+    for role, (attr, size) in expect.items():
+        if getattr(mods[role], attr) != size:
+            raise ValueError(f"model: {where}.{paths[role]}.{attr} is {getattr(mods[role], attr)}, expected {size} "
+                             f"({hl.heads} heads / {hl.kv_heads} KV heads x head_dim {hd})")
+    indices = {"qkv": rows, "output": torch.arange(hl.heads * hd) // hd // gs}
+    group = GroupMask("heads", i, hl.kv_heads, indices, gate=config.gate, mask_init=config.mask_init, unit_size=gs)
+    _wrap(block, paths["qkv"], mods["qkv"], config, where).set_mask_source(MaskView(group, "qkv"))
+    _keep_all(_wrap(block, paths["output"], mods["output"], config, where))
+    return group
 
 
 def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, calibration=None,

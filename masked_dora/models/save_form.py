@@ -52,8 +52,8 @@ def decide_save_form(model: nn.Module, spec: ModelSpec, config) -> Tuple[str, Op
     from .compact import _original_sizes, plain_config_or_reason
 
     if config.save_form == "per_layer":
-        return "per_layer", "save_form='per_layer' was asked for"
-    if config.allocation == "global":
+        reason = "save_form='per_layer' was asked for"
+    elif config.allocation == "global":
         reason = "allocation='global' gives every layer its own sizes"
     else:
         _, layers = find_layers(model, spec)
@@ -61,6 +61,11 @@ def decide_save_form(model: nn.Module, spec: ModelSpec, config) -> Tuple[str, Op
         _, reason = plain_config_or_reason(model.config, spec, original, planned_sizes(model, spec, config))
     if reason is None:
         return "plain", None
+    if spec.heads_need_plain_config and "heads" in config.target_groups:
+        raise ValueError(f"config: a {model.config.model_type!r} model reads its head counts from the model config, "
+                         f"so pruned heads need a plain checkpoint, which this pruning cannot be ({reason}); use "
+                         f"allocation='uniform' with kept head counts its config accepts, or "
+                         f"target_groups=('mlp',)")
     if config.save_form == "plain":
         raise ValueError(f"config.save_form: a plain checkpoint cannot hold this pruning ({reason}); use "
                          f"save_form='auto' (the per-layer form, loaded with masked_dora.load_compact) or change "

@@ -40,6 +40,12 @@ class MLPSpec:
     size_key: str  # config key of the inner width
     # attributes to set on a module when its block's width changes: (module path, attribute)
     size_attrs: Tuple[Tuple[str, str], ...] = ()
+    # per producer, how many width-sized row blocks it stacks (2 for a fused gate/up projection whose rows are
+    # [gate | up]); empty: one each
+    segments: Tuple[int, ...] = ()
+
+    def segments_of(self, producer_index: int) -> int:
+        return self.segments[producer_index] if self.segments else 1
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,10 @@ class HeadSpec:
     output: str
     heads_key: str  # config key of the number of query heads
     kv_heads_key: Optional[str] = None  # config key of the number of KV heads (None: no GQA in this family)
+    # a fused q/k/v projection (query/key/value then unused): its path and row layout, "blocks" ([q | k | v],
+    # Phi-3, ModernBERT) or "per_head" ([q_h k_h v_h] per head, GPT-NeoX; no GQA)
+    qkv: str = ""
+    qkv_layout: str = "blocks"
     head_dim_key: Optional[str] = None  # config key of an explicit head size (None: hidden // heads)
     attention: str = ""  # path of the attention module whose attributes follow the head counts
     # attribute -> quantity, quantity one of "heads", "kv_heads", "groups" (heads per KV head), "width"
@@ -71,6 +81,8 @@ class ModelSpec:
     # groups this family cannot prune exactly: (kind, config flag, reason); refused when the flag is ""
     # or the model's config sets it truthy (prepare_model raises before anything changes)
     unsupported: Tuple[Tuple[str, str, str], ...] = ()
+    # the attention reads its head counts from the model config (Phi-3), so pruned heads need the plain form
+    heads_need_plain_config: bool = False
 
     def refusal(self, kind: str, config) -> Optional[str]:
         """Why ``kind`` cannot be pruned in a model with ``config`` (``None``: it can)."""
@@ -156,6 +168,33 @@ STABLELM = dict(LLAMA_STYLE, heads=HeadSpec(  # head_dim is hidden // heads in i
 _QK_NORM_SPANS_HEADS = ("its q/k norms normalise over all heads' width together, so removing a head would change "
                         "every kept head's output (the compacted model would not equal the masked one)")
 
+PHI3 = dict(  # fused projections: gate_up_proj rows [gate | up], qkv_proj rows [q | k | v]
+    layers=("layers",),
+    hidden_key="hidden_size",
+    mlp=MLPSpec(producers=("mlp.gate_up_proj",), consumer="mlp.down_proj", size_key="intermediate_size",
+                segments=(2,)),
+    heads=HeadSpec(query="", key="", value="", output="self_attn.o_proj", heads_key="num_attention_heads",
+                   kv_heads_key="num_key_value_heads", head_dim_key="head_dim", attention="self_attn",
+                   attrs=(("num_key_value_heads", "kv_heads"), ("num_key_value_groups", "groups")),
+                   qkv="self_attn.qkv_proj"),
+)
+
+MODERNBERT = dict(  # fused: Wi rows [input | gate], Wqkv rows [q | k | v]
+    layers=("layers",),
+    hidden_key="hidden_size",
+    mlp=MLPSpec(producers=("mlp.Wi",), consumer="mlp.Wo", size_key="intermediate_size", segments=(2,)),
+    heads=HeadSpec(query="", key="", value="", output="attn.Wo", heads_key="num_attention_heads", attention="attn",
+                   qkv="attn.Wqkv"),
+)
+
+GPT_NEOX = dict(  # fused query_key_value, rows [q_h k_h v_h] per head
+    layers=("layers",),
+    hidden_key="hidden_size",
+    mlp=MLPSpec(producers=("mlp.dense_h_to_4h",), consumer="mlp.dense_4h_to_h", size_key="intermediate_size"),
+    heads=HeadSpec(query="", key="", value="", output="attention.dense", heads_key="num_attention_heads",
+                   attention="attention", qkv="attention.query_key_value", qkv_layout="per_head"),
+)
+
 SPECS: Dict[str, ModelSpec] = {
     "llama": ModelSpec(name="llama", model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
                                                   "gemma3_text", "granite"), **LLAMA_STYLE),
@@ -168,6 +207,9 @@ SPECS: Dict[str, ModelSpec] = {
         ("heads", "qk_layernorm", "with qk_layernorm it keeps one LayerNorm per head, which compaction does not "
                                   "prune yet"),)),
     "phi": ModelSpec(name="phi", model_types=("phi",), **PHI),
+    "phi3": ModelSpec(name="phi3", model_types=("phi3",), **PHI3, heads_need_plain_config=True),
+    "modernbert": ModelSpec(name="modernbert", model_types=("modernbert",), **MODERNBERT),
+    "gpt_neox": ModelSpec(name="gpt_neox", model_types=("gpt_neox",), **GPT_NEOX),
     "opt": ModelSpec(name="opt", model_types=("opt",), **OPT),
     "bert": ModelSpec(name="bert", model_types=("bert", "roberta", "xlm-roberta", "electra"), **BERT_STYLE),
     "deberta-v2": ModelSpec(name="deberta-v2", model_types=("deberta-v2",), **DEBERTA_V2),
@@ -200,8 +242,8 @@ def spec_for(model_or_config) -> ModelSpec:
     else:
         msg += ("A spec names the block list (e.g. 'model.layers'), the MLP producers/consumer and its size key, "
                 "and the attention q/k/v/o projections with their head-count keys: masked_dora.register_spec("
-                f"{model_type!r}, spec=ModelSpec(...)). Not expressible yet: fused projections (one Linear for "
-                "q/k/v or for gate/up), GPT-2's Conv1D, MoE experts.")
+                f"{model_type!r}, spec=ModelSpec(...)). A fused q/k/v or gate/up projection is expressible (MLPSpec(segments=...), "
+                "HeadSpec(qkv=..., qkv_layout=...)); not yet: GPT-2's Conv1D, MoE experts packed into 3-D parameters.")
     raise ValueError(msg)
 
 
@@ -313,5 +355,7 @@ def role_paths(spec: ModelSpec, kind: str) -> Dict[str, str]:
         return roles
     if kind == "heads":
         hs = spec.heads
+        if hs.qkv:
+            return {"qkv": hs.qkv, "output": hs.output}
         return {"query": hs.query, "key": hs.key, "value": hs.value, "output": hs.output}
     raise ValueError(f"kind: expected one of {GROUP_KINDS}, got {kind!r}")
