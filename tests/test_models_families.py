@@ -157,26 +157,29 @@ def test_no_spec_error_names_the_matching_style_and_register_spec_adds_it(monkey
 def test_a_model_matching_no_spec_says_what_cannot_be_expressed():
     import transformers as t
 
-    model = t.GPT2Model(t.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
-    with pytest.raises(ValueError, match=r"no masked_dora spec for model_type 'gpt2'.*Conv1D"):
+    model = t.MixtralModel(t.MixtralConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                           num_attention_heads=2, num_key_value_heads=1, num_local_experts=2))
+    with pytest.raises(ValueError, match=r"no masked_dora spec for model_type 'mixtral'.*MoE experts"):
         prepare_model(model, MaskedDoRAConfig(importance="none"))
 
 
-def test_a_spec_that_points_at_conv1d_layers_is_refused_with_the_reason(monkeypatch):
-    """GPT-2's MLP as a registered spec: its c_fc/c_proj are Conv1D (transposed weights), not supported yet;
-    the error says so instead of talking about adapters."""
-    import transformers as t
-    from masked_dora.models import HeadSpec, MLPSpec, ModelSpec
-
-    monkeypatch.setattr(specs_module, "SPECS", dict(specs_module.SPECS))
-    register_spec("gpt2", spec=ModelSpec(
-        name="gpt2-test", model_types=("gpt2",), layers=("h",), hidden_key="n_embd",
-        mlp=MLPSpec(producers=("mlp.c_fc",), consumer="mlp.c_proj", size_key="n_inner"),
-        heads=HeadSpec(query="attn.c_attn", key="attn.c_attn", value="attn.c_attn", output="attn.c_proj",
-                       heads_key="n_head")))
-    model = t.GPT2Model(t.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
-    with pytest.raises(TypeError, match=r"got Conv1D \(GPT-2-style Conv1D layers .* not supported yet\)"):
-        prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), importance="none"))
+def test_gpt2_conv1d_layers_train_as_linear_and_compact_back_to_conv1d():
+    """GPT-2's Conv1D layers (weight stored (in, out)) become masked-DoRA linears with the same map, and the
+    compacted model has Conv1D layers again, transposed back, of the kept sizes."""
+    model = tiny_model("gpt2", kind="lm")
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        ref = output_tensor(model(**inputs))
+    prepare_model(model, MaskedDoRAConfig(rank=2, importance="none", alignment={"mlp": 8}, target_sparsity=0.5))
+    assert type(model.transformer.h[0].mlp.c_fc).__name__ == "MaskedDoRALinear"
+    with torch.no_grad():  # nothing pruned or trained yet: the same function
+        torch.testing.assert_close(output_tensor(model(**inputs)), ref, rtol=1e-5, atol=1e-5)
+    harden(model)
+    small = compact_model(model)
+    block = small.transformer.h[0]
+    assert all(type(m).__name__ == "Conv1D" for m in (block.mlp.c_fc, block.mlp.c_proj, block.attn.c_attn,
+                                                       block.attn.c_proj))
+    assert tuple(block.mlp.c_fc.weight.shape) == (32, 32) and tuple(block.attn.c_attn.weight.shape) == (32, 48)
 
 
 def test_fused_projections_prune_by_kv_group_and_phi3_heads_need_the_plain_form():

@@ -25,10 +25,10 @@ def test_spec_finds_layers_and_heads(family):
 
 
 def test_unknown_architecture_names_what_is_missing():
-    from transformers import GPT2Config, GPT2Model
+    from transformers import T5Config, T5Model
 
-    model = GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
-    with pytest.raises(ValueError, match=r"no masked_dora spec for model_type 'gpt2'.*MLP producers"):
+    model = T5Model(T5Config(vocab_size=50, d_model=16, d_ff=32, d_kv=8, num_layers=1, num_heads=2))
+    with pytest.raises(ValueError, match=r"no masked_dora spec for model_type 't5'.*MLP producers"):
         prepare_model(model, MaskedDoRAConfig(**SMALL))
     with pytest.raises(TypeError, match="model_type"):
         spec_for(nn.Linear(2, 2))

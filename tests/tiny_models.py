@@ -7,11 +7,11 @@ import torch
 # decoders with GQA (4 query heads, 2 KV heads, head_dim 8)
 GQA_DECODERS = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "cohere", "granite", "phi",
                 "stablelm", "phi3")
-FAMILIES = GQA_DECODERS + ("opt", "gpt_neox", "bert", "roberta", "xlm-roberta", "electra", "deberta-v2", "distilbert",
+FAMILIES = GQA_DECODERS + ("opt", "gpt_neox", "gpt2", "bert", "roberta", "xlm-roberta", "electra", "deberta-v2", "distilbert",
                            "modernbert", "bart")
 # families whose MLP prunes but whose heads cannot (the spec refuses them, see masked_dora.models.specs)
 MLP_ONLY_FAMILIES = ("olmo2",)
-DECODER_LMS = GQA_DECODERS + ("opt", "gpt_neox", "olmo2")  # causal LMs: generate() is checked on them
+DECODER_LMS = GQA_DECODERS + ("opt", "gpt_neox", "gpt2", "olmo2")  # causal LMs: generate() is checked on them
 
 
 def _classes(t, family):
@@ -32,6 +32,7 @@ def _classes(t, family):
         "phi3": ("Phi3Config", "Phi3Model", "Phi3ForCausalLM"),
         "opt": ("OPTConfig", "OPTModel", "OPTForCausalLM"),
         "gpt_neox": ("GPTNeoXConfig", "GPTNeoXModel", "GPTNeoXForCausalLM"),
+        "gpt2": ("GPT2Config", "GPT2Model", "GPT2LMHeadModel"),
         "modernbert": ("ModernBertConfig", "ModernBertModel", "ModernBertForMaskedLM"),
         "bert": ("BertConfig", "BertModel", "BertForMaskedLM"),
         "roberta": ("RobertaConfig", "RobertaModel", "RobertaForMaskedLM"),
@@ -67,6 +68,9 @@ def tiny_config(family: str):
     if family == "gpt_neox":
         return cfg_cls(hidden_size=32, intermediate_size=64, num_attention_heads=4, hidden_dropout=0.0,
                        attention_dropout=0.0, **common)
+    if family == "gpt2":
+        return cfg_cls(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_inner=64, n_positions=64, resid_pdrop=0.0,
+                       embd_pdrop=0.0, attn_pdrop=0.0)
     if family == "modernbert":
         return cfg_cls(hidden_size=32, intermediate_size=64, num_attention_heads=4, pad_token_id=0, bos_token_id=1,
                        eos_token_id=2, cls_token_id=1, sep_token_id=2, global_attn_every_n_layers=2,

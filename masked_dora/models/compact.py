@@ -34,7 +34,7 @@ from torch import nn
 
 from ..nn import MaskedDoRALinear
 from .prepare import STATE_ATTR, get_state
-from .specs import ModelSpec, block_modules, find_layers, head_layout, role_paths, spec_for
+from .specs import ModelSpec, block_modules, features, find_layers, head_layout, is_conv1d, role_paths, spec_for
 
 LAYER_SIZES_KEY = "masked_dora_layer_sizes"
 
@@ -55,7 +55,7 @@ def _original_sizes(model, spec, layers) -> List[Dict[str, int]]:
     out = []
     for block in layers:
         mods = block_modules(block, spec, ("mlp",))["mlp"]
-        out.append(dict(intermediate=int(mods["consumer"].in_features), heads=hl.heads, kv_heads=hl.kv_heads,
+        out.append(dict(intermediate=features(mods["consumer"])[0], heads=hl.heads, kv_heads=hl.kv_heads,
                         head_dim=hl.head_dim))
     return out
 
@@ -160,13 +160,18 @@ def _plain_config(config, spec: ModelSpec, original, sizes, form: str = "auto"):
 
 
 def _new_linear(block: nn.Module, path: str, in_features: int, out_features: int) -> None:
+    """Replace the layer at ``path`` by one of the new shape, of the same kind (nn.Linear or Conv1D)."""
     old = block.get_submodule(path)
-    if (old.in_features, old.out_features) == (in_features, out_features):
+    if features(old) == (in_features, out_features):
         return
     parent_path, _, name = path.rpartition(".")
     parent = block.get_submodule(parent_path) if parent_path else block
-    setattr(parent, name, nn.Linear(in_features, out_features, bias=old.bias is not None,
-                                    device=old.weight.device, dtype=old.weight.dtype))
+    if is_conv1d(old):
+        new = type(old)(out_features, in_features).to(device=old.weight.device, dtype=old.weight.dtype)
+    else:
+        new = nn.Linear(in_features, out_features, bias=old.bias is not None, device=old.weight.device,
+                        dtype=old.weight.dtype)
+    setattr(parent, name, new)
 
 
 def resize_block(block: nn.Module, spec: ModelSpec, size: Dict[str, int]) -> None:
@@ -175,20 +180,20 @@ def resize_block(block: nn.Module, spec: ModelSpec, size: Dict[str, int]) -> Non
     mlp_paths, head_paths = role_paths(spec, "mlp"), role_paths(spec, "heads")
     inter = size["intermediate"]
     for role, path in mlp_paths.items():
-        m = mods["mlp"][role]
+        fan_in, fan_out = features(mods["mlp"][role])
         if role == "consumer":
-            _new_linear(block, path, inter, m.out_features)
+            _new_linear(block, path, inter, fan_out)
         else:
-            _new_linear(block, path, m.in_features, inter * spec.mlp.segments_of(int(role[len("producer"):])))
+            _new_linear(block, path, fan_in, inter * spec.mlp.segments_of(int(role[len("producer"):])))
     for mpath, attr in spec.mlp.size_attrs:
         setattr(block.get_submodule(mpath), attr, inter)
     hd, heads, kv = size["head_dim"], size["heads"], size["kv_heads"]
     if spec.heads.qkv:
-        _new_linear(block, head_paths["qkv"], mods["heads"]["qkv"].in_features, (heads + 2 * kv) * hd)
+        _new_linear(block, head_paths["qkv"], features(mods["heads"]["qkv"])[0], (heads + 2 * kv) * hd)
     else:
         for role, n in (("query", heads), ("key", kv), ("value", kv)):
-            _new_linear(block, head_paths[role], mods["heads"][role].in_features, n * hd)
-    _new_linear(block, head_paths["output"], heads * hd, mods["heads"]["output"].out_features)
+            _new_linear(block, head_paths[role], features(mods["heads"][role])[0], n * hd)
+    _new_linear(block, head_paths["output"], heads * hd, features(mods["heads"]["output"])[1])
     quantity = {"heads": heads, "kv_heads": kv, "groups": heads // kv, "width": heads * hd}
     attention = block.get_submodule(spec.heads.attention)
     for attr, what in spec.heads.attrs:
@@ -235,6 +240,8 @@ def compact_model(model: nn.Module) -> nn.Module:
         module_name, _, leaf = key.rpartition(".")
         if module_name in repl and leaf in ("weight", "bias"):
             w, b = repl[module_name]
+            if leaf == "weight" and is_conv1d(new.get_submodule(module_name)):
+                w = w.t().contiguous()  # Conv1D stores (in, out)
             new_sd[key] = w if leaf == "weight" else b
         elif key in old_sd:
             new_sd[key] = old_sd[key]

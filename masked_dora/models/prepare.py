@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ..nn import MaskedDoRALinear
 from .config import MaskedDoRAConfig
 from .group_mask import ForwardMasks, GroupMask, InputGate, MaskView
-from .specs import ModelSpec, block_modules, find_layers, head_layout, role_paths, spec_for
+from .specs import ModelSpec, block_modules, features, find_layers, head_layout, is_conv1d, role_paths, spec_for
 
 STATE_ATTR = "masked_dora"
 
@@ -77,6 +77,12 @@ def _replace(block: nn.Module, path: str, new: nn.Module) -> None:
 def _wrap(block: nn.Module, path: str, module: nn.Module, config: MaskedDoRAConfig, where: str) -> MaskedDoRALinear:
     if isinstance(module, MaskedDoRALinear):
         return module
+    if is_conv1d(module):  # GPT-2's transposed-weight linear layer: the same map as an nn.Linear
+        linear = nn.Linear(module.nx, module.nf, device=module.weight.device, dtype=module.weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(module.weight.t())
+            linear.bias.copy_(module.bias)
+        module = linear
     if not isinstance(module, nn.Linear):
         raise TypeError(f"model: expected an nn.Linear at {where}.{path}, got {type(module).__name__} "
                         f"(merge or unload other adapters first; for PEFT DoRA use masked_dora.from_peft)")
@@ -96,10 +102,10 @@ def _keep_all(layer: MaskedDoRALinear) -> None:
 def _mlp_group(block, i, spec, config, where) -> GroupMask:
     mods = block_modules(block, spec, ("mlp",))["mlp"]
     paths = role_paths(spec, "mlp")
-    width = mods["consumer"].in_features
+    width = features(mods["consumer"])[0]
     segments = {f"producer{i}": spec.mlp.segments_of(i) for i in range(len(spec.mlp.producers))}
     for role, m in mods.items():
-        size = m.in_features if role == "consumer" else m.out_features
+        size = features(m)[0 if role == "consumer" else 1]
         expected = width * segments.get(role, 1)
         if size != expected:
             raise ValueError(f"model: {where}.{paths[role]} has {size} channels, the MLP group expects {expected}")
@@ -165,10 +171,10 @@ def _fused_head_group(block, i, spec, config, hl, mods, paths, where) -> GroupMa
         q_unit = torch.arange(hl.heads * hd) // hd // gs
         kv_unit = torch.arange(hl.kv_heads * hd) // hd
         rows = torch.cat([q_unit, kv_unit, kv_unit])
-    expect = {"qkv": ("out_features", rows.numel()), "output": ("in_features", hl.heads * hd)}
-    for role, (attr, size) in expect.items():
-        if getattr(mods[role], attr) != size:
-            raise ValueError(f"model: {where}.{paths[role]}.{attr} is {getattr(mods[role], attr)}, expected {size} "
+    expect = {"qkv": (1, "out_features", rows.numel()), "output": (0, "in_features", hl.heads * hd)}
+    for role, (side, attr, size) in expect.items():
+        if features(mods[role])[side] != size:
+            raise ValueError(f"model: {where}.{paths[role]}.{attr} is {features(mods[role])[side]}, expected {size} "
                              f"({hl.heads} heads / {hl.kv_heads} KV heads x head_dim {hd})")
     indices = {"qkv": rows, "output": torch.arange(hl.heads * hd) // hd // gs}
     group = GroupMask("heads", i, hl.kv_heads, indices, gate=config.gate, mask_init=config.mask_init, unit_size=gs)
@@ -207,13 +213,11 @@ def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, c
         for kind, roles in block_modules(block, spec, config.target_groups).items():
             paths = role_paths(spec, kind)
             for role, module in roles.items():
-                if not isinstance(module, nn.Linear):
+                if not (isinstance(module, nn.Linear) or is_conv1d(module)):
                     kind_name = type(module).__name__
-                    advice = ("GPT-2-style Conv1D layers (a transposed weight) are not supported yet"
-                              if kind_name == "Conv1D" else
-                              "merge or unload other adapters first; for PEFT LoRA/DoRA use masked_dora.from_peft"
+                    advice = ("merge or unload other adapters first; for PEFT LoRA/DoRA use masked_dora.from_peft"
                               if hasattr(module, "base_layer") else
-                              "the spec must point at the nn.Linear projections")
+                              "the spec must point at nn.Linear (or transformers Conv1D) projections")
                     raise TypeError(f"model: expected an nn.Linear at {layers_path}.{i}.{paths[role]}, got "
                                     f"{kind_name} ({advice})")
     from .save_form import decide_save_form

@@ -195,6 +195,14 @@ GPT_NEOX = dict(  # fused query_key_value, rows [q_h k_h v_h] per head
                    attention="attention", qkv="attention.query_key_value", qkv_layout="per_head"),
 )
 
+GPT2 = dict(  # Conv1D layers (weights stored transposed); fused c_attn, rows [q | k | v]
+    layers=("h",),
+    hidden_key="n_embd",
+    mlp=MLPSpec(producers=("mlp.c_fc",), consumer="mlp.c_proj", size_key="n_inner"),
+    heads=HeadSpec(query="", key="", value="", output="attn.c_proj", heads_key="n_head", attention="attn",
+                   attrs=(("num_heads", "heads"), ("split_size", "width")), qkv="attn.c_attn"),
+)
+
 SPECS: Dict[str, ModelSpec] = {
     "llama": ModelSpec(name="llama", model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
                                                   "gemma3_text", "granite"), **LLAMA_STYLE),
@@ -210,6 +218,7 @@ SPECS: Dict[str, ModelSpec] = {
     "phi3": ModelSpec(name="phi3", model_types=("phi3",), **PHI3, heads_need_plain_config=True),
     "modernbert": ModelSpec(name="modernbert", model_types=("modernbert",), **MODERNBERT),
     "gpt_neox": ModelSpec(name="gpt_neox", model_types=("gpt_neox",), **GPT_NEOX),
+    "gpt2": ModelSpec(name="gpt2", model_types=("gpt2",), **GPT2),
     "opt": ModelSpec(name="opt", model_types=("opt",), **OPT),
     "bert": ModelSpec(name="bert", model_types=("bert", "roberta", "xlm-roberta", "electra"), **BERT_STYLE),
     "deberta-v2": ModelSpec(name="deberta-v2", model_types=("deberta-v2",), **DEBERTA_V2),
@@ -243,7 +252,8 @@ def spec_for(model_or_config) -> ModelSpec:
         msg += ("A spec names the block list (e.g. 'model.layers'), the MLP producers/consumer and its size key, "
                 "and the attention q/k/v/o projections with their head-count keys: masked_dora.register_spec("
                 f"{model_type!r}, spec=ModelSpec(...)). A fused q/k/v or gate/up projection is expressible (MLPSpec(segments=...), "
-                "HeadSpec(qkv=..., qkv_layout=...)); not yet: GPT-2's Conv1D, MoE experts packed into 3-D parameters.")
+                "HeadSpec(qkv=..., qkv_layout=...)), as are GPT-2's Conv1D layers; not yet: MoE experts packed into "
+                "3-D parameters.")
     raise ValueError(msg)
 
 
@@ -256,7 +266,7 @@ def matching_specs(model: nn.Module) -> list:
             mods = block_modules(layers[0], spec) if len(layers) else {}
         except ValueError:
             continue
-        if mods and all(isinstance(m, nn.Linear) for roles in mods.values() for m in roles.values()):
+        if mods and all(isinstance(m, nn.Linear) or is_conv1d(m) for roles in mods.values() for m in roles.values()):
             names.append(name)
     return names
 
@@ -293,6 +303,18 @@ def register_spec(model_type: str, like: Optional[str] = None, spec: Optional[Mo
         raise ValueError(f"spec.name: {spec.name!r} is already registered; pick another name or replace=True")
     SPECS[spec.name] = spec
     return spec
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2): a linear layer whose weight is stored transposed, (in, out)."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "nx")
+
+
+def features(module: nn.Module) -> Tuple[int, int]:
+    """``(in_features, out_features)`` of an ``nn.Linear`` or a ``Conv1D``."""
+    if is_conv1d(module):
+        return int(module.nx), int(module.nf)
+    return int(module.in_features), int(module.out_features)
 
 
 def _resolve(root: nn.Module, path: str, what: str) -> nn.Module:
