@@ -118,7 +118,8 @@ def test_plain_checkpoints_reload_with_plain_transformers(chains):
                                        msg=family)
 
 
-@pytest.mark.parametrize("family, flag", [("olmo2", None), ("stablelm", "qk_layernorm"), ("cohere", "use_qk_norm")])
+@pytest.mark.parametrize("family, flag", [("olmo2", None), ("t5", None), ("stablelm", "qk_layernorm"),
+                                          ("cohere", "use_qk_norm")])
 def test_heads_that_cannot_be_pruned_exactly_are_refused_before_anything_changes(family, flag):
     import transformers as t
 
@@ -215,3 +216,32 @@ def test_fused_rows_follow_their_units(family):
         producer = mlp.index("producer0")
         assert producer.tolist() == list(range(64)) * 2
     assert set(role_paths(state.spec, "heads")) == {"qkv", "output"}
+
+
+def test_t5_encoder_mlp_prunes_without_touching_the_decoder(tmp_path):
+    """T5's encoder and decoder share d_ff: the pruned encoder saves in the per-layer form (decided at
+    prepare_model), the decoder keeps its width, and the seq2seq model's outputs and generations are equal."""
+    import transformers as t
+
+    torch.manual_seed(0)
+    model = t.T5ForConditionalGeneration(tiny_config("t5")).eval()
+    with pytest.warns(UserWarning, match="also size the other stack"):
+        prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), rank=2, alignment={"mlp": 8},
+                                              importance="none", target_sparsity=0.5))
+    assert get_state(model).save_form == "per_layer"
+    randomize_adapters(model)
+    harden(model)
+    ids = tiny_inputs()["input_ids"]
+    dec = ids[:, :4]
+    with torch.no_grad():
+        ref = model(input_ids=ids, decoder_input_ids=dec).logits
+        small = compact_model(model)
+        torch.testing.assert_close(small(input_ids=ids, decoder_input_ids=dec).logits, ref, rtol=1e-4, atol=1e-5)
+    small.save_pretrained(tmp_path)
+    reloaded = load_compact(str(tmp_path))
+    assert reloaded.encoder.block[0].layer[1].DenseReluDense.wi.out_features == 32
+    assert reloaded.decoder.block[0].layer[2].DenseReluDense.wi.out_features == 64
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids, decoder_input_ids=dec).logits, ref, rtol=1e-4, atol=1e-5)
+    gen = dict(max_new_tokens=5, do_sample=False)
+    assert torch.equal(reloaded.generate(ids[:1], **gen), model.generate(ids[:1], **gen))

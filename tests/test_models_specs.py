@@ -25,10 +25,11 @@ def test_spec_finds_layers_and_heads(family):
 
 
 def test_unknown_architecture_names_what_is_missing():
-    from transformers import T5Config, T5Model
+    from transformers import MixtralConfig, MixtralModel
 
-    model = T5Model(T5Config(vocab_size=50, d_model=16, d_ff=32, d_kv=8, num_layers=1, num_heads=2))
-    with pytest.raises(ValueError, match=r"no masked_dora spec for model_type 't5'.*MLP producers"):
+    model = MixtralModel(MixtralConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, num_key_value_heads=1, num_local_experts=2))
+    with pytest.raises(ValueError, match=r"no masked_dora spec for model_type 'mixtral'.*MLP producers"):
         prepare_model(model, MaskedDoRAConfig(**SMALL))
     with pytest.raises(TypeError, match="model_type"):
         spec_for(nn.Linear(2, 2))

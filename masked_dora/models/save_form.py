@@ -53,6 +53,9 @@ def decide_save_form(model: nn.Module, spec: ModelSpec, config) -> Tuple[str, Op
 
     if config.save_form == "per_layer":
         reason = "save_form='per_layer' was asked for"
+    elif spec.sizes_shared_with_other_stack:
+        reason = (f"{type(model.config).__name__}'s size keys also size the other stack (the decoder), which is not "
+                  f"pruned")
     elif config.allocation == "global":
         reason = "allocation='global' gives every layer its own sizes"
     else:

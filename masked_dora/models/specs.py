@@ -83,6 +83,8 @@ class ModelSpec:
     unsupported: Tuple[Tuple[str, str, str], ...] = ()
     # the attention reads its head counts from the model config (Phi-3), so pruned heads need the plain form
     heads_need_plain_config: bool = False
+    # the group size keys also size another stack (T5's decoder): the plain form would resize it too
+    sizes_shared_with_other_stack: bool = False
 
     def refusal(self, kind: str, config) -> Optional[str]:
         """Why ``kind`` cannot be pruned in a model with ``config`` (``None``: it can)."""
@@ -203,6 +205,15 @@ GPT2 = dict(  # Conv1D layers (weights stored transposed); fused c_attn, rows [q
                    attrs=(("num_heads", "heads"), ("split_size", "width")), qkv="attn.c_attn"),
 )
 
+T5_ENCODER = dict(  # the encoder stack of T5 v1.0 (DenseReluDense.wi); v1.1's gated wi_0/wi_1 is not described
+    layers=("encoder.block",),
+    hidden_key="d_model",
+    mlp=MLPSpec(producers=("layer.1.DenseReluDense.wi",), consumer="layer.1.DenseReluDense.wo", size_key="d_ff"),
+    heads=HeadSpec(query="layer.0.SelfAttention.q", key="layer.0.SelfAttention.k", value="layer.0.SelfAttention.v",
+                   output="layer.0.SelfAttention.o", heads_key="num_heads", head_dim_key="d_kv",
+                   attention="layer.0.SelfAttention", attrs=(("n_heads", "heads"), ("inner_dim", "width"))),
+)
+
 SPECS: Dict[str, ModelSpec] = {
     "llama": ModelSpec(name="llama", model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
                                                   "gemma3_text", "granite"), **LLAMA_STYLE),
@@ -224,6 +235,9 @@ SPECS: Dict[str, ModelSpec] = {
     "deberta-v2": ModelSpec(name="deberta-v2", model_types=("deberta-v2",), **DEBERTA_V2),
     "distilbert": ModelSpec(name="distilbert", model_types=("distilbert",), **DISTILBERT),
     "bart-encoder": ModelSpec(name="bart-encoder", model_types=("bart",), **BART_ENCODER),
+    "t5-encoder": ModelSpec(name="t5-encoder", model_types=("t5",), **T5_ENCODER, sizes_shared_with_other_stack=True,
+                            unsupported=(("heads", "", "the first block's relative-position bias holds one column per "
+                                                       "head, which compaction does not prune yet"),)),
 }
 
 
