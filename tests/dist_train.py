@@ -1,0 +1,95 @@
+"""A prepared tiny Llama trained on several processes (gloo, CPU), step for step as on one.
+
+    python tests/dist_train.py single OUT                                    # the reference
+    python -m torch.distributed.run --nproc_per_node 2 tests/dist_train.py ddp OUT
+    python -m torch.distributed.run --nproc_per_node 2 tests/dist_train.py fsdp2 OUT
+    python -m torch.distributed.run --nproc_per_node 2 tests/dist_train.py fsdp2_mp OUT   # + MixedPrecisionPolicy
+    python -m torch.distributed.run --nproc_per_node 2 tests/dist_train.py fsdp2_ckpt OUT # + gradient checkpointing
+
+Every process draws the same global batch and trains on its slice of it; the mask gates' noise comes from
+the same seed on every rank (one draw per model forward, as on one process), the sparsity penalty is added
+by the same forward hook the HF Trainer callback uses, and the Lagrangian multipliers take the same
+ascent step everywhere. Writes ``OUT/<mode>-rank<r>.pt``: per-step losses (the global-batch mean),
+per-step hard masks and multipliers, and the final trainable state (full tensors).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from masked_dora.models import MaskedDoRAConfig, get_state, param_groups, prepare_model  # noqa: E402
+from masked_dora.models.training import MaskTrainer, _AddPenalty  # noqa: E402
+from tiny_models import randomize_adapters, tiny_model  # noqa: E402
+
+STEPS, GLOBAL_BATCH, SEQ = 4, 4, 9
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def main(mode: str, out: str) -> None:
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world > 1:
+        dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    model = tiny_model("llama", kind="lm")
+    prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5,
+                                          mask_init=0.5))
+    randomize_adapters(model)
+    model.train()
+    if mode.endswith("_ckpt"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    trainer = MaskTrainer(model)
+    model.register_forward_hook(_AddPenalty(trainer))  # as MaskedDoRACallback does
+    state = get_state(model)
+    wrapped = model
+    if mode == "ddp":
+        wrapped = torch.nn.parallel.DistributedDataParallel(model)
+    elif mode.startswith("fsdp2"):
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+            if mode == "fsdp2_mp" else MixedPrecisionPolicy()
+        for block in model.model.layers:
+            fully_shard(block, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
+    elif mode != "single":
+        raise SystemExit(f"mode: expected single, ddp, fsdp2, fsdp2_mp or fsdp2_ckpt, got {mode!r}")
+    opt = torch.optim.Adam(param_groups(model, lr=1e-2))
+    gen = torch.Generator().manual_seed(123)
+    batches = [torch.randint(3, 97, (GLOBAL_BATCH, SEQ), generator=gen) for _ in range(STEPS)]
+    torch.manual_seed(1)  # the gates' noise: the same draws on every rank
+    record = {"loss": [], "hard": [], "lambda": []}
+    for step, ids in enumerate(batches):
+        local = ids.chunk(world)[rank]
+        trainer.begin_step(step)
+        loss = wrapped(input_ids=local, labels=local).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        trainer.end_step()
+        mean = loss.detach().clone()
+        if world > 1:
+            dist.all_reduce(mean)
+            mean /= world
+        record["loss"].append(float(mean))
+        record["hard"].append({k: (_full(g.mask_logits.detach()) > 0).clone() for k, g in state.groups.items()})
+        record["lambda"].append({k: float(c.lambda_1.detach()) for k, c in trainer.controller.controllers.items()})
+    record["params"] = {n: _full(p.detach()).float().clone() for n, p in model.named_parameters()
+                        if p.requires_grad}
+    os.makedirs(out, exist_ok=True)
+    torch.save(record, os.path.join(out, f"{mode}-rank{rank}.pt"))
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
