@@ -47,7 +47,7 @@ def main(mode: str, out: str) -> None:
     if mode.endswith("_ckpt"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainer = MaskTrainer(model)
-    model.register_forward_hook(_AddPenalty(trainer))  # as MaskedDoRACallback does
+    model.register_forward_hook(_AddPenalty(trainer), with_kwargs=True)  # as MaskedDoRACallback does
     state = get_state(model)
     wrapped = model
     if mode == "ddp":

@@ -27,14 +27,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(mode: str, out: str, nproc: int) -> None:
+def _run(mode: str, out: str, nproc: int, script: str = SCRIPT) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("MASKED_DORA_BACKEND", "TRITON_INTERPRET")}
     env["OMP_NUM_THREADS"] = "1"
     if nproc == 1:
-        cmd = [sys.executable, SCRIPT, mode, out]
+        cmd = [sys.executable, script, mode, out]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-               "127.0.0.1", "--master_port", str(_free_port()), SCRIPT, mode, out]
+               "127.0.0.1", "--master_port", str(_free_port()), script, mode, out]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
 
@@ -76,3 +76,32 @@ def test_two_processes_train_like_one(runs, mode, loss_tol, param_tol):
     # every rank holds the same state
     for k in ranks[0]["params"]:
         assert torch.equal(ranks[0]["params"][k], ranks[1]["params"][k]), k
+
+
+TRAINER_SCRIPT = os.path.join(HERE, "dist_trainer.py")
+
+
+@pytest.fixture(scope="module")
+def trainer_runs(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("dist_trainer"))
+    _run("single", out, 1, TRAINER_SCRIPT)
+    return out
+
+
+@pytest.mark.parametrize("mode, nproc", [("accumulate", 1), ("ddp", 2), ("fsdp2", 2)])
+def test_trainer_with_the_callback_trains_like_one_process(trainer_runs, mode, nproc):
+    """The HF Trainer + MaskedDoRACallback: 2 gradient-accumulation steps, DDP over 2 processes and FSDP2
+    through the Trainer's accelerate integration give the one-process, one-micro-batch run. (The penalty used
+    to count once per micro-batch and process: transformers 5 sums token-normalised losses over micro-batches
+    and scales them by the process count, so the penalty weighed 2x here.)"""
+    _run(mode, trainer_runs, nproc, TRAINER_SCRIPT)
+    ref = _load(trainer_runs, "single", 0)
+    for rank in range(nproc):
+        rec = _load(trainer_runs, mode, rank)
+        assert len(rec["loss"]) == len(ref["loss"]) == 4
+        for a, b in zip(rec["loss"], ref["loss"]):
+            assert abs(a - b) <= 1e-5 * abs(b), (mode, rec["loss"], ref["loss"])
+        assert all(torch.equal(rec["hard"][k], ref["hard"][k]) for k in ref["hard"])
+        assert all(abs(rec["lambda"][k] - ref["lambda"][k]) <= 1e-6 for k in ref["lambda"])
+        worst = max(float((rec["params"][k] - ref["params"][k]).abs().max()) for k in ref["params"])
+        assert worst <= 2e-5, (mode, worst)

@@ -148,16 +148,45 @@ class MaskTrainer:
 
 
 class _AddPenalty:
-    """Model forward hook: ``outputs.loss += penalty`` while training."""
+    """Model forward hook (registered ``with_kwargs=True``): ``outputs.loss += penalty`` while training.
+
+    The penalty belongs once to each optimizer step. When the HF Trainer passes ``num_items_in_batch``
+    (transformers 5 does for models that take loss kwargs), the model's loss is already a share of the
+    whole step's token mean: summed over gradient-accumulation micro-batches without dividing by their
+    count, and multiplied by the number of processes (``average_tokens_across_devices``) before DDP/FSDP
+    average the gradients. The penalty then gets the same share, ``local label tokens / num_items_in_batch``,
+    so the shares of every micro-batch on every process add up to one penalty (without it the penalty
+    counted ``accumulation steps x processes`` times). Without ``num_items_in_batch`` the Trainer divides
+    each micro-batch's loss by the accumulation steps itself and DDP averages: the full penalty is right.
+    """
 
     def __init__(self, trainer: MaskTrainer):
         self.trainer = trainer
 
-    def __call__(self, module, args, output):
+    def __call__(self, module, args, kwargs, output):
         loss = getattr(output, "loss", None)
-        if module.training and loss is not None:
-            output.loss = loss + self.trainer.penalty().to(loss.dtype)
+        if not (module.training and loss is not None):
+            return output
+        penalty = self.trainer.penalty().to(loss.dtype)
+        items = kwargs.get("num_items_in_batch")
+        labels = kwargs.get("shift_labels", kwargs.get("labels"))
+        if items is not None and isinstance(labels, torch.Tensor):
+            if "shift_labels" not in kwargs and _loss_shifts_labels(module):
+                labels = labels[..., 1:]  # counted as the Trainer counts num_items_in_batch
+            share = labels.ne(-100).sum().to(loss.dtype) / torch.as_tensor(items).to(loss.device, loss.dtype)
+            penalty = penalty * share
+        output.loss = loss + penalty
         return output
+
+
+def _loss_shifts_labels(model: nn.Module) -> bool:
+    """Whether the model's loss shifts the labels (a causal-LM loss): the Trainer's own test, for counting tokens."""
+    try:
+        from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
+    except ImportError:  # pragma: no cover - older transformers
+        return False
+    return (LOSS_MAPPING.get(getattr(model, "loss_type", None)) is ForCausalLMLoss
+            and not getattr(getattr(model, "config", None), "is_encoder_decoder", False))
 
 
 class MaskedDoRACallback(TrainerCallback):
@@ -187,7 +216,8 @@ class MaskedDoRACallback(TrainerCallback):
         if optimizer is not None:
             use_mask_group(optimizer, self.mask_trainer.model, self.mask_lr, scheduler=lr_scheduler)
         if self._handle is None:
-            self._handle = self.mask_trainer.model.register_forward_hook(_AddPenalty(self.mask_trainer))
+            self._handle = self.mask_trainer.model.register_forward_hook(_AddPenalty(self.mask_trainer),
+                                                                         with_kwargs=True)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.mask_trainer.begin_step(state.global_step)
