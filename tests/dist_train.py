@@ -34,10 +34,8 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-def main(mode: str, out: str) -> None:
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    if world > 1:
-        dist.init_process_group("gloo")
+def build(mode: str, world: int):
+    """``(model, wrapped, trainer, optimizer)``: the prepared tiny Llama, wrapped for ``mode``."""
     torch.manual_seed(0)
     model = tiny_model("llama", kind="lm")
     prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5,
@@ -48,7 +46,6 @@ def main(mode: str, out: str) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainer = MaskTrainer(model)
     model.register_forward_hook(_AddPenalty(trainer), with_kwargs=True)  # as MaskedDoRACallback does
-    state = get_state(model)
     wrapped = model
     if mode == "ddp":
         wrapped = torch.nn.parallel.DistributedDataParallel(model)
@@ -62,13 +59,20 @@ def main(mode: str, out: str) -> None:
         fully_shard(model, mp_policy=policy)
     elif mode != "single":
         raise SystemExit(f"mode: expected single, ddp, fsdp2, fsdp2_mp or fsdp2_ckpt, got {mode!r}")
-    opt = torch.optim.Adam(param_groups(model, lr=1e-2))
+    return model, wrapped, trainer, torch.optim.Adam(param_groups(model, lr=1e-2))
+
+
+def global_batches():
     gen = torch.Generator().manual_seed(123)
-    batches = [torch.randint(3, 97, (GLOBAL_BATCH, SEQ), generator=gen) for _ in range(STEPS)]
-    torch.manual_seed(1)  # the gates' noise: the same draws on every rank
-    record = {"loss": [], "hard": [], "lambda": []}
-    for step, ids in enumerate(batches):
-        local = ids.chunk(world)[rank]
+    return [torch.randint(3, 97, (GLOBAL_BATCH, SEQ), generator=gen) for _ in range(STEPS)]
+
+
+def train_steps(model, wrapped, trainer, opt, steps, world, rank, record):
+    """Train on ``steps`` (indices into :func:`global_batches`), each rank on its slice; append to ``record``."""
+    state = get_state(model)
+    batches = global_batches()
+    for step in steps:
+        local = batches[step].chunk(world)[rank]
         trainer.begin_step(step)
         loss = wrapped(input_ids=local, labels=local).loss
         loss.backward()
@@ -82,8 +86,21 @@ def main(mode: str, out: str) -> None:
         record["loss"].append(float(mean))
         record["hard"].append({k: (_full(g.mask_logits.detach()) > 0).clone() for k, g in state.groups.items()})
         record["lambda"].append({k: float(c.lambda_1.detach()) for k, c in trainer.controller.controllers.items()})
-    record["params"] = {n: _full(p.detach()).float().clone() for n, p in model.named_parameters()
-                        if p.requires_grad}
+
+
+def trainable(model):
+    return {n: _full(p.detach()).float().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def main(mode: str, out: str) -> None:
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world > 1:
+        dist.init_process_group("gloo")
+    model, wrapped, trainer, opt = build(mode, world)
+    torch.manual_seed(1)  # the gates' noise: the same draws on every rank
+    record = {"loss": [], "hard": [], "lambda": []}
+    train_steps(model, wrapped, trainer, opt, range(STEPS), world, rank, record)
+    record["params"] = trainable(model)
     os.makedirs(out, exist_ok=True)
     torch.save(record, os.path.join(out, f"{mode}-rank{rank}.pt"))
     if world > 1:
