@@ -60,7 +60,7 @@ from torch import Tensor
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from . import _checks, _registry
-from ._eager import plain_eager
+from ._eager import eager_function, plain_eager
 
 OP = "compact_linear"
 KERNEL_SCHEMA = ("(Tensor x, Tensor weight, Tensor? bias, Tensor? in_idx, Tensor? out_idx, "
@@ -293,17 +293,7 @@ def _backward(ctx, grad_out):
 _compact_linear_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-class _EagerCompactLinear(torch.autograd.Function):
-    """The custom op's body and autograd formula without the custom-op machinery (see :mod:`._eager`)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, in_idx, out_idx, out_features, residual):
-        inputs = (x, weight, bias, in_idx, out_idx, out_features, residual)
-        output = _compact_linear(*inputs)
-        _setup_context(ctx, inputs, output)
-        return output
-
-    backward = staticmethod(_backward)
+_EagerCompactLinear = eager_function("_EagerCompactLinear", _compact_linear, _setup_context, _backward)
 
 
 # ---------------------------------------------------------------- public entry point

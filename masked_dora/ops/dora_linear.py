@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from . import _checks, _registry
-from ._eager import plain_eager
+from ._eager import eager_function, plain_eager
 
 OP = "dora_linear"
 OP_BACKWARD = "dora_linear_backward"
@@ -167,22 +167,7 @@ def _backward(ctx, grad_y, _grad_pre_scale, _grad_xa):
     )
 
 
-class _EagerDoRALinear(torch.autograd.Function):
-    """The custom op's body and autograd formula without the custom-op machinery (see :mod:`._eager`).
-
-    ``forward(ctx, ...)``, not a separate ``setup_context``: with one, every ``apply`` binds its
-    arguments through ``inspect.signature`` (~20 us).
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, lora_A, lora_B, scaling, scale, bias):
-        inputs = (x, weight, lora_A, lora_B, scaling, scale, bias)
-        output = _forward(*inputs)
-        _setup_context(ctx, inputs, output)
-        return output
-
-    backward = staticmethod(_backward)
-
+_EagerDoRALinear = eager_function("_EagerDoRALinear", _forward, _setup_context, _backward)
 
 _dora_linear_op.register_autograd(_backward, setup_context=_setup_context)
 
