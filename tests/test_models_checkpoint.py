@@ -1,10 +1,6 @@
 """Pruned checkpoints (plain transformers reload in a clean process), training state, PEFT import."""
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 import warnings
 
 import pytest
@@ -14,31 +10,12 @@ from masked_dora.models import (MaskedDoRAConfig, SparsityController, compact_mo
                                 load_compact, load_training_state, prepare_model, save_training_state)
 from masked_dora.models.compact import LAYER_SIZES_KEY
 
-from tiny_models import output_tensor, randomize_adapters, tiny_inputs, tiny_model
+from tiny_models import output_tensor, randomize_adapters, reload_plain_in_clean_process, tiny_inputs, tiny_model
 
 CFG = dict(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5)
 
-PLAIN_RELOAD = textwrap.dedent("""
-    import sys, torch, transformers
-    path, auto = sys.argv[1], sys.argv[2]
-    inputs = torch.load(path + "/inputs.pt")
-    model = getattr(transformers, auto).from_pretrained(path).eval()
-    with torch.no_grad():
-        out = model(**inputs)
-    out = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
-    torch.save(out, path + "/reloaded.pt")
-    assert not any(m.startswith("masked_dora") for m in sys.modules), "masked_dora was imported"
-    print("ok")
-""")
-
-
 def _reload_in_clean_process(path, auto):
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["HF_HUB_OFFLINE"] = "1"
-    res = subprocess.run([sys.executable, "-c", PLAIN_RELOAD, path, auto], capture_output=True, text=True,
-                         env=env, cwd=path, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return torch.load(os.path.join(path, "reloaded.pt"))
+    return reload_plain_in_clean_process([(path, auto)])[0]
 
 
 @pytest.mark.parametrize("family, auto", [("qwen2", "AutoModelForCausalLM"), ("bert", "AutoModel")])

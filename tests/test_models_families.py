@@ -8,11 +8,7 @@ Families whose heads cannot be pruned exactly are refused at ``prepare_model`` a
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -22,8 +18,8 @@ from masked_dora.models import (MaskedDoRAConfig, compact_model, get_state, hard
 from masked_dora.models import specs as specs_module
 from masked_dora.models.compact import LAYER_SIZES_KEY
 
-from tiny_models import (DECODER_LMS, FAMILIES, MLP_ONLY_FAMILIES, output_tensor, randomize_adapters, tiny_config,
-                         tiny_inputs, tiny_model)
+from tiny_models import (DECODER_LMS, FAMILIES, MLP_ONLY_FAMILIES, output_tensor, randomize_adapters,
+                         reload_plain_in_clean_process, tiny_config, tiny_inputs, tiny_model)
 
 AUTO = {**{f: "AutoModelForCausalLM" for f in DECODER_LMS}, "bart": "AutoModelForSeq2SeqLM"}
 CHAIN = [(f, ("mlp", "heads")) for f in FAMILIES] + [(f, ("mlp",)) for f in MLP_ONLY_FAMILIES]
@@ -85,20 +81,6 @@ def test_family_compacts_saves_reloads_and_generates_equal(chains, family):
         assert torch.equal(reloaded.generate(ids, **gen), model.generate(ids, **gen))
 
 
-PLAIN_RELOAD = textwrap.dedent("""
-    import json, sys, torch, transformers
-    for path, auto in json.loads(sys.argv[1]):
-        inputs = torch.load(path + "/inputs.pt")
-        model = getattr(transformers, auto).from_pretrained(path).eval()
-        with torch.no_grad():
-            out = model(**inputs)
-        out = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
-        torch.save(out, path + "/reloaded.pt")
-    assert not any(m.startswith("masked_dora") for m in sys.modules), "masked_dora was imported"
-    print("ok")
-""")
-
-
 def test_plain_checkpoints_reload_with_plain_transformers(chains):
     """Every family whose config expresses its pruned sizes reloads in a process without masked_dora."""
     jobs = [(path, AUTO.get(family, "AutoModelForMaskedLM")) for family, (path, *_rest, plain) in chains.items()
@@ -107,15 +89,10 @@ def test_plain_checkpoints_reload_with_plain_transformers(chains):
     # the Llama-style decoders with head_dim in their config are plain after head pruning
     assert {"llama", "qwen3", "gemma", "gemma2", "gemma3_text", "granite", "phi", "phi3", "cohere", "olmo2"} <= set(
         plain_families), plain_families
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["HF_HUB_OFFLINE"] = "1"
-    res = subprocess.run([sys.executable, "-c", PLAIN_RELOAD, json.dumps(jobs)], capture_output=True, text=True,
-                         env=env, cwd=jobs[0][0], timeout=600)  # cwd: not the repository (its masked_dora/)
-    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
-    for family, (path, _model, _small, ref, _out, plain) in chains.items():
-        if plain:
-            torch.testing.assert_close(torch.load(os.path.join(path, "reloaded.pt")), ref, rtol=1e-4, atol=1e-5,
-                                       msg=family)
+    outputs = reload_plain_in_clean_process(jobs)
+    plain = [(family, ref) for family, (path, _model, _small, ref, _out, is_plain) in chains.items() if is_plain]
+    for (family, ref), out in zip(plain, outputs):
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5, msg=family)
 
 
 @pytest.mark.parametrize("family, flag", [("olmo2", None), ("t5", None), ("stablelm", "qk_layernorm"),

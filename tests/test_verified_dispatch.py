@@ -28,23 +28,28 @@ CUDA = torch.device("cuda")
 OP = "dora_linear"
 
 
-@pytest.fixture
-def fake_gpu(monkeypatch, tmp_path):
-    """A pretend sm_90 GPU with stand-in cuda/triton kernels for OP; a private verification cache."""
+def _pretend_sm90_with_stand_ins(monkeypatch, tmp_path) -> dict:
+    """A pretend sm_90 GPU with stand-in cuda/triton kernels for every op; a private verification cache."""
     state = sm90_build()
     monkeypatch.setenv(_verified.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.delenv(_verified.TRUST_ENV, raising=False)
     monkeypatch.delenv(_registry.ENV_VAR, raising=False)
     pretend_gpu(monkeypatch, state)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda idx=None: "Fake H100")
-    monkeypatch.setattr(_verified, "VERIFIED", {})
     for op in _registry._REGISTRY:  # stand-ins (a CUDA build registers real ones: not what is tested)
         for name, prio in (("cuda", 30), ("triton", 20)):
             impl = _registry.BackendImpl(name, lambda *a: name, lambda d, t: d.type == "cuda", prio,
                                          lambda d, t: "cpu tensor")
             monkeypatch.setitem(_registry._REGISTRY[op], name, impl)
     _verified.forget()
-    yield state
+    return state
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch, tmp_path):
+    """:func:`_pretend_sm90_with_stand_ins` with nothing verified (no committed table)."""
+    monkeypatch.setattr(_verified, "VERIFIED", {})
+    yield _pretend_sm90_with_stand_ins(monkeypatch, tmp_path)
     _verified.forget()
 
 
@@ -284,17 +289,7 @@ def test_committed_sm90_verification_makes_the_cuda_kernels_the_default_there(mo
     any user cache, and no 'not verified' warning is raised."""
     if "sm_90" not in _verified.VERIFIED:
         pytest.skip("no committed sm_90 verification")
-    state = sm90_build()
-    monkeypatch.setenv(_verified.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.delenv(_verified.TRUST_ENV, raising=False)
-    monkeypatch.delenv(_registry.ENV_VAR, raising=False)
-    pretend_gpu(monkeypatch, state)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda idx=None: "Fake H100")
-    for name, prio in (("cuda", 30), ("triton", 20)):
-        impl = _registry.BackendImpl(name, lambda *a: name, lambda d, t: d.type == "cuda", prio,
-                                     lambda d, t: "cpu tensor")
-        monkeypatch.setitem(_registry._REGISTRY[OP], name, impl)
-    _verified.forget()
+    _pretend_sm90_with_stand_ins(monkeypatch, tmp_path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")

@@ -182,3 +182,34 @@ def tiny_llama_dir(path: str) -> str:
                          bos_token_id=2, eos_token_id=3)
     LlamaForCausalLM(config).save_pretrained(path)
     return path
+
+
+_PLAIN_RELOAD = """
+import json, sys, torch, transformers
+for path, auto in json.loads(sys.argv[1]):
+    inputs = torch.load(path + "/inputs.pt")
+    model = getattr(transformers, auto).from_pretrained(path).eval()
+    with torch.no_grad():
+        out = model(**inputs)
+    out = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+    torch.save(out, path + "/reloaded.pt")
+assert not any(m.startswith("masked_dora") for m in sys.modules), "masked_dora was imported"
+print("ok")
+"""
+
+
+def reload_plain_in_clean_process(jobs):
+    """Reload every ``(checkpoint dir, transformers Auto class name)`` with plain transformers, in one process
+    that never imports masked_dora (run from the first checkpoint dir, not the repository), on each dir's
+    ``inputs.pt``; returns the outputs (logits, else last_hidden_state), in order."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_HUB_OFFLINE"] = "1"
+    res = subprocess.run([sys.executable, "-c", _PLAIN_RELOAD, json.dumps([list(j) for j in jobs])],
+                         capture_output=True, text=True, env=env, cwd=jobs[0][0], timeout=600)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
+    return [torch.load(os.path.join(path, "reloaded.pt")) for path, _ in jobs]

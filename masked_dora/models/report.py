@@ -89,9 +89,11 @@ def write_markdown(path: str, metrics: Dict, plot_file: Optional[str], plot_note
             lines.append(f"| {row['name']} | {_fmt(row['perplexity'])} | {_fmt(row['top1_agreement'])} |")
         lines += ["", f"Dense perplexity on the same tokens: {m['perplexity_dense']:.4f}.", ""]
     else:
-        held = ("held-out docstring paragraphs from modules never used in training" if m.get("data", "stdlib docstrings")
-                == "stdlib docstrings" else f"held-out texts of {_data(m)}, never trained on")
-        lines += [f"{m['n_eval']} {held}; retrieval: the first half of each text is the query, the second halves "
+        stdlib = m.get("data", "stdlib docstrings") == "stdlib docstrings"
+        held = ("held-out docstring paragraphs from modules never used in training" if stdlib
+                else f"held-out texts of {_data(m)}, never trained on")
+        unit = "paragraph" if stdlib else "text"
+        lines += [f"{m['n_eval']} {held}; retrieval: the first half of each {unit} is the query, the second halves "
                   "are the documents.", "",
                   "| model | cosine to dense (mean) | cosine (min) | top-1 agreement with dense | top-1 accuracy |",
                   "|---|---|---|---|---|"]
