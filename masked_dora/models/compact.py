@@ -86,9 +86,9 @@ def _compact_weights(model: nn.Module):
             paths = role_paths(spec, "heads")
             mods = block_modules(block, spec, ("heads",))["heads"]
             group = state.group("heads", i)
-            rows = _idx(mods["qkv"].keep_mask())
             w, b = _merged(mods["qkv"])
-            repl[prefix + paths["qkv"]] = (w[rows.to(w.device)], None if b is None else b[rows.to(w.device)])
+            rows = _idx(mods["qkv"].keep_mask()).to(w.device)
+            repl[prefix + paths["qkv"]] = (w[rows], None if b is None else b[rows])
             cols = _idx(group.hard()[group.index("output")])
             w, b = _merged(mods["output"])
             repl[prefix + paths["output"]] = (w[:, cols.to(w.device)], b)
@@ -149,9 +149,9 @@ def plain_config_or_reason(config, spec: ModelSpec, original, sizes):
 
 def _plain_config(config, spec: ModelSpec, original, sizes, form: str = "auto"):
     """The plain config, or ``None`` (the per-layer form): as decided at ``prepare_model`` (``form``)."""
-    plain, reason = plain_config_or_reason(config, spec, original, sizes)
     if form == "per_layer":
         return None
+    plain, reason = plain_config_or_reason(config, spec, original, sizes)
     if plain is None and form == "plain":
         warnings.warn(f"compact_model: prepare_model planned a plain checkpoint, but the hardened masks cannot be "
                       f"one ({reason}); it saves with per-layer sizes: load it with masked_dora.load_compact(path)",
