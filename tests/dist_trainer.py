@@ -63,11 +63,16 @@ def main(mode: str, out: str) -> None:
     args = TrainingArguments(output_dir=os.path.join(out, f"trainer-{mode}"),
                              per_device_train_batch_size=GLOBAL_BATCH // world // accumulate,
                              gradient_accumulation_steps=accumulate,
-                             num_train_epochs=EPOCHS, learning_rate=1e-2, lr_scheduler_type="constant",
+                             # SGD with momentum (the Trainer's own, named by optim): updates linear in the gradient,
+                             # so the runs differ by reduction rounding only (AdamW's per-element normalisation turns
+                             # rounding in a near-cancelling gradient into a step of up to the learning rate; see
+                             # dist_train.make_optimizer). The Trainer's default AdamW: tests/test_trainer_readme.py.
+                             optim="sgd", optim_args="momentum=0.9",
+                             num_train_epochs=EPOCHS, learning_rate=0.1, lr_scheduler_type="constant",
                              warmup_steps=0, weight_decay=0.0, max_grad_norm=0.0, logging_steps=1, save_strategy="no",
                              report_to=[], use_cpu=True, ddp_backend="gloo" if world > 1 else None, seed=0,
                              dataloader_drop_last=False, disable_tqdm=True, **extra)
-    callback = MaskedDoRACallback(model, mask_lr=0.05)
+    callback = MaskedDoRACallback(model, mask_lr=1.0)
     trainer = Trainer(model=model, args=args, train_dataset=Sequences(), callbacks=[callback])
     trainer.train()
     state = get_state(model)

@@ -10,9 +10,11 @@ hard mask decision on every rank at every step, and the same Lagrangian multipli
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -27,16 +29,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(mode: str, out: str, nproc: int, script: str = SCRIPT) -> None:
+# torchrun's report of a worker killed by a signal (SIGABRT, SIGSEGV, SIGBUS), not a Python exception (exit 1)
+_WORKER_SIGNAL = re.compile(r"exitcode\s*:\s*-(6|7|11)\b")
+
+
+def _launch(mode: str, out: str, nproc: int, script: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("MASKED_DORA_BACKEND", "TRITON_INTERPRET")}
     env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONFAULTHANDLER"] = "1"  # a worker that aborts prints every thread's Python stack
     if nproc == 1:
         cmd = [sys.executable, script, mode, out]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
                "127.0.0.1", "--master_port", str(_free_port()), script, mode, out]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+
+def _run(mode: str, out: str, nproc: int, script: str = SCRIPT) -> None:
+    """Run ``script mode out`` on ``nproc`` processes; fail with its output if it fails.
+
+    A multi-process run whose worker was killed by a signal (CI saw one FSDP2 run over gloo abort with
+    "terminate called without an active exception" and no Python error, once in six FSDP2 launches; 40
+    launches here never did) is launched once more, with a warning carrying the first run's output, so
+    such a crash stays visible; a second failure, or any failure that is not a signal, fails the test. The
+    results the test compares come from the run that succeeded, and are checked in full."""
+    res = _launch(mode, out, nproc, script)
+    if res.returncode != 0 and nproc > 1 and _WORKER_SIGNAL.search(res.stderr):
+        warnings.warn(f"{os.path.basename(script)} {mode}: a worker was killed by a signal; launching once more. "
+                      f"Its output:\n{res.stdout[-2000:]}{res.stderr[-12000:]}")
+        res = _launch(mode, out, nproc, script)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-12000:]
 
 
 @pytest.fixture(scope="module")
@@ -50,16 +72,19 @@ def _load(out, mode, rank):
     return torch.load(os.path.join(out, f"{mode}-rank{rank}.pt"))
 
 
-@pytest.mark.parametrize("mode, loss_tol, param_tol", [
-    ("ddp", 1e-5, 1e-5),
-    ("fsdp2", 1e-5, 1e-5),
-    ("fsdp2_ckpt", 1e-5, 1e-5),
-    # bf16 parameters in forward/backward: bf16 rounding; Adam (lr 1e-2, 4 steps) moves any element at most 0.04
-    ("fsdp2_mp", 1e-2, 0.04),
+@pytest.mark.parametrize("mode, loss_tol, param_tol, lambda_tol", [
+    ("ddp", 1e-5, 1e-5, 1e-6),
+    ("fsdp2", 1e-5, 1e-5, 1e-6),
+    ("fsdp2_ckpt", 1e-5, 1e-5, 1e-6),
+    # bf16 parameters in forward/backward: gradients to bf16 rounding (2^-8); SGD moves no element more than
+    # 0.6 in the 4 steps (measured: 2.7e-3 parameters, 7e-5 loss, 3.6e-4 multipliers)
+    ("fsdp2_mp", 1e-3, 1e-2, 2e-3),
 ])
-def test_two_processes_train_like_one(runs, mode, loss_tol, param_tol):
+def test_two_processes_train_like_one(runs, mode, loss_tol, param_tol, lambda_tol):
     _run(mode, runs, 2)
     ref = _load(runs, "single", 0)
+    # the masks change their hard decision during the run, so comparing the decisions says something
+    assert any(not torch.equal(a[k], b[k]) for a, b in zip(ref["hard"], ref["hard"][1:]) for k in a)
     ranks = [_load(runs, mode, r) for r in (0, 1)]
     for rec in ranks:
         assert len(rec["loss"]) == len(ref["loss"])
@@ -69,7 +94,7 @@ def test_two_processes_train_like_one(runs, mode, loss_tol, param_tol):
             assert step_masks.keys() == ref_masks.keys()
             assert all(torch.equal(step_masks[k], ref_masks[k]) for k in ref_masks)
         for lam, ref_lam in zip(rec["lambda"], ref["lambda"]):
-            assert all(abs(lam[k] - ref_lam[k]) <= max(1e-6, loss_tol * 0.01) for k in ref_lam)
+            assert all(abs(lam[k] - ref_lam[k]) <= lambda_tol for k in ref_lam), (mode, lam, ref_lam)
         assert rec["params"].keys() == ref["params"].keys()
         worst = max(float((rec["params"][k] - ref["params"][k]).abs().max()) for k in ref["params"])
         assert worst <= param_tol, (mode, worst)
