@@ -205,8 +205,10 @@ setup(
         "quality": ["torch-pruning==1.6.1", "matplotlib"],
         # the CPU tests run Triton under its interpreter, which needs >= 3.9 (3.6's mis-handles
         # scalar loop bounds); compiled kernels work with the triton extra's range (checked on 3.6)
+        # deepspeed: tests/test_distributed.py trains through the HF Trainer under ZeRO-3 (a test-only dependency;
+        # pure Python, its kernels are built only when used, and the tests use none)
         "test": ["pytest", "pytest-benchmark", "hypothesis", "triton>=3.9", "transformers>=4.45", "peft>=0.13",
-                 "safetensors", "ninja"],
+                 "safetensors", "ninja", "deepspeed>=0.19"],
     },
     entry_points={"console_scripts": ["masked-dora = masked_dora.cli:main"]},
     ext_modules=ext_modules,

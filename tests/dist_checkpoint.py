@@ -8,7 +8,7 @@
 the RNG state with ``torch.save``; a fresh FSDP2 model loads them (``set_state_dict``) and trains steps 2-3.
 Then the full state dict is gathered on rank 0 (``full_state_dict=True, cpu_offload=True``), loaded into an
 unsharded prepared model, hardened and compacted. ``single``: the same 4 steps on one process, then harden
-and compact. Writes ``OUT/<mode>-resume-rank<r>.pt`` (the steps' record and final parameters) and
+and compact. Tiny Llama only. Writes ``OUT/<mode>-resume-rank<r>.pt`` (the steps' record and final parameters) and
 ``OUT/<mode>-compact.pt`` (the compacted model's logits on a probe batch, its config sizes).
 """
 

@@ -1,15 +1,15 @@
-"""A prepared tiny Llama trained on several processes (gloo, CPU), step for step as on one.
+"""A prepared tiny Llama (or another family of ``tests/tiny_models.py``: FAMILY, default llama) trained on several processes (gloo, CPU), step for step as on one.
 
-    python tests/dist_train.py single OUT                                    # the reference
-    python -m torch.distributed.run --nproc_per_node 2 tests/dist_train.py ddp OUT
-    python -m torch.distributed.run --nproc_per_node 2 tests/dist_train.py fsdp2 OUT
-    python -m torch.distributed.run --nproc_per_node 2 tests/dist_train.py fsdp2_mp OUT   # + MixedPrecisionPolicy
-    python -m torch.distributed.run --nproc_per_node 2 tests/dist_train.py fsdp2_ckpt OUT # + gradient checkpointing
+    python tests/dist_train.py single OUT [FAMILY]                                    # the reference
+    python -m torch.distributed.run --nproc_per_node 2 tests/dist_train.py ddp OUT [FAMILY]
+    python -m torch.distributed.run --nproc_per_node 2 tests/dist_train.py fsdp2 OUT [FAMILY]
+    python -m torch.distributed.run --nproc_per_node 2 tests/dist_train.py fsdp2_mp OUT [FAMILY]   # + MixedPrecisionPolicy
+    python -m torch.distributed.run --nproc_per_node 2 tests/dist_train.py fsdp2_ckpt OUT [FAMILY] # + checkpointing
 
 Every process draws the same global batch and trains on its slice of it; the mask gates' noise comes from
 the same seed on every rank (one draw per model forward, as on one process), the sparsity penalty is added
 by the same forward hook the HF Trainer callback uses, and the Lagrangian multipliers take the same
-ascent step everywhere. Writes ``OUT/<mode>-rank<r>.pt``: per-step losses (the global-batch mean),
+ascent step everywhere. Writes ``OUT/<family>-<mode>-rank<r>.pt``: per-step losses (the global-batch mean),
 per-step hard masks and multipliers, and the final trainable state (full tensors).
 """
 
@@ -24,6 +24,7 @@ import torch.distributed as dist
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from masked_dora.models import MaskedDoRAConfig, get_state, param_groups, prepare_model  # noqa: E402
+from masked_dora.models.specs import find_layers, spec_for  # noqa: E402
 from masked_dora.models.training import MaskTrainer, _AddPenalty  # noqa: E402
 from tiny_models import randomize_adapters, tiny_model  # noqa: E402
 
@@ -34,10 +35,11 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-def build(mode: str, world: int):
-    """``(model, wrapped, trainer, optimizer)``: the prepared tiny Llama, wrapped for ``mode``."""
+def build(mode: str, world: int, family: str = "llama"):
+    """``(model, wrapped, trainer, optimizer)``: the prepared tiny ``family`` LM (dropout off), wrapped for
+    ``mode``."""
     torch.manual_seed(0)
-    model = tiny_model("llama", kind="lm")
+    model = tiny_model(family, kind="lm")
     prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5,
                                           mask_init=0.5))
     randomize_adapters(model)
@@ -54,7 +56,7 @@ def build(mode: str, world: int):
 
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
             if mode == "fsdp2_mp" else MixedPrecisionPolicy()
-        for block in model.model.layers:
+        for block in find_layers(model, spec_for(model))[1]:
             fully_shard(block, mp_policy=policy)
         fully_shard(model, mp_policy=policy)
     elif mode != "single":
@@ -69,7 +71,7 @@ def make_optimizer(model):
     Gradients perturbed by 1e-7 of their largest element moved Adam-trained parameters by 1.3e-2 here, and a CI
     machine whose CPU rounds differently saw 7.5e-4 for FSDP2.) The rates make the masks change their hard
     decision during the 4 steps, so the per-step mask comparison is not vacuous."""
-    return torch.optim.SGD(param_groups(model, lr=0.1, mask_lr=1.0), momentum=0.9)
+    return torch.optim.SGD(param_groups(model, lr=0.1, mask_lr=3.0), momentum=0.9)
 
 
 def global_batches():
@@ -102,21 +104,21 @@ def trainable(model):
     return {n: _full(p.detach()).float().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def main(mode: str, out: str) -> None:
+def main(mode: str, out: str, family: str = "llama") -> None:
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world > 1:
         dist.init_process_group("gloo")
-    model, wrapped, trainer, opt = build(mode, world)
+    model, wrapped, trainer, opt = build(mode, world, family)
     torch.manual_seed(1)  # the gates' noise: the same draws on every rank
     record = {"loss": [], "hard": [], "lambda": []}
     train_steps(model, wrapped, trainer, opt, range(STEPS), world, rank, record)
     record["params"] = trainable(model)
     os.makedirs(out, exist_ok=True)
-    torch.save(record, os.path.join(out, f"{mode}-rank{rank}.pt"))
+    torch.save(record, os.path.join(out, f"{family}-{mode}-rank{rank}.pt"))
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])

@@ -1,19 +1,23 @@
 """The HF Trainer with MaskedDoRACallback on one or several processes (gloo, CPU), as users launch it.
 
-    python tests/dist_trainer.py single OUT
-    python tests/dist_trainer.py accumulate OUT          # batch 2, 2 gradient-accumulation steps
-    python -m torch.distributed.run --nproc_per_node 2 tests/dist_trainer.py ddp OUT
-    python -m torch.distributed.run --nproc_per_node 2 tests/dist_trainer.py fsdp2 OUT
+    python tests/dist_trainer.py single OUT [FAMILY]
+    python tests/dist_trainer.py accumulate OUT [FAMILY]          # batch 2, 2 gradient-accumulation steps
+    python -m torch.distributed.run --nproc_per_node 2 tests/dist_trainer.py ddp OUT [FAMILY]
+    python -m torch.distributed.run --nproc_per_node 2 tests/dist_trainer.py fsdp2 OUT [FAMILY]
+    python -m torch.distributed.run --nproc_per_node 2 tests/dist_trainer.py zero3 OUT [FAMILY]  # DeepSpeed ZeRO-3
+
+FAMILY: a family of ``tests/tiny_models.py`` (default llama), trained as its LM (causal or masked).
 
 The same 4 sequences form the global batch of every step (one step per epoch), so one process with
 batch 4 and two with batch 2 each see the same data whatever the samplers' order. The gate is the
 noise-free ``sigmoid_ste`` (the Trainer's samplers draw from the global RNG differently on one and on
 several processes). Writes ``OUT/<mode>-rank<r>.pt``: the logged losses, the final hard masks, the
-Lagrangian multipliers and the trainable parameters (full tensors).
+Lagrangian multipliers and the trainable parameters (full tensors), to ``OUT/<family>-<mode>-rank<r>.pt``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -22,7 +26,10 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from masked_dora.models import MaskedDoRACallback, MaskedDoRAConfig, get_state, prepare_model  # noqa: E402
+from masked_dora.models import (MaskedDoRACallback, MaskedDoRAConfig, get_state, param_groups,  # noqa: E402
+                                prepare_model)
+from masked_dora.models.specs import find_layers, spec_for  # noqa: E402
+from masked_dora.models.training import loss_takes_num_items  # noqa: E402
 from tiny_models import randomize_adapters, tiny_model  # noqa: E402
 
 EPOCHS, GLOBAL_BATCH, SEQ = 4, 4, 9
@@ -43,22 +50,31 @@ def _full(t):
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-def main(mode: str, out: str) -> None:
+def main(mode: str, out: str, family: str = "llama") -> None:
     from transformers import Trainer, TrainingArguments
 
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     torch.manual_seed(0)
-    model = tiny_model("llama", kind="lm")
+    model = tiny_model(family, kind="lm")
     prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5,
                                           mask_init=0.5, gate="sigmoid_ste"))
     randomize_adapters(model)
+    block_class = type(find_layers(model, spec_for(model))[1][0]).__name__
+    if not loss_takes_num_items(model):  # BERT's masked-LM head takes its own mean: the README's setting for it,
+        model.accepts_loss_kwargs = False  # without which the Trainer weighs its loss by accumulation x processes
     extra = {}
     if mode == "fsdp2":
         extra = dict(fsdp="full_shard auto_wrap",
-                     fsdp_config={"fsdp_version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"],
+                     fsdp_config={"fsdp_version": 2, "transformer_layer_cls_to_wrap": [block_class],
                                   "reshard_after_forward": True})
+    elif mode == "zero3":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed on the CPU (gloo); on GPUs it finds them itself
+        # persistence threshold 0: every parameter released after use, as the large ones of a real model
+        extra = dict(deepspeed={"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+                                "train_micro_batch_size_per_gpu": "auto",
+                                "gradient_accumulation_steps": "auto", "gradient_clipping": "auto"})
     elif mode not in ("single", "accumulate", "ddp"):
-        raise SystemExit(f"mode: expected single, accumulate, ddp or fsdp2, got {mode!r}")
+        raise SystemExit(f"mode: expected single, accumulate, ddp, fsdp2 or zero3, got {mode!r}")
     accumulate = 2 if mode == "accumulate" else 1
     args = TrainingArguments(output_dir=os.path.join(out, f"trainer-{mode}"),
                              per_device_train_batch_size=GLOBAL_BATCH // world // accumulate,
@@ -73,19 +89,32 @@ def main(mode: str, out: str) -> None:
                              report_to=[], use_cpu=True, ddp_backend="gloo" if world > 1 else None, seed=0,
                              dataloader_drop_last=False, disable_tqdm=True, **extra)
     callback = MaskedDoRACallback(model, mask_lr=1.0)
-    trainer = Trainer(model=model, args=args, train_dataset=Sequences(), callbacks=[callback])
+    groups = {}
+    if mode == "zero3":  # DeepSpeed builds the optimizer inside train(): the mask group must be there from the start
+        groups = dict(optimizer_cls_and_kwargs=(torch.optim.SGD, {"params": param_groups(model, lr=0.1, mask_lr=1.0),
+                                                                  "momentum": 0.9}))
+    trainer = Trainer(model=model, args=args, train_dataset=Sequences(), callbacks=[callback], **groups)
     trainer.train()
-    state = get_state(model)
-    record = {"loss": [e["loss"] for e in trainer.state.log_history if "loss" in e],
-              "hard": {k: (_full(g.mask_logits.detach()) > 0).clone() for k, g in state.groups.items()},
-              "lambda": {k: float(c.lambda_1.detach()) for k, c in callback.mask_trainer.controller.controllers.items()},
-              "params": {n.replace("_fsdp_wrapped_module.", ""): _full(p.detach()).float().clone()
-                         for n, p in trainer.model.named_parameters() if p.requires_grad}}
+    gathered = contextlib.nullcontext()
+    if mode == "zero3":
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(list(model.parameters()))
+    with gathered:
+        record = _record(trainer, callback, get_state(model))
     os.makedirs(out, exist_ok=True)
-    torch.save(record, os.path.join(out, f"{mode}-rank{rank}.pt"))
+    torch.save(record, os.path.join(out, f"{family}-{mode}-rank{rank}.pt"))
     if world > 1 and dist.is_initialized():
         dist.barrier()
 
 
+def _record(trainer, callback, state):
+    return {"loss": [e["loss"] for e in trainer.state.log_history if "loss" in e],
+            "hard": {k: (_full(g.mask_logits.detach()) > 0).clone() for k, g in state.groups.items()},
+            "lambda": {k: float(c.lambda_1.detach()) for k, c in callback.mask_trainer.controller.controllers.items()},
+            "params": {n.replace("_fsdp_wrapped_module.", ""): _full(p.detach()).float().clone()
+                       for n, p in trainer.model.named_parameters() if p.requires_grad}}
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])

@@ -231,3 +231,57 @@ def test_exact_budget_inside_the_trainer(tmp_path):
     assert any(not torch.equal(g.mask_logits.detach(), before[k]) for k, g in state.groups.items())
     assert all(e["sparsity/mlp_hard_keep"] == 0.5 for e in callback.history)
     assert float(callback.mask_trainer.controller.controllers["mlp"].lambda_1.detach()) == 0.0  # no penalty
+
+
+@pytest.mark.parametrize("family, takes_items", [("llama", True), ("bert", False)])
+def test_penalty_share_follows_how_the_head_uses_num_items(family, takes_items):
+    """With the Trainer's ``num_items_in_batch``, a head that divides by it (Llama's causal-LM loss) gets the
+    micro-batch's token share of the penalty; a head that takes its own mean and drops it (BERT's masked-LM
+    head, transformers #47688: the Trainer then skips its accumulation division) gets the full penalty with
+    every micro-batch, keeping the penalty's ratio to the task loss as on one process."""
+    from masked_dora.models.training import MaskTrainer, _AddPenalty, loss_takes_num_items
+
+    model = tiny_model(family, kind="lm")
+    prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5))
+    randomize_adapters(model)
+    assert loss_takes_num_items(model) is takes_items
+    trainer = MaskTrainer(model)
+    model.train()
+    batch = _lm_batches(1)[0]
+    labels = batch["labels"].clone()
+    labels[0, :4] = -100
+    counted = int(labels[:, 1:].ne(-100).sum()) if family == "llama" else int(labels.ne(-100).sum())
+    items = 3 * counted  # this micro-batch holds a third of the step's label tokens
+    torch.manual_seed(0)
+    plain = model(**batch | {"labels": labels}, num_items_in_batch=items).loss
+    handle = model.register_forward_hook(_AddPenalty(trainer), with_kwargs=True)
+    try:
+        torch.manual_seed(0)
+        hooked = model(**batch | {"labels": labels}, num_items_in_batch=items).loss
+    finally:
+        handle.remove()
+    penalty = trainer.penalty()
+    assert float(penalty) != 0.0
+    share = 1 / 3 if takes_items else 1.0
+    torch.testing.assert_close(hooked, plain + share * penalty, rtol=1e-6, atol=1e-7)
+
+
+def test_mask_group_needs_an_optimizer_that_takes_one_or_has_it():
+    """An optimizer that takes no group after it is built (DeepSpeed's ZeRO-3 wrapper) gets a clear error
+    naming the fix; one built from param_groups is recognised by its group's name even when the wrapper
+    replaced the tensors (ZeRO-3 keeps flat partitions), and is left alone."""
+    from masked_dora.models import param_groups
+    from masked_dora.models.training import use_mask_group
+
+    model = tiny_model("llama", kind="lm")
+    prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5))
+
+    class Frozen:  # param groups, no add_param_group
+        def __init__(self, groups):
+            self.param_groups = groups
+
+    plain = Frozen([{"params": [p for p in model.parameters() if p.requires_grad], "lr": 1e-3}])
+    with pytest.raises(TypeError, match=r"optimizer: a Frozen takes no parameter group.*optimizer_cls_and_kwargs"):
+        use_mask_group(plain, model)
+    flat = [dict(g, params=[torch.zeros(1)]) for g in param_groups(model, lr=1e-3)]  # as ZeRO-3 flattens them
+    assert use_mask_group(Frozen(flat), model) is False

@@ -10,6 +10,7 @@ model's), and log the sparsity (expected, hard, target kept fraction per kind).
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import time
 from typing import Callable, Dict, Iterable, List, Optional
@@ -20,6 +21,7 @@ from torch import nn
 from ..masks.schedules import Schedule
 from .prepare import get_state
 from .sparsity import SparsityController
+from .zero3 import attach_to_zero3, gathered_mask_logits, zero3_partitioned
 
 try:  # transformers is a hard dependency of masked_dora.models, but keep the import local to this module
     from transformers import TrainerCallback
@@ -84,8 +86,15 @@ def use_mask_group(optimizer: torch.optim.Optimizer, model: nn.Module, mask_lr: 
     masks = mask_parameters(model)
     ids = {id(p) for p in masks}
     for group in optimizer.param_groups:
+        if group.get("name") == MASK_GROUP:  # built by param_groups (DeepSpeed keeps the key, not the tensors)
+            return False
         if group["params"] and all(id(p) in ids for p in group["params"]) and len(group["params"]) == len(ids):
             return False
+    if not hasattr(optimizer, "add_param_group"):
+        raise TypeError(f"optimizer: a {type(optimizer).__name__} takes no parameter group after it is built, so "
+                        f"the mask logits cannot get their own; build it with them: with the HF Trainer, "
+                        f"Trainer(..., optimizer_cls_and_kwargs=(torch.optim.AdamW, "
+                        f"{{'params': masked_dora.param_groups(model, lr=...)}}))")
     mask_lr = get_state(model).config.mask_lr if mask_lr is None else mask_lr
     if scheduler is not None:
         scheduler = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler
@@ -158,10 +167,18 @@ class _AddPenalty:
     so the shares of every micro-batch on every process add up to one penalty (without it the penalty
     counted ``accumulation steps x processes`` times). Without ``num_items_in_batch`` the Trainer divides
     each micro-batch's loss by the accumulation steps itself and DDP averages: the full penalty is right.
+
+    Some heads take ``**kwargs`` but compute their own mean loss and drop ``num_items_in_batch``
+    (BERT's masked-LM head; transformers issue #47688): the Trainer still skips its division, so their
+    loss weighs ``accumulation steps x processes`` times what it weighs on one process. The penalty then
+    comes in full with every micro-batch, keeping its ratio to the task loss as on one process; setting
+    ``model.accepts_loss_kwargs = False`` before building the Trainer makes the whole step (loss and
+    penalty) the one-process step.
     """
 
     def __init__(self, trainer: MaskTrainer):
         self.trainer = trainer
+        self._takes_items: Dict[int, bool] = {}
 
     def __call__(self, module, args, kwargs, output):
         loss = getattr(output, "loss", None)
@@ -170,13 +187,38 @@ class _AddPenalty:
         penalty = self.trainer.penalty().to(loss.dtype)
         items = kwargs.get("num_items_in_batch")
         labels = kwargs.get("shift_labels", kwargs.get("labels"))
-        if items is not None and isinstance(labels, torch.Tensor):
+        if id(module) not in self._takes_items:
+            self._takes_items[id(module)] = loss_takes_num_items(module)
+        if items is not None and isinstance(labels, torch.Tensor) and self._takes_items[id(module)]:
             if "shift_labels" not in kwargs and _loss_shifts_labels(module):
                 labels = labels[..., 1:]  # counted as the Trainer counts num_items_in_batch
             share = labels.ne(-100).sum().to(loss.dtype) / torch.as_tensor(items).to(loss.device, loss.dtype)
             penalty = penalty * share
         output.loss = loss + penalty
         return output
+
+
+def loss_takes_num_items(model: nn.Module) -> bool:
+    """Whether the model's own loss divides by the Trainer's ``num_items_in_batch`` (transformers' token-count
+    normalisation across accumulation steps and processes) rather than taking its own mean.
+
+    Read off the model class as transformers builds its heads: a forward that names ``num_items_in_batch``, or
+    one that calls ``self.loss_function`` whose function (by ``model.loss_type``, ``ForCausalLM`` when unset)
+    takes it. A forward whose source cannot be read is taken to honour it, as the Trainer assumes."""
+    forward = getattr(type(model), "forward", None)
+    try:
+        source = inspect.getsource(forward)
+    except (OSError, TypeError):
+        return True
+    if "num_items_in_batch" in source:
+        return True
+    if "self.loss_function(" not in source:
+        return False
+    function = getattr(model, "loss_function", None)
+    try:
+        return "num_items_in_batch" in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return True
 
 
 def _loss_shifts_labels(model: nn.Module) -> bool:
@@ -213,11 +255,15 @@ class MaskedDoRACallback(TrainerCallback):
         self._handle = None
 
     def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        model = self.mask_trainer.model
         if optimizer is not None:
-            use_mask_group(optimizer, self.mask_trainer.model, self.mask_lr, scheduler=lr_scheduler)
-        if self._handle is None:
-            self._handle = self.mask_trainer.model.register_forward_hook(_AddPenalty(self.mask_trainer),
-                                                                         with_kwargs=True)
+            use_mask_group(optimizer, model, self.mask_lr, scheduler=lr_scheduler)
+        zero3 = zero3_partitioned(model)
+        if zero3:
+            attach_to_zero3(model)
+        if self._handle is None:  # under ZeRO-3 before DeepSpeed's post-forward hook releases the logits
+            self._handle = model.register_forward_hook(_AddPenalty(self.mask_trainer), with_kwargs=True,
+                                                       prepend=zero3)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.mask_trainer.begin_step(state.global_step)
@@ -226,7 +272,8 @@ class MaskedDoRACallback(TrainerCallback):
         self.mask_trainer.end_step()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        stats = dict(self.mask_trainer.stats(), step=state.global_step)
+        with gathered_mask_logits(self.mask_trainer.model):
+            stats = dict(self.mask_trainer.stats(), step=state.global_step)
         self.history.append(stats)
         if logs is not None:
             logs.update(stats)

@@ -1,0 +1,66 @@
+"""DeepSpeed ZeRO-3: the mask logits gathered where they are read.
+
+ZeRO-3 partitions every parameter and gathers a module's own parameters around that module's forward and
+backward. The mask logits belong to the state's group modules, which never run a forward of their own: they
+are read by the model's forward pre-hook that draws every group's gate sample (:class:`ForwardMasks`), by the
+layers in eval mode (the hard mask), by the penalty the Trainer callback adds after the forward, and by the
+logged statistics. So, once the model is partitioned:
+
+* the logits are registered as external parameters of the model (gathered around its forward and backward)
+  and of every layer they gate (``deepspeed.zero.register_external_parameter``);
+* the gate-drawing pre-hook moves after DeepSpeed's own, so it reads the gathered logits;
+* reads outside any forward go through :func:`gathered_mask_logits`.
+
+This module imports DeepSpeed only when a model is partitioned by it; nothing here runs otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, List
+
+from torch import nn
+
+from ..nn import MaskedDoRALinear
+from .group_mask import ForwardMasks
+from .prepare import get_state
+
+
+def _mask_logits(model: nn.Module) -> List[nn.Parameter]:
+    return [group.mask_logits for group in get_state(model).groups.values()]
+
+
+def zero3_partitioned(model: nn.Module) -> bool:
+    """Whether DeepSpeed ZeRO-3 has partitioned the prepared model's mask logits."""
+    return any(hasattr(p, "ds_id") for p in _mask_logits(model))
+
+
+def attach_to_zero3(model: nn.Module) -> None:
+    """Make a ZeRO-3-partitioned prepared model gather its mask logits where its forward reads them."""
+    import deepspeed
+
+    logits = _mask_logits(model)
+    for p in logits:
+        deepspeed.zero.register_external_parameter(model, p)
+    for layer in model.modules():
+        source = getattr(layer, "mask_source", None) if isinstance(layer, MaskedDoRALinear) else None
+        group = getattr(source, "group", None)
+        if group is not None:
+            for p in group.parameters():
+                deepspeed.zero.register_external_parameter(layer, p)
+    hooks = model._forward_pre_hooks  # DeepSpeed's gathering pre-hook was registered after ours: run ours last
+    for key, hook in list(hooks.items()):
+        if isinstance(hook, ForwardMasks):
+            hooks.move_to_end(key)
+
+
+@contextlib.contextmanager
+def gathered_mask_logits(model: nn.Module) -> Iterator[None]:
+    """The full mask logits inside the block (a no-op unless ZeRO-3 partitioned them)."""
+    if not zero3_partitioned(model):
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(_mask_logits(model)):
+        yield
