@@ -7,6 +7,9 @@
     python -m torch.distributed.run --nproc_per_node 2 tests/dist_trainer.py zero3 OUT [FAMILY]  # DeepSpeed ZeRO-3
 
 FAMILY: a family of ``tests/tiny_models.py`` (default llama), trained as its LM (causal or masked).
+``resume`` as a fourth argument: the run saves a checkpoint after 2 of its 4 steps (the optimizer built with
+``param_groups``, as resuming needs), then a fresh model (other random adapters and mask logits) and a fresh
+Trainer resume from it; writes both records to ``OUT/<family>-<mode>-resume-rank<r>.pt``.
 
 The same 4 sequences form the global batch of every step (one step per epoch), so one process with
 batch 4 and two with batch 2 each see the same data whatever the samplers' order. The gate is the
@@ -50,15 +53,35 @@ def _full(t):
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-def main(mode: str, out: str, family: str = "llama") -> None:
+def main(mode: str, out: str, family: str = "llama", variant: str = "") -> None:
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    os.makedirs(out, exist_ok=True)
+    if variant == "resume":
+        straight = train(mode, out, family, world, adapters_seed=0, save_steps=2)
+        resumed = train(mode, out, family, world, adapters_seed=1, save_steps=2,
+                        resume_from=os.path.join(out, f"trainer-{family}-{mode}-resume", "checkpoint-2"))
+        torch.save({"straight": straight, "resumed": resumed}, os.path.join(out, f"{family}-{mode}-resume-rank{rank}.pt"))
+    elif variant:
+        raise SystemExit(f"variant: expected resume or nothing, got {variant!r}")
+    else:
+        record = train(mode, out, family, world)
+        torch.save(record, os.path.join(out, f"{family}-{mode}-rank{rank}.pt"))
+    if world > 1 and dist.is_initialized():
+        dist.barrier()
+
+
+def train(mode: str, out: str, family: str, world: int, adapters_seed: int = 0, save_steps: int = 0,
+          resume_from: str = None) -> dict:
+    """One Trainer run; ``save_steps``: save a checkpoint every that many steps (and build the optimizer with
+    ``param_groups``); ``resume_from``: a checkpoint to resume from."""
     from transformers import Trainer, TrainingArguments
 
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     torch.manual_seed(0)
     model = tiny_model(family, kind="lm")
     prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5,
-                                          mask_init=0.5, gate="sigmoid_ste"))
-    randomize_adapters(model)
+                                          # the resumed run restores the RNG, so it can take the gate's noise
+                                          mask_init=0.5, gate="hard_concrete" if save_steps else "sigmoid_ste"))
+    randomize_adapters(model, seed=adapters_seed)
     block_class = type(find_layers(model, spec_for(model))[1][0]).__name__
     if not loss_takes_num_items(model):  # BERT's masked-LM head takes its own mean: the README's setting for it,
         model.accepts_loss_kwargs = False  # without which the Trainer weighs its loss by accumulation x processes
@@ -76,7 +99,8 @@ def main(mode: str, out: str, family: str = "llama") -> None:
     elif mode not in ("single", "accumulate", "ddp"):
         raise SystemExit(f"mode: expected single, accumulate, ddp, fsdp2 or zero3, got {mode!r}")
     accumulate = 2 if mode == "accumulate" else 1
-    args = TrainingArguments(output_dir=os.path.join(out, f"trainer-{mode}"),
+    saving = dict(save_strategy="steps", save_steps=save_steps) if save_steps else dict(save_strategy="no")
+    args = TrainingArguments(output_dir=os.path.join(out, f"trainer-{family}-{mode}" + ("-resume" if save_steps else "")),
                              per_device_train_batch_size=GLOBAL_BATCH // world // accumulate,
                              gradient_accumulation_steps=accumulate,
                              # SGD with momentum (the Trainer's own, named by optim): updates linear in the gradient,
@@ -85,36 +109,64 @@ def main(mode: str, out: str, family: str = "llama") -> None:
                              # dist_train.make_optimizer). The Trainer's default AdamW: tests/test_trainer_readme.py.
                              optim="sgd", optim_args="momentum=0.9",
                              num_train_epochs=EPOCHS, learning_rate=0.1, lr_scheduler_type="constant",
-                             warmup_steps=0, weight_decay=0.0, max_grad_norm=0.0, logging_steps=1, save_strategy="no",
-                             report_to=[], use_cpu=True, ddp_backend="gloo" if world > 1 else None, seed=0,
-                             dataloader_drop_last=False, disable_tqdm=True, **extra)
+                             warmup_steps=0, weight_decay=0.0, max_grad_norm=0.0, logging_steps=1, report_to=[], use_cpu=True, ddp_backend="gloo" if world > 1 else None, seed=0,
+                             dataloader_drop_last=False, disable_tqdm=True, **saving, **extra)
     callback = MaskedDoRACallback(model, mask_lr=1.0)
     groups = {}
-    if mode == "zero3":  # DeepSpeed builds the optimizer inside train(): the mask group must be there from the start
+    # DeepSpeed builds the optimizer inside train(), and a resumed optimizer loads its saved state before any
+    # callback runs: the mask group must be there from the start
+    if mode == "zero3" or save_steps:
         groups = dict(optimizer_cls_and_kwargs=(torch.optim.SGD, {"params": param_groups(model, lr=0.1, mask_lr=1.0),
                                                                   "momentum": 0.9}))
-    trainer = Trainer(model=model, args=args, train_dataset=Sequences(), callbacks=[callback], **groups)
-    trainer.train()
+    with _fsdp_on_cpu_processes(mode == "fsdp2"):
+        trainer = Trainer(model=model, args=args, train_dataset=Sequences(), callbacks=[callback], **groups)
+    if mode == "fsdp2" and not trainer.is_fsdp_enabled:
+        raise SystemExit("fsdp2: accelerate did not turn FSDP on")
+    trainer.train(resume_from_checkpoint=resume_from)
     gathered = contextlib.nullcontext()
     if mode == "zero3":
         import deepspeed
 
         gathered = deepspeed.zero.GatheredParameters(list(model.parameters()))
     with gathered:
-        record = _record(trainer, callback, get_state(model))
-    os.makedirs(out, exist_ok=True)
-    torch.save(record, os.path.join(out, f"{family}-{mode}-rank{rank}.pt"))
-    if world > 1 and dist.is_initialized():
-        dist.barrier()
+        return _record(trainer, callback, get_state(model))
+
+
+@contextlib.contextmanager
+def _fsdp_on_cpu_processes(enabled: bool):
+    """Let accelerate pick FSDP for these CPU processes while the Trainer builds its Accelerator.
+
+    accelerate turns FSDP on only for accelerator processes (``MULTI_GPU``, ``MULTI_NPU``, ...): CPU processes
+    get ``MULTI_CPU``, the FSDP plugin is dropped without a word, and the Trainer trains with DDP. (This test did
+    exactly that, unnoticed, until it checked ``trainer.is_fsdp_enabled``.) Inside this block the processes
+    count as ``MULTI_GPU`` for that one decision, after which accelerate records ``FSDP`` as it does on GPUs;
+    everything after it (``fully_shard`` over gloo, the Trainer's FSDP2 steps and checkpoints) runs as
+    accelerate runs it there, on the CPU device."""
+    if not enabled:
+        yield
+        return
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    shared = PartialState._shared_state
+    PartialState()  # set up (the TrainingArguments already did), so there is a mode to swap
+    before = shared["distributed_type"]
+    shared["distributed_type"] = DistributedType.MULTI_GPU
+    try:
+        yield
+    finally:  # accelerate writes back the mode it chose (FSDP); undo only an unused swap
+        if shared["distributed_type"] == DistributedType.MULTI_GPU:
+            shared["distributed_type"] = before
 
 
 def _record(trainer, callback, state):
     return {"loss": [e["loss"] for e in trainer.state.log_history if "loss" in e],
             "hard": {k: (_full(g.mask_logits.detach()) > 0).clone() for k, g in state.groups.items()},
             "lambda": {k: float(c.lambda_1.detach()) for k, c in callback.mask_trainer.controller.controllers.items()},
+            "controller": {k: v.detach().clone() for k, v in callback.mask_trainer.controller.state_dict().items()},
             "params": {n.replace("_fsdp_wrapped_module.", ""): _full(p.detach()).float().clone()
                        for n, p in trainer.model.named_parameters() if p.requires_grad}}
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

@@ -33,7 +33,7 @@ def _free_port() -> int:
 _WORKER_SIGNAL = re.compile(r"exitcode\s*:\s*-(6|7|11)\b")
 
 
-def _launch(mode: str, out: str, nproc: int, script: str, family: str) -> subprocess.CompletedProcess:
+def _launch(mode: str, out: str, nproc: int, script: str, family: str, variant: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("MASKED_DORA_BACKEND", "TRITON_INTERPRET")}
     env["OMP_NUM_THREADS"] = "1"
     env["PYTHONFAULTHANDLER"] = "1"  # a worker that aborts prints every thread's Python stack
@@ -42,22 +42,23 @@ def _launch(mode: str, out: str, nproc: int, script: str, family: str) -> subpro
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
                "127.0.0.1", "--master_port", str(_free_port()), script, mode, out, family]
+    cmd += [variant] if variant else []
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
 
 
-def _run(mode: str, out: str, nproc: int, script: str = SCRIPT, family: str = "llama") -> None:
-    """Run ``script mode out family`` on ``nproc`` processes; fail with its output if it fails.
+def _run(mode: str, out: str, nproc: int, script: str = SCRIPT, family: str = "llama", variant: str = "") -> None:
+    """Run ``script mode out family [variant]`` on ``nproc`` processes; fail with its output if it fails.
 
     A multi-process run whose worker was killed by a signal (CI saw one FSDP2 run over gloo abort with
     "terminate called without an active exception" and no Python error, once in six FSDP2 launches; 40
     launches here never did) is launched once more, with a warning carrying the first run's output, so
     such a crash stays visible; a second failure, or any failure that is not a signal, fails the test. The
     results the test compares come from the run that succeeded, and are checked in full."""
-    res = _launch(mode, out, nproc, script, family)
+    res = _launch(mode, out, nproc, script, family, variant)
     if res.returncode != 0 and nproc > 1 and _WORKER_SIGNAL.search(res.stderr):
         warnings.warn(f"{os.path.basename(script)} {mode} {family}: a worker was killed by a signal; launching once more. "
                       f"Its output:\n{res.stdout[-2000:]}{res.stderr[-12000:]}")
-        res = _launch(mode, out, nproc, script, family)
+        res = _launch(mode, out, nproc, script, family, variant)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-12000:]
 
 
@@ -132,6 +133,10 @@ def test_trainer_with_the_callback_trains_like_one_process(trainer_runs, family,
     never gathered: "size of tensor a (2) must match the size of tensor b (0)".)"""
     if mode == "zero3":
         pytest.importorskip("deepspeed")
+    if (mode, family) == ("fsdp2", "bert"):
+        pytest.skip("accelerate's FSDP2 preparation puts BERT's tied decoder bias (cls.predictions.bias) in two "
+                    "FSDP groups, which torch 2.13 refuses at the first forward; a plain BERT, without masked_dora, "
+                    "fails the same way. tests/dist_train.py's own fully_shard trains BERT.")
     ref = _reference(trainer_runs, family, TRAINER_SCRIPT)
     _run(mode, trainer_runs, nproc, TRAINER_SCRIPT, family)
     for rank in range(nproc):
@@ -143,6 +148,27 @@ def test_trainer_with_the_callback_trains_like_one_process(trainer_runs, family,
         assert all(abs(rec["lambda"][k] - ref["lambda"][k]) <= 1e-6 for k in ref["lambda"])
         worst = max(float((rec["params"][k] - ref["params"][k]).abs().max()) for k in ref["params"])
         assert worst <= 2e-5, (mode, worst)
+
+
+@pytest.mark.parametrize("mode, nproc", [("single", 1), ("ddp", 2), ("fsdp2", 2), ("zero3", 2)])
+def test_trainer_checkpoint_resumes_bit_exactly(trainer_runs, mode, nproc):
+    """The Trainer saves a checkpoint after 2 of 4 steps (its own format for each engine: safetensors, FSDP2's
+    sharded state, DeepSpeed's ZeRO-3 checkpoint); a fresh model with other adapters and mask logits, and a
+    fresh Trainer and callback, resume from it and end bit for bit where the uninterrupted run ended: losses,
+    hard masks, the controller's multipliers and ramp step, every trainable parameter. (The controller's state
+    used to be left out of the Trainer's checkpoints: a resumed run restarted its multipliers from zero.)"""
+    if mode == "zero3":
+        pytest.importorskip("deepspeed")
+    _run(mode, trainer_runs, nproc, TRAINER_SCRIPT, "llama", variant="resume")
+    for rank in range(nproc):
+        rec = torch.load(os.path.join(trainer_runs, f"llama-{mode}-resume-rank{rank}.pt"))
+        straight, resumed = rec["straight"], rec["resumed"]
+        assert len(straight["loss"]) == 4 and resumed["loss"] == straight["loss"]
+        assert all(torch.equal(resumed["hard"][k], straight["hard"][k]) for k in straight["hard"])
+        assert straight["controller"].keys() == resumed["controller"].keys()
+        assert all(torch.equal(resumed["controller"][k], straight["controller"][k]) for k in straight["controller"])
+        assert int(resumed["controller"]["controllers.mlp.step"]) == 4
+        assert all(torch.equal(resumed["params"][k], straight["params"][k]) for k in straight["params"])
 
 
 CHECKPOINT_SCRIPT = os.path.join(HERE, "dist_checkpoint.py")

@@ -285,3 +285,90 @@ def test_mask_group_needs_an_optimizer_that_takes_one_or_has_it():
         use_mask_group(plain, model)
     flat = [dict(g, params=[torch.zeros(1)]) for g in param_groups(model, lr=1e-3)]  # as ZeRO-3 flattens them
     assert use_mask_group(Frozen(flat), model) is False
+
+
+def test_controller_state_as_json_round_trips_bit_exactly():
+    """The callback's entry in trainer_state.json: every tensor comes back with its dtype and bits (float32,
+    bfloat16, float16, int64; awkward values included), an optimizer's integer-keyed state keeps its keys
+    (JSON would turn them into strings, and torch's load_state_dict would then drop the state without a word)."""
+    import json
+
+    from masked_dora.models.json_state import from_json, to_json
+
+    model = tiny_model("llama", kind="lm")
+    prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5))
+    from masked_dora.models.training import MaskTrainer
+
+    helper = MaskTrainer(model)
+    for step in range(3):  # moments, steps and multipliers that are not round numbers
+        helper.begin_step(step)
+        helper.penalty().backward()
+        helper.end_step()
+    state = helper.state_dict()
+    state["extra"] = {"f32": torch.tensor([1 / 3, -0.0, 1e-38, 3.4e38], dtype=torch.float32),
+                      "bf16": torch.tensor([1 / 3, 7.0], dtype=torch.bfloat16),
+                      "f16": torch.tensor([[1 / 3], [6e-8]], dtype=torch.float16), "tuple": (0.9, 0.999)}
+    back = from_json(json.loads(json.dumps(to_json(state))))
+    assert set(back["optimizer"]["state"]) == set(state["optimizer"]["state"]) == {0, 1, 2, 3}
+
+    def bits(t):
+        return t.view({2: torch.int16, 4: torch.int32}[t.element_size()]) if t.is_floating_point() else t
+
+    def same(a, b):
+        if isinstance(a, torch.Tensor):
+            assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(bits(a), bits(b)), (a, b)
+        elif isinstance(a, dict):
+            assert a.keys() == b.keys()
+            for k in a:
+                same(a[k], b[k])
+        elif isinstance(a, (list, tuple)):
+            assert isinstance(b, list) and len(a) == len(b)
+            for x, y in zip(a, b):
+                same(x, y)
+        else:
+            assert a == b and type(a) is type(b), (a, b)
+
+    same(state, back)
+    fresh = MaskTrainer(model)
+    fresh.load_state_dict(back)
+    assert all(torch.equal(fresh.controller.state_dict()[k], v) for k, v in helper.controller.state_dict().items())
+    with pytest.raises(TypeError, match="value: cannot write a object as JSON"):
+        to_json({"x": object()})
+
+
+def test_callback_warns_when_its_checkpoints_cannot_resume_and_when_a_resume_has_no_state(tmp_path):
+    """The group the callback adds to the Trainer's own optimizer is not there when a resumed Trainer loads the
+    saved optimizer state (that load comes before any callback runs): a run that adds it and saves checkpoints
+    says how to build the optimizer instead. A checkpoint without the controller's state (an older version's)
+    resumes with a warning that the multipliers restart."""
+    import json
+    import warnings
+
+    from transformers import Trainer, TrainingArguments
+
+    from masked_dora.models import param_groups
+
+    model = tiny_model("llama", kind="lm")
+    prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5))
+    rows = [{k: v[i] for k, v in b.items()} for b in _lm_batches() for i in range(2)]
+
+    def trainer(out, callback, **kw):
+        args = TrainingArguments(output_dir=str(tmp_path / out), max_steps=2, per_device_train_batch_size=2,
+                                 report_to=[], use_cpu=True, save_strategy="steps", save_steps=1, disable_tqdm=True)
+        return Trainer(model=model, args=args, train_dataset=rows, callbacks=[callback], **kw)
+
+    def groups():
+        return dict(optimizer_cls_and_kwargs=(torch.optim.AdamW, {"params": param_groups(model, lr=1e-3)}))
+
+    with pytest.warns(UserWarning, match=r"resume only into an optimizer that has that group.*optimizer_cls_and_kwargs"):
+        trainer("own", MaskedDoRACallback(model)).train()
+    with warnings.catch_warnings():  # built with the groups: no warning
+        warnings.simplefilter("error", UserWarning)
+        trainer("groups", MaskedDoRACallback(model), **groups()).train()
+    checkpoint = tmp_path / "groups" / "checkpoint-1"
+    saved = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert saved["stateful_callbacks"]["masked_dora"]["controller"]["controllers.mlp.step"]["__tensor__"] == 1
+    del saved["stateful_callbacks"]["masked_dora"]
+    (checkpoint / "trainer_state.json").write_text(json.dumps(saved))
+    with pytest.warns(UserWarning, match="resuming at step 1 from a checkpoint without masked_dora's controller state"):
+        trainer("groups", MaskedDoRACallback(model), **groups()).train(resume_from_checkpoint=str(checkpoint))

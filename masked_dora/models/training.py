@@ -13,15 +13,17 @@ from __future__ import annotations
 import inspect
 import itertools
 import time
-from typing import Callable, Dict, Iterable, List, Optional
+import warnings
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import torch
 from torch import nn
 
 from ..masks.schedules import Schedule
+from .json_state import from_json, to_json
 from .prepare import get_state
 from .sparsity import SparsityController
-from .zero3 import attach_to_zero3, gathered_mask_logits, zero3_partitioned
+from .sharded import attach_to_zero3, gathered_mask_logits, zero3_partitioned
 
 try:  # transformers is a hard dependency of masked_dora.models, but keep the import local to this module
     from transformers import TrainerCallback
@@ -30,6 +32,9 @@ except ImportError:  # pragma: no cover
 
 
 MASK_GROUP = "masked_dora.mask_logits"
+# the callback's entry in the Trainer's saved state (TrainerState.stateful_callbacks, in trainer_state.json); not the
+# class name: with restore_callback_states_from_checkpoint the Trainer rebuilds a callback of that name from JSON
+TRAINER_STATE_KEY = "masked_dora"
 
 
 def mask_parameters(model: nn.Module) -> List[nn.Parameter]:
@@ -150,6 +155,15 @@ class MaskTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.controller.advance()
 
+    def state_dict(self) -> Dict[str, Any]:
+        """The multipliers and target-ramp step of every kind, and their optimizer's state (the temperature
+        follows the optimizer step, which the caller keeps)."""
+        return {"controller": self.controller.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.controller.load_state_dict(state["controller"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
     def stats(self) -> Dict[str, float]:
         out = self.controller.stats(self.model)
         out["sparsity/temperature"] = float(next(iter(get_state(self.model).groups.values())).gate.temperature)
@@ -236,9 +250,16 @@ class MaskedDoRACallback(TrainerCallback):
 
     At the start of training it moves the mask logits into an optimizer group of their own
     (:func:`use_mask_group`: ``mask_lr``, default the config's, constant, no weight decay),
-    so the masks learn at a LoRA learning rate with the Trainer's default optimizer. (Resuming a run
-    from a checkpoint needs the optimizer built with these groups from the start:
-    ``Trainer(..., optimizers=(torch.optim.AdamW(masked_dora.param_groups(model, lr=...)), None))``.)
+    so the masks learn at a LoRA learning rate with the Trainer's default optimizer.
+
+    Checkpoints: the controller's state (multipliers, target-ramp step, their optimizer) goes into
+    every checkpoint the Trainer saves, as an entry of its ``trainer_state.json``, and comes back when
+    training resumes from it (the temperature follows the restored step). The optimizer that
+    resumes must have the mask group from the start, as the saved one had: build it with
+    :func:`param_groups` (``Trainer(..., optimizer_cls_and_kwargs=(torch.optim.AdamW,
+    {"params": masked_dora.param_groups(model, lr=...)}))``); the Trainer loads the saved optimizer
+    state before any callback runs, so the group this callback adds to the Trainer's own optimizer
+    is not there yet, and the load fails. A run that adds the group and saves checkpoints warns so.
     The penalty is added to ``outputs.loss`` by a forward hook, so it needs the
     model to return its loss (inputs with labels; a ``compute_loss_func`` or
     label smoothing computes the loss outside the model: add
@@ -256,8 +277,20 @@ class MaskedDoRACallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
         model = self.mask_trainer.model
-        if optimizer is not None:
-            use_mask_group(optimizer, model, self.mask_lr, scheduler=lr_scheduler)
+        if optimizer is not None and use_mask_group(optimizer, model, self.mask_lr, scheduler=lr_scheduler):
+            saves = getattr(args, "save_strategy", "no")
+            if getattr(saves, "value", saves) != "no" and not getattr(args, "save_only_model", False):
+                warnings.warn("MaskedDoRACallback added the mask logits' group to the Trainer's optimizer: the "
+                              "checkpoints of this run resume only into an optimizer that has that group from the "
+                              "start; build it with Trainer(..., optimizer_cls_and_kwargs=(torch.optim.AdamW, "
+                              "{'params': masked_dora.param_groups(model, lr=...)}))", stacklevel=2)
+        saved = (getattr(state, "stateful_callbacks", None) or {}).get(TRAINER_STATE_KEY)
+        if saved is not None:  # resuming from a checkpoint this callback wrote into
+            self.mask_trainer.load_state_dict(from_json(saved))
+        elif state.global_step > 0:
+            warnings.warn(f"resuming at step {state.global_step} from a checkpoint without masked_dora's controller "
+                          f"state (saved by an older version?): the multipliers restart from their initial values",
+                          stacklevel=2)
         zero3 = zero3_partitioned(model)
         if zero3:
             attach_to_zero3(model)
@@ -270,6 +303,16 @@ class MaskedDoRACallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.mask_trainer.end_step()
+        self._export_if_saving(state, control)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self._export_if_saving(state, control)
+
+    def _export_if_saving(self, state, control) -> None:
+        """Before a checkpoint is written (the Trainer decides to save in the step's or epoch's end events, which
+        run before the save): put the controller's state where ``trainer_state.json`` takes it from."""
+        if control.should_save and getattr(state, "stateful_callbacks", None) is not None:
+            state.stateful_callbacks[TRAINER_STATE_KEY] = to_json(self.mask_trainer.state_dict())
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         with gathered_mask_logits(self.mask_trainer.model):

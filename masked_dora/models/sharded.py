@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO-3: the mask logits gathered where they are read.
+"""Sharded engines (DeepSpeed ZeRO-3, FSDP2): the full mask logits where they are read.
 
 ZeRO-3 partitions every parameter and gathers a module's own parameters around that module's forward and
 backward. The mask logits belong to the state's group modules, which never run a forward of their own: they
@@ -10,6 +10,12 @@ logged statistics. So, once the model is partitioned:
   and of every layer they gate (``deepspeed.zero.register_external_parameter``);
 * the gate-drawing pre-hook moves after DeepSpeed's own, so it reads the gathered logits;
 * reads outside any forward go through :func:`gathered_mask_logits`.
+
+FSDP2 (``fully_shard``) keeps the logits, parameters of the root module, as sharded ``DTensor`` outside the
+root's forward and backward (the root keeps its parameters unsharded from its forward to its backward, so
+the gates and the penalty read them whole). Reads outside go through :func:`gathered_mask_logits` too: it
+all-gathers the logits alone (not the root's embeddings and head, as ``unshard()`` would) and lends their
+full values to the groups for the block.
 
 This module imports DeepSpeed only when a model is partitioned by it; nothing here runs otherwise.
 """
@@ -56,11 +62,28 @@ def attach_to_zero3(model: nn.Module) -> None:
 
 @contextlib.contextmanager
 def gathered_mask_logits(model: nn.Module) -> Iterator[None]:
-    """The full mask logits inside the block (a no-op unless ZeRO-3 partitioned them)."""
-    if not zero3_partitioned(model):
-        yield
-        return
-    import deepspeed
+    """The full mask logits inside the block (a no-op unless ZeRO-3 or FSDP2 sharded them). Collective: every
+    process of the group enters it."""
+    if zero3_partitioned(model):
+        import deepspeed
 
-    with deepspeed.zero.GatheredParameters(_mask_logits(model)):
+        with deepspeed.zero.GatheredParameters(_mask_logits(model)):
+            yield
+        return
+    groups = [g for g in get_state(model).groups.values() if _is_dtensor(g.mask_logits)]
+    sharded = [g.mask_logits for g in groups]
+    for group, logits in zip(groups, sharded):  # the values, read-only: no gradient, no optimizer sees them
+        group._parameters["mask_logits"] = nn.Parameter(logits.detach().full_tensor(), requires_grad=False)
+    try:
         yield
+    finally:
+        for group, logits in zip(groups, sharded):
+            group._parameters["mask_logits"] = logits
+
+
+def _is_dtensor(tensor) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without distributed
+        return False
+    return isinstance(tensor, DTensor)
