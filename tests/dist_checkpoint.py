@@ -4,8 +4,8 @@
     python -m torch.distributed.run --nproc_per_node 2 tests/dist_checkpoint.py fsdp2 OUT
 
 ``fsdp2``: 2 steps of ``tests/dist_train.py``'s FSDP2 run; the model and optimizer saved with
-``torch.distributed.checkpoint`` (sharded, ``get_state_dict``), the Lagrangian controller, its optimizer and
-the RNG state with ``torch.save``; a fresh FSDP2 model loads them (``set_state_dict``) and trains steps 2-3.
+``torch.distributed.checkpoint`` (sharded, ``get_state_dict``), the Lagrangian controller and its optimizer
+(``MaskTrainer.state_dict()``) and the RNG state with ``torch.save``; a fresh FSDP2 model loads them (``set_state_dict``) and trains steps 2-3.
 Then the full state dict is gathered on rank 0 (``full_state_dict=True, cpu_offload=True``), loaded into an
 unsharded prepared model, hardened and compacted. ``single``: the same 4 steps on one process, then harden
 and compact. Tiny Llama only. Writes ``OUT/<mode>-resume-rank<r>.pt`` (the steps' record and final parameters) and
@@ -60,8 +60,8 @@ def main(mode: str, out: str) -> None:
     model_sd, optim_sd = get_state_dict(model, opt)
     checkpoint = os.path.join(out, "dcp")
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=checkpoint)
-    torch.save({"controller": trainer.controller.state_dict(), "controller_optim": trainer.optimizer.state_dict(),
-                "rng": torch.get_rng_state()}, os.path.join(out, f"extra-rank{rank}.pt"))
+    torch.save({"mask_trainer": trainer.state_dict(), "rng": torch.get_rng_state()},
+               os.path.join(out, f"extra-rank{rank}.pt"))
     dist.barrier()
     del model, wrapped, trainer, opt, model_sd, optim_sd
 
@@ -71,8 +71,7 @@ def main(mode: str, out: str) -> None:
     dcp.load(loaded, checkpoint_id=checkpoint)
     set_state_dict(model, opt, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
     extra = torch.load(os.path.join(out, f"extra-rank{rank}.pt"))
-    trainer.controller.load_state_dict(extra["controller"])
-    trainer.optimizer.load_state_dict(extra["controller_optim"])
+    trainer.load_state_dict(extra["mask_trainer"])
     torch.set_rng_state(extra["rng"])
     train_steps(model, wrapped, trainer, opt, range(2, STEPS), world, rank, record)
     record["params"] = trainable(model)

@@ -5,6 +5,8 @@
     python -m torch.distributed.run --nproc_per_node 2 tests/dist_trainer.py ddp OUT [FAMILY]
     python -m torch.distributed.run --nproc_per_node 2 tests/dist_trainer.py fsdp2 OUT [FAMILY]
     python -m torch.distributed.run --nproc_per_node 2 tests/dist_trainer.py zero3 OUT [FAMILY]  # DeepSpeed ZeRO-3
+    accelerate launch --multi_gpu --num_processes 2 tests/dist_trainer.py accelerate-ddp OUT [FAMILY]
+    accelerate launch --config_file tests/accelerate_fsdp2.yaml tests/dist_trainer.py accelerate-fsdp2 OUT
 
 FAMILY: a family of ``tests/tiny_models.py`` (default llama), trained as its LM (causal or masked).
 ``resume`` as a fourth argument: the run saves a checkpoint after 2 of its 4 steps (the optimizer built with
@@ -96,8 +98,9 @@ def train(mode: str, out: str, family: str, world: int, adapters_seed: int = 0, 
         extra = dict(deepspeed={"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
                                 "train_micro_batch_size_per_gpu": "auto",
                                 "gradient_accumulation_steps": "auto", "gradient_clipping": "auto"})
-    elif mode not in ("single", "accumulate", "ddp"):
-        raise SystemExit(f"mode: expected single, accumulate, ddp, fsdp2 or zero3, got {mode!r}")
+    elif mode not in ("single", "accumulate", "ddp", "accelerate-ddp", "accelerate-fsdp2"):
+        raise SystemExit(f"mode: expected single, accumulate, ddp, fsdp2, zero3, accelerate-ddp or accelerate-fsdp2, "
+                         f"got {mode!r}")
     accumulate = 2 if mode == "accumulate" else 1
     saving = dict(save_strategy="steps", save_steps=save_steps) if save_steps else dict(save_strategy="no")
     args = TrainingArguments(output_dir=os.path.join(out, f"trainer-{family}-{mode}" + ("-resume" if save_steps else "")),
@@ -118,10 +121,12 @@ def train(mode: str, out: str, family: str, world: int, adapters_seed: int = 0, 
     if mode == "zero3" or save_steps:
         groups = dict(optimizer_cls_and_kwargs=(torch.optim.SGD, {"params": param_groups(model, lr=0.1, mask_lr=1.0),
                                                                   "momentum": 0.9}))
-    with _fsdp_on_cpu_processes(mode == "fsdp2"):
+    # accelerate-*: the engine comes from `accelerate launch` and its config file (environment variables)
+    fsdp = mode == "fsdp2" or (mode.startswith("accelerate") and os.environ.get("ACCELERATE_USE_FSDP") == "true")
+    with _fsdp_on_cpu_processes(fsdp):
         trainer = Trainer(model=model, args=args, train_dataset=Sequences(), callbacks=[callback], **groups)
-    if mode == "fsdp2" and not trainer.is_fsdp_enabled:
-        raise SystemExit("fsdp2: accelerate did not turn FSDP on")
+    if trainer.is_fsdp_enabled != mode.endswith("fsdp2"):
+        raise SystemExit(f"{mode}: FSDP is {'on' if trainer.is_fsdp_enabled else 'off'}")
     trainer.train(resume_from_checkpoint=resume_from)
     gathered = contextlib.nullcontext()
     if mode == "zero3":
