@@ -10,7 +10,8 @@ Every process draws the same global batch and trains on its slice of it; the mas
 the same seed on every rank (one draw per model forward, as on one process), the sparsity penalty is added
 by the same forward hook the HF Trainer callback uses, and the Lagrangian multipliers take the same
 ascent step everywhere. Writes ``OUT/<family>-<mode>-rank<r>.pt``: per-step losses (the global-batch mean),
-per-step hard masks and multipliers, and the final trainable state (full tensors).
+per-step hard masks and multipliers, the final trainable state (full tensors), and the largest gap between a
+layer's cached row norm and a fresh one seen in any forward (:func:`watch_row_norms`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def build(mode: str, world: int, family: str = "llama"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainer = MaskTrainer(model)
     model.register_forward_hook(_AddPenalty(trainer), with_kwargs=True)  # as MaskedDoRACallback does
+    model.row_norm_gaps = watch_row_norms(model)
     wrapped = model
     if mode == "ddp":
         wrapped = torch.nn.parallel.DistributedDataParallel(model)
@@ -62,6 +64,30 @@ def build(mode: str, world: int, family: str = "llama"):
     elif mode != "single":
         raise SystemExit(f"mode: expected single, ddp, fsdp2, fsdp2_mp or fsdp2_ckpt, got {mode!r}")
     return model, wrapped, trainer, make_optimizer(model)
+
+
+def watch_row_norms(model) -> list:
+    """Forward pre-hooks on every masked-DoRA layer; the returned list gets, per layer forward, the largest
+    relative gap between the row norm the layer has cached and one computed afresh from the parameters this
+    forward sees. FSDP2 gathers the parameters again for every forward, into buffers that can keep their
+    address: a cache keyed on the wrong thing would serve the last step's norm (one-process runs would go
+    stale the same way, so comparing against them cannot catch it)."""
+    from masked_dora.nn import MaskedDoRALinear
+    from masked_dora.ops.row_norm import row_norm, weight_sq_norm
+
+    gaps = []
+
+    def check(layer, args):
+        with torch.no_grad():
+            w = layer.weight
+            fresh = row_norm(w, layer.lora_A.to(w.dtype), layer.lora_B.to(w.dtype), layer.scaling, weight_sq_norm(w),
+                             layer.norm_eps)
+            gaps.append(float(((layer.weight_norm() - fresh).abs() / fresh.abs()).max()))
+
+    for module in model.modules():
+        if isinstance(module, MaskedDoRALinear):
+            module.register_forward_pre_hook(check)
+    return gaps
 
 
 def make_optimizer(model):
@@ -113,6 +139,7 @@ def main(mode: str, out: str, family: str = "llama") -> None:
     record = {"loss": [], "hard": [], "lambda": []}
     train_steps(model, wrapped, trainer, opt, range(STEPS), world, rank, record)
     record["params"] = trainable(model)
+    record["row_norm_gap"] = max(model.row_norm_gaps)
     os.makedirs(out, exist_ok=True)
     torch.save(record, os.path.join(out, f"{family}-{mode}-rank{rank}.pt"))
     if world > 1:

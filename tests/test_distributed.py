@@ -110,6 +110,8 @@ def test_two_processes_train_like_one(runs, family, mode, loss_tol, param_tol, l
     assert any(not torch.equal(a[k], b[k]) for a, b in zip(ref["hard"], ref["hard"][1:]) for k in a)
     ranks = [_load(runs, family, mode, r) for r in (0, 1)]
     for rec in ranks:
+        # every forward's cached row norm is the norm of the parameters FSDP2 just gathered (not last step's)
+        assert rec["row_norm_gap"] <= 1e-6, rec["row_norm_gap"]
         assert len(rec["loss"]) == len(ref["loss"])
         for a, b in zip(rec["loss"], ref["loss"]):
             assert abs(a - b) <= loss_tol * abs(b), (mode, rec["loss"], ref["loss"])
