@@ -372,3 +372,31 @@ def test_callback_warns_when_its_checkpoints_cannot_resume_and_when_a_resume_has
     (checkpoint / "trainer_state.json").write_text(json.dumps(saved))
     with pytest.warns(UserWarning, match="resuming at step 1 from a checkpoint without masked_dora's controller state"):
         trainer("groups", MaskedDoRACallback(model), **groups()).train(resume_from_checkpoint=str(checkpoint))
+
+
+@pytest.mark.parametrize("strategy", ["steps", "epoch", "best"])
+def test_every_checkpoint_carries_the_controller_state_of_its_own_step(tmp_path, strategy):
+    """Whatever decides a save (every N steps, every epoch, a new best evaluation, which the Trainer decides
+    only after the step's end event), the checkpoint's controller entry is from that checkpoint's step."""
+    import json
+
+    from transformers import Trainer, TrainingArguments
+
+    from masked_dora.models import param_groups
+
+    model = tiny_model("llama", kind="lm")
+    prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5))
+    rows = [{k: v[i] for k, v in b.items()} for b in _lm_batches() for i in range(2)]  # 8 rows: 4 steps an epoch
+    extra = dict(save_steps=3) if strategy == "steps" else {}
+    if strategy == "best":
+        extra = dict(eval_strategy="steps", eval_steps=1, metric_for_best_model="loss", greater_is_better=False)
+    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=2, per_device_train_batch_size=2,
+                             report_to=[], use_cpu=True, save_strategy=strategy, disable_tqdm=True, **extra)
+    Trainer(model=model, args=args, train_dataset=rows, eval_dataset=rows[:2], callbacks=[MaskedDoRACallback(model)],
+            optimizer_cls_and_kwargs=(torch.optim.AdamW, {"params": param_groups(model, lr=1e-3)})).train()
+    checkpoints = sorted(tmp_path.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert len(checkpoints) >= (1 if strategy == "best" else 2)
+    for checkpoint in checkpoints:
+        saved = json.loads((checkpoint / "trainer_state.json").read_text())
+        step = saved["stateful_callbacks"]["masked_dora"]["controller"]["controllers.mlp.step"]["__tensor__"]
+        assert step == saved["global_step"] == int(checkpoint.name.split("-")[1])

@@ -308,10 +308,17 @@ class MaskedDoRACallback(TrainerCallback):
     def on_epoch_end(self, args, state, control, **kwargs):
         self._export_if_saving(state, control)
 
-    def _export_if_saving(self, state, control) -> None:
-        """Before a checkpoint is written (the Trainer decides to save in the step's or epoch's end events, which
-        run before the save): put the controller's state where ``trainer_state.json`` takes it from."""
-        if control.should_save and getattr(state, "stateful_callbacks", None) is not None:
+    def on_evaluate(self, args, state, control, **kwargs):
+        strategy = getattr(args, "save_strategy", "no")
+        if getattr(strategy, "value", strategy) == "best":  # decided after this event, from the new metrics
+            self._export_if_saving(state, control, always=True)
+
+    def _export_if_saving(self, state, control, always: bool = False) -> None:
+        """Before a checkpoint is written: put the controller's state where ``trainer_state.json`` takes it from.
+        The Trainer decides to save in the step's or epoch's end events (``control.should_save``), which run
+        before the save; with ``save_strategy="best"`` it decides after the evaluation, so then every
+        evaluation exports. Not every step: reading the state back costs a device synchronisation."""
+        if (always or control.should_save) and getattr(state, "stateful_callbacks", None) is not None:
             state.stateful_callbacks[TRAINER_STATE_KEY] = to_json(self.mask_trainer.state_dict())
 
     def on_log(self, args, state, control, logs=None, **kwargs):
