@@ -13,6 +13,7 @@ Typical use::
 from .compact import build_compact_model, compact_model, load_compact
 from .config import MaskedDoRAConfig
 from .group_mask import GroupMask
+from .peft_export import export_peft
 from .prepare import MaskedDoRAState, get_state, is_prepared, prepare_model
 from .sparsity import SparsityController, expected_keep, harden, kept_fraction, plan_keep
 from .specs import SPECS, HeadSpec, MLPSpec, ModelSpec, register_spec, spec_for
@@ -21,6 +22,6 @@ from .training import MaskedDoRACallback, MaskTrainer, param_groups, train_maske
 
 __all__ = ["GroupMask", "MaskTrainer", "MaskedDoRACallback", "MaskedDoRAConfig", "MaskedDoRAState", "ModelSpec",
            "HeadSpec", "MLPSpec", "register_spec",
-           "SPECS", "SparsityController", "build_compact_model", "compact_model", "expected_keep", "from_peft",
+           "SPECS", "SparsityController", "build_compact_model", "compact_model", "expected_keep", "export_peft", "from_peft",
            "get_state", "harden", "is_prepared", "kept_fraction", "load_compact", "load_training_state", "param_groups",
            "plan_keep", "prepare_model", "save_training_state", "spec_for", "train_masked", "use_mask_group"]

@@ -77,7 +77,8 @@ def _replace(block: nn.Module, path: str, new: nn.Module) -> None:
 def _wrap(block: nn.Module, path: str, module: nn.Module, config: MaskedDoRAConfig, where: str) -> MaskedDoRALinear:
     if isinstance(module, MaskedDoRALinear):
         return module
-    if is_conv1d(module):  # GPT-2's transposed-weight linear layer: the same map as an nn.Linear
+    conv1d = is_conv1d(module)
+    if conv1d:  # GPT-2's transposed-weight linear layer: the same map as an nn.Linear
         linear = nn.Linear(module.nx, module.nf, device=module.weight.device, dtype=module.weight.dtype)
         with torch.no_grad():
             linear.weight.copy_(module.weight.t())
@@ -89,6 +90,7 @@ def _wrap(block: nn.Module, path: str, module: nn.Module, config: MaskedDoRAConf
     rank = min(config.rank, module.in_features, module.out_features)
     layer = MaskedDoRALinear.from_linear(module, rank=rank, alpha=config.alpha, use_rslora=config.use_rslora,
                                          gate=config.gate, mask_init=config.mask_init)
+    layer.from_conv1d = conv1d  # the base model's layer stores its weight transposed (export_peft: fan_in_fan_out)
     _replace(block, path, layer)
     return layer
 

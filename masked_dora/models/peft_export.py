@@ -1,0 +1,87 @@
+"""Export to PEFT: a prepared model's adapters as a PEFT DoRA adapter that ``PeftModel.from_pretrained`` loads.
+
+A masked-DoRA layer computes ``y = (x W0^T + s (x A^T) B^T) * (m z / n) + z b`` (``n`` the row norm of
+``W0 + s B A``); PEFT's DoRA computes the same with ``z = 1``. So every layer exports exactly, pruned
+channels included: the magnitude becomes ``m * z`` and, where a pruned channel has a bias, the bias
+becomes ``z * b`` (saved with the adapter: PEFT's ``bias="lora_only"``). ``z`` is the layer's current
+hard decision, what eval mode computes: the learned gates' decision before :func:`harden`, the exact
+mask after it. The rank and scaling of each layer are kept (``rank_pattern``/``alpha_pattern`` where a
+layer differs from the config's).
+
+Only the masked-DoRA layers are written: the adapter goes onto the base model the prepared model was made
+from, unchanged. (A model made by :func:`from_peft` has PEFT layers outside the pruning groups merged into
+its base weights: load the adapter onto that merged base.) Compacting is what removes the pruned channels;
+an exported adapter keeps the full shapes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Dict
+
+import torch
+from torch import nn
+
+from ..nn import MaskedDoRALinear
+from .prepare import get_state
+
+PEFT_PREFIX = "base_model.model."
+
+
+def export_peft(model: nn.Module, save_directory: str) -> Dict[str, int]:
+    """Write ``model``'s masked-DoRA layers as a PEFT DoRA adapter in ``save_directory``
+    (``adapter_config.json``, ``adapter_model.safetensors``). Returns ``{"layers": ..., "pruned_channels": ...}``.
+
+    Load it with ``PeftModel.from_pretrained(base_model, save_directory)``, ``base_model`` being the model
+    :func:`prepare_model` was given (the same weights): in eval mode its outputs equal the prepared model's.
+    """
+    try:
+        from peft import LoraConfig
+    except ImportError as exc:  # pragma: no cover - peft is a test dependency
+        raise ImportError("export_peft needs the peft package") from exc
+    from safetensors.torch import save_file
+
+    config = get_state(model).config
+    if not isinstance(save_directory, (str, os.PathLike)):
+        raise TypeError(f"save_directory: expected a path, got {type(save_directory).__name__}")
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, MaskedDoRALinear)]
+    # GPT-2's Conv1D layers (wrapped as linear maps by prepare_model): PEFT's fan_in_fan_out, same A, B, m
+    conv1d = {bool(getattr(m, "from_conv1d", False)) for _, m in layers}
+    if len(conv1d) > 1:
+        raise NotImplementedError("model: export_peft writes one fan_in_fan_out setting; this model mixes "
+                                  "nn.Linear and Conv1D layers")
+    tensors, ranks, alphas, lora_bias = {}, {}, {}, False
+    pruned = 0
+    default_scaling = config.alpha / (math.sqrt(config.rank) if config.use_rslora else config.rank)
+    with torch.no_grad():
+        for name, layer in layers:
+            keep = layer.keep_mask()
+            pruned += int((~keep).sum())
+            z = keep.to(layer.magnitude.dtype)
+            key = PEFT_PREFIX + name
+            tensors[f"{key}.lora_A.weight"] = layer.lora_A.detach().contiguous()
+            tensors[f"{key}.lora_B.weight"] = layer.lora_B.detach().contiguous()
+            tensors[f"{key}.lora_magnitude_vector"] = (layer.magnitude * z).detach().contiguous()
+            if layer.bias is not None and not bool(keep.all()) and bool((layer.bias[~keep] != 0).any()):
+                lora_bias = True
+            rank = layer.lora_A.shape[0]
+            if rank != config.rank:
+                ranks[name] = rank
+            if layer.scaling != default_scaling:  # PEFT's scaling: alpha / r (or / sqrt(r) with rsLoRA)
+                alphas[name] = layer.scaling * (math.sqrt(rank) if config.use_rslora else rank)
+        if lora_bias:  # every adapted layer's bias travels, gated, and replaces the base's on load
+            for name, layer in layers:
+                if layer.bias is not None:
+                    tensors[f"{PEFT_PREFIX}{name}.base_layer.bias"] = \
+                        (layer.bias * layer.keep_mask().to(layer.bias.dtype)).detach().contiguous()
+    peft_config = LoraConfig(r=config.rank, lora_alpha=config.alpha, use_rslora=config.use_rslora, use_dora=True,
+                             target_modules=[name for name, _ in layers], rank_pattern=ranks, alpha_pattern=alphas,
+                             bias="lora_only" if lora_bias else "none", lora_dropout=0.0,
+                             fan_in_fan_out=conv1d == {True},
+                             base_model_name_or_path=getattr(getattr(model, "config", None), "_name_or_path", None))
+    os.makedirs(save_directory, exist_ok=True)
+    peft_config.save_pretrained(save_directory)
+    save_file({k: v.cpu() for k, v in tensors.items()}, os.path.join(save_directory, "adapter_model.safetensors"),
+              metadata={"format": "pt"})
+    return {"layers": len(layers), "pruned_channels": pruned}
