@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from gpu_dora import build_layer
+from gpu_dora import build_layer, mark_adapters_stepped
 from masked_dora.ops import use_backend
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -43,8 +43,7 @@ def test_host_overhead(benchmark, impl, mode):
     backend = "torch" if impl == "masked_dora_torch" else None
 
     def call():
-        if hasattr(layer, "_norm_cache"):
-            layer._norm_cache = None
+        mark_adapters_stepped(layer)
         with use_backend(backend):
             y = layer(x)
             if mode == "fwd_bwd":

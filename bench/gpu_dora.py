@@ -42,7 +42,8 @@ from masked_dora.ops import _registry, registered, select, use_backend
 from timing import median_timer
 
 LLAMA7B_SHAPES: Tuple[Tuple[int, int], ...] = ((4096, 4096), (4096, 11008), (11008, 4096))  # (in, out)
-IMPLS = ("masked_dora", "masked_dora_triton", "masked_dora_cuda", "masked_dora_torch", "peft_dora", "peft_lora")
+IMPLS = ("masked_dora", "masked_dora_triton", "masked_dora_cuda", "masked_dora_torch", "peft_dora",
+         "peft_dora_accelerated", "peft_lora")
 FORCED_BACKEND = {"masked_dora_triton": "triton", "masked_dora_cuda": "cuda", "masked_dora_torch": "torch"}
 
 
@@ -69,14 +70,19 @@ def build_layer(impl: str, k: int, n: int, r: int, dtype: torch.dtype, device: s
         keep[torch.randperm(n, device=device)[: int(n * sparsity)]] = False
         layer.set_mask(keep)
         return layer.train()
-    if impl not in ("peft_dora", "peft_lora"):
+    if impl not in ("peft_dora", "peft_lora", "peft_dora_accelerated"):
         raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
     import peft
 
     base = _Holder(nn.Linear(k, n, dtype=dtype, device=device))
-    config = peft.LoraConfig(r=r, lora_alpha=2 * r, target_modules=["proj"], use_dora=impl == "peft_dora",
+    config = peft.LoraConfig(r=r, lora_alpha=2 * r, target_modules=["proj"], use_dora=impl != "peft_lora",
                              init_lora_weights=False, lora_dropout=0.0)
-    return peft.get_peft_model(base, config, autocast_adapter_dtype=False).train()
+    model = peft.get_peft_model(base, config, autocast_adapter_dtype=False).train()
+    if impl == "peft_dora_accelerated":  # the same PEFT layer after masked_dora.accelerate_peft(model)
+        from masked_dora.nn.peft_accelerate import accelerate_peft
+
+        accelerate_peft(model)
+    return model
 
 
 def timed_impls(impls: Sequence[str], device: str, dtype: torch.dtype) -> List[str]:
@@ -128,9 +134,14 @@ def _memory(device: str, layer: nn.Module, x: torch.Tensor, dy: torch.Tensor) ->
             "peak_fwd_bwd_mb": peak / mib}
 
 
-def _clear_norm_cache(layer: nn.Module) -> None:
-    if isinstance(layer, MaskedDoRALinear):
-        layer._norm_cache = None
+def mark_adapters_stepped(layer: nn.Module) -> None:
+    """As after an optimizer step: bump the version of every adapter ``B`` (an in-place multiply by 1), so a
+    cached DoRA row norm (masked DoRA, and a PEFT layer under ``accelerate_peft``) is recomputed on the next
+    call, the cost paid once per step, while the frozen ``||W0||^2`` stays cached as it does in training."""
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            if "lora_B" in name:
+                p.mul_(1)
 
 
 def dora_train_section(device: str = "cuda", dtype: torch.dtype = torch.bfloat16,
@@ -153,11 +164,11 @@ def dora_train_section(device: str = "cuda", dtype: torch.dtype = torch.bfloat16
             params = [p for p in layer.parameters() if p.requires_grad]
 
             def fwd(layer=layer):
-                _clear_norm_cache(layer)
+                mark_adapters_stepped(layer)
                 return layer(x)
 
             def fwd_bwd(layer=layer, params=params):
-                _clear_norm_cache(layer)
+                mark_adapters_stepped(layer)
                 layer(x).backward(dy)
                 for p in params:
                     p.grad = None

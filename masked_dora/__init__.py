@@ -8,9 +8,10 @@ __version__ = "0.1.0"
 
 from . import masks, nn, ops  # noqa: E402
 from ._backends import status as backend_status  # noqa: E402
-from .nn import MaskedDoRALinear  # noqa: E402
+from .nn import MaskedDoRALinear, accelerate_peft, restore_peft  # noqa: E402
 
-__all__ = ["MaskedDoRALinear", "backend_status", "masks", "nn", "ops", "__version__"]
+__all__ = ["MaskedDoRALinear", "accelerate_peft", "backend_status", "masks", "nn", "ops", "restore_peft",
+           "__version__"]
 
 # Hugging Face model support (masked_dora.models) is loaded on first use, so that
 # `import masked_dora` stays cheap and never imports transformers.

@@ -27,7 +27,7 @@ def test_gpu_report_cpu_smoke(tmp_path):
     assert report["environment"]["cpu_smoke"] is True and report["environment"]["device"] == "cpu"
     rows = report["sections"]["dora_train"]
     impls = {r["impl"] for r in rows}
-    assert impls == {"masked_dora_torch", "peft_dora", "peft_lora"}   # no Triton timing on the CPU
+    assert impls == {"masked_dora_torch", "peft_dora", "peft_dora_accelerated", "peft_lora"}  # no Triton on the CPU
     assert all(r["ms"] > 0 and r["peak_mb"] is None for r in rows)      # no (fake) GPU memory numbers
     md = (tmp_path / files[1]).read_text()
     assert "NOT GPU results" in md
@@ -94,7 +94,7 @@ def test_dora_train_section_times_no_cuda_backend_on_cpu(cuda_build):
                                        impls=("masked_dora_cuda", "masked_dora_triton", "masked_dora_torch"))
     assert {r["impl"] for r in rows} == {"masked_dora_torch"}
     assert gpu_dora.timed_impls(gpu_dora.IMPLS, "cpu", torch.float32) == [
-        "masked_dora", "masked_dora_torch", "peft_dora", "peft_lora"]
+        "masked_dora", "masked_dora_torch", "peft_dora", "peft_dora_accelerated", "peft_lora"]
     on_gpu = gpu_dora.timed_impls(gpu_dora.IMPLS, "cuda", torch.bfloat16)
     assert "masked_dora_cuda" in on_gpu and "masked_dora_cuda" not in gpu_dora.timed_impls(
         gpu_dora.IMPLS, "cuda", torch.float64)                              # the registry's dtypes decide too

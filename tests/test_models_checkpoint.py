@@ -1,5 +1,6 @@
 """Pruned checkpoints (plain transformers reload in a clean process), training state, PEFT import."""
 
+import copy
 import json
 import warnings
 
@@ -126,6 +127,43 @@ def test_from_peft_keeps_the_peft_function(use_dora):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     with pytest.raises(TypeError, match="peft_model"):
         from_peft(masked)
+
+
+def test_from_peft_carries_lora_dropout_and_trains_like_peft():
+    """A PEFT DoRA adapter with lora_dropout: from_peft keeps the dropout (it used to drop it without a word),
+    and a training-mode forward with the same dropout draws gives PEFT's loss and gradients, with every group
+    member adapted in PEFT (each adapted layer draws one dropout mask, in the same order)."""
+    from peft import LoraConfig, get_peft_model
+
+    members = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    peft_model = get_peft_model(tiny_model("llama", kind="lm").double(),
+                                LoraConfig(r=4, lora_alpha=8, use_dora=True, lora_dropout=0.25, target_modules=members,
+                                           init_lora_weights=False))
+    peft_model.train()
+    inputs = tiny_inputs()
+
+    def step(model, params):
+        torch.manual_seed(4)
+        loss = model(**inputs, labels=inputs["input_ids"]).loss
+        return loss, torch.autograd.grad(loss, params)
+
+    peft_B = [p for n, p in peft_model.named_parameters() if "lora_B" in n]
+    ref_loss, ref_grads = step(peft_model, peft_B)
+    assert get_state(from_peft(copy.deepcopy(peft_model))).config.lora_dropout == 0.25  # the default config
+    # the same, with a gate that draws no noise, so the dropout masks come from the same random stream as PEFT's
+    masked = from_peft(peft_model, MaskedDoRAConfig(rank=4, alpha=8, lora_dropout=0.25, gate="sigmoid_ste",
+                                                    importance="none"))
+    layer = masked.model.layers[0].mlp.up_proj
+    assert layer.lora_dropout == 0.25 and layer.dropout_mode == "peft"
+    for group in get_state(masked).groups.values():  # every channel kept: PEFT's function
+        group.set_mask(torch.ones(group.num_units, dtype=torch.bool))
+    masked.train()
+    ours_B = [m.lora_B for m in masked.modules() if hasattr(m, "lora_dropout") and hasattr(m, "lora_B")]
+    loss, grads = step(masked, ours_B)
+    assert abs(float(loss - ref_loss)) <= 1e-10 * abs(float(ref_loss))
+    assert len(grads) == len(ref_grads)
+    for g, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(g, ref, rtol=1e-9, atol=1e-12)
 
 
 def test_non_uniform_query_heads_round_trip(tmp_path):

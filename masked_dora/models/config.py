@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple, Union
 
 from ..masks.gates import GATES
+from ..nn.functional import DROPOUT_MODES
 from .specs import GROUP_KINDS
 
 IMPORTANCE = ("none", "magnitude", "taylor", "activation")
@@ -22,6 +23,10 @@ class MaskedDoRAConfig:
 
     * ``rank``, ``alpha``, ``use_rslora``: the DoRA adapter (scaling ``alpha/rank``
       or ``alpha/sqrt(rank)``); every member of a targeted group gets one.
+    * ``lora_dropout`` (default 0), ``dropout_mode``: dropout on the adapter's input in training.
+      ``"peft"`` is PEFT's DoRA dropout exactly (a second base GEMM on the dropped part of the
+      input); ``"adapter"`` drops the input of the adapter branch only (cheaper). See
+      :func:`masked_dora.nn.functional.masked_dora_linear`.
     * ``target_groups``: group kinds to prune, from ``("mlp", "heads")``.
     * ``target_sparsity``: fraction of units removed per kind (a float applies
       to every targeted kind): MLP channels, or query heads for ``heads``.
@@ -68,6 +73,8 @@ class MaskedDoRAConfig:
     rank: int = 8
     alpha: float = 16.0
     use_rslora: bool = False
+    lora_dropout: float = 0.0
+    dropout_mode: str = "peft"
     target_groups: Tuple[str, ...] = ("mlp", "heads")
     target_sparsity: Union[float, Dict[str, float]] = 0.25
     alignment: Dict[str, int] = field(default_factory=lambda: {"mlp": 64, "heads": 1})
@@ -110,7 +117,7 @@ class MaskedDoRAConfig:
                                  f"got {value!r}")
         for name, value, allowed in (("gqa", self.gqa, GQA_MODES), ("allocation", self.allocation, ALLOCATIONS),
                                      ("gate", self.gate, tuple(GATES)), ("importance", self.importance, IMPORTANCE),
-                                     ("budget", self.budget, BUDGETS),
+                                     ("budget", self.budget, BUDGETS), ("dropout_mode", self.dropout_mode, DROPOUT_MODES),
                                      ("save_form", self.save_form, SAVE_FORMS)):
             if value not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
@@ -124,6 +131,9 @@ class MaskedDoRAConfig:
         for name in ("lambda_lr", "mask_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: expected a positive float, got {getattr(self, name)}")
+        if isinstance(self.lora_dropout, bool) or not isinstance(self.lora_dropout, (int, float)) \
+                or not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout: expected a probability in [0, 1), got {self.lora_dropout!r}")
         if not self.lambda_2_init >= 0:
             raise ValueError(f"lambda_2_init: expected a non-negative float, got {self.lambda_2_init}")
 

@@ -89,7 +89,8 @@ def _wrap(block: nn.Module, path: str, module: nn.Module, config: MaskedDoRAConf
                         f"(merge or unload other adapters first; for PEFT DoRA use masked_dora.from_peft)")
     rank = min(config.rank, module.in_features, module.out_features)
     layer = MaskedDoRALinear.from_linear(module, rank=rank, alpha=config.alpha, use_rslora=config.use_rslora,
-                                         gate=config.gate, mask_init=config.mask_init)
+                                         gate=config.gate, mask_init=config.mask_init,
+                                         lora_dropout=config.lora_dropout, dropout_mode=config.dropout_mode)
     layer.from_conv1d = conv1d  # the base model's layer stores its weight transposed (export_peft: fan_in_fan_out)
     _replace(block, path, layer)
     return layer

@@ -119,9 +119,9 @@ def from_peft(peft_model: nn.Module, config: Optional[MaskedDoRAConfig] = None, 
     scaling and (DoRA) magnitude; for plain LoRA the magnitude is set to the
     row norm of ``W0 + s B A`` so the function is unchanged. PEFT-adapted
     layers outside the groups (e.g. ``lm_head``) are merged into their base
-    weight. ``config`` defaults to the PEFT rank/alpha/rsLoRA with every unit
-    kept (``importance="none"``); with every mask open the result computes
-    what the PEFT model computes.
+    weight. ``config`` defaults to the PEFT rank/alpha/rsLoRA/``lora_dropout`` (PEFT's dropout
+    meaning, ``dropout_mode="peft"``) with every unit kept (``importance="none"``); with every mask
+    open the result computes what the PEFT model computes, in training too.
     """
     try:
         from peft import PeftModel
@@ -135,7 +135,7 @@ def from_peft(peft_model: nn.Module, config: Optional[MaskedDoRAConfig] = None, 
         raise ValueError(f"peft_model: expected a LoRA/DoRA adapter named {adapter!r}, got {type(pcfg).__name__}")
     if config is None:
         config = MaskedDoRAConfig(rank=pcfg.r, alpha=float(pcfg.lora_alpha), use_rslora=bool(pcfg.use_rslora),
-                                  importance="none")
+                                  lora_dropout=float(pcfg.lora_dropout), importance="none")
     base = peft_model.get_base_model()
     imported = {}
     for name, layer in _peft_layers(base):

@@ -4,5 +4,7 @@ from .compact_linear import CompactLinear
 from .compaction import compact_pair
 from .functional import masked_dora_linear
 from .masked_dora_linear import MaskedDoRALinear
+from .peft_accelerate import accelerate_peft, restore_peft
 
-__all__ = ["CompactLinear", "MaskedDoRALinear", "compact_pair", "masked_dora_linear"]
+__all__ = ["CompactLinear", "MaskedDoRALinear", "accelerate_peft", "compact_pair", "masked_dora_linear",
+           "restore_peft"]

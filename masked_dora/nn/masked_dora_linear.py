@@ -13,7 +13,8 @@ from ..masks.gates import Gate, make_gate
 from ..ops import _checks
 from ..ops.precision import autocast_enabled
 from ..ops.row_norm import DEFAULT_EPS, row_norm, weight_sq_norm
-from .functional import masked_dora_linear
+from .functional import DROPOUT_MODES, masked_dora_linear
+from .norm_cache import RowNormCache
 
 
 def _check_positive_int(name: str, value) -> None:
@@ -43,7 +44,10 @@ class MaskedDoRALinear(nn.Module):
     row norm of ``W0 + s B A`` and ``z = gate(mask_logits)`` (see
     :mod:`masked_dora.ops.dora_linear` for the math and
     :mod:`masked_dora.masks.gates` for the gates). With every channel kept this
-    is PEFT's DoRA (``use_dora=True``, no dropout) exactly.
+    is PEFT's DoRA (``use_dora=True``) exactly, with ``lora_dropout`` too: in training,
+    ``lora_dropout > 0`` drops the adapter's input as PEFT does (``dropout_mode="peft"``, a second base
+    GEMM on the dropped part) or on the adapter branch only (``"adapter"``, cheaper); see
+    :func:`masked_dora.nn.functional.masked_dora_linear`.
 
     Parameters: ``weight`` (out x in, frozen), ``bias`` (out, frozen),
     ``lora_A`` (rank x in, Kaiming-uniform), ``lora_B`` (out x rank, zeros),
@@ -62,6 +66,7 @@ class MaskedDoRALinear(nn.Module):
         self, in_features: int, out_features: int, bias: bool = True, rank: int = 8,
         alpha: float = 16.0, use_rslora: bool = False, gate: Union[str, Gate] = "hard_concrete",
         mask_init: float = 3.0, norm_eps: Optional[float] = DEFAULT_EPS, device=None, dtype=None,
+        lora_dropout: float = 0.0, dropout_mode: str = "peft",
     ):
         super().__init__()
         _check_positive_int("in_features", in_features)
@@ -77,6 +82,12 @@ class MaskedDoRALinear(nn.Module):
             norm_eps = _check_finite_real("norm_eps", norm_eps, nonnegative=True, maximum=1.0)
         if dtype is not None and not dtype.is_floating_point:
             raise TypeError(f"dtype: expected a floating-point dtype, got {dtype}")
+        lora_dropout = _check_finite_real("lora_dropout", lora_dropout, nonnegative=True, maximum=1.0)
+        if lora_dropout >= 1.0:
+            raise ValueError(f"lora_dropout: expected a probability in [0, 1), got {lora_dropout!r}")
+        if dropout_mode not in DROPOUT_MODES:
+            raise ValueError(f"dropout_mode: expected one of {DROPOUT_MODES}, got {dropout_mode!r}")
+        self.lora_dropout, self.dropout_mode = lora_dropout, dropout_mode
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         self.alpha, self.use_rslora = float(alpha), bool(use_rslora)
         self.scaling = self.alpha / (math.sqrt(rank) if use_rslora else rank)
@@ -91,8 +102,7 @@ class MaskedDoRALinear(nn.Module):
         self.gate = make_gate(gate)
         self._reset_base()
         self._create_adapter()
-        self._norm_cache: Optional[Tuple[tuple, Tensor]] = None
-        self._weight_sq_cache: Optional[Tuple[tuple, Tensor]] = None
+        self._norms = RowNormCache()
         self._mask_source = None
 
     # ------------------------------------------------------------ construction
@@ -131,7 +141,8 @@ class MaskedDoRALinear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, rank: int = 8, alpha: float = 16.0, use_rslora: bool = False,
                     gate: Union[str, Gate] = "hard_concrete", mask_init: float = 3.0,
-                    norm_eps: Optional[float] = DEFAULT_EPS) -> "MaskedDoRALinear":
+                    norm_eps: Optional[float] = DEFAULT_EPS, lora_dropout: float = 0.0,
+                    dropout_mode: str = "peft") -> "MaskedDoRALinear":
         """Wrap ``linear``: its weight and bias Parameters are shared (no copy) and frozen."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
@@ -139,7 +150,8 @@ class MaskedDoRALinear(nn.Module):
             raise TypeError(f"linear: expected a floating-point weight, got dtype {linear.weight.dtype}")
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, rank=rank,
                     alpha=alpha, use_rslora=use_rslora, gate=gate, mask_init=mask_init,
-                    norm_eps=norm_eps, device="meta", dtype=linear.weight.dtype)
+                    norm_eps=norm_eps, device="meta", dtype=linear.weight.dtype, lora_dropout=lora_dropout,
+                    dropout_mode=dropout_mode)
         layer.weight = linear.weight
         layer.weight.requires_grad_(False)
         if linear.bias is not None:
@@ -212,18 +224,9 @@ class MaskedDoRALinear(nn.Module):
 
     # ------------------------------------------------------------ forward
 
-    def _version_key(self, *tensors: Tensor) -> tuple:
-        return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
-
     def weight_sq(self) -> Optional[Tensor]:
         """``||W0_j||^2`` (float32), cached while the frozen weight is unchanged."""
-        if torch.compiler.is_compiling():
-            return None
-        key = self._version_key(self.weight)
-        if self._weight_sq_cache is None or self._weight_sq_cache[0] != key:
-            with torch.no_grad():
-                self._weight_sq_cache = (key, weight_sq_norm(self.weight))
-        return self._weight_sq_cache[1]
+        return self._norms.weight_sq(self.weight)
 
     def invalidate_norm_cache(self) -> None:
         """Drop the cached row norm and ``||W0||^2``; the next forward recomputes them.
@@ -232,22 +235,12 @@ class MaskedDoRALinear(nn.Module):
         step, ``with torch.no_grad(): p.add_(...)``) bumps; an edit through ``.data``
         (``layer.lora_B.data.normal_()``) bumps nothing: call this after one.
         """
-        self._norm_cache = None
-        self._weight_sq_cache = None
+        self._norms.clear()
 
     def weight_norm(self) -> Tensor:
         """The detached row norm ``n``; cached while weight, lora_A and lora_B are unchanged (their
         version counters; see :meth:`invalidate_norm_cache` for edits through ``.data``)."""
-        A = self.lora_A.to(self.weight.dtype)
-        B = self.lora_B.to(self.weight.dtype)
-        if torch.compiler.is_compiling():
-            return row_norm(self.weight, A, B, self.scaling, None, self.norm_eps)
-        key = self._version_key(self.weight, self.lora_A, self.lora_B) + ((self.scaling, self.norm_eps),)
-        if self._norm_cache is None or self._norm_cache[0] != key:
-            with torch.no_grad():
-                self._norm_cache = (key, row_norm(self.weight, A, B, self.scaling, self.weight_sq(),
-                                                  self.norm_eps))
-        return self._norm_cache[1]
+        return self._norms.norm(self.weight, self.lora_A, self.lora_B, self.scaling, self.norm_eps)
 
     def _compute_dtype(self, x: Tensor) -> torch.dtype:
         """The dtype the GEMMs run in: the autocast dtype inside ``torch.autocast``, else the weight's.
@@ -275,8 +268,13 @@ class MaskedDoRALinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         dtype = self._compute_dtype(x)
-        return masked_dora_linear(x.to(dtype), self.weight.to(dtype), self.bias, self.lora_A, self.lora_B,
-                                  self.scaling, self.magnitude, self.gate_values(), norm=self.weight_norm())
+        x = x.to(dtype)
+        dropped = None
+        if self.training and self.lora_dropout > 0:  # the adapter's dropout, as dropout_mode applies it
+            dropped = torch.nn.functional.dropout(x, self.lora_dropout, training=True)
+        return masked_dora_linear(x, self.weight.to(dtype), self.bias, self.lora_A, self.lora_B,
+                                  self.scaling, self.magnitude, self.gate_values(), norm=self.weight_norm(),
+                                  dropped=dropped, dropout_mode=self.dropout_mode)
 
     # ------------------------------------------------------------ merging
 
@@ -349,4 +347,5 @@ class MaskedDoRALinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, rank={self.rank}, alpha={self.alpha:g}, "
-                f"scaling={self.scaling:.4g}, use_rslora={self.use_rslora}, gate={self.gate.name}")
+                f"scaling={self.scaling:.4g}, use_rslora={self.use_rslora}, gate={self.gate.name}"
+                + (f", lora_dropout={self.lora_dropout:g}, dropout_mode={self.dropout_mode}" if self.lora_dropout else ""))

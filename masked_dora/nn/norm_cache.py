@@ -1,0 +1,55 @@
+"""The detached DoRA row norm, kept while the tensors it comes from are unchanged."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ..ops.row_norm import row_norm, weight_sq_norm
+
+
+class RowNormCache:
+    """``||W0_j||^2`` and the row norm ``n`` of ``W0 + s B A`` (see :mod:`masked_dora.ops.row_norm`), recomputed
+    only when ``W0``, ``A``, ``B``, the scaling or ``eps`` changed, so gradient accumulation, activation
+    checkpointing and inference do not pay for it again.
+
+    Keyed on each tensor's storage, version counter, dtype and device: every in-place op (an optimizer step,
+    ``with torch.no_grad(): p.add_(...)``) bumps the version; an edit through ``.data``
+    (``lora_B.data.normal_()``) bumps nothing: call :meth:`clear` after one. Under ``torch.compile`` nothing
+    is cached (the graph recomputes it).
+    """
+
+    def __init__(self):
+        self._weight_sq: Optional[Tuple[tuple, Tensor]] = None
+        self._norm: Optional[Tuple[tuple, Tensor]] = None
+
+    @staticmethod
+    def _key(*tensors: Tensor) -> tuple:
+        return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+
+    def clear(self) -> None:
+        self._weight_sq = None
+        self._norm = None
+
+    def weight_sq(self, weight: Tensor) -> Optional[Tensor]:
+        """``||W0_j||^2`` (float32; float64 for float64 weights); ``None`` under ``torch.compile``."""
+        if torch.compiler.is_compiling():
+            return None
+        key = self._key(weight)
+        if self._weight_sq is None or self._weight_sq[0] != key:
+            with torch.no_grad():
+                self._weight_sq = (key, weight_sq_norm(weight))
+        return self._weight_sq[1]
+
+    def norm(self, weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float, eps: Optional[float]) -> Tensor:
+        """The detached row norm of ``W0 + s B A`` (``A`` and ``B`` taken in the weight's dtype)."""
+        A, B = lora_A.to(weight.dtype), lora_B.to(weight.dtype)
+        if torch.compiler.is_compiling():
+            return row_norm(weight, A, B, scaling, None, eps)
+        key = self._key(weight, lora_A, lora_B) + ((scaling, eps),)
+        if self._norm is None or self._norm[0] != key:
+            with torch.no_grad():
+                self._norm = (key, row_norm(weight, A, B, scaling, self.weight_sq(weight), eps))
+        return self._norm[1]

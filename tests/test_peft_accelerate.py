@@ -1,0 +1,125 @@
+"""accelerate_peft: PEFT's DoRA layers through masked_dora's fused op, equal to PEFT's own forward and
+backward (float64: 1e-10, float32: 1e-5) with and without dropout, rsLoRA, biases, several adapters; undone by
+restore_peft; PEFT's state dict and save_pretrained unchanged."""
+
+import pytest
+import torch
+
+from masked_dora.nn import peft_accelerate
+from masked_dora.nn.peft_accelerate import accelerate_peft, restore_peft
+
+from tiny_models import tiny_inputs, tiny_model
+
+peft = pytest.importorskip("peft")
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def _peft_model(family, dtype, dropout=0.0, rslora=False, seed=0):
+    model = tiny_model(family, kind="lm").to(dtype)
+    targets = ["q_proj", "v_proj", "up_proj", "down_proj"] if family == "llama" else ["query", "value", "dense"]
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, use_dora=True, lora_dropout=dropout, use_rslora=rslora,
+                          target_modules=targets, init_lora_weights=False)  # B != 0: DoRA is not the base model
+    torch.manual_seed(seed)
+    model = peft.get_peft_model(model, cfg)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_magnitude_vector" in name:  # m != ||W0 + s B A||
+                p.mul_(1 + 0.2 * torch.rand(p.shape, generator=gen, dtype=p.dtype))
+    return model
+
+
+def _step(model, inputs, seed=3):
+    """Logits and every trainable parameter's gradient of one forward+backward (dropout's RNG seeded)."""
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    out = model(**inputs, labels=inputs["input_ids"])
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return out.logits.detach(), grads
+
+
+def _rel(a, b):
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def _assert_same(fast, slow, tol):
+    assert _rel(fast[0], slow[0]) <= tol, _rel(fast[0], slow[0])
+    assert fast[1].keys() == slow[1].keys()
+    worst = max(_rel(fast[1][k], slow[1][k]) for k in slow[1])
+    assert worst <= tol, worst
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])  # bert: biases
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dropout, rslora", [(0.0, False), (0.3, False), (0.0, True)])
+def test_accelerated_peft_dora_equals_peft(family, dtype, dropout, rslora, monkeypatch):
+    model = _peft_model(family, dtype, dropout, rslora)
+    model.train()
+    inputs = tiny_inputs()
+    slow = _step(model, inputs)
+    calls = []
+    fused = peft_accelerate.dora_linear
+    monkeypatch.setattr(peft_accelerate, "dora_linear", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    patched = accelerate_peft(model)
+    assert patched == sum(1 for n, m in model.named_modules() if type(m).__name__ == "Linear" and hasattr(m, "lora_A"))
+    fast = _step(model, inputs)
+    assert len(calls) == patched  # every layer took the fused path
+    _assert_same(fast, slow, TOL[dtype])
+    model.eval()
+    with torch.no_grad():
+        fast_eval = model(**inputs).logits
+        assert restore_peft(model) == patched
+        slow_eval = model(**inputs).logits
+    assert _rel(fast_eval, slow_eval) <= TOL[dtype]
+    assert not any("forward" in m.__dict__ for m in model.modules())
+
+
+def test_several_adapters_switch_and_fall_back(tmp_path):
+    """Two adapters loaded: the active one runs fused, switching follows set_adapter; merged adapters, a
+    disabled adapter and two active adapters at once go through PEFT's own forward; state dict and
+    save_pretrained are unchanged by the patch."""
+    model = _peft_model("llama", torch.float64)
+    model.add_adapter("other", peft.LoraConfig(r=2, lora_alpha=4, use_dora=True, target_modules=["q_proj"],
+                                               init_lora_weights=False))
+    inputs = tiny_inputs()
+    reference = {}
+    for adapter in ("default", "other"):
+        model.set_adapter(adapter)
+        reference[adapter] = _step(model, inputs)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    accelerate_peft(model)
+    assert accelerate_peft(model) == 0  # already patched
+    for adapter in ("default", "other"):
+        model.set_adapter(adapter)
+        _assert_same(_step(model, inputs), reference[adapter], 1e-10)
+    model.base_model.set_adapter(["default", "other"])  # both active: PEFT's forward
+    both = _step(model, inputs)
+    restore_peft(model)
+    _assert_same(both, _step(model, inputs), 0.0)
+    assert model.state_dict().keys() == before.keys()
+    model.set_adapter("default")
+    model.eval()
+    with torch.no_grad():
+        plain = model(**inputs).logits
+        with model.disable_adapter():
+            disabled = model(**inputs).logits
+        accelerate_peft(model)
+        with model.disable_adapter():
+            assert torch.equal(model(**inputs).logits, disabled)
+        model.merge_adapter()
+        assert _rel(model(**inputs).logits, plain) <= 1e-10
+        model.unmerge_adapter()
+        assert _rel(model(**inputs).logits, plain) <= 1e-10
+    model.save_pretrained(str(tmp_path))
+    loaded = peft.PeftModel.from_pretrained(tiny_model("llama", kind="lm").double(), str(tmp_path)).eval()
+    with torch.no_grad():
+        assert _rel(loaded(**inputs).logits, plain) <= 1e-10
+
+
+def test_bad_model_argument():
+    with pytest.raises(TypeError, match="model: expected a torch.nn.Module"):
+        accelerate_peft("model")
+    with pytest.raises(TypeError, match="model: expected a torch.nn.Module"):
+        restore_peft(None)
