@@ -400,3 +400,48 @@ def test_every_checkpoint_carries_the_controller_state_of_its_own_step(tmp_path,
         saved = json.loads((checkpoint / "trainer_state.json").read_text())
         step = saved["stateful_callbacks"]["masked_dora"]["controller"]["controllers.mlp.step"]["__tensor__"]
         assert step == saved["global_step"] == int(checkpoint.name.split("-")[1])
+
+
+def test_row_norms_refresh_every_forward_when_a_sharding_engine_regathers(monkeypatch):
+    """FSDP2 writes each forward's gathered parameters into their buffers with the version counter preserved
+    (torch.autograd._unsafe_preserve_version_counter, as done here), so the row-norm cache's key cannot see
+    the new values; CI caught a norm one step old. A prepared model whose parameters are re-gathered
+    (is_regathered) forgets its norms at every forward; the blind spot itself is shown first."""
+    from masked_dora.models import group_mask
+    from masked_dora.ops.row_norm import row_norm
+
+    model = tiny_model("llama", kind="lm")
+    prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5))
+    randomize_adapters(model)
+    layer = model.model.layers[0].mlp.up_proj
+    inputs = _lm_batches(1)[0]
+
+    def fresh():
+        return row_norm(layer.weight, layer.lora_A, layer.lora_B, layer.scaling, None, layer.norm_eps)
+
+    def regather_a_new_step():
+        with torch.no_grad(), torch.autograd._unsafe_preserve_version_counter(layer.lora_B):
+            layer.lora_B.add_(0.05)
+
+    def gap():
+        return float(((layer.weight_norm() - fresh()).abs() / fresh()).max())
+
+    model(**inputs)
+    regather_a_new_step()
+    model(**inputs)
+    assert gap() > 1e-3  # without the engine's signal the key cannot tell
+    monkeypatch.setattr(group_mask, "is_regathered", lambda param: True)
+    model(**inputs)
+    assert gap() == 0.0
+    regather_a_new_step()
+    model(**inputs)
+    assert gap() == 0.0
+
+
+def test_is_regathered_recognises_sharded_parameters():
+    from masked_dora.nn.norm_cache import is_regathered
+
+    plain = torch.nn.Parameter(torch.zeros(3))
+    assert not is_regathered(plain)
+    plain.ds_id = 7  # what DeepSpeed ZeRO-3 puts on the parameters it partitions
+    assert is_regathered(plain)

@@ -123,3 +123,51 @@ def test_bad_model_argument():
         accelerate_peft("model")
     with pytest.raises(TypeError, match="model: expected a torch.nn.Module"):
         restore_peft(None)
+
+
+def test_a_peft_trainer_run_with_one_added_line_trains_the_same(tmp_path):
+    """A PEFT DoRA model (dropout on) trained by the HF Trainer for 4 steps, as PEFT runs it and after
+    accelerate_peft: the same logged losses and final adapters, to float32 rounding."""
+    from transformers import Trainer, TrainingArguments
+
+    rows = [{"input_ids": ids, "labels": ids} for ids in torch.randint(3, 97, (8, 9), generator=torch.Generator().manual_seed(0))]
+
+    def run(accelerate):
+        model = _peft_model("llama", torch.float32, dropout=0.1)
+        if accelerate:
+            assert accelerate_peft(model) > 0
+        args = TrainingArguments(output_dir=str(tmp_path / str(accelerate)), max_steps=4, per_device_train_batch_size=2,
+                                 learning_rate=0.05, logging_steps=1, report_to=[], use_cpu=True, save_strategy="no",
+                                 seed=0, disable_tqdm=True,
+                                 # SGD: an update linear in the gradient, so the runs differ by float32 rounding
+                                 # only (AdamW turns rounding in a near-zero gradient element into a step of up
+                                 # to the learning rate; see tests/dist_train.py's make_optimizer)
+                                 optim="sgd", optim_args="momentum=0.9")
+        trainer = Trainer(model=model, args=args, train_dataset=rows)
+        trainer.train()
+        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        return losses, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    slow_losses, slow_params = run(False)
+    fast_losses, fast_params = run(True)
+    assert len(fast_losses) == 4
+    for a, b in zip(fast_losses, slow_losses):
+        assert abs(a - b) <= 1e-5 * abs(b), (fast_losses, slow_losses)
+    assert max(_rel(fast_params[k], slow_params[k]) for k in slow_params) <= 1e-4
+
+
+def test_adapters_written_in_place_with_their_version_kept_are_seen():
+    """FSDP2 re-gathers a PEFT model's adapters into the same buffers with the version counter kept: the
+    accelerated layer still computes with the new values (its row norm is not cached on versions)."""
+    model = _peft_model("llama", torch.float64).eval()
+    inputs = tiny_inputs()
+    accelerate_peft(model)
+    with torch.no_grad():
+        model(**inputs)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                with torch.autograd._unsafe_preserve_version_counter(p):
+                    p.add_(0.05)
+        fast = model(**inputs).logits
+        restore_peft(model)
+        assert _rel(fast, model(**inputs).logits) <= 1e-10

@@ -20,6 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from ..masks.gates import make_gate
+from ..nn import MaskedDoRALinear
+from ..nn.norm_cache import is_regathered
 
 
 class GroupMask(nn.Module):
@@ -163,7 +165,8 @@ class InputGate:
 
 
 class ForwardMasks:
-    """Model forward pre-hook: fix this forward's masks once, before any block runs.
+    """Model forward pre-hook: fix this forward's masks once, before any block runs (and, when a sharding
+    engine re-gathers the parameters, make every layer recompute its row norm).
 
     ``budget="lagrangian"``: draw every group's gate sample. ``budget="exact"``: set every group's
     exact top-k plan (``state.exact_plan()``, recomputed only when a logit changed). Read from the
@@ -173,8 +176,17 @@ class ForwardMasks:
 
     def __init__(self, state: nn.Module):
         self.state = state
+        self._layers = None
 
     def __call__(self, module: nn.Module, args, kwargs=None):
+        if self._layers is None:
+            self._layers = [m for m in module.modules() if isinstance(m, MaskedDoRALinear)]
+        if self._layers and is_regathered(self._layers[0].weight):
+            # FSDP2 / ZeRO-3 gather this forward's parameters where the last step's were, keeping the key the
+            # row-norm cache checks (RowNormCache): forget the norms (not ||W0||^2, W0 is frozen). Within this
+            # forward and its backward (checkpoint recomputation included) the parameters do not change.
+            for layer in self._layers:
+                layer.invalidate_norm_cache(weight_sq=False)
         groups = self.state.groups
         if self.state.config.budget == "exact":
             plans = self.state.exact_plan()

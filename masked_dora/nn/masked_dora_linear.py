@@ -228,14 +228,18 @@ class MaskedDoRALinear(nn.Module):
         """``||W0_j||^2`` (float32), cached while the frozen weight is unchanged."""
         return self._norms.weight_sq(self.weight)
 
-    def invalidate_norm_cache(self) -> None:
-        """Drop the cached row norm and ``||W0||^2``; the next forward recomputes them.
+    def invalidate_norm_cache(self, weight_sq: bool = True) -> None:
+        """Drop the cached row norm (and ``||W0||^2``, unless ``weight_sq=False``); the next forward
+        recomputes them.
 
         The cache is keyed on the tensors' version counters, which every in-place op (an optimizer
         step, ``with torch.no_grad(): p.add_(...)``) bumps; an edit through ``.data``
-        (``layer.lora_B.data.normal_()``) bumps nothing: call this after one.
+        (``layer.lora_B.data.normal_()``) bumps nothing: call this after one. Under FSDP2 or ZeRO-3 the
+        re-gathered parameters keep the key (see :class:`RowNormCache`): a model prepared by
+        ``prepare_model`` calls this at every forward then; a bare layer sharded by you needs it after
+        every optimizer step.
         """
-        self._norms.clear()
+        self._norms.clear(weight_sq)
 
     def weight_norm(self) -> Tensor:
         """The detached row norm ``n``; cached while weight, lora_A and lora_B are unchanged (their

@@ -19,6 +19,13 @@ class RowNormCache:
     ``with torch.no_grad(): p.add_(...)``) bumps the version; an edit through ``.data``
     (``lora_B.data.normal_()``) bumps nothing: call :meth:`clear` after one. Under ``torch.compile`` nothing
     is cached (the graph recomputes it).
+
+    Sharding engines defeat that key: FSDP2 writes every forward's freshly gathered parameters into their
+    buffers with the version counter preserved (on purpose), DeepSpeed ZeRO-3 into new buffers, and either
+    can land where the last step's did. The key then matches while ``A`` and ``B`` hold the new step's
+    values (CI saw a norm one step old, 5e-6 off, on a loaded machine). See :func:`is_regathered`; a model
+    prepared by ``prepare_model`` forgets its norms at every forward when its parameters are re-gathered.
+    ``||W0||^2`` stays valid: ``W0`` is frozen, so whatever sits at the key holds the same values.
     """
 
     def __init__(self):
@@ -29,8 +36,10 @@ class RowNormCache:
     def _key(*tensors: Tensor) -> tuple:
         return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
 
-    def clear(self) -> None:
-        self._weight_sq = None
+    def clear(self, weight_sq: bool = True) -> None:
+        """Forget the row norm, and ``||W0||^2`` too unless ``weight_sq=False``."""
+        if weight_sq:
+            self._weight_sq = None
         self._norm = None
 
     def weight_sq(self, weight: Tensor) -> Optional[Tensor]:
@@ -53,3 +62,15 @@ class RowNormCache:
             with torch.no_grad():
                 self._norm = (key, row_norm(weight, A, B, scaling, self.weight_sq(weight), eps))
         return self._norm[1]
+
+
+def is_regathered(param: Tensor) -> bool:
+    """Whether a sharding engine gathers ``param`` afresh for every forward, outside of which it holds only a
+    shard: an FSDP2 parameter (a ``DTensor`` between forwards) or a DeepSpeed ZeRO-3 one (``ds_id``)."""
+    if hasattr(param, "ds_id"):
+        return True
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without distributed
+        return False
+    return isinstance(param, DTensor)

@@ -8,8 +8,9 @@ where ``d`` is the adapter's ``lora_dropout`` (the identity in eval mode or with
 dropout that is ``(m/n) (W0 x + s B A x) + b``: one masked-DoRA op with every channel kept (``z = 1``),
 :func:`masked_dora.ops.dora_linear`, whose fused kernels keep ``x A^T`` and the pre-scale output for the
 backward instead of PEFT's second pass. With dropout it is ``dora_linear(d(x), scale=m/n) + W0 (x - d(x)) + b``:
-the same op on the dropped input and PEFT's second base GEMM, on the difference. The row norm is cached
-per adapter while ``W0``, ``A`` and ``B`` are unchanged (:class:`RowNormCache`).
+the same op on the dropped input and PEFT's second base GEMM, on the difference. The row norm is computed
+every call as PEFT does (factored, from ``||W0||^2``, which is cached: :class:`RowNormCache`), never forming
+``W0 + s B A``.
 
 :func:`accelerate_peft` swaps the forward of every such layer of a model (an instance attribute, as
 Liger-Kernel patches models); :func:`restore_peft` removes it. A patched layer falls back to PEFT's own
@@ -30,10 +31,10 @@ from torch import Tensor, nn
 
 from ..ops.dora_linear import dora_linear
 from ..ops.precision import autocast_enabled
-from ..ops.row_norm import DEFAULT_EPS
+from ..ops.row_norm import DEFAULT_EPS, row_norm
 from .norm_cache import RowNormCache
 
-_CACHES = "_masked_dora_norms"  # per-adapter RowNormCache, an attribute of the patched PEFT layer
+_CACHES = "_masked_dora_norms"  # per-adapter RowNormCache (its ||W0||^2), an attribute of the patched PEFT layer
 
 
 def _dora_layers(model: nn.Module):
@@ -94,8 +95,11 @@ def _forward(self, x: Tensor, *args, **kwargs) -> Tensor:
     weight, bias = base.weight, base.bias
     lora_A, lora_B = self.lora_A[name].weight, self.lora_B[name].weight
     scaling = self.scaling[name]
-    caches = self.__dict__[_CACHES]
-    norm = caches.setdefault(name, RowNormCache()).norm(weight, lora_A, lora_B, scaling, DEFAULT_EPS)
+    # ||W0||^2 cached (W0 is frozen); the norm itself recomputed every call, as PEFT does: under FSDP2 a PEFT
+    # model's adapters are re-gathered in place with their version kept, which a cache keyed on it cannot see
+    weight_sq = self.__dict__[_CACHES].setdefault(name, RowNormCache()).weight_sq(weight)
+    with torch.no_grad():
+        norm = row_norm(weight, lora_A.to(weight.dtype), lora_B.to(weight.dtype), scaling, weight_sq, DEFAULT_EPS)
     scale = self.lora_magnitude_vector[name].weight.to(norm.dtype) / norm
     dropout = self.lora_dropout[name]
     if isinstance(dropout, nn.Identity) or not self.training:
