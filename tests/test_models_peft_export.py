@@ -89,3 +89,15 @@ def test_export_refuses_what_it_cannot_write(tmp_path):
         export_peft(model, 3)
     with pytest.raises(ValueError):
         export_peft(tiny_model("llama", kind="lm"), str(tmp_path))  # not prepared
+
+
+def test_export_carries_lora_dropout(tmp_path):
+    model = _base("llama")
+    prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", lora_dropout=0.1))
+    export_peft(model, str(tmp_path / "peft"))
+    assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["lora_dropout"] == 0.1
+    other = _base("llama")
+    prepare_model(other, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", lora_dropout=0.1,
+                                          dropout_mode="adapter"))
+    with pytest.warns(UserWarning, match="PEFT knows only its own dropout meaning"):
+        export_peft(other, str(tmp_path / "adapter"))

@@ -117,7 +117,8 @@ class MaskedDoRAConfig:
                                  f"got {value!r}")
         for name, value, allowed in (("gqa", self.gqa, GQA_MODES), ("allocation", self.allocation, ALLOCATIONS),
                                      ("gate", self.gate, tuple(GATES)), ("importance", self.importance, IMPORTANCE),
-                                     ("budget", self.budget, BUDGETS), ("dropout_mode", self.dropout_mode, DROPOUT_MODES),
+                                     ("budget", self.budget, BUDGETS),
+                                     ("dropout_mode", self.dropout_mode, DROPOUT_MODES),
                                      ("save_form", self.save_form, SAVE_FORMS)):
             if value not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")

@@ -6,7 +6,7 @@ channels included: the magnitude becomes ``m * z`` and, where a pruned channel h
 becomes ``z * b`` (saved with the adapter: PEFT's ``bias="lora_only"``). ``z`` is the layer's current
 hard decision, what eval mode computes: the learned gates' decision before :func:`harden`, the exact
 mask after it. The rank and scaling of each layer are kept (``rank_pattern``/``alpha_pattern`` where a
-layer differs from the config's).
+layer differs from the config's), and so is ``lora_dropout`` (PEFT's meaning).
 
 Only the masked-DoRA layers are written: the adapter goes onto the base model the prepared model was made
 from, unchanged. (A model made by :func:`from_peft` has PEFT layers outside the pruning groups merged into
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Dict
 
 import torch
@@ -51,6 +52,10 @@ def export_peft(model: nn.Module, save_directory: str) -> Dict[str, int]:
     if len(conv1d) > 1:
         raise NotImplementedError("model: export_peft writes one fan_in_fan_out setting; this model mixes "
                                   "nn.Linear and Conv1D layers")
+    if config.lora_dropout > 0 and config.dropout_mode != "peft":
+        warnings.warn(f"export_peft: PEFT knows only its own dropout meaning (dropout_mode='peft'); the adapter "
+                      f"carries lora_dropout={config.lora_dropout:g} with that meaning, not dropout_mode="
+                      f"{config.dropout_mode!r} (eval outputs are unaffected)", stacklevel=2)
     tensors, ranks, alphas, lora_bias = {}, {}, {}, False
     pruned = 0
     default_scaling = config.alpha / (math.sqrt(config.rank) if config.use_rslora else config.rank)
@@ -77,7 +82,7 @@ def export_peft(model: nn.Module, save_directory: str) -> Dict[str, int]:
                         (layer.bias * layer.keep_mask().to(layer.bias.dtype)).detach().contiguous()
     peft_config = LoraConfig(r=config.rank, lora_alpha=config.alpha, use_rslora=config.use_rslora, use_dora=True,
                              target_modules=[name for name, _ in layers], rank_pattern=ranks, alpha_pattern=alphas,
-                             bias="lora_only" if lora_bias else "none", lora_dropout=0.0,
+                             bias="lora_only" if lora_bias else "none", lora_dropout=config.lora_dropout,
                              fan_in_fan_out=conv1d == {True},
                              base_model_name_or_path=getattr(getattr(model, "config", None), "_name_or_path", None))
     os.makedirs(save_directory, exist_ok=True)
