@@ -171,3 +171,47 @@ def test_adapters_written_in_place_with_their_version_kept_are_seen():
         fast = model(**inputs).logits
         restore_peft(model)
         assert _rel(fast, model(**inputs).logits) <= 1e-10
+
+
+def test_bf16_model_with_peft_default_fp32_adapters(monkeypatch):
+    """The common setting: a bf16 base model, PEFT's default float32 adapters. The fused path runs (the input
+    has the base weight's dtype; the adapters are cast to it, the scale stays float32) and is as close to the
+    float64 model as PEFT's own bf16 run is (measured: logits 1.19e-2 vs PEFT's 1.12e-2, gradients 2.8e-2 vs
+    3.6e-2; a whole model in bf16 is past the one-op 1e-2)."""
+    import copy
+
+    model = tiny_model("llama", kind="lm").to(torch.bfloat16)
+    torch.manual_seed(0)
+    model = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, use_dora=True, init_lora_weights=False,
+                                                       target_modules=["q_proj", "v_proj", "up_proj", "down_proj"]))
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    inputs = tiny_inputs()
+    exact = _step(copy.deepcopy(model).double(), inputs)
+    slow = _step(model, inputs)
+    calls = []
+    fused = peft_accelerate.dora_linear
+    monkeypatch.setattr(peft_accelerate, "dora_linear", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    accelerate_peft(model)
+    fast = _step(model, inputs)
+    assert len(calls) == 8
+    assert fast[1].keys() == exact[1].keys() and all(g.dtype == torch.float32 for g in fast[1].values())
+
+    def err(run):
+        return (_rel(run[0].double(), exact[0]), max(_rel(run[1][k].double(), exact[1][k]) for k in exact[1]))
+
+    (fast_logits, fast_grads), (slow_logits, slow_grads) = err(fast), err(slow)
+    assert fast_logits <= max(1e-2, 1.5 * slow_logits), (fast_logits, slow_logits)
+    assert fast_grads <= max(1e-2, 1.5 * slow_grads), (fast_grads, slow_grads)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_gradient_checkpointing(reentrant):
+    """HF gradient checkpointing (reentrant or not) recomputes the accelerated layers: PEFT's gradients."""
+    model = _peft_model("llama", torch.float64, dropout=0.2)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    model.enable_input_require_grads()  # PEFT's recipe for reentrant checkpointing with frozen embeddings
+    model.train()
+    inputs = tiny_inputs()
+    slow = _step(model, inputs)
+    accelerate_peft(model)
+    _assert_same(_step(model, inputs), slow, 1e-10)
