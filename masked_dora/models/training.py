@@ -192,7 +192,7 @@ class _AddPenalty:
 
     def __init__(self, trainer: MaskTrainer):
         self.trainer = trainer
-        self._takes_items: Dict[int, bool] = {}
+        self._takes_items: Optional[bool] = None  # of the one model this hook is registered on, read once
 
     def __call__(self, module, args, kwargs, output):
         loss = getattr(output, "loss", None)
@@ -201,9 +201,9 @@ class _AddPenalty:
         penalty = self.trainer.penalty().to(loss.dtype)
         items = kwargs.get("num_items_in_batch")
         labels = kwargs.get("shift_labels", kwargs.get("labels"))
-        if id(module) not in self._takes_items:
-            self._takes_items[id(module)] = loss_takes_num_items(module)
-        if items is not None and isinstance(labels, torch.Tensor) and self._takes_items[id(module)]:
+        if self._takes_items is None:
+            self._takes_items = loss_takes_num_items(module)
+        if items is not None and isinstance(labels, torch.Tensor) and self._takes_items:
             if "shift_labels" not in kwargs and _loss_shifts_labels(module):
                 labels = labels[..., 1:]  # counted as the Trainer counts num_items_in_batch
             share = labels.ne(-100).sum().to(loss.dtype) / torch.as_tensor(items).to(loss.device, loss.dtype)
