@@ -215,3 +215,20 @@ def test_gradient_checkpointing(reentrant):
     slow = _step(model, inputs)
     accelerate_peft(model)
     _assert_same(_step(model, inputs), slow, 1e-10)
+
+
+def test_a_trained_base_weight_goes_through_peft(monkeypatch):
+    """The fused op forms no gradient for W0: a layer whose base weight trains keeps PEFT's own forward, and
+    that weight gets PEFT's gradient."""
+    model = _peft_model("llama", torch.float64)
+    q = model.base_model.model.model.layers[0].self_attn.q_proj
+    q.base_layer.weight.requires_grad_(True)
+    inputs = tiny_inputs()
+    slow = _step(model, inputs)
+    calls = []
+    fused = peft_accelerate.dora_linear
+    monkeypatch.setattr(peft_accelerate, "dora_linear", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    patched = accelerate_peft(model)
+    fast = _step(model, inputs)
+    assert len(calls) == patched - 1
+    _assert_same(fast, slow, 1e-10)

@@ -16,8 +16,8 @@ every call as PEFT does (factored, from ``||W0||^2``, which is cached: :class:`R
 Liger-Kernel patches models); :func:`restore_peft` removes it. A patched layer falls back to PEFT's own
 forward, call by call, for whatever it does not cover: merged or disabled adapters, several active
 adapters, a plain LoRA adapter (already at LoRA's price), ``adapter_names`` batches, ``fan_in_fan_out``
-or a non-``nn.Linear`` base layer, ``lora_bias``, and inputs whose dtype differs from the base weight's
-(PEFT's autocast paths). Parameters, state dicts and ``save_pretrained`` are untouched.
+or a non-``nn.Linear`` base layer, ``lora_bias``, a base weight that trains, and inputs whose dtype differs
+from the base weight's (PEFT's autocast paths). Parameters, state dicts and ``save_pretrained`` are untouched.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ def _adapter(layer, x: Tensor, args, kwargs) -> Optional[str]:
     base = layer.get_base_layer()
     if (name not in layer.lora_A or not layer.use_dora.get(name, False) or layer.fan_in_fan_out
             or getattr(layer, "lora_bias", {}).get(name, False) or type(base) is not nn.Linear
+            or base.weight.requires_grad  # the fused op forms no gradient for W0
             or x.dtype != base.weight.dtype or autocast_enabled(x.device) or x.device != base.weight.device):
         return None
     return name
