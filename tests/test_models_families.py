@@ -95,7 +95,8 @@ def test_plain_checkpoints_reload_with_plain_transformers(chains):
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5, msg=family)
 
 
-@pytest.mark.parametrize("family, flag", [("olmo2", None), ("t5", None), ("stablelm", "qk_layernorm"),
+@pytest.mark.parametrize("family, flag", [("olmo2", None), ("t5", None), ("t5-gated", None),
+                                          ("stablelm", "qk_layernorm"),
                                           ("cohere", "use_qk_norm")])
 def test_heads_that_cannot_be_pruned_exactly_are_refused_before_anything_changes(family, flag):
     import transformers as t
@@ -104,7 +105,8 @@ def test_heads_that_cannot_be_pruned_exactly_are_refused_before_anything_changes
     if flag:
         setattr(config, flag, True)
     model = getattr(t, type(tiny_model(family, kind="lm")).__name__)(config)
-    with pytest.raises(ValueError, match=rf"'heads' cannot be pruned in a '{family}' model: .*target_groups=\('mlp',\)"):
+    refused = rf"'heads' cannot be pruned in a '{config.model_type}' model: .*target_groups=\('mlp',\)"
+    with pytest.raises(ValueError, match=refused):
         prepare_model(model, MaskedDoRAConfig(importance="none"))
     assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
     prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), importance="none"))  # the MLP still prunes
@@ -195,13 +197,15 @@ def test_fused_rows_follow_their_units(family):
     assert set(role_paths(state.spec, "heads")) == {"qkv", "output"}
 
 
-def test_t5_encoder_mlp_prunes_without_touching_the_decoder(tmp_path):
+@pytest.mark.parametrize("family, wi", [("t5", "wi"), ("t5-gated", "wi_0")])
+def test_t5_encoder_mlp_prunes_without_touching_the_decoder(tmp_path, family, wi):
     """T5's encoder and decoder share d_ff: the pruned encoder saves in the per-layer form (decided at
-    prepare_model), the decoder keeps its width, and the seq2seq model's outputs and generations are equal."""
+    prepare_model), the decoder keeps its width, and the seq2seq model's outputs and generations are equal.
+    T5 v1.0 (wi) and v1.1 / Flan-T5 (gated wi_0, wi_1: the spec follows the config's is_gated_act)."""
     import transformers as t
 
     torch.manual_seed(0)
-    model = t.T5ForConditionalGeneration(tiny_config("t5")).eval()
+    model = t.T5ForConditionalGeneration(tiny_config(family)).eval()
     with pytest.warns(UserWarning, match="also size the other stack"):
         prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), rank=2, alignment={"mlp": 8},
                                               importance="none", target_sparsity=0.5))
@@ -216,9 +220,32 @@ def test_t5_encoder_mlp_prunes_without_touching_the_decoder(tmp_path):
         torch.testing.assert_close(small(input_ids=ids, decoder_input_ids=dec).logits, ref, rtol=1e-4, atol=1e-5)
     small.save_pretrained(tmp_path)
     reloaded = load_compact(str(tmp_path))
-    assert reloaded.encoder.block[0].layer[1].DenseReluDense.wi.out_features == 32
-    assert reloaded.decoder.block[0].layer[2].DenseReluDense.wi.out_features == 64
+    assert getattr(reloaded.encoder.block[0].layer[1].DenseReluDense, wi).out_features == 32
+    assert getattr(reloaded.decoder.block[0].layer[2].DenseReluDense, wi).out_features == 64
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=ids, decoder_input_ids=dec).logits, ref, rtol=1e-4, atol=1e-5)
     gen = dict(max_new_tokens=5, do_sample=False)
     assert torch.equal(reloaded.generate(ids[:1], **gen), model.generate(ids[:1], **gen))
+
+
+def test_a_model_type_with_config_dependent_layouts_picks_its_spec_by_the_config(monkeypatch):
+    """T5's model_type covers v1.0 (DenseReluDense.wi) and the gated v1.1 / Flan-T5 / mT5 (wi_0, wi_1): the
+    spec is the one whose conditions the config meets; a config that meets none gets an error naming the
+    conditions; replacing the model_type's spec removes it from every variant."""
+    import transformers as t
+
+    from masked_dora.models import register_spec, spec_for
+
+    assert spec_for(tiny_config("t5")).name == "t5-encoder"
+    assert spec_for(tiny_config("t5-gated")).name == spec_for(tiny_config("mt5")).name == "t5-gated-encoder"
+    odd = t.T5Config()
+    odd.is_gated_act = None
+    with pytest.raises(ValueError, match=r"matches none of its specs' conditions: t5-encoder needs "
+                                         r"\{'is_gated_act': False\}; t5-gated-encoder needs \{'is_gated_act': True\}"):
+        spec_for(odd)
+    monkeypatch.setattr(specs_module, "SPECS", dict(specs_module.SPECS))
+    with pytest.raises(ValueError, match="'t5' already has the spec t5-encoder / t5-gated-encoder"):
+        register_spec("t5", like="t5-gated-encoder")
+    register_spec("t5", like="llama", replace=True)
+    assert spec_for(tiny_config("t5-gated")).name == "t5"
+    assert "t5" not in specs_module.SPECS["t5-encoder"].model_types + specs_module.SPECS["t5-gated-encoder"].model_types

@@ -10,7 +10,7 @@ GQA_DECODERS = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3
 FAMILIES = GQA_DECODERS + ("opt", "gpt_neox", "gpt2", "bert", "roberta", "xlm-roberta", "electra", "deberta-v2", "distilbert",
                            "modernbert", "bart")
 # families whose MLP prunes but whose heads cannot (the spec refuses them, see masked_dora.models.specs)
-MLP_ONLY_FAMILIES = ("olmo2", "t5")
+MLP_ONLY_FAMILIES = ("olmo2", "t5", "t5-gated", "mt5")  # t5-gated: T5 v1.1 / Flan-T5's gated wi_0, wi_1
 DECODER_LMS = GQA_DECODERS + ("opt", "gpt_neox", "gpt2", "olmo2")  # causal LMs: generate() is checked on them
 
 
@@ -42,6 +42,8 @@ def _classes(t, family):
         "distilbert": ("DistilBertConfig", "DistilBertModel", "DistilBertForMaskedLM"),
         "bart": ("BartConfig", "BartModel", "BartForConditionalGeneration"),
         "t5": ("T5Config", "T5EncoderModel", "T5EncoderModel"),  # the pruned stack; the seq2seq model: its own test
+        "t5-gated": ("T5Config", "T5EncoderModel", "T5EncoderModel"),
+        "mt5": ("MT5Config", "MT5EncoderModel", "MT5EncoderModel"),
     }
     if family not in table:
         raise ValueError(f"family: expected one of {FAMILIES + MLP_ONLY_FAMILIES}, got {family!r}")
@@ -86,10 +88,10 @@ def tiny_config(family: str):
     if family == "distilbert":
         return cfg_cls(dim=32, hidden_dim=64, n_heads=4, n_layers=2, vocab_size=97, max_position_embeddings=64,
                        dropout=0.0, attention_dropout=0.0)
-    if family == "t5":
+    if family in ("t5", "t5-gated", "mt5"):
         return cfg_cls(vocab_size=97, d_model=32, d_ff=64, d_kv=8, num_layers=2, num_decoder_layers=2, num_heads=4,
-                       dropout_rate=0.0, feed_forward_proj="relu", decoder_start_token_id=0, pad_token_id=0,
-                       eos_token_id=1)
+                       dropout_rate=0.0, feed_forward_proj="relu" if family == "t5" else "gated-gelu",
+                       decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
     if family == "bart":
         return cfg_cls(vocab_size=97, d_model=32, encoder_layers=2, decoder_layers=2, encoder_ffn_dim=64,
                        decoder_ffn_dim=48, encoder_attention_heads=4, decoder_attention_heads=4,

@@ -85,6 +85,13 @@ class ModelSpec:
     heads_need_plain_config: bool = False
     # the group size keys also size another stack (T5's decoder): the plain form would resize it too
     sizes_shared_with_other_stack: bool = False
+    # config values this spec needs, for a model_type whose module layout follows its config (T5 v1.0's
+    # DenseReluDense.wi vs v1.1's gated wi_0/wi_1): ((config attribute, value), ...); the first spec of the
+    # model_type whose conditions all hold is the one used
+    when: Tuple[Tuple[str, object], ...] = ()
+
+    def applies_to(self, config) -> bool:
+        return all(getattr(config, key, None) == value for key, value in self.when)
 
     def refusal(self, kind: str, config) -> Optional[str]:
         """Why ``kind`` cannot be pruned in a model with ``config`` (``None``: it can)."""
@@ -205,7 +212,7 @@ GPT2 = dict(  # Conv1D layers (weights stored transposed); fused c_attn, rows [q
                    attrs=(("num_heads", "heads"), ("split_size", "width")), qkv="attn.c_attn"),
 )
 
-T5_ENCODER = dict(  # the encoder stack of T5 v1.0 (DenseReluDense.wi); v1.1's gated wi_0/wi_1 is not described
+T5_ENCODER = dict(  # the encoder stack of T5 v1.0 (DenseReluDense.wi)
     layers=("encoder.block",),
     hidden_key="d_model",
     mlp=MLPSpec(producers=("layer.1.DenseReluDense.wi",), consumer="layer.1.DenseReluDense.wo", size_key="d_ff"),
@@ -213,6 +220,13 @@ T5_ENCODER = dict(  # the encoder stack of T5 v1.0 (DenseReluDense.wi); v1.1's g
                    output="layer.0.SelfAttention.o", heads_key="num_heads", head_dim_key="d_kv",
                    attention="layer.0.SelfAttention", attrs=(("n_heads", "heads"), ("inner_dim", "width"))),
 )
+
+T5_GATED_ENCODER = dict(T5_ENCODER, mlp=MLPSpec(  # T5 v1.1, Flan-T5, mT5: gated wi_0 (activation) and wi_1
+    producers=("layer.1.DenseReluDense.wi_0", "layer.1.DenseReluDense.wi_1"), consumer="layer.1.DenseReluDense.wo",
+    size_key="d_ff"))
+
+T5_HEADS = (("heads", "", "the first block's relative-position bias holds one column per head, which compaction "
+                          "does not prune yet"),)
 
 SPECS: Dict[str, ModelSpec] = {
     "llama": ModelSpec(name="llama", model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
@@ -235,9 +249,12 @@ SPECS: Dict[str, ModelSpec] = {
     "deberta-v2": ModelSpec(name="deberta-v2", model_types=("deberta-v2",), **DEBERTA_V2),
     "distilbert": ModelSpec(name="distilbert", model_types=("distilbert",), **DISTILBERT),
     "bart-encoder": ModelSpec(name="bart-encoder", model_types=("bart",), **BART_ENCODER),
-    "t5-encoder": ModelSpec(name="t5-encoder", model_types=("t5",), **T5_ENCODER, sizes_shared_with_other_stack=True,
-                            unsupported=(("heads", "", "the first block's relative-position bias holds one column per "
-                                                       "head, which compaction does not prune yet"),)),
+    "t5-encoder": ModelSpec(name="t5-encoder", model_types=("t5", "mt5"), **T5_ENCODER,
+                            sizes_shared_with_other_stack=True,
+                            when=(("is_gated_act", False),), unsupported=T5_HEADS),
+    "t5-gated-encoder": ModelSpec(name="t5-gated-encoder", model_types=("t5", "mt5"), **T5_GATED_ENCODER,
+                                  sizes_shared_with_other_stack=True, when=(("is_gated_act", True),),
+                                  unsupported=T5_HEADS),
 }
 
 
@@ -252,10 +269,14 @@ def spec_for(model_or_config) -> ModelSpec:
     if model_type is None:
         raise TypeError(f"model: expected a transformers model or config with a model_type, "
                         f"got {type(model_or_config).__name__}")
-    for spec in SPECS.values():
-        if model_type in spec.model_types:
+    variants = [spec for spec in SPECS.values() if model_type in spec.model_types]
+    for spec in variants:
+        if spec.applies_to(config):
             return spec
-    known = sorted(t for s in SPECS.values() for t in s.model_types)
+    if variants:
+        raise ValueError(f"model: the config of this {model_type!r} model matches none of its specs' conditions: "
+                         + "; ".join(f"{s.name} needs {dict(s.when)}" for s in variants))
+    known = sorted({t for s in SPECS.values() for t in s.model_types})
     msg = f"model: no masked_dora spec for model_type {model_type!r} (known: {known}). "
     like = matching_specs(model_or_config) if isinstance(model_or_config, nn.Module) else []
     if like:
@@ -306,14 +327,14 @@ def register_spec(model_type: str, like: Optional[str] = None, spec: Optional[Mo
         raise TypeError(f"spec: expected a ModelSpec, got {type(spec).__name__}")
     elif model_type not in spec.model_types:
         spec = replace_dataclass(spec, model_types=tuple(spec.model_types) + (model_type,))
-    owner = next((n for n, s in SPECS.items() if model_type in s.model_types), None)
-    if owner is not None and not replace:
-        raise ValueError(f"model_type: {model_type!r} already has the spec {owner!r}; pass replace=True to "
-                         f"override it")
-    if owner is not None:
+    owners = [n for n, s in SPECS.items() if model_type in s.model_types]  # several where configs pick a variant
+    if owners and not replace:
+        raise ValueError(f"model_type: {model_type!r} already has the spec {' / '.join(owners)}; pass replace=True "
+                         f"to override it")
+    for owner in owners:
         old = SPECS[owner]
         SPECS[owner] = replace_dataclass(old, model_types=tuple(t for t in old.model_types if t != model_type))
-    if spec.name in SPECS and spec.name != owner and not replace:
+    if spec.name in SPECS and spec.name not in owners and not replace:
         raise ValueError(f"spec.name: {spec.name!r} is already registered; pick another name or replace=True")
     SPECS[spec.name] = spec
     return spec
