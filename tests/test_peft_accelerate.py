@@ -40,6 +40,14 @@ def _step(model, inputs, seed=3):
     return out.logits.detach(), grads
 
 
+def _count_fused_calls(monkeypatch) -> list:
+    """A list that gets one entry per call of the fused op from an accelerated layer."""
+    calls = []
+    fused = peft_accelerate.dora_linear
+    monkeypatch.setattr(peft_accelerate, "dora_linear", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    return calls
+
+
 def _rel(a, b):
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
@@ -59,9 +67,7 @@ def test_accelerated_peft_dora_equals_peft(family, dtype, dropout, rslora, monke
     model.train()
     inputs = tiny_inputs()
     slow = _step(model, inputs)
-    calls = []
-    fused = peft_accelerate.dora_linear
-    monkeypatch.setattr(peft_accelerate, "dora_linear", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    calls = _count_fused_calls(monkeypatch)
     patched = accelerate_peft(model)
     assert patched == sum(1 for n, m in model.named_modules() if type(m).__name__ == "Linear" and hasattr(m, "lora_A"))
     fast = _step(model, inputs)
@@ -188,9 +194,7 @@ def test_bf16_model_with_peft_default_fp32_adapters(monkeypatch):
     inputs = tiny_inputs()
     exact = _step(copy.deepcopy(model).double(), inputs)
     slow = _step(model, inputs)
-    calls = []
-    fused = peft_accelerate.dora_linear
-    monkeypatch.setattr(peft_accelerate, "dora_linear", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    calls = _count_fused_calls(monkeypatch)
     accelerate_peft(model)
     fast = _step(model, inputs)
     assert len(calls) == 8
@@ -225,9 +229,7 @@ def test_a_trained_base_weight_goes_through_peft(monkeypatch):
     q.base_layer.weight.requires_grad_(True)
     inputs = tiny_inputs()
     slow = _step(model, inputs)
-    calls = []
-    fused = peft_accelerate.dora_linear
-    monkeypatch.setattr(peft_accelerate, "dora_linear", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    calls = _count_fused_calls(monkeypatch)
     patched = accelerate_peft(model)
     fast = _step(model, inputs)
     assert len(calls) == patched - 1
