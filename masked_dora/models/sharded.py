@@ -28,6 +28,7 @@ from typing import Iterator, List
 from torch import nn
 
 from ..nn import MaskedDoRALinear
+from ..nn.norm_cache import is_dtensor
 from .group_mask import ForwardMasks
 from .prepare import get_state
 
@@ -70,7 +71,7 @@ def gathered_mask_logits(model: nn.Module) -> Iterator[None]:
         with deepspeed.zero.GatheredParameters(_mask_logits(model)):
             yield
         return
-    groups = [g for g in get_state(model).groups.values() if _is_dtensor(g.mask_logits)]
+    groups = [g for g in get_state(model).groups.values() if is_dtensor(g.mask_logits)]
     sharded = [g.mask_logits for g in groups]
     for group, logits in zip(groups, sharded):  # the values, read-only: no gradient, no optimizer sees them
         group._parameters["mask_logits"] = nn.Parameter(logits.detach().full_tensor(), requires_grad=False)
@@ -79,11 +80,3 @@ def gathered_mask_logits(model: nn.Module) -> Iterator[None]:
     finally:
         for group, logits in zip(groups, sharded):
             group._parameters["mask_logits"] = logits
-
-
-def _is_dtensor(tensor) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover - torch without distributed
-        return False
-    return isinstance(tensor, DTensor)

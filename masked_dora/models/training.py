@@ -119,6 +119,12 @@ def use_mask_group(optimizer: torch.optim.Optimizer, model: nn.Module, mask_lr: 
     return True
 
 
+def _save_strategy(args) -> str:
+    """``args.save_strategy`` as its string (transformers keeps an enum there)."""
+    strategy = getattr(args, "save_strategy", "no")
+    return getattr(strategy, "value", strategy)
+
+
 def _constant_factor(step: int) -> float:
     return 1.0
 
@@ -278,8 +284,7 @@ class MaskedDoRACallback(TrainerCallback):
     def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
         model = self.mask_trainer.model
         if optimizer is not None and use_mask_group(optimizer, model, self.mask_lr, scheduler=lr_scheduler):
-            saves = getattr(args, "save_strategy", "no")
-            if getattr(saves, "value", saves) != "no" and not getattr(args, "save_only_model", False):
+            if _save_strategy(args) != "no" and not getattr(args, "save_only_model", False):
                 warnings.warn("MaskedDoRACallback added the mask logits' group to the Trainer's optimizer: the "
                               "checkpoints of this run resume only into an optimizer that has that group from the "
                               "start; build it with Trainer(..., optimizer_cls_and_kwargs=(torch.optim.AdamW, "
@@ -309,8 +314,7 @@ class MaskedDoRACallback(TrainerCallback):
         self._export_if_saving(state, control)
 
     def on_evaluate(self, args, state, control, **kwargs):
-        strategy = getattr(args, "save_strategy", "no")
-        if getattr(strategy, "value", strategy) == "best":  # decided after this event, from the new metrics
+        if _save_strategy(args) == "best":  # decided after this event, from the new metrics
             self._export_if_saving(state, control, always=True)
 
     def _export_if_saving(self, state, control, always: bool = False) -> None:

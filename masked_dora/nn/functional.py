@@ -51,12 +51,11 @@ def masked_dora_linear(
     z = gate_values.to(acc)
     scale = magnitude.to(acc) * z / norm
     A, B = lora_A.to(x.dtype), lora_B.to(x.dtype)
-    if dropped is None:
-        gated_bias = None if bias is None else z * bias.to(acc)
-        return dora_linear(x, weight, A, B, scaling, scale, gated_bias)
-    if dropout_mode == "peft":
+    if dropped is not None and dropout_mode == "peft":
         rest = F.linear(x - dropped, weight, bias)
         return (dora_linear(dropped, weight, A, B, scaling, scale) + z * rest).to(x.dtype)
     gated_bias = None if bias is None else z * bias.to(acc)
+    if dropped is None:
+        return dora_linear(x, weight, A, B, scaling, scale, gated_bias)
     correction = F.linear(F.linear(dropped - x, A), B)
     return (dora_linear(x, weight, A, B, scaling, scale, gated_bias) + scale * scaling * correction).to(x.dtype)

@@ -67,10 +67,13 @@ class RowNormCache:
 def is_regathered(param: Tensor) -> bool:
     """Whether a sharding engine gathers ``param`` afresh for every forward, outside of which it holds only a
     shard: an FSDP2 parameter (a ``DTensor`` between forwards) or a DeepSpeed ZeRO-3 one (``ds_id``)."""
-    if hasattr(param, "ds_id"):
-        return True
+    return hasattr(param, "ds_id") or is_dtensor(param)
+
+
+def is_dtensor(tensor) -> bool:
+    """Whether ``tensor`` is a ``torch.distributed.tensor.DTensor`` (FSDP2's sharded parameters are)."""
     try:
         from torch.distributed.tensor import DTensor
     except ImportError:  # pragma: no cover - torch without distributed
         return False
-    return isinstance(param, DTensor)
+    return isinstance(tensor, DTensor)
