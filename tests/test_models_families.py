@@ -137,9 +137,9 @@ def test_no_spec_error_names_the_matching_style_and_register_spec_adds_it(monkey
 def test_a_model_matching_no_spec_says_what_cannot_be_expressed():
     import transformers as t
 
-    model = t.MixtralModel(t.MixtralConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                           num_attention_heads=2, num_key_value_heads=1, num_local_experts=2))
-    with pytest.raises(ValueError, match=r"no masked_dora spec for model_type 'mixtral'.*MoE experts"):
+    model = t.GPTJModel(t.GPTJConfig(vocab_size=50, n_embd=16, n_layer=1, n_head=2, rotary_dim=4, n_positions=32))
+    with pytest.raises(ValueError, match=r"no masked_dora spec for model_type 'gptj'.*MoE experts packed into 3-D "
+                                         r"parameters \(MLPSpec\(experts=...\)"):
         prepare_model(model, MaskedDoRAConfig(importance="none"))
 
 

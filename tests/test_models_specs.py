@@ -25,11 +25,10 @@ def test_spec_finds_layers_and_heads(family):
 
 
 def test_unknown_architecture_names_what_is_missing():
-    from transformers import MixtralConfig, MixtralModel
+    from transformers import GPTJConfig, GPTJModel
 
-    model = MixtralModel(MixtralConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                       num_attention_heads=2, num_key_value_heads=1, num_local_experts=2))
-    with pytest.raises(ValueError, match=r"no masked_dora spec for model_type 'mixtral'.*MLP producers"):
+    model = GPTJModel(GPTJConfig(vocab_size=50, n_embd=16, n_layer=1, n_head=2, rotary_dim=4, n_positions=32))
+    with pytest.raises(ValueError, match=r"no masked_dora spec for model_type 'gptj'.*MLP producers"):
         prepare_model(model, MaskedDoRAConfig(**SMALL))
     with pytest.raises(TypeError, match="model_type"):
         spec_for(nn.Linear(2, 2))

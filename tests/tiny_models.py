@@ -6,7 +6,7 @@ import torch
 
 # decoders with GQA (4 query heads, 2 KV heads, head_dim 8)
 GQA_DECODERS = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "cohere", "granite", "phi",
-                "stablelm", "phi3")
+                "stablelm", "phi3", "mixtral", "qwen3_moe")  # mixtral, qwen3_moe: 4 experts, top-2
 FAMILIES = GQA_DECODERS + ("opt", "gpt_neox", "gpt2", "bert", "roberta", "xlm-roberta", "electra", "deberta-v2", "distilbert",
                            "modernbert", "bart")
 # families whose MLP prunes but whose heads cannot (the spec refuses them, see masked_dora.models.specs)
@@ -30,6 +30,8 @@ def _classes(t, family):
         "stablelm": ("StableLmConfig", "StableLmModel", "StableLmForCausalLM"),
         "olmo2": ("Olmo2Config", "Olmo2Model", "Olmo2ForCausalLM"),
         "phi3": ("Phi3Config", "Phi3Model", "Phi3ForCausalLM"),
+        "mixtral": ("MixtralConfig", "MixtralModel", "MixtralForCausalLM"),
+        "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeModel", "Qwen3MoeForCausalLM"),
         "opt": ("OPTConfig", "OPTModel", "OPTForCausalLM"),
         "gpt_neox": ("GPTNeoXConfig", "GPTNeoXModel", "GPTNeoXForCausalLM"),
         "gpt2": ("GPT2Config", "GPT2Model", "GPT2LMHeadModel"),
@@ -62,7 +64,10 @@ def tiny_config(family: str):
         extra = {"gemma": dict(head_dim=8), "gemma2": dict(head_dim=8, query_pre_attn_scalar=8, sliding_window=4),
                  "gemma3_text": dict(head_dim=8, query_pre_attn_scalar=8, sliding_window=4),
                  "qwen3": dict(head_dim=8), "phi": dict(resid_pdrop=0.0, embd_pdrop=0.0),
-                 "phi3": dict(resid_pdrop=0.0, embd_pdrop=0.0, pad_token_id=0)}.get(family, {})
+                 "phi3": dict(resid_pdrop=0.0, embd_pdrop=0.0, pad_token_id=0),
+                 "mixtral": dict(num_local_experts=4, num_experts_per_tok=2),
+                 "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, head_dim=8)
+                 }.get(family, {})
         return cfg_cls(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
                        **extra, **common)
     if family == "opt":

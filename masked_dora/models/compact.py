@@ -34,7 +34,8 @@ from torch import nn
 
 from ..nn import MaskedDoRALinear
 from .prepare import STATE_ATTR, get_state
-from .specs import ModelSpec, block_modules, features, find_layers, head_layout, is_conv1d, role_paths, spec_for
+from .specs import (ModelSpec, block_modules, features, find_layers, has_experts, head_layout, is_consumer_role,
+                    is_conv1d, mlp_width, num_experts, packed_experts, producer_index, role_paths, spec_for)
 
 LAYER_SIZES_KEY = "masked_dora_layer_sizes"
 
@@ -52,36 +53,50 @@ def _merged(module: nn.Module):
 
 def _original_sizes(model, spec, layers) -> List[Dict[str, int]]:
     hl = head_layout(model.config, spec)
-    out = []
-    for block in layers:
-        mods = block_modules(block, spec, ("mlp",))["mlp"]
-        out.append(dict(intermediate=features(mods["consumer"])[0], heads=hl.heads, kv_heads=hl.kv_heads,
-                        head_dim=hl.head_dim))
-    return out
+    # a block without the MoE spec's experts (Qwen3-MoE's mlp_only_layers; their MLP is never pruned) keeps the
+    # config's width
+    return [dict(intermediate=mlp_width(block, spec) if has_experts(block, spec) or not spec.mlp.experts
+                 else getattr(model.config, spec.mlp.size_key), heads=hl.heads, kv_heads=hl.kv_heads,
+                 head_dim=hl.head_dim) for block in layers]
+
+
+@torch.no_grad()
+def _compact_mlp(block: nn.Module, spec: ModelSpec, group, prefix: str, repl: dict, packed: dict) -> int:
+    """The MLP's kept producer rows and consumer columns into ``repl`` (module name: (weight, bias)), or, for
+    an MoE block, each projection's experts stacked into ``packed`` (parameter name: (experts, out, in));
+    returns the kept width (one expert's)."""
+    experts = num_experts(block, spec)
+    paths = role_paths(spec, "mlp", experts)
+    keep = group.hard()
+    stacks: Dict[str, list] = {}
+    for role, m in block_modules(block, spec, ("mlp",))["mlp"].items():
+        w, b = _merged(m)
+        if is_consumer_role(role):
+            w = w[:, _idx(keep[group.index(role)]).to(w.device)]
+        else:  # the producer's kept rows (every segment of a fused one)
+            k = _idx(m.keep_mask()).to(w.device)
+            w, b = w[k], None if b is None else b[k]
+        if experts:  # "<experts>.<projection>.<e>", in expert order
+            stacks.setdefault(prefix + paths[role].rpartition(".")[0], []).append(w)
+        else:
+            repl[prefix + paths[role]] = (w, b)
+    packed.update({name: torch.stack(ws) for name, ws in stacks.items()})
+    return int(keep.sum()) // max(1, experts)  # the same count in every expert (the group's partitions)
 
 
 @torch.no_grad()
 def _compact_weights(model: nn.Module):
-    """``({qualified module name: (weight, bias)}, per-layer sizes)`` of the compacted layers."""
+    """``({qualified module name: (weight, bias)}, {packed parameter name: tensor}, per-layer sizes)`` of the
+    compacted layers (packed: an MoE block's experts)."""
     state = get_state(model)
     spec = state.spec
     layers_path, layers = find_layers(model, spec)
     sizes = _original_sizes(model, spec, layers)
-    repl = {}
+    repl, packed = {}, {}
     for i, block in enumerate(layers):
         prefix = f"{layers_path}.{i}."
         if "mlp" in state.config.target_groups:
-            paths = role_paths(spec, "mlp")
-            mods = block_modules(block, spec, ("mlp",))["mlp"]
-            kept = _idx(state.group("mlp", i).hard())
-            for role, m in mods.items():
-                w, b = _merged(m)
-                if role == "consumer":
-                    repl[prefix + paths[role]] = (w[:, kept.to(w.device)], b)
-                else:  # the producer's kept rows (every segment of a fused one)
-                    k = _idx(m.keep_mask()).to(w.device)
-                    repl[prefix + paths[role]] = (w[k], None if b is None else b[k])
-            sizes[i]["intermediate"] = int(kept.numel())
+            sizes[i]["intermediate"] = _compact_mlp(block, spec, state.group("mlp", i), prefix, repl, packed)
         if "heads" in state.config.target_groups and spec.heads.qkv:
             paths = role_paths(spec, "heads")
             mods = block_modules(block, spec, ("heads",))["heads"]
@@ -109,7 +124,7 @@ def _compact_weights(model: nn.Module):
             if rows["query"].numel() % hd or rows["key"].numel() % hd or rows["value"].numel() != rows["key"].numel():
                 raise RuntimeError(f"compact_model: layer {i} keeps a partial head; masks must keep whole heads")
             sizes[i]["heads"], sizes[i]["kv_heads"] = heads, kv
-    return repl, sizes
+    return repl, packed, sizes
 
 
 def _set_plain_sizes(config, spec: ModelSpec, size: Dict[str, int]) -> None:
@@ -174,18 +189,32 @@ def _new_linear(block: nn.Module, path: str, in_features: int, out_features: int
     setattr(parent, name, new)
 
 
+def _resize_packed_experts(block: nn.Module, spec: ModelSpec, inter: int) -> None:
+    """Give a fresh MoE block's packed expert parameters the width ``inter`` (random values)."""
+    module, producers, consumer = packed_experts(block, spec)
+    experts, hidden = consumer.shape[0], consumer.shape[1]
+    shapes = {name: (experts, inter * spec.mlp.segments_of(i), hidden) for i, name in enumerate(spec.mlp.producers)}
+    shapes[spec.mlp.consumer] = (experts, hidden, inter)
+    for name, shape in shapes.items():
+        old = getattr(module, name)
+        if tuple(old.shape) != shape:
+            setattr(module, name, nn.Parameter(old.new_empty(shape), requires_grad=old.requires_grad))
+
+
 def resize_block(block: nn.Module, spec: ModelSpec, size: Dict[str, int]) -> None:
     """Give one block of a freshly built model the sizes ``size`` (Linear shapes and module attributes)."""
-    mods = block_modules(block, spec)
-    mlp_paths, head_paths = role_paths(spec, "mlp"), role_paths(spec, "heads")
+    head_paths = role_paths(spec, "heads")
+    mods = block_modules(block, spec, ("heads",) if spec.mlp.experts else ("mlp", "heads"))
     inter = size["intermediate"]
-    for role, path in mlp_paths.items():
+    if has_experts(block, spec):
+        _resize_packed_experts(block, spec, inter)
+    for role, path in role_paths(spec, "mlp").items():  # a dense MLP's layers (an MoE spec has none here)
         fan_in, fan_out = features(mods["mlp"][role])
-        if role == "consumer":
+        if is_consumer_role(role):
             _new_linear(block, path, inter, fan_out)
         else:
-            _new_linear(block, path, fan_in, inter * spec.mlp.segments_of(int(role[len("producer"):])))
-    for mpath, attr in spec.mlp.size_attrs:
+            _new_linear(block, path, fan_in, inter * spec.mlp.segments_of(producer_index(role)))
+    for mpath, attr in spec.mlp.size_attrs if has_experts(block, spec) or not spec.mlp.experts else ():
         setattr(block.get_submodule(mpath), attr, inter)
     hd, heads, kv = size["head_dim"], size["heads"], size["kv_heads"]
     if spec.heads.qkv:
@@ -223,7 +252,7 @@ def compact_model(model: nn.Module) -> nn.Module:
     spec = state.spec
     _, layers = find_layers(model, spec)
     original = _original_sizes(model, spec, layers)
-    repl, sizes = _compact_weights(model)
+    repl, packed, sizes = _compact_weights(model)
     config = copy.deepcopy(model.config)
     plain = _plain_config(config, spec, original, sizes, getattr(state, "save_form", "auto"))
     if plain is not None:
@@ -238,7 +267,9 @@ def compact_model(model: nn.Module) -> nn.Module:
     new_sd = {}
     for key in new.state_dict():
         module_name, _, leaf = key.rpartition(".")
-        if module_name in repl and leaf in ("weight", "bias"):
+        if key in packed:
+            new_sd[key] = packed[key]
+        elif module_name in repl and leaf in ("weight", "bias"):
             w, b = repl[module_name]
             if leaf == "weight" and is_conv1d(new.get_submodule(module_name)):
                 w = w.t().contiguous()  # Conv1D stores (in, out)
@@ -269,22 +300,44 @@ def _read_safetensors(path: str) -> Dict[str, torch.Tensor]:
     return out
 
 
-def _saved_key_names(model: nn.Module, keys) -> Dict[str, str]:
-    """``{name save_pretrained writes: the model's state_dict key}`` for ``keys`` (transformers' own renaming on
-    save, applied key by key; empty where this transformers has none)."""
+def _saved_layouts(model: nn.Module, keys) -> Dict[str, Dict[str, torch.Tensor]]:
+    """``{state_dict key: {name save_pretrained writes: where its elements come from}}`` for ``keys``.
+
+    transformers 5 saves some parameters in their original hub layout: renamed (GPT-NeoX's ``embed_out``),
+    or split (an MoE block's packed ``gate_up_proj`` (experts, 2I, H) goes out as per-expert ``w1``/``w3``
+    weights). Its own conversion on save, applied to a tensor holding each element's flat index, says where
+    every saved element belongs; key by key, so one parameter's index tensor at a time. Empty where this
+    transformers has no conversion.
+    """
     try:
         from transformers.core_model_loading import revert_weight_conversion
     except ImportError:  # older transformers: keys are saved as they are
         return {}
-    names = {}
+    state = model.state_dict()
+    layouts = {}
     for key in keys:
+        shape = state[key].shape
         try:
-            saved = revert_weight_conversion(model, {key: torch.empty(0)})
-        except Exception:  # noqa: BLE001  (a converter that needs real tensors: leave the key as it is)
+            layouts[key] = revert_weight_conversion(model, {key: torch.arange(state[key].numel()).view(shape)})
+        except Exception:  # noqa: BLE001  (a converter this cannot follow: the key stays missing, reported below)
             continue
-        if len(saved) == 1:
-            names[next(iter(saved))] = key
-    return names
+    return layouts
+
+
+def _from_saved_layout(model: nn.Module, saved: Dict[str, torch.Tensor], missing) -> Dict[str, torch.Tensor]:
+    """``saved`` with the ``missing`` parameters rebuilt from the keys transformers saved them under."""
+    state = model.state_dict()
+    saved = dict(saved)
+    for key, layout in _saved_layouts(model, missing).items():
+        if not layout or not all(name in saved and saved[name].numel() == index.numel()
+                                 for name, index in layout.items()):
+            continue
+        first = saved[next(iter(layout))]
+        flat = first.new_empty(state[key].numel())
+        for name, index in layout.items():
+            flat[index.reshape(-1)] = saved.pop(name).reshape(-1)
+        saved[key] = flat.view(state[key].shape)
+    return saved
 
 
 def load_compact(path: str, model_class=None, dtype: Optional[torch.dtype] = None) -> nn.Module:
@@ -312,9 +365,8 @@ def load_compact(path: str, model_class=None, dtype: Optional[torch.dtype] = Non
         dtype = next(iter(saved.values())).dtype if saved else None
     model = build_compact_model(model_class, config, dtype)
     missing, unexpected = model.load_state_dict(saved, strict=False)
-    if unexpected:  # transformers 5 saves some keys under their original names (GPT-NeoX: embed_out, not lm_head)
-        renamed = _saved_key_names(model, missing)
-        saved = {renamed.get(k, k): v for k, v in saved.items()}
+    if unexpected:  # saved in the hub layout (GPT-NeoX: embed_out, not lm_head; MoE experts: one tensor each)
+        saved = _from_saved_layout(model, saved, missing)
         missing, unexpected = model.load_state_dict(saved, strict=False)
     if hasattr(model, "tie_weights"):
         model.tie_weights()

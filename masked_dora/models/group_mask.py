@@ -28,8 +28,8 @@ class GroupMask(nn.Module):
     """Mask logits and gate of one coupled group.
 
     ``num_units`` logits; ``partitions`` equal, contiguous partitions of the
-    units inside which hardening keeps the same count (``> 1`` only for query
-    heads inside KV groups). ``indices`` maps a member role to the unit index of
+    units inside which hardening keeps the same count (``> 1`` for query
+    heads inside KV groups, and for the experts of an MoE block). ``indices`` maps a member role to the unit index of
     each of its channels (a non-persistent buffer per role).
     """
 
@@ -122,8 +122,10 @@ class GroupMask(nn.Module):
         if self.partitions > 1:
             counts = keep.view(self.partitions, -1).sum(1)
             if not (counts == counts[0]).all():
-                raise ValueError(f"keep: expected the same number of kept query heads in each of the "
-                                 f"{self.partitions} KV groups (never part of a KV group), got {counts.tolist()}")
+                units, parts = (("channels", "experts") if self.kind == "mlp" else
+                                ("query heads", "KV groups (never part of a KV group)"))
+                raise ValueError(f"keep: expected the same number of kept {units} in each of the {self.partitions} "
+                                 f"{parts}, got {counts.tolist()}")
         self.fixed_keep.copy_(keep.to(self.fixed_keep.device))
         self.mask_fixed.fill_(True)
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .prepare import get_state
 from .sparsity import plan_keep
-from .specs import block_modules, find_layers
+from .specs import block_modules, find_layers, is_consumer_role
 
 METHODS = ("magnitude", "taylor", "activation")
 
@@ -35,15 +35,20 @@ def _members(model, group):
     return block_modules(layers[group.layer], state.spec, (group.kind,))[group.kind]
 
 
-def _consumer_role(group) -> str:
-    return "consumer" if group.kind == "mlp" else "output"
+def _is_consumer(group, role: str) -> bool:
+    return is_consumer_role(role) if group.kind == "mlp" else role == "output"
 
 
-def _consumer_unit_index(model, group) -> Tensor:
-    """Unit index of each input channel of the group's consumer (o_proj's inputs are q's outputs)."""
+def _consumer_unit_index(group, role: str) -> Tensor:
+    """Unit index of each input channel of a consumer of the group (o_proj's inputs are q's outputs)."""
     if group.kind == "mlp":
-        return group.index("consumer")
+        return group.index(role)
     return group.index("output" if "output" in group.roles else "query")
+
+
+def _consumers(model, group):
+    """``[(role, module)]``: the group's consumers (one per expert in an MoE block)."""
+    return [(role, m) for role, m in _members(model, group).items() if _is_consumer(group, role)]
 
 
 def _scatter(values: Tensor, index: Tensor, num_units: int) -> Tensor:
@@ -57,9 +62,9 @@ def magnitude_scores(model: nn.Module) -> Dict[str, Tensor]:
         score = torch.zeros(group.num_units, dtype=torch.float64)
         for role, m in _members(model, group).items():
             w = m.weight.detach().double()
-            if role == _consumer_role(group):
+            if _is_consumer(group, role):
                 per = w.pow(2).sum(0)
-                index = _consumer_unit_index(model, group)
+                index = _consumer_unit_index(group, role)
             elif role in group.roles:
                 per = w.pow(2).sum(1)
                 index = group.index(role)
@@ -131,8 +136,9 @@ def activation_scores(model: nn.Module, calibration: Iterable) -> Dict[str, Tens
 
     consumers = {}
     for key, group in state.groups.items():
-        consumers[key] = _members(model, group)[_consumer_role(group)]
-        handles.append(consumers[key].register_forward_pre_hook(hook_for(key)))
+        consumers[key] = _consumers(model, group)
+        for role, m in consumers[key]:
+            handles.append(m.register_forward_pre_hook(hook_for((key, role))))
     was_training = model.training
     model.eval()
     n = 0
@@ -148,9 +154,12 @@ def activation_scores(model: nn.Module, calibration: Iterable) -> Dict[str, Tens
         raise ValueError("calibration: expected at least one batch, got an empty iterable")
     out = {}
     for key, group in state.groups.items():
-        col = consumers[key].weight.detach().double().pow(2).sum(0).sqrt().cpu()
-        per = sq[key].sqrt() * col
-        out[key] = _scatter(per, _consumer_unit_index(model, group), group.num_units)
+        out[key] = torch.zeros(group.num_units, dtype=torch.float64)
+        for role, m in consumers[key]:
+            col = m.weight.detach().double().pow(2).sum(0).sqrt().cpu()
+            seen = sq.get((key, role))  # an expert no calibration token was routed to scores 0
+            per = (seen.sqrt() if seen is not None else torch.zeros_like(col)) * col
+            out[key] += _scatter(per, _consumer_unit_index(group, role), group.num_units)
     return out
 
 

@@ -24,7 +24,7 @@ from typing import Dict
 import torch
 from torch import nn
 
-from ..nn import MaskedDoRALinear
+from ..nn import MaskedDoRAExperts, MaskedDoRALinear
 from .prepare import get_state
 
 PEFT_PREFIX = "base_model.model."
@@ -46,6 +46,12 @@ def export_peft(model: nn.Module, save_directory: str) -> Dict[str, int]:
     config = get_state(model).config
     if not isinstance(save_directory, (str, os.PathLike)):
         raise TypeError(f"save_directory: expected a path, got {type(save_directory).__name__}")
+    experts = [name for name, m in model.named_modules() if isinstance(m, MaskedDoRAExperts)]
+    if experts:  # checked before anything is written
+        raise NotImplementedError(f"model: export_peft cannot write MoE experts ({experts[0]}): PEFT adapts packed "
+                                  f"expert parameters only with plain LoRA (target_parameters; its ParamWrapper "
+                                  f"refuses use_dora=True); keep them with save_training_state, or compact_model "
+                                  f"and save_pretrained")
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, MaskedDoRALinear)]
     # GPT-2's Conv1D layers (wrapped as linear maps by prepare_model): PEFT's fan_in_fan_out, same A, B, m
     conv1d = {bool(getattr(m, "from_conv1d", False)) for _, m in layers}

@@ -15,10 +15,11 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..nn import MaskedDoRALinear
+from ..nn import MaskedDoRAExperts, MaskedDoRALinear
 from .config import MaskedDoRAConfig
 from .group_mask import ForwardMasks, GroupMask, InputGate, MaskView
-from .specs import ModelSpec, block_modules, features, find_layers, head_layout, is_conv1d, role_paths, spec_for
+from .specs import (ModelSpec, block_modules, expert_index, features, find_layers, head_layout, is_consumer_role,
+                    is_conv1d, mlp_width, num_experts, packed_experts, producer_index, role_paths, spec_for)
 
 STATE_ATTR = "masked_dora"
 
@@ -74,6 +75,13 @@ def _replace(block: nn.Module, path: str, new: nn.Module) -> None:
     setattr(parent, name, new)
 
 
+def _layer_kwargs(config: MaskedDoRAConfig, weight: Tensor) -> dict:
+    """The masked-DoRA settings of a member layer with ``weight`` (out, in; or experts, out, in)."""
+    return dict(rank=min(config.rank, *weight.shape[-2:]), alpha=config.alpha, use_rslora=config.use_rslora,
+                gate=config.gate, mask_init=config.mask_init, lora_dropout=config.lora_dropout,
+                dropout_mode=config.dropout_mode)
+
+
 def _wrap(block: nn.Module, path: str, module: nn.Module, config: MaskedDoRAConfig, where: str) -> MaskedDoRALinear:
     if isinstance(module, MaskedDoRALinear):
         return module
@@ -87,10 +95,7 @@ def _wrap(block: nn.Module, path: str, module: nn.Module, config: MaskedDoRAConf
     if not isinstance(module, nn.Linear):
         raise TypeError(f"model: expected an nn.Linear at {where}.{path}, got {type(module).__name__} "
                         f"(merge or unload other adapters first; for PEFT DoRA use masked_dora.from_peft)")
-    rank = min(config.rank, module.in_features, module.out_features)
-    layer = MaskedDoRALinear.from_linear(module, rank=rank, alpha=config.alpha, use_rslora=config.use_rslora,
-                                         gate=config.gate, mask_init=config.mask_init,
-                                         lora_dropout=config.lora_dropout, dropout_mode=config.dropout_mode)
+    layer = MaskedDoRALinear.from_linear(module, **_layer_kwargs(config, module.weight))
     layer.from_conv1d = conv1d  # the base model's layer stores its weight transposed (export_peft: fan_in_fan_out)
     _replace(block, path, layer)
     return layer
@@ -102,22 +107,36 @@ def _keep_all(layer: MaskedDoRALinear) -> None:
     layer.mask_logits.requires_grad_(False)
 
 
+def _wrap_experts(block, spec, config) -> None:
+    """Replace an MoE block's experts module by a :class:`MaskedDoRAExperts` sharing its packed weights."""
+    module, producers, consumer = packed_experts(block, spec)
+    experts = MaskedDoRAExperts.from_packed(*producers, consumer, module.act_fn, **_layer_kwargs(config, consumer))
+    _replace(block, spec.mlp.experts, experts)
+
+
 def _mlp_group(block, i, spec, config, where) -> GroupMask:
+    """One group per block: the MLP's channels (units: channel c of expert e is unit e * width + c for an MoE
+    block, whose experts are the group's partitions: each keeps the same count)."""
+    if spec.mlp.experts and not isinstance(block.get_submodule(spec.mlp.experts), MaskedDoRAExperts):
+        _wrap_experts(block, spec, config)
     mods = block_modules(block, spec, ("mlp",))["mlp"]
-    paths = role_paths(spec, "mlp")
-    width = features(mods["consumer"])[0]
-    segments = {f"producer{i}": spec.mlp.segments_of(i) for i in range(len(spec.mlp.producers))}
+    experts = num_experts(block, spec)
+    paths = role_paths(spec, "mlp", experts)
+    width = mlp_width(block, spec)
     for role, m in mods.items():
-        size = features(m)[0 if role == "consumer" else 1]
-        expected = width * segments.get(role, 1)
-        if size != expected:
-            raise ValueError(f"model: {where}.{paths[role]} has {size} channels, the MLP group expects {expected}")
-    # a fused producer stacks segments: row r of it is channel r mod width
-    roles = {role: torch.arange(width).repeat(segments.get(role, 1)) for role in mods}
-    group = GroupMask("mlp", i, width, roles, gate=config.gate, mask_init=config.mask_init)
+        segments = 1 if is_consumer_role(role) else spec.mlp.segments_of(producer_index(role))
+        size = features(m)[0 if is_consumer_role(role) else 1]
+        if size != width * segments:
+            raise ValueError(f"model: {where}.{paths[role]} has {size} channels, the MLP group expects "
+                             f"{width * segments}")
+    # a fused producer stacks segments: row r of it is channel r mod width; expert e's channels follow e's
+    roles = {role: torch.arange(width).repeat(features(m)[0 if is_consumer_role(role) else 1] // width)
+             + width * expert_index(role) for role, m in mods.items()}
+    group = GroupMask("mlp", i, width * max(1, experts), roles, gate=config.gate, mask_init=config.mask_init,
+                      partitions=max(1, experts))
     for role, m in mods.items():
         layer = _wrap(block, paths[role], m, config, where)
-        if role == "consumer":
+        if is_consumer_role(role):
             _keep_all(layer)
         else:
             layer.set_mask_source(MaskView(group, role))
@@ -213,7 +232,11 @@ def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, c
                              f"model: {reason}. Prune the rest only: target_groups={others}")
     layers_path, layers = find_layers(model, spec)
     for i, block in enumerate(layers):  # check every block before changing anything
-        for kind, roles in block_modules(block, spec, config.target_groups).items():
+        kinds = config.target_groups
+        if spec.mlp.experts and "mlp" in kinds:
+            packed_experts(block, spec)  # the experts' packed weights, wrapped whole by _mlp_group
+            kinds = tuple(k for k in kinds if k != "mlp")
+        for kind, roles in block_modules(block, spec, kinds).items():
             paths = role_paths(spec, kind)
             for role, module in roles.items():
                 if not (isinstance(module, nn.Linear) or is_conv1d(module)):

@@ -25,24 +25,30 @@ from .prepare import get_state
 def _blocks(group: GroupMask, scores: Tensor, alignment: int) -> List[Tensor]:
     """Unit-index blocks of one group in keep-priority order (block scores non-increasing)."""
     scores = scores.detach().float().cpu()
-    if group.partitions > 1:
+    if group.partitions > 1:  # a block: the next `alignment` best units of every partition, together
         per = scores.view(group.partitions, -1)
         order = torch.sort(per, dim=1, descending=True, stable=True).indices
         offsets = torch.arange(group.partitions)[:, None] * per.shape[1]
         ranked = order + offsets  # ranked[p, r]: the r-th best unit of partition p
-        return [ranked[:, r].sort().values for r in range(per.shape[1])]
+        return [ranked[:, r:r + alignment].flatten().sort().values for r in range(0, per.shape[1], alignment)]
     order = torch.sort(scores, descending=True, stable=True).indices
     return [order[s:s + alignment] for s in range(0, order.numel(), alignment)]
 
 
 def _block_unit(group: GroupMask, kind_alignment: int) -> int:
-    return group.partitions if group.partitions > 1 else kind_alignment
+    return group.partitions * kind_alignment
 
 
-def uniform_count(num_units: int, partitions: int, sparsity: float, kind_alignment: int) -> int:
-    """Units one layer keeps under ``allocation="uniform"``: a multiple of the alignment (or, for a group
-    split into ``partitions`` equal parts, of the partitions: the same count in each), whatever the logits."""
-    return kept_count(num_units, sparsity, partitions if partitions > 1 else kind_alignment)
+def partition_alignment(group: GroupMask, kind_alignment: int) -> int:
+    """The alignment inside each partition of a group: the MLP's (the experts of an MoE block each keep a
+    multiple of it); 1 for query heads inside KV groups (a head is already a whole block)."""
+    return kind_alignment if group.partitions == 1 or group.kind == "mlp" else 1
+
+
+def uniform_count(num_units: int, partitions: int, sparsity: float, alignment: int) -> int:
+    """Units one layer keeps under ``allocation="uniform"``, whatever the logits: a multiple of ``alignment``
+    in each of ``partitions`` equal parts (the same count in each; one part: the whole group)."""
+    return partitions * kept_count(num_units // partitions, sparsity, alignment)
 
 
 def plan_keep(groups: Sequence[GroupMask], scores: Sequence[Tensor], sparsity: float, alignment: int,
@@ -54,7 +60,7 @@ def plan_keep(groups: Sequence[GroupMask], scores: Sequence[Tensor], sparsity: f
         if s.shape != (g.num_units,):
             raise ValueError(f"scores: expected shape ({g.num_units},) for {g.kind} layer {g.layer}, "
                              f"got {tuple(s.shape)}")
-    align = alignment if groups and groups[0].partitions == 1 else 1
+    align = partition_alignment(groups[0], alignment) if groups else alignment
     blocks = [_blocks(g, s, align) for g, s in zip(groups, scores)]
     if allocation == "uniform":
         counts = [uniform_count(g.num_units, g.partitions, sparsity, align) for g in groups]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from dataclasses import replace as replace_dataclass
 from typing import Dict, Optional, Tuple
 
-from torch import nn
+from torch import Tensor, nn
 
 GROUP_KINDS = ("mlp", "heads")
 
@@ -43,6 +43,11 @@ class MLPSpec:
     # per producer, how many width-sized row blocks it stacks (2 for a fused gate/up projection whose rows are
     # [gate | up]); empty: one each
     segments: Tuple[int, ...] = ()
+    # a mixture of experts (Mixtral, Qwen3-MoE): the path of the experts module, whose packed 3-D parameters
+    # (experts, out, in) ``producers``/``consumer`` then name (("gate_up_proj",), "down_proj", segments=(2,)));
+    # size_key is one expert's width. prepare_model wraps it in a MaskedDoRAExperts (one MaskedDoRALinear per
+    # expert and projection, member paths "<experts>.<name>.<e>"); every expert keeps the same count
+    experts: str = ""
 
     def segments_of(self, producer_index: int) -> int:
         return self.segments[producer_index] if self.segments else 1
@@ -228,6 +233,10 @@ T5_GATED_ENCODER = dict(T5_ENCODER, mlp=MLPSpec(  # T5 v1.1, Flan-T5, mT5: gated
 T5_HEADS = (("heads", "", "the first block's relative-position bias holds one column per head, which compaction "
                           "does not prune yet"),)
 
+MIXTRAL_STYLE = dict(LLAMA_STYLE, mlp=MLPSpec(  # experts packed as gate_up_proj (E, 2I, H), down_proj (E, H, I)
+    producers=("gate_up_proj",), consumer="down_proj", size_key="intermediate_size", segments=(2,),
+    experts="mlp.experts", size_attrs=(("mlp.experts", "intermediate_dim"),)))
+
 SPECS: Dict[str, ModelSpec] = {
     "llama": ModelSpec(name="llama", model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
                                                   "gemma3_text", "granite"), **LLAMA_STYLE),
@@ -239,6 +248,11 @@ SPECS: Dict[str, ModelSpec] = {
     "stablelm": ModelSpec(name="stablelm", model_types=("stablelm",), **STABLELM, unsupported=(
         ("heads", "qk_layernorm", "with qk_layernorm it keeps one LayerNorm per head, which compaction does not "
                                   "prune yet"),)),
+    "mixtral": ModelSpec(name="mixtral", model_types=("mixtral",), **MIXTRAL_STYLE),
+    "qwen3_moe": ModelSpec(name="qwen3_moe", model_types=("qwen3_moe",), **dict(MIXTRAL_STYLE, mlp=replace_dataclass(
+        MIXTRAL_STYLE["mlp"], size_key="moe_intermediate_size")), unsupported=(
+        ("mlp", "mlp_only_layers", "its mlp_only_layers blocks hold a dense MLP instead of experts, which one spec "
+                                   "cannot describe yet"),)),
     "phi": ModelSpec(name="phi", model_types=("phi",), **PHI),
     "phi3": ModelSpec(name="phi3", model_types=("phi3",), **PHI3, heads_need_plain_config=True),
     "modernbert": ModelSpec(name="modernbert", model_types=("modernbert",), **MODERNBERT),
@@ -287,8 +301,8 @@ def spec_for(model_or_config) -> ModelSpec:
         msg += ("A spec names the block list (e.g. 'model.layers'), the MLP producers/consumer and its size key, "
                 "and the attention q/k/v/o projections with their head-count keys: masked_dora.register_spec("
                 f"{model_type!r}, spec=ModelSpec(...)). A fused q/k/v or gate/up projection is expressible (MLPSpec(segments=...), "
-                "HeadSpec(qkv=..., qkv_layout=...)), as are GPT-2's Conv1D layers; not yet: MoE experts packed into "
-                "3-D parameters.")
+                "HeadSpec(qkv=..., qkv_layout=...)), as are GPT-2's Conv1D layers and MoE experts packed into 3-D "
+                "parameters (MLPSpec(experts=...), see the 'mixtral' spec).")
     raise ValueError(msg)
 
 
@@ -298,7 +312,11 @@ def matching_specs(model: nn.Module) -> list:
     for name, spec in SPECS.items():
         try:
             _, layers = find_layers(model, spec)
-            mods = block_modules(layers[0], spec) if len(layers) else {}
+            kinds = GROUP_KINDS
+            if spec.mlp.experts and len(layers):  # packed expert parameters, not modules, before prepare_model
+                packed_experts(layers[0], spec)
+                kinds = ("heads",)
+            mods = block_modules(layers[0], spec, kinds) if len(layers) else {}
         except ValueError:
             continue
         if mods and all(isinstance(m, nn.Linear) or is_conv1d(m) for roles in mods.values() for m in roles.values()):
@@ -399,14 +417,86 @@ def head_layout(config, spec: ModelSpec) -> HeadLayout:
 
 
 def block_modules(block: nn.Module, spec: ModelSpec, kinds=GROUP_KINDS) -> Dict[str, Dict[str, nn.Module]]:
-    """``{kind: {role: module}}`` for one block, every path checked."""
-    return {kind: {role: _resolve(block, path, f"{kind} module") for role, path in role_paths(spec, kind).items()}
+    """``{kind: {role: module}}`` for one block, every path checked (a prepared block, for MoE experts: before
+    ``prepare_model`` they are packed parameters, see :func:`packed_experts`)."""
+    experts = num_experts(block, spec) if "mlp" in kinds else 0
+    return {kind: {role: _resolve(block, path, f"{kind} module")
+                   for role, path in role_paths(spec, kind, experts).items()}
             for kind in kinds}
 
 
-def role_paths(spec: ModelSpec, kind: str) -> Dict[str, str]:
-    """``{role: path relative to the block}`` of a group kind."""
+def num_experts(block: nn.Module, spec: ModelSpec) -> int:
+    """The number of experts in ``block``'s MoE module (0 for a dense MLP)."""
+    if not spec.mlp.experts:
+        return 0
+    experts = _resolve(block, spec.mlp.experts, "mlp experts module")
+    count = getattr(experts, "num_experts", None)
+    if not isinstance(count, int) or count < 1:
+        raise ValueError(f"spec {spec.name!r}: the experts module {spec.mlp.experts!r} "
+                         f"({type(experts).__name__}) has no positive num_experts")
+    return count
+
+
+def packed_experts(block: nn.Module, spec: ModelSpec) -> Tuple[nn.Module, Tuple[Tensor, ...], Tensor]:
+    """``(experts module, (packed producer weights...), packed consumer weight)`` of an unprepared MoE block."""
+    module = _resolve(block, spec.mlp.experts, "mlp experts module")
+    names = tuple(spec.mlp.producers) + (spec.mlp.consumer,)
+    weights = [getattr(module, name, None) for name in names]
+    for name, w in zip(names, weights):
+        if not isinstance(w, Tensor) or w.dim() != 3:
+            raise ValueError(f"spec {spec.name!r}: expected a packed 3-D parameter {name!r} (experts, out, in) on "
+                             f"{type(module).__name__}, got {type(w).__name__}")
+    layout = {k: getattr(module, k) for k in ("is_transposed", "has_bias") if getattr(module, k, False)}
+    if layout or not getattr(module, "is_concatenated", True):
+        raise ValueError(f"spec {spec.name!r}: expected experts stored (experts, out, in), without bias, with "
+                         f"[gate | up] concatenated; {type(module).__name__} has {layout or 'interleaved gate/up'}")
+    return module, tuple(weights[:-1]), weights[-1]
+
+
+def is_consumer_role(role: str) -> bool:
+    """The MLP group's consumer role (``"consumer"``, or ``"consumer_e<e>"`` for expert ``e``)."""
+    return role == "consumer" or role.startswith("consumer_e")
+
+
+def expert_index(role: str) -> int:
+    """The expert of an MoE member role (``"..._e<e>"``); 0 for a dense MLP's roles."""
+    return int(role.rpartition("_e")[2]) if "_e" in role else 0
+
+
+def has_experts(block: nn.Module, spec: ModelSpec) -> bool:
+    """Whether ``block`` holds the spec's MoE experts module (Qwen3-MoE's ``mlp_only_layers`` hold a dense MLP)."""
+    try:
+        return bool(spec.mlp.experts) and block.get_submodule(spec.mlp.experts) is not None
+    except AttributeError:
+        return False
+
+
+def mlp_width(block: nn.Module, spec: ModelSpec) -> int:
+    """The MLP's inner width in ``block`` (one expert's, for an MoE block, prepared or not)."""
+    if spec.mlp.experts:
+        consumer = getattr(_resolve(block, spec.mlp.experts, "mlp experts module"), spec.mlp.consumer, None)
+        if isinstance(consumer, Tensor):  # packed (experts, out, in)
+            return int(consumer.shape[-1])
+        return features(consumer[0])[0]  # wrapped: one layer per expert
+    return features(block_modules(block, spec, ("mlp",))["mlp"]["consumer"])[0]
+
+
+def producer_index(role: str) -> int:
+    """The spec's producer number of a producer role (``"producer<i>"`` or ``"producer<i>_e<e>"``)."""
+    return int(role[len("producer"):].split("_")[0])
+
+
+def role_paths(spec: ModelSpec, kind: str, experts: int = 0) -> Dict[str, str]:
+    """``{role: path relative to the block}`` of a group kind (``experts``: the block's expert count, for an
+    MoE spec: roles ``producer<i>_e<e>`` and ``consumer_e<e>`` per expert)."""
     if kind == "mlp":
+        if spec.mlp.experts:
+            roles = {}
+            for e in range(experts):
+                roles.update({f"producer{i}_e{e}": f"{spec.mlp.experts}.{p}.{e}"
+                              for i, p in enumerate(spec.mlp.producers)})
+                roles[f"consumer_e{e}"] = f"{spec.mlp.experts}.{spec.mlp.consumer}.{e}"
+            return roles
         roles = {f"producer{i}": p for i, p in enumerate(spec.mlp.producers)}
         roles["consumer"] = spec.mlp.consumer
         return roles

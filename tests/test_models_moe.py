@@ -1,0 +1,209 @@
+"""Mixture-of-experts blocks (Mixtral, Qwen3-MoE): experts packed into 3-D parameters, one MLP group per block.
+
+The group's units are every expert's channels and its partitions are the experts, so each expert keeps the
+same (aligned) count and the compacted experts pack again into (experts, out, in) tensors. The router is
+untouched. The family chain (prepare, a training step, harden, compact, save, reload, generate) runs in
+``test_models_families.py``; this file checks what is particular to experts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from masked_dora.models import (MaskedDoRAConfig, compact_model, export_peft, get_state, harden, load_compact,
+                                load_training_state, prepare_model, save_training_state)
+from masked_dora.models.compact import LAYER_SIZES_KEY
+from masked_dora.nn import MaskedDoRAExperts, MaskedDoRALinear
+
+from tiny_models import output_tensor, randomize_adapters, tiny_config, tiny_inputs, tiny_model
+
+MOE = ("mixtral", "qwen3_moe")
+
+
+def _prepared(family, **cfg):
+    model = tiny_model(family, kind="lm")
+    base = dict(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5)
+    prepare_model(model, MaskedDoRAConfig(**{**base, **cfg}))
+    randomize_adapters(model)
+    return model
+
+
+@pytest.mark.parametrize("family", MOE)
+def test_experts_are_wrapped_around_the_packed_weights_without_a_copy(family):
+    model = tiny_model(family, kind="lm")
+    experts = model.model.layers[0].mlp.experts
+    gate_up, down = experts.gate_up_proj, experts.down_proj
+    prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none"))
+    wrapped = model.model.layers[0].mlp.experts
+    assert isinstance(wrapped, MaskedDoRAExperts) and wrapped.num_experts == 4
+    for e in range(4):
+        for layer, packed in ((wrapped.gate_up_proj[e], gate_up), (wrapped.down_proj[e], down)):
+            assert isinstance(layer, MaskedDoRALinear) and not layer.weight.requires_grad
+            assert layer.weight.data_ptr() == packed[e].data_ptr()  # a view of the packed tensor
+    group = get_state(model).group("mlp", 0)
+    width = wrapped.intermediate_dim
+    assert (group.num_units, group.partitions) == (4 * width, 4)
+    assert not model.model.layers[0].mlp.gate.weight.requires_grad  # the router is not trained
+    # unit e * width + c: channel c of expert e, gating both its gate and its up row, in no other expert
+    keep = torch.ones(4 * width, dtype=torch.bool)
+    keep[torch.tensor([2 * width + 3, 2 * width + 4, width + 5, 5, 3 * width + 6])] = False
+    keep[width + 7] = keep[6] = keep[3 * width + 7] = False  # two in each expert
+    group.set_mask(keep)
+    rows = wrapped.gate_up_proj[2].keep_mask()
+    assert torch.equal(torch.nonzero(~rows).flatten(), torch.tensor([3, 4, width + 3, width + 4]))
+    assert torch.equal(torch.nonzero(~wrapped.gate_up_proj[0].keep_mask()).flatten(),
+                       torch.tensor([5, 6, width + 5, width + 6]))
+    assert wrapped.down_proj[2].keep_mask().all()  # the consumer loses columns at compaction, not rows
+
+
+def test_every_expert_keeps_the_same_aligned_count_and_layers_may_differ():
+    model = _prepared("mixtral", allocation="global", save_form="per_layer")
+    harden(model)
+    per_layer = []
+    for i in range(2):
+        keep = get_state(model).group("mlp", i).hard().view(4, -1).sum(1)
+        assert (keep == keep[0]).all() and int(keep[0]) % 8 == 0, keep
+        per_layer.append(int(keep[0]))
+    assert sum(per_layer) == 2 * 32  # 50% of 2 layers x 64 channels per expert
+    group = get_state(model).group("mlp", 0)
+    unequal = torch.ones(group.num_units, dtype=torch.bool)
+    unequal[0] = False
+    with pytest.raises(ValueError, match="same number of kept channels in each of the 4 experts"):
+        group.set_mask(unequal)
+
+
+@pytest.mark.parametrize("family", MOE)
+def test_per_layer_checkpoint_reloads_from_the_hub_layout(tmp_path, family):
+    """A non-uniform compacted MoE saves with per-layer sizes; transformers writes its experts in the hub layout
+    (one tensor per expert and projection), which load_compact packs again."""
+    model = _prepared(family, allocation="global")
+    with torch.no_grad():
+        get_state(model).group("mlp", 0).mask_logits.add_(1.0)  # layer 0 keeps more than layer 1
+    harden(model)
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        ref = output_tensor(model(**inputs))
+        small = compact_model(model)
+        torch.testing.assert_close(output_tensor(small(**inputs)), ref, rtol=1e-4, atol=1e-5)
+    sizes = getattr(small.config, LAYER_SIZES_KEY)
+    assert sizes[0]["intermediate"] != sizes[1]["intermediate"]
+    assert tuple(small.model.layers[0].mlp.experts.down_proj.shape)[2] == sizes[0]["intermediate"]
+    small.save_pretrained(tmp_path)
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(tmp_path, "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert any(".experts.3." in k for k in keys) and not any(k.endswith("experts.gate_up_proj") for k in keys)
+    reloaded = load_compact(str(tmp_path))
+    with torch.no_grad():
+        torch.testing.assert_close(output_tensor(reloaded(**inputs)), ref, rtol=1e-4, atol=1e-5)
+    ids = inputs["input_ids"][:1]
+    gen = dict(max_new_tokens=6, do_sample=False)
+    assert torch.equal(reloaded.generate(ids, **gen), model.generate(ids, **gen))
+
+
+@pytest.mark.parametrize("family", MOE)
+def test_activation_importance_ranks_each_experts_channels(family):
+    model = tiny_model(family, kind="lm")
+    batches = [tiny_inputs(seed=s) for s in range(2)]
+    prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="activation",
+                                          target_sparsity=0.5), calibration=batches)
+    for group in get_state(model).groups_of("mlp"):
+        kept = (group.mask_logits > 0).view(4, -1).sum(1)
+        assert (kept == kept[0]).all() and int(kept[0]) == group.num_units // 8  # half of each expert
+
+
+def test_qwen3_moe_with_dense_mlp_layers_is_refused_before_anything_changes(tmp_path):
+    import transformers as t
+
+    config = tiny_config("qwen3_moe")
+    config.mlp_only_layers = [0]
+    model = t.Qwen3MoeForCausalLM(config)
+    with pytest.raises(ValueError, match=r"'mlp' cannot be pruned in a 'qwen3_moe' model: its mlp_only_layers"):
+        prepare_model(model, MaskedDoRAConfig(importance="none"))
+    assert not any(isinstance(m, (MaskedDoRALinear, MaskedDoRAExperts)) for m in model.modules())
+    # the heads still prune, in either save form, with the dense block left as it is
+    prepare_model(model, MaskedDoRAConfig(target_groups=("heads",), importance="none", target_sparsity=0.25,
+                                          allocation="global"))
+    randomize_adapters(model)
+    with torch.no_grad():
+        get_state(model).group("heads", 0).mask_logits.add_(5.0)  # layer 0 keeps both KV groups, layer 1 one
+    harden(model)
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        ref = output_tensor(model(**inputs))
+        small = compact_model(model)
+        torch.testing.assert_close(output_tensor(small(**inputs)), ref, rtol=1e-4, atol=1e-5)
+    assert [s["kv_heads"] for s in getattr(small.config, LAYER_SIZES_KEY)] == [2, 1]
+    small.save_pretrained(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(output_tensor(load_compact(str(tmp_path))(**inputs)), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_training_state_round_trips_bit_exactly(tmp_path):
+    model = _prepared("mixtral")
+    save_training_state(model, str(tmp_path))
+    fresh = load_training_state(tiny_model("mixtral", kind="lm"), str(tmp_path))
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        assert torch.equal(output_tensor(fresh(**inputs)), output_tensor(model(**inputs)))
+    names = json.dumps(sorted(dict(fresh.named_parameters())))
+    assert "experts.gate_up_proj.3.lora_A" in names
+
+
+def test_export_peft_refuses_experts_before_writing(tmp_path):
+    model = _prepared("mixtral")
+    with pytest.raises(NotImplementedError, match="PEFT adapts packed expert parameters only with plain LoRA"):
+        export_peft(model, str(tmp_path / "adapter"))
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_experts_module_checks_its_inputs():
+    experts = MaskedDoRAExperts.from_packed(torch.randn(2, 8, 6), torch.randn(2, 6, 4), torch.nn.functional.silu,
+                                            rank=2)
+    with pytest.raises(ValueError, match=r"down_proj: expected shape \(2, 6, 4\)"):
+        MaskedDoRAExperts.from_packed(torch.randn(2, 8, 6), torch.randn(2, 6, 3), torch.nn.functional.silu)
+    with pytest.raises(ValueError, match=r"hidden_states: expected \(tokens, 6\)"):
+        experts(torch.randn(3, 5), torch.zeros(3, 1, dtype=torch.long), torch.ones(3, 1))
+    with pytest.raises(ValueError, match="top_k_index, top_k_weights: expected equal shapes"):
+        experts(torch.randn(3, 6), torch.zeros(3, 2, dtype=torch.long), torch.ones(3, 1))
+
+
+def test_experts_forward_matches_the_float64_reference():
+    """Each token's output is the weighted sum over its top-k experts of D_e(act(G_e x) * U_e x), with every
+    projection masked DoRA (float64 reference by hand, pruned channels included)."""
+    torch.manual_seed(0)
+    E, H, inter = 3, 6, 4
+    experts = MaskedDoRAExperts.from_packed(torch.randn(E, 2 * inter, H, dtype=torch.float64),
+                                            torch.randn(E, H, inter, dtype=torch.float64), torch.nn.functional.silu,
+                                            rank=2)
+    with torch.no_grad():
+        for layer in list(experts.gate_up_proj) + list(experts.down_proj):
+            layer.lora_B.normal_()
+            layer.magnitude.mul_(1.5)
+        experts.gate_up_proj[1].set_mask(torch.tensor([1, 0, 1, 1] * 2, dtype=torch.bool))
+    experts.eval()
+    x = torch.randn(5, H, dtype=torch.float64)
+    index = torch.tensor([[0, 1], [1, 2], [2, 0], [1, 0], [E, 1]])  # E: no local expert
+    weights = torch.rand(5, 2, dtype=torch.float64)
+
+    def dora(layer, v):
+        w = layer.weight + layer.scaling * layer.lora_B @ layer.lora_A
+        scale = layer.magnitude * layer.keep_mask().double() / w.norm(dim=1)
+        return (v @ w.T) * scale
+
+    expected = torch.zeros_like(x)
+    for t in range(5):
+        for k in range(2):
+            e = int(index[t, k])
+            if e == E:
+                continue
+            g, u = dora(experts.gate_up_proj[e], x[t]).chunk(2)
+            expected[t] += weights[t, k] * dora(experts.down_proj[e], torch.nn.functional.silu(g) * u)
+    with torch.no_grad():
+        out = experts(x, index, weights)
+    assert ((out - expected).norm() / expected.norm()).item() < 1e-12
