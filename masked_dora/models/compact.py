@@ -34,7 +34,8 @@ from torch import nn
 
 from ..nn import MaskedDoRALinear
 from .prepare import STATE_ATTR, get_state
-from .specs import ModelSpec, block_modules, features, find_layers, head_layout, is_conv1d, role_paths, spec_for
+from .specs import (ModelSpec, block_modules, features, find_layers, head_layout, is_conv1d, per_head_modules,
+                    role_paths, spec_for)
 
 LAYER_SIZES_KEY = "masked_dora_layer_sizes"
 
@@ -61,13 +62,36 @@ def _original_sizes(model, spec, layers) -> List[Dict[str, int]]:
 
 
 @torch.no_grad()
+def _kept_per_head_params(block: nn.Module, spec: ModelSpec, config, prefix: str,
+                          kept: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``{state-dict key: tensor}`` of the block's per-head modules (``HeadSpec.per_head``) cut to the kept heads.
+
+    ``kept``: the kept query heads (``"heads"``) and KV heads (``"kv_heads"``), ascending. A ModuleList's
+    kept modules are renumbered from 0 in that order; a parameter keeps its rows of the kept heads.
+    """
+    out = {}
+    for entry, module in per_head_modules(block, spec, config):
+        heads = kept[entry.follows]
+        if entry.modules:
+            head_modules = getattr(module, entry.modules)
+            for new, old in enumerate(heads.tolist()):
+                for name, t in head_modules[old].state_dict().items():
+                    out[f"{prefix}{entry.path}.{entry.modules}.{new}.{name}"] = t.clone()
+        else:
+            for name, p in module.named_parameters(recurse=False):
+                out[f"{prefix}{entry.path}.{name}"] = p.detach()[heads.to(p.device)].clone()
+    return out
+
+
+@torch.no_grad()
 def _compact_weights(model: nn.Module):
-    """``({qualified module name: (weight, bias)}, per-layer sizes)`` of the compacted layers."""
+    """``({qualified module name: (weight, bias)}, {state-dict key: tensor}, per-layer sizes)``: the compacted
+    layers, the kept heads' per-head parameters (:func:`_kept_per_head_params`) and the sizes."""
     state = get_state(model)
     spec = state.spec
     layers_path, layers = find_layers(model, spec)
     sizes = _original_sizes(model, spec, layers)
-    repl = {}
+    repl, per_head = {}, {}
     for i, block in enumerate(layers):
         prefix = f"{layers_path}.{i}."
         if "mlp" in state.config.target_groups:
@@ -109,7 +133,9 @@ def _compact_weights(model: nn.Module):
             if rows["query"].numel() % hd or rows["key"].numel() % hd or rows["value"].numel() != rows["key"].numel():
                 raise RuntimeError(f"compact_model: layer {i} keeps a partial head; masks must keep whole heads")
             sizes[i]["heads"], sizes[i]["kv_heads"] = heads, kv
-    return repl, sizes
+            kept = {"heads": rows["query"][::hd] // hd, "kv_heads": rows["key"][::hd] // hd}
+            per_head.update(_kept_per_head_params(block, spec, model.config, prefix, kept))
+    return repl, per_head, sizes
 
 
 def _set_plain_sizes(config, spec: ModelSpec, size: Dict[str, int]) -> None:
@@ -174,8 +200,24 @@ def _new_linear(block: nn.Module, path: str, in_features: int, out_features: int
     setattr(parent, name, new)
 
 
-def resize_block(block: nn.Module, spec: ModelSpec, size: Dict[str, int]) -> None:
-    """Give one block of a freshly built model the sizes ``size`` (Linear shapes and module attributes)."""
+def _resize_per_head(block: nn.Module, spec: ModelSpec, config, counts: Dict[str, int]) -> None:
+    """Cut the block's per-head modules to ``counts`` (``{"heads": n, "kv_heads": n}``) heads: a ModuleList to
+    its first entries (and its count attribute), a parameter to its first rows; the checkpoint's weights
+    replace them."""
+    for entry, module in per_head_modules(block, spec, config):
+        n = counts[entry.follows]
+        if entry.modules:
+            setattr(module, entry.modules, nn.ModuleList(list(getattr(module, entry.modules))[:n]))
+            if entry.count_attr:
+                setattr(module, entry.count_attr, n)
+        else:
+            for name, p in list(module.named_parameters(recurse=False)):
+                setattr(module, name, nn.Parameter(p.detach()[:n].clone(), requires_grad=p.requires_grad))
+
+
+def resize_block(block: nn.Module, spec: ModelSpec, size: Dict[str, int], config) -> None:
+    """Give one block of a freshly built model (of ``config``) the sizes ``size`` (Linear shapes, per-head
+    modules and module attributes)."""
     mods = block_modules(block, spec)
     mlp_paths, head_paths = role_paths(spec, "mlp"), role_paths(spec, "heads")
     inter = size["intermediate"]
@@ -198,6 +240,7 @@ def resize_block(block: nn.Module, spec: ModelSpec, size: Dict[str, int]) -> Non
     attention = block.get_submodule(spec.heads.attention)
     for attr, what in spec.heads.attrs:
         setattr(attention, attr, quantity[what])
+    _resize_per_head(block, spec, config, quantity)
 
 
 def build_compact_model(model_class, config, dtype: Optional[torch.dtype] = None) -> nn.Module:
@@ -210,7 +253,7 @@ def build_compact_model(model_class, config, dtype: Optional[torch.dtype] = None
         if len(sizes) != len(layers):
             raise ValueError(f"config.{LAYER_SIZES_KEY}: expected {len(layers)} entries, got {len(sizes)}")
         for block, size in zip(layers, sizes):
-            resize_block(block, spec, size)
+            resize_block(block, spec, size, config)
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()
@@ -223,7 +266,7 @@ def compact_model(model: nn.Module) -> nn.Module:
     spec = state.spec
     _, layers = find_layers(model, spec)
     original = _original_sizes(model, spec, layers)
-    repl, sizes = _compact_weights(model)
+    repl, per_head, sizes = _compact_weights(model)
     config = copy.deepcopy(model.config)
     plain = _plain_config(config, spec, original, sizes, getattr(state, "save_form", "auto"))
     if plain is not None:
@@ -238,7 +281,9 @@ def compact_model(model: nn.Module) -> nn.Module:
     new_sd = {}
     for key in new.state_dict():
         module_name, _, leaf = key.rpartition(".")
-        if module_name in repl and leaf in ("weight", "bias"):
+        if key in per_head:
+            new_sd[key] = per_head[key]
+        elif module_name in repl and leaf in ("weight", "bias"):
             w, b = repl[module_name]
             if leaf == "weight" and is_conv1d(new.get_submodule(module_name)):
                 w = w.t().contiguous()  # Conv1D stores (in, out)
