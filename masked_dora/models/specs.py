@@ -281,8 +281,10 @@ T5_GATED_ENCODER = dict(T5_ENCODER, mlp=MLPSpec(  # T5 v1.1, Flan-T5, mT5: gated
     producers=("layer.1.DenseReluDense.wi_0", "layer.1.DenseReluDense.wi_1"), consumer="layer.1.DenseReluDense.wo",
     size_key="d_ff"))
 
-T5_HEADS = (("heads", "", "the first block's relative-position bias holds one column per head, which compaction "
-                          "does not prune yet"),)
+T5_HEADS = (("heads", "", "block 0 computes the relative-position bias, one column per head, and the stack passes "
+                          "it to every later block, which adds column h to its own head h: exact head pruning would "
+                          "need the same kept heads in every block (and the bias cut to them), which per-layer head "
+                          "masks do not give"),)
 
 SPECS: Dict[str, ModelSpec] = {
     "llama": ModelSpec(name="llama", model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
