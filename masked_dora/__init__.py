@@ -18,7 +18,8 @@ __all__ = ["MaskedDoRALinear", "accelerate_peft", "backend_status", "masks", "nn
 _MODELS_EXPORTS = ("MaskedDoRAConfig", "prepare_model", "harden", "compact_model", "load_compact", "from_peft",
                    "export_peft",
                    "save_training_state", "load_training_state", "MaskedDoRACallback", "train_masked",
-                   "SparsityController", "param_groups", "register_spec", "ModelSpec", "MLPSpec", "HeadSpec")
+                   "SparsityController", "param_groups", "register_spec", "ModelSpec", "MLPSpec", "HeadSpec",
+                   "PerHeadSpec")
 __all__ += list(_MODELS_EXPORTS) + ["models"]
 
 

@@ -18,7 +18,7 @@ from masked_dora.models import (MaskedDoRAConfig, compact_model, get_state, hard
 from masked_dora.models import specs as specs_module
 from masked_dora.models.compact import LAYER_SIZES_KEY
 
-from tiny_models import (DECODER_LMS, FAMILIES, MLP_ONLY_FAMILIES, output_tensor, randomize_adapters,
+from tiny_models import (DECODER_LMS, FAMILIES, MLP_ONLY_FAMILIES, QK_NORM_FAMILIES, output_tensor, randomize_adapters,
                          reload_plain_in_clean_process, tiny_config, tiny_inputs, tiny_model)
 
 AUTO = {**{f: "AutoModelForCausalLM" for f in DECODER_LMS}, "bart": "AutoModelForSeq2SeqLM"}
@@ -87,23 +87,19 @@ def test_plain_checkpoints_reload_with_plain_transformers(chains):
             if plain]
     plain_families = sorted(f for f, v in chains.items() if v[-1])
     # the Llama-style decoders with head_dim in their config are plain after head pruning
-    assert {"llama", "qwen3", "gemma", "gemma2", "gemma3_text", "granite", "phi", "phi3", "cohere", "olmo2"} <= set(
-        plain_families), plain_families
+    assert {"llama", "qwen3", "gemma", "gemma2", "gemma3_text", "granite", "phi", "phi3", "cohere", "cohere-qk-norm",
+            "olmo2"} <= set(plain_families), plain_families
     outputs = reload_plain_in_clean_process(jobs)
     plain = [(family, ref) for family, (path, _model, _small, ref, _out, is_plain) in chains.items() if is_plain]
     for (family, ref), out in zip(plain, outputs):
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5, msg=family)
 
 
-@pytest.mark.parametrize("family, flag", [("olmo2", None), ("t5", None), ("t5-gated", None),
-                                          ("stablelm", "qk_layernorm"),
-                                          ("cohere", "use_qk_norm")])
-def test_heads_that_cannot_be_pruned_exactly_are_refused_before_anything_changes(family, flag):
+@pytest.mark.parametrize("family", ["olmo2", "t5", "t5-gated"])
+def test_heads_that_cannot_be_pruned_exactly_are_refused_before_anything_changes(family):
     import transformers as t
 
     config = tiny_config(family)
-    if flag:
-        setattr(config, flag, True)
     model = getattr(t, type(tiny_model(family, kind="lm")).__name__)(config)
     refused = rf"'heads' cannot be pruned in a '{config.model_type}' model: .*target_groups=\('mlp',\)"
     with pytest.raises(ValueError, match=refused):
@@ -111,6 +107,60 @@ def test_heads_that_cannot_be_pruned_exactly_are_refused_before_anything_changes
     assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
     prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), importance="none"))  # the MLP still prunes
     assert sorted(get_state(model).groups) == ["mlp_0", "mlp_1"]
+
+
+def _head_norm_rows(attention, name):
+    """The per-head weights of a q/k norm as a (heads, head_dim) tensor (Cohere: the weight; StableLM: one
+    LayerNorm per head)."""
+    norm = getattr(attention, name)
+    if hasattr(norm, "norms"):
+        assert norm.num_heads == len(norm.norms)
+        return torch.stack([n.weight for n in norm.norms])
+    return norm.weight
+
+
+@pytest.mark.parametrize("family", list(QK_NORM_FAMILIES))
+@pytest.mark.parametrize("gqa", ["kv_groups", "query_heads"])
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
+def test_per_head_qk_norms_keep_the_kept_heads_in_both_save_forms(tmp_path, family, gqa, allocation):
+    """Cohere's use_qk_norm (weight rows per head) and StableLM's qk_layernorm (a LayerNorm per head): the
+    compacted model holds the kept heads' norms (query norms follow the query heads, key norms the KV heads),
+    and it reloads with equal outputs, plain (uniform Cohere) or per layer (StableLM, allocation='global').
+    Layer 0 keeps its last heads: a norm list cut to its first entries would not pass."""
+    model = tiny_model(family, kind="lm")
+    norm_names = ("q_norm", "k_norm") if family.startswith("cohere") else ("q_layernorm", "k_layernorm")
+    norms = [[_head_norm_rows(layer.self_attn, n).detach().clone() for n in norm_names] for layer in model.model.layers]
+    sparsity = {"uniform": 0.5, "global": 0.25}[allocation]  # global: layer 1 keeps every head, layer 0 not
+    prepare_model(model, MaskedDoRAConfig(rank=2, alignment={"mlp": 8}, importance="none", gqa=gqa,
+                                          allocation=allocation, target_sparsity={"mlp": 0.5, "heads": sparsity}))
+    randomize_adapters(model)
+    with torch.no_grad():  # the last heads (of every KV group) score highest; layer 1 above layer 0
+        for layer, group in enumerate(get_state(model).groups_of("heads")):
+            group.mask_logits.copy_(torch.linspace(-1.0, 1.0, group.num_units) + 5.0 * layer)
+    harden(model)
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        ref = output_tensor(model(**inputs))
+        small = compact_model(model)
+        torch.testing.assert_close(output_tensor(small(**inputs)), ref, rtol=1e-4, atol=1e-5)
+    plain = not hasattr(small.config, LAYER_SIZES_KEY)
+    assert plain == (family.startswith("cohere") and allocation == "uniform")
+    if allocation == "global":  # the per-layer form with different head counts per layer
+        heads = [s["heads"] for s in getattr(small.config, LAYER_SIZES_KEY)]
+        assert heads[0] < heads[1] == 4, heads
+    small.save_pretrained(tmp_path)
+    reloaded = load_compact(str(tmp_path))
+    with torch.no_grad():
+        torch.testing.assert_close(output_tensor(reloaded(**inputs)), ref, rtol=1e-4, atol=1e-5)
+    for i, (masked, compact) in enumerate(zip(model.model.layers, reloaded.model.layers)):
+        kept_q = masked.self_attn.q_proj.keep_mask().view(4, 8).all(1)
+        kept_kv = masked.self_attn.k_proj.keep_mask().view(2, 8).all(1)
+        assert i or not kept_q[0], "layer 0 should lose its first head"
+        for name, old, kept in zip(norm_names, norms[i], (kept_q, kept_kv)):
+            torch.testing.assert_close(_head_norm_rows(compact.self_attn, name), old[kept], rtol=0, atol=0)
+    ids = inputs["input_ids"][:1]
+    gen = dict(max_new_tokens=6, do_sample=False)
+    assert torch.equal(reloaded.generate(ids, **gen), model.generate(ids, **gen))
 
 
 def test_no_spec_error_names_the_matching_style_and_register_spec_adds_it(monkeypatch):
@@ -132,6 +182,29 @@ def test_no_spec_error_names_the_matching_style_and_register_spec_adds_it(monkey
         register_spec("other", like="nope")
     with pytest.raises(TypeError, match="spec: expected a ModelSpec"):
         register_spec("other", spec="llama")
+
+
+def test_a_per_head_module_must_hold_one_entry_per_head(monkeypatch):
+    """Qwen3's q/k RMSNorm is one head_dim-sized weight shared by every head: declared per head, prepare_model
+    refuses it (dim 0 is 8, not the 4 query heads) before anything changes. A bad PerHeadSpec / HeadSpec is
+    refused when it is made."""
+    from dataclasses import replace
+
+    from masked_dora.models import HeadSpec, PerHeadSpec
+
+    monkeypatch.setattr(specs_module, "SPECS", dict(specs_module.SPECS))
+    llama = specs_module.SPECS["llama"]
+    heads = replace(llama.heads, per_head=(PerHeadSpec("self_attn.q_norm", "heads"),))
+    register_spec("qwen3", spec=replace(llama, name="qwen3-norm-per-head", model_types=("qwen3",), heads=heads),
+                  replace=True)
+    model = tiny_model("qwen3")
+    with pytest.raises(ValueError, match=r"layers.0.self_attn.q_norm holds \[8\] rows .*expected 4, one per query"):
+        prepare_model(model, MaskedDoRAConfig(importance="none"))
+    assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
+    with pytest.raises(ValueError, match="PerHeadSpec.follows: expected one of"):
+        PerHeadSpec("self_attn.q_norm", "groups")
+    with pytest.raises(ValueError, match="fused qkv projection"):
+        HeadSpec(query="", key="", value="", output="attn.o", heads_key="n", qkv="attn.qkv", per_head=heads.per_head)
 
 
 def test_a_model_matching_no_spec_says_what_cannot_be_expressed():

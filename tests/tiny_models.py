@@ -6,12 +6,16 @@ import torch
 
 # decoders with GQA (4 query heads, 2 KV heads, head_dim 8)
 GQA_DECODERS = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "cohere", "granite", "phi",
-                "stablelm", "phi3", "mixtral", "qwen3_moe")  # mixtral, qwen3_moe: 4 experts, top-2
+                "stablelm", "phi3", "cohere-qk-norm", "stablelm-qk-norm",
+                "mixtral", "qwen3_moe")  # mixtral, qwen3_moe: 4 experts, top-2
 FAMILIES = GQA_DECODERS + ("opt", "gpt_neox", "gpt2", "bert", "roberta", "xlm-roberta", "electra", "deberta-v2", "distilbert",
                            "modernbert", "bart")
 # families whose MLP prunes but whose heads cannot (the spec refuses them, see masked_dora.models.specs)
 MLP_ONLY_FAMILIES = ("olmo2", "t5", "t5-gated", "mt5")  # t5-gated: T5 v1.1 / Flan-T5's gated wi_0, wi_1
 DECODER_LMS = GQA_DECODERS + ("opt", "gpt_neox", "gpt2", "olmo2")  # causal LMs: generate() is checked on them
+# per-head q/k norms (cohere's use_qk_norm: weight rows (heads, head_dim); stablelm's qk_layernorm: one LayerNorm
+# per head), and the config flag that turns them on
+QK_NORM_FAMILIES = {"cohere-qk-norm": "use_qk_norm", "stablelm-qk-norm": "qk_layernorm"}
 
 
 def _classes(t, family):
@@ -25,9 +29,11 @@ def _classes(t, family):
         "gemma2": ("Gemma2Config", "Gemma2Model", "Gemma2ForCausalLM"),
         "gemma3_text": ("Gemma3TextConfig", "Gemma3TextModel", "Gemma3ForCausalLM"),
         "cohere": ("CohereConfig", "CohereModel", "CohereForCausalLM"),
+        "cohere-qk-norm": ("CohereConfig", "CohereModel", "CohereForCausalLM"),
         "granite": ("GraniteConfig", "GraniteModel", "GraniteForCausalLM"),
         "phi": ("PhiConfig", "PhiModel", "PhiForCausalLM"),
         "stablelm": ("StableLmConfig", "StableLmModel", "StableLmForCausalLM"),
+        "stablelm-qk-norm": ("StableLmConfig", "StableLmModel", "StableLmForCausalLM"),
         "olmo2": ("Olmo2Config", "Olmo2Model", "Olmo2ForCausalLM"),
         "phi3": ("Phi3Config", "Phi3Model", "Phi3ForCausalLM"),
         "mixtral": ("MixtralConfig", "MixtralModel", "MixtralForCausalLM"),
@@ -68,6 +74,8 @@ def tiny_config(family: str):
                  "mixtral": dict(num_local_experts=4, num_experts_per_tok=2),
                  "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, head_dim=8)
                  }.get(family, {})
+        if family in QK_NORM_FAMILIES:
+            extra = {QK_NORM_FAMILIES[family]: True}
         return cfg_cls(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
                        **extra, **common)
     if family == "opt":
@@ -115,7 +123,18 @@ def tiny_model(family: str, seed: int = 0, kind: str = "base"):
     config = tiny_config(family)
     torch.manual_seed(seed)
     model = (lm if kind == "lm" else base)(config)
+    if family in QK_NORM_FAMILIES:
+        _distinct_head_norms(model)
     return model.eval()
+
+
+@torch.no_grad()
+def _distinct_head_norms(model) -> None:
+    """Give every per-head q/k norm weight its own values: they start at ones, the same for every head, so a
+    compacted model that kept the wrong heads' norms would still equal the masked one."""
+    for name, p in model.named_parameters():
+        if any(f".{norm}." in name for norm in ("q_norm", "k_norm", "q_layernorm", "k_layernorm")):
+            p.uniform_(0.5, 1.5)
 
 
 def tiny_inputs(batch: int = 2, seq: int = 9, seed: int = 1):

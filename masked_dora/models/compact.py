@@ -35,7 +35,8 @@ from torch import nn
 from ..nn import MaskedDoRALinear
 from .prepare import STATE_ATTR, get_state
 from .specs import (ModelSpec, block_modules, features, find_layers, has_experts, head_layout, is_consumer_role,
-                    is_conv1d, mlp_width, num_experts, packed_experts, producer_index, role_paths, spec_for)
+                    is_conv1d, mlp_width, num_experts, packed_experts, per_head_modules, producer_index, role_paths,
+                    spec_for)
 
 LAYER_SIZES_KEY = "masked_dora_layer_sizes"
 
@@ -85,18 +86,41 @@ def _compact_mlp(block: nn.Module, spec: ModelSpec, group, prefix: str, repl: di
 
 
 @torch.no_grad()
+def _kept_per_head_params(block: nn.Module, spec: ModelSpec, config, prefix: str,
+                          kept: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``{state-dict key: tensor}`` of the block's per-head modules (``HeadSpec.per_head``) cut to the kept heads.
+
+    ``kept``: the kept query heads (``"heads"``) and KV heads (``"kv_heads"``), ascending. A ModuleList's
+    kept modules are renumbered from 0 in that order; a parameter keeps its rows of the kept heads.
+    """
+    out = {}
+    for entry, module in per_head_modules(block, spec, config):
+        heads = kept[entry.follows]
+        if entry.modules:
+            head_modules = getattr(module, entry.modules)
+            for new, old in enumerate(heads.tolist()):
+                for name, t in head_modules[old].state_dict().items():
+                    out[f"{prefix}{entry.path}.{entry.modules}.{new}.{name}"] = t.clone()
+        else:
+            for name, p in module.named_parameters(recurse=False):
+                out[f"{prefix}{entry.path}.{name}"] = p.detach()[heads.to(p.device)].clone()
+    return out
+
+
+@torch.no_grad()
 def _compact_weights(model: nn.Module):
-    """``({qualified module name: (weight, bias)}, {packed parameter name: tensor}, per-layer sizes)`` of the
-    compacted layers (packed: an MoE block's experts)."""
+    """``({qualified module name: (weight, bias)}, {state-dict key: tensor}, per-layer sizes)``: the compacted
+    layers, the parameters compacted whole (an MoE block's packed experts, the kept heads' per-head parameters,
+    :func:`_kept_per_head_params`) and the sizes."""
     state = get_state(model)
     spec = state.spec
     layers_path, layers = find_layers(model, spec)
     sizes = _original_sizes(model, spec, layers)
-    repl, packed = {}, {}
+    repl, params = {}, {}
     for i, block in enumerate(layers):
         prefix = f"{layers_path}.{i}."
         if "mlp" in state.config.target_groups:
-            sizes[i]["intermediate"] = _compact_mlp(block, spec, state.group("mlp", i), prefix, repl, packed)
+            sizes[i]["intermediate"] = _compact_mlp(block, spec, state.group("mlp", i), prefix, repl, params)
         if "heads" in state.config.target_groups and spec.heads.qkv:
             paths = role_paths(spec, "heads")
             mods = block_modules(block, spec, ("heads",))["heads"]
@@ -124,7 +148,9 @@ def _compact_weights(model: nn.Module):
             if rows["query"].numel() % hd or rows["key"].numel() % hd or rows["value"].numel() != rows["key"].numel():
                 raise RuntimeError(f"compact_model: layer {i} keeps a partial head; masks must keep whole heads")
             sizes[i]["heads"], sizes[i]["kv_heads"] = heads, kv
-    return repl, packed, sizes
+            kept = {"heads": rows["query"][::hd] // hd, "kv_heads": rows["key"][::hd] // hd}
+            params.update(_kept_per_head_params(block, spec, model.config, prefix, kept))
+    return repl, params, sizes
 
 
 def _set_plain_sizes(config, spec: ModelSpec, size: Dict[str, int]) -> None:
@@ -201,8 +227,24 @@ def _resize_packed_experts(block: nn.Module, spec: ModelSpec, inter: int) -> Non
             setattr(module, name, nn.Parameter(old.new_empty(shape), requires_grad=old.requires_grad))
 
 
-def resize_block(block: nn.Module, spec: ModelSpec, size: Dict[str, int]) -> None:
-    """Give one block of a freshly built model the sizes ``size`` (Linear shapes and module attributes)."""
+def _resize_per_head(block: nn.Module, spec: ModelSpec, config, counts: Dict[str, int]) -> None:
+    """Cut the block's per-head modules to ``counts`` (``{"heads": n, "kv_heads": n}``) heads: a ModuleList to
+    its first entries (and its count attribute), a parameter to its first rows; the checkpoint's weights
+    replace them."""
+    for entry, module in per_head_modules(block, spec, config):
+        n = counts[entry.follows]
+        if entry.modules:
+            setattr(module, entry.modules, nn.ModuleList(list(getattr(module, entry.modules))[:n]))
+            if entry.count_attr:
+                setattr(module, entry.count_attr, n)
+        else:
+            for name, p in list(module.named_parameters(recurse=False)):
+                setattr(module, name, nn.Parameter(p.detach()[:n].clone(), requires_grad=p.requires_grad))
+
+
+def resize_block(block: nn.Module, spec: ModelSpec, size: Dict[str, int], config) -> None:
+    """Give one block of a freshly built model (of ``config``) the sizes ``size`` (Linear shapes, per-head
+    modules and module attributes)."""
     head_paths = role_paths(spec, "heads")
     mods = block_modules(block, spec, ("heads",) if spec.mlp.experts else ("mlp", "heads"))
     inter = size["intermediate"]
@@ -227,6 +269,7 @@ def resize_block(block: nn.Module, spec: ModelSpec, size: Dict[str, int]) -> Non
     attention = block.get_submodule(spec.heads.attention)
     for attr, what in spec.heads.attrs:
         setattr(attention, attr, quantity[what])
+    _resize_per_head(block, spec, config, quantity)
 
 
 def build_compact_model(model_class, config, dtype: Optional[torch.dtype] = None) -> nn.Module:
@@ -239,7 +282,7 @@ def build_compact_model(model_class, config, dtype: Optional[torch.dtype] = None
         if len(sizes) != len(layers):
             raise ValueError(f"config.{LAYER_SIZES_KEY}: expected {len(layers)} entries, got {len(sizes)}")
         for block, size in zip(layers, sizes):
-            resize_block(block, spec, size)
+            resize_block(block, spec, size, config)
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()
@@ -252,7 +295,7 @@ def compact_model(model: nn.Module) -> nn.Module:
     spec = state.spec
     _, layers = find_layers(model, spec)
     original = _original_sizes(model, spec, layers)
-    repl, packed, sizes = _compact_weights(model)
+    repl, params, sizes = _compact_weights(model)
     config = copy.deepcopy(model.config)
     plain = _plain_config(config, spec, original, sizes, getattr(state, "save_form", "auto"))
     if plain is not None:
@@ -267,8 +310,8 @@ def compact_model(model: nn.Module) -> nn.Module:
     new_sd = {}
     for key in new.state_dict():
         module_name, _, leaf = key.rpartition(".")
-        if key in packed:
-            new_sd[key] = packed[key]
+        if key in params:
+            new_sd[key] = params[key]
         elif module_name in repl and leaf in ("weight", "bias"):
             w, b = repl[module_name]
             if leaf == "weight" and is_conv1d(new.get_submodule(module_name)):

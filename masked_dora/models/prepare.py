@@ -18,8 +18,9 @@ from torch import Tensor, nn
 from ..nn import MaskedDoRAExperts, MaskedDoRALinear
 from .config import MaskedDoRAConfig
 from .group_mask import ForwardMasks, GroupMask, InputGate, MaskView
-from .specs import (ModelSpec, block_modules, expert_index, features, find_layers, head_layout, is_consumer_role,
-                    is_conv1d, mlp_width, num_experts, packed_experts, producer_index, role_paths, spec_for)
+from .specs import (ModelSpec, block_modules, check_per_head_modules, expert_index, features, find_layers, head_layout,
+                    is_consumer_role, is_conv1d, mlp_width, num_experts, packed_experts, producer_index, role_paths,
+                    spec_for)
 
 STATE_ATTR = "masked_dora"
 
@@ -246,6 +247,8 @@ def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, c
                               "the spec must point at nn.Linear (or transformers Conv1D) projections")
                     raise TypeError(f"model: expected an nn.Linear at {layers_path}.{i}.{paths[role]}, got "
                                     f"{kind_name} ({advice})")
+        if "heads" in config.target_groups:
+            check_per_head_modules(block, spec, model.config, f"{layers_path}.{i}")
     from .save_form import decide_save_form
 
     # how the compacted model will be saved, decided (and refused, for save_form="plain") before any change

@@ -18,13 +18,25 @@ Groups (DESIGN.md, "Coupled structure"):
   head takes its query heads along (``gqa="kv_groups"``: whole KV groups go), or
   the same number of query heads goes inside every group (``gqa="query_heads"``:
   KV heads stay). A KV head's dims are never split.
+
+  Parameters held per head outside the projections (``HeadSpec.per_head``: Cohere's
+  q/k LayerNorm with ``use_qk_norm``, one weight row per head; StableLM's
+  ``qk_layernorm``, one LayerNorm per head) follow their heads: compaction keeps the
+  query norm of every kept query head and the key norm of every kept KV head. This is
+  exact because each head is normalised over its own ``head_dim`` only, so no kept head
+  reads a pruned one (unlike OLMo-2's q/k RMSNorm over all heads' width, refused); what
+  a pruned head's norm makes of its gated (zero) q/k rows never reaches the output: its
+  values are zero too and its query heads go with it (``kv_groups``), or ``output``'s
+  input is gated for it (``query_heads``). (While training, a soft gate on q/k rows is
+  undone by such a norm, which is scale-invariant; the mask still learns through the
+  gated values or ``output``'s input.)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from dataclasses import replace as replace_dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from torch import Tensor, nn
 
@@ -53,6 +65,36 @@ class MLPSpec:
         return self.segments[producer_index] if self.segments else 1
 
 
+HEAD_COUNTS = ("heads", "kv_heads")
+
+
+@dataclass(frozen=True)
+class PerHeadSpec:
+    """A module of one block holding parameters per attention head (paths relative to the block).
+
+    ``follows``: ``"heads"`` (one entry per query head, e.g. a query norm) or ``"kv_heads"`` (a key norm).
+    Without ``modules``, every parameter of the module at ``path`` has the head as dim 0 (Cohere's q/k
+    LayerNorm weight, ``(heads, head_dim)``); with it, ``modules`` names the module's ``ModuleList`` of one
+    module per head (StableLM's ``StableLmLayerNormPerHead.norms``) and ``count_attr`` the module's attribute
+    holding that count (``num_heads``), if any. ``flag``: the config flag under which the family builds the
+    module (``""``: always).
+    """
+
+    path: str
+    follows: str
+    modules: str = ""
+    count_attr: str = ""
+    flag: str = ""
+
+    def __post_init__(self):
+        if self.follows not in HEAD_COUNTS:
+            raise ValueError(f"PerHeadSpec.follows: expected one of {HEAD_COUNTS}, got {self.follows!r}")
+
+    def built_by(self, config) -> bool:
+        """Whether a model with ``config`` has this module."""
+        return not self.flag or bool(getattr(config, self.flag, False))
+
+
 @dataclass(frozen=True)
 class HeadSpec:
     """The attention-head group of one block (module paths relative to the block)."""
@@ -71,6 +113,12 @@ class HeadSpec:
     attention: str = ""  # path of the attention module whose attributes follow the head counts
     # attribute -> quantity, quantity one of "heads", "kv_heads", "groups" (heads per KV head), "width"
     attrs: Tuple[Tuple[str, str], ...] = ()
+    # modules holding parameters per head (q/k norms), which compaction cuts to the kept heads
+    per_head: Tuple[PerHeadSpec, ...] = ()
+
+    def __post_init__(self):
+        if self.qkv and self.per_head:
+            raise ValueError("HeadSpec: per_head modules with a fused qkv projection are not supported")
 
 
 @dataclass(frozen=True)
@@ -174,10 +222,18 @@ BART_ENCODER = dict(  # the encoder stack only: its own config keys, the decoder
                    attrs=(("num_heads", "heads"),)),
 )
 
+COHERE = dict(LLAMA_STYLE, heads=replace_dataclass(LLAMA_STYLE["heads"], per_head=(  # use_qk_norm: (heads, head_dim)
+    PerHeadSpec("self_attn.q_norm", "heads", flag="use_qk_norm"),
+    PerHeadSpec("self_attn.k_norm", "kv_heads", flag="use_qk_norm"))))
+
 STABLELM = dict(LLAMA_STYLE, heads=HeadSpec(  # head_dim is hidden // heads in its attention: per-layer form
     query="self_attn.q_proj", key="self_attn.k_proj", value="self_attn.v_proj", output="self_attn.o_proj",
     heads_key="num_attention_heads", kv_heads_key="num_key_value_heads", attention="self_attn",
-    attrs=(("num_heads", "heads"), ("num_key_value_heads", "kv_heads"), ("num_key_value_groups", "groups"))))
+    attrs=(("num_heads", "heads"), ("num_key_value_heads", "kv_heads"), ("num_key_value_groups", "groups")),
+    per_head=(  # qk_layernorm: StableLmLayerNormPerHead, one LayerNorm per head in .norms
+        PerHeadSpec("self_attn.q_layernorm", "heads", modules="norms", count_attr="num_heads", flag="qk_layernorm"),
+        PerHeadSpec("self_attn.k_layernorm", "kv_heads", modules="norms", count_attr="num_heads",
+                    flag="qk_layernorm"))))
 
 _QK_NORM_SPANS_HEADS = ("its q/k norms normalise over all heads' width together, so removing a head would change "
                         "every kept head's output (the compacted model would not equal the masked one)")
@@ -230,8 +286,10 @@ T5_GATED_ENCODER = dict(T5_ENCODER, mlp=MLPSpec(  # T5 v1.1, Flan-T5, mT5: gated
     producers=("layer.1.DenseReluDense.wi_0", "layer.1.DenseReluDense.wi_1"), consumer="layer.1.DenseReluDense.wo",
     size_key="d_ff"))
 
-T5_HEADS = (("heads", "", "the first block's relative-position bias holds one column per head, which compaction "
-                          "does not prune yet"),)
+T5_HEADS = (("heads", "", "block 0 computes the relative-position bias, one column per head, and the stack passes "
+                          "it to every later block, which adds column h to its own head h: exact head pruning would "
+                          "need the same kept heads in every block (and the bias cut to them), which per-layer head "
+                          "masks do not give"),)
 
 MIXTRAL_STYLE = dict(LLAMA_STYLE, mlp=MLPSpec(  # experts packed as gate_up_proj (E, 2I, H), down_proj (E, H, I)
     producers=("gate_up_proj",), consumer="down_proj", size_key="intermediate_size", segments=(2,),
@@ -240,14 +298,10 @@ MIXTRAL_STYLE = dict(LLAMA_STYLE, mlp=MLPSpec(  # experts packed as gate_up_proj
 SPECS: Dict[str, ModelSpec] = {
     "llama": ModelSpec(name="llama", model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
                                                   "gemma3_text", "granite"), **LLAMA_STYLE),
-    "cohere": ModelSpec(name="cohere", model_types=("cohere",), **LLAMA_STYLE, unsupported=(
-        ("heads", "use_qk_norm", "with use_qk_norm its q/k LayerNorms hold one weight row per head, which "
-                                 "compaction does not prune yet"),)),
+    "cohere": ModelSpec(name="cohere", model_types=("cohere",), **COHERE),
     "olmo2": ModelSpec(name="olmo2", model_types=("olmo2",), **LLAMA_STYLE,
                        unsupported=(("heads", "", _QK_NORM_SPANS_HEADS),)),
-    "stablelm": ModelSpec(name="stablelm", model_types=("stablelm",), **STABLELM, unsupported=(
-        ("heads", "qk_layernorm", "with qk_layernorm it keeps one LayerNorm per head, which compaction does not "
-                                  "prune yet"),)),
+    "stablelm": ModelSpec(name="stablelm", model_types=("stablelm",), **STABLELM),
     "mixtral": ModelSpec(name="mixtral", model_types=("mixtral",), **MIXTRAL_STYLE),
     "qwen3_moe": ModelSpec(name="qwen3_moe", model_types=("qwen3_moe",), **dict(MIXTRAL_STYLE, mlp=replace_dataclass(
         MIXTRAL_STYLE["mlp"], size_key="moe_intermediate_size")), unsupported=(
@@ -414,6 +468,31 @@ def head_layout(config, spec: ModelSpec) -> HeadLayout:
     if heads % kv:
         raise ValueError(f"config: {hs.heads_key}={heads} is not a multiple of {hs.kv_heads_key}={kv}")
     return HeadLayout(int(heads), int(kv), int(hd))
+
+
+def per_head_modules(block: nn.Module, spec: ModelSpec, config) -> List[Tuple[PerHeadSpec, nn.Module]]:
+    """The per-head modules (``HeadSpec.per_head``) that a block of a model with ``config`` has, paths checked."""
+    return [(entry, _resolve(block, entry.path, "per-head module")) for entry in spec.heads.per_head
+            if entry.built_by(config)]
+
+
+def per_head_counts(entry: PerHeadSpec, module: nn.Module) -> List[int]:
+    """How many heads ``module`` holds, as its layout says: its ModuleList's length, or dim 0 of each parameter."""
+    if entry.modules:
+        return [len(getattr(module, entry.modules))]
+    return [int(p.shape[0]) for p in module.parameters(recurse=False)]
+
+
+def check_per_head_modules(block: nn.Module, spec: ModelSpec, config, where: str) -> None:
+    """Raise unless every per-head module of ``block`` holds one entry per head (query or KV, as it follows)."""
+    hl = head_layout(config, spec)
+    for entry, module in per_head_modules(block, spec, config):
+        expected = getattr(hl, entry.follows)
+        counts = per_head_counts(entry, module)
+        if not counts or any(n != expected for n in counts):
+            what = f"modules in .{entry.modules}" if entry.modules else "rows (dim 0 of its parameters)"
+            raise ValueError(f"spec {spec.name!r}: {where}.{entry.path} holds {counts} {what}; expected {expected}, "
+                             f"one per {'query' if entry.follows == 'heads' else 'KV'} head")
 
 
 def block_modules(block: nn.Module, spec: ModelSpec, kinds=GROUP_KINDS) -> Dict[str, Dict[str, nn.Module]]:
