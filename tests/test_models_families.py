@@ -162,11 +162,31 @@ def test_gpt2_conv1d_layers_train_as_linear_and_compact_back_to_conv1d():
     assert tuple(block.mlp.c_fc.weight.shape) == (32, 32) and tuple(block.attn.c_attn.weight.shape) == (32, 48)
 
 
-def test_fused_projections_prune_by_kv_group_and_phi3_heads_need_the_plain_form():
-    """Phi-3's fused qkv_proj: gqa='query_heads' cannot split it (refused); its attention reads the head counts
-    from the config, so pruned heads with a per-layer result (allocation='global') are refused at prepare_model."""
-    with pytest.raises(ValueError, match="'query_heads' needs separate q/k/v projections"):
-        prepare_model(tiny_model("phi3"), MaskedDoRAConfig(gqa="query_heads", importance="none"))
+def test_fused_projections_prune_query_heads_and_phi3_heads_need_the_plain_form():
+    """Phi-3's fused qkv_proj with gqa='query_heads': a unit per query head gates its q rows, the K/V rows stay
+    (ALWAYS_KEPT), o_proj's input is cut, and the compacted model keeps both KV heads with one query head each
+    (a plain checkpoint). Its attention reads the head counts from the config, so pruned heads with a per-layer
+    result (allocation='global') are refused at prepare_model."""
+    model = prepare_model(tiny_model("phi3", kind="lm"), MaskedDoRAConfig(gqa="query_heads", importance="none",
+                                                                          alignment={"mlp": 8}, target_sparsity=0.5))
+    heads = get_state(model).group("heads", 0)
+    assert (heads.num_units, heads.partitions) == (4, 2)
+    heads.set_mask(torch.tensor([False, True, True, False]))  # one query head in each KV group
+    attn = model.model.layers[0].self_attn
+    q_kept = [h in (1, 2) for h in range(4) for _ in range(8)]
+    assert attn.qkv_proj.keep_mask().tolist() == q_kept + [True] * 32  # the K/V rows stay
+    assert attn.o_proj.keep_mask().all()  # its columns go at compaction; its input is gated meanwhile
+    seen = {}
+    attn.o_proj.register_forward_hook(lambda m, args, out: seen.update(x=args[0].detach()))
+    with torch.no_grad():
+        model(**tiny_inputs())
+    assert seen["x"].reshape(-1, 4, 8)[:, [0, 3]].eq(0).all() and seen["x"].reshape(-1, 4, 8)[:, [1, 2]].ne(0).any()
+    harden(model)
+    small = compact_model(model)
+    config = small.config
+    assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (2, 2, 8)
+    assert get_state(model).save_form == "plain" and not hasattr(config, LAYER_SIZES_KEY)
+    assert tuple(small.model.layers[0].self_attn.qkv_proj.weight.shape) == ((2 + 2 * 2) * 8, 32)
     with pytest.raises(ValueError, match="reads its head counts from the model config.*allocation='global'"):
         prepare_model(tiny_model("phi3"), MaskedDoRAConfig(allocation="global", importance="none"))
     model = prepare_model(tiny_model("phi3"), MaskedDoRAConfig(target_groups=("mlp",), allocation="global",
@@ -174,27 +194,46 @@ def test_fused_projections_prune_by_kv_group_and_phi3_heads_need_the_plain_form(
     assert get_state(model).save_form == "per_layer"  # the MLP alone may go per layer
 
 
-@pytest.mark.parametrize("family", ["phi3", "gpt_neox", "modernbert"])
-def test_fused_rows_follow_their_units(family):
+def _runs(*pairs):
+    """``[unit] * count`` for each ``(unit, count)``, concatenated (-1: ALWAYS_KEPT)."""
+    return [unit for unit, count in pairs for _ in range(count)]
+
+
+K = -1  # ALWAYS_KEPT: a row no unit gates
+FUSED_ROWS = {  # 4 query heads of 8; rows of the fused q/k/v projection -> unit
+    ("gpt_neox", "kv_groups"): _runs(*[(h, 24) for h in range(4)]),  # per head [q_h k_h v_h]
+    ("modernbert", "kv_groups"): _runs(*[(h, 8) for h in range(4)]) * 3,  # [q | k | v], no GQA
+    ("phi3", "kv_groups"): _runs((0, 16), (1, 16), (0, 8), (1, 8), (0, 8), (1, 8)),  # [q | k | v], 2 KV heads
+    ("phi3", "query_heads"): _runs((0, 8), (1, 8), (2, 8), (3, 8), (K, 32)),
+}
+
+
+@pytest.mark.parametrize("family, gqa", list(FUSED_ROWS))
+def test_fused_rows_follow_their_units(family, gqa):
     """Each row of a fused projection is gated by its own unit: the gate_up halves by the same channel, the
-    q/k/v blocks (or per-head triples) by their KV head."""
+    q/k/v rows by their KV head (gqa='kv_groups') or, by query head, the q rows only (gqa='query_heads': the
+    K/V rows are always kept), in every layout (blocks, per head); a kept row set compacts to the layout the
+    smaller model reads."""
     from masked_dora.models.specs import role_paths
 
-    model = prepare_model(tiny_model(family), MaskedDoRAConfig(rank=2, importance="none", alignment={"mlp": 8}))
+    model = prepare_model(tiny_model(family, kind="lm"), MaskedDoRAConfig(rank=2, importance="magnitude", gqa=gqa,
+                                                                          alignment={"mlp": 8}, target_sparsity=0.5))
     state = get_state(model)
     heads = state.group("heads", 0)
-    qkv = heads.index("qkv")
-    if family == "gpt_neox":  # [q_h k_h v_h] per head, 4 heads of 8
-        assert qkv.tolist() == [h for h in range(4) for _ in range(24)]
-    else:  # [q | k | v] blocks
-        kv = 2 if family == "phi3" else 4
-        q = [h // (4 // kv) for h in range(4) for _ in range(8)]
-        assert qkv.tolist() == q + [h for h in range(kv) for _ in range(8)] * 2
-    if family != "gpt_neox":
+    assert heads.index("qkv").tolist() == FUSED_ROWS[family, gqa]
+    kept = heads.per_channel("qkv", heads.hard())
+    assert kept[heads.index("qkv") == K].all()
+    if family in ("phi3", "modernbert"):
         mlp = state.group("mlp", 0)
         producer = mlp.index("producer0")
         assert producer.tolist() == list(range(64)) * 2
     assert set(role_paths(state.spec, "heads")) == {"qkv", "output"}
+    randomize_adapters(model)
+    harden(model)
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(output_tensor(compact_model(model)(**inputs)), output_tensor(model(**inputs)),
+                                   rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("family, wi", [("t5", "wi"), ("t5-gated", "wi_0")])

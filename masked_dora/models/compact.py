@@ -89,11 +89,12 @@ def _compact_weights(model: nn.Module):
             w, b = _merged(mods["qkv"])
             rows = _idx(mods["qkv"].keep_mask()).to(w.device)
             repl[prefix + paths["qkv"]] = (w[rows], None if b is None else b[rows])
-            cols = _idx(group.hard()[group.index("output")])
+            cols = _idx(group.per_channel("output", group.hard()))
             w, b = _merged(mods["output"])
             repl[prefix + paths["output"]] = (w[:, cols.to(w.device)], b)
-            kv = int(group.hard().sum())
-            sizes[i]["heads"], sizes[i]["kv_heads"] = kv * group.unit_size, kv
+            # the kept rows are the kept query heads' and 2 x the kept KV heads' (whole KV groups, or all of them)
+            hd = sizes[i]["head_dim"]
+            sizes[i]["heads"], sizes[i]["kv_heads"] = cols.numel() // hd, (rows.numel() - cols.numel()) // (2 * hd)
         elif "heads" in state.config.target_groups:
             paths = role_paths(spec, "heads")
             mods = block_modules(block, spec, ("heads",))["heads"]

@@ -22,6 +22,7 @@ from typing import Callable, Dict, Iterable, Optional
 import torch
 from torch import Tensor, nn
 
+from .group_mask import ALWAYS_KEPT
 from .prepare import get_state
 from .sparsity import plan_keep
 from .specs import block_modules, find_layers
@@ -41,9 +42,7 @@ def _consumer_role(group) -> str:
 
 def _consumer_unit_index(model, group) -> Tensor:
     """Unit index of each input channel of the group's consumer (o_proj's inputs are q's outputs)."""
-    if group.kind == "mlp":
-        return group.index("consumer")
-    return group.index("output" if "output" in group.roles else "query")
+    return group.index(_consumer_role(group))
 
 
 def _scatter(values: Tensor, index: Tensor, num_units: int) -> Tensor:
@@ -58,14 +57,13 @@ def magnitude_scores(model: nn.Module) -> Dict[str, Tensor]:
         for role, m in _members(model, group).items():
             w = m.weight.detach().double()
             if role == _consumer_role(group):
-                per = w.pow(2).sum(0)
-                index = _consumer_unit_index(model, group)
+                per, index = w.pow(2).sum(0), _consumer_unit_index(model, group)
             elif role in group.roles:
-                per = w.pow(2).sum(1)
-                index = group.index(role)
+                per, index = w.pow(2).sum(1), group.index(role)
             else:
                 continue
-            score += _scatter(per, index, group.num_units) / per.sum().clamp_min(1e-30)
+            gated = (index != ALWAYS_KEPT).to(per.device)  # a fused projection's K/V rows may follow no unit
+            score += _scatter(per[gated], index[gated.to(index.device)], group.num_units) / per.sum().clamp_min(1e-30)
         out[key] = score
     return out
 

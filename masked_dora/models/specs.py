@@ -29,6 +29,7 @@ from typing import Dict, Optional, Tuple
 from torch import nn
 
 GROUP_KINDS = ("mlp", "heads")
+QKV_LAYOUTS = ("blocks", "grouped", "per_head")
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,9 @@ class HeadSpec:
     output: str
     heads_key: str  # config key of the number of query heads
     kv_heads_key: Optional[str] = None  # config key of the number of KV heads (None: no GQA in this family)
-    # a fused q/k/v projection (query/key/value then unused): its path and row layout, "blocks" ([q | k | v],
-    # Phi-3, ModernBERT) or "per_head" ([q_h k_h v_h] per head, GPT-NeoX; no GQA)
+    # a fused q/k/v projection (query/key/value then unused): its path and row layout (QKV_LAYOUTS), "blocks"
+    # ([q | k | v], Phi-3, ModernBERT), "grouped" (per KV head [its query heads | k | v]) or "per_head"
+    # ([q_h k_h v_h] per head, GPT-NeoX; no GQA)
     qkv: str = ""
     qkv_layout: str = "blocks"
     head_dim_key: Optional[str] = None  # config key of an explicit head size (None: hidden // heads)
