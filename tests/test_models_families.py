@@ -18,7 +18,7 @@ from masked_dora.models import (MaskedDoRAConfig, compact_model, get_state, hard
 from masked_dora.models import specs as specs_module
 from masked_dora.models.compact import LAYER_SIZES_KEY
 
-from tiny_models import (DECODER_LMS, FAMILIES, MLP_ONLY_FAMILIES, output_tensor, randomize_adapters,
+from tiny_models import (DECODER_LMS, FAMILIES, MLP_ONLY_FAMILIES, output_tensor, prune_kwargs, randomize_adapters,
                          reload_plain_in_clean_process, tiny_config, tiny_inputs, tiny_model)
 
 AUTO = {**{f: "AutoModelForCausalLM" for f in DECODER_LMS}, "bart": "AutoModelForSeq2SeqLM"}
@@ -40,7 +40,7 @@ def _train_step(model):
 def _run_chain(family, groups, path):
     model = tiny_model(family, kind="lm")
     prepare_model(model, MaskedDoRAConfig(target_groups=groups, rank=4, alignment={"mlp": 8}, importance="none",
-                                          target_sparsity=0.5))
+                                          target_sparsity=0.5, **prune_kwargs(family)))
     randomize_adapters(model)
     _train_step(model)
     harden(model)
@@ -97,7 +97,7 @@ def test_plain_checkpoints_reload_with_plain_transformers(chains):
 
 @pytest.mark.parametrize("family, flag", [("olmo2", None), ("t5", None), ("t5-gated", None),
                                           ("stablelm", "qk_layernorm"),
-                                          ("cohere", "use_qk_norm")])
+                                          ("cohere", "use_qk_norm"), ("falcon-rw", "alibi"), ("falcon", "alibi")])
 def test_heads_that_cannot_be_pruned_exactly_are_refused_before_anything_changes(family, flag):
     import transformers as t
 
@@ -202,9 +202,13 @@ def _runs(*pairs):
 K = -1  # ALWAYS_KEPT: a row no unit gates
 FUSED_ROWS = {  # 4 query heads of 8; rows of the fused q/k/v projection -> unit
     ("gpt_neox", "kv_groups"): _runs(*[(h, 24) for h in range(4)]),  # per head [q_h k_h v_h]
+    ("falcon-rw", "kv_groups"): _runs(*[(h, 24) for h in range(4)]),  # the same per-head layout
     ("modernbert", "kv_groups"): _runs(*[(h, 8) for h in range(4)]) * 3,  # [q | k | v], no GQA
     ("phi3", "kv_groups"): _runs((0, 16), (1, 16), (0, 8), (1, 8), (0, 8), (1, 8)),  # [q | k | v], 2 KV heads
     ("phi3", "query_heads"): _runs((0, 8), (1, 8), (2, 8), (3, 8), (K, 32)),
+    ("falcon-new", "kv_groups"): _runs((0, 32), (1, 32)),  # per KV head [q_1 q_2 | k | v]
+    ("falcon-new", "query_heads"): _runs((0, 8), (1, 8), (K, 16), (2, 8), (3, 8), (K, 16)),
+    ("falcon", "query_heads"): _runs((0, 8), (1, 8), (2, 8), (3, 8), (K, 16)),  # multi-query [q | k | v]
 }
 
 
@@ -212,8 +216,8 @@ FUSED_ROWS = {  # 4 query heads of 8; rows of the fused q/k/v projection -> unit
 def test_fused_rows_follow_their_units(family, gqa):
     """Each row of a fused projection is gated by its own unit: the gate_up halves by the same channel, the
     q/k/v rows by their KV head (gqa='kv_groups') or, by query head, the q rows only (gqa='query_heads': the
-    K/V rows are always kept), in every layout (blocks, per head); a kept row set compacts to the layout the
-    smaller model reads."""
+    K/V rows are always kept), in every layout (blocks, per head, grouped by KV head); a kept row set compacts
+    to the layout the smaller model reads."""
     from masked_dora.models.specs import role_paths
 
     model = prepare_model(tiny_model(family, kind="lm"), MaskedDoRAConfig(rank=2, importance="magnitude", gqa=gqa,
@@ -234,6 +238,45 @@ def test_fused_rows_follow_their_units(family, gqa):
     with torch.no_grad():
         torch.testing.assert_close(output_tensor(compact_model(model)(**inputs)), output_tensor(model(**inputs)),
                                    rtol=1e-4, atol=1e-5)
+
+
+def test_falcon_spec_follows_its_config_and_keeps_falcon_linear():
+    """Falcon's query_key_value layout follows its config: new_decoder_architecture (grouped by KV head),
+    multi_query (one KV head whatever num_kv_heads says), neither (per head). Its compacted layers stay
+    FalconLinear (its own matmul-then-bias forward), and their attention gets the kept head counts."""
+    from masked_dora.models.specs import head_layout
+
+    expected = {"falcon": ("falcon", 1), "falcon-new": ("falcon-new", 2), "falcon-rw": ("falcon-rw", 4)}
+    for family, (name, kv) in expected.items():
+        config = tiny_config(family)
+        spec = spec_for(config)
+        assert spec.name == name and head_layout(config, spec).kv_heads == kv
+    assert tiny_config("falcon").num_kv_heads == 4  # the config's default, which multi_query ignores
+    model = prepare_model(tiny_model("falcon-new", kind="lm"),
+                          MaskedDoRAConfig(rank=2, importance="none", alignment={"mlp": 8}, target_sparsity=0.5))
+    harden(model)
+    attn = compact_model(model).transformer.h[0].self_attention
+    assert type(attn.query_key_value).__name__ == type(attn.dense).__name__ == "FalconLinear"
+    assert (attn.num_heads, attn.num_kv_heads, attn.head_dim) == (2, 1, 8)
+
+
+def test_one_kv_head_with_kv_groups_is_an_error_naming_query_heads():
+    """Multi-query attention (Falcon-7B's default config; any spec's config with one KV head): gqa='kv_groups'
+    could remove no head, so prepare_model refuses it before anything changes and names gqa='query_heads'."""
+    import transformers as t
+
+    llama = tiny_config("llama")
+    llama.num_key_value_heads = 1
+    for model in (tiny_model("falcon", kind="lm"), t.LlamaForCausalLM(llama)):
+        with pytest.raises(ValueError, match=r"one KV head for its 4 query heads \(multi-query attention\), so "
+                                             r"gqa='kv_groups' can prune no head.*use gqa='query_heads'"):
+            prepare_model(model, MaskedDoRAConfig(importance="none"))
+        assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
+        prepare_model(model, MaskedDoRAConfig(importance="none", gqa="query_heads", alignment={"mlp": 8}))
+        assert get_state(model).group("heads", 0).num_units == 4
+    mlp_only = prepare_model(tiny_model("falcon"), MaskedDoRAConfig(importance="none", target_groups=("mlp",),
+                                                                    alignment={"mlp": 8}))
+    assert sorted(get_state(mlp_only).groups) == ["mlp_0", "mlp_1"]
 
 
 @pytest.mark.parametrize("family, wi", [("t5", "wi"), ("t5-gated", "wi_0")])
@@ -288,3 +331,20 @@ def test_a_model_type_with_config_dependent_layouts_picks_its_spec_by_the_config
     register_spec("t5", like="llama", replace=True)
     assert spec_for(tiny_config("t5-gated")).name == "t5"
     assert "t5" not in specs_module.SPECS["t5-encoder"].model_types + specs_module.SPECS["t5-gated-encoder"].model_types
+
+
+def test_query_heads_in_one_kv_group_follow_the_heads_alignment():
+    """With one KV head, gqa='query_heads' ranks the query heads of one partition in blocks of alignment['heads'],
+    and the save form prepare_model plans counts the same: 30% of 4 heads in blocks of 2 keeps 2 (not 3, which a
+    LlamaConfig of hidden 32 refuses), so the checkpoint is plain as planned."""
+    import transformers as t
+
+    config = tiny_config("llama")
+    config.num_key_value_heads = 1
+    model = t.LlamaForCausalLM(config)
+    prepare_model(model, MaskedDoRAConfig(importance="none", gqa="query_heads", alignment={"mlp": 8, "heads": 2},
+                                          target_sparsity={"mlp": 0.5, "heads": 0.3}))
+    assert get_state(model).save_form == "plain"
+    harden(model)
+    small = compact_model(model).config
+    assert (small.num_attention_heads, small.num_key_value_heads) == (2, 1) and not hasattr(small, LAYER_SIZES_KEY)

@@ -169,9 +169,10 @@ def _new_linear(block: nn.Module, path: str, in_features: int, out_features: int
     parent = block.get_submodule(parent_path) if parent_path else block
     if is_conv1d(old):
         new = type(old)(out_features, in_features).to(device=old.weight.device, dtype=old.weight.dtype)
-    else:
-        new = nn.Linear(in_features, out_features, bias=old.bias is not None, device=old.weight.device,
-                        dtype=old.weight.dtype)
+    else:  # an nn.Linear subclass with nn.Linear's constructor (Falcon's FalconLinear) keeps its class
+        cls = type(old) if type(old).__init__ is nn.Linear.__init__ else nn.Linear
+        new = cls(in_features, out_features, bias=old.bias is not None, device=old.weight.device,
+                  dtype=old.weight.dtype)
     setattr(parent, name, new)
 
 

@@ -196,6 +196,21 @@ def _head_group(block, i, spec, config, model_config, where) -> Tuple[GroupMask,
     return group, input_gate
 
 
+def _refuse_heads_kv_groups_cannot_prune(spec: ModelSpec, config: MaskedDoRAConfig, model_config) -> None:
+    """One KV head shared by several query heads (multi-query attention, Falcon-7B) with ``gqa="kv_groups"``:
+    the only KV group is every head and always stays, so no head could ever go. An error rather than a
+    rounding warning (nothing of the target is reachable), and no silent switch to ``gqa="query_heads"``,
+    which prunes something else (query heads, the KV head kept) and which the user picks knowingly."""
+    if "heads" not in config.target_groups or config.gqa != "kv_groups" or config.target_sparsity["heads"] == 0:
+        return
+    hl = head_layout(model_config, spec)
+    if hl.kv_heads == 1 and hl.group_size > 1:
+        raise ValueError(f"config.gqa: this {model_config.model_type!r} model has one KV head for its {hl.heads} "
+                         f"query heads (multi-query attention), so gqa='kv_groups' can prune no head (the only KV "
+                         f"group always stays); use gqa='query_heads' (the same number of query heads leaves every "
+                         f"KV group, the KV head stays) or target_groups=('mlp',)")
+
+
 def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, calibration=None,
                   loss_fn=None) -> nn.Module:
     """Wrap ``model``'s targeted groups in masked DoRA (in place) and return it.
@@ -221,6 +236,7 @@ def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, c
             others = tuple(k for k in config.target_groups if k != kind)
             raise ValueError(f"config.target_groups: {kind!r} cannot be pruned in a {model.config.model_type!r} "
                              f"model: {reason}. Prune the rest only: target_groups={others}")
+    _refuse_heads_kv_groups_cannot_prune(spec, config, model.config)
     layers_path, layers = find_layers(model, spec)
     for i, block in enumerate(layers):  # check every block before changing anything
         for kind, roles in block_modules(block, spec, config.target_groups).items():
