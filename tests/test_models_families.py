@@ -18,7 +18,8 @@ from masked_dora.models import (MaskedDoRAConfig, compact_model, get_state, hard
 from masked_dora.models import specs as specs_module
 from masked_dora.models.compact import LAYER_SIZES_KEY
 
-from tiny_models import (DECODER_LMS, FAMILIES, MLP_ONLY_FAMILIES, QK_NORM_FAMILIES, output_tensor, randomize_adapters,
+from tiny_models import (DECODER_LMS, FAMILIES, MLP_ONLY_FAMILIES, QK_NORM_FAMILIES, output_tensor, prune_kwargs,
+                         randomize_adapters,
                          reload_plain_in_clean_process, tiny_config, tiny_inputs, tiny_model)
 
 AUTO = {**{f: "AutoModelForCausalLM" for f in DECODER_LMS}, "bart": "AutoModelForSeq2SeqLM"}
@@ -40,7 +41,7 @@ def _train_step(model):
 def _run_chain(family, groups, path):
     model = tiny_model(family, kind="lm")
     prepare_model(model, MaskedDoRAConfig(target_groups=groups, rank=4, alignment={"mlp": 8}, importance="none",
-                                          target_sparsity=0.5))
+                                          target_sparsity=0.5, **prune_kwargs(family)))
     randomize_adapters(model)
     _train_step(model)
     harden(model)
@@ -95,11 +96,14 @@ def test_plain_checkpoints_reload_with_plain_transformers(chains):
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5, msg=family)
 
 
-@pytest.mark.parametrize("family", ["olmo2", "t5", "t5-gated"])
-def test_heads_that_cannot_be_pruned_exactly_are_refused_before_anything_changes(family):
+@pytest.mark.parametrize("family, flag", [("olmo2", None), ("t5", None), ("t5-gated", None),
+                                          ("falcon-rw", "alibi"), ("falcon", "alibi")])
+def test_heads_that_cannot_be_pruned_exactly_are_refused_before_anything_changes(family, flag):
     import transformers as t
 
     config = tiny_config(family)
+    if flag:
+        setattr(config, flag, True)
     model = getattr(t, type(tiny_model(family, kind="lm")).__name__)(config)
     refused = rf"'heads' cannot be pruned in a '{config.model_type}' model: .*target_groups=\('mlp',\)"
     with pytest.raises(ValueError, match=refused):
@@ -235,11 +239,31 @@ def test_gpt2_conv1d_layers_train_as_linear_and_compact_back_to_conv1d():
     assert tuple(block.mlp.c_fc.weight.shape) == (32, 32) and tuple(block.attn.c_attn.weight.shape) == (32, 48)
 
 
-def test_fused_projections_prune_by_kv_group_and_phi3_heads_need_the_plain_form():
-    """Phi-3's fused qkv_proj: gqa='query_heads' cannot split it (refused); its attention reads the head counts
-    from the config, so pruned heads with a per-layer result (allocation='global') are refused at prepare_model."""
-    with pytest.raises(ValueError, match="'query_heads' needs separate q/k/v projections"):
-        prepare_model(tiny_model("phi3"), MaskedDoRAConfig(gqa="query_heads", importance="none"))
+def test_fused_projections_prune_query_heads_and_phi3_heads_need_the_plain_form():
+    """Phi-3's fused qkv_proj with gqa='query_heads': a unit per query head gates its q rows, the K/V rows stay
+    (ALWAYS_KEPT), o_proj's input is cut, and the compacted model keeps both KV heads with one query head each
+    (a plain checkpoint). Its attention reads the head counts from the config, so pruned heads with a per-layer
+    result (allocation='global') are refused at prepare_model."""
+    model = prepare_model(tiny_model("phi3", kind="lm"), MaskedDoRAConfig(gqa="query_heads", importance="none",
+                                                                          alignment={"mlp": 8}, target_sparsity=0.5))
+    heads = get_state(model).group("heads", 0)
+    assert (heads.num_units, heads.partitions) == (4, 2)
+    heads.set_mask(torch.tensor([False, True, True, False]))  # one query head in each KV group
+    attn = model.model.layers[0].self_attn
+    q_kept = [h in (1, 2) for h in range(4) for _ in range(8)]
+    assert attn.qkv_proj.keep_mask().tolist() == q_kept + [True] * 32  # the K/V rows stay
+    assert attn.o_proj.keep_mask().all()  # its columns go at compaction; its input is gated meanwhile
+    seen = {}
+    attn.o_proj.register_forward_hook(lambda m, args, out: seen.update(x=args[0].detach()))
+    with torch.no_grad():
+        model(**tiny_inputs())
+    assert seen["x"].reshape(-1, 4, 8)[:, [0, 3]].eq(0).all() and seen["x"].reshape(-1, 4, 8)[:, [1, 2]].ne(0).any()
+    harden(model)
+    small = compact_model(model)
+    config = small.config
+    assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (2, 2, 8)
+    assert get_state(model).save_form == "plain" and not hasattr(config, LAYER_SIZES_KEY)
+    assert tuple(small.model.layers[0].self_attn.qkv_proj.weight.shape) == ((2 + 2 * 2) * 8, 32)
     with pytest.raises(ValueError, match="reads its head counts from the model config.*allocation='global'"):
         prepare_model(tiny_model("phi3"), MaskedDoRAConfig(allocation="global", importance="none"))
     model = prepare_model(tiny_model("phi3"), MaskedDoRAConfig(target_groups=("mlp",), allocation="global",
@@ -247,27 +271,89 @@ def test_fused_projections_prune_by_kv_group_and_phi3_heads_need_the_plain_form(
     assert get_state(model).save_form == "per_layer"  # the MLP alone may go per layer
 
 
-@pytest.mark.parametrize("family", ["phi3", "gpt_neox", "modernbert"])
-def test_fused_rows_follow_their_units(family):
+def _runs(*pairs):
+    """``[unit] * count`` for each ``(unit, count)``, concatenated (-1: ALWAYS_KEPT)."""
+    return [unit for unit, count in pairs for _ in range(count)]
+
+
+K = -1  # ALWAYS_KEPT: a row no unit gates
+FUSED_ROWS = {  # 4 query heads of 8; rows of the fused q/k/v projection -> unit
+    ("gpt_neox", "kv_groups"): _runs(*[(h, 24) for h in range(4)]),  # per head [q_h k_h v_h]
+    ("falcon-rw", "kv_groups"): _runs(*[(h, 24) for h in range(4)]),  # the same per-head layout
+    ("modernbert", "kv_groups"): _runs(*[(h, 8) for h in range(4)]) * 3,  # [q | k | v], no GQA
+    ("phi3", "kv_groups"): _runs((0, 16), (1, 16), (0, 8), (1, 8), (0, 8), (1, 8)),  # [q | k | v], 2 KV heads
+    ("phi3", "query_heads"): _runs((0, 8), (1, 8), (2, 8), (3, 8), (K, 32)),
+    ("falcon-new", "kv_groups"): _runs((0, 32), (1, 32)),  # per KV head [q_1 q_2 | k | v]
+    ("falcon-new", "query_heads"): _runs((0, 8), (1, 8), (K, 16), (2, 8), (3, 8), (K, 16)),
+    ("falcon", "query_heads"): _runs((0, 8), (1, 8), (2, 8), (3, 8), (K, 16)),  # multi-query [q | k | v]
+}
+
+
+@pytest.mark.parametrize("family, gqa", list(FUSED_ROWS))
+def test_fused_rows_follow_their_units(family, gqa):
     """Each row of a fused projection is gated by its own unit: the gate_up halves by the same channel, the
-    q/k/v blocks (or per-head triples) by their KV head."""
+    q/k/v rows by their KV head (gqa='kv_groups') or, by query head, the q rows only (gqa='query_heads': the
+    K/V rows are always kept), in every layout (blocks, per head, grouped by KV head); a kept row set compacts
+    to the layout the smaller model reads."""
     from masked_dora.models.specs import role_paths
 
-    model = prepare_model(tiny_model(family), MaskedDoRAConfig(rank=2, importance="none", alignment={"mlp": 8}))
+    model = prepare_model(tiny_model(family, kind="lm"), MaskedDoRAConfig(rank=2, importance="magnitude", gqa=gqa,
+                                                                          alignment={"mlp": 8}, target_sparsity=0.5))
     state = get_state(model)
     heads = state.group("heads", 0)
-    qkv = heads.index("qkv")
-    if family == "gpt_neox":  # [q_h k_h v_h] per head, 4 heads of 8
-        assert qkv.tolist() == [h for h in range(4) for _ in range(24)]
-    else:  # [q | k | v] blocks
-        kv = 2 if family == "phi3" else 4
-        q = [h // (4 // kv) for h in range(4) for _ in range(8)]
-        assert qkv.tolist() == q + [h for h in range(kv) for _ in range(8)] * 2
-    if family != "gpt_neox":
+    assert heads.index("qkv").tolist() == FUSED_ROWS[family, gqa]
+    kept = heads.per_channel("qkv", heads.hard())
+    assert kept[heads.index("qkv") == K].all()
+    if family in ("phi3", "modernbert"):
         mlp = state.group("mlp", 0)
         producer = mlp.index("producer0")
         assert producer.tolist() == list(range(64)) * 2
     assert set(role_paths(state.spec, "heads")) == {"qkv", "output"}
+    randomize_adapters(model)
+    harden(model)
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(output_tensor(compact_model(model)(**inputs)), output_tensor(model(**inputs)),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_falcon_spec_follows_its_config_and_keeps_falcon_linear():
+    """Falcon's query_key_value layout follows its config: new_decoder_architecture (grouped by KV head),
+    multi_query (one KV head whatever num_kv_heads says), neither (per head). Its compacted layers stay
+    FalconLinear (its own matmul-then-bias forward), and their attention gets the kept head counts."""
+    from masked_dora.models.specs import head_layout
+
+    expected = {"falcon": ("falcon", 1), "falcon-new": ("falcon-new", 2), "falcon-rw": ("falcon-rw", 4)}
+    for family, (name, kv) in expected.items():
+        config = tiny_config(family)
+        spec = spec_for(config)
+        assert spec.name == name and head_layout(config, spec).kv_heads == kv
+    assert tiny_config("falcon").num_kv_heads == 4  # the config's default, which multi_query ignores
+    model = prepare_model(tiny_model("falcon-new", kind="lm"),
+                          MaskedDoRAConfig(rank=2, importance="none", alignment={"mlp": 8}, target_sparsity=0.5))
+    harden(model)
+    attn = compact_model(model).transformer.h[0].self_attention
+    assert type(attn.query_key_value).__name__ == type(attn.dense).__name__ == "FalconLinear"
+    assert (attn.num_heads, attn.num_kv_heads, attn.head_dim) == (2, 1, 8)
+
+
+def test_one_kv_head_with_kv_groups_is_an_error_naming_query_heads():
+    """Multi-query attention (Falcon-7B's default config; any spec's config with one KV head): gqa='kv_groups'
+    could remove no head, so prepare_model refuses it before anything changes and names gqa='query_heads'."""
+    import transformers as t
+
+    llama = tiny_config("llama")
+    llama.num_key_value_heads = 1
+    for model in (tiny_model("falcon", kind="lm"), t.LlamaForCausalLM(llama)):
+        with pytest.raises(ValueError, match=r"one KV head for its 4 query heads \(multi-query attention\), so "
+                                             r"gqa='kv_groups' can prune no head.*use gqa='query_heads'"):
+            prepare_model(model, MaskedDoRAConfig(importance="none"))
+        assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
+        prepare_model(model, MaskedDoRAConfig(importance="none", gqa="query_heads", alignment={"mlp": 8}))
+        assert get_state(model).group("heads", 0).num_units == 4
+    mlp_only = prepare_model(tiny_model("falcon"), MaskedDoRAConfig(importance="none", target_groups=("mlp",),
+                                                                    alignment={"mlp": 8}))
+    assert sorted(get_state(mlp_only).groups) == ["mlp_0", "mlp_1"]
 
 
 @pytest.mark.parametrize("family, wi", [("t5", "wi"), ("t5-gated", "wi_0")])
@@ -322,3 +408,20 @@ def test_a_model_type_with_config_dependent_layouts_picks_its_spec_by_the_config
     register_spec("t5", like="llama", replace=True)
     assert spec_for(tiny_config("t5-gated")).name == "t5"
     assert "t5" not in specs_module.SPECS["t5-encoder"].model_types + specs_module.SPECS["t5-gated-encoder"].model_types
+
+
+def test_query_heads_in_one_kv_group_follow_the_heads_alignment():
+    """With one KV head, gqa='query_heads' ranks the query heads of one partition in blocks of alignment['heads'],
+    and the save form prepare_model plans counts the same: 30% of 4 heads in blocks of 2 keeps 2 (not 3, which a
+    LlamaConfig of hidden 32 refuses), so the checkpoint is plain as planned."""
+    import transformers as t
+
+    config = tiny_config("llama")
+    config.num_key_value_heads = 1
+    model = t.LlamaForCausalLM(config)
+    prepare_model(model, MaskedDoRAConfig(importance="none", gqa="query_heads", alignment={"mlp": 8, "heads": 2},
+                                          target_sparsity={"mlp": 0.5, "heads": 0.3}))
+    assert get_state(model).save_form == "plain"
+    harden(model)
+    small = compact_model(model).config
+    assert (small.num_attention_heads, small.num_key_value_heads) == (2, 1) and not hasattr(small, LAYER_SIZES_KEY)

@@ -9,7 +9,7 @@ from masked_dora.models import (MaskedDoRAConfig, SparsityController, compact_mo
 from masked_dora.models.compact import LAYER_SIZES_KEY
 from masked_dora.models.importance import importance_scores
 
-from tiny_models import FAMILIES, output_tensor, randomize_adapters, tiny_inputs, tiny_model
+from tiny_models import FAMILIES, ONE_KV_HEAD, output_tensor, randomize_adapters, tiny_inputs, tiny_model
 
 DECODERS = ("llama", "mistral", "qwen2")
 
@@ -36,8 +36,8 @@ def _harden_and_compact(model):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("gqa", ["kv_groups", "query_heads"])
 def test_pruned_model_equals_masked_model(family, gqa):
-    if family == "phi3" and gqa == "query_heads":  # its fused qkv_proj cannot lose query heads alone
-        with pytest.raises(ValueError, match="'query_heads' needs separate q/k/v projections"):
+    if family in ONE_KV_HEAD and gqa == "kv_groups":  # the only KV group always stays: an error, not a no-op
+        with pytest.raises(ValueError, match="one KV head for its 4 query heads.*use gqa='query_heads'"):
             _prepared(family, kind="lm", gqa=gqa)
         return
     model = _prepared(family, kind="lm", gqa=gqa)

@@ -8,7 +8,7 @@ from masked_dora.models import GroupMask, MaskedDoRAConfig, get_state, prepare_m
 from masked_dora.models.specs import find_layers, head_layout
 from masked_dora.nn import MaskedDoRALinear
 
-from tiny_models import FAMILIES, GQA_DECODERS, output_tensor, tiny_inputs, tiny_model
+from tiny_models import FAMILIES, kv_heads, output_tensor, prune_kwargs, tiny_inputs, tiny_model
 
 SMALL = dict(rank=4, alignment={"mlp": 8}, importance="none")
 
@@ -21,7 +21,7 @@ def test_spec_finds_layers_and_heads(family):
     assert len(layers) == 2
     hl = head_layout(model.config, spec)
     assert (hl.heads, hl.head_dim) == (4, 8)
-    assert hl.kv_heads == (2 if family in GQA_DECODERS else 4)
+    assert hl.kv_heads == kv_heads(family)
 
 
 def test_unknown_architecture_names_what_is_missing():
@@ -40,7 +40,7 @@ def test_prepare_is_identity_with_every_unit_kept(family):
     inputs = tiny_inputs()
     with torch.no_grad():
         ref = output_tensor(model(**inputs))
-    prepare_model(model, MaskedDoRAConfig(**SMALL))
+    prepare_model(model, MaskedDoRAConfig(**SMALL, **prune_kwargs(family)))
     assert not model.training  # new modules follow the model's mode
     with torch.no_grad():
         out = output_tensor(model(**inputs))

@@ -8,14 +8,31 @@ import torch
 GQA_DECODERS = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "cohere", "granite", "phi",
                 "stablelm", "phi3", "cohere-qk-norm", "stablelm-qk-norm",
                 "mixtral", "qwen3_moe")  # mixtral, qwen3_moe: 4 experts, top-2
-FAMILIES = GQA_DECODERS + ("opt", "gpt_neox", "gpt2", "bert", "roberta", "xlm-roberta", "electra", "deberta-v2", "distilbert",
-                           "modernbert", "bart")
+# Falcon's fused query_key_value in each of its config's layouts: multi_query (the default, Falcon-7B: one KV head),
+# new_decoder_architecture (Falcon-40B: grouped by KV head, here 2 KV heads, with biases) and neither (Falcon-RW's
+# per-head layout and sequential attention/MLP, with rotary positions: its alibi refuses head pruning)
+FALCONS = ("falcon", "falcon-new", "falcon-rw")
+ONE_KV_HEAD = ("falcon",)  # multi-query: heads prune only as query heads (gqa="query_heads")
+FAMILIES = GQA_DECODERS + FALCONS + ("opt", "gpt_neox", "gpt2", "bert", "roberta", "xlm-roberta", "electra",
+                                     "deberta-v2", "distilbert", "modernbert", "bart")
 # families whose MLP prunes but whose heads cannot (the spec refuses them, see masked_dora.models.specs)
 MLP_ONLY_FAMILIES = ("olmo2", "t5", "t5-gated", "mt5")  # t5-gated: T5 v1.1 / Flan-T5's gated wi_0, wi_1
-DECODER_LMS = GQA_DECODERS + ("opt", "gpt_neox", "gpt2", "olmo2")  # causal LMs: generate() is checked on them
+DECODER_LMS = GQA_DECODERS + FALCONS + ("opt", "gpt_neox", "gpt2", "olmo2")  # causal LMs: generate() is checked
 # per-head q/k norms (cohere's use_qk_norm: weight rows (heads, head_dim); stablelm's qk_layernorm: one LayerNorm
 # per head), and the config flag that turns them on
 QK_NORM_FAMILIES = {"cohere-qk-norm": "use_qk_norm", "stablelm-qk-norm": "qk_layernorm"}
+
+
+def kv_heads(family: str) -> int:
+    """KV heads of the tiny ``family`` (4 query heads in every family)."""
+    if family in ONE_KV_HEAD:
+        return 1
+    return 2 if family in GQA_DECODERS + ("falcon-new",) else 4
+
+
+def prune_kwargs(family: str) -> dict:
+    """MaskedDoRAConfig settings a family's heads need: one KV head prunes only query heads."""
+    return {"gqa": "query_heads"} if family in ONE_KV_HEAD else {}
 
 
 def _classes(t, family):
@@ -38,6 +55,9 @@ def _classes(t, family):
         "phi3": ("Phi3Config", "Phi3Model", "Phi3ForCausalLM"),
         "mixtral": ("MixtralConfig", "MixtralModel", "MixtralForCausalLM"),
         "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeModel", "Qwen3MoeForCausalLM"),
+        "falcon": ("FalconConfig", "FalconModel", "FalconForCausalLM"),
+        "falcon-new": ("FalconConfig", "FalconModel", "FalconForCausalLM"),
+        "falcon-rw": ("FalconConfig", "FalconModel", "FalconForCausalLM"),
         "opt": ("OPTConfig", "OPTModel", "OPTForCausalLM"),
         "gpt_neox": ("GPTNeoXConfig", "GPTNeoXModel", "GPTNeoXForCausalLM"),
         "gpt2": ("GPT2Config", "GPT2Model", "GPT2LMHeadModel"),
@@ -59,7 +79,7 @@ def _classes(t, family):
 
 
 def tiny_config(family: str):
-    """A tiny config of ``family``: 2 layers, hidden 32, 4 heads of 8 (2 KV heads for GQA decoders), MLP 64."""
+    """A tiny config of ``family``: 2 layers, hidden 32, 4 heads of 8 (:func:`kv_heads` KV heads), MLP 64."""
     import transformers as t
 
     cfg_cls, _, _ = _classes(t, family)
@@ -78,6 +98,11 @@ def tiny_config(family: str):
             extra = {QK_NORM_FAMILIES[family]: True}
         return cfg_cls(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
                        **extra, **common)
+    if family in FALCONS:
+        layout = {"falcon": {}, "falcon-new": dict(new_decoder_architecture=True, num_kv_heads=2, bias=True),
+                  "falcon-rw": dict(multi_query=False, parallel_attn=False, bias=True)}[family]
+        return cfg_cls(hidden_size=32, ffn_hidden_size=64, num_attention_heads=4, hidden_dropout=0.0,
+                       attention_dropout=0.0, **layout, **common)
     if family == "opt":
         return cfg_cls(hidden_size=32, ffn_dim=64, num_attention_heads=4, word_embed_proj_dim=32, dropout=0.0,
                        **common)

@@ -128,11 +128,12 @@ def _compact_weights(model: nn.Module):
             w, b = _merged(mods["qkv"])
             rows = _idx(mods["qkv"].keep_mask()).to(w.device)
             repl[prefix + paths["qkv"]] = (w[rows], None if b is None else b[rows])
-            cols = _idx(group.hard()[group.index("output")])
+            cols = _idx(group.per_channel("output", group.hard()))
             w, b = _merged(mods["output"])
             repl[prefix + paths["output"]] = (w[:, cols.to(w.device)], b)
-            kv = int(group.hard().sum())
-            sizes[i]["heads"], sizes[i]["kv_heads"] = kv * group.unit_size, kv
+            # the kept rows are the kept query heads' and 2 x the kept KV heads' (whole KV groups, or all of them)
+            hd = sizes[i]["head_dim"]
+            sizes[i]["heads"], sizes[i]["kv_heads"] = cols.numel() // hd, (rows.numel() - cols.numel()) // (2 * hd)
         elif "heads" in state.config.target_groups:
             paths = role_paths(spec, "heads")
             mods = block_modules(block, spec, ("heads",))["heads"]
@@ -209,9 +210,10 @@ def _new_linear(block: nn.Module, path: str, in_features: int, out_features: int
     parent = block.get_submodule(parent_path) if parent_path else block
     if is_conv1d(old):
         new = type(old)(out_features, in_features).to(device=old.weight.device, dtype=old.weight.dtype)
-    else:
-        new = nn.Linear(in_features, out_features, bias=old.bias is not None, device=old.weight.device,
-                        dtype=old.weight.dtype)
+    else:  # an nn.Linear subclass with nn.Linear's constructor (Falcon's FalconLinear) keeps its class
+        cls = type(old) if type(old).__init__ is nn.Linear.__init__ else nn.Linear
+        new = cls(in_features, out_features, bias=old.bias is not None, device=old.weight.device,
+                  dtype=old.weight.dtype)
     setattr(parent, name, new)
 
 

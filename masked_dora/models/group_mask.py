@@ -6,10 +6,14 @@ Member layers (:class:`~masked_dora.nn.MaskedDoRALinear`) read their
 per-channel ``z`` through a :class:`MaskView` (``z_unit[index]``, e.g. a head's
 ``z`` repeated ``head_dim`` times); a consumer whose *input* must be gated (the
 output projection when query heads are pruned inside KV groups) gets an
-:class:`InputGate` forward pre-hook. In training the gate is sampled once per
-model forward, by the model's pre-hook (:meth:`GroupMask.draw_sample`) before
-any block runs: q, k and v of one head see the same sample, and activation
-checkpointing recomputes a block with that same sample.
+:class:`InputGate` forward pre-hook. A channel that no unit gates has the index
+:data:`ALWAYS_KEPT` and reads ``z = 1``: the K/V rows of a fused q/k/v projection
+whose units are query heads (``gqa="query_heads"``), which share the layer with
+gated q rows and so cannot be a separate, fully kept member. In training the
+gate is sampled once per model forward, by the model's pre-hook
+(:meth:`GroupMask.draw_sample`) before any block runs: q, k and v of one head
+see the same sample, and activation checkpointing recomputes a block with that
+same sample.
 """
 
 from __future__ import annotations
@@ -23,14 +27,16 @@ from ..masks.gates import make_gate
 from ..nn import MaskedDoRALinear
 from ..nn.norm_cache import is_regathered
 
+ALWAYS_KEPT = -1  # the unit index of a member channel that no unit gates (z = 1, kept at compaction)
+
 
 class GroupMask(nn.Module):
     """Mask logits and gate of one coupled group.
 
     ``num_units`` logits; ``partitions`` equal, contiguous partitions of the
     units inside which hardening keeps the same count (``> 1`` for query
-    heads inside KV groups, and for the experts of an MoE block). ``indices`` maps a member role to the unit index of
-    each of its channels (a non-persistent buffer per role).
+    heads inside KV groups, and for the experts of an MoE block). ``indices`` maps a member role to the unit
+    index of each of its channels (a non-persistent buffer per role), or :data:`ALWAYS_KEPT`.
     """
 
     def __init__(self, kind: str, layer: int, num_units: int, indices: Dict[str, Tensor], gate: str = "hard_concrete",
@@ -46,9 +52,13 @@ class GroupMask(nn.Module):
         self.register_buffer("mask_fixed", torch.zeros((), dtype=torch.bool))
         self.roles = tuple(indices)
         for role, index in indices.items():
-            if index.dtype != torch.long or index.dim() != 1 or index.min() < 0 or index.max() >= num_units:
-                raise ValueError(f"indices[{role!r}]: expected a 1-D int64 tensor of unit indices in [0, {num_units})")
+            if (index.dtype != torch.long or index.dim() != 1 or index.min() < ALWAYS_KEPT or index.max() >= num_units
+                    or bool((index == ALWAYS_KEPT).all())):
+                raise ValueError(f"indices[{role!r}]: expected a 1-D int64 tensor of unit indices in [0, {num_units}) "
+                                 f"or ALWAYS_KEPT ({ALWAYS_KEPT}), at least one gated")
             self.register_buffer(f"index_{role}", index.clone(), persistent=False)
+        # roles with channels no unit gates: their per-channel reads append a kept pseudo-unit (index -1)
+        self._partly_gated = frozenset(role for role, index in indices.items() if bool((index == ALWAYS_KEPT).any()))
         self._sample: Optional[Tensor] = None
         self._probe: Optional[Tensor] = None
         self._planned: Optional[Tensor] = None   # budget="exact": this forward's top-k plan (bool)
@@ -57,6 +67,14 @@ class GroupMask(nn.Module):
         if role not in self.roles:
             raise KeyError(f"role: expected one of {self.roles}, got {role!r}")
         return getattr(self, f"index_{role}")
+
+    def per_channel(self, role: str, per_unit: Tensor) -> Tensor:
+        """``per_unit`` (``z``, a hard decision, ...: one entry per unit) read at each channel of ``role``; an
+        :data:`ALWAYS_KEPT` channel reads 1 (``True``)."""
+        index = self.index(role)
+        if role in self._partly_gated:  # index -1 picks the appended pseudo-unit
+            per_unit = torch.cat([per_unit, per_unit.new_ones(1)])
+        return per_unit[index]
 
     # ---------------------------------------------------------------- values
 
@@ -140,17 +158,18 @@ class GroupMask(nn.Module):
 
 
 class MaskView:
-    """A member layer's window on a :class:`GroupMask`: ``z_channel = z_unit[index(role)]``."""
+    """A member layer's window on a :class:`GroupMask`: ``z_channel = z_unit[index(role)]`` (1 where
+    :data:`ALWAYS_KEPT`)."""
 
     def __init__(self, group: GroupMask, role: str):
         group.index(role)  # validates the role
         self.group, self.role = group, role
 
     def gate_values(self) -> Tensor:
-        return self.group.values()[self.group.index(self.role)]
+        return self.group.per_channel(self.role, self.group.values())
 
     def keep_mask(self) -> Tensor:
-        return self.group.hard()[self.group.index(self.role)]
+        return self.group.per_channel(self.role, self.group.hard())
 
 
 class InputGate:
@@ -162,7 +181,7 @@ class InputGate:
 
     def __call__(self, module: nn.Module, args):
         x = args[0]
-        z = self.group.values()[self.group.index(self.role)].to(x.dtype)
+        z = self.group.per_channel(self.role, self.group.values()).to(x.dtype)
         return (x * z,) + tuple(args[1:])
 
 

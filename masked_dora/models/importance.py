@@ -22,6 +22,7 @@ from typing import Callable, Dict, Iterable, Optional
 import torch
 from torch import Tensor, nn
 
+from .group_mask import ALWAYS_KEPT
 from .prepare import get_state
 from .sparsity import plan_keep
 from .specs import block_modules, find_layers, is_consumer_role
@@ -41,9 +42,7 @@ def _is_consumer(group, role: str) -> bool:
 
 def _consumer_unit_index(group, role: str) -> Tensor:
     """Unit index of each input channel of a consumer of the group (o_proj's inputs are q's outputs)."""
-    if group.kind == "mlp":
-        return group.index(role)
-    return group.index("output" if "output" in group.roles else "query")
+    return group.index(role)
 
 
 def _consumers(model, group):
@@ -63,14 +62,13 @@ def magnitude_scores(model: nn.Module) -> Dict[str, Tensor]:
         for role, m in _members(model, group).items():
             w = m.weight.detach().double()
             if _is_consumer(group, role):
-                per = w.pow(2).sum(0)
-                index = _consumer_unit_index(group, role)
+                per, index = w.pow(2).sum(0), _consumer_unit_index(group, role)
             elif role in group.roles:
-                per = w.pow(2).sum(1)
-                index = group.index(role)
+                per, index = w.pow(2).sum(1), group.index(role)
             else:
                 continue
-            score += _scatter(per, index, group.num_units) / per.sum().clamp_min(1e-30)
+            gated = (index != ALWAYS_KEPT).to(per.device)  # a fused projection's K/V rows may follow no unit
+            score += _scatter(per[gated], index[gated.to(index.device)], group.num_units) / per.sum().clamp_min(1e-30)
         out[key] = score
     return out
 

@@ -3,7 +3,10 @@
 A masked-DoRA layer computes ``y = (x W0^T + s (x A^T) B^T) * (m z / n) + z b`` (``n`` the row norm of
 ``W0 + s B A``); PEFT's DoRA computes the same with ``z = 1``. So every layer exports exactly, pruned
 channels included: the magnitude becomes ``m * z`` and, where a pruned channel has a bias, the bias
-becomes ``z * b`` (saved with the adapter: PEFT's ``bias="lora_only"``). ``z`` is the layer's current
+becomes ``z * b`` (saved with the adapter: PEFT's ``bias="lora_only"``). Not expressible, so refused:
+query heads pruned inside KV groups (``gqa="query_heads"``), which are cut at the output projection's
+*input* (:class:`~masked_dora.models.group_mask.InputGate`; their KV heads stay, so the head's attention
+output is not zero by itself), and a DoRA adapter cannot zero a base weight's input columns. ``z`` is the layer's current
 hard decision, what eval mode computes: the learned gates' decision before :func:`harden`, the exact
 mask after it. The rank and scaling of each layer are kept (``rank_pattern``/``alpha_pattern`` where a
 layer differs from the config's), and so is ``lora_dropout`` (PEFT's meaning).
@@ -19,15 +22,26 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from typing import Dict
+from typing import Dict, List
 
 import torch
 from torch import nn
 
 from ..nn import MaskedDoRAExperts, MaskedDoRALinear
+from .group_mask import InputGate
 from .prepare import get_state
 
 PEFT_PREFIX = "base_model.model."
+
+
+def _inputs_cut(model: nn.Module) -> List[str]:
+    """Names of the layers whose input an :class:`InputGate` cuts now (some channel's hard decision is 0)."""
+    names = []
+    for name, module in model.named_modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, InputGate) and not bool(hook.group.per_channel(hook.role, hook.group.hard()).all()):
+                names.append(name)
+    return names
 
 
 def export_peft(model: nn.Module, save_directory: str) -> Dict[str, int]:
@@ -52,6 +66,13 @@ def export_peft(model: nn.Module, save_directory: str) -> Dict[str, int]:
                                   f"expert parameters only with plain LoRA (target_parameters; its ParamWrapper "
                                   f"refuses use_dora=True); keep them with save_training_state, or compact_model "
                                   f"and save_pretrained")
+    cut = _inputs_cut(model)
+    if cut:
+        raise NotImplementedError(f"model: query heads pruned inside KV groups (gqa='query_heads') are cut at the "
+                                  f"input of {cut[0]}" + (f" and {len(cut) - 1} more" if len(cut) > 1 else "")
+                                  + ", which a PEFT DoRA adapter cannot express (it cannot zero input columns of a "
+                                  "base weight): the loaded adapter would compute other outputs. Use compact_model "
+                                  "for the pruned model, or prune with gqa='kv_groups'")
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, MaskedDoRALinear)]
     # GPT-2's Conv1D layers (wrapped as linear maps by prepare_model): PEFT's fan_in_fan_out, same A, B, m
     conv1d = {bool(getattr(m, "from_conv1d", False)) for _, m in layers}

@@ -17,10 +17,10 @@ from torch import Tensor, nn
 
 from ..nn import MaskedDoRAExperts, MaskedDoRALinear
 from .config import MaskedDoRAConfig
-from .group_mask import ForwardMasks, GroupMask, InputGate, MaskView
-from .specs import (ModelSpec, block_modules, check_per_head_modules, expert_index, features, find_layers, head_layout,
-                    is_consumer_role, is_conv1d, mlp_width, num_experts, packed_experts, producer_index, role_paths,
-                    spec_for)
+from .group_mask import ALWAYS_KEPT, ForwardMasks, GroupMask, InputGate, MaskView
+from .specs import (QKV_LAYOUTS, HeadLayout, HeadSpec, ModelSpec, block_modules, check_per_head_modules, expert_index,
+                    features, find_layers, head_layout, is_consumer_role, is_conv1d, mlp_width, num_experts,
+                    packed_experts, producer_index, role_paths, spec_for)
 
 STATE_ATTR = "masked_dora"
 
@@ -144,66 +144,90 @@ def _mlp_group(block, i, spec, config, where) -> GroupMask:
     return group
 
 
+def _head_units(heads_spec: HeadSpec, hl: HeadLayout, by_kv: bool) -> Dict[str, Tensor]:
+    """``{role: unit index of each channel}`` of the head group: the q/k/v rows and the output's input columns.
+
+    Units are KV heads (``by_kv``: a KV head's query heads, key and value go with it) or query heads (the
+    key and value rows stay, :data:`ALWAYS_KEPT` where they share a fused projection with gated q rows;
+    separate k/v projections are no member of the group). A fused projection's rows are ordered by its
+    ``qkv_layout``: ``"blocks"`` [q | k | v]; ``"grouped"``, per KV head [its query heads | k | v];
+    ``"per_head"``, the grouped order with one query head per KV head ([q_h k_h v_h]).
+    """
+    hd, gs = hl.head_dim, hl.group_size
+    q_head = torch.arange(hl.heads * hd) // hd  # the query head of each q row, and of each output column
+    q_unit = q_head // gs if by_kv else q_head
+    kv_unit = torch.arange(hl.kv_heads * hd) // hd if by_kv else torch.full((hl.kv_heads * hd,), ALWAYS_KEPT)
+    units = {"output": q_unit}
+    if not heads_spec.qkv:
+        units["query"] = q_unit
+        if by_kv:
+            units["key"] = units["value"] = kv_unit
+        return units
+    layout = heads_spec.qkv_layout
+    if layout == "blocks":
+        units["qkv"] = torch.cat([q_unit, kv_unit, kv_unit])
+    elif layout in ("grouped", "per_head"):
+        if layout == "per_head" and gs != 1:
+            raise ValueError(f"spec: qkv_layout='per_head' has one query head per KV head, the config has {gs}; "
+                             f"use qkv_layout='grouped'")
+        kv = kv_unit.view(hl.kv_heads, hd)
+        units["qkv"] = torch.cat([q_unit.view(hl.kv_heads, gs * hd), kv, kv], dim=1).flatten()
+    else:
+        raise ValueError(f"spec: qkv_layout expected one of {QKV_LAYOUTS}, got {layout!r}")
+    return units
+
+
+def _check_head_shapes(mods, paths, units, hl, where) -> None:
+    """Every member's channel count is the head layout's (rows of q/k/v, input columns of the output)."""
+    for role, m in mods.items():
+        side, attr = (0, "in_features") if role == "output" else (1, "out_features")
+        expected = units[role].numel() if role in units else hl.kv_heads * hl.head_dim  # k/v kept whole
+        if features(m)[side] != expected:
+            raise ValueError(f"model: {where}.{paths[role]}.{attr} is {features(m)[side]}, expected {expected} "
+                             f"({hl.heads} heads / {hl.kv_heads} KV heads x head_dim {hl.head_dim})")
+
+
 def _head_group(block, i, spec, config, model_config, where) -> Tuple[GroupMask, Optional[InputGate]]:
+    """The head group of one block: one unit per KV head (``gqa="kv_groups"``, or no GQA), else one per query
+    head with the same count kept in every KV group, the KV heads kept and the output's input gated."""
     hl = head_layout(model_config, spec)
     mods = block_modules(block, spec, ("heads",))["heads"]
     paths = role_paths(spec, "heads")
-    if spec.heads.qkv:
-        return _fused_head_group(block, i, spec, config, hl, mods, paths, where), None
-    expect = {"query": ("out_features", hl.heads), "key": ("out_features", hl.kv_heads),
-              "value": ("out_features", hl.kv_heads), "output": ("in_features", hl.heads)}
-    for role, (attr, heads) in expect.items():
-        if getattr(mods[role], attr) != heads * hl.head_dim:
-            raise ValueError(f"model: {where}.{paths[role]}.{attr} is {getattr(mods[role], attr)}, expected "
-                             f"{heads} heads x head_dim {hl.head_dim}")
-    q_head = torch.arange(hl.heads * hl.head_dim) // hl.head_dim
-    kv_head = torch.arange(hl.kv_heads * hl.head_dim) // hl.head_dim
     by_kv = config.gqa == "kv_groups" or hl.group_size == 1
-    if by_kv:  # one unit per KV head; its query heads follow it
-        indices = {"query": q_head // hl.group_size, "key": kv_head, "value": kv_head}
-        group = GroupMask("heads", i, hl.kv_heads, indices, gate=config.gate, mask_init=config.mask_init,
+    units = _head_units(spec.heads, hl, by_kv)
+    _check_head_shapes(mods, paths, units, hl, where)
+    if by_kv:
+        group = GroupMask("heads", i, hl.kv_heads, units, gate=config.gate, mask_init=config.mask_init,
                           unit_size=hl.group_size)
-        gated = ("query", "key", "value")
-    else:  # one unit per query head, the same count kept in every KV group
-        indices = {"query": q_head, "output": q_head}
-        group = GroupMask("heads", i, hl.heads, indices, gate=config.gate, mask_init=config.mask_init,
+    else:
+        group = GroupMask("heads", i, hl.heads, units, gate=config.gate, mask_init=config.mask_init,
                           partitions=hl.kv_heads)
-        gated = ("query",)
-    input_gate = None
     for role, m in mods.items():
         layer = _wrap(block, paths[role], m, config, where)
-        if role in gated:
+        if role in units and role != "output":
             layer.set_mask_source(MaskView(group, role))
-        else:
+        else:  # the output (its columns go at compaction) and separate k/v kept whole
             _keep_all(layer)
-    if not by_kv:  # the KV heads stay, so a pruned query head must be cut at o_proj's input
+    input_gate = None
+    if not by_kv:  # the KV heads stay, so a pruned query head must be cut at the output's input
         input_gate = InputGate(group, "output")
         block.get_submodule(paths["output"]).register_forward_pre_hook(input_gate)
     return group, input_gate
 
 
-def _fused_head_group(block, i, spec, config, hl, mods, paths, where) -> GroupMask:
-    """Heads of a fused q/k/v projection: one unit per KV head (its query heads, key and value with it)."""
-    if config.gqa == "query_heads" and hl.group_size > 1:
-        raise ValueError("config.gqa: 'query_heads' needs separate q/k/v projections; this family fuses them "
-                         f"({where}.{paths['qkv']}): use gqa='kv_groups'")
-    hd, gs = hl.head_dim, hl.group_size
-    if spec.heads.qkv_layout == "per_head":  # [q_h k_h v_h] for each head h (no GQA)
-        rows = torch.arange(hl.heads * 3 * hd) // (3 * hd)
-    else:  # [q | k | v]
-        q_unit = torch.arange(hl.heads * hd) // hd // gs
-        kv_unit = torch.arange(hl.kv_heads * hd) // hd
-        rows = torch.cat([q_unit, kv_unit, kv_unit])
-    expect = {"qkv": (1, "out_features", rows.numel()), "output": (0, "in_features", hl.heads * hd)}
-    for role, (side, attr, size) in expect.items():
-        if features(mods[role])[side] != size:
-            raise ValueError(f"model: {where}.{paths[role]}.{attr} is {features(mods[role])[side]}, expected {size} "
-                             f"({hl.heads} heads / {hl.kv_heads} KV heads x head_dim {hd})")
-    indices = {"qkv": rows, "output": torch.arange(hl.heads * hd) // hd // gs}
-    group = GroupMask("heads", i, hl.kv_heads, indices, gate=config.gate, mask_init=config.mask_init, unit_size=gs)
-    _wrap(block, paths["qkv"], mods["qkv"], config, where).set_mask_source(MaskView(group, "qkv"))
-    _keep_all(_wrap(block, paths["output"], mods["output"], config, where))
-    return group
+def _refuse_heads_kv_groups_cannot_prune(spec: ModelSpec, config: MaskedDoRAConfig, model_config) -> None:
+    """One KV head shared by several query heads (multi-query attention, Falcon-7B) with ``gqa="kv_groups"``:
+    the only KV group is every head and always stays, so no head could ever go. An error rather than a
+    rounding warning (nothing of the target is reachable), and no silent switch to ``gqa="query_heads"``,
+    which prunes something else (query heads, the KV head kept) and which the user picks knowingly."""
+    if "heads" not in config.target_groups or config.gqa != "kv_groups" or config.target_sparsity["heads"] == 0:
+        return
+    hl = head_layout(model_config, spec)
+    if hl.kv_heads == 1 and hl.group_size > 1:
+        raise ValueError(f"config.gqa: this {model_config.model_type!r} model has one KV head for its {hl.heads} "
+                         f"query heads (multi-query attention), so gqa='kv_groups' can prune no head (the only KV "
+                         f"group always stays); use gqa='query_heads' (the same number of query heads leaves every "
+                         f"KV group, the KV head stays) or target_groups=('mlp',)")
 
 
 def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, calibration=None,
@@ -231,6 +255,7 @@ def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, c
             others = tuple(k for k in config.target_groups if k != kind)
             raise ValueError(f"config.target_groups: {kind!r} cannot be pruned in a {model.config.model_type!r} "
                              f"model: {reason}. Prune the rest only: target_groups={others}")
+    _refuse_heads_kv_groups_cannot_prune(spec, config, model.config)
     layers_path, layers = find_layers(model, spec)
     for i, block in enumerate(layers):  # check every block before changing anything
         kinds = config.target_groups

@@ -40,7 +40,8 @@ def planned_sizes(model: nn.Module, spec: ModelSpec, config) -> List[Dict[str, i
                 kv = uniform_count(hl.kv_heads, 1, config.target_sparsity["heads"], config.alignment["heads"])
                 size.update(kv_heads=kv, heads=kv * hl.group_size)
             else:  # one unit per query head, the same count in every KV group; the KV heads stay
-                size["heads"] = uniform_count(hl.heads, hl.kv_heads, config.target_sparsity["heads"], 1)
+                size["heads"] = uniform_count(hl.heads, hl.kv_heads, config.target_sparsity["heads"],
+                                              config.alignment["heads"])
     return sizes
 
 

@@ -41,6 +41,7 @@ from typing import Dict, List, Optional, Tuple
 from torch import Tensor, nn
 
 GROUP_KINDS = ("mlp", "heads")
+QKV_LAYOUTS = ("blocks", "grouped", "per_head")
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,12 @@ class HeadSpec:
     output: str
     heads_key: str  # config key of the number of query heads
     kv_heads_key: Optional[str] = None  # config key of the number of KV heads (None: no GQA in this family)
-    # a fused q/k/v projection (query/key/value then unused): its path and row layout, "blocks" ([q | k | v],
-    # Phi-3, ModernBERT) or "per_head" ([q_h k_h v_h] per head, GPT-NeoX; no GQA)
+    # the number of KV heads when the attention fixes it whatever the config says (Falcon's multi_query: 1, while
+    # its num_kv_heads defaults to the query heads); 0: from kv_heads_key
+    fixed_kv_heads: int = 0
+    # a fused q/k/v projection (query/key/value then unused): its path and row layout (QKV_LAYOUTS), "blocks"
+    # ([q | k | v], Phi-3, ModernBERT, Falcon-7B's multi-query), "grouped" (per KV head [its query heads | k | v],
+    # Falcon-40B's new decoder architecture) or "per_head" ([q_h k_h v_h] per head, GPT-NeoX, Falcon-RW; no GQA)
     qkv: str = ""
     qkv_layout: str = "blocks"
     head_dim_key: Optional[str] = None  # config key of an explicit head size (None: hidden // heads)
@@ -273,6 +278,24 @@ GPT2 = dict(  # Conv1D layers (weights stored transposed); fused c_attn, rows [q
                    attrs=(("num_heads", "heads"), ("split_size", "width")), qkv="attn.c_attn"),
 )
 
+FALCON_MLP = MLPSpec(producers=("mlp.dense_h_to_4h",), consumer="mlp.dense_4h_to_h", size_key="ffn_hidden_size")
+FALCON_HEADS = dict(query="", key="", value="", output="self_attention.dense", heads_key="num_attention_heads",
+                    attention="self_attention", qkv="self_attention.query_key_value",
+                    attrs=(("num_heads", "heads"), ("num_kv_heads", "kv_heads")))
+# Falcon's fused query_key_value follows its config (FalconAttention._split_heads); head_dim is hidden // heads
+FALCON_NEW = dict(  # new_decoder_architecture (Falcon-40B/180B): per KV head [its query heads | k | v]
+    layers=("h",), hidden_key="hidden_size", mlp=FALCON_MLP,
+    heads=HeadSpec(**FALCON_HEADS, kv_heads_key="num_kv_heads", qkv_layout="grouped"))
+FALCON_MULTI_QUERY = dict(  # multi_query (Falcon-7B): [q | k | v] with one KV head, whatever num_kv_heads says
+    layers=("h",), hidden_key="hidden_size", mlp=FALCON_MLP,
+    heads=HeadSpec(**FALCON_HEADS, fixed_kv_heads=1, qkv_layout="blocks"))
+FALCON_PER_HEAD = dict(  # neither (Falcon-RW): [q_h k_h v_h] per head, no GQA
+    layers=("h",), hidden_key="hidden_size", mlp=FALCON_MLP,
+    heads=HeadSpec(**FALCON_HEADS, qkv_layout="per_head"))
+FALCON_ALIBI = (("heads", "alibi", "with alibi its attention adds ALiBi biases whose slopes follow each head's index "
+                                   "and the head count (build_alibi_tensor), so the kept heads of a smaller model would "
+                                   "get other slopes"),)
+
 T5_ENCODER = dict(  # the encoder stack of T5 v1.0 (DenseReluDense.wi)
     layers=("encoder.block",),
     hidden_key="d_model",
@@ -312,6 +335,12 @@ SPECS: Dict[str, ModelSpec] = {
     "modernbert": ModelSpec(name="modernbert", model_types=("modernbert",), **MODERNBERT),
     "gpt_neox": ModelSpec(name="gpt_neox", model_types=("gpt_neox",), **GPT_NEOX),
     "gpt2": ModelSpec(name="gpt2", model_types=("gpt2",), **GPT2),
+    "falcon-new": ModelSpec(name="falcon-new", model_types=("falcon",), **FALCON_NEW, unsupported=FALCON_ALIBI,
+                            when=(("new_decoder_architecture", True),)),
+    "falcon": ModelSpec(name="falcon", model_types=("falcon",), **FALCON_MULTI_QUERY, unsupported=FALCON_ALIBI,
+                        when=(("new_decoder_architecture", False), ("multi_query", True))),
+    "falcon-rw": ModelSpec(name="falcon-rw", model_types=("falcon",), **FALCON_PER_HEAD, unsupported=FALCON_ALIBI,
+                           when=(("new_decoder_architecture", False), ("multi_query", False))),
     "opt": ModelSpec(name="opt", model_types=("opt",), **OPT),
     "bert": ModelSpec(name="bert", model_types=("bert", "roberta", "xlm-roberta", "electra"), **BERT_STYLE),
     "deberta-v2": ModelSpec(name="deberta-v2", model_types=("deberta-v2",), **DEBERTA_V2),
@@ -461,7 +490,7 @@ def head_layout(config, spec: ModelSpec) -> HeadLayout:
     if heads is None:
         raise ValueError(f"spec {spec.name!r}: config has no {hs.heads_key!r}")
     kv = getattr(config, hs.kv_heads_key, None) if hs.kv_heads_key else None
-    kv = heads if kv is None else kv
+    kv = hs.fixed_kv_heads or (heads if kv is None else kv)
     hd = getattr(config, hs.head_dim_key, None) if hs.head_dim_key else None
     if hd is None:
         hd = getattr(config, spec.hidden_key) // heads
