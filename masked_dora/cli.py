@@ -191,7 +191,8 @@ def run_prune(args) -> dict:
     from .models.lm_task import build_lm_task
     from .models.textdata import load_texts, split_texts, stdlib_corpus
     from .models.report import plot_kept, report_paths, write_markdown
-    from .models.specs import find_layers, spec_for
+    from .models.blocks import find_layers
+    from .models.specs import spec_for
 
     groups = tuple(g.strip() for g in args.groups.split(",") if g.strip())
     sparsity = {"mlp": args.sparsity if args.mlp_sparsity is None else args.mlp_sparsity,

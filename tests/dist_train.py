@@ -25,7 +25,8 @@ import torch.distributed as dist
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from masked_dora.models import MaskedDoRAConfig, get_state, param_groups, prepare_model  # noqa: E402
-from masked_dora.models.specs import find_layers, spec_for  # noqa: E402
+from masked_dora.models.blocks import find_layers  # noqa: E402
+from masked_dora.models.specs import spec_for  # noqa: E402
 from masked_dora.models.training import MaskTrainer, _AddPenalty  # noqa: E402
 from tiny_models import randomize_adapters, tiny_model  # noqa: E402
 

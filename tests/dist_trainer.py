@@ -33,7 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from masked_dora.models import (MaskedDoRACallback, MaskedDoRAConfig, get_state, param_groups,  # noqa: E402
                                 prepare_model)
-from masked_dora.models.specs import find_layers, spec_for  # noqa: E402
+from masked_dora.models.blocks import find_layers  # noqa: E402
+from masked_dora.models.specs import spec_for  # noqa: E402
 from masked_dora.models.training import loss_takes_num_items  # noqa: E402
 from tiny_models import randomize_adapters, tiny_model  # noqa: E402
 

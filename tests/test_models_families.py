@@ -295,7 +295,7 @@ def test_fused_rows_follow_their_units(family, gqa):
     q/k/v rows by their KV head (gqa='kv_groups') or, by query head, the q rows only (gqa='query_heads': the
     K/V rows are always kept), in every layout (blocks, per head, grouped by KV head); a kept row set compacts
     to the layout the smaller model reads."""
-    from masked_dora.models.specs import role_paths
+    from masked_dora.models.blocks import role_paths
 
     model = prepare_model(tiny_model(family, kind="lm"), MaskedDoRAConfig(rank=2, importance="magnitude", gqa=gqa,
                                                                           alignment={"mlp": 8}, target_sparsity=0.5))
@@ -321,7 +321,7 @@ def test_falcon_spec_follows_its_config_and_keeps_falcon_linear():
     """Falcon's query_key_value layout follows its config: new_decoder_architecture (grouped by KV head),
     multi_query (one KV head whatever num_kv_heads says), neither (per head). Its compacted layers stay
     FalconLinear (its own matmul-then-bias forward), and their attention gets the kept head counts."""
-    from masked_dora.models.specs import head_layout
+    from masked_dora.models.blocks import head_layout
 
     expected = {"falcon": ("falcon", 1), "falcon-new": ("falcon-new", 2), "falcon-rw": ("falcon-rw", 4)}
     for family, (name, kv) in expected.items():

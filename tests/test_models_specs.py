@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from masked_dora.models import GroupMask, MaskedDoRAConfig, get_state, prepare_model, spec_for
-from masked_dora.models.specs import find_layers, head_layout
+from masked_dora.models.blocks import find_layers, head_layout
 from masked_dora.nn import MaskedDoRALinear
 
 from tiny_models import FAMILIES, kv_heads, output_tensor, prune_kwargs, tiny_inputs, tiny_model

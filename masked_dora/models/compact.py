@@ -33,10 +33,10 @@ import torch
 from torch import nn
 
 from ..nn import MaskedDoRALinear
+from .blocks import (block_modules, features, find_layers, has_experts, head_layout, is_consumer_role, is_conv1d,
+                     mlp_width, num_experts, packed_experts, per_head_modules, producer_index, role_paths)
 from .prepare import STATE_ATTR, get_state
-from .specs import (ModelSpec, block_modules, features, find_layers, has_experts, head_layout, is_consumer_role,
-                    is_conv1d, mlp_width, num_experts, packed_experts, per_head_modules, producer_index, role_paths,
-                    spec_for)
+from .specs import ModelSpec, spec_for
 
 LAYER_SIZES_KEY = "masked_dora_layer_sizes"
 

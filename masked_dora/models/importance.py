@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from .group_mask import ALWAYS_KEPT
 from .prepare import get_state
 from .sparsity import plan_keep
-from .specs import block_modules, find_layers, is_consumer_role
+from .blocks import block_modules, find_layers, is_consumer_role
 
 METHODS = ("magnitude", "taylor", "activation")
 

@@ -6,7 +6,8 @@ channels included: the magnitude becomes ``m * z`` and, where a pruned channel h
 becomes ``z * b`` (saved with the adapter: PEFT's ``bias="lora_only"``). Not expressible, so refused:
 query heads pruned inside KV groups (``gqa="query_heads"``), which are cut at the output projection's
 *input* (:class:`~masked_dora.models.group_mask.InputGate`; their KV heads stay, so the head's attention
-output is not zero by itself), and a DoRA adapter cannot zero a base weight's input columns. ``z`` is the layer's current
+output is not zero by itself), and a DoRA adapter cannot zero a base weight's input columns; and MoE
+experts (PEFT's adapters on packed expert parameters are LoRA only). ``z`` is the layer's current
 hard decision, what eval mode computes: the learned gates' decision before :func:`harden`, the exact
 mask after it. The rank and scaling of each layer are kept (``rank_pattern``/``alpha_pattern`` where a
 layer differs from the config's), and so is ``lora_dropout`` (PEFT's meaning).

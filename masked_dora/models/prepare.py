@@ -16,11 +16,12 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import MaskedDoRAExperts, MaskedDoRALinear
+from .blocks import (HeadLayout, block_modules, check_per_head_modules, expert_index, features, find_layers,
+                     head_layout, is_consumer_role, is_conv1d, mlp_width, num_experts, packed_experts, producer_index,
+                     role_paths)
 from .config import MaskedDoRAConfig
 from .group_mask import ALWAYS_KEPT, ForwardMasks, GroupMask, InputGate, MaskView
-from .specs import (QKV_LAYOUTS, HeadLayout, HeadSpec, ModelSpec, block_modules, check_per_head_modules, expert_index,
-                    features, find_layers, head_layout, is_consumer_role, is_conv1d, mlp_width, num_experts,
-                    packed_experts, producer_index, role_paths, spec_for)
+from .specs import QKV_LAYOUTS, HeadSpec, ModelSpec, spec_for
 
 STATE_ATTR = "masked_dora"
 

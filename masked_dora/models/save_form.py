@@ -18,7 +18,8 @@ from typing import Dict, List, Optional, Tuple
 
 from torch import nn
 
-from .specs import ModelSpec, find_layers, head_layout
+from .blocks import find_layers, head_layout
+from .specs import ModelSpec
 
 
 def planned_sizes(model: nn.Module, spec: ModelSpec, config) -> List[Dict[str, int]]:

@@ -20,7 +20,8 @@ from torch import nn
 from ..nn import MaskedDoRALinear
 from .config import MaskedDoRAConfig
 from .prepare import STATE_ATTR, get_state, is_prepared, prepare_model
-from .specs import find_layers, spec_for
+from .blocks import find_layers
+from .specs import spec_for
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "masked_dora_config.json"
@@ -169,7 +170,7 @@ def from_peft(peft_model: nn.Module, config: Optional[MaskedDoRAConfig] = None, 
 
 
 def _role_paths(spec, kind):
-    from .specs import role_paths
+    from .blocks import role_paths
 
     return role_paths(spec, kind).values()
 

@@ -1,0 +1,193 @@
+"""Reading a spec against a model: its block list, each block's group members, head layout and roles.
+
+:mod:`masked_dora.models.specs` says *what* a family's groups are (declarative tables); this module finds
+them in a model: the transformer blocks (:func:`find_layers`), the member modules of a group kind in one
+block (:func:`block_modules`, by role: ``producer<i>``/``consumer`` for the MLP, ``query``/``key``/``value``
+or ``qkv``/``output`` for the heads; an MoE block's roles carry ``_e<expert>``), the packed parameters of an
+MoE block before ``prepare_model`` wraps them (:func:`packed_experts`), the head counts a config describes
+(:func:`head_layout`) and the per-head modules (:func:`per_head_modules`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
+
+from torch import Tensor, nn
+
+from .specs import GROUP_KINDS, ModelSpec, PerHeadSpec
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2): a linear layer whose weight is stored transposed, (in, out)."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "nx")
+
+
+def features(module: nn.Module) -> Tuple[int, int]:
+    """``(in_features, out_features)`` of an ``nn.Linear`` or a ``Conv1D``."""
+    if is_conv1d(module):
+        return int(module.nx), int(module.nf)
+    return int(module.in_features), int(module.out_features)
+
+
+def _resolve(root: nn.Module, path: str, what: str) -> nn.Module:
+    try:
+        return root.get_submodule(path) if path else root
+    except AttributeError as exc:
+        raise ValueError(f"spec: {what} {path!r} is missing from {type(root).__name__}") from exc
+
+
+def find_layers(model: nn.Module, spec: ModelSpec) -> Tuple[str, nn.ModuleList]:
+    """The qualified name and the ModuleList of the model's transformer blocks."""
+    for suffix in spec.layers:
+        for name, module in model.named_modules():
+            if isinstance(module, nn.ModuleList) and (name == suffix or name.endswith("." + suffix)):
+                return name, module
+    raise ValueError(f"spec {spec.name!r}: no block list named like {list(spec.layers)} in "
+                     f"{type(model).__name__}")
+
+
+@dataclass
+class HeadLayout:
+    """Head counts of one attention module: ``heads`` query heads, ``kv_heads`` KV heads of ``head_dim``."""
+
+    heads: int
+    kv_heads: int
+    head_dim: int
+
+    @property
+    def group_size(self) -> int:
+        return self.heads // self.kv_heads
+
+
+def head_layout(config, spec: ModelSpec) -> HeadLayout:
+    """The (uniform) head layout a config describes."""
+    hs = spec.heads
+    heads = getattr(config, hs.heads_key, None)
+    if heads is None:
+        raise ValueError(f"spec {spec.name!r}: config has no {hs.heads_key!r}")
+    kv = getattr(config, hs.kv_heads_key, None) if hs.kv_heads_key else None
+    kv = hs.fixed_kv_heads or (heads if kv is None else kv)
+    hd = getattr(config, hs.head_dim_key, None) if hs.head_dim_key else None
+    if hd is None:
+        hd = getattr(config, spec.hidden_key) // heads
+    if heads % kv:
+        raise ValueError(f"config: {hs.heads_key}={heads} is not a multiple of {hs.kv_heads_key}={kv}")
+    return HeadLayout(int(heads), int(kv), int(hd))
+
+
+def per_head_modules(block: nn.Module, spec: ModelSpec, config) -> List[Tuple[PerHeadSpec, nn.Module]]:
+    """The per-head modules (``HeadSpec.per_head``) that a block of a model with ``config`` has, paths checked."""
+    return [(entry, _resolve(block, entry.path, "per-head module")) for entry in spec.heads.per_head
+            if entry.built_by(config)]
+
+
+def per_head_counts(entry: PerHeadSpec, module: nn.Module) -> List[int]:
+    """How many heads ``module`` holds, as its layout says: its ModuleList's length, or dim 0 of each parameter."""
+    if entry.modules:
+        return [len(getattr(module, entry.modules))]
+    return [int(p.shape[0]) for p in module.parameters(recurse=False)]
+
+
+def check_per_head_modules(block: nn.Module, spec: ModelSpec, config, where: str) -> None:
+    """Raise unless every per-head module of ``block`` holds one entry per head (query or KV, as it follows)."""
+    hl = head_layout(config, spec)
+    for entry, module in per_head_modules(block, spec, config):
+        expected = getattr(hl, entry.follows)
+        counts = per_head_counts(entry, module)
+        if not counts or any(n != expected for n in counts):
+            what = f"modules in .{entry.modules}" if entry.modules else "rows (dim 0 of its parameters)"
+            raise ValueError(f"spec {spec.name!r}: {where}.{entry.path} holds {counts} {what}; expected {expected}, "
+                             f"one per {'query' if entry.follows == 'heads' else 'KV'} head")
+
+
+def block_modules(block: nn.Module, spec: ModelSpec, kinds=GROUP_KINDS) -> Dict[str, Dict[str, nn.Module]]:
+    """``{kind: {role: module}}`` for one block, every path checked (a prepared block, for MoE experts: before
+    ``prepare_model`` they are packed parameters, see :func:`packed_experts`)."""
+    experts = num_experts(block, spec) if "mlp" in kinds else 0
+    return {kind: {role: _resolve(block, path, f"{kind} module")
+                   for role, path in role_paths(spec, kind, experts).items()}
+            for kind in kinds}
+
+
+def num_experts(block: nn.Module, spec: ModelSpec) -> int:
+    """The number of experts in ``block``'s MoE module (0 for a dense MLP)."""
+    if not spec.mlp.experts:
+        return 0
+    experts = _resolve(block, spec.mlp.experts, "mlp experts module")
+    count = getattr(experts, "num_experts", None)
+    if not isinstance(count, int) or count < 1:
+        raise ValueError(f"spec {spec.name!r}: the experts module {spec.mlp.experts!r} "
+                         f"({type(experts).__name__}) has no positive num_experts")
+    return count
+
+
+def packed_experts(block: nn.Module, spec: ModelSpec) -> Tuple[nn.Module, Tuple[Tensor, ...], Tensor]:
+    """``(experts module, (packed producer weights...), packed consumer weight)`` of an unprepared MoE block."""
+    module = _resolve(block, spec.mlp.experts, "mlp experts module")
+    names = tuple(spec.mlp.producers) + (spec.mlp.consumer,)
+    weights = [getattr(module, name, None) for name in names]
+    for name, w in zip(names, weights):
+        if not isinstance(w, Tensor) or w.dim() != 3:
+            raise ValueError(f"spec {spec.name!r}: expected a packed 3-D parameter {name!r} (experts, out, in) on "
+                             f"{type(module).__name__}, got {type(w).__name__}")
+    layout = {k: getattr(module, k) for k in ("is_transposed", "has_bias") if getattr(module, k, False)}
+    if layout or not getattr(module, "is_concatenated", True):
+        raise ValueError(f"spec {spec.name!r}: expected experts stored (experts, out, in), without bias, with "
+                         f"[gate | up] concatenated; {type(module).__name__} has {layout or 'interleaved gate/up'}")
+    return module, tuple(weights[:-1]), weights[-1]
+
+
+def is_consumer_role(role: str) -> bool:
+    """The MLP group's consumer role (``"consumer"``, or ``"consumer_e<e>"`` for expert ``e``)."""
+    return role == "consumer" or role.startswith("consumer_e")
+
+
+def expert_index(role: str) -> int:
+    """The expert of an MoE member role (``"..._e<e>"``); 0 for a dense MLP's roles."""
+    return int(role.rpartition("_e")[2]) if "_e" in role else 0
+
+
+def has_experts(block: nn.Module, spec: ModelSpec) -> bool:
+    """Whether ``block`` holds the spec's MoE experts module (Qwen3-MoE's ``mlp_only_layers`` hold a dense MLP)."""
+    try:
+        return bool(spec.mlp.experts) and block.get_submodule(spec.mlp.experts) is not None
+    except AttributeError:
+        return False
+
+
+def mlp_width(block: nn.Module, spec: ModelSpec) -> int:
+    """The MLP's inner width in ``block`` (one expert's, for an MoE block, prepared or not)."""
+    if spec.mlp.experts:
+        consumer = getattr(_resolve(block, spec.mlp.experts, "mlp experts module"), spec.mlp.consumer, None)
+        if isinstance(consumer, Tensor):  # packed (experts, out, in)
+            return int(consumer.shape[-1])
+        return features(consumer[0])[0]  # wrapped: one layer per expert
+    return features(block_modules(block, spec, ("mlp",))["mlp"]["consumer"])[0]
+
+
+def producer_index(role: str) -> int:
+    """The spec's producer number of a producer role (``"producer<i>"`` or ``"producer<i>_e<e>"``)."""
+    return int(role[len("producer"):].split("_")[0])
+
+
+def role_paths(spec: ModelSpec, kind: str, experts: int = 0) -> Dict[str, str]:
+    """``{role: path relative to the block}`` of a group kind (``experts``: the block's expert count, for an
+    MoE spec: roles ``producer<i>_e<e>`` and ``consumer_e<e>`` per expert)."""
+    if kind == "mlp":
+        if spec.mlp.experts:
+            roles = {}
+            for e in range(experts):
+                roles.update({f"producer{i}_e{e}": f"{spec.mlp.experts}.{p}.{e}"
+                              for i, p in enumerate(spec.mlp.producers)})
+                roles[f"consumer_e{e}"] = f"{spec.mlp.experts}.{spec.mlp.consumer}.{e}"
+            return roles
+        roles = {f"producer{i}": p for i, p in enumerate(spec.mlp.producers)}
+        roles["consumer"] = spec.mlp.consumer
+        return roles
+    if kind == "heads":
+        hs = spec.heads
+        if hs.qkv:
+            return {"qkv": hs.qkv, "output": hs.output}
+        return {"query": hs.query, "key": hs.key, "value": hs.value, "output": hs.output}
+    raise ValueError(f"kind: expected one of {GROUP_KINDS}, got {kind!r}")
