@@ -185,7 +185,7 @@ def run_prune(args) -> dict:
 
     from .models import (MaskedDoRAConfig, SparsityController, compact_model, harden, prepare_model,
                          save_training_state, train_masked)
-    from .models.compact import LAYER_SIZES_KEY, _original_sizes
+    from .models.compact import LAYER_SIZES_KEY, block_sizes
     from .models.distill import build_task
     from .models.embedding import count_parameters, latency_ms, tokenize_batches
     from .models.lm_task import build_lm_task
@@ -300,8 +300,8 @@ def run_prune(args) -> dict:
         "device": "CPU", "threads": torch.get_num_threads(), "quality": quality,
         "top1_accuracy_dense": quality[0].get("top1_accuracy_dense"),
         "perplexity_dense": quality[0].get("perplexity_dense"),
-        "layer_sizes": getattr(pruned.config, LAYER_SIZES_KEY, None) or _original_sizes(pruned, spec, pruned_layers),
-        "original_sizes": _original_sizes(dense, spec, dense_layers), "training_log": log,
+        "layer_sizes": getattr(pruned.config, LAYER_SIZES_KEY, None) or block_sizes(pruned, spec),
+        "original_sizes": block_sizes(dense, spec), "training_log": log,
         "checkpoint": paths["model"],
         "checkpoint_note": (f"a plain transformers checkpoint: "
                             f"`{'AutoModelForCausalLM' if objective == 'lm' else 'AutoModel'}.from_pretrained(path)`"

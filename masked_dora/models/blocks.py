@@ -11,7 +11,7 @@ MoE block before ``prepare_model`` wraps them (:func:`packed_experts`), the head
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
@@ -35,6 +35,39 @@ def _resolve(root: nn.Module, path: str, what: str) -> nn.Module:
         return root.get_submodule(path) if path else root
     except AttributeError as exc:
         raise ValueError(f"spec: {what} {path!r} is missing from {type(root).__name__}") from exc
+
+
+def stack_specs(spec: ModelSpec) -> Tuple[ModelSpec, ...]:
+    """The family's block stacks, in order: ``spec`` itself, then ``spec.stacks`` (an encoder-decoder's decoder)."""
+    return (spec,) + tuple(spec.stacks)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One transformer block of a model: its number across every stack (the groups' layer number), its qualified
+    name, the module and its stack's spec."""
+
+    index: int
+    path: str
+    module: nn.Module
+    spec: ModelSpec
+
+
+def model_blocks(model: nn.Module, spec: ModelSpec, stacks: Optional[Sequence[str]] = None) -> List[Block]:
+    """Every block of ``model``, stack after stack (the first stack is required; a further one the model lacks,
+    such as T5EncoderModel's decoder, is skipped). ``stacks``: the names of the stacks to return (``None``:
+    all); the indices count every stack the model has either way, so a block keeps its number."""
+    blocks = []
+    for i, stack in enumerate(stack_specs(spec)):
+        try:
+            path, layers = find_layers(model, stack)
+        except ValueError:
+            if i == 0:
+                raise
+            continue
+        start = len(blocks)
+        blocks += [Block(start + j, f"{path}.{j}", block, stack) for j, block in enumerate(layers)]
+    return [b for b in blocks if stacks is None or b.spec.stack in stacks]
 
 
 def find_layers(model: nn.Module, spec: ModelSpec) -> Tuple[str, nn.ModuleList]:

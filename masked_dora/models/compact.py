@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from ..nn import MaskedDoRALinear
-from .blocks import (block_modules, features, find_layers, has_experts, head_layout, is_consumer_role, is_conv1d,
-                     mlp_width, num_experts, packed_experts, per_head_modules, producer_index, role_paths)
+from .blocks import (block_modules, features, has_experts, head_layout, is_consumer_role, is_conv1d, mlp_width,
+                     model_blocks, num_experts, packed_experts, per_head_modules, producer_index, role_paths)
 from .prepare import STATE_ATTR, get_state
 from .specs import ModelSpec, spec_for
 
@@ -52,13 +52,17 @@ def _merged(module: nn.Module):
     return module.weight.detach().clone(), None if module.bias is None else module.bias.detach().clone()
 
 
-def _original_sizes(model, spec, layers) -> List[Dict[str, int]]:
-    hl = head_layout(model.config, spec)
-    # a block without the MoE spec's experts (Qwen3-MoE's mlp_only_layers; their MLP is never pruned) keeps the
-    # config's width
-    return [dict(intermediate=mlp_width(block, spec) if has_experts(block, spec) or not spec.mlp.experts
-                 else getattr(model.config, spec.mlp.size_key), heads=hl.heads, kv_heads=hl.kv_heads,
-                 head_dim=hl.head_dim) for block in layers]
+def block_sizes(model, spec) -> List[Dict[str, int]]:
+    """Per block (every stack the model has, in :func:`model_blocks` order): MLP width and head counts."""
+    sizes = []
+    for b in model_blocks(model, spec):
+        hl = head_layout(model.config, b.spec)
+        # a block without the MoE spec's experts (Qwen3-MoE's mlp_only_layers; their MLP is never pruned) keeps
+        # the config's width
+        width = (mlp_width(b.module, b.spec) if has_experts(b.module, b.spec) or not b.spec.mlp.experts
+                 else getattr(model.config, b.spec.mlp.size_key))
+        sizes.append(dict(intermediate=width, heads=hl.heads, kv_heads=hl.kv_heads, head_dim=hl.head_dim))
+    return sizes
 
 
 @torch.no_grad()
@@ -113,12 +117,10 @@ def _compact_weights(model: nn.Module):
     layers, the parameters compacted whole (an MoE block's packed experts, the kept heads' per-head parameters,
     :func:`_kept_per_head_params`) and the sizes."""
     state = get_state(model)
-    spec = state.spec
-    layers_path, layers = find_layers(model, spec)
-    sizes = _original_sizes(model, spec, layers)
+    sizes = block_sizes(model, state.spec)
     repl, params = {}, {}
-    for i, block in enumerate(layers):
-        prefix = f"{layers_path}.{i}."
+    for blk in state.blocks(model):
+        i, block, spec, prefix = blk.index, blk.module, blk.spec, blk.path + "."
         if "mlp" in state.config.target_groups:
             sizes[i]["intermediate"] = _compact_mlp(block, spec, state.group("mlp", i), prefix, repl, params)
         if "heads" in state.config.target_groups and spec.heads.qkv:
@@ -154,46 +156,59 @@ def _compact_weights(model: nn.Module):
     return repl, params, sizes
 
 
-def _set_plain_sizes(config, spec: ModelSpec, size: Dict[str, int]) -> None:
-    setattr(config, spec.mlp.size_key, size["intermediate"])
-    setattr(config, spec.heads.heads_key, size["heads"])
+def _plain_sizes(spec: ModelSpec, size: Dict[str, int]) -> Dict[str, int]:
+    """``{config key: value}`` that say one stack's (uniform) sizes."""
+    out = {spec.mlp.size_key: size["intermediate"], spec.heads.heads_key: size["heads"]}
     if spec.heads.kv_heads_key:
-        setattr(config, spec.heads.kv_heads_key, size["kv_heads"])
+        out[spec.heads.kv_heads_key] = size["kv_heads"]
     if spec.heads.head_dim_key:
-        setattr(config, spec.heads.head_dim_key, size["head_dim"])
+        out[spec.heads.head_dim_key] = size["head_dim"]
+    return out
 
 
-def plain_config_or_reason(config, spec: ModelSpec, original, sizes):
+def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes):
     """``(the smaller config of a plain checkpoint, None)``, or ``(None, why the config class cannot express
-    the sizes)``.
+    the sizes)``. ``stacks[i]``: the stack spec of block ``i`` (:func:`model_blocks`).
 
-    Besides non-uniform sizes and configs without ``head_dim``, the config's own validation decides: a
-    Llama with 32 query / 8 KV heads pruned by 25% keeps 24 heads, and transformers 5.x refuses a
-    ``hidden_size`` (4096) that is not a multiple of ``num_attention_heads`` (24) even with an explicit
-    ``head_dim`` (``save_pretrained`` raised after training). Such a model saves in the per-layer form.
+    A config holds one size per stack (its keys): the blocks of a stack must keep the same sizes, and two
+    stacks sharing a key (T5's ``d_ff``) the same MLP width. Besides non-uniform sizes and configs without
+    ``head_dim``, the config's own validation decides: a Llama with 32 query / 8 KV heads pruned by 25%
+    keeps 24 heads, and transformers 5.x refuses a ``hidden_size`` (4096) that is not a multiple of
+    ``num_attention_heads`` (24) even with an explicit ``head_dim`` (``save_pretrained`` raised after
+    training). Such a model saves in the per-layer form.
     """
-    if not all(s == sizes[0] for s in sizes):
-        return None, "the layers keep different sizes"
-    heads_changed = any((s["heads"], s["kv_heads"]) != (o["heads"], o["kv_heads"]) for s, o in zip(sizes, original))
-    if heads_changed and spec.heads.head_dim_key is None:
-        return None, (f"{type(config).__name__} derives the head size from {spec.hidden_key} / "
-                      f"{spec.heads.heads_key}, so it cannot describe pruned heads")
     plain = copy.deepcopy(config)
-    _set_plain_sizes(plain, spec, sizes[0])
+    values: Dict[str, int] = {}
+    for stack in dict.fromkeys(stacks):
+        mine = [i for i, s in enumerate(stacks) if s is stack]
+        if not all(sizes[i] == sizes[mine[0]] for i in mine):
+            return None, "the layers keep different sizes"
+        heads_changed = any((sizes[i]["heads"], sizes[i]["kv_heads"]) != (original[i]["heads"], original[i]["kv_heads"])
+                            for i in mine)
+        if heads_changed and stack.heads.head_dim_key is None:
+            return None, (f"{type(config).__name__} derives the head size from {stack.hidden_key} / "
+                          f"{stack.heads.heads_key}, so it cannot describe pruned heads")
+        for key, value in _plain_sizes(stack, sizes[mine[0]]).items():
+            if values.setdefault(key, value) != value:
+                return None, (f"{type(config).__name__}'s {key!r} sizes several stacks (the encoder and the decoder), "
+                              f"which keep different sizes")
+    for key, value in values.items():
+        setattr(plain, key, value)
     validate = getattr(plain, "validate", None)
     if callable(validate):
         try:
             validate()
         except Exception as exc:  # noqa: BLE001  (huggingface_hub StrictDataclassClassValidationError, ValueError)
-            return None, f"{type(config).__name__} refuses the pruned sizes: {str(exc).strip().splitlines()[-1].strip()}"
+            reason = str(exc).strip().splitlines()[-1].strip()
+            return None, f"{type(config).__name__} refuses the pruned sizes: {reason}"
     return plain, None
 
 
-def _plain_config(config, spec: ModelSpec, original, sizes, form: str = "auto"):
+def _plain_config(config, stacks, original, sizes, form: str = "auto"):
     """The plain config, or ``None`` (the per-layer form): as decided at ``prepare_model`` (``form``)."""
     if form == "per_layer":
         return None
-    plain, reason = plain_config_or_reason(config, spec, original, sizes)
+    plain, reason = plain_config_or_reason(config, stacks, original, sizes)
     if plain is None and form == "plain":
         warnings.warn(f"compact_model: prepare_model planned a plain checkpoint, but the hardened masks cannot be "
                       f"one ({reason}); it saves with per-layer sizes: load it with masked_dora.load_compact(path)",
@@ -279,12 +294,14 @@ def build_compact_model(model_class, config, dtype: Optional[torch.dtype] = None
     model = model_class(config)
     sizes = getattr(config, LAYER_SIZES_KEY, None)
     if sizes:
-        spec = spec_for(config)
-        _, layers = find_layers(model, spec)
-        if len(sizes) != len(layers):
-            raise ValueError(f"config.{LAYER_SIZES_KEY}: expected {len(layers)} entries, got {len(sizes)}")
-        for block, size in zip(layers, sizes):
-            resize_block(block, spec, size, config)
+        blocks = model_blocks(model, spec_for(config))
+        first = [b for b in blocks if b.spec is blocks[0].spec]
+        if len(sizes) == len(first) < len(blocks):  # written when only the first stack (the encoder) was pruned
+            blocks = first
+        if len(sizes) != len(blocks):
+            raise ValueError(f"config.{LAYER_SIZES_KEY}: expected {len(blocks)} entries, got {len(sizes)}")
+        for b, size in zip(blocks, sizes):
+            resize_block(b.module, b.spec, size, config)
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()
@@ -294,12 +311,11 @@ def build_compact_model(model_class, config, dtype: Optional[torch.dtype] = None
 def compact_model(model: nn.Module) -> nn.Module:
     """The compacted plain transformers model (``nn.Linear`` layers, smaller config); ``model`` is untouched."""
     state = get_state(model)
-    spec = state.spec
-    _, layers = find_layers(model, spec)
-    original = _original_sizes(model, spec, layers)
+    stacks = [b.spec for b in model_blocks(model, state.spec)]
+    original = block_sizes(model, state.spec)
     repl, params, sizes = _compact_weights(model)
     config = copy.deepcopy(model.config)
-    plain = _plain_config(config, spec, original, sizes, getattr(state, "save_form", "auto"))
+    plain = _plain_config(config, stacks, original, sizes, getattr(state, "save_form", "auto"))
     if plain is not None:
         config = plain
         if hasattr(config, LAYER_SIZES_KEY):

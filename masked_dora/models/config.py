@@ -62,6 +62,8 @@ class MaskedDoRAConfig:
       gradient (``d z / d theta`` of ``sigmoid(theta)``); no penalty, no
       controller, and the model always trains at the target sparsity. Units swap
       when their accumulated gradient evidence moves their logits past each other.
+    * ``stacks``: an encoder-decoder's block stacks to prune, by name (``("encoder",)``, ``("decoder",)``;
+      ``None``, the default: every stack the model has). Families with one stack have one, named ``""``.
     * ``save_form``: how the compacted model will be saved, decided by :func:`prepare_model` before any
       training (``MaskedDoRAState.save_form``). ``"auto"``: a plain transformers checkpoint where the
       config class can express the pruned sizes (uniform allocation; pruned heads only with an explicit
@@ -92,8 +94,16 @@ class MaskedDoRAConfig:
     lambda_2_init: float = 30.0
     budget: str = "lagrangian"
     save_form: str = "auto"
+    stacks: Optional[Tuple[str, ...]] = None
 
     def __post_init__(self):
+        if self.stacks is not None:
+            if isinstance(self.stacks, str):
+                self.stacks = (self.stacks,)
+            self.stacks = tuple(self.stacks)
+            if not self.stacks or not all(isinstance(n, str) for n in self.stacks):
+                raise ValueError(f"stacks: expected None or a non-empty tuple of stack names (e.g. ('encoder',)), "
+                                 f"got {self.stacks!r}")
         if isinstance(self.target_groups, str):
             self.target_groups = (self.target_groups,)
         self.target_groups = tuple(self.target_groups)
@@ -141,6 +151,8 @@ class MaskedDoRAConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["target_groups"] = list(self.target_groups)
+        if self.stacks is not None:
+            d["stacks"] = list(self.stacks)
         return d
 
     @classmethod

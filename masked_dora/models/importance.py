@@ -25,15 +25,15 @@ from torch import Tensor, nn
 from .group_mask import ALWAYS_KEPT
 from .prepare import get_state
 from .sparsity import plan_keep
-from .blocks import block_modules, find_layers, is_consumer_role
+from .blocks import block_modules, is_consumer_role
 
 METHODS = ("magnitude", "taylor", "activation")
 
 
 def _members(model, group):
     state = get_state(model)
-    _, layers = find_layers(model, state.spec)
-    return block_modules(layers[group.layer], state.spec, (group.kind,))[group.kind]
+    block = next(b for b in state.blocks(model) if b.index == group.layer)
+    return block_modules(block.module, block.spec, (group.kind,))[group.kind]
 
 
 def _is_consumer(group, role: str) -> bool:

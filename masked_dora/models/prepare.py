@@ -16,9 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import MaskedDoRAExperts, MaskedDoRALinear
-from .blocks import (HeadLayout, block_modules, check_per_head_modules, expert_index, features, find_layers,
-                     head_layout, is_consumer_role, is_conv1d, mlp_width, num_experts, packed_experts, producer_index,
-                     role_paths)
+from .blocks import (Block, HeadLayout, block_modules, check_per_head_modules, expert_index, features, head_layout,
+                     is_consumer_role, is_conv1d, mlp_width, model_blocks, num_experts, packed_experts,
+                     producer_index, role_paths, stack_specs)
 from .config import MaskedDoRAConfig
 from .group_mask import ALWAYS_KEPT, ForwardMasks, GroupMask, InputGate, MaskView
 from .specs import QKV_LAYOUTS, HeadSpec, ModelSpec, spec_for
@@ -29,10 +29,14 @@ STATE_ATTR = "masked_dora"
 class MaskedDoRAState(nn.Module):
     """What ``prepare_model`` adds to a model: the group masks and the settings that built them."""
 
-    def __init__(self, config: MaskedDoRAConfig, spec: ModelSpec, layers_path: str, num_layers: int):
+    def __init__(self, config: MaskedDoRAConfig, spec: ModelSpec):
         super().__init__()
-        self.config, self.spec, self.layers_path, self.num_layers = config, spec, layers_path, num_layers
+        self.config, self.spec = config, spec
         self.groups = nn.ModuleDict()
+
+    def blocks(self, model: nn.Module) -> List[Block]:
+        """The blocks of ``model`` whose groups this state holds (``config.stacks``), numbered across stacks."""
+        return model_blocks(model, self.spec, self.config.stacks)
 
     def group(self, kind: str, layer: int) -> GroupMask:
         return self.groups[f"{kind}_{layer}"]
@@ -251,45 +255,49 @@ def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, c
                          f"batches (dicts of model inputs); got None")
     spec = spec_for(model)
     for kind in config.target_groups:
-        reason = spec.refusal(kind, model.config)
+        reason = next((r for s in stack_specs(spec) if (r := s.refusal(kind, model.config)) is not None), None)
         if reason is not None:
             others = tuple(k for k in config.target_groups if k != kind)
             raise ValueError(f"config.target_groups: {kind!r} cannot be pruned in a {model.config.model_type!r} "
                              f"model: {reason}. Prune the rest only: target_groups={others}")
-    _refuse_heads_kv_groups_cannot_prune(spec, config, model.config)
-    layers_path, layers = find_layers(model, spec)
-    for i, block in enumerate(layers):  # check every block before changing anything
+    names = [s.stack for s in stack_specs(spec)]
+    if config.stacks is not None and not set(config.stacks) <= set(names):
+        raise ValueError(f"config.stacks: a {model.config.model_type!r} model has the stacks {names}, got "
+                         f"{list(config.stacks)}")
+    blocks = model_blocks(model, spec, config.stacks)
+    for stack in {b.spec.stack: b.spec for b in blocks}.values():
+        _refuse_heads_kv_groups_cannot_prune(stack, config, model.config)
+    for b in blocks:  # check every block before changing anything
         kinds = config.target_groups
-        if spec.mlp.experts and "mlp" in kinds:
-            packed_experts(block, spec)  # the experts' packed weights, wrapped whole by _mlp_group
+        if b.spec.mlp.experts and "mlp" in kinds:
+            packed_experts(b.module, b.spec)  # the experts' packed weights, wrapped whole by _mlp_group
             kinds = tuple(k for k in kinds if k != "mlp")
-        for kind, roles in block_modules(block, spec, kinds).items():
-            paths = role_paths(spec, kind)
+        for kind, roles in block_modules(b.module, b.spec, kinds).items():
+            paths = role_paths(b.spec, kind)
             for role, module in roles.items():
                 if not (isinstance(module, nn.Linear) or is_conv1d(module)):
                     kind_name = type(module).__name__
                     advice = ("merge or unload other adapters first; for PEFT LoRA/DoRA use masked_dora.from_peft"
                               if hasattr(module, "base_layer") else
                               "the spec must point at nn.Linear (or transformers Conv1D) projections")
-                    raise TypeError(f"model: expected an nn.Linear at {layers_path}.{i}.{paths[role]}, got "
+                    raise TypeError(f"model: expected an nn.Linear at {b.path}.{paths[role]}, got "
                                     f"{kind_name} ({advice})")
         if "heads" in config.target_groups:
-            check_per_head_modules(block, spec, model.config, f"{layers_path}.{i}")
+            check_per_head_modules(b.module, b.spec, model.config, b.path)
     from .save_form import decide_save_form
 
     # how the compacted model will be saved, decided (and refused, for save_form="plain") before any change
     save_form, save_form_reason = decide_save_form(model, spec, config)
     for p in model.parameters():
         p.requires_grad_(False)
-    state = MaskedDoRAState(config, spec, layers_path, len(layers))
+    state = MaskedDoRAState(config, spec)
     device = next(model.parameters()).device
-    for i, block in enumerate(layers):
-        where = f"{layers_path}.{i}"
+    for b in blocks:  # group keys number the blocks across stacks (an encoder-decoder's decoder follows)
         if "mlp" in config.target_groups:
-            state.groups[f"mlp_{i}"] = _mlp_group(block, i, spec, config, where)
+            state.groups[f"mlp_{b.index}"] = _mlp_group(b.module, b.index, b.spec, config, b.path)
         if "heads" in config.target_groups:
-            group, _ = _head_group(block, i, spec, config, model.config, where)
-            state.groups[f"heads_{i}"] = group
+            group, _ = _head_group(b.module, b.index, b.spec, config, model.config, b.path)
+            state.groups[f"heads_{b.index}"] = group
     if config.temperature is not None:
         state.set_temperature(config.temperature)
     setattr(model, STATE_ATTR, state.to(device))

@@ -18,22 +18,21 @@ from typing import Dict, List, Optional, Tuple
 
 from torch import nn
 
-from .blocks import find_layers, head_layout
+from .blocks import head_layout, model_blocks
 from .specs import ModelSpec
 
 
 def planned_sizes(model: nn.Module, spec: ModelSpec, config) -> List[Dict[str, int]]:
     """Per-layer sizes after :func:`~masked_dora.models.harden` with ``allocation="uniform"`` (the counts do
     not depend on the logits: :func:`~masked_dora.models.sparsity.uniform_count`, as ``harden`` plans them)."""
-    from .compact import _original_sizes
+    from .compact import block_sizes
     from .sparsity import uniform_count
 
-    _, layers = find_layers(model, spec)
-    sizes = _original_sizes(model, spec, layers)
-    hl = head_layout(model.config, spec)
-    by_kv = config.gqa == "kv_groups" or hl.group_size == 1
-    for size in sizes:
-        if "mlp" in config.target_groups:
+    sizes = block_sizes(model, spec)
+    for b in model_blocks(model, spec, config.stacks):  # the blocks prepare_model gives groups
+        size, hl = sizes[b.index], head_layout(model.config, b.spec)
+        by_kv = config.gqa == "kv_groups" or hl.group_size == 1
+        if "mlp" in config.target_groups:  # (an MoE block: per expert, each keeping the same count)
             size["intermediate"] = uniform_count(size["intermediate"], 1, config.target_sparsity["mlp"],
                                                  config.alignment["mlp"])
         if "heads" in config.target_groups:
@@ -51,19 +50,16 @@ def decide_save_form(model: nn.Module, spec: ModelSpec, config) -> Tuple[str, Op
 
     Called by ``prepare_model`` before it changes anything.
     """
-    from .compact import _original_sizes, plain_config_or_reason
+    from .compact import block_sizes, plain_config_or_reason
 
     if config.save_form == "per_layer":
         reason = "save_form='per_layer' was asked for"
-    elif spec.sizes_shared_with_other_stack:
-        reason = (f"{type(model.config).__name__}'s size keys also size the other stack (the decoder), which is not "
-                  f"pruned")
     elif config.allocation == "global":
         reason = "allocation='global' gives every layer its own sizes"
     else:
-        _, layers = find_layers(model, spec)
-        original = _original_sizes(model, spec, layers)
-        _, reason = plain_config_or_reason(model.config, spec, original, planned_sizes(model, spec, config))
+        stacks = [b.spec for b in model_blocks(model, spec)]
+        _, reason = plain_config_or_reason(model.config, stacks, block_sizes(model, spec),
+                                           planned_sizes(model, spec, config))
     if reason is None:
         return "plain", None
     if spec.heads_need_plain_config and "heads" in config.target_groups:

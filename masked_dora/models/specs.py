@@ -142,12 +142,17 @@ class ModelSpec:
     unsupported: Tuple[Tuple[str, str, str], ...] = ()
     # the attention reads its head counts from the model config (Phi-3), so pruned heads need the plain form
     heads_need_plain_config: bool = False
-    # the group size keys also size another stack (T5's decoder): the plain form would resize it too
-    sizes_shared_with_other_stack: bool = False
     # config values this spec needs, for a model_type whose module layout follows its config (T5 v1.0's
     # DenseReluDense.wi vs v1.1's gated wi_0/wi_1): ((config attribute, value), ...); the first spec of the
     # model_type whose conditions all hold is the one used
     when: Tuple[Tuple[str, object], ...] = ()
+    # an encoder-decoder: this spec's stack of blocks is ``stack`` ("encoder"), and ``stacks`` are the family's
+    # further ones ("decoder"), each a ModelSpec of its own block list, groups and size keys (only their
+    # ``stack``, ``layers``, ``hidden_key``, ``mlp`` and ``heads`` are read); a further stack the model lacks
+    # (T5EncoderModel has no decoder) is skipped. Two stacks may share a size key (T5's d_ff): then the plain
+    # form needs them to keep the same size
+    stack: str = ""
+    stacks: Tuple["ModelSpec", ...] = ()
 
     def applies_to(self, config) -> bool:
         return all(getattr(config, key, None) == value for key, value in self.when)
@@ -219,7 +224,8 @@ DEBERTA_V2 = dict(
                    attrs=(("num_attention_heads", "heads"), ("all_head_size", "width"))),
 )
 
-BART_ENCODER = dict(  # the encoder stack only: its own config keys, the decoder's are untouched
+BART_ENCODER = dict(  # the encoder stack: its own config keys
+    stack="encoder",
     layers=("encoder.layers",),
     hidden_key="d_model",
     mlp=MLPSpec(producers=("fc1",), consumer="fc2", size_key="encoder_ffn_dim"),
@@ -227,6 +233,13 @@ BART_ENCODER = dict(  # the encoder stack only: its own config keys, the decoder
                    output="self_attn.out_proj", heads_key="encoder_attention_heads", attention="self_attn",
                    attrs=(("num_heads", "heads"),)),
 )
+
+BART_DECODER = ModelSpec(  # the decoder's self-attention heads and MLP; its cross-attention (encoder_attn) untouched
+    name="bart-decoder", model_types=(), stack="decoder", layers=("decoder.layers",), hidden_key="d_model",
+    mlp=MLPSpec(producers=("fc1",), consumer="fc2", size_key="decoder_ffn_dim"),
+    heads=HeadSpec(query="self_attn.q_proj", key="self_attn.k_proj", value="self_attn.v_proj",
+                   output="self_attn.out_proj", heads_key="decoder_attention_heads", attention="self_attn",
+                   attrs=(("num_heads", "heads"),)))
 
 COHERE = dict(LLAMA_STYLE, heads=replace_dataclass(LLAMA_STYLE["heads"], per_head=(  # use_qk_norm: (heads, head_dim)
     PerHeadSpec("self_attn.q_norm", "heads", flag="use_qk_norm"),
@@ -298,6 +311,7 @@ FALCON_ALIBI = (("heads", "alibi", "with alibi its attention adds ALiBi biases w
                                    "would get other slopes"),)
 
 T5_ENCODER = dict(  # the encoder stack of T5 v1.0 (DenseReluDense.wi)
+    stack="encoder",
     layers=("encoder.block",),
     hidden_key="d_model",
     mlp=MLPSpec(producers=("layer.1.DenseReluDense.wi",), consumer="layer.1.DenseReluDense.wo", size_key="d_ff"),
@@ -309,6 +323,14 @@ T5_ENCODER = dict(  # the encoder stack of T5 v1.0 (DenseReluDense.wi)
 T5_GATED_ENCODER = dict(T5_ENCODER, mlp=MLPSpec(  # T5 v1.1, Flan-T5, mT5: gated wi_0 (activation) and wi_1
     producers=("layer.1.DenseReluDense.wi_0", "layer.1.DenseReluDense.wi_1"), consumer="layer.1.DenseReluDense.wo",
     size_key="d_ff"))
+
+def _t5_decoder(mlp: MLPSpec) -> ModelSpec:
+    """T5's decoder stack: the encoder's MLP one sublayer later (layer.1 is the cross-attention)."""
+    return ModelSpec(name="t5-decoder", model_types=(), stack="decoder", layers=("decoder.block",),
+                     hidden_key="d_model", heads=T5_ENCODER["heads"],
+                     mlp=replace_dataclass(mlp, producers=tuple(p.replace("layer.1.", "layer.2.") for p in mlp.producers),
+                                           consumer=mlp.consumer.replace("layer.1.", "layer.2.")))
+
 
 T5_HEADS = (("heads", "", "block 0 computes the relative-position bias, one column per head, and the stack passes "
                           "it to every later block, which adds column h to its own head h: exact head pruning would "
@@ -346,13 +368,12 @@ SPECS: Dict[str, ModelSpec] = {
     "bert": ModelSpec(name="bert", model_types=("bert", "roberta", "xlm-roberta", "electra"), **BERT_STYLE),
     "deberta-v2": ModelSpec(name="deberta-v2", model_types=("deberta-v2",), **DEBERTA_V2),
     "distilbert": ModelSpec(name="distilbert", model_types=("distilbert",), **DISTILBERT),
-    "bart-encoder": ModelSpec(name="bart-encoder", model_types=("bart",), **BART_ENCODER),
-    "t5-encoder": ModelSpec(name="t5-encoder", model_types=("t5", "mt5"), **T5_ENCODER,
-                            sizes_shared_with_other_stack=True,
-                            when=(("is_gated_act", False),), unsupported=T5_HEADS),
-    "t5-gated-encoder": ModelSpec(name="t5-gated-encoder", model_types=("t5", "mt5"), **T5_GATED_ENCODER,
-                                  sizes_shared_with_other_stack=True, when=(("is_gated_act", True),),
-                                  unsupported=T5_HEADS),
+    "bart": ModelSpec(name="bart", model_types=("bart",), **BART_ENCODER, stacks=(BART_DECODER,)),
+    "t5": ModelSpec(name="t5", model_types=("t5", "mt5"), **T5_ENCODER, stacks=(_t5_decoder(T5_ENCODER["mlp"]),),
+                    when=(("is_gated_act", False),), unsupported=T5_HEADS),
+    "t5-gated": ModelSpec(name="t5-gated", model_types=("t5", "mt5"), **T5_GATED_ENCODER,
+                          stacks=(_t5_decoder(T5_GATED_ENCODER["mlp"]),), when=(("is_gated_act", True),),
+                          unsupported=T5_HEADS),
 }
 
 

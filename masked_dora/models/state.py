@@ -20,7 +20,7 @@ from torch import nn
 from ..nn import MaskedDoRALinear
 from .config import MaskedDoRAConfig
 from .prepare import STATE_ATTR, get_state, is_prepared, prepare_model
-from .blocks import find_layers
+from .blocks import model_blocks, stack_specs
 from .specs import spec_for
 
 FORMAT_VERSION = 1
@@ -72,13 +72,17 @@ def load_training_state(model: nn.Module, path: str, controller: Optional[nn.Mod
     if meta["model_type"] != model.config.model_type:
         raise ValueError(f"model: the state in {path!r} is for model_type {meta['model_type']!r}, "
                          f"got {model.config.model_type!r}")
+    saved_config = dict(meta["config"])
+    stacks = stack_specs(spec_for(model))
+    if "stacks" not in saved_config and len(stacks) > 1:  # saved before decoders were pruned: the first stack only
+        saved_config["stacks"] = [stacks[0].stack]
     if not is_prepared(model):
-        config = MaskedDoRAConfig.from_dict({**meta["config"], "importance": "none"})
+        config = MaskedDoRAConfig.from_dict({**saved_config, "importance": "none"})
         prepare_model(model, config)
     saved = load_file(os.path.join(path, ADAPTER_FILE))
     device = next(model.parameters()).device
     _load_adapter_tensors(model, saved, device)
-    get_state(model).config = MaskedDoRAConfig.from_dict(meta["config"])
+    get_state(model).config = MaskedDoRAConfig.from_dict(saved_config)
     if controller is not None:
         ctrl_path = os.path.join(path, CONTROLLER_FILE)
         if not os.path.exists(ctrl_path):
@@ -148,13 +152,11 @@ def from_peft(peft_model: nn.Module, config: Optional[MaskedDoRAConfig] = None, 
         if layer.use_dora.get(adapter, False):
             mag = layer.lora_magnitude_vector[adapter].weight.detach().clone()
         imported[name] = (A, B, float(layer.scaling[adapter]), mag, layer)
-    spec = spec_for(base)
-    layers_path, layers = find_layers(base, spec)
     members = set()
-    for i in range(len(layers)):
+    for block in model_blocks(base, spec_for(base), config.stacks):
         for kind in config.target_groups:
-            for path in _role_paths(spec, kind):
-                members.add(f"{layers_path}.{i}.{path}")
+            for path in _role_paths(block.spec, kind):
+                members.add(f"{block.path}.{path}")
     for name, (_, _, _, _, layer) in imported.items():
         if name not in members:
             layer.merge(adapter_names=[adapter])
