@@ -191,7 +191,7 @@ def run_prune(args) -> dict:
     from .models.lm_task import build_lm_task
     from .models.textdata import load_texts, split_texts, stdlib_corpus
     from .models.report import plot_kept, report_paths, write_markdown
-    from .models.blocks import find_layers
+    from .models.blocks import model_blocks
     from .models.specs import spec_for
 
     groups = tuple(g.strip() for g in args.groups.split(",") if g.strip())
@@ -283,8 +283,8 @@ def run_prune(args) -> dict:
     lat_batch = tokenize_batches(tokenizer, eval_texts[:args.latency_batch_size], args.latency_batch_size,
                                  args.max_length)[0]
     single = tokenize_batches(tokenizer, eval_texts[:1], 1, args.max_length)[0]
-    _, dense_layers = find_layers(dense, spec)
-    _, pruned_layers = find_layers(pruned, spec)
+    dense_layers = torch.nn.ModuleList(b.module for b in model_blocks(dense, spec))  # every stack's blocks
+    pruned_layers = torch.nn.ModuleList(b.module for b in model_blocks(pruned, spec))
     metrics = {
         "model": args.model, "model_dir": model_dir, "objective": objective,
         "data": args.data or "stdlib docstrings", "target_sparsity": config.target_sparsity,

@@ -424,9 +424,22 @@ def test_bart_decoder_stack_prunes_its_self_attention_heads_and_mlp(tmp_path):
     assert (reloaded.config.encoder_ffn_dim, reloaded.config.decoder_ffn_dim) == (32, 24)
 
 
-def test_a_stack_name_the_family_lacks_is_refused():
-    with pytest.raises(ValueError, match=r"config.stacks: a 'bart' model has the stacks \['encoder', 'decoder'\]"):
-        prepare_model(tiny_model("bart", kind="lm"), MaskedDoRAConfig(importance="none", stacks=("decoderr",)))
+def test_the_encoder_only_spec_names_still_register_with_a_deprecation_warning(monkeypatch):
+    monkeypatch.setattr(specs_module, "SPECS", dict(specs_module.SPECS))
+    with pytest.warns(DeprecationWarning, match="'bart-encoder' is now 'bart'"):
+        spec = register_spec("my-bart", like="bart-encoder")
+    assert spec.layers == ("encoder.layers",) and spec.stacks[0].stack == "decoder"
+
+
+def test_a_stack_name_the_model_lacks_is_refused_before_anything_changes():
+    model = tiny_model("bart", kind="lm")
+    with pytest.raises(ValueError, match=r"config.stacks: this BartForConditionalGeneration has the stacks "
+                                         r"\['encoder', 'decoder'\], got \['decoderr'\]"):
+        prepare_model(model, MaskedDoRAConfig(importance="none", stacks=("decoderr",)))
+    encoder_only = tiny_model("t5")  # T5EncoderModel: T5's spec has a decoder stack, this model does not
+    with pytest.raises(ValueError, match=r"this T5EncoderModel has the stacks \['encoder'\], got \['decoder'\]"):
+        prepare_model(encoder_only, MaskedDoRAConfig(target_groups=("mlp",), importance="none", stacks=("decoder",)))
+    assert not any(type(m).__name__ == "MaskedDoRALinear" for m in list(model.modules()) + list(encoder_only.modules()))
     with pytest.raises(ValueError, match="stacks: expected None or a non-empty tuple"):
         MaskedDoRAConfig(stacks=())
 
@@ -501,3 +514,20 @@ def test_query_heads_in_one_kv_group_follow_the_heads_alignment():
     harden(model)
     small = compact_model(model).config
     assert (small.num_attention_heads, small.num_key_value_heads) == (2, 1) and not hasattr(small, LAYER_SIZES_KEY)
+
+
+def test_calibration_that_never_runs_a_pruned_stack_is_an_error():
+    """Taylor scores from a loss on the encoder alone reach no decoder group: an error naming them, not zero
+    scores that would cut the decoder blindly; the encoder alone (stacks=('encoder',)) is fine."""
+    def encoder_loss(model, batch):
+        return model.get_encoder()(**batch).last_hidden_state.pow(2).mean()
+
+    calibration = [tiny_inputs()]
+    with pytest.raises(ValueError, match=r"importance='taylor' saw no activity in the groups \['mlp_2', 'heads_2'"):
+        prepare_model(tiny_model("bart", kind="lm"), MaskedDoRAConfig(importance="taylor", rank=2,
+                                                                      alignment={"mlp": 8}),
+                      calibration=calibration, loss_fn=encoder_loss)
+    model = prepare_model(tiny_model("bart", kind="lm"), MaskedDoRAConfig(importance="taylor", rank=2,
+                                                                          alignment={"mlp": 8}, stacks=("encoder",)),
+                          calibration=calibration, loss_fn=encoder_loss)
+    assert sorted(get_state(model).groups) == ["heads_0", "heads_1", "mlp_0", "mlp_1"]

@@ -41,7 +41,7 @@ def test_experts_are_wrapped_around_the_packed_weights_without_a_copy(family):
     wrapped = model.model.layers[0].mlp.experts
     assert isinstance(wrapped, MaskedDoRAExperts) and wrapped.num_experts == 4
     for e in range(4):
-        for layer, packed in ((wrapped.gate_up_proj[e], gate_up), (wrapped.down_proj[e], down)):
+        for layer, packed in ((wrapped.gate_up[e], gate_up), (wrapped.down[e], down)):
             assert isinstance(layer, MaskedDoRALinear) and not layer.weight.requires_grad
             assert layer.weight.data_ptr() == packed[e].data_ptr()  # a view of the packed tensor
     group = get_state(model).group("mlp", 0)
@@ -53,11 +53,11 @@ def test_experts_are_wrapped_around_the_packed_weights_without_a_copy(family):
     keep[torch.tensor([2 * width + 3, 2 * width + 4, width + 5, 5, 3 * width + 6])] = False
     keep[width + 7] = keep[6] = keep[3 * width + 7] = False  # two in each expert
     group.set_mask(keep)
-    rows = wrapped.gate_up_proj[2].keep_mask()
+    rows = wrapped.gate_up[2].keep_mask()
     assert torch.equal(torch.nonzero(~rows).flatten(), torch.tensor([3, 4, width + 3, width + 4]))
-    assert torch.equal(torch.nonzero(~wrapped.gate_up_proj[0].keep_mask()).flatten(),
+    assert torch.equal(torch.nonzero(~wrapped.gate_up[0].keep_mask()).flatten(),
                        torch.tensor([5, 6, width + 5, width + 6]))
-    assert wrapped.down_proj[2].keep_mask().all()  # the consumer loses columns at compaction, not rows
+    assert wrapped.down[2].keep_mask().all()  # the consumer loses columns at compaction, not rows
 
 
 def test_every_expert_keeps_the_same_aligned_count_and_layers_may_differ():
@@ -117,13 +117,16 @@ def test_activation_importance_ranks_each_experts_channels(family):
         assert (kept == kept[0]).all() and int(kept[0]) == group.num_units // 8  # half of each expert
 
 
-def test_qwen3_moe_with_dense_mlp_layers_is_refused_before_anything_changes(tmp_path):
+@pytest.mark.parametrize("dense", [dict(mlp_only_layers=[0]), dict(decoder_sparse_step=2)])
+def test_qwen3_moe_with_dense_mlp_layers_is_refused_before_anything_changes(tmp_path, dense):
     import transformers as t
 
     config = tiny_config("qwen3_moe")
-    config.mlp_only_layers = [0]
+    for key, value in dense.items():
+        setattr(config, key, value)
     model = t.Qwen3MoeForCausalLM(config)
-    with pytest.raises(ValueError, match=r"'mlp' cannot be pruned in a 'qwen3_moe' model: its mlp_only_layers"):
+    with pytest.raises(ValueError, match=r"'mlp' cannot be pruned in a 'qwen3_moe' model: its blocks \[0\] hold a "
+                                         r"dense MLP .*target_groups=\('heads',\)"):
         prepare_model(model, MaskedDoRAConfig(importance="none"))
     assert not any(isinstance(m, (MaskedDoRALinear, MaskedDoRAExperts)) for m in model.modules())
     # the heads still prune, in either save form, with the dense block left as it is
@@ -152,7 +155,7 @@ def test_training_state_round_trips_bit_exactly(tmp_path):
     with torch.no_grad():
         assert torch.equal(output_tensor(fresh(**inputs)), output_tensor(model(**inputs)))
     names = json.dumps(sorted(dict(fresh.named_parameters())))
-    assert "experts.gate_up_proj.3.lora_A" in names
+    assert "experts.gate_up.3.lora_A" in names
 
 
 def test_export_peft_refuses_experts_before_writing(tmp_path):
@@ -182,10 +185,10 @@ def test_experts_forward_matches_the_float64_reference():
                                             torch.randn(E, H, inter, dtype=torch.float64), torch.nn.functional.silu,
                                             rank=2)
     with torch.no_grad():
-        for layer in list(experts.gate_up_proj) + list(experts.down_proj):
+        for layer in list(experts.gate_up) + list(experts.down):
             layer.lora_B.normal_()
             layer.magnitude.mul_(1.5)
-        experts.gate_up_proj[1].set_mask(torch.tensor([1, 0, 1, 1] * 2, dtype=torch.bool))
+        experts.gate_up[1].set_mask(torch.tensor([1, 0, 1, 1] * 2, dtype=torch.bool))
     experts.eval()
     x = torch.randn(5, H, dtype=torch.float64)
     index = torch.tensor([[0, 1], [1, 2], [2, 0], [1, 0], [E, 1]])  # E: no local expert
@@ -202,8 +205,22 @@ def test_experts_forward_matches_the_float64_reference():
             e = int(index[t, k])
             if e == E:
                 continue
-            g, u = dora(experts.gate_up_proj[e], x[t]).chunk(2)
-            expected[t] += weights[t, k] * dora(experts.down_proj[e], torch.nn.functional.silu(g) * u)
+            g, u = dora(experts.gate_up[e], x[t]).chunk(2)
+            expected[t] += weights[t, k] * dora(experts.down[e], torch.nn.functional.silu(g) * u)
     with torch.no_grad():
         out = experts(x, index, weights)
     assert ((out - expected).norm() / expected.norm()).item() < 1e-12
+
+
+def test_a_prepared_moe_model_saves_with_save_pretrained(tmp_path):
+    """The Trainer saves checkpoints with save_pretrained: transformers' save-time conversion must not take the
+    wrapped experts' layers for packed experts (it did while they kept the packed parameters' names)."""
+    from safetensors.torch import load_file
+
+    model = _prepared("mixtral")
+    model.save_pretrained(tmp_path)
+    saved = load_file(os.path.join(tmp_path, "model.safetensors"))
+    by_suffix = {k.split("layers.", 1)[1]: v for k, v in saved.items() if "experts" in k}  # (mlp: renamed on save)
+    assert by_suffix["0.block_sparse_moe.experts.gate_up.3.lora_A"].shape == (4, 32)
+    assert torch.equal(by_suffix["1.block_sparse_moe.experts.down.2.weight"],
+                       model.model.layers[1].mlp.experts.down[2].weight)

@@ -224,3 +224,31 @@ def test_targets_that_rounding_changes_warn_at_prepare_with_the_numbers():
         prepare_model(tiny_model("llama"), MaskedDoRAConfig(target_groups=("mlp", "heads"), target_sparsity=0.5,
                                                             alignment={"mlp": 8}, gqa="query_heads",
                                                             importance="none"))
+
+
+def test_planned_save_form_follows_query_heads_kept_per_kv_group_whatever_the_heads_alignment():
+    """gqa='query_heads' keeps the same count of query heads in every KV group; alignment['heads'] applies inside
+    a group only when there is one group. prepare_model's planned save form used to round with it anyway (8 heads
+    in 2 KV groups at 25% with alignment 2: planned 8 kept and a plain checkpoint; hardening keeps 6)."""
+    import warnings
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from masked_dora.models.save_form import planned_sizes
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=8, num_key_value_heads=2, head_dim=8)).eval()
+    cfg = MaskedDoRAConfig(target_groups=("heads",), gqa="query_heads", target_sparsity=0.25,
+                           alignment={"heads": 2}, rank=2, importance="none")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepare_model(model, cfg)
+    state = get_state(model)
+    assert [s["heads"] for s in planned_sizes(model, state.spec, cfg)] == [6, 6]
+    randomize_adapters(model)
+    assert harden(model)["heads"]["kept"] == 12
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "prepare_model planned a plain checkpoint, but ..." at compaction
+        small = compact_model(model)
+    assert state.save_form == ("per_layer" if hasattr(small.config, LAYER_SIZES_KEY) else "plain")

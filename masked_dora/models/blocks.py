@@ -189,13 +189,20 @@ def has_experts(block: nn.Module, spec: ModelSpec) -> bool:
         return False
 
 
+def holds_spec_mlp(block: nn.Module, spec: ModelSpec) -> bool:
+    """Whether ``block``'s MLP is the one its spec describes: always for a dense spec; for an MoE spec, a block
+    with the experts (not one of Qwen3-MoE's dense blocks, which are never pruned)."""
+    return not spec.mlp.experts or has_experts(block, spec)
+
+
 def mlp_width(block: nn.Module, spec: ModelSpec) -> int:
     """The MLP's inner width in ``block`` (one expert's, for an MoE block, prepared or not)."""
     if spec.mlp.experts:
-        consumer = getattr(_resolve(block, spec.mlp.experts, "mlp experts module"), spec.mlp.consumer, None)
+        module = _resolve(block, spec.mlp.experts, "mlp experts module")
+        consumer = getattr(module, spec.mlp.consumer, None)
         if isinstance(consumer, Tensor):  # packed (experts, out, in)
             return int(consumer.shape[-1])
-        return features(consumer[0])[0]  # wrapped: one layer per expert
+        return int(module.intermediate_dim)  # wrapped (MaskedDoRAExperts)
     return features(block_modules(block, spec, ("mlp",))["mlp"]["consumer"])[0]
 
 
@@ -208,12 +215,11 @@ def role_paths(spec: ModelSpec, kind: str, experts: int = 0) -> Dict[str, str]:
     """``{role: path relative to the block}`` of a group kind (``experts``: the block's expert count, for an
     MoE spec: roles ``producer<i>_e<e>`` and ``consumer_e<e>`` per expert)."""
     if kind == "mlp":
-        if spec.mlp.experts:
+        if spec.mlp.experts:  # the layers of a prepared block's MaskedDoRAExperts
             roles = {}
             for e in range(experts):
-                roles.update({f"producer{i}_e{e}": f"{spec.mlp.experts}.{p}.{e}"
-                              for i, p in enumerate(spec.mlp.producers)})
-                roles[f"consumer_e{e}"] = f"{spec.mlp.experts}.{spec.mlp.consumer}.{e}"
+                roles[f"producer0_e{e}"] = f"{spec.mlp.experts}.gate_up.{e}"
+                roles[f"consumer_e{e}"] = f"{spec.mlp.experts}.down.{e}"
             return roles
         roles = {f"producer{i}": p for i, p in enumerate(spec.mlp.producers)}
         roles["consumer"] = spec.mlp.consumer

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import warnings
 from typing import Dict, List, Optional
@@ -33,8 +34,9 @@ import torch
 from torch import nn
 
 from ..nn import MaskedDoRALinear
-from .blocks import (block_modules, features, has_experts, head_layout, is_consumer_role, is_conv1d, mlp_width,
-                     model_blocks, num_experts, packed_experts, per_head_modules, producer_index, role_paths)
+from .blocks import (block_modules, features, has_experts, head_layout, holds_spec_mlp, is_consumer_role, is_conv1d,
+                     mlp_width, model_blocks, num_experts, packed_experts, per_head_modules, producer_index,
+                     role_paths)
 from .prepare import STATE_ATTR, get_state
 from .specs import ModelSpec, spec_for
 
@@ -59,7 +61,7 @@ def block_sizes(model, spec) -> List[Dict[str, int]]:
         hl = head_layout(model.config, b.spec)
         # a block without the MoE spec's experts (Qwen3-MoE's mlp_only_layers; their MLP is never pruned) keeps
         # the config's width
-        width = (mlp_width(b.module, b.spec) if has_experts(b.module, b.spec) or not b.spec.mlp.experts
+        width = (mlp_width(b.module, b.spec) if holds_spec_mlp(b.module, b.spec)
                  else getattr(model.config, b.spec.mlp.size_key))
         sizes.append(dict(intermediate=width, heads=hl.heads, kv_heads=hl.kv_heads, head_dim=hl.head_dim))
     return sizes
@@ -81,8 +83,9 @@ def _compact_mlp(block: nn.Module, spec: ModelSpec, group, prefix: str, repl: di
         else:  # the producer's kept rows (every segment of a fused one)
             k = _idx(m.keep_mask()).to(w.device)
             w, b = w[k], None if b is None else b[k]
-        if experts:  # "<experts>.<projection>.<e>", in expert order
-            stacks.setdefault(prefix + paths[role].rpartition(".")[0], []).append(w)
+        if experts:  # expert e's layer of the producer (the consumer): the packed parameter's slice e
+            name = spec.mlp.consumer if is_consumer_role(role) else spec.mlp.producers[producer_index(role)]
+            stacks.setdefault(f"{prefix}{spec.mlp.experts}.{name}", []).append(w)
         else:
             repl[prefix + paths[role]] = (w, b)
     packed.update({name: torch.stack(ws) for name, ws in stacks.items()})
@@ -273,7 +276,7 @@ def resize_block(block: nn.Module, spec: ModelSpec, size: Dict[str, int], config
             _new_linear(block, path, inter, fan_out)
         else:
             _new_linear(block, path, fan_in, inter * spec.mlp.segments_of(producer_index(role)))
-    for mpath, attr in spec.mlp.size_attrs if has_experts(block, spec) or not spec.mlp.experts else ():
+    for mpath, attr in spec.mlp.size_attrs if holds_spec_mlp(block, spec) else ():
         setattr(block.get_submodule(mpath), attr, inter)
     hd, heads, kv = size["head_dim"], size["heads"], size["kv_heads"]
     if spec.heads.qkv:
@@ -361,42 +364,46 @@ def _read_safetensors(path: str) -> Dict[str, torch.Tensor]:
     return out
 
 
-def _saved_layouts(model: nn.Module, keys) -> Dict[str, Dict[str, torch.Tensor]]:
-    """``{state_dict key: {name save_pretrained writes: where its elements come from}}`` for ``keys``.
+def _saved_layout(model: nn.Module, key: str, shape) -> Optional[Dict[str, torch.Tensor]]:
+    """``{name save_pretrained writes: the flat indices of the elements of ``key`` it holds}``, or ``None``.
 
     transformers 5 saves some parameters in their original hub layout: renamed (GPT-NeoX's ``embed_out``),
     or split (an MoE block's packed ``gate_up_proj`` (experts, 2I, H) goes out as per-expert ``w1``/``w3``
-    weights). Its own conversion on save, applied to a tensor holding each element's flat index, says where
-    every saved element belongs; key by key, so one parameter's index tensor at a time. Empty where this
-    transformers has no conversion.
+    weights). Its own save-time conversion, applied to a tensor holding each element's flat index (int32
+    where it fits), says where every saved element belongs. ``None`` where this transformers has no
+    conversion or cannot follow this one.
     """
     try:
         from transformers.core_model_loading import revert_weight_conversion
     except ImportError:  # older transformers: keys are saved as they are
-        return {}
-    state = model.state_dict()
-    layouts = {}
-    for key in keys:
-        shape = state[key].shape
-        try:
-            layouts[key] = revert_weight_conversion(model, {key: torch.arange(state[key].numel()).view(shape)})
-        except Exception:  # noqa: BLE001  (a converter this cannot follow: the key stays missing, reported below)
-            continue
-    return layouts
+        return None
+    numel = math.prod(shape)
+    index = torch.arange(numel, dtype=torch.int32 if numel < 2 ** 31 else torch.int64).view(shape)
+    try:
+        return revert_weight_conversion(model, {key: index})
+    except Exception:  # noqa: BLE001  (a converter this cannot follow: the key stays missing, reported by the caller)
+        return None
 
 
 def _from_saved_layout(model: nn.Module, saved: Dict[str, torch.Tensor], missing) -> Dict[str, torch.Tensor]:
-    """``saved`` with the ``missing`` parameters rebuilt from the keys transformers saved them under."""
+    """``saved`` with the ``missing`` parameters rebuilt from the keys transformers saved them under, one
+    parameter at a time; a parameter whose saved pieces are absent or do not cover it exactly stays missing."""
     state = model.state_dict()
     saved = dict(saved)
-    for key, layout in _saved_layouts(model, missing).items():
+    for key in missing:
+        layout = _saved_layout(model, key, state[key].shape)
         if not layout or not all(name in saved and saved[name].numel() == index.numel()
                                  for name, index in layout.items()):
             continue
-        first = saved[next(iter(layout))]
-        flat = first.new_empty(state[key].numel())
+        numel = state[key].numel()
+        covered = torch.zeros(numel, dtype=torch.bool)
+        for index in layout.values():
+            covered[index.reshape(-1).long()] = True
+        if not bool(covered.all()) or sum(index.numel() for index in layout.values()) != numel:
+            continue
+        flat = saved[next(iter(layout))].new_empty(numel)
         for name, index in layout.items():
-            flat[index.reshape(-1)] = saved.pop(name).reshape(-1)
+            flat[index.reshape(-1).long()] = saved.pop(name).reshape(-1)
         saved[key] = flat.view(state[key].shape)
     return saved
 

@@ -40,11 +40,6 @@ def _is_consumer(group, role: str) -> bool:
     return is_consumer_role(role) if group.kind == "mlp" else role == "output"
 
 
-def _consumer_unit_index(group, role: str) -> Tensor:
-    """Unit index of each input channel of a consumer of the group (o_proj's inputs are q's outputs)."""
-    return group.index(role)
-
-
 def _consumers(model, group):
     """``[(role, module)]``: the group's consumers (one per expert in an MoE block)."""
     return [(role, m) for role, m in _members(model, group).items() if _is_consumer(group, role)]
@@ -62,7 +57,7 @@ def magnitude_scores(model: nn.Module) -> Dict[str, Tensor]:
         for role, m in _members(model, group).items():
             w = m.weight.detach().double()
             if _is_consumer(group, role):
-                per, index = w.pow(2).sum(0), _consumer_unit_index(group, role)
+                per, index = w.pow(2).sum(0), group.index(role)
             elif role in group.roles:
                 per, index = w.pow(2).sum(1), group.index(role)
             else:
@@ -95,7 +90,7 @@ def taylor_scores(model: nn.Module, calibration: Iterable, loss_fn: Optional[Cal
     was_training = model.training
     model.eval()
     scores = {k: torch.zeros(g.num_units, dtype=torch.float64) for k, g in state.groups.items()}
-    n = 0
+    n, reached = 0, set()
     try:
         for batch in calibration:
             probes = {}
@@ -108,6 +103,7 @@ def taylor_scores(model: nn.Module, calibration: Iterable, loss_fn: Optional[Cal
             for k, grad in zip(probes, grads):
                 if grad is not None:
                     scores[k] += grad.detach().double().abs().cpu()
+                    reached.add(k)
             n += 1
     finally:
         for g in state.groups.values():
@@ -115,6 +111,7 @@ def taylor_scores(model: nn.Module, calibration: Iterable, loss_fn: Optional[Cal
         model.train(was_training)
     if n == 0:
         raise ValueError("calibration: expected at least one batch, got an empty iterable")
+    _require_reached(state, reached, "taylor")
     return scores
 
 
@@ -150,6 +147,7 @@ def activation_scores(model: nn.Module, calibration: Iterable) -> Dict[str, Tens
         model.train(was_training)
     if n == 0:
         raise ValueError("calibration: expected at least one batch, got an empty iterable")
+    _require_reached(state, {key for key, _role in sq}, "activation")
     out = {}
     for key, group in state.groups.items():
         out[key] = torch.zeros(group.num_units, dtype=torch.float64)
@@ -157,8 +155,19 @@ def activation_scores(model: nn.Module, calibration: Iterable) -> Dict[str, Tens
             col = m.weight.detach().double().pow(2).sum(0).sqrt().cpu()
             seen = sq.get((key, role))  # an expert no calibration token was routed to scores 0
             per = (seen.sqrt() if seen is not None else torch.zeros_like(col)) * col
-            out[key] += _scatter(per, _consumer_unit_index(group, role), group.num_units)
+            out[key] += _scatter(per, group.index(role), group.num_units)
     return out
+
+
+def _require_reached(state, reached, method: str) -> None:
+    """Raise unless the calibration reached every group (a decoder the batches never ran would score 0 and be
+    cut blindly); within a reached MoE group, an expert no token was routed to may score 0."""
+    missed = [key for key in state.groups if key not in reached]
+    if missed:
+        raise ValueError(f"calibration: importance={method!r} saw no activity in the groups {missed[:6]}"
+                         f"{' ...' if len(missed) > 6 else ''}; the calibration batches must run every pruned block "
+                         f"(an encoder-decoder's decoder too: give decoder inputs or labels), or prune fewer stacks "
+                         f"(MaskedDoRAConfig(stacks=...))")
 
 
 def importance_scores(model: nn.Module, method: str, calibration=None, loss_fn=None) -> Dict[str, Tensor]:

@@ -45,6 +45,23 @@ def _inputs_cut(model: nn.Module) -> List[str]:
     return names
 
 
+def _refuse_unexportable(model: nn.Module) -> None:
+    """Raise for what a PEFT DoRA adapter cannot hold: MoE experts, and query heads cut at an output's input."""
+    experts = [name for name, m in model.named_modules() if isinstance(m, MaskedDoRAExperts)]
+    if experts:
+        raise NotImplementedError(f"model: export_peft cannot write MoE experts ({experts[0]}): PEFT adapts packed "
+                                  f"expert parameters only with plain LoRA (target_parameters; its ParamWrapper "
+                                  f"refuses use_dora=True); keep them with save_training_state, or compact_model "
+                                  f"and save_pretrained")
+    cut = _inputs_cut(model)
+    if cut:
+        raise NotImplementedError(f"model: query heads pruned inside KV groups (gqa='query_heads') are cut at the "
+                                  f"input of {cut[0]}" + (f" and {len(cut) - 1} more" if len(cut) > 1 else "")
+                                  + ", which a PEFT DoRA adapter cannot express (it cannot zero input columns of a "
+                                  "base weight): the loaded adapter would compute other outputs. Use compact_model "
+                                  "for the pruned model, or prune with gqa='kv_groups'")
+
+
 def export_peft(model: nn.Module, save_directory: str) -> Dict[str, int]:
     """Write ``model``'s masked-DoRA layers as a PEFT DoRA adapter in ``save_directory``
     (``adapter_config.json``, ``adapter_model.safetensors``). Returns ``{"layers": ..., "pruned_channels": ...}``.
@@ -61,19 +78,7 @@ def export_peft(model: nn.Module, save_directory: str) -> Dict[str, int]:
     config = get_state(model).config
     if not isinstance(save_directory, (str, os.PathLike)):
         raise TypeError(f"save_directory: expected a path, got {type(save_directory).__name__}")
-    experts = [name for name, m in model.named_modules() if isinstance(m, MaskedDoRAExperts)]
-    if experts:  # checked before anything is written
-        raise NotImplementedError(f"model: export_peft cannot write MoE experts ({experts[0]}): PEFT adapts packed "
-                                  f"expert parameters only with plain LoRA (target_parameters; its ParamWrapper "
-                                  f"refuses use_dora=True); keep them with save_training_state, or compact_model "
-                                  f"and save_pretrained")
-    cut = _inputs_cut(model)
-    if cut:
-        raise NotImplementedError(f"model: query heads pruned inside KV groups (gqa='query_heads') are cut at the "
-                                  f"input of {cut[0]}" + (f" and {len(cut) - 1} more" if len(cut) > 1 else "")
-                                  + ", which a PEFT DoRA adapter cannot express (it cannot zero input columns of a "
-                                  "base weight): the loaded adapter would compute other outputs. Use compact_model "
-                                  "for the pruned model, or prune with gqa='kv_groups'")
+    _refuse_unexportable(model)  # before anything is written
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, MaskedDoRALinear)]
     # GPT-2's Conv1D layers (wrapped as linear maps by prepare_model): PEFT's fan_in_fan_out, same A, B, m
     conv1d = {bool(getattr(m, "from_conv1d", False)) for _, m in layers}

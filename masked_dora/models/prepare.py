@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import MaskedDoRAExperts, MaskedDoRALinear
-from .blocks import (Block, HeadLayout, block_modules, check_per_head_modules, expert_index, features, head_layout,
-                     is_consumer_role, is_conv1d, mlp_width, model_blocks, num_experts, packed_experts,
+from .blocks import (Block, HeadLayout, block_modules, check_per_head_modules, expert_index, features, has_experts,
+                     head_layout, is_consumer_role, is_conv1d, mlp_width, model_blocks, num_experts, packed_experts,
                      producer_index, role_paths, stack_specs)
 from .config import MaskedDoRAConfig
 from .group_mask import ALWAYS_KEPT, ForwardMasks, GroupMask, InputGate, MaskView
@@ -235,6 +235,55 @@ def _refuse_heads_kv_groups_cannot_prune(spec: ModelSpec, config: MaskedDoRAConf
                          f"KV group, the KV head stays) or target_groups=('mlp',)")
 
 
+def _refuse(kind: str, config: MaskedDoRAConfig, model_config, reason: str) -> None:
+    others = tuple(k for k in config.target_groups if k != kind)
+    raise ValueError(f"config.target_groups: {kind!r} cannot be pruned in a {model_config.model_type!r} model: "
+                     f"{reason}. Prune the rest only: target_groups={others}")
+
+
+def _targeted_blocks(model: nn.Module, spec: ModelSpec, config: MaskedDoRAConfig) -> List[Block]:
+    """The blocks ``config`` prunes (its ``stacks``), after the refusals that concern the whole model: a group
+    kind a family cannot prune exactly, a stack the model lacks, an MoE spec over dense MLP blocks, one KV
+    head with ``gqa="kv_groups"``."""
+    for kind in config.target_groups:
+        reason = next((r for s in stack_specs(spec) if (r := s.refusal(kind, model.config)) is not None), None)
+        if reason is not None:
+            _refuse(kind, config, model.config, reason)
+    blocks = model_blocks(model, spec, config.stacks)
+    present = [name for name in dict.fromkeys(b.spec.stack for b in model_blocks(model, spec))]
+    if config.stacks is not None and (not blocks or not set(config.stacks) <= set(present)):
+        raise ValueError(f"config.stacks: this {type(model).__name__} has the stacks {present}, got "
+                         f"{list(config.stacks)}")
+    dense = [b.index for b in blocks if b.spec.mlp.experts and not has_experts(b.module, b.spec)]
+    if dense and "mlp" in config.target_groups:  # Qwen3-MoE's mlp_only_layers, or decoder_sparse_step > 1
+        _refuse("mlp", config, model.config, f"its blocks {dense} hold a dense MLP instead of experts "
+                                             f"(mlp_only_layers, decoder_sparse_step), which one spec cannot "
+                                             f"describe yet")
+    for stack in {b.spec.stack: b.spec for b in blocks}.values():
+        _refuse_heads_kv_groups_cannot_prune(stack, config, model.config)
+    return blocks
+
+
+def _check_block(b: Block, config: MaskedDoRAConfig, model_config) -> None:
+    """Every member the config targets in block ``b`` is an ``nn.Linear`` (or Conv1D, or packed experts), and
+    every per-head module holds one entry per head."""
+    kinds = config.target_groups
+    if b.spec.mlp.experts and "mlp" in kinds:
+        packed_experts(b.module, b.spec)  # the experts' packed weights, wrapped whole by _mlp_group
+        kinds = tuple(k for k in kinds if k != "mlp")
+    for kind, roles in block_modules(b.module, b.spec, kinds).items():
+        paths = role_paths(b.spec, kind)
+        for role, module in roles.items():
+            if not (isinstance(module, nn.Linear) or is_conv1d(module)):
+                advice = ("merge or unload other adapters first; for PEFT LoRA/DoRA use masked_dora.from_peft"
+                          if hasattr(module, "base_layer") else
+                          "the spec must point at nn.Linear (or transformers Conv1D) projections")
+                raise TypeError(f"model: expected an nn.Linear at {b.path}.{paths[role]}, got "
+                                f"{type(module).__name__} ({advice})")
+    if "heads" in config.target_groups:
+        check_per_head_modules(b.module, b.spec, model_config, b.path)
+
+
 def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, calibration=None,
                   loss_fn=None) -> nn.Module:
     """Wrap ``model``'s targeted groups in masked DoRA (in place) and return it.
@@ -254,36 +303,9 @@ def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, c
         raise ValueError(f"calibration: importance={config.importance!r} needs an iterable of calibration "
                          f"batches (dicts of model inputs); got None")
     spec = spec_for(model)
-    for kind in config.target_groups:
-        reason = next((r for s in stack_specs(spec) if (r := s.refusal(kind, model.config)) is not None), None)
-        if reason is not None:
-            others = tuple(k for k in config.target_groups if k != kind)
-            raise ValueError(f"config.target_groups: {kind!r} cannot be pruned in a {model.config.model_type!r} "
-                             f"model: {reason}. Prune the rest only: target_groups={others}")
-    names = [s.stack for s in stack_specs(spec)]
-    if config.stacks is not None and not set(config.stacks) <= set(names):
-        raise ValueError(f"config.stacks: a {model.config.model_type!r} model has the stacks {names}, got "
-                         f"{list(config.stacks)}")
-    blocks = model_blocks(model, spec, config.stacks)
-    for stack in {b.spec.stack: b.spec for b in blocks}.values():
-        _refuse_heads_kv_groups_cannot_prune(stack, config, model.config)
+    blocks = _targeted_blocks(model, spec, config)
     for b in blocks:  # check every block before changing anything
-        kinds = config.target_groups
-        if b.spec.mlp.experts and "mlp" in kinds:
-            packed_experts(b.module, b.spec)  # the experts' packed weights, wrapped whole by _mlp_group
-            kinds = tuple(k for k in kinds if k != "mlp")
-        for kind, roles in block_modules(b.module, b.spec, kinds).items():
-            paths = role_paths(b.spec, kind)
-            for role, module in roles.items():
-                if not (isinstance(module, nn.Linear) or is_conv1d(module)):
-                    kind_name = type(module).__name__
-                    advice = ("merge or unload other adapters first; for PEFT LoRA/DoRA use masked_dora.from_peft"
-                              if hasattr(module, "base_layer") else
-                              "the spec must point at nn.Linear (or transformers Conv1D) projections")
-                    raise TypeError(f"model: expected an nn.Linear at {b.path}.{paths[role]}, got "
-                                    f"{kind_name} ({advice})")
-        if "heads" in config.target_groups:
-            check_per_head_modules(b.module, b.spec, model.config, b.path)
+        _check_block(b, config, model.config)
     from .save_form import decide_save_form
 
     # how the compacted model will be saved, decided (and refused, for save_form="plain") before any change

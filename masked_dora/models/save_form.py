@@ -26,7 +26,7 @@ def planned_sizes(model: nn.Module, spec: ModelSpec, config) -> List[Dict[str, i
     """Per-layer sizes after :func:`~masked_dora.models.harden` with ``allocation="uniform"`` (the counts do
     not depend on the logits: :func:`~masked_dora.models.sparsity.uniform_count`, as ``harden`` plans them)."""
     from .compact import block_sizes
-    from .sparsity import uniform_count
+    from .sparsity import partition_alignment, uniform_count
 
     sizes = block_sizes(model, spec)
     for b in model_blocks(model, spec, config.stacks):  # the blocks prepare_model gives groups
@@ -40,8 +40,8 @@ def planned_sizes(model: nn.Module, spec: ModelSpec, config) -> List[Dict[str, i
                 kv = uniform_count(hl.kv_heads, 1, config.target_sparsity["heads"], config.alignment["heads"])
                 size.update(kv_heads=kv, heads=kv * hl.group_size)
             else:  # one unit per query head, the same count in every KV group; the KV heads stay
-                size["heads"] = uniform_count(hl.heads, hl.kv_heads, config.target_sparsity["heads"],
-                                              config.alignment["heads"])
+                align = partition_alignment("heads", hl.kv_heads, config.alignment["heads"])
+                size["heads"] = uniform_count(hl.heads, hl.kv_heads, config.target_sparsity["heads"], align)
     return sizes
 
 

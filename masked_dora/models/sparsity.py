@@ -1,7 +1,8 @@
 r"""Exact target sparsity per group kind: a Lagrangian controller and deterministic top-k hardening.
 
 Units are ranked by score (the mask logits when hardening, an importance score
-at initialisation) and kept in *blocks*: ``alignment`` channels of the MLP,
+at initialisation) and kept in *blocks*: ``alignment`` channels of the MLP (of
+an MoE block: the next ``alignment`` best channels of every expert together),
 one KV group, or (query heads inside KV groups) the r-th best query head of
 every KV group together. ``uniform`` allocation keeps the same number of units
 in every layer, ``kept_count(units, sparsity, alignment)``; ``global`` ranks
@@ -39,10 +40,11 @@ def _block_unit(group: GroupMask, kind_alignment: int) -> int:
     return group.partitions * kind_alignment
 
 
-def partition_alignment(group: GroupMask, kind_alignment: int) -> int:
-    """The alignment inside each partition of a group: the MLP's (the experts of an MoE block each keep a
-    multiple of it); 1 for query heads inside KV groups (a head is already a whole block)."""
-    return kind_alignment if group.partitions == 1 or group.kind == "mlp" else 1
+def partition_alignment(kind: str, partitions: int, kind_alignment: int) -> int:
+    """The alignment inside each partition of a group: the kind's for a group of one partition and for the
+    MLP (the experts of an MoE block each keep a multiple of it); 1 for query heads inside several KV groups
+    (a head is already a whole block)."""
+    return kind_alignment if partitions == 1 or kind == "mlp" else 1
 
 
 def uniform_count(num_units: int, partitions: int, sparsity: float, alignment: int) -> int:
@@ -60,7 +62,7 @@ def plan_keep(groups: Sequence[GroupMask], scores: Sequence[Tensor], sparsity: f
         if s.shape != (g.num_units,):
             raise ValueError(f"scores: expected shape ({g.num_units},) for {g.kind} layer {g.layer}, "
                              f"got {tuple(s.shape)}")
-    align = partition_alignment(groups[0], alignment) if groups else alignment
+    align = partition_alignment(groups[0].kind, groups[0].partitions, alignment) if groups else alignment
     blocks = [_blocks(g, s, align) for g, s in zip(groups, scores)]
     if allocation == "uniform":
         counts = [uniform_count(g.num_units, g.partitions, sparsity, align) for g in groups]
@@ -172,7 +174,10 @@ def warn_unreachable_targets(model: nn.Module, tolerance: float = 0.05) -> Dict[
         out[kind] = {"target": target, "achieved": achieved}
         if (target > 0 and achieved == 0.0) or abs(achieved - target) > tolerance:
             g = state.groups_of(kind)[0]
-            if kind == "mlp":
+            if kind == "mlp" and g.partitions > 1:
+                unit = (f"{g.num_units // g.partitions} MLP channels in each of {g.partitions} experts per layer, "
+                        f"each expert keeping a multiple of alignment={cfg.alignment['mlp']}")
+            elif kind == "mlp":
                 unit = f"{g.num_units} MLP channels per layer, kept in blocks of alignment={cfg.alignment['mlp']}"
             elif g.unit_size > 1:
                 unit = (f"{g.num_units} KV groups of {g.unit_size} query heads per layer (gqa='kv_groups' removes "

@@ -63,6 +63,12 @@ class MLPSpec:
     # expert and projection, member paths "<experts>.<name>.<e>"); every expert keeps the same count
     experts: str = ""
 
+    def __post_init__(self):
+        if self.experts and (len(self.producers) != 1 or self.segments != (2,)):
+            raise ValueError("MLPSpec: experts are supported as one packed [gate | up] producer (producers=(name,), "
+                             f"segments=(2,)) and a packed down projection, got producers={self.producers}, "
+                             f"segments={self.segments}")
+
     def segments_of(self, producer_index: int) -> int:
         return self.segments[producer_index] if self.segments else 1
 
@@ -147,10 +153,10 @@ class ModelSpec:
     # model_type whose conditions all hold is the one used
     when: Tuple[Tuple[str, object], ...] = ()
     # an encoder-decoder: this spec's stack of blocks is ``stack`` ("encoder"), and ``stacks`` are the family's
-    # further ones ("decoder"), each a ModelSpec of its own block list, groups and size keys (only their
-    # ``stack``, ``layers``, ``hidden_key``, ``mlp`` and ``heads`` are read); a further stack the model lacks
-    # (T5EncoderModel has no decoder) is skipped. Two stacks may share a size key (T5's d_ff): then the plain
-    # form needs them to keep the same size
+    # further ones ("decoder"), each a ModelSpec of its own block list, groups and size keys (their ``stack``,
+    # ``layers``, ``hidden_key``, ``mlp``, ``heads`` and ``unsupported`` are read: a kind one stack refuses is
+    # refused for the model); a further stack the model lacks (T5EncoderModel has no decoder) is skipped. Two
+    # stacks may share a size key (T5's d_ff): then the plain form needs them to keep the same size
     stack: str = ""
     stacks: Tuple["ModelSpec", ...] = ()
 
@@ -324,12 +330,13 @@ T5_GATED_ENCODER = dict(T5_ENCODER, mlp=MLPSpec(  # T5 v1.1, Flan-T5, mT5: gated
     producers=("layer.1.DenseReluDense.wi_0", "layer.1.DenseReluDense.wi_1"), consumer="layer.1.DenseReluDense.wo",
     size_key="d_ff"))
 
+
 def _t5_decoder(mlp: MLPSpec) -> ModelSpec:
     """T5's decoder stack: the encoder's MLP one sublayer later (layer.1 is the cross-attention)."""
     return ModelSpec(name="t5-decoder", model_types=(), stack="decoder", layers=("decoder.block",),
                      hidden_key="d_model", heads=T5_ENCODER["heads"],
-                     mlp=replace_dataclass(mlp, producers=tuple(p.replace("layer.1.", "layer.2.") for p in mlp.producers),
-                                           consumer=mlp.consumer.replace("layer.1.", "layer.2.")))
+                     mlp=replace_dataclass(mlp, consumer=mlp.consumer.replace("layer.1.", "layer.2."),
+                                           producers=tuple(p.replace("layer.1.", "layer.2.") for p in mlp.producers)))
 
 
 T5_HEADS = (("heads", "", "block 0 computes the relative-position bias, one column per head, and the stack passes "
@@ -350,9 +357,7 @@ SPECS: Dict[str, ModelSpec] = {
     "stablelm": ModelSpec(name="stablelm", model_types=("stablelm",), **STABLELM),
     "mixtral": ModelSpec(name="mixtral", model_types=("mixtral",), **MIXTRAL_STYLE),
     "qwen3_moe": ModelSpec(name="qwen3_moe", model_types=("qwen3_moe",), **dict(MIXTRAL_STYLE, mlp=replace_dataclass(
-        MIXTRAL_STYLE["mlp"], size_key="moe_intermediate_size")), unsupported=(
-        ("mlp", "mlp_only_layers", "its mlp_only_layers blocks hold a dense MLP instead of experts, which one spec "
-                                   "cannot describe yet"),)),
+        MIXTRAL_STYLE["mlp"], size_key="moe_intermediate_size"))),  # dense MLP blocks among them: refused
     "phi": ModelSpec(name="phi", model_types=("phi",), **PHI),
     "phi3": ModelSpec(name="phi3", model_types=("phi3",), **PHI3, heads_need_plain_config=True),
     "modernbert": ModelSpec(name="modernbert", model_types=("modernbert",), **MODERNBERT),
@@ -375,6 +380,10 @@ SPECS: Dict[str, ModelSpec] = {
                           stacks=(_t5_decoder(T5_GATED_ENCODER["mlp"]),), when=(("is_gated_act", True),),
                           unsupported=T5_HEADS),
 }
+
+
+# names the encoder-only specs had before their families' decoders were pruned too
+RENAMED_SPECS = {"bart-encoder": "bart", "t5-encoder": "t5", "t5-gated-encoder": "t5-gated"}
 
 
 def spec_for(model_or_config) -> ModelSpec:
@@ -446,6 +455,13 @@ def register_spec(model_type: str, like: Optional[str] = None, spec: Optional[Mo
     if (like is None) == (spec is None):
         raise ValueError("register_spec: give exactly one of like= (an existing spec's name) or spec= (a ModelSpec)")
     if like is not None:
+        if like in RENAMED_SPECS:
+            import warnings
+
+            warnings.warn(f"like: the spec {like!r} is now {RENAMED_SPECS[like]!r} (it prunes the decoder stack too; "
+                          f"MaskedDoRAConfig(stacks=('encoder',)) prunes the encoder alone)", DeprecationWarning,
+                          stacklevel=2)
+            like = RENAMED_SPECS[like]
         if like not in SPECS:
             raise ValueError(f"like: expected one of {sorted(SPECS)}, got {like!r}")
         spec = replace_dataclass(SPECS[like], name=model_type, model_types=(model_type,))

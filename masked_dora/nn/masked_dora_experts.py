@@ -7,9 +7,11 @@ Expert ``e`` maps the tokens routed to it as a gated MLP,
 and the block returns ``sum over the token's top-k experts of w_k * y_e``. The experts' weights come
 packed, ``gate_up_proj`` of shape (E, 2I, H) and ``down_proj`` (E, H, I) (how transformers 5 stores
 Mixtral's and Qwen3-MoE's experts). Here every ``gate_up_proj[e]`` and ``down_proj[e]`` becomes a
-:class:`MaskedDoRALinear` whose frozen weight *is* that slice of the packed tensor (a view: no copy),
-with its own adapter and magnitude, so a gate on the rows of ``gate_up_proj[e]`` prunes channels of
-expert ``e`` exactly: ``act(0) * 0 = 0`` at the input of ``D_e``.
+:class:`MaskedDoRALinear` (``gate_up[e]``, ``down[e]``) whose frozen weight *is* that slice of the packed
+tensor (a view: no copy), with its own adapter and magnitude, so a gate on the rows of ``gate_up[e]``
+prunes channels of expert ``e`` exactly: ``act(0) * 0 = 0`` at the input of ``D_e``. (The layer lists are
+not named after the packed parameters: transformers' save-time conversion matches those names and would
+take the layers for packed experts.)
 
 The routing (which tokens go to which expert, with which weight) is the caller's: ``forward`` takes the
 router's ``top_k_index`` and ``top_k_weights`` and loops over the experts that received a token, as
@@ -37,23 +39,23 @@ def _view_linear(weight: Tensor) -> nn.Linear:
 class MaskedDoRAExperts(nn.Module):
     """E expert MLPs, each projection a :class:`MaskedDoRALinear` (see the module docstring).
 
-    ``gate_up_proj[e]``: ``2 * intermediate_dim`` outputs (gate rows, then up rows);
-    ``down_proj[e]``: ``hidden_dim`` outputs from ``intermediate_dim`` inputs.
+    ``gate_up[e]``: ``2 * intermediate_dim`` outputs (gate rows, then up rows);
+    ``down[e]``: ``hidden_dim`` outputs from ``intermediate_dim`` inputs.
     """
 
-    def __init__(self, gate_up_proj: nn.ModuleList, down_proj: nn.ModuleList, act_fn: Callable[[Tensor], Tensor]):
+    def __init__(self, gate_up: nn.ModuleList, down: nn.ModuleList, act_fn: Callable[[Tensor], Tensor]):
         super().__init__()
-        if len(gate_up_proj) != len(down_proj) or len(gate_up_proj) == 0:
-            raise ValueError(f"gate_up_proj, down_proj: expected one layer per expert in each, got "
-                             f"{len(gate_up_proj)} and {len(down_proj)}")
-        for e, (gu, d) in enumerate(zip(gate_up_proj, down_proj)):
+        if len(gate_up) != len(down) or len(gate_up) == 0:
+            raise ValueError(f"gate_up, down: expected one layer per expert in each, got {len(gate_up)} and "
+                             f"{len(down)}")
+        for e, (gu, d) in enumerate(zip(gate_up, down)):
             if gu.out_features != 2 * d.in_features or gu.in_features != d.out_features:
-                raise ValueError(f"gate_up_proj[{e}], down_proj[{e}]: expected (H -> 2I) and (I -> H), got "
+                raise ValueError(f"gate_up[{e}], down[{e}]: expected (H -> 2I) and (I -> H), got "
                                  f"({gu.in_features} -> {gu.out_features}) and ({d.in_features} -> {d.out_features})")
-        self.gate_up_proj, self.down_proj, self.act_fn = gate_up_proj, down_proj, act_fn
-        self.num_experts = len(gate_up_proj)
-        self.hidden_dim = down_proj[0].out_features
-        self.intermediate_dim = down_proj[0].in_features
+        self.gate_up, self.down, self.act_fn = gate_up, down, act_fn
+        self.num_experts = len(gate_up)
+        self.hidden_dim = down[0].out_features
+        self.intermediate_dim = down[0].in_features
 
     @classmethod
     def from_packed(cls, gate_up_proj: Tensor, down_proj: Tensor, act_fn: Callable[[Tensor], Tensor],
@@ -78,8 +80,8 @@ class MaskedDoRAExperts(nn.Module):
 
     def expert(self, e: int, x: Tensor) -> Tensor:
         """Expert ``e`` on the rows ``x`` routed to it."""
-        gate, up = self.gate_up_proj[e](x).chunk(2, dim=-1)
-        return self.down_proj[e](self.act_fn(gate) * up)
+        gate, up = self.gate_up[e](x).chunk(2, dim=-1)
+        return self.down[e](self.act_fn(gate) * up)
 
     def forward(self, hidden_states: Tensor, top_k_index: Tensor, top_k_weights: Tensor) -> Tensor:
         if hidden_states.dim() != 2 or hidden_states.shape[-1] != self.hidden_dim:
