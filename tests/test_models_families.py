@@ -18,9 +18,9 @@ from masked_dora.models import (MaskedDoRAConfig, compact_model, get_state, hard
 from masked_dora.models import specs as specs_module
 from masked_dora.models.compact import LAYER_SIZES_KEY
 
-from tiny_models import (DECODER_LMS, FAMILIES, MLP_ONLY_FAMILIES, QK_NORM_FAMILIES, output_tensor, prune_kwargs,
-                         randomize_adapters,
-                         reload_plain_in_clean_process, tiny_config, tiny_inputs, tiny_model)
+from tiny_models import (DECODER_LMS, FAMILIES, MLP_ONLY_FAMILIES, QK_NORM_FAMILIES, harden_and_compact, output_tensor,
+                         prune_kwargs, randomize_adapters, reload_plain_in_clean_process, tiny_config, tiny_inputs,
+                         tiny_model)
 
 AUTO = {**{f: "AutoModelForCausalLM" for f in DECODER_LMS}, "bart": "AutoModelForSeq2SeqLM", "t5": "T5EncoderModel",
         "t5-gated": "T5EncoderModel", "mt5": "MT5EncoderModel"}
@@ -142,12 +142,9 @@ def test_per_head_qk_norms_keep_the_kept_heads_in_both_save_forms(tmp_path, fami
     with torch.no_grad():  # the last heads (of every KV group) score highest; layer 1 above layer 0
         for layer, group in enumerate(get_state(model).groups_of("heads")):
             group.mask_logits.copy_(torch.linspace(-1.0, 1.0, group.num_units) + 5.0 * layer)
-    harden(model)
+    ref, small, out = harden_and_compact(model)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     inputs = tiny_inputs()
-    with torch.no_grad():
-        ref = output_tensor(model(**inputs))
-        small = compact_model(model)
-        torch.testing.assert_close(output_tensor(small(**inputs)), ref, rtol=1e-4, atol=1e-5)
     plain = not hasattr(small.config, LAYER_SIZES_KEY)
     assert plain == (family.startswith("cohere") and allocation == "uniform")
     if allocation == "global":  # the per-layer form with different head counts per layer

@@ -14,12 +14,13 @@ import os
 import pytest
 import torch
 
-from masked_dora.models import (MaskedDoRAConfig, compact_model, export_peft, get_state, harden, load_compact,
+from masked_dora.models import (MaskedDoRAConfig, export_peft, get_state, harden, load_compact,
                                 load_training_state, prepare_model, save_training_state)
 from masked_dora.models.compact import LAYER_SIZES_KEY
 from masked_dora.nn import MaskedDoRAExperts, MaskedDoRALinear
 
-from tiny_models import output_tensor, randomize_adapters, tiny_config, tiny_inputs, tiny_model
+from tiny_models import (harden_and_compact, output_tensor, randomize_adapters, tiny_config, tiny_inputs,
+                         tiny_model)
 
 MOE = ("mixtral", "qwen3_moe")
 
@@ -83,12 +84,9 @@ def test_per_layer_checkpoint_reloads_from_the_hub_layout(tmp_path, family):
     model = _prepared(family, allocation="global")
     with torch.no_grad():
         get_state(model).group("mlp", 0).mask_logits.add_(1.0)  # layer 0 keeps more than layer 1
-    harden(model)
+    ref, small, out = harden_and_compact(model)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     inputs = tiny_inputs()
-    with torch.no_grad():
-        ref = output_tensor(model(**inputs))
-        small = compact_model(model)
-        torch.testing.assert_close(output_tensor(small(**inputs)), ref, rtol=1e-4, atol=1e-5)
     sizes = getattr(small.config, LAYER_SIZES_KEY)
     assert sizes[0]["intermediate"] != sizes[1]["intermediate"]
     assert tuple(small.model.layers[0].mlp.experts.down_proj.shape)[2] == sizes[0]["intermediate"]
@@ -135,12 +133,9 @@ def test_qwen3_moe_with_dense_mlp_layers_is_refused_before_anything_changes(tmp_
     randomize_adapters(model)
     with torch.no_grad():
         get_state(model).group("heads", 0).mask_logits.add_(5.0)  # layer 0 keeps both KV groups, layer 1 one
-    harden(model)
+    ref, small, out = harden_and_compact(model)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     inputs = tiny_inputs()
-    with torch.no_grad():
-        ref = output_tensor(model(**inputs))
-        small = compact_model(model)
-        torch.testing.assert_close(output_tensor(small(**inputs)), ref, rtol=1e-4, atol=1e-5)
     assert [s["kv_heads"] for s in getattr(small.config, LAYER_SIZES_KEY)] == [2, 1]
     small.save_pretrained(tmp_path)
     with torch.no_grad():

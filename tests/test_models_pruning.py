@@ -9,7 +9,8 @@ from masked_dora.models import (MaskedDoRAConfig, SparsityController, compact_mo
 from masked_dora.models.compact import LAYER_SIZES_KEY
 from masked_dora.models.importance import importance_scores
 
-from tiny_models import FAMILIES, ONE_KV_HEAD, output_tensor, randomize_adapters, tiny_inputs, tiny_model
+from tiny_models import (FAMILIES, ONE_KV_HEAD, harden_and_compact, output_tensor, randomize_adapters, tiny_inputs,
+                         tiny_model)
 
 DECODERS = ("llama", "mistral", "qwen2")
 
@@ -23,16 +24,6 @@ def _prepared(family, kind="base", **cfg):
     return model
 
 
-def _harden_and_compact(model):
-    """Harden, then the masked model's outputs, the compact model and its outputs on the same inputs."""
-    harden(model)
-    inputs = tiny_inputs()
-    with torch.no_grad():
-        ref = output_tensor(model(**inputs))
-        small = compact_model(model)
-        return ref, small, output_tensor(small(**inputs))
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("gqa", ["kv_groups", "query_heads"])
 def test_pruned_model_equals_masked_model(family, gqa):
@@ -41,7 +32,7 @@ def test_pruned_model_equals_masked_model(family, gqa):
             _prepared(family, kind="lm", gqa=gqa)
         return
     model = _prepared(family, kind="lm", gqa=gqa)
-    ref, small, out = _harden_and_compact(model)
+    ref, small, out = harden_and_compact(model)
     # every layer is a plain nn.Linear of the new sizes
     assert not any(type(m).__name__ == "MaskedDoRALinear" for m in small.modules())
     assert not hasattr(small, "masked_dora")
@@ -188,7 +179,7 @@ def test_bf16_pruned_model_matches_to_bf16_rounding():
     prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="magnitude",
                                           target_sparsity=0.25))
     randomize_adapters(model)
-    ref, small, out = _harden_and_compact(model)
+    ref, small, out = harden_and_compact(model)
     assert out.dtype == torch.bfloat16 and next(small.parameters()).dtype == torch.bfloat16
     assert rel_err(out, ref) < 1e-2
 

@@ -178,6 +178,19 @@ def output_tensor(out) -> torch.Tensor:
     raise TypeError(f"no logits or last_hidden_state in {type(out).__name__}")
 
 
+def harden_and_compact(model):
+    """Harden, then the masked model's outputs, the compact model and its outputs on the same inputs
+    (:func:`tiny_inputs`)."""
+    from masked_dora.models import compact_model, harden
+
+    harden(model)
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        ref = output_tensor(model(**inputs))
+        small = compact_model(model)
+        return ref, small, output_tensor(small(**inputs))
+
+
 @torch.no_grad()
 def randomize_adapters(model, seed: int = 0) -> None:
     """Give every adapter and mask logit non-trivial values (B != 0, m != ||W0||, mixed logits)."""
