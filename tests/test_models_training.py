@@ -95,11 +95,14 @@ def test_prepared_model_compiles_as_one_graph():
     assert logits and all(p.grad is not None for p in logits)
 
 
-def _loss_and_grads(checkpointing):
-    """One training forward/backward of a prepared tiny Llama under ``checkpointing``, same gate noise."""
+def _loss_and_grads(checkpointing, family="llama"):
+    """One training forward/backward of a prepared tiny ``family`` under ``checkpointing``, same gate noise."""
     from torch.utils.checkpoint import checkpoint
 
-    model = tiny_model("llama", kind="lm")
+    from masked_dora.models.blocks import model_blocks
+    from masked_dora.models.specs import spec_for
+
+    model = tiny_model(family, kind="lm")
     prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5,
                                           gqa="query_heads"))
     randomize_adapters(model)  # mixed logits: a gate sample clamped at 1 would have no gradient anyway
@@ -108,7 +111,7 @@ def _loss_and_grads(checkpointing):
         model.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": checkpointing == "reentrant"})
     elif checkpointing == "torch_block":  # torch.utils.checkpoint around one decoder block, by hand
-        block = model.model.layers[1]
+        block = model_blocks(model, spec_for(model))[1].module
         inner = block.forward
         block.forward = lambda *a, **k: checkpoint(inner, *a, use_reentrant=False, **k)
     batch = _lm_batches(1)[0]
@@ -119,13 +122,17 @@ def _loss_and_grads(checkpointing):
     return out.loss.detach(), grads
 
 
+@pytest.mark.parametrize("family", ["llama", "mixtral", "falcon"])  # Mixtral: MoE experts; Falcon: fused q/k/v
 @pytest.mark.parametrize("checkpointing", ["non_reentrant", "reentrant", "torch_block"])
-def test_gradient_checkpointing_gives_the_same_loss_and_gradients(checkpointing):
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(checkpointing, family):
     """The gate is sampled once per forward, before any block: a checkpoint recomputes with the same sample.
     (Sampled lazily inside the first block, non-reentrant raised CheckpointError and reentrant left every
     mask logit without a gradient.)"""
-    ref_loss, ref = _loss_and_grads(None)
-    loss, grads = _loss_and_grads(checkpointing)
+    if (checkpointing, family) == ("torch_block", "falcon"):
+        pytest.skip("a hand-wrapped torch.utils.checkpoint around a Falcon block fails on the plain model too "
+                    "(a size mismatch inside FalconDecoderLayer); HF's gradient checkpointing is checked above")
+    ref_loss, ref = _loss_and_grads(None, family)
+    loss, grads = _loss_and_grads(checkpointing, family)
     assert torch.equal(loss, ref_loss)
     logits = [n for n in ref if n.endswith("mask_logits")]
     assert len(logits) == 4 and all(ref[n] is not None and ref[n].abs().sum() > 0 for n in logits)
