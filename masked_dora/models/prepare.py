@@ -235,6 +235,20 @@ def _refuse_heads_kv_groups_cannot_prune(spec: ModelSpec, config: MaskedDoRAConf
                          f"KV group, the KV head stays) or target_groups=('mlp',)")
 
 
+def keep_own_checkpoint_layout(model: nn.Module) -> None:
+    """Make ``save_pretrained`` write ``model``'s state dict with its own keys and layouts.
+
+    transformers 5 converts a model's state dict to the hub layout on save (Mixtral: ``mlp`` becomes
+    ``block_sparse_moe``, packed experts are split per expert), and converts back in ``from_pretrained``.
+    The Trainer resumes with a plain ``load_state_dict`` of that file, which then finds none of the wrapped
+    experts' adapters and only warns: a resumed Mixtral run restarted them from the step-0 values. A
+    prepared model's checkpoints are for resuming (the compacted model is what goes to the hub, and it
+    saves in the hub layout), so its conversion list is emptied: the one ``from_pretrained`` records.
+    """
+    if hasattr(model, "save_pretrained"):
+        model._weight_conversions = []
+
+
 def _refuse(kind: str, config: MaskedDoRAConfig, model_config, reason: str) -> None:
     others = tuple(k for k in config.target_groups if k != kind)
     raise ValueError(f"config.target_groups: {kind!r} cannot be pruned in a {model_config.model_type!r} model: "
@@ -323,6 +337,7 @@ def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, c
     if config.temperature is not None:
         state.set_temperature(config.temperature)
     setattr(model, STATE_ATTR, state.to(device))
+    keep_own_checkpoint_layout(model)
     state.save_form, state.save_form_reason = save_form, save_form_reason
     model.train(model.training)  # new modules follow the model's mode
     model.register_forward_pre_hook(ForwardMasks(state))
