@@ -15,7 +15,8 @@ __all__ = ["MaskedDoRALinear", "accelerate_peft", "backend_status", "masks", "nn
 
 # Hugging Face model support (masked_dora.models) is loaded on first use, so that
 # `import masked_dora` stays cheap and never imports transformers.
-_MODELS_EXPORTS = ("MaskedDoRAConfig", "prepare_model", "harden", "compact_model", "load_compact", "from_peft",
+_MODELS_EXPORTS = ("MaskedDoRAConfig", "prepare_model", "harden", "compact_model", "compact_for_training",
+                   "load_compact", "from_peft",
                    "export_peft",
                    "save_training_state", "load_training_state", "MaskedDoRACallback", "train_masked",
                    "SparsityController", "param_groups", "register_spec", "ModelSpec", "MLPSpec", "HeadSpec",

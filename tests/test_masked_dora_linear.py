@@ -9,7 +9,7 @@ from torch import nn
 from masked_dora import MaskedDoRALinear
 from masked_dora.masks import GumbelSigmoidGate
 
-from helpers import assert_close_rel, dense_masked_dora_f64, kernel_tolerance
+from helpers import assert_close_rel, dense_masked_dora_f64, kernel_tolerance, leaf
 
 
 def trained_layer(k=24, n=16, r=4, bias=True, dtype=torch.float32, **kw):
@@ -297,3 +297,42 @@ def test_autocast_mixed_precision_like_nn_linear():
     y.float().sum().backward()
     assert x.grad.dtype == torch.float32 and layer.lora_A.grad.dtype == torch.float32
     assert torch.isfinite(layer.lora_B.grad).all() and layer.weight.grad is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_kept_rows_and_columns_compute_the_full_layer_on_zero_inputs(dtype):
+    """keep_output_rows / keep_input_columns (training at the kept size): on inputs that are zero in the dropped
+    columns, outputs and gradients are the full layer's at the kept rows, against the float64 definition of the
+    full layer (its row norm spans every column)."""
+    layer = trained_layer(dtype=dtype).train()
+    rows = torch.rand(16) > 0.4
+    layer.set_mask(rows)
+    cols = torch.rand(24) > 0.5
+    W0, A0, B0, m0, b0 = (t.detach().clone() for t in (layer.weight, layer.lora_A, layer.lora_B, layer.magnitude,
+                                                          layer.bias))
+    layer.keep_input_columns(cols)
+    layer.keep_output_rows(rows)
+    assert (layer.in_features, layer.out_features) == (int(cols.sum()), int(rows.sum()))
+    assert layer.lora_A.requires_grad and layer.lora_B.requires_grad and not layer.weight.requires_grad
+    x = (torch.randn(5, 24) * cols).to(dtype)
+    xs = x[:, cols].clone().requires_grad_()
+    y = layer(xs)
+    x64 = x.double().requires_grad_()
+    A, B, m = (leaf(t, torch.float64) for t in (A0, B0, m0))
+    y_ref = dense_masked_dora_f64(x64, W0, b0, A, B, layer.scaling, m, rows.double())[:, rows]
+    assert_close_rel(y, y_ref, dtype, "y")
+    g = torch.randn_like(y_ref)
+    y.backward(g.to(dtype))
+    y_ref.backward(g)
+    for ours, ref, name in ((xs.grad, x64.grad[:, cols], "x"), (layer.lora_A.grad, A.grad[:, cols], "A"),
+                            (layer.lora_B.grad, B.grad[rows], "B"), (layer.magnitude.grad, m.grad[rows], "m")):
+        assert_close_rel(ours, ref, dtype, f"grad {name}")
+    assert float(A.grad[:, ~cols].abs().max()) == 0.0  # why the dropped columns of A may leave training
+    merged, _ = layer.merged_weight()
+    full = dense_masked_dora_f64(torch.eye(24, dtype=torch.float64), W0, None, A0, B0, layer.scaling, m0,
+                                 rows.double()).t()
+    assert_close_rel(merged, full[rows][:, cols], dtype, "merged weight")
+    with pytest.raises(ValueError, match="every channel would go"):
+        layer.keep_output_rows(torch.zeros(layer.out_features, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"keep: expected shape"):
+        layer.keep_input_columns(torch.ones(3, dtype=torch.bool))

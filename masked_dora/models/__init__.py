@@ -11,6 +11,7 @@ Typical use::
 """
 
 from .compact import build_compact_model, compact_model, load_compact
+from .compact_training import compact_for_training
 from .config import MaskedDoRAConfig
 from .group_mask import GroupMask
 from .peft_export import export_peft
@@ -22,7 +23,7 @@ from .training import MaskedDoRACallback, MaskTrainer, param_groups, train_maske
 
 __all__ = ["GroupMask", "MaskTrainer", "MaskedDoRACallback", "MaskedDoRAConfig", "MaskedDoRAState", "ModelSpec",
            "HeadSpec", "MLPSpec", "PerHeadSpec", "register_spec",
-           "SPECS", "SparsityController", "build_compact_model", "compact_model", "expected_keep", "export_peft",
+           "SPECS", "SparsityController", "build_compact_model", "compact_for_training", "compact_model", "expected_keep", "export_peft",
            "from_peft",
            "get_state", "harden", "is_prepared", "kept_fraction", "load_compact", "load_training_state", "param_groups",
            "plan_keep", "prepare_model", "save_training_state", "spec_for", "train_masked", "use_mask_group"]

@@ -276,8 +276,7 @@ def resize_block(block: nn.Module, spec: ModelSpec, size: Dict[str, int], config
             _new_linear(block, path, inter, fan_out)
         else:
             _new_linear(block, path, fan_in, inter * spec.mlp.segments_of(producer_index(role)))
-    for mpath, attr in spec.mlp.size_attrs if holds_spec_mlp(block, spec) else ():
-        setattr(block.get_submodule(mpath), attr, inter)
+    set_mlp_size_attrs(block, spec, inter)
     hd, heads, kv = size["head_dim"], size["heads"], size["kv_heads"]
     if spec.heads.qkv:
         _new_linear(block, head_paths["qkv"], features(mods["heads"]["qkv"])[0], (heads + 2 * kv) * hd)
@@ -285,11 +284,22 @@ def resize_block(block: nn.Module, spec: ModelSpec, size: Dict[str, int], config
         for role, n in (("query", heads), ("key", kv), ("value", kv)):
             _new_linear(block, head_paths[role], features(mods["heads"][role])[0], n * hd)
     _new_linear(block, head_paths["output"], heads * hd, features(mods["heads"]["output"])[1])
-    quantity = {"heads": heads, "kv_heads": kv, "groups": heads // kv, "width": heads * hd}
+    _resize_per_head(block, spec, config, set_head_attrs(block, spec, heads, kv, hd))
+
+
+def set_mlp_size_attrs(block: nn.Module, spec: ModelSpec, width: int) -> None:
+    """Set the MLP modules' width attributes (``MLPSpec.size_attrs``; none in a dense block of an MoE spec)."""
+    for mpath, attr in spec.mlp.size_attrs if holds_spec_mlp(block, spec) else ():
+        setattr(block.get_submodule(mpath), attr, width)
+
+
+def set_head_attrs(block: nn.Module, spec: ModelSpec, heads: int, kv: int, head_dim: int) -> Dict[str, int]:
+    """Set the attention module's head-count attributes (``HeadSpec.attrs``); returns the quantities."""
+    quantity = {"heads": heads, "kv_heads": kv, "groups": heads // kv, "width": heads * head_dim}
     attention = block.get_submodule(spec.heads.attention)
     for attr, what in spec.heads.attrs:
         setattr(attention, attr, quantity[what])
-    _resize_per_head(block, spec, config, quantity)
+    return quantity
 
 
 def build_compact_model(model_class, config, dtype: Optional[torch.dtype] = None) -> nn.Module:

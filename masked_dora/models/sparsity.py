@@ -124,6 +124,9 @@ def _global_counts(groups, scores, blocks, sparsity, align) -> List[int]:
 def harden(model: nn.Module) -> Dict[str, Dict[str, float]]:
     """Fix every group's mask to the exact top-k of its logits; returns kept counts per kind."""
     state = get_state(model)
+    if getattr(state, "compacted_for_training", False):
+        raise ValueError("model: compact_for_training already removed the pruned units and fixed the rest; "
+                         "hardening again would prune the kept ones (compact_model writes the pruned model)")
     plans = plan_current(state)
     summary = {}
     for kind in state.config.target_groups:
@@ -136,16 +139,22 @@ def harden(model: nn.Module) -> Dict[str, Dict[str, float]]:
     return summary
 
 
+def _all_units(groups) -> int:
+    """The units of ``groups`` as prepared (those compact_for_training removed included)."""
+    return sum(g.num_units + getattr(g, "pruned_units", 0) for g in groups)
+
+
 def kept_fraction(model: nn.Module, kind: str) -> float:
     """Fraction of ``kind``'s units the current hard masks keep (unit-weighted over layers)."""
     groups = get_state(model).groups_of(kind)
-    return sum(int(g.hard().sum()) for g in groups) / sum(g.num_units for g in groups)
+    return sum(int(g.hard().sum()) for g in groups) / _all_units(groups)
 
 
 def expected_keep(model: nn.Module, kind: str) -> Tensor:
     """Differentiable expected kept fraction of ``kind``'s units."""
     groups = get_state(model).groups_of(kind)
-    return torch.cat([g.expected_keep() for g in groups]).mean()
+    values, total = torch.cat([g.expected_keep() for g in groups]), _all_units(groups)
+    return values.mean() if total == values.numel() else values.sum() / total
 
 
 def planned_keep_fraction(model: nn.Module, kind: str) -> float:

@@ -27,6 +27,7 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "masked_dora_config.json"
 ADAPTER_FILE = "masked_dora_adapter.safetensors"
 CONTROLLER_FILE = "masked_dora_controller.safetensors"
+COMPACTION_FILE = "masked_dora_compaction.safetensors"  # the hardened masks of a model compacted for training
 _BASE_LEAVES = ("weight", "bias")
 
 
@@ -49,11 +50,15 @@ def save_training_state(model: nn.Module, path: str, controller: Optional[nn.Mod
     state = get_state(model)
     os.makedirs(path, exist_ok=True)
     save_file(_training_tensors(model), os.path.join(path, ADAPTER_FILE))
+    compaction = getattr(state, "compaction_masks", None)
+    if compaction is not None:  # compacted for training: the hardened masks it removed units by
+        save_file({k: v.contiguous().cpu() for k, v in compaction.items()}, os.path.join(path, COMPACTION_FILE))
     if controller is not None:
         save_file({k: v.detach().contiguous().cpu() for k, v in controller.state_dict().items()},
                   os.path.join(path, CONTROLLER_FILE))
     meta = {"format_version": FORMAT_VERSION, "spec": state.spec.name, "model_type": model.config.model_type,
-            "config": state.config.to_dict(), "base_model": getattr(model.config, "_name_or_path", "")}
+            "config": state.config.to_dict(), "base_model": getattr(model.config, "_name_or_path", ""),
+            "compacted_for_training": compaction is not None}
     with open(os.path.join(path, CONFIG_FILE), "w") as f:
         json.dump(meta, f, indent=2)
 
@@ -79,6 +84,12 @@ def load_training_state(model: nn.Module, path: str, controller: Optional[nn.Mod
     if not is_prepared(model):
         config = MaskedDoRAConfig.from_dict({**saved_config, "importance": "none"})
         prepare_model(model, config)
+    if meta.get("compacted_for_training"):  # remove the same units again, then the tensors fit
+        from .compact_training import compact_for_training
+
+        for key, keep in load_file(os.path.join(path, COMPACTION_FILE)).items():
+            get_state(model).groups[key].set_mask(keep)
+        compact_for_training(model)
     saved = load_file(os.path.join(path, ADAPTER_FILE))
     device = next(model.parameters()).device
     _load_adapter_tensors(model, saved, device)

@@ -340,23 +340,37 @@ class MaskedDoRACallback(TrainerCallback):
             self._handle = None
 
 
+def _can_train_compact(model: nn.Module) -> bool:
+    """Whether every mask is fixed and the family's attention lets its heads leave while training."""
+    state = get_state(model)
+    if not all(bool(g.mask_fixed) for g in state.groups.values()):
+        return False
+    return not ("heads" in state.config.target_groups and state.spec.heads_need_plain_config)
+
+
 def train_masked(model: nn.Module, batches: Iterable, loss_fn: Callable, steps: int, lr: float = 1e-3,
                  mask_lr: Optional[float] = None, controller: Optional[SparsityController] = None, log_every: int = 10,
                  progress: bool = False, grad_clip: Optional[float] = 1.0, sparsity_penalty: bool = True,
-                 desc: str = "masked DoRA") -> List[Dict[str, float]]:
+                 desc: str = "masked DoRA", compact: bool = True) -> List[Dict[str, float]]:
     """Train ``model`` (prepared) for ``steps`` steps on ``loss_fn(model, batch) + penalty``.
 
     ``batches`` is cycled. Adapters use ``lr``, mask logits ``mask_lr`` (default: the config's),
     in the groups of :func:`param_groups`. Returns
     the log: one dict per ``log_every`` steps (loss, penalty, sparsity stats).
     ``sparsity_penalty=False`` trains without the controller (e.g. recovery
-    fine-tuning after :func:`~masked_dora.models.harden`, when the masks are fixed).
+    fine-tuning after :func:`~masked_dora.models.harden`, when the masks are fixed); then, with
+    ``compact=True`` (the default), the run trains at the kept size
+    (:func:`~masked_dora.models.compact_for_training`, in place, where the family allows it).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: expected a positive int, got {steps!r}")
     batches = list(batches)
     if not batches:
         raise ValueError("batches: expected at least one batch, got none")
+    if compact and not sparsity_penalty and _can_train_compact(model):
+        from .compact_training import compact_for_training
+
+        compact_for_training(model)  # before the optimizer: the members' parameters become new tensors
     groups = param_groups(model, lr=lr, mask_lr=mask_lr)
     optimizer = torch.optim.AdamW(groups)
     trainable = [p for g in groups for p in g["params"]]

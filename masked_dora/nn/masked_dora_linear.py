@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ..masks.gates import Gate, make_gate
 from ..ops import _checks
 from ..ops.precision import autocast_enabled
-from ..ops.row_norm import DEFAULT_EPS, row_norm, weight_sq_norm
+from ..ops.row_norm import DEFAULT_EPS, default_eps, row_norm, weight_sq_norm
 from .functional import DROPOUT_MODES, masked_dora_linear
 from .norm_cache import RowNormCache
 
@@ -104,6 +104,10 @@ class MaskedDoRALinear(nn.Module):
         self._create_adapter()
         self._norms = RowNormCache()
         self._mask_source = None
+        # the input columns keep_input_columns dropped (None: none): part of every row's norm
+        self.register_buffer("dropped_weight", None)
+        self.register_buffer("dropped_lora_A", None)
+        self._dropped_norms = RowNormCache()
 
     # ------------------------------------------------------------ construction
 
@@ -240,11 +244,74 @@ class MaskedDoRALinear(nn.Module):
         every optimizer step.
         """
         self._norms.clear(weight_sq)
+        self._dropped_norms.clear(weight_sq)
 
     def weight_norm(self) -> Tensor:
         """The detached row norm ``n``; cached while weight, lora_A and lora_B are unchanged (their
-        version counters; see :meth:`invalidate_norm_cache` for edits through ``.data``)."""
-        return self._norms.norm(self.weight, self.lora_A, self.lora_B, self.scaling, self.norm_eps)
+        version counters; see :meth:`invalidate_norm_cache` for edits through ``.data``). After
+        :meth:`keep_input_columns`, the norm of the whole row, dropped columns included."""
+        if self.dropped_weight is None:
+            return self._norms.norm(self.weight, self.lora_A, self.lora_B, self.scaling, self.norm_eps)
+        kept = self._norms.norm(self.weight, self.lora_A, self.lora_B, self.scaling, 0.0)
+        dropped = self._dropped_norms.norm(self.dropped_weight, self.dropped_lora_A, self.lora_B, self.scaling, 0.0)
+        return self._joined_norm(kept, dropped)
+
+    def _joined_norm(self, kept: Tensor, dropped: Tensor) -> Tensor:
+        """``max(sqrt(n_kept^2 + n_dropped^2), eps)``: the row norm over kept and dropped columns together."""
+        eps = default_eps(self.weight.dtype) if self.norm_eps is None else self.norm_eps
+        return torch.sqrt(kept.square() + dropped.square()).clamp_min(eps)
+
+    # ------------------------------------------------------------ training at the kept size
+
+    @torch.no_grad()
+    def keep_output_rows(self, keep: Tensor) -> None:
+        """Drop, in place, the output channels where ``keep`` (bool, ``out_features``) is False: their rows of
+        ``W0``, the bias, ``B``, the magnitude and the mask. The kept channels compute what they computed (the
+        row norm is per row). Their parameters are new tensors: build the optimizer afterwards."""
+        keep = self._checked_keep("keep", keep, self.out_features)
+        self.weight = nn.Parameter(self.weight[keep], requires_grad=False)
+        if self.bias is not None:
+            self.bias = nn.Parameter(self.bias[keep], requires_grad=False)
+        for name in ("lora_B", "magnitude", "mask_logits"):
+            old = getattr(self, name)
+            setattr(self, name, nn.Parameter(old[keep], requires_grad=old.requires_grad))
+        self.fixed_keep = self.fixed_keep[keep]
+        self.out_features = int(keep.sum())
+        if self.dropped_weight is not None:
+            self.dropped_weight = self.dropped_weight[keep]
+        self.invalidate_norm_cache()
+
+    @torch.no_grad()
+    def keep_input_columns(self, keep: Tensor) -> None:
+        """Drop, in place, the input channels where ``keep`` (bool, ``in_features``) is False, for inputs that
+        are exactly zero there (a pruned producer's channels): outputs and gradients stay what they were.
+
+        The GEMMs shrink to the kept columns of ``W0`` and ``A``; the row norm still spans the whole row, so
+        the dropped columns of ``W0`` and ``A`` move to the buffers ``dropped_weight`` / ``dropped_lora_A``
+        and ``n^2 = n_kept^2 + n_dropped^2`` (``B`` is shared). Those columns of ``A`` get no gradient in
+        full-width training either (their input is zero), so they are constants there too, unless the
+        optimizer decays weights it gives no gradient (decoupled weight decay on ``A``).
+        """
+        keep = self._checked_keep("keep", keep, self.in_features)
+        drop = ~keep
+        dropped_w, dropped_a = self.weight[:, drop], self.lora_A[:, drop]
+        if self.dropped_weight is not None:  # a second call: keep adding to what was dropped before
+            dropped_w = torch.cat([self.dropped_weight, dropped_w], dim=1)
+            dropped_a = torch.cat([self.dropped_lora_A, dropped_a], dim=1)
+        self.dropped_weight, self.dropped_lora_A = dropped_w.contiguous(), dropped_a.detach().clone()
+        self.weight = nn.Parameter(self.weight[:, keep].contiguous(), requires_grad=False)
+        self.lora_A = nn.Parameter(self.lora_A[:, keep].contiguous(), requires_grad=self.lora_A.requires_grad)
+        self.in_features = int(keep.sum())
+        self.invalidate_norm_cache()
+
+    def _checked_keep(self, name: str, keep: Tensor, size: int) -> Tensor:
+        if not isinstance(keep, Tensor) or keep.dtype != torch.bool:
+            raise TypeError(f"{name}: expected a bool tensor, got "
+                            f"{keep.dtype if isinstance(keep, Tensor) else type(keep).__name__}")
+        _checks.check_shape(name, keep, (size,))
+        if not keep.any():
+            raise ValueError(f"{name}: every channel would go; there would be no layer left")
+        return keep.to(self.weight.device)
 
     def _compute_dtype(self, x: Tensor) -> torch.dtype:
         """The dtype the GEMMs run in: the autocast dtype inside ``torch.autocast``, else the weight's.
@@ -291,12 +358,22 @@ class MaskedDoRALinear(nn.Module):
         acc = torch.float64 if self.weight.dtype == torch.float64 else torch.float32
         z = self.keep_mask().to(acc)
         A, B = self.lora_A.to(acc), self.lora_B.to(acc)
-        norm = row_norm(self.weight, self.lora_A.to(self.weight.dtype), self.lora_B.to(self.weight.dtype),
-                        self.scaling, None, self.norm_eps).to(acc)
+        norm = self._fresh_row_norm().to(acc)
         scale = self.magnitude.to(acc) * z / norm
         merged = torch.addmm(self.weight.to(acc), B, A, alpha=self.scaling).mul_(scale[:, None])
         bias = None if self.bias is None else (z * self.bias.to(acc)).to(self.bias.dtype)
         return merged.to(self.weight.dtype), bias
+
+    def _fresh_row_norm(self) -> Tensor:
+        """The row norm computed now (not cached), dropped input columns included."""
+        def part(weight, lora_A, eps):
+            dtype = self.weight.dtype
+            return row_norm(weight, lora_A.to(dtype), self.lora_B.to(dtype), self.scaling, None, eps)
+
+        if self.dropped_weight is None:
+            return part(self.weight, self.lora_A, self.norm_eps)
+        return self._joined_norm(part(self.weight, self.lora_A, 0.0),
+                                 part(self.dropped_weight, self.dropped_lora_A, 0.0))
 
     @torch.no_grad()
     def _merged_kept_rows(self, caller: str) -> Tuple[Tensor, Optional[Tensor], Tensor]:
@@ -352,4 +429,6 @@ class MaskedDoRALinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, rank={self.rank}, alpha={self.alpha:g}, "
                 f"scaling={self.scaling:.4g}, use_rslora={self.use_rslora}, gate={self.gate.name}"
-                + (f", lora_dropout={self.lora_dropout:g}, dropout_mode={self.dropout_mode}" if self.lora_dropout else ""))
+                + (f", lora_dropout={self.lora_dropout:g}, dropout_mode={self.dropout_mode}"
+                   if self.lora_dropout else "")
+                + (f", dropped_inputs={self.dropped_weight.shape[1]}" if self.dropped_weight is not None else ""))

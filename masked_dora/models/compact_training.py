@@ -1,0 +1,162 @@
+r"""Training at the kept size: once the masks are fixed, the pruned channels leave the prepared model.
+
+After :func:`~masked_dora.models.harden` the recovery phase still runs full-width GEMMs whose pruned rows
+and columns compute exact zeros. :func:`compact_for_training` removes them in place while every adapter
+stays a trainable masked-DoRA layer:
+
+* a group's gated members (producers: ``gate_proj``/``up_proj`` rows, q/k/v head blocks, a fused
+  projection's rows) keep their kept rows of ``W0``, the bias, ``B``, the magnitude
+  (:meth:`~masked_dora.nn.MaskedDoRALinear.keep_output_rows`): each row's norm is its own, so nothing changes;
+* a group's consumers (``down_proj``, ``o_proj``) keep the kept columns of ``W0`` and ``A``
+  (:meth:`~masked_dora.nn.MaskedDoRALinear.keep_input_columns`); their input is exactly zero in the dropped
+  columns, and the row norm still counts the dropped part (``n^2 = n_kept^2 + n_dropped^2``);
+* attention modules get their new head counts (``HeadSpec.attrs``), per-head norms their kept heads, MLP
+  modules their new width (``MLPSpec.size_attrs``), MoE experts each their kept channels;
+* every group becomes one of its kept units, all kept (fixed), so a query head's ``InputGate`` goes.
+
+So a step computes what the full-width step computed, on the kept size; with an optimizer that leaves
+parameters without gradient alone (SGD, Adam, AdamW without weight decay on ``A``, the defaults of
+:func:`~masked_dora.models.train_masked` and the HF Trainer), training on and compacting
+(:func:`~masked_dora.models.compact_model`) gives the model the full-width run gives, up to rounding
+(the GEMMs have other shapes). With ``lora_dropout`` the dropout masks are drawn for other shapes, so runs
+agree in distribution only.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+from torch import Tensor, nn
+
+from ..nn import MaskedDoRALinear
+from .blocks import Block, block_modules, head_layout, per_head_modules
+from .compact import set_head_attrs, set_mlp_size_attrs
+from .group_mask import ALWAYS_KEPT, GroupMask, InputGate, MaskView
+from .prepare import get_state
+
+
+def is_compacted_for_training(model: nn.Module) -> bool:
+    return bool(getattr(get_state(model), "compacted_for_training", False))
+
+
+@torch.no_grad()
+def compact_for_training(model: nn.Module) -> nn.Module:
+    """Drop every pruned channel and head from the prepared ``model`` in place (see the module docstring) and
+    return it. Needs fixed masks (:func:`~masked_dora.models.harden`); build the optimizer afterwards (the
+    members' parameters are new tensors). A second call does nothing."""
+    state = get_state(model)
+    if is_compacted_for_training(model):
+        return model
+    loose = [key for key, g in state.groups.items() if not bool(g.mask_fixed)]
+    if loose:
+        raise ValueError(f"model: compact_for_training needs fixed masks; the groups {loose[:4]} still learn theirs: "
+                         f"call masked_dora.harden(model) first")
+    if "heads" in state.config.target_groups and state.spec.heads_need_plain_config:
+        raise ValueError(f"model: a {model.config.model_type!r} attention reads its head counts from the model "
+                         f"config, so its heads cannot leave the prepared model while it trains; train at full "
+                         f"width (train_masked(..., compact=False)) or prune target_groups=('mlp',)")
+    state.compaction_masks = {key: g.hard().cpu().clone() for key, g in state.groups.items()}
+    for b in state.blocks(model):
+        if "mlp" in state.config.target_groups:
+            _compact_mlp_group(state, b)
+        if "heads" in state.config.target_groups:
+            _compact_head_group(state, b, model.config)
+    state.compacted_for_training = True
+    return model
+
+
+def _compact_mlp_group(state, b: Block) -> None:
+    group = state.group("mlp", b.index)
+    members = block_modules(b.module, b.spec, ("mlp",))["mlp"]
+    state.groups[f"mlp_{b.index}"] = _kept_group(group, _slice_members(group, members), members)
+    set_mlp_size_attrs(b.module, b.spec, int(group.hard().sum()) // group.partitions)
+    experts = b.module.get_submodule(b.spec.mlp.experts) if b.spec.mlp.experts else None
+    if experts is not None:
+        experts.intermediate_dim = int(group.hard().sum()) // group.partitions
+
+
+def _compact_head_group(state, b: Block, model_config) -> None:
+    group = state.group("heads", b.index)
+    mods = block_modules(b.module, b.spec, ("heads",))["heads"]
+    hd = head_layout(model_config, b.spec).head_dim
+    kept_heads = _kept_heads(group, mods, hd)
+    state.groups[f"heads_{b.index}"] = _kept_group(group, _slice_members(group, mods), mods)
+    heads = mods["output"].in_features // hd
+    if "qkv" in mods:  # [q | k | v] rows in some order: the rest of the rows are 2 x the KV heads'
+        kv = (mods["qkv"].out_features - heads * hd) // (2 * hd)
+    else:
+        kv = mods["key"].out_features // hd
+    set_head_attrs(b.module, b.spec, heads, kv, hd)
+    _keep_per_head(b, model_config, kept_heads)
+
+
+def _slice_members(group: GroupMask, members: Dict[str, nn.Module]) -> Dict[str, Tensor]:
+    """Cut every member of ``group`` to its kept channels: gated members their rows, consumers (members
+    whose input the group's units feed) their columns; drop the group's ``InputGate`` hooks. Returns the
+    per-channel keep of each role the group indexes, taken before any cut."""
+    hard = group.hard()
+    keep = {role: group.per_channel(role, hard).bool().cpu() for role in group.roles}
+    for role, layer in members.items():
+        if not isinstance(layer, MaskedDoRALinear):
+            raise TypeError(f"model: expected a masked-DoRA layer for {group.kind} role {role!r}, got "
+                            f"{type(layer).__name__}")
+        source = layer.mask_source
+        if isinstance(source, MaskView) and source.group is group:  # gated: its rows follow the units
+            layer.keep_output_rows(keep[role])
+        elif role in keep and not bool(keep[role].all()):  # fed by the units: its input columns follow them
+            layer.keep_input_columns(keep[role])
+        for handle_id, hook in list(layer._forward_pre_hooks.items()):
+            if isinstance(hook, InputGate) and hook.group is group:  # every kept head passes: the gate is 1
+                del layer._forward_pre_hooks[handle_id]
+    return keep
+
+
+def _kept_group(group: GroupMask, keep: Dict[str, Tensor], members: Dict[str, nn.Module]) -> GroupMask:
+    """The group of ``group``'s kept units, all kept and fixed, its ``members`` reading it instead."""
+    units = group.hard().cpu()
+    new_unit = torch.cumsum(units.long(), 0) - 1  # the kept unit's number among the kept ones
+    indices = {}
+    for role in group.roles:
+        old = group.index(role).cpu()[keep[role]]
+        indices[role] = torch.where(old == ALWAYS_KEPT, old, new_unit[old.clamp_min(0)])
+    new = GroupMask(group.kind, group.layer, int(units.sum()), indices, gate=group.gate.name,
+                    partitions=group.partitions, unit_size=group.unit_size)
+    new.pruned_units = group.num_units - new.num_units + getattr(group, "pruned_units", 0)
+    new.gate.load_state_dict(group.gate.state_dict())
+    new.mask_logits.copy_(group.mask_logits.detach()[units.to(group.mask_logits.device)])
+    new.set_mask(torch.ones(new.num_units, dtype=torch.bool))
+    new = new.to(group.mask_logits.device)
+    for layer in members.values():
+        source = layer.mask_source
+        if isinstance(source, MaskView) and source.group is group:
+            layer.set_mask_source(MaskView(new, source.role))
+    return new
+
+
+def _kept_heads(group: GroupMask, mods: Dict[str, nn.Module], head_dim: int) -> Dict[str, Tensor]:
+    """The kept query heads (the output's kept input columns) and KV heads (the key's kept rows; all of them
+    where the key is kept whole), each ascending."""
+    hard = group.hard()
+    columns = torch.nonzero(group.per_channel("output", hard).bool().cpu()).flatten()
+    heads = torch.unique(columns // head_dim)
+    key = mods.get("key")
+    if key is None:
+        return {"heads": heads, "kv_heads": torch.empty(0, dtype=torch.long)}
+    rows = torch.nonzero(key.keep_mask().cpu()).flatten()
+    return {"heads": heads, "kv_heads": torch.unique(rows // head_dim)}
+
+
+def _keep_per_head(b: Block, model_config, kept: Dict[str, Tensor]) -> None:
+    """Cut the block's per-head modules (q/k norms) to the kept heads, in place."""
+    for entry, module in per_head_modules(b.module, b.spec, model_config):
+        heads = kept[entry.follows]
+        if entry.modules:
+            old = getattr(module, entry.modules)
+            setattr(module, entry.modules, nn.ModuleList([old[i] for i in heads.tolist()]))
+            if entry.count_attr:
+                setattr(module, entry.count_attr, len(heads))
+        else:
+            for name, p in list(module.named_parameters(recurse=False)):
+                setattr(module, name, nn.Parameter(p.detach()[heads.to(p.device)].clone(),
+                                                   requires_grad=p.requires_grad))

@@ -1,0 +1,111 @@
+"""Training at the kept size (compact_for_training): the same model as training at full width, smaller GEMMs.
+
+Two copies of a hardened model run the same recovery steps (train_masked, AdamW, no weight decay), one at
+full width and one compacted for training (train_masked's default once the masks are fixed); compacting each
+afterwards gives the same model, to float64 rounding (the GEMMs have other shapes).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from masked_dora.models import (MaskedDoRAConfig, compact_for_training, compact_model, export_peft, get_state, harden,
+                                kept_fraction, load_training_state, prepare_model, save_training_state, train_masked)
+from masked_dora.nn import MaskedDoRALinear
+
+from tiny_models import output_tensor, prune_kwargs, randomize_adapters, tiny_inputs, tiny_model
+
+CASES = [("llama", "kv_groups"), ("llama", "query_heads"), ("mixtral", "kv_groups"), ("falcon-new", "kv_groups"),
+         ("falcon", "query_heads"), ("gpt2", "kv_groups"), ("bert", "kv_groups"), ("bart", "kv_groups"),
+         ("cohere-qk-norm", "query_heads"), ("stablelm-qk-norm", "kv_groups"), ("t5-gated", "kv_groups")]
+
+
+def _hardened(family, gqa):
+    torch.manual_seed(0)
+    model = tiny_model(family, kind="lm").double()
+    if hasattr(model.config, "_experts_implementation"):  # grouped_mm has no float64 kernel; eager computes alike
+        model.config._experts_implementation = "eager"
+    groups = ("mlp",) if family.startswith("t5") else ("mlp", "heads")
+    prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5,
+                                          target_groups=groups, **{**prune_kwargs(family), "gqa": gqa}))
+    randomize_adapters(model)
+    harden(model)
+    return model
+
+
+def _loss(model, batch):
+    """A fixed random projection of the output (a mean square of a normalised encoder output is nearly
+    constant: its gradient is rounding noise, which AdamW's per-element normalisation turns into full steps)."""
+    out = output_tensor(model(**batch))
+    direction = torch.randn(out.shape, generator=torch.Generator().manual_seed(5), dtype=out.dtype)
+    return (out * direction).mean()
+
+
+def _batches():
+    return [tiny_inputs(seed=s) for s in range(3)]
+
+
+@pytest.mark.parametrize("family, gqa", CASES)
+def test_compact_training_gives_the_full_width_model(family, gqa):
+    full = _hardened(family, gqa)
+    small = copy.deepcopy(full)
+    widths = [m.weight.numel() for m in full.modules() if isinstance(m, MaskedDoRALinear)]
+    train_masked(full, _batches(), _loss, steps=3, lr=1e-2, sparsity_penalty=False, compact=False)
+    train_masked(small, _batches(), _loss, steps=3, lr=1e-2, sparsity_penalty=False)  # compact by default
+    assert get_state(small).compacted_for_training and not getattr(get_state(full), "compacted_for_training", False)
+    assert sum(m.weight.numel() for m in small.modules() if isinstance(m, MaskedDoRALinear)) < sum(widths)
+    assert kept_fraction(small, "mlp") == kept_fraction(full, "mlp") == 0.5
+    inputs = tiny_inputs(seed=7)
+    with torch.no_grad():
+        ref = output_tensor(full(**inputs))
+        torch.testing.assert_close(output_tensor(small(**inputs)), ref, rtol=1e-9, atol=1e-11)
+        a, b = compact_model(full), compact_model(small)
+        torch.testing.assert_close(output_tensor(b(**inputs)), output_tensor(a(**inputs)), rtol=1e-9, atol=1e-11)
+    assert a.config.to_dict() == b.config.to_dict()
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(q, p, rtol=1e-9, atol=1e-11, msg=name)
+
+
+def test_compact_training_needs_fixed_masks_and_is_final():
+    model = tiny_model("llama", kind="lm")
+    prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5))
+    with pytest.raises(ValueError, match="compact_for_training needs fixed masks.*call masked_dora.harden"):
+        compact_for_training(model)
+    harden(model)
+    block = model.model.layers[0]
+    compact_for_training(model)
+    assert (block.mlp.gate_proj.out_features, block.mlp.down_proj.in_features) == (32, 32)
+    assert (block.self_attn.q_proj.out_features, block.self_attn.o_proj.in_features) == (16, 16)
+    assert block.mlp.down_proj.dropped_weight.shape == (32, 32)  # its row norms still count the dropped half
+    compact_for_training(model)  # a second call does nothing
+    assert block.mlp.gate_proj.out_features == 32
+    with pytest.raises(ValueError, match="hardening again would prune the kept ones"):
+        harden(model)
+    with pytest.raises(NotImplementedError, match="compact_for_training removed its pruned channels"):
+        export_peft(model, "unused")
+
+
+def test_a_training_state_saved_after_compaction_loads_compacted(tmp_path):
+    model = _hardened("llama", "query_heads")
+    train_masked(model, _batches(), _loss, steps=2, lr=1e-2, sparsity_penalty=False)
+    save_training_state(model, str(tmp_path))
+    fresh = load_training_state(tiny_model("llama", kind="lm").double(), str(tmp_path))
+    assert get_state(fresh).compacted_for_training
+    inputs = tiny_inputs(seed=3)
+    with torch.no_grad():
+        assert torch.equal(output_tensor(fresh(**inputs)), output_tensor(model(**inputs)))
+
+
+def test_phi3_heads_train_at_full_width():
+    """Phi-3's attention reads its head counts from the config: compact_for_training refuses its heads, and
+    train_masked then trains at full width."""
+    model = tiny_model("phi3", kind="lm")
+    prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5))
+    harden(model)
+    with pytest.raises(ValueError, match="reads its head counts from the model config"):
+        compact_for_training(model)
+    train_masked(model, _batches(), _loss, steps=1, sparsity_penalty=False)
+    assert not getattr(get_state(model), "compacted_for_training", False)
