@@ -18,8 +18,8 @@ So a step computes what the full-width step computed, on the kept size; with an 
 parameters without gradient alone (SGD, Adam, AdamW without weight decay on ``A``, the defaults of
 :func:`~masked_dora.models.train_masked` and the HF Trainer), training on and compacting
 (:func:`~masked_dora.models.compact_model`) gives the model the full-width run gives, up to rounding
-(the GEMMs have other shapes). With ``lora_dropout`` the dropout masks are drawn for other shapes, so runs
-agree in distribution only.
+(the GEMMs have other shapes). With dropout (``lora_dropout``, or the model's own) the runs draw other random
+masks (the fixed gates still draw their noise, over fewer units), so they agree in distribution only.
 """
 
 from __future__ import annotations
