@@ -72,14 +72,15 @@ def test_compact_training_gives_the_full_width_model(family, gqa):
 def test_compact_training_needs_fixed_masks_and_is_final():
     model = tiny_model("llama", kind="lm")
     prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5))
-    with pytest.raises(ValueError, match="compact_for_training needs fixed masks.*call masked_dora.harden"):
+    with pytest.raises(ValueError, match="compact_for_training cannot run: .* still learn their masks: call "
+                                         "masked_dora.harden"):
         compact_for_training(model)
     harden(model)
     block = model.model.layers[0]
     compact_for_training(model)
     assert (block.mlp.gate_proj.out_features, block.mlp.down_proj.in_features) == (32, 32)
     assert (block.self_attn.q_proj.out_features, block.self_attn.o_proj.in_features) == (16, 16)
-    assert block.mlp.down_proj.dropped_weight.shape == (32, 32)  # its row norms still count the dropped half
+    assert block.mlp.down_proj.dropped_wa.shape == (32, 4)  # its row norms still count the dropped half (N x r)
     compact_for_training(model)  # a second call does nothing
     assert block.mlp.gate_proj.out_features == 32
     with pytest.raises(ValueError, match="hardening again would prune the kept ones"):
@@ -109,3 +110,49 @@ def test_phi3_heads_train_at_full_width():
         compact_for_training(model)
     train_masked(model, _batches(), _loss, steps=1, sparsity_penalty=False)
     assert not getattr(get_state(model), "compacted_for_training", False)
+
+
+def test_the_trainer_trains_a_compacted_model_and_refuses_an_optimizer_built_before(tmp_path):
+    """After compact_for_training a Trainer built then trains the new (kept-size) adapters; the optimizer of a
+    Trainer that trained before compacting holds the replaced tensors and would train nothing: refused."""
+    from transformers import Trainer, TrainingArguments
+
+    from masked_dora.models import MaskedDoRACallback
+
+    model = tiny_model("llama", kind="lm")
+    prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5))
+    data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(3, 97, (8, 9))]
+
+    def trainer():
+        args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4,
+                                 learning_rate=1e-2, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
+        return Trainer(model=model, args=args, train_dataset=data, callbacks=[MaskedDoRACallback(model)])
+
+    before = trainer()
+    before.train()
+    harden(model)
+    compact_for_training(model)
+    with pytest.raises(ValueError, match="built before compact_for_training replaced them"):
+        before.train()
+    b = model.model.layers[0].mlp.down_proj.lora_A.detach().clone()
+    trainer().train()
+    assert b.shape == (4, 32) and not torch.equal(model.model.layers[0].mlp.down_proj.lora_A, b)
+
+
+def test_a_compacted_eval_model_draws_no_gate_noise_and_logs_the_kept_fraction():
+    model = tiny_model("llama", kind="lm")
+    prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.3))
+    harden(model)
+    model.eval()
+    compact_for_training(model)
+    state = torch.get_rng_state()
+    with torch.no_grad():
+        model(**tiny_inputs())
+    assert torch.equal(torch.get_rng_state(), state)  # the new groups follow the model's eval mode
+    from masked_dora.models import SparsityController
+
+    # the controller's target (what train_masked logs) is what is kept (64 x 0.7 rounds to 48 channels, 2 KV
+    # groups x 0.7 to 1), not a 30% cut planned again over the kept units (48 x 0.7 would round to 32)
+    controller = SparsityController(model)
+    assert float(controller.controllers["mlp"].target_keep(0)) == kept_fraction(model, "mlp") == 0.75
+    assert float(controller.controllers["heads"].target_keep(0)) == kept_fraction(model, "heads") == 0.5

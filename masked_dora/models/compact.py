@@ -247,19 +247,28 @@ def _resize_packed_experts(block: nn.Module, spec: ModelSpec, inter: int) -> Non
             setattr(module, name, nn.Parameter(old.new_empty(shape), requires_grad=old.requires_grad))
 
 
-def _resize_per_head(block: nn.Module, spec: ModelSpec, config, counts: Dict[str, int]) -> None:
-    """Cut the block's per-head modules to ``counts`` (``{"heads": n, "kv_heads": n}``) heads: a ModuleList to
-    its first entries (and its count attribute), a parameter to its first rows; the checkpoint's weights
-    replace them."""
+@torch.no_grad()
+def keep_per_head(block: nn.Module, spec: ModelSpec, config, kept: Dict[str, torch.Tensor]) -> None:
+    """Cut the block's per-head modules (``HeadSpec.per_head``) in place to the heads ``kept`` names
+    (``{"heads": query head indices, "kv_heads": KV head indices}``): a ModuleList to those entries (and its
+    count attribute), a parameter to those rows."""
     for entry, module in per_head_modules(block, spec, config):
-        n = counts[entry.follows]
+        heads = kept[entry.follows]
         if entry.modules:
-            setattr(module, entry.modules, nn.ModuleList(list(getattr(module, entry.modules))[:n]))
+            old = getattr(module, entry.modules)
+            setattr(module, entry.modules, nn.ModuleList([old[i] for i in heads.tolist()]))
             if entry.count_attr:
-                setattr(module, entry.count_attr, n)
+                setattr(module, entry.count_attr, len(heads))
         else:
             for name, p in list(module.named_parameters(recurse=False)):
-                setattr(module, name, nn.Parameter(p.detach()[:n].clone(), requires_grad=p.requires_grad))
+                setattr(module, name, nn.Parameter(p.detach()[heads.to(p.device)].clone(),
+                                                   requires_grad=p.requires_grad))
+
+
+def _resize_per_head(block: nn.Module, spec: ModelSpec, config, counts: Dict[str, int]) -> None:
+    """Cut a fresh block's per-head modules to their first ``counts`` heads (``{"heads": n, "kv_heads": n}``);
+    the checkpoint's weights replace them."""
+    keep_per_head(block, spec, config, {k: torch.arange(counts[k]) for k in ("heads", "kv_heads")})
 
 
 def resize_block(block: nn.Module, spec: ModelSpec, size: Dict[str, int], config) -> None:

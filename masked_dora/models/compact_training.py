@@ -15,7 +15,7 @@ stays a trainable masked-DoRA layer:
 * every group becomes one of its kept units, all kept (fixed), so a query head's ``InputGate`` goes.
 
 So a step computes what the full-width step computed, on the kept size; with an optimizer that leaves
-parameters without gradient alone (SGD, Adam, AdamW without weight decay on ``A``, the defaults of
+parameters with a zero gradient alone (a fresh optimizer without weight decay on ``A``: the defaults of
 :func:`~masked_dora.models.train_masked` and the HF Trainer), training on and compacting
 (:func:`~masked_dora.models.compact_model`) gives the model the full-width run gives, up to rounding
 (the GEMMs have other shapes). With dropout (``lora_dropout``, or the model's own) the runs draw other random
@@ -24,14 +24,16 @@ masks (the fixed gates still draw their noise, over fewer units), so they agree 
 
 from __future__ import annotations
 
-from typing import Dict
+import copy
+from typing import Dict, Optional
 
 import torch
 from torch import Tensor, nn
 
 from ..nn import MaskedDoRALinear
-from .blocks import Block, block_modules, head_layout, per_head_modules
-from .compact import set_head_attrs, set_mlp_size_attrs
+from ..nn.norm_cache import is_regathered
+from .blocks import Block, block_modules, head_layout
+from .compact import keep_per_head, set_head_attrs, set_mlp_size_attrs
 from .group_mask import ALWAYS_KEPT, GroupMask, InputGate, MaskView
 from .prepare import get_state
 
@@ -40,28 +42,41 @@ def is_compacted_for_training(model: nn.Module) -> bool:
     return bool(getattr(get_state(model), "compacted_for_training", False))
 
 
+def compact_training_refusal(model: nn.Module) -> Optional[str]:
+    """Why ``model`` cannot be compacted for training now (``None``: it can)."""
+    state = get_state(model)
+    loose = [key for key, g in state.groups.items() if not bool(g.mask_fixed)]
+    if loose:
+        return f"the groups {loose[:4]} still learn their masks: call masked_dora.harden(model) first"
+    if "heads" in state.config.target_groups and state.spec.heads_need_plain_config:
+        return (f"a {model.config.model_type!r} attention reads its head counts from the model config, so its heads "
+                f"cannot leave the prepared model while it trains")
+    if any(is_regathered(m.weight) for m in model.modules() if isinstance(m, MaskedDoRALinear)):
+        return ("its parameters are sharded (FSDP2 or DeepSpeed ZeRO-3), and the sharded copies would keep the old "
+                "shapes: compact before wrapping the model")
+    return None
+
+
 @torch.no_grad()
 def compact_for_training(model: nn.Module) -> nn.Module:
     """Drop every pruned channel and head from the prepared ``model`` in place (see the module docstring) and
-    return it. Needs fixed masks (:func:`~masked_dora.models.harden`); build the optimizer afterwards (the
-    members' parameters are new tensors). A second call does nothing."""
+    return it. Needs fixed masks (:func:`~masked_dora.models.harden`). The members' parameters become new
+    tensors: compact before building the optimizer, the Trainer, DDP/FSDP or ``torch.compile``. A second call
+    does nothing."""
     state = get_state(model)
     if is_compacted_for_training(model):
         return model
-    loose = [key for key, g in state.groups.items() if not bool(g.mask_fixed)]
-    if loose:
-        raise ValueError(f"model: compact_for_training needs fixed masks; the groups {loose[:4]} still learn theirs: "
-                         f"call masked_dora.harden(model) first")
-    if "heads" in state.config.target_groups and state.spec.heads_need_plain_config:
-        raise ValueError(f"model: a {model.config.model_type!r} attention reads its head counts from the model "
-                         f"config, so its heads cannot leave the prepared model while it trains; train at full "
-                         f"width (train_masked(..., compact=False)) or prune target_groups=('mlp',)")
-    state.compaction_masks = {key: g.hard().cpu().clone() for key, g in state.groups.items()}
+    reason = compact_training_refusal(model)
+    if reason is not None:
+        raise ValueError(f"model: compact_for_training cannot run: {reason}; train at full width "
+                         f"(train_masked(..., compact=False))")
+    masks = {key: g.hard().cpu().clone() for key, g in state.groups.items()}
     for b in state.blocks(model):
         if "mlp" in state.config.target_groups:
             _compact_mlp_group(state, b)
         if "heads" in state.config.target_groups:
             _compact_head_group(state, b, model.config)
+    state.compaction_masks = masks  # what save_training_state records, and load_training_state compacts by
     state.compacted_for_training = True
     return model
 
@@ -71,9 +86,6 @@ def _compact_mlp_group(state, b: Block) -> None:
     members = block_modules(b.module, b.spec, ("mlp",))["mlp"]
     state.groups[f"mlp_{b.index}"] = _kept_group(group, _slice_members(group, members), members)
     set_mlp_size_attrs(b.module, b.spec, int(group.hard().sum()) // group.partitions)
-    experts = b.module.get_submodule(b.spec.mlp.experts) if b.spec.mlp.experts else None
-    if experts is not None:
-        experts.intermediate_dim = int(group.hard().sum()) // group.partitions
 
 
 def _compact_head_group(state, b: Block, model_config) -> None:
@@ -88,7 +100,7 @@ def _compact_head_group(state, b: Block, model_config) -> None:
     else:
         kv = mods["key"].out_features // hd
     set_head_attrs(b.module, b.spec, heads, kv, hd)
-    _keep_per_head(b, model_config, kept_heads)
+    keep_per_head(b.module, b.spec, model_config, kept_heads)
 
 
 def _slice_members(group: GroupMask, members: Dict[str, nn.Module]) -> Dict[str, Tensor]:
@@ -120,10 +132,11 @@ def _kept_group(group: GroupMask, keep: Dict[str, Tensor], members: Dict[str, nn
     for role in group.roles:
         old = group.index(role).cpu()[keep[role]]
         indices[role] = torch.where(old == ALWAYS_KEPT, old, new_unit[old.clamp_min(0)])
-    new = GroupMask(group.kind, group.layer, int(units.sum()), indices, gate=group.gate.name,
-                    partitions=group.partitions, unit_size=group.unit_size)
+    new = GroupMask(group.kind, group.layer, int(units.sum()), indices, partitions=group.partitions,
+                    unit_size=group.unit_size)
     new.pruned_units = group.num_units - new.num_units + getattr(group, "pruned_units", 0)
-    new.gate.load_state_dict(group.gate.state_dict())
+    new.gate = copy.deepcopy(group.gate)  # the same gate (a custom one too), its temperature with it
+    new.train(group.training)
     new.mask_logits.copy_(group.mask_logits.detach()[units.to(group.mask_logits.device)])
     new.set_mask(torch.ones(new.num_units, dtype=torch.bool))
     new = new.to(group.mask_logits.device)
@@ -145,18 +158,3 @@ def _kept_heads(group: GroupMask, mods: Dict[str, nn.Module], head_dim: int) -> 
         return {"heads": heads, "kv_heads": torch.empty(0, dtype=torch.long)}
     rows = torch.nonzero(key.keep_mask().cpu()).flatten()
     return {"heads": heads, "kv_heads": torch.unique(rows // head_dim)}
-
-
-def _keep_per_head(b: Block, model_config, kept: Dict[str, Tensor]) -> None:
-    """Cut the block's per-head modules (q/k norms) to the kept heads, in place."""
-    for entry, module in per_head_modules(b.module, b.spec, model_config):
-        heads = kept[entry.follows]
-        if entry.modules:
-            old = getattr(module, entry.modules)
-            setattr(module, entry.modules, nn.ModuleList([old[i] for i in heads.tolist()]))
-            if entry.count_attr:
-                setattr(module, entry.count_attr, len(heads))
-        else:
-            for name, p in list(module.named_parameters(recurse=False)):
-                setattr(module, name, nn.Parameter(p.detach()[heads.to(p.device)].clone(),
-                                                   requires_grad=p.requires_grad))

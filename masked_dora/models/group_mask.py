@@ -209,7 +209,7 @@ class ForwardMasks:
             for layer in self._layers:
                 layer.invalidate_norm_cache(weight_sq=False)
         groups = self.state.groups
-        if self.state.config.budget == "exact":
+        if self.state.config.budget == "exact" and not getattr(self.state, "compacted_for_training", False):
             plans = self.state.exact_plan()
             for key, group in groups.items():
                 group.set_planned(plans[key])

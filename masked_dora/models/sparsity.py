@@ -158,8 +158,11 @@ def expected_keep(model: nn.Module, kind: str) -> Tensor:
 
 
 def planned_keep_fraction(model: nn.Module, kind: str) -> float:
-    """The kept fraction :func:`harden` will produce (with alignment rounding) for ``kind``."""
+    """The kept fraction :func:`harden` will produce (with alignment rounding) for ``kind``; after
+    compact_for_training, the fraction kept (hardening is over)."""
     state = get_state(model)
+    if getattr(state, "compacted_for_training", False):
+        return kept_fraction(model, kind)
     groups = state.groups_of(kind)
     masks = plan_keep(groups, [torch.arange(g.num_units, 0, -1).float() for g in groups],
                       state.config.target_sparsity[kind], state.config.alignment[kind], state.config.allocation)

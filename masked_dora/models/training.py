@@ -289,6 +289,8 @@ class MaskedDoRACallback(TrainerCallback):
                               "checkpoints of this run resume only into an optimizer that has that group from the "
                               "start; build it with Trainer(..., optimizer_cls_and_kwargs=(torch.optim.AdamW, "
                               "{'params': masked_dora.param_groups(model, lr=...)}))", stacklevel=2)
+        if optimizer is not None and getattr(get_state(model), "compacted_for_training", False):
+            _require_current_parameters(model, optimizer)
         saved = (getattr(state, "stateful_callbacks", None) or {}).get(TRAINER_STATE_KEY)
         if saved is not None:  # resuming from a checkpoint this callback wrote into
             self.mask_trainer.load_state_dict(from_json(saved))
@@ -340,12 +342,15 @@ class MaskedDoRACallback(TrainerCallback):
             self._handle = None
 
 
-def _can_train_compact(model: nn.Module) -> bool:
-    """Whether every mask is fixed and the family's attention lets its heads leave while training."""
-    state = get_state(model)
-    if not all(bool(g.mask_fixed) for g in state.groups.values()):
-        return False
-    return not ("heads" in state.config.target_groups and state.spec.heads_need_plain_config)
+def _require_current_parameters(model: nn.Module, optimizer) -> None:
+    """Raise unless ``optimizer`` holds every trainable parameter ``model`` has now: compact_for_training gives
+    the members new tensors, and an optimizer built before it would train the old ones, silently."""
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    stale = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in held]
+    if stale:
+        raise ValueError(f"optimizer: it does not hold {len(stale)} trainable parameters of the model (e.g. "
+                         f"{stale[0]}): it was built before compact_for_training replaced them; build the optimizer "
+                         f"(the Trainer, optimizer_cls_and_kwargs) after compacting")
 
 
 def train_masked(model: nn.Module, batches: Iterable, loss_fn: Callable, steps: int, lr: float = 1e-3,
@@ -367,10 +372,11 @@ def train_masked(model: nn.Module, batches: Iterable, loss_fn: Callable, steps: 
     batches = list(batches)
     if not batches:
         raise ValueError("batches: expected at least one batch, got none")
-    if compact and not sparsity_penalty and _can_train_compact(model):
-        from .compact_training import compact_for_training
+    if compact and not sparsity_penalty:
+        from .compact_training import compact_for_training, compact_training_refusal
 
-        compact_for_training(model)  # before the optimizer: the members' parameters become new tensors
+        if compact_training_refusal(model) is None:
+            compact_for_training(model)  # before the optimizer: the members' parameters become new tensors
     groups = param_groups(model, lr=lr, mask_lr=mask_lr)
     optimizer = torch.optim.AdamW(groups)
     trainable = [p for g in groups for p in g["params"]]

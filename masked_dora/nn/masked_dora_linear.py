@@ -104,10 +104,11 @@ class MaskedDoRALinear(nn.Module):
         self._create_adapter()
         self._norms = RowNormCache()
         self._mask_source = None
-        # the input columns keep_input_columns dropped (None: none): part of every row's norm
-        self.register_buffer("dropped_weight", None)
-        self.register_buffer("dropped_lora_A", None)
-        self._dropped_norms = RowNormCache()
+        # what the row norm needs of the input columns keep_input_columns dropped (None: none dropped):
+        # ||W0_d,j||^2 (N), W0_d A_d^T (N x r), A_d A_d^T (r x r), in float32 (float64 for float64)
+        self.register_buffer("dropped_sq", None)
+        self.register_buffer("dropped_wa", None)
+        self.register_buffer("dropped_gram", None)
 
     # ------------------------------------------------------------ construction
 
@@ -244,22 +245,26 @@ class MaskedDoRALinear(nn.Module):
         every optimizer step.
         """
         self._norms.clear(weight_sq)
-        self._dropped_norms.clear(weight_sq)
 
     def weight_norm(self) -> Tensor:
         """The detached row norm ``n``; cached while weight, lora_A and lora_B are unchanged (their
         version counters; see :meth:`invalidate_norm_cache` for edits through ``.data``). After
         :meth:`keep_input_columns`, the norm of the whole row, dropped columns included."""
-        if self.dropped_weight is None:
+        if self.dropped_sq is None:
             return self._norms.norm(self.weight, self.lora_A, self.lora_B, self.scaling, self.norm_eps)
-        kept = self._norms.norm(self.weight, self.lora_A, self.lora_B, self.scaling, 0.0)
-        dropped = self._dropped_norms.norm(self.dropped_weight, self.dropped_lora_A, self.lora_B, self.scaling, 0.0)
-        return self._joined_norm(kept, dropped)
+        return self._joined_norm(self._norms.norm(self.weight, self.lora_A, self.lora_B, self.scaling, 0.0))
 
-    def _joined_norm(self, kept: Tensor, dropped: Tensor) -> Tensor:
-        """``max(sqrt(n_kept^2 + n_dropped^2), eps)``: the row norm over kept and dropped columns together."""
+    @torch.no_grad()
+    def _joined_norm(self, kept: Tensor) -> Tensor:
+        """``max(sqrt(n_kept^2 + n_dropped^2), eps)``: the row norm over the kept and the dropped columns, with
+        ``n_dropped^2 = ||W0_d||^2 + 2 s <W0_d A_d^T, B> + s^2 B (A_d A_d^T) B^T`` from the constants
+        :meth:`keep_input_columns` kept (``B`` trains, the rest is frozen)."""
+        b = self.lora_B.detach().to(self.dropped_wa.dtype)
+        s = self.scaling
+        cross, low_rank = (self.dropped_wa * b).sum(1), ((b @ self.dropped_gram) * b).sum(1)
+        dropped_sq = self.dropped_sq + (2.0 * s) * cross + (s * s) * low_rank
         eps = default_eps(self.weight.dtype) if self.norm_eps is None else self.norm_eps
-        return torch.sqrt(kept.square() + dropped.square()).clamp_min(eps)
+        return torch.sqrt(kept.to(dropped_sq.dtype).square() + dropped_sq.clamp_min(0.0)).clamp_min(eps)
 
     # ------------------------------------------------------------ training at the kept size
 
@@ -277,8 +282,8 @@ class MaskedDoRALinear(nn.Module):
             setattr(self, name, nn.Parameter(old[keep], requires_grad=old.requires_grad))
         self.fixed_keep = self.fixed_keep[keep]
         self.out_features = int(keep.sum())
-        if self.dropped_weight is not None:
-            self.dropped_weight = self.dropped_weight[keep]
+        if self.dropped_sq is not None:
+            self.dropped_sq, self.dropped_wa = self.dropped_sq[keep], self.dropped_wa[keep]
         self.invalidate_norm_cache()
 
     @torch.no_grad()
@@ -286,19 +291,21 @@ class MaskedDoRALinear(nn.Module):
         """Drop, in place, the input channels where ``keep`` (bool, ``in_features``) is False, for inputs that
         are exactly zero there (a pruned producer's channels): outputs and gradients stay what they were.
 
-        The GEMMs shrink to the kept columns of ``W0`` and ``A``; the row norm still spans the whole row, so
-        the dropped columns of ``W0`` and ``A`` move to the buffers ``dropped_weight`` / ``dropped_lora_A``
-        and ``n^2 = n_kept^2 + n_dropped^2`` (``B`` is shared). Those columns of ``A`` get no gradient in
-        full-width training either (their input is zero), so they are constants there too, unless the
-        optimizer decays weights it gives no gradient (decoupled weight decay on ``A``).
+        The GEMMs shrink to the kept columns of ``W0`` and ``A``; the row norm still spans the whole row:
+        ``n^2 = n_kept^2 + n_dropped^2``, the dropped part from three small constants of the dropped
+        columns (``||W0_d||^2``, ``W0_d A_d^T``, ``A_d A_d^T``; see :meth:`_joined_norm`), so the layer
+        holds no more than the kept columns plus ``N x r``. Those columns of ``A`` have a zero gradient in
+        full-width training (their input is zero), so they are constants there too, unless the optimizer
+        moves a parameter whose gradient is zero (weight decay on ``A``, moments from earlier steps).
         """
         keep = self._checked_keep("keep", keep, self.in_features)
         drop = ~keep
-        dropped_w, dropped_a = self.weight[:, drop], self.lora_A[:, drop]
-        if self.dropped_weight is not None:  # a second call: keep adding to what was dropped before
-            dropped_w = torch.cat([self.dropped_weight, dropped_w], dim=1)
-            dropped_a = torch.cat([self.dropped_lora_A, dropped_a], dim=1)
-        self.dropped_weight, self.dropped_lora_A = dropped_w.contiguous(), dropped_a.detach().clone()
+        acc = torch.float64 if self.weight.dtype == torch.float64 else torch.float32
+        w, a = self.weight[:, drop].to(acc), self.lora_A[:, drop].detach().to(acc)
+        sq, wa, gram = w.square().sum(1), w @ a.t(), a @ a.t()
+        if self.dropped_sq is not None:  # a second call: the sums over dropped columns add up
+            sq, wa, gram = sq + self.dropped_sq, wa + self.dropped_wa, gram + self.dropped_gram
+        self.dropped_sq, self.dropped_wa, self.dropped_gram = sq, wa, gram
         self.weight = nn.Parameter(self.weight[:, keep].contiguous(), requires_grad=False)
         self.lora_A = nn.Parameter(self.lora_A[:, keep].contiguous(), requires_grad=self.lora_A.requires_grad)
         self.in_features = int(keep.sum())
@@ -366,14 +373,11 @@ class MaskedDoRALinear(nn.Module):
 
     def _fresh_row_norm(self) -> Tensor:
         """The row norm computed now (not cached), dropped input columns included."""
-        def part(weight, lora_A, eps):
-            dtype = self.weight.dtype
-            return row_norm(weight, lora_A.to(dtype), self.lora_B.to(dtype), self.scaling, None, eps)
-
-        if self.dropped_weight is None:
-            return part(self.weight, self.lora_A, self.norm_eps)
-        return self._joined_norm(part(self.weight, self.lora_A, 0.0),
-                                 part(self.dropped_weight, self.dropped_lora_A, 0.0))
+        dtype = self.weight.dtype
+        A, B = self.lora_A.to(dtype), self.lora_B.to(dtype)
+        if self.dropped_sq is None:
+            return row_norm(self.weight, A, B, self.scaling, None, self.norm_eps)
+        return self._joined_norm(row_norm(self.weight, A, B, self.scaling, None, 0.0))
 
     @torch.no_grad()
     def _merged_kept_rows(self, caller: str) -> Tuple[Tensor, Optional[Tensor], Tensor]:
@@ -431,4 +435,4 @@ class MaskedDoRALinear(nn.Module):
                 f"scaling={self.scaling:.4g}, use_rslora={self.use_rslora}, gate={self.gate.name}"
                 + (f", lora_dropout={self.lora_dropout:g}, dropout_mode={self.dropout_mode}"
                    if self.lora_dropout else "")
-                + (f", dropped_inputs={self.dropped_weight.shape[1]}" if self.dropped_weight is not None else ""))
+                + (", dropped_inputs" if self.dropped_sq is not None else ""))
