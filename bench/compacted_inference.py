@@ -61,7 +61,8 @@ def markdown(rows, meta) -> str:
         shape = f"{row['batch']} x {row['tokens']}" + (f" ({row['context']})" if row["context"] else "")
         lines.append(f"| {row['prune']:.0%} | {row['phase']} | {shape} | {dense['tokens_per_s']:.1f} | "
                      f"{row['tokens_per_s']:.1f} | {row['speedup_vs_dense']:.2f}x | {met} |")
-    kept = {r["prune"]: (r["intermediate"], r["heads"], r["kv_heads"], r["form"]) for r in rows if r["model"] == "compact"}
+    kept = {r["prune"]: (r["intermediate"], r["heads"], r["kv_heads"], r["form"])
+            for r in rows if r["model"] == "compact"}
     lines += ["", "Kept per layer (intermediate, heads, KV heads, checkpoint form): "
               + "; ".join(f"{p:.0%}: {v}" for p, v in kept.items()) + "."]
     return "\n".join(lines) + "\n"
