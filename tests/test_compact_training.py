@@ -55,7 +55,7 @@ def test_compact_training_gives_the_full_width_model(family, gqa):
     widths = [m.weight.numel() for m in full.modules() if isinstance(m, MaskedDoRALinear)]
     train_masked(full, _batches(), _loss, steps=3, lr=1e-2, sparsity_penalty=False, compact=False)
     train_masked(small, _batches(), _loss, steps=3, lr=1e-2, sparsity_penalty=False)  # compact by default
-    assert get_state(small).compacted_for_training and not getattr(get_state(full), "compacted_for_training", False)
+    assert get_state(small).compacted_for_training and not get_state(full).compacted_for_training
     assert sum(m.weight.numel() for m in small.modules() if isinstance(m, MaskedDoRALinear)) < sum(widths)
     assert kept_fraction(small, "mlp") == kept_fraction(full, "mlp") == 0.5
     inputs = tiny_inputs(seed=7)
@@ -109,7 +109,7 @@ def test_phi3_heads_train_at_full_width():
     with pytest.raises(ValueError, match="reads its head counts from the model config"):
         compact_for_training(model)
     train_masked(model, _batches(), _loss, steps=1, sparsity_penalty=False)
-    assert not getattr(get_state(model), "compacted_for_training", False)
+    assert not get_state(model).compacted_for_training
 
 
 def test_the_trainer_trains_a_compacted_model_and_refuses_an_optimizer_built_before(tmp_path):

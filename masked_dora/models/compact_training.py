@@ -39,7 +39,7 @@ from .prepare import get_state
 
 
 def is_compacted_for_training(model: nn.Module) -> bool:
-    return bool(getattr(get_state(model), "compacted_for_training", False))
+    return get_state(model).compacted_for_training
 
 
 def compact_training_refusal(model: nn.Module) -> Optional[str]:
@@ -134,7 +134,7 @@ def _kept_group(group: GroupMask, keep: Dict[str, Tensor], members: Dict[str, nn
         indices[role] = torch.where(old == ALWAYS_KEPT, old, new_unit[old.clamp_min(0)])
     new = GroupMask(group.kind, group.layer, int(units.sum()), indices, partitions=group.partitions,
                     unit_size=group.unit_size)
-    new.pruned_units = group.num_units - new.num_units + getattr(group, "pruned_units", 0)
+    new.pruned_units = group.num_units - new.num_units + group.pruned_units
     new.gate = copy.deepcopy(group.gate)  # the same gate (a custom one too), its temperature with it
     new.train(group.training)
     new.mask_logits.copy_(group.mask_logits.detach()[units.to(group.mask_logits.device)])

@@ -46,6 +46,7 @@ class GroupMask(nn.Module):
             raise ValueError(f"num_units: expected a positive multiple of partitions={partitions}, got {num_units}")
         self.kind, self.layer, self.num_units = kind, int(layer), int(num_units)
         self.partitions, self.unit_size = int(partitions), int(unit_size)
+        self.pruned_units = 0  # units compact_for_training removed before this group was built of the rest
         self.gate = make_gate(gate)
         self.mask_logits = nn.Parameter(torch.full((num_units,), float(mask_init)))
         self.register_buffer("fixed_keep", torch.ones(num_units, dtype=torch.bool))
@@ -209,7 +210,7 @@ class ForwardMasks:
             for layer in self._layers:
                 layer.invalidate_norm_cache(weight_sq=False)
         groups = self.state.groups
-        if self.state.config.budget == "exact" and not getattr(self.state, "compacted_for_training", False):
+        if self.state.config.budget == "exact" and not self.state.compacted_for_training:
             plans = self.state.exact_plan()
             for key, group in groups.items():
                 group.set_planned(plans[key])

@@ -22,10 +22,10 @@ from typing import Callable, Dict, Iterable, Optional
 import torch
 from torch import Tensor, nn
 
+from .blocks import block_modules, is_consumer_role
 from .group_mask import ALWAYS_KEPT
 from .prepare import get_state
 from .sparsity import plan_keep
-from .blocks import block_modules, is_consumer_role
 
 METHODS = ("magnitude", "taylor", "activation")
 
@@ -63,7 +63,8 @@ def magnitude_scores(model: nn.Module) -> Dict[str, Tensor]:
             else:
                 continue
             gated = (index != ALWAYS_KEPT).to(per.device)  # a fused projection's K/V rows may follow no unit
-            score += _scatter(per[gated], index[gated.to(index.device)], group.num_units) / per.sum().clamp_min(1e-30)
+            kept = _scatter(per[gated], index[gated.to(index.device)], group.num_units)
+            score += kept / per.sum().clamp_min(1e-30)
         out[key] = score
     return out
 

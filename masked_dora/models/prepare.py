@@ -33,6 +33,10 @@ class MaskedDoRAState(nn.Module):
         super().__init__()
         self.config, self.spec = config, spec
         self.groups = nn.ModuleDict()
+        # set by compact_for_training: the pruned units have left the model (training at the kept size), and
+        # the hardened masks it removed them by (what save_training_state records)
+        self.compacted_for_training = False
+        self.compaction_masks: Optional[Dict[str, Tensor]] = None
 
     def blocks(self, model: nn.Module) -> List[Block]:
         """The blocks of ``model`` whose groups this state holds (``config.stacks``), numbered across stacks."""

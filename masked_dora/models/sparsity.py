@@ -124,7 +124,7 @@ def _global_counts(groups, scores, blocks, sparsity, align) -> List[int]:
 def harden(model: nn.Module) -> Dict[str, Dict[str, float]]:
     """Fix every group's mask to the exact top-k of its logits; returns kept counts per kind."""
     state = get_state(model)
-    if getattr(state, "compacted_for_training", False):
+    if state.compacted_for_training:
         raise ValueError("model: compact_for_training already removed the pruned units and fixed the rest; "
                          "hardening again would prune the kept ones (compact_model writes the pruned model)")
     plans = plan_current(state)
@@ -141,7 +141,7 @@ def harden(model: nn.Module) -> Dict[str, Dict[str, float]]:
 
 def _all_units(groups) -> int:
     """The units of ``groups`` as prepared (those compact_for_training removed included)."""
-    return sum(g.num_units + getattr(g, "pruned_units", 0) for g in groups)
+    return sum(g.num_units + g.pruned_units for g in groups)
 
 
 def kept_fraction(model: nn.Module, kind: str) -> float:
@@ -161,7 +161,7 @@ def planned_keep_fraction(model: nn.Module, kind: str) -> float:
     """The kept fraction :func:`harden` will produce (with alignment rounding) for ``kind``; after
     compact_for_training, the fraction kept (hardening is over)."""
     state = get_state(model)
-    if getattr(state, "compacted_for_training", False):
+    if state.compacted_for_training:
         return kept_fraction(model, kind)
     groups = state.groups_of(kind)
     masks = plan_keep(groups, [torch.arange(g.num_units, 0, -1).float() for g in groups],

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from ..nn import MaskedDoRALinear
+from .blocks import model_blocks, stack_specs
 from .config import MaskedDoRAConfig
 from .prepare import STATE_ATTR, get_state, is_prepared, prepare_model
-from .blocks import model_blocks, stack_specs
 from .specs import spec_for
 
 FORMAT_VERSION = 1
@@ -50,7 +50,7 @@ def save_training_state(model: nn.Module, path: str, controller: Optional[nn.Mod
     state = get_state(model)
     os.makedirs(path, exist_ok=True)
     save_file(_training_tensors(model), os.path.join(path, ADAPTER_FILE))
-    compaction = getattr(state, "compaction_masks", None)
+    compaction = state.compaction_masks
     if compaction is not None:  # compacted for training: the hardened masks it removed units by
         save_file({k: v.contiguous().cpu() for k, v in compaction.items()}, os.path.join(path, COMPACTION_FILE))
     if controller is not None:

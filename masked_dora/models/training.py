@@ -289,7 +289,7 @@ class MaskedDoRACallback(TrainerCallback):
                               "checkpoints of this run resume only into an optimizer that has that group from the "
                               "start; build it with Trainer(..., optimizer_cls_and_kwargs=(torch.optim.AdamW, "
                               "{'params': masked_dora.param_groups(model, lr=...)}))", stacklevel=2)
-        if optimizer is not None and getattr(get_state(model), "compacted_for_training", False):
+        if optimizer is not None and get_state(model).compacted_for_training:
             _require_current_parameters(model, optimizer)
         saved = (getattr(state, "stateful_callbacks", None) or {}).get(TRAINER_STATE_KEY)
         if saved is not None:  # resuming from a checkpoint this callback wrote into
