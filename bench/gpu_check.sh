@@ -23,7 +23,9 @@
 #                   sanitize.json
 #   6 bench         bench/gpu_report.py: DoRA layer 4096->11008, 8192 tokens, bf16, r=16 (masked_dora
 #                   vs PEFT LoRA / DoRA), compact_linear at M in {1, 8192}; MASKED_DORA_AUTOTUNE=small
-#                   -> bench.log, bench/gpu-report-*.json|md (rewritten after each section)
+#                   -> bench.log, bench/gpu-report-*.json|md (rewritten after each section); then
+#                   bench/activation_memory.py --device cuda (issue 16: saved bytes, training-step peak)
+#                   -> bench/activation-memory.json|md
 #   7 triton_tests  pytest -q -m "triton and not cuda" tests: the Triton suite a CPU runs under the
 #                   interpreter, compiled on the GPU (the bf16 / real-size Triton tests are
 #                   cuda-marked: stage 4) -> triton_tests.log, triton_tests.xml
@@ -251,6 +253,8 @@ stage_bench() {
     local sizes=(${GPU_CHECK_BENCH_ARGS:---shapes 4096x11008 --tokens 8192 --ranks 16 --compact-tokens 1 8192
                  --keeps 0.75 --patterns random runs8})
     "$PY" bench/gpu_report.py --sections dora_train compact_linear "${sizes[@]}" --out "$OUTDIR/bench"
+    # issue 16: saved bytes per layer and the peak of a Llama-shaped training step (UNRUN on a GPU so far)
+    "$PY" bench/activation_memory.py --device cuda --dtype bfloat16 --out "$OUTDIR/bench/activation-memory"
 }
 
 if [[ ${1:-} == --_stage ]]; then

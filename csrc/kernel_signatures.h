@@ -36,8 +36,8 @@ struct DoraLinear {
       double scaling, const at::Tensor& scale, const std::optional<at::Tensor>& bias);
 };
 
-// dora_linear_backward_kernel(grad_y, x, weight, lora_A, lora_B, scaling, scale, P, xa)
-//     -> (dx, dA, dB, dscale, dbias)
+// dora_linear_backward_kernel(grad_y, x, weight, lora_A, lora_B, scaling, scale, out, xa)
+//     -> (dx, dA, dB, sum_t dy * out, dbias)   (the op passes its output y as `out`)
 struct DoraLinearBackward {
   static constexpr const char* name = "dora_linear_backward_kernel";
   using fn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(

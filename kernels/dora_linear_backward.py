@@ -12,7 +12,8 @@ reference does). No gradient for ``W0`` is formed:
    bandwidth-bound) and r <= ``MAX_FUSED_RANK``, is accumulated in the dgrad
    loop itself and stored by the programs of the first K tile.
 2. ``_cols_kernel``: column reductions over the tokens, split over M into
-   ``SPLIT`` partial sums (deterministic, no atomics): ``dc = sum_t dy * P``,
+   ``SPLIT`` partial sums (deterministic, no atomics): ``sum_t dy * out`` (the op passes its
+   output ``y`` as ``out``; :func:`masked_dora.ops.dora_linear.grad_scale_from_output` makes ``dc``),
    ``d(zb) = sum_t dy`` and ``dB = s dP^T (x A^T)``.
 3. ``_da_kernel``: ``dA = s (dP B)^T x``, split over M the same way.
 

@@ -32,6 +32,7 @@ import torch
 
 from . import ops
 from .ops import _registry, _verified
+from .ops.dora_linear import readable_rows
 from .ops.precision import fp32_matmul_uses_tf32
 from .ops.row_norm import default_eps
 
@@ -144,10 +145,15 @@ def _dora_backward_case(shape, dtype, device, gen):
     def run(backend, cast):
         x, w, a, b, dy = (t[k].to(cast) for k in ("x", "weight", "lora_A", "lora_B", "dy"))
         scale, bias = _dora_vectors(t, cast)
+        scale = scale.clone()
+        scale[::7] = 0.0  # pruned channels: their dc comes from P's rows, recomputed
+        bias = bias * (scale != 0)
         with ops.use_backend("torch"):
-            _, pre, xa = torch.ops.masked_dora.dora_linear(x, w, a, b, 2.0, scale, bias)
+            y, pre, xa = torch.ops.masked_dora.dora_linear(x, w, a, b, 2.0, scale, bias)
+            readable = readable_rows(scale, bias, pre, cast)
         with ops.use_backend(backend):
-            grads = torch.ops.masked_dora.dora_linear_backward(dy, x, w, a, b, 2.0, scale, pre, xa)
+            grads = torch.ops.masked_dora.dora_linear_backward(dy, x, w, a, b, 2.0, scale, bias, y, xa, readable,
+                                                               ~readable, None, True)
         return dict(zip(("dx", "dA", "dB", "dscale", "dbias"), grads))
     return run
 

@@ -21,7 +21,8 @@ def backend(request):
         yield request.param
 
 from masked_dora.ops import dora_linear, row_norm, use_backend, weight_sq_norm
-from masked_dora.ops.dora_linear import dora_linear_backward_reference, dora_linear_forward_reference
+from masked_dora.ops.dora_linear import (dora_linear_backward_reference, dora_linear_forward_reference,
+                                         grad_scale_from_output, readable_rows)
 
 from helpers import assert_close_rel, dense_masked_dora_f64, leaf
 
@@ -161,9 +162,19 @@ def test_opcheck_all_ops():
     w = inp["weight"]
     opcheck(torch.ops.masked_dora.dora_linear.default, (x, w, A, B, 0.5, scale, bias))
     opcheck(torch.ops.masked_dora.dora_linear.default, (x, w, A, B, 0.5, scale, None))
+    skip = torch.arange(12) % 3 == 0
+    opcheck(torch.ops.masked_dora.dora_linear.default, (x, w, A, B, 0.5, scale, bias, skip))
     y, pre, xa = dora_linear_forward_reference(x.detach(), w, A.detach(), B.detach(), 0.5, scale.detach(), None)
-    opcheck(torch.ops.masked_dora.dora_linear_backward.default,
-            (torch.randn(7, 12), x.detach(), w, A.detach(), B.detach(), 0.5, scale.detach(), pre, xa))
+    zeroed = scale.detach().clone()
+    zeroed[::4] = 0.0  # rows recomputed from P
+    redo = zeroed == 0
+    for need in (True, False):
+        opcheck(torch.ops.masked_dora.dora_linear_backward.default,
+                (torch.randn(7, 12), x.detach(), w, A.detach(), B.detach(), 0.5, zeroed, None, y, xa, ~redo, redo,
+                 None, need))
+        opcheck(torch.ops.masked_dora.dora_linear_backward.default,  # rows known, output changed (P recomputed)
+                (torch.randn(7, 12), x.detach(), w, A.detach(), B.detach(), 0.5, scale.detach(), bias.detach(),
+                 None, xa, ~redo, skip, torch.tensor([0, 3]), need))
     opcheck(torch.ops.masked_dora.row_norm.default, (w, A.detach(), B.detach(), 0.5, None, 1e-8))
     opcheck(torch.ops.masked_dora.row_norm.default, (w, A.detach(), B.detach(), 0.5, weight_sq_norm(w), 1e-8))
 
@@ -177,9 +188,14 @@ def test_backward_reference_matches_autograd_of_forward():
     y = (x @ w.t() + 1.3 * (x @ A.t()) @ B.t()) * scale + bias
     g = torch.randn_like(y)
     y.backward(g)
-    _, pre, xa = dora_linear_forward_reference(x.detach(), w, A.detach(), B.detach(), 1.3, scale.detach(), bias.detach())
-    gx, gA, gB, gs, gb = dora_linear_backward_reference(g, x.detach(), w, A.detach(), B.detach(), 1.3,
-                                                        scale.detach(), pre, xa)
+    out, pre, xa = dora_linear_forward_reference(x.detach(), w, A.detach(), B.detach(), 1.3, scale.detach(),
+                                                 bias.detach())
+    gx, gA, gB, dot, gb = dora_linear_backward_reference(g, x.detach(), w, A.detach(), B.detach(), 1.3,
+                                                         scale.detach(), out, xa)
+    assert_close_rel(dot, (g * out).sum(0), torch.float64)
+    readable = readable_rows(scale.detach(), bias.detach(), pre, torch.float64)
+    gs = grad_scale_from_output(dot, gb, g, x.detach(), w, B.detach(), 1.3, scale.detach(), bias.detach(), xa,
+                                readable, ~readable)
     for out, ref in ((gx, x.grad), (gA, A.grad), (gB, B.grad), (gs, scale.grad), (gb, bias.grad)):
         assert_close_rel(out, ref, torch.float64)
 

@@ -176,6 +176,30 @@ def test_exact_budget_trains_at_the_target_and_hardens_to_what_it_trained(alloca
     assert all(torch.equal(g.fixed_keep, planned[k]) for k, g in state.groups.items())  # nothing flips
 
 
+@pytest.mark.parametrize("budget", ["exact", "lagrangian"])
+def test_pruned_units_logit_gradients_equal_the_full_p_backward(budget, monkeypatch):
+    """The layers keep their output, not P (issue 16); a unit the plan prunes (z = 0) still needs dc under
+    budget="exact" (straight-through): its logit gradient equals the backward that recomputes P in full."""
+    from masked_dora.ops import _saved_output
+
+    def grads():
+        model = _exact_model()
+        if budget == "lagrangian":
+            get_state(model).config.budget = "lagrangian"
+        model.train()
+        torch.manual_seed(3)
+        model(**_lm_batches(1)[0]).loss.backward()
+        return {k: g.mask_logits.grad.clone() for k, g in get_state(model).groups.items()}
+
+    kept = grads()
+    monkeypatch.setattr(_saved_output, "take", lambda ctx, saved: None)  # every layer: P recomputed in full
+    full = grads()
+    for k in kept:
+        assert torch.allclose(kept[k], full[k], rtol=1e-4, atol=1e-6), k
+    if budget == "exact":  # pruned heads learn (through o_proj's gated input; a SwiGLU channel at z = 0 gets none)
+        assert all(bool((full[k] != 0).all()) for k in full if k.startswith("heads"))
+
+
 def test_exact_budget_logits_learn_and_eval_uses_the_plan():
     model = _exact_model()
     state = get_state(model)

@@ -280,11 +280,12 @@ def test_opcheck_with_triton_backend():
     with use_backend("triton"):
         torch.library.opcheck(torch.ops.masked_dora.dora_linear.default, (x, w, a, b, 0.5, c, zb))
         torch.library.opcheck(torch.ops.masked_dora.dora_linear.default, (x, w, a, b, 0.5, c, None))
-        y, pre, xa = torch.ops.masked_dora.dora_linear(x.detach(), w, a.detach(), b.detach(), 0.5, c.detach(),
-                                                       None)
+        y, _, xa = torch.ops.masked_dora.dora_linear(x.detach(), w, a.detach(), b.detach(), 0.5, c.detach(), None)
+        zeroed = c.detach().clone()
+        zeroed[::5] = 0.0
         torch.library.opcheck(torch.ops.masked_dora.dora_linear_backward.default,
-                              (torch.randn(11, 19), x.detach(), w, a.detach(), b.detach(), 0.5, c.detach(),
-                               pre, xa))
+                              (torch.randn(11, 19), x.detach(), w, a.detach(), b.detach(), 0.5, zeroed, None,
+                               y, xa, zeroed != 0, zeroed == 0, None, True))
         torch.library.opcheck(torch.ops.masked_dora.row_norm.default, (w, a.detach(), b.detach(), 0.5, None, 1e-8))
 
 

@@ -3,13 +3,15 @@
 // Schemas are defined in Python (masked_dora/ops/dora_linear.py, define_compiled_kernel), C++
 // signatures in csrc/kernel_signatures.h:
 //   dora_linear_kernel(x, weight, lora_A, lora_B, scaling, scale, bias?) -> (y, P, xA^T)
-//   dora_linear_backward_kernel(grad_y, x, weight, lora_A, lora_B, scaling, scale, P, xa)
-//       -> (dx, dA, dB, dscale, dbias)
+//   dora_linear_backward_kernel(grad_y, x, weight, lora_A, lora_B, scaling, scale, out, xa)
+//       -> (dx, dA, dB, sum_t dy * out, dbias)
+// The op passes its output y as `out` (it keeps y, not P, for the backward) and turns sum_t dy * y
+// into dscale in Python (masked_dora/ops/dora_linear.py, grad_scale_from_output).
 // The math is in masked_dora/ops/dora_linear.py. The GEMMs are the BLAS torch uses (at::mm /
 // addmm_); what this file adds is the memory-bound part done in single passes:
 //   * forward: y = P * c + zb, one pass over P (the reference does the same with addcmul);
-//   * backward: one pass over dy and P that writes dP = dy * c and accumulates the column sums
-//     dc = sum_t dy * P and dbias = sum_t dy; the reference needs four passes and two M x N
+//   * backward: one pass over dy and `out` that writes dP = dy * c and accumulates the column sums
+//     sum_t dy * out and dbias = sum_t dy; the reference needs four passes and two M x N
 //     temporaries for the same. Column sums are per block of 64 rows, then summed in block order:
 //     deterministic whatever the thread count.
 // float32/float64 run natively; bfloat16/float16 convert per element to float32 (opmath).

@@ -1,7 +1,8 @@
 // CUDA kernels for masked-DoRA training: the row-norm pieces, the forward
 // epilogue and the backward prologue (dP = dy * c fused with the column
-// reductions sum dy * P and sum dy). The GEMMs around them are cuBLAS calls made
-// by ops_cuda.cpp. CUDA headers only (see kernels_abi.h).
+// reductions sum dy * out and sum dy; the op passes its output y as `out`).
+// The GEMMs around them are cuBLAS calls made by ops_cuda.cpp. CUDA headers
+// only (see kernels_abi.h).
 //
 // STATUS: compile-checked for sm_80/sm_90 (CI: tests/test_cuda_sources.py). The scalar versions ran on
 // an H100 once (2026-11-27: memcheck-clean, within tolerance of float64 at the selftest's quick shapes);

@@ -18,7 +18,7 @@ same sample.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -98,6 +98,18 @@ class GroupMask(nn.Module):
         # torch.where, not `if bool(mask_fixed)`: no host sync and no data-dependent branch for torch.compile
         return torch.where(self.mask_fixed, self.fixed_keep.to(free.dtype), free)
 
+    def zero_gate_grad(self) -> Union[bool, Tensor]:
+        """Whether a unit's ``z`` of exactly 0 in :meth:`values` can carry a gradient to its logit: only under
+        a straight-through value (``budget="exact"``'s plan, a straight-through gate) and where the mask is not
+        fixed. (A probe is all ones.)"""
+        if self._probe is not None:
+            return True
+        if not self.training:  # the hard decision: no gradient
+            return False
+        if self._planned is not None or self.gate.straight_through:
+            return ~self.mask_fixed
+        return False
+
     def hard(self) -> Tensor:
         """The per-unit hard decision (bool)."""
         if self._planned is not None:  # budget="exact": the plan of the last forward (see MaskedDoRAState.exact_plan)
@@ -171,6 +183,9 @@ class MaskView:
 
     def keep_mask(self) -> Tensor:
         return self.group.per_channel(self.role, self.group.hard())
+
+    def zero_gate_grad(self):
+        return self.group.zero_gate_grad()  # per group, not per unit: nothing to map
 
 
 class InputGate:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -19,7 +19,7 @@ def masked_dora_linear(
     x: Tensor, weight: Tensor, bias: Optional[Tensor], lora_A: Tensor, lora_B: Tensor,
     scaling: float, magnitude: Tensor, gate_values: Tensor, *,
     norm: Optional[Tensor] = None, weight_sq: Optional[Tensor] = None, eps: Optional[float] = DEFAULT_EPS,
-    dropped: Optional[Tensor] = None, dropout_mode: str = "peft",
+    dropped: Optional[Tensor] = None, dropout_mode: str = "peft", zero_gate_grad: Union[bool, Tensor] = True,
 ) -> Tensor:
     """``y = (x W0^T + s (x A^T) B^T) * (m z / n) + z b`` with ``n`` the detached row norm.
 
@@ -36,6 +36,11 @@ def masked_dora_linear(
       the op on ``d`` plus PEFT's second base GEMM, on ``x - d``;
     * ``"adapter"``, dropout on the adapter branch only: ``y = c * (W0 x + s B A d) + z b``, the op on ``x``
       plus the adapter's correction ``c * s B A (d - x)`` (two rank-r GEMMs, not a second base GEMM).
+
+    ``zero_gate_grad`` (bool, or a bool tensor broadcasting over the channels): whether a gate value of
+    exactly 0 can carry a gradient (a straight-through gate). Where it cannot, or ``gate_values`` needs no
+    gradient, a channel with ``z = 0`` needs no ``dc`` (``dm = dc z / n = 0``), so the backward recomputes
+    no pre-scale output for it (see :mod:`masked_dora.ops.dora_linear`). ``True`` is always correct.
     """
     n = weight.shape[0] if weight.dim() == 2 else -1
     for name, vec in (("magnitude", magnitude), ("gate_values", gate_values), ("norm", norm)):
@@ -51,11 +56,23 @@ def masked_dora_linear(
     z = gate_values.to(acc)
     scale = magnitude.to(acc) * z / norm
     A, B = lora_A.to(x.dtype), lora_B.to(x.dtype)
+    skip = _skip_rows(z, gate_values.requires_grad, zero_gate_grad)
     if dropped is not None and dropout_mode == "peft":
         rest = F.linear(x - dropped, weight, bias)
-        return (dora_linear(dropped, weight, A, B, scaling, scale) + z * rest).to(x.dtype)
+        return (dora_linear(dropped, weight, A, B, scaling, scale, skip_rows=skip) + z * rest).to(x.dtype)
     gated_bias = None if bias is None else z * bias.to(acc)
     if dropped is None:
-        return dora_linear(x, weight, A, B, scaling, scale, gated_bias)
+        return dora_linear(x, weight, A, B, scaling, scale, gated_bias, skip_rows=skip)
     correction = F.linear(F.linear(dropped - x, A), B)
-    return (dora_linear(x, weight, A, B, scaling, scale, gated_bias) + scale * scaling * correction).to(x.dtype)
+    return (dora_linear(x, weight, A, B, scaling, scale, gated_bias, skip_rows=skip)
+            + scale * scaling * correction).to(x.dtype)
+
+
+def _skip_rows(z: Tensor, gate_needs_grad: bool, zero_gate_grad: Union[bool, Tensor]) -> Optional[Tensor]:
+    """The channels whose ``dc`` nothing needs where ``c = 0``: ``z = 0`` and no gradient reaches ``z`` there."""
+    if gate_needs_grad and isinstance(zero_gate_grad, bool) and zero_gate_grad:
+        return None
+    closed = z.detach() == 0
+    if not gate_needs_grad or isinstance(zero_gate_grad, bool):
+        return closed
+    return closed & ~zero_gate_grad.to(closed.device)

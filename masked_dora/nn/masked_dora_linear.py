@@ -197,6 +197,16 @@ class MaskedDoRALinear(nn.Module):
         z = self.gate(self.mask_logits)  # float32 (float64 for float64 logits), never half precision
         return torch.where(self.mask_fixed, self.fixed_keep.to(z.dtype), z)
 
+    def zero_gate_grad(self) -> Union[bool, Tensor]:
+        """Whether a gate value of exactly 0 can carry a gradient to the logits (bool, or a bool tensor that
+        broadcasts over the channels): only straight-through gates' can (hard-concrete's clamp and a fixed
+        mask's cannot). Where it cannot, the backward needs no pre-scale output of that channel (issue 16).
+        A mask source without ``zero_gate_grad()`` is taken to have it (always correct, sometimes slower)."""
+        if self.mask_source is not None:
+            probe = getattr(self.mask_source, "zero_gate_grad", None)
+            return True if probe is None else probe()
+        return ~self.mask_fixed if self.gate.straight_through else False
+
     def keep_mask(self) -> Tensor:
         """The current hard decision (bool, one per output channel)."""
         if self.mask_source is not None:
@@ -352,7 +362,8 @@ class MaskedDoRALinear(nn.Module):
             dropped = torch.nn.functional.dropout(x, self.lora_dropout, training=True)
         return masked_dora_linear(x, self.weight.to(dtype), self.bias, self.lora_A, self.lora_B,
                                   self.scaling, self.magnitude, self.gate_values(), norm=self.weight_norm(),
-                                  dropped=dropped, dropout_mode=self.dropout_mode)
+                                  dropped=dropped, dropout_mode=self.dropout_mode,
+                                  zero_gate_grad=self.zero_gate_grad())
 
     # ------------------------------------------------------------ merging
 

@@ -20,11 +20,34 @@ algebra (``c = m z / n``, ``zb = z b``) stays in PyTorch so that autograd carrie
     dc_j = sum_t dy[t, j] P[t, j]            # -> dm = dc z / n, dz = dc m / n
     d(zb)_j = sum_t dy[t, j]                 # -> dz += b * sum_t dy
 
-No gradient of W0 is ever formed: ``weight`` must be frozen. Forward keeps
-``x``, ``x A^T`` (M x r) and ``P`` (M x N), all in the compute dtype, for the
-backward. The reference below accumulates in float32 (float64 for float64
-inputs); it is the definition of right that every kernel backend is tested
-against.
+No gradient of W0 is ever formed: ``weight`` must be frozen.
+
+**What the forward keeps for the backward** (issue 16): ``x``, ``x A^T`` (M x r) and, where ``c``
+needs a gradient, the op's own output ``y``; never the M x N pre-scale output ``P``. ``dc`` is read
+off ``y``::
+
+    dc_j = (sum_t dy[t, j] y[t, j] - zb_j sum_t dy[t, j]) / c_j   where |c_j| >= tau and |zb_j| <= |c_j| max_t |P_tj|
+    dc_j = sum_t dy[t, j] (x W0_j^T + s (x A^T) B_j^T)[t]          elsewhere (P of those rows only)
+
+``tau = sqrt(tiny)`` of the compute dtype (about 1e-19 for float32 and bfloat16, 7.8e-3 for
+float16). Where both hold, ``y``'s rounding (relative ``eps``: at most ``eps (|c P| + |zb|) <= 2 eps
+|c| max|P|``; absolute at most ``tiny * eps`` in the subnormal range) makes an error of ``P`` at most
+twice what storing ``P`` in the compute dtype would. Elsewhere ``P`` is recomputed with one GEMM over
+those rows: a pruned channel (``c = 0``), a zero magnitude, a bias that drowns the channel's output
+(an exactly-zero row of ``W0 + s B A``, whose row norm sits at its floor). The forward reads
+``max |P|`` over 64 of its tokens (a lower bound: conservative; only for a layer with a bias whose ``c``
+needs a gradient) and lets ``P`` go. ``skip_rows`` (bool, N) names rows whose ``dc`` the caller does not need (a gate value that
+is exactly 0 and carries no gradient: ``dm = dc z / n = 0``): there nothing is recomputed, and ``dc``
+is 0 where it is not readable. The rows to recompute are found in the forward; on a GPU they are
+copied to the host there, so the backward needs no device sync to read them.
+
+``y`` is the tensor the caller gets, and the model may change it in place before the backward
+(Falcon: ``mlp_output += attention_output``): :mod:`._saved_output` notices (version counter) and
+the backward then recomputes ``P`` in full for that call (exact, one more GEMM). The operations
+after the layer that keep ``y`` anyway (an activation, the attention's ``V``) share its storage.
+
+The reference below accumulates in float32 (float64 for float64 inputs); it is the definition of
+right that every kernel backend is tested against.
 """
 
 from __future__ import annotations
@@ -34,7 +57,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _checks, _registry
+from . import _checks, _registry, _saved_output
 from ._eager import eager_function, plain_eager
 
 OP = "dora_linear"
@@ -52,10 +75,10 @@ def dora_linear_forward_reference(
     x: Tensor, weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float,
     scale: Tensor, bias: Optional[Tensor],
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """Returns ``(y, P, x A^T)`` for a 2-D ``x``; see the module docstring."""
+    """Returns ``(y, P, x A^T)`` for a 2-D ``x`` (the kernels' contract: the op keeps ``y`` and ``x A^T``)."""
     acc = accumulate_dtype(x.dtype)
     xa = x @ lora_A.t()
-    pre_scale = (x @ weight.t()).addmm_(xa, lora_B.t(), alpha=scaling)
+    pre_scale = pre_scale_rows(x, weight, lora_B, scaling, xa)
     scale = scale.to(acc)
     if bias is None:
         y = pre_scale.to(acc) * scale
@@ -64,11 +87,17 @@ def dora_linear_forward_reference(
     return y.to(x.dtype), pre_scale, xa
 
 
+def pre_scale_rows(x: Tensor, weight: Tensor, lora_B: Tensor, scaling: float, xa: Tensor) -> Tensor:
+    """``P = x W0^T + s (x A^T) B^T`` for the rows of ``weight`` / ``lora_B`` given, in ``x``'s dtype."""
+    return (x @ weight.t()).addmm_(xa, lora_B.t(), alpha=scaling)
+
+
 def dora_linear_backward_reference(
     grad_y: Tensor, x: Tensor, weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float,
-    scale: Tensor, pre_scale: Tensor, xa: Tensor,
+    scale: Tensor, out: Tensor, xa: Tensor,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Returns ``(dx, dA, dB, dc, d(zb))``; see the module docstring."""
+    """Returns ``(dx, dA, dB, sum_t dy * out, d(zb))`` (the kernels' contract; ``out`` is the op's output ``y``:
+    :func:`grad_scale_from_output` turns the fourth into ``dc``)."""
     acc = accumulate_dtype(x.dtype)
     g = grad_y.to(acc)
     grad_pre = (g * scale.to(acc)).to(x.dtype)
@@ -76,16 +105,59 @@ def dora_linear_backward_reference(
     grad_x = torch.addmm(grad_pre @ weight, grad_pre_b, lora_A, alpha=scaling)
     grad_B = (grad_pre.t() @ xa).mul_(scaling)
     grad_A = (grad_pre_b.t() @ x).mul_(scaling)
-    grad_scale = (g * pre_scale.to(acc)).sum(0)
+    dot_out = (g * out.to(acc)).sum(0)
     grad_bias = g.sum(0)
     return (grad_x, grad_A.to(lora_A.dtype), grad_B.to(lora_B.dtype),
-            grad_scale.to(scale.dtype), grad_bias)
+            dot_out.to(scale.dtype), grad_bias)
+
+
+def recoverable_scale(dtype: torch.dtype) -> float:
+    """``tau``: the smallest ``|c|`` at which ``dc`` is read off the output (see the module docstring)."""
+    return torch.finfo(dtype).tiny ** 0.5
+
+
+READ_TOKENS = 64  # tokens of P whose max |P| readable_rows takes (a lower bound of the max over all of them)
+
+
+@torch.no_grad()
+def readable_rows(scale: Tensor, bias: Optional[Tensor], pre_scale: Tensor, dtype: torch.dtype) -> Tensor:
+    """Bool, one per channel: where ``dc`` may be read off the output: ``|c| >= tau`` and, with a bias,
+    ``|zb| <= |c| max_t |P|`` (see the module docstring). The max is taken over ``READ_TOKENS`` evenly spaced
+    tokens of the forward's ``P``: a lower bound, so a row it passes passes the exact test too (a row it fails
+    is recomputed, correct either way), for 64 rows' worth of reading instead of a pass over ``P``."""
+    c = scale.abs()
+    readable = c >= recoverable_scale(dtype)
+    if bias is not None and pre_scale.shape[0]:
+        step = max(1, pre_scale.shape[0] // READ_TOKENS)
+        p_max = pre_scale[::step].abs().amax(0)
+        readable &= bias.abs() <= c * p_max
+    return readable
+
+
+def grad_scale_from_output(
+    dot_out: Tensor, grad_bias: Tensor, grad_y: Tensor, x: Tensor, weight: Tensor, lora_B: Tensor,
+    scaling: float, scale: Tensor, bias: Optional[Tensor], xa: Tensor, readable: Tensor, redo: Tensor,
+    rows: Optional[Tensor] = None,
+) -> Tensor:
+    """``dc`` from ``sum_t dy * y`` (``dot_out``) and ``sum_t dy`` (``grad_bias``) where ``readable``, with ``P``
+    recomputed for the rows ``redo`` marks (``rows``: their indices when already known, which saves the device
+    sync of finding them), 0 elsewhere (rows the caller does not need; see the module docstring)."""
+    acc = grad_bias.dtype
+    c = scale.to(acc)
+    signal = dot_out.to(acc) if bias is None else dot_out.to(acc) - bias.to(acc) * grad_bias
+    grad_scale = torch.where(readable, signal / torch.where(readable, c, torch.ones_like(c)), torch.zeros_like(c))
+    if rows is None:
+        rows = redo.nonzero().flatten()  # a host sync on a GPU (the eager path finds them without one)
+    if rows.numel():
+        pre = pre_scale_rows(x, weight.index_select(0, rows), lora_B.index_select(0, rows), scaling, xa)
+        grad_scale[rows] = (grad_y.index_select(1, rows).to(acc) * pre.to(acc)).sum(0)
+    return grad_scale.to(scale.dtype)
 
 
 _registry.register(OP, "torch", dora_linear_forward_reference, priority=0)
 _registry.register(OP_BACKWARD, "torch", dora_linear_backward_reference, priority=0)
 # C++ CPU (csrc/cpu/dora_linear.cpp) and CUDA (csrc/cuda/dora_kernels.cu, ops_cuda.cpp): BLAS/cuBLAS
-# GEMMs + single-pass epilogue (forward) and prologue (backward: dP, dc, dbias in one pass)
+# GEMMs + single-pass epilogue (forward) and prologue (backward: dP, sum dy*y, dbias in one pass)
 _COMPILED_DTYPES = {"cpp": (torch.float32, torch.float64, torch.bfloat16, torch.float16),
                     "cuda": (torch.float32, torch.float16, torch.bfloat16)}
 _registry.define_compiled_kernel(
@@ -93,30 +165,51 @@ _registry.define_compiled_kernel(
         " -> (Tensor, Tensor, Tensor)", dtypes=_COMPILED_DTYPES)
 _registry.define_compiled_kernel(
     OP_BACKWARD, "(Tensor grad_y, Tensor x, Tensor weight, Tensor lora_A, Tensor lora_B, float scaling, "
-                 "Tensor scale, Tensor pre_scale, Tensor xa) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+                 "Tensor scale, Tensor out, Tensor xa) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
     dtypes=_COMPILED_DTYPES)
 
 
 # ---------------------------------------------------------------- torch.library ops
 
 def _forward(x: Tensor, weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float, scale: Tensor,
-             bias: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
-    """The forward op's body: the dispatcher's choice of backend (custom op and eager path alike)."""
+             bias: Optional[Tensor], skip_rows: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """The forward op's body: the dispatcher's choice of backend (custom op and eager path alike).
+
+    Returns ``(y, P, x A^T)``. ``P`` is not kept: the backward's setup reads one number per channel off it
+    (:func:`readable_rows`) and lets it go. ``skip_rows`` is read by the backward only."""
     return _registry.dispatch(OP, x.device, x.dtype, x, weight, lora_A, lora_B, scaling, scale, bias)
 
 
 def _backward_body(grad_y: Tensor, x: Tensor, weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float,
-                   scale: Tensor, pre_scale: Tensor, xa: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The backward op's body (custom op and eager path alike)."""
-    return _registry.dispatch(OP_BACKWARD, x.device, x.dtype, grad_y, x, weight, lora_A, lora_B,
-                              scaling, scale, pre_scale, xa)
+                   scale: Tensor, bias: Optional[Tensor], out: Optional[Tensor], xa: Tensor,
+                   readable: Optional[Tensor], redo: Optional[Tensor], rows: Optional[Tensor],
+                   need_scale: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The backward op's body (custom op and eager path alike): ``(dx, dA, dB, dc, d(zb))``.
+
+    ``out``: the forward's output ``y``, or ``None`` where it is not available (changed in place by the model,
+    see :mod:`._saved_output`): then ``P`` is recomputed in full and ``dc = sum_t dy P`` directly. ``dc`` is
+    zeros unless ``need_scale``."""
+    recomputed = need_scale and out is None
+    if recomputed:
+        out = pre_scale_rows(x, weight, lora_B, scaling, xa)
+    grad_x, grad_A, grad_B, dot_out, grad_bias = _registry.dispatch(
+        OP_BACKWARD, x.device, x.dtype, grad_y, x, weight, lora_A, lora_B, scaling, scale,
+        grad_y if out is None else out, xa)  # without need_scale the dot is unused: dy stands in for out
+    if recomputed:
+        grad_scale = dot_out
+    elif need_scale:
+        grad_scale = grad_scale_from_output(dot_out, grad_bias, grad_y, x, weight, lora_B, scaling, scale, bias,
+                                            xa, readable, redo, rows)
+    else:
+        grad_scale = torch.zeros_like(dot_out)
+    return grad_x, grad_A, grad_B, grad_scale, grad_bias
 
 
 _dora_linear_op = torch.library.custom_op("masked_dora::dora_linear", _forward, mutates_args=())
 
 
 @_dora_linear_op.register_fake
-def _(x, weight, lora_A, lora_B, scaling, scale, bias):
+def _(x, weight, lora_A, lora_B, scaling, scale, bias, skip_rows=None):
     m, n, r = x.shape[0], weight.shape[0], lora_A.shape[0]
     return x.new_empty(m, n), x.new_empty(m, n), x.new_empty(m, r)
 
@@ -126,19 +219,51 @@ _dora_linear_backward_op = torch.library.custom_op("masked_dora::dora_linear_bac
 
 
 @_dora_linear_backward_op.register_fake
-def _(grad_y, x, weight, lora_A, lora_B, scaling, scale, pre_scale, xa):
+def _(grad_y, x, weight, lora_A, lora_B, scaling, scale, bias, out, xa, readable, redo, rows, need_scale):
     acc = accumulate_dtype(x.dtype)
     n = weight.shape[0]
     return (x.new_empty(x.shape), lora_A.new_empty(lora_A.shape), lora_B.new_empty(lora_B.shape),
             scale.new_empty(n), x.new_empty(n, dtype=acc))
 
 
+def _host_copy(redo: Optional[Tensor]):
+    """On a GPU, start copying the recompute mask to the host now (the forward), so that the backward reads the
+    rows without a device sync: the copy finished long before. UNRUN on a GPU (written without one)."""
+    if redo is None or redo.device.type != "cuda" or torch.compiler.is_compiling():
+        return None
+    host = torch.empty(redo.shape, dtype=torch.bool, pin_memory=True)
+    host.copy_(redo, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return host, done
+
+
+def _host_rows(copy, device: torch.device) -> Optional[Tensor]:
+    """The rows of a :func:`_host_copy` as indices on ``device`` (``None``: no copy was made)."""
+    if copy is None:
+        return None
+    host, done = copy
+    done.synchronize()
+    rows = host.nonzero().flatten()
+    if not rows.numel():
+        return torch.empty(0, dtype=torch.long, device=device)
+    return rows.pin_memory().to(device, non_blocking=True)
+
+
 def _setup_context(ctx, inputs, output):
-    x, weight, lora_A, lora_B, scaling, scale, bias = inputs
-    _, pre_scale, xa = output
+    x, weight, lora_A, lora_B, scaling, scale, bias, skip_rows = inputs
+    y, pre_scale, xa = output
     ctx.mark_non_differentiable(pre_scale, xa)
-    ctx.set_materialize_grads(False)  # no M x N zero-filled gradient for the unused P output
-    ctx.save_for_backward(x, weight, lora_A, lora_B, scale, pre_scale, xa)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for the unused P and x A^T outputs
+    # the output y, not the M x N pre-scale P, and only where dc is needed (the module docstring says how)
+    ctx.need_scale = bool(scale.requires_grad)
+    readable = redo = None
+    if ctx.need_scale:
+        readable = readable_rows(scale, bias, pre_scale, x.dtype)
+        redo = ~readable if skip_rows is None else ~readable & ~skip_rows
+    ctx.redo_host = _host_copy(redo)
+    kept = _saved_output.keep(ctx, y) if ctx.need_scale else None
+    ctx.save_for_backward(x, weight, lora_A, lora_B, scale, bias, xa, readable, redo, kept)
     ctx.scaling = scaling
     ctx.bias_dtype = None if bias is None else bias.dtype
     # Autograd runs a CUDA backward on its own device thread, where the thread-local
@@ -147,15 +272,21 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_y, _grad_pre_scale, _grad_xa):
-    x, weight, lora_A, lora_B, scale, pre_scale, xa = ctx.saved_tensors
+    x, weight, lora_A, lora_B, scale, bias, xa, readable, redo, kept = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    if grad_y is None:  # only P or x A^T was used downstream: they are non-differentiable
+        return (None,) * 8
+    need_scale = ctx.need_scale and bool(needs[5])
+    y = _saved_output.take(ctx, kept) if ctx.need_scale else None
+    rows = _host_rows(ctx.redo_host, scale.device)
+    ctx.redo_host = None
     grad_y = grad_y.contiguous()
-    args = (grad_y, x, weight, lora_A, lora_B, ctx.scaling, scale, pre_scale, xa)
+    args = (grad_y, x, weight, lora_A, lora_B, ctx.scaling, scale, bias, y, xa, readable, redo, rows, need_scale)
     with _registry.use_backend(_registry.forced_backend() or ctx.forced_backend):
-        if plain_eager(grad_y, x, weight, lora_A, lora_B, scale, pre_scale, xa):
+        if plain_eager(grad_y, x, weight, lora_A, lora_B, scale, bias, y, xa, readable, redo, rows):
             grad_x, grad_A, grad_B, grad_scale, grad_bias = _backward_body(*args)
         else:
             grad_x, grad_A, grad_B, grad_scale, grad_bias = torch.ops.masked_dora.dora_linear_backward(*args)
-    needs = ctx.needs_input_grad
     return (
         grad_x if needs[0] else None,
         None,  # the frozen base weight never gets a gradient
@@ -164,6 +295,7 @@ def _backward(ctx, grad_y, _grad_pre_scale, _grad_xa):
         None,
         grad_scale if needs[5] else None,
         grad_bias.to(ctx.bias_dtype) if ctx.bias_dtype is not None and needs[6] else None,
+        None,
     )
 
 
@@ -197,16 +329,25 @@ def check_dora_linear_args(x: Tensor, weight: Tensor, lora_A: Tensor, lora_B: Te
 
 def dora_linear(
     x: Tensor, weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float,
-    scale: Tensor, bias: Optional[Tensor] = None,
+    scale: Tensor, bias: Optional[Tensor] = None, *, skip_rows: Optional[Tensor] = None,
 ) -> Tensor:
     """``y = (x W0^T + s (x A^T) B^T) * scale + bias`` for ``x`` of shape (..., K).
 
     ``weight`` (N x K, frozen), ``lora_A`` (r x K) and ``lora_B`` (N x r) share
     ``x``'s dtype; ``scale`` and ``bias`` are length-N vectors of any float dtype
     (the epilogue runs in float32). Differentiable in ``x``, ``lora_A``,
-    ``lora_B``, ``scale`` and ``bias``.
+    ``lora_B``, ``scale`` and ``bias``. The backward keeps ``x``, ``x A^T`` and the
+    returned output (see the module docstring); ``skip_rows`` (bool, N): rows whose
+    scale gradient is not needed where ``scale`` is exactly 0 (they get 0 there, and
+    their pre-scale output is not recomputed).
     """
     check_dora_linear_args(x, weight, lora_A, lora_B, scale, bias)
+    if skip_rows is not None:
+        if not isinstance(skip_rows, Tensor) or skip_rows.dtype != torch.bool:
+            raise TypeError(f"skip_rows: expected a bool tensor or None, got "
+                            f"{getattr(skip_rows, 'dtype', type(skip_rows).__name__)}")
+        _checks.check_shape("skip_rows", skip_rows, (weight.shape[0],))
+        _checks.check_same_device([("scale", scale), ("skip_rows", skip_rows)])
     n, k = weight.shape
     if weight.requires_grad and torch.is_grad_enabled():
         raise ValueError("weight: the base weight must be frozen (requires_grad=False); "
@@ -216,8 +357,8 @@ def dora_linear(
     for d in lead:
         m *= d
     # reshape(m, k), not (-1, k): with k = 0 (or an empty batch) -1 cannot be inferred
-    args = (x.reshape(m, k), weight, lora_A, lora_B, float(scaling), scale, bias)
-    if plain_eager(x, weight, lora_A, lora_B, scale, bias):
+    args = (x.reshape(m, k), weight, lora_A, lora_B, float(scaling), scale, bias, skip_rows)
+    if plain_eager(x, weight, lora_A, lora_B, scale, bias, skip_rows):
         y, _, _ = _EagerDoRALinear.apply(*args)
     else:
         y, _, _ = torch.ops.masked_dora.dora_linear(*args)
