@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from .blocks import block_modules, is_consumer_role
 from .group_mask import ALWAYS_KEPT
+from .hidden import hidden_activation, hidden_magnitude, hidden_reader_modules
 from .prepare import get_state
 from .sparsity import plan_keep
 
@@ -53,6 +54,9 @@ def _scatter(values: Tensor, index: Tensor, num_units: int) -> Tensor:
 def magnitude_scores(model: nn.Module) -> Dict[str, Tensor]:
     out = {}
     for key, group in get_state(model).groups.items():
+        if group.kind == "hidden":
+            out[key] = hidden_magnitude(model, get_state(model))
+            continue
         score = torch.zeros(group.num_units, dtype=torch.float64)
         for role, m in _members(model, group).items():
             w = m.weight.detach().double()
@@ -132,7 +136,8 @@ def activation_scores(model: nn.Module, calibration: Iterable) -> Dict[str, Tens
 
     consumers = {}
     for key, group in state.groups.items():
-        consumers[key] = _consumers(model, group)
+        consumers[key] = (hidden_reader_modules(model, state) if group.kind == "hidden"
+                          else _consumers(model, group))  # the hidden group: the residual stream's readers
         for role, m in consumers[key]:
             handles.append(m.register_forward_pre_hook(hook_for((key, role))))
     was_training = model.training
@@ -151,6 +156,9 @@ def activation_scores(model: nn.Module, calibration: Iterable) -> Dict[str, Tens
     _require_reached(state, {key for key, _role in sq}, "activation")
     out = {}
     for key, group in state.groups.items():
+        if group.kind == "hidden":
+            out[key] = hidden_activation(model, state, sq)
+            continue
         out[key] = torch.zeros(group.num_units, dtype=torch.float64)
         for role, m in consumers[key]:
             col = m.weight.detach().double().pow(2).sum(0).sqrt().cpu()

@@ -41,7 +41,8 @@ from typing import Dict, Optional, Tuple
 
 from torch import nn
 
-GROUP_KINDS = ("mlp", "heads")
+GROUP_KINDS = ("mlp", "heads", "hidden")
+BLOCK_KINDS = ("mlp", "heads")  # the kinds with one group per block (``hidden``: one group for the model)
 QKV_LAYOUTS = ("blocks", "grouped", "per_head")
 
 
@@ -134,6 +135,36 @@ class HeadSpec:
 
 
 @dataclass(frozen=True)
+class HiddenSpec:
+    """The residual stream of an RMSNorm decoder family, for ``"hidden"`` pruning (``hidden_mode="global"``).
+
+    Its writers are the embeddings, the heads' ``output`` and the MLP's ``consumer`` (gated rows); its
+    readers the q/k/v and MLP producers (and the LM head), whose input columns go at compaction; ``norms``
+    (paths relative to a block) and ``final_norm`` (relative to the module holding the block list) are the
+    RMSNorms over it, with epsilon in the config key ``eps_key``. ``model_types``: the types of the spec checked
+    exact (the rest of the spec's types are refused with ``refusals[model_type]``, or a generic reason).
+    """
+
+    norms: Tuple[str, ...]
+    final_norm: str
+    eps_key: str
+    model_types: Tuple[str, ...]
+    refusals: Tuple[Tuple[str, str], ...] = ()
+
+    def refusal(self, model_type: str) -> Optional[str]:
+        if model_type in self.model_types:
+            return None
+        return dict(self.refusals).get(model_type, f"hidden-dimension pruning is checked exact for the model types "
+                                                   f"{self.model_types} of this spec, not {model_type!r}")
+
+
+HIDDEN_UNCOVERED = ("hidden-dimension pruning (hidden_mode='global') is built for RMSNorm decoders whose residual "
+                    "stream only the embeddings, the attention output and the MLP output write (Llama, Mistral, "
+                    "Qwen2); this family has no HiddenSpec (a LayerNorm family cannot be exact: a zero channel "
+                    "changes the mean the norm subtracts)")
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A model family: where its blocks are and what its groups are."""
 
@@ -159,12 +190,16 @@ class ModelSpec:
     # stacks may share a size key (T5's d_ff): then the plain form needs them to keep the same size
     stack: str = ""
     stacks: Tuple["ModelSpec", ...] = ()
+    # the residual stream, for "hidden" pruning (None: refused)
+    hidden: Optional[HiddenSpec] = None
 
     def applies_to(self, config) -> bool:
         return all(getattr(config, key, None) == value for key, value in self.when)
 
     def refusal(self, kind: str, config) -> Optional[str]:
         """Why ``kind`` cannot be pruned in a model with ``config`` (``None``: it can)."""
+        if kind == "hidden":
+            return HIDDEN_UNCOVERED if self.hidden is None else self.hidden.refusal(getattr(config, "model_type", ""))
         for k, flag, reason in self.unsupported:
             if k == kind and (not flag or getattr(config, flag, False)):
                 return reason
@@ -348,9 +383,20 @@ MIXTRAL_STYLE = dict(LLAMA_STYLE, mlp=MLPSpec(  # experts packed as gate_up_proj
     producers=("gate_up_proj",), consumer="down_proj", size_key="intermediate_size", segments=(2,),
     experts="mlp.experts", size_attrs=(("mlp.experts", "intermediate_dim"),)))
 
+_GEMMA_HIDDEN = ("its embeddings are multiplied by sqrt(hidden_size), a constant the compacted config would "
+                 "recompute as sqrt(d') (not folded), and its RMSNorm scales by (1 + weight)")
+LLAMA_HIDDEN = HiddenSpec(
+    norms=("input_layernorm", "post_attention_layernorm"), final_norm="norm", eps_key="rms_norm_eps",
+    model_types=("llama", "mistral", "qwen2"),
+    refusals=(("gemma", _GEMMA_HIDDEN),
+              ("gemma2", _GEMMA_HIDDEN + "; its post-norms on the attention and MLP outputs are not covered"),
+              ("gemma3_text", _GEMMA_HIDDEN + "; its post-norms on the attention and MLP outputs are not covered"),
+              ("granite", "its embedding/residual/logit multipliers are not checked with hidden pruning yet"),
+              ("qwen3", "its per-head q/k norms are not checked with hidden pruning yet")))
+
 SPECS: Dict[str, ModelSpec] = {
     "llama": ModelSpec(name="llama", model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
-                                                  "gemma3_text", "granite"), **LLAMA_STYLE),
+                                                  "gemma3_text", "granite"), **LLAMA_STYLE, hidden=LLAMA_HIDDEN),
     "cohere": ModelSpec(name="cohere", model_types=("cohere",), **COHERE),
     "olmo2": ModelSpec(name="olmo2", model_types=("olmo2",), **LLAMA_STYLE,
                        unsupported=(("heads", "", _QK_NORM_SPANS_HEADS),)),
@@ -429,7 +475,7 @@ def matching_specs(model: nn.Module) -> list:
     for name, spec in SPECS.items():
         try:
             _, layers = find_layers(model, spec)
-            kinds = GROUP_KINDS
+            kinds = BLOCK_KINDS
             if spec.mlp.experts and len(layers):  # packed expert parameters, not modules, before prepare_model
                 packed_experts(layers[0], spec)
                 kinds = ("heads",)
