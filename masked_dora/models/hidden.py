@@ -224,6 +224,11 @@ def hidden_keep(state) -> Optional[Tensor]:
     return torch.nonzero(state.groups[HIDDEN_KEY].hard().cpu()).flatten()
 
 
+def norm_scale(d: int, d_kept: int) -> float:
+    """The factor on a compacted RMSNorm's weight: ``sqrt(d / d')`` (see the module docstring)."""
+    return math.sqrt(d / d_kept)
+
+
 def hidden_config(config, spec, d: int, kept: Tensor, head_dim: int):
     """``config`` (a plain compacted config, changed in place) with ``hidden_size = d'``, an explicit
     ``head_dim`` and the norms' epsilon scaled by ``d / d'`` (see the module docstring)."""
@@ -242,7 +247,7 @@ def cut_hidden(model: nn.Module, state, tensors: Dict[str, Tensor], kept: Tensor
     ``sqrt(d/d')``."""
     spec = state.spec
     d = state.groups[HIDDEN_KEY].num_units
-    scale = math.sqrt(d / kept.numel())
+    scale = norm_scale(d, kept.numel())
     out = dict(tensors)
 
     def cut(key, dim, factor=None):
