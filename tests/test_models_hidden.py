@@ -250,3 +250,43 @@ def test_compact_for_training_refuses_hidden():
     harden(model)
     with pytest.raises(ValueError, match="hidden dimension"):
         compact_for_training(model)
+
+
+def test_export_peft_refuses_pruned_residual_channels(tmp_path):
+    pytest.importorskip("peft")
+    from masked_dora.models import export_peft
+
+    model = _prepared("llama", gqa="kv_groups")
+    harden(model)
+    with pytest.raises(NotImplementedError, match="residual channels"):
+        export_peft(model, str(tmp_path))
+
+
+def test_deepcopy_gates_the_copy_with_its_own_hidden_group():
+    import copy
+
+    model = _prepared("llama")
+    harden(model)
+    twin = copy.deepcopy(model)
+    gate = next(iter(twin.get_input_embeddings()._forward_hooks.values()))
+    assert gate.group is get_state(twin).groups["hidden"]
+    writer = twin.model.layers[0].self_attn.o_proj
+    assert writer.mask_source.group is get_state(twin).groups["hidden"]
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        assert torch.equal(output_tensor(twin(**inputs)), output_tensor(model(**inputs)))
+
+
+def test_training_state_round_trip_keeps_the_hidden_mask(tmp_path):
+    from masked_dora.models import load_training_state, save_training_state
+
+    model = _prepared("llama")
+    harden(model)
+    save_training_state(model, str(tmp_path))
+    fresh = _model("llama")
+    prepare_model(fresh, MaskedDoRAConfig(target_groups=ALL, **CFG))
+    load_training_state(fresh, str(tmp_path))
+    assert torch.equal(get_state(fresh).groups["hidden"].hard(), get_state(model).groups["hidden"].hard())
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(output_tensor(fresh(**inputs)), output_tensor(model(**inputs)))
