@@ -214,7 +214,7 @@ def test_gradient_checkpointing_step_gives_the_same_loss_and_gradients(checkpoin
 
 @pytest.mark.parametrize("family, match", [
     ("gpt2", "LayerNorms subtract the mean"), ("phi", "LayerNorms subtract the mean"),
-    ("gemma", r"sqrt\(hidden_size\)"), ("gemma2", "post-norms"), ("granite", "multipliers"),
+    ("gemma", r"sqrt\(hidden_size\)"), ("gemma2", "post-norms"), ("granite", "multipliers"), ("qwen3", "q/k RMSNorms"),
     ("olmo2", "no HiddenSpec"), ("mixtral", "no HiddenSpec")])
 def test_families_it_cannot_prune_exactly_are_refused_before_any_change(family, match):
     model = tiny_model(family, kind="lm")
@@ -290,3 +290,29 @@ def test_training_state_round_trip_keeps_the_hidden_mask(tmp_path):
     inputs = tiny_inputs()
     with torch.no_grad():
         torch.testing.assert_close(output_tensor(fresh(**inputs)), output_tensor(model(**inputs)))
+
+
+@pytest.mark.parametrize("groups", [ALL, ("hidden",)])
+def test_writer_biases_and_query_heads_inside_kv_groups_compact_exactly(groups):
+    """o_proj/down_proj with biases (their pruned rows' biases go with them), and the o_proj input gate of
+    gqa='query_heads' together with its hidden-gated output rows."""
+    import transformers
+
+    config = tiny_config("llama")
+    config.attention_bias = config.mlp_bias = True
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.1)
+    prepare_model(model, MaskedDoRAConfig(target_groups=groups, gqa="query_heads", **CFG))
+    randomize_adapters(model)
+    harden(model)
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        ref = output_tensor(model(**inputs))
+        small = compact_model(model)
+        out = output_tensor(small(**inputs))
+    assert small.model.layers[0].self_attn.o_proj.bias.shape == (16,)
+    assert _rel_err(out, ref) < 1e-5

@@ -46,8 +46,9 @@ def _inputs_cut(model: nn.Module) -> List[str]:
 
 
 def _refuse_unexportable(model: nn.Module) -> None:
-    """Raise for what a PEFT DoRA adapter cannot hold: MoE experts, query heads cut at an output's input, pruned
-    residual channels (cut at the embeddings' output), and a model compacted for training (its layers no longer have the base model's shapes)."""
+    """Raise for what a PEFT DoRA adapter cannot hold: MoE experts, query heads cut at an output's input,
+    pruned residual channels (cut at the embeddings' output), and a model compacted for training (its layers no
+    longer have the base model's shapes)."""
     if get_state(model).compacted_for_training:
         raise NotImplementedError("model: compact_for_training removed its pruned channels, so its layers no longer "
                                   "fit the base model a PEFT adapter attaches to; export before compacting, or save "

@@ -7,7 +7,8 @@ attributes that must follow a per-layer size change. Nothing here is code per
 model: adding a family is adding a table entry (see ``SPECS``). :mod:`masked_dora.models.blocks` reads a
 spec against a model (its blocks, each group's member modules, the head layout).
 
-Groups (DESIGN.md, "Coupled structure"):
+Groups (DESIGN.md, "Coupled structure"); besides these two per-block kinds, ``hidden`` (one group over the
+residual stream, :class:`~masked_dora.models.hidden_spec.HiddenSpec`, :mod:`masked_dora.models.hidden`):
 
 * ``mlp``: one channel of the MLP's inner width; rows of ``producers``
   (``gate_proj``/``up_proj``, ``fc1``/``intermediate.dense``), columns of the
@@ -40,6 +41,8 @@ from dataclasses import replace as replace_dataclass
 from typing import Dict, Optional, Tuple
 
 from torch import nn
+
+from .hidden_spec import HIDDEN_UNCOVERED, LLAMA_HIDDEN, HiddenSpec
 
 GROUP_KINDS = ("mlp", "heads", "hidden")
 BLOCK_KINDS = ("mlp", "heads")  # the kinds with one group per block (``hidden``: one group for the model)
@@ -132,36 +135,6 @@ class HeadSpec:
     def __post_init__(self):
         if self.qkv and self.per_head:
             raise ValueError("HeadSpec: per_head modules with a fused qkv projection are not supported")
-
-
-@dataclass(frozen=True)
-class HiddenSpec:
-    """The residual stream of an RMSNorm decoder family, for ``"hidden"`` pruning (``hidden_mode="global"``).
-
-    Its writers are the embeddings, the heads' ``output`` and the MLP's ``consumer`` (gated rows); its
-    readers the q/k/v and MLP producers (and the LM head), whose input columns go at compaction; ``norms``
-    (paths relative to a block) and ``final_norm`` (relative to the module holding the block list) are the
-    RMSNorms over it, with epsilon in the config key ``eps_key``. ``model_types``: the types of the spec checked
-    exact (the rest of the spec's types are refused with ``refusals[model_type]``, or a generic reason).
-    """
-
-    norms: Tuple[str, ...]
-    final_norm: str
-    eps_key: str
-    model_types: Tuple[str, ...]
-    refusals: Tuple[Tuple[str, str], ...] = ()
-
-    def refusal(self, model_type: str) -> Optional[str]:
-        if model_type in self.model_types:
-            return None
-        return dict(self.refusals).get(model_type, f"hidden-dimension pruning is checked exact for the model types "
-                                                   f"{self.model_types} of this spec, not {model_type!r}")
-
-
-HIDDEN_UNCOVERED = ("hidden-dimension pruning (hidden_mode='global') is built for RMSNorm decoders whose residual "
-                    "stream only the embeddings, the attention output and the MLP output write (Llama, Mistral, "
-                    "Qwen2); this family has no HiddenSpec (a LayerNorm family cannot be exact: a zero channel "
-                    "changes the mean the norm subtracts)")
 
 
 @dataclass(frozen=True)
@@ -382,17 +355,6 @@ T5_HEADS = (("heads", "", "block 0 computes the relative-position bias, one colu
 MIXTRAL_STYLE = dict(LLAMA_STYLE, mlp=MLPSpec(  # experts packed as gate_up_proj (E, 2I, H), down_proj (E, H, I)
     producers=("gate_up_proj",), consumer="down_proj", size_key="intermediate_size", segments=(2,),
     experts="mlp.experts", size_attrs=(("mlp.experts", "intermediate_dim"),)))
-
-_GEMMA_HIDDEN = ("its embeddings are multiplied by sqrt(hidden_size), a constant the compacted config would "
-                 "recompute as sqrt(d') (not folded), and its RMSNorm scales by (1 + weight)")
-LLAMA_HIDDEN = HiddenSpec(
-    norms=("input_layernorm", "post_attention_layernorm"), final_norm="norm", eps_key="rms_norm_eps",
-    model_types=("llama", "mistral", "qwen2"),
-    refusals=(("gemma", _GEMMA_HIDDEN),
-              ("gemma2", _GEMMA_HIDDEN + "; its post-norms on the attention and MLP outputs are not covered"),
-              ("gemma3_text", _GEMMA_HIDDEN + "; its post-norms on the attention and MLP outputs are not covered"),
-              ("granite", "its embedding/residual/logit multipliers are not checked with hidden pruning yet"),
-              ("qwen3", "its per-head q/k norms are not checked with hidden pruning yet")))
 
 SPECS: Dict[str, ModelSpec] = {
     "llama": ModelSpec(name="llama", model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
