@@ -316,3 +316,17 @@ def test_writer_biases_and_query_heads_inside_kv_groups_compact_exactly(groups):
         out = output_tensor(small(**inputs))
     assert small.model.layers[0].self_attn.o_proj.bias.shape == (16,)
     assert _rel_err(out, ref) < 1e-5
+
+
+def test_exact_budget_trains_at_the_hidden_target_and_compacts_exactly():
+    model = _prepared("mistral", budget="exact")
+    _train(model)
+    model.train()
+    model(**_lm_batches(1)[0])  # a training forward keeps exactly the planned channels
+    assert int(get_state(model).groups["hidden"].values().detach().round().sum()) == 16
+    harden(model)
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        ref = output_tensor(model.eval()(**inputs))
+        out = output_tensor(compact_model(model)(**inputs))
+    assert _rel_err(out, ref) < 1e-5
