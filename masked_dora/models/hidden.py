@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .blocks import Block, block_modules, find_layers, is_consumer_role, role_paths
+from .blocks import Block, block_modules, find_layers, is_consumer_role, model_blocks, role_paths
 from .group_mask import GroupMask, MaskView
 
 HIDDEN_KEY = "hidden"
@@ -61,9 +61,8 @@ def _module_name(model: nn.Module, module: Optional[nn.Module]) -> Optional[str]
 
 
 def _has_layer_norm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.LayerNorm) or (type(m).__name__.endswith("LayerNorm")
-                                               and getattr(m, "bias", None) is not None)
-               for m in model.modules())
+    """Whether ``model`` holds a LayerNorm (torch's, or a family's own class named ``...LayerNorm``)."""
+    return any(isinstance(m, nn.LayerNorm) or type(m).__name__.endswith("LayerNorm") for m in model.modules())
 
 
 def hidden_refusal(model: nn.Module, spec, config) -> Optional[str]:
@@ -80,8 +79,6 @@ def hidden_refusal(model: nn.Module, spec, config) -> Optional[str]:
     if reason is not None or spec.stacks:
         return (f"config.target_groups: 'hidden' cannot be pruned in a {model_type!r} model: "
                 f"{reason or 'it has several block stacks'}")
-    if getattr(model.config, "embedding_multiplier", None) not in (None, 1, 1.0):
-        return f"config.target_groups: 'hidden': this {model_type!r} model scales its embeddings (not checked)"
     if config.allocation != "uniform":
         return ("config.allocation: 'hidden' needs allocation='uniform': allocation='global' gives the MLP/heads "
                 "per-layer sizes, saved in the per-layer form, which cannot hold a pruned hidden size (the hidden "
@@ -115,7 +112,7 @@ def check_hidden(model: nn.Module, spec, config) -> None:
     from .compact import block_sizes, plain_config_or_reason
     from .save_form import planned_sizes
 
-    blocks_specs = [b.spec for b in _blocks(model, spec)]
+    blocks_specs = [b.spec for b in model_blocks(model, spec)]
     plain, reason = plain_config_or_reason(model.config, blocks_specs, block_sizes(model, spec),
                                            planned_sizes(model, spec, config))
     if plain is not None:
@@ -123,12 +120,6 @@ def check_hidden(model: nn.Module, spec, config) -> None:
     if reason is not None:
         raise ValueError(f"config: hidden pruning compacts to a plain checkpoint, which these sizes cannot be "
                          f"({reason}); change target_sparsity/alignment")
-
-
-def _blocks(model, spec) -> List[Block]:
-    from .blocks import model_blocks
-
-    return model_blocks(model, spec)
 
 
 def _validate_hidden(plain, spec, kept: int) -> Optional[str]:
@@ -198,11 +189,6 @@ def hidden_magnitude(model: nn.Module, state) -> Tensor:
         per = m.weight.detach().double().pow(2).sum(1).cpu()
         score += per / per.sum().clamp_min(1e-30)
     return score
-
-
-def hidden_reader_modules(model: nn.Module, state) -> List[Tuple[str, nn.Module]]:
-    """The readers whose inputs the ``activation`` score of the hidden group hooks (one role per reader)."""
-    return readers(model, state)
 
 
 @torch.no_grad()

@@ -9,6 +9,10 @@ r"""Importance scores per group unit, and mask initialisation from them.
 * ``activation`` (activation-aware, Wanda-style): at the consumer's input,
   ``||X_c||_2 * ||W_consumer[:, c]||_2`` per channel, summed per unit.
 
+The ``hidden`` group (one unit per residual channel) is scored the same ways over the residual stream's
+members (:mod:`masked_dora.models.hidden`): ``magnitude`` over the embeddings' and readers' columns and the
+writers' rows, ``activation`` at every reader's input (q/k/v, the MLP's producers, the LM head).
+
 :func:`init_masks_from_importance` plans the target cut from the scores
 (the same planner as hardening) and sets logits so that the planned-kept
 units start kept (positive) and the rest pruned (negative), with magnitudes in
@@ -24,7 +28,7 @@ from torch import Tensor, nn
 
 from .blocks import block_modules, is_consumer_role
 from .group_mask import ALWAYS_KEPT
-from .hidden import hidden_activation, hidden_magnitude, hidden_reader_modules
+from .hidden import hidden_activation, hidden_magnitude, readers
 from .prepare import get_state
 from .sparsity import plan_keep
 
@@ -136,7 +140,7 @@ def activation_scores(model: nn.Module, calibration: Iterable) -> Dict[str, Tens
 
     consumers = {}
     for key, group in state.groups.items():
-        consumers[key] = (hidden_reader_modules(model, state) if group.kind == "hidden"
+        consumers[key] = (readers(model, state) if group.kind == "hidden"
                           else _consumers(model, group))  # the hidden group: the residual stream's readers
         for role, m in consumers[key]:
             handles.append(m.register_forward_pre_hook(hook_for((key, role))))
