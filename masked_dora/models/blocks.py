@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
-from .specs import GROUP_KINDS, ModelSpec, PerHeadSpec
+from .specs import BLOCK_KINDS, ModelSpec, PerHeadSpec
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -134,7 +134,7 @@ def check_per_head_modules(block: nn.Module, spec: ModelSpec, config, where: str
                              f"one per {'query' if entry.follows == 'heads' else 'KV'} head")
 
 
-def block_modules(block: nn.Module, spec: ModelSpec, kinds=GROUP_KINDS) -> Dict[str, Dict[str, nn.Module]]:
+def block_modules(block: nn.Module, spec: ModelSpec, kinds=BLOCK_KINDS) -> Dict[str, Dict[str, nn.Module]]:
     """``{kind: {role: module}}`` for one block, every path checked (a prepared block, for MoE experts: before
     ``prepare_model`` they are packed parameters, see :func:`packed_experts`)."""
     experts = num_experts(block, spec) if "mlp" in kinds else 0
@@ -229,4 +229,6 @@ def role_paths(spec: ModelSpec, kind: str, experts: int = 0) -> Dict[str, str]:
         if hs.qkv:
             return {"qkv": hs.qkv, "output": hs.output}
         return {"query": hs.query, "key": hs.key, "value": hs.value, "output": hs.output}
-    raise ValueError(f"kind: expected one of {GROUP_KINDS}, got {kind!r}")
+    if kind == "hidden":  # the residual stream's writers in a block (their output rows are gated)
+        return {"attn_writer": spec.heads.output, "mlp_writer": spec.mlp.consumer}
+    raise ValueError(f"kind: expected one of {BLOCK_KINDS + ('hidden',)}, got {kind!r}")

@@ -37,6 +37,7 @@ from ..nn import MaskedDoRALinear
 from .blocks import (block_modules, features, has_experts, head_layout, holds_spec_mlp, is_consumer_role, is_conv1d,
                      mlp_width, model_blocks, num_experts, packed_experts, per_head_modules, producer_index,
                      role_paths)
+from .hidden import cut_hidden, hidden_config, hidden_keep, writers
 from .prepare import STATE_ATTR, get_state
 from .specs import ModelSpec, spec_for
 
@@ -338,6 +339,15 @@ def compact_model(model: nn.Module) -> nn.Module:
     repl, params, sizes = _compact_weights(model)
     config = copy.deepcopy(model.config)
     plain = _plain_config(config, stacks, original, sizes, getattr(state, "save_form", "auto"))
+    kept_hidden = hidden_keep(state)
+    if kept_hidden is not None:  # a pruned residual stream: plain only (prepare_model refused anything else)
+        if plain is None:
+            raise RuntimeError("compact_model: hidden pruning compacts to a plain checkpoint only, and these sizes "
+                               "cannot be one")
+        hidden_config(plain, state.spec, getattr(model.config, state.spec.hidden_key), kept_hidden,
+                      sizes[0]["head_dim"])
+        for name, m in writers(model, state):  # merged (and their gated rows zero) where no group merged them
+            repl.setdefault(name, _merged(m))
     if plain is not None:
         config = plain
         if hasattr(config, LAYER_SIZES_KEY):
@@ -361,6 +371,8 @@ def compact_model(model: nn.Module) -> nn.Module:
             new_sd[key] = old_sd[key]
         else:
             raise RuntimeError(f"compact_model: no source for {key!r}")
+    if kept_hidden is not None:
+        new_sd = cut_hidden(model, state, new_sd, kept_hidden)
     new.load_state_dict(new_sd, strict=True)
     device = next(model.parameters()).device
     return new.to(device).eval()

@@ -48,6 +48,8 @@ def compact_training_refusal(model: nn.Module) -> Optional[str]:
     loose = [key for key, g in state.groups.items() if not bool(g.mask_fixed)]
     if loose:
         return f"the groups {loose[:4]} still learn their masks: call masked_dora.harden(model) first"
+    if "hidden" in state.config.target_groups:
+        return "the hidden dimension cannot leave the prepared model while it trains yet (compact_model can)"
     if "heads" in state.config.target_groups and state.spec.heads_need_plain_config:
         return (f"a {model.config.model_type!r} attention reads its head counts from the model config, so its heads "
                 f"cannot leave the prepared model while it trains")

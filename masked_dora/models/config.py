@@ -14,6 +14,8 @@ IMPORTANCE = ("none", "magnitude", "taylor", "activation")
 GQA_MODES = ("kv_groups", "query_heads")
 ALLOCATIONS = ("uniform", "global")
 BUDGETS = ("lagrangian", "exact")
+HIDDEN_MODES = ("global", "per_block")
+DEFAULT_ALIGNMENT = {"mlp": 64, "heads": 1, "hidden": 8}
 SAVE_FORMS = ("auto", "plain", "per_layer")
 
 
@@ -27,11 +29,15 @@ class MaskedDoRAConfig:
       ``"peft"`` is PEFT's DoRA dropout exactly (a second base GEMM on the dropped part of the
       input); ``"adapter"`` drops the input of the adapter branch only (cheaper). See
       :func:`masked_dora.nn.functional.masked_dora_linear`.
-    * ``target_groups``: group kinds to prune, from ``("mlp", "heads")``.
+    * ``target_groups``: group kinds to prune, from ``("mlp", "heads", "hidden")``.
     * ``target_sparsity``: fraction of units removed per kind (a float applies
-      to every targeted kind): MLP channels, or query heads for ``heads``.
+      to every targeted kind): MLP channels, query heads for ``heads``, residual-stream channels for ``hidden``.
     * ``alignment``: kept counts are multiples of this (MLP channels per layer,
-      default 64; heads: whole heads, default 1) so compact GEMMs keep fast tiles.
+      default 64; heads: whole heads, default 1; hidden channels, default 8) so compact GEMMs keep fast tiles.
+    * ``hidden_mode``: how ``"hidden"`` prunes the residual stream. ``"global"``: one mask over the
+      residual stream shared by every block (embeddings, every norm, every projection and the LM head
+      shrink; exact for RMSNorm decoders, see :mod:`masked_dora.models.hidden`). ``"per_block"`` is not
+      built yet (``prepare_model`` refuses it).
     * ``gqa``: ``"kv_groups"`` removes whole KV groups (a KV head with its query
       heads); ``"query_heads"`` removes the same number of query heads in every
       KV group. Identical for models without GQA.
@@ -79,7 +85,7 @@ class MaskedDoRAConfig:
     dropout_mode: str = "peft"
     target_groups: Tuple[str, ...] = ("mlp", "heads")
     target_sparsity: Union[float, Dict[str, float]] = 0.25
-    alignment: Dict[str, int] = field(default_factory=lambda: {"mlp": 64, "heads": 1})
+    alignment: Dict[str, int] = field(default_factory=lambda: dict(DEFAULT_ALIGNMENT))
     gqa: str = "kv_groups"
     allocation: str = "uniform"
     gate: str = "hard_concrete"
@@ -95,6 +101,7 @@ class MaskedDoRAConfig:
     budget: str = "lagrangian"
     save_form: str = "auto"
     stacks: Optional[Tuple[str, ...]] = None
+    hidden_mode: str = "global"
 
     def __post_init__(self):
         if self.stacks is not None:
@@ -120,7 +127,7 @@ class MaskedDoRAConfig:
             value = self.target_sparsity.get(kind)
             if value is None or not 0.0 <= value < 1.0:
                 raise ValueError(f"target_sparsity[{kind!r}]: expected a fraction in [0, 1), got {value}")
-        self.alignment = {**{"mlp": 64, "heads": 1}, **dict(self.alignment)}
+        self.alignment = {**DEFAULT_ALIGNMENT, **dict(self.alignment)}
         for kind, value in self.alignment.items():
             if kind not in GROUP_KINDS or isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"alignment[{kind!r}]: expected a positive int for a kind in {GROUP_KINDS}, "
@@ -129,7 +136,8 @@ class MaskedDoRAConfig:
                                      ("gate", self.gate, tuple(GATES)), ("importance", self.importance, IMPORTANCE),
                                      ("budget", self.budget, BUDGETS),
                                      ("dropout_mode", self.dropout_mode, DROPOUT_MODES),
-                                     ("save_form", self.save_form, SAVE_FORMS)):
+                                     ("save_form", self.save_form, SAVE_FORMS),
+                                     ("hidden_mode", self.hidden_mode, HIDDEN_MODES)):
             if value not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
         for name in ("temperature", "final_temperature"):

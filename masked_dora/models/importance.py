@@ -9,6 +9,10 @@ r"""Importance scores per group unit, and mask initialisation from them.
 * ``activation`` (activation-aware, Wanda-style): at the consumer's input,
   ``||X_c||_2 * ||W_consumer[:, c]||_2`` per channel, summed per unit.
 
+The ``hidden`` group (one unit per residual channel) is scored the same ways over the residual stream's
+members (:mod:`masked_dora.models.hidden`): ``magnitude`` over the embeddings' and readers' columns and the
+writers' rows, ``activation`` at every reader's input (q/k/v, the MLP's producers, the LM head).
+
 :func:`init_masks_from_importance` plans the target cut from the scores
 (the same planner as hardening) and sets logits so that the planned-kept
 units start kept (positive) and the rest pruned (negative), with magnitudes in
@@ -24,6 +28,7 @@ from torch import Tensor, nn
 
 from .blocks import block_modules, is_consumer_role
 from .group_mask import ALWAYS_KEPT
+from .hidden import hidden_activation, hidden_magnitude, readers
 from .prepare import get_state
 from .sparsity import plan_keep
 
@@ -53,6 +58,9 @@ def _scatter(values: Tensor, index: Tensor, num_units: int) -> Tensor:
 def magnitude_scores(model: nn.Module) -> Dict[str, Tensor]:
     out = {}
     for key, group in get_state(model).groups.items():
+        if group.kind == "hidden":
+            out[key] = hidden_magnitude(model, get_state(model))
+            continue
         score = torch.zeros(group.num_units, dtype=torch.float64)
         for role, m in _members(model, group).items():
             w = m.weight.detach().double()
@@ -132,7 +140,8 @@ def activation_scores(model: nn.Module, calibration: Iterable) -> Dict[str, Tens
 
     consumers = {}
     for key, group in state.groups.items():
-        consumers[key] = _consumers(model, group)
+        consumers[key] = (readers(model, state) if group.kind == "hidden"
+                          else _consumers(model, group))  # the hidden group: the residual stream's readers
         for role, m in consumers[key]:
             handles.append(m.register_forward_pre_hook(hook_for((key, role))))
     was_training = model.training
@@ -151,6 +160,9 @@ def activation_scores(model: nn.Module, calibration: Iterable) -> Dict[str, Tens
     _require_reached(state, {key for key, _role in sq}, "activation")
     out = {}
     for key, group in state.groups.items():
+        if group.kind == "hidden":
+            out[key] = hidden_activation(model, state, sq)
+            continue
         out[key] = torch.zeros(group.num_units, dtype=torch.float64)
         for role, m in consumers[key]:
             col = m.weight.detach().double().pow(2).sum(0).sqrt().cpu()

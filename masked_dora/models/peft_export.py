@@ -46,8 +46,9 @@ def _inputs_cut(model: nn.Module) -> List[str]:
 
 
 def _refuse_unexportable(model: nn.Module) -> None:
-    """Raise for what a PEFT DoRA adapter cannot hold: MoE experts, query heads cut at an output's input, and a
-    model compacted for training (its layers no longer have the base model's shapes)."""
+    """Raise for what a PEFT DoRA adapter cannot hold: MoE experts, query heads cut at an output's input,
+    pruned residual channels (cut at the embeddings' output), and a model compacted for training (its layers no
+    longer have the base model's shapes)."""
     if get_state(model).compacted_for_training:
         raise NotImplementedError("model: compact_for_training removed its pruned channels, so its layers no longer "
                                   "fit the base model a PEFT adapter attaches to; export before compacting, or save "
@@ -58,6 +59,12 @@ def _refuse_unexportable(model: nn.Module) -> None:
                                   f"expert parameters only with plain LoRA (target_parameters; its ParamWrapper "
                                   f"refuses use_dora=True); keep them with save_training_state, or compact_model "
                                   f"and save_pretrained")
+    hidden = get_state(model).groups["hidden"] if "hidden" in get_state(model).groups else None
+    if hidden is not None and not bool(hidden.hard().all()):
+        raise NotImplementedError("model: the pruned residual channels (target_groups 'hidden') are cut at the input "
+                                  "embeddings' output, which a PEFT adapter cannot express (the embeddings carry no "
+                                  "DoRA layer): the loaded adapter would compute other outputs. Use compact_model "
+                                  "for the pruned model")
     cut = _inputs_cut(model)
     if cut:
         raise NotImplementedError(f"model: query heads pruned inside KV groups (gqa='query_heads') are cut at the "

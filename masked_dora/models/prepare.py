@@ -321,6 +321,9 @@ def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, c
         raise ValueError(f"calibration: importance={config.importance!r} needs an iterable of calibration "
                          f"batches (dicts of model inputs); got None")
     spec = spec_for(model)
+    from .hidden import build_hidden_group, check_hidden
+
+    check_hidden(model, spec, config)  # hidden pruning: refusals and the plain config, before anything changes
     blocks = _targeted_blocks(model, spec, config)
     for b in blocks:  # check every block before changing anything
         _check_block(b, config, model.config)
@@ -338,6 +341,8 @@ def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, c
         if "heads" in config.target_groups:
             group, _ = _head_group(b.module, b.index, b.spec, config, model.config, b.path)
             state.groups[f"heads_{b.index}"] = group
+    if "hidden" in config.target_groups:  # one group for the residual stream, after the writers' own groups
+        state.groups["hidden"] = build_hidden_group(model, blocks, config, _wrap)
     if config.temperature is not None:
         state.set_temperature(config.temperature)
     setattr(model, STATE_ATTR, state.to(device))

@@ -189,6 +189,8 @@ def warn_unreachable_targets(model: nn.Module, tolerance: float = 0.05) -> Dict[
             if kind == "mlp" and g.partitions > 1:
                 unit = (f"{g.num_units // g.partitions} MLP channels in each of {g.partitions} experts per layer, "
                         f"each expert keeping a multiple of alignment={cfg.alignment['mlp']}")
+            elif kind == "hidden":
+                unit = f"{g.num_units} residual channels, kept in blocks of alignment={cfg.alignment['hidden']}"
             elif kind == "mlp":
                 unit = f"{g.num_units} MLP channels per layer, kept in blocks of alignment={cfg.alignment['mlp']}"
             elif g.unit_size > 1:

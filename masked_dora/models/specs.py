@@ -7,7 +7,8 @@ attributes that must follow a per-layer size change. Nothing here is code per
 model: adding a family is adding a table entry (see ``SPECS``). :mod:`masked_dora.models.blocks` reads a
 spec against a model (its blocks, each group's member modules, the head layout).
 
-Groups (DESIGN.md, "Coupled structure"):
+Groups (DESIGN.md, "Coupled structure"); besides these two per-block kinds, ``hidden`` (one group over the
+residual stream, :class:`~masked_dora.models.hidden_spec.HiddenSpec`, :mod:`masked_dora.models.hidden`):
 
 * ``mlp``: one channel of the MLP's inner width; rows of ``producers``
   (``gate_proj``/``up_proj``, ``fc1``/``intermediate.dense``), columns of the
@@ -41,7 +42,10 @@ from typing import Dict, Optional, Tuple
 
 from torch import nn
 
-GROUP_KINDS = ("mlp", "heads")
+from .hidden_spec import HIDDEN_UNCOVERED, LLAMA_HIDDEN, HiddenSpec
+
+GROUP_KINDS = ("mlp", "heads", "hidden")
+BLOCK_KINDS = ("mlp", "heads")  # the kinds with one group per block (``hidden``: one group for the model)
 QKV_LAYOUTS = ("blocks", "grouped", "per_head")
 
 
@@ -159,12 +163,16 @@ class ModelSpec:
     # stacks may share a size key (T5's d_ff): then the plain form needs them to keep the same size
     stack: str = ""
     stacks: Tuple["ModelSpec", ...] = ()
+    # the residual stream, for "hidden" pruning (None: refused)
+    hidden: Optional[HiddenSpec] = None
 
     def applies_to(self, config) -> bool:
         return all(getattr(config, key, None) == value for key, value in self.when)
 
     def refusal(self, kind: str, config) -> Optional[str]:
         """Why ``kind`` cannot be pruned in a model with ``config`` (``None``: it can)."""
+        if kind == "hidden":
+            return HIDDEN_UNCOVERED if self.hidden is None else self.hidden.refusal(getattr(config, "model_type", ""))
         for k, flag, reason in self.unsupported:
             if k == kind and (not flag or getattr(config, flag, False)):
                 return reason
@@ -350,7 +358,7 @@ MIXTRAL_STYLE = dict(LLAMA_STYLE, mlp=MLPSpec(  # experts packed as gate_up_proj
 
 SPECS: Dict[str, ModelSpec] = {
     "llama": ModelSpec(name="llama", model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
-                                                  "gemma3_text", "granite"), **LLAMA_STYLE),
+                                                  "gemma3_text", "granite"), **LLAMA_STYLE, hidden=LLAMA_HIDDEN),
     "cohere": ModelSpec(name="cohere", model_types=("cohere",), **COHERE),
     "olmo2": ModelSpec(name="olmo2", model_types=("olmo2",), **LLAMA_STYLE,
                        unsupported=(("heads", "", _QK_NORM_SPANS_HEADS),)),
@@ -429,7 +437,7 @@ def matching_specs(model: nn.Module) -> list:
     for name, spec in SPECS.items():
         try:
             _, layers = find_layers(model, spec)
-            kinds = GROUP_KINDS
+            kinds = BLOCK_KINDS
             if spec.mlp.experts and len(layers):  # packed expert parameters, not modules, before prepare_model
                 packed_experts(layers[0], spec)
                 kinds = ("heads",)

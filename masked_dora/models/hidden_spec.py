@@ -1,0 +1,51 @@
+"""The residual stream of a decoder family (:class:`HiddenSpec`), for ``"hidden"`` pruning; part of the
+declarative specs (:mod:`masked_dora.models.specs`), kept apart so that module stays a table of families."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+
+@dataclass(frozen=True)
+class HiddenSpec:
+    """The residual stream of an RMSNorm decoder family, for ``"hidden"`` pruning (``hidden_mode="global"``).
+
+    Its writers are the embeddings, the heads' ``output`` and the MLP's ``consumer`` (gated rows); its
+    readers the q/k/v and MLP producers (and the LM head), whose input columns go at compaction; ``norms``
+    (paths relative to a block) and ``final_norm`` (relative to the module holding the block list) are the
+    RMSNorms over it, with epsilon in the config key ``eps_key``. ``model_types``: the types of the spec checked
+    exact (the rest of the spec's types are refused with ``refusals[model_type]``, or a generic reason).
+    """
+
+    norms: Tuple[str, ...]
+    final_norm: str
+    eps_key: str
+    model_types: Tuple[str, ...]
+    refusals: Tuple[Tuple[str, str], ...] = ()
+
+    def refusal(self, model_type: str) -> Optional[str]:
+        if model_type in self.model_types:
+            return None
+        return dict(self.refusals).get(model_type, f"hidden-dimension pruning is checked exact for the model types "
+                                                   f"{self.model_types} of this spec, not {model_type!r}")
+
+
+HIDDEN_UNCOVERED = ("hidden-dimension pruning (hidden_mode='global') is built for RMSNorm decoders whose residual "
+                    "stream only the embeddings, the attention output and the MLP output write (Llama, Mistral, "
+                    "Qwen2); this family has no HiddenSpec (a LayerNorm family cannot be exact: a zero channel "
+                    "changes the mean the norm subtracts)")
+
+
+_GEMMA_HIDDEN = ("its embeddings are multiplied by sqrt(hidden_size), a constant the compacted config would "
+                 "recompute as sqrt(d') (not folded), and its RMSNorm scales by (1 + weight)")
+LLAMA_HIDDEN = HiddenSpec(
+    norms=("input_layernorm", "post_attention_layernorm"), final_norm="norm", eps_key="rms_norm_eps",
+    model_types=("llama", "mistral", "qwen2"),
+    refusals=(("gemma", _GEMMA_HIDDEN),
+              ("gemma2", _GEMMA_HIDDEN + "; its post-norms on the attention and MLP outputs are not covered"),
+              ("gemma3_text", _GEMMA_HIDDEN + "; its post-norms on the attention and MLP outputs are not covered"),
+              ("granite", "its compacted model did not equal the masked one in a check (its embedding/residual/"
+                          "logit multipliers are not covered)"),
+              ("qwen3", "its per-head q/k RMSNorms read the same rms_norm_eps, which the compacted config must "
+                        "scale by d/d' for the residual-stream norms, so they would change")))
