@@ -3,8 +3,8 @@
     python bench/activation_memory.py                        # both parts, results into bench/results/
     python bench/activation_memory.py --parts layer          # the per-layer bytes only (seconds)
 
-**Per layer** (the issue's measure): the tensors autograd keeps for the backward of one layer, recorded with
-``torch.autograd.graph.saved_tensors_hooks``, each storage once (and only those still held after the forward);
+**Per layer** (the issue's measure): the tensors autograd keeps for the backward of one layer, found by walking
+its autograd graph after the forward (:func:`graph_saved_bytes`), each storage once;
 the layer's parameters and buffers, its input and its own output are not counted (the neighbouring ops keep
 those anyway). 1024 -> 4096, 1024 tokens, r = 16, fp32 (``--dtype``), 25% of the output channels gated off.
 Masked DoRA is measured with its mask fixed (after ``harden``) and while it learns (hard-concrete samples: the
@@ -33,7 +33,6 @@ import os
 import platform
 import subprocess
 import sys
-import weakref
 
 import torch
 
@@ -50,32 +49,37 @@ def _storage(t: torch.Tensor) -> tuple:
     return s.data_ptr(), s.nbytes()
 
 
-class SavedBytes:
-    """Every storage autograd saves inside the context and still holds at the end, once each.
+def graph_saved_bytes(outputs, exclude=()) -> int:
+    """Bytes of every storage the autograd graph behind ``outputs`` holds for its backward, once each.
 
-    A tensor saved by a graph branch that was dropped since (a norm computed with grad, then detached) is not
-    counted: a weak reference tells which saved tensors are still alive, and only live storages are compared
-    by address (a freed one's address may be reused)."""
+    Walks the graph's nodes: a built-in node's ``_saved_*`` tensors, a custom Function's ``saved_tensors`` and
+    the output ``dora_linear`` keeps on its context (``kept_output``). No saved-tensor hooks: with hooks active
+    the op keeps ``P`` instead (see ``masked_dora/ops/_saved_output.py``), so hooks would measure another path.
+    Storages of ``exclude`` (parameters, the input, the output) are not counted."""
+    skip = {_storage(t)[0] for t in exclude}
+    found, seen = {}, set()
+    stack = [t.grad_fn for t in outputs if t.grad_fn is not None]
 
-    def __init__(self):
-        self.saved = []
+    def add(value):
+        for t in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(t, torch.Tensor):
+                ptr, nbytes = _storage(t)
+                if ptr not in skip:
+                    found[ptr] = nbytes
 
-    def __enter__(self):
-        def pack(t):
-            self.saved.append((weakref.ref(t), *_storage(t)))
-            return t
-
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self._hooks.__exit__(*exc)
-
-    def total(self, exclude=()) -> int:
-        skip = {_storage(t)[0] for t in exclude}
-        alive = {ptr: nbytes for ref, ptr, nbytes in self.saved if ref() is not None}
-        return sum(b for p, b in alive.items() if p not in skip)
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for name in dir(node):
+            if name.startswith("_saved_") or name in ("saved_tensors", "kept_output"):
+                try:
+                    add(getattr(node, name))
+                except RuntimeError:  # released, or not a tensor attribute
+                    pass
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return sum(found.values())
 
 
 # ---------------------------------------------------------------- one layer
@@ -111,9 +115,8 @@ def _layer(kind: str, device: str, dtype: torch.dtype):
 def layer_bytes(kind: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> dict:
     model, layer = _layer(kind, device, dtype)
     x = torch.randn(LAYER["m"], LAYER["k"], device=device, dtype=dtype, requires_grad=True)
-    with SavedBytes() as saved:
-        y = model(x)
-    counted = saved.total(exclude=[x, y, *model.parameters(), *model.buffers()])
+    y = model(x)
+    counted = graph_saved_bytes([y], exclude=[x, y, *model.parameters(), *model.buffers()])
     y.sum().backward()  # the saved set is complete and usable
     return dict(part="layer", kind=kind, saved_bytes=counted, saved_mib=counted / MIB)
 
@@ -166,9 +169,8 @@ def step_memory(kind: str, device: str = "cpu", dtype: torch.dtype = torch.float
         with open("/proc/self/clear_refs", "w") as f:  # Linux: reset the peak resident size (VmHWM) to now
             f.write("5")
         before = _status_bytes("VmRSS")
-    with SavedBytes() as saved:
-        loss = model(input_ids=ids, labels=ids).loss
-    counted = saved.total(exclude=[*model.parameters(), *model.buffers()])
+    loss = model(input_ids=ids, labels=ids).loss
+    counted = graph_saved_bytes([loss], exclude=[*model.parameters(), *model.buffers()])
     loss.backward()
     if cuda:
         torch.cuda.synchronize()

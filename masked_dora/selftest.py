@@ -152,8 +152,8 @@ def _dora_backward_case(shape, dtype, device, gen):
             y, pre, xa = torch.ops.masked_dora.dora_linear(x, w, a, b, 2.0, scale, bias)
             readable = readable_rows(scale, bias, pre, cast)
         with ops.use_backend(backend):
-            grads = torch.ops.masked_dora.dora_linear_backward(dy, x, w, a, b, 2.0, scale, bias, y, xa, readable,
-                                                               ~readable, None, True)
+            grads = torch.ops.masked_dora.dora_linear_backward(dy, x, w, a, b, 2.0, scale, bias, y, False, xa,
+                                                               readable, ~readable, None, True)
         return dict(zip(("dx", "dA", "dB", "dscale", "dbias"), grads))
     return run
 

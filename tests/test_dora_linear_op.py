@@ -170,11 +170,14 @@ def test_opcheck_all_ops():
     redo = zeroed == 0
     for need in (True, False):
         opcheck(torch.ops.masked_dora.dora_linear_backward.default,
-                (torch.randn(7, 12), x.detach(), w, A.detach(), B.detach(), 0.5, zeroed, None, y, xa, ~redo, redo,
-                 None, need))
+                (torch.randn(7, 12), x.detach(), w, A.detach(), B.detach(), 0.5, zeroed, None, y, False, xa, ~redo,
+                 redo, None, need))
         opcheck(torch.ops.masked_dora.dora_linear_backward.default,  # rows known, output changed (P recomputed)
                 (torch.randn(7, 12), x.detach(), w, A.detach(), B.detach(), 0.5, scale.detach(), bias.detach(),
-                 None, xa, ~redo, skip, torch.tensor([0, 3]), need))
+                 None, False, xa, ~redo, skip, torch.tensor([0, 3]), need))
+        opcheck(torch.ops.masked_dora.dora_linear_backward.default,  # P kept (torch.compile, saved-tensor hooks)
+                (torch.randn(7, 12), x.detach(), w, A.detach(), B.detach(), 0.5, scale.detach(), bias.detach(),
+                 pre, True, xa, None, None, None, need))
     opcheck(torch.ops.masked_dora.row_norm.default, (w, A.detach(), B.detach(), 0.5, None, 1e-8))
     opcheck(torch.ops.masked_dora.row_norm.default, (w, A.detach(), B.detach(), 0.5, weight_sq_norm(w), 1e-8))
 

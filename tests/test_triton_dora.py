@@ -285,7 +285,7 @@ def test_opcheck_with_triton_backend():
         zeroed[::5] = 0.0
         torch.library.opcheck(torch.ops.masked_dora.dora_linear_backward.default,
                               (torch.randn(11, 19), x.detach(), w, a.detach(), b.detach(), 0.5, zeroed, None,
-                               y, xa, zeroed != 0, zeroed == 0, None, True))
+                               y, False, xa, zeroed != 0, zeroed == 0, None, True))
         torch.library.opcheck(torch.ops.masked_dora.row_norm.default, (w, a.detach(), b.detach(), 0.5, None, 1e-8))
 
 

@@ -7,13 +7,17 @@ what ``nn.Linear`` allows, such as Falcon's ``mlp_output += attention_output`` o
 in-place error, where ``nn.Linear`` ran fine); with hooks (non-reentrant activation checkpointing) autograd does
 not check at all, and the recomputation may hand back the changed tensor: silently wrong gradients. So:
 
-* no saved-tensor hooks active: the op keeps a detached alias on ``ctx`` (same storage and version counter, no
-  ``grad_fn``, so no reference cycle through the output) and drops it in the backward;
-* hooks active (checkpointing, offloading): ``save_for_backward``, so that the hooks manage the memory;
-* either way :func:`take` compares the tensor's version counter with the one recorded in the forward and
-  returns ``None`` for a tensor changed since (or already released by an earlier backward of a retained
-  graph): the caller recomputes what it needed from it;
-* under ``torch.compile``: ``save_for_backward`` and no check (functionalisation keeps the forward's value).
+* :func:`can_keep` says when the output may be kept at all: not under ``torch.compile`` (a graph break or a
+  compiled region around the op hides the version counter from the check below), not while saved-tensor
+  hooks are active (checkpointing, offloading: a hook that copies lazily at unpack would hand back a changed
+  tensor with a fresh version counter). There the op keeps what it kept before (``P``), which is exact
+  whatever happens to its output; under non-reentrant checkpointing or offloading that costs no more than
+  keeping ``y`` would.
+* :func:`keep` stores a detached alias on ``ctx`` (same storage and version counter, no ``grad_fn``, so no
+  reference cycle through the output) and its version; :func:`take` returns it in the backward, or ``None``
+  where it was changed in place since (or released by an earlier backward of a retained graph): the caller
+  then recomputes what it needed from it. A change through ``.data`` bypasses every version counter and is
+  not seen (``nn.Linear``, which keeps nothing of its output, tolerates it).
 """
 
 from __future__ import annotations
@@ -24,28 +28,22 @@ import torch
 from torch import Tensor
 
 
-def _hooks_active() -> bool:
-    return torch._C._autograd._top_saved_tensors_default_hooks(False) is not None
+def can_keep(out: Tensor) -> bool:
+    """Whether the op may keep ``out`` (see the module docstring)."""
+    return not (torch.compiler.is_compiling() or torch.is_inference(out)
+                or torch._C._autograd._top_saved_tensors_default_hooks(False) is not None)
 
 
-def keep(ctx, out: Tensor) -> Optional[Tensor]:
-    """Call in ``setup_context``; pass the result to ``save_for_backward`` (it may be ``None``)."""
-    if torch.compiler.is_compiling():
-        ctx.kept_output, ctx.kept_version = None, None
-        return out
-    ctx.kept_version = out._version
-    if _hooks_active():
-        ctx.kept_output = None
-        return out
-    ctx.kept_output = out.detach()
-    return None
+def keep(ctx, out: Tensor) -> None:
+    """Call in ``setup_context`` where :func:`can_keep`."""
+    ctx.kept_output, ctx.kept_version = out.detach(), out._version
 
 
-def take(ctx, saved: Optional[Tensor]) -> Optional[Tensor]:
+def take(ctx) -> Optional[Tensor]:
     """In the backward: the output exactly as the forward returned it, or ``None`` (changed in place since, or
     released by an earlier backward)."""
-    out = ctx.kept_output if ctx.kept_output is not None else saved
+    out = getattr(ctx, "kept_output", None)
     ctx.kept_output = None  # released with the rest of the saved tensors
-    if out is None or (ctx.kept_version is not None and out._version != ctx.kept_version):
+    if out is None or out._version != ctx.kept_version:
         return None
     return out

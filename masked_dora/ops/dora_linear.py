@@ -26,20 +26,26 @@ No gradient of W0 is ever formed: ``weight`` must be frozen.
 needs a gradient, the op's own output ``y``; never the M x N pre-scale output ``P``. ``dc`` is read
 off ``y``::
 
-    dc_j = (sum_t dy[t, j] y[t, j] - zb_j sum_t dy[t, j]) / c_j   where |c_j| >= tau and |zb_j| <= |c_j| max_t |P_tj|
+    dc_j = (sum_t dy[t, j] y[t, j] - zb_j sum_t dy[t, j]) / c_j   where |c_j| >= tau, |c_j| rms(P_j) >= tiny
+                                                                    and |zb_j| <= |c_j| rms(P_j)
     dc_j = sum_t dy[t, j] (x W0_j^T + s (x A^T) B_j^T)[t]          elsewhere (P of those rows only)
 
 ``tau = sqrt(tiny)`` of the compute dtype (about 1e-19 for float32 and bfloat16, 7.8e-3 for
-float16). Where both hold, ``y``'s rounding (relative ``eps``: at most ``eps (|c P| + |zb|) <= 2 eps
-|c| max|P|``; absolute at most ``tiny * eps`` in the subnormal range) makes an error of ``P`` at most
-twice what storing ``P`` in the compute dtype would. Elsewhere ``P`` is recomputed with one GEMM over
-those rows: a pruned channel (``c = 0``), a zero magnitude, a bias that drowns the channel's output
-(an exactly-zero row of ``W0 + s B A``, whose row norm sits at its floor). The forward reads
-``max |P|`` over 64 of its tokens (a lower bound: conservative; only for a layer with a bias whose ``c``
-needs a gradient) and lets ``P`` go. ``skip_rows`` (bool, N) names rows whose ``dc`` the caller does not need (a gate value that
-is exactly 0 and carries no gradient: ``dm = dc z / n = 0``): there nothing is recomputed, and ``dc``
-is 0 where it is not readable. The rows to recompute are found in the forward; on a GPU they are
-copied to the host there, so the backward needs no device sync to read them.
+float16); ``rms(P)`` is taken over 64 evenly spaced tokens of ``P`` in the forward, which then lets
+``P`` go. Where these hold, the channel's typical output ``|c| rms(P)`` is a normal number of the
+compute dtype and at least the bias, so ``y``'s rounding (``eps (|c P| + |zb|)``) makes an error of
+``P`` about twice what storing ``P`` in the compute dtype would, relative to the channel's typical
+``|P|``. Elsewhere ``P`` is recomputed with one GEMM over those rows: a pruned channel (``c = 0``), a
+zero magnitude, a bias that drowns the channel's output (an exactly-zero row of ``W0 + s B A``, whose
+row norm sits at its floor), an output in float16's subnormal range. ``skip_rows`` (bool, N) names rows
+whose ``dc`` the caller does not need (a gate value that is exactly 0 and carries no gradient:
+``dm = dc z / n = 0``): there nothing is recomputed, and ``dc`` is 0 where it is not readable. The rows
+to recompute are found in the forward; on a GPU they are copied to the host there, so the backward
+needs no device sync to read them.
+
+Under ``torch.compile`` and while saved-tensor hooks are active (activation checkpointing, offloading)
+the op keeps ``P`` instead of ``y``, as before issue 16 (:mod:`._saved_output` says why; under
+non-reentrant checkpointing and offloading that costs no more memory than ``y``).
 
 ``y`` is the tensor the caller gets, and the model may change it in place before the backward
 (Falcon: ``mlp_output += attention_output``): :mod:`._saved_output` notices (version counter) and
@@ -116,21 +122,26 @@ def recoverable_scale(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).tiny ** 0.5
 
 
-READ_TOKENS = 64  # tokens of P whose max |P| readable_rows takes (a lower bound of the max over all of them)
+READ_TOKENS = 64  # tokens of P whose root mean square readable_rows takes
 
 
 @torch.no_grad()
 def readable_rows(scale: Tensor, bias: Optional[Tensor], pre_scale: Tensor, dtype: torch.dtype) -> Tensor:
-    """Bool, one per channel: where ``dc`` may be read off the output: ``|c| >= tau`` and, with a bias,
-    ``|zb| <= |c| max_t |P|`` (see the module docstring). The max is taken over ``READ_TOKENS`` evenly spaced
-    tokens of the forward's ``P``: a lower bound, so a row it passes passes the exact test too (a row it fails
-    is recomputed, correct either way), for 64 rows' worth of reading instead of a pass over ``P``."""
+    """Bool, one per channel: where ``dc`` may be read off the output (see the module docstring): ``|c| >= tau``,
+    ``|c| rms(P) >= tiny`` (the output's typical value is a normal number of the compute dtype) and, with a bias,
+    ``|zb| <= |c| rms(P)`` (the bias does not drown the channel). ``rms(P)``: over ``READ_TOKENS`` evenly spaced
+    tokens of the forward's ``P`` (a typical value, not the max: one outlier token must not hide a bias that
+    drowns all the others), 64 rows' worth of reading instead of a pass over ``P``."""
     c = scale.abs()
     readable = c >= recoverable_scale(dtype)
-    if bias is not None and pre_scale.shape[0]:
+    if pre_scale.shape[0]:
         step = max(1, pre_scale.shape[0] // READ_TOKENS)
-        p_max = pre_scale[::step].abs().amax(0)
-        readable &= bias.abs() <= c * p_max
+        sample = pre_scale[::step]
+        rms = torch.linalg.vector_norm(sample, 2, dim=0, dtype=accumulate_dtype(sample.dtype)) / sample.shape[0] ** 0.5
+        typical = c * rms
+        readable &= typical >= torch.finfo(dtype).tiny
+        if bias is not None:
+            readable &= bias.abs() <= typical
     return readable
 
 
@@ -181,27 +192,26 @@ def _forward(x: Tensor, weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling:
 
 
 def _backward_body(grad_y: Tensor, x: Tensor, weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float,
-                   scale: Tensor, bias: Optional[Tensor], out: Optional[Tensor], xa: Tensor,
+                   scale: Tensor, bias: Optional[Tensor], out: Optional[Tensor], out_is_pre_scale: bool, xa: Tensor,
                    readable: Optional[Tensor], redo: Optional[Tensor], rows: Optional[Tensor],
                    need_scale: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The backward op's body (custom op and eager path alike): ``(dx, dA, dB, dc, d(zb))``.
 
-    ``out``: the forward's output ``y``, or ``None`` where it is not available (changed in place by the model,
-    see :mod:`._saved_output`): then ``P`` is recomputed in full and ``dc = sum_t dy P`` directly. ``dc`` is
-    zeros unless ``need_scale``."""
-    recomputed = need_scale and out is None
-    if recomputed:
-        out = pre_scale_rows(x, weight, lora_B, scaling, xa)
+    ``out``: the forward's output ``y`` (``dc`` read off it), or its ``P`` (``out_is_pre_scale``: ``dc = sum_t
+    dy P``), or ``None`` where neither is available (``y`` changed in place by the model, see
+    :mod:`._saved_output`): then ``P`` is recomputed in full. ``dc`` is zeros unless ``need_scale``."""
+    if need_scale and out is None:
+        out, out_is_pre_scale = pre_scale_rows(x, weight, lora_B, scaling, xa), True
     grad_x, grad_A, grad_B, dot_out, grad_bias = _registry.dispatch(
         OP_BACKWARD, x.device, x.dtype, grad_y, x, weight, lora_A, lora_B, scaling, scale,
         grad_y if out is None else out, xa)  # without need_scale the dot is unused: dy stands in for out
-    if recomputed:
+    if not need_scale:
+        grad_scale = torch.zeros_like(dot_out)
+    elif out_is_pre_scale:
         grad_scale = dot_out
-    elif need_scale:
+    else:
         grad_scale = grad_scale_from_output(dot_out, grad_bias, grad_y, x, weight, lora_B, scaling, scale, bias,
                                             xa, readable, redo, rows)
-    else:
-        grad_scale = torch.zeros_like(dot_out)
     return grad_x, grad_A, grad_B, grad_scale, grad_bias
 
 
@@ -219,7 +229,8 @@ _dora_linear_backward_op = torch.library.custom_op("masked_dora::dora_linear_bac
 
 
 @_dora_linear_backward_op.register_fake
-def _(grad_y, x, weight, lora_A, lora_B, scaling, scale, bias, out, xa, readable, redo, rows, need_scale):
+def _(grad_y, x, weight, lora_A, lora_B, scaling, scale, bias, out, out_is_pre_scale, xa, readable, redo, rows,
+      need_scale):
     acc = accumulate_dtype(x.dtype)
     n = weight.shape[0]
     return (x.new_empty(x.shape), lora_A.new_empty(lora_A.shape), lora_B.new_empty(lora_B.shape),
@@ -231,10 +242,11 @@ def _host_copy(redo: Optional[Tensor]):
     rows without a device sync: the copy finished long before. UNRUN on a GPU (written without one)."""
     if redo is None or redo.device.type != "cuda" or torch.compiler.is_compiling():
         return None
-    host = torch.empty(redo.shape, dtype=torch.bool, pin_memory=True)
-    host.copy_(redo, non_blocking=True)
-    done = torch.cuda.Event()
-    done.record()
+    with torch.cuda.device(redo.device):  # the copy and its event on redo's device, whatever the current one
+        host = torch.empty(redo.shape, dtype=torch.bool, pin_memory=True)
+        host.copy_(redo, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
     return host, done
 
 
@@ -255,15 +267,18 @@ def _setup_context(ctx, inputs, output):
     y, pre_scale, xa = output
     ctx.mark_non_differentiable(pre_scale, xa)
     ctx.set_materialize_grads(False)  # no zero-filled gradients for the unused P and x A^T outputs
-    # the output y, not the M x N pre-scale P, and only where dc is needed (the module docstring says how)
+    # dc needs P or the output y: y where it may be kept, and only where dc is needed (the module docstring)
     ctx.need_scale = bool(scale.requires_grad)
-    readable = redo = None
-    if ctx.need_scale:
+    ctx.keeps_output = ctx.need_scale and _saved_output.can_keep(y)
+    readable = redo = kept_pre_scale = None
+    if ctx.keeps_output:
         readable = readable_rows(scale, bias, pre_scale, x.dtype)
         redo = ~readable if skip_rows is None else ~readable & ~skip_rows
+        _saved_output.keep(ctx, y)
+    elif ctx.need_scale:  # torch.compile, saved-tensor hooks: P, as before issue 16
+        kept_pre_scale = pre_scale
     ctx.redo_host = _host_copy(redo)
-    kept = _saved_output.keep(ctx, y) if ctx.need_scale else None
-    ctx.save_for_backward(x, weight, lora_A, lora_B, scale, bias, xa, readable, redo, kept)
+    ctx.save_for_backward(x, weight, lora_A, lora_B, scale, bias, xa, readable, redo, kept_pre_scale)
     ctx.scaling = scaling
     ctx.bias_dtype = None if bias is None else bias.dtype
     # Autograd runs a CUDA backward on its own device thread, where the thread-local
@@ -272,18 +287,20 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_y, _grad_pre_scale, _grad_xa):
-    x, weight, lora_A, lora_B, scale, bias, xa, readable, redo, kept = ctx.saved_tensors
+    x, weight, lora_A, lora_B, scale, bias, xa, readable, redo, kept_pre_scale = ctx.saved_tensors
     needs = ctx.needs_input_grad
+    y = _saved_output.take(ctx) if ctx.keeps_output else None
+    rows = _host_rows(ctx.redo_host, scale.device)
+    ctx.redo_host = None
     if grad_y is None:  # only P or x A^T was used downstream: they are non-differentiable
         return (None,) * 8
     need_scale = ctx.need_scale and bool(needs[5])
-    y = _saved_output.take(ctx, kept) if ctx.need_scale else None
-    rows = _host_rows(ctx.redo_host, scale.device)
-    ctx.redo_host = None
     grad_y = grad_y.contiguous()
-    args = (grad_y, x, weight, lora_A, lora_B, ctx.scaling, scale, bias, y, xa, readable, redo, rows, need_scale)
+    out, out_is_pre_scale = (kept_pre_scale, True) if kept_pre_scale is not None else (y, False)
+    args = (grad_y, x, weight, lora_A, lora_B, ctx.scaling, scale, bias, out, out_is_pre_scale, xa, readable, redo,
+            rows, need_scale)
     with _registry.use_backend(_registry.forced_backend() or ctx.forced_backend):
-        if plain_eager(grad_y, x, weight, lora_A, lora_B, scale, bias, y, xa, readable, redo, rows):
+        if plain_eager(grad_y, x, weight, lora_A, lora_B, scale, bias, out, xa, readable, redo, rows):
             grad_x, grad_A, grad_B, grad_scale, grad_bias = _backward_body(*args)
         else:
             grad_x, grad_A, grad_B, grad_scale, grad_bias = torch.ops.masked_dora.dora_linear_backward(*args)
@@ -359,6 +376,9 @@ def dora_linear(
     # reshape(m, k), not (-1, k): with k = 0 (or an empty batch) -1 cannot be inferred
     args = (x.reshape(m, k), weight, lora_A, lora_B, float(scaling), scale, bias, skip_rows)
     if plain_eager(x, weight, lora_A, lora_B, scale, bias, skip_rows):
+        if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                for t in (x, lora_A, lora_B, scale, bias))):
+            return _forward(*args)[0].reshape(*lead, n)  # no graph (inference, no_grad): no backward bookkeeping
         y, _, _ = _EagerDoRALinear.apply(*args)
     else:
         y, _, _ = torch.ops.masked_dora.dora_linear(*args)
