@@ -30,11 +30,13 @@ import ctypes
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import cpu_name  # noqa: E402
 
 MIB = 2 ** 20
 LAYER = dict(k=1024, n=4096, m=1024, r=16, pruned=0.25)
@@ -183,14 +185,6 @@ def step_memory(kind: str, device: str = "cpu", dtype: torch.dtype = torch.float
 
 # ---------------------------------------------------------------- report
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def markdown(rows, meta) -> str:
     lines = [f"# Activation memory (issue 16): `{meta['command']}`", "",
              f"{meta['date']} | {meta['machine']}, {meta['threads']} threads | torch {meta['torch']} | "
@@ -260,7 +254,7 @@ def main(argv=None) -> int:
                                                                                      "masked_dora") else "")
     meta = dict(date=str(datetime.date.today()), device=args.device, dtype=args.dtype,
                 command=" ".join(["python bench/activation_memory.py"] + list(argv or sys.argv[1:])),
-                machine=_cpu_name(), threads=torch.get_num_threads(), torch=torch.__version__,
+                machine=cpu_name(), threads=torch.get_num_threads(), torch=torch.__version__,
                 transformers=transformers.__version__, peft=peft.__version__, library=commit)
     with open(args.out + ".json", "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)

@@ -20,7 +20,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 
 import torch
@@ -28,17 +27,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from gpu_block import block_section  # noqa: E402
+from timing import cpu_name  # noqa: E402
 
 SHAPE = dict(layers=8, hidden=2048, intermediate=5632, heads=16, kv_heads=4, vocab=1024)
 TARGETS = {(0.25, "prefill"): 1.25, (0.25, "decode"): 1.2, (0.5, "prefill"): 1.6}
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def markdown(rows, meta) -> str:
@@ -88,7 +80,7 @@ def main(argv=None) -> int:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     meta = dict(date=str(datetime.date.today()),
                 command=" ".join(["python bench/compacted_inference.py"] + list(argv or sys.argv[1:])),
-                machine=_cpu_name(), threads=torch.get_num_threads(), torch=torch.__version__,
+                machine=cpu_name(), threads=torch.get_num_threads(), torch=torch.__version__,
                 transformers=transformers.__version__, commit=commit)
     with open(args.out + ".json", "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)

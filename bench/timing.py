@@ -1,10 +1,20 @@
-"""One timer for the GPU report's sections: milliseconds per call, median."""
+"""One timer for the GPU report's sections (milliseconds per call, median), and the CPU name for result headers."""
 
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 from typing import Callable
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), for result headers."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def median_timer(device: str, cpu_repeats: int = 7, cpu_warmup: int = 2) -> Callable[[Callable], float]:

@@ -16,8 +16,8 @@ from masked_dora.models import (MaskedDoRAConfig, compact_model, get_state, hard
 from masked_dora.models import hidden as hidden_mod
 from masked_dora.models.compact import LAYER_SIZES_KEY
 
-from tiny_models import (output_tensor, randomize_adapters, reload_plain_in_clean_process, tiny_config, tiny_inputs,
-                         tiny_model)
+from tiny_models import (lm_batches, output_tensor, randomize_adapters, reload_plain_in_clean_process, tiny_config,
+                         tiny_inputs, tiny_model)
 
 FAMILIES = ("llama", "mistral", "qwen2")
 ALL = ("mlp", "heads", "hidden")
@@ -40,15 +40,6 @@ def _prepared(family, groups=ALL, tied=False, **cfg):
     prepare_model(model, MaskedDoRAConfig(target_groups=groups, **{**CFG, **cfg}))
     randomize_adapters(model)
     return model
-
-
-def _lm_batches(n=3, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(3, 97, (2, 9), generator=gen)
-        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
-    return out
 
 
 def _rel_err(out, ref):
@@ -76,7 +67,7 @@ def test_rms_norm_over_kept_channels_equals_the_full_one_in_float64():
 
 def _train(model, steps=3):
     before = get_state(model).groups["hidden"].mask_logits.detach().clone()
-    train_masked(model, _lm_batches(), lambda m, b: m(**b).loss, steps=steps, lr=1e-3, mask_lr=0.1)
+    train_masked(model, lm_batches(3), lambda m, b: m(**b).loss, steps=steps, lr=1e-3, mask_lr=0.1)
     assert not torch.equal(get_state(model).groups["hidden"].mask_logits.detach(), before)  # the mask learns
 
 
@@ -167,7 +158,7 @@ def test_kv_cache_generation_of_the_compacted_model_equals_the_masked_one():
 @pytest.mark.parametrize("method", ["none", "magnitude", "activation", "taylor"])
 def test_importance_starts_at_the_aligned_target_and_hardening_hits_it(method, sparsity, kept):
     model = _model("llama")
-    calibration = _lm_batches(2) if method in ("activation", "taylor") else None
+    calibration = lm_batches(2) if method in ("activation", "taylor") else None
     prepare_model(model, MaskedDoRAConfig(target_groups=ALL, **{**CFG, "importance": method,
                                                                 "target_sparsity": {"mlp": 0.5, "heads": 0.5,
                                                                                     "hidden": sparsity}}),
@@ -200,7 +191,7 @@ def test_gradient_checkpointing_step_gives_the_same_loss_and_gradients(checkpoin
         if ckpt:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         torch.manual_seed(123)
-        out = model(**_lm_batches(1)[0])
+        out = model(**lm_batches(1)[0])
         out.loss.backward()
         return out.loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
@@ -322,7 +313,7 @@ def test_exact_budget_trains_at_the_hidden_target_and_compacts_exactly():
     model = _prepared("mistral", budget="exact")
     _train(model)
     model.train()
-    model(**_lm_batches(1)[0])  # a training forward keeps exactly the planned channels
+    model(**lm_batches(1)[0])  # a training forward keeps exactly the planned channels
     assert int(get_state(model).groups["hidden"].values().detach().round().sum()) == 16
     harden(model)
     inputs = tiny_inputs()

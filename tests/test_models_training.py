@@ -6,16 +6,7 @@ import torch
 from masked_dora.models import (MaskedDoRACallback, MaskedDoRAConfig, get_state, harden, kept_fraction,
                                 prepare_model, train_masked)
 
-from tiny_models import randomize_adapters, tiny_model
-
-
-def _lm_batches(n=4, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(3, 97, (2, 9), generator=gen)
-        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
-    return out
+from tiny_models import lm_batches, randomize_adapters, tiny_model
 
 
 def test_callback_runs_inside_trainer(tmp_path):
@@ -25,7 +16,7 @@ def test_callback_runs_inside_trainer(tmp_path):
     cfg = MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5,
                            temperature=1.0, final_temperature=0.5, temperature_steps=2)
     prepare_model(model, cfg)
-    rows = [{k: v[i] for k, v in b.items()} for b in _lm_batches() for i in range(2)]
+    rows = [{k: v[i] for k, v in b.items()} for b in lm_batches() for i in range(2)]
     callback = MaskedDoRACallback(model, lambda_lr=0.5)
     logits_before = get_state(model).group("mlp", 0).mask_logits.detach().clone()
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2,
@@ -53,7 +44,7 @@ def test_train_masked_reaches_target_and_hardens_exactly():
     cfg = MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5,
                            target_groups=("mlp",))
     prepare_model(model, cfg)
-    log = train_masked(model, _lm_batches(), lambda m, b: m(**b).loss, steps=40, lr=1e-3, mask_lr=0.1,
+    log = train_masked(model, lm_batches(), lambda m, b: m(**b).loss, steps=40, lr=1e-3, mask_lr=0.1,
                        log_every=10)
     assert len(log) == 5 and all(torch.isfinite(torch.tensor(e["loss"])) for e in log)
     assert log[-1]["sparsity/mlp_expected_keep"] < log[0]["sparsity/mlp_expected_keep"]
@@ -65,10 +56,10 @@ def test_train_masked_reaches_target_and_hardens_exactly():
 def test_train_masked_rejects_bad_input():
     model = tiny_model("llama", kind="lm")
     with pytest.raises(ValueError, match="prepare_model"):
-        train_masked(model, _lm_batches(), lambda m, b: m(**b).loss, steps=1)
+        train_masked(model, lm_batches(), lambda m, b: m(**b).loss, steps=1)
     prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none"))
     with pytest.raises(ValueError, match="steps"):
-        train_masked(model, _lm_batches(), lambda m, b: m(**b).loss, steps=0)
+        train_masked(model, lm_batches(), lambda m, b: m(**b).loss, steps=0)
     with pytest.raises(ValueError, match="batches"):
         train_masked(model, [], lambda m, b: m(**b).loss, steps=1)
 
@@ -114,7 +105,7 @@ def _loss_and_grads(checkpointing, family="llama"):
         block = model_blocks(model, spec_for(model))[1].module
         inner = block.forward
         block.forward = lambda *a, **k: checkpoint(inner, *a, use_reentrant=False, **k)
-    batch = _lm_batches(1)[0]
+    batch = lm_batches(1)[0]
     torch.manual_seed(123)  # the same gate noise in every variant
     out = model(**batch)
     out.loss.backward()
@@ -160,7 +151,7 @@ def test_exact_budget_trains_at_the_target_and_hardens_to_what_it_trained(alloca
     model = _exact_model(allocation)
     state = get_state(model)
     model.train()
-    out = model(**_lm_batches(1)[0])
+    out = model(**lm_batches(1)[0])
     kept = {k: g.values().detach() for k, g in state.groups.items()}
     assert all(bool(((v == 0) | (v == 1)).all()) for v in kept.values())  # hard 0/1 in the forward
     for kind in ("mlp", "heads"):
@@ -188,11 +179,11 @@ def test_pruned_units_logit_gradients_equal_the_full_p_backward(budget, monkeypa
             get_state(model).config.budget = "lagrangian"
         model.train()
         torch.manual_seed(3)
-        model(**_lm_batches(1)[0]).loss.backward()
+        model(**lm_batches(1)[0]).loss.backward()
         return {k: g.mask_logits.grad.clone() for k, g in get_state(model).groups.items()}
 
     kept = grads()
-    monkeypatch.setattr(_saved_output, "take", lambda ctx, saved: None)  # every layer: P recomputed in full
+    monkeypatch.setattr(_saved_output, "take", lambda ctx: None)  # every layer: P recomputed in full
     full = grads()
     for k in kept:
         assert torch.allclose(kept[k], full[k], rtol=1e-4, atol=1e-6), k
@@ -204,17 +195,17 @@ def test_exact_budget_logits_learn_and_eval_uses_the_plan():
     model = _exact_model()
     state = get_state(model)
     before = {k: g.mask_logits.detach().clone() for k, g in state.groups.items()}
-    train_masked(model, _lm_batches(), lambda m, b: m(**b).loss, steps=5, lr=1e-3, mask_lr=0.1)
+    train_masked(model, lm_batches(), lambda m, b: m(**b).loss, steps=5, lr=1e-3, mask_lr=0.1)
     assert any(not torch.equal(g.mask_logits.detach(), before[k]) for k, g in state.groups.items())
     model.eval()
-    model(**_lm_batches(1)[0])
+    model(**lm_batches(1)[0])
     assert kept_fraction(model, "mlp") == 0.5  # eval before hardening: the same exact plan, not the signs
 
 
 def test_exact_budget_plans_once_per_step_and_follows_a_loaded_config():
     model = _exact_model()
     state = get_state(model)
-    batch = _lm_batches(1)[0]
+    batch = lm_batches(1)[0]
     model.train()
     model(**batch)
     plan = state.exact_plan()
@@ -235,7 +226,7 @@ def test_exact_budget_with_gradient_checkpointing_gives_the_same_gradients():
         model.train()
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model(**_lm_batches(1)[0]).loss.backward()
+        model(**lm_batches(1)[0]).loss.backward()
         grads[checkpointing] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     for name, g in grads[False].items():
         assert grads[True][name] is not None and torch.allclose(grads[True][name], g, rtol=1e-5, atol=1e-7), name
@@ -251,7 +242,7 @@ def test_exact_budget_inside_the_trainer(tmp_path):
     from transformers import Trainer, TrainingArguments
 
     model = _exact_model()
-    rows = [{k: v[i] for k, v in b.items()} for b in _lm_batches() for i in range(2)]
+    rows = [{k: v[i] for k, v in b.items()} for b in lm_batches() for i in range(2)]
     callback = MaskedDoRACallback(model)
     before = {k: g.mask_logits.detach().clone() for k, g in get_state(model).groups.items()}
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=2,
@@ -278,7 +269,7 @@ def test_penalty_share_follows_how_the_head_uses_num_items(family, takes_items):
     assert loss_takes_num_items(model) is takes_items
     trainer = MaskTrainer(model)
     model.train()
-    batch = _lm_batches(1)[0]
+    batch = lm_batches(1)[0]
     labels = batch["labels"].clone()
     labels[0, :4] = -100
     counted = int(labels[:, 1:].ne(-100).sum()) if family == "llama" else int(labels.ne(-100).sum())
@@ -381,7 +372,7 @@ def test_callback_warns_when_its_checkpoints_cannot_resume_and_when_a_resume_has
 
     model = tiny_model("llama", kind="lm")
     prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5))
-    rows = [{k: v[i] for k, v in b.items()} for b in _lm_batches() for i in range(2)]
+    rows = [{k: v[i] for k, v in b.items()} for b in lm_batches() for i in range(2)]
 
     def trainer(out, callback, **kw):
         args = TrainingArguments(output_dir=str(tmp_path / out), max_steps=2, per_device_train_batch_size=2,
@@ -417,7 +408,7 @@ def test_every_checkpoint_carries_the_controller_state_of_its_own_step(tmp_path,
 
     model = tiny_model("llama", kind="lm")
     prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5))
-    rows = [{k: v[i] for k, v in b.items()} for b in _lm_batches() for i in range(2)]  # 8 rows: 4 steps an epoch
+    rows = [{k: v[i] for k, v in b.items()} for b in lm_batches() for i in range(2)]  # 8 rows: 4 steps an epoch
     extra = dict(save_steps=3) if strategy == "steps" else {}
     if strategy == "best":
         extra = dict(eval_strategy="steps", eval_steps=1, metric_for_best_model="loss", greater_is_better=False)
@@ -445,7 +436,7 @@ def test_row_norms_refresh_every_forward_when_a_sharding_engine_regathers(monkey
     prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5))
     randomize_adapters(model)
     layer = model.model.layers[0].mlp.up_proj
-    inputs = _lm_batches(1)[0]
+    inputs = lm_batches(1)[0]
 
     def fresh():
         return row_norm(layer.weight, layer.lora_A, layer.lora_B, layer.scaling, None, layer.norm_eps)

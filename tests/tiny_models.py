@@ -162,6 +162,16 @@ def _distinct_head_norms(model) -> None:
             p.uniform_(0.5, 1.5)
 
 
+def lm_batches(n: int = 4, seed: int = 0):
+    """``n`` language-modelling batches (2 x 9 tokens, labels = inputs) for the tiny causal LMs."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(3, 97, (2, 9), generator=gen)
+        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
+    return out
+
+
 def tiny_inputs(batch: int = 2, seq: int = 9, seed: int = 1):
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, 97, (batch, seq), generator=gen)
