@@ -15,6 +15,7 @@ GQA_MODES = ("kv_groups", "query_heads")
 ALLOCATIONS = ("uniform", "global")
 BUDGETS = ("lagrangian", "exact")
 SAVE_FORMS = ("auto", "plain", "per_layer")
+MASK_LEARNING = ("units", "layer")
 
 
 @dataclass
@@ -62,6 +63,12 @@ class MaskedDoRAConfig:
       gradient (``d z / d theta`` of ``sigmoid(theta)``); no penalty, no
       controller, and the model always trains at the target sparsity. Units swap
       when their accumulated gradient evidence moves their logits past each other.
+    * ``mask_learning``: what the mask logits learn. ``"units"`` (default): every unit's logit moves on its own
+      gradient. ``"layer"``: the logits of one group (one layer's MLP channels, or its heads) move together by
+      one shared offset (every unit's gradient is the group's mean: :attr:`GroupMask.tied`), so the order inside
+      the layer stays the initial importance ranking and only the layer's standing against the others is
+      learned: with ``allocation="global"``, the layer budgets. (With ``"uniform"`` allocation the hard cut
+      cannot change.)
     * ``stacks``: an encoder-decoder's block stacks to prune, by name (``("encoder",)``, ``("decoder",)``;
       ``None``, the default: every stack the model has). Families with one stack have one, named ``""``.
     * ``save_form``: how the compacted model will be saved, decided by :func:`prepare_model` before any
@@ -94,6 +101,7 @@ class MaskedDoRAConfig:
     lambda_2_init: float = 30.0
     budget: str = "lagrangian"
     save_form: str = "auto"
+    mask_learning: str = "units"
     stacks: Optional[Tuple[str, ...]] = None
 
     def __post_init__(self):
@@ -129,7 +137,8 @@ class MaskedDoRAConfig:
                                      ("gate", self.gate, tuple(GATES)), ("importance", self.importance, IMPORTANCE),
                                      ("budget", self.budget, BUDGETS),
                                      ("dropout_mode", self.dropout_mode, DROPOUT_MODES),
-                                     ("save_form", self.save_form, SAVE_FORMS)):
+                                     ("save_form", self.save_form, SAVE_FORMS),
+                                     ("mask_learning", self.mask_learning, MASK_LEARNING)):
             if value not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
         for name in ("temperature", "final_temperature"):

@@ -143,7 +143,7 @@ def _mlp_group(block, i, spec, config, where) -> GroupMask:
     roles = {role: torch.arange(width).repeat(features(m)[0 if is_consumer_role(role) else 1] // width)
              + width * expert_index(role) for role, m in mods.items()}
     group = GroupMask("mlp", i, width * max(1, experts), roles, gate=config.gate, mask_init=config.mask_init,
-                      partitions=max(1, experts))
+                      partitions=max(1, experts), tied=config.mask_learning == "layer")
     for role, m in mods.items():
         layer = _wrap(block, paths[role], m, config, where)
         if is_consumer_role(role):
@@ -207,10 +207,10 @@ def _head_group(block, i, spec, config, model_config, where) -> Tuple[GroupMask,
     _check_head_shapes(mods, paths, units, hl, where)
     if by_kv:
         group = GroupMask("heads", i, hl.kv_heads, units, gate=config.gate, mask_init=config.mask_init,
-                          unit_size=hl.group_size)
+                          unit_size=hl.group_size, tied=config.mask_learning == "layer")
     else:
         group = GroupMask("heads", i, hl.heads, units, gate=config.gate, mask_init=config.mask_init,
-                          partitions=hl.kv_heads)
+                          partitions=hl.kv_heads, tied=config.mask_learning == "layer")
     for role, m in mods.items():
         layer = _wrap(block, paths[role], m, config, where)
         if role in units and role != "output":
