@@ -96,3 +96,36 @@ def test_harden_after_is_validated(bad):
     model = _prepared()
     with pytest.raises(ValueError, match="harden_after"):
         train_masked(model, _lm_batches(), _loss, steps=6, harden_after=bad)
+
+
+def test_cubic_progress_schedule():
+    from masked_dora.models.sparsity import cubic_progress
+
+    assert cubic_progress(0, 10) == 0.0 and cubic_progress(10, 10) == 1.0 and cubic_progress(50, 10) == 1.0
+    assert cubic_progress(5, 10) == pytest.approx(1 - 0.5 ** 3)
+    assert cubic_progress(3, 0) == 1.0
+    with pytest.raises(ValueError, match="steps"):
+        cubic_progress(0, -1)
+
+
+def test_exact_budget_warmup_prunes_gradually_and_hardens_at_the_target():
+    from masked_dora.models import harden, kept_fraction
+    from masked_dora.models.training import MaskTrainer
+
+    model = _prepared(warmup_steps=4, allocation="uniform")
+    trainer = MaskTrainer(model)
+    kept = []
+    model.train()
+    for step in range(6):
+        trainer.begin_step(step)
+        _loss(model, _lm_batches()[0])  # the forward fixes this step's plan
+        kept.append(kept_fraction(model, "mlp"))
+    assert kept[0] == 1.0 and kept[-1] == 0.5 and kept[4] == 0.5
+    assert all(a >= b for a, b in zip(kept, kept[1:])) and 0.5 < kept[1] < 1.0  # gradually, the cubic's fast start
+    trainer.begin_step(1)  # back in the ramp: hardening still removes the whole target
+    harden(model)
+    assert kept_fraction(model, "mlp") == 0.5
+    with pytest.raises(ValueError, match="progress"):
+        from masked_dora.models.sparsity import plan_current
+
+        plan_current(get_state(model), 1.5)

@@ -47,7 +47,11 @@ class MaskedDoRAConfig:
     * ``warmup_steps``, ``lambda_lr``, ``lambda_2_init``: the Lagrangian
       controller (target ramp, multiplier learning rate, starting weight of the
       quadratic term: a proportional gain that damps the loop; 0 is CoFi's
-      undamped start, which overshoots in short runs).
+      undamped start, which overshoots in short runs). With ``budget="exact"``,
+      ``warmup_steps`` is gradual pruning instead: the per-forward plan removes the fraction
+      ``1 - (1 - step / warmup_steps)^3`` of the target (Zhu and Gupta's cubic schedule, from
+      dense to the target; :func:`~masked_dora.models.sparsity.cubic_progress`), so the adapters
+      absorb the units as they go; hardening always removes the whole target.
     * ``mask_lr``: the mask logits' learning rate, in their own optimizer group
       with no weight decay (:func:`~masked_dora.models.param_groups`; the HF
       Trainer callback sets this group up). Logits are decisions, not weights:

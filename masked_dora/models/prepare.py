@@ -37,6 +37,9 @@ class MaskedDoRAState(nn.Module):
         # the hardened masks it removed them by (what save_training_state records)
         self.compacted_for_training = False
         self.compaction_masks: Optional[Dict[str, Tensor]] = None
+        # budget="exact": the fraction of the target sparsity the per-forward plan applies now (the gradual
+        # warm-up's schedule sets it, MaskTrainer.begin_step); hardening always applies the whole target
+        self.plan_progress = 1.0
 
     def blocks(self, model: nn.Module) -> List[Block]:
         """The blocks of ``model`` whose groups this state holds (``config.stacks``), numbered across stacks."""
@@ -60,10 +63,11 @@ class MaskedDoRAState(nn.Module):
         again once training stops.
         """
         key = tuple((k, g.mask_logits._version, g.mask_logits.data_ptr()) for k, g in self.groups.items())
+        key += (self.plan_progress,)
         if getattr(self, "_plan_key", None) != key:
             from .sparsity import plan_current
 
-            self._plan, self._plan_key = plan_current(self), key
+            self._plan, self._plan_key = plan_current(self, self.plan_progress), key
         return self._plan
 
 

@@ -22,7 +22,7 @@ from torch import nn
 from ..masks.schedules import Schedule
 from .json_state import from_json, to_json
 from .prepare import get_state
-from .sparsity import SparsityController
+from .sparsity import SparsityController, cubic_progress
 from .sharded import attach_to_zero3, gathered_mask_logits, zero3_partitioned
 
 try:  # transformers is a hard dependency of masked_dora.models, but keep the import local to this module
@@ -148,8 +148,13 @@ class MaskTrainer:
         self.temperature = Schedule(start, end, cfg.temperature_steps, "exponential")
 
     def begin_step(self, step: int) -> float:
+        """Set this step's gate temperature (returned) and, ``budget="exact"`` with ``warmup_steps``, the
+        fraction of the target the per-forward plan applies (:func:`~masked_dora.models.sparsity.cubic_progress`)."""
+        state = get_state(self.model)
         t = self.temperature(step)
-        get_state(self.model).set_temperature(t)
+        state.set_temperature(t)
+        if state.config.budget == "exact":
+            state.plan_progress = cubic_progress(step, state.config.warmup_steps)
         return t
 
     def penalty(self) -> torch.Tensor:
