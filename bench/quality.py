@@ -314,8 +314,9 @@ def markdown(env: dict, rows: List[dict]) -> str:
     for r in rows:
         diag = {k: v for k, v in r.get("info", {}).items() if k != "params"}
         params = r["info"].get("params")
+        params = "-" if params is None else f"{params:,}"
         lines.append(f"| {r['method']} | {r['sparsity']:.0%} | {r['seed']} | {r['cosine_mean']:.4f} | "
-                     f"{r['cosine_min']:.3f} | {r['top1_agreement']:.3f} | {'-' if params is None else f'{params:,}'} | "
+                     f"{r['cosine_min']:.3f} | {r['top1_agreement']:.3f} | {params} | "
                      f"{r['seconds']:.0f} | {json.dumps(diag) if diag else ''} |")
     return "\n".join(lines) + "\n"
 
