@@ -344,29 +344,31 @@ def plot(rows: List[dict], path: str) -> Optional[str]:
     return None
 
 
-def merge(paths: List[str], base: str, stale: Optional[List[str]] = None, stale_note: str = "") -> int:
+def merge(paths: List[str], base: str, stale: Optional[List[str]] = None, stale_before: str = "",
+          stale_note: str = "") -> int:
     """One report from several runs of this script (e.g. methods run in parallel processes).
 
-    ``stale``: methods re-run after a fix: their rows from files older than the newest file that has
-    them keep their numbers under the label ``<method> (stale <date>)``, so the summary does not average
-    runs of two library versions; ``stale_note`` says why (in the report's method list)."""
+    ``stale``: methods whose runs before a fix are not comparable: their rows from files dated before
+    ``stale_before`` (the environment's ``date``, e.g. ``2026-11-28``) keep their numbers under the label
+    ``<method> (stale <date>)``, so the summary does not average runs of two library versions;
+    ``stale_note`` says why (in the report's method list)."""
+    if stale and not stale_before:
+        raise SystemExit("--stale: give --stale-before DATE (rows of files dated before it are stale)")
     reports = [json.load(open(p)) for p in paths]
     tasks = {r["environment"]["task"] for r in reports}
     if len(tasks) != 1:
         raise SystemExit(f"--merge: the files ran different tasks: {sorted(tasks)}")
     command = f"python bench/quality.py --merge {' '.join(paths)}"
     if stale:
-        command += f" --stale {' '.join(stale)}" + (f" --stale-note {json.dumps(stale_note)}" if stale_note else "")
+        command += (f" --stale {' '.join(stale)} --stale-before {stale_before}"
+                    + (f" --stale-note {json.dumps(stale_note)}" if stale_note else ""))
     env = dict(reports[0]["environment"], command="; ".join(r["environment"]["command"] for r in reports)
                + "; " + command)
-    newest = {name: max((r["environment"]["date"] for r in reports if any(row["method"] == name
-                                                                           for row in r["rows"])), default=None)
-              for name in stale or []}
     rows = []
     for r in reports:
         date = r["environment"]["date"]
         for row in r["rows"]:
-            if row["method"] in newest and date < newest[row["method"]]:
+            if row["method"] in (stale or []) and date < stale_before:
                 row = dict(row, method=f"{row['method']} (stale {date[:10]})", stale_note=stale_note)
             rows.append(row)
     _write(base + ".json", json.dumps({"environment": env, "rows": rows, "summary": summarise(rows),
@@ -406,12 +408,14 @@ def main(argv=None) -> int:
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                         help="no runs: merge the rows of these result files (same task settings) into one report")
     parser.add_argument("--stale", nargs="+", default=None, metavar="METHOD",
-                        help="with --merge: methods re-run after a fix; their rows from older files are labelled "
-                             "'<method> (stale <date>)'")
+                        help="with --merge: methods whose older runs are not comparable (a fix since); their rows "
+                             "from files dated before --stale-before are labelled '<method> (stale <date>)'")
+    parser.add_argument("--stale-before", default="", metavar="DATE", help="with --stale: e.g. 2026-11-28")
     parser.add_argument("--stale-note", default="", help="with --stale: why those rows are stale")
     args = parser.parse_args(argv)
     if args.merge:
-        return merge(args.merge, os.path.join(args.out, args.tag or "quality-merged"), args.stale, args.stale_note)
+        return merge(args.merge, os.path.join(args.out, args.tag or "quality-merged"), args.stale, args.stale_before,
+                     args.stale_note)
     if "all" in args.methods:
         args.methods = list(METHODS)
 

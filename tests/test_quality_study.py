@@ -69,7 +69,7 @@ def test_reports_merge(quality, tmp_path):
 
 
 def test_merge_labels_stale_rows(quality, tmp_path):
-    """--stale: a method re-run after a fix keeps its older rows under a dated label, not averaged with the new."""
+    """--stale: a method's rows from before a fix keep a dated label, not averaged with the new ones."""
     def report(date, cosine):
         row = {"method": "learned", "sparsity": 0.25, "seed": 0, "cosine_mean": cosine, "cosine_min": cosine,
                "top1_agreement": 0.5, "seconds": 1.0, "info": {}}
@@ -80,7 +80,7 @@ def test_merge_labels_stale_rows(quality, tmp_path):
     for date, cosine in (("2026-11-27T000000Z", 0.8), ("2026-11-28T000000Z", 0.9)):
         paths.append(str(tmp_path / f"{date}.json"))
         (tmp_path / f"{date}.json").write_text(json.dumps(report(date, cosine)))
-    assert quality.main(["--merge", *paths, "--stale", "learned", "--stale-note", "init bug", "--out", str(tmp_path),
+    assert quality.main(["--merge", *paths, "--stale", "learned", "--stale-before", "2026-11-28", "--stale-note", "init bug", "--out", str(tmp_path),
                          "--tag", "m"]) == 0
     merged = json.loads((tmp_path / "m.json").read_text())
     summary = {s["method"]: s for s in merged["summary"]}
