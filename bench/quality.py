@@ -61,6 +61,7 @@ class Method:
     description: str
     config: Dict[str, object] = field(default_factory=dict)   # MaskedDoRAConfig overrides
     calibration_dropout: bool = False  # Taylor scores with dropout on (the dense model is its own teacher)
+    one_run: bool = False  # learned: one train_masked call (harden_after=steps): one optimizer, batches go on
 
 
 METHODS: Dict[str, Method] = {
@@ -92,6 +93,42 @@ METHODS: Dict[str, Method] = {
     "fixed_taylor": Method("fixed", "first-order Taylor cut (|dL/dz| on the calibration batches, dropout on, as "
                            "TP's gradients), fixed from step 0, masked DoRA", {"importance": "taylor"},
                            calibration_dropout=True),
+    "learned_global_warmup": Method("learned", "learned_global with a sparsity warm-up: the controller's target ramps "
+                                    "from dense to the final keep over the first 60 of the 90 learning steps "
+                                    "(Sheared-LLaMA, CoFi)", {"importance": "activation", "allocation": "global",
+                                                               "warmup_steps": 60}),
+    "learned_soft_global": Method("learned", "learned_global with logits near the boundary (mask_init 0.5)",
+                                  {"importance": "activation", "allocation": "global", "mask_init": 0.5}),
+    "learned_soft_global_fast": Method("learned", "learned_soft_global with mask_lr 0.2 (the loss gradient, not "
+                                       "the penalty, orders the boundary units)",
+                                       {"importance": "activation", "allocation": "global", "mask_init": 0.5,
+                                        "mask_lr": 0.2}),
+    "learned_global_one_run": Method("learned", "learned_global as one continuous run: harden after 90 steps "
+                                     "inside one train_masked call (the same AdamW, the batches go on) instead of "
+                                     "a second call for recovery", {"importance": "activation",
+                                                                   "allocation": "global"}, one_run=True),
+    "learned_exact_global_slow": Method("learned", "learned_exact_global with mask_lr 0.005 as one continuous "
+                                        "run (units swap across layers only on consistent evidence)",
+                                        {"importance": "activation", "budget": "exact", "allocation": "global",
+                                         "mask_lr": 0.005}, one_run=True),
+    "learned_layer_global": Method("learned", "layer budgets learned on the fixed activation order: "
+                                   "mask_learning='layer' (one offset per layer's logits), budget='exact' "
+                                   "(every forward the global top-k: always at the target), "
+                                   "allocation='global', mask_lr 0.005, one continuous run",
+                                   {"importance": "activation", "allocation": "global", "budget": "exact",
+                                    "mask_learning": "layer", "mask_lr": 0.005}, one_run=True),
+    "learned_layer_global_fast": Method("learned", "learned_layer_global with mask_lr 0.02",
+                                        {"importance": "activation", "allocation": "global", "budget": "exact",
+                                         "mask_learning": "layer", "mask_lr": 0.02}, one_run=True),
+    "learned_exact_global_gradual": Method("learned", "learned_exact_global_slow with gradual pruning: the exact "
+                                           "plan goes from dense to the target over the first 60 steps (cubic, "
+                                           "Zhu and Gupta), the units leaving in the order of the learned logits",
+                                           {"importance": "activation", "budget": "exact", "allocation": "global",
+                                            "mask_lr": 0.005, "warmup_steps": 60}, one_run=True),
+    "learned_layer_global_gradual": Method("learned", "learned_layer_global with the same gradual pruning (60 "
+                                           "steps, cubic)", {"importance": "activation", "allocation": "global",
+                                                             "budget": "exact", "mask_learning": "layer",
+                                                             "mask_lr": 0.005, "warmup_steps": 60}, one_run=True),
 }
 # the study as committed (--methods all runs every entry of METHODS)
 DEFAULT_METHODS = ["learned_exact", "fixed_activation", "torch_pruning", "learned_exact_global",
@@ -148,18 +185,29 @@ def run_masked(task, method: Method, sparsity: float, seed: int, run: Settings):
 
         state = get_state(student)
         init_plan = plan_current(state)  # the cut the initial logits imply (what harden would take at step 0)
-        log = train_masked(student, batches, task.loss_fn, steps=steps, lr=lr,
-                           controller=SparsityController(student), log_every=max(1, steps // 10))
-        last = log[-1]
+        if method.one_run:  # one optimizer, the batches go on: harden inside the run
+            log = train_masked(student, batches, task.loss_fn, steps=steps + recovery, lr=lr,
+                               controller=SparsityController(student), log_every=1, harden_after=steps)
+            last = log[steps - 1]
+        else:
+            log = train_masked(student, batches, task.loss_fn, steps=steps, lr=lr,
+                               controller=SparsityController(student), log_every=max(1, steps // 10))
+            last = log[-1]
         info["hard_keep_end_of_learning"] = {k.split("/")[1]: v for k, v in last.items() if k.endswith("hard_keep")}
-        signs = {k: g.mask_logits.detach() > 0 for k, g in state.groups.items()}
-        harden(student)
+        if not method.one_run:
+            signs = {k: g.mask_logits.detach() > 0 for k, g in state.groups.items()}
+            harden(student)
         # units whose kept/pruned state differs between the initial cut and the hardened mask (a swap is 2)
         info["units_moved_by_learning"] = sum(int((init_plan[k] != g.fixed_keep.cpu()).sum())
                                               for k, g in state.groups.items())
-        if config.budget == "lagrangian":  # the logits' signs (what the gates trained towards) vs the hard cut
+        if config.budget == "lagrangian" and not method.one_run:  # the logits' signs vs the hard cut
             info["sign_vs_hardened"] = sum(int((signs[k] != g.fixed_keep).sum()) for k, g in state.groups.items())
-        if recovery:
+        if config.mask_learning == "layer":  # the kept count per layer after learning (the initial one: fixed_*)
+            info["kept_per_layer"] = {kind: [int(g.fixed_keep.sum()) for g in state.groups_of(kind)]
+                                      for kind in config.target_groups}
+            info["kept_per_layer_initial"] = {kind: [int(init_plan[k].sum()) for k, g in state.groups.items()
+                                                     if g.kind == kind] for kind in config.target_groups}
+        if recovery and not method.one_run:
             train_masked(student, batches, task.loss_fn, steps=recovery, lr=lr, sparsity_penalty=False)
     else:
         harden(student)
@@ -257,13 +305,18 @@ def markdown(env: dict, rows: List[dict]) -> str:
                      f"{s['cosine_spread']:.4f} | {s['top1_agreement']:.3f} | {s['top1_spread']:.3f} | {s['runs']} |")
     lines += ["", "## Methods", ""]
     for name in dict.fromkeys(r["method"] for r in rows):
-        lines.append(f"- `{name}`: {METHODS[name].description}" if name in METHODS else f"- `{name}`")
+        note = next((r.get("stale_note") for r in rows if r["method"] == name and r.get("stale_note")), "")
+        stem = name.split(" (stale")[0]
+        text = METHODS[stem].description if stem in METHODS else ""
+        lines.append(f"- `{name}`" + (f": {text}" if text else "") + (f" ({note})" if note else ""))
     lines += ["", "## Every run", "", "| method | sparsity | seed | cosine | min cosine | top-1 agreement | "
               "params | seconds | diagnostics |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         diag = {k: v for k, v in r.get("info", {}).items() if k != "params"}
+        params = r["info"].get("params")
+        params = "-" if params is None else f"{params:,}"
         lines.append(f"| {r['method']} | {r['sparsity']:.0%} | {r['seed']} | {r['cosine_mean']:.4f} | "
-                     f"{r['cosine_min']:.3f} | {r['top1_agreement']:.3f} | {r['info'].get('params', '-'):,} | "
+                     f"{r['cosine_min']:.3f} | {r['top1_agreement']:.3f} | {params} | "
                      f"{r['seconds']:.0f} | {json.dumps(diag) if diag else ''} |")
     return "\n".join(lines) + "\n"
 
@@ -291,15 +344,33 @@ def plot(rows: List[dict], path: str) -> Optional[str]:
     return None
 
 
-def merge(paths: List[str], base: str) -> int:
-    """One report from several runs of this script (e.g. methods run in parallel processes)."""
+def merge(paths: List[str], base: str, stale: Optional[List[str]] = None, stale_before: str = "",
+          stale_note: str = "") -> int:
+    """One report from several runs of this script (e.g. methods run in parallel processes).
+
+    ``stale``: methods whose runs before a fix are not comparable: their rows from files dated before
+    ``stale_before`` (the environment's ``date``, e.g. ``2026-11-28``) keep their numbers under the label
+    ``<method> (stale <date>)``, so the summary does not average runs of two library versions;
+    ``stale_note`` says why (in the report's method list)."""
+    if stale and not stale_before:
+        raise SystemExit("--stale: give --stale-before DATE (rows of files dated before it are stale)")
     reports = [json.load(open(p)) for p in paths]
     tasks = {r["environment"]["task"] for r in reports}
     if len(tasks) != 1:
         raise SystemExit(f"--merge: the files ran different tasks: {sorted(tasks)}")
+    command = f"python bench/quality.py --merge {' '.join(paths)}"
+    if stale:
+        command += (f" --stale {' '.join(stale)} --stale-before {stale_before}"
+                    + (f" --stale-note {json.dumps(stale_note)}" if stale_note else ""))
     env = dict(reports[0]["environment"], command="; ".join(r["environment"]["command"] for r in reports)
-               + f"; python bench/quality.py --merge {' '.join(paths)}")
-    rows = [row for r in reports for row in r["rows"]]
+               + "; " + command)
+    rows = []
+    for r in reports:
+        date = r["environment"]["date"]
+        for row in r["rows"]:
+            if row["method"] in (stale or []) and date < stale_before:
+                row = dict(row, method=f"{row['method']} (stale {date[:10]})", stale_note=stale_note)
+            rows.append(row)
     _write(base + ".json", json.dumps({"environment": env, "rows": rows, "summary": summarise(rows),
                                        "merged_from": paths}, indent=1) + "\n")
     _write(base + ".md", markdown(env, rows))
@@ -336,9 +407,15 @@ def main(argv=None) -> int:
     parser.add_argument("--tag", default=None, help="file name stem (default quality-<UTC date-time>)")
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                         help="no runs: merge the rows of these result files (same task settings) into one report")
+    parser.add_argument("--stale", nargs="+", default=None, metavar="METHOD",
+                        help="with --merge: methods whose older runs are not comparable (a fix since); their rows "
+                             "from files dated before --stale-before are labelled '<method> (stale <date>)'")
+    parser.add_argument("--stale-before", default="", metavar="DATE", help="with --stale: e.g. 2026-11-28")
+    parser.add_argument("--stale-note", default="", help="with --stale: why those rows are stale")
     args = parser.parse_args(argv)
     if args.merge:
-        return merge(args.merge, os.path.join(args.out, args.tag or "quality-merged"))
+        return merge(args.merge, os.path.join(args.out, args.tag or "quality-merged"), args.stale, args.stale_before,
+                     args.stale_note)
     if "all" in args.methods:
         args.methods = list(METHODS)
 

@@ -132,6 +132,24 @@ def test_importance_init_starts_at_the_target_cut(method):
     assert s0[keep].min() >= s0[~keep].max()
 
 
+@pytest.mark.parametrize("method", ["taylor", "activation"])
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
+def test_calibrated_importance_does_not_depend_on_the_budget(method, allocation):
+    """The scores are the dense model's: under budget="exact" a forward would keep the top-k of the logits
+    (all equal before the init: the lowest indices), and an activation score read through that mask scored the
+    arbitrary cut (issue 12: learned_exact started from it)."""
+    inputs = tiny_inputs()
+    batches = [dict(inputs, labels=inputs["input_ids"])] * 2
+    cuts = {}
+    for budget in ("lagrangian", "exact"):
+        model = tiny_model("llama", kind="lm")
+        prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance=method, budget=budget,
+                                              target_sparsity=0.5, allocation=allocation), calibration=batches)
+        cuts[budget] = {k: g.mask_logits.detach().clone() for k, g in get_state(model).groups.items()}
+    for key, logits in cuts["exact"].items():
+        assert torch.equal(logits, cuts["lagrangian"][key]), key
+
+
 def test_importance_needs_calibration():
     model = tiny_model("llama")
     with pytest.raises(ValueError, match="calibration"):

@@ -66,3 +66,24 @@ def test_reports_merge(quality, tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"environment": other, "rows": []}))
     with pytest.raises(SystemExit, match="different tasks"):
         quality.main(["--merge", str(tmp_path / "a.json"), str(tmp_path / "c.json"), "--out", str(tmp_path)])
+
+
+def test_merge_labels_stale_rows(quality, tmp_path):
+    """--stale: a method's rows from before a fix keep a dated label, not averaged with the new ones."""
+    def report(date, cosine):
+        row = {"method": "learned", "sparsity": 0.25, "seed": 0, "cosine_mean": cosine, "cosine_min": cosine,
+               "top1_agreement": 0.5, "seconds": 1.0, "info": {}}
+        env = {"date": date, "task": "t", "command": f"run {date}", "machine": "m", "torch": "t",
+               "transformers": "t", "peft": "p", "torch_pruning": None}
+        return {"environment": env, "rows": [row, dict(row, method="fixed_activation")]}
+    paths = []
+    for date, cosine in (("2026-11-27T000000Z", 0.8), ("2026-11-28T000000Z", 0.9)):
+        paths.append(str(tmp_path / f"{date}.json"))
+        (tmp_path / f"{date}.json").write_text(json.dumps(report(date, cosine)))
+    assert quality.main(["--merge", *paths, "--stale", "learned", "--stale-before", "2026-11-28", "--stale-note", "init bug", "--out", str(tmp_path),
+                         "--tag", "m"]) == 0
+    merged = json.loads((tmp_path / "m.json").read_text())
+    summary = {s["method"]: s for s in merged["summary"]}
+    assert summary["learned"]["cosine"] == 0.9 and summary["learned (stale 2026-11-27)"]["cosine"] == 0.8
+    assert summary["fixed_activation"]["seeds"] == 2  # not stale: both files' rows together
+    assert "init bug" in (tmp_path / "m.md").read_text() and "--stale learned" in merged["environment"]["command"]

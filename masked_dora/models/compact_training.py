@@ -135,7 +135,7 @@ def _kept_group(group: GroupMask, keep: Dict[str, Tensor], members: Dict[str, nn
         old = group.index(role).cpu()[keep[role]]
         indices[role] = torch.where(old == ALWAYS_KEPT, old, new_unit[old.clamp_min(0)])
     new = GroupMask(group.kind, group.layer, int(units.sum()), indices, partitions=group.partitions,
-                    unit_size=group.unit_size)
+                    unit_size=group.unit_size, tied=group.tied)
     new.pruned_units = group.num_units - new.num_units + group.pruned_units
     new.gate = copy.deepcopy(group.gate)  # the same gate (a custom one too), its temperature with it
     new.train(group.training)

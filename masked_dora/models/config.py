@@ -17,6 +17,7 @@ BUDGETS = ("lagrangian", "exact")
 HIDDEN_MODES = ("global", "per_block")
 DEFAULT_ALIGNMENT = {"mlp": 64, "heads": 1, "hidden": 8}
 SAVE_FORMS = ("auto", "plain", "per_layer")
+MASK_LEARNING = ("units", "layer")
 
 
 @dataclass
@@ -52,7 +53,11 @@ class MaskedDoRAConfig:
     * ``warmup_steps``, ``lambda_lr``, ``lambda_2_init``: the Lagrangian
       controller (target ramp, multiplier learning rate, starting weight of the
       quadratic term: a proportional gain that damps the loop; 0 is CoFi's
-      undamped start, which overshoots in short runs).
+      undamped start, which overshoots in short runs). With ``budget="exact"``,
+      ``warmup_steps`` is gradual pruning instead: the per-forward plan removes the fraction
+      ``1 - (1 - step / warmup_steps)^3`` of the target (Zhu and Gupta's cubic schedule, from
+      dense to the target; :func:`~masked_dora.models.sparsity.cubic_progress`), so the adapters
+      absorb the units as they go; hardening always removes the whole target.
     * ``mask_lr``: the mask logits' learning rate, in their own optimizer group
       with no weight decay (:func:`~masked_dora.models.param_groups`; the HF
       Trainer callback sets this group up). Logits are decisions, not weights:
@@ -68,6 +73,12 @@ class MaskedDoRAConfig:
       gradient (``d z / d theta`` of ``sigmoid(theta)``); no penalty, no
       controller, and the model always trains at the target sparsity. Units swap
       when their accumulated gradient evidence moves their logits past each other.
+    * ``mask_learning``: what the mask logits learn. ``"units"`` (default): every unit's logit moves on its own
+      gradient. ``"layer"``: the logits of one group (one layer's MLP channels, or its heads) move together by
+      one shared offset (every unit's gradient is the group's mean: :attr:`GroupMask.tied`), so the order inside
+      the layer stays the initial importance ranking and only the layer's standing against the others is
+      learned: with ``allocation="global"``, the layer budgets. (With ``"uniform"`` allocation the hard cut
+      cannot change.)
     * ``stacks``: an encoder-decoder's block stacks to prune, by name (``("encoder",)``, ``("decoder",)``;
       ``None``, the default: every stack the model has). Families with one stack have one, named ``""``.
     * ``save_form``: how the compacted model will be saved, decided by :func:`prepare_model` before any
@@ -100,6 +111,7 @@ class MaskedDoRAConfig:
     lambda_2_init: float = 30.0
     budget: str = "lagrangian"
     save_form: str = "auto"
+    mask_learning: str = "units"
     stacks: Optional[Tuple[str, ...]] = None
     hidden_mode: str = "global"
 
@@ -137,7 +149,8 @@ class MaskedDoRAConfig:
                                      ("budget", self.budget, BUDGETS),
                                      ("dropout_mode", self.dropout_mode, DROPOUT_MODES),
                                      ("save_form", self.save_form, SAVE_FORMS),
-                                     ("hidden_mode", self.hidden_mode, HIDDEN_MODES)):
+                                     ("hidden_mode", self.hidden_mode, HIDDEN_MODES),
+                                     ("mask_learning", self.mask_learning, MASK_LEARNING)):
             if value not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
         for name in ("temperature", "final_temperature"):

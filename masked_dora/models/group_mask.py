@@ -37,11 +37,19 @@ class GroupMask(nn.Module):
     units inside which hardening keeps the same count (``> 1`` for query
     heads inside KV groups, and for the experts of an MoE block). ``indices`` maps a member role to the unit
     index of each of its channels (a non-persistent buffer per role), or :data:`ALWAYS_KEPT`.
+    ``tied`` (``MaskedDoRAConfig(mask_learning="layer")``): the gate reads the logits' values, but every
+    unit's gradient is the group's mean gradient, so an optimizer that treats elements alike (Adam, SGD, no
+    weight decay) moves the group's logits by one shared offset: the order of the units inside the group stays
+    the initial one and only the group's standing against the other groups (its budget under
+    ``allocation="global"``) is learned.
     """
 
     def __init__(self, kind: str, layer: int, num_units: int, indices: Dict[str, Tensor], gate: str = "hard_concrete",
-                 mask_init: float = 3.0, partitions: int = 1, unit_size: int = 1):
+                 mask_init: float = 3.0, partitions: int = 1, unit_size: int = 1, tied: bool = False):
         super().__init__()
+        if not isinstance(tied, bool):
+            raise ValueError(f"tied: expected a bool, got {tied!r}")
+        self.tied = tied
         if num_units < 1 or num_units % partitions:
             raise ValueError(f"num_units: expected a positive multiple of partitions={partitions}, got {num_units}")
         self.kind, self.layer, self.num_units = kind, int(layer), int(num_units)
@@ -79,6 +87,14 @@ class GroupMask(nn.Module):
 
     # ---------------------------------------------------------------- values
 
+    def logits(self) -> Tensor:
+        """The logits the gate reads: ``mask_logits``; ``tied``: the same values, with every unit's gradient the
+        mean of the group's (``d logits_j / d mask_logits_i = 1 / num_units``)."""
+        theta = self.mask_logits
+        if not self.tied or not theta.requires_grad:
+            return theta
+        return theta.detach() + (theta - theta.detach()).mean()
+
     def values(self) -> Tensor:
         """Per-unit ``z``: probe (importance), fixed mask, one training sample per forward, or the hard mask."""
         if self._probe is not None:
@@ -86,14 +102,14 @@ class GroupMask(nn.Module):
         if self._planned is not None:  # budget="exact": the plan, with a straight-through gradient while training
             free = self._planned.to(self.mask_logits.device).float()
             if self.training:
-                soft = self.gate.expected_keep(self.mask_logits.float())
+                soft = self.gate.expected_keep(self.logits().float())
                 free = free + (soft - soft.detach())
             return torch.where(self.mask_fixed, self.fixed_keep.to(free.dtype), free)
         if not self.training:
             free = self.gate.hard(self.mask_logits)
         else:
             if self._sample is None:
-                self._sample = self.gate(self.mask_logits)
+                self._sample = self.gate(self.logits())
             free = self._sample
         # torch.where, not `if bool(mask_fixed)`: no host sync and no data-dependent branch for torch.compile
         return torch.where(self.mask_fixed, self.fixed_keep.to(free.dtype), free)
@@ -125,7 +141,7 @@ class GroupMask(nn.Module):
     def expected_keep(self) -> Tensor:
         """Per-unit probability of being kept (differentiable in the logits)."""
         return torch.where(self.mask_fixed, self.fixed_keep.float(),
-                           self.gate.expected_keep(self.mask_logits.float()))
+                           self.gate.expected_keep(self.logits().float()))
 
     def clear_sample(self) -> None:
         self._sample = None
@@ -140,7 +156,7 @@ class GroupMask(nn.Module):
         non-reentrant checkpoint raised CheckpointError, a reentrant one sampled under no_grad and the
         logits got no gradient.)
         """
-        self._sample = self.gate(self.mask_logits) if self.training and self._probe is None else None
+        self._sample = self.gate(self.logits()) if self.training and self._probe is None else None
 
     @torch.no_grad()
     def set_mask(self, keep: Tensor) -> None:
@@ -167,7 +183,7 @@ class GroupMask(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"kind={self.kind}, layer={self.layer}, units={self.num_units}, unit_size={self.unit_size}, "
-                f"partitions={self.partitions}, gate={self.gate.name}")
+                f"partitions={self.partitions}, gate={self.gate.name}" + (", tied" if self.tied else ""))
 
 
 class MaskView:

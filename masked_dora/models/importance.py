@@ -7,7 +7,10 @@ r"""Importance scores per group unit, and mask initialisation from them.
   ``z = 1``: the loss change from removing the unit, to first order. Needs
   ``calibration`` and ``loss_fn`` (default: ``model(**batch).loss``).
 * ``activation`` (activation-aware, Wanda-style): at the consumer's input,
-  ``||X_c||_2 * ||W_consumer[:, c]||_2`` per channel, summed per unit.
+  ``||X_c||_2 * ||W_consumer[:, c]||_2`` per channel, summed per unit, with every unit kept
+  (``z = 1``, as the Taylor probe) whatever the masks would do: under ``budget="exact"`` a forward
+  otherwise keeps the top-k of the not yet initialised logits (all equal: the lowest indices), and a
+  pruned channel's input is 0, so the score would only repeat that arbitrary cut.
 
 The ``hidden`` group (one unit per residual channel) is scored the same ways over the residual stream's
 members (:mod:`masked_dora.models.hidden`): ``magnitude`` over the embeddings' and readers' columns and the
@@ -146,6 +149,8 @@ def activation_scores(model: nn.Module, calibration: Iterable) -> Dict[str, Tens
             handles.append(m.register_forward_pre_hook(hook_for((key, role))))
     was_training = model.training
     model.eval()
+    for g in state.groups.values():  # the dense model's activations, whatever the masks (budget="exact": top-k)
+        g._probe = torch.ones(g.num_units, device=g.mask_logits.device)
     n = 0
     try:
         for batch in calibration:
@@ -154,6 +159,8 @@ def activation_scores(model: nn.Module, calibration: Iterable) -> Dict[str, Tens
     finally:
         for h in handles:
             h.remove()
+        for g in state.groups.values():
+            g._probe = None
         model.train(was_training)
     if n == 0:
         raise ValueError("calibration: expected at least one batch, got an empty iterable")

@@ -37,6 +37,9 @@ class MaskedDoRAState(nn.Module):
         # the hardened masks it removed them by (what save_training_state records)
         self.compacted_for_training = False
         self.compaction_masks: Optional[Dict[str, Tensor]] = None
+        # budget="exact": the fraction of the target sparsity the per-forward plan applies now (the gradual
+        # warm-up's schedule sets it, MaskTrainer.begin_step); hardening always applies the whole target
+        self.plan_progress = 1.0
 
     def blocks(self, model: nn.Module) -> List[Block]:
         """The blocks of ``model`` whose groups this state holds (``config.stacks``), numbered across stacks."""
@@ -60,10 +63,11 @@ class MaskedDoRAState(nn.Module):
         again once training stops.
         """
         key = tuple((k, g.mask_logits._version, g.mask_logits.data_ptr()) for k, g in self.groups.items())
+        key += (self.plan_progress,)
         if getattr(self, "_plan_key", None) != key:
             from .sparsity import plan_current
 
-            self._plan, self._plan_key = plan_current(self), key
+            self._plan, self._plan_key = plan_current(self, self.plan_progress), key
         return self._plan
 
 
@@ -143,7 +147,7 @@ def _mlp_group(block, i, spec, config, where) -> GroupMask:
     roles = {role: torch.arange(width).repeat(features(m)[0 if is_consumer_role(role) else 1] // width)
              + width * expert_index(role) for role, m in mods.items()}
     group = GroupMask("mlp", i, width * max(1, experts), roles, gate=config.gate, mask_init=config.mask_init,
-                      partitions=max(1, experts))
+                      partitions=max(1, experts), tied=config.mask_learning == "layer")
     for role, m in mods.items():
         layer = _wrap(block, paths[role], m, config, where)
         if is_consumer_role(role):
@@ -207,10 +211,10 @@ def _head_group(block, i, spec, config, model_config, where) -> Tuple[GroupMask,
     _check_head_shapes(mods, paths, units, hl, where)
     if by_kv:
         group = GroupMask("heads", i, hl.kv_heads, units, gate=config.gate, mask_init=config.mask_init,
-                          unit_size=hl.group_size)
+                          unit_size=hl.group_size, tied=config.mask_learning == "layer")
     else:
         group = GroupMask("heads", i, hl.heads, units, gate=config.gate, mask_init=config.mask_init,
-                          partitions=hl.kv_heads)
+                          partitions=hl.kv_heads, tied=config.mask_learning == "layer")
     for role, m in mods.items():
         layer = _wrap(block, paths[role], m, config, where)
         if role in units and role != "output":

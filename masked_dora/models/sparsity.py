@@ -83,16 +83,29 @@ def plan_keep(groups: Sequence[GroupMask], scores: Sequence[Tensor], sparsity: f
     return masks
 
 
+def cubic_progress(step: int, steps: int) -> float:
+    """Gradual pruning's schedule (Zhu and Gupta, 2017): the fraction of the final sparsity applied at ``step``,
+    ``1 - (1 - step / steps)^3``: 0 at step 0, fast early, 1 from ``steps`` on (``steps=0``: 1 throughout)."""
+    if steps < 0:
+        raise ValueError(f"steps: expected a non-negative int, got {steps}")
+    if steps == 0 or step >= steps:
+        return 1.0
+    return 1.0 - (1.0 - max(step, 0) / steps) ** 3
+
+
 @torch.no_grad()
-def plan_current(state) -> Dict[str, Tensor]:
-    """``{group key: keep}``: the masks :func:`harden` would take from the current logits (``budget="exact"``)."""
+def plan_current(state, progress: float = 1.0) -> Dict[str, Tensor]:
+    """``{group key: keep}``: the masks :func:`harden` would take from the current logits (``budget="exact"``);
+    ``progress`` in ``[0, 1]``: at that fraction of each kind's target sparsity (the gradual warm-up's plan)."""
+    if not 0.0 <= progress <= 1.0:
+        raise ValueError(f"progress: expected a fraction in [0, 1], got {progress}")
     cfg = state.config
     plans = {}
     for kind in cfg.target_groups:
         keys = [k for k, g in state.groups.items() if g.kind == kind]
         groups = [state.groups[k] for k in keys]
-        masks = plan_keep(groups, [g.mask_logits.detach().float().cpu() for g in groups], cfg.target_sparsity[kind],
-                          cfg.alignment[kind], cfg.allocation)
+        masks = plan_keep(groups, [g.mask_logits.detach().float().cpu() for g in groups],
+                          cfg.target_sparsity[kind] * progress, cfg.alignment[kind], cfg.allocation)
         plans.update(zip(keys, masks))
     return plans
 

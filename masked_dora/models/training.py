@@ -22,7 +22,7 @@ from torch import nn
 from ..masks.schedules import Schedule
 from .json_state import from_json, to_json
 from .prepare import get_state
-from .sparsity import SparsityController
+from .sparsity import SparsityController, cubic_progress
 from .sharded import attach_to_zero3, gathered_mask_logits, zero3_partitioned
 
 try:  # transformers is a hard dependency of masked_dora.models, but keep the import local to this module
@@ -148,8 +148,13 @@ class MaskTrainer:
         self.temperature = Schedule(start, end, cfg.temperature_steps, "exponential")
 
     def begin_step(self, step: int) -> float:
+        """Set this step's gate temperature (returned) and, ``budget="exact"`` with ``warmup_steps``, the
+        fraction of the target the per-forward plan applies (:func:`~masked_dora.models.sparsity.cubic_progress`)."""
+        state = get_state(self.model)
         t = self.temperature(step)
-        get_state(self.model).set_temperature(t)
+        state.set_temperature(t)
+        if state.config.budget == "exact":
+            state.plan_progress = cubic_progress(step, state.config.warmup_steps)
         return t
 
     def penalty(self) -> torch.Tensor:
@@ -356,7 +361,8 @@ def _require_current_parameters(model: nn.Module, optimizer) -> None:
 def train_masked(model: nn.Module, batches: Iterable, loss_fn: Callable, steps: int, lr: float = 1e-3,
                  mask_lr: Optional[float] = None, controller: Optional[SparsityController] = None, log_every: int = 10,
                  progress: bool = False, grad_clip: Optional[float] = 1.0, sparsity_penalty: bool = True,
-                 desc: str = "masked DoRA", compact: bool = True) -> List[Dict[str, float]]:
+                 desc: str = "masked DoRA", compact: bool = True,
+                 harden_after: Optional[int] = None) -> List[Dict[str, float]]:
     """Train ``model`` (prepared) for ``steps`` steps on ``loss_fn(model, batch) + penalty``.
 
     ``batches`` is cycled. Adapters use ``lr``, mask logits ``mask_lr`` (default: the config's),
@@ -366,13 +372,23 @@ def train_masked(model: nn.Module, batches: Iterable, loss_fn: Callable, steps: 
     fine-tuning after :func:`~masked_dora.models.harden`, when the masks are fixed); then, with
     ``compact=True`` (the default), the run trains at the kept size
     (:func:`~masked_dora.models.compact_for_training`, in place, where the family allows it).
+
+    ``harden_after`` (an int in ``[1, steps)``): one continuous run instead of a learning run and a
+    recovery run. The masks learn (with the penalty, if ``sparsity_penalty``) for ``harden_after`` steps,
+    are then hardened (:func:`~masked_dora.models.harden`), and the remaining steps train the adapters
+    at the fixed masks with the *same* optimizer (its moments kept) and the batches where the learning
+    left off; no penalty after hardening. The run stays at full size (no ``compact_for_training``: the
+    optimizer holds the full-size parameters).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: expected a positive int, got {steps!r}")
+    if harden_after is not None and (isinstance(harden_after, bool) or not isinstance(harden_after, int)
+                                     or not 1 <= harden_after < steps):
+        raise ValueError(f"harden_after: expected None or an int in [1, steps={steps}), got {harden_after!r}")
     batches = list(batches)
     if not batches:
         raise ValueError("batches: expected at least one batch, got none")
-    if compact and not sparsity_penalty:
+    if compact and not sparsity_penalty and harden_after is None:
         from .compact_training import compact_for_training, compact_training_refusal
 
         if compact_training_refusal(model) is None:
@@ -380,6 +396,7 @@ def train_masked(model: nn.Module, batches: Iterable, loss_fn: Callable, steps: 
     groups = param_groups(model, lr=lr, mask_lr=mask_lr)
     optimizer = torch.optim.AdamW(groups)
     trainable = [p for g in groups for p in g["params"]]
+    mask_group = next(g["params"] for g in groups if g["name"] == MASK_GROUP)
     helper = MaskTrainer(model, controller)
     model.train()
     log: List[Dict[str, float]] = []
@@ -389,16 +406,25 @@ def train_masked(model: nn.Module, batches: Iterable, loss_fn: Callable, steps: 
 
         bar = tqdm(total=steps, desc=desc, unit="step")
     start = time.perf_counter()
+    learning = sparsity_penalty
     for step, batch in zip(range(steps), itertools.cycle(batches)):
+        if step == harden_after:
+            from .sparsity import harden
+
+            harden(model)
+            learning = False
         helper.begin_step(step)
         loss = loss_fn(model, batch)
-        penalty = helper.penalty() if sparsity_penalty else loss.new_zeros(())
+        penalty = helper.penalty() if learning else loss.new_zeros(())
         (loss + penalty).backward()
+        if harden_after is not None and step >= harden_after:
+            for p in mask_group:  # fixed masks: the gate reads no logit, but Adam's moments would move them
+                p.grad = None
         if grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if sparsity_penalty:
+        if learning:
             helper.end_step()
         if step % log_every == 0 or step == steps - 1:
             entry = dict(helper.stats(), step=step, loss=float(loss.detach()), penalty=float(penalty.detach()),
