@@ -28,9 +28,15 @@ import torch
 from torch import Tensor
 
 
+def tracing(t: Tensor) -> bool:
+    """Whether ``t`` belongs to a trace (``torch.compile``): a fake or functional tensor, or dynamo compiling
+    (torch 2.11's AOT tracing of a custom op's ``setup_context`` does not set ``is_compiling()``)."""
+    return type(t) is not torch.Tensor or torch.compiler.is_compiling()
+
+
 def can_keep(out: Tensor) -> bool:
     """Whether the op may keep ``out`` (see the module docstring)."""
-    return not (torch.compiler.is_compiling() or torch.is_inference(out)
+    return not (tracing(out) or torch.is_inference(out)
                 or torch._C._autograd._top_saved_tensors_default_hooks(False) is not None)
 
 

@@ -240,7 +240,7 @@ def _(grad_y, x, weight, lora_A, lora_B, scaling, scale, bias, out, out_is_pre_s
 def _host_copy(redo: Optional[Tensor]):
     """On a GPU, start copying the recompute mask to the host now (the forward), so that the backward reads the
     rows without a device sync: the copy finished long before. UNRUN on a GPU (written without one)."""
-    if redo is None or redo.device.type != "cuda" or torch.compiler.is_compiling():
+    if redo is None or redo.device.type != "cuda" or _saved_output.tracing(redo):
         return None
     with torch.cuda.device(redo.device):  # the copy and its event on redo's device, whatever the current one
         host = torch.empty(redo.shape, dtype=torch.bool, pin_memory=True)
