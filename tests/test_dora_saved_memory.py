@@ -351,3 +351,20 @@ def test_torch_compile_with_the_output_changed_in_place(graph_break):
     torch.tanh(y_ref + other).sum().backward()
     for name, a, r in zip(names, leaves, ref):
         assert_close_rel(a.grad, r.grad, torch.float64, f"compile: grad {name}")
+
+
+def test_skip_rows_apply_only_where_the_scale_is_zero():
+    """A skipped row whose scale is not 0 (its gate is open) but whose bias drowns it is recomputed, not zeroed:
+    eager and compiled backwards agree (opcheck's AOT test found the zeroed row)."""
+    inp = _inputs(16, 12, 6, 2)
+    inp["bias"][2] = 50.0
+    skip = torch.zeros(6, dtype=torch.bool)
+    skip[[2, 4]] = True
+    inp["gate"][4] = 0.0
+    y, leaves = _layer(inp, torch.float64, skip_rows=skip)
+    y_ref, ref_leaves = _dense(inp)
+    g = torch.randn_like(y_ref)
+    y.backward(g)
+    y_ref.backward(g)
+    assert torch.allclose(leaves[3].grad[2], ref_leaves[3].grad[2], rtol=1e-10)  # magnitude of the drowned row
+    assert torch.allclose(leaves[4].grad[2], ref_leaves[4].grad[2], rtol=1e-10)

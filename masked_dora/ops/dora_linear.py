@@ -38,8 +38,9 @@ compute dtype and at least the bias, so ``y``'s rounding (``eps (|c P| + |zb|)``
 ``|P|``. Elsewhere ``P`` is recomputed with one GEMM over those rows: a pruned channel (``c = 0``), a
 zero magnitude, a bias that drowns the channel's output (an exactly-zero row of ``W0 + s B A``, whose
 row norm sits at its floor), an output in float16's subnormal range. ``skip_rows`` (bool, N) names rows
-whose ``dc`` the caller does not need (a gate value that is exactly 0 and carries no gradient:
-``dm = dc z / n = 0``): there nothing is recomputed, and ``dc`` is 0 where it is not readable. The rows
+whose ``dc`` the caller does not need where ``c`` is 0 (a gate value that is exactly 0 and carries no
+gradient: ``dm = dc z / n = 0``): those with ``|c| < tau`` are not recomputed and get ``dc = 0``; its
+other rows are read or recomputed as usual. The rows
 to recompute are found in the forward; on a GPU they are copied to the host there, so the backward
 needs no device sync to read them.
 
@@ -273,7 +274,9 @@ def _setup_context(ctx, inputs, output):
     readable = redo = kept_pre_scale = None
     if ctx.keeps_output:
         readable = readable_rows(scale, bias, pre_scale, x.dtype)
-        redo = ~readable if skip_rows is None else ~readable & ~skip_rows
+        redo = ~readable
+        if skip_rows is not None:  # the caller's rows apply where the scale is (nearly) 0 only
+            redo &= ~(skip_rows & (scale.detach().abs() < recoverable_scale(x.dtype)))
         _saved_output.keep(ctx, y)
     elif ctx.need_scale:  # torch.compile, saved-tensor hooks: P, as before issue 16
         kept_pre_scale = pre_scale
