@@ -6,16 +6,7 @@ import torch
 
 from masked_dora.models import MaskedDoRAConfig, get_state, prepare_model, train_masked
 
-from tiny_models import tiny_model
-
-
-def _lm_batches(n=4, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(3, 97, (2, 9), generator=gen)
-        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
-    return out
+from tiny_models import lm_batches, tiny_model
 
 
 def _loss(model, batch):
@@ -48,7 +39,7 @@ def test_layer_learning_gives_every_unit_the_mean_gradient(budget):
     for model in (units, layer):
         model.train()
         torch.manual_seed(0)  # the same gate samples (lagrangian) in both models
-        _loss(model, _lm_batches()[0]).backward()
+        _loss(model, lm_batches()[0]).backward()
     differ = 0
     for key, g in get_state(layer).groups.items():
         own = get_state(units).groups[key].mask_logits.grad
@@ -62,7 +53,7 @@ def test_layer_learning_gives_every_unit_the_mean_gradient(budget):
 def test_layer_learning_keeps_the_order_inside_each_layer_and_moves_budgets():
     model = _prepared(mask_learning="layer")
     before = _logits(model)
-    train_masked(model, _lm_batches(), _loss, steps=6, lr=1e-3, mask_lr=0.2)
+    train_masked(model, lm_batches(), _loss, steps=6, lr=1e-3, mask_lr=0.2)
     moved = []
     for key, after in _logits(model).items():
         shift = after - before[key]
@@ -75,10 +66,10 @@ def test_layer_learning_keeps_the_order_inside_each_layer_and_moves_budgets():
 def test_harden_after_is_one_continuous_run():
     learned = _prepared(budget="lagrangian", mask_learning="units")
     torch.manual_seed(0)
-    train_masked(learned, _lm_batches(), _loss, steps=3, lr=1e-2, mask_lr=0.1)
+    train_masked(learned, lm_batches(), _loss, steps=3, lr=1e-2, mask_lr=0.1)
     continuous = _prepared(budget="lagrangian", mask_learning="units")
     torch.manual_seed(0)
-    log = train_masked(continuous, _lm_batches(), _loss, steps=6, lr=1e-2, mask_lr=0.1, harden_after=3,
+    log = train_masked(continuous, lm_batches(), _loss, steps=6, lr=1e-2, mask_lr=0.1, harden_after=3,
                        log_every=1)
     state = get_state(continuous)
     assert all(bool(g.mask_fixed) for g in state.groups.values())  # hardened
@@ -95,7 +86,7 @@ def test_harden_after_is_one_continuous_run():
 def test_harden_after_is_validated(bad):
     model = _prepared()
     with pytest.raises(ValueError, match="harden_after"):
-        train_masked(model, _lm_batches(), _loss, steps=6, harden_after=bad)
+        train_masked(model, lm_batches(), _loss, steps=6, harden_after=bad)
 
 
 def test_cubic_progress_schedule():
@@ -118,7 +109,7 @@ def test_exact_budget_warmup_prunes_gradually_and_hardens_at_the_target():
     model.train()
     for step in range(6):
         trainer.begin_step(step)
-        _loss(model, _lm_batches()[0])  # the forward fixes this step's plan
+        _loss(model, lm_batches()[0])  # the forward fixes this step's plan
         kept.append(kept_fraction(model, "mlp"))
     assert kept[0] == 1.0 and kept[-1] == 0.5 and kept[4] == 0.5
     assert all(a >= b for a, b in zip(kept, kept[1:])) and 0.5 < kept[1] < 1.0  # gradually, the cubic's fast start
