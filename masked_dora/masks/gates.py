@@ -69,6 +69,28 @@ def _straight_through(soft: Tensor, hard: Tensor) -> Tensor:
     return hard + (soft - soft.detach())
 
 
+class _StretchedSigmoid(torch.autograd.Function):
+    """``clamp(sigmoid(t) (zeta - gamma) + gamma, 0, 1)`` keeping one vector for the backward, ``sigmoid(t)``
+    (autograd's composition keeps that and the clamp's input): issue 16, a layer's saved vectors. The
+    backward is autograd's, formula for formula (clamp, scalar product, sigmoid): bit-equal gradients."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, gamma: float, zeta: float) -> Tensor:
+        s = torch.sigmoid(t)
+        ctx.save_for_backward(s)
+        ctx.gamma, ctx.zeta = gamma, zeta
+        return (s * (zeta - gamma) + gamma).clamp(0.0, 1.0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (s,) = ctx.saved_tensors
+        stretch = ctx.zeta - ctx.gamma
+        stretched = s * stretch + ctx.gamma  # the clamp's input, recomputed with the forward's operations
+        inside = (stretched >= 0.0).logical_and_(stretched <= 1.0)
+        grad = torch.where(inside, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+        return torch.ops.aten.sigmoid_backward(grad * stretch, s), None, None
+
+
 class Gate(nn.Module):
     """Base class: maps mask logits to gate values. Holds no trainable parameter."""
 
@@ -122,8 +144,7 @@ class HardConcreteGate(Gate):
         self.zeta = float(zeta)
 
     def sample(self, logits: Tensor) -> Tensor:
-        s = torch.sigmoid((_logistic_noise(logits) + logits) / self.temperature)
-        return (s * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
+        return _StretchedSigmoid.apply((_logistic_noise(logits) + logits) / self.temperature, self.gamma, self.zeta)
 
     def expected_keep(self, logits: Tensor) -> Tensor:
         """``P(z > 1/2) = sigmoid(theta)``: the sample is on the side of the eval/hardening decision."""

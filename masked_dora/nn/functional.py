@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..ops import _checks
 from ..ops.dora_linear import dora_linear
+from ..ops.gated_dora_linear import gated_dora_linear
 from ..ops.row_norm import DEFAULT_EPS, row_norm
 
 
@@ -52,17 +53,17 @@ def masked_dora_linear(
                          f"{tuple(dropped.shape)} {dropped.dtype}")
     if norm is None:
         norm = row_norm(weight, lora_A.to(weight.dtype), lora_B.to(weight.dtype), scaling, weight_sq, eps)
+    A, B = lora_A.to(x.dtype), lora_B.to(x.dtype)
     acc = norm.dtype
     z = gate_values.to(acc)
-    scale = magnitude.to(acc) * z / norm
-    A, B = lora_A.to(x.dtype), lora_B.to(x.dtype)
     skip = _skip_rows(z, gate_values.requires_grad, zero_gate_grad)
-    if dropped is not None and dropout_mode == "peft":
+    if dropped is None:  # the per-channel algebra inside the op: it keeps z and n, not c and z b as well
+        return gated_dora_linear(x, weight, A, B, scaling, magnitude, gate_values, norm, bias, skip_rows=skip)
+    scale = magnitude.to(acc) * z / norm
+    if dropout_mode == "peft":
         rest = F.linear(x - dropped, weight, bias)
         return (dora_linear(dropped, weight, A, B, scaling, scale, skip_rows=skip) + z * rest).to(x.dtype)
     gated_bias = None if bias is None else z * bias.to(acc)
-    if dropped is None:
-        return dora_linear(x, weight, A, B, scaling, scale, gated_bias, skip_rows=skip)
     correction = F.linear(F.linear(dropped - x, A), B)
     return (dora_linear(x, weight, A, B, scaling, scale, gated_bias, skip_rows=skip)
             + scale * scaling * correction).to(x.dtype)

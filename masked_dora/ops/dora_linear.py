@@ -263,13 +263,15 @@ def _host_rows(copy, device: torch.device) -> Optional[Tensor]:
     return rows.pin_memory().to(device, non_blocking=True)
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, lora_A, lora_B, scaling, scale, bias, skip_rows = inputs
-    y, pre_scale, xa = output
-    ctx.mark_non_differentiable(pre_scale, xa)
+def keep_for_backward(ctx, x: Tensor, scale: Tensor, bias: Optional[Tensor], skip_rows: Optional[Tensor],
+                      y: Tensor, pre_scale: Tensor, need_scale: bool):
+    """The part of ``setup_context`` every op built on this forward shares (this op and
+    :mod:`.gated_dora_linear`): decides what stands in for ``P`` in the backward (the module docstring) and
+    returns ``(readable, redo, kept_pre_scale)`` for the caller's ``save_for_backward``; ``scale`` and ``bias``
+    are the values the forward used (``c``, ``z b``), whether or not the caller saves them."""
     ctx.set_materialize_grads(False)  # no zero-filled gradients for the unused P and x A^T outputs
     # dc needs P or the output y: y where it may be kept, and only where dc is needed (the module docstring)
-    ctx.need_scale = bool(scale.requires_grad)
+    ctx.need_scale = bool(need_scale)
     ctx.keeps_output = ctx.need_scale and _saved_output.can_keep(y)
     readable = redo = kept_pre_scale = None
     if ctx.keeps_output:
@@ -281,32 +283,51 @@ def _setup_context(ctx, inputs, output):
     elif ctx.need_scale:  # torch.compile, saved-tensor hooks: P, as before issue 16
         kept_pre_scale = pre_scale
     ctx.redo_host = _host_copy(redo)
-    ctx.save_for_backward(x, weight, lora_A, lora_B, scale, bias, xa, readable, redo, kept_pre_scale)
-    ctx.scaling = scaling
-    ctx.bias_dtype = None if bias is None else bias.dtype
     # Autograd runs a CUDA backward on its own device thread, where the thread-local
     # use_backend() of the forward is not set: carry the forward's forced backend over.
     ctx.forced_backend = _registry.forced_backend()
+    return readable, redo, kept_pre_scale
 
 
-def _backward(ctx, grad_y, _grad_pre_scale, _grad_xa):
-    x, weight, lora_A, lora_B, scale, bias, xa, readable, redo, kept_pre_scale = ctx.saved_tensors
-    needs = ctx.needs_input_grad
+def backward_from_saved(ctx, grad_y: Tensor, x: Tensor, weight: Tensor, lora_A: Tensor, lora_B: Tensor,
+                        scale: Tensor, bias: Optional[Tensor], xa: Tensor, readable: Optional[Tensor],
+                        redo: Optional[Tensor], kept_pre_scale: Optional[Tensor], need_scale: bool):
+    """The backward after :func:`keep_for_backward`: ``(dx, dA, dB, dc, d(zb))``, ``dc`` zeros unless
+    ``need_scale``. Call it once per ``ctx`` (it releases the kept output and the host copy)."""
     y = _saved_output.take(ctx) if ctx.keeps_output else None
     rows = _host_rows(ctx.redo_host, scale.device)
     ctx.redo_host = None
-    if grad_y is None:  # only P or x A^T was used downstream: they are non-differentiable
-        return (None,) * 8
-    need_scale = ctx.need_scale and bool(needs[5])
     grad_y = grad_y.contiguous()
     out, out_is_pre_scale = (kept_pre_scale, True) if kept_pre_scale is not None else (y, False)
     args = (grad_y, x, weight, lora_A, lora_B, ctx.scaling, scale, bias, out, out_is_pre_scale, xa, readable, redo,
             rows, need_scale)
     with _registry.use_backend(_registry.forced_backend() or ctx.forced_backend):
         if plain_eager(grad_y, x, weight, lora_A, lora_B, scale, bias, out, xa, readable, redo, rows):
-            grad_x, grad_A, grad_B, grad_scale, grad_bias = _backward_body(*args)
-        else:
-            grad_x, grad_A, grad_B, grad_scale, grad_bias = torch.ops.masked_dora.dora_linear_backward(*args)
+            return _backward_body(*args)
+        return torch.ops.masked_dora.dora_linear_backward(*args)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, lora_A, lora_B, scaling, scale, bias, skip_rows = inputs
+    y, pre_scale, xa = output
+    ctx.mark_non_differentiable(pre_scale, xa)
+    readable, redo, kept_pre_scale = keep_for_backward(ctx, x, scale, bias, skip_rows, y, pre_scale,
+                                                       scale.requires_grad)
+    ctx.save_for_backward(x, weight, lora_A, lora_B, scale, bias, xa, readable, redo, kept_pre_scale)
+    ctx.scaling = scaling
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _backward(ctx, grad_y, _grad_pre_scale, _grad_xa):
+    x, weight, lora_A, lora_B, scale, bias, xa, readable, redo, kept_pre_scale = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    if grad_y is None:  # only P or x A^T was used downstream: they are non-differentiable
+        _saved_output.take(ctx)
+        ctx.redo_host = None
+        return (None,) * 8
+    grad_x, grad_A, grad_B, grad_scale, grad_bias = backward_from_saved(
+        ctx, grad_y, x, weight, lora_A, lora_B, scale, bias, xa, readable, redo, kept_pre_scale,
+        ctx.need_scale and bool(needs[5]))
     return (
         grad_x if needs[0] else None,
         None,  # the frozen base weight never gets a gradient
@@ -347,6 +368,30 @@ def check_dora_linear_args(x: Tensor, weight: Tensor, lora_A: Tensor, lora_B: Te
     _checks.check_same_dtype([("x", x), ("weight", weight), ("lora_A", lora_A), ("lora_B", lora_B)])
 
 
+def check_call(weight: Tensor, skip_rows: Optional[Tensor], vector: Tuple[str, Tensor]) -> None:
+    """What both public entry points (this op and :mod:`.gated_dora_linear`) check besides the arguments:
+    ``skip_rows`` (bool, N, on the device of ``vector``, a ``(name, tensor)`` pair) and a frozen base weight."""
+    if skip_rows is not None:
+        if not isinstance(skip_rows, Tensor) or skip_rows.dtype != torch.bool:
+            raise TypeError(f"skip_rows: expected a bool tensor or None, got "
+                            f"{getattr(skip_rows, 'dtype', type(skip_rows).__name__)}")
+        _checks.check_shape("skip_rows", skip_rows, (weight.shape[0],))
+        _checks.check_same_device([vector, ("skip_rows", skip_rows)])
+    if weight.requires_grad and torch.is_grad_enabled():
+        raise ValueError("weight: the base weight must be frozen (requires_grad=False); "
+                         "masked DoRA never forms a gradient for it")
+
+
+def token_rows(x: Tensor) -> Tuple[Tensor, Tuple[int, ...]]:
+    """``x`` (..., K) as (M, K) and its leading shape."""
+    lead = x.shape[:-1]
+    m = 1
+    for d in lead:
+        m *= d
+    # reshape(m, k), not (-1, k): with k = 0 (or an empty batch) -1 cannot be inferred
+    return x.reshape(m, x.shape[-1]), tuple(lead)
+
+
 def dora_linear(
     x: Tensor, weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float,
     scale: Tensor, bias: Optional[Tensor] = None, *, skip_rows: Optional[Tensor] = None,
@@ -362,22 +407,10 @@ def dora_linear(
     their pre-scale output is not recomputed).
     """
     check_dora_linear_args(x, weight, lora_A, lora_B, scale, bias)
-    if skip_rows is not None:
-        if not isinstance(skip_rows, Tensor) or skip_rows.dtype != torch.bool:
-            raise TypeError(f"skip_rows: expected a bool tensor or None, got "
-                            f"{getattr(skip_rows, 'dtype', type(skip_rows).__name__)}")
-        _checks.check_shape("skip_rows", skip_rows, (weight.shape[0],))
-        _checks.check_same_device([("scale", scale), ("skip_rows", skip_rows)])
-    n, k = weight.shape
-    if weight.requires_grad and torch.is_grad_enabled():
-        raise ValueError("weight: the base weight must be frozen (requires_grad=False); "
-                         "masked DoRA never forms a gradient for it")
-    lead = x.shape[:-1]
-    m = 1
-    for d in lead:
-        m *= d
-    # reshape(m, k), not (-1, k): with k = 0 (or an empty batch) -1 cannot be inferred
-    args = (x.reshape(m, k), weight, lora_A, lora_B, float(scaling), scale, bias, skip_rows)
+    check_call(weight, skip_rows, ("scale", scale))
+    n = weight.shape[0]
+    rows, lead = token_rows(x)
+    args = (rows, weight, lora_A, lora_B, float(scaling), scale, bias, skip_rows)
     if plain_eager(x, weight, lora_A, lora_B, scale, bias, skip_rows):
         if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                                 for t in (x, lora_A, lora_B, scale, bias))):

@@ -1,0 +1,159 @@
+"""gated_dora_linear: the per-channel algebra inside the op (issue 16: a layer keeps z and n, not c and z b too).
+
+Its values and gradients are the composition's (dora_linear on c = m z / n, zb = z b through autograd) to the
+bit, in every dtype and backend; against the float64 definition by relative error; opcheck; what a layer keeps.
+"""
+
+import os
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.library import opcheck
+
+from masked_dora.masks.gates import HardConcreteGate, _logistic_noise
+from masked_dora.nn import MaskedDoRALinear
+from masked_dora.ops import dora_linear, gated_dora_linear, row_norm, use_backend
+
+from helpers import assert_close_rel, dense_masked_dora_f64, leaf
+
+DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+
+
+@pytest.fixture(autouse=True, params=["torch", "cpp"])
+def backend(request):
+    if request.param == "cpp" and not torch._C._dispatch_has_kernel_for_dispatch_key(
+            "masked_dora::dora_linear_kernel", "CPU"):
+        pytest.skip("masked_dora._C has no C++ CPU kernel for dora_linear (extension not built)")
+    with use_backend(request.param), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*has no kernel for op 'row_norm'")
+        yield request.param
+
+
+def _inputs(m=24, k=20, n=16, r=4, seed=0, with_bias=True):
+    g = torch.Generator().manual_seed(seed)
+    gate = torch.rand(n, generator=g)
+    gate[::4] = 0.0  # closed gates: their gradient to z is dc m / n, read off recomputed rows
+    magnitude = torch.rand(n, generator=g) + 0.5
+    magnitude[1] = 0.0  # a zero magnitude with the gate open
+    return dict(x=torch.randn(m, k, generator=g), weight=torch.randn(n, k, generator=g) / k ** 0.5,
+                bias=torch.randn(n, generator=g) * 0.5 if with_bias else None,
+                lora_A=torch.randn(r, k, generator=g) / k ** 0.5, lora_B=torch.randn(n, r, generator=g) * 0.1,
+                magnitude=magnitude, gate=gate, scaling=1.3)
+
+
+def _leaves(inp, dtype, vec):
+    x, A, B = leaf(inp["x"], dtype), leaf(inp["lora_A"], dtype), leaf(inp["lora_B"], dtype)
+    mag, z = leaf(inp["magnitude"], vec), leaf(inp["gate"], vec)
+    bias = None if inp["bias"] is None else leaf(inp["bias"], vec)
+    w = inp["weight"].to(dtype)
+    norm = row_norm(w, A.detach(), B.detach(), inp["scaling"]).to(vec).requires_grad_()
+    return x, w, A, B, mag, z, norm, bias
+
+
+def _grads(out, leaves, seed=3):
+    dy = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(out.dtype)
+    (out * dy).sum().backward()
+    return [None if t is None else t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_values_and_gradients_are_the_compositions_to_the_bit(dtype, with_bias):
+    inp = _inputs(with_bias=with_bias)
+    vec = torch.float64 if dtype == torch.float64 else torch.float32
+    x, w, A, B, mag, z, norm, bias = _leaves(inp, dtype, vec)
+    y = gated_dora_linear(x, w, A, B, inp["scaling"], mag, z, norm, bias)
+    got = _grads(y, (x, A, B, mag, z, norm, bias))
+
+    x2, w2, A2, B2, mag2, z2, norm2, bias2 = _leaves(inp, dtype, vec)
+    scale = mag2.to(vec) * z2 / norm2
+    y2 = dora_linear(x2, w2, A2, B2, inp["scaling"], scale, None if bias2 is None else z2 * bias2)
+    want = _grads(y2, (x2, A2, B2, mag2, z2, norm2, bias2))
+    assert torch.equal(y, y2)
+    for name, a, b in zip(("x", "lora_A", "lora_B", "magnitude", "gate", "norm", "bias"), got, want):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert a.dtype == b.dtype and torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_matches_the_float64_definition(dtype):
+    inp = _inputs(m=40, k=32, n=24, r=4, seed=1)
+    vec = torch.float64 if dtype == torch.float64 else torch.float32
+    x, w, A, B, mag, z, norm, bias = _leaves(inp, dtype, vec)
+    y = gated_dora_linear(x, w, A, B, inp["scaling"], mag, z, norm.detach(), bias)
+    got = _grads(y, (x, A, B, mag, z))
+    leaves = [leaf(inp[k], torch.float64) for k in ("x", "lora_A", "lora_B", "magnitude", "gate")]
+    ref = dense_masked_dora_f64(leaves[0], inp["weight"], inp["bias"], *leaves[1:3], inp["scaling"], *leaves[3:])
+    want = _grads(ref, leaves)
+    assert_close_rel(y, ref, dtype, "y")
+    for name, a, b in zip(("x", "lora_A", "lora_B", "magnitude", "gate"), got, want):
+        assert_close_rel(a, b, dtype, name)
+
+
+def test_opcheck():
+    inp = _inputs(m=7, k=16, n=12, r=3)
+    x, w, A, B, mag, z, norm, bias = _leaves(inp, torch.float32, torch.float32)
+    op = torch.ops.masked_dora.gated_dora_linear.default
+    opcheck(op, (x, w, A, B, 0.5, mag, z, norm.detach(), bias))
+    opcheck(op, (x, w, A, B, 0.5, mag, z, norm, None))
+    opcheck(op, (x, w, A, B, 0.5, mag, z.detach(), norm.detach(), bias, torch.arange(12) % 3 == 0))
+
+
+def test_bad_input_names_the_argument():
+    inp = _inputs(m=5, k=8, n=6, r=2)
+    x, w, A, B, mag, z, norm, bias = _leaves(inp, torch.float32, torch.float32)
+    with pytest.raises(ValueError, match="magnitude"):
+        gated_dora_linear(x, w, A, B, 1.0, mag[:5], z, norm, bias)
+    with pytest.raises(ValueError, match="gate"):
+        gated_dora_linear(x, w, A, B, 1.0, mag, z[:1], norm, bias)
+    with pytest.raises(TypeError, match="norm"):
+        gated_dora_linear(x, w, A, B, 1.0, mag, z, norm.detach().bfloat16(), bias)
+    with pytest.raises(TypeError, match="gate"):
+        gated_dora_linear(x, w, A, B, 1.0, mag, torch.ones(6, dtype=torch.long), norm, bias)
+    with pytest.raises(TypeError, match="skip_rows"):
+        gated_dora_linear(x, w, A, B, 1.0, mag, z, norm, bias, skip_rows=torch.zeros(6))
+
+
+def test_hard_concrete_sample_is_autograds_composition_to_the_bit():
+    """The gate's fused sample keeps one vector; values and logit gradients equal autograd's composition."""
+    gate = HardConcreteGate().train()
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        logits = leaf(torch.randn(4000, generator=torch.Generator().manual_seed(0)) * 3, dtype)
+        torch.manual_seed(1)
+        z = gate(logits)
+        dz = torch.randn(z.shape, generator=torch.Generator().manual_seed(2), dtype=z.dtype)
+        (z * dz).sum().backward()
+        fused, logits.grad = logits.grad, None
+        torch.manual_seed(1)
+        full = logits.to(torch.promote_types(dtype, torch.float32))
+        s = torch.sigmoid((_logistic_noise(full) + full) / gate.temperature)
+        z2 = (s * (gate.zeta - gate.gamma) + gate.gamma).clamp(0.0, 1.0)
+        (z2 * dz).sum().backward()
+        assert torch.equal(z, z2) and torch.equal(fused, logits.grad), dtype
+        assert 0 < int((z == 0).sum()) and 0 < int((z == 1).sum())  # both clamps exercised
+
+
+@pytest.mark.parametrize("fixed", [True, False], ids=["fixed_mask", "hard_concrete"])
+def test_a_layer_keeps_x_at_and_three_channel_vectors(fixed, monkeypatch):
+    """The issue's measure on a layer (parameters, input and output not counted): x A^T, z, n, the gate's one
+    vector and two bool masks: under LoRA's x A^T plus M r elements at the issue's shape."""
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+    from activation_memory import graph_saved_bytes
+
+    m, k, n, r = 64, 48, 40, 4
+    layer = MaskedDoRALinear.from_linear(nn.Linear(k, n), rank=r, alpha=2 * r).train()
+    keep = torch.arange(n) % 4 != 0
+    if fixed:
+        layer.set_mask(keep)
+    else:
+        with torch.no_grad():
+            layer.mask_logits.copy_(torch.where(keep, 3.0, -3.0))
+    x = torch.randn(m, k, requires_grad=True)
+    y = layer(x)
+    saved = graph_saved_bytes([y], exclude=[x, y, *layer.parameters(), *layer.buffers()])
+    assert saved == m * r * 4 + 3 * n * 4 + 2 * n, saved
+    y.sum().backward()
+    assert layer.magnitude.grad is not None and layer.lora_B.grad is not None
