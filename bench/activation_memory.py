@@ -198,8 +198,11 @@ def markdown(rows, meta) -> str:
                   "Saved for backward, each storage once; parameters, input and output not counted. "
                   "Target: masked DoRA <= PEFT LoRA + M*r elements"
                   + (f" = {(lora + LAYER['m'] * LAYER['r'] * elt) / MIB:.3f} MiB." if lora is not None else "."),
-                  "", "| layer | saved MiB |", "|---|---|"]
-        lines += [f"| {r['kind']} | {r['saved_mib']:.3f} |" for r in layer]
+                  "", "| layer | saved MiB | within the target |", "|---|---|---|"]
+        target = None if lora is None else lora + LAYER["m"] * LAYER["r"] * elt
+        within = lambda r: ("" if target is None or not r["kind"].startswith("masked")  # noqa: E731
+                            else "yes" if r["saved_bytes"] <= target else "no")
+        lines += [f"| {r['kind']} | {r['saved_mib']:.3f} | {within(r)} |" for r in layer]
         lines.append("")
     step = [r for r in rows if r["part"] == "step"]
     if step:
