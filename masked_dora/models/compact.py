@@ -467,7 +467,8 @@ def load_compact(path: str, model_class=None, dtype: Optional[torch.dtype] = Non
         return model_class.from_pretrained(path, **kwargs).eval()
     saved = _read_safetensors(path)
     if dtype is None:
-        dtype = next(iter(saved.values())).dtype if saved else None
+        # the first floating tensor's (hidden_mode="per_block" also saves int64 CompactLinear indices)
+        dtype = next((t.dtype for t in saved.values() if t.is_floating_point()), None)
     model = build_compact_model(model_class, config, dtype)
     missing, unexpected = model.load_state_dict(saved, strict=False)
     if unexpected:  # saved in the hub layout (GPT-NeoX: embed_out, not lm_head; MoE experts: one tensor each)

@@ -120,8 +120,8 @@ def per_block_refusal(model: nn.Module, spec, config, blocks: List[Block]) -> Op
     if reason is None and (spec.heads.qkv or spec.mlp.experts):
         reason = "its fused q/k/v or MoE experts are not covered"
     if reason is not None:
-        return f"config.target_groups: 'hidden' (hidden_mode='per_block') cannot be pruned in a {model_type!r} model: " \
-               f"{reason}"
+        return (f"config.target_groups: 'hidden' (hidden_mode='per_block') cannot be pruned in a {model_type!r} "
+                f"model: {reason}")
     if config.save_form == "plain":
         return ("config.save_form: hidden_mode='per_block' compacts to CompactLinear writers, which only "
                 "masked_dora.load_compact builds (the per-layer form); use save_form='auto' or 'per_layer'")

@@ -71,13 +71,12 @@ class PerBlockHiddenSpec:
     def refusal(self, model_type: str) -> Optional[str]:
         if model_type in self.model_types:
             return None
-        return (f"hidden_mode='per_block' is checked exact for the model types {self.model_types} of this spec, "
-                f"not {model_type!r}")
+        return f"it is checked exact for the model types {self.model_types} of this spec, not {model_type!r}"
 
 
-PER_BLOCK_UNCOVERED = ("hidden_mode='per_block' needs a PerBlockHiddenSpec: the module whose input only q/k/v read "
-                       "and the one whose input only the MLP's producers read, in each block; this family has none "
-                       "(built for the Llama and BERT specs)")
+PER_BLOCK_UNCOVERED = ("this family has no PerBlockHiddenSpec (the module of each block whose input only q/k/v "
+                       "read, and the one whose input only the MLP's producers read; built for the Llama and BERT "
+                       "specs)")
 
 # pre-norm decoders: the decoder layer keeps the residual, then self_attn(hidden_states=norm(x)) and mlp(norm(h))
 LLAMA_PER_BLOCK = PerBlockHiddenSpec(attention_input="self_attn", mlp_input="mlp",
