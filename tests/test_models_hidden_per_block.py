@@ -24,7 +24,7 @@ ALL = ("mlp", "heads", "hidden")
 CFG = dict(rank=4, alignment={"mlp": 8}, importance="none", hidden_mode="per_block",
            target_sparsity={"mlp": 0.5, "heads": 0.5, "hidden": 0.5})
 LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "granite")
-BERT_TYPES = ("bert", "roberta", "xlm-roberta", "electra")
+BERT_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert")
 
 
 def _prepared(family, groups=ALL, seed=0, **cfg):
@@ -46,12 +46,17 @@ def _train(model, steps=3):
 
 
 def _blocks(model):
-    return model.model.layers if hasattr(model, "model") else model.base_model.encoder.layer
+    if hasattr(model, "model"):
+        return model.model.layers
+    base = model.base_model
+    return base.transformer.layer if hasattr(base, "transformer") else base.encoder.layer
 
 
 def _writers(block):
     if hasattr(block, "self_attn"):
         return block.self_attn.o_proj, block.mlp.down_proj
+    if hasattr(block, "ffn"):
+        return block.attention.out_lin, block.ffn.lin2
     return block.attention.output.dense, block.output.dense
 
 
@@ -59,6 +64,8 @@ def _readers(block):
     if hasattr(block, "self_attn"):
         a = block.self_attn
         return a.q_proj, a.k_proj, a.v_proj, block.mlp.gate_proj, block.mlp.up_proj
+    if hasattr(block, "ffn"):
+        return block.attention.q_lin, block.attention.k_lin, block.attention.v_lin, block.ffn.lin1
     s = block.attention.self
     return s.query, s.key, s.value, block.intermediate.dense
 
@@ -66,6 +73,8 @@ def _readers(block):
 def _entries(block):
     if hasattr(block, "self_attn"):
         return block.self_attn, block.mlp
+    if hasattr(block, "ffn"):
+        return block.attention, block.ffn
     return block.attention.self, block.intermediate
 
 
@@ -135,6 +144,8 @@ def test_save_pretrained_and_load_compact_round_trip_bit_exactly(tmp_path, famil
     with torch.no_grad():
         again = output_tensor(loaded(**tiny_inputs()))
     assert torch.equal(again, out) and rel_err(again, ref) < 1e-5
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):  # never loaded wrong by plain transformers
+        type(small).from_pretrained(str(tmp_path))
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
@@ -260,7 +271,7 @@ def test_deepcopy_and_training_state_keep_each_blocks_mask(tmp_path):
 
 
 @pytest.mark.parametrize("family, match", [
-    ("gpt2", "no PerBlockHiddenSpec"), ("phi", "no PerBlockHiddenSpec"), ("distilbert", "no PerBlockHiddenSpec"),
+    ("gpt2", "no PerBlockHiddenSpec"), ("phi", "no PerBlockHiddenSpec"), ("opt", "no PerBlockHiddenSpec"),
     ("mixtral", "no PerBlockHiddenSpec"), ("bart", "no PerBlockHiddenSpec"), ("cohere", "no PerBlockHiddenSpec")])
 def test_families_without_a_per_block_spec_are_refused_before_any_change(family, match):
     model = tiny_model(family, kind="lm")

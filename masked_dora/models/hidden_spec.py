@@ -86,3 +86,4 @@ LLAMA_PER_BLOCK = PerBlockHiddenSpec(attention_input="self_attn", mlp_input="mlp
 # which BertAttention also passes to attention.output as the residual), intermediate the first LayerNorm's output
 BERT_PER_BLOCK = PerBlockHiddenSpec(attention_input="attention.self", mlp_input="intermediate",
                                     model_types=("bert", "roberta", "xlm-roberta", "electra"))
+DISTILBERT_PER_BLOCK = PerBlockHiddenSpec(attention_input="attention", mlp_input="ffn", model_types=("distilbert",))

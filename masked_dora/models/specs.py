@@ -42,7 +42,7 @@ from typing import Dict, Optional, Tuple
 
 from torch import nn
 
-from .hidden_spec import (BERT_PER_BLOCK, HIDDEN_UNCOVERED, LLAMA_HIDDEN, LLAMA_PER_BLOCK, PER_BLOCK_UNCOVERED,
+from .hidden_spec import (BERT_PER_BLOCK, DISTILBERT_PER_BLOCK, HIDDEN_UNCOVERED, LLAMA_HIDDEN, LLAMA_PER_BLOCK, PER_BLOCK_UNCOVERED,
                           HiddenSpec, PerBlockHiddenSpec)
 
 GROUP_KINDS = ("mlp", "heads", "hidden")
@@ -389,7 +389,8 @@ SPECS: Dict[str, ModelSpec] = {
     "bert": ModelSpec(name="bert", model_types=("bert", "roberta", "xlm-roberta", "electra"), **BERT_STYLE,
                       hidden_per_block=BERT_PER_BLOCK),
     "deberta-v2": ModelSpec(name="deberta-v2", model_types=("deberta-v2",), **DEBERTA_V2),
-    "distilbert": ModelSpec(name="distilbert", model_types=("distilbert",), **DISTILBERT),
+    "distilbert": ModelSpec(name="distilbert", model_types=("distilbert",), **DISTILBERT,
+                            hidden_per_block=DISTILBERT_PER_BLOCK),
     "bart": ModelSpec(name="bart", model_types=("bart",), **BART_ENCODER, stacks=(BART_DECODER,)),
     "t5": ModelSpec(name="t5", model_types=("t5", "mt5"), **T5_ENCODER, stacks=(_t5_decoder(T5_ENCODER["mlp"]),),
                     when=(("is_gated_act", False),), unsupported=T5_HEADS),
