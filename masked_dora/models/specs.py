@@ -7,8 +7,8 @@ attributes that must follow a per-layer size change. Nothing here is code per
 model: adding a family is adding a table entry (see ``SPECS``). :mod:`masked_dora.models.blocks` reads a
 spec against a model (its blocks, each group's member modules, the head layout).
 
-Groups (DESIGN.md, "Coupled structure"); besides these two per-block kinds, ``hidden`` (one group over the
-residual stream, :class:`~masked_dora.models.hidden_spec.HiddenSpec`, :mod:`masked_dora.models.hidden`):
+Groups (DESIGN.md, "Coupled structure"); besides these two per-block kinds, ``hidden`` (the residual stream:
+one group, ``HiddenSpec``, :mod:`~masked_dora.models.hidden`; or one per block, ``PerBlockHiddenSpec``):
 
 * ``mlp``: one channel of the MLP's inner width; rows of ``producers``
   (``gate_proj``/``up_proj``, ``fc1``/``intermediate.dense``), columns of the
