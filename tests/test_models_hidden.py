@@ -216,7 +216,6 @@ def test_families_it_cannot_prune_exactly_are_refused_before_any_change(family, 
 
 
 @pytest.mark.parametrize("cfg, match", [
-    (dict(hidden_mode="per_block"), "hidden_mode: 'per_block' is not built yet"),
     (dict(allocation="global"), "allocation: 'hidden' needs allocation='uniform'"),
     (dict(save_form="per_layer"), "save_form: 'hidden' compacts to a plain checkpoint only")])
 def test_settings_it_does_not_build_are_refused_before_any_change(cfg, match):

@@ -38,6 +38,7 @@ from .blocks import (block_modules, features, has_experts, head_layout, holds_sp
                      mlp_width, model_blocks, num_experts, packed_experts, per_head_modules, producer_index,
                      role_paths)
 from .hidden import cut_hidden, hidden_config, hidden_keep, writers
+from .hidden_per_block import compact_block_hidden, is_per_block, resize_block_hidden
 from .prepare import STATE_ATTR, get_state
 from .specs import ModelSpec, spec_for
 
@@ -220,7 +221,7 @@ def _plain_config(config, stacks, original, sizes, form: str = "auto"):
     return plain
 
 
-def _new_linear(block: nn.Module, path: str, in_features: int, out_features: int) -> None:
+def new_linear(block: nn.Module, path: str, in_features: int, out_features: int) -> None:
     """Replace the layer at ``path`` by one of the new shape, of the same kind (nn.Linear or Conv1D)."""
     old = block.get_submodule(path)
     if features(old) == (in_features, out_features):
@@ -283,17 +284,17 @@ def resize_block(block: nn.Module, spec: ModelSpec, size: Dict[str, int], config
     for role, path in role_paths(spec, "mlp").items():  # a dense MLP's layers (an MoE spec has none here)
         fan_in, fan_out = features(mods["mlp"][role])
         if is_consumer_role(role):
-            _new_linear(block, path, inter, fan_out)
+            new_linear(block, path, inter, fan_out)
         else:
-            _new_linear(block, path, fan_in, inter * spec.mlp.segments_of(producer_index(role)))
+            new_linear(block, path, fan_in, inter * spec.mlp.segments_of(producer_index(role)))
     set_mlp_size_attrs(block, spec, inter)
     hd, heads, kv = size["head_dim"], size["heads"], size["kv_heads"]
     if spec.heads.qkv:
-        _new_linear(block, head_paths["qkv"], features(mods["heads"]["qkv"])[0], (heads + 2 * kv) * hd)
+        new_linear(block, head_paths["qkv"], features(mods["heads"]["qkv"])[0], (heads + 2 * kv) * hd)
     else:
         for role, n in (("query", heads), ("key", kv), ("value", kv)):
-            _new_linear(block, head_paths[role], features(mods["heads"][role])[0], n * hd)
-    _new_linear(block, head_paths["output"], heads * hd, features(mods["heads"]["output"])[1])
+            new_linear(block, head_paths[role], features(mods["heads"][role])[0], n * hd)
+    new_linear(block, head_paths["output"], heads * hd, features(mods["heads"]["output"])[1])
     _resize_per_head(block, spec, config, set_head_attrs(block, spec, heads, kv, hd))
 
 
@@ -325,6 +326,8 @@ def build_compact_model(model_class, config, dtype: Optional[torch.dtype] = None
             raise ValueError(f"config.{LAYER_SIZES_KEY}: expected {len(blocks)} entries, got {len(sizes)}")
         for b, size in zip(blocks, sizes):
             resize_block(b.module, b.spec, size, config)
+            if "hidden" in size:  # hidden_mode="per_block": readers of the kept channels, CompactLinear writers
+                resize_block_hidden(b.module, b.spec, size["hidden"], getattr(config, b.spec.hidden_key))
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()
@@ -337,8 +340,11 @@ def compact_model(model: nn.Module) -> nn.Module:
     stacks = [b.spec for b in model_blocks(model, state.spec)]
     original = block_sizes(model, state.spec)
     repl, params, sizes = _compact_weights(model)
+    per_block = is_per_block(state.config)
+    if per_block:  # CompactLinear writers: the per-layer form, which load_compact builds
+        params.update(compact_block_hidden(model, state, repl, sizes, _merged))
     config = copy.deepcopy(model.config)
-    plain = _plain_config(config, stacks, original, sizes, getattr(state, "save_form", "auto"))
+    plain = None if per_block else _plain_config(config, stacks, original, sizes, getattr(state, "save_form", "auto"))
     kept_hidden = hidden_keep(state)
     if kept_hidden is not None:  # a pruned residual stream: plain only (prepare_model refused anything else)
         if plain is None:
@@ -461,7 +467,8 @@ def load_compact(path: str, model_class=None, dtype: Optional[torch.dtype] = Non
         return model_class.from_pretrained(path, **kwargs).eval()
     saved = _read_safetensors(path)
     if dtype is None:
-        dtype = next(iter(saved.values())).dtype if saved else None
+        # the first floating tensor's (hidden_mode="per_block" also saves int64 CompactLinear indices)
+        dtype = next((t.dtype for t in saved.values() if t.is_floating_point()), None)
     model = build_compact_model(model_class, config, dtype)
     missing, unexpected = model.load_state_dict(saved, strict=False)
     if unexpected:  # saved in the hub layout (GPT-NeoX: embed_out, not lm_head; MoE experts: one tensor each)

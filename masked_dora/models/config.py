@@ -37,8 +37,10 @@ class MaskedDoRAConfig:
       default 64; heads: whole heads, default 1; hidden channels, default 8) so compact GEMMs keep fast tiles.
     * ``hidden_mode``: how ``"hidden"`` prunes the residual stream. ``"global"``: one mask over the
       residual stream shared by every block (embeddings, every norm, every projection and the LM head
-      shrink; exact for RMSNorm decoders, see :mod:`masked_dora.models.hidden`). ``"per_block"`` is not
-      built yet (``prepare_model`` refuses it).
+      shrink; exact for RMSNorm decoders, see :mod:`masked_dora.models.hidden`). ``"per_block"``: the
+      residual stream stays full width and each block has its own mask over the channels it reads and writes
+      (compacted: one gather per consumer set, ``CompactLinear`` writers; exact for RMSNorm and LayerNorm
+      families, saved in the per-layer form, see :mod:`masked_dora.models.hidden_per_block`).
     * ``gqa``: ``"kv_groups"`` removes whole KV groups (a KV head with its query
       heads); ``"query_heads"`` removes the same number of query heads in every
       KV group. Identical for models without GQA.

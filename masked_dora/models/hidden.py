@@ -66,15 +66,14 @@ def _has_layer_norm(model: nn.Module) -> bool:
 
 
 def hidden_refusal(model: nn.Module, spec, config) -> Optional[str]:
-    """Why ``config`` cannot prune ``model``'s hidden dimension (``None``: it can); nothing is changed."""
+    """Why ``config`` cannot prune ``model``'s hidden dimension in ``hidden_mode="global"`` (``None``: it can);
+    nothing is changed."""
     model_type = getattr(model.config, "model_type", "")
-    if config.hidden_mode != "global":
-        return (f"config.hidden_mode: {config.hidden_mode!r} is not built yet (only 'global': one mask over the "
-                f"residual stream)")
     if _has_layer_norm(model):
         return (f"config.target_groups: 'hidden' cannot be pruned in a {model_type!r} model: its LayerNorms subtract "
                 f"the mean over the hidden width, which a zero (pruned) channel changes, so the compacted model "
-                f"would not equal the masked one (hidden_mode='global' is exact for RMSNorm families only)")
+                f"would not equal the masked one (hidden_mode='global' is exact for RMSNorm families only; "
+                f"hidden_mode='per_block' keeps the residual stream full width and is exact here)")
     reason = spec.refusal("hidden", model.config)
     if reason is not None or spec.stacks:
         return (f"config.target_groups: 'hidden' cannot be pruned in a {model_type!r} model: "
@@ -103,8 +102,16 @@ def planned_hidden_size(model: nn.Module, spec, config) -> int:
 
 
 def check_hidden(model: nn.Module, spec, config) -> None:
-    """Raise ``ValueError`` if ``config``'s hidden pruning cannot compact ``model`` to a plain checkpoint."""
+    """Raise ``ValueError`` if ``config``'s hidden pruning cannot compact ``model`` (``"global"``: to a plain
+    checkpoint; ``"per_block"``: :func:`~masked_dora.models.hidden_per_block.per_block_refusal`)."""
     if "hidden" not in config.target_groups:
+        return
+    if config.hidden_mode == "per_block":  # no plain config to check: the per-layer form, see hidden_per_block
+        from .hidden_per_block import per_block_refusal
+
+        reason = per_block_refusal(model, spec, config, model_blocks(model, spec, config.stacks))
+        if reason is not None:
+            raise ValueError(reason)
         return
     reason = hidden_refusal(model, spec, config)
     if reason is not None:

@@ -1,5 +1,6 @@
-"""The residual stream of a decoder family (:class:`HiddenSpec`), for ``"hidden"`` pruning; part of the
-declarative specs (:mod:`masked_dora.models.specs`), kept apart so that module stays a table of families."""
+"""The residual stream of a family, for ``"hidden"`` pruning: :class:`HiddenSpec` (``hidden_mode="global"``) and
+:class:`PerBlockHiddenSpec` (``hidden_mode="per_block"``); part of the declarative specs
+(:mod:`masked_dora.models.specs`), kept apart so that module stays a table of families."""
 
 from __future__ import annotations
 
@@ -49,3 +50,40 @@ LLAMA_HIDDEN = HiddenSpec(
                           "logit multipliers are not covered)"),
               ("qwen3", "its per-head q/k RMSNorms read the same rms_norm_eps, which the compacted config must "
                         "scale by d/d' for the residual-stream norms, so they would change")))
+
+
+@dataclass(frozen=True)
+class PerBlockHiddenSpec:
+    """Where a block reads the residual stream, for ``hidden_mode="per_block"`` (paths relative to a block).
+
+    ``attention_input``/``mlp_input``: the module whose input (its first positional argument, or the keyword
+    ``hidden_states``) only the attention's q/k/v (only the MLP's producers) read, and nothing else but its
+    shape: the block's mask gates (after compaction: gathers) that one tensor, once for all its readers. The
+    writers are the heads' ``output`` and the MLP's ``consumer`` (their output rows are gated, and compacted to
+    :class:`~masked_dora.nn.CompactLinear` layers scattering into the full-width stream). ``model_types``: the
+    types checked exact (masked == compacted, save -> ``load_compact``, ``generate()``).
+    """
+
+    attention_input: str
+    mlp_input: str
+    model_types: Tuple[str, ...]
+
+    def refusal(self, model_type: str) -> Optional[str]:
+        if model_type in self.model_types:
+            return None
+        return f"it is checked exact for the model types {self.model_types} of this spec, not {model_type!r}"
+
+
+PER_BLOCK_UNCOVERED = ("this family has no PerBlockHiddenSpec (the module of each block whose input only q/k/v "
+                       "read, and the one whose input only the MLP's producers read; built for the Llama and BERT "
+                       "specs)")
+
+# pre-norm decoders: the decoder layer keeps the residual, then self_attn(hidden_states=norm(x)) and mlp(norm(h))
+LLAMA_PER_BLOCK = PerBlockHiddenSpec(attention_input="self_attn", mlp_input="mlp",
+                                     model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
+                                                  "gemma3_text", "granite"))
+# post-LN encoders: attention.self reads the block input (the residual stream: the last block's LayerNorm output,
+# which BertAttention also passes to attention.output as the residual), intermediate the first LayerNorm's output
+BERT_PER_BLOCK = PerBlockHiddenSpec(attention_input="attention.self", mlp_input="intermediate",
+                                    model_types=("bert", "roberta", "xlm-roberta", "electra"))
+DISTILBERT_PER_BLOCK = PerBlockHiddenSpec(attention_input="attention", mlp_input="ffn", model_types=("distilbert",))

@@ -14,7 +14,8 @@ r"""Importance scores per group unit, and mask initialisation from them.
 
 The ``hidden`` group (one unit per residual channel) is scored the same ways over the residual stream's
 members (:mod:`masked_dora.models.hidden`): ``magnitude`` over the embeddings' and readers' columns and the
-writers' rows, ``activation`` at every reader's input (q/k/v, the MLP's producers, the LM head).
+writers' rows, ``activation`` at every reader's input (q/k/v, the MLP's producers, the LM head); with
+``hidden_mode="per_block"``, each block's group over that block's readers and writers.
 
 :func:`init_masks_from_importance` plans the target cut from the scores
 (the same planner as hardening) and sets logits so that the planned-kept
@@ -31,7 +32,8 @@ from torch import Tensor, nn
 
 from .blocks import block_modules, is_consumer_role
 from .group_mask import ALWAYS_KEPT
-from .hidden import hidden_activation, hidden_magnitude, readers
+from .hidden import HIDDEN_KEY, hidden_activation, hidden_magnitude, readers
+from .hidden_per_block import block_activation, block_magnitude, block_readers
 from .prepare import get_state
 from .sparsity import plan_keep
 
@@ -61,8 +63,9 @@ def _scatter(values: Tensor, index: Tensor, num_units: int) -> Tensor:
 def magnitude_scores(model: nn.Module) -> Dict[str, Tensor]:
     out = {}
     for key, group in get_state(model).groups.items():
-        if group.kind == "hidden":
-            out[key] = hidden_magnitude(model, get_state(model))
+        if group.kind == "hidden":  # one group over the residual stream, or one per block (hidden_mode)
+            out[key] = (hidden_magnitude(model, get_state(model)) if key == HIDDEN_KEY
+                        else block_magnitude(model, get_state(model), group))
             continue
         score = torch.zeros(group.num_units, dtype=torch.float64)
         for role, m in _members(model, group).items():
@@ -143,8 +146,10 @@ def activation_scores(model: nn.Module, calibration: Iterable) -> Dict[str, Tens
 
     consumers = {}
     for key, group in state.groups.items():
-        consumers[key] = (readers(model, state) if group.kind == "hidden"
-                          else _consumers(model, group))  # the hidden group: the residual stream's readers
+        if group.kind == "hidden":  # the residual stream's readers (of the group's block, per block)
+            consumers[key] = readers(model, state) if key == HIDDEN_KEY else block_readers(model, state, group)
+        else:
+            consumers[key] = _consumers(model, group)
         for role, m in consumers[key]:
             handles.append(m.register_forward_pre_hook(hook_for((key, role))))
     was_training = model.training
@@ -168,7 +173,8 @@ def activation_scores(model: nn.Module, calibration: Iterable) -> Dict[str, Tens
     out = {}
     for key, group in state.groups.items():
         if group.kind == "hidden":
-            out[key] = hidden_activation(model, state, sq)
+            out[key] = (hidden_activation(model, state, sq) if key == HIDDEN_KEY
+                        else block_activation(model, state, key, group, sq))
             continue
         out[key] = torch.zeros(group.num_units, dtype=torch.float64)
         for role, m in consumers[key]:

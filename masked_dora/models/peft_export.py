@@ -59,8 +59,13 @@ def _refuse_unexportable(model: nn.Module) -> None:
                                   f"expert parameters only with plain LoRA (target_parameters; its ParamWrapper "
                                   f"refuses use_dora=True); keep them with save_training_state, or compact_model "
                                   f"and save_pretrained")
-    hidden = get_state(model).groups["hidden"] if "hidden" in get_state(model).groups else None
-    if hidden is not None and not bool(hidden.hard().all()):
+    hidden = [g for g in get_state(model).groups_of("hidden") if not bool(g.hard().all())]
+    if hidden and get_state(model).config.hidden_mode == "per_block":
+        raise NotImplementedError("model: residual channels pruned per block (hidden_mode='per_block') are cut at "
+                                  "the input of each block's attention and MLP, which a PEFT adapter cannot "
+                                  "express (it cannot zero input columns of a base weight): the loaded adapter "
+                                  "would compute other outputs. Use compact_model for the pruned model")
+    if hidden:
         raise NotImplementedError("model: the pruned residual channels (target_groups 'hidden') are cut at the input "
                                   "embeddings' output, which a PEFT adapter cannot express (the embeddings carry no "
                                   "DoRA layer): the loaded adapter would compute other outputs. Use compact_model "

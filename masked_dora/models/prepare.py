@@ -268,7 +268,8 @@ def _targeted_blocks(model: nn.Module, spec: ModelSpec, config: MaskedDoRAConfig
     kind a family cannot prune exactly, a stack the model lacks, an MoE spec over dense MLP blocks, one KV
     head with ``gqa="kv_groups"``."""
     for kind in config.target_groups:
-        reason = next((r for s in stack_specs(spec) if (r := s.refusal(kind, model.config)) is not None), None)
+        reason = next((r for s in stack_specs(spec) if (r := s.refusal(kind, model.config, config.hidden_mode))
+                       is not None), None)
         if reason is not None:
             _refuse(kind, config, model.config, reason)
     blocks = model_blocks(model, spec, config.stacks)
@@ -326,6 +327,7 @@ def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, c
                          f"batches (dicts of model inputs); got None")
     spec = spec_for(model)
     from .hidden import build_hidden_group, check_hidden
+    from .hidden_per_block import build_block_groups, is_per_block
 
     check_hidden(model, spec, config)  # hidden pruning: refusals and the plain config, before anything changes
     blocks = _targeted_blocks(model, spec, config)
@@ -345,7 +347,9 @@ def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, c
         if "heads" in config.target_groups:
             group, _ = _head_group(b.module, b.index, b.spec, config, model.config, b.path)
             state.groups[f"heads_{b.index}"] = group
-    if "hidden" in config.target_groups:  # one group for the residual stream, after the writers' own groups
+    if is_per_block(config):  # one group per block (its reads and writes), after the writers' own groups
+        state.groups.update(build_block_groups(model, blocks, config, _wrap))
+    elif "hidden" in config.target_groups:  # one group for the residual stream, after the writers' own groups
         state.groups["hidden"] = build_hidden_group(model, blocks, config, _wrap)
     if config.temperature is not None:
         state.set_temperature(config.temperature)

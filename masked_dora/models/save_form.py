@@ -52,6 +52,8 @@ def decide_save_form(model: nn.Module, spec: ModelSpec, config) -> Tuple[str, Op
     """
     from .compact import block_sizes, plain_config_or_reason
 
+    if "hidden" in config.target_groups and config.hidden_mode == "per_block":  # no warning: the mode's form
+        return "per_layer", "hidden_mode='per_block' compacts to CompactLinear writers, which load_compact builds"
     if config.save_form == "per_layer":
         reason = "save_form='per_layer' was asked for"
     elif config.allocation == "global":

@@ -7,8 +7,8 @@ attributes that must follow a per-layer size change. Nothing here is code per
 model: adding a family is adding a table entry (see ``SPECS``). :mod:`masked_dora.models.blocks` reads a
 spec against a model (its blocks, each group's member modules, the head layout).
 
-Groups (DESIGN.md, "Coupled structure"); besides these two per-block kinds, ``hidden`` (one group over the
-residual stream, :class:`~masked_dora.models.hidden_spec.HiddenSpec`, :mod:`masked_dora.models.hidden`):
+Groups (DESIGN.md, "Coupled structure"); besides these two per-block kinds, ``hidden`` (the residual stream:
+one group, ``HiddenSpec``, :mod:`~masked_dora.models.hidden`; or one per block, ``PerBlockHiddenSpec``):
 
 * ``mlp``: one channel of the MLP's inner width; rows of ``producers``
   (``gate_proj``/``up_proj``, ``fc1``/``intermediate.dense``), columns of the
@@ -42,7 +42,8 @@ from typing import Dict, Optional, Tuple
 
 from torch import nn
 
-from .hidden_spec import HIDDEN_UNCOVERED, LLAMA_HIDDEN, HiddenSpec
+from .hidden_spec import (BERT_PER_BLOCK, DISTILBERT_PER_BLOCK, HIDDEN_UNCOVERED, LLAMA_HIDDEN, LLAMA_PER_BLOCK, PER_BLOCK_UNCOVERED,
+                          HiddenSpec, PerBlockHiddenSpec)
 
 GROUP_KINDS = ("mlp", "heads", "hidden")
 BLOCK_KINDS = ("mlp", "heads")  # the kinds with one group per block (``hidden``: one group for the model)
@@ -163,16 +164,22 @@ class ModelSpec:
     # stacks may share a size key (T5's d_ff): then the plain form needs them to keep the same size
     stack: str = ""
     stacks: Tuple["ModelSpec", ...] = ()
-    # the residual stream, for "hidden" pruning (None: refused)
+    # the residual stream, for "hidden" pruning (None: refused): hidden_mode="global" and "per_block"
     hidden: Optional[HiddenSpec] = None
+    hidden_per_block: Optional[PerBlockHiddenSpec] = None
 
     def applies_to(self, config) -> bool:
         return all(getattr(config, key, None) == value for key, value in self.when)
 
-    def refusal(self, kind: str, config) -> Optional[str]:
-        """Why ``kind`` cannot be pruned in a model with ``config`` (``None``: it can)."""
+    def refusal(self, kind: str, config, hidden_mode: str = "global") -> Optional[str]:
+        """Why ``kind`` cannot be pruned in a model with ``config`` (``None``: it can); ``hidden_mode``: for
+        ``kind="hidden"``, the mode asked for."""
+        model_type = getattr(config, "model_type", "")
+        if kind == "hidden" and hidden_mode == "per_block":
+            spec = self.hidden_per_block
+            return PER_BLOCK_UNCOVERED if spec is None else spec.refusal(model_type)
         if kind == "hidden":
-            return HIDDEN_UNCOVERED if self.hidden is None else self.hidden.refusal(getattr(config, "model_type", ""))
+            return HIDDEN_UNCOVERED if self.hidden is None else self.hidden.refusal(model_type)
         for k, flag, reason in self.unsupported:
             if k == kind and (not flag or getattr(config, flag, False)):
                 return reason
@@ -358,7 +365,8 @@ MIXTRAL_STYLE = dict(LLAMA_STYLE, mlp=MLPSpec(  # experts packed as gate_up_proj
 
 SPECS: Dict[str, ModelSpec] = {
     "llama": ModelSpec(name="llama", model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
-                                                  "gemma3_text", "granite"), **LLAMA_STYLE, hidden=LLAMA_HIDDEN),
+                                                  "gemma3_text", "granite"), **LLAMA_STYLE, hidden=LLAMA_HIDDEN,
+                       hidden_per_block=LLAMA_PER_BLOCK),
     "cohere": ModelSpec(name="cohere", model_types=("cohere",), **COHERE),
     "olmo2": ModelSpec(name="olmo2", model_types=("olmo2",), **LLAMA_STYLE,
                        unsupported=(("heads", "", _QK_NORM_SPANS_HEADS),)),
@@ -378,9 +386,11 @@ SPECS: Dict[str, ModelSpec] = {
     "falcon-rw": ModelSpec(name="falcon-rw", model_types=("falcon",), **FALCON_PER_HEAD, unsupported=FALCON_ALIBI,
                            when=(("new_decoder_architecture", False), ("multi_query", False))),
     "opt": ModelSpec(name="opt", model_types=("opt",), **OPT),
-    "bert": ModelSpec(name="bert", model_types=("bert", "roberta", "xlm-roberta", "electra"), **BERT_STYLE),
+    "bert": ModelSpec(name="bert", model_types=("bert", "roberta", "xlm-roberta", "electra"), **BERT_STYLE,
+                      hidden_per_block=BERT_PER_BLOCK),
     "deberta-v2": ModelSpec(name="deberta-v2", model_types=("deberta-v2",), **DEBERTA_V2),
-    "distilbert": ModelSpec(name="distilbert", model_types=("distilbert",), **DISTILBERT),
+    "distilbert": ModelSpec(name="distilbert", model_types=("distilbert",), **DISTILBERT,
+                            hidden_per_block=DISTILBERT_PER_BLOCK),
     "bart": ModelSpec(name="bart", model_types=("bart",), **BART_ENCODER, stacks=(BART_DECODER,)),
     "t5": ModelSpec(name="t5", model_types=("t5", "mt5"), **T5_ENCODER, stacks=(_t5_decoder(T5_ENCODER["mlp"]),),
                     when=(("is_gated_act", False),), unsupported=T5_HEADS),
