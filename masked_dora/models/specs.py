@@ -42,8 +42,8 @@ from typing import Dict, Optional, Tuple
 
 from torch import nn
 
-from .hidden_spec import (BERT_PER_BLOCK, DISTILBERT_PER_BLOCK, HIDDEN_UNCOVERED, LLAMA_HIDDEN, LLAMA_PER_BLOCK, PER_BLOCK_UNCOVERED,
-                          HiddenSpec, PerBlockHiddenSpec)
+from .hidden_spec import (BERT_PER_BLOCK, DISTILBERT_PER_BLOCK, HIDDEN_UNCOVERED, LLAMA_HIDDEN, LLAMA_PER_BLOCK,
+                          PER_BLOCK_UNCOVERED, HiddenSpec, PerBlockHiddenSpec)
 
 GROUP_KINDS = ("mlp", "heads", "hidden")
 BLOCK_KINDS = ("mlp", "heads")  # the kinds with one group per block (``hidden``: one group for the model)
