@@ -81,7 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of MLP channels to remove (None: --sparsity)")
     p.add_argument("--heads-sparsity", type=_fraction("--heads-sparsity"), default=None,
                    help="fraction of attention heads to remove (None: --sparsity)")
-    p.add_argument("--groups", default="mlp,heads", help="comma-separated group kinds to prune: mlp, heads")
+    p.add_argument("--hidden-sparsity", type=_fraction("--hidden-sparsity"), default=None,
+                   help="fraction of residual-stream (hidden) channels to remove, with hidden in --groups "
+                        "(None: --sparsity)")
+    p.add_argument("--groups", default="mlp,heads",
+                   help="comma-separated group kinds to prune: mlp, heads, hidden (the residual stream)")
+    p.add_argument("--hidden-mode", choices=("per_block", "global"), default="per_block",
+                   help="with hidden in --groups: per_block (each block reads and writes a kept subset of a "
+                        "full-width stream; exact for LayerNorm and RMSNorm families, saved for load_compact) or "
+                        "global (one mask for the whole stream: a plain smaller checkpoint; RMSNorm decoders "
+                        "only, and with --allocation uniform)")
+    p.add_argument("--hidden-alignment", type=_positive("--hidden-alignment"), default=8,
+                   help="kept hidden channels (per block, or overall) are a multiple of this")
     p.add_argument("--mlp-alignment", type=_positive("--mlp-alignment"), default=64,
                    help="kept MLP channels per layer are a multiple of this (fast GEMM tiles)")
     p.add_argument("--heads-alignment", type=_positive("--heads-alignment"), default=1,
@@ -196,16 +207,22 @@ def run_prune(args) -> dict:
 
     groups = tuple(g.strip() for g in args.groups.split(",") if g.strip())
     sparsity = {"mlp": args.sparsity if args.mlp_sparsity is None else args.mlp_sparsity,
-                "heads": args.sparsity if args.heads_sparsity is None else args.heads_sparsity}
+                "heads": args.sparsity if args.heads_sparsity is None else args.heads_sparsity,
+                "hidden": args.sparsity if args.hidden_sparsity is None else args.hidden_sparsity}
     try:
         config = MaskedDoRAConfig(rank=args.rank, alpha=args.alpha, target_groups=groups,
                                   target_sparsity={k: sparsity[k] for k in groups if k in sparsity},
-                                  alignment={"mlp": args.mlp_alignment, "heads": args.heads_alignment},
+                                  alignment={"mlp": args.mlp_alignment, "heads": args.heads_alignment,
+                                             "hidden": args.hidden_alignment},
                                   gqa=args.gqa, allocation=args.allocation, gate=args.gate,
                                   importance=args.importance, lambda_lr=args.lambda_lr, mask_lr=args.mask_lr,
-                                  budget=args.budget)
+                                  budget=args.budget, hidden_mode=args.hidden_mode)
     except ValueError as exc:
         raise SystemExit(f"--groups/--sparsity: {exc}")
+    if "hidden" in groups and args.hidden_mode == "global" and args.allocation != "uniform":
+        raise SystemExit("--hidden-mode global: needs --allocation uniform (one mask over the whole residual "
+                         "stream; --allocation global ranks the MLP and heads across layers, which the plain "
+                         "checkpoint global hidden pruning saves cannot hold); or use --hidden-mode per_block")
     if args.steps == 0 and config.importance == "none":
         raise SystemExit("--steps 0 keeps the importance cut, but --importance none gives no cut: choose a score")
     if args.threads:
@@ -249,8 +266,11 @@ def run_prune(args) -> dict:
     train_batches, eval_texts, loss_fn = task.train_batches, task.eval_texts, task.loss_fn
 
     _log(f"preparing masked DoRA ({config.importance} importance)")
-    student = prepare_model(copy.deepcopy(dense), config, calibration=train_batches[:args.calibration_batches],
-                            loss_fn=loss_fn)
+    try:
+        student = prepare_model(copy.deepcopy(dense), config, calibration=train_batches[:args.calibration_batches],
+                                loss_fn=loss_fn)
+    except ValueError as exc:  # a refusal (what this model cannot prune), raised before anything changed
+        raise SystemExit(f"--model {args.model}: {exc}")
     one_shot = copy.deepcopy(student)
     harden(one_shot)
     one_shot = compact_model(one_shot)
@@ -289,6 +309,7 @@ def run_prune(args) -> dict:
         "model": args.model, "model_dir": model_dir, "objective": objective,
         "data": args.data or "stdlib docstrings", "target_sparsity": config.target_sparsity,
         "alignment": config.alignment, "gqa": config.gqa, "allocation": config.allocation,
+        "hidden_mode": config.hidden_mode if "hidden" in config.target_groups else None,
         "importance": config.importance, "budget": config.budget, "steps": args.steps, "batch_size": args.batch_size,
         "recovery_steps": args.recovery_steps, "max_length": args.max_length, "n_train": len(task.train_texts), "n_eval": len(eval_texts),
         "train_seconds": train_seconds, "hardened": summary, "compaction_max_abs_diff": compaction_err,

@@ -168,3 +168,59 @@ def test_cli_embedding_objective_on_jsonl_and_clear_data_errors(tmp_path):
     tiny_model("distilbert").save_pretrained(distil_dir)
     with pytest.raises(SystemExit, match="--objective lm: cannot load .* as a causal LM"):
         main(["prune", "--model", distil_dir, "--out", str(out), "--objective", "lm"] + common)
+
+
+SMALL_RUN = ["--mlp-alignment", "8", "--steps", "1", "--recovery-steps", "1", "--batch-size", "2", "--max-length",
+             "16", "--train-texts", "8", "--eval-texts", "4", "--calibration-batches", "1", "--latency-batch-size",
+             "2", "--no-progress"]
+
+
+def test_cli_prunes_the_hidden_dimension_per_block(tmp_path):
+    """--groups mlp,heads,hidden with the default --hidden-mode per_block, on a BERT (a LayerNorm family, only
+    per_block can prune its hidden size): 25% of each block's residual channels, compacted exactly, saved for
+    load_compact, and the report says the mode."""
+    from masked_dora.models import load_compact
+    from masked_dora.nn import CompactLinear
+
+    model_dir = _tiny_bert_dir(str(tmp_path / "tiny"))
+    out = tmp_path / "out"
+    rc = main(["prune", "--model", model_dir, "--out", str(out), "--groups", "mlp,heads,hidden",
+               "--sparsity", "0.5", "--hidden-sparsity", "0.25", *SMALL_RUN])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["hidden_mode"] == "per_block"
+    assert metrics["hardened"]["hidden"] == {"kept": 48, "total": 64, "sparsity": 0.25}  # 24 of 32 per block
+    assert metrics["compaction_max_abs_diff"] < 1e-4
+    assert "hidden mode per_block" in (out / "report.md").read_text()
+    model = load_compact(str(out / "model"))
+    layer = model.encoder.layer[0]
+    assert layer.attention.self.query.in_features == 24 and isinstance(layer.output.dense, CompactLinear)
+
+
+def test_cli_prunes_the_hidden_dimension_globally_to_a_plain_checkpoint(tmp_path):
+    from tiny_models import tiny_llama_dir
+    from transformers import AutoModelForCausalLM
+
+    model_dir = tiny_llama_dir(str(tmp_path / "tiny-llama"))
+    data = tmp_path / "corpus.txt"
+    data.write_text(TEXT)
+    out = tmp_path / "out"
+    rc = main(["prune", "--model", model_dir, "--out", str(out), "--data", str(data), "--groups", "mlp,hidden",
+               "--hidden-mode", "global", "--allocation", "uniform", "--sparsity", "0.25", *SMALL_RUN])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["hidden_mode"] == "global" and metrics["hardened"]["hidden"]["kept"] == 24
+    assert metrics["compaction_max_abs_diff"] < 1e-3
+    model = AutoModelForCausalLM.from_pretrained(str(out / "model"))
+    assert model.config.hidden_size == 24 and model.model.layers[0].mlp.down_proj.out_features == 24
+
+
+def test_cli_hidden_refusals_name_the_option(tmp_path):
+    bert = _tiny_bert_dir(str(tmp_path / "tiny"))
+    with pytest.raises(SystemExit, match="--hidden-mode global: needs --allocation uniform"):
+        main(["prune", "--model", bert, "--out", str(tmp_path / "o1"), "--groups", "mlp,hidden",
+              "--hidden-mode", "global", *SMALL_RUN])
+    with pytest.raises(SystemExit, match="--model .*LayerNorm"):
+        main(["prune", "--model", bert, "--out", str(tmp_path / "o2"), "--groups", "mlp,hidden",
+              "--hidden-mode", "global", "--allocation", "uniform", *SMALL_RUN])
+    assert not (tmp_path / "o1").exists()

@@ -58,7 +58,9 @@ def write_markdown(path: str, metrics: Dict, plot_file: Optional[str], plot_note
              f"Target sparsity: {m['target_sparsity']}, achieved: "
              f"{ {k: round(v['sparsity'], 4) for k, v in m['hardened'].items()} } "
              f"(alignment {m['alignment']}, GQA mode {m['gqa']}, "
-             f"allocation {m['allocation']}); importance init `{m['importance']}`; "
+             f"allocation {m['allocation']}"
+             + (f", hidden mode {m['hidden_mode']}" if m.get("hidden_mode") else "")
+             + f"); importance init `{m['importance']}`; "
              + (f"{m['steps']} mask-learning + {m['recovery_steps']} recovery steps (masks fixed)" if m['steps'] else
                 f"no mask learning: the importance cut, hardened at once, then {m['recovery_steps']} steps of "
                 f"masked DoRA with the masks fixed")
