@@ -8,10 +8,16 @@ the masked model's. Timing and phases are ``bench/gpu_block.py``'s ``block_secti
 calls after one warm-up): prefill of 1 x 512 and 1 x 2048 tokens, and decode of one token for batch 1 and 8
 against a KV cache of 512 tokens (tokens/s = batch / time per step).
 
-Targets (issue 15, this CPU): at 25% MLP+heads >= 1.25x prefill and >= 1.2x decode; at 50% >= 1.6x prefill.
+Configurations (``--configs``): MLP+heads at 25% and 50%; MLP+heads at 25% with the hidden dimension pruned
+25% too, ``hidden_mode="global"`` (a plain smaller model) and ``"per_block"`` (the residual stream stays full
+width; each block gathers its kept channels and its writers scatter back); and MLP+heads alone at about the
+per-block model's kept block parameters, so that the two ways of spending the same parameter budget compare.
+
+Targets (issue 15, this CPU): at 25% MLP+heads >= 1.25x prefill and >= 1.2x decode; at 50% >= 1.6x prefill;
+the per-block hidden mode adds speed on top at equal kept parameters (or the README says why not).
 
 Run: ``python bench/compacted_inference.py [--out bench/results/cpu-<date>-compacted-inference]``
-(about 10 minutes on 2 cores); writes ``.json`` and ``.md``.
+(about 5 minutes per configuration on 2 cores); writes ``.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -30,7 +36,17 @@ from gpu_block import block_section  # noqa: E402
 from timing import cpu_name  # noqa: E402
 
 SHAPE = dict(layers=8, hidden=2048, intermediate=5632, heads=16, kv_heads=4, vocab=1024)
-TARGETS = {(0.25, "prefill"): 1.25, (0.25, "decode"): 1.2, (0.5, "prefill"): 1.6}
+# name: (what is pruned, sparsity per kind, hidden_mode)
+CONFIGS = {
+    "mh25": ("MLP+heads 25%", {"mlp": 0.25, "heads": 0.25}, None),
+    "mh50": ("MLP+heads 50%", {"mlp": 0.5, "heads": 0.5}, None),
+    "hidden_global": ("MLP+heads 25%, hidden 25% global", {"mlp": 0.25, "heads": 0.25, "hidden": 0.25}, "global"),
+    "hidden_per_block": ("MLP+heads 25%, hidden 25% per block", {"mlp": 0.25, "heads": 0.25, "hidden": 0.25},
+                         "per_block"),
+    # MLP+heads alone at about the per-block model's kept block parameters (25.3M against 25.4M of 45.1M)
+    "mh_matched": ("MLP 42%, heads 50% (the per-block model's kept parameters)", {"mlp": 0.42, "heads": 0.5}, None),
+}
+TARGETS = {("mh25", "prefill"): 1.25, ("mh25", "decode"): 1.2, ("mh50", "prefill"): 1.6}
 
 
 def markdown(rows, meta) -> str:
@@ -41,22 +57,25 @@ def markdown(rows, meta) -> str:
              f"- Model: {SHAPE['layers']} Llama layers, hidden {SHAPE['hidden']}, intermediate "
              f"{SHAPE['intermediate']}, {SHAPE['heads']} heads / {SHAPE['kv_heads']} KV heads, fp32, random weights; "
              "the compacted one through prepare_model → harden → compact_model (see the script's docstring).", "",
-             "| pruned | phase | batch x tokens (context) | dense tokens/s | compact tokens/s | speed-up | target |",
-             "|---|---|---|---|---|---|---|"]
+             "| pruned | kept block parameters | phase | batch x tokens (context) | dense tokens/s | compact tokens/s "
+             "| speed-up | target |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if row["model"] != "compact":
             continue
-        dense = next(r for r in rows if r["model"] == "dense" and r["prune"] == row["prune"]
+        dense = next(r for r in rows if r["model"] == "dense" and r["config"] == row["config"]
                      and r["phase"] == row["phase"] and r["batch"] == row["batch"] and r["tokens"] == row["tokens"])
-        target = TARGETS.get((row["prune"], row["phase"]))
+        target = TARGETS.get((row["config"], row["phase"]))
         met = "" if target is None else f"≥ {target}x: {'met' if row['speedup_vs_dense'] >= target else 'not met'}"
         shape = f"{row['batch']} x {row['tokens']}" + (f" ({row['context']})" if row["context"] else "")
-        lines.append(f"| {row['prune']:.0%} | {row['phase']} | {shape} | {dense['tokens_per_s']:.1f} | "
-                     f"{row['tokens_per_s']:.1f} | {row['speedup_vs_dense']:.2f}x | {met} |")
-    kept = {r["prune"]: (r["intermediate"], r["heads"], r["kv_heads"], r["form"])
+        kept = f"{row['block_params_m']:.1f}M ({row['block_params_m'] / dense['block_params_m']:.0%})"
+        lines.append(f"| {CONFIGS[row['config']][0]} | {kept} | {row['phase']} | {shape} | "
+                     f"{dense['tokens_per_s']:.1f} | {row['tokens_per_s']:.1f} | {row['speedup_vs_dense']:.2f}x "
+                     f"| {met} |")
+    kept = {r["config"]: (r["hidden"], r["intermediate"], r["heads"], r["kv_heads"], r["form"])
             for r in rows if r["model"] == "compact"}
-    lines += ["", "Kept per layer (intermediate, heads, KV heads, checkpoint form): "
-              + "; ".join(f"{p:.0%}: {v}" for p, v in kept.items()) + "."]
+    lines += ["", "Kept per layer (hidden channels read and written, intermediate, heads, KV heads, checkpoint "
+              "form): " + "; ".join(f"{CONFIGS[c][0]}: {v}" for c, v in kept.items()) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -64,19 +83,21 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=f"bench/results/cpu-{datetime.date.today()}-compacted-inference",
                         help="output path without extension (default: %(default)s)")
-    parser.add_argument("--prune", type=float, nargs="+", default=[0.25, 0.5], help="sparsities (default: %(default)s)")
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
+                        help="what to prune (default: all of %(default)s)")
     args = parser.parse_args(argv)
     import subprocess
 
     import transformers
 
     rows = []
-    for prune in args.prune:
-        for row in block_section(device="cpu", dtype=torch.float32, prune=prune, prefill_tokens=(512, 2048),
-                                 decode_batch=(1, 8), context=512, seed=0, **SHAPE):
-            rows.append(dict(row, prune=prune))
-            print(json.dumps({k: row[k] for k in ("phase", "batch", "tokens", "model", "ms", "speedup_vs_dense")}),
-                  flush=True)
+    for name in args.configs:
+        _, sparsity, hidden_mode = CONFIGS[name]
+        for row in block_section(device="cpu", dtype=torch.float32, prune=sparsity, prefill_tokens=(512, 2048),
+                                 decode_batch=(1, 8), context=512, seed=0, hidden_mode=hidden_mode, **SHAPE):
+            rows.append(dict(row, config=name))
+            print(json.dumps({k: row[k] for k in ("phase", "batch", "tokens", "model", "ms", "speedup_vs_dense")}
+                             | {"config": name}), flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     meta = dict(date=str(datetime.date.today()),
                 command=" ".join(["python bench/compacted_inference.py"] + list(argv or sys.argv[1:])),

@@ -51,7 +51,7 @@ from __future__ import annotations
 import copy
 import inspect
 import warnings
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -63,6 +63,7 @@ from masked_dora.ops import use_backend
 from timing import median_timer
 
 MLP_ALIGNMENT = 64  # MaskedDoRAConfig's default: kept MLP channels come in blocks of 64
+HIDDEN_ALIGNMENT = 8  # and kept hidden channels in blocks of 8
 
 
 def build_dense(device, dtype, layers, hidden, intermediate, heads, kv_heads, vocab, seed,
@@ -79,12 +80,17 @@ def build_dense(device, dtype, layers, hidden, intermediate, heads, kv_heads, vo
     return model.to(dtype).eval()
 
 
-def build_compact(dense: nn.Module, prune: float, seed: int) -> Tuple[nn.Module, nn.Module]:
+def build_compact(dense: nn.Module, prune: Union[float, Dict[str, float]], seed: int,
+                  hidden_mode: Optional[str] = None) -> Tuple[nn.Module, nn.Module]:
     """The library path: prepare (a copy), random mask logits, harden, compact_model; returns the hardened
-    masked model too (the reference for the compact model's outputs)."""
+    masked model too (the reference for the compact model's outputs). ``prune``: one sparsity for the MLP and
+    the heads, or one per group kind; ``hidden_mode`` (``"global"`` or ``"per_block"``) prunes the hidden
+    dimension too, at ``prune["hidden"]``."""
     device = next(dense.parameters()).device
+    groups = ("mlp", "heads") + (("hidden",) if hidden_mode else ())
+    extra = dict(hidden_mode=hidden_mode) if hidden_mode else {}
     masked = prepare_model(copy.deepcopy(dense), MaskedDoRAConfig(
-        target_groups=("mlp", "heads"), target_sparsity=prune, importance="none")).eval()
+        target_groups=groups, target_sparsity=prune, importance="none", **extra)).eval()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for group in get_state(masked).groups.values():  # random pruning: random logits, hardened to top-k
@@ -97,11 +103,13 @@ def build_compact(dense: nn.Module, prune: float, seed: int) -> Tuple[nn.Module,
 
 
 def block_sizes(model: nn.Module) -> Dict[str, int]:
-    """intermediate / heads / kv_heads of the first decoder layer (read from its Linear shapes)."""
+    """intermediate / heads / kv_heads / hidden (the residual channels q/k/v read) of the first decoder layer
+    (read from its Linear shapes)."""
     layer = model.model.layers[0]
     head_dim = layer.self_attn.head_dim
     return {"intermediate": layer.mlp.down_proj.in_features, "heads": layer.self_attn.q_proj.out_features // head_dim,
-            "kv_heads": layer.self_attn.k_proj.out_features // head_dim}
+            "kv_heads": layer.self_attn.k_proj.out_features // head_dim,
+            "hidden": layer.self_attn.q_proj.in_features}
 
 
 def _cache_kwarg(model: nn.Module) -> str:
@@ -116,20 +124,26 @@ def _params_m(module: nn.Module) -> float:
 def block_section(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, layers: int = 2, hidden: int = 4096,
                   intermediate: int = 11008, heads: int = 32, kv_heads: int = 32, prune: float = 0.25,
                   prefill_tokens: Sequence[int] = (2048,), decode_batch: Sequence[int] = (1, 16),
-                  context: int = 1024, vocab: int = 1024, seed: int = 0) -> List[dict]:
-    """Time the dense and the compacted model; one row per (phase, batch / tokens, model), keys: module doc."""
+                  context: int = 1024, vocab: int = 1024, seed: int = 0,
+                  hidden_mode: Optional[str] = None) -> List[dict]:
+    """Time the dense and the compacted model; one row per (phase, batch / tokens, model), keys: module doc.
+    ``prune``: a sparsity for the MLP and the heads, or one per kind (``{"mlp":, "heads":, "hidden":}``);
+    ``hidden_mode``: prune the hidden dimension too (``"global"`` or ``"per_block"``)."""
     from transformers import DynamicCache
 
     dense = build_dense(device, dtype, layers, hidden, intermediate, heads, kv_heads, vocab, seed,
                         max_positions=max(4096, *prefill_tokens, context + 1))
-    masked, compact = build_compact(dense, prune, seed)
+    masked, compact = build_compact(dense, prune, seed, hidden_mode)
     from masked_dora.masks.controller import kept_count
 
-    kept_kv = kept_count(kv_heads, prune)  # whole KV groups go (gqa="kv_groups", the default)
-    expect = {"intermediate": kept_count(intermediate, prune, MLP_ALIGNMENT),  # the library's own rounding
-              "heads": kept_kv * (heads // kv_heads), "kv_heads": kept_kv}
+    sparsity = prune if isinstance(prune, dict) else {"mlp": prune, "heads": prune}
+    kept_kv = kept_count(kv_heads, sparsity["heads"])  # whole KV groups go (gqa="kv_groups", the default)
+    expect = {"intermediate": kept_count(intermediate, sparsity["mlp"], MLP_ALIGNMENT),  # the library's rounding
+              "heads": kept_kv * (heads // kv_heads), "kv_heads": kept_kv,
+              "hidden": kept_count(hidden, sparsity["hidden"], HIDDEN_ALIGNMENT) if hidden_mode else hidden}
     sizes = {"dense": block_sizes(dense), "compact": block_sizes(compact)}
-    assert sizes["dense"] == {"intermediate": intermediate, "heads": heads, "kv_heads": kv_heads}, sizes
+    assert sizes["dense"] == {"intermediate": intermediate, "heads": heads, "kv_heads": kv_heads,
+                              "hidden": hidden}, sizes
     assert sizes["compact"] == expect, f"compacted sizes {sizes['compact']}, expected {expect}"
     forms = {"dense": "dense", "compact": "per_layer" if getattr(compact.config, LAYER_SIZES_KEY, None) else "plain"}
     models = {"dense": dense, "compact": compact}
@@ -154,7 +168,7 @@ def block_section(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, lay
         for name, ms in times.items():
             rows.append({
                 "section": "block", "phase": phase, "batch": batch, "tokens": tokens, "context": ctx,
-                "model": name, "form": forms[name], "layers": layers, "hidden": hidden, **sizes[name],
+                "model": name, "form": forms[name], "layers": layers, "hidden_mode": hidden_mode, **sizes[name],
                 "dtype": str(dtype).replace("torch.", ""), "ms": ms,
                 "tokens_per_s": batch * tokens / (ms * 1e-3), "speedup_vs_dense": times["dense"] / ms,
                 "params_m": params[name][0], "block_params_m": params[name][1],
