@@ -323,6 +323,7 @@ def run_prune(args) -> dict:
         "perplexity_dense": quality[0].get("perplexity_dense"),
         "layer_sizes": getattr(pruned.config, LAYER_SIZES_KEY, None) or block_sizes(pruned, spec),
         "original_sizes": block_sizes(dense, spec), "training_log": log,
+        "hidden_size": getattr(dense.config, spec.hidden_key, None),
         "checkpoint": paths["model"],
         "checkpoint_note": (f"a plain transformers checkpoint: "
                             f"`{'AutoModelForCausalLM' if objective == 'lm' else 'AutoModel'}.from_pretrained(path)`"

@@ -4,6 +4,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -191,7 +192,10 @@ def test_cli_prunes_the_hidden_dimension_per_block(tmp_path):
     assert metrics["hidden_mode"] == "per_block"
     assert metrics["hardened"]["hidden"] == {"kept": 48, "total": 64, "sparsity": 0.25}  # 24 of 32 per block
     assert metrics["compaction_max_abs_diff"] < 1e-4
-    assert "hidden mode per_block" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "hidden mode per_block" in report and "| hidden channels read and written |" in report
+    kept = [int(n) for n in re.findall(r"\| (\d+) / 32 \|\n", report)]  # per block (--allocation global)
+    assert sum(kept) == 48 and len(kept) == 2, report
     model = load_compact(str(out / "model"))
     layer = model.encoder.layer[0]
     assert layer.attention.self.query.in_features == 24 and isinstance(layer.output.dense, CompactLinear)

@@ -103,10 +103,15 @@ def write_markdown(path: str, metrics: Dict, plot_file: Optional[str], plot_note
             lines.append(f"| {row['name']} | {_fmt(row['cosine_mean'])} | {_fmt(row['cosine_min'])} | "
                          f"{_fmt(row['top1_agreement'])} | {_fmt(row['top1_accuracy'])} |")
         lines += ["", f"Dense top-1 accuracy: {_fmt(m['top1_accuracy_dense'])}.", ""]
-    lines += ["## Kept structure per layer", "", "| layer | MLP channels | heads | KV heads |", "|---|---|---|---|"]
+    per_block = any("hidden" in s for s in m["layer_sizes"])  # hidden_mode="per_block": a count per block
+    width = m.get("hidden_size")
+    lines += ["## Kept structure per layer", "",
+              "| layer | MLP channels | heads | KV heads |" + (" hidden channels read and written |" if per_block else ""),
+              "|---|---|---|---|" + ("---|" if per_block else "")]
     for i, (s, o) in enumerate(zip(m["layer_sizes"], m["original_sizes"])):
+        hidden = f" {s['hidden']} / {width} |" if per_block and "hidden" in s else (" |" if per_block else "")
         lines.append(f"| {i} | {s['intermediate']} / {o['intermediate']} | {s['heads']} / {o['heads']} | "
-                     f"{s['kv_heads']} / {o['kv_heads']} |")
+                     f"{s['kv_heads']} / {o['kv_heads']} |" + hidden)
     lines.append("")
     if plot_file:
         lines += [f"![kept per layer]({plot_file})", ""]
