@@ -50,12 +50,16 @@ TARGETS = {("mh25", "prefill"): 1.25, ("mh25", "decode"): 1.2, ("mh50", "prefill
 
 
 def markdown(rows, meta) -> str:
-    lines = [f"# Compacted-LLM inference, dense against compacted ({meta['date']}, CPU)", "",
+    device, dtype = meta.get("device", "cpu"), meta.get("dtype", "float32")
+    where = (f"{meta['machine']}, {meta['threads']} threads, no GPU" if device == "cpu"
+             else f"{meta.get('gpu', device)} (CUDA {meta.get('cuda')})")
+    lines = [f"# Compacted-LLM inference, dense against compacted ({meta['date']}, {device.upper()})", "",
              f"- Command: `{meta['command']}`.",
-             f"- Machine: {meta['machine']}, {meta['threads']} threads, no GPU. Versions: torch {meta['torch']}, "
+             f"- Machine: {where}. Versions: torch {meta['torch']}, "
              f"transformers {meta['transformers']}. Commit `{meta['commit']}`.",
              f"- Model: {SHAPE['layers']} Llama layers, hidden {SHAPE['hidden']}, intermediate "
-             f"{SHAPE['intermediate']}, {SHAPE['heads']} heads / {SHAPE['kv_heads']} KV heads, fp32, random weights; "
+             f"{SHAPE['intermediate']}, {SHAPE['heads']} heads / {SHAPE['kv_heads']} KV heads, {dtype}, "
+             "random weights; "
              "the compacted one through prepare_model → harden → compact_model (see the script's docstring).", "",
              "| pruned | kept block parameters | phase | batch x tokens (context) | dense tokens/s | compact tokens/s "
              "| speed-up | target |",
@@ -81,11 +85,15 @@ def markdown(rows, meta) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=f"bench/results/cpu-{datetime.date.today()}-compacted-inference",
-                        help="output path without extension (default: %(default)s)")
+    parser.add_argument("--out", default=None, help="output path without extension "
+                                                    "(default: bench/results/<device>-<date>-compacted-inference)")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, or cuda (bench/gpu_check.sh: bf16; UNRUN on a GPU so far)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
                         help="what to prune (default: all of %(default)s)")
     args = parser.parse_args(argv)
+    out = args.out or f"bench/results/{args.device.split(':')[0]}-{datetime.date.today()}-compacted-inference"
     import subprocess
 
     import transformers
@@ -93,7 +101,8 @@ def main(argv=None) -> int:
     rows = []
     for name in args.configs:
         _, sparsity, hidden_mode = CONFIGS[name]
-        for row in block_section(device="cpu", dtype=torch.float32, prune=sparsity, prefill_tokens=(512, 2048),
+        for row in block_section(device=args.device, dtype=getattr(torch, args.dtype), prune=sparsity,
+                                 prefill_tokens=(512, 2048),
                                  decode_batch=(1, 8), context=512, seed=0, hidden_mode=hidden_mode, **SHAPE):
             rows.append(dict(row, config=name))
             print(json.dumps({k: row[k] for k in ("phase", "batch", "tokens", "model", "ms", "speedup_vs_dense")}
@@ -102,10 +111,12 @@ def main(argv=None) -> int:
     meta = dict(date=str(datetime.date.today()),
                 command=" ".join(["python bench/compacted_inference.py"] + list(argv or sys.argv[1:])),
                 machine=cpu_name(), threads=torch.get_num_threads(), torch=torch.__version__,
-                transformers=transformers.__version__, commit=commit)
-    with open(args.out + ".json", "w") as f:
+                transformers=transformers.__version__, commit=commit, device=args.device, dtype=args.dtype)
+    if args.device.startswith("cuda"):
+        meta.update(gpu=torch.cuda.get_device_name(args.device), cuda=torch.version.cuda)
+    with open(out + ".json", "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    with open(args.out + ".md", "w") as f:
+    with open(out + ".md", "w") as f:
         f.write(markdown(rows, meta))
     print(markdown(rows, meta))
     return 0
