@@ -142,6 +142,33 @@ def test_checkpoints_reload_with_plain_transformers_and_generate_the_masked_toke
         assert _rel_err(out, ref) < 1e-5
 
 
+def test_pruned_heads_that_divide_only_the_pruned_hidden_size_compact_to_a_plain_checkpoint(tmp_path):
+    """4 heads of 16 over hidden 64, 25% of heads and hidden pruned: transformers refuses hidden 64 with 3 heads
+    but takes the compacted model's hidden 48 (the plain config is checked with the kept hidden size; it used to
+    be checked with the original one and refused)."""
+    import transformers as t
+
+    torch.manual_seed(0)
+    model = t.LlamaForCausalLM(t.LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=4, head_dim=16,
+                                             max_position_embeddings=64)).eval()
+    prepare_model(model, MaskedDoRAConfig(target_groups=ALL, rank=4, alignment={"mlp": 8}, importance="none",
+                                          target_sparsity={"mlp": 0.25, "heads": 0.25, "hidden": 0.25}))
+    randomize_adapters(model)
+    harden(model)
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        ref = output_tensor(model(**inputs))
+        small = compact_model(model)
+    cfg = small.config
+    assert (cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim) == (48, 3, 16)
+    assert not hasattr(cfg, LAYER_SIZES_KEY)
+    small.save_pretrained(str(tmp_path / "m"))
+    with torch.no_grad():
+        out = output_tensor(t.AutoModelForCausalLM.from_pretrained(str(tmp_path / "m")).eval()(**inputs))
+    assert _rel_err(out, ref) < 1e-5
+
+
 def test_kv_cache_generation_of_the_compacted_model_equals_the_masked_one():
     """Longer greedy generation with the KV cache (and without), batch of two with padding."""
     model = _prepared("qwen2")

@@ -171,9 +171,11 @@ def _plain_sizes(spec: ModelSpec, size: Dict[str, int]) -> Dict[str, int]:
     return out
 
 
-def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes):
+def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes, hidden: Optional[int] = None):
     """``(the smaller config of a plain checkpoint, None)``, or ``(None, why the config class cannot express
-    the sizes)``. ``stacks[i]``: the stack spec of block ``i`` (:func:`model_blocks`).
+    the sizes)``. ``stacks[i]``: the stack spec of block ``i`` (:func:`model_blocks`). ``hidden``: the kept
+    residual width under ``hidden_mode="global"`` (the config is validated with it: 12 heads of 128 fit a
+    pruned hidden size of 1536, not the original 2048).
 
     A config holds one size per stack (its keys): the blocks of a stack must keep the same sizes, and two
     stacks sharing a key (T5's ``d_ff``) the same MLP width. Besides non-uniform sizes and configs without
@@ -199,6 +201,9 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes):
                               f"which keep different sizes")
     for key, value in values.items():
         setattr(plain, key, value)
+    if hidden is not None:
+        for stack in dict.fromkeys(stacks):
+            setattr(plain, stack.hidden_key, hidden)
     validate = getattr(plain, "validate", None)
     if callable(validate):
         try:
@@ -209,11 +214,11 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes):
     return plain, None
 
 
-def _plain_config(config, stacks, original, sizes, form: str = "auto"):
+def _plain_config(config, stacks, original, sizes, form: str = "auto", hidden: Optional[int] = None):
     """The plain config, or ``None`` (the per-layer form): as decided at ``prepare_model`` (``form``)."""
     if form == "per_layer":
         return None
-    plain, reason = plain_config_or_reason(config, stacks, original, sizes)
+    plain, reason = plain_config_or_reason(config, stacks, original, sizes, hidden)
     if plain is None and form == "plain":
         warnings.warn(f"compact_model: prepare_model planned a plain checkpoint, but the hardened masks cannot be "
                       f"one ({reason}); it saves with per-layer sizes: load it with masked_dora.load_compact(path)",
@@ -344,8 +349,9 @@ def compact_model(model: nn.Module) -> nn.Module:
     if per_block:  # CompactLinear writers: the per-layer form, which load_compact builds
         params.update(compact_block_hidden(model, state, repl, sizes, _merged))
     config = copy.deepcopy(model.config)
-    plain = None if per_block else _plain_config(config, stacks, original, sizes, getattr(state, "save_form", "auto"))
     kept_hidden = hidden_keep(state)
+    plain = None if per_block else _plain_config(config, stacks, original, sizes, getattr(state, "save_form", "auto"),
+                                                 None if kept_hidden is None else int(kept_hidden.numel()))
     if kept_hidden is not None:  # a pruned residual stream: plain only (prepare_model refused anything else)
         if plain is None:
             raise RuntimeError("compact_model: hidden pruning compacts to a plain checkpoint only, and these sizes "

@@ -121,7 +121,7 @@ def check_hidden(model: nn.Module, spec, config) -> None:
 
     blocks_specs = [b.spec for b in model_blocks(model, spec)]
     plain, reason = plain_config_or_reason(model.config, blocks_specs, block_sizes(model, spec),
-                                           planned_sizes(model, spec, config))
+                                           planned_sizes(model, spec, config), planned_hidden_size(model, spec, config))
     if plain is not None:
         reason = _validate_hidden(plain, spec, planned_hidden_size(model, spec, config))
     if reason is not None:

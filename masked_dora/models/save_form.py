@@ -59,9 +59,12 @@ def decide_save_form(model: nn.Module, spec: ModelSpec, config) -> Tuple[str, Op
     elif config.allocation == "global":
         reason = "allocation='global' gives every layer its own sizes"
     else:
+        from .hidden import planned_hidden_size
+
         stacks = [b.spec for b in model_blocks(model, spec)]
+        hidden = planned_hidden_size(model, spec, config) if "hidden" in config.target_groups else None
         _, reason = plain_config_or_reason(model.config, stacks, block_sizes(model, spec),
-                                           planned_sizes(model, spec, config))
+                                           planned_sizes(model, spec, config), hidden)
     if reason is None:
         return "plain", None
     if spec.heads_need_plain_config and "heads" in config.target_groups:
