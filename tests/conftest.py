@@ -25,3 +25,20 @@ def pytest_collection_modifyitems(config, items):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(params=["torch", "cpp"])
+def torch_and_cpp_backend(request):
+    """Runs a test under the PyTorch reference backend and under the C++ CPU backend (skipped where the extension
+    is not built); a module makes it autouse with ``def backend(torch_and_cpp_backend)``. row_norm has no C++
+    kernel: under ``cpp`` it takes the automatic choice (its warning is silenced)."""
+    import warnings
+
+    from masked_dora.ops import use_backend
+
+    if request.param == "cpp" and not torch._C._dispatch_has_kernel_for_dispatch_key(
+            "masked_dora::dora_linear_kernel", "CPU"):
+        pytest.skip("masked_dora._C has no C++ CPU kernel for dora_linear (extension not built)")
+    with use_backend(request.param), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*has no kernel for op 'row_norm'")
+        yield request.param

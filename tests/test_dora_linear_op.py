@@ -5,26 +5,22 @@ backend (``cpp``, skipped when the extension is not built). row_norm has no C++
 kernel: under ``cpp`` it takes the automatic choice.
 """
 
-import warnings
 
 import pytest
 import torch
 from torch.library import opcheck
 
-@pytest.fixture(autouse=True, params=["torch", "cpp"])
-def backend(request):
-    if request.param == "cpp" and not torch._C._dispatch_has_kernel_for_dispatch_key(
-            "masked_dora::dora_linear_kernel", "CPU"):
-        pytest.skip("masked_dora._C has no C++ CPU kernel for dora_linear (extension not built)")
-    with use_backend(request.param), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*has no kernel for op 'row_norm'")
-        yield request.param
-
-from masked_dora.ops import dora_linear, row_norm, use_backend, weight_sq_norm
+from masked_dora.ops import dora_linear, row_norm, weight_sq_norm
 from masked_dora.ops.dora_linear import (dora_linear_backward_reference, dora_linear_forward_reference,
                                          grad_scale_from_output, readable_rows)
 
 from helpers import assert_close_rel, dense_masked_dora_f64, leaf
+
+
+@pytest.fixture(autouse=True)
+def backend(torch_and_cpp_backend):  # every test: torch reference and C++ backends (conftest.py)
+    return torch_and_cpp_backend
+
 
 # (M, K, N, r): odd sizes, r = 1, r not a power of two, K >> N, N > K
 SHAPES = [(7, 13, 11, 1), (33, 64, 48, 3), (5, 300, 10, 2), (9, 20, 70, 5), (1, 8, 8, 8)]

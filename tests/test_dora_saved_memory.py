@@ -7,7 +7,6 @@ in every dtype, for the reference and the C++ backend.
 
 import importlib
 import os
-import warnings
 
 import pytest
 import torch
@@ -20,14 +19,9 @@ from helpers import assert_close_rel, dense_masked_dora_f64, leaf
 dora_mod = importlib.import_module("masked_dora.ops.dora_linear")  # the module (the package exports the function)
 
 
-@pytest.fixture(autouse=True, params=["torch", "cpp"])
-def backend(request):
-    if request.param == "cpp" and not torch._C._dispatch_has_kernel_for_dispatch_key(
-            "masked_dora::dora_linear_kernel", "CPU"):
-        pytest.skip("masked_dora._C has no C++ CPU kernel for dora_linear (extension not built)")
-    with use_backend(request.param), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*has no kernel for op 'row_norm'")
-        yield request.param
+@pytest.fixture(autouse=True)
+def backend(torch_and_cpp_backend):  # every test: torch reference and C++ backends (conftest.py)
+    return torch_and_cpp_backend
 
 
 def _inputs(m, k, n, r, seed=0):

@@ -5,7 +5,6 @@ bit, in every dtype and backend; against the float64 definition by relative erro
 """
 
 import os
-import warnings
 
 import pytest
 import torch
@@ -14,21 +13,16 @@ from torch.library import opcheck
 
 from masked_dora.masks.gates import HardConcreteGate, _logistic_noise
 from masked_dora.nn import MaskedDoRALinear
-from masked_dora.ops import dora_linear, gated_dora_linear, row_norm, use_backend
+from masked_dora.ops import dora_linear, gated_dora_linear, row_norm
 
 from helpers import assert_close_rel, dense_masked_dora_f64, leaf
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 
 
-@pytest.fixture(autouse=True, params=["torch", "cpp"])
-def backend(request):
-    if request.param == "cpp" and not torch._C._dispatch_has_kernel_for_dispatch_key(
-            "masked_dora::dora_linear_kernel", "CPU"):
-        pytest.skip("masked_dora._C has no C++ CPU kernel for dora_linear (extension not built)")
-    with use_backend(request.param), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*has no kernel for op 'row_norm'")
-        yield request.param
+@pytest.fixture(autouse=True)
+def backend(torch_and_cpp_backend):  # every test: torch reference and C++ backends (conftest.py)
+    return torch_and_cpp_backend
 
 
 def _inputs(m=24, k=20, n=16, r=4, seed=0, with_bias=True):

@@ -16,8 +16,8 @@ from masked_dora.models import (MaskedDoRAConfig, compact_model, get_state, hard
 from masked_dora.models import hidden as hidden_mod
 from masked_dora.models.compact import LAYER_SIZES_KEY
 
-from tiny_models import (lm_batches, output_tensor, randomize_adapters, reload_plain_in_clean_process, tiny_config,
-                         tiny_inputs, tiny_model)
+from tiny_models import (assert_checkpointing_keeps_loss_and_gradients, harden_and_compact, lm_batches, output_tensor,
+                         randomize_adapters, reload_plain_in_clean_process, tiny_config, tiny_inputs, tiny_model)
 
 FAMILIES = ("llama", "mistral", "qwen2")
 ALL = ("mlp", "heads", "hidden")
@@ -155,17 +155,13 @@ def test_pruned_heads_that_divide_only_the_pruned_hidden_size_compact_to_a_plain
     prepare_model(model, MaskedDoRAConfig(target_groups=ALL, rank=4, alignment={"mlp": 8}, importance="none",
                                           target_sparsity={"mlp": 0.25, "heads": 0.25, "hidden": 0.25}))
     randomize_adapters(model)
-    harden(model)
-    inputs = tiny_inputs()
-    with torch.no_grad():
-        ref = output_tensor(model(**inputs))
-        small = compact_model(model)
+    ref, small, _ = harden_and_compact(model)
     cfg = small.config
     assert (cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim) == (48, 3, 16)
     assert not hasattr(cfg, LAYER_SIZES_KEY)
     small.save_pretrained(str(tmp_path / "m"))
     with torch.no_grad():
-        out = output_tensor(t.AutoModelForCausalLM.from_pretrained(str(tmp_path / "m")).eval()(**inputs))
+        out = output_tensor(t.AutoModelForCausalLM.from_pretrained(str(tmp_path / "m")).eval()(**tiny_inputs()))
     assert _rel_err(out, ref) < 1e-5
 
 
@@ -212,22 +208,8 @@ def test_magnitude_importance_keeps_the_strong_channels():
 
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_gradient_checkpointing_step_gives_the_same_loss_and_gradients(checkpointing):
-    def step(ckpt):
-        model = _prepared("llama", gqa="query_heads")
-        model.train()
-        if ckpt:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        torch.manual_seed(123)
-        out = model(**lm_batches(1)[0])
-        out.loss.backward()
-        return out.loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
-
-    ref_loss, ref = step(False)
+    ref = assert_checkpointing_keeps_loss_and_gradients(lambda: _prepared("llama", gqa="query_heads"), checkpointing)
     assert ref["masked_dora.groups.hidden.mask_logits"].abs().sum() > 0
-    loss, grads = step(checkpointing)
-    assert torch.equal(loss, ref_loss)
-    for name, g in ref.items():
-        assert grads[name] is not None and torch.allclose(grads[name], g, rtol=1e-5, atol=1e-7), name
 
 
 @pytest.mark.parametrize("family, match", [
@@ -325,12 +307,7 @@ def test_writer_biases_and_query_heads_inside_kv_groups_compact_exactly(groups):
                 p.normal_(0, 0.1)
     prepare_model(model, MaskedDoRAConfig(target_groups=groups, gqa="query_heads", **CFG))
     randomize_adapters(model)
-    harden(model)
-    inputs = tiny_inputs()
-    with torch.no_grad():
-        ref = output_tensor(model(**inputs))
-        small = compact_model(model)
-        out = output_tensor(small(**inputs))
+    ref, small, out = harden_and_compact(model)
     assert small.model.layers[0].self_attn.o_proj.bias.shape == (16,)
     assert _rel_err(out, ref) < 1e-5
 

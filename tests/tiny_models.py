@@ -201,6 +201,28 @@ def harden_and_compact(model):
         return ref, small, output_tensor(small(**inputs))
 
 
+def assert_checkpointing_keeps_loss_and_gradients(make_model, checkpointing: bool) -> dict:
+    """One training step of ``make_model()`` on :func:`lm_batches`, without and (``checkpointing``) with HF's
+    non-reentrant gradient checkpointing: equal losses and gradients. Returns the step's gradients (by name)."""
+
+    def step(ckpt):
+        model = make_model()
+        model.train()
+        if ckpt:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        torch.manual_seed(123)
+        out = model(**lm_batches(1)[0])
+        out.loss.backward()
+        return out.loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    ref_loss, ref = step(False)
+    loss, grads = step(checkpointing)
+    assert torch.equal(loss, ref_loss)
+    for name, g in ref.items():
+        assert grads[name] is not None and torch.allclose(grads[name], g, rtol=1e-5, atol=1e-7), name
+    return ref
+
+
 @torch.no_grad()
 def randomize_adapters(model, seed: int = 0) -> None:
     """Give every adapter and mask logit non-trivial values (B != 0, m != ||W0||, mixed logits)."""
