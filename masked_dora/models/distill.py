@@ -6,6 +6,12 @@ train and held-out modules). :class:`DistillationTask` holds the tokenised batch
 embeddings of every training batch, and the held-out sets with the dense model's embeddings, so
 any number of students (methods, seeds, sparsities) train and evaluate against the same data.
 
+``hidden_weight`` (default 0: off) adds CoFi's layer-wise distillation (Xia et al. 2022) to the loss: the
+student's hidden state after each encoder layer matched to the dense model's after the same layer
+(:func:`hidden_state_loss`; student and teacher have the same width when only MLP channels and heads
+are pruned). The teacher's hidden states of a training batch are computed on first use and kept.
+``dataclasses.replace(task, hidden_weight=w)`` gives a task with that loss sharing the data and caches.
+
 Evaluation (:meth:`DistillationTask.evaluate`): mean and minimum cosine between the student's and
 the dense model's held-out embeddings, and top-1 retrieval over query/document halves of the
 held-out texts (agreement with the dense model's choice, and each model's own accuracy).
@@ -14,12 +20,12 @@ held-out texts (agreement with the dense model's choice, and each model's own ac
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .embedding import distillation_loss, embed, encode, retrieval_metrics, tokenize_batches
+from .embedding import distillation_loss, embed, encode, mean_pool, retrieval_metrics, tokenize_batches
 from .textdata import query_document_pairs, stdlib_corpus
 
 
@@ -33,8 +39,15 @@ class DistillationTask:
     eval_sets: Dict[str, List[Dict[str, Tensor]]]
     dense_eval: Dict[str, Tensor]
     teacher: Dict[int, Tensor] = field(repr=False)
+    hidden_weight: float = 0.0  # weight of hidden_state_loss in loss_fn (0: the embedding loss alone)
+    teacher_hidden: Dict[int, Tuple[Tensor, ...]] = field(default_factory=dict, repr=False)  # filled on first use
 
     objective = "embedding"
+
+    def __post_init__(self):
+        w = self.hidden_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w < float("inf"):
+            raise ValueError(f"hidden_weight: expected a finite number >= 0, got {w!r}")
 
     @property
     def probe_batch(self) -> Dict[str, Tensor]:
@@ -46,8 +59,24 @@ class DistillationTask:
         return encode(model, batch)
 
     def loss_fn(self, model: nn.Module, batch: Dict[str, Tensor]) -> Tensor:
-        """``mean(1 - cos)`` of the student's embeddings of a training batch to the teacher's."""
-        return distillation_loss(encode(model, batch), self.teacher[id(batch)])
+        """``mean(1 - cos)`` of the student's embeddings of a training batch to the teacher's, plus
+        ``hidden_weight`` times :func:`hidden_state_loss` of its layers' hidden states when that is not 0."""
+        if not self.hidden_weight:
+            return distillation_loss(encode(model, batch), self.teacher[id(batch)])
+        out = model(**batch, output_hidden_states=True)
+        emb = nn.functional.normalize(mean_pool(out.last_hidden_state, batch["attention_mask"]).float(), dim=-1)
+        hidden = hidden_state_loss(out.hidden_states[1:], self.teacher_hidden_states(batch), batch["attention_mask"])
+        return distillation_loss(emb, self.teacher[id(batch)]) + self.hidden_weight * hidden
+
+    @torch.no_grad()
+    def teacher_hidden_states(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, ...]:
+        """The dense model's hidden states after each encoder layer on ``batch`` (eval mode), cached."""
+        key = id(batch)
+        if key not in self.teacher_hidden:
+            self.dense.eval()
+            self.teacher_hidden[key] = tuple(h.float() for h in
+                                             self.dense(**batch, output_hidden_states=True).hidden_states[1:])
+        return self.teacher_hidden[key]
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, progress: bool = False, desc: str = "student") -> Dict[str, float]:
@@ -63,12 +92,32 @@ class DistillationTask:
                 "top1_accuracy_dense": r["top1_accuracy_reference"]}
 
 
+def hidden_state_loss(student: Sequence[Tensor], teacher: Sequence[Tensor], attention_mask: Tensor) -> Tensor:
+    """CoFi's layer distillation at equal width: layer ``l`` of the student to layer ``l`` of the teacher.
+
+    Per layer, the squared error of the hidden states summed over the real tokens (``attention_mask``)
+    over the teacher's squared norm on the same tokens (a relative error: 0 when equal, 1 for a zero
+    state), averaged over layers."""
+    if len(student) != len(teacher):
+        raise ValueError(f"hidden states: the student has {len(student)} layers, the teacher {len(teacher)}")
+    mask = attention_mask.unsqueeze(-1).float()
+    losses = []
+    for s, t in zip(student, teacher):
+        if s.shape != t.shape:
+            raise ValueError(f"hidden states: student {tuple(s.shape)} vs teacher {tuple(t.shape)} (the layer-wise "
+                             "loss needs the same width: prune MLP channels and heads, not the hidden dimension)")
+        losses.append(((s.float() - t) ** 2 * mask).sum() / (t ** 2 * mask).sum().clamp_min(1e-12))
+    return torch.stack(losses).mean()
+
+
 def build_task(tokenizer, dense: nn.Module, n_train: int, n_eval: int, batch_size: int, max_length: int,
                seed: int = 0, progress: bool = False,
-               texts: Optional[Tuple[List[str], List[str]]] = None) -> DistillationTask:
+               texts: Optional[Tuple[List[str], List[str]]] = None,
+               hidden_weight: float = 0.0) -> DistillationTask:
     """Texts, batches and the dense model's embeddings (``dense`` is put in eval mode and not changed).
 
-    ``texts``: ``(train, held-out)`` texts of the user's own (default: the stdlib docstrings)."""
+    ``texts``: ``(train, held-out)`` texts of the user's own (default: the stdlib docstrings).
+    ``hidden_weight``: the layer-wise hidden-state term's weight in ``loss_fn`` (default 0: off)."""
     dense.eval()
     train_texts, eval_texts = stdlib_corpus(n_train, n_eval, seed=seed) if texts is None else texts
     queries, docs = query_document_pairs(eval_texts)
@@ -82,4 +131,5 @@ def build_task(tokenizer, dense: nn.Module, n_train: int, n_eval: int, batch_siz
         teacher[id(b)] = teacher_all[start:start + b["input_ids"].shape[0]]
         start += b["input_ids"].shape[0]
     dense_eval = {k: embed(dense, v, progress, f"dense {k}") for k, v in eval_sets.items()}
-    return DistillationTask(tokenizer, dense, train_texts, eval_texts, train_batches, eval_sets, dense_eval, teacher)
+    return DistillationTask(tokenizer, dense, train_texts, eval_texts, train_batches, eval_sets, dense_eval, teacher,
+                            hidden_weight=hidden_weight)
