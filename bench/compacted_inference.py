@@ -98,6 +98,13 @@ def main(argv=None) -> int:
 
     import transformers
 
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    meta = dict(date=str(datetime.date.today()),
+                command=" ".join(["python bench/compacted_inference.py"] + list(argv or sys.argv[1:])),
+                machine=cpu_name(), threads=torch.get_num_threads(), torch=torch.__version__,
+                transformers=transformers.__version__, commit=commit, device=args.device, dtype=args.dtype)
+    if args.device.startswith("cuda"):
+        meta.update(gpu=torch.cuda.get_device_name(args.device), cuda=torch.version.cuda)
     rows = []
     for name in args.configs:
         _, sparsity, hidden_mode = CONFIGS[name]
@@ -107,17 +114,11 @@ def main(argv=None) -> int:
             rows.append(dict(row, config=name))
             print(json.dumps({k: row[k] for k in ("phase", "batch", "tokens", "model", "ms", "speedup_vs_dense")}
                              | {"config": name}), flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    meta = dict(date=str(datetime.date.today()),
-                command=" ".join(["python bench/compacted_inference.py"] + list(argv or sys.argv[1:])),
-                machine=cpu_name(), threads=torch.get_num_threads(), torch=torch.__version__,
-                transformers=transformers.__version__, commit=commit, device=args.device, dtype=args.dtype)
-    if args.device.startswith("cuda"):
-        meta.update(gpu=torch.cuda.get_device_name(args.device), cuda=torch.version.cuda)
-    with open(out + ".json", "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    with open(out + ".md", "w") as f:
-        f.write(markdown(rows, meta))
+        # after every configuration: a time limit (bench/gpu_check.sh's stage) keeps what was measured
+        with open(out + ".json", "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        with open(out + ".md", "w") as f:
+            f.write(markdown(rows, meta))
     print(markdown(rows, meta))
     return 0
 

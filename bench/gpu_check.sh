@@ -257,8 +257,8 @@ stage_bench() {
     "$PY" bench/gpu_report.py --sections dora_train compact_linear "${sizes[@]}" --out "$OUTDIR/bench"
     # issue 16: saved bytes per layer and the peak of a Llama-shaped training step (UNRUN on a GPU so far)
     "$PY" bench/activation_memory.py --device cuda --dtype bfloat16 --out "$OUTDIR/bench/activation-memory"
-    # issue 15: the compacted Llama-shaped model (MLP+heads; hidden pruned globally and per block), bf16, last:
-    # a stage timeout cuts only this (UNRUN on a GPU so far)
+    # issue 15: the compacted Llama-shaped model (MLP+heads; hidden pruned globally and per block), bf16, last
+    # (its results are written after every configuration, so a stage timeout keeps those done; UNRUN on a GPU)
     "$PY" bench/compacted_inference.py --device cuda --dtype bfloat16 --configs mh25 hidden_global \
         hidden_per_block mh_matched --out "$OUTDIR/bench/compacted-inference"
 }

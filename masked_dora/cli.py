@@ -295,6 +295,7 @@ def run_prune(args) -> dict:
     pruned.save_pretrained(paths["model"])
     tokenizer.save_pretrained(paths["model"])
     plain = not hasattr(pruned.config, LAYER_SIZES_KEY)
+    per_block_hidden = "hidden" in config.target_groups and config.hidden_mode == "per_block"
 
     quality = []
     for name, model in (("pruned, masked DoRA trained", pruned), ("pruned, importance init only", one_shot)):
@@ -328,8 +329,9 @@ def run_prune(args) -> dict:
         "checkpoint_note": (f"a plain transformers checkpoint: "
                             f"`{'AutoModelForCausalLM' if objective == 'lm' else 'AutoModel'}.from_pretrained(path)`"
                             if plain else
-                            "per-layer sizes (a BERT-style config cannot express pruned heads, or the pruning is "
-                            "non-uniform): load with `masked_dora.load_compact(path)`"),
+                            ("per-block hidden pruning (CompactLinear writers)" if per_block_hidden else
+                             "per-layer sizes (a BERT-style config cannot express pruned heads, or the pruning is "
+                             "non-uniform)") + ": load with `masked_dora.load_compact(path)`"),
     }
     metrics["total_seconds"] = time.perf_counter() - t_start
     plot_note = plot_kept(metrics["layer_sizes"], metrics["original_sizes"], paths["plot"],

@@ -151,3 +151,88 @@ def test_a_layer_keeps_x_at_and_three_channel_vectors(fixed, monkeypatch):
     assert saved == m * r * 4 + 3 * n * 4 + 2 * n, saved
     y.sum().backward()
     assert layer.magnitude.grad is not None and layer.lora_B.grad is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_odd_shapes_3d_and_strided_inputs_are_the_compositions_to_the_bit(dtype):
+    """3-D x, a strided x and magnitude, a stride-0 gate, r = 1, K >> N (the correctness policy's shapes)."""
+    g = torch.Generator().manual_seed(5)
+    k, n, r = 300, 10, 1
+    w = (torch.randn(n, k, generator=g) / k ** 0.5).to(dtype)
+    base = {"x": torch.randn(2, 3, 2 * k, generator=g)[..., ::2], "A": torch.randn(r, k, generator=g) / k ** 0.5,
+            "B": torch.randn(n, r, generator=g), "m": torch.rand(2 * n, generator=g)[::2] + 0.5,
+            "z": torch.full((1,), 0.7).expand(n), "b": torch.randn(n, generator=g)}
+    norm = row_norm(w, base["A"].to(dtype), base["B"].to(dtype), 0.5)
+
+    def run(gated):
+        x, A, B = (leaf(base[key], dtype) for key in ("x", "A", "B"))
+        x = x.detach().as_strided(x.shape, x.stride()).requires_grad_()
+        m, z, b = leaf(base["m"]), base["z"].clone().requires_grad_(), leaf(base["b"])
+        if gated:
+            y = gated_dora_linear(x, w, A, B, 0.5, m, z, norm, b)
+        else:
+            y = dora_linear(x, w, A, B, 0.5, m * z / norm, z * b)
+        return y, _grads(y, (x, A, B, m, z, b))
+
+    (y1, g1), (y2, g2) = run(True), run(False)
+    assert y1.shape == (2, 3, n) and torch.equal(y1, y2)
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2))
+
+
+def test_a_half_precision_norm_takes_the_same_path_as_a_float32_one():
+    """The functional form upcasts a bf16 norm (the per-channel terms never compute in half precision), with and
+    without dropout: the no-dropout path used to refuse it while the dropout paths took it."""
+    from masked_dora.nn import masked_dora_linear
+
+    inp = _inputs(m=6, k=12, n=8, r=2)
+    x, w, A, B, mag, z, norm, bias = _leaves(inp, torch.bfloat16, torch.float32)
+    norm, bias = norm.detach(), leaf(inp["bias"], torch.bfloat16)  # the bias in the weight's dtype, as a layer's
+    for dropped in (None, x.detach() * 0.5):
+        args = (x, w, bias, A, B, 1.0, mag, z)
+        want = masked_dora_linear(*args, norm=norm.bfloat16().float(), dropped=dropped)
+        got = masked_dora_linear(*args, norm=norm.bfloat16(), dropped=dropped)
+        assert torch.equal(got, want)
+
+
+def test_bad_norm_is_named_norm():
+    inp = _inputs(m=5, k=8, n=6, r=2)
+    x, w, A, B, mag, z, norm, bias = _leaves(inp, torch.float32, torch.float32)
+    with pytest.raises(ValueError, match="^norm"):
+        gated_dora_linear(x, w, A, B, 1.0, mag, z, norm[:5], bias)
+
+
+def test_double_backward_is_refused_not_silently_wrong():
+    layer = MaskedDoRALinear.from_linear(nn.Linear(8, 6), rank=2).train()
+    x = torch.randn(4, 8, requires_grad=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(layer(x).sum(), x, create_graph=True)
+    layer(x).sum().backward()  # a plain backward still runs
+    assert x.grad is not None
+
+
+def test_hard_concrete_sample_keeps_double_backward_and_vmap():
+    """What autograd's composition supported: a gradient penalty (double backward) and torch.func.vmap, equal to
+    the composition; forward-mode AD raises (a custom jvp would stop torch.compile tracing the gate)."""
+    import torch.autograd.forward_ad as fwAD
+
+    from masked_dora.masks.gates import _StretchedSigmoid
+
+    gate = HardConcreteGate()
+    t0 = torch.randn(600, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3
+    weights = torch.linspace(-1, 1, 600, dtype=torch.float64)
+
+    def composition(t):
+        return (torch.sigmoid(t) * (gate.zeta - gate.gamma) + gate.gamma).clamp(0.0, 1.0)
+
+    def fused(t):
+        return _StretchedSigmoid.apply(t, gate.gamma, gate.zeta)
+
+    def penalty_grad(f):
+        t = t0.clone().requires_grad_()
+        (g,) = torch.autograd.grad((f(t) * weights).sum(), t, create_graph=True)
+        return torch.autograd.grad((g ** 2).sum(), t)[0]
+
+    assert torch.equal(penalty_grad(fused), penalty_grad(composition))
+    with pytest.raises(RuntimeError, match="jvp"), fwAD.dual_level():
+        fused(fwAD.make_dual(t0, torch.ones_like(t0)))
+    assert torch.equal(torch.func.vmap(fused)(t0.reshape(6, 100)), composition(t0).reshape(6, 100))

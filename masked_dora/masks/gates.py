@@ -70,23 +70,38 @@ def _straight_through(soft: Tensor, hard: Tensor) -> Tensor:
 
 
 class _StretchedSigmoid(torch.autograd.Function):
-    """``clamp(sigmoid(t) (zeta - gamma) + gamma, 0, 1)`` keeping one vector for the backward, ``sigmoid(t)``
-    (autograd's composition keeps that and the clamp's input): issue 16, a layer's saved vectors. The
-    backward is autograd's, formula for formula (clamp, scalar product, sigmoid): bit-equal gradients."""
+    """``clamp(sigmoid(t) (zeta - gamma) + gamma, 0, 1)`` keeping one vector for the backward, its input ``t``
+    (autograd's composition keeps ``sigmoid(t)`` and the clamp's input): issue 16, a layer's saved vectors.
+    The backward is autograd's, formula for formula (clamp, scalar product, sigmoid), on ``sigmoid(t)``
+    recomputed with the forward's operation: bit-equal gradients, and differentiable again (double backward),
+    with a generated vmap rule (``torch.func``). Forward-mode AD raises (no ``jvp``: ``torch.compile`` cannot
+    trace a Function that defines one, and a prepared model compiles with ``fullgraph=True``)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, t: Tensor, gamma: float, zeta: float) -> Tensor:
-        s = torch.sigmoid(t)
-        ctx.save_for_backward(s)
+    def forward(t: Tensor, gamma: float, zeta: float) -> Tensor:
+        return (torch.sigmoid(t) * (zeta - gamma) + gamma).clamp(0.0, 1.0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        t, gamma, zeta = inputs
+        ctx.save_for_backward(t)
         ctx.gamma, ctx.zeta = gamma, zeta
-        return (s * (zeta - gamma) + gamma).clamp(0.0, 1.0)
+
+    @staticmethod
+    def _terms(ctx, t: Tensor):
+        """``(sigmoid(t), the stretch, where the clamp passes)``, with the forward's operations."""
+        s = torch.sigmoid(t)
+        stretch = ctx.zeta - ctx.gamma
+        stretched = s * stretch + ctx.gamma  # the clamp's input
+        return s, stretch, (stretched >= 0.0).logical_and_(stretched <= 1.0).detach()
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        (s,) = ctx.saved_tensors
-        stretch = ctx.zeta - ctx.gamma
-        stretched = s * stretch + ctx.gamma  # the clamp's input, recomputed with the forward's operations
-        inside = (stretched >= 0.0).logical_and_(stretched <= 1.0)
+        """Reverse order: the clamp's mask, the stretch, the sigmoid's derivative (autograd's)."""
+        (t,) = ctx.saved_tensors
+        s, stretch, inside = _StretchedSigmoid._terms(ctx, t)
         grad = torch.where(inside, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
         return torch.ops.aten.sigmoid_backward(grad * stretch, s), None, None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -53,6 +54,8 @@ def masked_dora_linear(
                          f"{tuple(dropped.shape)} {dropped.dtype}")
     if norm is None:
         norm = row_norm(weight, lora_A.to(weight.dtype), lora_B.to(weight.dtype), scaling, weight_sq, eps)
+    if norm.dtype not in (torch.float32, torch.float64):  # the per-channel terms never compute in half precision
+        norm = norm.float()
     A, B = lora_A.to(x.dtype), lora_B.to(x.dtype)
     acc = norm.dtype
     z = gate_values.to(acc)

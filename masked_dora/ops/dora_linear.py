@@ -9,9 +9,10 @@ scaling ``s``, magnitude ``m``, gate values ``z`` in [0, 1] and bias ``b``::
     y   = P * c + z * b                       # pruned channel (z_j = 0) -> exactly 0
 
 The core op ``masked_dora::dora_linear(x, W0, A, B, s, c, zb)`` computes ``y``
-from the scale vector ``c`` and the gated bias ``zb``; the cheap per-channel
-algebra (``c = m z / n``, ``zb = z b``) stays in PyTorch so that autograd carries
-``dc`` and ``d(zb)`` to ``m``, ``z`` (and through the gate to the mask logits)::
+from the scale vector ``c`` and the gated bias ``zb``; its gradients ``dc`` and
+``d(zb)`` go to whoever computed them. The layer uses :mod:`.gated_dora_linear`,
+the same op with the per-channel algebra (``c = m z / n``, ``zb = z b``) inside,
+which carries them on to ``m``, ``z`` (and through the gate to the mask logits)::
 
     dP = dy * c
     dx = dP W0 + s (dP B) A
@@ -289,11 +290,21 @@ def keep_for_backward(ctx, x: Tensor, scale: Tensor, bias: Optional[Tensor], ski
     return readable, redo, kept_pre_scale
 
 
+def refuse_double_backward(grad_y: Tensor, op: str) -> None:
+    """The backward ops are not differentiable: under ``create_graph=True`` (grad mode on in the backward) their
+    gradients would silently lack the second-order terms, so the eager path refuses it (a trace under
+    ``torch.compile`` is left alone)."""
+    if torch.is_grad_enabled() and plain_eager(grad_y) and not _saved_output.tracing(grad_y):
+        raise RuntimeError(f"{op}: double backward (create_graph=True through masked DoRA) is not supported: its "
+                           f"backward is not differentiable, so second-order gradients would be silently wrong")
+
+
 def backward_from_saved(ctx, grad_y: Tensor, x: Tensor, weight: Tensor, lora_A: Tensor, lora_B: Tensor,
                         scale: Tensor, bias: Optional[Tensor], xa: Tensor, readable: Optional[Tensor],
                         redo: Optional[Tensor], kept_pre_scale: Optional[Tensor], need_scale: bool):
     """The backward after :func:`keep_for_backward`: ``(dx, dA, dB, dc, d(zb))``, ``dc`` zeros unless
     ``need_scale``. Call it once per ``ctx`` (it releases the kept output and the host copy)."""
+    refuse_double_backward(grad_y, "dora_linear")
     y = _saved_output.take(ctx) if ctx.keeps_output else None
     rows = _host_rows(ctx.redo_host, scale.device)
     ctx.redo_host = None

@@ -126,11 +126,12 @@ def gated_dora_linear(
     """
     for name, vec in (("magnitude", magnitude), ("gate", gate), ("norm", norm)):
         _checks.check_floating(name, vec)
+    n = weight.shape[0] if isinstance(weight, Tensor) and weight.dim() == 2 else -1
+    for name, vec in (("magnitude", magnitude), ("gate", gate), ("norm", norm)):
+        _checks.check_vector(name, vec, n)  # named here: check_dora_linear_args calls its vector "scale"
+    if isinstance(x, Tensor):
+        _checks.check_same_device([("x", x), ("norm", norm), ("magnitude", magnitude), ("gate", gate)])
     check_dora_linear_args(x, weight, lora_A, lora_B, norm, bias)
-    n = weight.shape[0]
-    _checks.check_vector("magnitude", magnitude, n)
-    _checks.check_vector("gate", gate, n)
-    _checks.check_same_device([("norm", norm), ("magnitude", magnitude), ("gate", gate)])
     if norm.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"norm: expected float32 or float64 (the per-channel terms' dtype), got {norm.dtype}")
     check_call(weight, skip_rows, ("norm", norm))
