@@ -15,5 +15,5 @@ from .. import _backends
 
 _backends.load_kernel_backends()
 
-__all__ = ["BACKENDS", "compact_linear", "compact_linear_", "dora_linear", "forced_backend", "forget_index_check", "gated_dora_linear", "registered", "row_norm", "select",
-           "use_backend", "validate_indices", "weight_sq_norm"]
+__all__ = ["BACKENDS", "compact_linear", "compact_linear_", "dora_linear", "forced_backend", "forget_index_check",
+           "gated_dora_linear", "registered", "row_norm", "select", "use_backend", "validate_indices", "weight_sq_norm"]
