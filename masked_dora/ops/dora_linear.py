@@ -290,6 +290,13 @@ def keep_for_backward(ctx, x: Tensor, scale: Tensor, bias: Optional[Tensor], ski
     return readable, redo, kept_pre_scale
 
 
+def release_kept(ctx) -> None:
+    """For a backward that needs nothing of what :func:`keep_for_backward` kept (``grad_y`` is ``None``: only the
+    non-differentiable ``P`` or ``x A^T`` was used downstream): let the kept output and the host copy go."""
+    _saved_output.take(ctx)
+    ctx.redo_host = None
+
+
 def refuse_double_backward(grad_y: Tensor, op: str) -> None:
     """The backward ops are not differentiable: under ``create_graph=True`` (grad mode on in the backward) their
     gradients would silently lack the second-order terms, so the eager path refuses it (a trace under
@@ -333,8 +340,7 @@ def _backward(ctx, grad_y, _grad_pre_scale, _grad_xa):
     x, weight, lora_A, lora_B, scale, bias, xa, readable, redo, kept_pre_scale = ctx.saved_tensors
     needs = ctx.needs_input_grad
     if grad_y is None:  # only P or x A^T was used downstream: they are non-differentiable
-        _saved_output.take(ctx)
-        ctx.redo_host = None
+        release_kept(ctx)
         return (None,) * 8
     grad_x, grad_A, grad_B, grad_scale, grad_bias = backward_from_saved(
         ctx, grad_y, x, weight, lora_A, lora_B, scale, bias, xa, readable, redo, kept_pre_scale,

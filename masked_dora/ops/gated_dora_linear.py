@@ -22,10 +22,10 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _checks, _saved_output
+from . import _checks
 from ._eager import eager_function, plain_eager
 from .dora_linear import (_forward, backward_from_saved, check_call, check_dora_linear_args, keep_for_backward,
-                          token_rows)
+                          release_kept, token_rows)
 
 OP = "gated_dora_linear"
 
@@ -82,8 +82,7 @@ def _backward(ctx, grad_y, _grad_pre_scale, _grad_xa):
     x, weight, lora_A, lora_B, magnitude, gate, norm, bias, xa, readable, redo, kept_pre_scale = ctx.saved_tensors
     needs = ctx.needs_input_grad
     if grad_y is None:  # only P or x A^T was used downstream: they are non-differentiable
-        _saved_output.take(ctx)
-        ctx.redo_host = None
+        release_kept(ctx)
         return (None,) * 10
     with torch.no_grad():
         scale, gated_bias = channel_terms(magnitude, gate, norm, bias)
