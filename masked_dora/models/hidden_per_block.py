@@ -22,11 +22,13 @@ order), whatever it does with them next: the residual add, RMSNorm or LayerNorm 
 (pre-LN) or after (BERT's post-LN ``LayerNorm(dense(u) + input)``) the add, multipliers or dropout. So it is
 exact for RMSNorm and LayerNorm families alike, where ``hidden_mode="global"`` is not.
 
-The scatter is not fused with the residual add (``CompactLinear.forward(x, residual=)``): the add is the
-family's code (``residual + hidden_states`` in ``LlamaDecoderLayer.forward``, ``LayerNorm(hidden_states +
-input_tensor)`` after a dropout in ``BertSelfOutput``), so fusing it would need a forward per family, which
-``models/`` does not have (specs, not code per model). The writers write a zero-filled full-width output the
-family then adds; the readers' gather is the one-per-consumer-set gather.
+The writers' scatter is fused with the residual add without a forward per family (``models/`` has specs, not
+code per model): the writers are built with ``defer_scatter=True``, so in inference (no autograd graph, not
+compiled) they return a :class:`~masked_dora.nn.DeferredScatter`, and the family's own ``residual +
+hidden_states`` (Llama, Mistral, Qwen2/3, Gemma; ``LayerNorm(dropout(h) + input_tensor)`` in BERT-likes, the
+eval-mode dropout passing it through) runs as one ``compact_linear(..., residual=)``. Families that do
+something else with the writer's output first (Gemma 2/3 normalise it, Granite scales it) get the plain
+zero-filled output, as before; so do training and ``torch.compile``.
 
 The gather reads its indices from the half's writer (``CompactLinear.out_idx``, the same ``K``): the compacted
 model holds each block's ``K`` in its two writers' buffers, which ``save_pretrained`` writes and
@@ -233,7 +235,8 @@ def resize_block_hidden(block: nn.Module, spec, kept: int, width: int) -> None:
         old = block.get_submodule(path)
         w = old.weight.new_zeros(kept, features(old)[0])
         bias = None if old.bias is None else old.bias.new_zeros(kept)
-        new = CompactLinear(w, bias, features(old)[0], width, None, torch.arange(kept, device=w.device))
+        new = CompactLinear(w, bias, features(old)[0], width, None, torch.arange(kept, device=w.device),
+                            defer_scatter=True)
         parent_path, _, name = path.rpartition(".")
         setattr(block.get_submodule(parent_path) if parent_path else block, name, new)
         writers[half] = new

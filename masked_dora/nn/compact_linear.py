@@ -16,7 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import _checks
+from ..ops.compact_linear import _prepare as check_compact_linear_call  # the op's own argument checks
 from ..ops.compact_linear import compact_linear, compact_linear_, validate_indices
+from .deferred_scatter import DeferredScatter, can_defer
 
 Keep = Union[Tensor, None]
 
@@ -62,11 +64,22 @@ class CompactLinear(nn.Module):
     out_features); with ``residual`` (..., out_features) it returns
     ``residual + y`` (scatter fused with the add; a new tensor, ``residual``
     is not modified). :meth:`add_into` is the in-place serving form.
+
+    ``defer_scatter=True`` (with ``out_idx``): where no autograd graph or
+    compiled graph can see it, ``forward(x)`` returns a
+    :class:`~masked_dora.nn.DeferredScatter`, which fuses the scatter into the
+    residual add the model's own code does next (``residual + y``) and is
+    the plain output for anything else (see :mod:`masked_dora.nn.deferred_scatter`).
+    An attribute, not state: the state dict is the same either way.
     """
 
     def __init__(self, weight: Tensor, bias: Optional[Tensor], in_features: int, out_features: int,
-                 in_idx: Optional[Tensor] = None, out_idx: Optional[Tensor] = None):
+                 in_idx: Optional[Tensor] = None, out_idx: Optional[Tensor] = None, defer_scatter: bool = False):
         super().__init__()
+        if not isinstance(defer_scatter, bool):
+            raise TypeError(f"defer_scatter: expected a bool, got {type(defer_scatter).__name__}")
+        if defer_scatter and out_idx is None:
+            raise ValueError("defer_scatter: needs out_idx (a layer that scatters into a wider output)")
         _checks.check_floating("weight", weight)
         _checks.check_ndim("weight", weight, 2)
         n_kept, k_kept = weight.shape
@@ -94,6 +107,7 @@ class CompactLinear(nn.Module):
         self.register_parameter("bias", None if bias is None else nn.Parameter(bias.detach().contiguous()))
         self.register_buffer("in_idx", in_idx)
         self.register_buffer("out_idx", out_idx)
+        self.defer_scatter = defer_scatter
 
     @property
     def kept_in(self) -> int:
@@ -133,6 +147,10 @@ class CompactLinear(nn.Module):
         return cls(weight, bias, linear.in_features, linear.out_features, in_idx, out_idx)
 
     def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        if (residual is None and self.defer_scatter and isinstance(x, Tensor)
+                and can_defer(x, self.weight, self.bias)):
+            check_compact_linear_call(x, self.weight, self.bias, self.in_idx, self.out_idx, self.out_features, None)
+            return DeferredScatter(self, x)
         return compact_linear(x, self.weight, self.bias, self.in_idx, self.out_idx, self.out_features,
                               residual)
 
@@ -168,4 +186,5 @@ class CompactLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"kept_in={self.kept_in}, kept_out={self.kept_out}, bias={self.bias is not None}, "
-                f"gather={self.in_idx is not None}, scatter={self.out_idx is not None}")
+                f"gather={self.in_idx is not None}, scatter={self.out_idx is not None}"
+                + (", defer_scatter=True" if self.defer_scatter else ""))
