@@ -50,6 +50,19 @@ def test_layer_learning_gives_every_unit_the_mean_gradient(budget):
     assert differ > 0
 
 
+@pytest.mark.parametrize("hidden_mode", ["global", "per_block"])
+def test_layer_learning_ties_the_hidden_groups_too(hidden_mode):
+    model = _prepared(mask_learning="layer", target_groups=("mlp", "heads", "hidden"), hidden_mode=hidden_mode,
+                      allocation="uniform")
+    groups = get_state(model).groups
+    assert any(g.kind == "hidden" for g in groups.values()) and all(g.tied for g in groups.values())
+    before = _logits(model)
+    train_masked(model, lm_batches(), _loss, steps=2, lr=1e-3, mask_lr=0.2)
+    for key, after in _logits(model).items():
+        shift = after - before[key]
+        assert shift.abs().max() > 0 and torch.allclose(shift, shift[0].expand_as(shift), atol=1e-5), key
+
+
 def test_layer_learning_keeps_the_order_inside_each_layer_and_moves_budgets():
     model = _prepared(mask_learning="layer")
     before = _logits(model)
