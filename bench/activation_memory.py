@@ -36,7 +36,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import cpu_name  # noqa: E402
+from timing import commit_of, cpu_name, write_results  # noqa: E402
 
 MIB = 2 ** 20
 LAYER = dict(k=1024, n=4096, m=1024, r=16, pruned=0.25)
@@ -251,18 +251,12 @@ def main(argv=None) -> int:
     import peft
     import transformers
 
-    lib = args.library or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    git = lambda *a: subprocess.run(["git", "-C", lib, *a], capture_output=True, text=True).stdout.strip()  # noqa
-    commit = git("rev-parse", "--short", "HEAD") + (" + uncommitted changes" if git("status", "--porcelain",
-                                                                                     "masked_dora") else "")
+    commit = commit_of(args.library)
     meta = dict(date=str(datetime.date.today()), device=args.device, dtype=args.dtype,
                 command=" ".join(["python bench/activation_memory.py"] + list(argv or sys.argv[1:])),
                 machine=cpu_name(), threads=torch.get_num_threads(), torch=torch.__version__,
                 transformers=transformers.__version__, peft=peft.__version__, library=commit)
-    with open(args.out + ".json", "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    with open(args.out + ".md", "w") as f:
-        f.write(markdown(rows, meta))
+    write_results(args.out, meta, rows, markdown(rows, meta))
     print(markdown(rows, meta))
     return 0
 

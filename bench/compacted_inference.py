@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from gpu_block import block_section  # noqa: E402
-from timing import cpu_name  # noqa: E402
+from timing import commit_of, cpu_name, write_results  # noqa: E402
 
 SHAPE = dict(layers=8, hidden=2048, intermediate=5632, heads=16, kv_heads=4, vocab=1024)
 # name: (what is pruned, sparsity per kind, hidden_mode)
@@ -94,11 +94,10 @@ def main(argv=None) -> int:
                         help="what to prune (default: all of %(default)s)")
     args = parser.parse_args(argv)
     out = args.out or f"bench/results/{args.device.split(':')[0]}-{datetime.date.today()}-compacted-inference"
-    import subprocess
 
     import transformers
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = commit_of()
     meta = dict(date=str(datetime.date.today()),
                 command=" ".join(["python bench/compacted_inference.py"] + list(argv or sys.argv[1:])),
                 machine=cpu_name(), threads=torch.get_num_threads(), torch=torch.__version__,
@@ -115,10 +114,7 @@ def main(argv=None) -> int:
             print(json.dumps({k: row[k] for k in ("phase", "batch", "tokens", "model", "ms", "speedup_vs_dense")}
                              | {"config": name}), flush=True)
         # after every configuration: a time limit (bench/gpu_check.sh's stage) keeps what was measured
-        with open(out + ".json", "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
-        with open(out + ".md", "w") as f:
-            f.write(markdown(rows, meta))
+        write_results(out, meta, rows, markdown(rows, meta))
     print(markdown(rows, meta))
     return 0
 

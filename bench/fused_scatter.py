@@ -19,7 +19,6 @@ import datetime
 import json
 import os
 import statistics
-import subprocess
 import sys
 
 import torch
@@ -28,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from compacted_inference import CONFIGS, SHAPE  # noqa: E402
 from gpu_block import _cache_kwarg, build_compact, build_dense  # noqa: E402
-from timing import cpu_name, median_timer  # noqa: E402
+from timing import commit_of, cpu_name, median_timer, write_results  # noqa: E402
 
 from masked_dora.nn import CompactLinear  # noqa: E402
 
@@ -94,7 +93,7 @@ def main(argv=None) -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
     set_deferred(model, True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = commit_of()
     import transformers
 
     where = (f"{cpu_name()}, {torch.get_num_threads()} threads, no GPU" if device == "cpu"
@@ -113,10 +112,7 @@ def main(argv=None) -> int:
              "| phase | batch x tokens | fused ms | unfused ms | speed-up |", "|---|---|---|---|---|"]
     lines += [f"| {r['phase']} | {r['batch']} x {r['tokens']} | {r['fused_ms']:.1f} | {r['unfused_ms']:.1f} | "
               f"{r['speedup']:.3f}x |" for r in rows]
-    with open(out + ".json", "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    with open(out + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_results(out, meta, rows, "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

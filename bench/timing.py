@@ -1,11 +1,15 @@
-"""One timer for the GPU report's sections (milliseconds per call, median), and the CPU name for result headers."""
+"""One timer for the GPU report's sections (milliseconds per call, median), and what result files record: the CPU's
+name, the library's commit, and the ``.json`` + ``.md`` pair."""
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 import statistics
+import subprocess
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 
 def cpu_name() -> str:
@@ -36,3 +40,23 @@ def median_timer(device: str, cpu_repeats: int = 7, cpu_warmup: int = 2) -> Call
             times.append((time.perf_counter() - t0) * 1e3)
         return statistics.median(times)
     return run_cpu
+
+
+def commit_of(library: Optional[str] = None) -> str:
+    """The short commit of the library's checkout (default: this one), with " + uncommitted changes" when
+    ``masked_dora/`` differs from it; "" outside a git checkout."""
+    lib = library or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def git(*args):
+        return subprocess.run(["git", "-C", lib, *args], capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD")
+    return commit + (" + uncommitted changes" if commit and git("status", "--porcelain", "masked_dora") else "")
+
+
+def write_results(base: str, meta: dict, rows: list, markdown: str) -> None:
+    """``base.json`` (``{"meta": meta, "rows": rows}``) and ``base.md`` (``markdown``)."""
+    with open(base + ".json", "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    with open(base + ".md", "w") as f:
+        f.write(markdown)

@@ -117,3 +117,26 @@ def test_host_overhead_benchmark_runs_every_case():
                           os.path.join(ROOT, "bench", "bench_host_overhead.py")],
                          capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     assert out.returncode == 0 and "13 passed" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+def test_result_files_record_the_commit_and_uncommitted_library_changes(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        from timing import commit_of, write_results
+    finally:
+        sys.path.pop(0)
+    repo = tmp_path / "lib"
+    (repo / "masked_dora").mkdir(parents=True)
+    (repo / "masked_dora" / "a.py").write_text("x = 1\n")
+    git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], capture_output=True, text=True, check=True)  # noqa
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    head = git("rev-parse", "--short", "HEAD").stdout.strip()
+    assert commit_of(str(repo)) == head
+    (repo / "masked_dora" / "a.py").write_text("x = 2\n")
+    assert commit_of(str(repo)) == head + " + uncommitted changes"
+    assert commit_of(str(tmp_path / "nowhere")) == ""
+    write_results(str(tmp_path / "r"), {"commit": head}, [{"a": 1}], "# table\n")
+    assert json.load(open(tmp_path / "r.json")) == {"meta": {"commit": head}, "rows": [{"a": 1}]}
+    assert (tmp_path / "r.md").read_text() == "# table\n"
