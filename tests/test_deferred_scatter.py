@@ -208,3 +208,44 @@ def test_compacted_per_block_models_fuse_their_writers_adds(calls, family):
     with torch.no_grad():
         unfused = output_tensor(small(**tiny_inputs()))
     assert torch.equal(out, unfused) and rel_err(out, ref) < 1e-5
+
+
+def test_the_value_is_the_layers_output_at_the_call_even_with_its_weights_offloaded_after(calls):
+    # accelerate's offloading hooks (cpu_offload, device_map with offload) swap the weights for meta tensors
+    # once forward returns, before the model's code adds the output: it used to raise (weight on meta)
+    plain, deferred, x, r = _layer()
+    with torch.no_grad():
+        want, y, z = r + plain(x), deferred(x), deferred(x)
+        for name in ("weight", "bias"):
+            setattr(deferred, name, torch.nn.Parameter(getattr(deferred, name).to("meta")))
+        assert torch.equal(r + y, want) and torch.equal(z.clone(), plain(x))
+    assert calls == {"fused": 1, "materialized": 1}
+
+
+def test_cpu_offloaded_model_gives_the_plain_output():
+    accelerate = pytest.importorskip("accelerate")
+    model = _prepared("llama")
+    harden(model)
+    with torch.no_grad():
+        small = compact_model(model)
+        want = output_tensor(small(**tiny_inputs()))
+        accelerate.cpu_offload(small, execution_device=torch.device("cpu"))
+        assert torch.equal(output_tensor(small(**tiny_inputs())), want)
+
+
+def test_an_output_taken_without_grad_never_gets_a_graph():
+    # computed later with grad mode on, it used to build one: the backward reached the layer's weights
+    plain, deferred, x, r = _layer()
+    with torch.no_grad():
+        y, z, want = deferred(x), deferred(x), plain(x)
+    w, res = torch.ones(40, requires_grad=True), r.clone().requires_grad_()
+    (y * w).sum().backward()
+    out = res + z  # not fused: the residual's graph is the plain add's
+    out.sum().backward()
+    assert deferred.weight.grad is None and deferred.bias.grad is None
+    assert torch.equal(w.grad, want.sum((0, 1))) and torch.equal(res.grad, torch.ones_like(r))
+    assert torch.equal(out, r + want) and not y.requires_grad
+    with torch.inference_mode():
+        y = deferred(x)
+    assert torch.equal(y * 2, want * 2)  # used to raise: inference tensors cannot be saved for backward
+

@@ -69,23 +69,28 @@ class DeferredScatter(Tensor):
         return Tensor._make_wrapper_subclass(cls, shape, dtype=x.dtype, device=x.device, requires_grad=False)
 
     def __init__(self, layer, x: Tensor):
+        # the operands are taken now, detached: the value is the layer's output at the call, whatever happens to
+        # the module afterwards (an offloading hook swapping its weights for meta tensors once forward returns;
+        # autograd enabled again, or requires_grad_ on its weights)
+        b = layer.bias
         self.layer, self.x, self._value = layer, x, None
+        self._args = (x.detach(), layer.weight.detach(), None if b is None else b.detach(), layer.in_idx,
+                      layer.out_idx, layer.out_features)
 
     def materialize(self) -> Tensor:
         """The unfused output ``scatter_K(x W^T + b)``, computed on first use and kept."""
         if self._value is None:
-            m = self.layer
-            self._value = compact_linear(self.x, m.weight, m.bias, m.in_idx, m.out_idx, m.out_features)
+            self._value = compact_linear(*self._args)
         return self._value
 
     def _fusable(self, other) -> bool:
         return (type(other) is Tensor and self._value is None and other.shape == self.shape
-                and other.dtype == self.dtype and other.device == self.device)
+                and other.dtype == self.dtype and other.device == self.device
+                and not (torch.is_grad_enabled() and other.requires_grad))  # a graph: the plain add, as unfused
 
     def add_to(self, residual: Tensor) -> Tensor:
         """``residual + self`` with the scatter fused into the add (a new tensor)."""
-        m = self.layer
-        return compact_linear(self.x, m.weight, m.bias, m.in_idx, m.out_idx, m.out_features, residual)
+        return compact_linear(*self._args, residual)
 
     def __repr__(self, *, tensor_contents=None) -> str:
         return f"DeferredScatter({self.materialize()!r})"
@@ -105,9 +110,8 @@ class DeferredScatter(Tensor):
         if func in _IN_PLACE_ADDS and len(args) == 2 and not kwargs:
             r, d = args
             if (isinstance(d, DeferredScatter) and not isinstance(r, DeferredScatter) and d._fusable(r)
-                    and r.is_contiguous() and not (torch.is_grad_enabled() and r.requires_grad)):
-                m = d.layer
-                return compact_linear_(r, d.x, m.weight, m.bias, m.in_idx, m.out_idx)
+                    and r.is_contiguous()):
+                return compact_linear_(r, *d._args[:5])
         if func is torch.nn.functional.dropout and isinstance(args[0], DeferredScatter):
             p = args[1] if len(args) > 1 else kwargs.get("p", 0.5)
             training = args[2] if len(args) > 2 else kwargs.get("training", True)
