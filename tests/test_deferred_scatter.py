@@ -249,3 +249,21 @@ def test_an_output_taken_without_grad_never_gets_a_graph():
         y = deferred(x)
     assert torch.equal(y * 2, want * 2)  # used to raise: inference tensors cannot be saved for backward
 
+
+def test_in_place_changes_after_the_call_are_refused_not_read(calls):
+    # the value would be the changed operands' (it used to be, silently)
+    plain, deferred, x, r = _layer()
+    with torch.no_grad():
+        y, kept, want = deferred(x), deferred(x), plain(x)
+        kept.materialize()
+        deferred.weight.mul_(2)
+        for use in (lambda: r + y, lambda: y * 1, lambda: r.clone().add_(y)):
+            with pytest.raises(RuntimeError, match="modified in place after the call"):
+                use()
+        assert torch.equal(kept * 1, want)  # computed before the change: kept
+        x2 = x.clone()
+        y = deferred(x2)
+        x2.zero_()
+        with pytest.raises(RuntimeError, match="modified in place after the call"):
+            r + y
+

@@ -69,18 +69,29 @@ class DeferredScatter(Tensor):
         return Tensor._make_wrapper_subclass(cls, shape, dtype=x.dtype, device=x.device, requires_grad=False)
 
     def __init__(self, layer, x: Tensor):
-        # the operands are taken now, detached: the value is the layer's output at the call, whatever happens to
-        # the module afterwards (an offloading hook swapping its weights for meta tensors once forward returns;
-        # autograd enabled again, or requires_grad_ on its weights)
+        # the operands are taken now, detached, and their versions recorded: the value is the layer's output at
+        # the call, whatever happens to the module afterwards (an offloading hook swapping its weights for meta
+        # tensors once forward returns; autograd enabled again, or requires_grad_ on its weights)
         b = layer.bias
         self.layer, self.x, self._value = layer, x, None
         self._args = (x.detach(), layer.weight.detach(), None if b is None else b.detach(), layer.in_idx,
                       layer.out_idx, layer.out_features)
+        self._versions = _versions(self._args)
+
+    def _operands(self):
+        """The operands taken at the call; raises if one has been modified in place since (the value is gone)."""
+        args = self._args
+        if _versions(args) != self._versions:
+            raise RuntimeError(
+                "DeferredScatter: the layer's input, weight, bias or indices were modified in place after the call "
+                "that returned this output, and its value at the call was never computed; use the output (or "
+                ".clone() it) before modifying them, or build the layer with defer_scatter=False")
+        return args
 
     def materialize(self) -> Tensor:
         """The unfused output ``scatter_K(x W^T + b)``, computed on first use and kept."""
         if self._value is None:
-            self._value = compact_linear(*self._args)
+            self._value = compact_linear(*self._operands())
         return self._value
 
     def _fusable(self, other) -> bool:
@@ -90,7 +101,7 @@ class DeferredScatter(Tensor):
 
     def add_to(self, residual: Tensor) -> Tensor:
         """``residual + self`` with the scatter fused into the add (a new tensor)."""
-        return compact_linear(*self._args, residual)
+        return compact_linear(*self._operands(), residual)
 
     def __repr__(self, *, tensor_contents=None) -> str:
         return f"DeferredScatter({self.materialize()!r})"
@@ -111,7 +122,7 @@ class DeferredScatter(Tensor):
             r, d = args
             if (isinstance(d, DeferredScatter) and not isinstance(r, DeferredScatter) and d._fusable(r)
                     and r.is_contiguous()):
-                return compact_linear_(r, *d._args[:5])
+                return compact_linear_(r, *d._operands()[:5])
         if func is torch.nn.functional.dropout and isinstance(args[0], DeferredScatter):
             p = args[1] if len(args) > 1 else kwargs.get("p", 0.5)
             training = args[2] if len(args) > 2 else kwargs.get("training", True)
@@ -125,6 +136,11 @@ class DeferredScatter(Tensor):
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
         # reached only where __torch_function__ was bypassed (torch function disabled): the plain output
         return func(*_plain(tuple(args)), **{k: _plain(v) for k, v in (kwargs or {}).items()})
+
+
+def _versions(tensors) -> tuple:
+    """The version counters of ``tensors`` (None for None and for inference tensors, which have none)."""
+    return tuple(None if not isinstance(t, Tensor) or t.is_inference() else t._version for t in tensors)
 
 
 def _plain(value):
