@@ -267,3 +267,34 @@ def test_in_place_changes_after_the_call_are_refused_not_read(calls):
         with pytest.raises(RuntimeError, match="modified in place after the call"):
             r + y
 
+
+def test_a_materialised_output_releases_the_input_and_metadata_follows_in_place_changes():
+    _, deferred, x, _ = _layer()
+    with torch.no_grad():
+        y = deferred(x)
+        assert y.x is x
+        y.materialize()
+        assert y.x is None and y._args is None  # the input is no longer kept alive
+        y.unsqueeze_(0)
+        assert y.shape == (1, 3, 5, 40) and y.dim() == 4 and len(y) == 1
+    y.requires_grad_()
+    assert y.requires_grad
+
+
+def test_forward_hooks_get_the_plain_output():
+    plain, deferred, x, r = _layer()
+    kept = []
+    handle = deferred.register_forward_hook(lambda m, i, o: kept.append(o))
+    with torch.no_grad():
+        out = r + deferred(x)
+    handle.remove()
+    assert type(kept[0]) is torch.Tensor and torch.equal(kept[0], plain(x).detach())
+    assert torch.equal(out, r + plain(x).detach())
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: None)
+    try:
+        with torch.no_grad():
+            assert type(deferred(x)) is torch.Tensor
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        assert type(deferred(x)) is DeferredScatter

@@ -14,6 +14,7 @@ from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.module import _global_forward_hooks
 
 from ..ops import _checks
 from ..ops.compact_linear import _prepare as check_compact_linear_call  # the op's own argument checks
@@ -66,7 +67,7 @@ class CompactLinear(nn.Module):
     is not modified). :meth:`add_into` is the in-place serving form.
 
     ``defer_scatter=True`` (with ``out_idx``): where no autograd graph or
-    compiled graph can see it, ``forward(x)`` returns a
+    compiled graph can see it and no forward hook gets it, ``forward(x)`` returns a
     :class:`~masked_dora.nn.DeferredScatter`, which fuses the scatter into the
     residual add the model's own code does next (``residual + y``) and is
     the plain output for anything else (see :mod:`masked_dora.nn.deferred_scatter`).
@@ -147,8 +148,10 @@ class CompactLinear(nn.Module):
         return cls(weight, bias, linear.in_features, linear.out_features, in_idx, out_idx)
 
     def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        # not with forward hooks: they get the output and may keep it (activation caching), and a kept deferred
+        # output holds the input (down_proj's: the intermediate width) and recomputes the GEMM when read
         if (residual is None and self.defer_scatter and isinstance(x, Tensor)
-                and can_defer(x, self.weight, self.bias)):
+                and not (self._forward_hooks or _global_forward_hooks) and can_defer(x, self.weight, self.bias)):
             check_compact_linear_call(x, self.weight, self.bias, self.in_idx, self.out_idx, self.out_features, None)
             return DeferredScatter(self, x)
         return compact_linear(x, self.weight, self.bias, self.in_idx, self.out_idx, self.out_features,

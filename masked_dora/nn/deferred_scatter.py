@@ -18,7 +18,13 @@ the output's shape, dtype and device but holds only the layer and its input. Thr
   ``r`` is contiguous);
 * dropout that does nothing (``training=False`` or ``p=0``) returns ``d`` itself, so BERT's add is fused too;
 * reading metadata (shape, dtype, device, ``size()``, ``dim()``, ...) reads the wrapper's;
-* anything else first materialises ``d`` (the unfused output, computed once and kept) and runs on it.
+* anything else first materialises ``d`` (the unfused output, computed once and kept; the input is then
+  released) and runs on it; metadata read after that is the value's.
+
+The operands (input, weight, bias, indices) are taken, detached, at the call: the value is the layer's output
+then, whatever the module holds later (an offloading hook's meta weights); one modified in place before the
+value is computed makes the use raise rather than read it. A layer with forward hooks returns the plain
+output (a hook may keep it, and a kept deferred tensor holds the input).
 
 So a family whose code does something else with the writer's output (Gemma 2/3's norm before the add,
 Granite's residual multiplier) gets exactly the unfused result. The layer defers only where the result
@@ -81,7 +87,7 @@ class DeferredScatter(Tensor):
     def _operands(self):
         """The operands taken at the call; raises if one has been modified in place since (the value is gone)."""
         args = self._args
-        if _versions(args) != self._versions:
+        if args is not None and _versions(args) != self._versions:
             raise RuntimeError(
                 "DeferredScatter: the layer's input, weight, bias or indices were modified in place after the call "
                 "that returned this output, and its value at the call was never computed; use the output (or "
@@ -89,10 +95,16 @@ class DeferredScatter(Tensor):
         return args
 
     def materialize(self) -> Tensor:
-        """The unfused output ``scatter_K(x W^T + b)``, computed on first use and kept."""
-        if self._value is None:
-            self._value = compact_linear(*self._operands())
-        return self._value
+        """The unfused output ``scatter_K(x W^T + b)``, computed on first use and kept (the input is released)."""
+        value = self._value
+        if value is None:
+            args = self._operands()
+            if args is None:  # another thread computed it meanwhile (it sets _value before releasing _args)
+                return self._value
+            value = compact_linear(*args)
+            self._value = value
+            self._args = self.x = None
+        return value
 
     def _fusable(self, other) -> bool:
         return (type(other) is Tensor and self._value is None and other.shape == self.shape
@@ -101,7 +113,10 @@ class DeferredScatter(Tensor):
 
     def add_to(self, residual: Tensor) -> Tensor:
         """``residual + self`` with the scatter fused into the add (a new tensor)."""
-        return compact_linear(*self._operands(), residual)
+        args = self._operands()
+        if args is None:
+            return residual + self.materialize()
+        return compact_linear(*args, residual)
 
     def __repr__(self, *, tensor_contents=None) -> str:
         return f"DeferredScatter({self.materialize()!r})"
@@ -109,9 +124,9 @@ class DeferredScatter(Tensor):
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        with torch._C.DisableTorchFunctionSubclass():
-            if func in _METADATA:
-                return func(*args, **kwargs)
+        if func in _METADATA:  # the wrapper's, or once computed the value's (an in-place op may have changed it)
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*(_computed(a) for a in args), **kwargs)
         if func in _ADDS and len(args) == 2 and not kwargs:
             a, b = args
             if isinstance(b, DeferredScatter) and not isinstance(a, DeferredScatter) and b._fusable(a):
@@ -122,7 +137,9 @@ class DeferredScatter(Tensor):
             r, d = args
             if (isinstance(d, DeferredScatter) and not isinstance(r, DeferredScatter) and d._fusable(r)
                     and r.is_contiguous()):
-                return compact_linear_(r, *d._operands()[:5])
+                args = d._operands()
+                if args is not None:
+                    return compact_linear_(r, *args[:5])
         if func is torch.nn.functional.dropout and isinstance(args[0], DeferredScatter):
             p = args[1] if len(args) > 1 else kwargs.get("p", 0.5)
             training = args[2] if len(args) > 2 else kwargs.get("training", True)
@@ -141,6 +158,11 @@ class DeferredScatter(Tensor):
 def _versions(tensors) -> tuple:
     """The version counters of ``tensors`` (None for None and for inference tensors, which have none)."""
     return tuple(None if not isinstance(t, Tensor) or t.is_inference() else t._version for t in tensors)
+
+
+def _computed(value):
+    """``value``, or its materialised value where it is a deferred tensor already computed."""
+    return value._value if isinstance(value, DeferredScatter) and value._value is not None else value
 
 
 def _plain(value):
