@@ -100,6 +100,10 @@ def test_in_place_add_updates_the_residual_with_the_serving_op(calls):
         want = s + plain(x)
         s += deferred(x)
     assert torch.equal(s, want) and calls == {"materialized": 1}
+    with torch.inference_mode():
+        inf = r.clone()
+    with torch.no_grad(), pytest.raises(RuntimeError, match="Inplace update to inference tensor outside InferenceMode"):
+        inf += deferred(x)  # as unfused (the in-place op used to update it)
 
 
 @pytest.mark.parametrize("op", [

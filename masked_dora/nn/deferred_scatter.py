@@ -136,7 +136,7 @@ class DeferredScatter(Tensor):
         if func in _IN_PLACE_ADDS and len(args) == 2 and not kwargs:
             r, d = args
             if (isinstance(d, DeferredScatter) and not isinstance(r, DeferredScatter) and d._fusable(r)
-                    and r.is_contiguous()):
+                    and r.is_contiguous() and (torch.is_inference_mode_enabled() or not r.is_inference())):
                 args = d._operands()
                 if args is not None:
                     return compact_linear_(r, *args[:5])
