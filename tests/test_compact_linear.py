@@ -170,6 +170,22 @@ def test_in_place_op_refuses_autograd_and_strided_residual():
         compact_linear_(res.t().contiguous().t(), x.detach(), w, b, ii, oi)
 
 
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_in_place_op_refuses_an_inference_tensor_outside_inference_mode(backend):
+    skip_unavailable(backend)
+    with torch.inference_mode():
+        residual = torch.randn(4, 10)
+        x, w = torch.randn(4, 6), torch.randn(3, 6)
+    idx = torch.tensor([1, 4, 7])
+    before = residual.clone()
+    with use_backend(backend), pytest.raises(RuntimeError, match="residual: an inference tensor"):
+        compact_linear_(residual, x, w, out_idx=idx)
+    assert torch.equal(residual, before)
+    with use_backend(backend), torch.inference_mode():  # inside inference_mode it updates in place
+        compact_linear_(residual, x, w, out_idx=idx)
+    assert torch.equal(residual[:, idx], before[:, idx] + x @ w.t())
+
+
 def test_in_place_op_opcheck_and_compile():
     x, w, b, ii, oi, width, res = make_case(torch.float64, lead=(6,), k_full=20, k_kept=12, n_full=15, n_kept=7,
                                             residual=True)
