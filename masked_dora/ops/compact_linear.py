@@ -432,7 +432,8 @@ def compact_linear_(residual: Tensor, x: Tensor, weight: Tensor, bias: Optional[
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (residual, x, weight, bias)):
         raise RuntimeError("compact_linear_: the in-place residual update has no autograd formula; run it under "
                            "torch.no_grad() / inference_mode, or use compact_linear(..., residual=residual)")
-    if residual.is_inference() and not torch.is_inference_mode_enabled():  # as torch's own in-place ops refuse
+    # as torch's own in-place ops refuse (eager only: dynamo cannot trace is_inference, and torch checks there)
+    if not torch.compiler.is_compiling() and residual.is_inference() and not torch.is_inference_mode_enabled():
         raise RuntimeError("residual: an inference tensor cannot be updated in place outside InferenceMode "
                            "(made under torch.inference_mode(); clone it, or run this under inference_mode)")
     args = (residual.view(-1, out_features), x2, weight, bias, in_idx, out_idx)
