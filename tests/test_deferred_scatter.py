@@ -302,3 +302,20 @@ def test_forward_hooks_get_the_plain_output():
         handle.remove()
     with torch.no_grad():
         assert type(deferred(x)) is DeferredScatter
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_add_on_a_gpu_equals_the_unfused_one(backend, calls, dtype):
+    """UNRUN so far (no GPU in CI): the automatic choice on CUDA (the reference backend) fused and unfused."""
+    if backend != "torch":
+        pytest.skip("the cpp backend is the CPU's; on CUDA the automatic choice runs")
+    from masked_dora.ops import use_backend
+
+    plain, deferred, x, r = _layer(dtype)
+    plain, deferred, x, r = plain.cuda(), deferred.cuda(), x.cuda(), r.cuda()
+    with use_backend(None), torch.inference_mode():
+        out, unfused = r + deferred(x), r + plain(x)
+    assert calls == {"fused": 1} and torch.equal(out, unfused)
+    ref = _reference_f64(plain.cpu(), x.cpu(), r.cpu())
+    assert rel_err(out.cpu(), ref) < (1e-5 if dtype == torch.float32 else 1e-2)

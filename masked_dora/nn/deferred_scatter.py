@@ -32,7 +32,8 @@ cannot need autograd (no input requires grad, or grad mode is off: ``torch.no_gr
 ``torch.inference_mode()``, ``generate()``) and outside ``torch.compile``/tracing/``torch.func``
 transforms, where the plain output is returned: a deferred tensor never enters an autograd graph or a
 compiled graph. Values: the fused kernel adds ``r`` and the kept result once, exactly as the unfused
-``r + y`` does (``0 + v = v``), so the two are bit-equal on the CPU kernels.
+``r + y`` does (``0 + v = v``), so the two are bit-equal on the CPU kernels. On a GPU this path is UNRUN so far
+(`bench/fused_scatter.py --device cuda` in `bench/gpu_check.sh` times and compares it).
 """
 
 from __future__ import annotations
