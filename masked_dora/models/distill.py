@@ -24,6 +24,7 @@ held-out texts (agreement with the dense model's choice, and each model's own ac
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -115,9 +116,9 @@ class TeacherHiddenCache:
     lookup miss). ``nbytes``: the bytes held, never above ``max_bytes``."""
 
     def __init__(self, max_bytes: int = 0):
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, numbers.Integral) or max_bytes < 0:
             raise ValueError(f"hidden_cache_bytes: expected an int >= 0 (bytes; 0 keeps nothing), got {max_bytes!r}")
-        self.max_bytes = max_bytes
+        self.max_bytes = int(max_bytes)
         self.nbytes = 0
         self._entries: Dict[int, Tuple[Tensor, Tensor]] = {}  # id(batch) -> (its input_ids, packed states)
 
