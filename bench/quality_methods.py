@@ -39,7 +39,8 @@ METHODS: Dict[str, Method] = {
     "learned_global": Method("learned", "A with allocation='global' (layer budgets learned)",
                              {"importance": "activation", "allocation": "global"}),
     "fixed_activation_global": Method("fixed", "C with allocation='global' (the activation cut ranked across "
-                                      "layers), fixed from step 0: the CLI's default since this study",
+                                      "layers), fixed from step 0: the CLI's default from this study until "
+                                      "2026-11-28 (now its --hidden-weight 0)",
                                       {"importance": "activation", "allocation": "global"}),
     "learned_soft": Method("learned", "A with logits near the boundary (mask_init 0.5) so decisions can move",
                            {"importance": "activation", "mask_init": 0.5}),
@@ -92,7 +93,8 @@ METHODS: Dict[str, Method] = {
     # CoFi's layer distillation (Xia et al. 2022): + HS * the relative squared error of each layer's hidden
     # states to the dense model's (masked_dora.models.distill.hidden_state_loss), the same loss for fixed and learned
     "fixed_activation_global_hs": Method("fixed", "fixed_activation_global trained with the hidden-state loss "
-                                         "(CoFi's layer distillation) for all its steps",
+                                         "(CoFi's layer distillation) for all its steps; at λ = 3 the CLI's "
+                                         "default since 2026-11-28",
                                          {"importance": "activation", "allocation": "global"}, hidden_weight=HS),
     "learned_global_hs": Method("learned", "learned_global with the hidden-state loss while the masks learn "
                                 "(CoFi's use) and in recovery (the same loss as fixed_activation_global_hs)",

@@ -8,7 +8,8 @@
 ``--steps N`` learns the masks for N steps first), fine-tunes it with masked DoRA on
 real text (``--data FILE``, plain text or JSONL; by default the docstrings of Python's standard
 library) with the model's objective (``--objective``: next-token loss for a causal LM, distilling
-the dense model's mean-pooled sentence embeddings for an encoder), compacts the model, evaluates
+the dense model's mean-pooled sentence embeddings for an encoder, by default with each encoder layer's
+hidden states matched to the dense model's too: ``--hidden-weight``), compacts the model, evaluates
 dense vs pruned on held-out text (perplexity and next-token agreement, or embedding cosine and
 top-1 retrieval agreement), measures parameters and
 latency, and writes ``report.md``, ``kept_per_layer.png``, ``metrics.json``,
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import sys
@@ -57,6 +59,52 @@ def _positive(name, kind=int, zero_ok=False):
     return parse
 
 
+def _hidden_weight(text):
+    """``--hidden-weight``: ``auto`` or a finite number >= 0."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--hidden-weight: expected 'auto' or a number >= 0, got {text!r}")
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"--hidden-weight: expected 'auto' or a finite number >= 0, got {value}")
+    return value
+
+
+HIDDEN_WEIGHT = 3.0  # --hidden-weight auto where it was measured (bench/results/quality-2026-11-28c.md)
+
+
+def resolve_hidden_weight(value, objective: str, groups, hidden_mode: str):
+    """``--hidden-weight`` for this run: ``(weight, note)``, or ``SystemExit`` where the term cannot apply.
+
+    ``auto`` is :data:`HIDDEN_WEIGHT` for the embedding objective pruning MLP channels and heads (where it was
+    measured), else 0 with a note why; an explicit weight > 0 is refused with ``--objective lm`` (the
+    next-token loss has no teacher) and with ``--hidden-mode global`` (the student's residual stream loses
+    channels the teacher's keeps), and taken as given with per-block hidden pruning (full-width stream)."""
+    hidden = "hidden" in groups
+    if value != "auto":
+        if value and objective == "lm":
+            raise SystemExit("--hidden-weight: --objective lm trains on the next-token loss of your text, with no "
+                             "teacher whose hidden states the layers could match; use --hidden-weight 0 (or auto), "
+                             "or --objective embedding for an encoder")
+        if value and hidden and hidden_mode == "global":
+            raise SystemExit("--hidden-weight: with --hidden-mode global the student's residual stream loses the "
+                             "channels the dense model's keeps, so its layers' hidden states cannot be matched "
+                             "channel for channel (CoFi learns a projection for this; not built); use "
+                             "--hidden-weight 0 (or auto), or --hidden-mode per_block")
+        return float(value), ("hidden-state distillation with per-block hidden pruning: not measured"
+                              if value and hidden and objective != "lm" else None)
+    if objective == "lm":
+        return 0.0, "hidden-state distillation off: the lm objective has no teacher (--hidden-weight applies to " \
+                    "--objective embedding)"
+    if hidden:
+        return 0.0, ("hidden-state distillation off by default with hidden in --groups (measured only for MLP "
+                     "channels and heads" + ("; refused with --hidden-mode global)" if hidden_mode == "global" else
+                                             "; --hidden-weight W turns it on with --hidden-mode per_block)"))
+    return HIDDEN_WEIGHT, None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="masked-dora", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lm: next-token loss, evaluated by held-out perplexity (causal LMs); embedding: distil the "
                         "dense model's mean-pooled embeddings, evaluated by cosine and retrieval (encoders); auto: lm "
                         "for a model whose config names a *ForCausalLM architecture, else embedding")
+    p.add_argument("--hidden-weight", type=_hidden_weight, default="auto",
+                   help="embedding objective: the weight of CoFi's layer-wise distillation added to the loss (each "
+                        "encoder layer's hidden states matched to the dense model's, relative squared error). auto: "
+                        f"{HIDDEN_WEIGHT:g} when pruning MLP channels and heads (measured against 0: +0.004 cosine "
+                        "at 25%%, +0.002 at 50%%, bench/results/quality-2026-11-28c.md), else 0; 0 turns it "
+                        "off. --objective lm and --hidden-mode global refuse a weight > 0; with per-block hidden "
+                        "pruning it is allowed but was not measured")
+    p.add_argument("--teacher-cache-mb", type=_positive("--teacher-cache-mb", zero_ok=True), default=512,
+                   help="with --hidden-weight > 0: MiB of the dense model's hidden states kept between steps "
+                        "(real tokens only; the demo's 1200 texts take 383); the batches beyond it recompute "
+                        "theirs in every step (a dense forward, about a third of a step); 0 keeps none")
     p.add_argument("--sparsity", type=_fraction("--sparsity"), default=0.25,
                    help="fraction of units to remove in every targeted group kind")
     p.add_argument("--mlp-sparsity", type=_fraction("--mlp-sparsity"), default=None,
@@ -109,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "magnitude, which needs no data; the CLI has data, and activation measured best)")
     p.add_argument("--budget", choices=("lagrangian", "exact"), default="lagrangian",
                    help="how mask learning holds the target: a Lagrangian penalty on stochastic gates, or the exact "
-                        "top-k of the logits in every forward with straight-through gradients (MaskedDoRAConfig.budget)")
+                        "top-k of the logits in every forward with straight-through gradients "
+                        "(MaskedDoRAConfig.budget)")
     p.add_argument("--gate", choices=("hard_concrete", "gumbel_sigmoid", "sigmoid_ste"), default="hard_concrete",
                    help="the stochastic gate on the mask logits during mask learning")
     p.add_argument("--rank", type=_positive("--rank"), default=8, help="LoRA rank of every adapted layer")
@@ -223,6 +283,8 @@ def run_prune(args) -> dict:
         raise SystemExit("--hidden-mode global: needs --allocation uniform (one mask over the whole residual "
                          "stream; --allocation global ranks the MLP and heads across layers, which the plain "
                          "checkpoint global hidden pruning saves cannot hold); or use --hidden-mode per_block")
+    if args.hidden_weight != "auto":  # refuse before loading anything (an lm objective found by auto: below)
+        resolve_hidden_weight(args.hidden_weight, args.objective, groups, args.hidden_mode)
     if args.steps == 0 and config.importance == "none":
         raise SystemExit("--steps 0 keeps the importance cut, but --importance none gives no cut: choose a score")
     if args.threads:
@@ -230,7 +292,6 @@ def run_prune(args) -> dict:
     torch.manual_seed(args.seed)
     progress = not args.no_progress
     paths = report_paths(args.out)
-    os.makedirs(args.out, exist_ok=True)
     t_start = time.perf_counter()
 
     model_dir = resolve_model(args.model)
@@ -239,6 +300,10 @@ def run_prune(args) -> dict:
     if objective == "auto":
         architectures = getattr(AutoConfig.from_pretrained(model_dir), "architectures", None) or []
         objective = "lm" if any("CausalLM" in a for a in architectures) else "embedding"
+    hidden_weight, note = resolve_hidden_weight(args.hidden_weight, objective, groups, args.hidden_mode)
+    if note:
+        _log(note)
+    os.makedirs(args.out, exist_ok=True)  # after the last refusal that needs no model weights
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:  # decoder tokenizers often have none; padding is masked out anyway
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -262,13 +327,16 @@ def run_prune(args) -> dict:
         task = build_lm_task(tokenizer, dense, texts[0], texts[1], args.batch_size, args.max_length)
     else:
         task = build_task(tokenizer, dense, args.train_texts, args.eval_texts, args.batch_size, args.max_length,
-                          seed=args.seed, progress=progress, texts=texts)
-    train_batches, eval_texts, loss_fn = task.train_batches, task.eval_texts, task.loss_fn
+                          seed=args.seed, progress=progress, texts=texts,
+                          hidden_cache_bytes=args.teacher_cache_mb << 20)
+    train_batches, eval_texts = task.train_batches, task.eval_texts
+    # the cut is scored on the task's own loss (as bench/quality.py does); training adds the hidden-state term
+    loss_fn = dataclasses.replace(task, hidden_weight=hidden_weight).loss_fn if hidden_weight else task.loss_fn
 
     _log(f"preparing masked DoRA ({config.importance} importance)")
     try:
         student = prepare_model(copy.deepcopy(dense), config, calibration=train_batches[:args.calibration_batches],
-                                loss_fn=loss_fn)
+                                loss_fn=task.loss_fn)
     except ValueError as exc:  # a refusal (what this model cannot prune), raised before anything changed
         raise SystemExit(f"--model {args.model}: {exc}")
     one_shot = copy.deepcopy(student)
@@ -312,12 +380,14 @@ def run_prune(args) -> dict:
         "alignment": config.alignment, "gqa": config.gqa, "allocation": config.allocation,
         "hidden_mode": config.hidden_mode if "hidden" in config.target_groups else None,
         "importance": config.importance, "budget": config.budget, "steps": args.steps, "batch_size": args.batch_size,
-        "recovery_steps": args.recovery_steps, "max_length": args.max_length, "n_train": len(task.train_texts), "n_eval": len(eval_texts),
+        "hidden_weight": hidden_weight, "recovery_steps": args.recovery_steps, "max_length": args.max_length,
+        "n_train": len(task.train_texts), "n_eval": len(eval_texts),
         "train_seconds": train_seconds, "hardened": summary, "compaction_max_abs_diff": compaction_err,
         "params_dense": count_parameters(dense), "params_pruned": count_parameters(pruned),
         "layer_params_dense": count_parameters(dense_layers), "layer_params_pruned": count_parameters(pruned_layers),
         "latency_batch_size": lat_batch["input_ids"].shape[0],
-        "latency_batch_dense_ms": latency_ms(dense, lat_batch), "latency_batch_pruned_ms": latency_ms(pruned, lat_batch),
+        "latency_batch_dense_ms": latency_ms(dense, lat_batch),
+        "latency_batch_pruned_ms": latency_ms(pruned, lat_batch),
         "latency_single_dense_ms": latency_ms(dense, single), "latency_single_pruned_ms": latency_ms(pruned, single),
         "device": "CPU", "threads": torch.get_num_threads(), "quality": quality,
         "top1_accuracy_dense": quality[0].get("top1_accuracy_dense"),

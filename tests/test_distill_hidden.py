@@ -92,3 +92,90 @@ def test_width_mismatch_and_bad_weight_are_refused(task):
         dataclasses.replace(task, hidden_weight=-1.0)
     with pytest.raises(ValueError, match="same width"):
         hidden_state_loss([torch.zeros(1, 2, 4)], [torch.zeros(1, 2, 8)], torch.ones(1, 2))
+
+
+def _trained_student(task):
+    """A hardened student whose adapters are not at their init (so its hidden states differ from the teacher's)."""
+    student = _student(task)
+    with torch.no_grad():
+        for n, p in student.named_parameters():
+            if p.requires_grad and "mask" not in n:
+                p.add_(0.05 * torch.randn_like(p))
+    return student.eval()
+
+
+def test_kept_and_recomputed_teacher_states_give_the_same_loss(task):
+    """hidden_cache_bytes=0 recomputes the teacher's states in every call; a large budget keeps them (packed
+    real tokens). Both give the loss of the teacher's states computed here directly, and the same gradients."""
+    kept = dataclasses.replace(task, hidden_weight=3.0, hidden_cache_bytes=1 << 30)
+    streamed = dataclasses.replace(task, hidden_weight=3.0, hidden_cache_bytes=0)
+    assert kept.teacher_hidden is not streamed.teacher_hidden  # another budget: a cache of its own
+    student = _trained_student(task)
+    for _ in range(2):  # the second pass reads the kept states back
+        for batch in task.train_batches:  # the padded batch included
+            with torch.no_grad():
+                direct_teacher = [h.float() for h in task.dense(**batch, output_hidden_states=True).hidden_states[1:]]
+                out = student(**batch, output_hidden_states=True)
+                direct = hidden_state_loss(out.hidden_states[1:], direct_teacher, batch["attention_mask"])
+                direct = distillation_loss(encode(student, batch), task.teacher[id(batch)]) + 3.0 * direct
+            losses = []
+            for t in (kept, streamed):
+                student.zero_grad(set_to_none=True)
+                loss = t.loss_fn(student, batch)
+                loss.backward()
+                losses.append((loss.detach(), {n: p.grad.clone() for n, p in student.named_parameters()
+                                               if p.grad is not None}))
+            assert float(losses[0][0]) > 1e-4
+            torch.testing.assert_close(losses[0][0], direct, rtol=1e-6, atol=0)
+            torch.testing.assert_close(losses[1][0], direct, rtol=1e-6, atol=0)
+            assert losses[0][1].keys() == losses[1][1].keys()
+            for n in losses[0][1]:
+                torch.testing.assert_close(losses[0][1][n], losses[1][1][n], rtol=1e-6, atol=1e-9)
+    assert len(kept.teacher_hidden) == len(task.train_batches)
+    assert len(streamed.teacher_hidden) == 0 and streamed.teacher_hidden.nbytes == 0
+
+
+def _packed_bytes(task, batch):
+    real = int(batch["attention_mask"].sum())
+    return len(task.dense.encoder.layer) * real * task.dense.config.hidden_size * 4
+
+
+@pytest.mark.parametrize("slack", [-1, 0, 1])
+def test_teacher_cache_never_exceeds_its_byte_budget(task, slack):
+    """Batches are kept in the order they come while they fit; the stored tensors' bytes are counted and never
+    exceed hidden_cache_bytes, and a batch that does not fit is recomputed (the loss is unchanged)."""
+    b0, b1 = task.train_batches[:2]
+    budget = _packed_bytes(task, b0) + _packed_bytes(task, b1) + slack
+    t = dataclasses.replace(task, hidden_weight=1.0, hidden_cache_bytes=budget)
+    ref = dataclasses.replace(task, hidden_weight=1.0, hidden_cache_bytes=0)
+    student = _trained_student(task)
+    with torch.no_grad():
+        for _ in range(2):
+            for batch in task.train_batches:
+                torch.testing.assert_close(t.loss_fn(student, batch), ref.loss_fn(student, batch), rtol=1e-6, atol=0)
+    cache = t.teacher_hidden
+    stored = sum(packed.numel() * packed.element_size() for _, packed in cache._entries.values())
+    assert stored == cache.nbytes <= budget
+    assert len(cache) == (2 if slack >= 0 else 1)  # -1: the second batch does not fit, and is not kept later
+
+
+def test_teacher_cache_packs_real_tokens_in_the_teachers_dtype():
+    from masked_dora.models.distill import TeacherHiddenCache
+
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    batch = {"input_ids": torch.ones(2, 3, dtype=torch.long), "attention_mask": mask}
+    states = [torch.randn(2, 3, 4).to(torch.bfloat16) for _ in range(2)]
+    cache = TeacherHiddenCache(1 << 20)
+    assert cache.put(batch, states) and cache.nbytes == 2 * 4 * 4 * 2  # 2 layers, 4 real tokens, width 4, bf16
+    got = cache.get(batch)
+    for g, h in zip(got, states):
+        assert g.dtype == torch.float32
+        assert torch.equal(g[mask.bool()], h.float()[mask.bool()]) and not g[~mask.bool()].any()
+    assert cache.get(dict(batch)) is None  # another batch object: not this one's states
+    assert not cache.put(batch, states)  # kept once
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "512"])
+def test_bad_cache_budget_is_refused_naming_it(task, bad):
+    with pytest.raises(ValueError, match="hidden_cache_bytes"):
+        dataclasses.replace(task, hidden_cache_bytes=bad)

@@ -68,6 +68,10 @@ def test_cli_prune_end_to_end(tmp_path):
     (["prune", "--out", "x", "--steps", "-1"], "--steps: expected a non-negative int"),
     (["prune", "--out", "x", "--recovery-steps", "-2"], "--recovery-steps: expected a non-negative int"),
     (["prune", "--out", "x", "--gqa", "heads"], "--gqa"),
+    (["prune", "--out", "x", "--hidden-weight", "-1"], "--hidden-weight: expected 'auto' or a finite number >= 0"),
+    (["prune", "--out", "x", "--hidden-weight", "inf"], "--hidden-weight: expected 'auto' or a finite number >= 0"),
+    (["prune", "--out", "x", "--hidden-weight", "lots"], "--hidden-weight: expected 'auto' or a number >= 0"),
+    (["prune", "--out", "x", "--teacher-cache-mb", "-1"], "--teacher-cache-mb: expected a non-negative int"),
     (["prune"], "--out"),
 ])
 def test_cli_rejects_bad_arguments(argv, match, capsys):
@@ -132,6 +136,7 @@ def test_cli_prunes_a_causal_lm_on_a_users_text_file(tmp_path):
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["objective"] == "lm" and metrics["data"] == str(data)
+    assert metrics["hidden_weight"] == 0.0  # --hidden-weight auto: no hidden-state term for the lm objective
     assert metrics["n_train"] == 6 and metrics["n_eval"] == 2
     assert metrics["compaction_max_abs_diff"] < 1e-3
     for row in metrics["quality"]:
@@ -190,6 +195,7 @@ def test_cli_prunes_the_hidden_dimension_per_block(tmp_path):
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["hidden_mode"] == "per_block"
+    assert metrics["hidden_weight"] == 0.0  # auto: the hidden-state term was measured without hidden pruning
     assert metrics["hardened"]["hidden"] == {"kept": 48, "total": 64, "sparsity": 0.25}  # 24 of 32 per block
     assert metrics["compaction_max_abs_diff"] < 1e-4
     report = (out / "report.md").read_text()
@@ -228,3 +234,60 @@ def test_cli_hidden_refusals_name_the_option(tmp_path):
         main(["prune", "--model", bert, "--out", str(tmp_path / "o2"), "--groups", "mlp,hidden",
               "--hidden-mode", "global", "--allocation", "uniform", *SMALL_RUN])
     assert not (tmp_path / "o1").exists()
+
+
+def _spy_hidden_loss(monkeypatch):
+    """Count the calls of the hidden-state loss and record the teacher caches' budgets."""
+    from masked_dora.models import distill
+
+    calls, budgets = [], []
+    loss = distill.hidden_state_loss
+    monkeypatch.setattr(distill, "hidden_state_loss", lambda *a: calls.append(1) or loss(*a))
+    init = distill.TeacherHiddenCache.__init__
+    monkeypatch.setattr(distill.TeacherHiddenCache, "__init__", lambda self, b=0: budgets.append(b) or init(self, b))
+    return calls, budgets
+
+
+def test_cli_hidden_weight_defaults_to_3_for_the_embedding_objective(tmp_path, monkeypatch):
+    """--hidden-weight auto is 3 for MLP channels and heads of an encoder: the training loss has the term (and
+    the cut is scored without it), the cache gets --teacher-cache-mb, the report and metrics say it; 0 is off."""
+    model_dir = _tiny_bert_dir(str(tmp_path / "tiny"))
+    run = SMALL_RUN + ["--steps", "0", "--recovery-steps", "2"]
+    calls, budgets = _spy_hidden_loss(monkeypatch)
+    assert main(["prune", "--model", model_dir, "--out", str(tmp_path / "a"), "--teacher-cache-mb", "7"] + run) == 0
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert metrics["hidden_weight"] == 3.0 and len(calls) == 2  # one per training step, none in the calibration
+    assert 7 << 20 in budgets
+    assert "plus 3 × its layers' hidden states" in (tmp_path / "a" / "report.md").read_text()
+    loss_with = metrics["training_log"][0]["loss"]
+    calls.clear()
+    assert main(["prune", "--model", model_dir, "--out", str(tmp_path / "b"), "--hidden-weight", "0"] + run) == 0
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics["hidden_weight"] == 0.0 and not calls
+    assert "hidden states" not in (tmp_path / "b" / "report.md").read_text()
+    assert metrics["training_log"][0]["loss"] < loss_with  # same seed, same first batch: the term adds to it
+
+
+def test_cli_hidden_weight_refusals_and_per_block_hidden(tmp_path, monkeypatch):
+    """A weight > 0 is refused for the lm objective (given, or found by auto) and with --hidden-mode global,
+    before the model loads; with per-block hidden pruning an explicit weight trains with the term."""
+    from tiny_models import tiny_llama_dir
+
+    with pytest.raises(SystemExit, match="--hidden-weight: --objective lm trains on the next-token loss"):
+        main(["prune", "--model", str(tmp_path / "not-loaded"), "--out", str(tmp_path / "o"), "--objective", "lm",
+              "--hidden-weight", "3"])
+    with pytest.raises(SystemExit, match="--hidden-weight: with --hidden-mode global"):
+        main(["prune", "--model", str(tmp_path / "not-loaded"), "--out", str(tmp_path / "o"), "--groups",
+              "mlp,hidden", "--hidden-mode", "global", "--allocation", "uniform", "--hidden-weight", "1"])
+    llama = tiny_llama_dir(str(tmp_path / "tiny-llama"))
+    with pytest.raises(SystemExit, match="--hidden-weight: --objective lm"):  # --objective auto found lm
+        main(["prune", "--model", llama, "--out", str(tmp_path / "o"), "--hidden-weight", "1"] + SMALL_RUN)
+    assert not (tmp_path / "o").exists()
+    bert = _tiny_bert_dir(str(tmp_path / "tiny"))
+    calls, _ = _spy_hidden_loss(monkeypatch)
+    out = tmp_path / "per-block"
+    assert main(["prune", "--model", bert, "--out", str(out), "--groups", "mlp,heads,hidden", "--hidden-weight", "1",
+                 "--sparsity", "0.5", "--hidden-sparsity", "0.25"] + SMALL_RUN) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["hidden_weight"] == 1.0 and len(calls) == 2  # 1 mask-learning + 1 recovery step
+    assert metrics["compaction_max_abs_diff"] < 1e-4

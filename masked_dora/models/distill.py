@@ -9,7 +9,12 @@ any number of students (methods, seeds, sparsities) train and evaluate against t
 ``hidden_weight`` (default 0: off) adds CoFi's layer-wise distillation (Xia et al. 2022) to the loss: the
 student's hidden state after each encoder layer matched to the dense model's after the same layer
 (:func:`hidden_state_loss`; student and teacher have the same width when only MLP channels and heads
-are pruned). The teacher's hidden states of a training batch are computed on first use and kept.
+are pruned). The teacher's hidden states of a batch are computed under ``no_grad`` by ``dense`` (a model of
+its own, in eval mode) when the loss needs them; :class:`TeacherHiddenCache` keeps those of as many batches
+as fit ``hidden_cache_bytes`` (default :data:`HIDDEN_CACHE_BYTES`, 512 MiB; the rest are recomputed in every
+step that uses them; 0 keeps none), so the memory is bounded whatever the corpus, and the loss is the same
+either way. On the demo's task (75 batches of 16 texts, MiniLM) all of them take 383 MiB, and recomputing
+costs a teacher forward, about a third of a training step (``bench/teacher_states.py``).
 ``dataclasses.replace(task, hidden_weight=w)`` gives a task with that loss sharing the data and caches.
 
 Evaluation (:meth:`DistillationTask.evaluate`): mean and minimum cosine between the student's and
@@ -19,6 +24,7 @@ held-out texts (agreement with the dense model's choice, and each model's own ac
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -27,6 +33,8 @@ from torch import Tensor, nn
 
 from .embedding import distillation_loss, embed, encode, mean_pool, retrieval_metrics, tokenize_batches
 from .textdata import query_document_pairs, stdlib_corpus
+
+HIDDEN_CACHE_BYTES = 512 * 2**20  # default bound on the teacher hidden states DistillationTask keeps
 
 
 @dataclass
@@ -40,7 +48,8 @@ class DistillationTask:
     dense_eval: Dict[str, Tensor]
     teacher: Dict[int, Tensor] = field(repr=False)
     hidden_weight: float = 0.0  # weight of hidden_state_loss in loss_fn (0: the embedding loss alone)
-    teacher_hidden: Dict[int, Tuple[Tensor, ...]] = field(default_factory=dict, repr=False)  # filled on first use
+    hidden_cache_bytes: int = HIDDEN_CACHE_BYTES  # teacher hidden states kept between steps, at most these bytes
+    teacher_hidden: Optional["TeacherHiddenCache"] = field(default=None, repr=False)  # made from hidden_cache_bytes
 
     objective = "embedding"
 
@@ -48,6 +57,8 @@ class DistillationTask:
         w = self.hidden_weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w < float("inf"):
             raise ValueError(f"hidden_weight: expected a finite number >= 0, got {w!r}")
+        if self.teacher_hidden is None or self.teacher_hidden.max_bytes != self.hidden_cache_bytes:
+            self.teacher_hidden = TeacherHiddenCache(self.hidden_cache_bytes)  # validates the budget
 
     @property
     def probe_batch(self) -> Dict[str, Tensor]:
@@ -70,13 +81,16 @@ class DistillationTask:
 
     @torch.no_grad()
     def teacher_hidden_states(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, ...]:
-        """The dense model's hidden states after each encoder layer on ``batch`` (eval mode), cached."""
-        key = id(batch)
-        if key not in self.teacher_hidden:
-            self.dense.eval()
-            self.teacher_hidden[key] = tuple(h.float() for h in
-                                             self.dense(**batch, output_hidden_states=True).hidden_states[1:])
-        return self.teacher_hidden[key]
+        """The dense model's hidden states after each encoder layer on ``batch`` (eval mode, float32): from
+        the cache, else computed now (and kept if they fit the cache's budget)."""
+        states = self.teacher_hidden.get(batch)
+        if states is None:
+            if self.dense.training:
+                self.dense.eval()
+            states = self.dense(**batch, output_hidden_states=True).hidden_states[1:]
+            self.teacher_hidden.put(batch, states)
+            states = tuple(h.float() for h in states)
+        return states
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, progress: bool = False, desc: str = "student") -> Dict[str, float]:
@@ -90,6 +104,47 @@ class DistillationTask:
         return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
                 "top1_agreement": r["top1_agreement"], "top1_accuracy": r["top1_accuracy"],
                 "top1_accuracy_dense": r["top1_accuracy_reference"]}
+
+
+class TeacherHiddenCache:
+    """The teacher's hidden states of training batches, at most ``max_bytes`` of them (0: nothing kept).
+
+    A batch's states are kept compactly: the real tokens only (``attention_mask``), all layers in one tensor of
+    the dense model's dtype; :meth:`get` scatters them back into zero padding (the loss never reads padded
+    positions, so it is the same). Batches are kept in the order they come while they fit; a batch that does not
+    fit is recomputed every time it is used (for batches cycled in a fixed order, evicting would make every
+    lookup miss). ``nbytes``: the bytes held, never above ``max_bytes``."""
+
+    def __init__(self, max_bytes: int = 0):
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, numbers.Integral) or max_bytes < 0:
+            raise ValueError(f"hidden_cache_bytes: expected an int >= 0 (bytes; 0 keeps nothing), got {max_bytes!r}")
+        self.max_bytes = int(max_bytes)
+        self.nbytes = 0
+        self._entries: Dict[int, Tuple[Tensor, Tensor]] = {}  # id(batch) -> (its input_ids, packed states)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, batch: Dict[str, Tensor]) -> Optional[Tuple[Tensor, ...]]:
+        entry = self._entries.get(id(batch))
+        if entry is None or entry[0] is not batch["input_ids"]:  # an id reused by another batch is a miss
+            return None
+        mask = batch["attention_mask"].bool()
+        packed = entry[1]
+        full = packed.new_zeros((packed.shape[0],) + tuple(mask.shape) + (packed.shape[-1],), dtype=torch.float32)
+        full[:, mask] = packed.float()
+        return tuple(full.unbind(0))
+
+    def put(self, batch: Dict[str, Tensor], states: Sequence[Tensor]) -> bool:
+        """Keep ``states`` (one ``(batch, tokens, hidden)`` tensor per layer) if they fit; returns whether."""
+        mask = batch["attention_mask"].bool()
+        size = len(states) * int(mask.sum()) * states[0].shape[-1] * states[0].element_size()
+        if id(batch) in self._entries or self.nbytes + size > self.max_bytes:
+            return False
+        packed = torch.stack([h[mask] for h in states])  # (layers, real tokens, hidden)
+        self._entries[id(batch)] = (batch["input_ids"], packed)
+        self.nbytes += size
+        return True
 
 
 def hidden_state_loss(student: Sequence[Tensor], teacher: Sequence[Tensor], attention_mask: Tensor) -> Tensor:
@@ -113,11 +168,12 @@ def hidden_state_loss(student: Sequence[Tensor], teacher: Sequence[Tensor], atte
 def build_task(tokenizer, dense: nn.Module, n_train: int, n_eval: int, batch_size: int, max_length: int,
                seed: int = 0, progress: bool = False,
                texts: Optional[Tuple[List[str], List[str]]] = None,
-               hidden_weight: float = 0.0) -> DistillationTask:
+               hidden_weight: float = 0.0, hidden_cache_bytes: int = HIDDEN_CACHE_BYTES) -> DistillationTask:
     """Texts, batches and the dense model's embeddings (``dense`` is put in eval mode and not changed).
 
     ``texts``: ``(train, held-out)`` texts of the user's own (default: the stdlib docstrings).
-    ``hidden_weight``: the layer-wise hidden-state term's weight in ``loss_fn`` (default 0: off)."""
+    ``hidden_weight``: the layer-wise hidden-state term's weight in ``loss_fn`` (default 0: off);
+    ``hidden_cache_bytes``: at most how many bytes of the teacher's hidden states to keep (0: recompute them)."""
     dense.eval()
     train_texts, eval_texts = stdlib_corpus(n_train, n_eval, seed=seed) if texts is None else texts
     queries, docs = query_document_pairs(eval_texts)
@@ -132,4 +188,4 @@ def build_task(tokenizer, dense: nn.Module, n_train: int, n_eval: int, batch_siz
         start += b["input_ids"].shape[0]
     dense_eval = {k: embed(dense, v, progress, f"dense {k}") for k, v in eval_sets.items()}
     return DistillationTask(tokenizer, dense, train_texts, eval_texts, train_batches, eval_sets, dense_eval, teacher,
-                            hidden_weight=hidden_weight)
+                            hidden_weight=hidden_weight, hidden_cache_bytes=hidden_cache_bytes)
