@@ -425,3 +425,31 @@ def test_plain_compact_gemm_equals_f_linear():
     x = torch.randn(17, 33)
     w, b = torch.randn(21, 33), torch.randn(21)
     torch.testing.assert_close(compact_linear(x, w, b), F.linear(x, w, b))
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_autocast_computes_as_linear_does_there(backend):
+    """Inside torch.autocast: x, weight and bias in the autocast dtype, the result in it; a residual of another
+    dtype added after the GEMM with type promotion (as residual + F.linear(...)), one of the same dtype fused."""
+    skip_unavailable(backend)
+    x, w, b, ii, oi, width, res = make_case(torch.float32, lead=(2, 9), residual=True)
+    w.requires_grad_(True)
+    low = [t.bfloat16() for t in (x, w.detach(), b)]
+    with use_backend(backend):
+        want = compact_linear(*low, ii, oi, width)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = compact_linear(x, w, b, ii, oi, width)
+            promoted = compact_linear(x, w, b, ii, oi, width, res)
+            fused = compact_linear(x, w, b, ii, oi, width, res.bfloat16())
+        assert y.dtype == torch.bfloat16 and torch.equal(y, want)
+        assert promoted.dtype == torch.float32 and torch.equal(promoted, res + want)
+        assert fused.dtype == torch.bfloat16 and torch.equal(fused, compact_linear(*low, ii, oi, width, res.bfloat16()))
+        y.float().sum().backward()
+    assert w.grad is not None and w.grad.dtype == torch.float32
+    with pytest.raises(TypeError, match="x"):  # a non-float input is still refused, not cast
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            compact_linear(x.long(), w, b, ii, oi, width)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x, w: compact_linear(x, w, b, ii, oi, width), fullgraph=True, backend="aot_eager")
+    with use_backend(backend), torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(compiled(x, w), want)

@@ -319,3 +319,30 @@ def test_fused_add_on_a_gpu_equals_the_unfused_one(backend, calls, dtype):
     assert calls == {"fused": 1} and torch.equal(out, unfused)
     ref = _reference_f64(plain.cpu(), x.cpu(), r.cpu())
     assert rel_err(out.cpu(), ref) < (1e-5 if dtype == torch.float32 else 1e-2)
+
+
+def test_autocast_gets_the_plain_output_and_a_deferred_one_keeps_its_dtype(calls):
+    plain, deferred, x, r = _layer()
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = deferred(x)  # the output's dtype is the autocast one: not deferred
+            want = plain(x)
+        assert type(y) is torch.Tensor and y.dtype == torch.bfloat16 and torch.equal(y, want)
+        d, d2 = deferred(x), deferred(x)  # deferred outside autocast, used inside: the value at the call
+        exact = r + plain(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = r + d
+            value = d2.materialize()
+        assert out.dtype == torch.float32 and torch.equal(out, exact) and calls == {"fused": 1, "materialized": 1}
+        assert value.dtype == torch.float32 and torch.equal(value, plain(x))
+
+
+def test_a_compacted_per_block_model_runs_under_autocast():
+    model = _prepared("llama")
+    harden(model)
+    with torch.no_grad():
+        small = compact_model(model)
+        ref = output_tensor(small(**tiny_inputs()))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = output_tensor(small(**tiny_inputs()))
+    assert rel_err(out.float(), ref) < 5e-2

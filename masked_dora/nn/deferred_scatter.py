@@ -42,6 +42,8 @@ import torch
 from torch import Tensor
 
 from ..ops.compact_linear import compact_linear, compact_linear_
+from ..ops._registry import no_autocast
+from ..ops.precision import autocast_enabled
 
 _ADDS = frozenset({Tensor.__add__, Tensor.__radd__, Tensor.add, torch.add})
 _IN_PLACE_ADDS = frozenset({Tensor.__iadd__, Tensor.add_})
@@ -54,11 +56,14 @@ _METADATA = frozenset({
 
 
 def can_defer(*tensors) -> bool:
-    """Whether a layer may return a :class:`DeferredScatter` for inputs ``tensors`` (see the module notes)."""
+    """Whether a layer may return a :class:`DeferredScatter` for inputs ``tensors`` (the input first; see the
+    module notes)."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
     if torch._C._are_functorch_transforms_active():
         return False
+    if autocast_enabled(tensors[0].device):
+        return False  # autocast: the output's dtype is not the input's, and the residual stream's may differ
     if any(not (type(t) is Tensor or isinstance(t, torch.nn.Parameter)) for t in tensors if t is not None):
         return False  # another subclass (FakeTensor, a DTensor, a deferred tensor, ...): stay plain
     return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors)
@@ -102,7 +107,8 @@ class DeferredScatter(Tensor):
             args = self._operands()
             if args is None:  # another thread computed it meanwhile (it sets _value before releasing _args)
                 return self._value
-            value = compact_linear(*args)
+            with no_autocast(args[0].device):  # the value at the call, which ran outside autocast
+                value = compact_linear(*args)
             self._value = value
             self._args = self.x = None
         return value
@@ -117,7 +123,8 @@ class DeferredScatter(Tensor):
         args = self._operands()
         if args is None:
             return residual + self.materialize()
-        return compact_linear(*args, residual)
+        with no_autocast(args[0].device):
+            return compact_linear(*args, residual)
 
     def __repr__(self, *, tensor_contents=None) -> str:
         return f"DeferredScatter({self.materialize()!r})"

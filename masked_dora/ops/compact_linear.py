@@ -61,6 +61,7 @@ from torch.utils.weak import WeakTensorKeyDictionary
 
 from . import _checks, _registry
 from ._eager import eager_function, plain_eager
+from .precision import autocast_enabled
 
 OP = "compact_linear"
 KERNEL_SCHEMA = ("(Tensor x, Tensor weight, Tensor? bias, Tensor? in_idx, Tensor? out_idx, "
@@ -375,7 +376,19 @@ def compact_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, in_
     ``weight``, ``bias`` and ``residual`` share one dtype
     and device. Returns (..., out_features) in ``x``'s dtype. Differentiable
     in ``x``, ``weight``, ``bias`` and ``residual``.
+
+    Inside ``torch.autocast`` it computes as ``F.linear`` does there: ``x``,
+    ``weight`` and ``bias`` cast to the autocast dtype, the result in it; a
+    ``residual`` of another dtype is added after the GEMM with type promotion
+    (as ``residual + F.linear(...)`` would), not fused.
     """
+    if isinstance(x, Tensor) and autocast_enabled(x.device):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight, bias = (t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t
+                           for t in (x, weight, bias))
+        if residual is not None and isinstance(residual, Tensor) and residual.dtype != dtype:
+            return residual + compact_linear(x, weight, bias, in_idx, out_idx,
+                                             out_features if out_features is not None else residual.shape[-1])
     x2, weight, bias, in_idx, out_idx, out_features, lead = _prepare(x, weight, bias, in_idx, out_idx,
                                                                       out_features, residual)
     r2 = None if residual is None else residual.reshape(-1, out_features)
