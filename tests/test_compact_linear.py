@@ -453,3 +453,16 @@ def test_autocast_computes_as_linear_does_there(backend):
     compiled = torch.compile(lambda x, w: compact_linear(x, w, b, ii, oi, width), fullgraph=True, backend="aot_eager")
     with use_backend(backend), torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(compiled(x, w), want)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_autocast_leaves_float64_alone_as_linear_does(backend):
+    """Autocast never casts float64 tensors (F.linear stays float64 there); compact_linear cast them to bf16."""
+    skip_unavailable(backend)
+    x, w, b, ii, oi, width, res = make_case(torch.float64, lead=(2, 9), residual=True)
+    with use_backend(backend):
+        want = compact_linear(x, w, b, ii, oi, width, res)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert F.linear(x, torch.randn(3, x.shape[-1], dtype=torch.float64)).dtype == torch.float64
+            got = compact_linear(x, w, b, ii, oi, width, res)
+    assert got.dtype == torch.float64 and torch.equal(got, want)

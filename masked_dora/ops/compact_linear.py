@@ -378,15 +378,16 @@ def compact_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, in_
     in ``x``, ``weight``, ``bias`` and ``residual``.
 
     Inside ``torch.autocast`` it computes as ``F.linear`` does there: ``x``,
-    ``weight`` and ``bias`` cast to the autocast dtype, the result in it; a
-    ``residual`` of another dtype is added after the GEMM with type promotion
-    (as ``residual + F.linear(...)`` would), not fused.
+    ``weight`` and ``bias`` cast to the autocast dtype (float64 ones are not,
+    as autocast leaves float64 alone), the result in it; a ``residual`` of
+    another dtype is added after the GEMM with type promotion (as
+    ``residual + F.linear(...)`` would), not fused.
     """
     if isinstance(x, Tensor) and autocast_enabled(x.device):
         dtype = torch.get_autocast_dtype(x.device.type)
-        x, weight, bias = (t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t
-                           for t in (x, weight, bias))
-        if residual is not None and isinstance(residual, Tensor) and residual.dtype != dtype:
+        x, weight, bias = (t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point()
+                           and t.dtype != torch.float64 else t for t in (x, weight, bias))
+        if residual is not None and isinstance(residual, Tensor) and residual.dtype != x.dtype:
             return residual + compact_linear(x, weight, bias, in_idx, out_idx,
                                              out_features if out_features is not None else residual.shape[-1])
     x2, weight, bias, in_idx, out_idx, out_features, lead = _prepare(x, weight, bias, in_idx, out_idx,
