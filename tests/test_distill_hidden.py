@@ -179,3 +179,28 @@ def test_teacher_cache_packs_real_tokens_in_the_teachers_dtype():
 def test_bad_cache_budget_is_refused_naming_it(task, bad):
     with pytest.raises(ValueError, match="hidden_cache_bytes"):
         dataclasses.replace(task, hidden_cache_bytes=bad)
+
+
+def test_teacher_cache_misses_a_changed_batch_and_keeps_it_anew():
+    """A batch dict whose tensors were replaced (as another dict at a freed one's id looks) or modified in place
+    since its states were kept is a miss (it read stale states, or failed to scatter them), and its stale entry
+    is dropped so its new states are kept in its place (it used to hold the budget and refuse them forever)."""
+    from masked_dora.models.distill import TeacherHiddenCache
+
+    def states():
+        return [torch.randn(2, 3, 4) for _ in range(2)]
+
+    batch = {"input_ids": torch.ones(2, 3, dtype=torch.long), "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]])}
+    cache = TeacherHiddenCache(2 * 5 * 4 * 4)  # room for one batch of 5 real tokens
+    assert cache.put(batch, states())
+    batch["attention_mask"] = torch.tensor([[1, 1, 1], [0, 1, 1]])  # the same count of real tokens, elsewhere
+    assert cache.get(batch) is None and cache.nbytes == 0 and len(cache) == 0
+    new = states()
+    assert cache.put(batch, new) and cache.nbytes == 2 * 5 * 4 * 4
+    mask = batch["attention_mask"].bool()
+    assert all(torch.equal(g[mask], h[mask]) for g, h in zip(cache.get(batch), new))
+    batch["input_ids"] = torch.zeros(2, 3, dtype=torch.long)  # another dict at a reused id looks like this
+    assert cache.get(batch) is None and cache.put(batch, states()) and len(cache) == 1
+    batch["input_ids"][0, 0] = 7  # modified in place
+    assert cache.get(batch) is None and cache.put(batch, states()) and len(cache) == 1
+    assert cache.get(batch) is not None and not cache.put(batch, states())  # kept once

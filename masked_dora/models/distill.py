@@ -113,24 +113,39 @@ class TeacherHiddenCache:
     the dense model's dtype; :meth:`get` scatters them back into zero padding (the loss never reads padded
     positions, so it is the same). Batches are kept in the order they come while they fit; a batch that does not
     fit is recomputed every time it is used (for batches cycled in a fixed order, evicting would make every
-    lookup miss). ``nbytes``: the bytes held, never above ``max_bytes``."""
+    lookup miss). ``nbytes``: the bytes held, never above ``max_bytes``.
+
+    A batch is found by ``id`` and matched by its tensors' identity and version: a dict whose tensors were
+    replaced or modified in place since (or another dict at a freed one's ``id``) misses, and its stale entry
+    is dropped, so it is recomputed and kept in its place."""
 
     def __init__(self, max_bytes: int = 0):
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, numbers.Integral) or max_bytes < 0:
             raise ValueError(f"hidden_cache_bytes: expected an int >= 0 (bytes; 0 keeps nothing), got {max_bytes!r}")
         self.max_bytes = int(max_bytes)
         self.nbytes = 0
-        self._entries: Dict[int, Tuple[Tensor, Tensor]] = {}  # id(batch) -> (its input_ids, packed states)
+        self._entries: Dict[int, Tuple[tuple, Tensor]] = {}  # id(batch) -> (_identity(batch), packed states)
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, batch: Dict[str, Tensor]) -> Optional[Tuple[Tensor, ...]]:
+    def _lookup(self, batch: Dict[str, Tensor]) -> Optional[Tensor]:
+        """The packed states kept for ``batch``; a stale entry at its ``id`` is dropped (see the class notes)."""
         entry = self._entries.get(id(batch))
-        if entry is None or entry[0] is not batch["input_ids"]:  # an id reused by another batch is a miss
+        if entry is None:
+            return None
+        kept, now = entry[0], _identity(batch)
+        if len(kept) == len(now) and all(a[0] == b[0] and a[1] is b[1] and a[2] == b[2] for a, b in zip(kept, now)):
+            return entry[1]
+        del self._entries[id(batch)]
+        self.nbytes -= entry[1].numel() * entry[1].element_size()
+        return None
+
+    def get(self, batch: Dict[str, Tensor]) -> Optional[Tuple[Tensor, ...]]:
+        packed = self._lookup(batch)
+        if packed is None:
             return None
         mask = batch["attention_mask"].bool()
-        packed = entry[1]
         full = packed.new_zeros((packed.shape[0],) + tuple(mask.shape) + (packed.shape[-1],), dtype=torch.float32)
         full[:, mask] = packed.float()
         return tuple(full.unbind(0))
@@ -139,12 +154,19 @@ class TeacherHiddenCache:
         """Keep ``states`` (one ``(batch, tokens, hidden)`` tensor per layer) if they fit; returns whether."""
         mask = batch["attention_mask"].bool()
         size = len(states) * int(mask.sum()) * states[0].shape[-1] * states[0].element_size()
-        if id(batch) in self._entries or self.nbytes + size > self.max_bytes:
+        if self._lookup(batch) is not None or self.nbytes + size > self.max_bytes:
             return False
         packed = torch.stack([h[mask] for h in states])  # (layers, real tokens, hidden)
-        self._entries[id(batch)] = (batch["input_ids"], packed)
+        self._entries[id(batch)] = (_identity(batch), packed)
         self.nbytes += size
         return True
+
+
+def _identity(batch: Dict[str, Tensor]) -> tuple:
+    """``(key, tensor, version)`` of the batch's tensors (the tensors held, so identity is sound; version
+    None for an inference tensor, which has none)."""
+    return tuple((k, v, None if v.is_inference() else v._version)
+                 for k, v in sorted(batch.items(), key=lambda kv: str(kv[0])) if isinstance(v, Tensor))
 
 
 def hidden_state_loss(student: Sequence[Tensor], teacher: Sequence[Tensor], attention_mask: Tensor) -> Tensor:
