@@ -294,6 +294,14 @@ def run_prune(args) -> dict:
     paths = report_paths(args.out)
     t_start = time.perf_counter()
 
+    # --data is read (and refused) before the model is looked up or anything is written
+    texts = None
+    if args.data is not None:
+        try:
+            texts = split_texts(load_texts(args.data, args.text_field), args.train_texts, args.eval_texts, args.seed)
+        except ValueError as exc:
+            raise SystemExit(f"--data: {exc}")
+
     model_dir = resolve_model(args.model)
     _log(f"model {model_dir}")
     objective = args.objective
@@ -314,12 +322,6 @@ def run_prune(args) -> dict:
                          f"{'a causal LM' if objective == 'lm' else 'an encoder'} ({str(exc).splitlines()[0]})")
     spec = spec_for(dense)  # fails early, with the reason, for an unsupported architecture
 
-    texts = None
-    if args.data is not None:
-        try:
-            texts = split_texts(load_texts(args.data, args.text_field), args.train_texts, args.eval_texts, args.seed)
-        except ValueError as exc:
-            raise SystemExit(f"--data: {exc}")
     _log(f"objective {objective}; texts: {args.data or 'stdlib docstrings'}")
     if objective == "lm":
         if texts is None:

@@ -291,3 +291,15 @@ def test_cli_hidden_weight_refusals_and_per_block_hidden(tmp_path, monkeypatch):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["hidden_weight"] == 1.0 and len(calls) == 2  # 1 mask-learning + 1 recovery step
     assert metrics["compaction_max_abs_diff"] < 1e-4
+
+
+def test_cli_bad_data_is_refused_before_the_model_or_the_output(tmp_path):
+    """A --data file that cannot be used is refused before the model is looked up and before --out is made."""
+    (tmp_path / "empty.txt").write_text("\n")
+    bert = _tiny_bert_dir(str(tmp_path / "tiny"))
+    for model in (bert, str(tmp_path / "not-a-model")):
+        for data, match in ((tmp_path / "empty.txt", "--data: .*expected at least 2 texts"),
+                            (tmp_path / "missing.txt", "--data: .*not a file")):
+            with pytest.raises(SystemExit, match=match):
+                main(["prune", "--model", model, "--out", str(tmp_path / "o"), "--data", str(data), "--no-progress"])
+            assert not (tmp_path / "o").exists()  # it was made (and the model loaded) before the refusal
