@@ -99,9 +99,14 @@ def resolve_hidden_weight(value, objective: str, groups, hidden_mode: str):
         return 0.0, "hidden-state distillation off: the lm objective has no teacher (--hidden-weight applies to " \
                     "--objective embedding)"
     if hidden:
-        return 0.0, ("hidden-state distillation off by default with hidden in --groups (measured only for MLP "
-                     "channels and heads" + ("; refused with --hidden-mode global)" if hidden_mode == "global" else
-                                             "; --hidden-weight W turns it on with --hidden-mode per_block)"))
+        return 0.0, ("hidden-state distillation off by default with hidden in --groups (it gained with MLP "
+                     "channels and heads; " + ("refused with --hidden-mode global)" if hidden_mode == "global" else
+                                               "with per-block hidden pruning the demo measured 0.7031 cosine at 3 "
+                                               "against 0.7131 at 0; --hidden-weight W turns it on)"))
+    if set(groups) != {"mlp", "heads"}:
+        return HIDDEN_WEIGHT, (f"hidden-state distillation at {HIDDEN_WEIGHT:g}: measured with MLP channels and heads "
+                               f"pruned together, not with --groups {','.join(groups)} alone (--hidden-weight 0 "
+                               "turns it off)")
     return HIDDEN_WEIGHT, None
 
 

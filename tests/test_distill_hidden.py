@@ -87,6 +87,14 @@ def test_gradient_reaches_the_student(task):
     assert any(not torch.allclose(grads["embedding"][n], grads["hidden"][n]) for n in grads["hidden"])
 
 
+def test_replacing_the_teacher_model_is_refused(task):
+    other = copy.deepcopy(task.dense)
+    with pytest.raises(ValueError, match="dense: this task's teacher embeddings and hidden states"):
+        dataclasses.replace(task, dense=other)
+    again = dataclasses.replace(task, hidden_weight=2.0, hidden_cache_bytes=task.hidden_cache_bytes)
+    assert again.teacher_hidden is task.teacher_hidden and again.dense is task.dense  # loss settings only
+
+
 def test_width_mismatch_and_bad_weight_are_refused(task):
     with pytest.raises(ValueError, match="hidden_weight"):
         dataclasses.replace(task, hidden_weight=-1.0)

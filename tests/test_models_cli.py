@@ -268,6 +268,18 @@ def test_cli_hidden_weight_defaults_to_3_for_the_embedding_objective(tmp_path, m
     assert metrics["training_log"][0]["loss"] < loss_with  # same seed, same first batch: the term adds to it
 
 
+def test_cli_hidden_weight_auto_says_where_it_was_not_measured():
+    from masked_dora.cli import resolve_hidden_weight
+
+    assert resolve_hidden_weight("auto", "embedding", ("mlp", "heads"), "per_block") == (3.0, None)
+    for groups in (("heads",), ("mlp",)):
+        weight, note = resolve_hidden_weight("auto", "embedding", groups, "per_block")
+        assert weight == 3.0 and "measured with MLP channels and heads pruned together" in note
+    weight, note = resolve_hidden_weight("auto", "embedding", ("mlp", "heads", "hidden"), "per_block")
+    assert weight == 0.0 and "0.7031 cosine at 3 against 0.7131 at 0" in note
+    assert resolve_hidden_weight("auto", "lm", ("mlp", "heads"), "per_block")[0] == 0.0
+
+
 def test_cli_hidden_weight_refusals_and_per_block_hidden(tmp_path, monkeypatch):
     """A weight > 0 is refused for the lm objective (given, or found by auto) and with --hidden-mode global,
     before the model loads; with per-block hidden pruning an explicit weight trains with the term."""

@@ -57,8 +57,14 @@ class DistillationTask:
         w = self.hidden_weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w < float("inf"):
             raise ValueError(f"hidden_weight: expected a finite number >= 0, got {w!r}")
+        owner = getattr(self.teacher_hidden, "dense", None)
+        if owner is not None and owner is not self.dense:  # dataclasses.replace(task, dense=...)
+            raise ValueError("dense: this task's teacher embeddings and hidden states were computed by another "
+                             "model; build a task for this one with build_task(...) (replace() shares the data "
+                             "and caches, so only the loss settings may change)")
         if self.teacher_hidden is None or self.teacher_hidden.max_bytes != self.hidden_cache_bytes:
             self.teacher_hidden = TeacherHiddenCache(self.hidden_cache_bytes)  # validates the budget
+        self.teacher_hidden.dense = self.dense  # the model whose states it holds
 
     @property
     def probe_batch(self) -> Dict[str, Tensor]:
@@ -124,6 +130,7 @@ class TeacherHiddenCache:
             raise ValueError(f"hidden_cache_bytes: expected an int >= 0 (bytes; 0 keeps nothing), got {max_bytes!r}")
         self.max_bytes = int(max_bytes)
         self.nbytes = 0
+        self.dense: Optional[nn.Module] = None  # the teacher whose states these are (set by DistillationTask)
         self._entries: Dict[int, Tuple[tuple, Tensor]] = {}  # id(batch) -> (_identity(batch), packed states)
 
     def __len__(self) -> int:
