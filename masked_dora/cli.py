@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{HIDDEN_WEIGHT:g} when pruning MLP channels and heads (measured against 0: +0.004 cosine "
                         "at 25%%, +0.002 at 50%%, bench/results/quality-2026-11-28c.md), else 0; 0 turns it "
                         "off. --objective lm and --hidden-mode global refuse a weight > 0; with per-block hidden "
-                        "pruning it is allowed but was not measured")
+                        "pruning it is allowed (measured once on the demo: no gain, so auto is 0 there)")
     p.add_argument("--teacher-cache-mb", type=_positive("--teacher-cache-mb", zero_ok=True), default=512,
                    help="with --hidden-weight > 0: MiB of the dense model's hidden states kept between steps "
                         "(real tokens only; the demo's 1200 texts take 383); the batches beyond it recompute "
