@@ -131,8 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden-weight", type=_hidden_weight, default="auto",
                    help="embedding objective: the weight of CoFi's layer-wise distillation added to the loss (each "
                         "encoder layer's hidden states matched to the dense model's, relative squared error). auto: "
-                        f"{HIDDEN_WEIGHT:g} when pruning MLP channels and heads (measured against 0: +0.004 cosine "
-                        "at 25%%, +0.002 at 50%%, bench/results/quality-2026-11-28c.md), else 0; 0 turns it "
+                        f"{HIDDEN_WEIGHT:g} without hidden in --groups (measured pruning MLP channels and heads, "
+                        "against 0: +0.004 cosine at 25%%, +0.002 at 50%%, bench/results/quality-2026-11-28c.md), "
+                        "else 0; 0 turns it "
                         "off. --objective lm and --hidden-mode global refuse a weight > 0; with per-block hidden "
                         "pruning it is allowed (measured once on the demo: no gain, so auto is 0 there)")
     p.add_argument("--teacher-cache-mb", type=_positive("--teacher-cache-mb", zero_ok=True), default=512,
