@@ -278,6 +278,10 @@ def test_cli_hidden_weight_auto_says_where_it_was_not_measured():
     weight, note = resolve_hidden_weight("auto", "embedding", ("mlp", "heads", "hidden"), "per_block")
     assert weight == 0.0 and "0.7031 cosine at 3 against 0.7131 at 0" in note
     assert resolve_hidden_weight("auto", "lm", ("mlp", "heads"), "per_block")[0] == 0.0
+    weight, note = resolve_hidden_weight(-0.0, "embedding", ("mlp", "heads"), "per_block")
+    assert str(weight) == "0.0" and note is None  # -0 is written as 0
+    assert "measured once on the demo, no gain" in resolve_hidden_weight(3.0, "embedding", ("mlp", "hidden"),
+                                                                         "per_block")[1]
 
 
 def test_cli_hidden_weight_refusals_and_per_block_hidden(tmp_path, monkeypatch):
