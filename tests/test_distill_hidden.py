@@ -87,6 +87,15 @@ def test_gradient_reaches_the_student(task):
     assert any(not torch.allclose(grads["embedding"][n], grads["hidden"][n]) for n in grads["hidden"])
 
 
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_a_batch_of_the_callers_own_gets_the_teachers_embeddings_computed(task, weight):
+    t = dataclasses.replace(task, hidden_weight=weight)
+    student = _student(task)
+    own = {k: v.clone() for k, v in task.train_batches[0].items()}  # the same texts, another dict: not kept
+    with torch.no_grad():
+        assert torch.allclose(t.loss_fn(student, own), t.loss_fn(student, task.train_batches[0]), rtol=1e-6)
+
+
 def test_replacing_the_teacher_model_is_refused(task):
     other = copy.deepcopy(task.dense)
     with pytest.raises(ValueError, match="dense: this task's teacher embeddings and hidden states"):

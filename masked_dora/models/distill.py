@@ -79,11 +79,19 @@ class DistillationTask:
         """``mean(1 - cos)`` of the student's embeddings of a training batch to the teacher's, plus
         ``hidden_weight`` times :func:`hidden_state_loss` of its layers' hidden states when that is not 0."""
         if not self.hidden_weight:
-            return distillation_loss(encode(model, batch), self.teacher[id(batch)])
+            return distillation_loss(encode(model, batch), self.teacher_embeddings(batch))
         out = model(**batch, output_hidden_states=True)
         emb = nn.functional.normalize(mean_pool(out.last_hidden_state, batch["attention_mask"]).float(), dim=-1)
         hidden = hidden_state_loss(out.hidden_states[1:], self.teacher_hidden_states(batch), batch["attention_mask"])
-        return distillation_loss(emb, self.teacher[id(batch)]) + self.hidden_weight * hidden
+        return distillation_loss(emb, self.teacher_embeddings(batch)) + self.hidden_weight * hidden
+
+    def teacher_embeddings(self, batch: Dict[str, Tensor]) -> Tensor:
+        """The dense model's embeddings of ``batch``: kept for the task's training batches, computed now for a
+        batch of the caller's own (it raised ``KeyError``)."""
+        kept = self.teacher.get(id(batch))
+        if kept is not None and kept.shape[0] == batch["input_ids"].shape[0]:
+            return kept
+        return embed(self.dense, [batch])
 
     @torch.no_grad()
     def teacher_hidden_states(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, ...]:
