@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..ops._checks import tensor_version
 from .embedding import distillation_loss, embed, encode, mean_pool, retrieval_metrics, tokenize_batches
 from .textdata import query_document_pairs, stdlib_corpus
 
@@ -180,7 +181,7 @@ class TeacherHiddenCache:
 def _identity(batch: Dict[str, Tensor]) -> tuple:
     """``(key, tensor, version)`` of the batch's tensors (the tensors held, so identity is sound; version
     None for an inference tensor, which has none)."""
-    return tuple((k, v, None if v.is_inference() else v._version)
+    return tuple((k, v, tensor_version(v))
                  for k, v in sorted(batch.items(), key=lambda kv: str(kv[0])) if isinstance(v, Tensor))
 
 

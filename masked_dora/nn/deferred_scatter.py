@@ -9,7 +9,7 @@ transformers decoder layer; ``LayerNorm(hidden_states + input_tensor)`` after an
 BERT's output blocks), so the layer cannot call the fused form itself without a forward per family.
 
 Instead, with ``CompactLinear(..., defer_scatter=True)`` the layer returns this tensor subclass: it has
-the output's shape, dtype and device but holds only the layer and its input. Through
+the output's shape, dtype and device but holds only the layer's operands (input, weight, bias, indices). Through
 ``__torch_function__``:
 
 * ``r + d``, ``d + r``, ``torch.add(r, d)`` (``r`` a plain tensor of the same shape, dtype and device)
@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from ..ops.compact_linear import compact_linear, compact_linear_
+from ..ops._checks import tensor_version
 from ..ops._registry import no_autocast
 from ..ops.precision import autocast_enabled
 
@@ -85,7 +86,7 @@ class DeferredScatter(Tensor):
         # the call, whatever happens to the module afterwards (an offloading hook swapping its weights for meta
         # tensors once forward returns; autograd enabled again, or requires_grad_ on its weights)
         b = layer.bias
-        self.layer, self.x, self._value = layer, x, None
+        self.x, self._value = x, None
         self._args = (x.detach(), layer.weight.detach(), None if b is None else b.detach(), layer.in_idx,
                       layer.out_idx, layer.out_features)
         self._versions = _versions(self._args)
@@ -165,7 +166,7 @@ class DeferredScatter(Tensor):
 
 def _versions(tensors) -> tuple:
     """The version counters of ``tensors`` (None for None and for inference tensors, which have none)."""
-    return tuple(None if not isinstance(t, Tensor) or t.is_inference() else t._version for t in tensors)
+    return tuple(tensor_version(t) if isinstance(t, Tensor) else None for t in tensors)
 
 
 def _computed(value):

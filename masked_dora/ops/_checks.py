@@ -7,6 +7,13 @@ from typing import Optional, Sequence
 import torch
 
 
+def tensor_version(t: torch.Tensor) -> Optional[int]:
+    """``t``'s version counter (bumped by every in-place write through it or a view), or None for an inference
+    tensor, which has none: what the index check, ``DeferredScatter`` and the teacher cache compare to see that a
+    tensor they remember was not changed."""
+    return None if t.is_inference() else t._version
+
+
 def check_floating(name: str, t: torch.Tensor) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")

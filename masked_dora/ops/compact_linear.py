@@ -130,10 +130,8 @@ def _stamp(idx: Tensor):
     a NumPy view, the untyped storage, or another tensor ``set_`` onto the same storage) are not seen:
     after one, call :func:`forget_index_check` (or pass a fresh tensor).
     """
-    try:
-        return (idx._version, idx.data_ptr(), idx.numel())
-    except RuntimeError:  # inference tensor: "Inference tensors do not track version counter"
-        return None
+    version = _checks.tensor_version(idx)
+    return None if version is None else (version, idx.data_ptr(), idx.numel())
 
 
 def forget_index_check(idx: Tensor) -> None:
