@@ -1,0 +1,182 @@
+"""Declarative specs: which modules of a model family form which coupled pruning group.
+
+A spec names, relative to one transformer block, the producers (layers whose
+output rows a group removes) and the consumer (the layer whose input columns
+go with them), the config keys that hold the group's size, and the module
+attributes that must follow a per-layer size change. Nothing here is code per
+model: adding a family is adding a table entry (``SPECS`` in :mod:`masked_dora.models.families`). :mod:`masked_dora.models.blocks` reads a
+spec against a model (its blocks, each group's member modules, the head layout).
+
+Groups (DESIGN.md, "Coupled structure"); besides these two per-block kinds, ``hidden`` (the residual stream:
+one group, ``HiddenSpec``, :mod:`~masked_dora.models.hidden`; or one per block, ``PerBlockHiddenSpec``):
+
+* ``mlp``: one channel of the MLP's inner width; rows of ``producers``
+  (``gate_proj``/``up_proj``, ``fc1``/``intermediate.dense``), columns of the
+  ``consumer`` (``down_proj``/``output.dense``). A pruned channel is exactly 0 at
+  the consumer's input because every producer is gated and the activations of
+  these families map 0 to 0 (SiLU, GELU, ReLU).
+* ``heads``: attention heads; rows of ``query``/``key``/``value`` in head-sized
+  blocks, columns of ``output``. With GQA (fewer KV heads than query heads) a KV
+  head takes its query heads along (``gqa="kv_groups"``: whole KV groups go), or
+  the same number of query heads goes inside every group (``gqa="query_heads"``:
+  KV heads stay). A KV head's dims are never split.
+
+  Parameters held per head outside the projections (``HeadSpec.per_head``: Cohere's
+  q/k LayerNorm with ``use_qk_norm``, one weight row per head; StableLM's
+  ``qk_layernorm``, one LayerNorm per head) follow their heads: compaction keeps the
+  query norm of every kept query head and the key norm of every kept KV head. This is
+  exact because each head is normalised over its own ``head_dim`` only, so no kept head
+  reads a pruned one (unlike OLMo-2's q/k RMSNorm over all heads' width, refused); what
+  a pruned head's norm makes of its gated (zero) q/k rows never reaches the output: its
+  values are zero too and its query heads go with it (``kv_groups``), or ``output``'s
+  input is gated for it (``query_heads``). (While training, a soft gate on q/k rows is
+  undone by such a norm, which is scale-invariant; the mask still learns through the
+  gated values or ``output``'s input.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from .hidden_spec import HIDDEN_UNCOVERED, PER_BLOCK_UNCOVERED, HiddenSpec, PerBlockHiddenSpec
+
+GROUP_KINDS = ("mlp", "heads", "hidden")
+BLOCK_KINDS = ("mlp", "heads")  # the kinds with one group per block (``hidden``: one group for the model)
+QKV_LAYOUTS = ("blocks", "grouped", "per_head")
+
+
+@dataclass(frozen=True)
+class MLPSpec:
+    """The MLP channel group of one block (module paths relative to the block)."""
+
+    producers: Tuple[str, ...]
+    consumer: str
+    size_key: str  # config key of the inner width
+    # attributes to set on a module when its block's width changes: (module path, attribute)
+    size_attrs: Tuple[Tuple[str, str], ...] = ()
+    # per producer, how many width-sized row blocks it stacks (2 for a fused gate/up projection whose rows are
+    # [gate | up]); empty: one each
+    segments: Tuple[int, ...] = ()
+    # a mixture of experts (Mixtral, Qwen3-MoE): the path of the experts module, whose packed 3-D parameters
+    # (experts, out, in) ``producers``/``consumer`` then name (("gate_up_proj",), "down_proj", segments=(2,)));
+    # size_key is one expert's width. prepare_model wraps it in a MaskedDoRAExperts (one MaskedDoRALinear per
+    # expert and projection, member paths "<experts>.<name>.<e>"); every expert keeps the same count
+    experts: str = ""
+
+    def __post_init__(self):
+        if self.experts and (len(self.producers) != 1 or self.segments != (2,)):
+            raise ValueError("MLPSpec: experts are supported as one packed [gate | up] producer (producers=(name,), "
+                             f"segments=(2,)) and a packed down projection, got producers={self.producers}, "
+                             f"segments={self.segments}")
+
+    def segments_of(self, producer_index: int) -> int:
+        return self.segments[producer_index] if self.segments else 1
+
+
+HEAD_COUNTS = ("heads", "kv_heads")
+
+
+@dataclass(frozen=True)
+class PerHeadSpec:
+    """A module of one block holding parameters per attention head (paths relative to the block).
+
+    ``follows``: ``"heads"`` (one entry per query head, e.g. a query norm) or ``"kv_heads"`` (a key norm).
+    Without ``modules``, every parameter of the module at ``path`` has the head as dim 0 (Cohere's q/k
+    LayerNorm weight, ``(heads, head_dim)``); with it, ``modules`` names the module's ``ModuleList`` of one
+    module per head (StableLM's ``StableLmLayerNormPerHead.norms``) and ``count_attr`` the module's attribute
+    holding that count (``num_heads``), if any. ``flag``: the config flag under which the family builds the
+    module (``""``: always).
+    """
+
+    path: str
+    follows: str
+    modules: str = ""
+    count_attr: str = ""
+    flag: str = ""
+
+    def __post_init__(self):
+        if self.follows not in HEAD_COUNTS:
+            raise ValueError(f"PerHeadSpec.follows: expected one of {HEAD_COUNTS}, got {self.follows!r}")
+
+    def built_by(self, config) -> bool:
+        """Whether a model with ``config`` has this module."""
+        return not self.flag or bool(getattr(config, self.flag, False))
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """The attention-head group of one block (module paths relative to the block)."""
+
+    query: str
+    key: str
+    value: str
+    output: str
+    heads_key: str  # config key of the number of query heads
+    kv_heads_key: Optional[str] = None  # config key of the number of KV heads (None: no GQA in this family)
+    # the number of KV heads when the attention fixes it whatever the config says (Falcon's multi_query: 1, while
+    # its num_kv_heads defaults to the query heads); 0: from kv_heads_key
+    fixed_kv_heads: int = 0
+    # a fused q/k/v projection (query/key/value then unused): its path and row layout (QKV_LAYOUTS), "blocks"
+    # ([q | k | v], Phi-3, ModernBERT, Falcon-7B's multi-query), "grouped" (per KV head [its query heads | k | v],
+    # Falcon-40B's new decoder architecture) or "per_head" ([q_h k_h v_h] per head, GPT-NeoX, Falcon-RW; no GQA)
+    qkv: str = ""
+    qkv_layout: str = "blocks"
+    head_dim_key: Optional[str] = None  # config key of an explicit head size (None: hidden // heads)
+    attention: str = ""  # path of the attention module whose attributes follow the head counts
+    # attribute -> quantity, quantity one of "heads", "kv_heads", "groups" (heads per KV head), "width"
+    attrs: Tuple[Tuple[str, str], ...] = ()
+    # modules holding parameters per head (q/k norms), which compaction cuts to the kept heads
+    per_head: Tuple[PerHeadSpec, ...] = ()
+
+    def __post_init__(self):
+        if self.qkv and self.per_head:
+            raise ValueError("HeadSpec: per_head modules with a fused qkv projection are not supported")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model family: where its blocks are and what its groups are."""
+
+    name: str
+    model_types: Tuple[str, ...]
+    layers: Tuple[str, ...]  # suffixes of the block ModuleList's qualified name, tried in order
+    hidden_key: str
+    mlp: MLPSpec
+    heads: HeadSpec
+    # groups this family cannot prune exactly: (kind, config flag, reason); refused when the flag is ""
+    # or the model's config sets it truthy (prepare_model raises before anything changes)
+    unsupported: Tuple[Tuple[str, str, str], ...] = ()
+    # the attention reads its head counts from the model config (Phi-3), so pruned heads need the plain form
+    heads_need_plain_config: bool = False
+    # config values this spec needs, for a model_type whose module layout follows its config (T5 v1.0's
+    # DenseReluDense.wi vs v1.1's gated wi_0/wi_1): ((config attribute, value), ...); the first spec of the
+    # model_type whose conditions all hold is the one used
+    when: Tuple[Tuple[str, object], ...] = ()
+    # an encoder-decoder: this spec's stack of blocks is ``stack`` ("encoder"), and ``stacks`` are the family's
+    # further ones ("decoder"), each a ModelSpec of its own block list, groups and size keys (their ``stack``,
+    # ``layers``, ``hidden_key``, ``mlp``, ``heads`` and ``unsupported`` are read: a kind one stack refuses is
+    # refused for the model); a further stack the model lacks (T5EncoderModel has no decoder) is skipped. Two
+    # stacks may share a size key (T5's d_ff): then the plain form needs them to keep the same size
+    stack: str = ""
+    stacks: Tuple["ModelSpec", ...] = ()
+    # the residual stream, for "hidden" pruning (None: refused): hidden_mode="global" and "per_block"
+    hidden: Optional[HiddenSpec] = None
+    hidden_per_block: Optional[PerBlockHiddenSpec] = None
+
+    def applies_to(self, config) -> bool:
+        return all(getattr(config, key, None) == value for key, value in self.when)
+
+    def refusal(self, kind: str, config, hidden_mode: str = "global") -> Optional[str]:
+        """Why ``kind`` cannot be pruned in a model with ``config`` (``None``: it can); ``hidden_mode``: for
+        ``kind="hidden"``, the mode asked for."""
+        model_type = getattr(config, "model_type", "")
+        if kind == "hidden" and hidden_mode == "per_block":
+            spec = self.hidden_per_block
+            return PER_BLOCK_UNCOVERED if spec is None else spec.refusal(model_type)
+        if kind == "hidden":
+            return HIDDEN_UNCOVERED if self.hidden is None else self.hidden.refusal(model_type)
+        for k, flag, reason in self.unsupported:
+            if k == kind and (not flag or getattr(config, flag, False)):
+                return reason
+        return None
