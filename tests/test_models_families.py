@@ -18,13 +18,26 @@ from masked_dora.models import (MaskedDoRAConfig, compact_model, get_state, hard
 from masked_dora.models import specs as specs_module
 from masked_dora.models.compact import LAYER_SIZES_KEY
 
+from tiny_family_table import AVAILABLE as TABLE_FAMILIES
+from tiny_family_table import TABLE, UNAVAILABLE
 from tiny_models import (DECODER_LMS, FAMILIES, MLP_ONLY_FAMILIES, QK_NORM_FAMILIES, harden_and_compact, output_tensor,
                          prune_kwargs, randomize_adapters, reload_plain_in_clean_process, tiny_config, tiny_inputs,
                          tiny_model)
 
 AUTO = {**{f: "AutoModelForCausalLM" for f in DECODER_LMS}, "bart": "AutoModelForSeq2SeqLM", "t5": "T5EncoderModel",
         "t5-gated": "T5EncoderModel", "mt5": "MT5EncoderModel"}
+AUTO.update({f: t.auto for f, t in TABLE_FAMILIES.items() if t.auto})
 CHAIN = [(f, ("mlp", "heads")) for f in FAMILIES] + [(f, ("mlp",)) for f in MLP_ONLY_FAMILIES]
+
+
+@pytest.mark.parametrize("family", UNAVAILABLE or ["-"])
+def test_table_families_this_transformers_lacks_are_reported(family):
+    """A family of tests/tiny_families_*.py whose classes the installed transformers lacks does not run: say so."""
+    if family == "-":
+        return
+    import transformers
+
+    pytest.skip(f"transformers {transformers.__version__} has no {TABLE[family].classes}: {family!r} is not tested")
 
 
 def _train_step(model):

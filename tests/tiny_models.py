@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from tiny_family_table import AVAILABLE as TABLE_FAMILIES
+
 # decoders with GQA (4 query heads, 2 KV heads, head_dim 8)
 GQA_DECODERS = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "cohere", "granite", "phi",
                 "stablelm", "phi3", "cohere-qk-norm", "stablelm-qk-norm",
@@ -22,9 +24,17 @@ DECODER_LMS = GQA_DECODERS + FALCONS + ("opt", "gpt_neox", "gpt2", "olmo2")  # c
 # per head), and the config flag that turns them on
 QK_NORM_FAMILIES = {"cohere-qk-norm": "use_qk_norm", "stablelm-qk-norm": "qk_layernorm"}
 
+# the families of tests/tiny_families_*.py (tiny_family_table) that the installed transformers has
+FAMILIES += tuple(f for f, t in TABLE_FAMILIES.items() if t.heads)
+MLP_ONLY_FAMILIES += tuple(f for f, t in TABLE_FAMILIES.items() if not t.heads)
+DECODER_LMS += tuple(f for f, t in TABLE_FAMILIES.items() if t.causal_lm)
+ONE_KV_HEAD += tuple(f for f, t in TABLE_FAMILIES.items() if t.kv_heads == 1)
+
 
 def kv_heads(family: str) -> int:
     """KV heads of the tiny ``family`` (4 query heads in every family)."""
+    if family in TABLE_FAMILIES:
+        return TABLE_FAMILIES[family].kv_heads
     if family in ONE_KV_HEAD:
         return 1
     return 2 if family in GQA_DECODERS + ("falcon-new",) else 4
@@ -32,7 +42,8 @@ def kv_heads(family: str) -> int:
 
 def prune_kwargs(family: str) -> dict:
     """MaskedDoRAConfig settings a family's heads need: one KV head prunes only query heads."""
-    return {"gqa": "query_heads"} if family in ONE_KV_HEAD else {}
+    extra = TABLE_FAMILIES[family].prune if family in TABLE_FAMILIES else {}
+    return {"gqa": "query_heads", **extra} if family in ONE_KV_HEAD else dict(extra)
 
 
 def _classes(t, family):
@@ -73,6 +84,7 @@ def _classes(t, family):
         "t5-gated": ("T5Config", "T5EncoderModel", "T5EncoderModel"),
         "mt5": ("MT5Config", "MT5EncoderModel", "MT5EncoderModel"),
     }
+    table.update({f: t.classes for f, t in TABLE_FAMILIES.items()})
     if family not in table:
         raise ValueError(f"family: expected one of {FAMILIES + MLP_ONLY_FAMILIES}, got {family!r}")
     return tuple(getattr(t, name) for name in table[family])
@@ -83,6 +95,8 @@ def tiny_config(family: str):
     import transformers as t
 
     cfg_cls, _, _ = _classes(t, family)
+    if family in TABLE_FAMILIES:
+        return cfg_cls(**TABLE_FAMILIES[family].config)
     common = dict(vocab_size=97, num_hidden_layers=2, max_position_embeddings=64)
     encoder = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, hidden_dropout_prob=0.0,
                    attention_probs_dropout_prob=0.0, **common)
