@@ -156,3 +156,87 @@ def test_a_compacted_eval_model_draws_no_gate_noise_and_logs_the_kept_fraction()
     controller = SparsityController(model)
     assert float(controller.controllers["mlp"].target_keep(0)) == kept_fraction(model, "mlp") == 0.75
     assert float(controller.controllers["heads"].target_keep(0)) == kept_fraction(model, "heads") == 0.5
+
+
+HIDDEN_CASES = [("llama", ("mlp", "heads", "hidden"), False), ("llama", ("hidden",), True),
+                ("mistral", ("mlp", "heads", "hidden"), True), ("qwen2", ("mlp", "hidden"), False)]
+
+
+def _hidden_hardened(family, groups, tied):
+    import transformers
+
+    from tiny_models import tiny_config
+
+    model_class = getattr(transformers, type(tiny_model(family, kind="lm")).__name__)
+    config = tiny_config(family)
+    config.tie_word_embeddings = tied
+    torch.manual_seed(0)  # the weights of tiny_model(family) (load_training_state below builds one)
+    model = model_class(config).double().eval()
+    prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_groups=groups,
+                                          target_sparsity={"mlp": 0.5, "heads": 0.5, "hidden": 0.5}))
+    randomize_adapters(model)
+    harden(model)
+    return model
+
+
+@pytest.fixture
+def float64_rms_norms(monkeypatch):
+    """These families' RMSNorms compute in float32 whatever the input's dtype, which would hide the float64
+    comparison below under float32 rounding (5e-8): the same norm, in the input's dtype."""
+    import importlib
+
+    def forward(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+
+    for family, cls in (("llama", "LlamaRMSNorm"), ("mistral", "MistralRMSNorm"), ("qwen2", "Qwen2RMSNorm")):
+        module = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+        monkeypatch.setattr(getattr(module, cls), "forward", forward)
+
+
+@pytest.mark.parametrize("family, groups, tied", HIDDEN_CASES)
+def test_compact_training_narrows_the_residual_stream_to_the_full_width_model(family, groups, tied,
+                                                                               float64_rms_norms):
+    """hidden_mode="global": the embeddings, readers, writers, norms (weight x sqrt(d/d'), epsilon x d/d') and
+    the config narrow to the kept residual channels; training on gives the model the full-width run gives."""
+    full = _hidden_hardened(family, groups, tied)
+    small = copy.deepcopy(full)
+    train_masked(full, _batches(), _loss, steps=3, lr=1e-2, sparsity_penalty=False, compact=False)
+    train_masked(small, _batches(), _loss, steps=3, lr=1e-2, sparsity_penalty=False)  # compact by default
+    assert get_state(small).compacted_for_training
+    assert small.config.hidden_size == 16 and small.get_input_embeddings().weight.shape == (97, 16)
+    assert small.config.rms_norm_eps == 2 * full.config.rms_norm_eps
+    assert small.model.norm.variance_epsilon == 2 * full.model.norm.variance_epsilon
+    assert (small.lm_head.weight is small.get_input_embeddings().weight) == tied
+    assert kept_fraction(small, "hidden") == kept_fraction(full, "hidden") == 0.5
+    inputs = tiny_inputs(seed=7)
+    with torch.no_grad():
+        ref = output_tensor(full(**inputs))
+        torch.testing.assert_close(output_tensor(small(**inputs)), ref, rtol=1e-9, atol=1e-11)
+        a, b = compact_model(full), compact_model(small)
+        torch.testing.assert_close(output_tensor(b(**inputs)), output_tensor(a(**inputs)), rtol=1e-9, atol=1e-11)
+    assert a.config.to_dict() == b.config.to_dict()
+    assert a.state_dict().keys() == b.state_dict().keys()
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(q, p, rtol=1e-9, atol=1e-11, msg=name)
+
+
+def test_a_training_state_saved_after_narrowing_the_residual_stream_loads_narrowed(tmp_path):
+    model = _hidden_hardened("llama", ("mlp", "heads", "hidden"), False)
+    train_masked(model, _batches(), _loss, steps=2, lr=1e-2, sparsity_penalty=False)
+    save_training_state(model, str(tmp_path))
+    fresh = load_training_state(tiny_model("llama", kind="lm").double(), str(tmp_path))
+    assert get_state(fresh).compacted_for_training and fresh.config.hidden_size == 16
+    inputs = tiny_inputs(seed=3)
+    with torch.no_grad():
+        assert torch.equal(output_tensor(fresh(**inputs)), output_tensor(model(**inputs)))
+
+
+def test_per_block_hidden_pruning_trains_at_full_width():
+    model = tiny_model("llama", kind="lm")
+    prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", hidden_mode="per_block",
+                                          target_groups=("mlp", "heads", "hidden"), target_sparsity=0.5))
+    harden(model)
+    with pytest.raises(ValueError, match="hidden_mode='per_block' the blocks' kept residual channels cannot leave"):
+        compact_for_training(model)
+    train_masked(model, _batches(), _loss, steps=1, sparsity_penalty=False)
+    assert not get_state(model).compacted_for_training

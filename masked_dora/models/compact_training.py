@@ -12,7 +12,11 @@ stays a trainable masked-DoRA layer:
   columns, and the row norm still counts the dropped part (``n^2 = n_kept^2 + n_dropped^2``);
 * attention modules get their new head counts (``HeadSpec.attrs``), per-head norms their kept heads, MLP
   modules their new width (``MLPSpec.size_attrs``), MoE experts each their kept channels;
-* every group becomes one of its kept units, all kept (fixed), so a query head's ``InputGate`` goes.
+* every group becomes one of its kept units, all kept (fixed), so a query head's ``InputGate`` goes;
+* a pruned residual stream (``hidden_mode="global"``) narrows as :func:`~masked_dora.models.compact_model` narrows
+  it (:func:`~masked_dora.models.hidden.narrow_residual_stream`; the writers keep their kept rows). With
+  ``"per_block"`` the stream stays full width, so the blocks' reads and writes would need gathers and scatters
+  while training: refused (the model trains at full width).
 
 So a step computes what the full-width step computed, on the kept size; with an optimizer that leaves
 parameters with a zero gradient alone (a fresh optimizer without weight decay on ``A``: the defaults of
@@ -35,6 +39,7 @@ from ..nn.norm_cache import is_regathered
 from .blocks import Block, block_modules, head_layout
 from .compact import keep_per_head, set_head_attrs, set_mlp_size_attrs
 from .group_mask import ALWAYS_KEPT, GroupMask, InputGate, MaskView
+from .hidden import HIDDEN_KEY, narrow_residual_stream, writers
 from .prepare import get_state
 
 
@@ -48,8 +53,9 @@ def compact_training_refusal(model: nn.Module) -> Optional[str]:
     loose = [key for key, g in state.groups.items() if not bool(g.mask_fixed)]
     if loose:
         return f"the groups {loose[:4]} still learn their masks: call masked_dora.harden(model) first"
-    if "hidden" in state.config.target_groups:
-        return "the hidden dimension cannot leave the prepared model while it trains yet (compact_model can)"
+    if "hidden" in state.config.target_groups and state.config.hidden_mode == "per_block":
+        return ("with hidden_mode='per_block' the blocks' kept residual channels cannot leave the prepared model while "
+                "it trains (compact_model can; hidden_mode='global' trains at the kept width)")
     if "heads" in state.config.target_groups and state.spec.heads_need_plain_config:
         return (f"a {model.config.model_type!r} attention reads its head counts from the model config, so its heads "
                 f"cannot leave the prepared model while it trains")
@@ -78,6 +84,8 @@ def compact_for_training(model: nn.Module) -> nn.Module:
             _compact_mlp_group(state, b)
         if "heads" in state.config.target_groups:
             _compact_head_group(state, b, model.config)
+    if HIDDEN_KEY in state.groups:
+        _compact_hidden_group(state, model)
     state.compaction_masks = masks  # what save_training_state records, and load_training_state compacts by
     state.compacted_for_training = True
     return model
@@ -103,6 +111,19 @@ def _compact_head_group(state, b: Block, model_config) -> None:
         kv = mods["key"].out_features // hd
     set_head_attrs(b.module, b.spec, heads, kv, hd)
     keep_per_head(b.module, b.spec, model_config, kept_heads)
+
+
+def _compact_hidden_group(state, model: nn.Module) -> None:
+    """``hidden_mode="global"``: the whole residual stream narrows to its kept channels, as
+    :func:`~masked_dora.models.compact_model` narrows it (:func:`~masked_dora.models.hidden.narrow_residual_stream`:
+    the embeddings, the readers' columns, the norms and the config); the writers keep their kept rows."""
+    group = state.groups[HIDDEN_KEY]
+    members = dict(writers(model, state))
+    keep = {role: group.per_channel(role, group.hard()).bool().cpu() for role in group.roles}
+    for layer in members.values():
+        layer.keep_output_rows(keep["writer"])
+    narrow_residual_stream(model, state, torch.nonzero(keep["embed"]).flatten())
+    state.groups[HIDDEN_KEY] = _kept_group(group, keep, members)
 
 
 def _slice_members(group: GroupMask, members: Dict[str, nn.Module]) -> Dict[str, Tensor]:

@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .blocks import Block, block_modules, find_layers, is_consumer_role, model_blocks, role_paths
+from .blocks import Block, block_modules, find_layers, head_layout, is_consumer_role, model_blocks, role_paths
 from .group_mask import GroupMask, MaskView
 
 HIDDEN_KEY = "hidden"
@@ -238,7 +238,6 @@ def cut_hidden(model: nn.Module, state, tensors: Dict[str, Tensor], kept: Tensor
     """``tensors`` (the compacted state dict at full residual width) cut to the kept residual channels: the
     embeddings' and readers' columns, the writers' rows (and biases), every norm's weight scaled by
     ``sqrt(d/d')``."""
-    spec = state.spec
     d = state.groups[HIDDEN_KEY].num_units
     scale = norm_scale(d, kept.numel())
     out = dict(tensors)
@@ -260,12 +259,61 @@ def cut_hidden(model: nn.Module, state, tensors: Dict[str, Tensor], kept: Tensor
     for name, _ in writers(model, state):
         cut(name + ".weight", 0)
         cut(name + ".bias", 0)
-    layers_path, _ = find_layers(model, spec)
-    parent = layers_path.rpartition(".")[0]
-    norms = [f"{parent}.{spec.hidden.final_norm}" if parent else spec.hidden.final_norm]
-    norms += [f"{b.path}.{n}" for b in state.blocks(model) for n in spec.hidden.norms]
-    for name in norms:
+    for name in norm_names(model, state):
         if name + ".weight" not in out:
             raise RuntimeError(f"compact_model: no norm weight {name}.weight to scale (HiddenSpec.norms)")
         cut(name + ".weight", 0, scale)
     return out
+
+
+def norm_names(model: nn.Module, state) -> List[str]:
+    """Qualified names of the RMSNorms over the residual stream: the final one and each block's."""
+    spec = state.spec
+    layers_path, _ = find_layers(model, spec)
+    parent = layers_path.rpartition(".")[0]
+    norms = [f"{parent}.{spec.hidden.final_norm}" if parent else spec.hidden.final_norm]
+    return norms + [f"{b.path}.{n}" for b in state.blocks(model) for n in spec.hidden.norms]
+
+
+@torch.no_grad()
+def narrow_residual_stream(model: nn.Module, state, kept: Tensor) -> None:
+    """Narrow the prepared ``model``'s residual stream to the ``kept`` channels (ascending indices) in place, for
+    training at the kept width (:func:`~masked_dora.models.compact_for_training`), as :func:`cut_hidden` and
+    :func:`hidden_config` narrow the compacted model: the input embeddings' columns (a tied LM head shares them),
+    every reader's columns (a masked-DoRA reader keeps its row norms over the whole row:
+    :meth:`~masked_dora.nn.MaskedDoRALinear.keep_input_columns`), every RMSNorm's weight scaled by ``sqrt(d/d')``
+    and its epsilon by ``d/d'``, and the config (``hidden_size``, ``head_dim``, epsilon). The embeddings' gate goes
+    (every kept channel passes it). The writers' rows are the caller's to cut."""
+    from ..nn import MaskedDoRALinear
+
+    spec, group = state.spec, state.groups[HIDDEN_KEY]
+    d, d_kept = group.num_units, int(kept.numel())
+    head_dim = head_layout(model.config, spec).head_dim
+    embed = model.get_input_embeddings()
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    tied = head is not None and head.weight is embed.weight
+    keep = torch.zeros(d, dtype=torch.bool)
+    keep[kept] = True
+
+    def narrowed(weight: Tensor, dim: int, factor: float = 1.0) -> nn.Parameter:
+        w = weight.index_select(dim, kept.to(weight.device))
+        if factor != 1.0:
+            w = (w.double() * factor).to(weight.dtype)
+        return nn.Parameter(w.contiguous(), requires_grad=weight.requires_grad)
+
+    embed.weight, embed.embedding_dim = narrowed(embed.weight, 1), d_kept
+    for handle_id, hook in list(embed._forward_hooks.items()):
+        if isinstance(hook, OutputGate) and hook.group is group:
+            del embed._forward_hooks[handle_id]
+    for _, m in readers(model, state):
+        if isinstance(m, MaskedDoRALinear):
+            m.keep_input_columns(keep)
+            continue
+        m.weight = embed.weight if (tied and m is head) else narrowed(m.weight, 1)
+        m.in_features = d_kept
+    scale = norm_scale(d, d_kept)
+    for name in norm_names(model, state):
+        norm = model.get_submodule(name)
+        norm.weight = narrowed(norm.weight, 0, scale)
+        setattr(norm, spec.hidden.eps_attr, float(getattr(norm, spec.hidden.eps_attr)) * d / d_kept)
+    hidden_config(model.config, spec, d, kept, head_dim)

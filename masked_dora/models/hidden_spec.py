@@ -15,7 +15,8 @@ class HiddenSpec:
     Its writers are the embeddings, the heads' ``output`` and the MLP's ``consumer`` (gated rows); its
     readers the q/k/v and MLP producers (and the LM head), whose input columns go at compaction; ``norms``
     (paths relative to a block) and ``final_norm`` (relative to the module holding the block list) are the
-    RMSNorms over it, with epsilon in the config key ``eps_key``. ``model_types``: the types of the spec checked
+    RMSNorms over it, with epsilon in the config key ``eps_key`` (and, in each norm module built from it, the
+    attribute ``eps_attr``). ``model_types``: the types of the spec checked
     exact (the rest of the spec's types are refused with ``refusals[model_type]``, or a generic reason).
     """
 
@@ -24,6 +25,7 @@ class HiddenSpec:
     eps_key: str
     model_types: Tuple[str, ...]
     refusals: Tuple[Tuple[str, str], ...] = ()
+    eps_attr: str = "variance_epsilon"
 
     def refusal(self, model_type: str) -> Optional[str]:
         if model_type in self.model_types:
