@@ -242,13 +242,20 @@ def test_config_validates_hidden_mode_and_alignment():
         MaskedDoRAConfig(target_groups=("hidden",), alignment={"hidden": 0})
 
 
-def test_compact_for_training_refuses_hidden():
+@pytest.mark.parametrize("family", FAMILIES)
+def test_compact_for_training_narrows_the_stream_to_the_masked_models_outputs(family):
+    """float32, the families' own RMSNorms (float64 training equality: tests/test_compact_training.py)."""
     from masked_dora.models import compact_for_training
 
-    model = _prepared("llama")
+    model = _prepared(family)
     harden(model)
-    with pytest.raises(ValueError, match="hidden dimension"):
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        ref = output_tensor(model(**inputs))
         compact_for_training(model)
+        out = output_tensor(model(**inputs))
+    assert model.config.hidden_size == 16 and model.get_input_embeddings().embedding_dim == 16
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 
 
 def test_export_peft_refuses_pruned_residual_channels(tmp_path):
