@@ -9,6 +9,10 @@ and an AdamW step of ``train_masked``'s recovery phase (adapters only; ``sparsit
 * ``llama``: a Llama-shaped decoder (hidden 1024, 16 heads / 4 KV heads, MLP 2816, 4 layers,
   vocabulary 8000), batch 2 x 512 tokens, a language-modelling loss, random weights.
 
+``test_recovery_step_hidden``: the ``llama`` model with its residual stream pruned too (``hidden_mode="global"``,
+25% of MLP channels, heads and hidden channels), where ``compact_for_training`` also narrows the embeddings,
+the norms, every reader and writer, and the LM head's input.
+
 MLP channels and heads are pruned at 25% and 50%, with the defaults (``gqa="kv_groups"``: the Llama's 4 KV
 heads go with their query heads; 25% of 4 rounds to 1). Target (issue 16): at 50%, the compact step at most
 0.6x the full-width one.
@@ -31,7 +35,7 @@ MODELS = {
 }
 
 
-def _model(name: str, sparsity: float):
+def _model(name: str, sparsity: float, groups=("mlp", "heads")):
     import transformers as t
 
     spec = MODELS[name]
@@ -40,8 +44,9 @@ def _model(name: str, sparsity: float):
         model = t.BertModel(t.BertConfig(**spec["config"]))
     else:
         model = t.LlamaForCausalLM(t.LlamaConfig(**spec["config"]))
+    form = "plain" if "hidden" in groups else "per_layer"  # a pruned hidden size saves in the plain form only
     prepare_model(model, MaskedDoRAConfig(rank=8, alignment={"mlp": spec["alignment"]}, importance="none",
-                                          target_sparsity=sparsity, save_form="per_layer"))
+                                          target_sparsity=sparsity, save_form=form, target_groups=groups))
     harden(model)
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, spec["config"]["vocab_size"], (spec["batch"], spec["tokens"]), generator=gen)
@@ -58,7 +63,16 @@ def _loss(model, batch):
 @pytest.mark.parametrize("sparsity", [0.25, 0.5])
 @pytest.mark.parametrize("name", list(MODELS))
 def test_recovery_step(benchmark, name, sparsity, width):
-    model, batch = _model(name, sparsity)
+    _time_step(benchmark, *_model(name, sparsity), name, sparsity, width)
+
+
+@pytest.mark.parametrize("width", ["full", "compact"])
+def test_recovery_step_hidden(benchmark, width):
+    model, batch = _model("llama", 0.25, ("mlp", "heads", "hidden"))
+    _time_step(benchmark, model, batch, "llama+hidden", 0.25, width)
+
+
+def _time_step(benchmark, model, batch, name, sparsity, width):
     if width == "compact":
         compact_for_training(model)
     model.train()
