@@ -38,6 +38,8 @@ TINY = {
     "hunyuan_v1_dense": _lm("HunYuanDenseV1", head_dim=8),
     "arcee": _lm("Arcee", head_dim=8, mlp_bias=True),
     "nemotron": _lm("Nemotron", head_dim=8, mlp_bias=True),
+    # xIELU (0 -> about -8e-7): the MLP's pruned channels are gated at down_proj's input too
+    "apertus": _lm("Apertus", head_dim=8),
     # soft-capped attention logits, sliding window
     "vaultgemma": _lm("VaultGemma", head_dim=8, query_pre_attn_scalar=8, sliding_window=4),
 }

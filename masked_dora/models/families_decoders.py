@@ -37,6 +37,10 @@ def decoder_specs(llama_style: dict) -> Dict[str, ModelSpec]:
             segments=(2,)))),
         # a non-gated up_proj/down_proj MLP with ReLU^2 (Arcee, Nemotron; both map 0 to 0)
         "arcee": ModelSpec(name="arcee", model_types=("arcee", "nemotron"), **non_gated),
+        # Apertus: the same with xIELU, which maps 0 to alpha_n * expm1(-1e-6): pruned channels are also cut at
+        # down_proj's input; per-head q/k norms over head_dim with one weight for all heads
+        "apertus": ModelSpec(name="apertus", model_types=("apertus",), **dict(non_gated, mlp=replace_dataclass(
+            non_gated["mlp"], gate_consumer_input=True))),
         # Helium builds o_proj hidden_size wide (not heads * head_dim), so a config cannot express pruned heads:
         # head_dim is hidden_size / num_attention_heads (as o_proj's shape forces it), and the per-layer form
         "helium": ModelSpec(name="helium", model_types=("helium",), **dict(
