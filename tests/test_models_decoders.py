@@ -88,3 +88,20 @@ def test_consumer_input_gate_is_for_dense_mlps():
     with pytest.raises(ValueError, match="gate_consumer_input is supported for a dense MLP, not with experts"):
         MLPSpec(producers=("gate_up_proj",), consumer="down_proj", size_key="intermediate_size", segments=(2,),
                 experts="mlp.experts", gate_consumer_input=True)
+
+
+@pytest.mark.skipif("helium" not in AVAILABLE, reason="this transformers has no Helium")
+def test_helium_heads_save_per_layer_as_its_o_proj_is_hidden_size_wide():
+    """Helium builds o_proj (hidden_size, hidden_size), whatever the head count: a config with fewer heads would
+    build the wrong o_proj, so pruned heads save in the per-layer form; a pruned MLP alone stays plain."""
+    from masked_dora.models import get_state
+
+    model = tiny_model("helium", kind="lm")
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), alignment={"mlp": 8}, importance="none",
+                                          target_sparsity=0.5))
+    assert get_state(model).save_form == "plain"
+    model = tiny_model("helium", kind="lm")
+    with pytest.warns(UserWarning, match=r"per-layer form \(HeliumConfig's attention builds self_attn.o_proj "
+                                         r"hidden_size wide \(not heads x head_dim\)"):
+        prepare_model(model, MaskedDoRAConfig(alignment={"mlp": 8}, importance="none", target_sparsity=0.5))
+    assert get_state(model).save_form == "per_layer"

@@ -41,8 +41,7 @@ def decoder_specs(llama_style: dict) -> Dict[str, ModelSpec]:
         # down_proj's input; per-head q/k norms over head_dim with one weight for all heads
         "apertus": ModelSpec(name="apertus", model_types=("apertus",), **dict(non_gated, mlp=replace_dataclass(
             non_gated["mlp"], gate_consumer_input=True))),
-        # Helium builds o_proj hidden_size wide (not heads * head_dim), so a config cannot express pruned heads:
-        # head_dim is hidden_size / num_attention_heads (as o_proj's shape forces it), and the per-layer form
+        # Helium builds o_proj hidden_size wide (not heads * head_dim): pruned heads save in the per-layer form
         "helium": ModelSpec(name="helium", model_types=("helium",), **dict(
-            llama_style, heads=replace_dataclass(llama_heads, head_dim_key=None))),
+            llama_style, heads=replace_dataclass(llama_heads, output_width_key="hidden_size"))),
     }

@@ -131,6 +131,9 @@ class HeadSpec:
     qkv: str = ""
     qkv_layout: str = "blocks"
     head_dim_key: Optional[str] = None  # config key of an explicit head size (None: hidden // heads)
+    # config key of the output projection's input width where the attention builds it from that key, not from
+    # heads * head_dim (Helium: hidden_size): a config cannot describe pruned heads then (the per-layer form)
+    output_width_key: Optional[str] = None
     attention: str = ""  # path of the attention module whose attributes follow the head counts
     # attribute -> quantity, quantity one of "heads", "kv_heads", "groups" (heads per KV head), "width"
     attrs: Tuple[Tuple[str, str], ...] = ()
