@@ -1,5 +1,5 @@
 """Decoder-only causal LMs with the Llama module layout (``self_attn.q_proj``/``k_proj``/``v_proj``/``o_proj``)
-whose MLP or head sizes differ from the ``llama`` spec's; :mod:`masked_dora.models.families` adds them to ``SPECS``.
+whose MLP or attention differs from the ``llama`` spec's; :mod:`masked_dora.models.families` adds them to ``SPECS``.
 
 Model types whose modules and semantics are the Llama ones (``LLAMA_SEMANTICS``) join the ``llama`` spec, and
 those whose q/k norms span all heads' width (``QK_NORM_SPANS_HEADS``) the ``olmo2`` spec (heads refused).
