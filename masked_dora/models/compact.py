@@ -195,6 +195,10 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes, hid
         if heads_changed and stack.heads.head_dim_key is None:
             return None, (f"{type(config).__name__} derives the head size from {stack.hidden_key} / "
                           f"{stack.heads.heads_key}, so it cannot describe pruned heads")
+        if heads_changed and stack.heads.output_width_key:
+            return None, (f"{type(config).__name__}'s attention builds {stack.heads.output} "
+                          f"{stack.heads.output_width_key} wide (not heads x head_dim), so it cannot describe pruned "
+                          f"heads")
         for key, value in _plain_sizes(stack, sizes[mine[0]]).items():
             if values.setdefault(key, value) != value:
                 return None, (f"{type(config).__name__}'s {key!r} sizes several stacks (the encoder and the decoder), "

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace as replace_dataclass
 from typing import Dict
 
+from .families_decoders import LLAMA_SEMANTICS, QK_NORM_SPANS_HEADS, decoder_specs
 from .hidden_spec import BERT_PER_BLOCK, DISTILBERT_PER_BLOCK, LLAMA_HIDDEN, LLAMA_PER_BLOCK
 from .spec_types import HeadSpec, MLPSpec, ModelSpec, PerHeadSpec
 
@@ -188,10 +189,10 @@ MIXTRAL_STYLE = dict(LLAMA_STYLE, mlp=MLPSpec(  # experts packed as gate_up_proj
 
 SPECS: Dict[str, ModelSpec] = {
     "llama": ModelSpec(name="llama", model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
-                                                  "gemma3_text", "granite"), **LLAMA_STYLE, hidden=LLAMA_HIDDEN,
-                       hidden_per_block=LLAMA_PER_BLOCK),
+                                                  "gemma3_text", "granite") + LLAMA_SEMANTICS, **LLAMA_STYLE,
+                       hidden=LLAMA_HIDDEN, hidden_per_block=LLAMA_PER_BLOCK),
     "cohere": ModelSpec(name="cohere", model_types=("cohere",), **COHERE),
-    "olmo2": ModelSpec(name="olmo2", model_types=("olmo2",), **LLAMA_STYLE,
+    "olmo2": ModelSpec(name="olmo2", model_types=("olmo2",) + QK_NORM_SPANS_HEADS, **LLAMA_STYLE,
                        unsupported=(("heads", "", _QK_NORM_SPANS_HEADS),)),
     "stablelm": ModelSpec(name="stablelm", model_types=("stablelm",), **STABLELM),
     "mixtral": ModelSpec(name="mixtral", model_types=("mixtral",), **MIXTRAL_STYLE),
@@ -221,6 +222,7 @@ SPECS: Dict[str, ModelSpec] = {
                           stacks=(_t5_decoder(T5_GATED_ENCODER["mlp"]),), when=(("is_gated_act", True),),
                           unsupported=T5_HEADS),
 }
+SPECS.update(decoder_specs(LLAMA_STYLE))
 
 
 # names the encoder-only specs had before their families' decoders were pruned too

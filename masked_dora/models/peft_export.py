@@ -6,7 +6,8 @@ channels included: the magnitude becomes ``m * z`` and, where a pruned channel h
 becomes ``z * b`` (saved with the adapter: PEFT's ``bias="lora_only"``). Not expressible, so refused:
 query heads pruned inside KV groups (``gqa="query_heads"``), which are cut at the output projection's
 *input* (:class:`~masked_dora.models.group_mask.InputGate`; their KV heads stay, so the head's attention
-output is not zero by itself), and a DoRA adapter cannot zero a base weight's input columns; and MoE
+output is not zero by itself), and a DoRA adapter cannot zero a base weight's input columns; MLP channels
+cut at the consumer's input likewise (``MLPSpec.gate_consumer_input``: Apertus's xIELU maps 0 elsewhere); and MoE
 experts (PEFT's adapters on packed expert parameters are LoRA only). ``z`` is the layer's current
 hard decision, what eval mode computes: the learned gates' decision before :func:`harden`, the exact
 mask after it. The rank and scaling of each layer are kept (``rank_pattern``/``alpha_pattern`` where a
@@ -35,14 +36,20 @@ from .prepare import get_state
 PEFT_PREFIX = "base_model.model."
 
 
-def _inputs_cut(model: nn.Module) -> List[str]:
-    """Names of the layers whose input an :class:`InputGate` cuts now (some channel's hard decision is 0)."""
+def _inputs_cut(model: nn.Module, kind: str) -> List[str]:
+    """Names of the layers whose input an :class:`InputGate` of a ``kind`` group cuts now (some channel's hard
+    decision is 0)."""
     names = []
     for name, module in model.named_modules():
         for hook in module._forward_pre_hooks.values():
-            if isinstance(hook, InputGate) and not bool(hook.group.per_channel(hook.role, hook.group.hard()).all()):
+            if (isinstance(hook, InputGate) and hook.group.kind == kind
+                    and not bool(hook.group.per_channel(hook.role, hook.group.hard()).all())):
                 names.append(name)
     return names
+
+
+def _first_of(names: List[str]) -> str:
+    return names[0] + (f" and {len(names) - 1} more" if len(names) > 1 else "")
 
 
 def _refuse_unexportable(model: nn.Module) -> None:
@@ -70,13 +77,19 @@ def _refuse_unexportable(model: nn.Module) -> None:
                                   "embeddings' output, which a PEFT adapter cannot express (the embeddings carry no "
                                   "DoRA layer): the loaded adapter would compute other outputs. Use compact_model "
                                   "for the pruned model")
-    cut = _inputs_cut(model)
+    cut = _inputs_cut(model, "heads")
     if cut:
         raise NotImplementedError(f"model: query heads pruned inside KV groups (gqa='query_heads') are cut at the "
-                                  f"input of {cut[0]}" + (f" and {len(cut) - 1} more" if len(cut) > 1 else "")
-                                  + ", which a PEFT DoRA adapter cannot express (it cannot zero input columns of a "
-                                  "base weight): the loaded adapter would compute other outputs. Use compact_model "
-                                  "for the pruned model, or prune with gqa='kv_groups'")
+                                  f"input of {_first_of(cut)}, which a PEFT DoRA adapter cannot express (it cannot "
+                                  "zero input columns of a base weight): the loaded adapter would compute other "
+                                  "outputs. Use compact_model for the pruned model, or prune with gqa='kv_groups'")
+    cut = _inputs_cut(model, "mlp")
+    if cut:
+        raise NotImplementedError(f"model: this family's MLP activation does not map 0 to 0, so its pruned channels "
+                                  f"are cut at the input of {_first_of(cut)} (MLPSpec.gate_consumer_input), which a "
+                                  "PEFT DoRA adapter cannot express (it cannot zero input columns of a base weight): "
+                                  "the loaded adapter would compute other outputs. Use compact_model for the pruned "
+                                  "model")
 
 
 def export_peft(model: nn.Module, save_directory: str) -> Dict[str, int]:

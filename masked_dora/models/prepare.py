@@ -152,6 +152,8 @@ def _mlp_group(block, i, spec, config, where) -> GroupMask:
         layer = _wrap(block, paths[role], m, config, where)
         if is_consumer_role(role):
             _keep_all(layer)
+            if spec.mlp.gate_consumer_input:  # the activation maps 0 elsewhere: cut a pruned channel here too
+                layer.register_forward_pre_hook(InputGate(group, role))
         else:
             layer.set_mask_source(MaskView(group, role))
     return group

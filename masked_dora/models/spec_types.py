@@ -14,7 +14,8 @@ one group, ``HiddenSpec``, :mod:`~masked_dora.models.hidden`; or one per block, 
   (``gate_proj``/``up_proj``, ``fc1``/``intermediate.dense``), columns of the
   ``consumer`` (``down_proj``/``output.dense``). A pruned channel is exactly 0 at
   the consumer's input because every producer is gated and the activations of
-  these families map 0 to 0 (SiLU, GELU, ReLU).
+  these families map 0 to 0 (SiLU, GELU, ReLU); where one does not (Apertus's xIELU),
+  ``MLPSpec.gate_consumer_input`` gates the consumer's input too.
 * ``heads``: attention heads; rows of ``query``/``key``/``value`` in head-sized
   blocks, columns of ``output``. With GQA (fewer KV heads than query heads) a KV
   head takes its query heads along (``gqa="kv_groups"``: whole KV groups go), or
@@ -63,12 +64,19 @@ class MLPSpec:
     # size_key is one expert's width. prepare_model wraps it in a MaskedDoRAExperts (one MaskedDoRALinear per
     # expert and projection, member paths "<experts>.<name>.<e>"); every expert keeps the same count
     experts: str = ""
+    # the activation does not map 0 to 0 (Apertus's xIELU: alpha_n * expm1(-1e-6), about -8e-7), so a gated
+    # channel would still feed the consumer: prepare_model also multiplies the consumer's input by the group's
+    # mask (an InputGate, as query heads at the output under gqa="query_heads"), and the masked model equals the
+    # compacted one
+    gate_consumer_input: bool = False
 
     def __post_init__(self):
         if self.experts and (len(self.producers) != 1 or self.segments != (2,)):
             raise ValueError("MLPSpec: experts are supported as one packed [gate | up] producer (producers=(name,), "
                              f"segments=(2,)) and a packed down projection, got producers={self.producers}, "
                              f"segments={self.segments}")
+        if self.experts and self.gate_consumer_input:
+            raise ValueError("MLPSpec: gate_consumer_input is supported for a dense MLP, not with experts")
 
     def segments_of(self, producer_index: int) -> int:
         return self.segments[producer_index] if self.segments else 1
@@ -123,6 +131,9 @@ class HeadSpec:
     qkv: str = ""
     qkv_layout: str = "blocks"
     head_dim_key: Optional[str] = None  # config key of an explicit head size (None: hidden // heads)
+    # config key of the output projection's input width where the attention builds it from that key, not from
+    # heads * head_dim (Helium: hidden_size): a config cannot describe pruned heads then (the per-layer form)
+    output_width_key: Optional[str] = None
     attention: str = ""  # path of the attention module whose attributes follow the head counts
     # attribute -> quantity, quantity one of "heads", "kv_heads", "groups" (heads per KV head), "width"
     attrs: Tuple[Tuple[str, str], ...] = ()

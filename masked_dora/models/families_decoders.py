@@ -1,0 +1,47 @@
+"""Decoder-only causal LMs with the Llama module layout (``self_attn.q_proj``/``k_proj``/``v_proj``/``o_proj``)
+whose MLP or attention differs from the ``llama`` spec's; :mod:`masked_dora.models.families` adds them to ``SPECS``.
+
+Model types whose modules and semantics are the Llama ones (``LLAMA_SEMANTICS``) join the ``llama`` spec, and
+those whose q/k norms span all heads' width (``QK_NORM_SPANS_HEADS``) the ``olmo2`` spec (heads refused).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace as replace_dataclass
+from typing import Dict
+
+from .spec_types import MLPSpec, ModelSpec
+
+# the Llama attention (heads sized by num_attention_heads / num_key_value_heads / head_dim, read at build time
+# only) and gated gate_proj/up_proj/down_proj MLP: per-head q/k norms over head_dim with one weight shared by all
+# heads (exaone4, hunyuan_v1_dense), NoPE layers (smollm3, exaone4), sliding windows, soft-capped attention logits
+# (vaultgemma), clamped q/k/v outputs (olmo's clip_qkv: a gated row is 0 before and after the clamp) and biases
+# (ernie4_5's use_bias, seed_oss) change nothing per head or channel
+LLAMA_SEMANTICS = ("smollm3", "ministral", "olmo", "exaone4", "ernie4_5", "seed_oss", "hunyuan_v1_dense",
+                   "vaultgemma")
+QK_NORM_SPANS_HEADS = ("olmo3",)  # q_norm over num_attention_heads * head_dim, as OLMo-2
+
+
+def decoder_specs(llama_style: dict) -> Dict[str, ModelSpec]:
+    """The specs of this module, built on the ``llama`` spec's fields (``LLAMA_STYLE``)."""
+    llama_mlp, llama_heads = llama_style["mlp"], llama_style["heads"]
+    non_gated = dict(llama_style, mlp=replace_dataclass(llama_mlp, producers=("mlp.up_proj",)))
+    return {
+        # Starcoder2: biases, a non-gated c_fc/c_proj MLP (no width attribute)
+        "starcoder2": ModelSpec(name="starcoder2", model_types=("starcoder2",), **dict(llama_style, mlp=MLPSpec(
+            producers=("mlp.c_fc",), consumer="mlp.c_proj", size_key="intermediate_size"))),
+        # GLM, GLM-4: fused gate_up_proj rows [gate | up] (as Phi-3), separate q/k/v; GLM-4's extra post-norms
+        # are over the hidden size
+        "glm": ModelSpec(name="glm", model_types=("glm", "glm4"), **dict(llama_style, mlp=MLPSpec(
+            producers=("mlp.gate_up_proj",), consumer="mlp.down_proj", size_key="intermediate_size",
+            segments=(2,)))),
+        # a non-gated up_proj/down_proj MLP with ReLU^2 (Arcee, Nemotron; both map 0 to 0)
+        "arcee": ModelSpec(name="arcee", model_types=("arcee", "nemotron"), **non_gated),
+        # Apertus: the same with xIELU, which maps 0 to alpha_n * expm1(-1e-6): pruned channels are also cut at
+        # down_proj's input; per-head q/k norms over head_dim with one weight for all heads
+        "apertus": ModelSpec(name="apertus", model_types=("apertus",), **dict(non_gated, mlp=replace_dataclass(
+            non_gated["mlp"], gate_consumer_input=True))),
+        # Helium builds o_proj hidden_size wide (not heads * head_dim): pruned heads save in the per-layer form
+        "helium": ModelSpec(name="helium", model_types=("helium",), **dict(
+            llama_style, heads=replace_dataclass(llama_heads, output_width_key="hidden_size"))),
+    }

@@ -1,0 +1,45 @@
+"""Tiny decoder-only causal LMs with the Llama module layout (masked_dora/models/families_decoders.py): 2 layers,
+hidden 32, 4 heads of head_dim 8 with 2 KV heads, MLP 64, vocab 97, dropout 0; token ids of the special tokens
+inside the vocabulary. Each config turns on what its family adds to Llama (biases, NoPE layers, sliding windows,
+q/k norms, clamped q/k/v)."""
+
+from tiny_family_table import TinyFamily
+
+_COMMON = dict(vocab_size=97, num_hidden_layers=2, max_position_embeddings=64, hidden_size=32, intermediate_size=64,
+               num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+def _lm(prefix: str, heads: bool = True, **config) -> TinyFamily:
+    """A causal LM of 2 KV heads whose classes are ``<prefix>Config``, ``<prefix>Model``, ``<prefix>ForCausalLM``."""
+    return TinyFamily(classes=(f"{prefix}Config", f"{prefix}Model", f"{prefix}ForCausalLM"),
+                      config={**_COMMON, **config}, kv_heads=2, causal_lm=True, heads=heads)
+
+
+TINY = {
+    # NoPE every 2nd layer (no_rope_layer_interval), attention biases
+    "smollm3": _lm("SmolLM3", no_rope_layer_interval=2, attention_bias=True),
+    # sliding window in every layer
+    "ministral": _lm("Ministral", head_dim=8, sliding_window=4),
+    # clip_qkv clamps the q/k/v outputs
+    "olmo": _lm("Olmo", clip_qkv=0.05),
+    # q/k RMSNorm over all heads' width: heads refused
+    "olmo3": _lm("Olmo3", heads=False, sliding_window=4),
+    "starcoder2": _lm("Starcoder2", use_bias=True, residual_dropout=0.0, embedding_dropout=0.0,
+                      attention_dropout=0.0),
+    "glm": _lm("Glm", head_dim=8, attention_bias=True),
+    "glm4": _lm("Glm4", head_dim=8, attention_bias=True),
+    # per-head q/k norms over head_dim; layer 0 sliding with RoPE, layer 1 global without (sliding_window_pattern)
+    "exaone4": _lm("Exaone4", head_dim=8, sliding_window=4, sliding_window_pattern=2),
+    "helium": _lm("Helium", head_dim=8, attention_bias=True),
+    "ernie4_5": _lm("Ernie4_5", head_dim=8, use_bias=True),
+    "seed_oss": _lm("SeedOss", head_dim=8, attention_bias=True, attention_out_bias=True, attention_dropout=0.0,
+                    residual_dropout=0.0),
+    # q/k norms over head_dim after RoPE
+    "hunyuan_v1_dense": _lm("HunYuanDenseV1", head_dim=8),
+    "arcee": _lm("Arcee", head_dim=8, mlp_bias=True),
+    "nemotron": _lm("Nemotron", head_dim=8, mlp_bias=True),
+    # xIELU (0 -> about -8e-7): the MLP's pruned channels are gated at down_proj's input too
+    "apertus": _lm("Apertus", head_dim=8),
+    # soft-capped attention logits, sliding window
+    "vaultgemma": _lm("VaultGemma", head_dim=8, query_pre_attn_scalar=8, sliding_window=4),
+}
