@@ -66,7 +66,7 @@ def write_markdown(path: str, metrics: Dict, plot_file: Optional[str], plot_note
                 f"masked DoRA with the masks fixed")
              + f" of batch {m['batch_size']} in {m['train_seconds']:.1f} s "
              + (f"(next-token loss on {m['n_train']} texts of {_data(m)})." if _lm(m) else
-                f"(distilling the dense model's mean-pooled embeddings"
+                "(distilling the dense model's mean-pooled embeddings"
                 + (f", plus {m['hidden_weight']:g} × its layers' hidden states (CoFi's layer loss),"
                    if m.get("hidden_weight") else "")
                 + f" on {m['n_train']} "

@@ -4,8 +4,9 @@ A spec names, relative to one transformer block, the producers (layers whose
 output rows a group removes) and the consumer (the layer whose input columns
 go with them), the config keys that hold the group's size, and the module
 attributes that must follow a per-layer size change. Nothing here is code per
-model: adding a family is adding a table entry (``SPECS`` in :mod:`masked_dora.models.families`). :mod:`masked_dora.models.blocks` reads a
-spec against a model (its blocks, each group's member modules, the head layout).
+model: adding a family is adding a table entry (``SPECS`` in :mod:`masked_dora.models.families`).
+:mod:`masked_dora.models.blocks` reads a spec against a model (its blocks, each group's member modules, the head
+layout).
 
 Groups (DESIGN.md, "Coupled structure"); besides these two per-block kinds, ``hidden`` (the residual stream:
 one group, ``HiddenSpec``, :mod:`~masked_dora.models.hidden`; or one per block, ``PerBlockHiddenSpec``):
