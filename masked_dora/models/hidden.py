@@ -172,6 +172,12 @@ def readers(model: nn.Module, state) -> List[Tuple[str, nn.Module]]:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is not None:
         out.append((_module_name(model, head), head))
+    # a task head on the final hidden state (sequence/token classification's score, QA's qa_outputs): a
+    # reader too, which get_output_embeddings() does not name
+    width = state.groups[HIDDEN_KEY].num_units if HIDDEN_KEY in state.groups else None
+    for name, child in model.named_children():
+        if child is not head and isinstance(child, nn.Linear) and child.in_features == width:
+            out.append((name, child))
     return out
 
 

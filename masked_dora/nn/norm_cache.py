@@ -77,3 +77,18 @@ def is_dtensor(tensor) -> bool:
     except ImportError:  # pragma: no cover - torch without distributed
         return False
     return isinstance(tensor, DTensor)
+
+
+def _bump_fused_versions(optimizer, args, kwargs) -> None:
+    """A fused optimizer step (``torch.optim.AdamW(fused=True)``, the HF Trainer's ``adamw_torch_fused``)
+    updates its parameters in place without bumping their version counters, which :class:`RowNormCache` is
+    keyed on: bump them, so the next forward recomputes the row norm of the updated ``A`` and ``B``."""
+    params = [p for group in optimizer.param_groups if group.get("fused") for p in group["params"]
+              if p.grad is not None and not is_regathered(p)]
+    if params:
+        torch.autograd.graph.increment_version(params)
+
+
+from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
+
+register_optimizer_step_post_hook(_bump_fused_versions)
