@@ -349,6 +349,10 @@ def run_prune(args) -> dict:
                                 loss_fn=task.loss_fn)
     except ValueError as exc:  # a refusal (what this model cannot prune), raised before anything changed
         raise SystemExit(f"--model {args.model}: {exc}")
+    if objective == "embedding" and "hidden" in groups and args.hidden_mode == "global":
+        raise SystemExit("--objective embedding: with --hidden-mode global the pruned model's embeddings have the "
+                         "kept width, not the dense model's, so they cannot be distilled to (nor compared with) the "
+                         "dense ones; use --hidden-mode per_block, or --objective lm for a causal LM")
     one_shot = copy.deepcopy(student)
     harden(one_shot)
     one_shot = compact_model(one_shot)

@@ -225,6 +225,20 @@ def test_cli_prunes_the_hidden_dimension_globally_to_a_plain_checkpoint(tmp_path
     assert model.config.hidden_size == 24 and model.model.layers[0].mlp.down_proj.out_features == 24
 
 
+def test_cli_refuses_the_embedding_objective_with_a_globally_pruned_stream(tmp_path):
+    """The pruned model's embeddings would be 24 wide, the dense model's 32: refused before training (it crashed in
+    the recovery steps, and before that at the end of the run)."""
+    from tiny_models import tiny_llama_dir
+
+    model_dir = tiny_llama_dir(str(tmp_path / "tiny-llama"))
+    data = tmp_path / "corpus.txt"
+    data.write_text(TEXT)
+    with pytest.raises(SystemExit, match="--objective embedding: with --hidden-mode global"):
+        main(["prune", "--model", model_dir, "--out", str(tmp_path / "out"), "--data", str(data), "--objective",
+              "embedding", "--groups", "mlp,hidden", "--hidden-mode", "global", "--allocation", "uniform",
+              "--sparsity", "0.25", *SMALL_RUN])
+
+
 def test_cli_hidden_refusals_name_the_option(tmp_path):
     bert = _tiny_bert_dir(str(tmp_path / "tiny"))
     with pytest.raises(SystemExit, match="--hidden-mode global: needs --allocation uniform"):

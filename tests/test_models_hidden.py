@@ -206,10 +206,25 @@ def test_magnitude_importance_keeps_the_strong_channels():
     assert not keep[:8].any() and int(keep.sum()) == 16
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_gradient_checkpointing_step_gives_the_same_loss_and_gradients(checkpointing):
-    ref = assert_checkpointing_keeps_loss_and_gradients(lambda: _prepared("llama", gqa="query_heads"), checkpointing)
+@pytest.mark.parametrize("checkpointing, reentrant", [(False, False), (True, False), (True, True)])
+def test_gradient_checkpointing_step_gives_the_same_loss_and_gradients(checkpointing, reentrant):
+    """Reentrant too: every block reads the hidden group's one sample, and a reentrant checkpoint backpropagates
+    each block down to the logits on its own (it raised "backward through the graph a second time")."""
+    ref = assert_checkpointing_keeps_loss_and_gradients(lambda: _prepared("llama", gqa="query_heads"), checkpointing,
+                                                        reentrant)
     assert ref["masked_dora.groups.hidden.mask_logits"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_gradient_checkpointing_after_narrowing_the_stream_gives_the_same_loss_and_gradients(reentrant):
+    from masked_dora.models import compact_for_training
+
+    def make():
+        model = _prepared("llama", groups=("mlp", "hidden"))
+        harden(model)
+        return compact_for_training(model)
+
+    assert_checkpointing_keeps_loss_and_gradients(make, True, reentrant)
 
 
 @pytest.mark.parametrize("family, match", [

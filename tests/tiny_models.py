@@ -215,15 +215,16 @@ def harden_and_compact(model):
         return ref, small, output_tensor(small(**inputs))
 
 
-def assert_checkpointing_keeps_loss_and_gradients(make_model, checkpointing: bool) -> dict:
+def assert_checkpointing_keeps_loss_and_gradients(make_model, checkpointing: bool, reentrant: bool = False) -> dict:
     """One training step of ``make_model()`` on :func:`lm_batches`, without and (``checkpointing``) with HF's
-    non-reentrant gradient checkpointing: equal losses and gradients. Returns the step's gradients (by name)."""
+    gradient checkpointing (non-reentrant, or ``reentrant``): equal losses and gradients. Returns the step's
+    gradients (by name)."""
 
     def step(ckpt):
         model = make_model()
         model.train()
         if ckpt:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
         torch.manual_seed(123)
         out = model(**lm_batches(1)[0])
         out.loss.backward()

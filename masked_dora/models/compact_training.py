@@ -158,6 +158,7 @@ def _kept_group(group: GroupMask, keep: Dict[str, Tensor], members: Dict[str, nn
     new = GroupMask(group.kind, group.layer, int(units.sum()), indices, partitions=group.partitions,
                     unit_size=group.unit_size, tied=group.tied)
     new.pruned_units = group.num_units - new.num_units + group.pruned_units
+    new.shared_by_blocks = group.shared_by_blocks
     new.gate = copy.deepcopy(group.gate)  # the same gate (a custom one too), its temperature with it
     new.train(group.training)
     new.mask_logits.copy_(group.mask_logits.detach()[units.to(group.mask_logits.device)])

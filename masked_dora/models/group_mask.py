@@ -30,6 +30,16 @@ from ..nn.norm_cache import is_regathered
 ALWAYS_KEPT = -1  # the unit index of a member channel that no unit gates (z = 1, kept at compaction)
 
 
+class _IntoGraph:
+    """Tensor hook: each gradient of a detached copy of ``source`` goes on through ``source``'s graph."""
+
+    def __init__(self, source: Tensor):
+        self.source = source
+
+    def __call__(self, grad: Tensor) -> None:
+        torch.autograd.backward(self.source, grad, retain_graph=True)
+
+
 class GroupMask(nn.Module):
     """Mask logits and gate of one coupled group.
 
@@ -69,6 +79,8 @@ class GroupMask(nn.Module):
         # roles with channels no unit gates: their per-channel reads append a kept pseudo-unit (index -1)
         self._partly_gated = frozenset(role for role, index in indices.items() if bool((index == ALWAYS_KEPT).any()))
         self._sample: Optional[Tensor] = None
+        # read by every block (the global hidden group), not by one: see draw_sample
+        self.shared_by_blocks = False
         self._probe: Optional[Tensor] = None
         self._planned: Optional[Tensor] = None   # budget="exact": this forward's top-k plan (bool)
 
@@ -157,6 +169,16 @@ class GroupMask(nn.Module):
         logits got no gradient.)
         """
         self._sample = self.gate(self.logits()) if self.training and self._probe is None else None
+        if self.shared_by_blocks and self._sample is not None and self._sample.requires_grad \
+                and not torch.compiler.is_compiling():
+            # Every block reads this one sample. A reentrant checkpoint backpropagates each block on its own,
+            # down to the logits, which frees the sample's graph after the first block (the second raised
+            # "backward through the graph a second time"). The blocks read a detached copy instead, and each
+            # gradient that reaches it goes on into the gate's graph, kept for that (the checkpoint of every
+            # block, or one plain backward: the same sum in the logits' grad).
+            sample = self._sample.detach().requires_grad_()
+            sample.register_hook(_IntoGraph(self._sample))
+            self._sample = sample
 
     @torch.no_grad()
     def set_mask(self, keep: Tensor) -> None:

@@ -150,6 +150,7 @@ def build_hidden_group(model: nn.Module, blocks: List[Block], config, wrap) -> G
     channels = torch.arange(d)
     group = GroupMask("hidden", 0, d, {"embed": channels, "writer": channels, "reader": channels},
                       gate=config.gate, mask_init=config.mask_init, tied=config.mask_learning == "layer")
+    group.shared_by_blocks = True
     for b in blocks:
         for role, module in block_modules(b.module, b.spec, ("hidden",))["hidden"].items():
             layer = wrap(b.module, role_paths(b.spec, "hidden")[role], module, config, b.path)

@@ -16,7 +16,9 @@ class RowNormCache:
     checkpointing and inference do not pay for it again.
 
     Keyed on each tensor's storage, version counter, dtype and device: every in-place op (an optimizer step,
-    ``with torch.no_grad(): p.add_(...)``) bumps the version; an edit through ``.data``
+    ``with torch.no_grad(): p.add_(...)``) bumps the version; fused optimizer steps do not, so every
+    ``torch.optim`` step bumps its parameters' versions afterwards (:func:`_bump_stepped_versions`, a global
+    step post-hook installed at import); an edit through ``.data``
     (``lora_B.data.normal_()``) bumps nothing: call :meth:`clear` after one. Under ``torch.compile`` nothing
     is cached (the graph recomputes it).
 
@@ -79,11 +81,14 @@ def is_dtensor(tensor) -> bool:
     return isinstance(tensor, DTensor)
 
 
-def _bump_fused_versions(optimizer, args, kwargs) -> None:
-    """A fused optimizer step (``torch.optim.AdamW(fused=True)``, the HF Trainer's ``adamw_torch_fused``)
-    updates its parameters in place without bumping their version counters, which :class:`RowNormCache` is
-    keyed on: bump them, so the next forward recomputes the row norm of the updated ``A`` and ``B``."""
-    params = [p for group in optimizer.param_groups if group.get("fused") for p in group["params"]
+def _bump_stepped_versions(optimizer, args, kwargs) -> None:
+    """After any ``torch.optim`` optimizer's step: bump the version counters of the parameters it may have
+    updated (those with a gradient), which :class:`RowNormCache` is keyed on, so the next forward recomputes the
+    row norm of the updated ``A`` and ``B``. A fused step (``torch.optim.AdamW(fused=True)``: the HF Trainer's
+    default ``adamw_torch_fused``) and optimizers with kernels of their own (bitsandbytes' 8-bit ones) update in
+    place without bumping them (the cached norm stayed the first step's for the whole run); a ``foreach`` or
+    for-loop step bumps them already, and one more bump costs nothing (no data is touched)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]
               if p.grad is not None and not is_regathered(p)]
     if params:
         torch.autograd.graph.increment_version(params)
@@ -91,4 +96,4 @@ def _bump_fused_versions(optimizer, args, kwargs) -> None:
 
 from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 
-register_optimizer_step_post_hook(_bump_fused_versions)
+register_optimizer_step_post_hook(_bump_stepped_versions)
