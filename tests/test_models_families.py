@@ -110,7 +110,7 @@ def test_plain_checkpoints_reload_with_plain_transformers(chains):
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5, msg=family)
 
 
-@pytest.mark.parametrize("family, flag", [("olmo2", None), ("t5", None), ("t5-gated", None),
+@pytest.mark.parametrize("family, flag", [("olmo2", None), ("t5", None), ("t5-gated", None), ("mpnet", None),
                                           ("falcon-rw", "alibi"), ("falcon", "alibi")])
 def test_heads_that_cannot_be_pruned_exactly_are_refused_before_anything_changes(family, flag):
     import transformers as t

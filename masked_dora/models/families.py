@@ -68,6 +68,15 @@ DEBERTA_V2 = dict(
                    attrs=(("num_attention_heads", "heads"), ("all_head_size", "width"))),
 )
 
+MPNET = dict(BERT_STYLE, heads=HeadSpec(  # BERT's layout, but attention.attn.q/k/v/o
+    query="attention.attn.q", key="attention.attn.k", value="attention.attn.v", output="attention.attn.o",
+    heads_key="num_attention_heads", attention="attention.attn",
+    attrs=(("num_attention_heads", "heads"), ("all_head_size", "width"))))
+MPNET_HEADS = (("heads", "", "the encoder computes one relative-position bias (relative_attention_bias, one column "
+                             "per head) and adds column h to head h of every layer: exact head pruning would need "
+                             "the same kept heads in every layer (and the bias cut to them), which per-layer head "
+                             "masks do not give"),)
+
 BART_ENCODER = dict(  # the encoder stack: its own config keys
     stack="encoder",
     layers=("encoder.layers",),
@@ -209,8 +218,15 @@ SPECS: Dict[str, ModelSpec] = {
     "falcon-rw": ModelSpec(name="falcon-rw", model_types=("falcon",), **FALCON_PER_HEAD, unsupported=FALCON_ALIBI,
                            when=(("new_decoder_architecture", False), ("multi_query", False))),
     "opt": ModelSpec(name="opt", model_types=("opt",), **OPT),
-    "bert": ModelSpec(name="bert", model_types=("bert", "roberta", "xlm-roberta", "electra"), **BERT_STYLE,
+    "bert": ModelSpec(name="bert", model_types=("bert", "roberta", "xlm-roberta", "electra", "camembert",
+                                                "data2vec-text"), **BERT_STYLE,
                       hidden_per_block=BERT_PER_BLOCK),
+    # pre-LN variants of the BERT layout (a LayerNorm before attention.self and before intermediate.dense): the
+    # MLP and heads prune as BERT's; the per-block hidden spec (post-LN reads) does not cover them
+    "roberta-prelayernorm": ModelSpec(name="roberta-prelayernorm", model_types=("roberta-prelayernorm",),
+                                      **BERT_STYLE),
+    "xlm-roberta-xl": ModelSpec(name="xlm-roberta-xl", model_types=("xlm-roberta-xl",), **BERT_STYLE),
+    "mpnet": ModelSpec(name="mpnet", model_types=("mpnet",), **MPNET, unsupported=MPNET_HEADS),
     "deberta-v2": ModelSpec(name="deberta-v2", model_types=("deberta-v2",), **DEBERTA_V2),
     "distilbert": ModelSpec(name="distilbert", model_types=("distilbert",), **DISTILBERT,
                             hidden_per_block=DISTILBERT_PER_BLOCK),

@@ -85,5 +85,6 @@ LLAMA_PER_BLOCK = PerBlockHiddenSpec(attention_input="self_attn", mlp_input="mlp
 # post-LN encoders: attention.self reads the block input (the residual stream: the last block's LayerNorm output,
 # which BertAttention also passes to attention.output as the residual), intermediate the first LayerNorm's output
 BERT_PER_BLOCK = PerBlockHiddenSpec(attention_input="attention.self", mlp_input="intermediate",
-                                    model_types=("bert", "roberta", "xlm-roberta", "electra"))
+                                    model_types=("bert", "roberta", "xlm-roberta", "electra", "camembert",
+                                                 "data2vec-text"))
 DISTILBERT_PER_BLOCK = PerBlockHiddenSpec(attention_input="attention", mlp_input="ffn", model_types=("distilbert",))
