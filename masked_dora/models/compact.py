@@ -483,7 +483,9 @@ def load_compact(path: str, model_class=None, dtype: Optional[torch.dtype] = Non
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     loaded_ptrs = {t.data_ptr() for k, t in model.state_dict().items() if k in saved}
-    untied = [k for k in missing if model.state_dict()[k].data_ptr() not in loaded_ptrs]
+    # keys save_pretrained never writes, which the model's construction rebuilds (Marian's sinusoidal positions)
+    never_saved = set(getattr(model, "_keys_to_ignore_on_save", None) or ())
+    untied = [k for k in missing if k not in never_saved and model.state_dict()[k].data_ptr() not in loaded_ptrs]
     if untied or unexpected:
         raise ValueError(f"load_compact: checkpoint in {path!r} does not match the model "
                          f"(missing {untied[:5]}, unexpected {list(unexpected)[:5]})")
