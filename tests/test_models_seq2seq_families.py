@@ -2,7 +2,8 @@
 shift input_ids into decoder_input_ids (as bart, mbart and plbart do), so the family chain of
 test_models_families.py cannot call them. The same chain, with decoder_input_ids: prepare -> a training step ->
 harden -> compact (equal logits) -> save -> reload (load_compact; plain transformers in a clean process for the
-MLP-only checkpoint) -> equal logits and greedy generate() tokens."""
+MLP-only checkpoint) -> equal logits and greedy generate() tokens. And UMT5's seq2seq model, whose heads take
+their per-block relative-position bias along."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from masked_dora.models.blocks import head_layout, model_blocks
 from masked_dora.models.compact import LAYER_SIZES_KEY
 
 from tiny_models import randomize_adapters, reload_plain_in_clean_process, tiny_inputs
-from tiny_families_encoders import SEQ2SEQ  # noqa: I001 (after tiny_models, whose import loads the family tables)
+from tiny_families_encoders import SEQ2SEQ, T5_LIKE  # after tiny_models, whose import loads the tables
 
 # family: (config class, seq2seq LM class, config arguments besides SEQ2SEQ's)
 FAMILIES = {
@@ -114,3 +115,59 @@ def test_mlp_only_checkpoints_reload_with_plain_transformers(tmp_path):
         refs.append(ref)
     for family, ref, out in zip(FAMILIES, refs, reload_plain_in_clean_process(jobs)):
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5, msg=family)
+
+
+@pytest.mark.parametrize("feed_forward_proj", ["gated-gelu", "relu"])
+def test_umt5_heads_take_their_relative_attention_bias_columns_in_both_stacks(tmp_path, feed_forward_proj):
+    """UMT5's self-attention has a relative_attention_bias (buckets, heads) in every block of both stacks: pruned
+    heads take their columns along (PerHeadSpec(dim=1)). Layer 0 keeps its last heads (a bias cut to its first
+    columns would not pass); equal logits after compaction and load_compact, equal generate() tokens."""
+    import transformers as t
+
+    torch.manual_seed(0)
+    model = t.UMT5ForConditionalGeneration(t.UMT5Config(**T5_LIKE, feed_forward_proj=feed_forward_proj)).eval()
+    attentions = [b.layer[0].SelfAttention for b in list(model.encoder.block) + list(model.decoder.block)]
+    biases = [a.relative_attention_bias.weight.detach().clone() for a in attentions]
+    prepare_model(model, MaskedDoRAConfig(**PRUNE))
+    randomize_adapters(model)
+    with torch.no_grad():  # the last heads score highest
+        for group in get_state(model).groups_of("heads"):
+            group.mask_logits.copy_(torch.linspace(-1.0, 1.0, group.num_units))
+    harden(model)
+    inputs = _inputs()
+    ref = _logits(model, inputs)
+    small = compact_model(model)
+    torch.testing.assert_close(_logits(small, inputs), ref, rtol=1e-4, atol=1e-5)
+    small.save_pretrained(tmp_path)
+    reloaded = load_compact(str(tmp_path))
+    torch.testing.assert_close(_logits(reloaded, inputs), ref, rtol=1e-4, atol=1e-5)
+    for block, bias in zip(list(reloaded.encoder.block) + list(reloaded.decoder.block), biases):
+        attention = block.layer[0].SelfAttention
+        assert (attention.n_heads, attention.relative_attention_bias.embedding_dim) == (2, 2)
+        torch.testing.assert_close(attention.relative_attention_bias.weight, bias[:, 2:], rtol=0, atol=0)
+    assert reloaded.decoder.block[0].layer[1].EncDecAttention.n_heads == 4  # the cross-attention stays whole
+    ids = inputs["input_ids"][:1]
+    gen = dict(max_new_tokens=5, do_sample=False)
+    assert torch.equal(reloaded.generate(ids, **gen), model.generate(ids, **gen))
+
+
+def test_a_per_head_parameter_is_checked_along_its_declared_dim(monkeypatch):
+    """UMT5's bias holds its heads in dim 1 (buckets, heads): declared along dim 0, prepare_model refuses it (32
+    buckets, not 4 heads) before anything changes. A bad dim is refused when the PerHeadSpec is made."""
+    from dataclasses import replace
+
+    import transformers as t
+
+    from masked_dora.models import PerHeadSpec, register_spec
+    from masked_dora.models import specs as specs_module
+
+    monkeypatch.setattr(specs_module, "SPECS", dict(specs_module.SPECS))
+    umt5 = specs_module.SPECS["umt5-gated"]
+    heads = replace(umt5.heads, per_head=(replace(umt5.heads.per_head[0], dim=0),))
+    register_spec("umt5", spec=replace(umt5, name="umt5-bias-dim-0", heads=heads), replace=True)
+    model = t.UMT5EncoderModel(t.UMT5Config(**T5_LIKE, feed_forward_proj="gated-gelu"))
+    with pytest.raises(ValueError, match=r"relative_attention_bias holds \[32\] rows \(dim 0 of its parameters\)"):
+        prepare_model(model, MaskedDoRAConfig(importance="none"))
+    assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
+    with pytest.raises(ValueError, match="PerHeadSpec.dim: expected a dim >= 0"):
+        PerHeadSpec("layer.0.SelfAttention.relative_attention_bias", "heads", dim=-1)

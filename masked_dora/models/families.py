@@ -178,10 +178,10 @@ T5_GATED_ENCODER = dict(T5_ENCODER, mlp=MLPSpec(  # T5 v1.1, Flan-T5, mT5: gated
     size_key="d_ff"))
 
 
-def _t5_decoder(mlp: MLPSpec) -> ModelSpec:
+def _t5_decoder(mlp: MLPSpec, heads: HeadSpec = T5_ENCODER["heads"]) -> ModelSpec:
     """T5's decoder stack: the encoder's MLP one sublayer later (layer.1 is the cross-attention)."""
     return ModelSpec(name="t5-decoder", model_types=(), stack="decoder", layers=("decoder.block",),
-                     hidden_key="d_model", heads=T5_ENCODER["heads"],
+                     hidden_key="d_model", heads=replace_dataclass(heads, cross_attention="layer.1.EncDecAttention"),
                      mlp=replace_dataclass(mlp, consumer=mlp.consumer.replace("layer.1.", "layer.2."),
                                            producers=tuple(p.replace("layer.1.", "layer.2.") for p in mlp.producers)))
 
@@ -190,6 +190,26 @@ T5_HEADS = (("heads", "", "block 0 computes the relative-position bias, one colu
                           "it to every later block, which adds column h to its own head h: exact head pruning would "
                           "need the same kept heads in every block (and the bias cut to them), which per-layer head "
                           "masks do not give"),)
+
+# UMT5: T5's layout, but every block's self-attention has its own relative_attention_bias (buckets, heads), whose
+# columns follow their heads
+UMT5_HEADS = replace_dataclass(T5_ENCODER["heads"], per_head=(PerHeadSpec(
+    "layer.0.SelfAttention.relative_attention_bias", "heads", dim=1, count_attr="embedding_dim"),))
+UMT5_ENCODER = dict(T5_ENCODER, heads=UMT5_HEADS)
+UMT5_GATED_ENCODER = dict(T5_GATED_ENCODER, heads=UMT5_HEADS)
+
+
+def _longt5(attention: str, encoder: dict) -> dict:
+    """LongT5's encoder (``attention``: its self-attention module in layer.0, by encoder_attention_type) and T5's
+    decoder; block 0 computes the relative-position bias of its stack, as in T5."""
+    heads = replace_dataclass(encoder["heads"], **{role: f"layer.0.{attention}.{name}" for role, name in (
+        ("query", "q"), ("key", "k"), ("value", "v"), ("output", "o"))}, attention=f"layer.0.{attention}")
+    return dict(encoder, heads=heads, stacks=(_t5_decoder(encoder["mlp"]),), unsupported=T5_HEADS)
+
+
+LONGT5 = {(kind, gated): _longt5(attention, T5_GATED_ENCODER if gated else T5_ENCODER)
+          for kind, attention in (("local", "LocalSelfAttention"), ("transient-global", "TransientGlobalSelfAttention"))
+          for gated in (False, True)}
 
 MIXTRAL_STYLE = dict(LLAMA_STYLE, mlp=MLPSpec(  # experts packed as gate_up_proj (E, 2I, H), down_proj (E, H, I)
     producers=("gate_up_proj",), consumer="down_proj", size_key="intermediate_size", segments=(2,),
@@ -238,6 +258,14 @@ SPECS: Dict[str, ModelSpec] = {
     "t5-gated": ModelSpec(name="t5-gated", model_types=("t5", "mt5"), **T5_GATED_ENCODER,
                           stacks=(_t5_decoder(T5_GATED_ENCODER["mlp"]),), when=(("is_gated_act", True),),
                           unsupported=T5_HEADS),
+    "umt5": ModelSpec(name="umt5", model_types=("umt5",), **UMT5_ENCODER, stacks=(_t5_decoder(T5_ENCODER["mlp"],
+                                                                                            UMT5_HEADS),),
+                      when=(("is_gated_act", False),)),
+    "umt5-gated": ModelSpec(name="umt5-gated", model_types=("umt5",), **UMT5_GATED_ENCODER,
+                            stacks=(_t5_decoder(T5_GATED_ENCODER["mlp"], UMT5_HEADS),), when=(("is_gated_act", True),)),
+    **{f"longt5-{kind}{'-gated' if gated else ''}": ModelSpec(
+        name=f"longt5-{kind}{'-gated' if gated else ''}", model_types=("longt5",), **spec,
+        when=(("encoder_attention_type", kind), ("is_gated_act", gated))) for (kind, gated), spec in LONGT5.items()},
 }
 
 
