@@ -38,4 +38,15 @@ TINY = {
     "longt5-tglobal": TinyFamily(("LongT5Config", "LongT5EncoderModel", "LongT5EncoderModel"),
                                  dict(T5_LIKE, encoder_attention_type="transient-global", global_block_size=4,
                                       feed_forward_proj="gated-gelu"), heads=False, auto="LongT5EncoderModel"),
+    # EuroBERT: a bidirectional encoder of Llama's modules (GQA: 2 KV heads); ModernBERT-decoder: a causal LM
+    "eurobert": TinyFamily(("EuroBertConfig", "EuroBertModel", "EuroBertForMaskedLM"),
+                           dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64,
+                                pad_token_id=0, bos_token_id=1, eos_token_id=2, mask_token_id=3), kv_heads=2),
+    "modernbert-decoder": TinyFamily(("ModernBertDecoderConfig", "ModernBertDecoderModel",
+                                      "ModernBertDecoderForCausalLM"),
+                                     dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                          intermediate_size=64, max_position_embeddings=64, local_attention=8,
+                                          global_attn_every_n_layers=2, pad_token_id=0, bos_token_id=1,
+                                          eos_token_id=2, cls_token_id=1, sep_token_id=2), causal_lm=True),
 }

@@ -129,6 +129,10 @@ MODERNBERT = dict(  # fused: Wi rows [input | gate], Wqkv rows [q | k | v]
                    qkv="attn.Wqkv"),
 )
 
+MODERNBERT_DECODER = dict(MODERNBERT, heads=HeadSpec(  # ModernBERT's fused Wi; separate q/k/v, output attn.Wo
+    query="attn.q_proj", key="attn.k_proj", value="attn.v_proj", output="attn.Wo", heads_key="num_attention_heads",
+    attention="attn", attrs=(("num_heads", "heads"), ("all_head_size", "width"))))
+
 GPT_NEOX = dict(  # fused query_key_value, rows [q_h k_h v_h] per head
     layers=("layers",),
     hidden_key="hidden_size",
@@ -229,6 +233,9 @@ SPECS: Dict[str, ModelSpec] = {
     "phi": ModelSpec(name="phi", model_types=("phi",), **PHI),
     "phi3": ModelSpec(name="phi3", model_types=("phi3",), **PHI3, heads_need_plain_config=True),
     "modernbert": ModelSpec(name="modernbert", model_types=("modernbert",), **MODERNBERT),
+    "modernbert-decoder": ModelSpec(name="modernbert-decoder", model_types=("modernbert-decoder",),
+                                    **MODERNBERT_DECODER),
+    "eurobert": ModelSpec(name="eurobert", model_types=("eurobert",), **LLAMA_STYLE),  # an encoder of Llama's modules
     "gpt_neox": ModelSpec(name="gpt_neox", model_types=("gpt_neox",), **GPT_NEOX),
     "gpt2": ModelSpec(name="gpt2", model_types=("gpt2",), **GPT2),
     "falcon-new": ModelSpec(name="falcon-new", model_types=("falcon",), **FALCON_NEW, unsupported=FALCON_ALIBI,
