@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace as replace_dataclass
 from typing import Dict
 
-from .hidden_spec import BERT_PER_BLOCK, DISTILBERT_PER_BLOCK, LLAMA_HIDDEN, LLAMA_PER_BLOCK
+from .hidden_spec import BERT_PER_BLOCK, DISTILBERT_PER_BLOCK, LLAMA_HIDDEN, LLAMA_PER_BLOCK, XLMR_XL_PER_BLOCK
 from .spec_types import HeadSpec, MLPSpec, ModelSpec, PerHeadSpec
 
 LLAMA_STYLE = dict(
@@ -249,10 +249,12 @@ SPECS: Dict[str, ModelSpec] = {
                                                 "data2vec-text"), **BERT_STYLE,
                       hidden_per_block=BERT_PER_BLOCK),
     # pre-LN variants of the BERT layout (a LayerNorm before attention.self and before intermediate.dense): the
-    # MLP and heads prune as BERT's; the per-block hidden spec (post-LN reads) does not cover them
+    # MLP and heads prune as BERT's (roberta-prelayernorm's LayerNorm sits inside intermediate, before its dense:
+    # no per-block hidden spec)
     "roberta-prelayernorm": ModelSpec(name="roberta-prelayernorm", model_types=("roberta-prelayernorm",),
                                       **BERT_STYLE),
-    "xlm-roberta-xl": ModelSpec(name="xlm-roberta-xl", model_types=("xlm-roberta-xl",), **BERT_STYLE),
+    "xlm-roberta-xl": ModelSpec(name="xlm-roberta-xl", model_types=("xlm-roberta-xl",), **BERT_STYLE,
+                                hidden_per_block=XLMR_XL_PER_BLOCK),
     "mpnet": ModelSpec(name="mpnet", model_types=("mpnet",), **MPNET, unsupported=MPNET_HEADS),
     "deberta-v2": ModelSpec(name="deberta-v2", model_types=("deberta-v2",), **DEBERTA_V2),
     "distilbert": ModelSpec(name="distilbert", model_types=("distilbert",), **DISTILBERT,
