@@ -121,14 +121,18 @@ def test_mlp_only_checkpoints_reload_with_plain_transformers(tmp_path):
 def test_umt5_heads_take_their_relative_attention_bias_columns_in_both_stacks(tmp_path, feed_forward_proj):
     """UMT5's self-attention has a relative_attention_bias (buckets, heads) in every block of both stacks: pruned
     heads take their columns along (PerHeadSpec(dim=1)). Layer 0 keeps its last heads (a bias cut to its first
-    columns would not pass); equal logits after compaction and load_compact, equal generate() tokens."""
+    columns would not pass); equal logits after compaction and load_compact, equal generate() tokens. The decoder's
+    cross-attention reads the same num_heads and keeps every head, so the checkpoint is per layer, said at
+    prepare_model, although UMT5Config has a head size (d_kv)."""
     import transformers as t
 
     torch.manual_seed(0)
     model = t.UMT5ForConditionalGeneration(t.UMT5Config(**T5_LIKE, feed_forward_proj=feed_forward_proj)).eval()
     attentions = [b.layer[0].SelfAttention for b in list(model.encoder.block) + list(model.decoder.block)]
     biases = [a.relative_attention_bias.weight.detach().clone() for a in attentions]
-    prepare_model(model, MaskedDoRAConfig(**PRUNE))
+    with pytest.warns(UserWarning, match=r"per-layer form \(UMT5Config's 'num_heads' also sets the heads of the "
+                                         r"decoder's cross-attention \(layer.1.EncDecAttention\)"):
+        prepare_model(model, MaskedDoRAConfig(**PRUNE))
     randomize_adapters(model)
     with torch.no_grad():  # the last heads score highest
         for group in get_state(model).groups_of("heads"):
