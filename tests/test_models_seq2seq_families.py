@@ -2,8 +2,8 @@
 shift input_ids into decoder_input_ids (as bart, mbart and plbart do), so the family chain of
 test_models_families.py cannot call them. The same chain, with decoder_input_ids: prepare -> a training step ->
 harden -> compact (equal logits) -> save -> reload (load_compact; plain transformers in a clean process for the
-MLP-only checkpoint) -> equal logits and greedy generate() tokens. And UMT5's seq2seq model, whose heads take
-their per-block relative-position bias along."""
+MLP-only checkpoint) -> equal logits and greedy generate() tokens. And the seq2seq models of UMT5 (whose heads
+take their per-block relative-position bias along) and LongT5 (MLP only)."""
 
 from __future__ import annotations
 
@@ -175,3 +175,33 @@ def test_a_per_head_parameter_is_checked_along_its_declared_dim(monkeypatch):
     assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
     with pytest.raises(ValueError, match="PerHeadSpec.dim: expected a dim >= 0"):
         PerHeadSpec("layer.0.SelfAttention.relative_attention_bias", "heads", dim=-1)
+
+
+@pytest.mark.parametrize("attention, feed_forward_proj", [("local", "relu"), ("transient-global", "gated-gelu")])
+def test_longt5_prunes_the_mlp_of_both_stacks_to_a_plain_checkpoint(tmp_path, attention, feed_forward_proj):
+    """LongT5's seq2seq model: the encoder's MLP (after its local or transient-global attention) and the decoder's
+    (layer.2, after the cross-attention) share d_ff: pruned alike, a plain checkpoint; equal logits and tokens.
+    Its heads are refused (block 0's bias serves the stack, as in T5)."""
+    import transformers as t
+
+    config = t.LongT5Config(**T5_LIKE, encoder_attention_type=attention, global_block_size=4,
+                            feed_forward_proj=feed_forward_proj)
+    torch.manual_seed(0)
+    model = t.LongT5ForConditionalGeneration(config).eval()
+    with pytest.raises(ValueError, match=r"'heads' cannot be pruned in a 'longt5' model: block 0 computes"):
+        prepare_model(model, MaskedDoRAConfig(importance="none"))
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), **PRUNE))
+    assert sorted(get_state(model).groups) == ["mlp_0", "mlp_1", "mlp_2", "mlp_3"]
+    randomize_adapters(model)
+    harden(model)
+    inputs = _inputs()
+    ref = _logits(model, inputs)
+    small = compact_model(model)
+    torch.testing.assert_close(_logits(small, inputs), ref, rtol=1e-4, atol=1e-5)
+    assert small.config.d_ff == 32 and not hasattr(small.config, LAYER_SIZES_KEY)
+    small.save_pretrained(tmp_path)
+    reloaded = load_compact(str(tmp_path))
+    torch.testing.assert_close(_logits(reloaded, inputs), ref, rtol=1e-4, atol=1e-5)
+    ids = inputs["input_ids"][:1]
+    gen = dict(max_new_tokens=5, do_sample=False)
+    assert torch.equal(reloaded.generate(ids, **gen), model.generate(ids, **gen))

@@ -203,17 +203,20 @@ UMT5_ENCODER = dict(T5_ENCODER, heads=UMT5_HEADS)
 UMT5_GATED_ENCODER = dict(T5_GATED_ENCODER, heads=UMT5_HEADS)
 
 
-def _longt5(attention: str, encoder: dict) -> dict:
-    """LongT5's encoder (``attention``: its self-attention module in layer.0, by encoder_attention_type) and T5's
-    decoder; block 0 computes the relative-position bias of its stack, as in T5."""
+def _longt5(kind: str, attention: str, gated: bool) -> ModelSpec:
+    """LongT5 with ``encoder_attention_type`` ``kind`` (``attention``: the encoder's self-attention module in
+    layer.0) and T5's decoder; block 0 computes the relative-position bias of its stack, as in T5."""
+    encoder = T5_GATED_ENCODER if gated else T5_ENCODER
     heads = replace_dataclass(encoder["heads"], **{role: f"layer.0.{attention}.{name}" for role, name in (
         ("query", "q"), ("key", "k"), ("value", "v"), ("output", "o"))}, attention=f"layer.0.{attention}")
-    return dict(encoder, heads=heads, stacks=(_t5_decoder(encoder["mlp"]),), unsupported=T5_HEADS)
+    name = f"longt5-{kind}" + ("-gated" if gated else "")
+    return ModelSpec(name=name, model_types=("longt5",), **dict(encoder, heads=heads),
+                     stacks=(_t5_decoder(encoder["mlp"]),), unsupported=T5_HEADS,
+                     when=(("encoder_attention_type", kind), ("is_gated_act", gated)))
 
 
-LONGT5 = {(kind, gated): _longt5(attention, T5_GATED_ENCODER if gated else T5_ENCODER)
-          for kind, attention in (("local", "LocalSelfAttention"), ("transient-global", "TransientGlobalSelfAttention"))
-          for gated in (False, True)}
+LONGT5 = {spec.name: spec for spec in (_longt5(kind, attention, gated) for kind, attention in (
+    ("local", "LocalSelfAttention"), ("transient-global", "TransientGlobalSelfAttention")) for gated in (False, True))}
 
 MIXTRAL_STYLE = dict(LLAMA_STYLE, mlp=MLPSpec(  # experts packed as gate_up_proj (E, 2I, H), down_proj (E, H, I)
     producers=("gate_up_proj",), consumer="down_proj", size_key="intermediate_size", segments=(2,),
@@ -267,14 +270,11 @@ SPECS: Dict[str, ModelSpec] = {
     "t5-gated": ModelSpec(name="t5-gated", model_types=("t5", "mt5"), **T5_GATED_ENCODER,
                           stacks=(_t5_decoder(T5_GATED_ENCODER["mlp"]),), when=(("is_gated_act", True),),
                           unsupported=T5_HEADS),
-    "umt5": ModelSpec(name="umt5", model_types=("umt5",), **UMT5_ENCODER, stacks=(_t5_decoder(T5_ENCODER["mlp"],
-                                                                                            UMT5_HEADS),),
-                      when=(("is_gated_act", False),)),
+    "umt5": ModelSpec(name="umt5", model_types=("umt5",), **UMT5_ENCODER,
+                      stacks=(_t5_decoder(T5_ENCODER["mlp"], UMT5_HEADS),), when=(("is_gated_act", False),)),
     "umt5-gated": ModelSpec(name="umt5-gated", model_types=("umt5",), **UMT5_GATED_ENCODER,
                             stacks=(_t5_decoder(T5_GATED_ENCODER["mlp"], UMT5_HEADS),), when=(("is_gated_act", True),)),
-    **{f"longt5-{kind}{'-gated' if gated else ''}": ModelSpec(
-        name=f"longt5-{kind}{'-gated' if gated else ''}", model_types=("longt5",), **spec,
-        when=(("encoder_attention_type", kind), ("is_gated_act", gated))) for (kind, gated), spec in LONGT5.items()},
+    **LONGT5,  # longt5-local, longt5-local-gated, longt5-transient-global, longt5-transient-global-gated
 }
 
 
