@@ -1,8 +1,8 @@
-"""The BART-like encoder-decoders whose models need decoder inputs: marian, m2m_100, pegasus and blenderbot do not
-shift input_ids into decoder_input_ids (as bart, mbart and plbart do), so the family chain of
-test_models_families.py cannot call them. The same chain, with decoder_input_ids: prepare -> a training step ->
-harden -> compact (equal logits) -> save -> reload (load_compact; plain transformers in a clean process for the
-MLP-only checkpoint) -> equal logits and greedy generate() tokens. And the seq2seq models of UMT5 (whose heads
+"""The BART-like encoder-decoders whose models need decoder inputs: marian, m2m_100 (NLLB), pegasus, blenderbot and
+blenderbot-small do not shift input_ids into decoder_input_ids (as bart, mbart and plbart do), so the family chain
+of test_models_families.py cannot call them. The same chain, with decoder_input_ids: prepare -> a training step
+-> harden -> compact (equal logits) -> save -> reload (load_compact; plain transformers in a clean process for
+the MLP-only checkpoint) -> equal logits and greedy generate() tokens. And the seq2seq models of UMT5 (whose heads
 take their per-block relative-position bias along) and LongT5 (MLP only)."""
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ FAMILIES = {
     "m2m_100": ("M2M100Config", "M2M100ForConditionalGeneration", {}),
     "pegasus": ("PegasusConfig", "PegasusForConditionalGeneration", {}),
     "blenderbot": ("BlenderbotConfig", "BlenderbotForConditionalGeneration", {}),
+    "blenderbot-small": ("BlenderbotSmallConfig", "BlenderbotSmallForConditionalGeneration", {}),
 }
 PRUNE = dict(rank=2, alignment={"mlp": 8}, importance="none", target_sparsity=0.5)
 

@@ -262,9 +262,10 @@ SPECS: Dict[str, ModelSpec] = {
     "deberta-v2": ModelSpec(name="deberta-v2", model_types=("deberta-v2",), **DEBERTA_V2),
     "distilbert": ModelSpec(name="distilbert", model_types=("distilbert",), **DISTILBERT,
                             hidden_per_block=DISTILBERT_PER_BLOCK),
-    # BART's modules and config keys, post-LN (bart, marian) or pre-LN (the rest)
+    # BART's modules and config keys, post-LN (bart, marian, blenderbot-small) or pre-LN (the rest); m2m_100: NLLB
     "bart": ModelSpec(name="bart", model_types=("bart", "mbart", "plbart", "marian", "m2m_100", "pegasus",
-                                                "blenderbot"), **BART_ENCODER, stacks=(BART_DECODER,)),
+                                                "blenderbot", "blenderbot-small"), **BART_ENCODER,
+                      stacks=(BART_DECODER,)),
     "t5": ModelSpec(name="t5", model_types=("t5", "mt5"), **T5_ENCODER, stacks=(_t5_decoder(T5_ENCODER["mlp"]),),
                     when=(("is_gated_act", False),), unsupported=T5_HEADS),
     "t5-gated": ModelSpec(name="t5-gated", model_types=("t5", "mt5"), **T5_GATED_ENCODER,
