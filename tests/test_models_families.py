@@ -110,8 +110,9 @@ def test_plain_checkpoints_reload_with_plain_transformers(chains):
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5, msg=family)
 
 
-@pytest.mark.parametrize("family, flag", [("olmo2", None), ("t5", None), ("t5-gated", None),
-                                          ("falcon-rw", "alibi"), ("falcon", "alibi")]
+@pytest.mark.parametrize("family, flag", [("olmo2", None), ("t5", None), ("t5-gated", None), ("mpnet", None),
+                                          ("longt5-local", None), ("longt5-tglobal", None), ("falcon-rw", "alibi"),
+                                          ("falcon", "alibi")]
                          + [(f, None) for f in ("olmo3",) if f in TABLE_FAMILIES])
 def test_heads_that_cannot_be_pruned_exactly_are_refused_before_anything_changes(family, flag):
     import transformers as t

@@ -25,7 +25,8 @@ ALL = ("mlp", "heads", "hidden")
 CFG = dict(rank=4, alignment={"mlp": 8}, importance="none", hidden_mode="per_block",
            target_sparsity={"mlp": 0.5, "heads": 0.5, "hidden": 0.5})
 LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "granite")
-BERT_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert")
+BERT_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert", "camembert", "data2vec-text",
+              "xlm-roberta-xl")
 
 
 def _prepared(family, groups=ALL, seed=0, **cfg):

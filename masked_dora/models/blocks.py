@@ -116,10 +116,11 @@ def per_head_modules(block: nn.Module, spec: ModelSpec, config) -> List[Tuple[Pe
 
 
 def per_head_counts(entry: PerHeadSpec, module: nn.Module) -> List[int]:
-    """How many heads ``module`` holds, as its layout says: its ModuleList's length, or dim 0 of each parameter."""
+    """How many heads ``module`` holds, as its layout says: its ModuleList's length, or dim ``entry.dim`` of each
+    parameter."""
     if entry.modules:
         return [len(getattr(module, entry.modules))]
-    return [int(p.shape[0]) for p in module.parameters(recurse=False)]
+    return [int(p.shape[entry.dim]) if p.dim() > entry.dim else 0 for p in module.parameters(recurse=False)]
 
 
 def check_per_head_modules(block: nn.Module, spec: ModelSpec, config, where: str) -> None:
@@ -129,7 +130,7 @@ def check_per_head_modules(block: nn.Module, spec: ModelSpec, config, where: str
         expected = getattr(hl, entry.follows)
         counts = per_head_counts(entry, module)
         if not counts or any(n != expected for n in counts):
-            what = f"modules in .{entry.modules}" if entry.modules else "rows (dim 0 of its parameters)"
+            what = f"modules in .{entry.modules}" if entry.modules else f"rows (dim {entry.dim} of its parameters)"
             raise ValueError(f"spec {spec.name!r}: {where}.{entry.path} holds {counts} {what}; expected {expected}, "
                              f"one per {'query' if entry.follows == 'heads' else 'KV'} head")
 

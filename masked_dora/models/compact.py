@@ -100,7 +100,7 @@ def _kept_per_head_params(block: nn.Module, spec: ModelSpec, config, prefix: str
     """``{state-dict key: tensor}`` of the block's per-head modules (``HeadSpec.per_head``) cut to the kept heads.
 
     ``kept``: the kept query heads (``"heads"``) and KV heads (``"kv_heads"``), ascending. A ModuleList's
-    kept modules are renumbered from 0 in that order; a parameter keeps its rows of the kept heads.
+    kept modules are renumbered from 0 in that order; a parameter keeps its rows (``entry.dim``) of the kept heads.
     """
     out = {}
     for entry, module in per_head_modules(block, spec, config):
@@ -112,7 +112,7 @@ def _kept_per_head_params(block: nn.Module, spec: ModelSpec, config, prefix: str
                     out[f"{prefix}{entry.path}.{entry.modules}.{new}.{name}"] = t.clone()
         else:
             for name, p in module.named_parameters(recurse=False):
-                out[f"{prefix}{entry.path}.{name}"] = p.detach()[heads.to(p.device)].clone()
+                out[f"{prefix}{entry.path}.{name}"] = p.detach().index_select(entry.dim, heads.to(p.device)).clone()
     return out
 
 
@@ -199,6 +199,9 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes, hid
             return None, (f"{type(config).__name__}'s attention builds {stack.heads.output} "
                           f"{stack.heads.output_width_key} wide (not heads x head_dim), so it cannot describe pruned "
                           f"heads")
+        if heads_changed and stack.heads.cross_attention:
+            return None, (f"{type(config).__name__}'s {stack.heads.heads_key!r} also sets the heads of the "
+                          f"{stack.stack}'s cross-attention ({stack.heads.cross_attention}), which keeps them all")
         for key, value in _plain_sizes(stack, sizes[mine[0]]).items():
             if values.setdefault(key, value) != value:
                 return None, (f"{type(config).__name__}'s {key!r} sizes several stacks (the encoder and the decoder), "
@@ -262,18 +265,18 @@ def _resize_packed_experts(block: nn.Module, spec: ModelSpec, inter: int) -> Non
 def keep_per_head(block: nn.Module, spec: ModelSpec, config, kept: Dict[str, torch.Tensor]) -> None:
     """Cut the block's per-head modules (``HeadSpec.per_head``) in place to the heads ``kept`` names
     (``{"heads": query head indices, "kv_heads": KV head indices}``): a ModuleList to those entries (and its
-    count attribute), a parameter to those rows."""
+    count attribute), a parameter to those rows (dim ``entry.dim``)."""
     for entry, module in per_head_modules(block, spec, config):
         heads = kept[entry.follows]
         if entry.modules:
             old = getattr(module, entry.modules)
             setattr(module, entry.modules, nn.ModuleList([old[i] for i in heads.tolist()]))
-            if entry.count_attr:
-                setattr(module, entry.count_attr, len(heads))
         else:
             for name, p in list(module.named_parameters(recurse=False)):
-                setattr(module, name, nn.Parameter(p.detach()[heads.to(p.device)].clone(),
+                setattr(module, name, nn.Parameter(p.detach().index_select(entry.dim, heads.to(p.device)).clone(),
                                                    requires_grad=p.requires_grad))
+        if entry.count_attr:
+            setattr(module, entry.count_attr, len(heads))
 
 
 def _resize_per_head(block: nn.Module, spec: ModelSpec, config, counts: Dict[str, int]) -> None:
@@ -487,7 +490,9 @@ def load_compact(path: str, model_class=None, dtype: Optional[torch.dtype] = Non
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     loaded_ptrs = {t.data_ptr() for k, t in model.state_dict().items() if k in saved}
-    untied = [k for k in missing if model.state_dict()[k].data_ptr() not in loaded_ptrs]
+    # keys save_pretrained never writes, which the model's construction rebuilds (Marian's sinusoidal positions)
+    never_saved = set(getattr(model, "_keys_to_ignore_on_save", None) or ())
+    untied = [k for k in missing if k not in never_saved and model.state_dict()[k].data_ptr() not in loaded_ptrs]
     if untied or unexpected:
         raise ValueError(f"load_compact: checkpoint in {path!r} does not match the model "
                          f"(missing {untied[:5]}, unexpected {list(unexpected)[:5]})")

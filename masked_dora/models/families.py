@@ -7,7 +7,7 @@ from dataclasses import replace as replace_dataclass
 from typing import Dict
 
 from .families_decoders import LLAMA_SEMANTICS, QK_NORM_SPANS_HEADS, decoder_specs
-from .hidden_spec import BERT_PER_BLOCK, DISTILBERT_PER_BLOCK, LLAMA_HIDDEN, LLAMA_PER_BLOCK
+from .hidden_spec import BERT_PER_BLOCK, DISTILBERT_PER_BLOCK, LLAMA_HIDDEN, LLAMA_PER_BLOCK, XLMR_XL_PER_BLOCK
 from .spec_types import HeadSpec, MLPSpec, ModelSpec, PerHeadSpec
 
 LLAMA_STYLE = dict(
@@ -69,6 +69,15 @@ DEBERTA_V2 = dict(
                    attrs=(("num_attention_heads", "heads"), ("all_head_size", "width"))),
 )
 
+MPNET = dict(BERT_STYLE, heads=HeadSpec(  # BERT's layout, but attention.attn.q/k/v/o
+    query="attention.attn.q", key="attention.attn.k", value="attention.attn.v", output="attention.attn.o",
+    heads_key="num_attention_heads", attention="attention.attn",
+    attrs=(("num_attention_heads", "heads"), ("all_head_size", "width"))))
+MPNET_HEADS = (("heads", "", "the encoder computes one relative-position bias (relative_attention_bias, one column "
+                             "per head) and adds column h to head h of every layer: exact head pruning would need "
+                             "the same kept heads in every layer (and the bias cut to them), which per-layer head "
+                             "masks do not give"),)
+
 BART_ENCODER = dict(  # the encoder stack: its own config keys
     stack="encoder",
     layers=("encoder.layers",),
@@ -121,6 +130,10 @@ MODERNBERT = dict(  # fused: Wi rows [input | gate], Wqkv rows [q | k | v]
                    qkv="attn.Wqkv"),
 )
 
+MODERNBERT_DECODER = dict(MODERNBERT, heads=HeadSpec(  # ModernBERT's fused Wi; separate q/k/v, output attn.Wo
+    query="attn.q_proj", key="attn.k_proj", value="attn.v_proj", output="attn.Wo", heads_key="num_attention_heads",
+    attention="attn", attrs=(("num_heads", "heads"), ("all_head_size", "width"))))
+
 GPT_NEOX = dict(  # fused query_key_value, rows [q_h k_h v_h] per head
     layers=("layers",),
     hidden_key="hidden_size",
@@ -170,10 +183,10 @@ T5_GATED_ENCODER = dict(T5_ENCODER, mlp=MLPSpec(  # T5 v1.1, Flan-T5, mT5: gated
     size_key="d_ff"))
 
 
-def _t5_decoder(mlp: MLPSpec) -> ModelSpec:
+def _t5_decoder(mlp: MLPSpec, heads: HeadSpec = T5_ENCODER["heads"]) -> ModelSpec:
     """T5's decoder stack: the encoder's MLP one sublayer later (layer.1 is the cross-attention)."""
     return ModelSpec(name="t5-decoder", model_types=(), stack="decoder", layers=("decoder.block",),
-                     hidden_key="d_model", heads=T5_ENCODER["heads"],
+                     hidden_key="d_model", heads=replace_dataclass(heads, cross_attention="layer.1.EncDecAttention"),
                      mlp=replace_dataclass(mlp, consumer=mlp.consumer.replace("layer.1.", "layer.2."),
                                            producers=tuple(p.replace("layer.1.", "layer.2.") for p in mlp.producers)))
 
@@ -182,6 +195,29 @@ T5_HEADS = (("heads", "", "block 0 computes the relative-position bias, one colu
                           "it to every later block, which adds column h to its own head h: exact head pruning would "
                           "need the same kept heads in every block (and the bias cut to them), which per-layer head "
                           "masks do not give"),)
+
+# UMT5: T5's layout, but every block's self-attention has its own relative_attention_bias (buckets, heads), whose
+# columns follow their heads
+UMT5_HEADS = replace_dataclass(T5_ENCODER["heads"], per_head=(PerHeadSpec(
+    "layer.0.SelfAttention.relative_attention_bias", "heads", dim=1, count_attr="embedding_dim"),))
+UMT5_ENCODER = dict(T5_ENCODER, heads=UMT5_HEADS)
+UMT5_GATED_ENCODER = dict(T5_GATED_ENCODER, heads=UMT5_HEADS)
+
+
+def _longt5(kind: str, attention: str, gated: bool) -> ModelSpec:
+    """LongT5 with ``encoder_attention_type`` ``kind`` (``attention``: the encoder's self-attention module in
+    layer.0) and T5's decoder; block 0 computes the relative-position bias of its stack, as in T5."""
+    encoder = T5_GATED_ENCODER if gated else T5_ENCODER
+    heads = replace_dataclass(encoder["heads"], **{role: f"layer.0.{attention}.{name}" for role, name in (
+        ("query", "q"), ("key", "k"), ("value", "v"), ("output", "o"))}, attention=f"layer.0.{attention}")
+    name = f"longt5-{kind}" + ("-gated" if gated else "")
+    return ModelSpec(name=name, model_types=("longt5",), **dict(encoder, heads=heads),
+                     stacks=(_t5_decoder(encoder["mlp"]),), unsupported=T5_HEADS,
+                     when=(("encoder_attention_type", kind), ("is_gated_act", gated)))
+
+
+LONGT5 = {spec.name: spec for spec in (_longt5(kind, attention, gated) for kind, attention in (
+    ("local", "LocalSelfAttention"), ("transient-global", "TransientGlobalSelfAttention")) for gated in (False, True))}
 
 MIXTRAL_STYLE = dict(LLAMA_STYLE, mlp=MLPSpec(  # experts packed as gate_up_proj (E, 2I, H), down_proj (E, H, I)
     producers=("gate_up_proj",), consumer="down_proj", size_key="intermediate_size", segments=(2,),
@@ -201,6 +237,9 @@ SPECS: Dict[str, ModelSpec] = {
     "phi": ModelSpec(name="phi", model_types=("phi",), **PHI),
     "phi3": ModelSpec(name="phi3", model_types=("phi3",), **PHI3, heads_need_plain_config=True),
     "modernbert": ModelSpec(name="modernbert", model_types=("modernbert",), **MODERNBERT),
+    "modernbert-decoder": ModelSpec(name="modernbert-decoder", model_types=("modernbert-decoder",),
+                                    **MODERNBERT_DECODER),
+    "eurobert": ModelSpec(name="eurobert", model_types=("eurobert",), **LLAMA_STYLE),  # an encoder of Llama's modules
     "gpt_neox": ModelSpec(name="gpt_neox", model_types=("gpt_neox",), **GPT_NEOX),
     "gpt2": ModelSpec(name="gpt2", model_types=("gpt2",), **GPT2),
     "falcon-new": ModelSpec(name="falcon-new", model_types=("falcon",), **FALCON_NEW, unsupported=FALCON_ALIBI,
@@ -210,17 +249,34 @@ SPECS: Dict[str, ModelSpec] = {
     "falcon-rw": ModelSpec(name="falcon-rw", model_types=("falcon",), **FALCON_PER_HEAD, unsupported=FALCON_ALIBI,
                            when=(("new_decoder_architecture", False), ("multi_query", False))),
     "opt": ModelSpec(name="opt", model_types=("opt",), **OPT),
-    "bert": ModelSpec(name="bert", model_types=("bert", "roberta", "xlm-roberta", "electra"), **BERT_STYLE,
+    "bert": ModelSpec(name="bert", model_types=("bert", "roberta", "xlm-roberta", "electra", "camembert",
+                                                "data2vec-text"), **BERT_STYLE,
                       hidden_per_block=BERT_PER_BLOCK),
+    # pre-LN variants of the BERT layout (a LayerNorm before attention.self and before intermediate.dense): the
+    # MLP and heads prune as BERT's (roberta-prelayernorm's LayerNorm sits inside intermediate, before its dense:
+    # no per-block hidden spec)
+    "roberta-prelayernorm": ModelSpec(name="roberta-prelayernorm", model_types=("roberta-prelayernorm",),
+                                      **BERT_STYLE),
+    "xlm-roberta-xl": ModelSpec(name="xlm-roberta-xl", model_types=("xlm-roberta-xl",), **BERT_STYLE,
+                                hidden_per_block=XLMR_XL_PER_BLOCK),
+    "mpnet": ModelSpec(name="mpnet", model_types=("mpnet",), **MPNET, unsupported=MPNET_HEADS),
     "deberta-v2": ModelSpec(name="deberta-v2", model_types=("deberta-v2",), **DEBERTA_V2),
     "distilbert": ModelSpec(name="distilbert", model_types=("distilbert",), **DISTILBERT,
                             hidden_per_block=DISTILBERT_PER_BLOCK),
-    "bart": ModelSpec(name="bart", model_types=("bart",), **BART_ENCODER, stacks=(BART_DECODER,)),
+    # BART's modules and config keys, post-LN (bart, marian, blenderbot-small) or pre-LN (the rest); m2m_100: NLLB
+    "bart": ModelSpec(name="bart", model_types=("bart", "mbart", "plbart", "marian", "m2m_100", "pegasus",
+                                                "blenderbot", "blenderbot-small"), **BART_ENCODER,
+                      stacks=(BART_DECODER,)),
     "t5": ModelSpec(name="t5", model_types=("t5", "mt5"), **T5_ENCODER, stacks=(_t5_decoder(T5_ENCODER["mlp"]),),
                     when=(("is_gated_act", False),), unsupported=T5_HEADS),
     "t5-gated": ModelSpec(name="t5-gated", model_types=("t5", "mt5"), **T5_GATED_ENCODER,
                           stacks=(_t5_decoder(T5_GATED_ENCODER["mlp"]),), when=(("is_gated_act", True),),
                           unsupported=T5_HEADS),
+    "umt5": ModelSpec(name="umt5", model_types=("umt5",), **UMT5_ENCODER,
+                      stacks=(_t5_decoder(T5_ENCODER["mlp"], UMT5_HEADS),), when=(("is_gated_act", False),)),
+    "umt5-gated": ModelSpec(name="umt5-gated", model_types=("umt5",), **UMT5_GATED_ENCODER,
+                            stacks=(_t5_decoder(T5_GATED_ENCODER["mlp"], UMT5_HEADS),), when=(("is_gated_act", True),)),
+    **LONGT5,  # longt5-local, longt5-local-gated, longt5-transient-global, longt5-transient-global-gated
 }
 SPECS.update(decoder_specs(LLAMA_STYLE))
 

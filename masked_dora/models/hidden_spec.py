@@ -87,5 +87,10 @@ LLAMA_PER_BLOCK = PerBlockHiddenSpec(attention_input="self_attn", mlp_input="mlp
 # post-LN encoders: attention.self reads the block input (the residual stream: the last block's LayerNorm output,
 # which BertAttention also passes to attention.output as the residual), intermediate the first LayerNorm's output
 BERT_PER_BLOCK = PerBlockHiddenSpec(attention_input="attention.self", mlp_input="intermediate",
-                                    model_types=("bert", "roberta", "xlm-roberta", "electra"))
+                                    model_types=("bert", "roberta", "xlm-roberta", "electra", "camembert",
+                                                 "data2vec-text"))
+# pre-LN XLM-R XL: attention.self reads self_attn_layer_norm(x), intermediate the block's LayerNorm(h) (the residual
+# goes to attention.output and output as their input_tensor)
+XLMR_XL_PER_BLOCK = PerBlockHiddenSpec(attention_input="attention.self", mlp_input="intermediate",
+                                       model_types=("xlm-roberta-xl",))
 DISTILBERT_PER_BLOCK = PerBlockHiddenSpec(attention_input="attention", mlp_input="ffn", model_types=("distilbert",))

@@ -91,11 +91,12 @@ class PerHeadSpec:
     """A module of one block holding parameters per attention head (paths relative to the block).
 
     ``follows``: ``"heads"`` (one entry per query head, e.g. a query norm) or ``"kv_heads"`` (a key norm).
-    Without ``modules``, every parameter of the module at ``path`` has the head as dim 0 (Cohere's q/k
-    LayerNorm weight, ``(heads, head_dim)``); with it, ``modules`` names the module's ``ModuleList`` of one
-    module per head (StableLM's ``StableLmLayerNormPerHead.norms``) and ``count_attr`` the module's attribute
-    holding that count (``num_heads``), if any. ``flag``: the config flag under which the family builds the
-    module (``""``: always).
+    Without ``modules``, every parameter of the module at ``path`` has the head as dim ``dim`` (Cohere's q/k
+    LayerNorm weight, ``(heads, head_dim)``: 0; UMT5's per-layer ``relative_attention_bias`` embedding,
+    ``(buckets, heads)``: 1); with it, ``modules`` names the module's ``ModuleList`` of one module per head
+    (StableLM's ``StableLmLayerNormPerHead.norms``). ``count_attr``: the module's attribute holding the head count
+    (``num_heads``; an ``nn.Embedding``'s ``embedding_dim``), if any. ``flag``: the config flag under which the
+    family builds the module (``""``: always).
     """
 
     path: str
@@ -103,10 +104,13 @@ class PerHeadSpec:
     modules: str = ""
     count_attr: str = ""
     flag: str = ""
+    dim: int = 0
 
     def __post_init__(self):
         if self.follows not in HEAD_COUNTS:
             raise ValueError(f"PerHeadSpec.follows: expected one of {HEAD_COUNTS}, got {self.follows!r}")
+        if self.dim < 0 or (self.dim and self.modules):
+            raise ValueError(f"PerHeadSpec.dim: expected a dim >= 0 of the parameters (0 with modules), got {self.dim}")
 
     def built_by(self, config) -> bool:
         """Whether a model with ``config`` has this module."""
@@ -140,6 +144,9 @@ class HeadSpec:
     attrs: Tuple[Tuple[str, str], ...] = ()
     # modules holding parameters per head (q/k norms), which compaction cuts to the kept heads
     per_head: Tuple[PerHeadSpec, ...] = ()
+    # a decoder's cross-attention whose head count ``heads_key`` also sets (T5's layer.1.EncDecAttention): it
+    # keeps every head, so pruned heads need the per-layer form even where the config has a head size
+    cross_attention: str = ""
 
     def __post_init__(self):
         if self.qkv and self.per_head:
