@@ -163,7 +163,9 @@ def _compact_weights(model: nn.Module):
 
 def _plain_sizes(spec: ModelSpec, size: Dict[str, int]) -> Dict[str, int]:
     """``{config key: value}`` that say one stack's (uniform) sizes."""
-    out = {spec.mlp.size_key: size["intermediate"], spec.heads.heads_key: size["heads"]}
+    out = {spec.heads.heads_key: size["heads"]}
+    if spec.mlp.size_key:
+        out[spec.mlp.size_key] = size["intermediate"]
     if spec.heads.kv_heads_key:
         out[spec.heads.kv_heads_key] = size["kv_heads"]
     if spec.heads.head_dim_key:
@@ -199,6 +201,9 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes, hid
             return None, (f"{type(config).__name__}'s attention builds {stack.heads.output} "
                           f"{stack.heads.output_width_key} wide (not heads x head_dim), so it cannot describe pruned "
                           f"heads")
+        if not stack.mlp.size_key and any(sizes[i]["intermediate"] != original[i]["intermediate"] for i in mine):
+            return None, (f"{type(config).__name__} has no key for the MLP width (its blocks fix it), so it cannot "
+                          f"describe a pruned MLP")
         for key, value in _plain_sizes(stack, sizes[mine[0]]).items():
             if values.setdefault(key, value) != value:
                 return None, (f"{type(config).__name__}'s {key!r} sizes several stacks (the encoder and the decoder), "

@@ -54,7 +54,7 @@ class MLPSpec:
 
     producers: Tuple[str, ...]
     consumer: str
-    size_key: str  # config key of the inner width
+    size_key: str  # config key of the inner width ("": none, the blocks fix it (BLOOM: 4 * hidden): per-layer form)
     # attributes to set on a module when its block's width changes: (module path, attribute)
     size_attrs: Tuple[Tuple[str, str], ...] = ()
     # per producer, how many width-sized row blocks it stacks (2 for a fused gate/up projection whose rows are

@@ -1,0 +1,71 @@
+"""What the fused-attention and MoE families need beyond the family chain (tests/tiny_families_fused_moe.py):
+an MLP width without a config key (BLOOM, MPT), and Qwen2-MoE's shared expert kept whole."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace as replace_dataclass
+
+import pytest
+import torch
+
+from masked_dora.models import MaskedDoRAConfig, get_state, load_compact, prepare_model
+from masked_dora.models import specs as specs_module
+from masked_dora.models.compact import LAYER_SIZES_KEY
+
+from tiny_family_table import AVAILABLE
+from tiny_models import harden_and_compact, output_tensor, randomize_adapters, tiny_inputs, tiny_model
+
+
+def _llama_without_mlp_size_key(monkeypatch):
+    """A tiny Llama whose spec says its config has no key for the MLP width (as BLOOM's and MPT's have none)."""
+    monkeypatch.setattr(specs_module, "SPECS", dict(specs_module.SPECS))
+    llama = specs_module.SPECS["llama"]
+    specs_module.register_spec("llama-fixed-mlp", spec=replace_dataclass(
+        llama, name="llama-fixed-mlp", model_types=(), mlp=replace_dataclass(llama.mlp, size_key="")))
+    model = tiny_model("llama", kind="lm")
+    model.config.model_type = "llama-fixed-mlp"
+    return model
+
+
+@pytest.mark.parametrize("groups, plain", [(("mlp",), False), (("heads",), True)])
+def test_mlp_width_without_a_config_key_saves_per_layer_once_pruned(monkeypatch, tmp_path, groups, plain):
+    """``MLPSpec(size_key="")``: the config cannot say a pruned MLP width, so pruning the MLP plans (and writes)
+    the per-layer form with that reason; pruning only the heads keeps the plain form, the width untouched."""
+    model = _llama_without_mlp_size_key(monkeypatch)
+    width = model.config.intermediate_size
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepare_model(model, MaskedDoRAConfig(target_groups=groups, rank=2, alignment={"mlp": 8}, importance="none",
+                                              target_sparsity=0.5))
+    assert any("has no key for the MLP width" in str(w.message) for w in caught) != plain
+    assert get_state(model).save_form == ("plain" if plain else "per_layer")
+    randomize_adapters(model)
+    ref, small, out = harden_and_compact(model)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    assert hasattr(small.config, LAYER_SIZES_KEY) != plain
+    assert small.config.intermediate_size == width  # never rewritten: the key is not the spec's
+    small.save_pretrained(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(output_tensor(load_compact(str(tmp_path))(**tiny_inputs())), ref,
+                                   rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif("qwen2_moe" not in AVAILABLE, reason="this transformers has no Qwen2-MoE")
+def test_qwen2_moe_prunes_the_experts_and_keeps_the_shared_expert_whole():
+    """Qwen2-MoE's experts lose channels (each expert the same count); its shared expert and its gate stay."""
+    model = tiny_model("qwen2_moe", kind="lm")
+    shared = {n: p.detach().clone() for n, p in model.named_parameters() if ".shared_expert" in n}
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), rank=2, alignment={"mlp": 8}, importance="none",
+                                          target_sparsity=0.5))
+    assert not any(".shared_expert" in n for n, p in model.named_parameters() if p.requires_grad)
+    randomize_adapters(model)
+    ref, small, out = harden_and_compact(model)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    assert small.config.moe_intermediate_size == 16 and small.config.shared_expert_intermediate_size == 48
+    for layer in small.model.layers:
+        assert tuple(layer.mlp.experts.gate_up_proj.shape) == (4, 32, 32)
+        assert tuple(layer.mlp.experts.down_proj.shape) == (4, 32, 16)
+    for n, p in small.named_parameters():
+        if ".shared_expert" in n:
+            torch.testing.assert_close(p, shared[n], rtol=0, atol=0)
