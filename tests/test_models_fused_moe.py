@@ -1,5 +1,6 @@
 """What the fused-attention and MoE families need beyond the family chain (tests/tiny_families_fused_moe.py):
-an MLP width without a config key (BLOOM, MPT), and Qwen2-MoE's shared expert kept whole."""
+an MLP width without a config key (BLOOM, MPT, DeepSeek-V3's experts), dense blocks among MoE ones (DeepSeek-V3),
+and Qwen2-MoE's shared expert kept whole."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def test_mlp_width_without_a_config_key_saves_per_layer_once_pruned(monkeypatch,
         warnings.simplefilter("always")
         prepare_model(model, MaskedDoRAConfig(target_groups=groups, rank=2, alignment={"mlp": 8}, importance="none",
                                               target_sparsity=0.5))
-    assert any("has no key for the MLP width" in str(w.message) for w in caught) != plain
+    assert any("has no key for the MLP width alone" in str(w.message) for w in caught) != plain
     assert get_state(model).save_form == ("plain" if plain else "per_layer")
     randomize_adapters(model)
     ref, small, out = harden_and_compact(model)
@@ -69,3 +70,43 @@ def test_qwen2_moe_prunes_the_experts_and_keeps_the_shared_expert_whole():
     for n, p in small.named_parameters():
         if ".shared_expert" in n:
             torch.testing.assert_close(p, shared[n], rtol=0, atol=0)
+
+
+def test_dense_blocks_of_an_moe_family_prune_as_their_own_mlp_group(monkeypatch, tmp_path):
+    """``ModelSpec(dense_mlp=...)``: a Qwen3-MoE with a dense block (``mlp_only_layers=[0]``) under a spec that
+    names that block's MLP prunes it as its own group (its width under ``intermediate_size``) beside the expert
+    block; uniform pruning saves a plain checkpoint with both keys, which reloads equal."""
+    import transformers as t
+
+    from masked_dora.models.specs import MLPSpec
+
+    monkeypatch.setattr(specs_module, "SPECS", dict(specs_module.SPECS))
+    moe = specs_module.SPECS["qwen3_moe"]
+    dense = MLPSpec(producers=("mlp.gate_proj", "mlp.up_proj"), consumer="mlp.down_proj",
+                    size_key="intermediate_size", size_attrs=(("mlp", "intermediate_size"),))
+    specs_module.register_spec("qwen3_moe", spec=replace_dataclass(moe, name="qwen3_moe-dense-blocks",
+                                                                    dense_mlp=dense), replace=True)
+    config = tiny_model("qwen3_moe").config
+    config.mlp_only_layers = [0]
+    torch.manual_seed(0)
+    model = t.Qwen3MoeForCausalLM(config).eval()
+    prepare_model(model, MaskedDoRAConfig(rank=2, alignment={"mlp": 8}, importance="none",
+                                          target_sparsity={"mlp": 0.5, "heads": 0.5}))
+    state = get_state(model)
+    assert state.save_form == "plain"
+    assert [g.num_units for g in state.groups_of("mlp")] == [64, 4 * 32]  # dense width 64; 4 experts of 32
+    randomize_adapters(model)
+    ref, small, out = harden_and_compact(model)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    assert (small.config.intermediate_size, small.config.moe_intermediate_size) == (32, 16)
+    assert small.model.layers[0].mlp.gate_proj.out_features == 32
+    small.save_pretrained(tmp_path)
+    with torch.no_grad():
+        reloaded = t.Qwen3MoeForCausalLM.from_pretrained(str(tmp_path)).eval()
+        torch.testing.assert_close(output_tensor(reloaded(**tiny_inputs())), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_dense_mlp_needs_an_moe_mlp():
+    llama = specs_module.SPECS["llama"]
+    with pytest.raises(ValueError, match="dense_mlp is the dense MLP of an MoE family's other blocks"):
+        replace_dataclass(llama, dense_mlp=llama.mlp)

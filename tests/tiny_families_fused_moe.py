@@ -41,6 +41,14 @@ TINY = {
                             dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                                  hidden_dropout=0.0, attention_dropout=0.0, **_DECODER),
                             causal_lm=True),
+    # one dense block (first_k_dense_replace), then an MoE block of 4 experts (width 32, top-2) and a shared expert;
+    # MLA attention (heads refused)
+    "deepseek_v3": TinyFamily(("DeepseekV3Config", "DeepseekV3Model", "DeepseekV3ForCausalLM"),
+                              dict(_GQA_MOE, num_key_value_heads=4, moe_intermediate_size=32, n_routed_experts=4,
+                                   num_experts_per_tok=2, n_group=1, topk_group=1, n_shared_experts=1,
+                                   first_k_dense_replace=1, q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4,
+                                   qk_nope_head_dim=4, v_head_dim=8),
+                              causal_lm=True, heads=False),
     # ALiBi: heads refused; MLP width 4 * hidden (128), no config key: per-layer form
     "bloom": TinyFamily(("BloomConfig", "BloomModel", "BloomForCausalLM"),
                         dict(vocab_size=97, hidden_size=32, n_layer=2, n_head=4, hidden_dropout=0.0,

@@ -1,6 +1,7 @@
 """Family specs of decoders with fused or unusual attention layouts (GPT-BigCode, GPT-J, GPT-Neo, BioGPT,
-Persimmon, BLOOM, MPT); merged into the shipped table (:data:`masked_dora.models.families.SPECS`). The MoE
-families that share an existing spec's layout (qwen2_moe, phimoe, granitemoe) are in that table itself."""
+Persimmon, BLOOM, MPT) and of DeepSeek-V3's MoE, merged into the shipped table
+(:data:`masked_dora.models.families.SPECS`). The MoE families that share an existing spec's layout (qwen2_moe,
+phimoe, granitemoe) are in that table itself."""
 
 from __future__ import annotations
 
@@ -65,6 +66,21 @@ MPT = dict(  # MLP width fixed at 4 * d_model (expansion_ratio is not read): a p
                    qkv="attn.Wqkv"),
     unsupported=(("heads", "", _ALIBI_BY_HEAD_INDEX),))
 
+_MLA_HEADS = ("its multi-head latent attention (MLA) builds every head's keys and values from one shared low-rank "
+              "latent (kv_a_proj_with_mqa, then kv_b_proj rows [k_nope | v] per head) and gives query/key and value "
+              "heads different sizes, which a head group of one head_dim per head cannot describe")
+
+DEEPSEEK_V3 = dict(  # MoE blocks (packed experts; shared_experts kept whole) after first_k_dense_replace dense ones
+    layers=("layers",), hidden_key="hidden_size",
+    # shared_experts' width is moe_intermediate_size * n_shared_experts: the config cannot say a pruned expert width
+    mlp=MLPSpec(producers=("gate_up_proj",), consumer="down_proj", size_key="", segments=(2,), experts="mlp.experts",
+                size_attrs=(("mlp.experts", "intermediate_dim"),)),
+    dense_mlp=MLPSpec(producers=("mlp.gate_proj", "mlp.up_proj"), consumer="mlp.down_proj",
+                      size_key="intermediate_size", size_attrs=(("mlp", "intermediate_size"),)),
+    heads=HeadSpec(query="", key="", value="", output="self_attn.o_proj", heads_key="num_attention_heads",
+                   attention="self_attn", qkv="self_attn.kv_b_proj"),
+    unsupported=(("heads", "", _MLA_HEADS),))
+
 FUSED_MOE_SPECS: Dict[str, ModelSpec] = {
     "gpt_bigcode": ModelSpec(name="gpt_bigcode", model_types=("gpt_bigcode",), **BIGCODE_MULTI_QUERY,
                              when=(("multi_query", True),)),
@@ -76,4 +92,5 @@ FUSED_MOE_SPECS: Dict[str, ModelSpec] = {
     "persimmon": ModelSpec(name="persimmon", model_types=("persimmon",), **PERSIMMON),
     "bloom": ModelSpec(name="bloom", model_types=("bloom",), **BLOOM),
     "mpt": ModelSpec(name="mpt", model_types=("mpt",), **MPT),
+    "deepseek_v3": ModelSpec(name="deepseek_v3", model_types=("deepseek_v3",), **DEEPSEEK_V3),
 }

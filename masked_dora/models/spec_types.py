@@ -54,7 +54,9 @@ class MLPSpec:
 
     producers: Tuple[str, ...]
     consumer: str
-    size_key: str  # config key of the inner width ("": none, the blocks fix it (BLOOM: 4 * hidden): per-layer form)
+    # config key of the inner width; "": none says this width alone (BLOOM's blocks fix it at 4 * hidden; DeepSeek-V3's
+    # moe_intermediate_size also sizes its shared experts), so a pruned MLP saves in the per-layer form
+    size_key: str
     # attributes to set on a module when its block's width changes: (module path, attribute)
     size_attrs: Tuple[Tuple[str, str], ...] = ()
     # per producer, how many width-sized row blocks it stacks (2 for a fused gate/up projection whose rows are
@@ -175,6 +177,16 @@ class ModelSpec:
     # the residual stream, for "hidden" pruning (None: refused): hidden_mode="global" and "per_block"
     hidden: Optional[HiddenSpec] = None
     hidden_per_block: Optional[PerBlockHiddenSpec] = None
+    # an MoE family (mlp.experts) whose config puts dense MLP blocks among the expert ones (DeepSeek-V3's
+    # first_k_dense_replace): their MLP, a group of its own size key; such a block's spec is this one with
+    # mlp=dense_mlp (:func:`masked_dora.models.blocks.block_spec`). None: the MLP of such blocks is refused
+    dense_mlp: Optional[MLPSpec] = None
+
+    def __post_init__(self):
+        if self.dense_mlp is not None and (not self.mlp.experts or self.dense_mlp.experts):
+            raise ValueError(f"ModelSpec {self.name!r}: dense_mlp is the dense MLP of an MoE family's other blocks: "
+                             f"expected mlp with experts and dense_mlp without, got mlp.experts={self.mlp.experts!r}, "
+                             f"dense_mlp.experts={self.dense_mlp.experts!r}")
 
     def applies_to(self, config) -> bool:
         return all(getattr(config, key, None) == value for key, value in self.when)
