@@ -226,8 +226,9 @@ def test_a_per_head_module_must_hold_one_entry_per_head(monkeypatch):
 def test_a_model_matching_no_spec_says_what_cannot_be_expressed():
     import transformers as t
 
-    model = t.GPTJModel(t.GPTJConfig(vocab_size=50, n_embd=16, n_layer=1, n_head=2, rotary_dim=4, n_positions=32))
-    with pytest.raises(ValueError, match=r"no masked_dora spec for model_type 'gptj'.*MoE experts packed into 3-D "
+    # (GPT-J, the example before, has a spec now)
+    model = t.XLNetModel(t.XLNetConfig(vocab_size=50, d_model=16, n_layer=1, n_head=2, d_inner=32))
+    with pytest.raises(ValueError, match=r"no masked_dora spec for model_type 'xlnet'.*MoE experts packed into 3-D "
                                          r"parameters \(MLPSpec\(experts=...\)"):
         prepare_model(model, MaskedDoRAConfig(importance="none"))
 
