@@ -110,3 +110,49 @@ def test_dense_mlp_needs_an_moe_mlp():
     llama = specs_module.SPECS["llama"]
     with pytest.raises(ValueError, match="dense_mlp is the dense MLP of an MoE family's other blocks"):
         replace_dataclass(llama, dense_mlp=llama.mlp)
+
+
+@pytest.mark.skipif("codegen" not in AVAILABLE, reason="this transformers has no CodeGen")
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
+def test_codegen_heads_prune_the_same_count_in_each_qkv_chunk(tmp_path, allocation):
+    """CodeGen's qkv_proj holds mp_num=4 chunks, each [q | v | k] of its own 2 (of 8) heads here: a head's rows
+    are in three places of its chunk, and every chunk keeps the same count of heads. The compacted model (whose
+    attention splits the rows into 4 chunks again) equals the masked one, reloads and generates the same."""
+    import transformers as t
+
+    from masked_dora.models import load_compact
+
+    config = t.CodeGenConfig(vocab_size=97, n_embd=64, n_layer=2, n_head=8, n_inner=64, n_positions=64,
+                             rotary_dim=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    torch.manual_seed(0)
+    model = t.CodeGenForCausalLM(config).eval()
+    sparsity = {"uniform": 0.5, "global": 0.25}[allocation]  # global: layer 1 keeps its 8 heads, layer 0 4
+    prepare_model(model, MaskedDoRAConfig(rank=2, alignment={"mlp": 8}, importance="none", allocation=allocation,
+                                          target_sparsity={"mlp": 0.5, "heads": sparsity}))
+    randomize_adapters(model)
+    with torch.no_grad():  # layer 0: the first head of every chunk scores higher (no chunk keeps its best two)
+        get_state(model).group("heads", 0).mask_logits.copy_(torch.tensor([2.0, -1, 1, -2, 3, -3, 0.5, -0.5]))
+        get_state(model).group("heads", 1).mask_logits.add_(10.0)  # global: layer 1 keeps all its heads
+    ref, small, out = harden_and_compact(model)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    kept = get_state(model).group("heads", 0).hard()
+    assert kept.tolist() == [True, False] * 4
+    heads = [block.attn.qkv_proj.out_features // (3 * 8) for block in small.transformer.h]
+    assert heads == ([4, 4] if allocation == "uniform" else [4, 8])
+    small.save_pretrained(tmp_path)
+    reloaded = load_compact(str(tmp_path))
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(output_tensor(reloaded(**inputs)), ref, rtol=1e-4, atol=1e-5)
+    ids = inputs["input_ids"][:1]
+    gen = dict(max_new_tokens=6, do_sample=False)
+    assert torch.equal(reloaded.generate(ids, **gen), model.generate(ids, **gen))
+
+
+@pytest.mark.parametrize("kwargs", [dict(qkv="attn.qkv", qkv_layout="chunked"), dict(qkv="attn.qkv", qkv_chunks=4),
+                                    dict(qkv_layout="chunked", qkv_chunks=4)])
+def test_chunked_qkv_layout_needs_a_fused_qkv_and_its_chunk_count(kwargs):
+    from masked_dora.models.specs import HeadSpec
+
+    with pytest.raises(ValueError, match="qkv_layout='chunked' needs a fused qkv and qkv_chunks >= 1"):
+        HeadSpec(query="", key="", value="", output="attn.out", heads_key="n_head", **kwargs)

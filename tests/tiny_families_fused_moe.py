@@ -27,6 +27,10 @@ TINY = {
                                   dict(_GPT2_LIKE, multi_query=False), causal_lm=True),
     "gptj": TinyFamily(("GPTJConfig", "GPTJModel", "GPTJForCausalLM"), dict(_GPT2_LIKE, rotary_dim=4),
                        causal_lm=True),  # rotary on the first 4 of each head's 8 dims
+    # qkv_proj in 4 chunks of one head each here (the heads keep the same count per chunk: all 4 at 50%; the 8-head
+    # CodeGen of tests/test_models_fused_moe.py prunes them)
+    "codegen": TinyFamily(("CodeGenConfig", "CodeGenModel", "CodeGenForCausalLM"), dict(_GPT2_LIKE, rotary_dim=4),
+                          causal_lm=True),
     "gpt_neo": TinyFamily(("GPTNeoConfig", "GPTNeoModel", "GPTNeoForCausalLM"),
                           dict(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
                                attention_types=[[["global", "local"], 1]], window_size=4, embed_dropout=0.0,

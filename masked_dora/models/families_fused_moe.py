@@ -1,5 +1,5 @@
-"""Family specs of decoders with fused or unusual attention layouts (GPT-BigCode, GPT-J, GPT-Neo, BioGPT,
-Persimmon, BLOOM, MPT) and of DeepSeek-V3's MoE, merged into the shipped table
+"""Family specs of decoders with fused or unusual attention layouts (GPT-BigCode, GPT-J, GPT-Neo, CodeGen,
+BioGPT, Persimmon, BLOOM, MPT) and of DeepSeek-V3's MoE, merged into the shipped table
 (:data:`masked_dora.models.families.SPECS`). The MoE families that share an existing spec's layout (qwen2_moe,
 phimoe, granitemoe) are in that table itself."""
 
@@ -47,6 +47,13 @@ PERSIMMON = dict(  # fused query_key_value, rows [q_h k_h v_h] per head; its q/k
                    attention="self_attn", qkv="self_attn.query_key_value", qkv_layout="per_head",
                    attrs=(("num_heads", "heads"),)))
 
+CODEGEN = dict(  # parallel attention and MLP; qkv_proj in CodeGen's mp_num=4 chunks, each [q | v | k] of its heads
+    layers=("h",), hidden_key="n_embd",
+    mlp=MLPSpec(producers=("mlp.fc_in",), consumer="mlp.fc_out", size_key="n_inner"),
+    heads=HeadSpec(query="", key="", value="", output="attn.out_proj", heads_key="n_head", attention="attn",
+                   qkv="attn.qkv_proj", qkv_layout="chunked", qkv_chunks=4,
+                   attrs=(("num_attention_heads", "heads"), ("embed_dim", "width"))))
+
 _ALIBI_BY_HEAD_INDEX = ("its attention adds ALiBi biases whose slopes follow each head's index and the head count, "
                         "so the kept heads of a smaller model would get other slopes")
 
@@ -88,6 +95,7 @@ FUSED_MOE_SPECS: Dict[str, ModelSpec] = {
                                  when=(("multi_query", False),)),
     "gptj": ModelSpec(name="gptj", model_types=("gptj",), **GPTJ),
     "gpt_neo": ModelSpec(name="gpt_neo", model_types=("gpt_neo",), **GPT_NEO),
+    "codegen": ModelSpec(name="codegen", model_types=("codegen",), **CODEGEN),
     "biogpt": ModelSpec(name="biogpt", model_types=("biogpt",), **BIOGPT),
     "persimmon": ModelSpec(name="persimmon", model_types=("persimmon",), **PERSIMMON),
     "bloom": ModelSpec(name="bloom", model_types=("bloom",), **BLOOM),
