@@ -113,7 +113,7 @@ def test_plain_checkpoints_reload_with_plain_transformers(chains):
 @pytest.mark.parametrize("family, flag", [("olmo2", None), ("t5", None), ("t5-gated", None), ("mpnet", None),
                                           ("longt5-local", None), ("longt5-tglobal", None), ("falcon-rw", "alibi"),
                                           ("falcon", "alibi")]
-                         + [(f, None) for f in ("olmo3",) if f in TABLE_FAMILIES])
+                         + [(f, None) for f in ("olmo3", "bloom", "mpt", "deepseek_v3") if f in TABLE_FAMILIES])
 def test_heads_that_cannot_be_pruned_exactly_are_refused_before_anything_changes(family, flag):
     import transformers as t
 
@@ -227,8 +227,9 @@ def test_a_per_head_module_must_hold_one_entry_per_head(monkeypatch):
 def test_a_model_matching_no_spec_says_what_cannot_be_expressed():
     import transformers as t
 
-    model = t.GPTJModel(t.GPTJConfig(vocab_size=50, n_embd=16, n_layer=1, n_head=2, rotary_dim=4, n_positions=32))
-    with pytest.raises(ValueError, match=r"no masked_dora spec for model_type 'gptj'.*MoE experts packed into 3-D "
+    # (GPT-J, the example before, has a spec now)
+    model = t.XLNetModel(t.XLNetConfig(vocab_size=50, d_model=16, n_layer=1, n_head=2, d_inner=32))
+    with pytest.raises(ValueError, match=r"no masked_dora spec for model_type 'xlnet'.*MoE experts packed into 3-D "
                                          r"parameters \(MLPSpec\(experts=...\)"):
         prepare_model(model, MaskedDoRAConfig(importance="none"))
 

@@ -25,10 +25,10 @@ def test_spec_finds_layers_and_heads(family):
 
 
 def test_unknown_architecture_names_what_is_missing():
-    from transformers import GPTJConfig, GPTJModel
+    from transformers import XLNetConfig, XLNetModel  # (GPT-J, the example before, has a spec now)
 
-    model = GPTJModel(GPTJConfig(vocab_size=50, n_embd=16, n_layer=1, n_head=2, rotary_dim=4, n_positions=32))
-    with pytest.raises(ValueError, match=r"no masked_dora spec for model_type 'gptj'.*MLP producers"):
+    model = XLNetModel(XLNetConfig(vocab_size=50, d_model=16, n_layer=1, n_head=2, d_inner=32))
+    with pytest.raises(ValueError, match=r"no masked_dora spec for model_type 'xlnet'.*MLP producers"):
         prepare_model(model, MaskedDoRAConfig(**SMALL))
     with pytest.raises(TypeError, match="model_type"):
         spec_for(nn.Linear(2, 2))

@@ -10,7 +10,9 @@ MoE block before ``prepare_model`` wraps them (:func:`packed_experts`), the head
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from dataclasses import replace as replace_dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
@@ -66,8 +68,21 @@ def model_blocks(model: nn.Module, spec: ModelSpec, stacks: Optional[Sequence[st
                 raise
             continue
         start = len(blocks)
-        blocks += [Block(start + j, f"{path}.{j}", block, stack) for j, block in enumerate(layers)]
+        blocks += [Block(start + j, f"{path}.{j}", b, block_spec(b, stack)) for j, b in enumerate(layers)]
     return [b for b in blocks if stacks is None or b.spec.stack in stacks]
+
+
+def block_spec(block: nn.Module, spec: ModelSpec) -> ModelSpec:
+    """The spec of one block of ``spec``'s stack: ``spec``, or for a dense block of an MoE family with a
+    ``dense_mlp``, its dense variant (the same object for every such block)."""
+    if spec.dense_mlp is None or has_experts(block, spec):
+        return spec
+    return _dense_variant(spec)
+
+
+@functools.lru_cache(maxsize=None)
+def _dense_variant(spec: ModelSpec) -> ModelSpec:
+    return replace_dataclass(spec, name=f"{spec.name}-dense", mlp=spec.dense_mlp, dense_mlp=None)
 
 
 def find_layers(model: nn.Module, spec: ModelSpec) -> Tuple[str, nn.ModuleList]:

@@ -163,7 +163,9 @@ def _compact_weights(model: nn.Module):
 
 def _plain_sizes(spec: ModelSpec, size: Dict[str, int]) -> Dict[str, int]:
     """``{config key: value}`` that say one stack's (uniform) sizes."""
-    out = {spec.mlp.size_key: size["intermediate"], spec.heads.heads_key: size["heads"]}
+    out = {spec.heads.heads_key: size["heads"]}
+    if spec.mlp.size_key:
+        out[spec.mlp.size_key] = size["intermediate"]
     if spec.heads.kv_heads_key:
         out[spec.heads.kv_heads_key] = size["kv_heads"]
     if spec.heads.head_dim_key:
@@ -202,6 +204,9 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes, hid
         if heads_changed and stack.heads.cross_attention:
             return None, (f"{type(config).__name__}'s {stack.heads.heads_key!r} also sets the heads of the "
                           f"{stack.stack}'s cross-attention ({stack.heads.cross_attention}), which keeps them all")
+        if not stack.mlp.size_key and any(sizes[i]["intermediate"] != original[i]["intermediate"] for i in mine):
+            return None, (f"{type(config).__name__} has no key for the MLP width alone (the blocks fix it, or the "
+                          f"key sizes other modules too), so it cannot describe a pruned MLP")
         for key, value in _plain_sizes(stack, sizes[mine[0]]).items():
             if values.setdefault(key, value) != value:
                 return None, (f"{type(config).__name__}'s {key!r} sizes several stacks (the encoder and the decoder), "
@@ -289,7 +294,12 @@ def resize_block(block: nn.Module, spec: ModelSpec, size: Dict[str, int], config
     """Give one block of a freshly built model (of ``config``) the sizes ``size`` (Linear shapes, per-head
     modules and module attributes)."""
     head_paths = role_paths(spec, "heads")
-    mods = block_modules(block, spec, ("heads",) if spec.mlp.experts else ("mlp", "heads"))
+    hl = head_layout(config, spec)
+    heads_kept_whole = (size["heads"], size["kv_heads"], size["head_dim"]) == (hl.heads, hl.kv_heads, hl.head_dim)
+    kinds = ("heads",) if spec.mlp.experts else ("mlp", "heads")
+    # (heads as the config has them: nothing to resize, and a family whose heads are refused (DeepSeek-V3's
+    # MLA) may have no q/k/v modules the spec could name)
+    mods = block_modules(block, spec, tuple(k for k in kinds if k != "heads" or not heads_kept_whole))
     inter = size["intermediate"]
     if has_experts(block, spec):
         _resize_packed_experts(block, spec, inter)
@@ -300,6 +310,8 @@ def resize_block(block: nn.Module, spec: ModelSpec, size: Dict[str, int], config
         else:
             new_linear(block, path, fan_in, inter * spec.mlp.segments_of(producer_index(role)))
     set_mlp_size_attrs(block, spec, inter)
+    if heads_kept_whole:
+        return
     hd, heads, kv = size["head_dim"], size["heads"], size["kv_heads"]
     if spec.heads.qkv:
         new_linear(block, head_paths["qkv"], features(mods["heads"]["qkv"])[0], (heads + 2 * kv) * hd)
@@ -331,7 +343,7 @@ def build_compact_model(model_class, config, dtype: Optional[torch.dtype] = None
     sizes = getattr(config, LAYER_SIZES_KEY, None)
     if sizes:
         blocks = model_blocks(model, spec_for(config))
-        first = [b for b in blocks if b.spec is blocks[0].spec]
+        first = [b for b in blocks if b.spec.stack == blocks[0].spec.stack]
         if len(sizes) == len(first) < len(blocks):  # written when only the first stack (the encoder) was pruned
             blocks = first
         if len(sizes) != len(blocks):

@@ -7,6 +7,7 @@ from dataclasses import replace as replace_dataclass
 from typing import Dict
 
 from .families_decoders import LLAMA_SEMANTICS, QK_NORM_SPANS_HEADS, decoder_specs
+from .families_fused_moe import FUSED_MOE_SPECS
 from .hidden_spec import BERT_PER_BLOCK, DISTILBERT_PER_BLOCK, LLAMA_HIDDEN, LLAMA_PER_BLOCK, XLMR_XL_PER_BLOCK
 from .spec_types import HeadSpec, MLPSpec, ModelSpec, PerHeadSpec
 
@@ -231,9 +232,14 @@ SPECS: Dict[str, ModelSpec] = {
     "olmo2": ModelSpec(name="olmo2", model_types=("olmo2",) + QK_NORM_SPANS_HEADS, **LLAMA_STYLE,
                        unsupported=(("heads", "", _QK_NORM_SPANS_HEADS),)),
     "stablelm": ModelSpec(name="stablelm", model_types=("stablelm",), **STABLELM),
-    "mixtral": ModelSpec(name="mixtral", model_types=("mixtral",), **MIXTRAL_STYLE),
-    "qwen3_moe": ModelSpec(name="qwen3_moe", model_types=("qwen3_moe",), **dict(MIXTRAL_STYLE, mlp=replace_dataclass(
-        MIXTRAL_STYLE["mlp"], size_key="moe_intermediate_size"))),  # dense MLP blocks among them: refused
+    "mixtral": ModelSpec(name="mixtral", model_types=("mixtral", "phimoe"), **MIXTRAL_STYLE),
+    # qwen2_moe: its shared_expert (and shared_expert_gate) MLP beside the experts is not pruned
+    "qwen3_moe": ModelSpec(name="qwen3_moe", model_types=("qwen3_moe", "qwen2_moe"), **dict(
+        MIXTRAL_STYLE, mlp=replace_dataclass(MIXTRAL_STYLE["mlp"], size_key="moe_intermediate_size"))),
+    # dense MLP blocks among them (mlp_only_layers, decoder_sparse_step): refused
+    "granitemoe": ModelSpec(name="granitemoe", model_types=("granitemoe",), **dict(MIXTRAL_STYLE, mlp=replace_dataclass(
+        MIXTRAL_STYLE["mlp"], experts="block_sparse_moe.experts",
+        size_attrs=(("block_sparse_moe.experts", "intermediate_dim"),)))),
     "phi": ModelSpec(name="phi", model_types=("phi",), **PHI),
     "phi3": ModelSpec(name="phi3", model_types=("phi3",), **PHI3, heads_need_plain_config=True),
     "modernbert": ModelSpec(name="modernbert", model_types=("modernbert",), **MODERNBERT),
@@ -277,6 +283,7 @@ SPECS: Dict[str, ModelSpec] = {
     "umt5-gated": ModelSpec(name="umt5-gated", model_types=("umt5",), **UMT5_GATED_ENCODER,
                             stacks=(_t5_decoder(T5_GATED_ENCODER["mlp"], UMT5_HEADS),), when=(("is_gated_act", True),)),
     **LONGT5,  # longt5-local, longt5-local-gated, longt5-transient-global, longt5-transient-global-gated
+    **FUSED_MOE_SPECS,
 }
 SPECS.update(decoder_specs(LLAMA_STYLE))
 

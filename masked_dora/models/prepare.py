@@ -166,7 +166,8 @@ def _head_units(heads_spec: HeadSpec, hl: HeadLayout, by_kv: bool) -> Dict[str, 
     key and value rows stay, :data:`ALWAYS_KEPT` where they share a fused projection with gated q rows;
     separate k/v projections are no member of the group). A fused projection's rows are ordered by its
     ``qkv_layout``: ``"blocks"`` [q | k | v]; ``"grouped"``, per KV head [its query heads | k | v];
-    ``"per_head"``, the grouped order with one query head per KV head ([q_h k_h v_h]).
+    ``"per_head"``, the grouped order with one query head per KV head ([q_h k_h v_h]); ``"chunked"``, per chunk
+    of heads [its q | its k | its v] (whatever the order of the three: their rows are the same heads').
     """
     hd, gs = hl.head_dim, hl.group_size
     q_head = torch.arange(hl.heads * hd) // hd  # the query head of each q row, and of each output column
@@ -187,6 +188,13 @@ def _head_units(heads_spec: HeadSpec, hl: HeadLayout, by_kv: bool) -> Dict[str, 
                              f"use qkv_layout='grouped'")
         kv = kv_unit.view(hl.kv_heads, hd)
         units["qkv"] = torch.cat([q_unit.view(hl.kv_heads, gs * hd), kv, kv], dim=1).flatten()
+    elif layout == "chunked":
+        chunks = heads_spec.qkv_chunks
+        if gs != 1 or hl.heads % chunks:
+            raise ValueError(f"spec: qkv_layout='chunked' needs no GQA and heads in {chunks} equal chunks, the config "
+                             f"has {hl.heads} heads / {hl.kv_heads} KV heads")
+        per_chunk = q_unit.view(chunks, -1)  # the unit of each row of one of the chunk's q, k or v
+        units["qkv"] = torch.cat([per_chunk] * 3, dim=1).flatten()
     else:
         raise ValueError(f"spec: qkv_layout expected one of {QKV_LAYOUTS}, got {layout!r}")
     return units
@@ -213,7 +221,8 @@ def _head_group(block, i, spec, config, model_config, where) -> Tuple[GroupMask,
     _check_head_shapes(mods, paths, units, hl, where)
     if by_kv:
         group = GroupMask("heads", i, hl.kv_heads, units, gate=config.gate, mask_init=config.mask_init,
-                          unit_size=hl.group_size, tied=config.mask_learning == "layer")
+                          unit_size=hl.group_size, partitions=spec.heads.partitions,
+                          tied=config.mask_learning == "layer")
     else:
         group = GroupMask("heads", i, hl.heads, units, gate=config.gate, mask_init=config.mask_init,
                           partitions=hl.kv_heads, tied=config.mask_learning == "layer")

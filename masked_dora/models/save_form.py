@@ -36,8 +36,10 @@ def planned_sizes(model: nn.Module, spec: ModelSpec, config) -> List[Dict[str, i
             size["intermediate"] = uniform_count(size["intermediate"], 1, config.target_sparsity["mlp"],
                                                  config.alignment["mlp"])
         if "heads" in config.target_groups:
-            if by_kv:  # one unit per KV head, its query heads with it
-                kv = uniform_count(hl.kv_heads, 1, config.target_sparsity["heads"], config.alignment["heads"])
+            if by_kv:  # one unit per KV head, its query heads with it (in equal chunks of a "chunked" qkv)
+                parts = b.spec.heads.partitions
+                kv = uniform_count(hl.kv_heads, parts, config.target_sparsity["heads"],
+                                   partition_alignment("heads", parts, config.alignment["heads"]))
                 size.update(kv_heads=kv, heads=kv * hl.group_size)
             else:  # one unit per query head, the same count in every KV group; the KV heads stay
                 align = partition_alignment("heads", hl.kv_heads, config.alignment["heads"])

@@ -210,7 +210,8 @@ def warn_unreachable_targets(model: nn.Module, tolerance: float = 0.05) -> Dict[
                 unit = (f"{g.num_units} KV groups of {g.unit_size} query heads per layer (gqa='kv_groups' removes "
                         f"whole KV groups; gqa='query_heads' removes query heads inside every group)")
             else:
-                unit = f"{g.num_units} heads per layer" + (f" in {g.partitions} KV groups" if g.partitions > 1 else "")
+                parts = "qkv chunks" if state.spec.heads.qkv_chunks else "KV groups"  # each keeping the same count
+                unit = f"{g.num_units} heads per layer" + (f" in {g.partitions} {parts}" if g.partitions > 1 else "")
             warnings.warn(
                 f"target_sparsity[{kind!r}]={target:g} becomes {achieved:.4g} after rounding: {unit}; "
                 f"kept_count rounds {g.num_units} x {1 - target:g} = {g.num_units * (1 - target):g} to "

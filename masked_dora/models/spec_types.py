@@ -45,7 +45,7 @@ from .hidden_spec import HIDDEN_UNCOVERED, PER_BLOCK_UNCOVERED, HiddenSpec, PerB
 
 GROUP_KINDS = ("mlp", "heads", "hidden")
 BLOCK_KINDS = ("mlp", "heads")  # the kinds with one group per block (``hidden``: one group for the model)
-QKV_LAYOUTS = ("blocks", "grouped", "per_head")
+QKV_LAYOUTS = ("blocks", "grouped", "per_head", "chunked")
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,9 @@ class MLPSpec:
 
     producers: Tuple[str, ...]
     consumer: str
-    size_key: str  # config key of the inner width
+    # config key of the inner width; "": none says this width alone (BLOOM's blocks fix it at 4 * hidden; DeepSeek-V3's
+    # moe_intermediate_size also sizes its shared experts), so a pruned MLP saves in the per-layer form
+    size_key: str
     # attributes to set on a module when its block's width changes: (module path, attribute)
     size_attrs: Tuple[Tuple[str, str], ...] = ()
     # per producer, how many width-sized row blocks it stacks (2 for a fused gate/up projection whose rows are
@@ -132,9 +134,13 @@ class HeadSpec:
     fixed_kv_heads: int = 0
     # a fused q/k/v projection (query/key/value then unused): its path and row layout (QKV_LAYOUTS), "blocks"
     # ([q | k | v], Phi-3, ModernBERT, Falcon-7B's multi-query), "grouped" (per KV head [its query heads | k | v],
-    # Falcon-40B's new decoder architecture) or "per_head" ([q_h k_h v_h] per head, GPT-NeoX, Falcon-RW; no GQA)
+    # Falcon-40B's new decoder architecture), "per_head" ([q_h k_h v_h] per head, GPT-NeoX, Falcon-RW; no GQA) or
+    # "chunked" (qkv_chunks equal chunks, each the q, k and v rows (in any order) of its own run of heads: CodeGen's
+    # mp_num=4 [q | v | k]; no GQA): the attention splits the rows into that many chunks, so the heads prune as
+    # qkv_chunks partitions that keep the same count each
     qkv: str = ""
     qkv_layout: str = "blocks"
+    qkv_chunks: int = 0
     head_dim_key: Optional[str] = None  # config key of an explicit head size (None: hidden // heads)
     # config key of the output projection's input width where the attention builds it from that key, not from
     # heads * head_dim (Helium: hidden_size): a config cannot describe pruned heads then (the per-layer form)
@@ -151,6 +157,15 @@ class HeadSpec:
     def __post_init__(self):
         if self.qkv and self.per_head:
             raise ValueError("HeadSpec: per_head modules with a fused qkv projection are not supported")
+        if (self.qkv_layout == "chunked") != (self.qkv_chunks > 0) or (self.qkv_chunks and not self.qkv):
+            raise ValueError(f"HeadSpec: qkv_layout='chunked' needs a fused qkv and qkv_chunks >= 1, and qkv_chunks "
+                             f"goes with it only; got qkv={self.qkv!r}, qkv_layout={self.qkv_layout!r}, "
+                             f"qkv_chunks={self.qkv_chunks}")
+
+    @property
+    def partitions(self) -> int:
+        """Equal parts of the heads that each keep the same count (the chunks of a "chunked" qkv; else 1)."""
+        return self.qkv_chunks or 1
 
 
 @dataclass(frozen=True)
@@ -182,6 +197,16 @@ class ModelSpec:
     # the residual stream, for "hidden" pruning (None: refused): hidden_mode="global" and "per_block"
     hidden: Optional[HiddenSpec] = None
     hidden_per_block: Optional[PerBlockHiddenSpec] = None
+    # an MoE family (mlp.experts) whose config puts dense MLP blocks among the expert ones (DeepSeek-V3's
+    # first_k_dense_replace): their MLP, a group of its own size key; such a block's spec is this one with
+    # mlp=dense_mlp (:func:`masked_dora.models.blocks.block_spec`). None: the MLP of such blocks is refused
+    dense_mlp: Optional[MLPSpec] = None
+
+    def __post_init__(self):
+        if self.dense_mlp is not None and (not self.mlp.experts or self.dense_mlp.experts):
+            raise ValueError(f"ModelSpec {self.name!r}: dense_mlp is the dense MLP of an MoE family's other blocks: "
+                             f"expected mlp with experts and dense_mlp without, got mlp.experts={self.mlp.experts!r}, "
+                             f"dense_mlp.experts={self.dense_mlp.experts!r}")
 
     def applies_to(self, config) -> bool:
         return all(getattr(config, key, None) == value for key, value in self.when)
