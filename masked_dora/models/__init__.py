@@ -10,8 +10,9 @@ Typical use::
     small.save_pretrained("pruned")  # uniform: AutoModel loads it; otherwise masked_dora.load_compact
 """
 
-from .compact import build_compact_model, compact_model, load_compact
+from .compact import build_compact_model, compact_model
 from .compact_training import compact_for_training
+from .compact_load import load_compact
 from .config import MaskedDoRAConfig
 from .group_mask import GroupMask
 from .peft_export import export_peft
