@@ -113,12 +113,28 @@ def _kept_per_head_params(block: nn.Module, spec: ModelSpec, config, prefix: str
     return out
 
 
+def _check_even_partitions(state) -> None:
+    """Raise unless every group keeps the same count in each of its partitions (query heads per KV group under
+    gqa="query_heads", heads per chunk of a "chunked" qkv, channels per MoE expert): the compacted modules split
+    their units evenly, so uneven masks (the learned gates' decision before :func:`harden`) would compact to a
+    model that computes something else."""
+    for key, group in state.groups.items():
+        if group.partitions > 1:
+            counts = group.hard().view(group.partitions, -1).sum(1).tolist()
+            if len(set(counts)) > 1:
+                raise RuntimeError(f"compact_model: {key} keeps {counts} units in its {group.partitions} partitions "
+                                   f"(KV groups, qkv chunks or experts), which the compacted model must keep the "
+                                   f"same count of each: call masked_dora.harden(model) first (it keeps the same "
+                                   f"count in every partition)")
+
+
 @torch.no_grad()
 def _compact_weights(model: nn.Module):
     """``({qualified module name: (weight, bias)}, {state-dict key: tensor}, per-layer sizes)``: the compacted
     layers, the parameters compacted whole (an MoE block's packed experts, the kept heads' per-head parameters,
     :func:`_kept_per_head_params`) and the sizes."""
     state = get_state(model)
+    _check_even_partitions(state)
     sizes = block_sizes(model, state.spec)
     repl, params = {}, {}
     for blk in state.blocks(model):

@@ -56,15 +56,18 @@ def spec_for(model_or_config) -> ModelSpec:
 
 def matching_specs(model: nn.Module) -> list:
     """Names of the registered specs whose block list and group modules (all ``nn.Linear``) ``model`` has."""
-    from .blocks import block_modules, find_layers, is_conv1d, packed_experts
+    from .blocks import block_modules, find_layers, has_experts, is_conv1d, packed_experts
 
     names = []
     for name, spec in SPECS.items():
         try:
             _, layers = find_layers(model, spec)
             kinds = BLOCK_KINDS
-            if spec.mlp.experts and len(layers):  # packed expert parameters, not modules, before prepare_model
-                packed_experts(layers[0], spec)
+            if spec.mlp.experts:  # packed expert parameters, not modules, before prepare_model; in a block that has
+                # them (DeepSeek-V3's first blocks are dense)
+                layers = [layer for layer in layers if has_experts(layer, spec)][:1]
+                if layers:
+                    packed_experts(layers[0], spec)
                 kinds = ("heads",)
             mods = block_modules(layers[0], spec, kinds) if len(layers) else {}
         except ValueError:
