@@ -41,9 +41,11 @@ def build(mode: str, world: int, family: str = "llama"):
     """``(model, wrapped, trainer, optimizer)``: the prepared tiny ``family`` LM (dropout off), wrapped for
     ``mode``."""
     torch.manual_seed(0)
-    model = tiny_model(family, kind="lm")
+    # "llama-hidden": the residual stream pruned too (hidden_mode="global": one gate sample read by every block)
+    groups = ("mlp", "heads", "hidden") if family == "llama-hidden" else ("mlp", "heads")
+    model = tiny_model(family.replace("-hidden", ""), kind="lm")
     prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5,
-                                          mask_init=0.5))
+                                          mask_init=0.5, target_groups=groups))
     randomize_adapters(model)
     model.train()
     if mode.endswith("_ckpt"):

@@ -93,7 +93,7 @@ def _reference(out, family, script=SCRIPT):
     return _load(out, family, "single", 0)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + ("llama-hidden",))
 @pytest.mark.parametrize("mode, loss_tol, param_tol, lambda_tol", [
     ("ddp", 1e-5, 1e-5, 1e-6),
     ("fsdp2", 1e-5, 1e-5, 1e-6),

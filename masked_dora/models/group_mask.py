@@ -40,6 +40,18 @@ class _IntoGraph:
         torch.autograd.backward(self.source, grad, retain_graph=True)
 
 
+def _read_in_backward(sample: Tensor) -> Tensor:
+    """A group every block reads (``shared_by_blocks``: the global hidden group), read while a backward runs: a
+    reentrant checkpoint recomputing a block. It backpropagates that block down to the logits on its own, which
+    would free the sample's graph after the first block (the second raised "backward through the graph a second
+    time"): the block reads a detached copy whose gradient goes on into the sample's graph, kept. A plain forward
+    reads the sample itself (one backward through it: DDP sees the logits' gradient once), and so does a
+    non-reentrant checkpoint's recomputation in effect (its gradient flows through the first forward's graph)."""
+    copy = sample.detach().requires_grad_()
+    copy.register_hook(_IntoGraph(sample))
+    return copy
+
+
 class GroupMask(nn.Module):
     """Mask logits and gate of one coupled group.
 
@@ -123,6 +135,9 @@ class GroupMask(nn.Module):
             if self._sample is None:
                 self._sample = self.gate(self.logits())
             free = self._sample
+            if self.shared_by_blocks and free.requires_grad and torch.is_grad_enabled() \
+                    and torch._C._current_graph_task_id() != -1 and not torch.compiler.is_compiling():
+                free = _read_in_backward(free)
         # torch.where, not `if bool(mask_fixed)`: no host sync and no data-dependent branch for torch.compile
         return torch.where(self.mask_fixed, self.fixed_keep.to(free.dtype), free)
 
@@ -169,16 +184,6 @@ class GroupMask(nn.Module):
         logits got no gradient.)
         """
         self._sample = self.gate(self.logits()) if self.training and self._probe is None else None
-        if self.shared_by_blocks and self._sample is not None and self._sample.requires_grad \
-                and not torch.compiler.is_compiling():
-            # Every block reads this one sample. A reentrant checkpoint backpropagates each block on its own,
-            # down to the logits, which frees the sample's graph after the first block (the second raised
-            # "backward through the graph a second time"). The blocks read a detached copy instead, and each
-            # gradient that reaches it goes on into the gate's graph, kept for that (the checkpoint of every
-            # block, or one plain backward: the same sum in the logits' grad).
-            sample = self._sample.detach().requires_grad_()
-            sample.register_hook(_IntoGraph(self._sample))
-            self._sample = sample
 
     @torch.no_grad()
     def set_mask(self, keep: Tensor) -> None:
