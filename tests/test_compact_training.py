@@ -48,6 +48,20 @@ def _batches():
     return [tiny_inputs(seed=s) for s in range(3)]
 
 
+def _assert_the_same_model(full, small):
+    """The full-width and the compacted-for-training runs: equal outputs, and equal compacted models."""
+    inputs = tiny_inputs(seed=7)
+    with torch.no_grad():
+        ref = output_tensor(full(**inputs))
+        torch.testing.assert_close(output_tensor(small(**inputs)), ref, rtol=1e-9, atol=1e-11)
+        a, b = compact_model(full), compact_model(small)
+        torch.testing.assert_close(output_tensor(b(**inputs)), output_tensor(a(**inputs)), rtol=1e-9, atol=1e-11)
+    assert a.config.to_dict() == b.config.to_dict()
+    assert a.state_dict().keys() == b.state_dict().keys()
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(q, p, rtol=1e-9, atol=1e-11, msg=name)
+
+
 @pytest.mark.parametrize("family, gqa", CASES)
 def test_compact_training_gives_the_full_width_model(family, gqa):
     full = _hardened(family, gqa)
@@ -58,15 +72,7 @@ def test_compact_training_gives_the_full_width_model(family, gqa):
     assert get_state(small).compacted_for_training and not get_state(full).compacted_for_training
     assert sum(m.weight.numel() for m in small.modules() if isinstance(m, MaskedDoRALinear)) < sum(widths)
     assert kept_fraction(small, "mlp") == kept_fraction(full, "mlp") == 0.5
-    inputs = tiny_inputs(seed=7)
-    with torch.no_grad():
-        ref = output_tensor(full(**inputs))
-        torch.testing.assert_close(output_tensor(small(**inputs)), ref, rtol=1e-9, atol=1e-11)
-        a, b = compact_model(full), compact_model(small)
-        torch.testing.assert_close(output_tensor(b(**inputs)), output_tensor(a(**inputs)), rtol=1e-9, atol=1e-11)
-    assert a.config.to_dict() == b.config.to_dict()
-    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
-        torch.testing.assert_close(q, p, rtol=1e-9, atol=1e-11, msg=name)
+    _assert_the_same_model(full, small)
 
 
 def test_compact_training_needs_fixed_masks_and_is_final():
@@ -208,16 +214,7 @@ def test_compact_training_narrows_the_residual_stream_to_the_full_width_model(fa
     assert small.model.norm.variance_epsilon == 2 * full.model.norm.variance_epsilon
     assert (small.lm_head.weight is small.get_input_embeddings().weight) == tied
     assert kept_fraction(small, "hidden") == kept_fraction(full, "hidden") == 0.5
-    inputs = tiny_inputs(seed=7)
-    with torch.no_grad():
-        ref = output_tensor(full(**inputs))
-        torch.testing.assert_close(output_tensor(small(**inputs)), ref, rtol=1e-9, atol=1e-11)
-        a, b = compact_model(full), compact_model(small)
-        torch.testing.assert_close(output_tensor(b(**inputs)), output_tensor(a(**inputs)), rtol=1e-9, atol=1e-11)
-    assert a.config.to_dict() == b.config.to_dict()
-    assert a.state_dict().keys() == b.state_dict().keys()
-    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
-        torch.testing.assert_close(q, p, rtol=1e-9, atol=1e-11, msg=name)
+    _assert_the_same_model(full, small)
 
 
 def test_a_training_state_saved_after_narrowing_the_residual_stream_loads_narrowed(tmp_path):
