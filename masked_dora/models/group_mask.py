@@ -91,7 +91,7 @@ class GroupMask(nn.Module):
         # roles with channels no unit gates: their per-channel reads append a kept pseudo-unit (index -1)
         self._partly_gated = frozenset(role for role, index in indices.items() if bool((index == ALWAYS_KEPT).any()))
         self._sample: Optional[Tensor] = None
-        # read by every block (the global hidden group), not by one: see draw_sample
+        # read by every block (the global hidden group), not by one: see _read_in_backward
         self.shared_by_blocks = False
         self._probe: Optional[Tensor] = None
         self._planned: Optional[Tensor] = None   # budget="exact": this forward's top-k plan (bool)
