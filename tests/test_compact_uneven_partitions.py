@@ -36,7 +36,7 @@ def test_compact_model_refuses_uneven_partitions_and_compacts_after_harden(famil
     model.eval()
     counts = group.hard().view(group.partitions, -1).sum(1)
     assert group.partitions > 1 and len(set(counts.tolist())) > 1
-    with pytest.raises(RuntimeError, match=r"heads_0 keeps .* in its \d+ partitions.*harden"):
+    with pytest.raises(RuntimeError, match=r"heads_0 keeps \[.*\] query heads in its \d+ KV groups.*harden"):
         compact_model(model)
     harden(model)
     inputs = tiny_inputs(seed=7)

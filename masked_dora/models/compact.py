@@ -119,13 +119,12 @@ def _check_even_partitions(state) -> None:
     their units evenly, so uneven masks (the learned gates' decision before :func:`harden`) would compact to a
     model that computes something else."""
     for key, group in state.groups.items():
-        if group.partitions > 1:
-            counts = group.hard().view(group.partitions, -1).sum(1).tolist()
-            if len(set(counts)) > 1:
-                raise RuntimeError(f"compact_model: {key} keeps {counts} units in its {group.partitions} partitions "
-                                   f"(KV groups, qkv chunks or experts), which the compacted model must keep the "
-                                   f"same count of each: call masked_dora.harden(model) first (it keeps the same "
-                                   f"count in every partition)")
+        counts = group.uneven_partition_counts(group.hard())
+        if counts is not None:
+            units, partitions = group.unit_words()
+            raise RuntimeError(f"compact_model: {key} keeps {counts} {units} in its {group.partitions} {partitions}, "
+                               f"which the compacted model must keep the same count of each: call "
+                               f"masked_dora.harden(model) first (it keeps the same count in every partition)")
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ same sample.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -193,15 +193,27 @@ class GroupMask(nn.Module):
                              f"{getattr(keep, 'dtype', type(keep).__name__)} {tuple(getattr(keep, 'shape', ()))}")
         if not keep.any():
             raise ValueError(f"keep: group {self.kind} of layer {self.layer} would lose every unit")
-        if self.partitions > 1:
-            counts = keep.view(self.partitions, -1).sum(1)
-            if not (counts == counts[0]).all():
-                units, parts = (("channels", "experts") if self.kind == "mlp" else
-                                ("query heads", "KV groups (never part of a KV group)"))
-                raise ValueError(f"keep: expected the same number of kept {units} in each of the {self.partitions} "
-                                 f"{parts}, got {counts.tolist()}")
+        counts = self.uneven_partition_counts(keep)
+        if counts is not None:
+            units, partitions = self.unit_words()
+            raise ValueError(f"keep: expected the same number of kept {units} in each of the {self.partitions} "
+                             f"{partitions}, got {counts}")
         self.fixed_keep.copy_(keep.to(self.fixed_keep.device))
         self.mask_fixed.fill_(True)
+
+    def uneven_partition_counts(self, keep: Tensor) -> Optional[List[int]]:
+        """The kept count of each partition of the bool mask ``keep`` when they differ, else ``None``: the
+        compacted modules split their units evenly (query heads into KV groups under ``gqa="query_heads"``, heads
+        into the chunks of a "chunked" qkv, channels into MoE experts), so ``harden`` keeps one count in each."""
+        if self.partitions == 1:
+            return None
+        counts = keep.view(self.partitions, -1).sum(1).tolist()
+        return counts if len(set(counts)) > 1 else None
+
+    def unit_words(self) -> Tuple[str, str]:
+        """What a unit and a partition of this group are, for messages."""
+        return (("channels", "experts") if self.kind == "mlp" else
+                ("query heads", "KV groups (or chunks of a chunked qkv)"))
 
     @torch.no_grad()
     def clear_mask(self) -> None:
