@@ -70,13 +70,26 @@ def _run_chain(family, groups, path):
     return model, small, ref, out, plain
 
 
+class _Chains(dict):
+    """Each family's chain result, ``(path, model, small, ref, out, plain)``, run on first access (a ``-k``
+    selection of one family runs only its chain); :meth:`every` runs them all, in :data:`CHAIN` order."""
+
+    def __init__(self, tmp_path_factory):
+        super().__init__()
+        self._groups, self._tmp = dict(CHAIN), tmp_path_factory
+
+    def __missing__(self, family):
+        path = str(self._tmp.mktemp(family.replace("-", "_")))
+        self[family] = (path,) + _run_chain(family, self._groups[family], path)
+        return self[family]
+
+    def every(self) -> dict:
+        return {family: self[family] for family, _ in CHAIN}
+
+
 @pytest.fixture(scope="module")
 def chains(tmp_path_factory):
-    results = {}
-    for family, groups in CHAIN:
-        path = str(tmp_path_factory.mktemp(family.replace("-", "_")))
-        results[family] = (path,) + _run_chain(family, groups, path)
-    return results
+    return _Chains(tmp_path_factory)
 
 
 @pytest.mark.parametrize("family", [f for f, _ in CHAIN])
@@ -98,6 +111,7 @@ def test_family_compacts_saves_reloads_and_generates_equal(chains, family):
 
 def test_plain_checkpoints_reload_with_plain_transformers(chains):
     """Every family whose config expresses its pruned sizes reloads in a process without masked_dora."""
+    chains = chains.every()
     jobs = [(path, AUTO.get(family, "AutoModelForMaskedLM")) for family, (path, *_rest, plain) in chains.items()
             if plain]
     plain_families = sorted(f for f, v in chains.items() if v[-1])
