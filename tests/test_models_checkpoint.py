@@ -63,6 +63,16 @@ def test_non_uniform_checkpoint_loads_through_masked_dora(tmp_path, family):
         AutoModel.from_pretrained(str(tmp_path))
 
 
+def test_load_compact_still_imports_from_its_old_module():
+    """Scripts written before load_compact moved to compact_load import it from masked_dora.models.compact."""
+    from masked_dora.models import compact
+    from masked_dora.models.compact import load_compact as old_path
+
+    assert old_path is load_compact
+    with pytest.raises(AttributeError, match="no attribute 'load_compat'"):
+        compact.load_compat
+
+
 def test_loader_rejects_bad_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="path"):
         load_compact(str(tmp_path / "nope"))

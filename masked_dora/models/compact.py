@@ -419,3 +419,13 @@ def compact_model(model: nn.Module) -> nn.Module:
     new.load_state_dict(new_sd, strict=True)
     device = next(model.parameters()).device
     return new.to(device).eval()
+
+
+def __getattr__(name: str):
+    """``load_compact`` lived here until it moved to :mod:`masked_dora.models.compact_load` (2026-11-28): the old
+    import path, ``from masked_dora.models.compact import load_compact``, keeps working (imported lazily: that
+    module imports this one)."""
+    if name == "load_compact":
+        from .compact_load import load_compact
+        return load_compact
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
