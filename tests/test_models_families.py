@@ -16,7 +16,9 @@ import torch
 from masked_dora.models import (MaskedDoRAConfig, compact_model, get_state, harden, load_compact, prepare_model,
                                 register_spec, spec_for)
 from masked_dora.models import specs as specs_module
+from masked_dora.models.blocks import model_blocks
 from masked_dora.models.compact import LAYER_SIZES_KEY
+
 
 from tiny_family_table import AVAILABLE as TABLE_FAMILIES
 from tiny_family_table import TABLE, UNAVAILABLE
@@ -127,7 +129,8 @@ def test_plain_checkpoints_reload_with_plain_transformers(chains):
 @pytest.mark.parametrize("family, flag", [("olmo2", None), ("t5", None), ("t5-gated", None), ("mpnet", None),
                                           ("longt5-local", None), ("longt5-tglobal", None), ("falcon-rw", "alibi"),
                                           ("falcon", "alibi")]
-                         + [(f, None) for f in ("olmo3", "bloom", "mpt", "deepseek_v3") if f in TABLE_FAMILIES])
+                         + [(f, None) for f in ("olmo3", "bloom", "mpt", "deepseek_v3", "gemma4_text", "gemma4_text-moe")
+                            if f in TABLE_FAMILIES])
 def test_heads_that_cannot_be_pruned_exactly_are_refused_before_anything_changes(family, flag):
     import transformers as t
 
@@ -140,7 +143,8 @@ def test_heads_that_cannot_be_pruned_exactly_are_refused_before_anything_changes
         prepare_model(model, MaskedDoRAConfig(importance="none"))
     assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
     prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), importance="none"))  # the MLP still prunes
-    assert sorted(get_state(model).groups) == ["mlp_0", "mlp_1"]
+    blocks = model_blocks(model, spec_for(model))
+    assert sorted(get_state(model).groups) == sorted(f"mlp_{b.index}" for b in blocks)
 
 
 def _head_norm_rows(attention, name):

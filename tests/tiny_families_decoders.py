@@ -9,6 +9,11 @@ _COMMON = dict(vocab_size=97, num_hidden_layers=2, max_position_embeddings=64, h
                num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
 
+_GEMMA4 = ("Gemma4TextConfig", "Gemma4TextModel", "Gemma4ForCausalLM")
+_GEMMA4_COMMON = dict(_COMMON, num_hidden_layers=4, head_dim=8, global_head_dim=16, num_global_key_value_heads=1,
+                      sliding_window=4, layer_types=["sliding_attention", "full_attention"] * 2)
+
+
 def _lm(prefix: str, heads: bool = True, **config) -> TinyFamily:
     """A causal LM of 2 KV heads whose classes are ``<prefix>Config``, ``<prefix>Model``, ``<prefix>ForCausalLM``."""
     return TinyFamily(classes=(f"{prefix}Config", f"{prefix}Model", f"{prefix}ForCausalLM"),
@@ -42,4 +47,14 @@ TINY = {
     "apertus": _lm("Apertus", head_dim=8),
     # soft-capped attention logits, sliding window
     "vaultgemma": _lm("VaultGemma", head_dim=8, query_pre_attn_scalar=8, sliding_window=4),
+    # Gemma 4 as E2B/E4B: heterogeneous layers (the full-attention ones with their own head_dim and KV heads, keys
+    # as values), the last 2 blocks reuse earlier keys/values with a double-wide MLP (per-layer form), per-layer
+    # inputs (PLE); heads refused
+    "gemma4_text": TinyFamily(classes=_GEMMA4, config=dict(
+        _GEMMA4_COMMON, num_kv_shared_layers=2, use_double_wide_mlp=True, attention_k_eq_v=True,
+        hidden_size_per_layer_input=8, vocab_size_per_layer_input=97), kv_heads=2, causal_lm=True, heads=False),
+    # Gemma 4 as 26B-A4B: an MoE block (experts kept whole) beside every dense MLP; uniform widths: plain
+    "gemma4_text-moe": TinyFamily(classes=_GEMMA4, config=dict(
+        _GEMMA4_COMMON, enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=16,
+        hidden_size_per_layer_input=0), kv_heads=2, causal_lm=True, heads=False),
 }

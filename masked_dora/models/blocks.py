@@ -108,8 +108,21 @@ class HeadLayout:
         return self.heads // self.kv_heads
 
 
-def head_layout(config, spec: ModelSpec) -> HeadLayout:
-    """The (uniform) head layout a config describes."""
+def layer_config(config, layer: Optional[int]):
+    """The config of block ``layer``: a heterogeneous config (transformers' ``per_layer_config``, ``is_heterogeneous``:
+    Gemma 4's full-attention layers have their own ``head_dim`` and ``num_key_value_heads``) gives its per-layer
+    values only through ``config.per_layer_config[layer]`` (the global attribute raises); any other config is every
+    layer's.
+    ``layer``: the block's number (:class:`Block.index`; heterogeneous configs have one stack), or ``None`` for
+    the global values."""
+    heterogeneous = layer is not None and getattr(config, "is_heterogeneous", False)
+    return config.per_layer_config[layer] if heterogeneous else config
+
+
+def head_layout(config, spec: ModelSpec, layer: Optional[int] = None) -> HeadLayout:
+    """The head layout a config describes for block ``layer`` (see :func:`layer_config`; ``None``: the uniform
+    layout of a config whose layers all have it)."""
+    config = layer_config(config, layer)
     hs = spec.heads
     heads = getattr(config, hs.heads_key, None)
     if heads is None:
@@ -138,9 +151,10 @@ def per_head_counts(entry: PerHeadSpec, module: nn.Module) -> List[int]:
     return [int(p.shape[entry.dim]) if p.dim() > entry.dim else 0 for p in module.parameters(recurse=False)]
 
 
-def check_per_head_modules(block: nn.Module, spec: ModelSpec, config, where: str) -> None:
-    """Raise unless every per-head module of ``block`` holds one entry per head (query or KV, as it follows)."""
-    hl = head_layout(config, spec)
+def check_per_head_modules(block: nn.Module, spec: ModelSpec, config, where: str, layer: Optional[int] = None) -> None:
+    """Raise unless every per-head module of ``block`` (number ``layer``) holds one entry per head (query or KV, as
+    it follows)."""
+    hl = head_layout(config, spec, layer)
     for entry, module in per_head_modules(block, spec, config):
         expected = getattr(hl, entry.follows)
         counts = per_head_counts(entry, module)

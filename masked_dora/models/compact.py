@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from fractions import Fraction
 from typing import Dict, List, Optional
 
 import torch
@@ -57,7 +58,7 @@ def block_sizes(model, spec) -> List[Dict[str, int]]:
     """Per block (every stack the model has, in :func:`model_blocks` order): MLP width and head counts."""
     sizes = []
     for b in model_blocks(model, spec):
-        hl = head_layout(model.config, b.spec)
+        hl = head_layout(model.config, b.spec, b.index)
         # a block without the MoE spec's experts (Qwen3-MoE's mlp_only_layers; their MLP is never pruned) keeps
         # the config's width
         width = (mlp_width(b.module, b.spec) if holds_spec_mlp(b.module, b.spec)
@@ -173,11 +174,31 @@ def _compact_weights(model: nn.Module):
     return repl, params, sizes
 
 
-def _plain_sizes(spec: ModelSpec, size: Dict[str, int]) -> Dict[str, int]:
-    """``{config key: value}`` that say one stack's (uniform) sizes."""
-    out = {spec.heads.heads_key: size["heads"]}
-    if spec.mlp.size_key:
-        out[spec.mlp.size_key] = size["intermediate"]
+_HEAD_SIZES = ("heads", "kv_heads", "head_dim")
+
+
+def _in_config_terms(size: Dict[str, int], original: Dict[str, int], base: Optional[int]) -> Dict[str, object]:
+    """One block's ``size`` as its stack's config keys would say it. The MLP width in units of the config's
+    ``base`` width: a block built ``original / base`` times as wide (Gemma 4's double-wide MLPs in its KV-sharing
+    blocks: twice) says ``size * base / original`` (a :class:`~fractions.Fraction` where that is not whole). The
+    head counts are left out where the block keeps those its config gives it: the layers of a heterogeneous config
+    (``per_layer_config``: Gemma 4's full-attention layers) differ there by design, and a plain checkpoint keeps
+    them."""
+    out: Dict[str, object] = dict(size)
+    if base and original["intermediate"] != base:
+        out["intermediate"] = Fraction(size["intermediate"] * base, original["intermediate"])
+    if all(size[k] == original[k] for k in _HEAD_SIZES):
+        return {k: v for k, v in out.items() if k not in _HEAD_SIZES}
+    return out
+
+
+def _plain_sizes(spec: ModelSpec, size: Dict[str, int], heads: bool = True, mlp: bool = True) -> Dict[str, int]:
+    """``{config key: value}`` that say one stack's (uniform) sizes; ``heads=False`` / ``mlp=False``: without the
+    head counts / the MLP width (the config's own are kept)."""
+    out = {spec.mlp.size_key: size["intermediate"]} if spec.mlp.size_key and mlp else {}
+    if not heads:
+        return out
+    out[spec.heads.heads_key] = size["heads"]
     if spec.heads.kv_heads_key:
         out[spec.heads.kv_heads_key] = size["kv_heads"]
     if spec.heads.head_dim_key:
@@ -199,13 +220,28 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes, hid
     training). Such a model saves in the per-layer form.
     """
     plain = copy.deepcopy(config)
+    heterogeneous = bool(getattr(config, "is_heterogeneous", False))
     values: Dict[str, int] = {}
     for stack in dict.fromkeys(stacks):
         mine = [i for i, s in enumerate(stacks) if s is stack]
-        if not all(sizes[i] == sizes[mine[0]] for i in mine):
-            return None, "the layers keep different sizes"
         heads_changed = any((sizes[i]["heads"], sizes[i]["kv_heads"]) != (original[i]["heads"], original[i]["kv_heads"])
                             for i in mine)
+        if heads_changed and heterogeneous:
+            return None, (f"{type(config).__name__} gives layers their own head counts (per_layer_config), which "
+                          f"one pruned count per key cannot say")
+        key = stack.mlp.size_key
+        if key and heterogeneous and key in (getattr(config, "per_layer_attributes", None) or ()):
+            if any(sizes[i]["intermediate"] != original[i]["intermediate"] for i in mine):
+                return None, (f"{type(config).__name__} gives layers their own {key!r} (per_layer_config), which one "
+                              f"pruned width cannot say")
+            key = ""
+        base = getattr(config, key) if key else None
+        terms = [_in_config_terms(sizes[i], original[i], base) for i in mine]
+        if not all(t == terms[0] for t in terms):
+            return None, "the layers keep different sizes"
+        if int(terms[0]["intermediate"]) != terms[0]["intermediate"]:
+            return None, (f"the pruned MLP widths are not a whole multiple of {type(config).__name__}'s {key!r} in "
+                          f"the blocks it builds wider")
         if heads_changed and stack.heads.head_dim_key is None:
             return None, (f"{type(config).__name__} derives the head size from {stack.hidden_key} / "
                           f"{stack.heads.heads_key}, so it cannot describe pruned heads")
@@ -219,7 +255,9 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes, hid
         if not stack.mlp.size_key and any(sizes[i]["intermediate"] != original[i]["intermediate"] for i in mine):
             return None, (f"{type(config).__name__} has no key for the MLP width alone (the blocks fix it, or the "
                           f"key sizes other modules too), so it cannot describe a pruned MLP")
-        for key, value in _plain_sizes(stack, sizes[mine[0]]).items():
+        # (a heterogeneous config keeps its per-layer head counts: the global keys would override them)
+        size = dict(sizes[mine[0]], intermediate=int(terms[0]["intermediate"]))
+        for key, value in _plain_sizes(stack, size, heads=not heterogeneous, mlp=bool(key)).items():
             if values.setdefault(key, value) != value:
                 return None, (f"{type(config).__name__}'s {key!r} sizes several stacks (the encoder and the decoder), "
                               f"which keep different sizes")
@@ -302,11 +340,11 @@ def _resize_per_head(block: nn.Module, spec: ModelSpec, config, counts: Dict[str
     keep_per_head(block, spec, config, {k: torch.arange(counts[k]) for k in ("heads", "kv_heads")})
 
 
-def resize_block(block: nn.Module, spec: ModelSpec, size: Dict[str, int], config) -> None:
-    """Give one block of a freshly built model (of ``config``) the sizes ``size`` (Linear shapes, per-head
-    modules and module attributes)."""
+def resize_block(block: nn.Module, spec: ModelSpec, size: Dict[str, int], config, layer: int) -> None:
+    """Give block number ``layer`` of a freshly built model (of ``config``) the sizes ``size`` (Linear shapes,
+    per-head modules and module attributes)."""
     head_paths = role_paths(spec, "heads")
-    hl = head_layout(config, spec)
+    hl = head_layout(config, spec, layer)
     heads_kept_whole = (size["heads"], size["kv_heads"], size["head_dim"]) == (hl.heads, hl.kv_heads, hl.head_dim)
     kinds = ("heads",) if spec.mlp.experts else ("mlp", "heads")
     # (heads as the config has them: nothing to resize, and a family whose heads are refused (DeepSeek-V3's
@@ -361,7 +399,7 @@ def build_compact_model(model_class, config, dtype: Optional[torch.dtype] = None
         if len(sizes) != len(blocks):
             raise ValueError(f"config.{LAYER_SIZES_KEY}: expected {len(blocks)} entries, got {len(sizes)}")
         for b, size in zip(blocks, sizes):
-            resize_block(b.module, b.spec, size, config)
+            resize_block(b.module, b.spec, size, config, b.index)
             if "hidden" in size:  # hidden_mode="per_block": readers of the kept channels, CompactLinear writers
                 resize_block_hidden(b.module, b.spec, size["hidden"], getattr(config, b.spec.hidden_key))
     if dtype is not None:
@@ -374,7 +412,9 @@ def compact_model(model: nn.Module) -> nn.Module:
     """The compacted plain transformers model (``nn.Linear`` layers, smaller config); ``model`` is untouched."""
     state = get_state(model)
     stacks = [b.spec for b in model_blocks(model, state.spec)]
-    original = block_sizes(model, state.spec)
+    # the sizes the model was built with, which the config describes (after compact_for_training the blocks hold
+    # fewer: their widths no longer say how many of the config's each block was built with)
+    original = state.built_sizes or block_sizes(model, state.spec)
     repl, params, sizes = _compact_weights(model)
     per_block = is_per_block(state.config)
     if per_block:  # CompactLinear writers: the per-layer form, which load_compact builds

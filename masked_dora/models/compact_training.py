@@ -101,7 +101,7 @@ def _compact_mlp_group(state, b: Block) -> None:
 def _compact_head_group(state, b: Block, model_config) -> None:
     group = state.group("heads", b.index)
     mods = block_modules(b.module, b.spec, ("heads",))["heads"]
-    hd = head_layout(model_config, b.spec).head_dim
+    hd = head_layout(model_config, b.spec, b.index).head_dim
     kept_heads = _kept_heads(group, mods, hd)
     state.groups[f"heads_{b.index}"] = _kept_group(group, _slice_members(group, mods), mods)
     heads = mods["output"].in_features // hd

@@ -44,4 +44,14 @@ def decoder_specs(llama_style: dict) -> Dict[str, ModelSpec]:
         # Helium builds o_proj hidden_size wide (not heads * head_dim): pruned heads save in the per-layer form
         "helium": ModelSpec(name="helium", model_types=("helium",), **dict(
             llama_style, heads=replace_dataclass(llama_heads, output_width_key="hidden_size"))),
+        # Gemma 4 (text; Gemma4ForCausalLM): the Llama MLP in every block (twice intermediate_size wide in the
+        # KV-sharing blocks under use_double_wide_mlp: those save in the per-layer form); an MoE block's experts
+        # and router sit beside it and are kept whole, as are the per-layer-input (PLE) projections
+        "gemma4_text": ModelSpec(name="gemma4_text", model_types=("gemma4_text",), **llama_style,
+                                 unsupported=(("heads", "", _GEMMA4_HEADS),)),
     }
+
+
+_GEMMA4_HEADS = ("its last num_kv_shared_layers blocks reuse an earlier block's keys and values (a KV head pruned "
+                 "there would change them), full-attention blocks take their values from the key projection "
+                 "(attention_k_eq_v) and have their own head_dim and KV heads (per_layer_config)")

@@ -40,6 +40,9 @@ class MaskedDoRAState(nn.Module):
         # budget="exact": the fraction of the target sparsity the per-forward plan applies now (the gradual
         # warm-up's schedule sets it, MaskTrainer.begin_step); hardening always applies the whole target
         self.plan_progress = 1.0
+        # every block's sizes as the model was built (compact_model's reference, whatever compact_for_training
+        # has removed since): set by prepare_model
+        self.built_sizes: Optional[List[Dict[str, int]]] = None
 
     def blocks(self, model: nn.Module) -> List[Block]:
         """The blocks of ``model`` whose groups this state holds (``config.stacks``), numbered across stacks."""
@@ -213,7 +216,7 @@ def _check_head_shapes(mods, paths, units, hl, where) -> None:
 def _head_group(block, i, spec, config, model_config, where) -> Tuple[GroupMask, Optional[InputGate]]:
     """The head group of one block: one unit per KV head (``gqa="kv_groups"``, or no GQA), else one per query
     head with the same count kept in every KV group, the KV heads kept and the output's input gated."""
-    hl = head_layout(model_config, spec)
+    hl = head_layout(model_config, spec, i)
     mods = block_modules(block, spec, ("heads",))["heads"]
     paths = role_paths(spec, "heads")
     by_kv = config.gqa == "kv_groups" or hl.group_size == 1
@@ -315,7 +318,7 @@ def _check_block(b: Block, config: MaskedDoRAConfig, model_config) -> None:
                 raise TypeError(f"model: expected an nn.Linear at {b.path}.{paths[role]}, got "
                                 f"{type(module).__name__} ({advice})")
     if "heads" in config.target_groups:
-        check_per_head_modules(b.module, b.spec, model_config, b.path)
+        check_per_head_modules(b.module, b.spec, model_config, b.path, b.index)
 
 
 def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, calibration=None,
@@ -348,6 +351,9 @@ def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, c
 
     # how the compacted model will be saved, decided (and refused, for save_form="plain") before any change
     save_form, save_form_reason = decide_save_form(model, spec, config)
+    from .compact import block_sizes
+
+    built_sizes = block_sizes(model, spec)
     for p in model.parameters():
         p.requires_grad_(False)
     state = MaskedDoRAState(config, spec)
@@ -367,6 +373,7 @@ def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, c
     setattr(model, STATE_ATTR, state.to(device))
     keep_own_checkpoint_layout(model)
     state.save_form, state.save_form_reason = save_form, save_form_reason
+    state.built_sizes = built_sizes
     model.train(model.training)  # new modules follow the model's mode
     model.register_forward_pre_hook(ForwardMasks(state))
     from .sparsity import warn_unreachable_targets

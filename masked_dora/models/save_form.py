@@ -30,7 +30,7 @@ def planned_sizes(model: nn.Module, spec: ModelSpec, config) -> List[Dict[str, i
 
     sizes = block_sizes(model, spec)
     for b in model_blocks(model, spec, config.stacks):  # the blocks prepare_model gives groups
-        size, hl = sizes[b.index], head_layout(model.config, b.spec)
+        size, hl = sizes[b.index], head_layout(model.config, b.spec, b.index)
         by_kv = config.gqa == "kv_groups" or hl.group_size == 1
         if "mlp" in config.target_groups:  # (an MoE block: per expert, each keeping the same count)
             size["intermediate"] = uniform_count(size["intermediate"], 1, config.target_sparsity["mlp"],
