@@ -109,7 +109,8 @@ class HeadLayout:
 
 
 def head_layout(config, spec: ModelSpec) -> HeadLayout:
-    """The (uniform) head layout a config describes."""
+    """The (uniform) head layout a config describes (a VLM's: its text config's, ``ModelSpec.sized_config``)."""
+    config = spec.sized_config(config)
     hs = spec.heads
     heads = getattr(config, hs.heads_key, None)
     if heads is None:
@@ -127,7 +128,7 @@ def head_layout(config, spec: ModelSpec) -> HeadLayout:
 def per_head_modules(block: nn.Module, spec: ModelSpec, config) -> List[Tuple[PerHeadSpec, nn.Module]]:
     """The per-head modules (``HeadSpec.per_head``) that a block of a model with ``config`` has, paths checked."""
     return [(entry, _resolve(block, entry.path, "per-head module")) for entry in spec.heads.per_head
-            if entry.built_by(config)]
+            if entry.built_by(spec.sized_config(config))]
 
 
 def per_head_counts(entry: PerHeadSpec, module: nn.Module) -> List[int]:

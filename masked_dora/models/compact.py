@@ -61,7 +61,7 @@ def block_sizes(model, spec) -> List[Dict[str, int]]:
         # a block without the MoE spec's experts (Qwen3-MoE's mlp_only_layers; their MLP is never pruned) keeps
         # the config's width
         width = (mlp_width(b.module, b.spec) if holds_spec_mlp(b.module, b.spec)
-                 else getattr(model.config, b.spec.mlp.size_key))
+                 else getattr(b.spec.sized_config(model.config), b.spec.mlp.size_key))
         sizes.append(dict(intermediate=width, heads=hl.heads, kv_heads=hl.kv_heads, head_dim=hl.head_dim))
     return sizes
 
@@ -224,18 +224,20 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes, hid
             if values.setdefault(key, value) != value:
                 return None, (f"{type(config).__name__}'s {key!r} sizes several stacks (the encoder and the decoder), "
                               f"which keep different sizes")
+    sized = stacks[0].sized_config(plain)  # a VLM's text config (every stack of a family shares it)
     for key, value in values.items():
-        setattr(plain, key, value)
+        setattr(sized, key, value)
     if hidden is not None:
         for stack in dict.fromkeys(stacks):
-            setattr(plain, stack.hidden_key, hidden)
-    validate = getattr(plain, "validate", None)
-    if callable(validate):
-        try:
-            validate()
-        except Exception as exc:  # noqa: BLE001  (huggingface_hub StrictDataclassClassValidationError, ValueError)
-            reason = str(exc).strip().splitlines()[-1].strip()
-            return None, f"{type(config).__name__} refuses the pruned sizes: {reason}"
+            setattr(sized, stack.hidden_key, hidden)
+    for checked in (sized, plain) if sized is not plain else (plain,):
+        validate = getattr(checked, "validate", None)
+        if callable(validate):
+            try:
+                validate()
+            except Exception as exc:  # noqa: BLE001  (huggingface_hub StrictDataclassClassValidationError, ...)
+                reason = str(exc).strip().splitlines()[-1].strip()
+                return None, f"{type(checked).__name__} refuses the pruned sizes: {reason}"
     return plain, None
 
 
@@ -364,7 +366,8 @@ def build_compact_model(model_class, config, dtype: Optional[torch.dtype] = None
         for b, size in zip(blocks, sizes):
             resize_block(b.module, b.spec, size, config)
             if "hidden" in size:  # hidden_mode="per_block": readers of the kept channels, CompactLinear writers
-                resize_block_hidden(b.module, b.spec, size["hidden"], getattr(config, b.spec.hidden_key))
+                resize_block_hidden(b.module, b.spec, size["hidden"],
+                                    getattr(b.spec.sized_config(config), b.spec.hidden_key))
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()
