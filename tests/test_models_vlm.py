@@ -187,6 +187,28 @@ def test_vlm_trains_with_the_trainer_callback(family, tmp_path):
     assert not torch.equal(get_state(model).group("heads", 0).mask_logits.detach(), before)
 
 
+@pytest.mark.parametrize("family", [f for f in ("llava", "qwen2_vl") if f in VLMS])
+def test_vlm_training_state_and_compact_for_training_keep_the_outputs(family, tmp_path):
+    """save/load_training_state on a fresh VLM gives the same model; compact_for_training (training at the kept
+    size) and then compact_model keep the masked model's outputs on image inputs."""
+    from masked_dora.models import compact_for_training, load_training_state, save_training_state
+
+    model = tiny_vlm(family)
+    prepare_model(model, MaskedDoRAConfig(**CONFIG))
+    randomize_adapters(model)
+    inputs = image_inputs(family)
+    save_training_state(model, str(tmp_path))
+    loaded = load_training_state(tiny_vlm(family), str(tmp_path))
+    harden(model)
+    harden(loaded)
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        assert rel_err(loaded(**inputs).logits, ref) < TOL
+        compact_for_training(model)
+        assert rel_err(model(**inputs).logits, ref) < TOL
+        assert rel_err(compact_model(model)(**inputs).logits, ref) < TOL
+
+
 @pytest.mark.parametrize("mode", ["global", "per_block"])
 def test_vlm_hidden_pruning_is_refused_before_anything_changes(mode):
     family = VLMS[0] if VLMS else pytest.skip("no VLM family in this transformers")
