@@ -25,7 +25,9 @@ def spec_for(model_or_config) -> ModelSpec:
     """The spec of a model (or config) by its ``config.model_type``; a clear error if there is none.
 
     Given a model without a spec, the error says which existing spec its module names match (one
-    :func:`register_spec` call away) or that none does.
+    :func:`register_spec` call away) or that none does. A vision-language model whose ``model_type`` has a
+    ``WrapperSpec`` (``WRAPPERS``) and no spec of its own gets its language model's spec, wrapped
+    (:func:`~masked_dora.models.spec_types.wrap_spec`).
     """
     config = getattr(model_or_config, "config", model_or_config)
     model_type = getattr(config, "model_type", None)
