@@ -23,7 +23,8 @@ from masked_dora.models.compact import LAYER_SIZES_KEY
 
 from helpers import rel_err
 from tiny_models import randomize_adapters, reload_plain_in_clean_process
-from tiny_vlms import FAMILIES, IMAGE_ID, available, image_inputs, text_inputs, tiny_vlm
+from tiny_vlms import (FAMILIES, IMAGE_ID, TEXT, available, image_inputs, text_inputs, tiny_llava_around,
+                       tiny_vlm)
 
 VLMS = [f for f in FAMILIES if available(f)]
 MISSING = [f for f in FAMILIES if not available(f)]
@@ -207,6 +208,50 @@ def test_vlm_training_state_and_compact_for_training_keep_the_outputs(family, tm
         compact_for_training(model)
         assert rel_err(model(**inputs).logits, ref) < TOL
         assert rel_err(compact_model(model)(**inputs).logits, ref) < TOL
+
+
+def test_vlm_reads_its_language_models_flags_from_the_text_config(tmp_path):
+    """A LLaVA around a Cohere with use_qk_norm, a flag of the text config (the LLaVA config has none): the
+    per-head q/k norm rows follow their heads into the compacted model, which reloads with plain transformers."""
+    import transformers
+
+    if "llava" not in VLMS or not hasattr(transformers, "CohereConfig"):
+        pytest.skip("this transformers has no LLaVA or Cohere")
+    model = tiny_llava_around(transformers.CohereConfig(**TEXT, use_qk_norm=True))
+    with torch.no_grad():  # every head's norm its own values (they start at ones: the wrong rows would pass)
+        for name, p in model.named_parameters():
+            if ".q_norm." in name or ".k_norm." in name:
+                p.copy_(1.0 + 0.5 * torch.randn(p.shape))
+    prepare_model(model, MaskedDoRAConfig(**CONFIG))
+    randomize_adapters(model)
+    harden(model)
+    inputs = image_inputs("llava")
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        small = compact_model(model)
+        assert rel_err(small(**inputs).logits, ref) < TOL
+    attention = small.model.language_model.layers[0].self_attn
+    assert tuple(attention.q_norm.weight.shape) == (2, 8) and tuple(attention.k_norm.weight.shape) == (1, 8)
+    small.save_pretrained(str(tmp_path))
+    with torch.no_grad():
+        reloaded = transformers.LlavaForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
+        assert rel_err(reloaded(**inputs).logits, ref) < TOL
+
+
+def test_vlm_refuses_what_its_language_models_config_refuses():
+    """A LLaVA config around a Falcon: the alibi flag that refuses a Falcon's heads is read from the text config
+    (the LLaVA config has none), and the blocks are looked up under the language model ("h")."""
+    import transformers
+
+    if not hasattr(transformers, "LlavaConfig"):
+        pytest.skip("this transformers has no LlavaConfig")
+    for alibi in (True, False):
+        config = transformers.LlavaConfig(text_config=dict(model_type="falcon", alibi=alibi))
+        spec = spec_for(config)
+        assert spec.layers == ("language_model.h",) and spec.name.startswith("llava+falcon")
+        reason = spec.refusal("heads", config)
+        assert (reason is not None and "alibi" in reason) if alibi else reason is None
+        assert spec.refusal("mlp", config) is None
 
 
 @pytest.mark.parametrize("mode", ["global", "per_block"])

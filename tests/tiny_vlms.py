@@ -47,8 +47,10 @@ def _qwen_patches(patch: int, grid=(1, 4, 4)) -> Callable:
     return pixels
 
 
-def _llava(t):
-    return t.LlavaConfig(text_config=t.LlamaConfig(**TEXT, head_dim=8).to_dict(),
+def _llava(t, text_config=None):
+    """LLaVA around a Llama (or ``text_config``: another language model's config, e.g. a Cohere)."""
+    text_config = t.LlamaConfig(**TEXT, head_dim=8) if text_config is None else text_config
+    return t.LlavaConfig(text_config=text_config.to_dict(),
                          vision_config=dict(VISION, model_type="clip_vision_model", image_size=28, patch_size=14,
                                             projection_dim=32),
                          image_token_id=IMAGE_ID, vision_feature_layer=-1,
@@ -147,6 +149,14 @@ def tiny_vlm(family: str, seed: int = 0):
             if p.dim() >= 2 and not p.any():
                 p.normal_(0.0, 0.05)
     return model
+
+
+def tiny_llava_around(text_config, seed: int = 0):
+    """A tiny LLaVA whose language model is built from ``text_config`` (its image inputs: ``"llava"``'s)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    return transformers.LlavaForConditionalGeneration(_llava(transformers, text_config)).eval()
 
 
 def text_inputs(n: int = 2, length: int = 10, seed: int = 1) -> dict:
