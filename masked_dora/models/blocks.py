@@ -120,9 +120,10 @@ def layer_config(config, layer: Optional[int]):
 
 
 def head_layout(config, spec: ModelSpec, layer: Optional[int] = None) -> HeadLayout:
-    """The head layout a config describes for block ``layer`` (see :func:`layer_config`; ``None``: the uniform
-    layout of a config whose layers all have it)."""
-    config = layer_config(config, layer)
+    """The head layout a config describes for block ``layer`` (a VLM's: its text config's,
+    ``ModelSpec.sized_config``; see :func:`layer_config`; ``None``: the uniform layout of a config whose layers all
+    have it)."""
+    config = layer_config(spec.sized_config(config), layer)
     hs = spec.heads
     heads = getattr(config, hs.heads_key, None)
     if heads is None:
@@ -140,7 +141,7 @@ def head_layout(config, spec: ModelSpec, layer: Optional[int] = None) -> HeadLay
 def per_head_modules(block: nn.Module, spec: ModelSpec, config) -> List[Tuple[PerHeadSpec, nn.Module]]:
     """The per-head modules (``HeadSpec.per_head``) that a block of a model with ``config`` has, paths checked."""
     return [(entry, _resolve(block, entry.path, "per-head module")) for entry in spec.heads.per_head
-            if entry.built_by(config)]
+            if entry.built_by(spec.sized_config(config))]
 
 
 def per_head_counts(entry: PerHeadSpec, module: nn.Module) -> List[int]:

@@ -62,7 +62,7 @@ def block_sizes(model, spec) -> List[Dict[str, int]]:
         # a block without the MoE spec's experts (Qwen3-MoE's mlp_only_layers; their MLP is never pruned) keeps
         # the config's width
         width = (mlp_width(b.module, b.spec) if holds_spec_mlp(b.module, b.spec)
-                 else getattr(model.config, b.spec.mlp.size_key))
+                 else getattr(b.spec.sized_config(model.config), b.spec.mlp.size_key))
         sizes.append(dict(intermediate=width, heads=hl.heads, kv_heads=hl.kv_heads, head_dim=hl.head_dim))
     return sizes
 
@@ -220,28 +220,29 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes, hid
     training). Such a model saves in the per-layer form.
     """
     plain = copy.deepcopy(config)
-    heterogeneous = bool(getattr(config, "is_heterogeneous", False))
+    text = stacks[0].sized_config(config)  # a VLM's text config (every stack of a family shares it)
+    heterogeneous = bool(getattr(text, "is_heterogeneous", False))
     values: Dict[str, int] = {}
     for stack in dict.fromkeys(stacks):
         mine = [i for i, s in enumerate(stacks) if s is stack]
         heads_changed = any((sizes[i]["heads"], sizes[i]["kv_heads"]) != (original[i]["heads"], original[i]["kv_heads"])
                             for i in mine)
         if heads_changed and heterogeneous:
-            return None, (f"{type(config).__name__} gives layers their own head counts (per_layer_config), which "
+            return None, (f"{type(text).__name__} gives layers their own head counts (per_layer_config), which "
                           f"one pruned count per key cannot say")
-        key = stack.mlp.size_key
-        if key and heterogeneous and key in (getattr(config, "per_layer_attributes", None) or ()):
+        width_key = stack.mlp.size_key
+        if width_key and heterogeneous and width_key in (getattr(text, "per_layer_attributes", None) or ()):
             if any(sizes[i]["intermediate"] != original[i]["intermediate"] for i in mine):
-                return None, (f"{type(config).__name__} gives layers their own {key!r} (per_layer_config), which one "
-                              f"pruned width cannot say")
-            key = ""
-        base = getattr(config, key) if key else None
+                return None, (f"{type(text).__name__} gives layers their own {width_key!r} (per_layer_config), which "
+                              f"one pruned width cannot say")
+            width_key = ""
+        base = getattr(text, width_key) if width_key else None
         terms = [_in_config_terms(sizes[i], original[i], base) for i in mine]
         if not all(t == terms[0] for t in terms):
             return None, "the layers keep different sizes"
         if int(terms[0]["intermediate"]) != terms[0]["intermediate"]:
-            return None, (f"the pruned MLP widths are not a whole multiple of {type(config).__name__}'s {key!r} in "
-                          f"the blocks it builds wider")
+            return None, (f"the pruned MLP widths are not a whole multiple of {type(text).__name__}'s "
+                          f"{width_key!r} in the blocks it builds wider")
         if heads_changed and stack.heads.head_dim_key is None:
             return None, (f"{type(config).__name__} derives the head size from {stack.hidden_key} / "
                           f"{stack.heads.heads_key}, so it cannot describe pruned heads")
@@ -257,22 +258,24 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes, hid
                           f"key sizes other modules too), so it cannot describe a pruned MLP")
         # (a heterogeneous config keeps its per-layer head counts: the global keys would override them)
         size = dict(sizes[mine[0]], intermediate=int(terms[0]["intermediate"]))
-        for key, value in _plain_sizes(stack, size, heads=not heterogeneous, mlp=bool(key)).items():
+        for key, value in _plain_sizes(stack, size, heads=not heterogeneous, mlp=bool(width_key)).items():
             if values.setdefault(key, value) != value:
                 return None, (f"{type(config).__name__}'s {key!r} sizes several stacks (the encoder and the decoder), "
                               f"which keep different sizes")
+    sized = stacks[0].sized_config(plain)
     for key, value in values.items():
-        setattr(plain, key, value)
+        setattr(sized, key, value)
     if hidden is not None:
         for stack in dict.fromkeys(stacks):
-            setattr(plain, stack.hidden_key, hidden)
-    validate = getattr(plain, "validate", None)
-    if callable(validate):
-        try:
-            validate()
-        except Exception as exc:  # noqa: BLE001  (huggingface_hub StrictDataclassClassValidationError, ValueError)
-            reason = str(exc).strip().splitlines()[-1].strip()
-            return None, f"{type(config).__name__} refuses the pruned sizes: {reason}"
+            setattr(sized, stack.hidden_key, hidden)
+    for checked in (sized, plain) if sized is not plain else (plain,):
+        validate = getattr(checked, "validate", None)
+        if callable(validate):
+            try:
+                validate()
+            except Exception as exc:  # noqa: BLE001  (huggingface_hub StrictDataclassClassValidationError, ...)
+                reason = str(exc).strip().splitlines()[-1].strip()
+                return None, f"{type(checked).__name__} refuses the pruned sizes: {reason}"
     return plain, None
 
 
@@ -401,7 +404,8 @@ def build_compact_model(model_class, config, dtype: Optional[torch.dtype] = None
         for b, size in zip(blocks, sizes):
             resize_block(b.module, b.spec, size, config, b.index)
             if "hidden" in size:  # hidden_mode="per_block": readers of the kept channels, CompactLinear writers
-                resize_block_hidden(b.module, b.spec, size["hidden"], getattr(config, b.spec.hidden_key))
+                resize_block_hidden(b.module, b.spec, size["hidden"],
+                                    getattr(b.spec.sized_config(config), b.spec.hidden_key))
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()

@@ -69,6 +69,9 @@ def hidden_refusal(model: nn.Module, spec, config) -> Optional[str]:
     """Why ``config`` cannot prune ``model``'s hidden dimension in ``hidden_mode="global"`` (``None``: it can);
     nothing is changed."""
     model_type = getattr(model.config, "model_type", "")
+    listed = spec.listed_refusal("hidden", model.config)  # before the LayerNorm test: a VLM's vision tower has some
+    if listed is not None:
+        return f"config.target_groups: 'hidden' cannot be pruned in a {model_type!r} model: {listed}"
     if _has_layer_norm(model):
         return (f"config.target_groups: 'hidden' cannot be pruned in a {model_type!r} model: its LayerNorms subtract "
                 f"the mean over the hidden width, which a zero (pruned) channel changes, so the compacted model "

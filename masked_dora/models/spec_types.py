@@ -39,6 +39,7 @@ one group, ``HiddenSpec``, :mod:`~masked_dora.models.hidden`; or one per block, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import replace as replace_dataclass
 from typing import Optional, Tuple
 
 from .hidden_spec import HIDDEN_UNCOVERED, PER_BLOCK_UNCOVERED, HiddenSpec, PerBlockHiddenSpec
@@ -201,6 +202,10 @@ class ModelSpec:
     # first_k_dense_replace): their MLP, a group of its own size key; such a block's spec is this one with
     # mlp=dense_mlp (:func:`masked_dora.models.blocks.block_spec`). None: the MLP of such blocks is refused
     dense_mlp: Optional[MLPSpec] = None
+    # a language model inside a multimodal model (a VLM; :class:`WrapperSpec`): the model config's attribute that
+    # holds the language model's config, where this spec's keys (sizes, head counts, flags) are read and the
+    # compacted sizes written; "": the model config itself
+    text_config: str = ""
 
     def __post_init__(self):
         if self.dense_mlp is not None and (not self.mlp.experts or self.dense_mlp.experts):
@@ -211,16 +216,66 @@ class ModelSpec:
     def applies_to(self, config) -> bool:
         return all(getattr(config, key, None) == value for key, value in self.when)
 
+    def sized_config(self, config):
+        """The config holding this spec's keys: ``config.<text_config>`` for a VLM's language model (given that
+        text config itself, or without a ``text_config``: ``config``)."""
+        if self.text_config and hasattr(config, self.text_config):
+            return getattr(config, self.text_config)
+        return config
+
+    def listed_refusal(self, kind: str, config) -> Optional[str]:
+        """Why ``unsupported`` refuses ``kind`` for a model with ``config`` (``None``: it does not)."""
+        config = self.sized_config(config)
+        for k, flag, reason in self.unsupported:
+            if k == kind and (not flag or getattr(config, flag, False)):
+                return reason
+        return None
+
     def refusal(self, kind: str, config, hidden_mode: str = "global") -> Optional[str]:
         """Why ``kind`` cannot be pruned in a model with ``config`` (``None``: it can); ``hidden_mode``: for
         ``kind="hidden"``, the mode asked for."""
-        model_type = getattr(config, "model_type", "")
+        listed = self.listed_refusal(kind, config)
+        if listed is not None:
+            return listed
+        model_type = getattr(self.sized_config(config), "model_type", "")
         if kind == "hidden" and hidden_mode == "per_block":
             spec = self.hidden_per_block
             return PER_BLOCK_UNCOVERED if spec is None else spec.refusal(model_type)
         if kind == "hidden":
             return HIDDEN_UNCOVERED if self.hidden is None else self.hidden.refusal(model_type)
-        for k, flag, reason in self.unsupported:
-            if k == kind and (not flag or getattr(config, flag, False)):
-                return reason
         return None
+
+
+@dataclass(frozen=True)
+class WrapperSpec:
+    """A multimodal model around a language model (a VLM: vision tower, projector, language model, LM head).
+
+    masked_dora prunes the language model's MLP channels and attention heads as the spec of its text config's
+    ``model_type`` says (:func:`masked_dora.models.specs.spec_for` wraps that spec: :func:`wrap_spec`), and leaves
+    the vision tower and the projector as they are. ``language_model``: the name of the language model module
+    (the last part of its qualified name: ``model.language_model`` in transformers 5's Gemma 3, LLaVA, Qwen-VL;
+    ``model.text_model`` in Idefics3/SmolVLM), under which the inner spec's block list is looked up (a vision
+    tower has a ``layers`` list of its own); ``text_config``: the model config's attribute holding the language
+    model's config (its sizes are read there, and the compacted ones written there).
+    """
+
+    language_model: str
+    text_config: str = "text_config"
+
+
+# the projector adds the image features into the language model's residual stream: pruning its channels would
+# need the projector's output rows cut too (a writer hidden pruning does not cover)
+VLM_HIDDEN = ("the vision projector writes image features into the language model's residual stream, which hidden "
+              "pruning does not cut (only the language model's own writers)")
+
+
+def wrap_spec(model_type: str, wrapper: WrapperSpec, inner: ModelSpec) -> ModelSpec:
+    """The spec of a ``model_type`` VLM whose language model has the spec ``inner``: its block lists under
+    ``wrapper.language_model``, its keys in ``config.<wrapper.text_config>``, hidden pruning refused."""
+    def wrap(spec: ModelSpec, name: str, model_types: Tuple[str, ...]) -> ModelSpec:
+        return replace_dataclass(
+            spec, name=name, model_types=model_types, when=(), text_config=wrapper.text_config,
+            layers=tuple(f"{wrapper.language_model}.{suffix}" for suffix in spec.layers),
+            hidden=None, hidden_per_block=None, unsupported=(("hidden", "", VLM_HIDDEN),) + tuple(spec.unsupported),
+            stacks=tuple(wrap(s, s.name, s.model_types) for s in spec.stacks))
+    return wrap(inner, f"{model_type}+{inner.name}", (model_type,))

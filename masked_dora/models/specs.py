@@ -6,24 +6,28 @@ The spec types are in :mod:`masked_dora.models.spec_types` (what a group is, per
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace as replace_dataclass
 from typing import Optional
 
 from torch import nn
 
-from .families import RENAMED_SPECS, SPECS
+from .families import RENAMED_SPECS, SPECS, WRAPPERS
 from .spec_types import (BLOCK_KINDS, GROUP_KINDS, HEAD_COUNTS, QKV_LAYOUTS, HeadSpec, MLPSpec, ModelSpec,
-                         PerHeadSpec)
+                         PerHeadSpec, WrapperSpec, wrap_spec)
 
 __all__ = ["BLOCK_KINDS", "GROUP_KINDS", "HEAD_COUNTS", "QKV_LAYOUTS", "HeadSpec", "MLPSpec", "ModelSpec",
-           "PerHeadSpec", "RENAMED_SPECS", "SPECS", "matching_specs", "register_spec", "spec_for"]
+           "PerHeadSpec", "RENAMED_SPECS", "SPECS", "WRAPPERS", "WrapperSpec", "matching_specs", "register_spec",
+           "spec_for"]
 
 
 def spec_for(model_or_config) -> ModelSpec:
     """The spec of a model (or config) by its ``config.model_type``; a clear error if there is none.
 
     Given a model without a spec, the error says which existing spec its module names match (one
-    :func:`register_spec` call away) or that none does.
+    :func:`register_spec` call away) or that none does. A vision-language model whose ``model_type`` has a
+    ``WrapperSpec`` (``WRAPPERS``) and no spec of its own gets its language model's spec, wrapped
+    (:func:`~masked_dora.models.spec_types.wrap_spec`).
     """
     config = getattr(model_or_config, "config", model_or_config)
     model_type = getattr(config, "model_type", None)
@@ -31,6 +35,8 @@ def spec_for(model_or_config) -> ModelSpec:
         raise TypeError(f"model: expected a transformers model or config with a model_type, "
                         f"got {type(model_or_config).__name__}")
     variants = [spec for spec in SPECS.values() if model_type in spec.model_types]
+    if not variants and model_type in WRAPPERS:
+        return _wrapped_spec_for(config, model_type, WRAPPERS[model_type])
     for spec in variants:
         if spec.applies_to(config):
             return spec
@@ -52,6 +58,26 @@ def spec_for(model_or_config) -> ModelSpec:
                 "HeadSpec(qkv=..., qkv_layout=...)), as are GPT-2's Conv1D layers and MoE experts packed into 3-D "
                 "parameters (MLPSpec(experts=...), see the 'mixtral' spec).")
     raise ValueError(msg)
+
+
+def _wrapped_spec_for(config, model_type: str, wrapper: WrapperSpec) -> ModelSpec:
+    """The spec of a VLM: its language model's (by the text config's ``model_type``), wrapped."""
+    text = getattr(config, wrapper.text_config, None)
+    if getattr(text, "model_type", None) is None:
+        raise ValueError(f"model: a {model_type!r} model prunes its language model, whose config "
+                         f"config.{wrapper.text_config} is missing (got {type(text).__name__})")
+    try:
+        inner = spec_for(text)
+    except ValueError as exc:
+        raise ValueError(f"model: this {model_type!r} model's language model (config.{wrapper.text_config}, "
+                         f"model_type {text.model_type!r}) has no spec: {exc}") from exc
+    return _cached_wrap(model_type, wrapper, inner)
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_wrap(model_type: str, wrapper: WrapperSpec, inner: ModelSpec) -> ModelSpec:
+    """One spec object per (VLM, language model spec): code comparing specs by identity sees one family."""
+    return wrap_spec(model_type, wrapper, inner)
 
 
 def matching_specs(model: nn.Module) -> list:

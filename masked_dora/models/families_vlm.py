@@ -1,0 +1,40 @@
+"""Vision-language models: which language model a VLM wraps (``VLM_WRAPPERS``), and the specs of the language
+models that only VLMs have; :mod:`masked_dora.models.families` adds them to the table.
+
+A VLM's outer ``model_type`` (``gemma3``, ``llava``, ``qwen2_vl``, ...) has no spec of its own: spec lookup finds
+its wrapper here, takes the spec of ``config.text_config.model_type`` (Llama, Mistral, Gemma 3's text model, the
+Qwen-VL text models below) and wraps it (:func:`masked_dora.models.spec_types.wrap_spec`): the blocks are those
+of the language model, the sizes are read from and written to the text config, the vision tower and the
+projector are left as they are, and hidden pruning is refused (the projector writes into the residual stream).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace as replace_dataclass
+from typing import Dict
+
+from .spec_types import ModelSpec, WrapperSpec
+
+# outer model_type -> where its language model is. transformers 5 nests it as model.language_model
+# (model.text_model in Idefics3/SmolVLM), a base model whose block list is "layers"
+VLM_WRAPPERS: Dict[str, WrapperSpec] = {
+    **{t: WrapperSpec(language_model="language_model") for t in (
+        "gemma3", "llava", "mistral3", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")},
+    **{t: WrapperSpec(language_model="text_model") for t in ("idefics3", "smolvlm")},
+}
+
+
+def vlm_text_specs(llama_style: dict) -> Dict[str, ModelSpec]:
+    """The specs of the language models only VLMs have, built on the ``llama`` spec's fields (``LLAMA_STYLE``)."""
+    return {
+        # Qwen2-VL / Qwen2.5-VL: Llama's modules (q/k/v biases, multimodal rotary positions per head dim), but the
+        # attention sets head_dim = hidden_size // num_attention_heads (no head_dim key) and checks it at build:
+        # pruned heads save in the per-layer form (load_compact), a pruned MLP alone plainly
+        "qwen2_vl_text": ModelSpec(name="qwen2_vl_text", model_types=("qwen2_vl_text", "qwen2_5_vl_text"), **dict(
+            llama_style, heads=replace_dataclass(llama_style["heads"], head_dim_key=None, attrs=(
+                ("num_heads", "heads"), ("num_key_value_heads", "kv_heads"), ("num_key_value_groups", "groups"))))),
+        # Qwen3-VL: Qwen3's attention (head_dim from the config, q/k norms over head_dim shared by all heads);
+        # the deepstack visual features are added to the residual stream of its first blocks, which MLP and head
+        # pruning leave full width (no hidden spec: refused)
+        "qwen3_vl_text": ModelSpec(name="qwen3_vl_text", model_types=("qwen3_vl_text",), **llama_style),
+    }

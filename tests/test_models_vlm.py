@@ -1,0 +1,275 @@
+"""Vision-language models (LLaVA, Gemma 3, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Mistral3, SmolVLM, Idefics3) end to end
+on tiny configs, as a user runs them.
+
+``prepare_model(vlm)`` prunes the language model's MLP channels and heads (the vision tower and the projector
+stay as they are) → one training step on image inputs → harden → compact → equal outputs (relative error) for
+text-only inputs and for inputs with ``pixel_values`` → save → reload (``load_compact``, and plain transformers
+in a process without masked_dora where the text config can express the sizes) → equal outputs and equal
+``generate()`` tokens, text-only and with an image. The Trainer with ``MaskedDoRACallback`` puts the penalty on
+the VLM's loss. Hidden pruning is refused (the projector writes into the residual stream).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from masked_dora.models import (MaskedDoRACallback, MaskedDoRAConfig, compact_model, get_state, harden, load_compact,
+                                prepare_model, spec_for)
+from masked_dora.models.blocks import find_layers
+from masked_dora.models.compact import LAYER_SIZES_KEY
+
+from helpers import rel_err
+from tiny_models import randomize_adapters, reload_plain_in_clean_process
+from tiny_vlms import (FAMILIES, IMAGE_ID, TEXT, available, image_inputs, text_inputs, tiny_llava_around,
+                       tiny_vlm)
+
+VLMS = [f for f in FAMILIES if available(f)]
+MISSING = [f for f in FAMILIES if not available(f)]
+CONFIG = dict(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5)
+TOL = 1e-5  # float32: the compacted model computes the kept channels' sums in another order
+
+
+@pytest.mark.parametrize("family", MISSING or ["-"])
+def test_vlm_families_this_transformers_lacks_are_reported(family):
+    if family == "-":
+        return
+    import transformers
+
+    pytest.skip(f"transformers {transformers.__version__} has no {FAMILIES[family].classes}: {family!r} is not tested")
+
+
+def _with_labels(inputs: dict) -> dict:
+    return dict(inputs, labels=inputs["input_ids"].masked_fill(inputs["input_ids"] == IMAGE_ID, -100))
+
+
+def _train_step(model, family: str) -> None:
+    """One optimizer step of the causal-LM loss on image inputs (adapters and mask logits)."""
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    model(**_with_labels(image_inputs(family))).loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+    torch.optim.SGD(params, lr=1e-2).step()
+    model.eval()
+
+
+def _outside_blocks(model, family: str) -> dict:
+    """Every tensor but the language model's blocks': the vision tower, the projector, the embeddings, the head."""
+    blocks = FAMILIES[family].language_model + ".layers."
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith(blocks)}
+
+
+def _generate(model, inputs: dict) -> torch.Tensor:
+    return model.generate(**_first_row(inputs), max_new_tokens=5, do_sample=False)
+
+
+def _first_row(inputs: dict) -> dict:
+    """Row 0 of a batch and its image (Qwen-VL: its grid's rows of the flattened patches)."""
+    if "image_grid_thw" not in inputs:
+        return {k: v[:1] for k, v in inputs.items()}
+    grid = inputs["image_grid_thw"][:1]
+    return {**{k: v[:1] for k, v in inputs.items()}, "pixel_values": inputs["pixel_values"][:int(grid.prod())]}
+
+
+def _chain(family: str, path: str) -> dict:
+    model = tiny_vlm(family)
+    before = _outside_blocks(model, family)
+    prepare_model(model, MaskedDoRAConfig(**CONFIG))
+    randomize_adapters(model)
+    _train_step(model, family)
+    harden(model)
+    inputs = {"text": text_inputs(), "image": image_inputs(family)}
+    with torch.no_grad():
+        ref = {k: model(**v).logits for k, v in inputs.items()}
+        small = compact_model(model)
+        out = {k: small(**v).logits for k, v in inputs.items()}
+    small.save_pretrained(path)
+    torch.save(inputs["image"], os.path.join(path, "inputs.pt"))
+    return dict(model=model, small=small, before=before, inputs=inputs, ref=ref, out=out, path=path)
+
+
+@pytest.fixture(scope="module")
+def chains(tmp_path_factory):
+    return {family: _chain(family, str(tmp_path_factory.mktemp(family))) for family in VLMS}
+
+
+@pytest.mark.parametrize("family", VLMS)
+def test_vlm_spec_is_its_language_models(family):
+    """The spec is the language model's (by the text config's model_type), its blocks the language model's
+    (not the vision tower's, which comes first and has a ``layers`` list too), its groups only there."""
+    model = tiny_vlm(family)
+    spec = spec_for(model)
+    assert spec.name == f"{model.config.model_type}+{spec_for(model.config.text_config).name}"
+    language_model = FAMILIES[family].language_model
+    assert find_layers(model, spec)[0] == language_model + ".layers"
+    prepare_model(model, MaskedDoRAConfig(**CONFIG))
+    wrapped = [n for n, m in model.named_modules() if type(m).__name__ == "MaskedDoRALinear"]
+    assert len(wrapped) == 2 * 7 and all(n.startswith(language_model + ".") for n in wrapped)
+    assert sorted(get_state(model).groups) == ["heads_0", "heads_1", "mlp_0", "mlp_1"]
+
+
+@pytest.mark.parametrize("family", VLMS)
+def test_vlm_compacts_saves_reloads_and_generates_equal(chains, family):
+    c = chains[family]
+    with torch.no_grad():  # the image reaches the logits (the image-input comparison is not a text-only one)
+        other = dict(c["inputs"]["image"], pixel_values=c["inputs"]["image"]["pixel_values"] + 1.0)
+        assert rel_err(c["model"](**other).logits, c["ref"]["image"]) > 1e-3
+    for kind in ("text", "image"):
+        assert rel_err(c["out"][kind], c["ref"][kind]) < TOL, kind
+    small, text = c["small"], c["small"].config.text_config
+    assert (text.intermediate_size, text.num_attention_heads, text.num_key_value_heads) == (32, 2, 1) or (
+        not FAMILIES[family].plain_heads and getattr(small.config, LAYER_SIZES_KEY) == [
+            dict(intermediate=32, heads=2, kv_heads=1, head_dim=8)] * 2)
+    assert get_state(c["model"]).save_form == ("plain" if FAMILIES[family].plain_heads else "per_layer")
+    # the vision tower, the projector, the embeddings and the LM head: the original model's, untouched
+    kept = _outside_blocks(small, family)
+    assert kept.keys() == c["before"].keys()
+    assert all(torch.equal(v, c["before"][k]) for k, v in kept.items())
+    reloaded = load_compact(c["path"])
+    with torch.no_grad():
+        for kind, inputs in c["inputs"].items():
+            assert rel_err(reloaded(**inputs).logits, c["ref"][kind]) < TOL, kind
+    for kind, inputs in c["inputs"].items():
+        assert torch.equal(_generate(reloaded, inputs), _generate(c["model"], inputs)), kind
+
+
+def test_plain_vlm_checkpoints_reload_with_plain_transformers(chains):
+    """The head-pruned VLMs whose text config has head_dim load with AutoModelForImageTextToText alone."""
+    import transformers
+
+    if not hasattr(transformers, "AutoModelForImageTextToText"):
+        pytest.skip("this transformers has no AutoModelForImageTextToText")
+    plain = [f for f in chains if FAMILIES[f].plain_heads]
+    if not plain:
+        pytest.skip("no plain VLM family in this transformers")
+    outputs = reload_plain_in_clean_process([(chains[f]["path"], "AutoModelForImageTextToText") for f in plain])
+    for family, out in zip(plain, outputs):
+        assert rel_err(out, chains[family]["ref"]["image"]) < TOL, family
+
+
+@pytest.mark.parametrize("family", [f for f in ("qwen2_vl", "qwen2_5_vl") if f in VLMS])
+def test_qwen_vl_mlp_pruning_alone_saves_plainly(family, tmp_path):
+    """Qwen2-VL's attention derives head_dim from the hidden size (pruned heads: the per-layer form); its
+    pruned MLP alone is a plain checkpoint, with the width in the text config."""
+    model = tiny_vlm(family)
+    prepare_model(model, MaskedDoRAConfig(**CONFIG, target_groups=("mlp",)))
+    assert get_state(model).save_form == "plain"
+    randomize_adapters(model)
+    harden(model)
+    inputs = image_inputs(family)
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        small = compact_model(model)
+    assert not hasattr(small.config, LAYER_SIZES_KEY) and small.config.text_config.intermediate_size == 32
+    small.save_pretrained(str(tmp_path))
+    reloaded = type(small).from_pretrained(str(tmp_path)).eval()
+    with torch.no_grad():
+        assert rel_err(reloaded(**inputs).logits, ref) < TOL
+
+
+@pytest.mark.parametrize("family", [f for f in ("llava", "gemma3") if f in VLMS])
+def test_vlm_trains_with_the_trainer_callback(family, tmp_path):
+    """The Trainer's loss is the VLM's: the callback's hook adds the penalty to it (the multipliers and the
+    mask logits move)."""
+    from transformers import Trainer, TrainingArguments
+
+    model = tiny_vlm(family)
+    prepare_model(model, MaskedDoRAConfig(**CONFIG))
+    inputs = _with_labels(image_inputs(family, n=4))
+    rows = [{k: v[i] for k, v in inputs.items()} for i in range(4)]
+    callback = MaskedDoRACallback(model, lambda_lr=0.5)
+    before = get_state(model).group("heads", 0).mask_logits.detach().clone()
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2,
+                             learning_rate=1e-2, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
+    Trainer(model=model, args=args, train_dataset=rows, callbacks=[callback]).train()
+    assert float(callback.mask_trainer.controller.controllers["heads"].lambda_1.detach()) != 0.0
+    assert not torch.equal(get_state(model).group("heads", 0).mask_logits.detach(), before)
+
+
+@pytest.mark.parametrize("family", [f for f in ("llava", "qwen2_vl") if f in VLMS])
+def test_vlm_training_state_and_compact_for_training_keep_the_outputs(family, tmp_path):
+    """save/load_training_state on a fresh VLM gives the same model; compact_for_training (training at the kept
+    size) and then compact_model keep the masked model's outputs on image inputs."""
+    from masked_dora.models import compact_for_training, load_training_state, save_training_state
+
+    model = tiny_vlm(family)
+    prepare_model(model, MaskedDoRAConfig(**CONFIG))
+    randomize_adapters(model)
+    inputs = image_inputs(family)
+    save_training_state(model, str(tmp_path))
+    loaded = load_training_state(tiny_vlm(family), str(tmp_path))
+    harden(model)
+    harden(loaded)
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        assert rel_err(loaded(**inputs).logits, ref) < TOL
+        compact_for_training(model)
+        assert rel_err(model(**inputs).logits, ref) < TOL
+        assert rel_err(compact_model(model)(**inputs).logits, ref) < TOL
+
+
+def test_vlm_reads_its_language_models_flags_from_the_text_config(tmp_path):
+    """A LLaVA around a Cohere with use_qk_norm, a flag of the text config (the LLaVA config has none): the
+    per-head q/k norm rows follow their heads into the compacted model, which reloads with plain transformers."""
+    import transformers
+
+    if "llava" not in VLMS or not hasattr(transformers, "CohereConfig"):
+        pytest.skip("this transformers has no LLaVA or Cohere")
+    model = tiny_llava_around(transformers.CohereConfig(**TEXT, use_qk_norm=True))
+    with torch.no_grad():  # every head's norm its own values (they start at ones: the wrong rows would pass)
+        for name, p in model.named_parameters():
+            if ".q_norm." in name or ".k_norm." in name:
+                p.copy_(1.0 + 0.5 * torch.randn(p.shape))
+    prepare_model(model, MaskedDoRAConfig(**CONFIG))
+    randomize_adapters(model)
+    harden(model)
+    inputs = image_inputs("llava")
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        small = compact_model(model)
+        assert rel_err(small(**inputs).logits, ref) < TOL
+    attention = small.model.language_model.layers[0].self_attn
+    assert tuple(attention.q_norm.weight.shape) == (2, 8) and tuple(attention.k_norm.weight.shape) == (1, 8)
+    small.save_pretrained(str(tmp_path))
+    with torch.no_grad():
+        reloaded = transformers.LlavaForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
+        assert rel_err(reloaded(**inputs).logits, ref) < TOL
+
+
+def test_vlm_refuses_what_its_language_models_config_refuses():
+    """A LLaVA config around a Falcon: the alibi flag that refuses a Falcon's heads is read from the text config
+    (the LLaVA config has none), and the blocks are looked up under the language model ("h")."""
+    import transformers
+
+    if not hasattr(transformers, "LlavaConfig"):
+        pytest.skip("this transformers has no LlavaConfig")
+    for alibi in (True, False):
+        config = transformers.LlavaConfig(text_config=dict(model_type="falcon", alibi=alibi))
+        spec = spec_for(config)
+        assert spec.layers == ("language_model.h",) and spec.name.startswith("llava+falcon")
+        reason = spec.refusal("heads", config)
+        assert (reason is not None and "alibi" in reason) if alibi else reason is None
+        assert spec.refusal("mlp", config) is None
+
+
+@pytest.mark.parametrize("mode", ["global", "per_block"])
+def test_vlm_hidden_pruning_is_refused_before_anything_changes(mode):
+    family = VLMS[0] if VLMS else pytest.skip("no VLM family in this transformers")
+    model = tiny_vlm(family)
+    config = MaskedDoRAConfig(**dict(CONFIG, target_groups=("mlp", "heads", "hidden")), hidden_mode=mode)
+    with pytest.raises(ValueError, match=r"'hidden' .*cannot be pruned in a '\w+' model: the vision projector"):
+        prepare_model(model, config)
+    assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
+
+
+def test_vlm_whose_language_model_has_no_spec_is_refused_naming_it():
+    import transformers
+
+    if not hasattr(transformers, "LlavaConfig"):
+        pytest.skip("this transformers has no LlavaConfig")
+    config = transformers.LlavaConfig(text_config={"model_type": "mamba"})
+    with pytest.raises(ValueError, match=r"'llava' model's language model \(config.text_config, model_type "
+                                         r"'mamba'\) has no spec"):
+        spec_for(config)

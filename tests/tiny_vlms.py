@@ -1,0 +1,182 @@
+"""Tiny random vision-language models (built from configs, no download, no processor) and their inputs.
+
+Each family: a language model of 2 blocks, hidden 32, 4 query / 2 KV heads of 8, MLP 64, vocabulary 128; a
+vision tower of 2 layers, hidden 32, and a tiny image (28-56 px) that the model turns into ``IMAGE_TOKENS``
+placeholder tokens (id ``IMAGE_ID``) of ``input_ids``. The inputs are built by hand as the model's processor
+would: the image token repeated as many times as the image has features, ``pixel_values`` in the layout the
+vision tower reads (Qwen-VL: flattened patches with ``image_grid_thw``; Mistral3: ``image_sizes``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict
+
+import torch
+
+VOCAB, IMAGE_ID, IMAGE_TOKENS = 128, 100, 4
+TEXT = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+
+
+@dataclass(frozen=True)
+class TinyVLM:
+    """A family: its transformers classes, its config (``config(t)``, ``t`` the transformers module) and its
+    image inputs for a batch of ``n`` (``pixels(n, generator)``: the keyword arguments besides ``input_ids``)."""
+
+    classes: tuple  # (config class, model class): the test skips where this transformers lacks one
+    config: Callable
+    pixels: Callable
+    plain_heads: bool  # whether the config can say pruned heads (head_dim), so the head-pruned model saves plainly
+    language_model: str = "model.language_model"  # the qualified name of the language model
+
+
+def _square_images(size: int) -> Callable:
+    return lambda n, gen: {"pixel_values": torch.randn(n, 3, size, size, generator=gen)}
+
+
+def _qwen_patches(patch: int, grid=(1, 4, 4)) -> Callable:
+    """Qwen-VL's flattened patches: per image t*h*w rows of 3 * temporal_patch (2) * patch * patch; 2x2 patches
+    merge into one token, so a 1x4x4 grid gives 4 image tokens."""
+    t, h, w = grid
+
+    def pixels(n, gen):
+        return {"pixel_values": torch.randn(n * t * h * w, 3 * 2 * patch * patch, generator=gen),
+                "image_grid_thw": torch.tensor([list(grid)] * n)}
+    return pixels
+
+
+def _llava(t, text_config=None):
+    """LLaVA around a Llama (or ``text_config``: another language model's config, e.g. a Cohere)."""
+    text_config = t.LlamaConfig(**TEXT, head_dim=8) if text_config is None else text_config
+    return t.LlavaConfig(text_config=text_config.to_dict(),
+                         vision_config=dict(VISION, model_type="clip_vision_model", image_size=28, patch_size=14,
+                                            projection_dim=32),
+                         image_token_id=IMAGE_ID, vision_feature_layer=-1,
+                         vision_feature_select_strategy="default")  # 2x2 patches, the CLS token dropped: 4 tokens
+
+
+def _gemma3(t):
+    return t.Gemma3Config(text_config=dict(TEXT, head_dim=8, sliding_window=8, model_type="gemma3_text"),
+                          vision_config=dict(VISION, image_size=32, patch_size=16),  # 2x2 patches
+                          mm_tokens_per_image=IMAGE_TOKENS, image_token_index=IMAGE_ID, boi_token_index=101,
+                          eoi_token_index=102)
+
+
+def _qwen2_vl(t):
+    return t.Qwen2VLConfig(text_config=dict(TEXT, rope_parameters=dict(rope_type="default", rope_theta=10000.0,
+                                                                       mrope_section=[1, 1, 2])),
+                           vision_config=dict(depth=2, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2,
+                                              patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
+                           image_token_id=IMAGE_ID, video_token_id=101, vision_start_token_id=102)
+
+
+def _qwen2_5_vl(t):
+    return t.Qwen2_5_VLConfig(text_config=dict(TEXT, rope_parameters=dict(rope_type="default", rope_theta=10000.0,
+                                                                          mrope_section=[1, 1, 2])),
+                              vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4,
+                                                 out_hidden_size=32, patch_size=14, window_size=56,
+                                                 fullatt_block_indexes=[1]),
+                              image_token_id=IMAGE_ID, video_token_id=101, vision_start_token_id=102)
+
+
+def _qwen3_vl(t):
+    return t.Qwen3VLConfig(text_config=dict(TEXT, head_dim=8, rope_parameters=dict(rope_type="default",
+                                                                                  rope_theta=10000.0,
+                                                                                  mrope_section=[1, 1, 2])),
+                           vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4,
+                                              out_hidden_size=32, patch_size=16, num_position_embeddings=16,
+                                              deepstack_visual_indexes=[0]),
+                           image_token_id=IMAGE_ID, video_token_id=101, vision_start_token_id=102)
+
+
+def _mistral3(t):
+    return t.Mistral3Config(text_config=dict(TEXT, head_dim=8, model_type="mistral"),
+                            vision_config=dict(VISION, model_type="pixtral", image_size=56, patch_size=14),
+                            image_token_index=IMAGE_ID, spatial_merge_size=2)  # 4x4 patches, merged 2x2: 4 tokens
+
+
+def _sized_images(size: int) -> Callable:
+    """Mistral3 (Pixtral): square images with their sizes."""
+    return lambda n, gen: {"pixel_values": torch.randn(n, 3, size, size, generator=gen),
+                           "image_sizes": torch.tensor([[size, size]] * n)}
+
+
+def _idefics3(config_class: str) -> Callable:
+    """Idefics3 / SmolVLM: 4x4 patches, pixel-shuffled by 2: 4 tokens."""
+    return lambda t: getattr(t, config_class)(text_config=dict(TEXT, head_dim=8, model_type="llama"),
+                                              vision_config=dict(VISION, image_size=56, patch_size=14),
+                                              scale_factor=2, image_token_id=IMAGE_ID)
+
+
+def _image_lists(size: int) -> Callable:
+    """Idefics3 / SmolVLM: one image per row, (rows, images, 3, size, size)."""
+    return lambda n, gen: {"pixel_values": torch.randn(n, 1, 3, size, size, generator=gen)}
+
+
+FAMILIES: Dict[str, TinyVLM] = {
+    "llava": TinyVLM(("LlavaConfig", "LlavaForConditionalGeneration"), _llava, _square_images(28), True),
+    "gemma3": TinyVLM(("Gemma3Config", "Gemma3ForConditionalGeneration"), _gemma3, _square_images(32), True),
+    # Qwen2-VL's attention sets head_dim = hidden_size // heads: pruned heads save in the per-layer form
+    "qwen2_vl": TinyVLM(("Qwen2VLConfig", "Qwen2VLForConditionalGeneration"), _qwen2_vl, _qwen_patches(14), False),
+    "qwen2_5_vl": TinyVLM(("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration"), _qwen2_5_vl,
+                          _qwen_patches(14), False),
+    "qwen3_vl": TinyVLM(("Qwen3VLConfig", "Qwen3VLForConditionalGeneration"), _qwen3_vl, _qwen_patches(16), True),
+    "mistral3": TinyVLM(("Mistral3Config", "Mistral3ForConditionalGeneration"), _mistral3, _sized_images(56), True),
+    "smolvlm": TinyVLM(("SmolVLMConfig", "SmolVLMForConditionalGeneration"), _idefics3("SmolVLMConfig"),
+                       _image_lists(56), True, language_model="model.text_model"),
+    "idefics3": TinyVLM(("Idefics3Config", "Idefics3ForConditionalGeneration"), _idefics3("Idefics3Config"),
+                        _image_lists(56), True, language_model="model.text_model"),
+}
+
+
+def available(family: str) -> bool:
+    import transformers
+
+    return all(hasattr(transformers, name) for name in FAMILIES[family].classes)
+
+
+def tiny_vlm(family: str, seed: int = 0):
+    """The tiny ``family`` VLM (random weights, eval mode)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    tiny = FAMILIES[family]
+    model = getattr(transformers, tiny.classes[1])(tiny.config(transformers)).eval()
+    with torch.no_grad():  # weights initialised to 0 (Gemma 3's mm_input_projection_weight) would drop the image
+        for p in model.parameters():
+            if p.dim() >= 2 and not p.any():
+                p.normal_(0.0, 0.05)
+    return model
+
+
+def tiny_llava_around(text_config, seed: int = 0):
+    """A tiny LLaVA whose language model is built from ``text_config`` (its image inputs: ``"llava"``'s)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    return transformers.LlavaForConditionalGeneration(_llava(transformers, text_config)).eval()
+
+
+def text_inputs(n: int = 2, length: int = 10, seed: int = 1) -> dict:
+    """Text only: ids among the ordinary tokens (3..99, below the image and special tokens)."""
+    gen = torch.Generator().manual_seed(seed)
+    return {"input_ids": torch.randint(3, IMAGE_ID, (n, length), generator=gen)}
+
+
+def image_inputs(family: str, n: int = 2, seed: int = 2) -> dict:
+    """``n`` rows of 3 text tokens, one image (``IMAGE_TOKENS`` image tokens) and 3 text tokens, with the
+    image's pixels."""
+    import inspect
+
+    import transformers
+
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, IMAGE_ID, (n, 6 + IMAGE_TOKENS), generator=gen)
+    ids[:, 3:3 + IMAGE_TOKENS] = IMAGE_ID
+    inputs = {"input_ids": ids, **FAMILIES[family].pixels(n, gen)}
+    forward = getattr(transformers, FAMILIES[family].classes[1]).forward
+    if "mm_token_type_ids" in inspect.signature(forward).parameters:  # newer Qwen-VL: which tokens are image ones
+        inputs["mm_token_type_ids"] = (ids == IMAGE_ID).long()
+    return inputs
