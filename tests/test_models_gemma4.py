@@ -86,3 +86,66 @@ def test_per_layer_widths_save_and_load_compact_with_the_per_layer_heads(tmp_pat
     small.save_pretrained(tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(output_tensor(load_compact(str(tmp_path))(**inputs)), ref, rtol=1e-4, atol=1e-5)
+
+
+def _gemma4_vlm():
+    """A tiny Gemma 4 VLM (``Gemma4ForConditionalGeneration``, no audio tower) around the ``gemma4_text`` language
+    model, and its image inputs: 36 patches of 4 x 4 pixels (a 6 x 6 grid with its positions), pooled 3 x 3 into
+    4 image tokens."""
+    import transformers as t
+
+    from tiny_family_table import TABLE
+    from tiny_vlms import IMAGE_ID, IMAGE_TOKENS
+
+    text = dict(TABLE["gemma4_text"].config, vocab_size=128, vocab_size_per_layer_input=128, model_type="gemma4_text")
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=4, head_dim=8, pooling_kernel_size=3, patch_size=4, position_embedding_size=64)
+    torch.manual_seed(0)
+    model = t.Gemma4ForConditionalGeneration(t.Gemma4Config(
+        text_config=text, vision_config=vision, audio_config=None, image_token_id=IMAGE_ID, boi_token_id=101,
+        eoi_token_id=102, video_token_id=103)).eval()
+    gen = torch.Generator().manual_seed(2)
+    ids = torch.randint(3, IMAGE_ID, (2, 6 + IMAGE_TOKENS), generator=gen)
+    ids[:, 3:3 + IMAGE_TOKENS] = IMAGE_ID
+    ys, xs = torch.meshgrid(torch.arange(6), torch.arange(6), indexing="ij")
+    inputs = dict(input_ids=ids, pixel_values=torch.randn(2, 36, 3 * 4 * 4, generator=gen),
+                  image_position_ids=torch.stack([xs.flatten(), ys.flatten()], -1).expand(2, 36, 2).clone())
+    return model, inputs
+
+
+@pytest.mark.skipif(not hasattr(__import__("transformers"), "Gemma4ForConditionalGeneration"),
+                    reason="this transformers has no Gemma 4 VLM")
+def test_the_gemma4_vlm_prunes_its_language_model_and_reloads_plainly(tmp_path):
+    from tiny_models import reload_plain_in_clean_process
+    from tiny_vlms import text_inputs
+
+    model, image = _gemma4_vlm()
+    assert spec_for(model).name == "gemma4+gemma4_text"
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), rank=4, alignment={"mlp": 8}, importance="none",
+                                          target_sparsity=0.5))
+    assert all(n.startswith("model.language_model.") for n, m in model.named_modules()
+               if type(m).__name__ == "MaskedDoRALinear")
+    randomize_adapters(model)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    model(**image, labels=image["input_ids"]).loss.backward()
+    torch.optim.SGD(params, lr=1e-2).step()
+    model.eval()
+    harden(model)
+    inputs = {"text": text_inputs(), "image": image}
+    with torch.no_grad():
+        ref = {k: model(**v).logits for k, v in inputs.items()}
+        other = dict(image, pixel_values=image["pixel_values"] + 1.0)
+        assert (model(**other).logits - ref["image"]).abs().max() > 1e-3  # the image reaches the logits
+        small = compact_model(model)
+        for kind, v in inputs.items():
+            torch.testing.assert_close(small(**v).logits, ref[kind], rtol=1e-4, atol=1e-5)
+    assert small.config.text_config.intermediate_size == 32 and get_state(model).save_form == "plain"
+    assert [layer.mlp.gate_proj.out_features for layer in small.model.language_model.layers] == [32, 32, 64, 64]
+    small.save_pretrained(tmp_path)
+    torch.save(image, tmp_path / "inputs.pt")
+    reloaded, = reload_plain_in_clean_process([(str(tmp_path), "AutoModelForImageTextToText")])
+    torch.testing.assert_close(reloaded, ref["image"], rtol=1e-4, atol=1e-5)
+    first = {k: v[:1] for k, v in image.items()}
+    gen = dict(max_new_tokens=5, do_sample=False)
+    assert torch.equal(load_compact(str(tmp_path)).generate(**first, **gen), model.generate(**first, **gen))

@@ -19,7 +19,7 @@ from .spec_types import ModelSpec, WrapperSpec
 # (model.text_model in Idefics3/SmolVLM), a base model whose block list is "layers"
 VLM_WRAPPERS: Dict[str, WrapperSpec] = {
     **{t: WrapperSpec(language_model="language_model") for t in (
-        "gemma3", "llava", "mistral3", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")},
+        "gemma3", "gemma4", "llava", "mistral3", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")},
     **{t: WrapperSpec(language_model="text_model") for t in ("idefics3", "smolvlm")},
 }
 
