@@ -25,6 +25,15 @@ TINY = {
     # ViT, DeiT: pruned heads save plain (the attention reads head_dim from the config)
     "vit": TinyFamily(("ViTConfig", "ViTModel", "ViTModel"), _VIT, auto="AutoModel", inputs="pixel_values"),
     "deit": TinyFamily(("DeiTConfig", "DeiTModel", "DeiTModel"), _VIT, auto="AutoModel", inputs="pixel_values"),
+    # DINOv2: GELU MLP (mlp_ratio 2) or SwiGLU (mlp_ratio 3: 2/3 of 96, rounded up to 8 = 64); layer scales
+    "dinov2": TinyFamily(("Dinov2Config", "Dinov2Model", "Dinov2Model"), dict(_VIT, mlp_ratio=2), auto="AutoModel",
+                         inputs="pixel_values"),
+    "dinov2-swiglu": TinyFamily(("Dinov2Config", "Dinov2Model", "Dinov2Model"),
+                                dict(_VIT, mlp_ratio=3, use_swiglu_ffn=True), auto="AutoModel",
+                                inputs="pixel_values"),
+    "dinov2-registers": TinyFamily(("Dinov2WithRegistersConfig", "Dinov2WithRegistersModel",
+                                    "Dinov2WithRegistersModel"), dict(_VIT, mlp_ratio=2, num_register_tokens=2),
+                                   auto="AutoModel", inputs="pixel_values"),
     "clip-vision": TinyFamily(("CLIPVisionConfig", "CLIPVisionModel", "CLIPVisionModel"), _IMAGES,
                               auto="CLIPVisionModel", inputs="pixel_values"),
     # its attention-pooling head (vision_use_head) keeps its own MLP of intermediate_size

@@ -1,6 +1,6 @@
-"""Family specs of image and speech encoders (ViT, DeiT, CLIP / SigLIP towers, Wav2Vec2, HuBERT), merged into the
-shipped table (:data:`masked_dora.models.families.SPECS`). Whisper's encoder-decoder has BART's modules and keys:
-it is in the ``bart`` spec of that table.
+"""Family specs of image and speech encoders (ViT, DeiT, DINOv2, CLIP / SigLIP towers, Wav2Vec2, HuBERT), merged
+into the shipped table (:data:`masked_dora.models.families.SPECS`). Whisper's encoder-decoder has BART's modules and
+keys: it is in the ``bart`` spec of that table.
 
 Their blocks are a text encoder's (pre- or post-LN attention and a two-layer MLP); only the model's input differs
 (``pixel_values``, ``input_values``), which the specs never see. None of these attentions holds anything per head
@@ -54,10 +54,42 @@ WAV2VEC2 = dict(
                    attrs=(("num_heads", "heads"),)),
 )
 
+
+
+def _dinov2(swiglu: bool, layout: str) -> ModelSpec:
+    """DINOv2 (and with registers): encoder.layer blocks whose module names follow the transformers release
+    (``layout``: "q_proj" in 5.2x, attention.q/k/v/o_proj and a SwiGLU gate/up/down_proj; "query" in 5.17,
+    BERT's attention.attention.query/key/value with attention.output.dense and a fused SwiGLU weights_in rows
+    [gate | up]); ``swiglu``: its config's use_swiglu_ffn. The MLP width follows from the float mlp_ratio, no key
+    says it: a pruned MLP saves in the per-layer form. The layer scales (lambda1/lambda2) are over the hidden size,
+    after the attention output and the MLP, so they do not see pruned units."""
+    if layout == "q_proj":  # its attention reads head_dim from the config when it has one: pruned heads save plain
+        heads = HeadSpec(query="attention.q_proj", key="attention.k_proj", value="attention.v_proj",
+                         output="attention.o_proj", heads_key="num_attention_heads", head_dim_key="head_dim",
+                         attention="attention", attrs=(("num_attention_heads", "heads"),))
+        mlp = (MLPSpec(producers=("mlp.gate_proj", "mlp.up_proj"), consumer="mlp.down_proj", size_key="")
+               if swiglu else MLPSpec(producers=("mlp.fc1",), consumer="mlp.fc2", size_key=""))
+    else:
+        heads = HeadSpec(query="attention.attention.query", key="attention.attention.key",
+                         value="attention.attention.value", output="attention.output.dense",
+                         heads_key="num_attention_heads", attention="attention.attention",
+                         attrs=(("num_attention_heads", "heads"), ("all_head_size", "width")))
+        mlp = (MLPSpec(producers=("mlp.weights_in",), consumer="mlp.weights_out", size_key="", segments=(2,))
+               if swiglu else MLPSpec(producers=("mlp.fc1",), consumer="mlp.fc2", size_key=""))
+    return ModelSpec(name=f"dinov2-{layout}" + ("-swiglu" if swiglu else ""),
+                     model_types=("dinov2", "dinov2_with_registers"), layers=("encoder.layer",),
+                     hidden_key="hidden_size", mlp=mlp, heads=heads, when=(("use_swiglu_ffn", swiglu),),
+                     when_modules=(heads.query,))
+
+
+DINOV2 = {spec.name: spec for spec in (_dinov2(swiglu, layout) for layout in ("q_proj", "query")
+                                       for swiglu in (False, True))}
+
 VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
     "vit": ModelSpec(name="vit", model_types=("vit", "deit"), **VIT),
     "clip-tower": ModelSpec(name="clip-tower", model_types=("clip_vision_model", "clip_text_model",
                                                             "siglip_text_model"), **CLIP_TOWER),
     "siglip-vision": ModelSpec(name="siglip-vision", model_types=("siglip_vision_model",), **SIGLIP_VISION),
     "wav2vec2": ModelSpec(name="wav2vec2", model_types=("wav2vec2", "hubert"), **WAV2VEC2),
+    **DINOV2,  # dinov2-q_proj, dinov2-q_proj-swiglu, dinov2-query, dinov2-query-swiglu
 }
