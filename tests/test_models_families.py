@@ -42,12 +42,12 @@ def test_table_families_this_transformers_lacks_are_reported(family):
     pytest.skip(f"transformers {transformers.__version__} has no {TABLE[family].classes}: {family!r} is not tested")
 
 
-def _train_step(model):
+def _train_step(model, family):
     """One optimizer step on the adapters and mask logits (the training path, not just prepare)."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-2)
-    out = output_tensor(model(**tiny_inputs()))
+    out = output_tensor(model(**tiny_inputs(family=family)))
     out.float().pow(2).mean().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
     opt.step()
@@ -59,9 +59,9 @@ def _run_chain(family, groups, path):
     prepare_model(model, MaskedDoRAConfig(target_groups=groups, rank=4, alignment={"mlp": 8}, importance="none",
                                           target_sparsity=0.5, **prune_kwargs(family)))
     randomize_adapters(model)
-    _train_step(model)
+    _train_step(model, family)
     harden(model)
-    inputs = tiny_inputs()
+    inputs = tiny_inputs(family=family)
     with torch.no_grad():
         ref = output_tensor(model(**inputs))
         small = compact_model(model)
@@ -104,11 +104,16 @@ def test_family_compacts_saves_reloads_and_generates_equal(chains, family):
                          if not any(k in n for k in ("lora_", "magnitude", "mask_logits")))
     reloaded = load_compact(path)  # loads both forms (the plain one is also checked without masked_dora below)
     with torch.no_grad():
-        torch.testing.assert_close(output_tensor(reloaded(**tiny_inputs())), ref, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(output_tensor(reloaded(**tiny_inputs(family=family))), ref, rtol=1e-4, atol=1e-5)
+    gen = dict(max_new_tokens=6, do_sample=False)
     if family in DECODER_LMS:
         ids = tiny_inputs()["input_ids"][:1]
-        gen = dict(max_new_tokens=6, do_sample=False)
         assert torch.equal(reloaded.generate(ids, **gen), model.generate(ids, **gen))
+    if family in TABLE_FAMILIES and TABLE_FAMILIES[family].seq2seq:  # from the encoder's input (Whisper's audio)
+        kind = TABLE_FAMILIES[family].inputs
+        source = {kind: tiny_inputs(family=family)[kind][:1]}
+        tokens = model.generate(**source, **gen)
+        assert tokens.shape[1] > 1 and torch.equal(reloaded.generate(**source, **gen), tokens)
 
 
 def test_plain_checkpoints_reload_with_plain_transformers(chains):

@@ -32,7 +32,7 @@ def test_pruned_model_equals_masked_model(family, gqa):
             _prepared(family, kind="lm", gqa=gqa)
         return
     model = _prepared(family, kind="lm", gqa=gqa)
-    ref, small, out = harden_and_compact(model)
+    ref, small, out = harden_and_compact(model, family)
     # every layer is a plain nn.Linear of the new sizes
     assert not any(type(m).__name__ == "MaskedDoRALinear" for m in small.modules())
     assert not hasattr(small, "masked_dora")

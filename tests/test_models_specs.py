@@ -37,7 +37,7 @@ def test_unknown_architecture_names_what_is_missing():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_prepare_is_identity_with_every_unit_kept(family):
     model = tiny_model(family)
-    inputs = tiny_inputs()
+    inputs = tiny_inputs(family=family)
     with torch.no_grad():
         ref = output_tensor(model(**inputs))
     prepare_model(model, MaskedDoRAConfig(**SMALL, **prune_kwargs(family)))

@@ -16,6 +16,9 @@ from typing import Dict, Tuple
 import transformers
 
 
+INPUT_KINDS = ("input_ids", "pixel_values", "input_values", "input_features")
+
+
 @dataclass(frozen=True)
 class TinyFamily:
     """One tiny family: its classes, its config, and what it prunes."""
@@ -27,6 +30,17 @@ class TinyFamily:
     heads: bool = True             # False: the spec refuses its heads, and the chain prunes the MLP only
     auto: str = ""                 # the Auto class a plain reload uses (default: causal LM or masked LM)
     prune: dict = field(default_factory=dict)  # MaskedDoRAConfig arguments its heads need (besides gqa)
+    # the model's main input, which tiny_models.tiny_inputs builds from the config (INPUT_KINDS): token ids (with an
+    # attention mask), images (pixel_values: batch x num_channels x image_size^2), raw audio (input_values: batch x
+    # 400 samples) or log-mel features (input_features: batch x num_mel_bins x 2 * max_source_positions frames)
+    inputs: str = "input_ids"
+    # an encoder-decoder whose forward needs decoder_input_ids (tiny_inputs adds them); the family chain compares
+    # generate() from the main input after the reload
+    seq2seq: bool = False
+
+    def __post_init__(self):
+        if self.inputs not in INPUT_KINDS:
+            raise ValueError(f"TinyFamily.inputs: expected one of {INPUT_KINDS}, got {self.inputs!r}")
 
     def available(self) -> bool:
         return all(hasattr(transformers, name) for name in self.classes)

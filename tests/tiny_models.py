@@ -186,12 +186,34 @@ def lm_batches(n: int = 4, seed: int = 0):
     return out
 
 
-def tiny_inputs(batch: int = 2, seq: int = 9, seed: int = 1):
+def tiny_inputs(batch: int = 2, seq: int = 9, seed: int = 1, family: str = ""):
+    """Inputs of the tiny models: token ids (``seq`` of them, the first row padded by 2) with their attention mask;
+    for a ``family`` of the table (:mod:`tiny_family_table`), its kind of input (``TinyFamily.inputs``: images,
+    audio samples or log-mel features, random normal, of the sizes its tiny config reads), with decoder inputs (the
+    first 4 token ids) for an encoder-decoder that needs them (``TinyFamily.seq2seq``)."""
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, 97, (batch, seq), generator=gen)
     mask = torch.ones_like(ids)
     mask[0, -2:] = 0  # some padding
-    return {"input_ids": ids, "attention_mask": mask}
+    entry = TABLE_FAMILIES.get(family)
+    if entry is None or entry.inputs == "input_ids":
+        inputs = {"input_ids": ids, "attention_mask": mask}
+    else:
+        inputs = {entry.inputs: _signal(entry.inputs, tiny_config(family), batch, gen)}
+    if entry is not None and entry.seq2seq:
+        inputs["decoder_input_ids"] = ids[:, :4]
+    return inputs
+
+
+def _signal(kind: str, config, batch: int, gen: torch.Generator) -> torch.Tensor:
+    """A random batch of non-text inputs of ``kind`` sized by ``config``."""
+    if kind == "pixel_values":
+        shape = (batch, config.num_channels, config.image_size, config.image_size)
+    elif kind == "input_values":  # raw audio: 400 samples
+        shape = (batch, 400)
+    else:  # input_features: Whisper's encoder wants exactly 2 * max_source_positions mel frames
+        shape = (batch, config.num_mel_bins, 2 * config.max_source_positions)
+    return torch.randn(shape, generator=gen)
 
 
 def output_tensor(out) -> torch.Tensor:
@@ -202,13 +224,13 @@ def output_tensor(out) -> torch.Tensor:
     raise TypeError(f"no logits or last_hidden_state in {type(out).__name__}")
 
 
-def harden_and_compact(model):
+def harden_and_compact(model, family: str = ""):
     """Harden, then the masked model's outputs, the compact model and its outputs on the same inputs
-    (:func:`tiny_inputs`)."""
+    (:func:`tiny_inputs` of ``family``)."""
     from masked_dora.models import compact_model, harden
 
     harden(model)
-    inputs = tiny_inputs()
+    inputs = tiny_inputs(family=family)
     with torch.no_grad():
         ref = output_tensor(model(**inputs))
         small = compact_model(model)

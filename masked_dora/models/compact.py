@@ -395,7 +395,7 @@ def build_compact_model(model_class, config, dtype: Optional[torch.dtype] = None
     model = model_class(config)
     sizes = getattr(config, LAYER_SIZES_KEY, None)
     if sizes:
-        blocks = model_blocks(model, spec_for(config))
+        blocks = model_blocks(model, spec_for(model))  # the model: a spec may follow its module names
         first = [b for b in blocks if b.spec.stack == blocks[0].spec.stack]
         if len(sizes) == len(first) < len(blocks):  # written when only the first stack (the encoder) was pruned
             blocks = first

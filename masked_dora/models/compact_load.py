@@ -32,47 +32,71 @@ def _read_safetensors(path: str) -> Dict[str, torch.Tensor]:
     return out
 
 
-def _saved_layout(model: nn.Module, key: str, shape) -> Optional[Dict[str, torch.Tensor]]:
-    """``{name save_pretrained writes: the flat indices of the elements of ``key`` it holds}``, or ``None``.
+def _saved_layout(model: nn.Module, shapes: Dict[str, tuple]) -> Optional[Dict[str, torch.Tensor]]:
+    """``{name save_pretrained writes: the indices of the elements it holds}`` for the parameters ``shapes``
+    (name: shape), their elements numbered one after another (the first parameter's from 0), or ``None``.
 
     transformers 5 saves some parameters in their original hub layout: renamed (GPT-NeoX's ``embed_out``),
-    or split (an MoE block's packed ``gate_up_proj`` (experts, 2I, H) goes out as per-expert ``w1``/``w3``
-    weights). Its own save-time conversion, applied to a tensor holding each element's flat index (int32
-    where it fits), says where every saved element belongs. ``None`` where this transformers has no
-    conversion or cannot follow this one.
+    split (an MoE block's packed ``gate_up_proj`` (experts, 2I, H) goes out as per-expert ``w1``/``w3``
+    weights) or merged (DINOv2's SwiGLU ``gate_proj`` and ``up_proj`` go out as one ``weights_in``). Its own
+    save-time conversion, applied to tensors holding each element's number (int32 where it fits), says where
+    every saved element belongs. ``None`` where this transformers has no conversion or cannot follow this one.
     """
     try:
         from transformers.core_model_loading import revert_weight_conversion
     except ImportError:  # older transformers: keys are saved as they are
         return None
-    numel = math.prod(shape)
-    index = torch.arange(numel, dtype=torch.int32 if numel < 2 ** 31 else torch.int64).view(shape)
+    total = sum(math.prod(shape) for shape in shapes.values())
+    dtype = torch.int32 if total < 2 ** 31 else torch.int64
+    numbered, start = {}, 0
+    for key, shape in shapes.items():
+        numbered[key] = torch.arange(start, start + math.prod(shape), dtype=dtype).view(shape)
+        start += math.prod(shape)
     try:
-        return revert_weight_conversion(model, {key: index})
-    except Exception:  # noqa: BLE001  (a converter this cannot follow: the key stays missing, reported by the caller)
+        return revert_weight_conversion(model, numbered)
+    except Exception:  # noqa: BLE001  (a converter this cannot follow: the keys stay missing, reported by the caller)
         return None
 
 
-def _from_saved_layout(model: nn.Module, saved: Dict[str, torch.Tensor], missing) -> Dict[str, torch.Tensor]:
-    """``saved`` with the ``missing`` parameters rebuilt from the keys transformers saved them under, one
-    parameter at a time; a parameter whose saved pieces are absent or do not cover it exactly stays missing."""
+def _rebuild(model: nn.Module, saved: Dict[str, torch.Tensor], keys) -> set:
+    """Rebuild the parameters ``keys`` in ``saved`` from the pieces transformers saved them as (removed from
+    ``saved`` when every element they hold went to a rebuilt parameter); returns the keys rebuilt: those whose
+    elements the saved pieces cover exactly."""
     state = model.state_dict()
+    shapes = {key: tuple(state[key].shape) for key in keys}
+    layout = _saved_layout(model, shapes)
+    pieces = {name: index.reshape(-1).long() for name, index in (layout or {}).items()
+              if name in saved and saved[name].numel() == index.numel()}
+    if not pieces:
+        return set()
+    total = sum(math.prod(shape) for shape in shapes.values())
+    counts = torch.zeros(total, dtype=torch.long)
+    flat = saved[next(iter(pieces))].new_empty(total)
+    for name, index in pieces.items():
+        counts.index_add_(0, index, torch.ones_like(index))
+        flat[index] = saved[name].reshape(-1).to(flat.dtype)
+    done, start, owner = set(), 0, torch.full((total,), -1, dtype=torch.long)
+    for i, (key, shape) in enumerate(shapes.items()):
+        n = math.prod(shape)
+        if bool(counts[start:start + n].eq(1).all()):  # every element saved once
+            saved[key] = flat[start:start + n].view(shape).clone()
+            owner[start:start + n] = i
+            done.add(key)
+        start += n
+    for name, index in pieces.items():
+        if bool(owner[index].ge(0).all()):
+            saved.pop(name)
+    return done
+
+
+def _from_saved_layout(model: nn.Module, saved: Dict[str, torch.Tensor], missing) -> Dict[str, torch.Tensor]:
+    """``saved`` with the ``missing`` parameters rebuilt from the keys transformers saved them under: one
+    parameter at a time (renamed or split ones), then the rest together (merged ones need all their sources);
+    a parameter whose saved pieces are absent or do not cover it exactly stays missing."""
     saved = dict(saved)
-    for key in missing:
-        layout = _saved_layout(model, key, state[key].shape)
-        if not layout or not all(name in saved and saved[name].numel() == index.numel()
-                                 for name, index in layout.items()):
-            continue
-        numel = state[key].numel()
-        covered = torch.zeros(numel, dtype=torch.bool)
-        for index in layout.values():
-            covered[index.reshape(-1).long()] = True
-        if not bool(covered.all()) or sum(index.numel() for index in layout.values()) != numel:
-            continue
-        flat = saved[next(iter(layout))].new_empty(numel)
-        for name, index in layout.items():
-            flat[index.reshape(-1).long()] = saved.pop(name).reshape(-1)
-        saved[key] = flat.view(state[key].shape)
+    left = [key for key in missing if not _rebuild(model, saved, [key])]
+    if left:
+        _rebuild(model, saved, left)
     return saved
 
 

@@ -8,6 +8,7 @@ from typing import Dict
 
 from .families_decoders import LLAMA_SEMANTICS, QK_NORM_SPANS_HEADS, decoder_specs
 from .families_fused_moe import FUSED_MOE_SPECS
+from .families_vision_speech import VISION_SPEECH_SPECS
 from .families_vlm import VLM_WRAPPERS, vlm_text_specs
 from .hidden_spec import BERT_PER_BLOCK, DISTILBERT_PER_BLOCK, LLAMA_HIDDEN, LLAMA_PER_BLOCK, XLMR_XL_PER_BLOCK
 from .spec_types import HeadSpec, MLPSpec, ModelSpec, PerHeadSpec
@@ -270,9 +271,10 @@ SPECS: Dict[str, ModelSpec] = {
     "deberta-v2": ModelSpec(name="deberta-v2", model_types=("deberta-v2",), **DEBERTA_V2),
     "distilbert": ModelSpec(name="distilbert", model_types=("distilbert",), **DISTILBERT,
                             hidden_per_block=DISTILBERT_PER_BLOCK),
-    # BART's modules and config keys, post-LN (bart, marian, blenderbot-small) or pre-LN (the rest); m2m_100: NLLB
+    # BART's modules and config keys, post-LN (bart, marian, blenderbot-small) or pre-LN (the rest); m2m_100: NLLB;
+    # whisper: the same stacks behind a convolutional audio front end (not pruned)
     "bart": ModelSpec(name="bart", model_types=("bart", "mbart", "plbart", "marian", "m2m_100", "pegasus",
-                                                "blenderbot", "blenderbot-small"), **BART_ENCODER,
+                                                "blenderbot", "blenderbot-small", "whisper"), **BART_ENCODER,
                       stacks=(BART_DECODER,)),
     "t5": ModelSpec(name="t5", model_types=("t5", "mt5"), **T5_ENCODER, stacks=(_t5_decoder(T5_ENCODER["mlp"]),),
                     when=(("is_gated_act", False),), unsupported=T5_HEADS),
@@ -285,6 +287,7 @@ SPECS: Dict[str, ModelSpec] = {
                             stacks=(_t5_decoder(T5_GATED_ENCODER["mlp"], UMT5_HEADS),), when=(("is_gated_act", True),)),
     **LONGT5,  # longt5-local, longt5-local-gated, longt5-transient-global, longt5-transient-global-gated
     **FUSED_MOE_SPECS,
+    **VISION_SPEECH_SPECS,
 }
 SPECS.update(decoder_specs(LLAMA_STYLE))
 SPECS.update(vlm_text_specs(LLAMA_STYLE))

@@ -188,6 +188,11 @@ class ModelSpec:
     # DenseReluDense.wi vs v1.1's gated wi_0/wi_1): ((config attribute, value), ...); the first spec of the
     # model_type whose conditions all hold is the one used
     when: Tuple[Tuple[str, object], ...] = ()
+    # module paths, relative to a block of the first stack, that a model of this spec has: for a model_type whose
+    # module names changed between transformers releases with the same config (DINOv2's attention.attention.query
+    # became attention.q_proj), spec_for(model) uses the first spec whose conditions hold and whose modules the
+    # model has; given a config alone it cannot look, and takes the first whose conditions hold
+    when_modules: Tuple[str, ...] = ()
     # an encoder-decoder: this spec's stack of blocks is ``stack`` ("encoder"), and ``stacks`` are the family's
     # further ones ("decoder"), each a ModelSpec of its own block list, groups and size keys (their ``stack``,
     # ``layers``, ``hidden_key``, ``mlp``, ``heads`` and ``unsupported`` are read: a kind one stack refuses is

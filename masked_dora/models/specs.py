@@ -37,12 +37,15 @@ def spec_for(model_or_config) -> ModelSpec:
     variants = [spec for spec in SPECS.values() if model_type in spec.model_types]
     if not variants and model_type in WRAPPERS:
         return _wrapped_spec_for(config, model_type, WRAPPERS[model_type])
+    model = model_or_config if isinstance(model_or_config, nn.Module) else None
     for spec in variants:
-        if spec.applies_to(config):
+        if spec.applies_to(config) and (model is None or has_spec_modules(model, spec)):
             return spec
     if variants:
-        raise ValueError(f"model: the config of this {model_type!r} model matches none of its specs' conditions: "
-                         + "; ".join(f"{s.name} needs {dict(s.when)}" for s in variants))
+        raise ValueError(f"model: this {model_type!r} model matches none of its specs' conditions: "
+                         + "; ".join(f"{s.name} needs {dict(s.when)}"
+                                     + (f" and the modules {list(s.when_modules)} in its blocks" if s.when_modules
+                                        else "") for s in variants))
     known = sorted({t for s in SPECS.values() for t in s.model_types})
     msg = f"model: no masked_dora spec for model_type {model_type!r} (known: {known}). "
     like = matching_specs(model_or_config) if isinstance(model_or_config, nn.Module) else []
@@ -78,6 +81,22 @@ def _wrapped_spec_for(config, model_type: str, wrapper: WrapperSpec) -> ModelSpe
 def _cached_wrap(model_type: str, wrapper: WrapperSpec, inner: ModelSpec) -> ModelSpec:
     """One spec object per (VLM, language model spec): code comparing specs by identity sees one family."""
     return wrap_spec(model_type, wrapper, inner)
+
+
+def has_spec_modules(model: nn.Module, spec: ModelSpec) -> bool:
+    """Whether the first block of ``model`` has every module of ``spec.when_modules`` (``True`` without any)."""
+    if not spec.when_modules:
+        return True
+    from .blocks import find_layers
+
+    try:
+        _, layers = find_layers(model, spec)
+    except ValueError:
+        return False
+    if not len(layers):
+        return False
+    names = {name for name, _ in layers[0].named_modules()}
+    return all(path in names for path in spec.when_modules)
 
 
 def matching_specs(model: nn.Module) -> list:

@@ -1,0 +1,95 @@
+"""Family specs of image and speech encoders (ViT, DeiT, DINOv2, CLIP / SigLIP towers, Wav2Vec2, HuBERT), merged
+into the shipped table (:data:`masked_dora.models.families.SPECS`). Whisper's encoder-decoder has BART's modules and
+keys: it is in the ``bart`` spec of that table.
+
+Their blocks are a text encoder's (pre- or post-LN attention and a two-layer MLP); only the model's input differs
+(``pixel_values``, ``input_values``), which the specs never see. None of these attentions holds anything per head
+besides the q/k/v rows and the output columns (no relative-position table, no per-head scale), so heads prune
+exactly; each reads its head size from ``hidden_size // heads`` (ViT and DeiT: ``getattr(config, "head_dim", ...)``).
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+from .spec_types import HeadSpec, MLPSpec, ModelSpec
+
+# ViT, DeiT (transformers >= 5.17): ``layers`` of attention.q/k/v/o_proj and mlp.fc1/fc2. Their attention takes
+# head_dim from the config when it has one (else hidden_size // heads), so pruned heads save as a plain checkpoint
+# whose config gets head_dim
+VIT = dict(
+    layers=("layers",),
+    hidden_key="hidden_size",
+    mlp=MLPSpec(producers=("mlp.fc1",), consumer="mlp.fc2", size_key="intermediate_size"),
+    heads=HeadSpec(query="attention.q_proj", key="attention.k_proj", value="attention.v_proj",
+                   output="attention.o_proj", heads_key="num_attention_heads", head_dim_key="head_dim",
+                   attention="attention", attrs=(("num_attention_heads", "heads"),)),
+)
+
+# CLIP's and SigLIP's towers (CLIPVisionModel, CLIPTextModel, SiglipVisionModel, ...): encoder.layers of
+# self_attn.q/k/v/out_proj and mlp.fc1/fc2; head_dim is hidden_size // heads (pruned heads: the per-layer form)
+CLIP_TOWER = dict(
+    layers=("encoder.layers",),
+    hidden_key="hidden_size",
+    mlp=MLPSpec(producers=("mlp.fc1",), consumer="mlp.fc2", size_key="intermediate_size"),
+    heads=HeadSpec(query="self_attn.q_proj", key="self_attn.k_proj", value="self_attn.v_proj",
+                   output="self_attn.out_proj", heads_key="num_attention_heads", attention="self_attn",
+                   attrs=(("num_heads", "heads"),)),
+)
+# SiglipVisionModel's attention-pooling head (vision_use_head, on by default) builds its own MLP
+# intermediate_size wide (and its nn.MultiheadAttention num_attention_heads wide): the key does not say the encoder's
+# MLP width alone, so a pruned MLP saves in the per-layer form (the head keeps its sizes)
+SIGLIP_VISION = dict(CLIP_TOWER, mlp=MLPSpec(producers=("mlp.fc1",), consumer="mlp.fc2", size_key=""))
+
+# Wav2Vec2, HuBERT (and their stable-layer-norm variants, the same module names): encoder.layers of
+# attention.q/k/v/out_proj and feed_forward.intermediate_dense/output_dense; the convolutional feature encoder
+# and the positional convolution are not pruned
+WAV2VEC2 = dict(
+    layers=("encoder.layers",),
+    hidden_key="hidden_size",
+    mlp=MLPSpec(producers=("feed_forward.intermediate_dense",), consumer="feed_forward.output_dense",
+                size_key="intermediate_size"),
+    heads=HeadSpec(query="attention.q_proj", key="attention.k_proj", value="attention.v_proj",
+                   output="attention.out_proj", heads_key="num_attention_heads", attention="attention",
+                   attrs=(("num_heads", "heads"),)),
+)
+
+
+
+def _dinov2(swiglu: bool, layout: str) -> ModelSpec:
+    """DINOv2 (and with registers): encoder.layer blocks whose module names follow the transformers release
+    (``layout``: "q_proj" in 5.2x, attention.q/k/v/o_proj and a SwiGLU gate/up/down_proj; "query" in 5.17,
+    BERT's attention.attention.query/key/value with attention.output.dense and a fused SwiGLU weights_in rows
+    [gate | up]); ``swiglu``: its config's use_swiglu_ffn. The MLP width follows from the float mlp_ratio, no key
+    says it: a pruned MLP saves in the per-layer form. The layer scales (lambda1/lambda2) are over the hidden size,
+    after the attention output and the MLP, so they do not see pruned units."""
+    if layout == "q_proj":  # its attention reads head_dim from the config when it has one: pruned heads save plain
+        heads = HeadSpec(query="attention.q_proj", key="attention.k_proj", value="attention.v_proj",
+                         output="attention.o_proj", heads_key="num_attention_heads", head_dim_key="head_dim",
+                         attention="attention", attrs=(("num_attention_heads", "heads"),))
+        mlp = (MLPSpec(producers=("mlp.gate_proj", "mlp.up_proj"), consumer="mlp.down_proj", size_key="")
+               if swiglu else MLPSpec(producers=("mlp.fc1",), consumer="mlp.fc2", size_key=""))
+    else:
+        heads = HeadSpec(query="attention.attention.query", key="attention.attention.key",
+                         value="attention.attention.value", output="attention.output.dense",
+                         heads_key="num_attention_heads", attention="attention.attention",
+                         attrs=(("num_attention_heads", "heads"), ("all_head_size", "width")))
+        mlp = (MLPSpec(producers=("mlp.weights_in",), consumer="mlp.weights_out", size_key="", segments=(2,))
+               if swiglu else MLPSpec(producers=("mlp.fc1",), consumer="mlp.fc2", size_key=""))
+    return ModelSpec(name=f"dinov2-{layout}" + ("-swiglu" if swiglu else ""),
+                     model_types=("dinov2", "dinov2_with_registers"), layers=("encoder.layer",),
+                     hidden_key="hidden_size", mlp=mlp, heads=heads, when=(("use_swiglu_ffn", swiglu),),
+                     when_modules=(heads.query,))
+
+
+DINOV2 = {spec.name: spec for spec in (_dinov2(swiglu, layout) for layout in ("q_proj", "query")
+                                       for swiglu in (False, True))}
+
+VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
+    "vit": ModelSpec(name="vit", model_types=("vit", "deit"), **VIT),
+    "clip-tower": ModelSpec(name="clip-tower", model_types=("clip_vision_model", "clip_text_model",
+                                                            "siglip_text_model"), **CLIP_TOWER),
+    "siglip-vision": ModelSpec(name="siglip-vision", model_types=("siglip_vision_model",), **SIGLIP_VISION),
+    "wav2vec2": ModelSpec(name="wav2vec2", model_types=("wav2vec2", "hubert"), **WAV2VEC2),
+    **DINOV2,  # dinov2-q_proj, dinov2-q_proj-swiglu, dinov2-query, dinov2-query-swiglu
+}

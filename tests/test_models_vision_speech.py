@@ -1,0 +1,109 @@
+"""Image and speech encoders beyond the family chain (tests/test_models_families.py runs each of
+tests/tiny_families_vision_speech.py through prepare -> train -> compact -> save -> reload): their MLP-only
+checkpoints reload with plain transformers, SigLIP's pooling head keeps its MLP, Whisper's decoder keeps its
+cross-attention whole, and DINOv2's spec follows the module names of the installed transformers."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from masked_dora.models import MaskedDoRAConfig, compact_model, get_state, harden, load_compact, prepare_model, spec_for
+from masked_dora.models.compact import LAYER_SIZES_KEY
+
+from tiny_family_table import AVAILABLE
+from tiny_models import output_tensor, randomize_adapters, reload_plain_in_clean_process, tiny_inputs, tiny_model
+
+PRUNE = dict(rank=2, alignment={"mlp": 8}, importance="none", target_sparsity=0.5)
+# the families whose config has a key for the MLP width alone (SigLIP's vision tower has none: its pooling head)
+MLP_PLAIN = [f for f in ("vit", "deit", "clip-vision", "clip-text", "siglip-text", "wav2vec2", "wav2vec2-stable",
+                         "hubert", "whisper") if f in AVAILABLE]
+
+
+def _compacted(family, groups, path=None):
+    """prepare (``groups``) -> random adapters -> harden -> compact: the masked model, its output on the family's
+    inputs, and the compacted model (saved to ``path`` with its inputs, if given)."""
+    model = tiny_model(family, kind="lm")
+    prepare_model(model, MaskedDoRAConfig(target_groups=groups, **PRUNE))
+    randomize_adapters(model)
+    harden(model)
+    inputs = tiny_inputs(family=family)
+    with torch.no_grad():
+        ref = output_tensor(model(**inputs))
+        small = compact_model(model)
+        torch.testing.assert_close(output_tensor(small(**inputs)), ref, rtol=1e-4, atol=1e-5)
+    if path:
+        small.save_pretrained(path)
+        torch.save(inputs, os.path.join(path, "inputs.pt"))
+    return model, ref, small
+
+
+def test_mlp_only_checkpoints_reload_with_plain_transformers(tmp_path):
+    """The MLP alone: a plain checkpoint (intermediate_size / encoder_ffn_dim 32, Whisper's decoder_ffn_dim 24)
+    that a process without masked_dora loads with the family's Auto class: equal outputs."""
+    jobs, refs = [], []
+    for family in MLP_PLAIN:
+        path = str(tmp_path / family)
+        _model, ref, small = _compacted(family, ("mlp",), path)
+        assert not hasattr(small.config, LAYER_SIZES_KEY), family
+        jobs.append((path, AVAILABLE[family].auto))
+        refs.append(ref)
+    for family, ref, out in zip(MLP_PLAIN, refs, reload_plain_in_clean_process(jobs)):
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5, msg=family)
+
+
+@pytest.mark.skipif("siglip-vision" not in AVAILABLE, reason="this transformers has no SigLIP")
+def test_siglip_pooling_head_keeps_its_mlp(tmp_path):
+    """SiglipVisionModel's attention-pooling head builds its MLP intermediate_size wide: a pruned encoder MLP saves
+    in the per-layer form (said at prepare_model), and the reloaded head keeps its 64 channels."""
+    with pytest.warns(UserWarning, match="SiglipVisionConfig has no key for the MLP width alone"):
+        model, ref, small = _compacted("siglip-vision", ("mlp",), str(tmp_path))
+    assert get_state(model).save_form == "per_layer" and small.config.intermediate_size == 64
+    reloaded = load_compact(str(tmp_path))
+    with torch.no_grad():
+        torch.testing.assert_close(output_tensor(reloaded(**tiny_inputs(family="siglip-vision"))), ref, rtol=1e-4,
+                                   atol=1e-5)
+    vision = getattr(reloaded, "vision_model", reloaded)  # transformers 5.2x: the tower is the model itself
+    assert vision.encoder.layers[0].mlp.fc1.out_features == 32 and vision.head.mlp.fc1.out_features == 64
+
+
+@pytest.mark.skipif("whisper" not in AVAILABLE, reason="this transformers has no Whisper")
+def test_whisper_prunes_both_stacks_and_keeps_the_cross_attention(tmp_path):
+    """Whisper is BART's two stacks behind its mel convolutions: heads and MLP of the encoder and of the decoder's
+    self-attention prune; the decoder's encoder_attn keeps its 4 heads. Equal logits and generate() tokens after
+    load_compact."""
+    model, ref, small = _compacted("whisper", ("mlp", "heads"), str(tmp_path))
+    assert sorted(get_state(model).groups) == [f"{k}_{i}" for k in ("heads", "mlp") for i in range(4)]
+    sizes = getattr(small.config, LAYER_SIZES_KEY)
+    assert [s["intermediate"] for s in sizes] == [32, 32, 24, 24] and [s["heads"] for s in sizes] == [2] * 4
+    reloaded = load_compact(str(tmp_path))
+    layer = reloaded.model.decoder.layers[0]
+    assert (layer.self_attn.q_proj.out_features, layer.encoder_attn.q_proj.out_features) == (16, 32)
+    inputs = tiny_inputs(family="whisper")
+    with torch.no_grad():
+        torch.testing.assert_close(output_tensor(reloaded(**inputs)), ref, rtol=1e-4, atol=1e-5)
+    gen = dict(input_features=inputs["input_features"][:1], max_new_tokens=5, do_sample=False)
+    assert torch.equal(reloaded.generate(**gen), model.generate(**gen))
+
+
+@pytest.mark.parametrize("family", [f for f in ("dinov2", "dinov2-swiglu", "dinov2-registers") if f in AVAILABLE])
+def test_dinov2_spec_follows_the_module_names_of_this_transformers(family):
+    """DINOv2's config is the same across transformers releases, its modules are not (attention.q_proj and
+    gate/up/down_proj in 5.2x; attention.attention.query and a fused weights_in in 5.17): the spec is the one whose
+    modules (ModelSpec.when_modules) the model has. A block with neither is refused, naming the modules."""
+    model = tiny_model(family)
+    attention = model.encoder.layer[0].attention
+    layout = "q_proj" if hasattr(attention, "q_proj") else "query"
+    spec = spec_for(model)
+    assert spec.name == f"dinov2-{layout}" + ("-swiglu" if family == "dinov2-swiglu" else "")
+    assert spec_for(model.config).name.startswith("dinov2-")  # a config alone: the first variant of its conditions
+    if layout == "q_proj":
+        del attention.q_proj
+    else:
+        del attention.attention.query
+    with pytest.raises(ValueError, match=r"matches none of its specs' conditions: dinov2-q_proj.* and the modules "
+                                         r"\['attention.q_proj'\] in its blocks.*\['attention.attention.query'\]"):
+        prepare_model(model, MaskedDoRAConfig(importance="none"))
+    assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
