@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace as replace_dataclass
 
 import pytest
 import torch
 
 from masked_dora.models import (MaskedDoRAConfig, export_peft, get_state, harden, load_compact,
                                 load_training_state, prepare_model, save_training_state)
+from masked_dora.models import specs as specs_module
 from masked_dora.models.compact import LAYER_SIZES_KEY
 from masked_dora.nn import MaskedDoRAExperts, MaskedDoRALinear
 
@@ -116,18 +118,26 @@ def test_activation_importance_ranks_each_experts_channels(family):
 
 
 @pytest.mark.parametrize("dense", [dict(mlp_only_layers=[0]), dict(decoder_sparse_step=2)])
-def test_qwen3_moe_with_dense_mlp_layers_is_refused_before_anything_changes(tmp_path, dense):
+def test_dense_blocks_under_a_spec_without_dense_mlp_are_refused_before_anything_changes(monkeypatch, tmp_path,
+                                                                                         dense):
+    """An MoE spec that does not name the dense blocks' MLP (a registered one: ``dense_mlp=None``) refuses the
+    MLP of a model with such blocks (the shipped qwen3_moe spec names it: the families chain runs
+    ``qwen3_moe-dense``); the heads still prune, with the dense block left as it is."""
     import transformers as t
 
+    monkeypatch.setattr(specs_module, "SPECS", dict(specs_module.SPECS))
+    shipped = specs_module.SPECS["qwen3_moe"]
+    specs_module.register_spec("qwen3_moe", spec=replace_dataclass(shipped, name="qwen3_moe-experts-only",
+                                                                    dense_mlp=None), replace=True)
     config = tiny_config("qwen3_moe")
     for key, value in dense.items():
         setattr(config, key, value)
     model = t.Qwen3MoeForCausalLM(config)
     with pytest.raises(ValueError, match=r"'mlp' cannot be pruned in a 'qwen3_moe' model: its blocks \[0\] hold a "
-                                         r"dense MLP .*target_groups=\('heads',\)"):
+                                         r"dense MLP .*'qwen3_moe-experts-only' does not describe "
+                                         r".*target_groups=\('heads',\)"):
         prepare_model(model, MaskedDoRAConfig(importance="none"))
     assert not any(isinstance(m, (MaskedDoRALinear, MaskedDoRAExperts)) for m in model.modules())
-    # the heads still prune, in either save form, with the dense block left as it is
     prepare_model(model, MaskedDoRAConfig(target_groups=("heads",), importance="none", target_sparsity=0.25,
                                           allocation="global"))
     randomize_adapters(model)

@@ -206,8 +206,9 @@ def has_experts(block: nn.Module, spec: ModelSpec) -> bool:
 
 
 def holds_spec_mlp(block: nn.Module, spec: ModelSpec) -> bool:
-    """Whether ``block``'s MLP is the one its spec describes: always for a dense spec; for an MoE spec, a block
-    with the experts (not one of Qwen3-MoE's dense blocks, which are never pruned)."""
+    """Whether ``block``'s MLP is the one its spec describes: always for a dense spec (a dense block's
+    ``dense_mlp`` variant included); for an MoE spec, a block with the experts (a dense block under a spec without
+    ``dense_mlp``, whose MLP is never pruned, does not)."""
     return not spec.mlp.experts or has_experts(block, spec)
 
 

@@ -58,7 +58,7 @@ def block_sizes(model, spec) -> List[Dict[str, int]]:
     sizes = []
     for b in model_blocks(model, spec):
         hl = head_layout(model.config, b.spec)
-        # a block without the MoE spec's experts (Qwen3-MoE's mlp_only_layers; their MLP is never pruned) keeps
+        # a block without the MoE spec's experts under a spec without dense_mlp (its MLP is never pruned) keeps
         # the config's width
         width = (mlp_width(b.module, b.spec) if holds_spec_mlp(b.module, b.spec)
                  else getattr(model.config, b.spec.mlp.size_key))

@@ -233,10 +233,12 @@ SPECS: Dict[str, ModelSpec] = {
                        unsupported=(("heads", "", _QK_NORM_SPANS_HEADS),)),
     "stablelm": ModelSpec(name="stablelm", model_types=("stablelm",), **STABLELM),
     "mixtral": ModelSpec(name="mixtral", model_types=("mixtral", "phimoe"), **MIXTRAL_STYLE),
-    # qwen2_moe: its shared_expert (and shared_expert_gate) MLP beside the experts is not pruned
+    # qwen2_moe: its shared_expert (and shared_expert_gate) MLP beside the experts is not pruned. The blocks that
+    # mlp_only_layers or decoder_sparse_step > 1 make dense hold Llama's MLP of width intermediate_size: groups of
+    # their own (dense_mlp), as DeepSeek-V3's first blocks
     "qwen3_moe": ModelSpec(name="qwen3_moe", model_types=("qwen3_moe", "qwen2_moe"), **dict(
-        MIXTRAL_STYLE, mlp=replace_dataclass(MIXTRAL_STYLE["mlp"], size_key="moe_intermediate_size"))),
-    # dense MLP blocks among them (mlp_only_layers, decoder_sparse_step): refused
+        MIXTRAL_STYLE, mlp=replace_dataclass(MIXTRAL_STYLE["mlp"], size_key="moe_intermediate_size")),
+        dense_mlp=LLAMA_STYLE["mlp"]),
     "granitemoe": ModelSpec(name="granitemoe", model_types=("granitemoe",), **dict(MIXTRAL_STYLE, mlp=replace_dataclass(
         MIXTRAL_STYLE["mlp"], experts="block_sparse_moe.experts",
         size_attrs=(("block_sparse_moe.experts", "intermediate_dim"),)))),

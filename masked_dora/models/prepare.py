@@ -289,10 +289,10 @@ def _targeted_blocks(model: nn.Module, spec: ModelSpec, config: MaskedDoRAConfig
         raise ValueError(f"config.stacks: this {type(model).__name__} has the stacks {present}, got "
                          f"{list(config.stacks)}")
     dense = [b.index for b in blocks if b.spec.mlp.experts and not has_experts(b.module, b.spec)]
-    if dense and "mlp" in config.target_groups:  # Qwen3-MoE's mlp_only_layers, or decoder_sparse_step > 1
-        _refuse("mlp", config, model.config, f"its blocks {dense} hold a dense MLP instead of experts "
-                                             f"(mlp_only_layers, decoder_sparse_step), which one spec cannot "
-                                             f"describe yet")
+    if dense and "mlp" in config.target_groups:  # an MoE spec without dense_mlp (a registered one) over dense blocks
+        _refuse("mlp", config, model.config, f"its blocks {dense} hold a dense MLP instead of experts, which its "
+                                             f"spec {spec.name!r} does not describe (ModelSpec(dense_mlp=...) names "
+                                             f"such a block's MLP)")
     for stack in {b.spec.stack: b.spec for b in blocks}.values():
         _refuse_heads_kv_groups_cannot_prune(stack, config, model.config)
     return blocks
