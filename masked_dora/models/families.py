@@ -8,6 +8,7 @@ from typing import Dict
 
 from .families_decoders import LLAMA_SEMANTICS, QK_NORM_SPANS_HEADS, decoder_specs
 from .families_fused_moe import FUSED_MOE_SPECS
+from .families_moe import moe_specs
 from .hidden_spec import BERT_PER_BLOCK, DISTILBERT_PER_BLOCK, LLAMA_HIDDEN, LLAMA_PER_BLOCK, XLMR_XL_PER_BLOCK
 from .spec_types import HeadSpec, MLPSpec, ModelSpec, PerHeadSpec
 
@@ -239,9 +240,10 @@ SPECS: Dict[str, ModelSpec] = {
     "qwen3_moe": ModelSpec(name="qwen3_moe", model_types=("qwen3_moe", "qwen2_moe"), **dict(
         MIXTRAL_STYLE, mlp=replace_dataclass(MIXTRAL_STYLE["mlp"], size_key="moe_intermediate_size")),
         dense_mlp=LLAMA_STYLE["mlp"]),
-    "granitemoe": ModelSpec(name="granitemoe", model_types=("granitemoe",), **dict(MIXTRAL_STYLE, mlp=replace_dataclass(
-        MIXTRAL_STYLE["mlp"], experts="block_sparse_moe.experts",
-        size_attrs=(("block_sparse_moe.experts", "intermediate_dim"),)))),
+    # granitemoeshared: its shared_mlp (width shared_intermediate_size) beside the experts is kept whole
+    "granitemoe": ModelSpec(name="granitemoe", model_types=("granitemoe", "granitemoeshared"), **dict(
+        MIXTRAL_STYLE, mlp=replace_dataclass(MIXTRAL_STYLE["mlp"], experts="block_sparse_moe.experts",
+                                             size_attrs=(("block_sparse_moe.experts", "intermediate_dim"),)))),
     "phi": ModelSpec(name="phi", model_types=("phi",), **PHI),
     "phi3": ModelSpec(name="phi3", model_types=("phi3",), **PHI3, heads_need_plain_config=True),
     "modernbert": ModelSpec(name="modernbert", model_types=("modernbert",), **MODERNBERT),
@@ -288,6 +290,7 @@ SPECS: Dict[str, ModelSpec] = {
     **FUSED_MOE_SPECS,
 }
 SPECS.update(decoder_specs(LLAMA_STYLE))
+SPECS.update(moe_specs(LLAMA_STYLE, MIXTRAL_STYLE, _QK_NORM_SPANS_HEADS))
 
 
 # names the encoder-only specs had before their families' decoders were pruned too
