@@ -51,6 +51,12 @@ TINY = {
                                    mlp_layer_types=["dense", "sparse"], prefix_dense_intermediate_size=48,
                                    layer_types=["sliding_attention", "full_attention"], sliding_window=4),
                               kv_heads=2, causal_lm=True),
+    # experts stored (E, in, out) with interleaved gate/up rows, biases and a clamped SwiGLU; per-head attention
+    # sinks; a sliding-window and a full-attention layer
+    "gpt_oss": TinyFamily(("GptOssConfig", "GptOssModel", "GptOssForCausalLM"),
+                          dict(_GQA_MOE, num_local_experts=4, num_experts_per_tok=2, head_dim=8, sliding_window=4,
+                               layer_types=["sliding_attention", "full_attention"]),
+                          kv_heads=2, causal_lm=True),
     # DeepSeek-V3's blocks and MLA (heads refused)
     "deepseek_v2": TinyFamily(("DeepseekV2Config", "DeepseekV2Model", "DeepseekV2ForCausalLM"),
                               dict(_GQA_MOE, num_key_value_heads=4, moe_intermediate_size=32, n_routed_experts=4,

@@ -14,7 +14,7 @@ from dataclasses import replace as replace_dataclass
 from typing import Dict
 
 from .families_fused_moe import DEEPSEEK_V3
-from .spec_types import ModelSpec
+from .spec_types import ExpertsLayout, MLPSpec, ModelSpec, PerHeadSpec
 
 
 def moe_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: str) -> Dict[str, ModelSpec]:
@@ -46,4 +46,13 @@ def moe_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: str) 
         "cohere2_moe": ModelSpec(name="cohere2_moe", model_types=("cohere2_moe",), **dict(
             mixtral_style, mlp=replace_dataclass(mixtral_style["mlp"], size_key="")),
             dense_mlp=replace_dataclass(llama_style["mlp"], size_key="prefix_dense_intermediate_size")),
+        # gpt-oss: experts stored (E, in, out), gate/up outputs interleaved, biases, a clamped SwiGLU (which maps a
+        # pruned channel's (0, 0) to 0); Llama's attention with biases and one learned sink logit per query head
+        # (self_attn.sinks, cut to the kept heads), sliding-window layers
+        "gpt_oss": ModelSpec(name="gpt_oss", model_types=("gpt_oss",), **dict(
+            llama_style, heads=replace_dataclass(llama_style["heads"], per_head=(PerHeadSpec("self_attn", "heads"),)),
+            mlp=MLPSpec(producers=("gate_up_proj",), consumer="down_proj", size_key="intermediate_size",
+                        segments=(2,), experts="mlp.experts", size_attrs=(("mlp.experts", "intermediate_size"),),
+                        experts_layout=ExpertsLayout(transposed=True, interleaved=True, bias=True,
+                                                     glu="clamped_swiglu")))),
     }

@@ -15,10 +15,10 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..nn import MaskedDoRAExperts, MaskedDoRALinear
-from .blocks import (Block, HeadLayout, block_modules, check_per_head_modules, expert_index, features, has_experts,
-                     head_layout, is_consumer_role, is_conv1d, mlp_width, model_blocks, num_experts, packed_experts,
-                     producer_index, role_paths, stack_specs)
+from ..nn import ClampedSwiGLU, MaskedDoRAExperts, MaskedDoRALinear
+from .blocks import (Block, HeadLayout, block_modules, check_per_head_modules, expert_biases, expert_index, features,
+                     has_experts, head_layout, is_consumer_role, is_conv1d, mlp_width, model_blocks, num_experts,
+                     packed_experts, producer_index, role_paths, stack_specs)
 from .config import MaskedDoRAConfig
 from .group_mask import ALWAYS_KEPT, ForwardMasks, GroupMask, InputGate, MaskView
 from .specs import QKV_LAYOUTS, HeadSpec, ModelSpec, spec_for
@@ -122,10 +122,25 @@ def _keep_all(layer: MaskedDoRALinear) -> None:
 
 
 def _wrap_experts(block, spec, config) -> None:
-    """Replace an MoE block's experts module by a :class:`MaskedDoRAExperts` sharing its packed weights."""
+    """Replace an MoE block's experts module by a :class:`MaskedDoRAExperts` sharing its packed weights (copying
+    them where they are stored transposed), in the layout ``spec.mlp.experts_layout`` says."""
     module, producers, consumer = packed_experts(block, spec)
-    experts = MaskedDoRAExperts.from_packed(*producers, consumer, module.act_fn, **_layer_kwargs(config, consumer))
+    layout = spec.mlp.experts_layout
+    gate_up, down = (w.transpose(1, 2) if layout.transposed else w for w in (producers[0], consumer))
+    gate_up_bias, down_bias = expert_biases(module, spec)
+    act = dict(act_fn=module.act_fn) if layout.glu == "act" else dict(
+        act_fn=None, glu=ClampedSwiGLU(module.alpha, module.limit))
+    experts = MaskedDoRAExperts.from_packed(gate_up, down, gate_up_bias=gate_up_bias, down_bias=down_bias,
+                                            interleaved=layout.interleaved, **act, **_layer_kwargs(config, consumer))
     _replace(block, spec.mlp.experts, experts)
+
+
+def _channels_of_rows(width: int, rows: int, interleaved: bool) -> Tensor:
+    """The channel of each of a member's ``rows`` (output rows of a producer, input columns of the consumer):
+    ``rows // width`` segments of ``width`` stacked ([gate | up]), or interleaved (gate c, up c, ...)."""
+    if interleaved:
+        return torch.arange(width).repeat_interleave(rows // width)
+    return torch.arange(width).repeat(rows // width)
 
 
 def _mlp_group(block, i, spec, config, where) -> GroupMask:
@@ -143,8 +158,10 @@ def _mlp_group(block, i, spec, config, where) -> GroupMask:
         if size != width * segments:
             raise ValueError(f"model: {where}.{paths[role]} has {size} channels, the MLP group expects "
                              f"{width * segments}")
-    # a fused producer stacks segments: row r of it is channel r mod width; expert e's channels follow e's
-    roles = {role: torch.arange(width).repeat(features(m)[0 if is_consumer_role(role) else 1] // width)
+    # a fused producer stacks segments: row r of it is channel r mod width (r // 2 where interleaved); expert e's
+    # channels follow e's
+    interleaved = spec.mlp.experts_layout.interleaved
+    roles = {role: _channels_of_rows(width, features(m)[0 if is_consumer_role(role) else 1], interleaved)
              + width * expert_index(role) for role, m in mods.items()}
     group = GroupMask("mlp", i, width * max(1, experts), roles, gate=config.gate, mask_init=config.mask_init,
                       partitions=max(1, experts), tied=config.mask_learning == "layer")

@@ -12,11 +12,11 @@ from typing import Optional
 from torch import nn
 
 from .families import RENAMED_SPECS, SPECS
-from .spec_types import (BLOCK_KINDS, GROUP_KINDS, HEAD_COUNTS, QKV_LAYOUTS, HeadSpec, MLPSpec, ModelSpec,
-                         PerHeadSpec)
+from .spec_types import (BLOCK_KINDS, GROUP_KINDS, HEAD_COUNTS, QKV_LAYOUTS, ExpertsLayout, HeadSpec, MLPSpec,
+                         ModelSpec, PerHeadSpec)
 
-__all__ = ["BLOCK_KINDS", "GROUP_KINDS", "HEAD_COUNTS", "QKV_LAYOUTS", "HeadSpec", "MLPSpec", "ModelSpec",
-           "PerHeadSpec", "RENAMED_SPECS", "SPECS", "matching_specs", "register_spec", "spec_for"]
+__all__ = ["BLOCK_KINDS", "GROUP_KINDS", "HEAD_COUNTS", "QKV_LAYOUTS", "ExpertsLayout", "HeadSpec", "MLPSpec",
+           "ModelSpec", "PerHeadSpec", "RENAMED_SPECS", "SPECS", "matching_specs", "register_spec", "spec_for"]
 
 
 def spec_for(model_or_config) -> ModelSpec:
