@@ -57,6 +57,15 @@ TINY = {
                           dict(_GQA_MOE, num_local_experts=4, num_experts_per_tok=2, head_dim=8, sliding_window=4,
                                layer_types=["sliding_attention", "full_attention"]),
                           kv_heads=2, causal_lm=True),
+    # Llama 4's text model: block 0 dense (width intermediate_size_mlp, 64), block 1 experts (width 32, top-1,
+    # stored (E, in, out)) and a shared expert (32); block 0 with rotary and the q/k L2 norm, block 1 NoPE with
+    # temperature tuning and chunked attention
+    "llama4_text": TinyFamily(("Llama4TextConfig", "Llama4TextModel", "Llama4ForCausalLM"),
+                              dict(_GQA_MOE, intermediate_size=32, intermediate_size_mlp=64, head_dim=8,
+                                   num_local_experts=4, num_experts_per_tok=1, interleave_moe_layer_step=2,
+                                   no_rope_layers=[1, 0], attention_chunk_size=4, use_qk_norm=True,
+                                   attn_temperature_tuning=True, floor_scale=2, attn_scale=0.5),
+                              kv_heads=2, causal_lm=True),
     # DeepSeek-V3's blocks and MLA (heads refused)
     "deepseek_v2": TinyFamily(("DeepseekV2Config", "DeepseekV2Model", "DeepseekV2ForCausalLM"),
                               dict(_GQA_MOE, num_key_value_heads=4, moe_intermediate_size=32, n_routed_experts=4,

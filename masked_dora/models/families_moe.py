@@ -55,4 +55,20 @@ def moe_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: str) 
                         segments=(2,), experts="mlp.experts", size_attrs=(("mlp.experts", "intermediate_size"),),
                         experts_layout=ExpertsLayout(transposed=True, interleaved=True, bias=True,
                                                      glu="clamped_swiglu")))),
+        # Llama 4 (text): experts under feed_forward, stored (E, in, out) with [gate | up]; the experts module is
+        # called with every expert's routed (router-scaled) tokens in turn (MaskedDoRAExperts takes that call too);
+        # the shared_expert (kept whole) is intermediate_size wide as the experts (size_key ""); the blocks not in
+        # moe_layers are dense, of width intermediate_size_mlp. Its q/k L2 norm (no weight) over each head's
+        # head_dim, NoPE layers' temperature tuning and chunked attention change nothing per head
+        "llama4_text": ModelSpec(name="llama4_text", model_types=("llama4_text",), **dict(
+            llama_style,
+            heads=replace_dataclass(llama_style["heads"], attrs=(
+                ("num_attention_heads", "heads"), ("num_key_value_heads", "kv_heads"),
+                ("num_key_value_groups", "groups"))),
+            mlp=MLPSpec(producers=("gate_up_proj",), consumer="down_proj", size_key="", segments=(2,),
+                        experts="feed_forward.experts", experts_layout=ExpertsLayout(transposed=True),
+                        size_attrs=(("feed_forward.experts", "intermediate_size"),
+                                    ("feed_forward.experts", "expert_dim")))),
+            dense_mlp=MLPSpec(producers=("feed_forward.gate_proj", "feed_forward.up_proj"),
+                              consumer="feed_forward.down_proj", size_key="intermediate_size_mlp")),
     }

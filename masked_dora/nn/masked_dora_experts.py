@@ -23,7 +23,9 @@ are the caller's to pass as ``.transpose(1, 2)``: such a slice is not contiguous
 The routing (which tokens go to which expert, with which weight) is the caller's: ``forward`` takes the
 router's ``top_k_index`` and ``top_k_weights`` and loops over the experts that received a token, as
 transformers' eager experts do; an index equal to ``num_experts`` means "no expert" (expert parallelism)
-and is skipped.
+and is skipped. Called with the tokens alone, it takes Llama 4's convention instead: ``hidden_states`` holds
+``num_experts`` equal runs of rows, run ``e`` for expert ``e`` (every token, already scaled by its router score
+for ``e``, 0 where not routed), and returns each expert's output on its run, in the same order.
 """
 
 from __future__ import annotations
@@ -132,9 +134,18 @@ class MaskedDoRAExperts(nn.Module):
             gate, up = gate_up.chunk(2, dim=-1)
         return self.down[e](self.act_fn(gate) * up if self.glu is None else self.glu(gate, up))
 
-    def forward(self, hidden_states: Tensor, top_k_index: Tensor, top_k_weights: Tensor) -> Tensor:
+    def forward(self, hidden_states: Tensor, top_k_index: Optional[Tensor] = None,
+                top_k_weights: Optional[Tensor] = None) -> Tensor:
         if hidden_states.dim() != 2 or hidden_states.shape[-1] != self.hidden_dim:
             raise ValueError(f"hidden_states: expected (tokens, {self.hidden_dim}), got {tuple(hidden_states.shape)}")
+        if top_k_index is None and top_k_weights is None:  # one run of rows per expert (Llama 4)
+            if hidden_states.shape[0] % self.num_experts:
+                raise ValueError(f"hidden_states: without top_k_index, expected {self.num_experts} equal runs of rows "
+                                 f"(one per expert), got {hidden_states.shape[0]} rows")
+            runs = hidden_states.view(self.num_experts, -1, self.hidden_dim)
+            return torch.cat([self.expert(e, runs[e]) for e in range(self.num_experts)])
+        if top_k_index is None or top_k_weights is None:
+            raise ValueError("top_k_index, top_k_weights: expected both (the router's choice) or neither")
         if top_k_index.shape != top_k_weights.shape or top_k_index.shape[0] != hidden_states.shape[0]:
             raise ValueError(f"top_k_index, top_k_weights: expected equal shapes (tokens, k), got "
                              f"{tuple(top_k_index.shape)} and {tuple(top_k_weights.shape)}")
