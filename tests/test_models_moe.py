@@ -21,6 +21,7 @@ from masked_dora.models import specs as specs_module
 from masked_dora.models.compact import LAYER_SIZES_KEY
 from masked_dora.nn import MaskedDoRAExperts, MaskedDoRALinear
 
+from tiny_family_table import AVAILABLE as TABLE_FAMILIES
 from tiny_models import (harden_and_compact, output_tensor, randomize_adapters, tiny_config, tiny_inputs,
                          tiny_model)
 
@@ -257,3 +258,27 @@ def test_trainer_checkpoints_and_resumes_a_moe_model(tmp_path):
     resumed = run(2, str(tmp_path / "out" / "checkpoint-1"))
     for (name, p), q in zip(full.named_parameters(), resumed.parameters()):
         assert torch.equal(p, q), name
+
+
+@pytest.mark.skipif("granitemoe_swa" not in TABLE_FAMILIES, reason="this transformers has no GraniteMoE-SWA")
+def test_granitemoe_swa_sinks_follow_their_query_heads(tmp_path):
+    """GraniteMoE-SWA's self_attn.sinks (one logit per query head, zeros at init: made distinct here) are cut to
+    the kept query heads; the compacted model equals the masked one and reloads equal."""
+    model = tiny_model("granitemoe_swa", kind="lm")
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.sinks.copy_(torch.tensor([0.5, -1.0, 1.5, -0.25]))
+    prepare_model(model, MaskedDoRAConfig(target_groups=("heads",), rank=2, importance="none", gqa="query_heads",
+                                          target_sparsity=0.5))
+    randomize_adapters(model)
+    with torch.no_grad():  # keep the second head of each KV group (1 and 3)
+        for group in get_state(model).groups_of("heads"):
+            group.mask_logits.copy_(torch.tensor([-1.0, 1.0, -1.0, 1.0]))
+    ref, small, out = harden_and_compact(model)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    for layer in small.model.layers:
+        torch.testing.assert_close(layer.self_attn.sinks, torch.tensor([-1.0, -0.25]), rtol=0, atol=0)
+    small.save_pretrained(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(output_tensor(load_compact(str(tmp_path))(**tiny_inputs())), ref,
+                                   rtol=1e-4, atol=1e-5)

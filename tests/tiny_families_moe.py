@@ -17,6 +17,9 @@ TINY = {
     "flex_olmo": TinyFamily(("FlexOlmoConfig", "FlexOlmoModel", "FlexOlmoForCausalLM"),
                             dict(_GQA_MOE, num_experts=4, num_experts_per_tok=2),
                             kv_heads=2, causal_lm=True, heads=False),
+    "minimax_m2": TinyFamily(("MiniMaxM2Config", "MiniMaxM2Model", "MiniMaxM2ForCausalLM"),
+                             dict(_GQA_MOE, num_local_experts=4, num_experts_per_tok=2, head_dim=8),
+                             kv_heads=2, causal_lm=True, heads=False),
     # per-head q/k norms (use_qk_norm) and partial rotary
     "glm4_moe": TinyFamily(("Glm4MoeConfig", "Glm4MoeModel", "Glm4MoeForCausalLM"),
                            dict(_DENSE_THEN_MOE, n_routed_experts=4, n_shared_experts=1, first_k_dense_replace=1,
@@ -66,6 +69,11 @@ TINY = {
                                    no_rope_layers=[1, 0], attention_chunk_size=4, use_qk_norm=True,
                                    attn_temperature_tuning=True, floor_scale=2, attn_scale=0.5),
                               kv_heads=2, causal_lm=True),
+    # GraniteMoeShared with per-head attention sinks, a full-attention and a sliding-window layer
+    "granitemoe_swa": TinyFamily(("GraniteMoeSWAConfig", "GraniteMoeSWAModel", "GraniteMoeSWAForCausalLM"),
+                                 dict(_GQA_MOE, num_local_experts=4, num_experts_per_tok=2,
+                                      shared_intermediate_size=48, sliding_window=4),
+                                 kv_heads=2, causal_lm=True),
     # DeepSeek-V3's blocks and MLA (heads refused)
     "deepseek_v2": TinyFamily(("DeepseekV2Config", "DeepseekV2Model", "DeepseekV2ForCausalLM"),
                               dict(_GQA_MOE, num_key_value_heads=4, moe_intermediate_size=32, n_routed_experts=4,

@@ -225,6 +225,9 @@ MIXTRAL_STYLE = dict(LLAMA_STYLE, mlp=MLPSpec(  # experts packed as gate_up_proj
     producers=("gate_up_proj",), consumer="down_proj", size_key="intermediate_size", segments=(2,),
     experts="mlp.experts", size_attrs=(("mlp.experts", "intermediate_dim"),)))
 
+GRANITEMOE = dict(MIXTRAL_STYLE, mlp=replace_dataclass(MIXTRAL_STYLE["mlp"], experts="block_sparse_moe.experts",
+                                                     size_attrs=(("block_sparse_moe.experts", "intermediate_dim"),)))
+
 SPECS: Dict[str, ModelSpec] = {
     "llama": ModelSpec(name="llama", model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
                                                   "gemma3_text", "granite") + LLAMA_SEMANTICS, **LLAMA_STYLE,
@@ -241,9 +244,11 @@ SPECS: Dict[str, ModelSpec] = {
         MIXTRAL_STYLE, mlp=replace_dataclass(MIXTRAL_STYLE["mlp"], size_key="moe_intermediate_size")),
         dense_mlp=LLAMA_STYLE["mlp"]),
     # granitemoeshared: its shared_mlp (width shared_intermediate_size) beside the experts is kept whole
-    "granitemoe": ModelSpec(name="granitemoe", model_types=("granitemoe", "granitemoeshared"), **dict(
-        MIXTRAL_STYLE, mlp=replace_dataclass(MIXTRAL_STYLE["mlp"], experts="block_sparse_moe.experts",
-                                             size_attrs=(("block_sparse_moe.experts", "intermediate_dim"),)))),
+    "granitemoe": ModelSpec(name="granitemoe", model_types=("granitemoe", "granitemoeshared"), **GRANITEMOE),
+    # GraniteMoeShared with sliding-window (and NoPE) layers and one learned sink logit per query head
+    # (self_attn.sinks, cut to the kept heads)
+    "granitemoe_swa": ModelSpec(name="granitemoe_swa", model_types=("granitemoe_swa",), **dict(
+        GRANITEMOE, heads=replace_dataclass(GRANITEMOE["heads"], per_head=(PerHeadSpec("self_attn", "heads"),)))),
     "phi": ModelSpec(name="phi", model_types=("phi",), **PHI),
     "phi3": ModelSpec(name="phi3", model_types=("phi3",), **PHI3, heads_need_plain_config=True),
     "modernbert": ModelSpec(name="modernbert", model_types=("modernbert",), **MODERNBERT),

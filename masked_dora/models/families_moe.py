@@ -25,9 +25,9 @@ def moe_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: str) 
     # (Llama's MLP, intermediate_size), under Llama's GQA attention instead of MLA
     deepseek_moe_gqa = dict(llama_style, mlp=DEEPSEEK_V3["mlp"], dense_mlp=DEEPSEEK_V3["dense_mlp"])
     return {
-        # OLMoE and FlexOlmo: Mixtral's experts (width intermediate_size); their q/k RMSNorms span all heads'
-        # width (OLMo-2's attention), so their heads are refused
-        "olmoe": ModelSpec(name="olmoe", model_types=("olmoe", "flex_olmo"), **mixtral_style,
+        # OLMoE, FlexOlmo and MiniMax-M2: Mixtral's experts (width intermediate_size); their q/k RMSNorms span all
+        # heads' width (OLMo-2's attention), so their heads are refused
+        "olmoe": ModelSpec(name="olmoe", model_types=("olmoe", "flex_olmo", "minimax_m2"), **mixtral_style,
                            unsupported=(("heads", "", qk_norm_spans_heads),)),
         # dense blocks by first_k_dense_replace (glm4_moe, dots1), moe_layer_start_index / moe_layer_interval
         # (ernie4_5_moe, whose use_bias puts biases on the attention and dense MLP), mlp_layer_types (exaone_moe,
