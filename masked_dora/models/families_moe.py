@@ -1,11 +1,12 @@
 """Mixture-of-experts decoders whose layout the existing specs' capabilities describe (packed experts, shared
 experts kept whole, dense blocks as their own groups, Llama's attention); :mod:`masked_dora.models.families` adds
-them to ``SPECS``. (Mixtral, Qwen-MoE and GraniteMoE are in that table itself, DeepSeek-V3 in
+them to ``SPECS``. (Mixtral, Qwen-MoE and the GraniteMoE variants are in that table itself, DeepSeek-V3 in
 :mod:`masked_dora.models.families_fused_moe`.)
 
-Every family here routes with a router that stays untouched and packs its experts as Mixtral does
-(``gate_up_proj`` (E, 2I, H) rows [gate | up], ``down_proj`` (E, H, I), no bias, SiLU); each was checked
-against its modeling file in transformers 5.24.
+Every family here routes with a router that stays untouched. Most pack their experts as Mixtral does
+(``gate_up_proj`` (E, 2I, H) rows [gate | up], ``down_proj`` (E, H, I), no bias, SiLU); gpt_oss and llama4_text
+store them transposed, which their ``MLPSpec.experts_layout`` declares. Each was checked against its modeling
+file in transformers 5.24.
 """
 
 from __future__ import annotations
