@@ -20,7 +20,7 @@ _MODELS_EXPORTS = ("MaskedDoRAConfig", "prepare_model", "harden", "compact_model
                    "export_peft",
                    "save_training_state", "load_training_state", "MaskedDoRACallback", "train_masked",
                    "SparsityController", "param_groups", "register_spec", "ModelSpec", "MLPSpec", "HeadSpec",
-                   "PerHeadSpec")
+                   "PerHeadSpec", "ExpertsLayout")
 __all__ += list(_MODELS_EXPORTS) + ["models"]
 
 

@@ -16,11 +16,13 @@ from masked_dora.models import (MaskedDoRAConfig, compact_for_training, compact_
                                 kept_fraction, load_training_state, prepare_model, save_training_state, train_masked)
 from masked_dora.nn import MaskedDoRALinear
 
+from tiny_family_table import AVAILABLE
 from tiny_models import output_tensor, prune_kwargs, randomize_adapters, tiny_inputs, tiny_model
 
 CASES = [("llama", "kv_groups"), ("llama", "query_heads"), ("mixtral", "kv_groups"), ("falcon-new", "kv_groups"),
          ("falcon", "query_heads"), ("gpt2", "kv_groups"), ("bert", "kv_groups"), ("bart", "kv_groups"),
          ("cohere-qk-norm", "query_heads"), ("stablelm-qk-norm", "kv_groups"), ("t5-gated", "kv_groups")]
+CASES += [("gpt_oss", "query_heads")] if "gpt_oss" in AVAILABLE else []  # transposed, interleaved experts; sinks
 
 
 def _hardened(family, gqa):

@@ -134,8 +134,8 @@ def test_plain_checkpoints_reload_with_plain_transformers(chains):
 @pytest.mark.parametrize("family, flag", [("olmo2", None), ("t5", None), ("t5-gated", None), ("mpnet", None),
                                           ("longt5-local", None), ("longt5-tglobal", None), ("falcon-rw", "alibi"),
                                           ("falcon", "alibi")]
-                         + [(f, None) for f in ("olmo3", "bloom", "mpt", "deepseek_v3", "gemma4_text",
-                                                "gemma4_text-moe") if f in TABLE_FAMILIES])
+                         + [(f, None) for f in ("olmo3", "bloom", "mpt", "deepseek_v3", "deepseek_v2", "olmoe",
+                                                "flex_olmo", "gemma4_text", "gemma4_text-moe") if f in TABLE_FAMILIES])
 def test_heads_that_cannot_be_pruned_exactly_are_refused_before_anything_changes(family, flag):
     import transformers as t
 

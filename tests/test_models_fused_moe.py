@@ -72,22 +72,17 @@ def test_qwen2_moe_prunes_the_experts_and_keeps_the_shared_expert_whole():
             torch.testing.assert_close(p, shared[n], rtol=0, atol=0)
 
 
-def test_dense_blocks_of_an_moe_family_prune_as_their_own_mlp_group(monkeypatch, tmp_path):
-    """``ModelSpec(dense_mlp=...)``: a Qwen3-MoE with a dense block (``mlp_only_layers=[0]``) under a spec that
-    names that block's MLP prunes it as its own group (its width under ``intermediate_size``) beside the expert
-    block; uniform pruning saves a plain checkpoint with both keys, which reloads equal."""
+@pytest.mark.parametrize("dense", [dict(mlp_only_layers=[0]), dict(decoder_sparse_step=2)])
+def test_dense_blocks_of_an_moe_family_prune_as_their_own_mlp_group(tmp_path, dense):
+    """``ModelSpec(dense_mlp=...)``: a Qwen3-MoE with a dense block (``mlp_only_layers=[0]``, or
+    ``decoder_sparse_step=2``: block 0 dense, block 1 sparse) prunes that block's MLP as its own group (its width
+    under ``intermediate_size``) beside the expert block; uniform pruning saves a plain checkpoint with both keys,
+    which reloads equal."""
     import transformers as t
 
-    from masked_dora.models.specs import MLPSpec
-
-    monkeypatch.setattr(specs_module, "SPECS", dict(specs_module.SPECS))
-    moe = specs_module.SPECS["qwen3_moe"]
-    dense = MLPSpec(producers=("mlp.gate_proj", "mlp.up_proj"), consumer="mlp.down_proj",
-                    size_key="intermediate_size", size_attrs=(("mlp", "intermediate_size"),))
-    specs_module.register_spec("qwen3_moe", spec=replace_dataclass(moe, name="qwen3_moe-dense-blocks",
-                                                                    dense_mlp=dense), replace=True)
     config = tiny_model("qwen3_moe").config
-    config.mlp_only_layers = [0]
+    for key, value in dense.items():
+        setattr(config, key, value)
     torch.manual_seed(0)
     model = t.Qwen3MoeForCausalLM(config).eval()
     prepare_model(model, MaskedDoRAConfig(rank=2, alignment={"mlp": 8}, importance="none",
@@ -104,6 +99,35 @@ def test_dense_blocks_of_an_moe_family_prune_as_their_own_mlp_group(monkeypatch,
     with torch.no_grad():
         reloaded = t.Qwen3MoeForCausalLM.from_pretrained(str(tmp_path)).eval()
         torch.testing.assert_close(output_tensor(reloaded(**tiny_inputs())), ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif("qwen2_moe" not in AVAILABLE, reason="this transformers has no Qwen2-MoE")
+def test_qwen2_moe_dense_block_prunes_and_the_shared_expert_stays_whole(tmp_path):
+    """Qwen2-MoE with decoder_sparse_step=2: block 0's dense MLP (width intermediate_size) prunes as its own
+    group; block 1's experts prune, its shared expert (width shared_expert_intermediate_size) stays whole; a
+    global allocation gives the two blocks different widths: the per-layer form, which load_compact reads."""
+    model = tiny_model("qwen2_moe-dense", kind="lm")
+    shared = {n: p.detach().clone() for n, p in model.named_parameters() if ".shared_expert" in n}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the per-layer form's warning
+        prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), rank=2, alignment={"mlp": 8},
+                                              importance="none", target_sparsity=0.5, allocation="global"))
+    state = get_state(model)
+    assert [g.num_units for g in state.groups_of("mlp")] == [64, 4 * 32]
+    randomize_adapters(model)
+    with torch.no_grad():
+        state.group("mlp", 0).mask_logits.add_(10.0)  # the dense block keeps all 64; the experts lose the rest
+    ref, small, out = harden_and_compact(model)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    assert [s["intermediate"] for s in getattr(small.config, LAYER_SIZES_KEY)] == [64, 8]
+    assert tuple(small.model.layers[1].mlp.experts.down_proj.shape) == (4, 32, 8)
+    for n, p in small.named_parameters():
+        if ".shared_expert" in n:
+            torch.testing.assert_close(p, shared[n], rtol=0, atol=0)
+    small.save_pretrained(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(output_tensor(load_compact(str(tmp_path))(**tiny_inputs())), ref,
+                                   rtol=1e-4, atol=1e-5)
 
 
 def test_dense_mlp_needs_an_moe_mlp():

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace as replace_dataclass
 
 import pytest
 import torch
 
 from masked_dora.models import (MaskedDoRAConfig, export_peft, get_state, harden, load_compact,
                                 load_training_state, prepare_model, save_training_state)
+from masked_dora.models import specs as specs_module
 from masked_dora.models.compact import LAYER_SIZES_KEY
 from masked_dora.nn import MaskedDoRAExperts, MaskedDoRALinear
 
+from tiny_family_table import AVAILABLE as TABLE_FAMILIES
 from tiny_models import (harden_and_compact, output_tensor, randomize_adapters, tiny_config, tiny_inputs,
                          tiny_model)
 
@@ -116,18 +119,26 @@ def test_activation_importance_ranks_each_experts_channels(family):
 
 
 @pytest.mark.parametrize("dense", [dict(mlp_only_layers=[0]), dict(decoder_sparse_step=2)])
-def test_qwen3_moe_with_dense_mlp_layers_is_refused_before_anything_changes(tmp_path, dense):
+def test_dense_blocks_under_a_spec_without_dense_mlp_are_refused_before_anything_changes(monkeypatch, tmp_path,
+                                                                                         dense):
+    """An MoE spec that does not name the dense blocks' MLP (a registered one: ``dense_mlp=None``) refuses the
+    MLP of a model with such blocks (the shipped qwen3_moe spec names it: the families chain runs
+    ``qwen3_moe-dense``); the heads still prune, with the dense block left as it is."""
     import transformers as t
 
+    monkeypatch.setattr(specs_module, "SPECS", dict(specs_module.SPECS))
+    shipped = specs_module.SPECS["qwen3_moe"]
+    specs_module.register_spec("qwen3_moe", spec=replace_dataclass(shipped, name="qwen3_moe-experts-only",
+                                                                    dense_mlp=None), replace=True)
     config = tiny_config("qwen3_moe")
     for key, value in dense.items():
         setattr(config, key, value)
     model = t.Qwen3MoeForCausalLM(config)
     with pytest.raises(ValueError, match=r"'mlp' cannot be pruned in a 'qwen3_moe' model: its blocks \[0\] hold a "
-                                         r"dense MLP .*target_groups=\('heads',\)"):
+                                         r"dense MLP .*'qwen3_moe-experts-only' does not describe "
+                                         r".*target_groups=\('heads',\)"):
         prepare_model(model, MaskedDoRAConfig(importance="none"))
     assert not any(isinstance(m, (MaskedDoRALinear, MaskedDoRAExperts)) for m in model.modules())
-    # the heads still prune, in either save form, with the dense block left as it is
     prepare_model(model, MaskedDoRAConfig(target_groups=("heads",), importance="none", target_sparsity=0.25,
                                           allocation="global"))
     randomize_adapters(model)
@@ -247,3 +258,27 @@ def test_trainer_checkpoints_and_resumes_a_moe_model(tmp_path):
     resumed = run(2, str(tmp_path / "out" / "checkpoint-1"))
     for (name, p), q in zip(full.named_parameters(), resumed.parameters()):
         assert torch.equal(p, q), name
+
+
+@pytest.mark.skipif("granitemoe_swa" not in TABLE_FAMILIES, reason="this transformers has no GraniteMoE-SWA")
+def test_granitemoe_swa_sinks_follow_their_query_heads(tmp_path):
+    """GraniteMoE-SWA's self_attn.sinks (one logit per query head, zeros at init: made distinct here) are cut to
+    the kept query heads; the compacted model equals the masked one and reloads equal."""
+    model = tiny_model("granitemoe_swa", kind="lm")
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.sinks.copy_(torch.tensor([0.5, -1.0, 1.5, -0.25]))
+    prepare_model(model, MaskedDoRAConfig(target_groups=("heads",), rank=2, importance="none", gqa="query_heads",
+                                          target_sparsity=0.5))
+    randomize_adapters(model)
+    with torch.no_grad():  # keep the second head of each KV group (1 and 3)
+        for group in get_state(model).groups_of("heads"):
+            group.mask_logits.copy_(torch.tensor([-1.0, 1.0, -1.0, 1.0]))
+    ref, small, out = harden_and_compact(model)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    for layer in small.model.layers:
+        torch.testing.assert_close(layer.self_attn.sinks, torch.tensor([-1.0, -0.25]), rtol=0, atol=0)
+    small.save_pretrained(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(output_tensor(load_compact(str(tmp_path))(**tiny_inputs())), ref,
+                                   rtol=1e-4, atol=1e-5)

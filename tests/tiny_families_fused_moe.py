@@ -14,6 +14,17 @@ TINY = {
                             dict(_GQA_MOE, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                                  shared_expert_intermediate_size=48),
                             kv_heads=2, causal_lm=True),
+    # dense blocks among the expert ones: block 0 holds a dense MLP of width intermediate_size (64), pruned as its
+    # own group (ModelSpec(dense_mlp=...)); Qwen3-MoE by mlp_only_layers, Qwen2-MoE by decoder_sparse_step=2 (block
+    # 1 is sparse: (1 + 1) % 2 == 0), with its shared expert in the sparse block
+    "qwen3_moe-dense": TinyFamily(("Qwen3MoeConfig", "Qwen3MoeModel", "Qwen3MoeForCausalLM"),
+                                  dict(_GQA_MOE, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                       head_dim=8, mlp_only_layers=[0]),
+                                  kv_heads=2, causal_lm=True),
+    "qwen2_moe-dense": TinyFamily(("Qwen2MoeConfig", "Qwen2MoeModel", "Qwen2MoeForCausalLM"),
+                                  dict(_GQA_MOE, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                       shared_expert_intermediate_size=48, decoder_sparse_step=2),
+                                  kv_heads=2, causal_lm=True),
     "phimoe": TinyFamily(("PhimoeConfig", "PhimoeModel", "PhimoeForCausalLM"),
                          dict(_GQA_MOE, num_local_experts=4, num_experts_per_tok=2, input_jitter_noise=0.0),
                          kv_heads=2, causal_lm=True),

@@ -187,19 +187,48 @@ def num_experts(block: nn.Module, spec: ModelSpec) -> int:
 
 
 def packed_experts(block: nn.Module, spec: ModelSpec) -> Tuple[nn.Module, Tuple[Tensor, ...], Tensor]:
-    """``(experts module, (packed producer weights...), packed consumer weight)`` of an unprepared MoE block."""
+    """``(experts module, (packed producer weights...), packed consumer weight)`` of an unprepared MoE block, as
+    stored (``MLPSpec.experts_layout``: (experts, out, in), or (experts, in, out) where ``transposed``); checked
+    against the layout (3-D weights, the biases it names, the module's own layout flags where it has them)."""
     module = _resolve(block, spec.mlp.experts, "mlp experts module")
+    layout = spec.mlp.experts_layout
     names = tuple(spec.mlp.producers) + (spec.mlp.consumer,)
     weights = [getattr(module, name, None) for name in names]
+    order = "(experts, in, out)" if layout.transposed else "(experts, out, in)"
     for name, w in zip(names, weights):
         if not isinstance(w, Tensor) or w.dim() != 3:
-            raise ValueError(f"spec {spec.name!r}: expected a packed 3-D parameter {name!r} (experts, out, in) on "
+            raise ValueError(f"spec {spec.name!r}: expected a packed 3-D parameter {name!r} {order} on "
                              f"{type(module).__name__}, got {type(w).__name__}")
-    layout = {k: getattr(module, k) for k in ("is_transposed", "has_bias") if getattr(module, k, False)}
-    if layout or not getattr(module, "is_concatenated", True):
-        raise ValueError(f"spec {spec.name!r}: expected experts stored (experts, out, in), without bias, with "
-                         f"[gate | up] concatenated; {type(module).__name__} has {layout or 'interleaved gate/up'}")
+    # transformers' newer experts modules say their layout (is_transposed, has_bias, is_concatenated)
+    declared = {"is_transposed": layout.transposed, "has_bias": layout.bias, "is_concatenated": not layout.interleaved}
+    differs = {k: getattr(module, k) for k, want in declared.items() if hasattr(module, k) and
+               bool(getattr(module, k)) != want}
+    if differs:
+        raise ValueError(f"spec {spec.name!r}: expected experts stored {order}, "
+                         f"{'with' if layout.bias else 'without'} bias, gate/up "
+                         f"{'interleaved' if layout.interleaved else 'concatenated [gate | up]'} (the spec's "
+                         f"experts_layout); {type(module).__name__} has {differs}")
+    (gate_up, down) = (w.transpose(1, 2) if layout.transposed else w for w in (weights[0], weights[-1]))
+    if gate_up.shape[1] != spec.mlp.segments_of(0) * down.shape[2] or gate_up.shape[2] != down.shape[1]:
+        raise ValueError(f"spec {spec.name!r}: {names[0]!r} {tuple(weights[0].shape)} and {names[-1]!r} "
+                         f"{tuple(weights[-1].shape)} on {type(module).__name__} do not pair as {order} packed "
+                         f"[gate | up] and down projections (is the spec's experts_layout the module's?)")
+    expert_biases(module, spec)  # checked
     return module, tuple(weights[:-1]), weights[-1]
+
+
+def expert_biases(module: nn.Module, spec: ModelSpec) -> Tuple[Optional[Tensor], ...]:
+    """The packed biases ``<name>_bias`` (experts, out) of the producers and the consumer of an unprepared experts
+    module (``None`` each where ``MLPSpec.experts_layout`` has no bias)."""
+    names = tuple(spec.mlp.producers) + (spec.mlp.consumer,)
+    if not spec.mlp.experts_layout.bias:
+        return (None,) * len(names)
+    biases = tuple(getattr(module, f"{name}_bias", None) for name in names)
+    for name, b in zip(names, biases):
+        if not isinstance(b, Tensor) or b.dim() != 2:
+            raise ValueError(f"spec {spec.name!r}: expected a packed 2-D parameter {name + '_bias'!r} (experts, out) "
+                             f"on {type(module).__name__} (experts_layout.bias), got {type(b).__name__}")
+    return biases
 
 
 def is_consumer_role(role: str) -> bool:
@@ -221,8 +250,9 @@ def has_experts(block: nn.Module, spec: ModelSpec) -> bool:
 
 
 def holds_spec_mlp(block: nn.Module, spec: ModelSpec) -> bool:
-    """Whether ``block``'s MLP is the one its spec describes: always for a dense spec; for an MoE spec, a block
-    with the experts (not one of Qwen3-MoE's dense blocks, which are never pruned)."""
+    """Whether ``block``'s MLP is the one its spec describes: always for a dense spec (a dense block's
+    ``dense_mlp`` variant included); for an MoE spec, a block with the experts (a dense block under a spec without
+    ``dense_mlp``, whose MLP is never pruned, does not)."""
     return not spec.mlp.experts or has_experts(block, spec)
 
 
@@ -231,8 +261,8 @@ def mlp_width(block: nn.Module, spec: ModelSpec) -> int:
     if spec.mlp.experts:
         module = _resolve(block, spec.mlp.experts, "mlp experts module")
         consumer = getattr(module, spec.mlp.consumer, None)
-        if isinstance(consumer, Tensor):  # packed (experts, out, in)
-            return int(consumer.shape[-1])
+        if isinstance(consumer, Tensor):  # packed (experts, out, in), or (experts, in, out) where transposed
+            return int(consumer.shape[1 if spec.mlp.experts_layout.transposed else 2])
         return int(module.intermediate_dim)  # wrapped (MaskedDoRAExperts)
     return features(block_modules(block, spec, ("mlp",))["mlp"]["consumer"])[0]
 

@@ -59,7 +59,7 @@ def block_sizes(model, spec) -> List[Dict[str, int]]:
     sizes = []
     for b in model_blocks(model, spec):
         hl = head_layout(model.config, b.spec, b.index)
-        # a block without the MoE spec's experts (Qwen3-MoE's mlp_only_layers; their MLP is never pruned) keeps
+        # a block without the MoE spec's experts under a spec without dense_mlp (its MLP is never pruned) keeps
         # the config's width
         width = (mlp_width(b.module, b.spec) if holds_spec_mlp(b.module, b.spec)
                  else getattr(b.spec.sized_config(model.config), b.spec.mlp.size_key))
@@ -70,9 +70,11 @@ def block_sizes(model, spec) -> List[Dict[str, int]]:
 @torch.no_grad()
 def _compact_mlp(block: nn.Module, spec: ModelSpec, group, prefix: str, repl: dict, packed: dict) -> int:
     """The MLP's kept producer rows and consumer columns into ``repl`` (module name: (weight, bias)), or, for
-    an MoE block, each projection's experts stacked into ``packed`` (parameter name: (experts, out, in));
+    an MoE block, each projection's experts stacked into ``packed`` (parameter name: (experts, out, in), or
+    (experts, in, out) where ``experts_layout.transposed``; with ``experts_layout.bias``, "<name>_bias" too);
     returns the kept width (one expert's)."""
     experts = num_experts(block, spec)
+    layout = spec.mlp.experts_layout
     paths = role_paths(spec, "mlp", experts)
     keep = group.hard()
     stacks: Dict[str, list] = {}
@@ -85,10 +87,13 @@ def _compact_mlp(block: nn.Module, spec: ModelSpec, group, prefix: str, repl: di
             w, b = w[k], None if b is None else b[k]
         if experts:  # expert e's layer of the producer (the consumer): the packed parameter's slice e
             name = spec.mlp.consumer if is_consumer_role(role) else spec.mlp.producers[producer_index(role)]
-            stacks.setdefault(f"{prefix}{spec.mlp.experts}.{name}", []).append(w)
+            key = f"{prefix}{spec.mlp.experts}.{name}"
+            stacks.setdefault(key, []).append(w.t() if layout.transposed else w)
+            if layout.bias:  # (the consumer's bias is whole: z = 1 on its rows)
+                stacks.setdefault(key + "_bias", []).append(b)
         else:
             repl[prefix + paths[role]] = (w, b)
-    packed.update({name: torch.stack(ws) for name, ws in stacks.items()})
+    packed.update({name: torch.stack(ws).contiguous() for name, ws in stacks.items()})
     return int(keep.sum()) // max(1, experts)  # the same count in every expert (the group's partitions)
 
 
@@ -308,11 +313,20 @@ def new_linear(block: nn.Module, path: str, in_features: int, out_features: int)
 
 
 def _resize_packed_experts(block: nn.Module, spec: ModelSpec, inter: int) -> None:
-    """Give a fresh MoE block's packed expert parameters the width ``inter`` (random values)."""
+    """Give a fresh MoE block's packed expert parameters (and their biases) the width ``inter`` (random
+    values), in the stored layout (``MLPSpec.experts_layout``)."""
     module, producers, consumer = packed_experts(block, spec)
-    experts, hidden = consumer.shape[0], consumer.shape[1]
-    shapes = {name: (experts, inter * spec.mlp.segments_of(i), hidden) for i, name in enumerate(spec.mlp.producers)}
-    shapes[spec.mlp.consumer] = (experts, hidden, inter)
+    layout = spec.mlp.experts_layout
+    experts, hidden = consumer.shape[0], consumer.shape[2 if layout.transposed else 1]
+
+    def stored(out, fan_in):
+        return (experts, fan_in, out) if layout.transposed else (experts, out, fan_in)
+
+    shapes = {name: stored(inter * spec.mlp.segments_of(i), hidden) for i, name in enumerate(spec.mlp.producers)}
+    if layout.bias:
+        shapes.update({f"{name}_bias": (experts, inter * spec.mlp.segments_of(i))
+                       for i, name in enumerate(spec.mlp.producers)})
+    shapes[spec.mlp.consumer] = stored(hidden, inter)
     for name, shape in shapes.items():
         old = getattr(module, name)
         if tuple(old.shape) != shape:

@@ -95,7 +95,10 @@ def _compact_mlp_group(state, b: Block) -> None:
     group = state.group("mlp", b.index)
     members = block_modules(b.module, b.spec, ("mlp",))["mlp"]
     state.groups[f"mlp_{b.index}"] = _kept_group(group, _slice_members(group, members), members)
-    set_mlp_size_attrs(b.module, b.spec, int(group.hard().sum()) // group.partitions)
+    width = int(group.hard().sum()) // group.partitions
+    set_mlp_size_attrs(b.module, b.spec, width)
+    if b.spec.mlp.experts:  # the MaskedDoRAExperts' own width (size_attrs may name the original module's attribute)
+        b.module.get_submodule(b.spec.mlp.experts).intermediate_dim = width
 
 
 def _compact_head_group(state, b: Block, model_config) -> None:

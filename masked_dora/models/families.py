@@ -8,6 +8,7 @@ from typing import Dict
 
 from .families_decoders import LLAMA_SEMANTICS, QK_NORM_SPANS_HEADS, decoder_specs
 from .families_fused_moe import FUSED_MOE_SPECS
+from .families_moe import moe_specs
 from .families_vision_speech import VISION_SPEECH_SPECS
 from .families_vlm import VLM_WRAPPERS, vlm_text_specs
 from .hidden_spec import BERT_PER_BLOCK, DISTILBERT_PER_BLOCK, LLAMA_HIDDEN, LLAMA_PER_BLOCK, XLMR_XL_PER_BLOCK
@@ -226,6 +227,9 @@ MIXTRAL_STYLE = dict(LLAMA_STYLE, mlp=MLPSpec(  # experts packed as gate_up_proj
     producers=("gate_up_proj",), consumer="down_proj", size_key="intermediate_size", segments=(2,),
     experts="mlp.experts", size_attrs=(("mlp.experts", "intermediate_dim"),)))
 
+GRANITEMOE = dict(MIXTRAL_STYLE, mlp=replace_dataclass(MIXTRAL_STYLE["mlp"], experts="block_sparse_moe.experts",
+                                                     size_attrs=(("block_sparse_moe.experts", "intermediate_dim"),)))
+
 SPECS: Dict[str, ModelSpec] = {
     "llama": ModelSpec(name="llama", model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
                                                   "gemma3_text", "granite") + LLAMA_SEMANTICS, **LLAMA_STYLE,
@@ -235,13 +239,18 @@ SPECS: Dict[str, ModelSpec] = {
                        unsupported=(("heads", "", _QK_NORM_SPANS_HEADS),)),
     "stablelm": ModelSpec(name="stablelm", model_types=("stablelm",), **STABLELM),
     "mixtral": ModelSpec(name="mixtral", model_types=("mixtral", "phimoe"), **MIXTRAL_STYLE),
-    # qwen2_moe: its shared_expert (and shared_expert_gate) MLP beside the experts is not pruned
+    # qwen2_moe: its shared_expert (and shared_expert_gate) MLP beside the experts is not pruned. The blocks that
+    # mlp_only_layers or decoder_sparse_step > 1 make dense hold Llama's MLP of width intermediate_size: groups of
+    # their own (dense_mlp), as DeepSeek-V3's first blocks
     "qwen3_moe": ModelSpec(name="qwen3_moe", model_types=("qwen3_moe", "qwen2_moe"), **dict(
-        MIXTRAL_STYLE, mlp=replace_dataclass(MIXTRAL_STYLE["mlp"], size_key="moe_intermediate_size"))),
-    # dense MLP blocks among them (mlp_only_layers, decoder_sparse_step): refused
-    "granitemoe": ModelSpec(name="granitemoe", model_types=("granitemoe",), **dict(MIXTRAL_STYLE, mlp=replace_dataclass(
-        MIXTRAL_STYLE["mlp"], experts="block_sparse_moe.experts",
-        size_attrs=(("block_sparse_moe.experts", "intermediate_dim"),)))),
+        MIXTRAL_STYLE, mlp=replace_dataclass(MIXTRAL_STYLE["mlp"], size_key="moe_intermediate_size")),
+        dense_mlp=LLAMA_STYLE["mlp"]),
+    # granitemoeshared: its shared_mlp (width shared_intermediate_size) beside the experts is kept whole
+    "granitemoe": ModelSpec(name="granitemoe", model_types=("granitemoe", "granitemoeshared"), **GRANITEMOE),
+    # GraniteMoeShared with sliding-window (and NoPE) layers and one learned sink logit per query head
+    # (self_attn.sinks, cut to the kept heads)
+    "granitemoe_swa": ModelSpec(name="granitemoe_swa", model_types=("granitemoe_swa",), **dict(
+        GRANITEMOE, heads=replace_dataclass(GRANITEMOE["heads"], per_head=(PerHeadSpec("self_attn", "heads"),)))),
     "phi": ModelSpec(name="phi", model_types=("phi",), **PHI),
     "phi3": ModelSpec(name="phi3", model_types=("phi3",), **PHI3, heads_need_plain_config=True),
     "modernbert": ModelSpec(name="modernbert", model_types=("modernbert",), **MODERNBERT),
@@ -290,6 +299,7 @@ SPECS: Dict[str, ModelSpec] = {
     **VISION_SPEECH_SPECS,
 }
 SPECS.update(decoder_specs(LLAMA_STYLE))
+SPECS.update(moe_specs(LLAMA_STYLE, MIXTRAL_STYLE, _QK_NORM_SPANS_HEADS))
 SPECS.update(vlm_text_specs(LLAMA_STYLE))
 WRAPPERS = dict(VLM_WRAPPERS)  # outer model_type -> WrapperSpec: a VLM prunes its language model
 

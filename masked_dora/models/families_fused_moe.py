@@ -100,5 +100,6 @@ FUSED_MOE_SPECS: Dict[str, ModelSpec] = {
     "persimmon": ModelSpec(name="persimmon", model_types=("persimmon",), **PERSIMMON),
     "bloom": ModelSpec(name="bloom", model_types=("bloom",), **BLOOM),
     "mpt": ModelSpec(name="mpt", model_types=("mpt",), **MPT),
-    "deepseek_v3": ModelSpec(name="deepseek_v3", model_types=("deepseek_v3",), **DEEPSEEK_V3),
+    # deepseek_v2: the same blocks and MLA attention
+    "deepseek_v3": ModelSpec(name="deepseek_v3", model_types=("deepseek_v3", "deepseek_v2"), **DEEPSEEK_V3),
 }

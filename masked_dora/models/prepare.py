@@ -15,10 +15,10 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..nn import MaskedDoRAExperts, MaskedDoRALinear
-from .blocks import (Block, HeadLayout, block_modules, check_per_head_modules, expert_index, features, has_experts,
-                     head_layout, is_consumer_role, is_conv1d, mlp_width, model_blocks, num_experts, packed_experts,
-                     producer_index, role_paths, stack_specs)
+from ..nn import ClampedSwiGLU, MaskedDoRAExperts, MaskedDoRALinear
+from .blocks import (Block, HeadLayout, block_modules, check_per_head_modules, expert_biases, expert_index, features,
+                     has_experts, head_layout, is_consumer_role, is_conv1d, mlp_width, model_blocks, num_experts,
+                     packed_experts, producer_index, role_paths, stack_specs)
 from .config import MaskedDoRAConfig
 from .group_mask import ALWAYS_KEPT, ForwardMasks, GroupMask, InputGate, MaskView
 from .specs import QKV_LAYOUTS, HeadSpec, ModelSpec, spec_for
@@ -125,10 +125,25 @@ def _keep_all(layer: MaskedDoRALinear) -> None:
 
 
 def _wrap_experts(block, spec, config) -> None:
-    """Replace an MoE block's experts module by a :class:`MaskedDoRAExperts` sharing its packed weights."""
+    """Replace an MoE block's experts module by a :class:`MaskedDoRAExperts` sharing its packed weights (copying
+    them where they are stored transposed), in the layout ``spec.mlp.experts_layout`` says."""
     module, producers, consumer = packed_experts(block, spec)
-    experts = MaskedDoRAExperts.from_packed(*producers, consumer, module.act_fn, **_layer_kwargs(config, consumer))
+    layout = spec.mlp.experts_layout
+    gate_up, down = (w.transpose(1, 2) if layout.transposed else w for w in (producers[0], consumer))
+    gate_up_bias, down_bias = expert_biases(module, spec)
+    act = dict(act_fn=module.act_fn) if layout.glu == "act" else dict(
+        act_fn=None, glu=ClampedSwiGLU(module.alpha, module.limit))
+    experts = MaskedDoRAExperts.from_packed(gate_up, down, gate_up_bias=gate_up_bias, down_bias=down_bias,
+                                            interleaved=layout.interleaved, **act, **_layer_kwargs(config, consumer))
     _replace(block, spec.mlp.experts, experts)
+
+
+def _channels_of_rows(width: int, rows: int, interleaved: bool) -> Tensor:
+    """The channel of each of a member's ``rows`` (output rows of a producer, input columns of the consumer):
+    ``rows // width`` segments of ``width`` stacked ([gate | up]), or interleaved (gate c, up c, ...)."""
+    if interleaved:
+        return torch.arange(width).repeat_interleave(rows // width)
+    return torch.arange(width).repeat(rows // width)
 
 
 def _mlp_group(block, i, spec, config, where) -> GroupMask:
@@ -146,8 +161,10 @@ def _mlp_group(block, i, spec, config, where) -> GroupMask:
         if size != width * segments:
             raise ValueError(f"model: {where}.{paths[role]} has {size} channels, the MLP group expects "
                              f"{width * segments}")
-    # a fused producer stacks segments: row r of it is channel r mod width; expert e's channels follow e's
-    roles = {role: torch.arange(width).repeat(features(m)[0 if is_consumer_role(role) else 1] // width)
+    # a fused producer stacks segments: row r of it is channel r mod width (r // 2 where interleaved); expert e's
+    # channels follow e's
+    interleaved = spec.mlp.experts_layout.interleaved
+    roles = {role: _channels_of_rows(width, features(m)[0 if is_consumer_role(role) else 1], interleaved)
              + width * expert_index(role) for role, m in mods.items()}
     group = GroupMask("mlp", i, width * max(1, experts), roles, gate=config.gate, mask_init=config.mask_init,
                       partitions=max(1, experts), tied=config.mask_learning == "layer")
@@ -292,10 +309,10 @@ def _targeted_blocks(model: nn.Module, spec: ModelSpec, config: MaskedDoRAConfig
         raise ValueError(f"config.stacks: this {type(model).__name__} has the stacks {present}, got "
                          f"{list(config.stacks)}")
     dense = [b.index for b in blocks if b.spec.mlp.experts and not has_experts(b.module, b.spec)]
-    if dense and "mlp" in config.target_groups:  # Qwen3-MoE's mlp_only_layers, or decoder_sparse_step > 1
-        _refuse("mlp", config, model.config, f"its blocks {dense} hold a dense MLP instead of experts "
-                                             f"(mlp_only_layers, decoder_sparse_step), which one spec cannot "
-                                             f"describe yet")
+    if dense and "mlp" in config.target_groups:  # an MoE spec without dense_mlp (a registered one) over dense blocks
+        _refuse("mlp", config, model.config, f"its blocks {dense} hold a dense MLP instead of experts, which its "
+                                             f"spec {spec.name!r} does not describe (ModelSpec(dense_mlp=...) names "
+                                             f"such a block's MLP)")
     for stack in {b.spec.stack: b.spec for b in blocks}.values():
         _refuse_heads_kv_groups_cannot_prune(stack, config, model.config)
     return blocks

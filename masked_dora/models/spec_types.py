@@ -49,6 +49,32 @@ BLOCK_KINDS = ("mlp", "heads")  # the kinds with one group per block (``hidden``
 QKV_LAYOUTS = ("blocks", "grouped", "per_head", "chunked")
 
 
+EXPERT_GLUS = ("act", "clamped_swiglu")
+
+
+@dataclass(frozen=True)
+class ExpertsLayout:
+    """How an MoE experts module stores its packed parameters, and how an expert combines gate and up.
+
+    The default is Mixtral's: ``gate_up_proj`` (experts, 2I, H) with rows [gate | up], ``down_proj`` (experts, H,
+    I), no bias, ``act_fn(gate) * up``. gpt-oss stores them transposed, ``(experts, in, out)``, its gate and up
+    outputs interleaved (gate of channel c at 2c, up at 2c + 1), a bias ``<name>_bias`` (experts, out) beside each,
+    and combines them with a clamped SwiGLU. A pruned channel's gate and up outputs are both gated to exactly 0
+    (bias included), and every ``glu`` here maps (0, 0) to 0, so the channel adds nothing at ``down_proj``.
+    """
+
+    transposed: bool = False  # packed (experts, in, out) (gpt_oss, llama4), not (experts, out, in)
+    interleaved: bool = False  # gate/up outputs alternate per channel (gpt_oss), not [gate | up]
+    bias: bool = False  # a "<parameter>_bias" (experts, out) beside each packed parameter (gpt_oss)
+    # "act": the module's act_fn(gate) * up; "clamped_swiglu": gpt-oss's (clamp(up, +-limit) + 1) * g * sigmoid(
+    # alpha * g) with g = clamp(gate, max=limit), alpha and limit read from the module's attributes of those names
+    glu: str = "act"
+
+    def __post_init__(self):
+        if self.glu not in EXPERT_GLUS:
+            raise ValueError(f"ExpertsLayout.glu: expected one of {EXPERT_GLUS}, got {self.glu!r}")
+
+
 @dataclass(frozen=True)
 class MLPSpec:
     """The MLP channel group of one block (module paths relative to the block)."""
@@ -73,12 +99,17 @@ class MLPSpec:
     # mask (an InputGate, as query heads at the output under gqa="query_heads"), and the masked model equals the
     # compacted one
     gate_consumer_input: bool = False
+    # how the experts module stores its packed parameters (transposed, interleaved gate/up, biases) and combines
+    # gate and up (with experts only)
+    experts_layout: ExpertsLayout = ExpertsLayout()
 
     def __post_init__(self):
         if self.experts and (len(self.producers) != 1 or self.segments != (2,)):
             raise ValueError("MLPSpec: experts are supported as one packed [gate | up] producer (producers=(name,), "
                              f"segments=(2,)) and a packed down projection, got producers={self.producers}, "
                              f"segments={self.segments}")
+        if not self.experts and self.experts_layout != ExpertsLayout():
+            raise ValueError("MLPSpec: experts_layout describes packed experts; it needs experts=...")
         if self.experts and self.gate_consumer_input:
             raise ValueError("MLPSpec: gate_consumer_input is supported for a dense MLP, not with experts")
 

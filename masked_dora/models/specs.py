@@ -13,12 +13,12 @@ from typing import Optional
 from torch import nn
 
 from .families import RENAMED_SPECS, SPECS, WRAPPERS
-from .spec_types import (BLOCK_KINDS, GROUP_KINDS, HEAD_COUNTS, QKV_LAYOUTS, HeadSpec, MLPSpec, ModelSpec,
-                         PerHeadSpec, WrapperSpec, wrap_spec)
+from .spec_types import (BLOCK_KINDS, GROUP_KINDS, HEAD_COUNTS, QKV_LAYOUTS, ExpertsLayout, HeadSpec, MLPSpec,
+                         ModelSpec, PerHeadSpec, WrapperSpec, wrap_spec)
 
-__all__ = ["BLOCK_KINDS", "GROUP_KINDS", "HEAD_COUNTS", "QKV_LAYOUTS", "HeadSpec", "MLPSpec", "ModelSpec",
-           "PerHeadSpec", "RENAMED_SPECS", "SPECS", "WRAPPERS", "WrapperSpec", "matching_specs", "register_spec",
-           "spec_for"]
+__all__ = ["BLOCK_KINDS", "GROUP_KINDS", "HEAD_COUNTS", "QKV_LAYOUTS", "ExpertsLayout", "HeadSpec", "MLPSpec",
+           "ModelSpec", "PerHeadSpec", "RENAMED_SPECS", "SPECS", "WRAPPERS", "WrapperSpec", "matching_specs",
+           "register_spec", "spec_for"]
 
 
 def spec_for(model_or_config) -> ModelSpec:

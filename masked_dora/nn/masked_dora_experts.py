@@ -13,15 +13,24 @@ prunes channels of expert ``e`` exactly: ``act(0) * 0 = 0`` at the input of ``D_
 not named after the packed parameters: transformers' save-time conversion matches those names and would
 take the layers for packed experts.)
 
+Other layouts come in through :meth:`MaskedDoRAExperts.from_packed`'s arguments: biases (``gate_up_bias``
+(E, 2I), ``down_bias`` (E, H)), gate and up outputs interleaved per channel (``interleaved``: gate of channel
+``c`` at row ``2c``, up at ``2c + 1``, as gpt-oss stores them), and another combination of gate and up
+(``glu(gate, up)``, e.g. :class:`ClampedSwiGLU`). A gated row's bias is gated too, so a pruned channel's gate
+and up are both exactly 0, and each ``glu`` here maps (0, 0) to 0. Weights stored transposed, (E, in, out),
+are the caller's to pass as ``.transpose(1, 2)``: such a slice is not contiguous, and it is copied.
+
 The routing (which tokens go to which expert, with which weight) is the caller's: ``forward`` takes the
 router's ``top_k_index`` and ``top_k_weights`` and loops over the experts that received a token, as
 transformers' eager experts do; an index equal to ``num_experts`` means "no expert" (expert parallelism)
-and is skipped.
+and is skipped. Called with the tokens alone, it takes Llama 4's convention instead: ``hidden_states`` holds
+``num_experts`` equal runs of rows, run ``e`` for expert ``e`` (every token, already scaled by its router score
+for ``e``, 0 where not routed), and returns each expert's output on its run, in the same order.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -29,21 +38,49 @@ from torch import Tensor, nn
 from .masked_dora_linear import MaskedDoRALinear
 
 
-def _view_linear(weight: Tensor) -> nn.Linear:
-    """An ``nn.Linear`` (no bias) whose weight Parameter shares ``weight``'s storage."""
-    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta", dtype=weight.dtype)
-    linear.weight = nn.Parameter(weight, requires_grad=False)
+def _view_linear(weight: Tensor, bias: Optional[Tensor] = None) -> nn.Linear:
+    """An ``nn.Linear`` whose weight (and bias) Parameters share ``weight``'s (``bias``'s) storage; a
+    non-contiguous ``weight`` (a transposed slice) is copied."""
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta", dtype=weight.dtype)
+    linear.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
+    if bias is not None:
+        linear.bias = nn.Parameter(bias, requires_grad=False)
     return linear
+
+
+def _check_activation(act_fn, glu) -> None:
+    if (act_fn is None) == (glu is None):
+        raise ValueError("act_fn, glu: expected exactly one (act_fn(gate) * up, or glu(gate, up))")
+
+
+class ClampedSwiGLU(nn.Module):
+    r"""``(clamp(up, -limit, limit) + 1) * g * sigmoid(alpha * g)`` with ``g = clamp(gate, max=limit)``: the
+    experts' gated activation of gpt-oss (alpha 1.702, limit 7). It maps ``gate = up = 0`` (a pruned channel) to
+    ``(0 + 1) * 0 * sigmoid(0) = 0`` exactly."""
+
+    def __init__(self, alpha: float, limit: float):
+        super().__init__()
+        self.alpha, self.limit = float(alpha), float(limit)
+
+    def forward(self, gate: Tensor, up: Tensor) -> Tensor:
+        gate = gate.clamp(max=self.limit)
+        up = up.clamp(min=-self.limit, max=self.limit)
+        return (up + 1) * (gate * torch.sigmoid(gate * self.alpha))
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, limit={self.limit}"
 
 
 class MaskedDoRAExperts(nn.Module):
     """E expert MLPs, each projection a :class:`MaskedDoRALinear` (see the module docstring).
 
-    ``gate_up[e]``: ``2 * intermediate_dim`` outputs (gate rows, then up rows);
-    ``down[e]``: ``hidden_dim`` outputs from ``intermediate_dim`` inputs.
+    ``gate_up[e]``: ``2 * intermediate_dim`` outputs (gate rows, then up rows; ``interleaved``: gate and up row
+    of each channel in turn); ``down[e]``: ``hidden_dim`` outputs from ``intermediate_dim`` inputs. An expert
+    computes ``down[e](glu(gate, up))``, ``glu`` defaulting to ``act_fn(gate) * up``.
     """
 
-    def __init__(self, gate_up: nn.ModuleList, down: nn.ModuleList, act_fn: Callable[[Tensor], Tensor]):
+    def __init__(self, gate_up: nn.ModuleList, down: nn.ModuleList, act_fn: Optional[Callable[[Tensor], Tensor]],
+                 interleaved: bool = False, glu: Optional[Callable[[Tensor, Tensor], Tensor]] = None):
         super().__init__()
         if len(gate_up) != len(down) or len(gate_up) == 0:
             raise ValueError(f"gate_up, down: expected one layer per expert in each, got {len(gate_up)} and "
@@ -52,16 +89,22 @@ class MaskedDoRAExperts(nn.Module):
             if gu.out_features != 2 * d.in_features or gu.in_features != d.out_features:
                 raise ValueError(f"gate_up[{e}], down[{e}]: expected (H -> 2I) and (I -> H), got "
                                  f"({gu.in_features} -> {gu.out_features}) and ({d.in_features} -> {d.out_features})")
-        self.gate_up, self.down, self.act_fn = gate_up, down, act_fn
+        _check_activation(act_fn, glu)
+        self.gate_up, self.down, self.act_fn, self.glu = gate_up, down, act_fn, glu
+        self.interleaved = bool(interleaved)
         self.num_experts = len(gate_up)
         self.hidden_dim = down[0].out_features
         self.intermediate_dim = down[0].in_features
 
     @classmethod
-    def from_packed(cls, gate_up_proj: Tensor, down_proj: Tensor, act_fn: Callable[[Tensor], Tensor],
+    def from_packed(cls, gate_up_proj: Tensor, down_proj: Tensor, act_fn: Optional[Callable[[Tensor], Tensor]],
+                    gate_up_bias: Optional[Tensor] = None, down_bias: Optional[Tensor] = None,
+                    interleaved: bool = False, glu: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
                     **layer_kwargs) -> "MaskedDoRAExperts":
-        """Wrap packed expert weights (``(E, 2I, H)`` and ``(E, H, I)``), shared, not copied; ``layer_kwargs``
-        go to :meth:`MaskedDoRALinear.from_linear` (rank, alpha, gate, ...)."""
+        """Wrap packed expert weights (``(E, 2I, H)`` and ``(E, H, I)``) and biases (``(E, 2I)``, ``(E, H)``),
+        shared, not copied (a non-contiguous weight, such as a transposed one, is copied); ``layer_kwargs`` go to
+        :meth:`MaskedDoRALinear.from_linear` (rank, alpha, gate, ...)."""
+        _check_activation(act_fn, glu)
         for name, w in (("gate_up_proj", gate_up_proj), ("down_proj", down_proj)):
             if not isinstance(w, Tensor) or w.dim() != 3 or not w.is_floating_point():
                 raise ValueError(f"{name}: expected a 3-D floating-point tensor (experts, out, in), got "
@@ -71,21 +114,38 @@ class MaskedDoRAExperts(nn.Module):
             raise ValueError(f"down_proj: expected shape ({E}, {H}, {two_i // 2}) to match gate_up_proj "
                              f"{tuple(gate_up_proj.shape)} (rows [gate | up]), got {tuple(down_proj.shape)}")
 
-        def wrap(w):
-            return MaskedDoRALinear.from_linear(_view_linear(w), **layer_kwargs)
+        for name, b, rows in (("gate_up_bias", gate_up_bias, two_i), ("down_bias", down_bias, H)):
+            if b is not None and tuple(b.shape) != (E, rows):
+                raise ValueError(f"{name}: expected shape ({E}, {rows}), got {tuple(b.shape)}")
 
-        gate_up = nn.ModuleList(wrap(gate_up_proj[e]) for e in range(E))
-        down = nn.ModuleList(wrap(down_proj[e]) for e in range(E))
-        return cls(gate_up, down, act_fn)
+        def wrap(w, b, e):
+            return MaskedDoRALinear.from_linear(_view_linear(w[e], None if b is None else b[e]), **layer_kwargs)
+
+        gate_up = nn.ModuleList(wrap(gate_up_proj, gate_up_bias, e) for e in range(E))
+        down = nn.ModuleList(wrap(down_proj, down_bias, e) for e in range(E))
+        return cls(gate_up, down, act_fn, interleaved=interleaved, glu=glu)
 
     def expert(self, e: int, x: Tensor) -> Tensor:
         """Expert ``e`` on the rows ``x`` routed to it."""
-        gate, up = self.gate_up[e](x).chunk(2, dim=-1)
-        return self.down[e](self.act_fn(gate) * up)
+        gate_up = self.gate_up[e](x)
+        if self.interleaved:
+            gate, up = gate_up[..., 0::2], gate_up[..., 1::2]
+        else:
+            gate, up = gate_up.chunk(2, dim=-1)
+        return self.down[e](self.act_fn(gate) * up if self.glu is None else self.glu(gate, up))
 
-    def forward(self, hidden_states: Tensor, top_k_index: Tensor, top_k_weights: Tensor) -> Tensor:
+    def forward(self, hidden_states: Tensor, top_k_index: Optional[Tensor] = None,
+                top_k_weights: Optional[Tensor] = None) -> Tensor:
         if hidden_states.dim() != 2 or hidden_states.shape[-1] != self.hidden_dim:
             raise ValueError(f"hidden_states: expected (tokens, {self.hidden_dim}), got {tuple(hidden_states.shape)}")
+        if top_k_index is None and top_k_weights is None:  # one run of rows per expert (Llama 4)
+            if hidden_states.shape[0] % self.num_experts:
+                raise ValueError(f"hidden_states: without top_k_index, expected {self.num_experts} equal runs of rows "
+                                 f"(one per expert), got {hidden_states.shape[0]} rows")
+            runs = hidden_states.view(self.num_experts, -1, self.hidden_dim)
+            return torch.cat([self.expert(e, runs[e]) for e in range(self.num_experts)])
+        if top_k_index is None or top_k_weights is None:
+            raise ValueError("top_k_index, top_k_weights: expected both (the router's choice) or neither")
         if top_k_index.shape != top_k_weights.shape or top_k_index.shape[0] != hidden_states.shape[0]:
             raise ValueError(f"top_k_index, top_k_weights: expected equal shapes (tokens, k), got "
                              f"{tuple(top_k_index.shape)} and {tuple(top_k_weights.shape)}")
@@ -102,4 +162,6 @@ class MaskedDoRAExperts(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return f"num_experts={self.num_experts}, hidden_dim={self.hidden_dim}, intermediate_dim={self.intermediate_dim}"
+        return (f"num_experts={self.num_experts}, hidden_dim={self.hidden_dim}, "
+                f"intermediate_dim={self.intermediate_dim}"
+                + (", interleaved=True" if self.interleaved else ""))

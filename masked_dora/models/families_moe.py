@@ -1,0 +1,75 @@
+"""Mixture-of-experts decoders whose layout the existing specs' capabilities describe (packed experts, shared
+experts kept whole, dense blocks as their own groups, Llama's attention); :mod:`masked_dora.models.families` adds
+them to ``SPECS``. (Mixtral, Qwen-MoE and the GraniteMoE variants are in that table itself, DeepSeek-V3 in
+:mod:`masked_dora.models.families_fused_moe`.)
+
+Every family here routes with a router that stays untouched. Most pack their experts as Mixtral does
+(``gate_up_proj`` (E, 2I, H) rows [gate | up], ``down_proj`` (E, H, I), no bias, SiLU); gpt_oss and llama4_text
+store them transposed, which their ``MLPSpec.experts_layout`` declares. Each was checked against its modeling
+file in transformers 5.24.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace as replace_dataclass
+from typing import Dict
+
+from .families_fused_moe import DEEPSEEK_V3
+from .spec_types import ExpertsLayout, MLPSpec, ModelSpec, PerHeadSpec
+
+
+def moe_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: str) -> Dict[str, ModelSpec]:
+    """The specs of this module, built on the ``llama`` spec's fields (``llama_style``), the ``mixtral`` spec's
+    (``mixtral_style``) and the reason OLMo-2's heads are refused (``qk_norm_spans_heads``)."""
+    # DeepSeek-V3's MoE blocks (mlp.experts, mlp.shared_experts kept whole, whose width moe_intermediate_size
+    # times the shared count also sets: size_key "", a pruned expert width saves per layer) and dense blocks
+    # (Llama's MLP, intermediate_size), under Llama's GQA attention instead of MLA
+    deepseek_moe_gqa = dict(llama_style, mlp=DEEPSEEK_V3["mlp"], dense_mlp=DEEPSEEK_V3["dense_mlp"])
+    return {
+        # OLMoE, FlexOlmo and MiniMax-M2: Mixtral's experts (width intermediate_size); their q/k RMSNorms span all
+        # heads' width (OLMo-2's attention), so their heads are refused
+        "olmoe": ModelSpec(name="olmoe", model_types=("olmoe", "flex_olmo", "minimax_m2"), **mixtral_style,
+                           unsupported=(("heads", "", qk_norm_spans_heads),)),
+        # dense blocks by first_k_dense_replace (glm4_moe, dots1), moe_layer_start_index / moe_layer_interval
+        # (ernie4_5_moe, whose use_bias puts biases on the attention and dense MLP), mlp_layer_types (exaone_moe,
+        # Exaone-4's attention) or none (solar_open); per-head q/k norms over head_dim with one weight for all
+        # heads (glm4_moe's use_qk_norm, dots1, exaone_moe) and partial rotary (glm4_moe) change nothing per head
+        "glm4_moe": ModelSpec(name="glm4_moe", model_types=("glm4_moe", "dots1", "ernie4_5_moe", "solar_open",
+                                                            "exaone_moe"), **deepseek_moe_gqa),
+        # Hunyuan-MoE: Mixtral's experts and a shared_mlp (kept whole), both intermediate_size wide (size_key "");
+        # its query/key_layernorm over head_dim, one weight for all heads, changes nothing per head
+        "hunyuan_v1_moe": ModelSpec(name="hunyuan_v1_moe", model_types=("hunyuan_v1_moe",), **dict(
+            mixtral_style, mlp=replace_dataclass(mixtral_style["mlp"], size_key=""))),
+        # Cohere2-MoE: Mixtral's experts, whose width intermediate_size also sizes the shared experts (times
+        # num_shared_experts: size_key ""); dense blocks by mlp_layer_types with Llama's MLP of width
+        # prefix_dense_intermediate_size; Cohere-2's parallel attention (sliding-window layers with rotary, the
+        # others without) changes nothing per head
+        "cohere2_moe": ModelSpec(name="cohere2_moe", model_types=("cohere2_moe",), **dict(
+            mixtral_style, mlp=replace_dataclass(mixtral_style["mlp"], size_key="")),
+            dense_mlp=replace_dataclass(llama_style["mlp"], size_key="prefix_dense_intermediate_size")),
+        # gpt-oss: experts stored (E, in, out), gate/up outputs interleaved, biases, a clamped SwiGLU (which maps a
+        # pruned channel's (0, 0) to 0); Llama's attention with biases and one learned sink logit per query head
+        # (self_attn.sinks, cut to the kept heads), sliding-window layers
+        "gpt_oss": ModelSpec(name="gpt_oss", model_types=("gpt_oss",), **dict(
+            llama_style, heads=replace_dataclass(llama_style["heads"], per_head=(PerHeadSpec("self_attn", "heads"),)),
+            mlp=MLPSpec(producers=("gate_up_proj",), consumer="down_proj", size_key="intermediate_size",
+                        segments=(2,), experts="mlp.experts", size_attrs=(("mlp.experts", "intermediate_size"),),
+                        experts_layout=ExpertsLayout(transposed=True, interleaved=True, bias=True,
+                                                     glu="clamped_swiglu")))),
+        # Llama 4 (text): experts under feed_forward, stored (E, in, out) with [gate | up]; the experts module is
+        # called with every expert's routed (router-scaled) tokens in turn (MaskedDoRAExperts takes that call too);
+        # the shared_expert (kept whole) is intermediate_size wide as the experts (size_key ""); the blocks not in
+        # moe_layers are dense, of width intermediate_size_mlp. Its q/k L2 norm (no weight) over each head's
+        # head_dim, NoPE layers' temperature tuning and chunked attention change nothing per head
+        "llama4_text": ModelSpec(name="llama4_text", model_types=("llama4_text",), **dict(
+            llama_style,
+            heads=replace_dataclass(llama_style["heads"], attrs=(
+                ("num_attention_heads", "heads"), ("num_key_value_heads", "kv_heads"),
+                ("num_key_value_groups", "groups"))),
+            mlp=MLPSpec(producers=("gate_up_proj",), consumer="down_proj", size_key="", segments=(2,),
+                        experts="feed_forward.experts", experts_layout=ExpertsLayout(transposed=True),
+                        size_attrs=(("feed_forward.experts", "intermediate_size"),
+                                    ("feed_forward.experts", "expert_dim")))),
+            dense_mlp=MLPSpec(producers=("feed_forward.gate_proj", "feed_forward.up_proj"),
+                              consumer="feed_forward.down_proj", size_key="intermediate_size_mlp")),
+    }

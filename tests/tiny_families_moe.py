@@ -1,0 +1,90 @@
+"""Tiny MoE decoders of masked_dora/models/families_moe.py and the MoE types that joined an existing spec
+(deepseek_v2, granitemoeshared); see tests/tiny_family_table.py. Each has 4 experts, top-2."""
+
+from tiny_family_table import TinyFamily
+
+_GQA_MOE = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+                num_hidden_layers=2, vocab_size=97, max_position_embeddings=64, pad_token_id=0, bos_token_id=1,
+                eos_token_id=2)
+# one dense block (width 64), then an MoE block: experts of width 32 and one shared expert of width 32 (kept whole)
+_DENSE_THEN_MOE = dict(_GQA_MOE, moe_intermediate_size=32, num_experts_per_tok=2, head_dim=8)
+
+TINY = {
+    # experts of width intermediate_size (64); q/k norms over all heads' width: heads refused
+    "olmoe": TinyFamily(("OlmoeConfig", "OlmoeModel", "OlmoeForCausalLM"),
+                        dict(_GQA_MOE, num_experts=4, num_experts_per_tok=2),
+                        kv_heads=2, causal_lm=True, heads=False),
+    "flex_olmo": TinyFamily(("FlexOlmoConfig", "FlexOlmoModel", "FlexOlmoForCausalLM"),
+                            dict(_GQA_MOE, num_experts=4, num_experts_per_tok=2),
+                            kv_heads=2, causal_lm=True, heads=False),
+    "minimax_m2": TinyFamily(("MiniMaxM2Config", "MiniMaxM2Model", "MiniMaxM2ForCausalLM"),
+                             dict(_GQA_MOE, num_local_experts=4, num_experts_per_tok=2, head_dim=8),
+                             kv_heads=2, causal_lm=True, heads=False),
+    # per-head q/k norms (use_qk_norm) and partial rotary
+    "glm4_moe": TinyFamily(("Glm4MoeConfig", "Glm4MoeModel", "Glm4MoeForCausalLM"),
+                           dict(_DENSE_THEN_MOE, n_routed_experts=4, n_shared_experts=1, first_k_dense_replace=1,
+                                n_group=1, topk_group=1, use_qk_norm=True),
+                           kv_heads=2, causal_lm=True),
+    "dots1": TinyFamily(("Dots1Config", "Dots1Model", "Dots1ForCausalLM"),
+                        dict(_DENSE_THEN_MOE, n_routed_experts=4, n_shared_experts=1, first_k_dense_replace=1,
+                             n_group=1, topk_group=1),
+                        kv_heads=2, causal_lm=True),
+    # biases on q/k/v/o and the dense MLP (use_bias)
+    "ernie4_5_moe": TinyFamily(("Ernie4_5_MoeConfig", "Ernie4_5_MoeModel", "Ernie4_5_MoeForCausalLM"),
+                               dict(_DENSE_THEN_MOE, moe_num_experts=4, moe_k=2, moe_num_shared_experts=1,
+                                    moe_layer_start_index=1, use_bias=True),
+                               kv_heads=2, causal_lm=True),
+    # every block MoE
+    "solar_open": TinyFamily(("SolarOpenConfig", "SolarOpenModel", "SolarOpenForCausalLM"),
+                             dict(_DENSE_THEN_MOE, n_routed_experts=4, n_shared_experts=1, n_group=1, topk_group=1),
+                             kv_heads=2, causal_lm=True),
+    # block 0 dense by mlp_layer_types; Exaone-4's attention (per-head q/k norms, a sliding-window layer)
+    "exaone_moe": TinyFamily(("ExaoneMoeConfig", "ExaoneMoeModel", "ExaoneMoeForCausalLM"),
+                             dict(_DENSE_THEN_MOE, num_experts=4, num_shared_experts=1,
+                                  mlp_layer_types=["dense", "sparse"], sliding_window=4, sliding_window_pattern=2),
+                             kv_heads=2, causal_lm=True),
+    # experts and a shared_mlp both of width intermediate_size (64); per-head query/key_layernorm
+    "hunyuan_v1_moe": TinyFamily(("HunYuanMoEV1Config", "HunYuanMoEV1Model", "HunYuanMoEV1ForCausalLM"),
+                                 dict(_GQA_MOE, num_experts=4, moe_topk=2, head_dim=8),
+                                 kv_heads=2, causal_lm=True),
+    # block 0 dense (width prefix_dense_intermediate_size, 48), block 1 experts of width 64 and a shared expert
+    # of width 64; Cohere-2's sliding-window (rotary) and global (no rotary) layers
+    "cohere2_moe": TinyFamily(("Cohere2MoeConfig", "Cohere2MoeModel", "Cohere2MoeForCausalLM"),
+                              dict(_GQA_MOE, num_experts=4, num_experts_per_tok=2, num_shared_experts=1, head_dim=8,
+                                   mlp_layer_types=["dense", "sparse"], prefix_dense_intermediate_size=48,
+                                   layer_types=["sliding_attention", "full_attention"], sliding_window=4),
+                              kv_heads=2, causal_lm=True),
+    # experts stored (E, in, out) with interleaved gate/up rows, biases and a clamped SwiGLU; per-head attention
+    # sinks; a sliding-window and a full-attention layer
+    "gpt_oss": TinyFamily(("GptOssConfig", "GptOssModel", "GptOssForCausalLM"),
+                          dict(_GQA_MOE, num_local_experts=4, num_experts_per_tok=2, head_dim=8, sliding_window=4,
+                               layer_types=["sliding_attention", "full_attention"]),
+                          kv_heads=2, causal_lm=True),
+    # Llama 4's text model: block 0 dense (width intermediate_size_mlp, 64), block 1 experts (width 32, top-1,
+    # stored (E, in, out)) and a shared expert (32); block 0 with rotary and the q/k L2 norm, block 1 NoPE with
+    # temperature tuning and chunked attention
+    "llama4_text": TinyFamily(("Llama4TextConfig", "Llama4TextModel", "Llama4ForCausalLM"),
+                              dict(_GQA_MOE, intermediate_size=32, intermediate_size_mlp=64, head_dim=8,
+                                   num_local_experts=4, num_experts_per_tok=1, interleave_moe_layer_step=2,
+                                   no_rope_layers=[1, 0], attention_chunk_size=4, use_qk_norm=True,
+                                   attn_temperature_tuning=True, floor_scale=2, attn_scale=0.5),
+                              kv_heads=2, causal_lm=True),
+    # GraniteMoeShared with per-head attention sinks, a full-attention and a sliding-window layer
+    "granitemoe_swa": TinyFamily(("GraniteMoeSWAConfig", "GraniteMoeSWAModel", "GraniteMoeSWAForCausalLM"),
+                                 dict(_GQA_MOE, num_local_experts=4, num_experts_per_tok=2,
+                                      shared_intermediate_size=48, sliding_window=4),
+                                 kv_heads=2, causal_lm=True),
+    # DeepSeek-V3's blocks and MLA (heads refused)
+    "deepseek_v2": TinyFamily(("DeepseekV2Config", "DeepseekV2Model", "DeepseekV2ForCausalLM"),
+                              dict(_GQA_MOE, num_key_value_heads=4, moe_intermediate_size=32, n_routed_experts=4,
+                                   num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1,
+                                   q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4,
+                                   v_head_dim=8),
+                              causal_lm=True, heads=False),
+    # GraniteMoE with a shared_mlp of width shared_intermediate_size (48), kept whole
+    "granitemoeshared": TinyFamily(("GraniteMoeSharedConfig", "GraniteMoeSharedModel",
+                                    "GraniteMoeSharedForCausalLM"),
+                                   dict(_GQA_MOE, num_local_experts=4, num_experts_per_tok=2,
+                                        shared_intermediate_size=48),
+                                   kv_heads=2, causal_lm=True),
+}
