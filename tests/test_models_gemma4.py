@@ -10,7 +10,8 @@ import torch
 from masked_dora.models import (MaskedDoRAConfig, compact_for_training, compact_model, get_state, harden,
                                 load_compact, prepare_model, spec_for)
 from masked_dora.models.blocks import model_blocks
-from masked_dora.models.compact import LAYER_SIZES_KEY, block_sizes, plain_config_or_reason
+from masked_dora.models.compact import LAYER_SIZES_KEY, block_sizes
+from masked_dora.models.plain_config import plain_config_or_reason
 
 from tiny_family_table import AVAILABLE
 from tiny_models import output_tensor, randomize_adapters, tiny_inputs, tiny_model

@@ -119,7 +119,8 @@ def check_hidden(model: nn.Module, spec, config) -> None:
     reason = hidden_refusal(model, spec, config)
     if reason is not None:
         raise ValueError(reason)
-    from .compact import block_sizes, plain_config_or_reason
+    from .compact import block_sizes
+    from .plain_config import plain_config_or_reason
     from .save_form import planned_sizes
 
     blocks_specs = [b.spec for b in model_blocks(model, spec)]

@@ -52,7 +52,8 @@ def decide_save_form(model: nn.Module, spec: ModelSpec, config) -> Tuple[str, Op
 
     Called by ``prepare_model`` before it changes anything.
     """
-    from .compact import block_sizes, plain_config_or_reason
+    from .compact import block_sizes
+    from .plain_config import plain_config_or_reason
 
     if "hidden" in config.target_groups and config.hidden_mode == "per_block":  # no warning: the mode's form
         return "per_layer", "hidden_mode='per_block' compacts to CompactLinear writers, which load_compact builds"
