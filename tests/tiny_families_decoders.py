@@ -76,8 +76,6 @@ TINY = {
     "diffllama": _lm("DiffLlama", heads=False, head_dim=8),
     # dynamic attention masks (keep_window_size below the sequence length: the top-k mask is on); heads refused
     "doge": _lm("Doge", heads=False, keep_window_size=4),
-    # the MLP as the shared expert of a CDMoE (routed experts kept whole)
-    "doge-moe": _lm("Doge", heads=False, keep_window_size=4, is_moe=True, num_experts=4, num_experts_per_tok=2),
     # Gemma 4 as E2B/E4B: heterogeneous layers (the full-attention ones with their own head_dim and KV heads, keys
     # as values), the last 2 blocks reuse earlier keys/values with a double-wide MLP (per-layer form), per-layer
     # inputs (PLE); heads refused
