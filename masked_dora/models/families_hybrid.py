@@ -1,0 +1,58 @@
+"""Hybrid decoders: blocks that mix tokens with attention in some layers and a linear-attention or state-space
+(Mamba) mixer in others, each block with an ordinary MLP beside its mixer; :mod:`masked_dora.models.families` adds
+them to ``SPECS``.
+
+Their MLP prunes as the Llama one (its channels are independent of the mixer), so these specs prune the MLP only:
+heads are refused (the attention exists in some blocks only, and most of these attentions gate or normalise their
+output in ways the Llama head spec does not describe), and hidden pruning has no spec (the mixers read and write
+the residual stream through projections hidden pruning does not cut). The head spec is the Llama one, read for its
+config keys only (the head counts :func:`masked_dora.models.blocks.head_layout` reports, which stay as built).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace as replace_dataclass
+from typing import Dict
+
+from .spec_types import MLPSpec, ModelSpec
+
+_HYBRID_HEADS = ("it is a hybrid model: its blocks mix tokens by attention in some layers and by a linear-attention "
+                 "or state-space mixer in the others, and head pruning is not built for it; the MLP of every block "
+                 "prunes")
+_HEADS_REFUSED = (("heads", "", _HYBRID_HEADS),)
+
+
+def hybrid_specs(llama_style: dict) -> Dict[str, ModelSpec]:
+    """The specs of this module, built on the ``llama`` spec's fields (``LLAMA_STYLE``)."""
+    llama_mlp = llama_style["mlp"]
+    feed_forward = replace_dataclass(llama_mlp, producers=("feed_forward.gate_proj", "feed_forward.up_proj"),
+                                     consumer="feed_forward.down_proj",
+                                     size_attrs=(("feed_forward", "intermediate_size"),))
+
+    def spec(name: str, model_types, mlp: MLPSpec = llama_mlp, **fields) -> ModelSpec:
+        return ModelSpec(name=name, model_types=tuple(model_types), **dict(llama_style, mlp=mlp), **fields,
+                         unsupported=_HEADS_REFUSED)
+
+    lfm2_mlp = MLPSpec(producers=("feed_forward.w1", "feed_forward.w3"), consumer="feed_forward.w2",
+                       size_key="intermediate_size")
+    return {
+        # Qwen3.5 (text; Qwen3_5ForCausalLM): gated DeltaNet (linear_attention) and gated full-attention blocks
+        # (layer_types), the Llama MLP in each; OLMo-hybrid: the same mix with its own mixers
+        "qwen3_5_text": spec("qwen3_5_text", ("qwen3_5_text", "olmo_hybrid")),
+        # Falcon-H1: attention and a Mamba-2 mixer in parallel in every block, then the Llama MLP (feed_forward,
+        # with scalar mlp_multipliers); Bamba: Mamba-2 or attention blocks (attn_layer_indices), the same MLP
+        "falcon_h1": spec("falcon_h1", ("falcon_h1", "bamba"), mlp=feed_forward),
+        # LFM2: short gated convolutions or attention blocks (layer_types), a SwiGLU feed_forward w1/w3/w2. Its
+        # width is intermediate_size as given (block_auto_adjust_ff_dim=False), or derived from it (2/3 of it,
+        # times block_ffn_dim_multiplier, rounded up to block_multiple_of), which no key says for a pruned width:
+        # then the per-layer form
+        "lfm2": spec("lfm2", ("lfm2",), mlp=lfm2_mlp, when=(("block_auto_adjust_ff_dim", False),)),
+        "lfm2-auto-ff": spec("lfm2-auto-ff", ("lfm2",), mlp=replace_dataclass(lfm2_mlp, size_key=""),
+                             when=(("block_auto_adjust_ff_dim", True),)),
+        # Granite-4.0 hybrid (granitemoehybrid): Mamba-2 or attention blocks (layer_types), each with a dense
+        # shared_mlp (input_linear rows [gate | up], output_linear) sized by shared_intermediate_size; with
+        # num_local_experts > 0 an MoE (block_sparse_moe) beside it, kept whole
+        "granitemoehybrid": spec("granitemoehybrid", ("granitemoehybrid",), mlp=MLPSpec(
+            producers=("shared_mlp.input_linear",), consumer="shared_mlp.output_linear",
+            size_key="shared_intermediate_size", segments=(2,), size_attrs=(("shared_mlp", "hidden_size"),))),
+    }
