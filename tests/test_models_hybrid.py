@@ -1,0 +1,71 @@
+"""Hybrid decoders (masked_dora/models/families_hybrid.py) beyond the family chain: the Qwen3.5 VLM prunes the MLP
+of its hybrid language model (gated DeltaNet and attention blocks) and reloads plainly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from masked_dora.models import MaskedDoRAConfig, compact_model, get_state, harden, load_compact, prepare_model, spec_for
+
+from tiny_family_table import TABLE
+from tiny_models import randomize_adapters, reload_plain_in_clean_process
+from tiny_vlms import IMAGE_ID, IMAGE_TOKENS, _qwen_patches, text_inputs
+
+
+def _qwen3_5_vlm():
+    """A tiny Qwen3.5 VLM (``Qwen3_5ForConditionalGeneration``) around the ``qwen3_5_text`` language model (block 0
+    gated DeltaNet, block 1 attention; full rotary dims for the multimodal rotary sections), and its image inputs:
+    a 1 x 4 x 4 grid of 16-pixel patches merged 2 x 2 into 4 image tokens."""
+    import transformers as t
+
+    text = dict(TABLE["qwen3_5_text"].config, vocab_size=128, partial_rotary_factor=1.0, rope_parameters=dict(
+        rope_type="default", rope_theta=10000.0, mrope_section=[1, 1, 2], mrope_interleaved=True))
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32, patch_size=16,
+                  num_position_embeddings=16)
+    torch.manual_seed(0)
+    model = t.Qwen3_5ForConditionalGeneration(t.Qwen3_5Config(
+        text_config=text, vision_config=vision, image_token_id=IMAGE_ID, video_token_id=101,
+        vision_start_token_id=102, vision_end_token_id=103)).eval()
+    gen = torch.Generator().manual_seed(2)
+    ids = torch.randint(3, IMAGE_ID, (2, 6 + IMAGE_TOKENS), generator=gen)
+    ids[:, 3:3 + IMAGE_TOKENS] = IMAGE_ID
+    return model, dict(input_ids=ids, **_qwen_patches(16)(2, gen), mm_token_type_ids=(ids == IMAGE_ID).long())
+
+
+@pytest.mark.skipif(not hasattr(__import__("transformers"), "Qwen3_5ForConditionalGeneration"),
+                    reason="this transformers has no Qwen3.5 VLM")
+def test_the_qwen3_5_vlm_prunes_its_hybrid_language_models_mlp_and_reloads_plainly(tmp_path):
+    model, image = _qwen3_5_vlm()
+    assert spec_for(model).name == "qwen3_5+qwen3_5_text"
+    assert [hasattr(layer, "linear_attn") for layer in model.model.language_model.layers] == [True, False]
+    with pytest.raises(ValueError, match=r"'heads' cannot be pruned in a 'qwen3_5' model: it is a hybrid model"):
+        prepare_model(model, MaskedDoRAConfig(importance="none"))
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), rank=4, alignment={"mlp": 8}, importance="none",
+                                          target_sparsity=0.5))
+    wrapped = [n for n, m in model.named_modules() if type(m).__name__ == "MaskedDoRALinear"]
+    assert len(wrapped) == 2 * 3 and all(n.startswith("model.language_model.layers.") for n in wrapped)
+    randomize_adapters(model)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    model(**image, labels=image["input_ids"].masked_fill(image["input_ids"] == IMAGE_ID, -100)).loss.backward()
+    torch.optim.SGD(params, lr=1e-2).step()
+    model.eval()
+    harden(model)
+    inputs = {"text": text_inputs(), "image": image}
+    with torch.no_grad():
+        ref = {k: model(**v).logits for k, v in inputs.items()}
+        other = dict(image, pixel_values=image["pixel_values"] + 1.0)
+        assert (model(**other).logits - ref["image"]).abs().max() > 1e-3  # the image reaches the logits
+        small = compact_model(model)
+        for kind, v in inputs.items():
+            torch.testing.assert_close(small(**v).logits, ref[kind], rtol=1e-4, atol=1e-5)
+    assert small.config.text_config.intermediate_size == 32 and get_state(model).save_form == "plain"
+    small.save_pretrained(tmp_path)
+    torch.save(image, tmp_path / "inputs.pt")
+    reloaded, = reload_plain_in_clean_process([(str(tmp_path), "AutoModelForImageTextToText")])
+    torch.testing.assert_close(reloaded, ref["image"], rtol=1e-4, atol=1e-5)
+    first = {k: v[:1] for k, v in image.items() if k != "pixel_values"}
+    first["pixel_values"] = image["pixel_values"][:int(image["image_grid_thw"][0].prod())]
+    gen = dict(max_new_tokens=5, do_sample=False)
+    assert torch.equal(load_compact(str(tmp_path)).generate(**first, **gen), model.generate(**first, **gen))
