@@ -1,5 +1,7 @@
 """Hybrid decoders (masked_dora/models/families_hybrid.py) beyond the family chain: the Qwen3.5 VLM prunes the MLP
-of its hybrid language model (gated DeltaNet and attention blocks) and reloads plainly."""
+of its hybrid language model (gated DeltaNet and attention blocks) and reloads plainly; an MLP in some blocks only
+(Nemotron-H's MLP blocks among its Mamba, attention and MoE ones: ``MLPSpec.in_some_blocks``) prunes there and
+leaves the other blocks whole."""
 
 from __future__ import annotations
 
@@ -7,9 +9,10 @@ import pytest
 import torch
 
 from masked_dora.models import MaskedDoRAConfig, compact_model, get_state, harden, load_compact, prepare_model, spec_for
+from masked_dora.models.blocks import holds_spec_mlp, model_blocks
 
-from tiny_family_table import TABLE
-from tiny_models import randomize_adapters, reload_plain_in_clean_process
+from tiny_family_table import AVAILABLE, TABLE
+from tiny_models import harden_and_compact, randomize_adapters, reload_plain_in_clean_process, tiny_config, tiny_model
 from tiny_vlms import IMAGE_ID, IMAGE_TOKENS, _qwen_patches, text_inputs
 
 
@@ -69,3 +72,53 @@ def test_the_qwen3_5_vlm_prunes_its_hybrid_language_models_mlp_and_reloads_plain
     first["pixel_values"] = image["pixel_values"][:int(image["image_grid_thw"][0].prod())]
     gen = dict(max_new_tokens=5, do_sample=False)
     assert torch.equal(load_compact(str(tmp_path)).generate(**first, **gen), model.generate(**first, **gen))
+
+
+needs_nemotron_h = pytest.mark.skipif("nemotron_h" not in AVAILABLE, reason="this transformers has no Nemotron-H")
+
+
+@needs_nemotron_h
+def test_an_mlp_in_some_blocks_only_prunes_there_and_leaves_the_other_blocks_whole():
+    """Nemotron-H's blocks are one mixer each (Mamba-2, MLP, attention, MoE): only the MLP block gets a group
+    (MLPSpec.in_some_blocks); the compacted model equals the masked one, its MLP block is narrower, the other blocks
+    hold exactly the original parameters, and the config's intermediate_size says the MLP block's width (plain)."""
+    model = tiny_model("nemotron_h", kind="lm")
+    with pytest.raises(ValueError, match=r"'heads' cannot be pruned in a 'nemotron_h' model: it is a hybrid model"):
+        prepare_model(model, MaskedDoRAConfig(importance="none"))
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), rank=4, alignment={"mlp": 8}, importance="none",
+                                          target_sparsity=0.5))
+    assert sorted(get_state(model).groups) == ["mlp_1"] and get_state(model).save_form == "plain"
+    assert [b.index for b in model_blocks(model, spec_for(model)) if holds_spec_mlp(b.module, b.spec)] == [1]
+    randomize_adapters(model)
+    ref, small, out = harden_and_compact(model)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    assert small.config.intermediate_size == 32 and small.model.layers[1].mixer.down_proj.in_features == 32
+    kept = dict(small.named_parameters())
+    others = [n for n in original if n.startswith("model.layers.") and not n.startswith("model.layers.1.")]
+    assert others and all(torch.equal(kept[n], original[n]) for n in others)
+
+
+@needs_nemotron_h
+def test_an_mlp_in_some_blocks_refuses_a_block_with_part_of_it_and_a_model_with_none():
+    """A block holding some of the MLP's modules but not all is an error naming them; a model none of whose blocks
+    holds the MLP refuses 'mlp'; both before anything changes. The flag is for dense MLPs."""
+    import transformers as t
+
+    from masked_dora.models import MLPSpec
+
+    model = tiny_model("nemotron_h", kind="lm")
+    del model.model.layers[1].mixer.down_proj
+    with pytest.raises(ValueError, match=r"has the MLP's \['mixer.up_proj'\] but not \['mixer.down_proj'\]"):
+        prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), importance="none"))
+    assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
+    config = tiny_config("nemotron_h")
+    config.layers_block_type = ["linear_attention", "full_attention"]
+    config.num_hidden_layers = 2
+    model = t.NemotronHForCausalLM(config)
+    with pytest.raises(ValueError, match=r"'mlp' cannot be pruned in a 'nemotron_h' model: none of its blocks holds "
+                                         r"the MLP the spec names"):
+        prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), importance="none"))
+    with pytest.raises(ValueError, match="in_some_blocks is supported for a dense MLP, not with experts"):
+        MLPSpec(producers=("gate_up_proj",), consumer="down_proj", size_key="intermediate_size", segments=(2,),
+                experts="mlp.experts", in_some_blocks=True)

@@ -38,3 +38,17 @@ TINY = {
     "granitemoehybrid": _lm("GraniteMoeHybrid", layer_types=["mamba", "attention"], shared_intermediate_size=64,
                             num_local_experts=4, num_experts_per_tok=2, **_MAMBA),
 }
+TINY.update({
+    # blocks: Mamba-2, MLP, attention, MoE (4 experts, kept whole): the MLP prunes in block 1 only
+    "nemotron_h": _lm("NemotronH", num_hidden_layers=4, head_dim=8, layers_block_type=[
+        "linear_attention", "mlp", "full_attention", "moe"], mamba_num_heads=4, mamba_head_dim=16, n_groups=1,
+        ssm_state_size=8, chunk_size=4, expand=2, conv_kernel=4, n_routed_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=16, moe_shared_expert_intermediate_size=16),
+    # blocks 0, 2 Mamba with the MLP, 1, 3 attention with an MoE of 4 experts (kept whole): the per-layer form
+    "jamba": _lm("Jamba", num_hidden_layers=4, num_experts=4, num_experts_per_tok=2, expert_layer_period=2,
+                 expert_layer_offset=1, attn_layer_period=2, attn_layer_offset=1, mamba_d_state=8, mamba_d_conv=4,
+                 mamba_expand=2),
+    # no experts: the MLP in every block, plain
+    "jamba-dense": _lm("Jamba", num_experts=1, attn_layer_period=2, attn_layer_offset=1, mamba_d_state=8,
+                       mamba_d_conv=4, mamba_expand=2),
+})

@@ -60,9 +60,14 @@ def block_sizes(model, spec) -> List[Dict[str, int]]:
     for b in model_blocks(model, spec):
         hl = head_layout(model.config, b.spec, b.index)
         # a block without the MoE spec's experts (Qwen3-MoE's mlp_only_layers; their MLP is never pruned) keeps
-        # the config's width
-        width = (mlp_width(b.module, b.spec) if holds_spec_mlp(b.module, b.spec)
-                 else getattr(b.spec.sized_config(model.config), b.spec.mlp.size_key))
+        # the config's width; a block without the MLP of an MLPSpec.in_some_blocks spec (a hybrid's mixer block)
+        # has none: 0
+        if holds_spec_mlp(b.module, b.spec):
+            width = mlp_width(b.module, b.spec)
+        elif b.spec.mlp.in_some_blocks:
+            width = 0
+        else:
+            width = getattr(b.spec.sized_config(model.config), b.spec.mlp.size_key)
         sizes.append(dict(intermediate=width, heads=hl.heads, kv_heads=hl.kv_heads, head_dim=hl.head_dim))
     return sizes
 
@@ -139,7 +144,7 @@ def _compact_weights(model: nn.Module):
     repl, params = {}, {}
     for blk in state.blocks(model):
         i, block, spec, prefix = blk.index, blk.module, blk.spec, blk.path + "."
-        if "mlp" in state.config.target_groups:
+        if "mlp" in state.config.target_groups and holds_spec_mlp(block, spec):
             sizes[i]["intermediate"] = _compact_mlp(block, spec, state.group("mlp", i), prefix, repl, params)
         if "heads" in state.config.target_groups and spec.heads.qkv:
             paths = role_paths(spec, "heads")
@@ -185,7 +190,9 @@ def _in_config_terms(size: Dict[str, int], original: Dict[str, int], base: Optio
     (``per_layer_config``: Gemma 4's full-attention layers) differ there by design, and a plain checkpoint keeps
     them."""
     out: Dict[str, object] = dict(size)
-    if base and original["intermediate"] != base:
+    if not original["intermediate"]:  # no MLP in this block (MLPSpec.in_some_blocks): nothing to say of its width
+        del out["intermediate"]
+    elif base and original["intermediate"] != base:
         out["intermediate"] = Fraction(size["intermediate"] * base, original["intermediate"])
     if all(size[k] == original[k] for k in _HEAD_SIZES):
         return {k: v for k, v in out.items() if k not in _HEAD_SIZES}
@@ -238,9 +245,11 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes, hid
             width_key = ""
         base = getattr(text, width_key) if width_key else None
         terms = [_in_config_terms(sizes[i], original[i], base) for i in mine]
-        if not all(t == terms[0] for t in terms):
+        widths = [t.pop("intermediate") for t in terms if "intermediate" in t]  # (of the blocks with the MLP)
+        if not all(t == terms[0] for t in terms) or any(w != widths[0] for w in widths):
             return None, "the layers keep different sizes"
-        if int(terms[0]["intermediate"]) != terms[0]["intermediate"]:
+        width = widths[0] if widths else sizes[mine[0]]["intermediate"]
+        if int(width) != width:
             return None, (f"the pruned MLP widths are not a whole multiple of {type(text).__name__}'s "
                           f"{width_key!r} in the blocks it builds wider")
         if heads_changed and stack.heads.head_dim_key is None:
@@ -257,7 +266,7 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes, hid
             return None, (f"{type(config).__name__} has no key for the MLP width alone (the blocks fix it, or the "
                           f"key sizes other modules too), so it cannot describe a pruned MLP")
         # (a heterogeneous config keeps its per-layer head counts: the global keys would override them)
-        size = dict(sizes[mine[0]], intermediate=int(terms[0]["intermediate"]))
+        size = dict(sizes[mine[0]], intermediate=int(width))
         for key, value in _plain_sizes(stack, size, heads=not heterogeneous, mlp=bool(width_key)).items():
             if values.setdefault(key, value) != value:
                 return None, (f"{type(config).__name__}'s {key!r} sizes several stacks (the encoder and the decoder), "
@@ -349,14 +358,17 @@ def resize_block(block: nn.Module, spec: ModelSpec, size: Dict[str, int], config
     head_paths = role_paths(spec, "heads")
     hl = head_layout(config, spec, layer)
     heads_kept_whole = (size["heads"], size["kv_heads"], size["head_dim"]) == (hl.heads, hl.kv_heads, hl.head_dim)
-    kinds = ("heads",) if spec.mlp.experts else ("mlp", "heads")
+    # (a block without the MLP of an MLPSpec.in_some_blocks spec (a hybrid's mixer block): none to resize)
+    mlp_here = not spec.mlp.in_some_blocks or holds_spec_mlp(block, spec)
+    kinds = ("heads",) if spec.mlp.experts or not mlp_here else ("mlp", "heads")
     # (heads as the config has them: nothing to resize, and a family whose heads are refused (DeepSeek-V3's
     # MLA) may have no q/k/v modules the spec could name)
     mods = block_modules(block, spec, tuple(k for k in kinds if k != "heads" or not heads_kept_whole))
     inter = size["intermediate"]
     if has_experts(block, spec):
         _resize_packed_experts(block, spec, inter)
-    for role, path in role_paths(spec, "mlp").items():  # a dense MLP's layers (an MoE spec has none here)
+    for role in mods.get("mlp", {}):  # a dense MLP's layers (an MoE spec has none here)
+        path = role_paths(spec, "mlp")[role]
         fan_in, fan_out = features(mods["mlp"][role])
         if is_consumer_role(role):
             new_linear(block, path, inter, fan_out)

@@ -55,4 +55,15 @@ def hybrid_specs(llama_style: dict) -> Dict[str, ModelSpec]:
         "granitemoehybrid": spec("granitemoehybrid", ("granitemoehybrid",), mlp=MLPSpec(
             producers=("shared_mlp.input_linear",), consumer="shared_mlp.output_linear",
             size_key="shared_intermediate_size", segments=(2,), size_attrs=(("shared_mlp", "hidden_size"),))),
+        # Nemotron-H: a block is one mixer (layers_block_type): Mamba-2, attention, an MoE or a non-gated ReLU^2
+        # MLP (mixer.up_proj/down_proj); the MLP blocks prune, the MoE blocks (experts and shared experts, sized by
+        # their own keys) are kept whole
+        "nemotron_h": spec("nemotron_h", ("nemotron_h",), mlp=MLPSpec(
+            producers=("mixer.up_proj",), consumer="mixer.down_proj", size_key="intermediate_size",
+            size_attrs=(("mixer", "intermediate_size"),), in_some_blocks=True)),
+        # Jamba: Mamba or attention blocks, each with a feed_forward that is the Llama MLP or, every
+        # expert_layer_period blocks, an MoE (kept whole); its experts are intermediate_size wide too, so with
+        # experts a pruned MLP saves in the per-layer form (num_experts=1: no MoE blocks, plain)
+        "jamba-dense": spec("jamba-dense", ("jamba",), mlp=feed_forward, when=(("num_experts", 1),)),
+        "jamba": spec("jamba", ("jamba",), mlp=replace_dataclass(feed_forward, size_key="", in_some_blocks=True)),
     }
