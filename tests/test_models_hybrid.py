@@ -12,7 +12,8 @@ from masked_dora.models import MaskedDoRAConfig, compact_model, get_state, harde
 from masked_dora.models.blocks import holds_spec_mlp, model_blocks
 
 from tiny_family_table import AVAILABLE, TABLE
-from tiny_models import harden_and_compact, randomize_adapters, reload_plain_in_clean_process, tiny_config, tiny_model
+from tiny_models import (harden_and_compact, randomize_adapters, reload_plain_in_clean_process, tiny_config,
+                         tiny_inputs, tiny_model)
 from tiny_vlms import IMAGE_ID, IMAGE_TOKENS, _qwen_patches, text_inputs
 
 
@@ -122,3 +123,42 @@ def test_an_mlp_in_some_blocks_refuses_a_block_with_part_of_it_and_a_model_with_
     with pytest.raises(ValueError, match="in_some_blocks is supported for a dense MLP, not with experts"):
         MLPSpec(producers=("gate_up_proj",), consumer="down_proj", size_key="intermediate_size", segments=(2,),
                 experts="mlp.experts", in_some_blocks=True)
+
+
+@needs_nemotron_h
+def test_an_mlp_in_some_blocks_trains_compacted_and_its_training_state_reloads(tmp_path):
+    """compact_for_training narrows the MLP block only (the other blocks hold no group): training then gives the
+    full-width run's model (float64), and its training state loads into a fresh model, compacted alike."""
+    from masked_dora.models import compact_for_training, load_training_state, save_training_state, train_masked
+
+    def hardened():
+        model = tiny_model("nemotron_h", kind="lm").double()
+        model.config._experts_implementation = "eager"  # (grouped_mm has no float64 kernel)
+        prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), rank=4, alignment={"mlp": 8},
+                                              importance="none", target_sparsity=0.5))
+        randomize_adapters(model)
+        harden(model)
+        return model
+
+    def loss(model, batch):
+        out = model(**batch).logits
+        return (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(5), dtype=out.dtype)).mean()
+
+    batches = [tiny_inputs(seed=s) for s in range(3)]
+    full, small = hardened(), hardened()
+    compact_for_training(small)
+    assert small.model.layers[1].mixer.down_proj.in_features == 32
+    train_masked(full, batches, loss, steps=3, lr=1e-2, sparsity_penalty=False, compact=False)
+    train_masked(small, batches, loss, steps=3, lr=1e-2, sparsity_penalty=False)
+    inputs = tiny_inputs(seed=7)
+    with torch.no_grad():
+        ref = full(**inputs).logits
+        torch.testing.assert_close(small(**inputs).logits, ref, rtol=1e-9, atol=1e-11)
+        torch.testing.assert_close(compact_model(small)(**inputs).logits, ref, rtol=1e-9, atol=1e-11)
+    save_training_state(small, str(tmp_path))
+    fresh = tiny_model("nemotron_h", kind="lm").double()
+    fresh.config._experts_implementation = "eager"
+    load_training_state(fresh, str(tmp_path))
+    assert get_state(fresh).compacted_for_training and sorted(get_state(fresh).groups) == ["mlp_1"]
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**inputs).logits, ref, rtol=1e-9, atol=1e-11)
