@@ -52,3 +52,11 @@ TINY.update({
     "jamba-dense": _lm("Jamba", num_experts=1, attn_layer_period=2, attn_layer_offset=1, mamba_d_state=8,
                        mamba_d_conv=4, mamba_expand=2),
 })
+TINY.update({
+    # layer 0 short convolution, layer 1 gated attention; sandwich norms
+    "lfm3": _lm("Lfm3", head_dim=8, layer_types=["conv", "full_attention"], use_sandwich_norm=True,
+                use_attention_gate=True),
+    # layer 0 RG-LRU recurrent, layer 1 local attention; mlp_block width intermediate_size // 2 (per-layer form)
+    "recurrent_gemma": _lm("RecurrentGemma", lm="RecurrentGemmaForCausalLM", intermediate_size=128, lru_width=32,
+                           attention_window_size=8, block_types=["recurrent", "attention"], num_key_value_heads=2),
+})

@@ -49,6 +49,14 @@ def hybrid_specs(llama_style: dict) -> Dict[str, ModelSpec]:
         "lfm2": spec("lfm2", ("lfm2",), mlp=lfm2_mlp, when=(("block_auto_adjust_ff_dim", False),)),
         "lfm2-auto-ff": spec("lfm2-auto-ff", ("lfm2",), mlp=replace_dataclass(lfm2_mlp, size_key=""),
                              when=(("block_auto_adjust_ff_dim", True),)),
+        # LFM3: LFM2's blocks (sandwich norms, a gated attention) with the feed_forward width intermediate_size
+        "lfm3": spec("lfm3", ("lfm3",), mlp=lfm2_mlp),
+        # RecurrentGemma (Griffin): RG-LRU recurrent or local-attention blocks (block_types), each with a gated
+        # mlp_block (biases) of width intermediate_size // 2, which no key says for a pruned width: the per-layer
+        # form
+        "recurrent_gemma": spec("recurrent_gemma", ("recurrent_gemma",), mlp=MLPSpec(
+            producers=("mlp_block.gate_proj", "mlp_block.up_proj"), consumer="mlp_block.down_proj", size_key="",
+            size_attrs=(("mlp_block", "intermediate_size"),))),
         # Granite-4.0 hybrid (granitemoehybrid): Mamba-2 or attention blocks (layer_types), each with a dense
         # shared_mlp (input_linear rows [gate | up], output_linear) sized by shared_intermediate_size; with
         # num_local_experts > 0 an MoE (block_sparse_moe) beside it, kept whole
