@@ -1,12 +1,13 @@
-"""Hybrid decoders: blocks that mix tokens with attention in some layers and a linear-attention or state-space
-(Mamba) mixer in others, each block with an ordinary MLP beside its mixer; :mod:`masked_dora.models.families` adds
-them to ``SPECS``.
+"""Hybrid decoders: blocks that mix tokens with attention and with a linear-attention, convolution or state-space
+(Mamba) mixer (in alternate blocks, or side by side), with an ordinary MLP beside the mixer (in every block, or in
+blocks of its own: ``MLPSpec.in_some_blocks``); :mod:`masked_dora.models.families` adds them to ``SPECS``.
 
 Their MLP prunes as the Llama one (its channels are independent of the mixer), so these specs prune the MLP only:
-heads are refused (the attention exists in some blocks only, and most of these attentions gate or normalise their
-output in ways the Llama head spec does not describe), and hidden pruning has no spec (the mixers read and write
-the residual stream through projections hidden pruning does not cut). The head spec is the Llama one, read for its
-config keys only (the head counts :func:`masked_dora.models.blocks.head_layout` reports, which stay as built).
+heads are refused (the attention sits beside or between the other mixers, in some blocks only in most, and most of
+these attentions gate or normalise their output in ways the Llama head spec does not describe), and hidden pruning
+has no spec (the mixers read and write the residual stream through projections hidden pruning does not cut). The
+head spec is the Llama one, read for its config keys only (the head counts
+:func:`masked_dora.models.blocks.head_layout` reports, which stay as built).
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from typing import Dict
 
 from .spec_types import MLPSpec, ModelSpec
 
-_HYBRID_HEADS = ("it is a hybrid model: its blocks mix tokens by attention in some layers and by a linear-attention "
-                 "or state-space mixer in the others, and head pruning is not built for it; the MLP of every block "
-                 "prunes")
+_HYBRID_HEADS = ("it is a hybrid model (attention beside or between linear-attention, convolution or state-space "
+                 "mixers), for whose attention head pruning is not built; its MLP prunes")
 _HEADS_REFUSED = (("heads", "", _HYBRID_HEADS),)
 
 
