@@ -1,6 +1,7 @@
 """The Llama-layout decoders of masked_dora/models/families_decoders.py beyond the family chain: an MLP whose
 activation does not map 0 to 0 (Apertus's xIELU) has its pruned channels cut at the consumer's input too
-(``MLPSpec.gate_consumer_input``)."""
+(``MLPSpec.gate_consumer_input``); Helium's heads save per layer; Doge's MoE prunes its shared expert's MLP (a
+transformers 5.17 cannot run it)."""
 
 from __future__ import annotations
 
@@ -105,3 +106,54 @@ def test_helium_heads_save_per_layer_as_its_o_proj_is_hidden_size_wide():
                                          r"hidden_size wide \(not heads x head_dim\)"):
         prepare_model(model, MaskedDoRAConfig(alignment={"mlp": 8}, importance="none", target_sparsity=0.5))
     assert get_state(model).save_form == "per_layer"
+
+
+def _doge_moe():
+    """A tiny Doge with is_moe (its MLP the shared expert of a CDMoE of 4 routed experts, top 2), or a skip where
+    this transformers' Doge cannot run it before any pruning (5.17's decoder layer drops the MoE's tuple output
+    into the dropout)."""
+    import transformers as t
+
+    from tiny_families_decoders import TINY
+
+    if "doge" not in AVAILABLE:
+        pytest.skip("this transformers has no Doge")
+    config = t.DogeConfig(**dict(TINY["doge"].config, is_moe=True, num_experts=4, num_experts_per_tok=2))
+    torch.manual_seed(0)
+    model = t.DogeForCausalLM(config).eval()
+    try:
+        with torch.no_grad():
+            model(**tiny_inputs())
+    except TypeError as exc:
+        pytest.skip(f"transformers {t.__version__}: DogeForCausalLM with is_moe fails unpruned ({exc})")
+    return model
+
+
+def test_doge_moe_prunes_its_shared_expert_mlp_and_keeps_the_routed_experts(tmp_path):
+    """Doge's CDMoE adds the routed experts' output (embeddings over the hidden size) to its shared gate/up/down
+    MLP, whose channels prune as a dense MLP's: the compacted model equals the masked one, saves plainly (a smaller
+    intermediate_size), reloads with equal outputs and generates the same tokens; the routed experts are as built."""
+    from masked_dora.models import get_state, load_compact
+
+    model = _doge_moe()
+    experts = {n: p.detach().clone() for n, p in model.named_parameters() if "_embed." in n}
+    assert experts
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), rank=4, alignment={"mlp": 8}, importance="none",
+                                          target_sparsity=0.5))
+    assert get_state(model).save_form == "plain"
+    randomize_adapters(model)
+    harden(model)
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        ref = output_tensor(model(**inputs))
+        small = compact_model(model)
+        torch.testing.assert_close(output_tensor(small(**inputs)), ref, rtol=1e-4, atol=1e-5)
+    assert small.config.intermediate_size == 32
+    assert all(torch.equal(dict(small.named_parameters())[n], p) for n, p in experts.items())
+    small.save_pretrained(tmp_path)
+    reloaded = load_compact(str(tmp_path))
+    with torch.no_grad():
+        torch.testing.assert_close(output_tensor(reloaded(**inputs)), ref, rtol=1e-4, atol=1e-5)
+    ids = inputs["input_ids"][:1]
+    gen = dict(max_new_tokens=6, do_sample=False)
+    assert torch.equal(reloaded.generate(ids, **gen), model.generate(ids, **gen))

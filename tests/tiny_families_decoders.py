@@ -47,6 +47,35 @@ TINY = {
     "apertus": _lm("Apertus", head_dim=8),
     # soft-capped attention logits, sliding window
     "vaultgemma": _lm("VaultGemma", head_dim=8, query_pre_attn_scalar=8, sliding_window=4),
+    # a query scale growing with the position (llama_4_scaling_beta, from position original_max_position_embeddings)
+    "ministral3": _lm("Ministral3", head_dim=8, rope_parameters=dict(
+        rope_type="yarn", rope_theta=1e6, factor=4.0, original_max_position_embeddings=4, beta_fast=32.0,
+        beta_slow=1.0, mscale=1.0, mscale_all_dim=1.0, llama_4_scaling_beta=0.1)),
+    # layer 1 sliding (layer_types), Llama-3 RoPE scaling
+    "cwm": _lm("Cwm", head_dim=8, sliding_window=4, rope_parameters=dict(
+        rope_type="llama3", rope_theta=1e6, factor=4.0, high_freq_factor=4.0, low_freq_factor=1.0,
+        original_max_position_embeddings=16)),
+    # norms after the attention and the MLP (use_post_norm), MuP multipliers on embeddings, residuals and logits
+    "hyperclovax": _lm("HyperCLOVAX", head_dim=8, use_post_norm=True, embedding_multiplier=2.0,
+                       residual_multiplier=0.5, logits_scaling=0.5, attention_multiplier=0.3),
+    # Llama's classes under their own config (model types exaone, internlm3, iquestcoder); internlm3: biases
+    "internlm3": TinyFamily(classes=("InternLM3Config", "LlamaModel", "LlamaForCausalLM"), config=dict(
+        _COMMON, head_dim=8, attention_bias=True, mlp_bias=True), kv_heads=2, causal_lm=True),
+    "exaone": TinyFamily(classes=("ExaoneConfig", "LlamaModel", "LlamaForCausalLM"), config=dict(_COMMON, head_dim=8),
+                         kv_heads=2, causal_lm=True),
+    "iquestcoder": TinyFamily(classes=("IQuestCoderConfig", "LlamaModel", "LlamaForCausalLM"),
+                              config=dict(_COMMON, head_dim=8), kv_heads=2, causal_lm=True),
+    # parallel attention and MLP with one LayerNorm; layer 0 sliding with RoPE, layer 1 global without
+    "cohere2": _lm("Cohere2", sliding_window=4, layer_types=["sliding_attention", "full_attention"]),
+    # an attention sink per query head (sinks, made distinct in tiny_models), sliding layer 1, multipliers
+    "granite_swa": _lm("GraniteSWA", sliding_window=4, embedding_multiplier=2.0, residual_multiplier=0.5,
+                       logits_scaling=2.0, attention_multiplier=0.3),
+    # non-gated ReLU^2 MLP, LayerNorms, biases
+    "jais2": _lm("Jais2", head_dim=8, attention_bias=True, mlp_bias=True),
+    # differential attention: heads refused
+    "diffllama": _lm("DiffLlama", heads=False, head_dim=8),
+    # dynamic attention masks (keep_window_size below the sequence length: the top-k mask is on); heads refused
+    "doge": _lm("Doge", heads=False, keep_window_size=4),
     # Gemma 4 as E2B/E4B: heterogeneous layers (the full-attention ones with their own head_dim and KV heads, keys
     # as values), the last 2 blocks reuse earlier keys/values with a double-wide MLP (per-layer form), per-layer
     # inputs (PLE); heads refused

@@ -164,6 +164,7 @@ def tiny_model(family: str, seed: int = 0, kind: str = "base"):
     model = (lm if kind == "lm" else base)(config)
     if family in QK_NORM_FAMILIES:
         _distinct_head_norms(model)
+    _distinct_attention_sinks(model)
     return model.eval()
 
 
@@ -174,6 +175,15 @@ def _distinct_head_norms(model) -> None:
     for name, p in model.named_parameters():
         if any(f".{norm}." in name for norm in ("q_norm", "k_norm", "q_layernorm", "k_layernorm")):
             p.uniform_(0.5, 1.5)
+
+
+@torch.no_grad()
+def _distinct_attention_sinks(model) -> None:
+    """Give every per-head attention sink (``self_attn.sinks``, one logit per query head) its own value: they start
+    at zeros, so a compacted model that kept the wrong heads' sinks would still equal the masked one."""
+    for name, p in model.named_parameters():
+        if name.endswith(".sinks"):
+            p.uniform_(-1.0, 1.0)
 
 
 def lm_batches(n: int = 4, seed: int = 0):

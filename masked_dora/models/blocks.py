@@ -250,10 +250,26 @@ def has_experts(block: nn.Module, spec: ModelSpec) -> bool:
 
 
 def holds_spec_mlp(block: nn.Module, spec: ModelSpec) -> bool:
-    """Whether ``block``'s MLP is the one its spec describes: always for a dense spec (a dense block's
-    ``dense_mlp`` variant included); for an MoE spec, a block with the experts (a dense block under a spec without
-    ``dense_mlp``, whose MLP is never pruned, does not)."""
+    """Whether ``block``'s MLP is the one its spec describes: for a dense spec, always, or under
+    ``MLPSpec.in_some_blocks`` where its producers and consumer exist (raises where only some do); for an MoE
+    spec, a block with the experts (a dense block under a spec without ``dense_mlp``, whose MLP is never pruned,
+    does not; a dense block's ``dense_mlp`` variant does)."""
+    if spec.mlp.in_some_blocks:
+        paths = role_paths(spec, "mlp")
+        missing = [path for path in paths.values() if not _exists(block, path)]
+        if missing and len(missing) < len(paths):
+            raise ValueError(f"spec {spec.name!r}: a {type(block).__name__} has the MLP's "
+                             f"{sorted(set(paths.values()) - set(missing))} but not {missing}")
+        return not missing
     return not spec.mlp.experts or has_experts(block, spec)
+
+
+def _exists(block: nn.Module, path: str) -> bool:
+    try:
+        block.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
 
 
 def mlp_width(block: nn.Module, spec: ModelSpec) -> int:

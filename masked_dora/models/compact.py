@@ -59,9 +59,14 @@ def block_sizes(model, spec) -> List[Dict[str, int]]:
     for b in model_blocks(model, spec):
         hl = head_layout(model.config, b.spec, b.index)
         # a block without the MoE spec's experts under a spec without dense_mlp (its MLP is never pruned) keeps
-        # the config's width
-        width = (mlp_width(b.module, b.spec) if holds_spec_mlp(b.module, b.spec)
-                 else getattr(b.spec.sized_config(model.config), b.spec.mlp.size_key))
+        # the config's width; a block without the MLP of an MLPSpec.in_some_blocks spec (a hybrid's mixer block)
+        # has none: 0
+        if holds_spec_mlp(b.module, b.spec):
+            width = mlp_width(b.module, b.spec)
+        elif b.spec.mlp.in_some_blocks:
+            width = 0
+        else:
+            width = getattr(b.spec.sized_config(model.config), b.spec.mlp.size_key)
         sizes.append(dict(intermediate=width, heads=hl.heads, kv_heads=hl.kv_heads, head_dim=hl.head_dim))
     return sizes
 
@@ -143,7 +148,7 @@ def _compact_weights(model: nn.Module):
     repl, params = {}, {}
     for blk in state.blocks(model):
         i, block, spec, prefix = blk.index, blk.module, blk.spec, blk.path + "."
-        if "mlp" in state.config.target_groups:
+        if "mlp" in state.config.target_groups and holds_spec_mlp(block, spec):
             sizes[i]["intermediate"] = _compact_mlp(block, spec, state.group("mlp", i), prefix, repl, params)
         if "heads" in state.config.target_groups and spec.heads.qkv:
             paths = role_paths(spec, "heads")
@@ -245,14 +250,17 @@ def resize_block(block: nn.Module, spec: ModelSpec, size: Dict[str, int], config
     head_paths = role_paths(spec, "heads")
     hl = head_layout(config, spec, layer)
     heads_kept_whole = (size["heads"], size["kv_heads"], size["head_dim"]) == (hl.heads, hl.kv_heads, hl.head_dim)
-    kinds = ("heads",) if spec.mlp.experts else ("mlp", "heads")
+    # (a block without the MLP of an MLPSpec.in_some_blocks spec (a hybrid's mixer block): none to resize)
+    mlp_here = not spec.mlp.in_some_blocks or holds_spec_mlp(block, spec)
+    kinds = ("heads",) if spec.mlp.experts or not mlp_here else ("mlp", "heads")
     # (heads as the config has them: nothing to resize, and a family whose heads are refused (DeepSeek-V3's
     # MLA) may have no q/k/v modules the spec could name)
     mods = block_modules(block, spec, tuple(k for k in kinds if k != "heads" or not heads_kept_whole))
     inter = size["intermediate"]
     if has_experts(block, spec):
         _resize_packed_experts(block, spec, inter)
-    for role, path in role_paths(spec, "mlp").items():  # a dense MLP's layers (an MoE spec has none here)
+    for role in mods.get("mlp", {}):  # a dense MLP's layers (an MoE spec has none here)
+        path = role_paths(spec, "mlp")[role]
         fan_in, fan_out = features(mods["mlp"][role])
         if is_consumer_role(role):
             new_linear(block, path, inter, fan_out)

@@ -22,7 +22,9 @@ def _in_config_terms(size: Dict[str, int], original: Dict[str, int], base: Optio
     (``per_layer_config``: Gemma 4's full-attention layers) differ there by design, and a plain checkpoint keeps
     them."""
     out: Dict[str, object] = dict(size)
-    if base and original["intermediate"] != base:
+    if not original["intermediate"]:  # no MLP in this block (MLPSpec.in_some_blocks): nothing to say of its width
+        del out["intermediate"]
+    elif base and original["intermediate"] != base:
         out["intermediate"] = Fraction(size["intermediate"] * base, original["intermediate"])
     if all(size[k] == original[k] for k in _HEAD_SIZES):
         return {k: v for k, v in out.items() if k not in _HEAD_SIZES}
@@ -75,9 +77,11 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes, hid
             width_key = ""
         base = getattr(text, width_key) if width_key else None
         terms = [_in_config_terms(sizes[i], original[i], base) for i in mine]
-        if not all(t == terms[0] for t in terms):
+        widths = [t.pop("intermediate") for t in terms if "intermediate" in t]  # (of the blocks with the MLP)
+        if not all(t == terms[0] for t in terms) or any(w != widths[0] for w in widths):
             return None, "the layers keep different sizes"
-        if int(terms[0]["intermediate"]) != terms[0]["intermediate"]:
+        width = widths[0] if widths else sizes[mine[0]]["intermediate"]
+        if int(width) != width:
             return None, (f"the pruned MLP widths are not a whole multiple of {type(text).__name__}'s "
                           f"{width_key!r} in the blocks it builds wider")
         if heads_changed and stack.heads.head_dim_key is None:
@@ -94,7 +98,7 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes, hid
             return None, (f"{type(config).__name__} has no key for the MLP width alone (the blocks fix it, or the "
                           f"key sizes other modules too), so it cannot describe a pruned MLP")
         # (a heterogeneous config keeps its per-layer head counts: the global keys would override them)
-        size = dict(sizes[mine[0]], intermediate=int(terms[0]["intermediate"]))
+        size = dict(sizes[mine[0]], intermediate=int(width))
         for key, value in _plain_sizes(stack, size, heads=not heterogeneous, mlp=bool(width_key)).items():
             if values.setdefault(key, value) != value:
                 return None, (f"{type(config).__name__}'s {key!r} sizes several stacks (the encoder and the decoder), "

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from ..nn import ClampedSwiGLU, MaskedDoRAExperts, MaskedDoRALinear
 from .blocks import (Block, HeadLayout, block_modules, check_per_head_modules, expert_biases, expert_index, features,
-                     has_experts, head_layout, is_consumer_role, is_conv1d, mlp_width, model_blocks, num_experts,
+                     has_experts, head_layout, holds_spec_mlp, is_consumer_role, is_conv1d, mlp_width, model_blocks,
+                     num_experts,
                      packed_experts, producer_index, role_paths, stack_specs)
 from .config import MaskedDoRAConfig
 from .group_mask import ALWAYS_KEPT, ForwardMasks, GroupMask, InputGate, MaskView
@@ -313,6 +314,9 @@ def _targeted_blocks(model: nn.Module, spec: ModelSpec, config: MaskedDoRAConfig
         _refuse("mlp", config, model.config, f"its blocks {dense} hold a dense MLP instead of experts, which its "
                                              f"spec {spec.name!r} does not describe (ModelSpec(dense_mlp=...) names "
                                              f"such a block's MLP)")
+    if "mlp" in config.target_groups and not any(holds_spec_mlp(b.module, b.spec) for b in blocks):
+        _refuse("mlp", config, model.config, f"none of its blocks holds the MLP the spec names "
+                                             f"({sorted(set(role_paths(spec, 'mlp').values()))})")
     for stack in {b.spec.stack: b.spec for b in blocks}.values():
         _refuse_heads_kv_groups_cannot_prune(stack, config, model.config)
     return blocks
@@ -324,6 +328,8 @@ def _check_block(b: Block, config: MaskedDoRAConfig, model_config) -> None:
     kinds = config.target_groups
     if b.spec.mlp.experts and "mlp" in kinds:
         packed_experts(b.module, b.spec)  # the experts' packed weights, wrapped whole by _mlp_group
+        kinds = tuple(k for k in kinds if k != "mlp")
+    if not holds_spec_mlp(b.module, b.spec):  # a hybrid's mixer block (MLPSpec.in_some_blocks): no MLP group
         kinds = tuple(k for k in kinds if k != "mlp")
     for kind, roles in block_modules(b.module, b.spec, kinds).items():
         paths = role_paths(b.spec, kind)
@@ -376,7 +382,7 @@ def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, c
     state = MaskedDoRAState(config, spec)
     device = next(model.parameters()).device
     for b in blocks:  # group keys number the blocks across stacks (an encoder-decoder's decoder follows)
-        if "mlp" in config.target_groups:
+        if "mlp" in config.target_groups and holds_spec_mlp(b.module, b.spec):
             state.groups[f"mlp_{b.index}"] = _mlp_group(b.module, b.index, b.spec, config, b.path)
         if "heads" in config.target_groups:
             group, _ = _head_group(b.module, b.index, b.spec, config, model.config, b.path)

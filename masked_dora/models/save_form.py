@@ -32,7 +32,8 @@ def planned_sizes(model: nn.Module, spec: ModelSpec, config) -> List[Dict[str, i
     for b in model_blocks(model, spec, config.stacks):  # the blocks prepare_model gives groups
         size, hl = sizes[b.index], head_layout(model.config, b.spec, b.index)
         by_kv = config.gqa == "kv_groups" or hl.group_size == 1
-        if "mlp" in config.target_groups:  # (an MoE block: per expert, each keeping the same count)
+        if "mlp" in config.target_groups and size["intermediate"]:  # (an MoE block: per expert, each keeping the
+            # same count; width 0: a block without the MLP, MLPSpec.in_some_blocks)
             size["intermediate"] = uniform_count(size["intermediate"], 1, config.target_sparsity["mlp"],
                                                  config.alignment["mlp"])
         if "heads" in config.target_groups:

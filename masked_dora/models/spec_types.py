@@ -102,8 +102,15 @@ class MLPSpec:
     # how the experts module stores its packed parameters (transposed, interleaved gate/up, biases) and combines
     # gate and up (with experts only)
     experts_layout: ExpertsLayout = ExpertsLayout()
+    # the MLP is in some blocks only (a hybrid's MLP blocks among its mixer blocks: NemotronH's "mlp" blocks, whose
+    # mixer is the MLP; Jamba's dense blocks among its MoE ones): a block where neither the producers nor the
+    # consumer exist has no MLP group, keeps what it holds and reports an MLP width of 0
+    # (:func:`masked_dora.models.blocks.holds_spec_mlp`); one that has only some of them is an error
+    in_some_blocks: bool = False
 
     def __post_init__(self):
+        if self.in_some_blocks and self.experts:
+            raise ValueError("MLPSpec: in_some_blocks is supported for a dense MLP, not with experts")
         if self.experts and (len(self.producers) != 1 or self.segments != (2,)):
             raise ValueError("MLPSpec: experts are supported as one packed [gate | up] producer (producers=(name,), "
                              f"segments=(2,)) and a packed down projection, got producers={self.producers}, "

@@ -1,0 +1,77 @@
+"""Hybrid decoders: blocks that mix tokens with attention and with a linear-attention, convolution or state-space
+(Mamba) mixer (in alternate blocks, or side by side), with an ordinary MLP beside the mixer (in every block, or in
+blocks of its own: ``MLPSpec.in_some_blocks``); :mod:`masked_dora.models.families` adds them to ``SPECS``.
+
+Their MLP prunes as the Llama one (its channels are independent of the mixer), so these specs prune the MLP only:
+heads are refused (the attention sits beside or between the other mixers, in some blocks only in most, and most of
+these attentions gate or normalise their output in ways the Llama head spec does not describe), and hidden pruning
+has no spec (the mixers read and write the residual stream through projections hidden pruning does not cut). The
+head spec is the Llama one, read for its config keys only (the head counts
+:func:`masked_dora.models.blocks.head_layout` reports, which stay as built).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace as replace_dataclass
+from typing import Dict
+
+from .spec_types import MLPSpec, ModelSpec
+
+_HYBRID_HEADS = ("it is a hybrid model (attention beside or between linear-attention, convolution or state-space "
+                 "mixers), for whose attention head pruning is not built; its MLP prunes")
+_HEADS_REFUSED = (("heads", "", _HYBRID_HEADS),)
+
+
+def hybrid_specs(llama_style: dict) -> Dict[str, ModelSpec]:
+    """The specs of this module, built on the ``llama`` spec's fields (``LLAMA_STYLE``)."""
+    llama_mlp = llama_style["mlp"]
+    feed_forward = replace_dataclass(llama_mlp, producers=("feed_forward.gate_proj", "feed_forward.up_proj"),
+                                     consumer="feed_forward.down_proj",
+                                     size_attrs=(("feed_forward", "intermediate_size"),))
+
+    def spec(name: str, model_types, mlp: MLPSpec = llama_mlp, **fields) -> ModelSpec:
+        return ModelSpec(name=name, model_types=tuple(model_types), **dict(llama_style, mlp=mlp), **fields,
+                         unsupported=_HEADS_REFUSED)
+
+    lfm2_mlp = MLPSpec(producers=("feed_forward.w1", "feed_forward.w3"), consumer="feed_forward.w2",
+                       size_key="intermediate_size")
+    return {
+        # Qwen3.5 (text; Qwen3_5ForCausalLM): gated DeltaNet (linear_attention) and gated full-attention blocks
+        # (layer_types), the Llama MLP in each; OLMo-hybrid: the same mix with its own mixers
+        "qwen3_5_text": spec("qwen3_5_text", ("qwen3_5_text", "olmo_hybrid")),
+        # Falcon-H1: attention and a Mamba-2 mixer in parallel in every block, then the Llama MLP (feed_forward,
+        # with scalar mlp_multipliers); Bamba: Mamba-2 or attention blocks (attn_layer_indices), the same MLP
+        "falcon_h1": spec("falcon_h1", ("falcon_h1", "bamba"), mlp=feed_forward),
+        # LFM2: short gated convolutions or attention blocks (layer_types), a SwiGLU feed_forward w1/w3/w2. Its
+        # width is intermediate_size as given (block_auto_adjust_ff_dim=False), or derived from it (2/3 of it,
+        # times block_ffn_dim_multiplier, rounded up to block_multiple_of), which no key says for a pruned width:
+        # then the per-layer form
+        "lfm2": spec("lfm2", ("lfm2",), mlp=lfm2_mlp, when=(("block_auto_adjust_ff_dim", False),)),
+        "lfm2-auto-ff": spec("lfm2-auto-ff", ("lfm2",), mlp=replace_dataclass(lfm2_mlp, size_key=""),
+                             when=(("block_auto_adjust_ff_dim", True),)),
+        # LFM3: LFM2's blocks (sandwich norms, a gated attention) with the feed_forward width intermediate_size
+        "lfm3": spec("lfm3", ("lfm3",), mlp=lfm2_mlp),
+        # RecurrentGemma (Griffin): RG-LRU recurrent or local-attention blocks (block_types), each with a gated
+        # mlp_block (biases) of width intermediate_size // 2, which no key says for a pruned width: the per-layer
+        # form
+        "recurrent_gemma": spec("recurrent_gemma", ("recurrent_gemma",), mlp=MLPSpec(
+            producers=("mlp_block.gate_proj", "mlp_block.up_proj"), consumer="mlp_block.down_proj", size_key="",
+            size_attrs=(("mlp_block", "intermediate_size"),))),
+        # Granite-4.0 hybrid (granitemoehybrid): Mamba-2 or attention blocks (layer_types), each with a dense
+        # shared_mlp (input_linear rows [gate | up], output_linear) sized by shared_intermediate_size; with
+        # num_local_experts > 0 an MoE (block_sparse_moe) beside it, kept whole
+        "granitemoehybrid": spec("granitemoehybrid", ("granitemoehybrid",), mlp=MLPSpec(
+            producers=("shared_mlp.input_linear",), consumer="shared_mlp.output_linear",
+            size_key="shared_intermediate_size", segments=(2,), size_attrs=(("shared_mlp", "hidden_size"),))),
+        # Nemotron-H: a block is one mixer (layers_block_type): Mamba-2, attention, an MoE or a non-gated ReLU^2
+        # MLP (mixer.up_proj/down_proj); the MLP blocks prune, the MoE blocks (experts and shared experts, sized by
+        # their own keys) are kept whole
+        "nemotron_h": spec("nemotron_h", ("nemotron_h",), mlp=MLPSpec(
+            producers=("mixer.up_proj",), consumer="mixer.down_proj", size_key="intermediate_size",
+            size_attrs=(("mixer", "intermediate_size"),), in_some_blocks=True)),
+        # Jamba: Mamba or attention blocks, each with a feed_forward that is the Llama MLP or, every
+        # expert_layer_period blocks, an MoE (kept whole); its experts are intermediate_size wide too, so with
+        # experts a pruned MLP saves in the per-layer form (num_experts=1: no MoE blocks, plain)
+        "jamba-dense": spec("jamba-dense", ("jamba",), mlp=feed_forward, when=(("num_experts", 1),)),
+        "jamba": spec("jamba", ("jamba",), mlp=replace_dataclass(feed_forward, size_key="", in_some_blocks=True)),
+    }
