@@ -66,6 +66,22 @@ def block_sizes(model, spec) -> List[Dict[str, int]]:
     return sizes
 
 
+def config_block_sizes(model, spec) -> List[Dict[str, int]]:
+    """Per block, the sizes ``model.config`` builds it with (:func:`block_sizes` of a fresh model of that config):
+    what a plain config's keys are read against (a block the config builds twice as wide as its key, Gemma 4's
+    KV-sharing ones, keeps twice the key's width). Those of ``model`` itself, unless it was loaded from a
+    per-layer checkpoint (:func:`~masked_dora.models.load_compact`): its blocks were built at the sizes the config's
+    :data:`LAYER_SIZES_KEY` lists, which say nothing of how its keys build them, so a model of the config without
+    them is built on the meta device (no memory) and measured."""
+    if not getattr(model.config, LAYER_SIZES_KEY, None):
+        return block_sizes(model, spec)
+    config = copy.deepcopy(model.config)
+    delattr(config, LAYER_SIZES_KEY)
+    with torch.device("meta"):
+        fresh = type(model)(config)
+    return block_sizes(fresh, spec)
+
+
 @torch.no_grad()
 def _compact_mlp(block: nn.Module, spec: ModelSpec, group, prefix: str, repl: dict, packed: dict) -> int:
     """The MLP's kept producer rows and consumer columns into ``repl`` (module name: (weight, bias)), or, for
