@@ -105,6 +105,21 @@ def test_a_per_layer_checkpoint_pruned_again_saves_its_own_sizes(tmp_path, famil
                                    rtol=1e-4, atol=1e-5)
 
 
+def test_hidden_pruning_of_a_per_layer_checkpoint_is_refused_before_training(tmp_path):
+    """Hidden pruning compacts only to a plain checkpoint, which a per-layer checkpoint's blocks (16 and 32 of its
+    config's 64) halved cannot be: prepare_model refuses it, reading the widths against the blocks the config
+    builds as compact_model does (it accepted them, and compact_model failed once the training was done)."""
+    model = tiny_model("llama", kind="lm")
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), **CFG))
+    _keep_first(model, [16, 32])
+    compact_model(model).save_pretrained(str(tmp_path))
+    again = load_compact(str(tmp_path))
+    with pytest.raises(ValueError, match="hidden pruning compacts to a plain checkpoint"):
+        prepare_model(again, MaskedDoRAConfig(target_groups=("mlp", "hidden"),
+                                              **dict(CFG, alignment={"mlp": 8, "hidden": 8})))
+    assert not hasattr(again, "masked_dora")
+
+
 def test_load_compact_still_imports_from_its_old_module():
     """Scripts written before load_compact moved to compact_load import it from masked_dora.models.compact."""
     from masked_dora.models import compact
