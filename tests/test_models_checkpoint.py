@@ -105,6 +105,31 @@ def test_a_per_layer_checkpoint_pruned_again_saves_its_own_sizes(tmp_path, famil
                                    rtol=1e-4, atol=1e-5)
 
 
+def test_a_per_layer_checkpoint_with_pruned_heads_prunes_its_mlp_again(tmp_path):
+    """A per-layer checkpoint whose heads were pruned (2 of the config's 4 per block) has its MLP pruned once more:
+    the blocks' head counts are the checkpoint's, not the config's, in the sizes the second compaction saves (it
+    planned a plain checkpoint with the config's 4 heads, and compact_model failed with a size mismatch)."""
+    model = tiny_model("llama", kind="lm")
+    prepare_model(model, MaskedDoRAConfig(**dict(CFG, save_form="per_layer")))
+    randomize_adapters(model)
+    harden(model)
+    compact_model(model).save_pretrained(str(tmp_path / "first"))
+    again = load_compact(str(tmp_path / "first"))
+    assert again.config.num_attention_heads == 4 and again.model.layers[0].self_attn.q_proj.out_features == 2 * 8
+    prepare_model(again, MaskedDoRAConfig(target_groups=("mlp",), **CFG))
+    randomize_adapters(again)
+    harden(again)
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        ref = output_tensor(again(**inputs))
+        small = compact_model(again)
+        torch.testing.assert_close(output_tensor(small(**inputs)), ref, rtol=1e-4, atol=1e-5)
+    small.save_pretrained(str(tmp_path / "second"))
+    with torch.no_grad():
+        torch.testing.assert_close(output_tensor(load_compact(str(tmp_path / "second"))(**inputs)), ref,
+                                   rtol=1e-4, atol=1e-5)
+
+
 def test_hidden_pruning_of_a_per_layer_checkpoint_is_refused_before_training(tmp_path):
     """Hidden pruning compacts only to a plain checkpoint, which a per-layer checkpoint's blocks (16 and 32 of its
     config's 64) halved cannot be: prepare_model refuses it, reading the widths against the blocks the config

@@ -54,7 +54,10 @@ def _merged(module: nn.Module):
 
 
 def block_sizes(model, spec) -> List[Dict[str, int]]:
-    """Per block (every stack the model has, in :func:`model_blocks` order): MLP width and head counts."""
+    """Per block (every stack the model has, in :func:`model_blocks` order): MLP width and head counts. The head
+    counts are the config's, or, for a model loaded from a per-layer checkpoint (:func:`load_compact`), the ones
+    its :data:`LAYER_SIZES_KEY` lists (its blocks were built with those, whatever the config's keys say)."""
+    listed = getattr(model.config, LAYER_SIZES_KEY, None) or []
     sizes = []
     for b in model_blocks(model, spec):
         hl = head_layout(model.config, b.spec, b.index)
@@ -62,7 +65,10 @@ def block_sizes(model, spec) -> List[Dict[str, int]]:
         # the config's width
         width = (mlp_width(b.module, b.spec) if holds_spec_mlp(b.module, b.spec)
                  else getattr(b.spec.sized_config(model.config), b.spec.mlp.size_key))
-        sizes.append(dict(intermediate=width, heads=hl.heads, kv_heads=hl.kv_heads, head_dim=hl.head_dim))
+        heads = dict(heads=hl.heads, kv_heads=hl.kv_heads, head_dim=hl.head_dim)
+        if b.index < len(listed):  # (a checkpoint of the first stack alone lists only its blocks)
+            heads.update({k: int(listed[b.index][k]) for k in heads if k in listed[b.index]})
+        sizes.append(dict(intermediate=width, **heads))
     return sizes
 
 
