@@ -11,6 +11,7 @@ from masked_dora.models import (MaskedDoRAConfig, SparsityController, compact_mo
                                 load_compact, load_training_state, prepare_model, save_training_state)
 from masked_dora.models.compact import LAYER_SIZES_KEY
 
+from tiny_family_table import AVAILABLE as TABLE_FAMILIES
 from tiny_models import output_tensor, randomize_adapters, reload_plain_in_clean_process, tiny_inputs, tiny_model
 
 CFG = dict(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5)
@@ -61,6 +62,87 @@ def test_non_uniform_checkpoint_loads_through_masked_dora(tmp_path, family):
     from transformers import AutoModel
     with pytest.raises(Exception, match="mismatch"):  # a plain load fails loudly, it never loads wrong weights
         AutoModel.from_pretrained(str(tmp_path))
+
+
+def _keep_first(model, counts) -> None:
+    """Fix the MLP masks of a prepared model: block i keeps its first ``counts[i]`` channels."""
+    for i, count in enumerate(counts):
+        group = get_state(model).group("mlp", i)
+        group.set_mask(torch.arange(group.num_units) < count)
+
+
+@pytest.mark.parametrize("family, first", [
+    ("llama", [16, 32]),  # built 64 wide: kept 8 and 16 are not one intermediate_size (not a quarter, twice)
+    pytest.param("gemma4_text", [16, 32, 32, 64], marks=pytest.mark.skipif(  # built 32, 32 and double-wide 64, 64
+        "gemma4_text" not in TABLE_FAMILIES, reason="this transformers has no Gemma 4")),
+])
+def test_a_per_layer_checkpoint_pruned_again_saves_its_own_sizes(tmp_path, family, first):
+    """A per-layer checkpoint (load_compact) pruned once more, to half of each block's width: its blocks were built
+    at the sizes the checkpoint lists, not as its config's intermediate_size says, so the second compaction reads
+    the kept widths against the blocks the config builds. (It took a block built 16 wide of a config's 64 for one
+    the config builds a quarter as wide: it planned a plain checkpoint, of one intermediate_size for unequal widths,
+    and compact_model failed with a size mismatch.)"""
+    model = tiny_model(family, kind="lm")
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), **CFG))
+    _keep_first(model, first)
+    compact_model(model).save_pretrained(str(tmp_path / "first"))
+    again = load_compact(str(tmp_path / "first"))
+    assert [layer.mlp.down_proj.in_features for layer in again.model.layers] == first
+    prepare_model(again, MaskedDoRAConfig(target_groups=("mlp",), **CFG))
+    assert get_state(again).save_form == "per_layer"
+    randomize_adapters(again)
+    second = [width // 2 for width in first]
+    _keep_first(again, second)
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        ref = output_tensor(again(**inputs))
+        small = compact_model(again)
+        assert [layer.mlp.down_proj.in_features for layer in small.model.layers] == second
+        torch.testing.assert_close(output_tensor(small(**inputs)), ref, rtol=1e-4, atol=1e-5)
+    small.save_pretrained(str(tmp_path / "second"))
+    with torch.no_grad():
+        torch.testing.assert_close(output_tensor(load_compact(str(tmp_path / "second"))(**inputs)), ref,
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_a_per_layer_checkpoint_with_pruned_heads_prunes_its_mlp_again(tmp_path):
+    """A per-layer checkpoint whose heads were pruned (2 of the config's 4 per block) has its MLP pruned once more:
+    the blocks' head counts are the checkpoint's, not the config's, in the sizes the second compaction saves (it
+    planned a plain checkpoint with the config's 4 heads, and compact_model failed with a size mismatch)."""
+    model = tiny_model("llama", kind="lm")
+    prepare_model(model, MaskedDoRAConfig(**dict(CFG, save_form="per_layer")))
+    randomize_adapters(model)
+    harden(model)
+    compact_model(model).save_pretrained(str(tmp_path / "first"))
+    again = load_compact(str(tmp_path / "first"))
+    assert again.config.num_attention_heads == 4 and again.model.layers[0].self_attn.q_proj.out_features == 2 * 8
+    prepare_model(again, MaskedDoRAConfig(target_groups=("mlp",), **CFG))
+    randomize_adapters(again)
+    harden(again)
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        ref = output_tensor(again(**inputs))
+        small = compact_model(again)
+        torch.testing.assert_close(output_tensor(small(**inputs)), ref, rtol=1e-4, atol=1e-5)
+    small.save_pretrained(str(tmp_path / "second"))
+    with torch.no_grad():
+        torch.testing.assert_close(output_tensor(load_compact(str(tmp_path / "second"))(**inputs)), ref,
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_hidden_pruning_of_a_per_layer_checkpoint_is_refused_before_training(tmp_path):
+    """Hidden pruning compacts only to a plain checkpoint, which a per-layer checkpoint's blocks (16 and 32 of its
+    config's 64) halved cannot be: prepare_model refuses it, reading the widths against the blocks the config
+    builds as compact_model does (it accepted them, and compact_model failed once the training was done)."""
+    model = tiny_model("llama", kind="lm")
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), **CFG))
+    _keep_first(model, [16, 32])
+    compact_model(model).save_pretrained(str(tmp_path))
+    again = load_compact(str(tmp_path))
+    with pytest.raises(ValueError, match="hidden pruning compacts to a plain checkpoint"):
+        prepare_model(again, MaskedDoRAConfig(target_groups=("mlp", "hidden"),
+                                              **dict(CFG, alignment={"mlp": 8, "hidden": 8})))
+    assert not hasattr(again, "masked_dora")
 
 
 def test_load_compact_still_imports_from_its_old_module():

@@ -54,7 +54,10 @@ def _merged(module: nn.Module):
 
 
 def block_sizes(model, spec) -> List[Dict[str, int]]:
-    """Per block (every stack the model has, in :func:`model_blocks` order): MLP width and head counts."""
+    """Per block (every stack the model has, in :func:`model_blocks` order): MLP width and head counts. The head
+    counts are the config's, or, for a model loaded from a per-layer checkpoint (:func:`load_compact`), the ones
+    its :data:`LAYER_SIZES_KEY` lists (its blocks were built with those, whatever the config's keys say)."""
+    listed = getattr(model.config, LAYER_SIZES_KEY, None) or []
     sizes = []
     for b in model_blocks(model, spec):
         hl = head_layout(model.config, b.spec, b.index)
@@ -67,8 +70,27 @@ def block_sizes(model, spec) -> List[Dict[str, int]]:
             width = 0
         else:
             width = getattr(b.spec.sized_config(model.config), b.spec.mlp.size_key)
-        sizes.append(dict(intermediate=width, heads=hl.heads, kv_heads=hl.kv_heads, head_dim=hl.head_dim))
+        heads = dict(heads=hl.heads, kv_heads=hl.kv_heads, head_dim=hl.head_dim)
+        if b.index < len(listed):  # (a checkpoint of the first stack alone lists only its blocks)
+            heads.update({k: int(listed[b.index][k]) for k in heads if k in listed[b.index]})
+        sizes.append(dict(intermediate=width, **heads))
     return sizes
+
+
+def config_block_sizes(model, spec) -> List[Dict[str, int]]:
+    """Per block, the sizes ``model.config`` builds it with (:func:`block_sizes` of a fresh model of that config):
+    what a plain config's keys are read against (a block the config builds twice as wide as its key, Gemma 4's
+    KV-sharing ones, keeps twice the key's width). Those of ``model`` itself, unless it was loaded from a
+    per-layer checkpoint (:func:`~masked_dora.models.load_compact`): its blocks were built at the sizes the config's
+    :data:`LAYER_SIZES_KEY` lists, which say nothing of how its keys build them, so a model of the config without
+    them is built on the meta device (no memory) and measured."""
+    if not getattr(model.config, LAYER_SIZES_KEY, None):
+        return block_sizes(model, spec)
+    config = copy.deepcopy(model.config)
+    delattr(config, LAYER_SIZES_KEY)
+    with torch.device("meta"):
+        fresh = type(model)(config)
+    return block_sizes(fresh, spec)
 
 
 @torch.no_grad()

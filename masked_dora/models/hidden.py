@@ -119,12 +119,12 @@ def check_hidden(model: nn.Module, spec, config) -> None:
     reason = hidden_refusal(model, spec, config)
     if reason is not None:
         raise ValueError(reason)
-    from .compact import block_sizes
+    from .compact import config_block_sizes
     from .plain_config import plain_config_or_reason
     from .save_form import planned_sizes
 
     blocks_specs = [b.spec for b in model_blocks(model, spec)]
-    plain, reason = plain_config_or_reason(model.config, blocks_specs, block_sizes(model, spec),
+    plain, reason = plain_config_or_reason(model.config, blocks_specs, config_block_sizes(model, spec),
                                            planned_sizes(model, spec, config), planned_hidden_size(model, spec, config))
     if plain is not None:
         reason = _validate_hidden(plain, spec, planned_hidden_size(model, spec, config))

@@ -41,8 +41,8 @@ class MaskedDoRAState(nn.Module):
         # budget="exact": the fraction of the target sparsity the per-forward plan applies now (the gradual
         # warm-up's schedule sets it, MaskTrainer.begin_step); hardening always applies the whole target
         self.plan_progress = 1.0
-        # every block's sizes as the model was built (compact_model's reference, whatever compact_for_training
-        # has removed since): set by prepare_model
+        # every block's sizes as the model's config builds it (compact_model's reference, whatever
+        # compact_for_training has removed since; compact.config_block_sizes): set by prepare_model
         self.built_sizes: Optional[List[Dict[str, int]]] = None
 
     def blocks(self, model: nn.Module) -> List[Block]:
@@ -374,9 +374,9 @@ def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, c
 
     # how the compacted model will be saved, decided (and refused, for save_form="plain") before any change
     save_form, save_form_reason = decide_save_form(model, spec, config)
-    from .compact import block_sizes
+    from .compact import config_block_sizes
 
-    built_sizes = block_sizes(model, spec)
+    built_sizes = config_block_sizes(model, spec)
     for p in model.parameters():
         p.requires_grad_(False)
     state = MaskedDoRAState(config, spec)

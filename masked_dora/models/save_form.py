@@ -53,7 +53,7 @@ def decide_save_form(model: nn.Module, spec: ModelSpec, config) -> Tuple[str, Op
 
     Called by ``prepare_model`` before it changes anything.
     """
-    from .compact import block_sizes
+    from .compact import config_block_sizes
     from .plain_config import plain_config_or_reason
 
     if "hidden" in config.target_groups and config.hidden_mode == "per_block":  # no warning: the mode's form
@@ -67,7 +67,7 @@ def decide_save_form(model: nn.Module, spec: ModelSpec, config) -> Tuple[str, Op
 
         stacks = [b.spec for b in model_blocks(model, spec)]
         hidden = planned_hidden_size(model, spec, config) if "hidden" in config.target_groups else None
-        _, reason = plain_config_or_reason(model.config, stacks, block_sizes(model, spec),
+        _, reason = plain_config_or_reason(model.config, stacks, config_block_sizes(model, spec),
                                            planned_sizes(model, spec, config), hidden)
     if reason is None:
         return "plain", None
