@@ -9,6 +9,7 @@ vision tower reads (Qwen-VL: flattened patches with ``image_grid_thw``; Mistral3
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable, Dict
 
@@ -180,3 +181,37 @@ def image_inputs(family: str, n: int = 2, seed: int = 2) -> dict:
     if "mm_token_type_ids" in inspect.signature(forward).parameters:  # newer Qwen-VL: which tokens are image ones
         inputs["mm_token_type_ids"] = (ids == IMAGE_ID).long()
     return inputs
+
+
+def check_mlp_only_vlm_chain(model, image: dict, first_row: dict, path):
+    """The chain of a VLM whose language model prunes its MLP only (its heads refused), after ``prepare_model``:
+    a training step on ``image`` inputs, harden, compact (equal logits on text-only and image inputs, the image
+    reaching them), save, a plain ``AutoModelForImageTextToText`` reload in a process without masked_dora (equal
+    logits) and ``load_compact`` (equal ``generate()`` tokens from ``first_row``, one row of ``image``). Returns
+    the compacted model."""
+    from masked_dora.models import compact_model, harden, load_compact
+
+    from tiny_models import randomize_adapters, reload_plain_in_clean_process
+
+    randomize_adapters(model)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    model(**image, labels=image["input_ids"].masked_fill(image["input_ids"] == IMAGE_ID, -100)).loss.backward()
+    torch.optim.SGD(params, lr=1e-2).step()
+    model.eval()
+    harden(model)
+    inputs = {"text": text_inputs(), "image": image}
+    with torch.no_grad():
+        ref = {k: model(**v).logits for k, v in inputs.items()}
+        other = dict(image, pixel_values=image["pixel_values"] + 1.0)
+        assert (model(**other).logits - ref["image"]).abs().max() > 1e-3  # the image reaches the logits
+        small = compact_model(model)
+        for kind, v in inputs.items():
+            torch.testing.assert_close(small(**v).logits, ref[kind], rtol=1e-4, atol=1e-5)
+    small.save_pretrained(path)
+    torch.save(image, os.path.join(path, "inputs.pt"))
+    reloaded, = reload_plain_in_clean_process([(str(path), "AutoModelForImageTextToText")])
+    torch.testing.assert_close(reloaded, ref["image"], rtol=1e-4, atol=1e-5)
+    gen = dict(max_new_tokens=5, do_sample=False)
+    assert torch.equal(load_compact(str(path)).generate(**first_row, **gen), model.generate(**first_row, **gen))
+    return small
