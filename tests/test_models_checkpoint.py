@@ -93,16 +93,21 @@ def test_a_per_layer_checkpoint_pruned_again_saves_its_own_sizes(tmp_path, famil
     randomize_adapters(again)
     second = [width // 2 for width in first]
     _keep_first(again, second)
+    small = _compacts_saves_and_reloads_equal(again, str(tmp_path / "second"))
+    assert [layer.mlp.down_proj.in_features for layer in small.model.layers] == second
+
+
+def _compacts_saves_and_reloads_equal(model, path: str):
+    """``compact_model(model)``, equal to ``model``, saved to ``path`` and reloaded equal by ``load_compact``."""
     inputs = tiny_inputs()
     with torch.no_grad():
-        ref = output_tensor(again(**inputs))
-        small = compact_model(again)
-        assert [layer.mlp.down_proj.in_features for layer in small.model.layers] == second
+        ref = output_tensor(model(**inputs))
+        small = compact_model(model)
         torch.testing.assert_close(output_tensor(small(**inputs)), ref, rtol=1e-4, atol=1e-5)
-    small.save_pretrained(str(tmp_path / "second"))
+    small.save_pretrained(path)
     with torch.no_grad():
-        torch.testing.assert_close(output_tensor(load_compact(str(tmp_path / "second"))(**inputs)), ref,
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(output_tensor(load_compact(path)(**inputs)), ref, rtol=1e-4, atol=1e-5)
+    return small
 
 
 def test_a_per_layer_checkpoint_with_pruned_heads_prunes_its_mlp_again(tmp_path):
@@ -119,15 +124,7 @@ def test_a_per_layer_checkpoint_with_pruned_heads_prunes_its_mlp_again(tmp_path)
     prepare_model(again, MaskedDoRAConfig(target_groups=("mlp",), **CFG))
     randomize_adapters(again)
     harden(again)
-    inputs = tiny_inputs()
-    with torch.no_grad():
-        ref = output_tensor(again(**inputs))
-        small = compact_model(again)
-        torch.testing.assert_close(output_tensor(small(**inputs)), ref, rtol=1e-4, atol=1e-5)
-    small.save_pretrained(str(tmp_path / "second"))
-    with torch.no_grad():
-        torch.testing.assert_close(output_tensor(load_compact(str(tmp_path / "second"))(**inputs)), ref,
-                                   rtol=1e-4, atol=1e-5)
+    _compacts_saves_and_reloads_equal(again, str(tmp_path / "second"))
 
 
 def test_hidden_pruning_of_a_per_layer_checkpoint_is_refused_before_training(tmp_path):
