@@ -127,6 +127,37 @@ def test_a_per_layer_checkpoint_with_pruned_heads_prunes_its_mlp_again(tmp_path)
     _compacts_saves_and_reloads_equal(again, str(tmp_path / "second"))
 
 
+@pytest.mark.parametrize("family", [
+    "llama",
+    pytest.param("gpt_oss", marks=pytest.mark.skipif(  # its attention sinks: one per query head
+        "gpt_oss" not in TABLE_FAMILIES, reason="this transformers has no gpt-oss")),
+])
+def test_a_per_layer_checkpoint_with_pruned_heads_prunes_its_heads_again(tmp_path, family):
+    """A per-layer checkpoint keeping 2 of its config's 4 query heads and 1 of 2 KV heads has its heads pruned once
+    more, to 1 query head: the head groups (and gpt-oss's per-head sinks) are read against the heads each block
+    was built with, not the config's (prepare_model failed: "q_proj.out_features is 16, expected 32"). One
+    query head and one KV head everywhere is a plain checkpoint again. With gqa="kv_groups" the one KV head left
+    in each block can prune nothing: refused, naming the block."""
+    model = tiny_model(family, kind="lm")
+    prepare_model(model, MaskedDoRAConfig(**dict(CFG, save_form="per_layer")))
+    randomize_adapters(model)
+    harden(model)
+    compact_model(model).save_pretrained(str(tmp_path / "first"))
+    again = load_compact(str(tmp_path / "first"))
+    assert [s["heads"] for s in getattr(again.config, LAYER_SIZES_KEY)] == [2, 2]
+    with pytest.raises(ValueError, match=r"one KV head for its 2 query heads \(multi-query attention\) in "
+                                         r"model\.layers\.0, so gqa='kv_groups' can prune no head"):
+        prepare_model(again, MaskedDoRAConfig(**CFG))
+    prepare_model(again, MaskedDoRAConfig(**dict(CFG, gqa="query_heads")))
+    assert get_state(again).save_form == "plain"
+    randomize_adapters(again)
+    harden(again)
+    small = _compacts_saves_and_reloads_equal(again, str(tmp_path / "second"))
+    assert not hasattr(small.config, LAYER_SIZES_KEY)
+    assert (small.config.num_attention_heads, small.config.num_key_value_heads) == (1, 1)
+    assert [layer.self_attn.q_proj.out_features for layer in small.model.layers] == [small.config.head_dim] * 2
+
+
 def test_hidden_pruning_of_a_per_layer_checkpoint_is_refused_before_training(tmp_path):
     """Hidden pruning compacts only to a plain checkpoint, which a per-layer checkpoint's blocks (16 and 32 of its
     config's 64) halved cannot be: prepare_model refuses it, reading the widths against the blocks the config

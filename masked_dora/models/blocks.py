@@ -5,7 +5,8 @@ them in a model: the transformer blocks (:func:`find_layers`), the member module
 block (:func:`block_modules`, by role: ``producer<i>``/``consumer`` for the MLP, ``query``/``key``/``value``
 or ``qkv``/``output`` for the heads; an MoE block's roles carry ``_e<expert>``), the packed parameters of an
 MoE block before ``prepare_model`` wraps them (:func:`packed_experts`), the head counts a config describes
-(:func:`head_layout`) and the per-head modules (:func:`per_head_modules`).
+(:func:`head_layout`; those a block was built with, :func:`built_head_layout`) and the per-head
+modules (:func:`per_head_modules`).
 """
 
 from __future__ import annotations
@@ -138,6 +139,27 @@ def head_layout(config, spec: ModelSpec, layer: Optional[int] = None) -> HeadLay
     return HeadLayout(int(heads), int(kv), int(hd))
 
 
+LAYER_SIZES_KEY = "masked_dora_layer_sizes"
+"""The config key of a per-layer checkpoint (:func:`~masked_dora.models.compact.compact_model`): per block, in
+:func:`model_blocks` order, ``{"intermediate", "heads", "kv_heads", "head_dim"}`` (``"hidden"`` too under
+``hidden_mode="per_block"``), the sizes :func:`~masked_dora.models.load_compact` builds each block with."""
+
+
+def built_head_layout(config, spec: ModelSpec, layer: int) -> HeadLayout:
+    """The head layout block ``layer`` (:class:`Block.index`) was built with: the config's (:func:`head_layout`),
+    or, in a model loaded from a per-layer checkpoint, the counts its config's :data:`LAYER_SIZES_KEY` lists
+    for that block (its blocks were built with those, whatever the config's keys say: a checkpoint whose heads
+    were pruned keeps 2 of the config's 4). A checkpoint of the first stack alone lists only that stack's
+    blocks; the others are built as the config says."""
+    hl = head_layout(config, spec, layer)
+    listed = getattr(config, LAYER_SIZES_KEY, None) or []
+    if layer >= len(listed):
+        return hl
+    entry = listed[layer]
+    return HeadLayout(int(entry.get("heads", hl.heads)), int(entry.get("kv_heads", hl.kv_heads)),
+                      int(entry.get("head_dim", hl.head_dim)))
+
+
 def per_head_modules(block: nn.Module, spec: ModelSpec, config) -> List[Tuple[PerHeadSpec, nn.Module]]:
     """The per-head modules (``HeadSpec.per_head``) that a block of a model with ``config`` has, paths checked."""
     return [(entry, _resolve(block, entry.path, "per-head module")) for entry in spec.heads.per_head
@@ -152,10 +174,10 @@ def per_head_counts(entry: PerHeadSpec, module: nn.Module) -> List[int]:
     return [int(p.shape[entry.dim]) if p.dim() > entry.dim else 0 for p in module.parameters(recurse=False)]
 
 
-def check_per_head_modules(block: nn.Module, spec: ModelSpec, config, where: str, layer: Optional[int] = None) -> None:
+def check_per_head_modules(block: nn.Module, spec: ModelSpec, config, where: str, layer: int) -> None:
     """Raise unless every per-head module of ``block`` (number ``layer``) holds one entry per head (query or KV, as
     it follows)."""
-    hl = head_layout(config, spec, layer)
+    hl = built_head_layout(config, spec, layer)
     for entry, module in per_head_modules(block, spec, config):
         expected = getattr(hl, entry.follows)
         counts = per_head_counts(entry, module)

@@ -30,16 +30,14 @@ import torch
 from torch import nn
 
 from ..nn import MaskedDoRALinear
-from .blocks import (block_modules, features, has_experts, head_layout, holds_spec_mlp, is_consumer_role, is_conv1d,
-                     mlp_width, model_blocks, num_experts, packed_experts, per_head_modules, producer_index,
+from .blocks import (LAYER_SIZES_KEY, block_modules, built_head_layout, features, has_experts, head_layout,
+                     holds_spec_mlp, is_consumer_role, is_conv1d, mlp_width, model_blocks, num_experts, packed_experts, per_head_modules, producer_index,
                      role_paths)
 from .hidden import cut_hidden, hidden_config, hidden_keep, writers
 from .hidden_per_block import compact_block_hidden, is_per_block, resize_block_hidden
 from .prepare import STATE_ATTR, get_state
 from .plain_config import plain_config
 from .specs import ModelSpec, spec_for
-
-LAYER_SIZES_KEY = "masked_dora_layer_sizes"
 
 
 def _idx(keep: torch.Tensor) -> torch.Tensor:
@@ -55,12 +53,11 @@ def _merged(module: nn.Module):
 
 def block_sizes(model, spec) -> List[Dict[str, int]]:
     """Per block (every stack the model has, in :func:`model_blocks` order): MLP width and head counts. The head
-    counts are the config's, or, for a model loaded from a per-layer checkpoint (:func:`load_compact`), the ones
-    its :data:`LAYER_SIZES_KEY` lists (its blocks were built with those, whatever the config's keys say)."""
-    listed = getattr(model.config, LAYER_SIZES_KEY, None) or []
+    counts the block was built with (:func:`~masked_dora.models.blocks.built_head_layout`: the config's, or those
+    the :data:`LAYER_SIZES_KEY` of a per-layer checkpoint's config lists)."""
     sizes = []
     for b in model_blocks(model, spec):
-        hl = head_layout(model.config, b.spec, b.index)
+        hl = built_head_layout(model.config, b.spec, b.index)
         # a block without the MoE spec's experts under a spec without dense_mlp (its MLP is never pruned) keeps
         # the config's width; a block without the MLP of an MLPSpec.in_some_blocks spec (a hybrid's mixer block)
         # has none: 0
@@ -70,10 +67,7 @@ def block_sizes(model, spec) -> List[Dict[str, int]]:
             width = 0
         else:
             width = getattr(b.spec.sized_config(model.config), b.spec.mlp.size_key)
-        heads = dict(heads=hl.heads, kv_heads=hl.kv_heads, head_dim=hl.head_dim)
-        if b.index < len(listed):  # (a checkpoint of the first stack alone lists only its blocks)
-            heads.update({k: int(listed[b.index][k]) for k in heads if k in listed[b.index]})
-        sizes.append(dict(intermediate=width, **heads))
+        sizes.append(dict(intermediate=width, heads=hl.heads, kv_heads=hl.kv_heads, head_dim=hl.head_dim))
     return sizes
 
 

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from ..nn import MaskedDoRALinear
 from ..nn.norm_cache import is_regathered
-from .blocks import Block, block_modules, head_layout, holds_spec_mlp
+from .blocks import Block, block_modules, built_head_layout, holds_spec_mlp
 from .compact import keep_per_head, set_head_attrs, set_mlp_size_attrs
 from .group_mask import ALWAYS_KEPT, GroupMask, InputGate, MaskView
 from .hidden import HIDDEN_KEY, narrow_residual_stream, writers
@@ -104,7 +104,7 @@ def _compact_mlp_group(state, b: Block) -> None:
 def _compact_head_group(state, b: Block, model_config) -> None:
     group = state.group("heads", b.index)
     mods = block_modules(b.module, b.spec, ("heads",))["heads"]
-    hd = head_layout(model_config, b.spec, b.index).head_dim
+    hd = built_head_layout(model_config, b.spec, b.index).head_dim
     kept_heads = _kept_heads(group, mods, hd)
     state.groups[f"heads_{b.index}"] = _kept_group(group, _slice_members(group, mods), mods)
     heads = mods["output"].in_features // hd

@@ -16,10 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import ClampedSwiGLU, MaskedDoRAExperts, MaskedDoRALinear
-from .blocks import (Block, HeadLayout, block_modules, check_per_head_modules, expert_biases, expert_index, features,
-                     has_experts, head_layout, holds_spec_mlp, is_consumer_role, is_conv1d, mlp_width, model_blocks,
-                     num_experts,
-                     packed_experts, producer_index, role_paths, stack_specs)
+from .blocks import (Block, HeadLayout, block_modules, built_head_layout, check_per_head_modules, expert_biases,
+                     expert_index, features, has_experts, holds_spec_mlp, is_consumer_role, is_conv1d, mlp_width,
+                     model_blocks, num_experts, packed_experts, producer_index, role_paths, stack_specs)
 from .config import MaskedDoRAConfig
 from .group_mask import ALWAYS_KEPT, ForwardMasks, GroupMask, InputGate, MaskView
 from .specs import QKV_LAYOUTS, HeadSpec, ModelSpec, spec_for
@@ -234,7 +233,7 @@ def _check_head_shapes(mods, paths, units, hl, where) -> None:
 def _head_group(block, i, spec, config, model_config, where) -> Tuple[GroupMask, Optional[InputGate]]:
     """The head group of one block: one unit per KV head (``gqa="kv_groups"``, or no GQA), else one per query
     head with the same count kept in every KV group, the KV heads kept and the output's input gated."""
-    hl = head_layout(model_config, spec, i)
+    hl = built_head_layout(model_config, spec, i)
     mods = block_modules(block, spec, ("heads",))["heads"]
     paths = role_paths(spec, "heads")
     by_kv = config.gqa == "kv_groups" or hl.group_size == 1
@@ -260,19 +259,21 @@ def _head_group(block, i, spec, config, model_config, where) -> Tuple[GroupMask,
     return group, input_gate
 
 
-def _refuse_heads_kv_groups_cannot_prune(spec: ModelSpec, config: MaskedDoRAConfig, model_config) -> None:
+def _refuse_heads_kv_groups_cannot_prune(blocks: List[Block], config: MaskedDoRAConfig, model_config) -> None:
     """One KV head shared by several query heads (multi-query attention, Falcon-7B) with ``gqa="kv_groups"``:
     the only KV group is every head and always stays, so no head could ever go. An error rather than a
     rounding warning (nothing of the target is reachable), and no silent switch to ``gqa="query_heads"``,
-    which prunes something else (query heads, the KV head kept) and which the user picks knowingly."""
+    which prunes something else (query heads, the KV head kept) and which the user picks knowingly. Read per
+    block, as it was built (a per-layer checkpoint whose KV heads were pruned to one has such blocks)."""
     if "heads" not in config.target_groups or config.gqa != "kv_groups" or config.target_sparsity["heads"] == 0:
         return
-    hl = head_layout(model_config, spec)
-    if hl.kv_heads == 1 and hl.group_size > 1:
-        raise ValueError(f"config.gqa: this {model_config.model_type!r} model has one KV head for its {hl.heads} "
-                         f"query heads (multi-query attention), so gqa='kv_groups' can prune no head (the only KV "
-                         f"group always stays); use gqa='query_heads' (the same number of query heads leaves every "
-                         f"KV group, the KV head stays) or target_groups=('mlp',)")
+    for b in blocks:
+        hl = built_head_layout(model_config, b.spec, b.index)
+        if hl.kv_heads == 1 and hl.group_size > 1:
+            raise ValueError(f"config.gqa: this {model_config.model_type!r} model has one KV head for its {hl.heads} "
+                             f"query heads (multi-query attention) in {b.path}, so gqa='kv_groups' can prune no "
+                             f"head (the only KV group always stays); use gqa='query_heads' (the same number of "
+                             f"query heads leaves every KV group, the KV head stays) or target_groups=('mlp',)")
 
 
 def keep_own_checkpoint_layout(model: nn.Module) -> None:
@@ -317,8 +318,7 @@ def _targeted_blocks(model: nn.Module, spec: ModelSpec, config: MaskedDoRAConfig
     if "mlp" in config.target_groups and not any(holds_spec_mlp(b.module, b.spec) for b in blocks):
         _refuse("mlp", config, model.config, f"none of its blocks holds the MLP the spec names "
                                              f"({sorted(set(role_paths(spec, 'mlp').values()))})")
-    for stack in {b.spec.stack: b.spec for b in blocks}.values():
-        _refuse_heads_kv_groups_cannot_prune(stack, config, model.config)
+    _refuse_heads_kv_groups_cannot_prune(blocks, config, model.config)
     return blocks
 
 

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 
 from torch import nn
 
-from .blocks import head_layout, model_blocks
+from .blocks import built_head_layout, model_blocks
 from .specs import ModelSpec
 
 
@@ -30,7 +30,7 @@ def planned_sizes(model: nn.Module, spec: ModelSpec, config) -> List[Dict[str, i
 
     sizes = block_sizes(model, spec)
     for b in model_blocks(model, spec, config.stacks):  # the blocks prepare_model gives groups
-        size, hl = sizes[b.index], head_layout(model.config, b.spec, b.index)
+        size, hl = sizes[b.index], built_head_layout(model.config, b.spec, b.index)
         by_kv = config.gqa == "kv_groups" or hl.group_size == 1
         if "mlp" in config.target_groups and size["intermediate"]:  # (an MoE block: per expert, each keeping the
             # same count; width 0: a block without the MLP, MLPSpec.in_some_blocks)
