@@ -13,7 +13,7 @@ from masked_dora.models import (MaskedDoRAConfig, MLPSpec, compact_for_training,
 from masked_dora.models.group_mask import InputGate
 
 from tiny_family_table import AVAILABLE
-from tiny_models import output_tensor, randomize_adapters, tiny_inputs, tiny_model
+from tiny_models import assert_reloads_and_generates_equal, output_tensor, randomize_adapters, tiny_inputs, tiny_model
 
 needs_apertus = pytest.mark.skipif("apertus" not in AVAILABLE, reason="this transformers has no Apertus")
 
@@ -133,7 +133,7 @@ def test_doge_moe_prunes_its_shared_expert_mlp_and_keeps_the_routed_experts(tmp_
     """Doge's CDMoE adds the routed experts' output (embeddings over the hidden size) to its shared gate/up/down
     MLP, whose channels prune as a dense MLP's: the compacted model equals the masked one, saves plainly (a smaller
     intermediate_size), reloads with equal outputs and generates the same tokens; the routed experts are as built."""
-    from masked_dora.models import get_state, load_compact
+    from masked_dora.models import get_state
 
     model = _doge_moe()
     experts = {n: p.detach().clone() for n, p in model.named_parameters() if "_embed." in n}
@@ -150,10 +150,4 @@ def test_doge_moe_prunes_its_shared_expert_mlp_and_keeps_the_routed_experts(tmp_
         torch.testing.assert_close(output_tensor(small(**inputs)), ref, rtol=1e-4, atol=1e-5)
     assert small.config.intermediate_size == 32
     assert all(torch.equal(dict(small.named_parameters())[n], p) for n, p in experts.items())
-    small.save_pretrained(tmp_path)
-    reloaded = load_compact(str(tmp_path))
-    with torch.no_grad():
-        torch.testing.assert_close(output_tensor(reloaded(**inputs)), ref, rtol=1e-4, atol=1e-5)
-    ids = inputs["input_ids"][:1]
-    gen = dict(max_new_tokens=6, do_sample=False)
-    assert torch.equal(reloaded.generate(ids, **gen), model.generate(ids, **gen))
+    assert_reloads_and_generates_equal(small, tmp_path, model, ref, inputs)

@@ -15,7 +15,7 @@ from masked_dora.models import specs as specs_module
 from masked_dora.models.compact import LAYER_SIZES_KEY
 
 from tiny_family_table import AVAILABLE
-from tiny_models import harden_and_compact, output_tensor, randomize_adapters, tiny_inputs, tiny_model
+from tiny_models import assert_reloads_and_generates_equal, harden_and_compact, output_tensor, randomize_adapters, tiny_inputs, tiny_model
 
 
 def _llama_without_mlp_size_key(monkeypatch):
@@ -144,8 +144,6 @@ def test_codegen_heads_prune_the_same_count_in_each_qkv_chunk(tmp_path, allocati
     attention splits the rows into 4 chunks again) equals the masked one, reloads and generates the same."""
     import transformers as t
 
-    from masked_dora.models import load_compact
-
     config = t.CodeGenConfig(vocab_size=97, n_embd=64, n_layer=2, n_head=8, n_inner=64, n_positions=64,
                              rotary_dim=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     torch.manual_seed(0)
@@ -163,14 +161,7 @@ def test_codegen_heads_prune_the_same_count_in_each_qkv_chunk(tmp_path, allocati
     assert kept.tolist() == [True, False] * 4
     heads = [block.attn.qkv_proj.out_features // (3 * 8) for block in small.transformer.h]
     assert heads == ([4, 4] if allocation == "uniform" else [4, 8])
-    small.save_pretrained(tmp_path)
-    reloaded = load_compact(str(tmp_path))
-    inputs = tiny_inputs()
-    with torch.no_grad():
-        torch.testing.assert_close(output_tensor(reloaded(**inputs)), ref, rtol=1e-4, atol=1e-5)
-    ids = inputs["input_ids"][:1]
-    gen = dict(max_new_tokens=6, do_sample=False)
-    assert torch.equal(reloaded.generate(ids, **gen), model.generate(ids, **gen))
+    assert_reloads_and_generates_equal(small, tmp_path, model, ref, tiny_inputs())
 
 
 @pytest.mark.parametrize("kwargs", [dict(qkv="attn.qkv", qkv_layout="chunked"), dict(qkv="attn.qkv", qkv_chunks=4),

@@ -22,8 +22,8 @@ from masked_dora.models.compact import LAYER_SIZES_KEY
 from masked_dora.nn import MaskedDoRAExperts, MaskedDoRALinear
 
 from tiny_family_table import AVAILABLE as TABLE_FAMILIES
-from tiny_models import (harden_and_compact, output_tensor, randomize_adapters, tiny_config, tiny_inputs,
-                         tiny_model)
+from tiny_models import (assert_reloads_and_generates_equal, harden_and_compact, output_tensor, randomize_adapters,
+                         tiny_config, tiny_inputs, tiny_model)
 
 MOE = ("mixtral", "qwen3_moe")
 
@@ -93,18 +93,12 @@ def test_per_layer_checkpoint_reloads_from_the_hub_layout(tmp_path, family):
     sizes = getattr(small.config, LAYER_SIZES_KEY)
     assert sizes[0]["intermediate"] != sizes[1]["intermediate"]
     assert tuple(small.model.layers[0].mlp.experts.down_proj.shape)[2] == sizes[0]["intermediate"]
-    small.save_pretrained(tmp_path)
+    assert_reloads_and_generates_equal(small, tmp_path, model, ref, inputs)
     from safetensors import safe_open
 
-    with safe_open(os.path.join(tmp_path, "model.safetensors"), "pt") as f:
+    with safe_open(os.path.join(tmp_path, "model.safetensors"), "pt") as f:  # as saved: the hub layout
         keys = list(f.keys())
     assert any(".experts.3." in k for k in keys) and not any(k.endswith("experts.gate_up_proj") for k in keys)
-    reloaded = load_compact(str(tmp_path))
-    with torch.no_grad():
-        torch.testing.assert_close(output_tensor(reloaded(**inputs)), ref, rtol=1e-4, atol=1e-5)
-    ids = inputs["input_ids"][:1]
-    gen = dict(max_new_tokens=6, do_sample=False)
-    assert torch.equal(reloaded.generate(ids, **gen), model.generate(ids, **gen))
 
 
 @pytest.mark.parametrize("family", MOE)
@@ -148,9 +142,7 @@ def test_dense_blocks_under_a_spec_without_dense_mlp_are_refused_before_anything
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     inputs = tiny_inputs()
     assert [s["kv_heads"] for s in getattr(small.config, LAYER_SIZES_KEY)] == [2, 1]
-    small.save_pretrained(tmp_path)
-    with torch.no_grad():
-        torch.testing.assert_close(output_tensor(load_compact(str(tmp_path))(**inputs)), ref, rtol=1e-4, atol=1e-5)
+    assert_reloads_and_generates_equal(small, tmp_path, model, ref, inputs)
 
 
 def test_training_state_round_trips_bit_exactly(tmp_path):

@@ -247,6 +247,23 @@ def harden_and_compact(model, family: str = ""):
         return ref, small, output_tensor(small(**inputs))
 
 
+def assert_reloads_and_generates_equal(small, path, model, ref, inputs, generate: bool = True):
+    """``small`` (a compacted model) saved to ``path`` and reloaded by ``load_compact``: its outputs on ``inputs``
+    equal ``ref``, and (``generate``) it generates ``model``'s greedy tokens from the first input row. Returns
+    the reloaded model."""
+    from masked_dora.models import load_compact
+
+    small.save_pretrained(str(path))
+    reloaded = load_compact(str(path))
+    with torch.no_grad():
+        torch.testing.assert_close(output_tensor(reloaded(**inputs)), ref, rtol=1e-4, atol=1e-5)
+    if generate:
+        ids = inputs["input_ids"][:1]
+        gen = dict(max_new_tokens=6, do_sample=False)
+        assert torch.equal(reloaded.generate(ids, **gen), model.generate(ids, **gen))
+    return reloaded
+
+
 def assert_checkpointing_keeps_loss_and_gradients(make_model, checkpointing: bool, reentrant: bool = False) -> dict:
     """One training step of ``make_model()`` on :func:`lm_batches`, without and (``checkpointing``) with HF's
     gradient checkpointing (non-reentrant, or ``reentrant``): equal losses and gradients. Returns the step's
