@@ -9,6 +9,7 @@ import os
 import re
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,6 +43,18 @@ def test_readme_trainer_example_reaches_the_target(precision, tmp_path, monkeypa
     assert kept_fraction(model, "mlp") == 0.5   # the example's harden() ran: exactly the target
     printed = capsys.readouterr().out
     assert "'kept': 512, 'total': 1024, 'sparsity': 0.5" in printed
+    if precision == "bf16":  # the README's note: accelerate's autocast wrapper stays on forward; unwrapped, the
+        # trained model and its compacted twin agree
+        from accelerate.utils import extract_model_from_parallel
+
+        from masked_dora.models import compact_model
+
+        small = compact_model(model)
+        extract_model_from_parallel(model, keep_fp32_wrapper=False)
+        ids = torch.randint(3, 97, (2, 16), generator=torch.Generator().manual_seed(1))
+        model.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(model(ids).logits, small(ids).logits, rtol=1e-4, atol=1e-5)
 
 
 def test_callback_gives_the_mask_logits_their_own_group(tmp_path):
