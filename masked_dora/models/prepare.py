@@ -271,8 +271,8 @@ def _refuse_heads_kv_groups_cannot_prune(blocks: List[Block], config: MaskedDoRA
         hl = built_head_layout(model_config, b.spec, b.index)
         if hl.kv_heads == 1 and hl.group_size > 1:
             raise ValueError(f"config.gqa: this {model_config.model_type!r} model has one KV head for its {hl.heads} "
-                             f"query heads (multi-query attention) in {b.path}, so gqa='kv_groups' can prune no "
-                             f"head (the only KV group always stays); use gqa='query_heads' (the same number of "
+                             f"query heads (multi-query attention), so gqa='kv_groups' can prune no head in "
+                             f"{b.path} (the only KV group always stays); use gqa='query_heads' (the same number of "
                              f"query heads leaves every KV group, the KV head stays) or target_groups=('mlp',)")
 
 
