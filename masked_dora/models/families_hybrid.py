@@ -1,6 +1,7 @@
 """Hybrid decoders: blocks that mix tokens with attention and with a linear-attention, convolution or state-space
 (Mamba) mixer (in alternate blocks, or side by side), with an ordinary MLP beside the mixer (in every block, or in
-blocks of its own: ``MLPSpec.in_some_blocks``); :mod:`masked_dora.models.families` adds them to ``SPECS``.
+blocks of its own: ``MLPSpec.in_some_blocks``) or a mixture of experts (Qwen3-Next, Qwen3.5-MoE: Qwen2-MoE's block);
+:mod:`masked_dora.models.families` adds them to ``SPECS``.
 
 Their MLP prunes as the Llama one (its channels are independent of the mixer), so these specs prune the MLP only:
 heads are refused (the attention sits beside or between the other mixers, in some blocks only in most, and most of
@@ -33,12 +34,21 @@ def hybrid_specs(llama_style: dict) -> Dict[str, ModelSpec]:
         return ModelSpec(name=name, model_types=tuple(model_types), **dict(llama_style, mlp=mlp), **fields,
                          unsupported=_HEADS_REFUSED)
 
+    # Qwen2-MoE's sparse block (mlp.experts packed as Mixtral's, width moe_intermediate_size; the shared_expert and
+    # its sigmoid shared_expert_gate, sized by shared_expert_intermediate_size, kept whole; the router untouched)
+    qwen_moe_experts = MLPSpec(producers=("gate_up_proj",), consumer="down_proj", size_key="moe_intermediate_size",
+                               segments=(2,), experts="mlp.experts", size_attrs=(("mlp.experts", "intermediate_dim"),))
     lfm2_mlp = MLPSpec(producers=("feed_forward.w1", "feed_forward.w3"), consumer="feed_forward.w2",
                        size_key="intermediate_size")
     return {
         # Qwen3.5 (text; Qwen3_5ForCausalLM): gated DeltaNet (linear_attention) and gated full-attention blocks
         # (layer_types), the Llama MLP in each; OLMo-hybrid: the same mix with its own mixers
         "qwen3_5_text": spec("qwen3_5_text", ("qwen3_5_text", "olmo_hybrid")),
+        # Qwen3-Next and Qwen3.5-MoE (text; Qwen3_5MoeForCausalLM): Qwen3.5's gated DeltaNet / gated attention
+        # blocks (layer_types), each with Qwen2-MoE's sparse block; Qwen3-Next's blocks in mlp_only_layers (or off
+        # decoder_sparse_step) hold the Llama MLP of width intermediate_size instead, a group of its own (dense_mlp)
+        "qwen3_next": spec("qwen3_next", ("qwen3_next", "qwen3_5_moe_text"), mlp=qwen_moe_experts,
+                           dense_mlp=llama_mlp),
         # Falcon-H1: attention and a Mamba-2 mixer in parallel in every block, then the Llama MLP (feed_forward,
         # with scalar mlp_multipliers); Bamba: Mamba-2 or attention blocks (attn_layer_indices), the same MLP
         "falcon_h1": spec("falcon_h1", ("falcon_h1", "bamba"), mlp=feed_forward),
