@@ -1,7 +1,7 @@
 """Hybrid decoders (masked_dora/models/families_hybrid.py) beyond the family chain: the Qwen3.5 VLM prunes the MLP
 of its hybrid language model (gated DeltaNet and attention blocks) and reloads plainly; an MLP in some blocks only
 (Nemotron-H's MLP blocks among its Mamba, attention and MoE ones: ``MLPSpec.in_some_blocks``) prunes there and
-leaves the other blocks whole."""
+leaves the other blocks whole; Zamba's shared blocks and the pure SSMs are refused with the reason."""
 
 from __future__ import annotations
 
@@ -52,6 +52,56 @@ def test_the_qwen3_5_vlm_prunes_its_hybrid_language_models_mlp_and_reloads_plain
     first["pixel_values"] = image["pixel_values"][:int(image["image_grid_thw"][0].prod())]
     small = check_mlp_only_vlm_chain(model, image, first, tmp_path)
     assert small.config.text_config.intermediate_size == 32 and get_state(model).save_form == "plain"
+
+
+def _refused_model(model_type):
+    """A tiny causal LM of a type masked_dora refuses: Zamba (one shared block tied into blocks 2 and 4), Zamba2 (one
+    shared block with per-call adapters in blocks 1 and 3), Mamba, Mamba-2."""
+    import transformers as t
+
+    common = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=4)
+    build = {
+        "zamba": lambda: t.ZambaForCausalLM(t.ZambaConfig(**dict(common, num_hidden_layers=6), attn_layer_period=2,
+                                                          attn_layer_offset=1, mamba_d_state=8, mamba_d_conv=4,
+                                                          mamba_expand=2, n_mamba_heads=1, mamba_dt_rank=4)),
+        "zamba2": lambda: t.Zamba2ForCausalLM(t.Zamba2Config(
+            **common, layers_block_type=["mamba", "hybrid", "mamba", "hybrid"], num_mem_blocks=1, adapter_rank=4,
+            use_shared_attention_adapter=True, mamba_d_state=8, mamba_d_conv=4, mamba_expand=2, mamba_ngroups=1,
+            mamba_headdim=16, n_mamba_heads=4)),
+        "mamba": lambda: t.MambaForCausalLM(t.MambaConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2,
+                                                          state_size=8, expand=2, time_step_rank=4)),
+        "mamba2": lambda: t.Mamba2ForCausalLM(t.Mamba2Config(vocab_size=97, hidden_size=32, num_hidden_layers=2,
+                                                             state_size=8, expand=2, num_heads=4, head_dim=16,
+                                                             n_groups=1, chunk_size=4)),
+    }[model_type]
+    torch.manual_seed(0)
+    return build()
+
+
+@pytest.mark.parametrize("model_type, why", [
+    ("zamba", "one shared transformer block .* tied"), ("zamba2", "gate_up_proj_adapter_list"),
+    ("mamba", "x_proj, which mixes every channel"), ("mamba2", "gated RMSNorm normalises each of n_groups")])
+def test_shared_block_and_pure_ssm_models_are_refused_with_the_reason(monkeypatch, model_type, why):
+    """Zamba / Zamba2 (an MLP shared by several blocks, tied weights) and the pure SSMs (no MLP, channel groups the
+    spec types do not describe) are refused at prepare_model with the reason, before anything changes; a spec
+    registered for such a type is used instead."""
+    import transformers as t
+
+    from masked_dora.models import register_spec
+    from masked_dora.models import specs as specs_module
+
+    if not hasattr(t, {"zamba": "ZambaConfig", "zamba2": "Zamba2Config", "mamba": "MambaConfig",
+                       "mamba2": "Mamba2Config"}[model_type]):
+        pytest.skip(f"this transformers has no {model_type}")
+    model = _refused_model(model_type)
+    for target_groups in (("mlp",), ("mlp", "heads")):
+        with pytest.raises(ValueError, match=rf"masked_dora cannot prune a '{model_type}' model exactly: .*{why}"):
+            prepare_model(model, MaskedDoRAConfig(target_groups=target_groups, importance="none"))
+    assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
+    monkeypatch.setattr(specs_module, "SPECS", dict(specs_module.SPECS))
+    registered = register_spec(model_type, like="llama")
+    assert spec_for(model.config) is registered
 
 
 needs_nemotron_h = pytest.mark.skipif("nemotron_h" not in AVAILABLE, reason="this transformers has no Nemotron-H")

@@ -9,6 +9,9 @@ these attentions gate or normalise their output in ways the Llama head spec does
 has no spec (the mixers read and write the residual stream through projections hidden pruning does not cut). The
 head spec is the Llama one, read for its config keys only (the head counts
 :func:`masked_dora.models.blocks.head_layout` reports, which stay as built).
+
+Zamba's shared blocks and the pure state-space models (Mamba, Mamba-2) do not prune exactly with these spec types:
+``REFUSED_MODEL_TYPES`` says why, and :func:`masked_dora.models.specs.spec_for` raises it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,27 @@ from dataclasses import replace as replace_dataclass
 from typing import Dict
 
 from .spec_types import MLPSpec, ModelSpec
+
+# model types masked_dora knows it cannot prune exactly, and why: spec_for names the reason instead of "no spec"
+# (a spec registered for such a type, register_spec, is used instead)
+REFUSED_MODEL_TYPES: Dict[str, str] = {
+    "zamba": ("one shared transformer block (attention and MLP) serves all its hybrid blocks: each calls it through "
+              "a module of its own whose weights are tied to the others'; exact pruning needs one mask and one "
+              "adapter for the shared MLP wherever it is called, and masked_dora's groups and adapters are per "
+              "block (per-block ones would untie weights that a Zamba checkpoint holds once)"),
+    "zamba2": ("its shared transformer blocks serve several hybrid blocks each (tied weights, as Zamba's), and every "
+               "call adds its own LoRA adapter (gate_up_proj_adapter_list) to the shared gate_up_proj's output "
+               "rows: exact pruning needs one mask for the shared MLP wherever it is called and those adapters' "
+               "rows cut with it, and masked_dora's groups and adapters are per block"),
+    "mamba": ("its mixer has no MLP and no attention: the only channel group (intermediate_size = expand x "
+              "hidden_size) is read by two projections (x_proj, which mixes every channel into dt, B and C, and "
+              "out_proj) and carries per-channel parameters outside any projection (the depthwise conv1d, dt_proj's "
+              "rows, A_log, D), which the spec types (producers and one consumer) do not describe; its cache is "
+              "sized by that derived width"),
+    "mamba2": ("its mixer has no MLP and no attention, and its gated RMSNorm normalises each of n_groups over the "
+               "group's whole width, so removing a channel (or a head) changes every kept one's output; in_proj and "
+               "conv1d also fuse x with B, C (and dt), which no spec type describes"),
+}
 
 _HYBRID_HEADS = ("it is a hybrid model (attention beside or between linear-attention, convolution or state-space "
                  "mixers), for whose attention head pruning is not built; its MLP prunes")
