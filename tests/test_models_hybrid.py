@@ -16,18 +16,26 @@ from tiny_models import harden_and_compact, randomize_adapters, tiny_config, tin
 from tiny_vlms import IMAGE_ID, IMAGE_TOKENS, _qwen_patches, check_mlp_only_vlm_chain
 
 
-def _qwen3_5_vlm():
-    """A tiny Qwen3.5 VLM (``Qwen3_5ForConditionalGeneration``) around the ``qwen3_5_text`` language model (block 0
-    gated DeltaNet, block 1 attention; full rotary dims for the multimodal rotary sections), and its image inputs:
-    a 1 x 4 x 4 grid of 16-pixel patches merged 2 x 2 into 4 image tokens."""
+_QWEN3_5_VLMS = {  # model_type: (text family, model class, config class)
+    "qwen3_5": ("qwen3_5_text", "Qwen3_5ForConditionalGeneration", "Qwen3_5Config"),
+    "qwen3_5_moe": ("qwen3_5_moe_text", "Qwen3_5MoeForConditionalGeneration", "Qwen3_5MoeConfig"),
+}
+
+
+def _qwen3_5_vlm(model_type: str):
+    """A tiny Qwen3.5 VLM (``Qwen3_5ForConditionalGeneration``, or the MoE one) around its hybrid language model
+    (block 0 gated DeltaNet, block 1 attention; the MoE one with 4 experts of width 32 and a shared expert in each;
+    full rotary dims for the multimodal rotary sections), and its image inputs: a 1 x 4 x 4 grid of 16-pixel
+    patches merged 2 x 2 into 4 image tokens."""
     import transformers as t
 
-    text = dict(TABLE["qwen3_5_text"].config, vocab_size=128, partial_rotary_factor=1.0, rope_parameters=dict(
+    family, model_class, config_class = _QWEN3_5_VLMS[model_type]
+    text = dict(TABLE[family].config, vocab_size=128, partial_rotary_factor=1.0, rope_parameters=dict(
         rope_type="default", rope_theta=10000.0, mrope_section=[1, 1, 2], mrope_interleaved=True))
     vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32, patch_size=16,
                   num_position_embeddings=16)
     torch.manual_seed(0)
-    model = t.Qwen3_5ForConditionalGeneration(t.Qwen3_5Config(
+    model = getattr(t, model_class)(getattr(t, config_class)(
         text_config=text, vision_config=vision, image_token_id=IMAGE_ID, video_token_id=101,
         vision_start_token_id=102, vision_end_token_id=103)).eval()
     gen = torch.Generator().manual_seed(2)
@@ -36,22 +44,33 @@ def _qwen3_5_vlm():
     return model, dict(input_ids=ids, **_qwen_patches(16)(2, gen), mm_token_type_ids=(ids == IMAGE_ID).long())
 
 
-@pytest.mark.skipif(not hasattr(__import__("transformers"), "Qwen3_5ForConditionalGeneration"),
-                    reason="this transformers has no Qwen3.5 VLM")
-def test_the_qwen3_5_vlm_prunes_its_hybrid_language_models_mlp_and_reloads_plainly(tmp_path):
-    model, image = _qwen3_5_vlm()
-    assert spec_for(model).name == "qwen3_5+qwen3_5_text"
+@pytest.mark.parametrize("model_type", list(_QWEN3_5_VLMS))
+def test_the_qwen3_5_vlms_prune_their_hybrid_language_models_mlp_and_reload_plainly(tmp_path, model_type):
+    """Qwen3.5's VLM prunes its language model's MLP (both blocks), the Qwen3.5-MoE VLM its routed experts (the
+    shared experts kept whole); heads refused; the compacted VLM reloads plainly with equal outputs."""
+    import transformers as t
+
+    family, model_class, _ = _QWEN3_5_VLMS[model_type]
+    if not hasattr(t, model_class):
+        pytest.skip(f"this transformers has no {model_class}")
+    model, image = _qwen3_5_vlm(model_type)
+    assert spec_for(model).name == f"{model_type}+{spec_for(tiny_config(family)).name}"
     assert [hasattr(layer, "linear_attn") for layer in model.model.language_model.layers] == [True, False]
-    with pytest.raises(ValueError, match=r"'heads' cannot be pruned in a 'qwen3_5' model: it is a hybrid model"):
+    with pytest.raises(ValueError, match=rf"'heads' cannot be pruned in a '{model_type}' model: it is a hybrid"):
         prepare_model(model, MaskedDoRAConfig(importance="none"))
     prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), rank=4, alignment={"mlp": 8}, importance="none",
                                           target_sparsity=0.5))
     wrapped = [n for n, m in model.named_modules() if type(m).__name__ == "MaskedDoRALinear"]
-    assert len(wrapped) == 2 * 3 and all(n.startswith("model.language_model.layers.") for n in wrapped)
+    moe = model_type == "qwen3_5_moe"
+    assert len(wrapped) == 2 * (2 * 4 if moe else 3)  # per block: 4 experts' gate_up and down, or gate, up, down
+    assert all(n.startswith("model.language_model.layers.") and ("shared_expert" not in n) for n in wrapped)
     first = {k: v[:1] for k, v in image.items() if k != "pixel_values"}
     first["pixel_values"] = image["pixel_values"][:int(image["image_grid_thw"][0].prod())]
     small = check_mlp_only_vlm_chain(model, image, first, tmp_path)
-    assert small.config.text_config.intermediate_size == 32 and get_state(model).save_form == "plain"
+    text = small.config.text_config
+    widths = (text.moe_intermediate_size, text.shared_expert_intermediate_size) if moe else text.intermediate_size
+    assert widths == ((16, 48) if moe else 32)
+    assert get_state(model).save_form == "plain"
 
 
 def _refused_model(model_type):
