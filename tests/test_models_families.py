@@ -137,7 +137,8 @@ def test_plain_checkpoints_reload_with_plain_transformers(chains):
                          + [(f, None) for f in ("olmo3", "bloom", "mpt", "deepseek_v3", "deepseek_v2", "olmoe",
                                                 "flex_olmo", "gemma4_text", "gemma4_text-moe", "diffllama", "doge",
                                                 "qwen3_5_text", "olmo_hybrid", "falcon_h1", "bamba", "lfm2",
-                                                "granitemoehybrid", "jamba-dense", "lfm3", "recurrent_gemma")
+                                                "granitemoehybrid", "jamba-dense", "lfm3", "recurrent_gemma",
+                                                "qwen3_next", "qwen3_5_moe_text")
                             if f in TABLE_FAMILIES])
 def test_heads_that_cannot_be_pruned_exactly_are_refused_before_anything_changes(family, flag):
     import transformers as t

@@ -60,3 +60,15 @@ TINY.update({
     "recurrent_gemma": _lm("RecurrentGemma", lm="RecurrentGemmaForCausalLM", intermediate_size=128, lru_width=32,
                            attention_window_size=8, block_types=["recurrent", "attention"], num_key_value_heads=2),
 })
+# Gated DeltaNet (Qwen3.5's) and attention blocks with Qwen2-MoE's sparse block: 4 experts of width 32, top-2, and a
+# shared expert of width 48 (kept whole)
+_QWEN_MOE_HYBRID = dict(head_dim=8, layer_types=["linear_attention", "full_attention"], linear_conv_kernel_dim=4,
+                        linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
+                        linear_num_value_heads=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                        shared_expert_intermediate_size=48)
+TINY.update({
+    # block 0 dense by mlp_only_layers (the Llama MLP, width 64: a group of its own), block 1 the MoE
+    "qwen3_next": _lm("Qwen3Next", mlp_only_layers=[0], **_QWEN_MOE_HYBRID),
+    # Qwen3_5MoeForCausalLM: the MoE in both blocks
+    "qwen3_5_moe_text": _lm("Qwen3_5MoeText", lm="Qwen3_5MoeForCausalLM", **_QWEN_MOE_HYBRID),
+})

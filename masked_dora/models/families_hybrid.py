@@ -1,6 +1,7 @@
 """Hybrid decoders: blocks that mix tokens with attention and with a linear-attention, convolution or state-space
 (Mamba) mixer (in alternate blocks, or side by side), with an ordinary MLP beside the mixer (in every block, or in
-blocks of its own: ``MLPSpec.in_some_blocks``); :mod:`masked_dora.models.families` adds them to ``SPECS``.
+blocks of its own: ``MLPSpec.in_some_blocks``) or a mixture of experts (Qwen3-Next, Qwen3.5-MoE: Qwen2-MoE's block);
+:mod:`masked_dora.models.families` adds them to ``SPECS``.
 
 Their MLP prunes as the Llama one (its channels are independent of the mixer), so these specs prune the MLP only:
 heads are refused (the attention sits beside or between the other mixers, in some blocks only in most, and most of
@@ -8,6 +9,9 @@ these attentions gate or normalise their output in ways the Llama head spec does
 has no spec (the mixers read and write the residual stream through projections hidden pruning does not cut). The
 head spec is the Llama one, read for its config keys only (the head counts
 :func:`masked_dora.models.blocks.head_layout` reports, which stay as built).
+
+Zamba's shared blocks and the pure state-space models (Mamba, Mamba-2) do not prune exactly with these spec types:
+``REFUSED_MODEL_TYPES`` says why, and :func:`masked_dora.models.specs.spec_for` raises it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,27 @@ from dataclasses import replace as replace_dataclass
 from typing import Dict
 
 from .spec_types import MLPSpec, ModelSpec
+
+# model types masked_dora knows it cannot prune exactly, and why: spec_for names the reason instead of "no spec"
+# (a spec registered for such a type, register_spec, is used instead)
+REFUSED_MODEL_TYPES: Dict[str, str] = {
+    "zamba": ("one shared transformer block (attention and MLP) serves all its hybrid blocks: each calls it through "
+              "a module of its own whose weights are tied to the others'; exact pruning needs one mask and one "
+              "adapter for the shared MLP wherever it is called, and masked_dora's groups and adapters are per "
+              "block (per-block ones would untie weights that a Zamba checkpoint holds once)"),
+    "zamba2": ("its shared transformer blocks serve several hybrid blocks each (tied weights, as Zamba's), and every "
+               "call adds its own LoRA adapter (gate_up_proj_adapter_list) to the shared gate_up_proj's output "
+               "rows: exact pruning needs one mask for the shared MLP wherever it is called and those adapters' "
+               "rows cut with it, and masked_dora's groups and adapters are per block"),
+    "mamba": ("its mixer has no MLP and no attention: the only channel group (intermediate_size = expand x "
+              "hidden_size) is read by two projections (x_proj, which mixes every channel into dt, B and C, and "
+              "out_proj) and carries per-channel parameters outside any projection (the depthwise conv1d, dt_proj's "
+              "rows, A_log, D), which the spec types (producers and one consumer) do not describe; its cache is "
+              "sized by that derived width"),
+    "mamba2": ("its mixer has no MLP and no attention, and its gated RMSNorm normalises each of n_groups over the "
+               "group's whole width, so removing a channel (or a head) changes every kept one's output; in_proj and "
+               "conv1d also fuse x with B, C (and dt), which no spec type describes"),
+}
 
 _HYBRID_HEADS = ("it is a hybrid model (attention beside or between linear-attention, convolution or state-space "
                  "mixers), for whose attention head pruning is not built; its MLP prunes")
@@ -33,12 +58,21 @@ def hybrid_specs(llama_style: dict) -> Dict[str, ModelSpec]:
         return ModelSpec(name=name, model_types=tuple(model_types), **dict(llama_style, mlp=mlp), **fields,
                          unsupported=_HEADS_REFUSED)
 
+    # Qwen2-MoE's sparse block (mlp.experts packed as Mixtral's, width moe_intermediate_size; the shared_expert and
+    # its sigmoid shared_expert_gate, sized by shared_expert_intermediate_size, kept whole; the router untouched)
+    qwen_moe_experts = MLPSpec(producers=("gate_up_proj",), consumer="down_proj", size_key="moe_intermediate_size",
+                               segments=(2,), experts="mlp.experts", size_attrs=(("mlp.experts", "intermediate_dim"),))
     lfm2_mlp = MLPSpec(producers=("feed_forward.w1", "feed_forward.w3"), consumer="feed_forward.w2",
                        size_key="intermediate_size")
     return {
         # Qwen3.5 (text; Qwen3_5ForCausalLM): gated DeltaNet (linear_attention) and gated full-attention blocks
         # (layer_types), the Llama MLP in each; OLMo-hybrid: the same mix with its own mixers
         "qwen3_5_text": spec("qwen3_5_text", ("qwen3_5_text", "olmo_hybrid")),
+        # Qwen3-Next and Qwen3.5-MoE (text; Qwen3_5MoeForCausalLM): Qwen3.5's gated DeltaNet / gated attention
+        # blocks (layer_types), each with Qwen2-MoE's sparse block; Qwen3-Next's blocks in mlp_only_layers (or off
+        # decoder_sparse_step) hold the Llama MLP of width intermediate_size instead, a group of its own (dense_mlp)
+        "qwen3_next": spec("qwen3_next", ("qwen3_next", "qwen3_5_moe_text"), mlp=qwen_moe_experts,
+                           dense_mlp=llama_mlp),
         # Falcon-H1: attention and a Mamba-2 mixer in parallel in every block, then the Llama MLP (feed_forward,
         # with scalar mlp_multipliers); Bamba: Mamba-2 or attention blocks (attn_layer_indices), the same MLP
         "falcon_h1": spec("falcon_h1", ("falcon_h1", "bamba"), mlp=feed_forward),

@@ -17,10 +17,11 @@ from .spec_types import ModelSpec, WrapperSpec
 
 # outer model_type -> where its language model is. transformers 5 nests it as model.language_model
 # (model.text_model in Idefics3/SmolVLM), a base model whose block list is "layers". Qwen3.5's language model
-# (qwen3_5_text) is a hybrid of gated DeltaNet and attention blocks: its MLP prunes, its heads are refused
+# (qwen3_5_text) is a hybrid of gated DeltaNet and attention blocks: its MLP prunes, its heads are refused; the
+# Qwen3.5-MoE one (qwen3_5_moe_text) the same with an MoE in every block: its routed experts prune
 VLM_WRAPPERS: Dict[str, WrapperSpec] = {
     **{t: WrapperSpec(language_model="language_model") for t in (
-        "gemma3", "gemma4", "llava", "mistral3", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5")},
+        "gemma3", "gemma4", "llava", "mistral3", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "qwen3_5_moe")},
     **{t: WrapperSpec(language_model="text_model") for t in ("idefics3", "smolvlm")},
 }
 
