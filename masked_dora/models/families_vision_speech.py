@@ -1,6 +1,6 @@
-"""Family specs of image and speech encoders (ViT, DeiT, DINOv2, CLIP / SigLIP towers, Wav2Vec2, HuBERT), merged
-into the shipped table (:data:`masked_dora.models.families.SPECS`). Whisper's encoder-decoder has BART's modules and
-keys: it is in the ``bart`` spec of that table.
+"""Family specs of image and speech encoders (ViT, DeiT, DINOv2, CLIP / SigLIP towers and two-tower models,
+Wav2Vec2, HuBERT), merged into the shipped table (:data:`masked_dora.models.families.SPECS`). Whisper's
+encoder-decoder has BART's modules and keys: it is in the ``bart`` spec of that table.
 
 Their blocks are a text encoder's (pre- or post-LN attention and a two-layer MLP); only the model's input differs
 (``pixel_values``, ``input_values``), which the specs never see. None of these attentions holds anything per head
@@ -55,6 +55,23 @@ WAV2VEC2 = dict(
 )
 
 
+# the two-tower models (CLIPModel, SiglipModel, Siglip2Model): two stacks, the text tower's blocks then the vision
+# tower's, each with its own sub-config (ModelSpec.text_config: the sizes are read from and written to
+# config.text_config / config.vision_config). The projections (text_projection, visual_projection, SigLIP's text
+# head), logit_scale / logit_bias and the embeddings are not pruned: they read and write the towers' hidden sizes,
+# which block pruning keeps
+
+
+def _two_tower(name: str, model_types, text: dict, vision: dict) -> ModelSpec:
+    """The spec of a two-tower model whose towers are laid out as ``text`` and ``vision`` (block-relative paths
+    and keys of the tower alone), under ``text_model`` / ``vision_model``."""
+    def tower(kind: str, spec: dict) -> dict:
+        return dict(spec, layers=tuple(f"{kind}_model.{suffix}" for suffix in spec["layers"]), stack=kind,
+                    text_config=f"{kind}_config")
+
+    return ModelSpec(name=name, model_types=model_types, **tower("text", text),
+                     stacks=(ModelSpec(name=f"{name}-vision", model_types=(), **tower("vision", vision)),))
+
 
 def _dinov2(swiglu: bool, layout: str) -> ModelSpec:
     """DINOv2 (and with registers): encoder.layer blocks whose module names follow the transformers release
@@ -90,6 +107,10 @@ VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
     "clip-tower": ModelSpec(name="clip-tower", model_types=("clip_vision_model", "clip_text_model",
                                                             "siglip_text_model"), **CLIP_TOWER),
     "siglip-vision": ModelSpec(name="siglip-vision", model_types=("siglip_vision_model",), **SIGLIP_VISION),
+    "clip": _two_tower("clip", ("clip",), CLIP_TOWER, CLIP_TOWER),
+    # SigLIP's vision tower keeps its attention-pooling head (its MLP is intermediate_size wide): a pruned vision MLP
+    # saves in the per-layer form
+    "siglip": _two_tower("siglip", ("siglip", "siglip2"), CLIP_TOWER, SIGLIP_VISION),
     "wav2vec2": ModelSpec(name="wav2vec2", model_types=("wav2vec2", "hubert"), **WAV2VEC2),
     **DINOV2,  # dinov2-q_proj, dinov2-q_proj-swiglu, dinov2-query, dinov2-query-swiglu
 }

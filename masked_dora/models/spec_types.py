@@ -247,7 +247,8 @@ class ModelSpec:
     dense_mlp: Optional[MLPSpec] = None
     # a language model inside a multimodal model (a VLM; :class:`WrapperSpec`): the model config's attribute that
     # holds the language model's config, where this spec's keys (sizes, head counts, flags) are read and the
-    # compacted sizes written; "": the model config itself
+    # compacted sizes written; "": the model config itself. Each stack reads its own: a two-tower CLIPModel's
+    # text stack "text_config", its vision stack "vision_config"
     text_config: str = ""
 
     def __post_init__(self):
