@@ -128,3 +128,28 @@ def test_one_tower_alone_prunes_and_keeps_the_other_whole(tmp_path):
     assert sorted(get_state(model).groups) == ["mlp_2", "mlp_3"]
     assert small.text_model.encoder.layers[0].mlp.fc1.out_features == 64
     assert small.vision_model.encoder.layers[0].mlp.fc1.out_features == 24
+
+
+@pytest.mark.skipif("Siglip2Model" not in AVAILABLE, reason="this transformers has no SigLIP 2")
+def test_siglip2_vision_tower_alone_prunes_and_keeps_its_pooling_head(tmp_path):
+    """Siglip2VisionModel (pre-patchified pixel_values with their mask and grid): its encoder's MLP and heads prune;
+    its pooling head keeps its MLP (per-layer form); equal pooled outputs after load_compact."""
+    torch.manual_seed(0)
+    model = transformers.Siglip2VisionModel(transformers.Siglip2VisionConfig(**TOWERS["Siglip2Model"][1])).eval()
+    inputs = {k: v for k, v in _inputs("Siglip2Model").items() if k != "input_ids"}
+    with pytest.warns(UserWarning, match="per-layer form"):
+        prepare_model(model, MaskedDoRAConfig(target_groups=("mlp", "heads"), **PRUNE))
+    randomize_adapters(model)
+    harden(model)
+    with torch.no_grad():
+        ref = model(**inputs).pooler_output
+        small = compact_model(model)
+        torch.testing.assert_close(small(**inputs).pooler_output, ref, rtol=1e-4, atol=1e-5)
+    small.save_pretrained(str(tmp_path))
+    reloaded = load_compact(str(tmp_path))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).pooler_output, ref, rtol=1e-4, atol=1e-5)
+    vision = getattr(reloaded, "vision_model", reloaded)
+    layer = vision.encoder.layers[0]
+    assert (layer.mlp.fc1.out_features, layer.self_attn.q_proj.out_features, vision.head.mlp.fc1.out_features) == (
+        24, 16, 48)

@@ -42,6 +42,8 @@ TINY = {
     "clip-text": TinyFamily(("CLIPTextConfig", "CLIPTextModel", "CLIPTextModel"), _TEXT, auto="CLIPTextModel"),
     "siglip-text": TinyFamily(("SiglipTextConfig", "SiglipTextModel", "SiglipTextModel"), _TEXT,
                               auto="SiglipTextModel"),
+    "siglip2-text": TinyFamily(("Siglip2TextConfig", "Siglip2TextModel", "Siglip2TextModel"), _TEXT,
+                               auto="Siglip2TextModel"),
     "wav2vec2": TinyFamily(("Wav2Vec2Config", "Wav2Vec2Model", "Wav2Vec2ForCTC"), _AUDIO, auto="AutoModelForCTC",
                            inputs="input_values"),
     # the stable-layer-norm (pre-LN) encoder of wav2vec2-large-lv60 and the like

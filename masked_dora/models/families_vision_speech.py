@@ -149,8 +149,9 @@ DINOV2 = {spec.name: spec for spec in (_dinov2(swiglu, layout) for layout in ("q
 VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
     "vit": ModelSpec(name="vit", model_types=("vit", "deit"), **VIT),
     "clip-tower": ModelSpec(name="clip-tower", model_types=("clip_vision_model", "clip_text_model",
-                                                            "siglip_text_model"), **CLIP_TOWER),
-    "siglip-vision": ModelSpec(name="siglip-vision", model_types=("siglip_vision_model",), **SIGLIP_VISION),
+                                                            "siglip_text_model", "siglip2_text_model"), **CLIP_TOWER),
+    "siglip-vision": ModelSpec(name="siglip-vision", model_types=("siglip_vision_model", "siglip2_vision_model"),
+                               **SIGLIP_VISION),
     "clip": _two_tower("clip", ("clip",), CLIP_TOWER, CLIP_TOWER),
     # SigLIP's vision tower keeps its attention-pooling head (its MLP is intermediate_size wide): a pruned vision MLP
     # saves in the per-layer form
