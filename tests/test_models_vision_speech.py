@@ -1,7 +1,8 @@
 """Image and speech encoders beyond the family chain (tests/test_models_families.py runs each of
 tests/tiny_families_vision_speech.py through prepare -> train -> compact -> save -> reload): their MLP-only
 checkpoints reload with plain transformers, SigLIP's pooling head keeps its MLP, Whisper's decoder keeps its
-cross-attention whole, and DINOv2's spec follows the module names of the installed transformers."""
+cross-attention whole, DINOv2's spec follows the module names of the installed transformers, Wav2Vec2-Conformer
+prunes both feed-forward modules of its blocks, and WavLM's and the conformer's heads are refused."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from tiny_models import output_tensor, randomize_adapters, reload_plain_in_clean
 
 PRUNE = dict(rank=2, alignment={"mlp": 8}, importance="none", target_sparsity=0.5)
 # the families whose config has a key for the MLP width alone (SigLIP's vision tower has none: its pooling head)
-MLP_PLAIN = [f for f in ("vit", "deit", "clip-vision", "clip-text", "siglip-text", "wav2vec2", "wav2vec2-stable",
-                         "hubert", "whisper") if f in AVAILABLE]
+MLP_PLAIN = [f for f in ("vit", "deit", "clip-vision", "clip-text", "siglip-text", "siglip2-text", "wav2vec2",
+                         "wav2vec2-stable", "hubert", "whisper", "data2vec-audio", "sew", "sew-d", "wavlm",
+                         "wav2vec2-conformer") if f in AVAILABLE]
 
 
 def _compacted(family, groups, path=None):
@@ -106,4 +108,36 @@ def test_dinov2_spec_follows_the_module_names_of_this_transformers(family):
     with pytest.raises(ValueError, match=r"matches none of its specs' conditions: dinov2-q_proj.* and the modules "
                                          r"\['attention.q_proj'\] in its blocks.*\['attention.attention.query'\]"):
         prepare_model(model, MaskedDoRAConfig(importance="none"))
+    assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
+
+
+@pytest.mark.skipif("wav2vec2-conformer" not in AVAILABLE, reason="this transformers has no Wav2Vec2-Conformer")
+def test_conformer_prunes_both_feed_forward_modules(tmp_path):
+    """A conformer block's ffn1 and ffn2 (both intermediate_size wide) are two stacks over the same blocks: both
+    prune (groups mlp_0..mlp_3), to the one width the plain config says; stacks=("ffn2",) prunes ffn2 alone."""
+    model, _ref, small = _compacted("wav2vec2-conformer", ("mlp",))
+    assert sorted(get_state(model).groups) == [f"mlp_{i}" for i in range(4)] and small.config.intermediate_size == 32
+    for layer in small.wav2vec2_conformer.encoder.layers:
+        assert (layer.ffn1.intermediate_dense.out_features, layer.ffn2.output_dense.in_features) == (32, 32)
+    model = tiny_model("wav2vec2-conformer", kind="lm")
+    # ffn1 keeps 64 and ffn2 32 under their one key: the per-layer form
+    with pytest.warns(UserWarning, match="'intermediate_size' sizes several stacks \\(the ffn1 and the ffn2\\)"):
+        prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), stacks=("ffn2",), **PRUNE))
+    harden(model)
+    small = compact_model(model)
+    layer = small.wav2vec2_conformer.encoder.layers[1]
+    assert (layer.ffn1.intermediate_dense.out_features, layer.ffn2.intermediate_dense.out_features) == (64, 32)
+
+
+@pytest.mark.parametrize("family, reason", [("wavlm", "gated relative-position bias splits each block's input"),
+                                            ("wav2vec2-conformer", "two feed-forward modules prune as two stacks")])
+def test_speech_heads_that_cannot_prune_exactly_are_refused(family, reason):
+    """WavLM gates each head's relative-position bias from its slice of the block's input (num_attention_heads
+    slices of hidden_size), and the conformer's relative position embeddings hold rows per head: heads are
+    refused before anything changes, naming the reason."""
+    if family not in AVAILABLE:
+        pytest.skip(f"this transformers has no {family}")
+    model = tiny_model(family, kind="lm")
+    with pytest.raises(ValueError, match=f"'heads' cannot be pruned in a .*{reason}"):
+        prepare_model(model, MaskedDoRAConfig(target_groups=("mlp", "heads"), **PRUNE))
     assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())

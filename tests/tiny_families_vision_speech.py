@@ -42,6 +42,8 @@ TINY = {
     "clip-text": TinyFamily(("CLIPTextConfig", "CLIPTextModel", "CLIPTextModel"), _TEXT, auto="CLIPTextModel"),
     "siglip-text": TinyFamily(("SiglipTextConfig", "SiglipTextModel", "SiglipTextModel"), _TEXT,
                               auto="SiglipTextModel"),
+    "siglip2-text": TinyFamily(("Siglip2TextConfig", "Siglip2TextModel", "Siglip2TextModel"), _TEXT,
+                               auto="Siglip2TextModel"),
     "wav2vec2": TinyFamily(("Wav2Vec2Config", "Wav2Vec2Model", "Wav2Vec2ForCTC"), _AUDIO, auto="AutoModelForCTC",
                            inputs="input_values"),
     # the stable-layer-norm (pre-LN) encoder of wav2vec2-large-lv60 and the like
@@ -50,6 +52,22 @@ TINY = {
                                   auto="AutoModelForCTC", inputs="input_values"),
     "hubert": TinyFamily(("HubertConfig", "HubertModel", "HubertForCTC"), _AUDIO, auto="AutoModelForCTC",
                          inputs="input_values"),
+    "data2vec-audio": TinyFamily(("Data2VecAudioConfig", "Data2VecAudioModel", "Data2VecAudioForCTC"), _AUDIO,
+                                 auto="AutoModelForCTC", inputs="input_values"),
+    # SEW: squeezes the frames by 2 before the blocks (pooling) and upsamples after
+    "sew": TinyFamily(("SEWConfig", "SEWModel", "SEWForCTC"), _AUDIO, auto="AutoModelForCTC", inputs="input_values"),
+    # SEW-D: DeBERTa-v2's disentangled attention (relative positions in 16 buckets)
+    "sew-d": TinyFamily(("SEWDConfig", "SEWDModel", "SEWDForCTC"), dict(_AUDIO, position_buckets=16,
+                                                                       max_position_embeddings=64),
+                        auto="AutoModelForCTC", inputs="input_values"),
+    # WavLM: heads refused (its gated relative-position bias splits the block's input per head): MLP only
+    "wavlm": TinyFamily(("WavLMConfig", "WavLMModel", "WavLMForCTC"),
+                        dict(_AUDIO, num_buckets=16, max_bucket_distance=32), auto="AutoModelForCTC",
+                        inputs="input_values", heads=False),
+    # Wav2Vec2-Conformer (relative position embeddings): both feed-forward modules prune, heads refused
+    "wav2vec2-conformer": TinyFamily(("Wav2Vec2ConformerConfig", "Wav2Vec2ConformerModel",
+                                      "Wav2Vec2ConformerForCTC"), dict(_AUDIO, conv_depthwise_kernel_size=7),
+                                     auto="AutoModelForCTC", inputs="input_values", heads=False),
     "whisper": TinyFamily(("WhisperConfig", "WhisperModel", "WhisperForConditionalGeneration"), _WHISPER,
                           auto="AutoModelForSpeechSeq2Seq", inputs="input_features", seq2seq=True),
 }

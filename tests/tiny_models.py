@@ -227,7 +227,7 @@ def _signal(kind: str, config, batch: int, gen: torch.Generator) -> torch.Tensor
 
 
 def output_tensor(out) -> torch.Tensor:
-    for name in ("logits", "last_hidden_state"):
+    for name in ("logits", "logits_per_image", "last_hidden_state"):  # (a two-tower CLIP: image-text logits)
         value = getattr(out, name, None)
         if value is not None:
             return value
@@ -351,7 +351,8 @@ for path, auto in json.loads(sys.argv[1]):
     model = getattr(transformers, auto).from_pretrained(path).eval()
     with torch.no_grad():
         out = model(**inputs)
-    out = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+    out = next(getattr(out, k) for k in ("logits", "logits_per_image", "last_hidden_state")
+               if getattr(out, k, None) is not None)
     torch.save(out, path + "/reloaded.pt")
 assert not any(m.startswith("masked_dora") for m in sys.modules), "masked_dora was imported"
 print("ok")
@@ -361,7 +362,7 @@ print("ok")
 def reload_plain_in_clean_process(jobs):
     """Reload every ``(checkpoint dir, transformers Auto class name)`` with plain transformers, in one process
     that never imports masked_dora (run from the first checkpoint dir, not the repository), on each dir's
-    ``inputs.pt``; returns the outputs (logits, else last_hidden_state), in order."""
+    ``inputs.pt``; returns the outputs (logits, else logits_per_image, else last_hidden_state), in order."""
     import json
     import os
     import subprocess

@@ -1,11 +1,13 @@
-"""Family specs of image and speech encoders (ViT, DeiT, DINOv2, CLIP / SigLIP towers, Wav2Vec2, HuBERT), merged
-into the shipped table (:data:`masked_dora.models.families.SPECS`). Whisper's encoder-decoder has BART's modules and
-keys: it is in the ``bart`` spec of that table.
+"""Family specs of image and speech encoders (ViT, DeiT, DINOv2, CLIP / SigLIP towers and two-tower models,
+Wav2Vec2, HuBERT, data2vec-audio, SEW, SEW-D, WavLM, Wav2Vec2-Conformer), merged into the shipped table
+(:data:`masked_dora.models.families.SPECS`). Whisper's encoder-decoder has BART's modules and keys: it is in the
+``bart`` spec of that table.
 
 Their blocks are a text encoder's (pre- or post-LN attention and a two-layer MLP); only the model's input differs
-(``pixel_values``, ``input_values``), which the specs never see. None of these attentions holds anything per head
+(``pixel_values``, ``input_values``), which the specs never see. Most of these attentions hold nothing per head
 besides the q/k/v rows and the output columns (no relative-position table, no per-head scale), so heads prune
 exactly; each reads its head size from ``hidden_size // heads`` (ViT and DeiT: ``getattr(config, "head_dim", ...)``).
+WavLM's gated relative-position bias and the conformer's relative position embeddings do: their heads are refused.
 """
 
 from __future__ import annotations
@@ -54,6 +56,65 @@ WAV2VEC2 = dict(
                    attrs=(("num_heads", "heads"),)),
 )
 
+# WavLM: Wav2Vec2's modules, and a gated relative-position bias per head
+WAVLM_HEADS = (("heads", "", "its gated relative-position bias splits each block's input (hidden_size wide, which "
+                             "head pruning keeps) into num_attention_heads slices, one per head's gate "
+                             "(gru_rel_pos_linear), and the first block's bias is shared by every block: fewer heads "
+                             "would change every kept head's gate"),)
+
+# Wav2Vec2-Conformer: a conformer block holds two feed-forward modules (ffn1 before the attention, ffn2 after the
+# convolution module), both intermediate_size wide. A spec has one MLP per block, so the family is two stacks
+# over the same block list, the first pruning ffn1, the second ffn2 (uniform pruning keeps one width in both, as
+# their shared key needs). Its heads are refused: with position_embeddings_type="relative" (the default) linear_pos
+# holds head-sized row blocks and pos_bias_u / pos_bias_v a row per head, which the spec does not cut; and each of
+# the two stacks would give the one attention its own head group
+CONFORMER_HEADS = (("heads", "", "its two feed-forward modules prune as two stacks over the same blocks, which "
+                                 "would give each attention two head groups; and its relative position embeddings "
+                                 "(linear_pos, pos_bias_u/v) hold rows per head that no spec cuts"),)
+CONFORMER_HEAD_SPEC = HeadSpec(query="self_attn.linear_q", key="self_attn.linear_k", value="self_attn.linear_v",
+                               output="self_attn.linear_out", heads_key="num_attention_heads", attention="self_attn",
+                               attrs=(("num_heads", "heads"),))
+
+
+def _conformer() -> ModelSpec:
+    def ffn(name: str) -> dict:
+        return dict(layers=("encoder.layers",), hidden_key="hidden_size", stack=name, heads=CONFORMER_HEAD_SPEC,
+                    mlp=MLPSpec(producers=(f"{name}.intermediate_dense",), consumer=f"{name}.output_dense",
+                                size_key="intermediate_size"), unsupported=CONFORMER_HEADS)
+
+    return ModelSpec(name="wav2vec2-conformer", model_types=("wav2vec2-conformer",), **ffn("ffn1"),
+                     stacks=(ModelSpec(name="wav2vec2-conformer-ffn2", model_types=(), **ffn("ffn2")),))
+
+
+# SEW-D: DeBERTa-v2's disentangled attention and BERT-style MLP under encoder.encoder.layer (its relative
+# embeddings are shared by every block and read through each block's own key/query projections, as DeBERTa-v2's)
+SEW_D = dict(
+    layers=("encoder.encoder.layer",),
+    hidden_key="hidden_size",
+    mlp=MLPSpec(producers=("intermediate.dense",), consumer="output.dense", size_key="intermediate_size"),
+    heads=HeadSpec(query="attention.self.query_proj", key="attention.self.key_proj",
+                   value="attention.self.value_proj", output="attention.output.dense",
+                   heads_key="num_attention_heads", attention="attention.self",
+                   attrs=(("num_attention_heads", "heads"), ("all_head_size", "width"))),
+)
+
+
+# the two-tower models (CLIPModel, SiglipModel, Siglip2Model): two stacks, the text tower's blocks then the vision
+# tower's, each with its own sub-config (ModelSpec.text_config: the sizes are read from and written to
+# config.text_config / config.vision_config). The projections (text_projection, visual_projection, SigLIP's text
+# head), logit_scale / logit_bias and the embeddings are not pruned: they read and write the towers' hidden sizes,
+# which block pruning keeps
+
+
+def _two_tower(name: str, model_types, text: dict, vision: dict) -> ModelSpec:
+    """The spec of a two-tower model whose towers are laid out as ``text`` and ``vision`` (block-relative paths
+    and keys of the tower alone), under ``text_model`` / ``vision_model``."""
+    def tower(kind: str, spec: dict) -> dict:
+        return dict(spec, layers=tuple(f"{kind}_model.{suffix}" for suffix in spec["layers"]), stack=kind,
+                    text_config=f"{kind}_config")
+
+    return ModelSpec(name=name, model_types=model_types, **tower("text", text),
+                     stacks=(ModelSpec(name=f"{name}-vision", model_types=(), **tower("vision", vision)),))
 
 
 def _dinov2(swiglu: bool, layout: str) -> ModelSpec:
@@ -88,8 +149,17 @@ DINOV2 = {spec.name: spec for spec in (_dinov2(swiglu, layout) for layout in ("q
 VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
     "vit": ModelSpec(name="vit", model_types=("vit", "deit"), **VIT),
     "clip-tower": ModelSpec(name="clip-tower", model_types=("clip_vision_model", "clip_text_model",
-                                                            "siglip_text_model"), **CLIP_TOWER),
-    "siglip-vision": ModelSpec(name="siglip-vision", model_types=("siglip_vision_model",), **SIGLIP_VISION),
-    "wav2vec2": ModelSpec(name="wav2vec2", model_types=("wav2vec2", "hubert"), **WAV2VEC2),
+                                                            "siglip_text_model", "siglip2_text_model"), **CLIP_TOWER),
+    "siglip-vision": ModelSpec(name="siglip-vision", model_types=("siglip_vision_model", "siglip2_vision_model"),
+                               **SIGLIP_VISION),
+    "clip": _two_tower("clip", ("clip",), CLIP_TOWER, CLIP_TOWER),
+    # SigLIP's vision tower keeps its attention-pooling head (its MLP is intermediate_size wide): a pruned vision MLP
+    # saves in the per-layer form
+    "siglip": _two_tower("siglip", ("siglip", "siglip2"), CLIP_TOWER, SIGLIP_VISION),
+    # data2vec-audio, SEW: Wav2Vec2's blocks (SEW squeezes the sequence before them and upsamples after)
+    "wav2vec2": ModelSpec(name="wav2vec2", model_types=("wav2vec2", "hubert", "data2vec-audio", "sew"), **WAV2VEC2),
+    "wavlm": ModelSpec(name="wavlm", model_types=("wavlm",), **WAV2VEC2, unsupported=WAVLM_HEADS),
+    "wav2vec2-conformer": _conformer(),
+    "sew-d": ModelSpec(name="sew-d", model_types=("sew-d",), **SEW_D),
     **DINOV2,  # dinov2-q_proj, dinov2-q_proj-swiglu, dinov2-query, dinov2-query-swiglu
 }

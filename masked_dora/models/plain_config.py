@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import warnings
 from fractions import Fraction
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from .specs import ModelSpec
 
@@ -59,10 +59,13 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes, hid
     training). Such a model saves in the per-layer form.
     """
     plain = copy.deepcopy(config)
-    text = stacks[0].sized_config(config)  # a VLM's text config (every stack of a family shares it)
-    heterogeneous = bool(getattr(text, "is_heterogeneous", False))
-    values: Dict[str, int] = {}
+    # (sub-config attribute, key) -> value: each stack's keys live in its own config (ModelSpec.sized_config: a
+    # VLM's text config, a two-tower model's text_config and vision_config; else the model config)
+    values: Dict[Tuple[str, str], int] = {}
+    owners: Dict[Tuple[str, str], str] = {}  # the stack that set each
     for stack in dict.fromkeys(stacks):
+        text = stack.sized_config(config)
+        heterogeneous = bool(getattr(text, "is_heterogeneous", False))
         mine = [i for i, s in enumerate(stacks) if s is stack]
         heads_changed = any((sizes[i]["heads"], sizes[i]["kv_heads"]) != (original[i]["heads"], original[i]["kv_heads"])
                             for i in mine)
@@ -85,7 +88,7 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes, hid
             return None, (f"the pruned MLP widths are not a whole multiple of {type(text).__name__}'s "
                           f"{width_key!r} in the blocks it builds wider")
         if heads_changed and stack.heads.head_dim_key is None:
-            return None, (f"{type(config).__name__} derives the head size from {stack.hidden_key} / "
+            return None, (f"{type(text).__name__} derives the head size from {stack.hidden_key} / "
                           f"{stack.heads.heads_key}, so it cannot describe pruned heads")
         if heads_changed and stack.heads.output_width_key:
             return None, (f"{type(config).__name__}'s attention builds {stack.heads.output} "
@@ -95,21 +98,22 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes, hid
             return None, (f"{type(config).__name__}'s {stack.heads.heads_key!r} also sets the heads of the "
                           f"{stack.stack}'s cross-attention ({stack.heads.cross_attention}), which keeps them all")
         if not stack.mlp.size_key and any(sizes[i]["intermediate"] != original[i]["intermediate"] for i in mine):
-            return None, (f"{type(config).__name__} has no key for the MLP width alone (the blocks fix it, or the "
+            return None, (f"{type(text).__name__} has no key for the MLP width alone (the blocks fix it, or the "
                           f"key sizes other modules too), so it cannot describe a pruned MLP")
         # (a heterogeneous config keeps its per-layer head counts: the global keys would override them)
         size = dict(sizes[mine[0]], intermediate=int(width))
         for key, value in _plain_sizes(stack, size, heads=not heterogeneous, mlp=bool(width_key)).items():
-            if values.setdefault(key, value) != value:
-                return None, (f"{type(config).__name__}'s {key!r} sizes several stacks (the encoder and the decoder), "
-                              f"which keep different sizes")
-    sized = stacks[0].sized_config(plain)
-    for key, value in values.items():
-        setattr(sized, key, value)
+            first = owners.setdefault((stack.text_config, key), stack.stack)
+            if values.setdefault((stack.text_config, key), value) != value:
+                return None, (f"{type(text).__name__}'s {key!r} sizes several stacks (the {first} and the "
+                              f"{stack.stack}), which keep different sizes")
+    for (sub, key), value in values.items():
+        setattr(_sized(plain, sub), key, value)
     if hidden is not None:
         for stack in dict.fromkeys(stacks):
-            setattr(sized, stack.hidden_key, hidden)
-    for checked in (sized, plain) if sized is not plain else (plain,):
+            setattr(stack.sized_config(plain), stack.hidden_key, hidden)
+    subs = {id(c): c for c in (stack.sized_config(plain) for stack in dict.fromkeys(stacks)) if c is not plain}
+    for checked in list(subs.values()) + [plain]:  # each stack's config, then the model's
         validate = getattr(checked, "validate", None)
         if callable(validate):
             try:
@@ -118,6 +122,11 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes, hid
                 reason = str(exc).strip().splitlines()[-1].strip()
                 return None, f"{type(checked).__name__} refuses the pruned sizes: {reason}"
     return plain, None
+
+
+def _sized(config, sub: str):
+    """The config holding a stack's keys: ``config.<sub>`` (``ModelSpec.text_config``), or ``config`` itself."""
+    return getattr(config, sub) if sub and hasattr(config, sub) else config
 
 
 def plain_config(config, stacks, original, sizes, form: str = "auto", hidden: Optional[int] = None):

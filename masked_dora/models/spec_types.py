@@ -235,7 +235,9 @@ class ModelSpec:
     # further ones ("decoder"), each a ModelSpec of its own block list, groups and size keys (their ``stack``,
     # ``layers``, ``hidden_key``, ``mlp``, ``heads`` and ``unsupported`` are read: a kind one stack refuses is
     # refused for the model); a further stack the model lacks (T5EncoderModel has no decoder) is skipped. Two
-    # stacks may share a size key (T5's d_ff): then the plain form needs them to keep the same size
+    # stacks may share a size key (T5's d_ff): then the plain form needs them to keep the same size. Other uses: a
+    # two-tower model's "text" and "vision" stacks (CLIPModel; each its own text_config), and a block with two MLPs
+    # as two stacks over the same block list, one MLP each (Wav2Vec2-Conformer's "ffn1" and "ffn2")
     stack: str = ""
     stacks: Tuple["ModelSpec", ...] = ()
     # the residual stream, for "hidden" pruning (None: refused): hidden_mode="global" and "per_block"
@@ -247,7 +249,8 @@ class ModelSpec:
     dense_mlp: Optional[MLPSpec] = None
     # a language model inside a multimodal model (a VLM; :class:`WrapperSpec`): the model config's attribute that
     # holds the language model's config, where this spec's keys (sizes, head counts, flags) are read and the
-    # compacted sizes written; "": the model config itself
+    # compacted sizes written; "": the model config itself. Each stack reads its own: a two-tower CLIPModel's
+    # text stack "text_config", its vision stack "vision_config"
     text_config: str = ""
 
     def __post_init__(self):
