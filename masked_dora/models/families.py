@@ -8,7 +8,7 @@ from typing import Dict
 
 from .families_decoders import LLAMA_SEMANTICS, QK_NORM_SPANS_HEADS, decoder_specs
 from .families_fused_moe import FUSED_MOE_SPECS
-from .families_hybrid import hybrid_specs
+from .families_hybrid import REFUSED_MODEL_TYPES, hybrid_specs
 from .families_moe import moe_specs
 from .families_vision_speech import VISION_SPEECH_SPECS
 from .families_vlm import VLM_WRAPPERS, vlm_text_specs
@@ -304,6 +304,7 @@ SPECS.update(moe_specs(LLAMA_STYLE, MIXTRAL_STYLE, _QK_NORM_SPANS_HEADS))
 SPECS.update(hybrid_specs(LLAMA_STYLE))
 SPECS.update(vlm_text_specs(LLAMA_STYLE))
 WRAPPERS = dict(VLM_WRAPPERS)  # outer model_type -> WrapperSpec: a VLM prunes its language model
+REFUSED = dict(REFUSED_MODEL_TYPES)  # model_type -> why it cannot prune exactly (spec_for raises it)
 
 
 # names the encoder-only specs had before their families' decoders were pruned too

@@ -12,8 +12,7 @@ from typing import Optional
 
 from torch import nn
 
-from .families import RENAMED_SPECS, SPECS, WRAPPERS
-from .families_hybrid import REFUSED_MODEL_TYPES
+from .families import REFUSED, RENAMED_SPECS, SPECS, WRAPPERS
 from .spec_types import (BLOCK_KINDS, GROUP_KINDS, HEAD_COUNTS, QKV_LAYOUTS, ExpertsLayout, HeadSpec, MLPSpec,
                          ModelSpec, PerHeadSpec, WrapperSpec, wrap_spec)
 
@@ -29,7 +28,7 @@ def spec_for(model_or_config) -> ModelSpec:
     :func:`register_spec` call away) or that none does. A vision-language model whose ``model_type`` has a
     ``WrapperSpec`` (``WRAPPERS``) and no spec of its own gets its language model's spec, wrapped
     (:func:`~masked_dora.models.spec_types.wrap_spec`). A type known not to prune exactly (Zamba's shared blocks,
-    the pure state-space models: ``REFUSED_MODEL_TYPES``) and without a registered spec gets the reason.
+    the pure state-space models: ``REFUSED``) and without a registered spec gets the reason.
     """
     config = getattr(model_or_config, "config", model_or_config)
     model_type = getattr(config, "model_type", None)
@@ -48,9 +47,8 @@ def spec_for(model_or_config) -> ModelSpec:
                          + "; ".join(f"{s.name} needs {dict(s.when)}"
                                      + (f" and the modules {list(s.when_modules)} in its blocks" if s.when_modules
                                         else "") for s in variants))
-    if model_type in REFUSED_MODEL_TYPES:
-        raise ValueError(f"model: masked_dora cannot prune a {model_type!r} model exactly: "
-                         f"{REFUSED_MODEL_TYPES[model_type]}")
+    if model_type in REFUSED:
+        raise ValueError(f"model: masked_dora cannot prune a {model_type!r} model exactly: {REFUSED[model_type]}")
     known = sorted({t for s in SPECS.values() for t in s.model_types})
     msg = f"model: no masked_dora spec for model_type {model_type!r} (known: {known}). "
     like = matching_specs(model_or_config) if isinstance(model_or_config, nn.Module) else []
