@@ -75,7 +75,7 @@ def test_the_qwen3_5_vlms_prune_their_hybrid_language_models_mlp_and_reload_plai
 
 def _refused_model(model_type):
     """A tiny causal LM of a type masked_dora refuses: Zamba (one shared block tied into blocks 2 and 4), Zamba2 (one
-    shared block with per-call adapters in blocks 1 and 3), Mamba, Mamba-2."""
+    shared block with per-call adapters in blocks 1 and 3), Mamba, Falcon-Mamba, Mamba-2."""
     import transformers as t
 
     common = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
@@ -90,6 +90,8 @@ def _refused_model(model_type):
             mamba_headdim=16, n_mamba_heads=4)),
         "mamba": lambda: t.MambaForCausalLM(t.MambaConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2,
                                                           state_size=8, expand=2, time_step_rank=4)),
+        "falcon_mamba": lambda: t.FalconMambaForCausalLM(t.FalconMambaConfig(
+            vocab_size=97, hidden_size=32, num_hidden_layers=2, state_size=8, expand=2, time_step_rank=4)),
         "mamba2": lambda: t.Mamba2ForCausalLM(t.Mamba2Config(vocab_size=97, hidden_size=32, num_hidden_layers=2,
                                                              state_size=8, expand=2, num_heads=4, head_dim=16,
                                                              n_groups=1, chunk_size=4)),
@@ -100,7 +102,8 @@ def _refused_model(model_type):
 
 @pytest.mark.parametrize("model_type, why", [
     ("zamba", "one shared transformer block .* tied"), ("zamba2", "gate_up_proj_adapter_list"),
-    ("mamba", "x_proj, which mixes every channel"), ("mamba2", "gated RMSNorm normalises each of n_groups")])
+    ("mamba", "x_proj, which mixes every channel"), ("falcon_mamba", "Mamba's mixer .* x_proj"),
+    ("mamba2", "gated RMSNorm normalises each of n_groups")])
 def test_shared_block_and_pure_ssm_models_are_refused_with_the_reason(monkeypatch, model_type, why):
     """Zamba / Zamba2 (an MLP shared by several blocks, tied weights) and the pure SSMs (no MLP, channel groups the
     spec types do not describe) are refused at prepare_model with the reason, before anything changes; a spec
@@ -111,7 +114,7 @@ def test_shared_block_and_pure_ssm_models_are_refused_with_the_reason(monkeypatc
     from masked_dora.models import specs as specs_module
 
     if not hasattr(t, {"zamba": "ZambaConfig", "zamba2": "Zamba2Config", "mamba": "MambaConfig",
-                       "mamba2": "Mamba2Config"}[model_type]):
+                       "falcon_mamba": "FalconMambaConfig", "mamba2": "Mamba2Config"}[model_type]):
         pytest.skip(f"this transformers has no {model_type}")
     model = _refused_model(model_type)
     for target_groups in (("mlp",), ("mlp", "heads")):

@@ -37,6 +37,10 @@ REFUSED_MODEL_TYPES: Dict[str, str] = {
               "out_proj) and carries per-channel parameters outside any projection (the depthwise conv1d, dt_proj's "
               "rows, A_log, D), which the spec types (producers and one consumer) do not describe; its cache is "
               "sized by that derived width"),
+    "falcon_mamba": ("it is Mamba's mixer (with RMS norms of dt, B and C): the only channel group is read by x_proj, "
+                     "which mixes every channel into dt, B and C, and by out_proj, and carries per-channel parameters "
+                     "outside any projection (the depthwise conv1d, dt_proj's rows, A_log, D), which the spec types "
+                     "(producers and one consumer) do not describe"),
     "mamba2": ("its mixer has no MLP and no attention, and its gated RMSNorm normalises each of n_groups over the "
                "group's whole width, so removing a channel (or a head) changes every kept one's output; in_proj and "
                "conv1d also fuse x with B, C (and dt), which no spec type describes"),
