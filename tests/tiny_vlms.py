@@ -31,6 +31,11 @@ class TinyVLM:
     pixels: Callable
     plain_heads: bool  # whether the config can say pruned heads (head_dim), so the head-pruned model saves plainly
     language_model: str = "model.language_model"  # the qualified name of the language model
+    image_tokens: int = IMAGE_TOKENS  # the image features one image becomes (the image token's repeats)
+    # the MaskedDoRALinear modules prepare_model puts in the 2 blocks: q, k, v, o and the MLP's gate, up, down each
+    # (packed experts: one per expert and projection, gate/up fused)
+    wrapped: int = 2 * 7
+    prefix_lm: bool = False  # PaliGemma: token_type_ids 0 over the prefix (the image and the prompt), 1 after it
 
 
 def _square_images(size: int) -> Callable:
@@ -92,10 +97,54 @@ def _qwen3_vl(t):
                            image_token_id=IMAGE_ID, video_token_id=101, vision_start_token_id=102)
 
 
+def _qwen3_vl_moe(t):
+    """Qwen3-VL-MoE: Qwen3-VL with 4 experts of width 64 (2 per token) in every block."""
+    return t.Qwen3VLMoeConfig(text_config=dict(TEXT, head_dim=8, num_experts=4, num_experts_per_tok=2,
+                                               moe_intermediate_size=64,
+                                               rope_parameters=dict(rope_type="default", rope_theta=10000.0,
+                                                                    mrope_section=[1, 1, 2])),
+                              vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4,
+                                                 out_hidden_size=32, patch_size=16, num_position_embeddings=16,
+                                                 deepstack_visual_indexes=[0]),
+                              image_token_id=IMAGE_ID, video_token_id=101, vision_start_token_id=102)
+
+
 def _mistral3(t):
     return t.Mistral3Config(text_config=dict(TEXT, head_dim=8, model_type="mistral"),
                             vision_config=dict(VISION, model_type="pixtral", image_size=56, patch_size=14),
                             image_token_index=IMAGE_ID, spatial_merge_size=2)  # 4x4 patches, merged 2x2: 4 tokens
+
+
+def _llava_next(config_class: str, text_model_type: str, vision_model_type: str) -> Callable:
+    """LLaVA-NeXT / LLaVA-OneVision: anyres with the one grid pinpoint of the image's size, so an image is its
+    base view and one tile of 2x2 patches; the tile's features get a newline token per row: 4 + 2 * (2 + 1) = 10
+    image tokens. LLaVA-NeXT drops CLIP's CLS token ("default"); OneVision's SigLIP has none ("full")."""
+    def config(t):
+        return getattr(t, config_class)(text_config=dict(TEXT, head_dim=8, model_type=text_model_type),
+                                        vision_config=dict(VISION, model_type=vision_model_type, image_size=28,
+                                                           patch_size=14),
+                                        image_token_index=IMAGE_ID, vision_feature_layer=-1,
+                                        image_grid_pinpoints=[[28, 28]])
+    return config
+
+
+def _anyres_images(size: int) -> Callable:
+    """LLaVA-NeXT / OneVision: per image its views (the base image and one tile), (n, 2, 3, size, size), with
+    the image sizes."""
+    return lambda n, gen: {"pixel_values": torch.randn(n, 2, 3, size, size, generator=gen),
+                           "image_sizes": torch.tensor([[size, size]] * n)}
+
+
+def _paligemma(text_model_type: str) -> Callable:
+    """PaliGemma (a Gemma) and PaliGemma 2 (a Gemma 2): SigLIP's 2x2 patches are the 4 image tokens, projected
+    to the text width."""
+    def config(t):
+        text = dict(TEXT, head_dim=8, model_type=text_model_type,
+                    **(dict(sliding_window=8) if text_model_type == "gemma2" else {}))
+        return t.PaliGemmaConfig(text_config=text, vision_config=dict(VISION, model_type="siglip_vision_model",
+                                                                     image_size=28, patch_size=14, projection_dim=32),
+                                 image_token_index=IMAGE_ID, projection_dim=32, hidden_size=32)
+    return config
 
 
 def _sized_images(size: int) -> Callable:
@@ -124,11 +173,23 @@ FAMILIES: Dict[str, TinyVLM] = {
     "qwen2_5_vl": TinyVLM(("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration"), _qwen2_5_vl,
                           _qwen_patches(14), False),
     "qwen3_vl": TinyVLM(("Qwen3VLConfig", "Qwen3VLForConditionalGeneration"), _qwen3_vl, _qwen_patches(16), True),
+    "qwen3_vl_moe": TinyVLM(("Qwen3VLMoeConfig", "Qwen3VLMoeForConditionalGeneration"), _qwen3_vl_moe,
+                            _qwen_patches(16), True, wrapped=2 * (4 + 4 * 2)),
     "mistral3": TinyVLM(("Mistral3Config", "Mistral3ForConditionalGeneration"), _mistral3, _sized_images(56), True),
     "smolvlm": TinyVLM(("SmolVLMConfig", "SmolVLMForConditionalGeneration"), _idefics3("SmolVLMConfig"),
                        _image_lists(56), True, language_model="model.text_model"),
     "idefics3": TinyVLM(("Idefics3Config", "Idefics3ForConditionalGeneration"), _idefics3("Idefics3Config"),
                         _image_lists(56), True, language_model="model.text_model"),
+    "llava_next": TinyVLM(("LlavaNextConfig", "LlavaNextForConditionalGeneration"),
+                          _llava_next("LlavaNextConfig", "llama", "clip_vision_model"), _anyres_images(28), True,
+                          image_tokens=10),
+    "llava_onevision": TinyVLM(("LlavaOnevisionConfig", "LlavaOnevisionForConditionalGeneration"),
+                               _llava_next("LlavaOnevisionConfig", "qwen2", "siglip_vision_model"),
+                               _anyres_images(28), True, image_tokens=10),
+    "paligemma": TinyVLM(("PaliGemmaConfig", "PaliGemmaForConditionalGeneration"), _paligemma("gemma"),
+                         _square_images(28), True, prefix_lm=True),
+    "paligemma2": TinyVLM(("PaliGemmaConfig", "PaliGemmaForConditionalGeneration"), _paligemma("gemma2"),
+                          _square_images(28), True, prefix_lm=True),
 }
 
 
@@ -167,17 +228,20 @@ def text_inputs(n: int = 2, length: int = 10, seed: int = 1) -> dict:
 
 
 def image_inputs(family: str, n: int = 2, seed: int = 2) -> dict:
-    """``n`` rows of 3 text tokens, one image (``IMAGE_TOKENS`` image tokens) and 3 text tokens, with the
-    image's pixels."""
+    """``n`` rows of 3 text tokens, one image (the family's ``image_tokens`` image tokens) and 3 text tokens, with
+    the image's pixels."""
     import inspect
 
     import transformers
 
     gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, IMAGE_ID, (n, 6 + IMAGE_TOKENS), generator=gen)
-    ids[:, 3:3 + IMAGE_TOKENS] = IMAGE_ID
+    tokens = FAMILIES[family].image_tokens
+    ids = torch.randint(3, IMAGE_ID, (n, 6 + tokens), generator=gen)
+    ids[:, 3:3 + tokens] = IMAGE_ID
     inputs = {"input_ids": ids, **FAMILIES[family].pixels(n, gen)}
     forward = getattr(transformers, FAMILIES[family].classes[1]).forward
+    if FAMILIES[family].prefix_lm:  # the prefix (image and prompt) attends both ways, the suffix causally
+        inputs["token_type_ids"] = (torch.arange(ids.shape[1]) >= 3 + tokens).long().expand(n, -1)
     if "mm_token_type_ids" in inspect.signature(forward).parameters:  # newer Qwen-VL: which tokens are image ones
         inputs["mm_token_type_ids"] = (ids == IMAGE_ID).long()
     return inputs

@@ -20,13 +20,15 @@ from .spec_types import ModelSpec, WrapperSpec
 # (qwen3_5_text) is a hybrid of gated DeltaNet and attention blocks: its MLP prunes, its heads are refused
 VLM_WRAPPERS: Dict[str, WrapperSpec] = {
     **{t: WrapperSpec(language_model="language_model") for t in (
-        "gemma3", "gemma4", "llava", "mistral3", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5")},
+        "gemma3", "gemma4", "llava", "llava_next", "llava_onevision", "mistral3", "paligemma", "qwen2_vl",
+        "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5")},
     **{t: WrapperSpec(language_model="text_model") for t in ("idefics3", "smolvlm")},
 }
 
 
-def vlm_text_specs(llama_style: dict) -> Dict[str, ModelSpec]:
-    """The specs of the language models only VLMs have, built on the ``llama`` spec's fields (``LLAMA_STYLE``)."""
+def vlm_text_specs(llama_style: dict, mixtral_style: dict) -> Dict[str, ModelSpec]:
+    """The specs of the language models only VLMs have, built on the ``llama`` spec's fields (``LLAMA_STYLE``)
+    and the packed experts' (``MIXTRAL_STYLE``)."""
     return {
         # Qwen2-VL / Qwen2.5-VL: Llama's modules (q/k/v biases, multimodal rotary positions per head dim), but the
         # attention sets head_dim = hidden_size // num_attention_heads (no head_dim key) and checks it at build:
@@ -38,4 +40,10 @@ def vlm_text_specs(llama_style: dict) -> Dict[str, ModelSpec]:
         # the deepstack visual features are added to the residual stream of its first blocks, which MLP and head
         # pruning leave full width (no hidden spec: refused)
         "qwen3_vl_text": ModelSpec(name="qwen3_vl_text", model_types=("qwen3_vl_text",), **llama_style),
+        # Qwen3-VL-MoE: Qwen3-VL's attention and Qwen3-MoE's experts (gate_up_proj (E, 2I, H), down_proj (E, H, I),
+        # width moe_intermediate_size: every expert keeps as many channels, its own); the blocks mlp_only_layers or
+        # decoder_sparse_step make dense hold Llama's MLP of width intermediate_size (the qwen3_moe spec's layout)
+        "qwen3_vl_moe_text": ModelSpec(name="qwen3_vl_moe_text", model_types=("qwen3_vl_moe_text",), **dict(
+            mixtral_style, mlp=replace_dataclass(mixtral_style["mlp"], size_key="moe_intermediate_size")),
+            dense_mlp=llama_style["mlp"]),
     }
