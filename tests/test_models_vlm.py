@@ -76,7 +76,7 @@ def _first_row(inputs: dict) -> dict:
 def _chain(family: str, path: str) -> dict:
     model = tiny_vlm(family)
     before = _outside_blocks(model, family)
-    prepare_model(model, MaskedDoRAConfig(**CONFIG))
+    prepare_model(model, MaskedDoRAConfig(**CONFIG, target_groups=FAMILIES[family].groups))
     randomize_adapters(model)
     _train_step(model, family)
     harden(model)
@@ -104,10 +104,14 @@ def test_vlm_spec_is_its_language_models(family):
     assert spec.name == f"{model.config.model_type}+{spec_for(model.config.text_config).name}"
     language_model = FAMILIES[family].language_model
     assert find_layers(model, spec)[0] == language_model + ".layers"
-    prepare_model(model, MaskedDoRAConfig(**CONFIG))
+    groups = FAMILIES[family].groups
+    if "heads" not in groups:  # refused, naming the VLM, before anything is wrapped
+        with pytest.raises(ValueError, match=rf"'heads' cannot be pruned in a '{model.config.model_type}' model"):
+            prepare_model(model, MaskedDoRAConfig(**CONFIG))
+    prepare_model(model, MaskedDoRAConfig(**CONFIG, target_groups=groups))
     wrapped = [n for n, m in model.named_modules() if type(m).__name__ == "MaskedDoRALinear"]
     assert len(wrapped) == FAMILIES[family].wrapped and all(n.startswith(language_model + ".") for n in wrapped)
-    assert sorted(get_state(model).groups) == ["heads_0", "heads_1", "mlp_0", "mlp_1"]
+    assert sorted(get_state(model).groups) == sorted(f"{g}_{i}" for g in groups for i in range(2))
 
 
 @pytest.mark.parametrize("family", VLMS)
@@ -120,7 +124,8 @@ def test_vlm_compacts_saves_reloads_and_generates_equal(chains, family):
         assert rel_err(c["out"][kind], c["ref"][kind]) < TOL, kind
     small, text = c["small"], c["small"].config.text_config
     width = spec_for(small).mlp.size_key  # an MoE's: one expert's (moe_intermediate_size)
-    assert (getattr(text, width), text.num_attention_heads, text.num_key_value_heads) == (32, 2, 1) or (
+    heads = (2, 1) if "heads" in FAMILIES[family].groups else (TEXT["num_attention_heads"], TEXT["num_key_value_heads"])
+    assert (getattr(text, width), text.num_attention_heads, text.num_key_value_heads) == (32, *heads) or (
         not FAMILIES[family].plain_heads and getattr(small.config, LAYER_SIZES_KEY) == [
             dict(intermediate=32, heads=2, kv_heads=1, head_dim=8)] * 2)
     assert get_state(c["model"]).save_form == ("plain" if FAMILIES[family].plain_heads else "per_layer")

@@ -35,6 +35,7 @@ class TinyVLM:
     # the MaskedDoRALinear modules prepare_model puts in the 2 blocks: q, k, v, o and the MLP's gate, up, down each
     # (packed experts: one per expert and projection, gate/up fused)
     wrapped: int = 2 * 7
+    groups: tuple = ("mlp", "heads")  # what prunes: ("mlp",) where the language model's heads are refused
     prefix_lm: bool = False  # PaliGemma: token_type_ids 0 over the prefix (the image and the prompt), 1 after it
 
 
@@ -147,6 +148,23 @@ def _paligemma(text_model_type: str) -> Callable:
     return config
 
 
+def _lfm2_vl(t):
+    """LFM2-VL around an LFM2 (block 0 a short convolution, block 1 attention; the feed_forward width says
+    intermediate_size itself, no auto-adjustment): SigLIP2's 4x4 patches of 8 px, pixel-unshuffled by 2 into 4
+    image tokens."""
+    return t.Lfm2VlConfig(text_config=dict(TEXT, model_type="lfm2", layer_types=["conv", "full_attention"],
+                                           block_auto_adjust_ff_dim=False),
+                          vision_config=dict(VISION, model_type="siglip2_vision_model", patch_size=8, num_patches=16,
+                                             vision_use_head=False),
+                          image_token_id=IMAGE_ID, projector_hidden_size=32, downsample_factor=2)
+
+
+def _naflex_patches(n, gen):
+    """SigLIP2 (NaFlex): per image its flattened 8 px patches (4 x 4 of them, none padding), their mask and grid."""
+    return {"pixel_values": torch.randn(n, 16, 3 * 8 * 8, generator=gen),
+            "pixel_attention_mask": torch.ones(n, 16, dtype=torch.long), "spatial_shapes": torch.tensor([[4, 4]] * n)}
+
+
 def _sized_images(size: int) -> Callable:
     """Mistral3 (Pixtral): square images with their sizes."""
     return lambda n, gen: {"pixel_values": torch.randn(n, 3, size, size, generator=gen),
@@ -188,6 +206,9 @@ FAMILIES: Dict[str, TinyVLM] = {
                                _anyres_images(28), True, image_tokens=10),
     "paligemma": TinyVLM(("PaliGemmaConfig", "PaliGemmaForConditionalGeneration"), _paligemma("gemma"),
                          _square_images(28), True, prefix_lm=True),
+    # LFM2's heads are refused (a hybrid of convolution and attention blocks): its feed_forward w1/w3/w2 prune
+    "lfm2_vl": TinyVLM(("Lfm2VlConfig", "Lfm2VlForConditionalGeneration"), _lfm2_vl, _naflex_patches, True,
+                       wrapped=2 * 3, groups=("mlp",)),
     "paligemma2": TinyVLM(("PaliGemmaConfig", "PaliGemmaForConditionalGeneration"), _paligemma("gemma2"),
                           _square_images(28), True, prefix_lm=True),
 }

@@ -17,11 +17,12 @@ from .spec_types import ModelSpec, WrapperSpec
 
 # outer model_type -> where its language model is. transformers 5 nests it as model.language_model
 # (model.text_model in Idefics3/SmolVLM), a base model whose block list is "layers". Qwen3.5's language model
-# (qwen3_5_text) is a hybrid of gated DeltaNet and attention blocks: its MLP prunes, its heads are refused
+# (qwen3_5_text) is a hybrid of gated DeltaNet and attention blocks, LFM2-VL's (lfm2) of short convolution and
+# attention blocks: their MLP prunes, their heads are refused
 VLM_WRAPPERS: Dict[str, WrapperSpec] = {
     **{t: WrapperSpec(language_model="language_model") for t in (
         "gemma3", "gemma4", "llava", "llava_next", "llava_onevision", "mistral3", "paligemma", "qwen2_vl",
-        "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5")},
+        "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "lfm2_vl")},
     **{t: WrapperSpec(language_model="text_model") for t in ("idefics3", "smolvlm")},
 }
 
