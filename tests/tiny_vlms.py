@@ -117,9 +117,9 @@ def _mistral3(t):
 
 
 def _llava_next(config_class: str, text_model_type: str, vision_model_type: str) -> Callable:
-    """LLaVA-NeXT / LLaVA-OneVision: anyres with the one grid pinpoint of the image's size, so an image is its
-    base view and one tile of 2x2 patches; the tile's features get a newline token per row: 4 + 2 * (2 + 1) = 10
-    image tokens. LLaVA-NeXT drops CLIP's CLS token ("default"); OneVision's SigLIP has none ("full")."""
+    """LLaVA-NeXT (-Video) / LLaVA-OneVision: anyres with the one grid pinpoint of the image's size, so an image
+    is its base view and one tile of 2x2 patches; the tile's features get a newline token per row: 4 + 2 * (2 + 1)
+    = 10 image tokens. LLaVA-NeXT drops CLIP's CLS token ("default"); OneVision's SigLIP has none ("full")."""
     def config(t):
         return getattr(t, config_class)(text_config=dict(TEXT, head_dim=8, model_type=text_model_type),
                                         vision_config=dict(VISION, model_type=vision_model_type, image_size=28,
@@ -163,6 +163,46 @@ def _naflex_patches(n, gen):
     """SigLIP2 (NaFlex): per image its flattened 8 px patches (4 x 4 of them, none padding), their mask and grid."""
     return {"pixel_values": torch.randn(n, 16, 3 * 8 * 8, generator=gen),
             "pixel_attention_mask": torch.ones(n, 16, dtype=torch.long), "spatial_shapes": torch.tensor([[4, 4]] * n)}
+
+
+def _internvl(t):
+    """InternVL around a Qwen2: InternViT's 4x4 patches (its CLS token dropped), pixel-shuffled by 0.5: 4 tokens."""
+    return t.InternVLConfig(text_config=dict(TEXT, head_dim=8, model_type="qwen2"),
+                            vision_config=dict(VISION, image_size=[56, 56], patch_size=[14, 14]),
+                            image_token_id=IMAGE_ID, downsample_ratio=0.5)
+
+
+def _cohere_vision(config_class: str, **extra) -> Callable:
+    """Aya Vision / Command A Vision around a Cohere 2: SigLIP's 4x4 patches, pixel-shuffled by 2: 4 tokens."""
+    return lambda t: getattr(t, config_class)(
+        text_config=dict(TEXT, head_dim=8, model_type="cohere2", sliding_window=8),
+        vision_config=dict(VISION, model_type="siglip_vision_model", image_size=56, patch_size=14),
+        downsample_factor=2, **extra)
+
+
+def _vipllava(t):
+    """VipLLaVA: CLIP's last two layers' features (its CLS token dropped) of 2x2 patches: 4 tokens."""
+    return t.VipLlavaConfig(text_config=dict(TEXT, head_dim=8, model_type="llama"),
+                            vision_config=dict(VISION, model_type="clip_vision_model", image_size=28, patch_size=14,
+                                               projection_dim=32),
+                            image_token_index=IMAGE_ID, vision_feature_layer=[-2, -1])
+
+
+def _lighton_ocr(t):
+    """LightOnOCR around a Qwen3: Pixtral's 4x4 patches, merged 2x2: 4 tokens."""
+    return t.LightOnOcrConfig(text_config=dict(TEXT, head_dim=8, model_type="qwen3"),
+                              vision_config=dict(VISION, model_type="pixtral", image_size=56, patch_size=14,
+                                                 head_dim=8),
+                              image_token_id=IMAGE_ID, spatial_merge_size=2)
+
+
+def _idefics2(t):
+    """Idefics2 around a Mistral: the perceiver resampler's 4 latents are the image tokens."""
+    return t.Idefics2Config(text_config=dict(TEXT, head_dim=8, model_type="mistral"),
+                            vision_config=dict(VISION, image_size=28, patch_size=14),
+                            perceiver_config=dict(hidden_size=32, resampler_n_latents=4, resampler_depth=1,
+                                                  resampler_n_heads=2, resampler_head_dim=8, num_key_value_heads=1),
+                            image_token_id=IMAGE_ID)
 
 
 def _sized_images(size: int) -> Callable:
@@ -209,6 +249,19 @@ FAMILIES: Dict[str, TinyVLM] = {
     # LFM2's heads are refused (a hybrid of convolution and attention blocks): its feed_forward w1/w3/w2 prune
     "lfm2_vl": TinyVLM(("Lfm2VlConfig", "Lfm2VlForConditionalGeneration"), _lfm2_vl, _naflex_patches, True,
                        wrapped=2 * 3, groups=("mlp",)),
+    "llava_next_video": TinyVLM(("LlavaNextVideoConfig", "LlavaNextVideoForConditionalGeneration"),
+                                _llava_next("LlavaNextVideoConfig", "llama", "clip_vision_model"),
+                                _anyres_images(28), True, image_tokens=10),
+    "internvl": TinyVLM(("InternVLConfig", "InternVLForConditionalGeneration"), _internvl, _square_images(56), True),
+    "aya_vision": TinyVLM(("AyaVisionConfig", "AyaVisionForConditionalGeneration"),
+                          _cohere_vision("AyaVisionConfig", image_token_index=IMAGE_ID, vision_feature_layer=-1),
+                          _square_images(56), True),
+    "cohere2_vision": TinyVLM(("Cohere2VisionConfig", "Cohere2VisionForConditionalGeneration"),
+                              _cohere_vision("Cohere2VisionConfig", image_token_id=IMAGE_ID,
+                                             alignment_intermediate_size=64), _square_images(56), True),
+    "vipllava": TinyVLM(("VipLlavaConfig", "VipLlavaForConditionalGeneration"), _vipllava, _square_images(28), True),
+    "lighton_ocr": TinyVLM(("LightOnOcrConfig", "LightOnOcrForConditionalGeneration"), _lighton_ocr,
+                           _sized_images(56), True),
     "paligemma2": TinyVLM(("PaliGemmaConfig", "PaliGemmaForConditionalGeneration"), _paligemma("gemma2"),
                           _square_images(28), True, prefix_lm=True),
 }

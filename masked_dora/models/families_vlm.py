@@ -21,8 +21,9 @@ from .spec_types import ModelSpec, WrapperSpec
 # attention blocks: their MLP prunes, their heads are refused
 VLM_WRAPPERS: Dict[str, WrapperSpec] = {
     **{t: WrapperSpec(language_model="language_model") for t in (
-        "gemma3", "gemma4", "llava", "llava_next", "llava_onevision", "mistral3", "paligemma", "qwen2_vl",
-        "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "lfm2_vl")},
+        "gemma3", "gemma4", "llava", "llava_next", "llava_next_video", "llava_onevision", "vipllava", "mistral3",
+        "lighton_ocr", "paligemma", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "lfm2_vl",
+        "internvl", "aya_vision", "cohere2_vision")},
     **{t: WrapperSpec(language_model="text_model") for t in ("idefics3", "smolvlm")},
 }
 
