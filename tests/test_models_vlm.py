@@ -123,12 +123,13 @@ def test_vlm_compacts_saves_reloads_and_generates_equal(chains, family):
     for kind in ("text", "image"):
         assert rel_err(c["out"][kind], c["ref"][kind]) < TOL, kind
     small, text = c["small"], c["small"].config.text_config
-    width = spec_for(small).mlp.size_key  # an MoE's: one expert's (moe_intermediate_size)
+    # the MLP width key: an MoE's is one expert's (moe_intermediate_size); "" where the key sizes other modules
+    width = spec_for(small).mlp.size_key
     heads = (2, 1) if "heads" in FAMILIES[family].groups else (TEXT["num_attention_heads"], TEXT["num_key_value_heads"])
-    assert (getattr(text, width), text.num_attention_heads, text.num_key_value_heads) == (32, *heads) or (
-        not FAMILIES[family].plain_heads and getattr(small.config, LAYER_SIZES_KEY) == [
-            dict(intermediate=32, heads=2, kv_heads=1, head_dim=8)] * 2)
-    assert get_state(c["model"]).save_form == ("plain" if FAMILIES[family].plain_heads else "per_layer")
+    assert (width and (getattr(text, width), text.num_attention_heads, text.num_key_value_heads) == (32, *heads)) or (
+        not FAMILIES[family].plain and getattr(small.config, LAYER_SIZES_KEY) == [
+            dict(intermediate=32, heads=heads[0], kv_heads=heads[1], head_dim=8)] * 2)
+    assert get_state(c["model"]).save_form == ("plain" if FAMILIES[family].plain else "per_layer")
     # the vision tower, the projector, the embeddings and the LM head: the original model's, untouched
     kept = _outside_blocks(small, family)
     assert kept.keys() == c["before"].keys()
@@ -147,7 +148,7 @@ def test_plain_vlm_checkpoints_reload_with_plain_transformers(chains):
 
     if not hasattr(transformers, "AutoModelForImageTextToText"):
         pytest.skip("this transformers has no AutoModelForImageTextToText")
-    plain = [f for f in chains if FAMILIES[f].plain_heads]
+    plain = [f for f in chains if FAMILIES[f].plain]
     if not plain:
         pytest.skip("no plain VLM family in this transformers")
     outputs = reload_plain_in_clean_process([(chains[f]["path"], "AutoModelForImageTextToText") for f in plain])

@@ -29,7 +29,9 @@ class TinyVLM:
     classes: tuple  # (config class, model class): the test skips where this transformers lacks one
     config: Callable
     pixels: Callable
-    plain_heads: bool  # whether the config can say pruned heads (head_dim), so the head-pruned model saves plainly
+    # whether the compacted model saves plainly: its text config says the pruned sizes (head_dim for the heads; an
+    # MLP width key that sizes nothing outside the language model)
+    plain: bool
     language_model: str = "model.language_model"  # the qualified name of the language model
     image_tokens: int = IMAGE_TOKENS  # the image features one image becomes (the image token's repeats)
     # the MaskedDoRALinear modules prepare_model puts in the 2 blocks: q, k, v, o and the MLP's gate, up, down each
@@ -262,6 +264,9 @@ FAMILIES: Dict[str, TinyVLM] = {
     "vipllava": TinyVLM(("VipLlavaConfig", "VipLlavaForConditionalGeneration"), _vipllava, _square_images(28), True),
     "lighton_ocr": TinyVLM(("LightOnOcrConfig", "LightOnOcrForConditionalGeneration"), _lighton_ocr,
                            _sized_images(56), True),
+    # Idefics2's connector MLP is text_config.intermediate_size wide: a pruned MLP saves in the per-layer form
+    "idefics2": TinyVLM(("Idefics2Config", "Idefics2ForConditionalGeneration"), _idefics2, _image_lists(28), False,
+                        language_model="model.text_model"),
     "paligemma2": TinyVLM(("PaliGemmaConfig", "PaliGemmaForConditionalGeneration"), _paligemma("gemma2"),
                           _square_images(28), True, prefix_lm=True),
 }

@@ -25,6 +25,8 @@ VLM_WRAPPERS: Dict[str, WrapperSpec] = {
         "lighton_ocr", "paligemma", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "lfm2_vl",
         "internvl", "aya_vision", "cohere2_vision")},
     **{t: WrapperSpec(language_model="text_model") for t in ("idefics3", "smolvlm")},
+    # Idefics2's connector MLP is built text_config.intermediate_size wide: a pruned MLP saves in the per-layer form
+    "idefics2": WrapperSpec(language_model="text_model", shared_text_keys=("intermediate_size",)),
 }
 
 
