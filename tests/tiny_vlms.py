@@ -3,10 +3,10 @@
 Each family: a language model of 2 blocks, hidden 32, 4 query / 2 KV heads of 8, MLP 64, vocabulary 128; a
 vision tower of 2 layers, hidden 32, and a tiny image (28-56 px) that the model turns into ``IMAGE_TOKENS`` (or
 the family's ``image_tokens``) placeholder tokens (id ``IMAGE_ID``) of ``input_ids``. The inputs are built by
-hand as the model's processor would: the image token repeated as many times as the image has features, ``pixel_values`` in the layout the
-vision tower reads (Qwen-VL: flattened patches with ``image_grid_thw``; Mistral3: ``image_sizes``; LLaVA-NeXT:
-anyres views; LFM2-VL: SigLIP2's flattened patches). A family is a row of ``FAMILIES``; its VLM type a
-``WrapperSpec`` in ``masked_dora/models/families_vlm.py``.
+hand as the model's processor would: the image token repeated as many times as the image has features,
+``pixel_values`` in the layout the vision tower reads (Qwen-VL: flattened patches with ``image_grid_thw``;
+Mistral3: ``image_sizes``; LLaVA-NeXT: anyres views; LFM2-VL: SigLIP2's flattened patches). A family is a row of
+``FAMILIES``; its VLM type a ``WrapperSpec`` in ``masked_dora/models/families_vlm.py``.
 """
 
 from __future__ import annotations
