@@ -121,7 +121,8 @@ def test_vlm_spec_is_its_language_models(family):
 def test_vlm_compacts_saves_reloads_and_generates_equal(chains, family):
     c = chains[family]
     with torch.no_grad():  # the image reaches the logits (the image-input comparison is not a text-only one)
-        other = dict(c["inputs"]["image"], pixel_values=c["inputs"]["image"]["pixel_values"] + 1.0)
+        key = FAMILIES[family].pixels_key
+        other = dict(c["inputs"]["image"], **{key: c["inputs"]["image"][key] + 1.0})
         assert rel_err(c["model"](**other).logits, c["ref"]["image"]) > 1e-3
     for kind in ("text", "image"):
         assert rel_err(c["out"][kind], c["ref"][kind]) < TOL, kind

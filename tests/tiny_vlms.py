@@ -41,6 +41,7 @@ class TinyVLM:
     wrapped: int = 2 * 7
     groups: tuple = ("mlp", "heads")  # what prunes: ("mlp",) where the language model's heads are refused
     prefix_lm: bool = False  # PaliGemma: token_type_ids 0 over the prefix (the image and the prompt), 1 after it
+    pixels_key: str = "pixel_values"  # the image input's keyword (Video-LLaVA: pixel_values_images)
 
 
 def _square_images(size: int) -> Callable:
@@ -209,6 +210,59 @@ def _idefics2(t):
                             image_token_id=IMAGE_ID)
 
 
+def _clip_llava(config_class: str, **extra) -> Callable:
+    """Video-LLaVA / DeepSeek-VL: CLIP's (SigLIP's) 2x2 patches of a 28 px image (CLS dropped): 4 tokens."""
+    return lambda t: getattr(t, config_class)(text_config=dict(TEXT, head_dim=8, model_type="llama"), **extra)
+
+
+def _ovis2(t):
+    """Ovis2 around a Qwen2: its visual tokenizer turns 2x2 patches into 4 soft tokens over a visual vocabulary of
+    16 (plus 5 indicator tokens, ids 110-114), embedded by the visual embedding table."""
+    return t.Ovis2Config(text_config=dict(TEXT, head_dim=8, model_type="qwen2"),
+                         vision_config=dict(VISION, image_size=28, patch_size=14, vocab_size=16, hidden_stride=1),
+                         image_token_id=IMAGE_ID, visual_indicator_token_ids=[110, 111, 112, 113, 114],
+                         vocab_size=VOCAB, hidden_size=32)
+
+
+def _qianfan_ocr(t):
+    """Qianfan-OCR around a Qwen3: InternVL's layout (4x4 patches, pixel-shuffled by 0.5: 4 tokens)."""
+    return t.QianfanOCRConfig(text_config=dict(TEXT, head_dim=8, model_type="qwen3"),
+                              vision_config=dict(VISION, image_size=[56, 56], patch_size=[14, 14]),
+                              image_token_id=IMAGE_ID, downsample_ratio=0.5)
+
+
+def _exaone4_5(t):
+    """EXAONE 4.5 around an EXAONE 4 (block 0 sliding with RoPE, block 1 global): a Qwen2.5-VL-like vision tower."""
+    return t.Exaone4_5_Config(text_config=dict(TEXT, head_dim=8, model_type="exaone4", sliding_window=4,
+                                               sliding_window_pattern=2),
+                              vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4,
+                                                 num_key_value_heads=2, out_hidden_size=32, patch_size=14,
+                                                 window_size=56, fullatt_block_indexes=[1]),
+                              image_token_id=IMAGE_ID, video_token_id=101)
+
+
+def _got_ocr2(t):
+    """GOT-OCR2 around a Qwen2: a SAM-like encoder of 4x4 patches of 16 px, convolved down to one image token (its
+    weights drawn at 0.02: the config's initializer_range of 1e-10 would let no image reach the logits)."""
+    return t.GotOcr2Config(text_config=dict(TEXT, head_dim=8, model_type="qwen2"),
+                           vision_config=dict(hidden_size=32, output_channels=16, num_hidden_layers=2,
+                                              num_attention_heads=4, image_size=64, patch_size=16, window_size=2,
+                                              global_attn_indexes=[1], mlp_dim=64, initializer_range=0.02),
+                           image_token_index=IMAGE_ID)
+
+
+def _lfm3_vl(t):
+    """LFM3-VL around an LFM3 (block 0 short convolution, block 1 gated attention): Qwen-VL-like patches of 16 px,
+    merged 2x2 into 4 tokens."""
+    return t.Lfm3VlConfig(text_config=dict(TEXT, head_dim=8, model_type="lfm3",
+                                           layer_types=["conv", "full_attention"], use_sandwich_norm=True,
+                                           use_attention_gate=True),
+                          vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, patch_size=16),
+                          image_token_id=IMAGE_ID, video_token_id=101, vision_start_token_id=102,
+                          vision_end_token_id=103, projector_hidden_size=32)
+
+
 def _sized_images(size: int) -> Callable:
     """Mistral3 (Pixtral): square images with their sizes."""
     return lambda n, gen: {"pixel_values": torch.randn(n, 3, size, size, generator=gen),
@@ -269,6 +323,25 @@ FAMILIES: Dict[str, TinyVLM] = {
     # Idefics2's connector MLP is text_config.intermediate_size wide: a pruned MLP saves in the per-layer form
     "idefics2": TinyVLM(("Idefics2Config", "Idefics2ForConditionalGeneration"), _idefics2, _image_lists(28), False,
                         language_model="model.text_model"),
+    "video_llava": TinyVLM(("VideoLlavaConfig", "VideoLlavaForConditionalGeneration"), _clip_llava(
+        "VideoLlavaConfig", vision_config=dict(VISION, model_type="clip_vision_model", image_size=28, patch_size=14,
+                                               projection_dim=32),
+        image_token_index=IMAGE_ID, video_token_index=101, vision_feature_layer=-1),
+        lambda n, gen: {"pixel_values_images": torch.randn(n, 3, 28, 28, generator=gen)}, True,
+        pixels_key="pixel_values_images"),
+    "deepseek_vl": TinyVLM(("DeepseekVLConfig", "DeepseekVLForConditionalGeneration"), _clip_llava(
+        "DeepseekVLConfig", vision_config=dict(VISION, model_type="siglip_vision_model", image_size=28,
+                                               patch_size=14), image_token_id=IMAGE_ID), _square_images(28), True),
+    "ovis2": TinyVLM(("Ovis2Config", "Ovis2ForConditionalGeneration"), _ovis2, _square_images(28), True),
+    "qianfan_ocr": TinyVLM(("QianfanOCRConfig", "QianfanOCRForConditionalGeneration"), _qianfan_ocr,
+                           _square_images(56), True),
+    "exaone4_5": TinyVLM(("Exaone4_5_Config", "Exaone4_5_ForConditionalGeneration"), _exaone4_5, _qwen_patches(14),
+                         True),
+    "got_ocr2": TinyVLM(("GotOcr2Config", "GotOcr2ForConditionalGeneration"), _got_ocr2, _square_images(64), True,
+                        image_tokens=1),
+    # LFM3's heads are refused (a hybrid of convolution and attention blocks): its feed_forward w1/w3/w2 prune
+    "lfm3_vl": TinyVLM(("Lfm3VlConfig", "Lfm3VlForConditionalGeneration"), _lfm3_vl, _qwen_patches(16), True,
+                       wrapped=2 * 3, groups=("mlp",)),
     "paligemma2": TinyVLM(("PaliGemmaConfig", "PaliGemmaForConditionalGeneration"), _paligemma("gemma2"),
                           _square_images(28), True, prefix_lm=True),
 }

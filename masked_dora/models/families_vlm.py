@@ -17,13 +17,14 @@ from .spec_types import ModelSpec, WrapperSpec
 
 # outer model_type -> where its language model is. transformers 5 nests it as model.language_model
 # (model.text_model in Idefics3/SmolVLM), a base model whose block list is "layers". Qwen3.5's language model
-# (qwen3_5_text) is a hybrid of gated DeltaNet and attention blocks, LFM2-VL's (lfm2) of short convolution and
-# attention blocks: their MLP prunes, their heads are refused
+# (qwen3_5_text) is a hybrid of gated DeltaNet and attention blocks, LFM2-VL's and LFM3-VL's (lfm2, lfm3) of
+# short convolution and attention blocks: their MLP prunes, their heads are refused
 VLM_WRAPPERS: Dict[str, WrapperSpec] = {
     **{t: WrapperSpec(language_model="language_model") for t in (
         "gemma3", "gemma4", "llava", "llava_next", "llava_next_video", "llava_onevision", "vipllava", "mistral3",
         "lighton_ocr", "paligemma", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "lfm2_vl",
-        "internvl", "aya_vision", "cohere2_vision")},
+        "lfm3_vl", "internvl", "qianfan_ocr", "aya_vision", "cohere2_vision", "video_llava", "deepseek_vl", "ovis2",
+        "exaone4_5", "got_ocr2")},
     **{t: WrapperSpec(language_model="text_model") for t in ("idefics3", "smolvlm")},
     # Idefics2's connector MLP is built text_config.intermediate_size wide: a pruned MLP saves in the per-layer form
     "idefics2": WrapperSpec(language_model="text_model", shared_text_keys=("intermediate_size",)),
