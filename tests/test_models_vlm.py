@@ -26,8 +26,8 @@ from masked_dora.models.compact import LAYER_SIZES_KEY
 
 from helpers import rel_err
 from tiny_models import randomize_adapters, reload_plain_in_clean_process
-from tiny_vlms import (FAMILIES, IMAGE_ID, TEXT, available, image_inputs, text_inputs, tiny_llava_around,
-                       tiny_vlm)
+from tiny_vlm_configs import TEXT
+from tiny_vlms import FAMILIES, IMAGE_ID, available, image_inputs, text_inputs, tiny_llava_around, tiny_vlm
 
 VLMS = [f for f in FAMILIES if available(f)]
 MISSING = [f for f in FAMILIES if not available(f)]

@@ -1,12 +1,11 @@
 """Tiny random vision-language models (built from configs, no download, no processor) and their inputs.
 
-Each family: a language model of 2 blocks, hidden 32, 4 query / 2 KV heads of 8, MLP 64, vocabulary 128; a
-vision tower of 2 layers, hidden 32, and a tiny image (28-56 px) that the model turns into ``IMAGE_TOKENS`` (or
-the family's ``image_tokens``) placeholder tokens (id ``IMAGE_ID``) of ``input_ids``. The inputs are built by
-hand as the model's processor would: the image token repeated as many times as the image has features,
-``pixel_values`` in the layout the vision tower reads (Qwen-VL: flattened patches with ``image_grid_thw``;
-Mistral3: ``image_sizes``; LLaVA-NeXT: anyres views; LFM2-VL: SigLIP2's flattened patches). A family is a row of
-``FAMILIES``; its VLM type a ``WrapperSpec`` in ``masked_dora/models/families_vlm.py``.
+One row of ``FAMILIES`` per VLM type (its VLM type a ``WrapperSpec`` in ``masked_dora/models/families_vlm.py``):
+its config and image inputs (``tiny_vlm_configs``: a language model of 2 blocks, hidden 32, 4 query / 2 KV heads
+of 8, MLP 64, vocabulary 128; a vision tower of 2 layers, hidden 32; a tiny image that the model turns into
+``IMAGE_TOKENS``, or the family's ``image_tokens``, placeholder tokens, id ``IMAGE_ID``, of ``input_ids``) and
+what the tests expect of it. The inputs are built by hand as the model's processor would: the image token
+repeated as many times as the image has features, the pixels in the layout the vision tower reads.
 """
 
 from __future__ import annotations
@@ -17,10 +16,13 @@ from typing import Callable, Dict
 
 import torch
 
-VOCAB, IMAGE_ID, IMAGE_TOKENS = 128, 100, 4
-TEXT = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+from tiny_vlm_configs import (IMAGE_ID, IMAGE_TOKENS, anyres_images, cohere_vision, deepseek_vl, exaone4_5, gemma3,
+                              got_ocr2, idefics2, idefics3, image_lists, internvl, lfm2_vl, lfm3_vl, lighton_ocr,
+                              llava, llava_next, mistral3, naflex_patches, ovis2, paligemma, qianfan_ocr, qwen2_5_vl,
+                              qwen2_vl, qwen3_vl, qwen3_vl_moe, qwen_patches, sized_images, square_images, video_llava,
+                              video_llava_images, vipllava)
+
+_qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
 
 
 @dataclass(frozen=True)
@@ -44,306 +46,64 @@ class TinyVLM:
     pixels_key: str = "pixel_values"  # the image input's keyword (Video-LLaVA: pixel_values_images)
 
 
-def _square_images(size: int) -> Callable:
-    return lambda n, gen: {"pixel_values": torch.randn(n, 3, size, size, generator=gen)}
-
-
-def _qwen_patches(patch: int, grid=(1, 4, 4)) -> Callable:
-    """Qwen-VL's flattened patches: per image t*h*w rows of 3 * temporal_patch (2) * patch * patch; 2x2 patches
-    merge into one token, so a 1x4x4 grid gives 4 image tokens."""
-    t, h, w = grid
-
-    def pixels(n, gen):
-        return {"pixel_values": torch.randn(n * t * h * w, 3 * 2 * patch * patch, generator=gen),
-                "image_grid_thw": torch.tensor([list(grid)] * n)}
-    return pixels
-
-
-def _llava(t, text_config=None):
-    """LLaVA around a Llama (or ``text_config``: another language model's config, e.g. a Cohere)."""
-    text_config = t.LlamaConfig(**TEXT, head_dim=8) if text_config is None else text_config
-    return t.LlavaConfig(text_config=text_config.to_dict(),
-                         vision_config=dict(VISION, model_type="clip_vision_model", image_size=28, patch_size=14,
-                                            projection_dim=32),
-                         image_token_id=IMAGE_ID, vision_feature_layer=-1,
-                         vision_feature_select_strategy="default")  # 2x2 patches, the CLS token dropped: 4 tokens
-
-
-def _gemma3(t):
-    return t.Gemma3Config(text_config=dict(TEXT, head_dim=8, sliding_window=8, model_type="gemma3_text"),
-                          vision_config=dict(VISION, image_size=32, patch_size=16),  # 2x2 patches
-                          mm_tokens_per_image=IMAGE_TOKENS, image_token_index=IMAGE_ID, boi_token_index=101,
-                          eoi_token_index=102)
-
-
-def _qwen2_vl(t):
-    return t.Qwen2VLConfig(text_config=dict(TEXT, rope_parameters=dict(rope_type="default", rope_theta=10000.0,
-                                                                       mrope_section=[1, 1, 2])),
-                           vision_config=dict(depth=2, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2,
-                                              patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
-                           image_token_id=IMAGE_ID, video_token_id=101, vision_start_token_id=102)
-
-
-def _qwen2_5_vl(t):
-    return t.Qwen2_5_VLConfig(text_config=dict(TEXT, rope_parameters=dict(rope_type="default", rope_theta=10000.0,
-                                                                          mrope_section=[1, 1, 2])),
-                              vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4,
-                                                 out_hidden_size=32, patch_size=14, window_size=56,
-                                                 fullatt_block_indexes=[1]),
-                              image_token_id=IMAGE_ID, video_token_id=101, vision_start_token_id=102)
-
-
-def _qwen3_vl(t):
-    return t.Qwen3VLConfig(text_config=dict(TEXT, head_dim=8, rope_parameters=dict(rope_type="default",
-                                                                                  rope_theta=10000.0,
-                                                                                  mrope_section=[1, 1, 2])),
-                           vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4,
-                                              out_hidden_size=32, patch_size=16, num_position_embeddings=16,
-                                              deepstack_visual_indexes=[0]),
-                           image_token_id=IMAGE_ID, video_token_id=101, vision_start_token_id=102)
-
-
-def _qwen3_vl_moe(t):
-    """Qwen3-VL-MoE: Qwen3-VL with 4 experts of width 64 (2 per token) in every block."""
-    return t.Qwen3VLMoeConfig(text_config=dict(TEXT, head_dim=8, num_experts=4, num_experts_per_tok=2,
-                                               moe_intermediate_size=64,
-                                               rope_parameters=dict(rope_type="default", rope_theta=10000.0,
-                                                                    mrope_section=[1, 1, 2])),
-                              vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4,
-                                                 out_hidden_size=32, patch_size=16, num_position_embeddings=16,
-                                                 deepstack_visual_indexes=[0]),
-                              image_token_id=IMAGE_ID, video_token_id=101, vision_start_token_id=102)
-
-
-def _mistral3(t):
-    return t.Mistral3Config(text_config=dict(TEXT, head_dim=8, model_type="mistral"),
-                            vision_config=dict(VISION, model_type="pixtral", image_size=56, patch_size=14),
-                            image_token_index=IMAGE_ID, spatial_merge_size=2)  # 4x4 patches, merged 2x2: 4 tokens
-
-
-def _llava_next(config_class: str, text_model_type: str, vision_model_type: str) -> Callable:
-    """LLaVA-NeXT (-Video) / LLaVA-OneVision: anyres with the one grid pinpoint of the image's size, so an image
-    is its base view and one tile of 2x2 patches; the tile's features get a newline token per row: 4 + 2 * (2 + 1)
-    = 10 image tokens. LLaVA-NeXT drops CLIP's CLS token ("default"); OneVision's SigLIP has none ("full")."""
-    def config(t):
-        return getattr(t, config_class)(text_config=dict(TEXT, head_dim=8, model_type=text_model_type),
-                                        vision_config=dict(VISION, model_type=vision_model_type, image_size=28,
-                                                           patch_size=14),
-                                        image_token_index=IMAGE_ID, vision_feature_layer=-1,
-                                        image_grid_pinpoints=[[28, 28]])
-    return config
-
-
-def _anyres_images(size: int) -> Callable:
-    """LLaVA-NeXT / OneVision: per image its views (the base image and one tile), (n, 2, 3, size, size), with
-    the image sizes."""
-    return lambda n, gen: {"pixel_values": torch.randn(n, 2, 3, size, size, generator=gen),
-                           "image_sizes": torch.tensor([[size, size]] * n)}
-
-
-def _paligemma(text_model_type: str) -> Callable:
-    """PaliGemma (a Gemma) and PaliGemma 2 (a Gemma 2): SigLIP's 2x2 patches are the 4 image tokens, projected
-    to the text width."""
-    def config(t):
-        text = dict(TEXT, head_dim=8, model_type=text_model_type,
-                    **(dict(sliding_window=8) if text_model_type == "gemma2" else {}))
-        return t.PaliGemmaConfig(text_config=text, vision_config=dict(VISION, model_type="siglip_vision_model",
-                                                                     image_size=28, patch_size=14, projection_dim=32),
-                                 image_token_index=IMAGE_ID, projection_dim=32, hidden_size=32)
-    return config
-
-
-def _lfm2_vl(t):
-    """LFM2-VL around an LFM2 (block 0 a short convolution, block 1 attention; the feed_forward width says
-    intermediate_size itself, no auto-adjustment): SigLIP2's 4x4 patches of 8 px, pixel-unshuffled by 2 into 4
-    image tokens."""
-    return t.Lfm2VlConfig(text_config=dict(TEXT, model_type="lfm2", layer_types=["conv", "full_attention"],
-                                           block_auto_adjust_ff_dim=False),
-                          vision_config=dict(VISION, model_type="siglip2_vision_model", patch_size=8, num_patches=16,
-                                             vision_use_head=False),
-                          image_token_id=IMAGE_ID, projector_hidden_size=32, downsample_factor=2)
-
-
-def _naflex_patches(n, gen):
-    """SigLIP2 (NaFlex): per image its flattened 8 px patches (4 x 4 of them, none padding), their mask and grid."""
-    return {"pixel_values": torch.randn(n, 16, 3 * 8 * 8, generator=gen),
-            "pixel_attention_mask": torch.ones(n, 16, dtype=torch.long), "spatial_shapes": torch.tensor([[4, 4]] * n)}
-
-
-def _internvl(t):
-    """InternVL around a Qwen2: InternViT's 4x4 patches (its CLS token dropped), pixel-shuffled by 0.5: 4 tokens."""
-    return t.InternVLConfig(text_config=dict(TEXT, head_dim=8, model_type="qwen2"),
-                            vision_config=dict(VISION, image_size=[56, 56], patch_size=[14, 14]),
-                            image_token_id=IMAGE_ID, downsample_ratio=0.5)
-
-
-def _cohere_vision(config_class: str, **extra) -> Callable:
-    """Aya Vision / Command A Vision around a Cohere 2: SigLIP's 4x4 patches, pixel-shuffled by 2: 4 tokens."""
-    return lambda t: getattr(t, config_class)(
-        text_config=dict(TEXT, head_dim=8, model_type="cohere2", sliding_window=8),
-        vision_config=dict(VISION, model_type="siglip_vision_model", image_size=56, patch_size=14),
-        downsample_factor=2, **extra)
-
-
-def _vipllava(t):
-    """VipLLaVA: CLIP's last two layers' features (its CLS token dropped) of 2x2 patches: 4 tokens."""
-    return t.VipLlavaConfig(text_config=dict(TEXT, head_dim=8, model_type="llama"),
-                            vision_config=dict(VISION, model_type="clip_vision_model", image_size=28, patch_size=14,
-                                               projection_dim=32),
-                            image_token_index=IMAGE_ID, vision_feature_layer=[-2, -1])
-
-
-def _lighton_ocr(t):
-    """LightOnOCR around a Qwen3: Pixtral's 4x4 patches, merged 2x2: 4 tokens."""
-    return t.LightOnOcrConfig(text_config=dict(TEXT, head_dim=8, model_type="qwen3"),
-                              vision_config=dict(VISION, model_type="pixtral", image_size=56, patch_size=14,
-                                                 head_dim=8),
-                              image_token_id=IMAGE_ID, spatial_merge_size=2)
-
-
-def _idefics2(t):
-    """Idefics2 around a Mistral: the perceiver resampler's 4 latents are the image tokens."""
-    return t.Idefics2Config(text_config=dict(TEXT, head_dim=8, model_type="mistral"),
-                            vision_config=dict(VISION, image_size=28, patch_size=14),
-                            perceiver_config=dict(hidden_size=32, resampler_n_latents=4, resampler_depth=1,
-                                                  resampler_n_heads=2, resampler_head_dim=8, num_key_value_heads=1),
-                            image_token_id=IMAGE_ID)
-
-
-def _clip_llava(config_class: str, **extra) -> Callable:
-    """Video-LLaVA / DeepSeek-VL: CLIP's (SigLIP's) 2x2 patches of a 28 px image (CLS dropped): 4 tokens."""
-    return lambda t: getattr(t, config_class)(text_config=dict(TEXT, head_dim=8, model_type="llama"), **extra)
-
-
-def _ovis2(t):
-    """Ovis2 around a Qwen2: its visual tokenizer turns 2x2 patches into 4 soft tokens over a visual vocabulary of
-    16 (plus 5 indicator tokens, ids 110-114), embedded by the visual embedding table."""
-    return t.Ovis2Config(text_config=dict(TEXT, head_dim=8, model_type="qwen2"),
-                         vision_config=dict(VISION, image_size=28, patch_size=14, vocab_size=16, hidden_stride=1),
-                         image_token_id=IMAGE_ID, visual_indicator_token_ids=[110, 111, 112, 113, 114],
-                         vocab_size=VOCAB, hidden_size=32)
-
-
-def _qianfan_ocr(t):
-    """Qianfan-OCR around a Qwen3: InternVL's layout (4x4 patches, pixel-shuffled by 0.5: 4 tokens)."""
-    return t.QianfanOCRConfig(text_config=dict(TEXT, head_dim=8, model_type="qwen3"),
-                              vision_config=dict(VISION, image_size=[56, 56], patch_size=[14, 14]),
-                              image_token_id=IMAGE_ID, downsample_ratio=0.5)
-
-
-def _exaone4_5(t):
-    """EXAONE 4.5 around an EXAONE 4 (block 0 sliding with RoPE, block 1 global): a Qwen2.5-VL-like vision tower."""
-    return t.Exaone4_5_Config(text_config=dict(TEXT, head_dim=8, model_type="exaone4", sliding_window=4,
-                                               sliding_window_pattern=2),
-                              vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4,
-                                                 num_key_value_heads=2, out_hidden_size=32, patch_size=14,
-                                                 window_size=56, fullatt_block_indexes=[1]),
-                              image_token_id=IMAGE_ID, video_token_id=101)
-
-
-def _got_ocr2(t):
-    """GOT-OCR2 around a Qwen2: a SAM-like encoder of 4x4 patches of 16 px, convolved down to one image token (its
-    weights drawn at 0.02: the config's initializer_range of 1e-10 would let no image reach the logits)."""
-    return t.GotOcr2Config(text_config=dict(TEXT, head_dim=8, model_type="qwen2"),
-                           vision_config=dict(hidden_size=32, output_channels=16, num_hidden_layers=2,
-                                              num_attention_heads=4, image_size=64, patch_size=16, window_size=2,
-                                              global_attn_indexes=[1], mlp_dim=64, initializer_range=0.02),
-                           image_token_index=IMAGE_ID)
-
-
-def _lfm3_vl(t):
-    """LFM3-VL around an LFM3 (block 0 short convolution, block 1 gated attention): Qwen-VL-like patches of 16 px,
-    merged 2x2 into 4 tokens."""
-    return t.Lfm3VlConfig(text_config=dict(TEXT, head_dim=8, model_type="lfm3",
-                                           layer_types=["conv", "full_attention"], use_sandwich_norm=True,
-                                           use_attention_gate=True),
-                          vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                             num_attention_heads=4, num_key_value_heads=2, patch_size=16),
-                          image_token_id=IMAGE_ID, video_token_id=101, vision_start_token_id=102,
-                          vision_end_token_id=103, projector_hidden_size=32)
-
-
-def _sized_images(size: int) -> Callable:
-    """Mistral3 (Pixtral): square images with their sizes."""
-    return lambda n, gen: {"pixel_values": torch.randn(n, 3, size, size, generator=gen),
-                           "image_sizes": torch.tensor([[size, size]] * n)}
-
-
-def _idefics3(config_class: str) -> Callable:
-    """Idefics3 / SmolVLM: 4x4 patches, pixel-shuffled by 2: 4 tokens."""
-    return lambda t: getattr(t, config_class)(text_config=dict(TEXT, head_dim=8, model_type="llama"),
-                                              vision_config=dict(VISION, image_size=56, patch_size=14),
-                                              scale_factor=2, image_token_id=IMAGE_ID)
-
-
-def _image_lists(size: int) -> Callable:
-    """Idefics3 / SmolVLM: one image per row, (rows, images, 3, size, size)."""
-    return lambda n, gen: {"pixel_values": torch.randn(n, 1, 3, size, size, generator=gen)}
-
-
 FAMILIES: Dict[str, TinyVLM] = {
-    "llava": TinyVLM(("LlavaConfig", "LlavaForConditionalGeneration"), _llava, _square_images(28), True),
-    "gemma3": TinyVLM(("Gemma3Config", "Gemma3ForConditionalGeneration"), _gemma3, _square_images(32), True),
+    "llava": TinyVLM(("LlavaConfig", "LlavaForConditionalGeneration"), llava, square_images(28), True),
+    "gemma3": TinyVLM(("Gemma3Config", "Gemma3ForConditionalGeneration"), gemma3, square_images(32), True),
     # Qwen2-VL's attention sets head_dim = hidden_size // heads: pruned heads save in the per-layer form
-    "qwen2_vl": TinyVLM(("Qwen2VLConfig", "Qwen2VLForConditionalGeneration"), _qwen2_vl, _qwen_patches(14), False),
-    "qwen2_5_vl": TinyVLM(("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration"), _qwen2_5_vl,
-                          _qwen_patches(14), False),
-    "qwen3_vl": TinyVLM(("Qwen3VLConfig", "Qwen3VLForConditionalGeneration"), _qwen3_vl, _qwen_patches(16), True),
-    "qwen3_vl_moe": TinyVLM(("Qwen3VLMoeConfig", "Qwen3VLMoeForConditionalGeneration"), _qwen3_vl_moe,
-                            _qwen_patches(16), True, wrapped=2 * (4 + 4 * 2)),
-    "mistral3": TinyVLM(("Mistral3Config", "Mistral3ForConditionalGeneration"), _mistral3, _sized_images(56), True),
-    "smolvlm": TinyVLM(("SmolVLMConfig", "SmolVLMForConditionalGeneration"), _idefics3("SmolVLMConfig"),
-                       _image_lists(56), True, language_model="model.text_model"),
-    "idefics3": TinyVLM(("Idefics3Config", "Idefics3ForConditionalGeneration"), _idefics3("Idefics3Config"),
-                        _image_lists(56), True, language_model="model.text_model"),
+    "qwen2_vl": TinyVLM(("Qwen2VLConfig", "Qwen2VLForConditionalGeneration"), qwen2_vl, qwen_patches(14), False),
+    "qwen2_5_vl": TinyVLM(("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration"), qwen2_5_vl,
+                          qwen_patches(14), False),
+    "qwen3_vl": TinyVLM(("Qwen3VLConfig", "Qwen3VLForConditionalGeneration"), qwen3_vl, qwen_patches(16), True),
+    "qwen3_vl_moe": TinyVLM(("Qwen3VLMoeConfig", "Qwen3VLMoeForConditionalGeneration"), qwen3_vl_moe,
+                            qwen_patches(16), True, wrapped=2 * (4 + 4 * 2)),
+    "mistral3": TinyVLM(("Mistral3Config", "Mistral3ForConditionalGeneration"), mistral3, sized_images(56), True),
+    "smolvlm": TinyVLM(("SmolVLMConfig", "SmolVLMForConditionalGeneration"), idefics3("SmolVLMConfig"),
+                       image_lists(56), True, language_model="model.text_model"),
+    "idefics3": TinyVLM(("Idefics3Config", "Idefics3ForConditionalGeneration"), idefics3("Idefics3Config"),
+                        image_lists(56), True, language_model="model.text_model"),
     "llava_next": TinyVLM(("LlavaNextConfig", "LlavaNextForConditionalGeneration"),
-                          _llava_next("LlavaNextConfig", "llama", "clip_vision_model"), _anyres_images(28), True,
+                          llava_next("LlavaNextConfig", "llama", "clip_vision_model"), anyres_images(28), True,
                           image_tokens=10),
     "llava_onevision": TinyVLM(("LlavaOnevisionConfig", "LlavaOnevisionForConditionalGeneration"),
-                               _llava_next("LlavaOnevisionConfig", "qwen2", "siglip_vision_model"),
-                               _anyres_images(28), True, image_tokens=10),
-    "paligemma": TinyVLM(("PaliGemmaConfig", "PaliGemmaForConditionalGeneration"), _paligemma("gemma"),
-                         _square_images(28), True, prefix_lm=True),
+                               llava_next("LlavaOnevisionConfig", "qwen2", "siglip_vision_model"),
+                               anyres_images(28), True, image_tokens=10),
+    "paligemma": TinyVLM(("PaliGemmaConfig", "PaliGemmaForConditionalGeneration"), paligemma("gemma"),
+                         square_images(28), True, prefix_lm=True),
     # LFM2's heads are refused (a hybrid of convolution and attention blocks): its feed_forward w1/w3/w2 prune
-    "lfm2_vl": TinyVLM(("Lfm2VlConfig", "Lfm2VlForConditionalGeneration"), _lfm2_vl, _naflex_patches, True,
+    "lfm2_vl": TinyVLM(("Lfm2VlConfig", "Lfm2VlForConditionalGeneration"), lfm2_vl, naflex_patches, True,
                        wrapped=2 * 3, groups=("mlp",)),
     "llava_next_video": TinyVLM(("LlavaNextVideoConfig", "LlavaNextVideoForConditionalGeneration"),
-                                _llava_next("LlavaNextVideoConfig", "llama", "clip_vision_model"),
-                                _anyres_images(28), True, image_tokens=10),
-    "internvl": TinyVLM(("InternVLConfig", "InternVLForConditionalGeneration"), _internvl, _square_images(56), True),
+                                llava_next("LlavaNextVideoConfig", "llama", "clip_vision_model"),
+                                anyres_images(28), True, image_tokens=10),
+    "internvl": TinyVLM(("InternVLConfig", "InternVLForConditionalGeneration"), internvl, square_images(56), True),
     "aya_vision": TinyVLM(("AyaVisionConfig", "AyaVisionForConditionalGeneration"),
-                          _cohere_vision("AyaVisionConfig", image_token_index=IMAGE_ID, vision_feature_layer=-1),
-                          _square_images(56), True),
+                          cohere_vision("AyaVisionConfig", image_token_index=IMAGE_ID, vision_feature_layer=-1),
+                          square_images(56), True),
     "cohere2_vision": TinyVLM(("Cohere2VisionConfig", "Cohere2VisionForConditionalGeneration"),
-                              _cohere_vision("Cohere2VisionConfig", image_token_id=IMAGE_ID,
-                                             alignment_intermediate_size=64), _square_images(56), True),
-    "vipllava": TinyVLM(("VipLlavaConfig", "VipLlavaForConditionalGeneration"), _vipllava, _square_images(28), True),
-    "lighton_ocr": TinyVLM(("LightOnOcrConfig", "LightOnOcrForConditionalGeneration"), _lighton_ocr,
-                           _sized_images(56), True),
+                              cohere_vision("Cohere2VisionConfig", image_token_id=IMAGE_ID,
+                                            alignment_intermediate_size=64), square_images(56), True),
+    "vipllava": TinyVLM(("VipLlavaConfig", "VipLlavaForConditionalGeneration"), vipllava, square_images(28), True),
+    "lighton_ocr": TinyVLM(("LightOnOcrConfig", "LightOnOcrForConditionalGeneration"), lighton_ocr,
+                           sized_images(56), True),
     # Idefics2's connector MLP is text_config.intermediate_size wide: a pruned MLP saves in the per-layer form
-    "idefics2": TinyVLM(("Idefics2Config", "Idefics2ForConditionalGeneration"), _idefics2, _image_lists(28), False,
+    "idefics2": TinyVLM(("Idefics2Config", "Idefics2ForConditionalGeneration"), idefics2, image_lists(28), False,
                         language_model="model.text_model"),
-    "video_llava": TinyVLM(("VideoLlavaConfig", "VideoLlavaForConditionalGeneration"), _clip_llava(
-        "VideoLlavaConfig", vision_config=dict(VISION, model_type="clip_vision_model", image_size=28, patch_size=14,
-                                               projection_dim=32),
-        image_token_index=IMAGE_ID, video_token_index=101, vision_feature_layer=-1),
-        lambda n, gen: {"pixel_values_images": torch.randn(n, 3, 28, 28, generator=gen)}, True,
-        pixels_key="pixel_values_images"),
-    "deepseek_vl": TinyVLM(("DeepseekVLConfig", "DeepseekVLForConditionalGeneration"), _clip_llava(
-        "DeepseekVLConfig", vision_config=dict(VISION, model_type="siglip_vision_model", image_size=28,
-                                               patch_size=14), image_token_id=IMAGE_ID), _square_images(28), True),
-    "ovis2": TinyVLM(("Ovis2Config", "Ovis2ForConditionalGeneration"), _ovis2, _square_images(28), True),
-    "qianfan_ocr": TinyVLM(("QianfanOCRConfig", "QianfanOCRForConditionalGeneration"), _qianfan_ocr,
-                           _square_images(56), True),
-    "exaone4_5": TinyVLM(("Exaone4_5_Config", "Exaone4_5_ForConditionalGeneration"), _exaone4_5, _qwen_patches(14),
+    "video_llava": TinyVLM(("VideoLlavaConfig", "VideoLlavaForConditionalGeneration"), video_llava,
+                           video_llava_images, True, pixels_key="pixel_values_images"),
+    "deepseek_vl": TinyVLM(("DeepseekVLConfig", "DeepseekVLForConditionalGeneration"), deepseek_vl,
+                           square_images(28), True),
+    "ovis2": TinyVLM(("Ovis2Config", "Ovis2ForConditionalGeneration"), ovis2, square_images(28), True),
+    "qianfan_ocr": TinyVLM(("QianfanOCRConfig", "QianfanOCRForConditionalGeneration"), qianfan_ocr,
+                           square_images(56), True),
+    "exaone4_5": TinyVLM(("Exaone4_5_Config", "Exaone4_5_ForConditionalGeneration"), exaone4_5, qwen_patches(14),
                          True),
-    "got_ocr2": TinyVLM(("GotOcr2Config", "GotOcr2ForConditionalGeneration"), _got_ocr2, _square_images(64), True,
+    "got_ocr2": TinyVLM(("GotOcr2Config", "GotOcr2ForConditionalGeneration"), got_ocr2, square_images(64), True,
                         image_tokens=1),
     # LFM3's heads are refused (a hybrid of convolution and attention blocks): its feed_forward w1/w3/w2 prune
-    "lfm3_vl": TinyVLM(("Lfm3VlConfig", "Lfm3VlForConditionalGeneration"), _lfm3_vl, _qwen_patches(16), True,
+    "lfm3_vl": TinyVLM(("Lfm3VlConfig", "Lfm3VlForConditionalGeneration"), lfm3_vl, qwen_patches(16), True,
                        wrapped=2 * 3, groups=("mlp",)),
-    "paligemma2": TinyVLM(("PaliGemmaConfig", "PaliGemmaForConditionalGeneration"), _paligemma("gemma2"),
-                          _square_images(28), True, prefix_lm=True),
+    "paligemma2": TinyVLM(("PaliGemmaConfig", "PaliGemmaForConditionalGeneration"), paligemma("gemma2"),
+                          square_images(28), True, prefix_lm=True),
 }
 
 
@@ -372,7 +132,7 @@ def tiny_llava_around(text_config, seed: int = 0):
     import transformers
 
     torch.manual_seed(seed)
-    return transformers.LlavaForConditionalGeneration(_llava(transformers, text_config)).eval()
+    return transformers.LlavaForConditionalGeneration(llava(transformers, text_config)).eval()
 
 
 def text_inputs(n: int = 2, length: int = 10, seed: int = 1) -> dict:
