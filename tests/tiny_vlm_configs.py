@@ -268,3 +268,67 @@ def idefics3(config_class: str) -> Callable:
 def image_lists(size: int) -> Callable:
     """Idefics3 / SmolVLM: one image per row, (rows, images, 3, size, size)."""
     return lambda n, gen: {"pixel_values": torch.randn(n, 1, 3, size, size, generator=gen)}
+
+
+def hyperclovax_vision_v2(t):
+    """HyperCLOVA X SEED Vision around a HyperCLOVA X (post-norms, MuP multipliers): Qwen2.5-VL's vision tower."""
+    return t.HyperCLOVAXVisionV2Config(
+        text_config=dict(TEXT, head_dim=8, model_type="hyperclovax", use_post_norm=True, embedding_multiplier=2.0,
+                         residual_multiplier=0.5, logits_scaling=0.5, attention_multiplier=0.3),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32,
+                           patch_size=14, window_size=56, fullatt_block_indexes=[1]),
+        image_token_id=IMAGE_ID, video_token_id=101)
+
+
+def cosmos3_omni(t):
+    """Cosmos 3 Omni: Qwen3-VL's language model (qwen3_vl_text) and vision tower."""
+    return t.Cosmos3OmniConfig(text_config=dict(TEXT, head_dim=8, rope_parameters=dict(
+        rope_type="default", rope_theta=10000.0, mrope_section=[1, 1, 2])),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32,
+                           patch_size=16, num_position_embeddings=16, deepstack_visual_indexes=[0]),
+        image_token_id=IMAGE_ID, video_token_id=101, vision_start_token_id=102, vision_end_token_id=103)
+
+
+def video_llama_3(t):
+    """VideoLLaMA3 around a Qwen2: 4x4 patches of 14 px, merged 2x2 (image_merge_sizes) into 4 tokens."""
+    return t.VideoLlama3Config(text_config=dict(TEXT, head_dim=8, model_type="qwen2"),
+                               vision_config=dict(VISION, patch_size=14), image_token_id=IMAGE_ID, video_token_id=101)
+
+
+def video_llama_3_patches(n, gen):
+    """VideoLLaMA3: per image 4x4 flattened patches (3 * 14 * 14), its grid and its merge size."""
+    return {"pixel_values": torch.randn(n * 16, 3 * 14 * 14, generator=gen),
+            "image_grid_thw": torch.tensor([[1, 4, 4]] * n), "image_merge_sizes": torch.tensor([2] * n)}
+
+
+def blip_2(t):
+    """BLIP-2 around an OPT: the Q-Former's 4 query tokens are the image tokens (its vision weights drawn at 0.02:
+    the config's initializer_range of 1e-10 would let no image reach the logits)."""
+    opt = dict(vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+               word_embed_proj_dim=32, dropout=0.0, max_position_embeddings=64, pad_token_id=0, bos_token_id=1,
+               eos_token_id=2, model_type="opt")
+    return t.Blip2Config(text_config=opt, vision_config=dict(VISION, image_size=28, patch_size=14,
+                                                             initializer_range=0.02),
+                         qformer_config=dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                                             num_attention_heads=4, intermediate_size=64, encoder_hidden_size=32,
+                                             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+                         num_query_tokens=IMAGE_TOKENS, image_token_index=IMAGE_ID)
+
+
+def deepseek_vl_hybrid(t):
+    """DeepSeek-VL hybrid around a Llama: SigLIP's 2x2 patches (4 tokens), fused with a SAM-like high-resolution
+    encoder's features of a 64 px view."""
+    return t.DeepseekVLHybridConfig(text_config=dict(TEXT, head_dim=8, model_type="llama"),
+                                    vision_config=dict(VISION, model_type="siglip_vision_model", image_size=28,
+                                                       patch_size=14),
+                                    high_res_vision_config=dict(hidden_size=32, output_channels=32,
+                                                                num_hidden_layers=2, num_attention_heads=4,
+                                                                image_size=64, patch_size=16, window_size=2,
+                                                                global_attn_indexes=[1], mlp_dim=64),
+                                    image_token_id=IMAGE_ID)
+
+
+def hybrid_views(n, gen):
+    """DeepSeek-VL hybrid: the image at 28 px and at 64 px (the high-resolution view)."""
+    return {"pixel_values": torch.randn(n, 3, 28, 28, generator=gen),
+            "high_res_pixel_values": torch.randn(n, 3, 64, 64, generator=gen)}

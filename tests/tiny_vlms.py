@@ -16,11 +16,12 @@ from typing import Callable, Dict
 
 import torch
 
-from tiny_vlm_configs import (IMAGE_ID, IMAGE_TOKENS, anyres_images, cohere_vision, deepseek_vl, exaone4_5, gemma3,
-                              got_ocr2, idefics2, idefics3, image_lists, internvl, lfm2_vl, lfm3_vl, lighton_ocr,
-                              llava, llava_next, mistral3, naflex_patches, ovis2, paligemma, qianfan_ocr, qwen2_5_vl,
-                              qwen2_vl, qwen3_vl, qwen3_vl_moe, qwen_patches, sized_images, square_images, video_llava,
-                              video_llava_images, vipllava)
+from tiny_vlm_configs import (IMAGE_ID, IMAGE_TOKENS, anyres_images, blip_2, cohere_vision, cosmos3_omni, deepseek_vl,
+                              deepseek_vl_hybrid, exaone4_5, gemma3, got_ocr2, hybrid_views, hyperclovax_vision_v2,
+                              idefics2, idefics3, image_lists, internvl, lfm2_vl, lfm3_vl, lighton_ocr, llava,
+                              llava_next, mistral3, naflex_patches, ovis2, paligemma, qianfan_ocr, qwen2_5_vl,
+                              qwen2_vl, qwen3_vl, qwen3_vl_moe, qwen_patches, sized_images, square_images,
+                              video_llama_3, video_llama_3_patches, video_llava, video_llava_images, vipllava)
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
 
@@ -44,6 +45,7 @@ class TinyVLM:
     groups: tuple = ("mlp", "heads")  # what prunes: ("mlp",) where the language model's heads are refused
     prefix_lm: bool = False  # PaliGemma: token_type_ids 0 over the prefix (the image and the prompt), 1 after it
     pixels_key: str = "pixel_values"  # the image input's keyword (Video-LLaVA: pixel_values_images)
+    text_alone: bool = True  # whether the model runs on text without an image (BLIP-2 needs pixel_values)
 
 
 FAMILIES: Dict[str, TinyVLM] = {
@@ -102,6 +104,18 @@ FAMILIES: Dict[str, TinyVLM] = {
     # LFM3's heads are refused (a hybrid of convolution and attention blocks): its feed_forward w1/w3/w2 prune
     "lfm3_vl": TinyVLM(("Lfm3VlConfig", "Lfm3VlForConditionalGeneration"), lfm3_vl, qwen_patches(16), True,
                        wrapped=2 * 3, groups=("mlp",)),
+    "hyperclovax_vision_v2": TinyVLM(("HyperCLOVAXVisionV2Config", "HyperCLOVAXVisionV2ForConditionalGeneration"),
+                                     hyperclovax_vision_v2, qwen_patches(14), True),
+    "cosmos3_omni": TinyVLM(("Cosmos3OmniConfig", "Cosmos3OmniForConditionalGeneration"), cosmos3_omni,
+                            qwen_patches(16), True),
+    "video_llama_3": TinyVLM(("VideoLlama3Config", "VideoLlama3ForConditionalGeneration"), video_llama_3,
+                             video_llama_3_patches, True),
+    # BLIP-2's language model is a causal LM (OPTForCausalLM) whose base model holds the blocks; OPT's attention
+    # derives head_dim from hidden_size: pruned heads save in the per-layer form
+    "blip-2": TinyVLM(("Blip2Config", "Blip2ForConditionalGeneration"), blip_2, square_images(28), False,
+                      language_model="language_model.model.decoder", wrapped=2 * 6, text_alone=False),
+    "deepseek_vl_hybrid": TinyVLM(("DeepseekVLHybridConfig", "DeepseekVLHybridForConditionalGeneration"),
+                                  deepseek_vl_hybrid, hybrid_views, True),
     "paligemma2": TinyVLM(("PaliGemmaConfig", "PaliGemmaForConditionalGeneration"), paligemma("gemma2"),
                           square_images(28), True, prefix_lm=True),
 }
