@@ -1,12 +1,13 @@
 """Vision-language models (the types of ``tiny_vlms.FAMILIES``: LLaVA and its NeXT, NeXT-Video, OneVision,
-VipLLaVA and Video-LLaVA variants, DeepSeek-VL, Gemma 3, PaliGemma 1 and 2, Qwen2-VL, Qwen2.5-VL, Qwen3-VL,
-Qwen3-VL-MoE, EXAONE 4.5, Mistral3, LightOnOCR, SmolVLM, Idefics2, Idefics3, InternVL, Qianfan-OCR, Ovis2,
-GOT-OCR2, Aya Vision, Command A Vision, LFM2-VL, LFM3-VL) end to end on tiny configs, as a user runs them.
+VipLLaVA and Video-LLaVA variants, DeepSeek-VL (and hybrid), BLIP-2, Gemma 3, PaliGemma 1 and 2, Qwen2-VL,
+Qwen2.5-VL, Qwen3-VL, Cosmos 3 Omni, Qwen3-VL-MoE, EXAONE 4.5, HyperCLOVA X Vision, VideoLLaMA3, Mistral3,
+LightOnOCR, SmolVLM, Idefics2, Idefics3, InternVL, Qianfan-OCR, Ovis2, GOT-OCR2, Aya Vision, Command A Vision,
+LFM2-VL, LFM3-VL) end to end on tiny configs, as a user runs them.
 
 ``prepare_model(vlm)`` prunes the language model's MLP channels and heads (its MLP only where the language
 model's heads are refused; the vision tower and the projector stay as they are) → one training step on image
-inputs → harden → compact → equal outputs (relative error) for text-only inputs and for inputs with
-``pixel_values`` → save → reload (``load_compact``, and plain transformers
+inputs → harden → compact → equal outputs (relative error) for text-only inputs (where the model runs them)
+and for inputs with ``pixel_values`` → save → reload (``load_compact``, and plain transformers
 in a process without masked_dora where the text config can express the sizes) → equal outputs and equal
 ``generate()`` tokens, text-only and with an image. The Trainer with ``MaskedDoRACallback`` puts the penalty on
 the VLM's loss. Hidden pruning is refused (the projector writes into the residual stream).
