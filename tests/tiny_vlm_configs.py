@@ -332,3 +332,21 @@ def hybrid_views(n, gen):
     """DeepSeek-VL hybrid: the image at 28 px and at 64 px (the high-resolution view)."""
     return {"pixel_values": torch.randn(n, 3, 28, 28, generator=gen),
             "high_res_pixel_values": torch.randn(n, 3, 64, 64, generator=gen)}
+
+
+def instructblip(t):
+    """InstructBLIP around a Llama (Vicuna): the Q-Former, which reads the instruction too, gives 4 query tokens
+    (its vision weights drawn at 0.02, as BLIP-2's)."""
+    return t.InstructBlipConfig(text_config=dict(TEXT, head_dim=8, model_type="llama"),
+                                vision_config=dict(VISION, image_size=28, patch_size=14, initializer_range=0.02),
+                                qformer_config=dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                                                    num_attention_heads=4, intermediate_size=64,
+                                                    encoder_hidden_size=32, hidden_dropout_prob=0.0,
+                                                    attention_probs_dropout_prob=0.0),
+                                num_query_tokens=IMAGE_TOKENS, image_token_index=IMAGE_ID)
+
+
+def instructblip_inputs(n, gen):
+    """InstructBLIP: the image and the instruction's tokens for the Q-Former (its own vocabulary)."""
+    return {"pixel_values": torch.randn(n, 3, 28, 28, generator=gen),
+            "qformer_input_ids": torch.randint(3, VOCAB, (n, 5), generator=gen)}

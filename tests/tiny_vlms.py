@@ -18,10 +18,11 @@ import torch
 
 from tiny_vlm_configs import (IMAGE_ID, IMAGE_TOKENS, anyres_images, blip_2, cohere_vision, cosmos3_omni, deepseek_vl,
                               deepseek_vl_hybrid, exaone4_5, gemma3, got_ocr2, hybrid_views, hyperclovax_vision_v2,
-                              idefics2, idefics3, image_lists, internvl, lfm2_vl, lfm3_vl, lighton_ocr, llava,
-                              llava_next, mistral3, naflex_patches, ovis2, paligemma, qianfan_ocr, qwen2_5_vl,
-                              qwen2_vl, qwen3_vl, qwen3_vl_moe, qwen_patches, sized_images, square_images,
-                              video_llama_3, video_llama_3_patches, video_llava, video_llava_images, vipllava)
+                              idefics2, idefics3, image_lists, instructblip, instructblip_inputs, internvl, lfm2_vl,
+                              lfm3_vl, lighton_ocr, llava, llava_next, mistral3, naflex_patches, ovis2, paligemma,
+                              qianfan_ocr, qwen2_5_vl, qwen2_vl, qwen3_vl, qwen3_vl_moe, qwen_patches, sized_images,
+                              square_images, video_llama_3, video_llama_3_patches, video_llava, video_llava_images,
+                              vipllava)
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
 
@@ -114,6 +115,8 @@ FAMILIES: Dict[str, TinyVLM] = {
     # derives head_dim from hidden_size: pruned heads save in the per-layer form
     "blip-2": TinyVLM(("Blip2Config", "Blip2ForConditionalGeneration"), blip_2, square_images(28), False,
                       language_model="language_model.model.decoder", wrapped=2 * 6, text_alone=False),
+    "instructblip": TinyVLM(("InstructBlipConfig", "InstructBlipForConditionalGeneration"), instructblip,
+                            instructblip_inputs, True, language_model="language_model.model", text_alone=False),
     "deepseek_vl_hybrid": TinyVLM(("DeepseekVLHybridConfig", "DeepseekVLHybridForConditionalGeneration"),
                                   deepseek_vl_hybrid, hybrid_views, True),
     "paligemma2": TinyVLM(("PaliGemmaConfig", "PaliGemmaForConditionalGeneration"), paligemma("gemma2"),

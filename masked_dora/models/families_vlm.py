@@ -26,8 +26,9 @@ VLM_WRAPPERS: Dict[str, WrapperSpec] = {
         "lfm3_vl", "internvl", "qianfan_ocr", "aya_vision", "cohere2_vision", "video_llava", "deepseek_vl", "ovis2",
         "exaone4_5", "got_ocr2", "hyperclovax_vision_v2", "cosmos3_omni", "video_llama_3", "deepseek_vl_hybrid")},
     **{t: WrapperSpec(language_model="text_model") for t in ("idefics3", "smolvlm")},
-    # BLIP-2 (an OPT inside; a T5 inside is not covered: its blocks sit elsewhere): a causal LM, blocks in its base
-    "blip-2": WrapperSpec(language_model="language_model.model"),
+    # BLIP-2 (an OPT inside), InstructBLIP (a Llama/Vicuna): a causal LM, the blocks in its base model (a Flan-T5
+    # inside is not covered: its blocks sit elsewhere)
+    **{t: WrapperSpec(language_model="language_model.model") for t in ("blip-2", "instructblip")},
     # Idefics2's connector MLP is built text_config.intermediate_size wide: a pruned MLP saves in the per-layer form
     "idefics2": WrapperSpec(language_model="text_model", shared_text_keys=("intermediate_size",)),
 }
