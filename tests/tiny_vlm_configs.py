@@ -160,11 +160,16 @@ def cohere_vision(config_class: str, **extra) -> Callable:
 
 
 def vipllava(t):
-    """VipLLaVA: CLIP's last two layers' features (its CLS token dropped) of 2x2 patches: 4 tokens."""
+    """VipLLaVA: CLIP's last two layers' features (its CLS token dropped) of 2x2 patches: 4 tokens. The layers'
+    key is vision_feature_layer in transformers 5.24, vision_feature_layers before."""
+    import inspect
+
+    plural = "vision_feature_layers" in inspect.signature(t.VipLlavaConfig.__init__).parameters
     return t.VipLlavaConfig(text_config=dict(TEXT, head_dim=8, model_type="llama"),
                             vision_config=dict(VISION, model_type="clip_vision_model", image_size=28, patch_size=14,
                                                projection_dim=32),
-                            image_token_index=IMAGE_ID, vision_feature_layer=[-2, -1])
+                            image_token_index=IMAGE_ID,
+                            **{"vision_feature_layers" if plural else "vision_feature_layer": [-2, -1]})
 
 
 def lighton_ocr(t):
