@@ -1,5 +1,5 @@
 """Vision-language models (the types of ``tiny_vlms.FAMILIES``: LLaVA and its NeXT, NeXT-Video, OneVision,
-VipLLaVA and Video-LLaVA variants, DeepSeek-VL (and hybrid), BLIP-2, Gemma 3, PaliGemma 1 and 2, Qwen2-VL,
+VipLLaVA and Video-LLaVA variants, DeepSeek-VL (and hybrid), BLIP-2, InstructBLIP, Gemma 3, PaliGemma 1 and 2, Qwen2-VL,
 Qwen2.5-VL, Qwen3-VL, Cosmos 3 Omni, Qwen3-VL-MoE, EXAONE 4.5, HyperCLOVA X Vision, VideoLLaMA3, Mistral3,
 LightOnOCR, SmolVLM, Idefics2, Idefics3, InternVL, Qianfan-OCR, Ovis2, GOT-OCR2, Aya Vision, Command A Vision,
 LFM2-VL, LFM3-VL) end to end on tiny configs, as a user runs them.
