@@ -355,3 +355,29 @@ def instructblip_inputs(n, gen):
     """InstructBLIP: the image and the instruction's tokens for the Q-Former (its own vocabulary)."""
     return {"pixel_values": torch.randn(n, 3, 28, 28, generator=gen),
             "qformer_input_ids": torch.randint(3, VOCAB, (n, 5), generator=gen)}
+
+
+def minicpm_v(config_class: str) -> Callable:
+    """MiniCPM-V 4.6 / 4.7 / MiniCPM-OCR around a Qwen3.5 text model (block 0 gated DeltaNet, block 1 attention:
+    heads refused, MLP only): an 8x8 grid of 16 px patches, merged 2x2 inside the vision tower (after layer 0) and
+    2x2 again by the merger ("16x", MiniCPM-OCR's default is "4x"): 4 tokens."""
+    def config(t):
+        import inspect
+
+        text = dict(TEXT, head_dim=8, model_type="qwen3_5_text", layer_types=["linear_attention", "full_attention"],
+                    linear_conv_kernel_dim=4, linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
+                    linear_num_value_heads=4)
+        config_type = getattr(t, config_class)
+        sized = {"image_size": 128} if "image_size" in inspect.signature(config_type.__init__).parameters else {}
+        return config_type(text_config=text, vision_config=dict(VISION, image_size=128, patch_size=16,
+                                                                insert_layer_id=0),
+                           insert_layer_id=0, downsample_mode="16x", image_token_id=IMAGE_ID, video_token_id=101,
+                           **sized)
+    return config
+
+
+def packed_patches(n, gen):
+    """MiniCPM-V: the images' 16 px patches side by side in one row of patches, (1, 3, 16, n * 64 * 16), with each
+    image's grid (in patches)."""
+    return {"pixel_values": torch.randn(1, 3, 16, n * 64 * 16, generator=gen),
+            "target_sizes": torch.tensor([[8, 8]] * n)}

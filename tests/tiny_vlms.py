@@ -19,10 +19,10 @@ import torch
 from tiny_vlm_configs import (IMAGE_ID, IMAGE_TOKENS, anyres_images, blip_2, cohere_vision, cosmos3_omni, deepseek_vl,
                               deepseek_vl_hybrid, exaone4_5, gemma3, got_ocr2, hybrid_views, hyperclovax_vision_v2,
                               idefics2, idefics3, image_lists, instructblip, instructblip_inputs, internvl, lfm2_vl,
-                              lfm3_vl, lighton_ocr, llava, llava_next, mistral3, naflex_patches, ovis2, paligemma,
-                              qianfan_ocr, qwen2_5_vl, qwen2_vl, qwen3_vl, qwen3_vl_moe, qwen_patches, sized_images,
-                              square_images, video_llama_3, video_llama_3_patches, video_llava, video_llava_images,
-                              vipllava)
+                              lfm3_vl, lighton_ocr, llava, llava_next, minicpm_v, mistral3, naflex_patches, ovis2,
+                              packed_patches, paligemma, qianfan_ocr, qwen2_5_vl, qwen2_vl, qwen3_vl, qwen3_vl_moe,
+                              qwen_patches, sized_images, square_images, video_llama_3, video_llama_3_patches,
+                              video_llava, video_llava_images, vipllava)
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
 
@@ -119,6 +119,11 @@ FAMILIES: Dict[str, TinyVLM] = {
                             instructblip_inputs, True, language_model="language_model.model", text_alone=False),
     "deepseek_vl_hybrid": TinyVLM(("DeepseekVLHybridConfig", "DeepseekVLHybridForConditionalGeneration"),
                                   deepseek_vl_hybrid, hybrid_views, True),
+    # MiniCPM-V's language model, a Qwen3.5 text model, is a hybrid: its heads are refused
+    **{family: TinyVLM((f"{prefix}Config", f"{prefix}ForConditionalGeneration"), minicpm_v(f"{prefix}Config"),
+                       packed_patches, True, wrapped=2 * 3, groups=("mlp",))
+       for family, prefix in (("minicpmv4_6", "MiniCPMV4_6"), ("minicpmv4_7", "MiniCPMV4_7"),
+                              ("minicpm_ocr", "MiniCPMOcr"))},
     "paligemma2": TinyVLM(("PaliGemmaConfig", "PaliGemmaForConditionalGeneration"), paligemma("gemma2"),
                           square_images(28), True, prefix_lm=True),
 }
