@@ -78,9 +78,10 @@ def qwen3_vl(t):
 
 
 def qwen3_vl_moe(t):
-    """Qwen3-VL-MoE: Qwen3-VL with 4 experts of width 64 (2 per token) in every block."""
+    """Qwen3-VL-MoE: Qwen3-VL with 4 experts of width 64 (2 per token) in block 0; block 1 dense (mlp_only_layers:
+    Llama's MLP, width intermediate_size 64)."""
     return t.Qwen3VLMoeConfig(text_config=dict(TEXT, head_dim=8, num_experts=4, num_experts_per_tok=2,
-                                               moe_intermediate_size=64,
+                                               moe_intermediate_size=64, mlp_only_layers=[1],
                                                rope_parameters=dict(rope_type="default", rope_theta=10000.0,
                                                                     mrope_section=[1, 1, 2])),
                               vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4,

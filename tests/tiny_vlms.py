@@ -58,7 +58,7 @@ FAMILIES: Dict[str, TinyVLM] = {
                           qwen_patches(14), False),
     "qwen3_vl": TinyVLM(("Qwen3VLConfig", "Qwen3VLForConditionalGeneration"), qwen3_vl, qwen_patches(16), True),
     "qwen3_vl_moe": TinyVLM(("Qwen3VLMoeConfig", "Qwen3VLMoeForConditionalGeneration"), qwen3_vl_moe,
-                            qwen_patches(16), True, wrapped=2 * (4 + 4 * 2)),
+                            qwen_patches(16), True, wrapped=(4 + 4 * 2) + 7),
     "mistral3": TinyVLM(("Mistral3Config", "Mistral3ForConditionalGeneration"), mistral3, sized_images(56), True),
     "smolvlm": TinyVLM(("SmolVLMConfig", "SmolVLMForConditionalGeneration"), idefics3("SmolVLMConfig"),
                        image_lists(56), True, language_model="model.text_model"),

@@ -297,12 +297,12 @@ class WrapperSpec:
     ``model_type`` says (:func:`masked_dora.models.specs.spec_for` wraps that spec: :func:`wrap_spec`), and leaves
     the vision tower and the projector as they are. ``language_model``: the name of the language model module
     (the last part of its qualified name: ``model.language_model`` in transformers 5's Gemma 3, LLaVA, Qwen-VL;
-    ``model.text_model`` in Idefics3/SmolVLM), under which the inner spec's block list is looked up (a vision
-    tower has a ``layers`` list of its own); ``text_config``: the model config's attribute holding the language
-    model's config (its sizes are read there, and the compacted ones written there). ``shared_text_keys``: text
-    config keys that also size a module outside the language model (Idefics2's connector MLP is
-    ``text_config.intermediate_size`` wide): a pruned width is not written to them (the connector would be built
-    narrower), so a pruned MLP saves in the per-layer form.
+    ``model.text_model`` in Idefics3/SmolVLM; ``language_model.model``, the base model of BLIP-2's causal LM),
+    under which the inner spec's block list is looked up (a vision tower has a ``layers`` list of its own);
+    ``text_config``: the model config's attribute holding the language model's config (its sizes are read there,
+    and the compacted ones written there). ``shared_text_keys``: text config keys that also size a module outside
+    the language model (Idefics2's connector MLP is ``text_config.intermediate_size`` wide): a pruned width is not
+    written to them (the connector would be built narrower), so a pruned MLP saves in the per-layer form.
     """
 
     language_model: str
