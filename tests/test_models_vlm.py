@@ -1,9 +1,13 @@
-"""Vision-language models (LLaVA, Gemma 3, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Mistral3, SmolVLM, Idefics3) end to end
-on tiny configs, as a user runs them.
+"""Vision-language models (the types of ``tiny_vlms.FAMILIES``: LLaVA and its NeXT, NeXT-Video, OneVision,
+VipLLaVA and Video-LLaVA variants, DeepSeek-VL (and hybrid), BLIP-2, InstructBLIP, Gemma 3, PaliGemma 1 and 2, Qwen2-VL,
+Qwen2.5-VL, Qwen3-VL, Cosmos 3 Omni, Qwen3-VL-MoE, EXAONE 4.5, HyperCLOVA X Vision, VideoLLaMA3, Mistral3,
+LightOnOCR, SmolVLM, Idefics2, Idefics3, InternVL, Qianfan-OCR, Ovis2, GOT-OCR2, Aya Vision, Command A Vision,
+LFM2-VL, LFM3-VL, MiniCPM-V 4.6 / 4.7 / OCR) end to end on tiny configs, as a user runs them.
 
-``prepare_model(vlm)`` prunes the language model's MLP channels and heads (the vision tower and the projector
-stay as they are) → one training step on image inputs → harden → compact → equal outputs (relative error) for
-text-only inputs and for inputs with ``pixel_values`` → save → reload (``load_compact``, and plain transformers
+``prepare_model(vlm)`` prunes the language model's MLP channels and heads (its MLP only where the language
+model's heads are refused; the vision tower and the projector stay as they are) → one training step on image
+inputs → harden → compact → equal outputs (relative error) for text-only inputs (where the model runs them)
+and for inputs with ``pixel_values`` → save → reload (``load_compact``, and plain transformers
 in a process without masked_dora where the text config can express the sizes) → equal outputs and equal
 ``generate()`` tokens, text-only and with an image. The Trainer with ``MaskedDoRACallback`` puts the penalty on
 the VLM's loss. Hidden pruning is refused (the projector writes into the residual stream).
@@ -23,8 +27,8 @@ from masked_dora.models.compact import LAYER_SIZES_KEY
 
 from helpers import rel_err
 from tiny_models import randomize_adapters, reload_plain_in_clean_process
-from tiny_vlms import (FAMILIES, IMAGE_ID, TEXT, available, image_inputs, text_inputs, tiny_llava_around,
-                       tiny_vlm)
+from tiny_vlm_configs import TEXT
+from tiny_vlms import FAMILIES, IMAGE_ID, available, image_inputs, text_inputs, tiny_llava_around, tiny_vlm
 
 VLMS = [f for f in FAMILIES if available(f)]
 MISSING = [f for f in FAMILIES if not available(f)]
@@ -61,33 +65,37 @@ def _outside_blocks(model, family: str) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith(blocks)}
 
 
+def _kv_heads(text_config) -> int:
+    return getattr(text_config, "num_key_value_heads", text_config.num_attention_heads)  # OPT: one per query head
+
+
 def _generate(model, inputs: dict) -> torch.Tensor:
-    return model.generate(**_first_row(inputs), max_new_tokens=5, do_sample=False)
+    return model.generate(**inputs, max_new_tokens=5, do_sample=False)
 
 
-def _first_row(inputs: dict) -> dict:
-    """Row 0 of a batch and its image (Qwen-VL: its grid's rows of the flattened patches)."""
-    if "image_grid_thw" not in inputs:
-        return {k: v[:1] for k, v in inputs.items()}
-    grid = inputs["image_grid_thw"][:1]
-    return {**{k: v[:1] for k, v in inputs.items()}, "pixel_values": inputs["pixel_values"][:int(grid.prod())]}
+def _inputs(family: str, n: int = 2) -> dict:
+    """``n`` rows of image inputs and, where the model runs them, of text-only ones (generate() gets one row,
+    built as the batch is: packed or flattened pixels stay the row's own)."""
+    image = {"image": image_inputs(family, n=n)}
+    return dict(image, text=text_inputs(n=n)) if FAMILIES[family].text_alone else image
 
 
 def _chain(family: str, path: str) -> dict:
     model = tiny_vlm(family)
     before = _outside_blocks(model, family)
-    prepare_model(model, MaskedDoRAConfig(**CONFIG))
+    prepare_model(model, MaskedDoRAConfig(**CONFIG, target_groups=FAMILIES[family].groups))
     randomize_adapters(model)
     _train_step(model, family)
     harden(model)
-    inputs = {"text": text_inputs(), "image": image_inputs(family)}
+    inputs = _inputs(family)
     with torch.no_grad():
         ref = {k: model(**v).logits for k, v in inputs.items()}
         small = compact_model(model)
         out = {k: small(**v).logits for k, v in inputs.items()}
     small.save_pretrained(path)
     torch.save(inputs["image"], os.path.join(path, "inputs.pt"))
-    return dict(model=model, small=small, before=before, inputs=inputs, ref=ref, out=out, path=path)
+    return dict(model=model, small=small, before=before, inputs=inputs, ref=ref, out=out, path=path,
+                one_row=_inputs(family, n=1))
 
 
 @pytest.fixture(scope="module")
@@ -104,25 +112,34 @@ def test_vlm_spec_is_its_language_models(family):
     assert spec.name == f"{model.config.model_type}+{spec_for(model.config.text_config).name}"
     language_model = FAMILIES[family].language_model
     assert find_layers(model, spec)[0] == language_model + ".layers"
-    prepare_model(model, MaskedDoRAConfig(**CONFIG))
+    groups = FAMILIES[family].groups
+    if "heads" not in groups:  # refused, naming the VLM, before anything is wrapped
+        with pytest.raises(ValueError, match=rf"'heads' cannot be pruned in a '{model.config.model_type}' model"):
+            prepare_model(model, MaskedDoRAConfig(**CONFIG))
+    prepare_model(model, MaskedDoRAConfig(**CONFIG, target_groups=groups))
     wrapped = [n for n, m in model.named_modules() if type(m).__name__ == "MaskedDoRALinear"]
-    assert len(wrapped) == 2 * 7 and all(n.startswith(language_model + ".") for n in wrapped)
-    assert sorted(get_state(model).groups) == ["heads_0", "heads_1", "mlp_0", "mlp_1"]
+    assert len(wrapped) == FAMILIES[family].wrapped and all(n.startswith(language_model + ".") for n in wrapped)
+    assert sorted(get_state(model).groups) == sorted(f"{g}_{i}" for g in groups for i in range(2))
 
 
 @pytest.mark.parametrize("family", VLMS)
 def test_vlm_compacts_saves_reloads_and_generates_equal(chains, family):
     c = chains[family]
     with torch.no_grad():  # the image reaches the logits (the image-input comparison is not a text-only one)
-        other = dict(c["inputs"]["image"], pixel_values=c["inputs"]["image"]["pixel_values"] + 1.0)
+        key = FAMILIES[family].pixels_key
+        other = dict(c["inputs"]["image"], **{key: c["inputs"]["image"][key] + 1.0})
         assert rel_err(c["model"](**other).logits, c["ref"]["image"]) > 1e-3
-    for kind in ("text", "image"):
+    for kind in c["inputs"]:
         assert rel_err(c["out"][kind], c["ref"][kind]) < TOL, kind
     small, text = c["small"], c["small"].config.text_config
-    assert (text.intermediate_size, text.num_attention_heads, text.num_key_value_heads) == (32, 2, 1) or (
-        not FAMILIES[family].plain_heads and getattr(small.config, LAYER_SIZES_KEY) == [
-            dict(intermediate=32, heads=2, kv_heads=1, head_dim=8)] * 2)
-    assert get_state(c["model"]).save_form == ("plain" if FAMILIES[family].plain_heads else "per_layer")
+    # the MLP width key: an MoE's is one expert's (moe_intermediate_size); "" where the key sizes other modules
+    width = spec_for(small).mlp.size_key
+    before = FAMILIES[family].config(__import__("transformers")).text_config
+    heads = (2, _kv_heads(before) // 2) if "heads" in FAMILIES[family].groups else (4, _kv_heads(before))
+    assert (width and (getattr(text, width), text.num_attention_heads, _kv_heads(text)) == (32, *heads)) or (
+        not FAMILIES[family].plain and getattr(small.config, LAYER_SIZES_KEY) == [
+            dict(intermediate=32, heads=heads[0], kv_heads=heads[1], head_dim=8)] * 2)
+    assert get_state(c["model"]).save_form == ("plain" if FAMILIES[family].plain else "per_layer")
     # the vision tower, the projector, the embeddings and the LM head: the original model's, untouched
     kept = _outside_blocks(small, family)
     assert kept.keys() == c["before"].keys()
@@ -131,7 +148,7 @@ def test_vlm_compacts_saves_reloads_and_generates_equal(chains, family):
     with torch.no_grad():
         for kind, inputs in c["inputs"].items():
             assert rel_err(reloaded(**inputs).logits, c["ref"][kind]) < TOL, kind
-    for kind, inputs in c["inputs"].items():
+    for kind, inputs in c["one_row"].items():
         assert torch.equal(_generate(reloaded, inputs), _generate(c["model"], inputs)), kind
 
 
@@ -141,7 +158,7 @@ def test_plain_vlm_checkpoints_reload_with_plain_transformers(chains):
 
     if not hasattr(transformers, "AutoModelForImageTextToText"):
         pytest.skip("this transformers has no AutoModelForImageTextToText")
-    plain = [f for f in chains if FAMILIES[f].plain_heads]
+    plain = [f for f in chains if FAMILIES[f].plain]
     if not plain:
         pytest.skip("no plain VLM family in this transformers")
     outputs = reload_plain_in_clean_process([(chains[f]["path"], "AutoModelForImageTextToText") for f in plain])

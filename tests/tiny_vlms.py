@@ -1,10 +1,11 @@
 """Tiny random vision-language models (built from configs, no download, no processor) and their inputs.
 
-Each family: a language model of 2 blocks, hidden 32, 4 query / 2 KV heads of 8, MLP 64, vocabulary 128; a
-vision tower of 2 layers, hidden 32, and a tiny image (28-56 px) that the model turns into ``IMAGE_TOKENS``
-placeholder tokens (id ``IMAGE_ID``) of ``input_ids``. The inputs are built by hand as the model's processor
-would: the image token repeated as many times as the image has features, ``pixel_values`` in the layout the
-vision tower reads (Qwen-VL: flattened patches with ``image_grid_thw``; Mistral3: ``image_sizes``).
+One row of ``FAMILIES`` per VLM type (its VLM type a ``WrapperSpec`` in ``masked_dora/models/families_vlm.py``):
+its config and image inputs (``tiny_vlm_configs``: a language model of 2 blocks, hidden 32, 4 query / 2 KV heads
+of 8, MLP 64, vocabulary 128; a vision tower of 2 layers, hidden 32; a tiny image that the model turns into
+``IMAGE_TOKENS``, or the family's ``image_tokens``, placeholder tokens, id ``IMAGE_ID``, of ``input_ids``) and
+what the tests expect of it. The inputs are built by hand as the model's processor would: the image token
+repeated as many times as the image has features, the pixels in the layout the vision tower reads.
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ from typing import Callable, Dict
 
 import torch
 
-VOCAB, IMAGE_ID, IMAGE_TOKENS = 128, 100, 4
-TEXT = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+from tiny_vlm_configs import (IMAGE_ID, IMAGE_TOKENS, anyres_images, blip_2, cohere_vision, cosmos3_omni, deepseek_vl,
+                              deepseek_vl_hybrid, exaone4_5, gemma3, got_ocr2, hybrid_views, hyperclovax_vision_v2,
+                              idefics2, idefics3, image_lists, instructblip, instructblip_inputs, internvl, lfm2_vl,
+                              lfm3_vl, lighton_ocr, llava, llava_next, minicpm_v, mistral3, naflex_patches, ovis2,
+                              packed_patches, paligemma, qianfan_ocr, qwen2_5_vl, qwen2_vl, qwen3_vl, qwen3_vl_moe,
+                              qwen_patches, sized_images, square_images, video_llama_3, video_llama_3_patches,
+                              video_llava, video_llava_images, vipllava)
+
+_qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
 
 
 @dataclass(frozen=True)
@@ -29,106 +35,97 @@ class TinyVLM:
     classes: tuple  # (config class, model class): the test skips where this transformers lacks one
     config: Callable
     pixels: Callable
-    plain_heads: bool  # whether the config can say pruned heads (head_dim), so the head-pruned model saves plainly
+    # whether the compacted model saves plainly: its text config says the pruned sizes (head_dim for the heads; an
+    # MLP width key that sizes nothing outside the language model)
+    plain: bool
     language_model: str = "model.language_model"  # the qualified name of the language model
-
-
-def _square_images(size: int) -> Callable:
-    return lambda n, gen: {"pixel_values": torch.randn(n, 3, size, size, generator=gen)}
-
-
-def _qwen_patches(patch: int, grid=(1, 4, 4)) -> Callable:
-    """Qwen-VL's flattened patches: per image t*h*w rows of 3 * temporal_patch (2) * patch * patch; 2x2 patches
-    merge into one token, so a 1x4x4 grid gives 4 image tokens."""
-    t, h, w = grid
-
-    def pixels(n, gen):
-        return {"pixel_values": torch.randn(n * t * h * w, 3 * 2 * patch * patch, generator=gen),
-                "image_grid_thw": torch.tensor([list(grid)] * n)}
-    return pixels
-
-
-def _llava(t, text_config=None):
-    """LLaVA around a Llama (or ``text_config``: another language model's config, e.g. a Cohere)."""
-    text_config = t.LlamaConfig(**TEXT, head_dim=8) if text_config is None else text_config
-    return t.LlavaConfig(text_config=text_config.to_dict(),
-                         vision_config=dict(VISION, model_type="clip_vision_model", image_size=28, patch_size=14,
-                                            projection_dim=32),
-                         image_token_id=IMAGE_ID, vision_feature_layer=-1,
-                         vision_feature_select_strategy="default")  # 2x2 patches, the CLS token dropped: 4 tokens
-
-
-def _gemma3(t):
-    return t.Gemma3Config(text_config=dict(TEXT, head_dim=8, sliding_window=8, model_type="gemma3_text"),
-                          vision_config=dict(VISION, image_size=32, patch_size=16),  # 2x2 patches
-                          mm_tokens_per_image=IMAGE_TOKENS, image_token_index=IMAGE_ID, boi_token_index=101,
-                          eoi_token_index=102)
-
-
-def _qwen2_vl(t):
-    return t.Qwen2VLConfig(text_config=dict(TEXT, rope_parameters=dict(rope_type="default", rope_theta=10000.0,
-                                                                       mrope_section=[1, 1, 2])),
-                           vision_config=dict(depth=2, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2,
-                                              patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
-                           image_token_id=IMAGE_ID, video_token_id=101, vision_start_token_id=102)
-
-
-def _qwen2_5_vl(t):
-    return t.Qwen2_5_VLConfig(text_config=dict(TEXT, rope_parameters=dict(rope_type="default", rope_theta=10000.0,
-                                                                          mrope_section=[1, 1, 2])),
-                              vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4,
-                                                 out_hidden_size=32, patch_size=14, window_size=56,
-                                                 fullatt_block_indexes=[1]),
-                              image_token_id=IMAGE_ID, video_token_id=101, vision_start_token_id=102)
-
-
-def _qwen3_vl(t):
-    return t.Qwen3VLConfig(text_config=dict(TEXT, head_dim=8, rope_parameters=dict(rope_type="default",
-                                                                                  rope_theta=10000.0,
-                                                                                  mrope_section=[1, 1, 2])),
-                           vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4,
-                                              out_hidden_size=32, patch_size=16, num_position_embeddings=16,
-                                              deepstack_visual_indexes=[0]),
-                           image_token_id=IMAGE_ID, video_token_id=101, vision_start_token_id=102)
-
-
-def _mistral3(t):
-    return t.Mistral3Config(text_config=dict(TEXT, head_dim=8, model_type="mistral"),
-                            vision_config=dict(VISION, model_type="pixtral", image_size=56, patch_size=14),
-                            image_token_index=IMAGE_ID, spatial_merge_size=2)  # 4x4 patches, merged 2x2: 4 tokens
-
-
-def _sized_images(size: int) -> Callable:
-    """Mistral3 (Pixtral): square images with their sizes."""
-    return lambda n, gen: {"pixel_values": torch.randn(n, 3, size, size, generator=gen),
-                           "image_sizes": torch.tensor([[size, size]] * n)}
-
-
-def _idefics3(config_class: str) -> Callable:
-    """Idefics3 / SmolVLM: 4x4 patches, pixel-shuffled by 2: 4 tokens."""
-    return lambda t: getattr(t, config_class)(text_config=dict(TEXT, head_dim=8, model_type="llama"),
-                                              vision_config=dict(VISION, image_size=56, patch_size=14),
-                                              scale_factor=2, image_token_id=IMAGE_ID)
-
-
-def _image_lists(size: int) -> Callable:
-    """Idefics3 / SmolVLM: one image per row, (rows, images, 3, size, size)."""
-    return lambda n, gen: {"pixel_values": torch.randn(n, 1, 3, size, size, generator=gen)}
+    image_tokens: int = IMAGE_TOKENS  # the image features one image becomes (the image token's repeats)
+    # the MaskedDoRALinear modules prepare_model puts in the 2 blocks: q, k, v, o and the MLP's gate, up, down each
+    # (packed experts: one per expert and projection, gate/up fused)
+    wrapped: int = 2 * 7
+    groups: tuple = ("mlp", "heads")  # what prunes: ("mlp",) where the language model's heads are refused
+    prefix_lm: bool = False  # PaliGemma: token_type_ids 0 over the prefix (the image and the prompt), 1 after it
+    pixels_key: str = "pixel_values"  # the image input's keyword (Video-LLaVA: pixel_values_images)
+    text_alone: bool = True  # whether the model runs on text without an image (BLIP-2 needs pixel_values)
 
 
 FAMILIES: Dict[str, TinyVLM] = {
-    "llava": TinyVLM(("LlavaConfig", "LlavaForConditionalGeneration"), _llava, _square_images(28), True),
-    "gemma3": TinyVLM(("Gemma3Config", "Gemma3ForConditionalGeneration"), _gemma3, _square_images(32), True),
+    "llava": TinyVLM(("LlavaConfig", "LlavaForConditionalGeneration"), llava, square_images(28), True),
+    "gemma3": TinyVLM(("Gemma3Config", "Gemma3ForConditionalGeneration"), gemma3, square_images(32), True),
     # Qwen2-VL's attention sets head_dim = hidden_size // heads: pruned heads save in the per-layer form
-    "qwen2_vl": TinyVLM(("Qwen2VLConfig", "Qwen2VLForConditionalGeneration"), _qwen2_vl, _qwen_patches(14), False),
-    "qwen2_5_vl": TinyVLM(("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration"), _qwen2_5_vl,
-                          _qwen_patches(14), False),
-    "qwen3_vl": TinyVLM(("Qwen3VLConfig", "Qwen3VLForConditionalGeneration"), _qwen3_vl, _qwen_patches(16), True),
-    "mistral3": TinyVLM(("Mistral3Config", "Mistral3ForConditionalGeneration"), _mistral3, _sized_images(56), True),
-    "smolvlm": TinyVLM(("SmolVLMConfig", "SmolVLMForConditionalGeneration"), _idefics3("SmolVLMConfig"),
-                       _image_lists(56), True, language_model="model.text_model"),
-    "idefics3": TinyVLM(("Idefics3Config", "Idefics3ForConditionalGeneration"), _idefics3("Idefics3Config"),
-                        _image_lists(56), True, language_model="model.text_model"),
+    "qwen2_vl": TinyVLM(("Qwen2VLConfig", "Qwen2VLForConditionalGeneration"), qwen2_vl, qwen_patches(14), False),
+    "qwen2_5_vl": TinyVLM(("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration"), qwen2_5_vl,
+                          qwen_patches(14), False),
+    "qwen3_vl": TinyVLM(("Qwen3VLConfig", "Qwen3VLForConditionalGeneration"), qwen3_vl, qwen_patches(16), True),
+    "qwen3_vl_moe": TinyVLM(("Qwen3VLMoeConfig", "Qwen3VLMoeForConditionalGeneration"), qwen3_vl_moe,
+                            qwen_patches(16), True, wrapped=(4 + 4 * 2) + 7),
+    "mistral3": TinyVLM(("Mistral3Config", "Mistral3ForConditionalGeneration"), mistral3, sized_images(56), True),
+    "smolvlm": TinyVLM(("SmolVLMConfig", "SmolVLMForConditionalGeneration"), idefics3("SmolVLMConfig"),
+                       image_lists(56), True, language_model="model.text_model"),
+    "idefics3": TinyVLM(("Idefics3Config", "Idefics3ForConditionalGeneration"), idefics3("Idefics3Config"),
+                        image_lists(56), True, language_model="model.text_model"),
+    "llava_next": TinyVLM(("LlavaNextConfig", "LlavaNextForConditionalGeneration"),
+                          llava_next("LlavaNextConfig", "llama", "clip_vision_model"), anyres_images(28), True,
+                          image_tokens=10),
+    "llava_onevision": TinyVLM(("LlavaOnevisionConfig", "LlavaOnevisionForConditionalGeneration"),
+                               llava_next("LlavaOnevisionConfig", "qwen2", "siglip_vision_model"),
+                               anyres_images(28), True, image_tokens=10),
+    "paligemma": TinyVLM(("PaliGemmaConfig", "PaliGemmaForConditionalGeneration"), paligemma("gemma"),
+                         square_images(28), True, prefix_lm=True),
+    # LFM2's heads are refused (a hybrid of convolution and attention blocks): its feed_forward w1/w3/w2 prune
+    "lfm2_vl": TinyVLM(("Lfm2VlConfig", "Lfm2VlForConditionalGeneration"), lfm2_vl, naflex_patches, True,
+                       wrapped=2 * 3, groups=("mlp",)),
+    "llava_next_video": TinyVLM(("LlavaNextVideoConfig", "LlavaNextVideoForConditionalGeneration"),
+                                llava_next("LlavaNextVideoConfig", "llama", "clip_vision_model"),
+                                anyres_images(28), True, image_tokens=10),
+    "internvl": TinyVLM(("InternVLConfig", "InternVLForConditionalGeneration"), internvl, square_images(56), True),
+    "aya_vision": TinyVLM(("AyaVisionConfig", "AyaVisionForConditionalGeneration"),
+                          cohere_vision("AyaVisionConfig", image_token_index=IMAGE_ID, vision_feature_layer=-1),
+                          square_images(56), True),
+    "cohere2_vision": TinyVLM(("Cohere2VisionConfig", "Cohere2VisionForConditionalGeneration"),
+                              cohere_vision("Cohere2VisionConfig", image_token_id=IMAGE_ID,
+                                            alignment_intermediate_size=64), square_images(56), True),
+    "vipllava": TinyVLM(("VipLlavaConfig", "VipLlavaForConditionalGeneration"), vipllava, square_images(28), True),
+    "lighton_ocr": TinyVLM(("LightOnOcrConfig", "LightOnOcrForConditionalGeneration"), lighton_ocr,
+                           sized_images(56), True),
+    # Idefics2's connector MLP is text_config.intermediate_size wide: a pruned MLP saves in the per-layer form
+    "idefics2": TinyVLM(("Idefics2Config", "Idefics2ForConditionalGeneration"), idefics2, image_lists(28), False,
+                        language_model="model.text_model"),
+    "video_llava": TinyVLM(("VideoLlavaConfig", "VideoLlavaForConditionalGeneration"), video_llava,
+                           video_llava_images, True, pixels_key="pixel_values_images"),
+    "deepseek_vl": TinyVLM(("DeepseekVLConfig", "DeepseekVLForConditionalGeneration"), deepseek_vl,
+                           square_images(28), True),
+    "ovis2": TinyVLM(("Ovis2Config", "Ovis2ForConditionalGeneration"), ovis2, square_images(28), True),
+    "qianfan_ocr": TinyVLM(("QianfanOCRConfig", "QianfanOCRForConditionalGeneration"), qianfan_ocr,
+                           square_images(56), True),
+    "exaone4_5": TinyVLM(("Exaone4_5_Config", "Exaone4_5_ForConditionalGeneration"), exaone4_5, qwen_patches(14),
+                         True),
+    "got_ocr2": TinyVLM(("GotOcr2Config", "GotOcr2ForConditionalGeneration"), got_ocr2, square_images(64), True,
+                        image_tokens=1),
+    # LFM3's heads are refused (a hybrid of convolution and attention blocks): its feed_forward w1/w3/w2 prune
+    "lfm3_vl": TinyVLM(("Lfm3VlConfig", "Lfm3VlForConditionalGeneration"), lfm3_vl, qwen_patches(16), True,
+                       wrapped=2 * 3, groups=("mlp",)),
+    "hyperclovax_vision_v2": TinyVLM(("HyperCLOVAXVisionV2Config", "HyperCLOVAXVisionV2ForConditionalGeneration"),
+                                     hyperclovax_vision_v2, qwen_patches(14), True),
+    "cosmos3_omni": TinyVLM(("Cosmos3OmniConfig", "Cosmos3OmniForConditionalGeneration"), cosmos3_omni,
+                            qwen_patches(16), True),
+    "video_llama_3": TinyVLM(("VideoLlama3Config", "VideoLlama3ForConditionalGeneration"), video_llama_3,
+                             video_llama_3_patches, True),
+    # BLIP-2's language model is a causal LM (OPTForCausalLM) whose base model holds the blocks; OPT's attention
+    # derives head_dim from hidden_size: pruned heads save in the per-layer form
+    "blip-2": TinyVLM(("Blip2Config", "Blip2ForConditionalGeneration"), blip_2, square_images(28), False,
+                      language_model="language_model.model.decoder", wrapped=2 * 6, text_alone=False),
+    "instructblip": TinyVLM(("InstructBlipConfig", "InstructBlipForConditionalGeneration"), instructblip,
+                            instructblip_inputs, True, language_model="language_model.model", text_alone=False),
+    "deepseek_vl_hybrid": TinyVLM(("DeepseekVLHybridConfig", "DeepseekVLHybridForConditionalGeneration"),
+                                  deepseek_vl_hybrid, hybrid_views, True),
+    # MiniCPM-V's language model, a Qwen3.5 text model, is a hybrid: its heads are refused
+    **{family: TinyVLM((f"{prefix}Config", f"{prefix}ForConditionalGeneration"), minicpm_v(f"{prefix}Config"),
+                       packed_patches, True, wrapped=2 * 3, groups=("mlp",))
+       for family, prefix in (("minicpmv4_6", "MiniCPMV4_6"), ("minicpmv4_7", "MiniCPMV4_7"),
+                              ("minicpm_ocr", "MiniCPMOcr"))},
+    "paligemma2": TinyVLM(("PaliGemmaConfig", "PaliGemmaForConditionalGeneration"), paligemma("gemma2"),
+                          square_images(28), True, prefix_lm=True),
 }
 
 
@@ -157,7 +154,7 @@ def tiny_llava_around(text_config, seed: int = 0):
     import transformers
 
     torch.manual_seed(seed)
-    return transformers.LlavaForConditionalGeneration(_llava(transformers, text_config)).eval()
+    return transformers.LlavaForConditionalGeneration(llava(transformers, text_config)).eval()
 
 
 def text_inputs(n: int = 2, length: int = 10, seed: int = 1) -> dict:
@@ -167,17 +164,20 @@ def text_inputs(n: int = 2, length: int = 10, seed: int = 1) -> dict:
 
 
 def image_inputs(family: str, n: int = 2, seed: int = 2) -> dict:
-    """``n`` rows of 3 text tokens, one image (``IMAGE_TOKENS`` image tokens) and 3 text tokens, with the
-    image's pixels."""
+    """``n`` rows of 3 text tokens, one image (the family's ``image_tokens`` image tokens) and 3 text tokens, with
+    the image's pixels."""
     import inspect
 
     import transformers
 
     gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, IMAGE_ID, (n, 6 + IMAGE_TOKENS), generator=gen)
-    ids[:, 3:3 + IMAGE_TOKENS] = IMAGE_ID
+    tokens = FAMILIES[family].image_tokens
+    ids = torch.randint(3, IMAGE_ID, (n, 6 + tokens), generator=gen)
+    ids[:, 3:3 + tokens] = IMAGE_ID
     inputs = {"input_ids": ids, **FAMILIES[family].pixels(n, gen)}
     forward = getattr(transformers, FAMILIES[family].classes[1]).forward
+    if FAMILIES[family].prefix_lm:  # the prefix (image and prompt) attends both ways, the suffix causally
+        inputs["token_type_ids"] = (torch.arange(ids.shape[1]) >= 3 + tokens).long().expand(n, -1)
     if "mm_token_type_ids" in inspect.signature(forward).parameters:  # newer Qwen-VL: which tokens are image ones
         inputs["mm_token_type_ids"] = (ids == IMAGE_ID).long()
     return inputs

@@ -17,17 +17,28 @@ from .spec_types import ModelSpec, WrapperSpec
 
 # outer model_type -> where its language model is. transformers 5 nests it as model.language_model
 # (model.text_model in Idefics3/SmolVLM), a base model whose block list is "layers". Qwen3.5's language model
-# (qwen3_5_text) is a hybrid of gated DeltaNet and attention blocks: its MLP prunes, its heads are refused; the
+# (qwen3_5_text, MiniCPM-V's too) is a hybrid of gated DeltaNet and attention blocks, LFM2-VL's and LFM3-VL's
+# (lfm2, lfm3) of short convolution and attention blocks: their MLP prunes, their heads are refused; the
 # Qwen3.5-MoE one (qwen3_5_moe_text) the same with an MoE in every block: its routed experts prune
 VLM_WRAPPERS: Dict[str, WrapperSpec] = {
     **{t: WrapperSpec(language_model="language_model") for t in (
-        "gemma3", "gemma4", "llava", "mistral3", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "qwen3_5_moe")},
+        "gemma3", "gemma4", "llava", "llava_next", "llava_next_video", "llava_onevision", "vipllava", "mistral3",
+        "lighton_ocr", "paligemma", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe",
+        "lfm2_vl", "lfm3_vl", "internvl", "qianfan_ocr", "aya_vision", "cohere2_vision", "video_llava", "deepseek_vl",
+        "ovis2", "exaone4_5", "got_ocr2", "hyperclovax_vision_v2", "cosmos3_omni", "video_llama_3",
+        "deepseek_vl_hybrid", "minicpmv4_6", "minicpmv4_7", "minicpm_ocr")},
     **{t: WrapperSpec(language_model="text_model") for t in ("idefics3", "smolvlm")},
+    # BLIP-2 (an OPT inside), InstructBLIP (a Llama/Vicuna): a causal LM, the blocks in its base model (a Flan-T5
+    # inside is not covered: its blocks sit elsewhere)
+    **{t: WrapperSpec(language_model="language_model.model") for t in ("blip-2", "instructblip")},
+    # Idefics2's connector MLP is built text_config.intermediate_size wide: a pruned MLP saves in the per-layer form
+    "idefics2": WrapperSpec(language_model="text_model", shared_text_keys=("intermediate_size",)),
 }
 
 
-def vlm_text_specs(llama_style: dict) -> Dict[str, ModelSpec]:
-    """The specs of the language models only VLMs have, built on the ``llama`` spec's fields (``LLAMA_STYLE``)."""
+def vlm_text_specs(llama_style: dict, mixtral_style: dict) -> Dict[str, ModelSpec]:
+    """The specs of the language models only VLMs have, built on the ``llama`` spec's fields (``LLAMA_STYLE``)
+    and the packed experts' (``MIXTRAL_STYLE``)."""
     return {
         # Qwen2-VL / Qwen2.5-VL: Llama's modules (q/k/v biases, multimodal rotary positions per head dim), but the
         # attention sets head_dim = hidden_size // num_attention_heads (no head_dim key) and checks it at build:
@@ -39,4 +50,10 @@ def vlm_text_specs(llama_style: dict) -> Dict[str, ModelSpec]:
         # the deepstack visual features are added to the residual stream of its first blocks, which MLP and head
         # pruning leave full width (no hidden spec: refused)
         "qwen3_vl_text": ModelSpec(name="qwen3_vl_text", model_types=("qwen3_vl_text",), **llama_style),
+        # Qwen3-VL-MoE: Qwen3-VL's attention and Qwen3-MoE's experts (gate_up_proj (E, 2I, H), down_proj (E, H, I),
+        # width moe_intermediate_size: every expert keeps as many channels, its own); the blocks mlp_only_layers or
+        # decoder_sparse_step make dense hold Llama's MLP of width intermediate_size (the qwen3_moe spec's layout)
+        "qwen3_vl_moe_text": ModelSpec(name="qwen3_vl_moe_text", model_types=("qwen3_vl_moe_text",), **dict(
+            mixtral_style, mlp=replace_dataclass(mixtral_style["mlp"], size_key="moe_intermediate_size")),
+            dense_mlp=llama_style["mlp"]),
     }

@@ -300,13 +300,17 @@ class WrapperSpec:
     ``model_type`` says (:func:`masked_dora.models.specs.spec_for` wraps that spec: :func:`wrap_spec`), and leaves
     the vision tower and the projector as they are. ``language_model``: the name of the language model module
     (the last part of its qualified name: ``model.language_model`` in transformers 5's Gemma 3, LLaVA, Qwen-VL;
-    ``model.text_model`` in Idefics3/SmolVLM), under which the inner spec's block list is looked up (a vision
-    tower has a ``layers`` list of its own); ``text_config``: the model config's attribute holding the language
-    model's config (its sizes are read there, and the compacted ones written there).
+    ``model.text_model`` in Idefics3/SmolVLM; ``language_model.model``, the base model of BLIP-2's causal LM),
+    under which the inner spec's block list is looked up (a vision tower has a ``layers`` list of its own);
+    ``text_config``: the model config's attribute holding the language model's config (its sizes are read there,
+    and the compacted ones written there). ``shared_text_keys``: text config keys that also size a module outside
+    the language model (Idefics2's connector MLP is ``text_config.intermediate_size`` wide): a pruned width is not
+    written to them (the connector would be built narrower), so a pruned MLP saves in the per-layer form.
     """
 
     language_model: str
     text_config: str = "text_config"
+    shared_text_keys: Tuple[str, ...] = ()
 
 
 # the projector adds the image features into the language model's residual stream: pruning its channels would
@@ -317,10 +321,16 @@ VLM_HIDDEN = ("the vision projector writes image features into the language mode
 
 def wrap_spec(model_type: str, wrapper: WrapperSpec, inner: ModelSpec) -> ModelSpec:
     """The spec of a ``model_type`` VLM whose language model has the spec ``inner``: its block lists under
-    ``wrapper.language_model``, its keys in ``config.<wrapper.text_config>``, hidden pruning refused."""
+    ``wrapper.language_model``, its keys in ``config.<wrapper.text_config>``, hidden pruning refused, an MLP
+    width key in ``wrapper.shared_text_keys`` left unwritten."""
+    def unshared(mlp: Optional[MLPSpec]) -> Optional[MLPSpec]:
+        shared = mlp is not None and mlp.size_key in wrapper.shared_text_keys
+        return replace_dataclass(mlp, size_key="") if shared else mlp
+
     def wrap(spec: ModelSpec, name: str, model_types: Tuple[str, ...]) -> ModelSpec:
         return replace_dataclass(
             spec, name=name, model_types=model_types, when=(), text_config=wrapper.text_config,
+            mlp=unshared(spec.mlp), dense_mlp=unshared(spec.dense_mlp),
             layers=tuple(f"{wrapper.language_model}.{suffix}" for suffix in spec.layers),
             hidden=None, hidden_per_block=None, unsupported=(("hidden", "", VLM_HIDDEN),) + tuple(spec.unsupported),
             stacks=tuple(wrap(s, s.name, s.model_types) for s in spec.stacks))
