@@ -156,11 +156,11 @@ def test_cli_prunes_a_vision_language_models_language_model(tmp_path):
     --objective embedding is refused, naming the model type."""
     import transformers
     from tiny_models import _char_tokenizer
-    from tiny_vlms import TEXT as TEXT_CONFIG, _llava
+    from tiny_vlm_configs import TEXT as TEXT_CONFIG, llava
 
     model_dir = str(tmp_path / "tiny-llava")
     vocab = _char_tokenizer(model_dir)
-    config = _llava(transformers, transformers.LlamaConfig(**dict(TEXT_CONFIG, vocab_size=vocab + 8), head_dim=8))
+    config = llava(transformers, transformers.LlamaConfig(**dict(TEXT_CONFIG, vocab_size=vocab + 8), head_dim=8))
     config.image_token_id = vocab + 4  # beyond the tokenizer's ids: text never holds an image token
     torch.manual_seed(0)
     dense = transformers.LlavaForConditionalGeneration(config)
