@@ -15,7 +15,8 @@ from masked_dora.models import specs as specs_module
 from masked_dora.models.compact import LAYER_SIZES_KEY
 
 from tiny_family_table import AVAILABLE
-from tiny_models import assert_reloads_and_generates_equal, harden_and_compact, output_tensor, randomize_adapters, tiny_inputs, tiny_model
+from tiny_models import (assert_reloads_and_generates_equal, harden_and_compact, output_tensor, randomize_adapters,
+                         tiny_inputs, tiny_model)
 
 
 def _llama_without_mlp_size_key(monkeypatch):

@@ -31,8 +31,8 @@ from torch import nn
 
 from ..nn import MaskedDoRALinear
 from .blocks import (LAYER_SIZES_KEY, block_modules, built_head_layout, features, has_experts, head_layout,
-                     holds_spec_mlp, is_consumer_role, is_conv1d, mlp_width, model_blocks, num_experts, packed_experts, per_head_modules, producer_index,
-                     role_paths)
+                     holds_spec_mlp, is_consumer_role, is_conv1d, mlp_width, model_blocks, num_experts, packed_experts,
+                     per_head_modules, producer_index, role_paths)
 from .hidden import cut_hidden, hidden_config, hidden_keep, writers
 from .hidden_per_block import compact_block_hidden, is_per_block, resize_block_hidden
 from .prepare import STATE_ATTR, get_state
