@@ -141,3 +141,30 @@ def test_speech_heads_that_cannot_prune_exactly_are_refused(family, reason):
     with pytest.raises(ValueError, match=f"'heads' cannot be pruned in a .*{reason}"):
         prepare_model(model, MaskedDoRAConfig(target_groups=("mlp", "heads"), **PRUNE))
     assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
+
+
+@pytest.mark.parametrize("family", ["deberta-v2", "sew-d"])
+def test_disentangled_attention_with_its_own_position_projections_refuses_heads(family):
+    """DeBERTa-v2's (and SEW-D's) attention with relative_attention and share_att_key=False projects the relative
+    embeddings through pos_key_proj / pos_query_proj, one row block per head, which no head spec cuts: the
+    compacted model failed ("Expected size ... [4, 8] but got: [4, 16]"). Heads are refused with the reason; the MLP
+    still prunes, and with the projections shared (share_att_key=True, the tiny configs') heads prune too."""
+    if family not in AVAILABLE and family != "deberta-v2":
+        pytest.skip(f"this transformers has no {family}")
+    shared = tiny_model(family)
+    prepare_model(shared, MaskedDoRAConfig(target_groups=("mlp", "heads"), **PRUNE))
+    config = tiny_model(family).config
+    config.share_att_key = False
+    model = type(shared)(config)
+    assert hasattr(model.encoder.layer[0].attention.self if family == "deberta-v2" else
+                   model.encoder.encoder.layer[0].attention.self, "pos_key_proj")
+    with pytest.raises(ValueError, match="'heads' cannot be pruned in a .*share_att_key=False.*pos_key_proj"):
+        prepare_model(model, MaskedDoRAConfig(target_groups=("mlp", "heads"), **PRUNE))
+    assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), **PRUNE))
+    randomize_adapters(model)
+    harden(model)
+    inputs = tiny_inputs(family=family)
+    with torch.no_grad():
+        ref = output_tensor(model(**inputs))
+        torch.testing.assert_close(output_tensor(compact_model(model)(**inputs)), ref, rtol=1e-4, atol=1e-5)

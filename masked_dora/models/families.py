@@ -10,7 +10,7 @@ from .families_decoders import LLAMA_SEMANTICS, QK_NORM_SPANS_HEADS, decoder_spe
 from .families_fused_moe import FUSED_MOE_SPECS
 from .families_hybrid import REFUSED_MODEL_TYPES, hybrid_specs
 from .families_moe import moe_specs
-from .families_vision_speech import VISION_SPEECH_SPECS
+from .families_vision_speech import DEBERTA_SEPARATE_POS_PROJ, VISION_SPEECH_SPECS
 from .families_vlm import VLM_WRAPPERS, vlm_text_specs
 from .hidden_spec import BERT_PER_BLOCK, DISTILBERT_PER_BLOCK, LLAMA_HIDDEN, LLAMA_PER_BLOCK, XLMR_XL_PER_BLOCK
 from .spec_types import HeadSpec, MLPSpec, ModelSpec, PerHeadSpec
@@ -72,6 +72,7 @@ DEBERTA_V2 = dict(
                    value="attention.self.value_proj", output="attention.output.dense",
                    heads_key="num_attention_heads", attention="attention.self",
                    attrs=(("num_attention_heads", "heads"), ("all_head_size", "width"))),
+    unsupported=(("heads", "relative_attention&!share_att_key", DEBERTA_SEPARATE_POS_PROJ),),
 )
 
 MPNET = dict(BERT_STYLE, heads=HeadSpec(  # BERT's layout, but attention.attn.q/k/v/o

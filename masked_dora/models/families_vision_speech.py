@@ -86,6 +86,13 @@ def _conformer() -> ModelSpec:
                      stacks=(ModelSpec(name="wav2vec2-conformer-ffn2", model_types=(), **ffn("ffn2")),))
 
 
+# DeBERTa-v2's (and SEW-D's) heads where the relative embeddings have projections of their own
+DEBERTA_SEPARATE_POS_PROJ = ("with relative_attention and share_att_key=False, each block projects the relative "
+                             "embeddings through pos_key_proj / pos_query_proj, whose rows are one block per head "
+                             "and which no head spec cuts (the compacted model would mismatch); DeBERTa-v3's and "
+                             "most DeBERTa-v2 checkpoints share the attention's key/query projections "
+                             "(share_att_key=True), whose heads prune")
+
 # SEW-D: DeBERTa-v2's disentangled attention and BERT-style MLP under encoder.encoder.layer (its relative
 # embeddings are shared by every block and read through each block's own key/query projections, as DeBERTa-v2's)
 SEW_D = dict(
@@ -96,6 +103,7 @@ SEW_D = dict(
                    value="attention.self.value_proj", output="attention.output.dense",
                    heads_key="num_attention_heads", attention="attention.self",
                    attrs=(("num_attention_heads", "heads"), ("all_head_size", "width"))),
+    unsupported=(("heads", "relative_attention&!share_att_key", DEBERTA_SEPARATE_POS_PROJ),),
 )
 
 

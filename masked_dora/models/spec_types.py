@@ -218,7 +218,9 @@ class ModelSpec:
     mlp: MLPSpec
     heads: HeadSpec
     # groups this family cannot prune exactly: (kind, config flag, reason); refused when the flag is ""
-    # or the model's config sets it truthy (prepare_model raises before anything changes)
+    # or the model's config sets it truthy (prepare_model raises before anything changes). A flag may be
+    # "!name" (refused when the config's name is false or missing) and terms joined by "&" must all hold
+    # ("relative_attention&!share_att_key")
     unsupported: Tuple[Tuple[str, str, str], ...] = ()
     # the attention reads its head counts from the model config (Phi-3), so pruned heads need the plain form
     heads_need_plain_config: bool = False
@@ -273,7 +275,7 @@ class ModelSpec:
         """Why ``unsupported`` refuses ``kind`` for a model with ``config`` (``None``: it does not)."""
         config = self.sized_config(config)
         for k, flag, reason in self.unsupported:
-            if k == kind and (not flag or getattr(config, flag, False)):
+            if k == kind and (not flag or all(_flag_term_holds(config, term) for term in flag.split("&"))):
                 return reason
         return None
 
@@ -290,6 +292,14 @@ class ModelSpec:
         if kind == "hidden":
             return HIDDEN_UNCOVERED if self.hidden is None else self.hidden.refusal(model_type)
         return None
+
+
+def _flag_term_holds(config, term: str) -> bool:
+    """One term of an ``unsupported`` flag: ``name`` holds where the config sets it truthy, ``!name`` where it
+    is false or missing."""
+    if term.startswith("!"):
+        return not getattr(config, term[1:], False)
+    return bool(getattr(config, term, False))
 
 
 @dataclass(frozen=True)
