@@ -260,6 +260,22 @@ def _log(msg: str) -> None:
     print(f"[masked-dora] {msg}", file=sys.stderr, flush=True)
 
 
+def _save_preprocessing(model_dir: str, out: str, tokenizer, vlm: bool) -> None:
+    """The tokenizer next to the pruned checkpoint; for a vision-language model its whole processor (image
+    processor, chat template), so that the pruned model takes images as the dense one did."""
+    if vlm:
+        from transformers import AutoProcessor
+
+        try:
+            AutoProcessor.from_pretrained(model_dir).save_pretrained(out)
+            return
+        except Exception as exc:  # noqa: BLE001  (no processor files, or one this transformers cannot build)
+            first_line = (str(exc).splitlines() or [""])[0]
+            _log(f"no processor saved with the pruned model ({type(exc).__name__}: {first_line}); copy the image "
+                 f"processor from {model_dir}")
+    tokenizer.save_pretrained(out)
+
+
 def run_prune(args) -> dict:
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
@@ -319,6 +335,14 @@ def run_prune(args) -> dict:
     # a vision-language model (one whose language model a spec wraps): its language model trains on the text with
     # the next-token loss; the vision tower and projector are left as they are
     vlm = model_config.model_type in WRAPPERS
+    if vlm and not WRAPPERS[model_config.model_type].text_alone:
+        raise SystemExit(f"--model: {model_dir} is a {model_config.model_type!r} model, whose forward needs an image "
+                         f"in every input; the CLI trains on text only: prune it with the Python API "
+                         f"(prepare_model, then your own batches with pixel_values)")
+    if not vlm and getattr(model_config, "vision_config", None) is not None:
+        raise SystemExit(f"--model: {model_dir} is a {model_config.model_type!r} model with a vision tower (a "
+                         f"two-tower model such as CLIP or SigLIP); the CLI trains on text only: prune it with the "
+                         f"Python API (prepare_model, then your own batches with pixel_values)")
     if objective == "auto":
         architectures = getattr(model_config, "architectures", None) or []
         objective = "lm" if vlm or any("CausalLM" in a for a in architectures) else "embedding"
@@ -387,7 +411,7 @@ def run_prune(args) -> dict:
         probe = task.probe_batch
         compaction_err = float((task.outputs(student.eval(), probe) - task.outputs(pruned, probe)).abs().max())
     pruned.save_pretrained(paths["model"])
-    tokenizer.save_pretrained(paths["model"])
+    _save_preprocessing(model_dir, paths["model"], tokenizer, vlm)
     plain = not hasattr(pruned.config, LAYER_SIZES_KEY)
     per_block_hidden = "hidden" in config.target_groups and config.hidden_mode == "per_block"
 

@@ -165,6 +165,10 @@ def test_cli_prunes_a_vision_language_models_language_model(tmp_path):
     torch.manual_seed(0)
     dense = transformers.LlavaForConditionalGeneration(config)
     dense.save_pretrained(model_dir)
+    image_processor = transformers.CLIPImageProcessorPil(size={"shortest_edge": 28},
+                                                         crop_size={"height": 28, "width": 28})
+    transformers.LlavaProcessor(image_processor=image_processor, tokenizer=transformers.AutoTokenizer.from_pretrained(
+        model_dir), patch_size=14, vision_feature_select_strategy="default").save_pretrained(model_dir)
     data = tmp_path / "corpus.txt"
     data.write_text(TEXT_FILE)
     out = tmp_path / "out"
@@ -180,10 +184,28 @@ def test_cli_prunes_a_vision_language_models_language_model(tmp_path):
     assert metrics["hidden_size"] == 32
     assert "AutoModelForImageTextToText.from_pretrained" in (out / "report.md").read_text()
     pruned = transformers.AutoModelForImageTextToText.from_pretrained(str(out / "model"))
+    processor = transformers.AutoProcessor.from_pretrained(str(out / "model"))  # saved with it: it takes images
+    assert type(processor).__name__ == "LlavaProcessor" and processor.image_processor.crop_size["height"] == 28
     assert pruned.model.language_model.layers[0].mlp.down_proj.in_features == 32
     dense_params = dict(dense.named_parameters())
     untouched = [(n, p) for n, p in pruned.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n]
     assert untouched and all(torch.equal(p, dense_params[n]) for n, p in untouched)
+
+
+def test_cli_refuses_image_models_it_cannot_train_on_text(tmp_path):
+    """BLIP-2's forward needs pixel_values in every input, and a two-tower CLIPModel embeds text only beside an
+    image: the CLI, which trains on text, refuses both before it loads any weights (it crashed in the first
+    forward with a TypeError / "You have to specify pixel_values")."""
+    import transformers
+    from tiny_vlm_configs import blip_2
+
+    for name, config in (("blip", blip_2(transformers)), ("clip", transformers.CLIPConfig())):
+        model_dir = str(tmp_path / name)
+        config.save_pretrained(model_dir)  # the config alone: the refusal comes first
+        match = "forward needs an image" if name == "blip" else "'clip' model with a vision tower"
+        with pytest.raises(SystemExit, match=f"--model: .*{match}.*Python API"):
+            main(["prune", "--model", model_dir, "--out", str(tmp_path / "out")] + SMALL_RUN)
+        assert not (tmp_path / "out").exists()
 
 
 def test_cli_embedding_objective_on_jsonl_and_clear_data_errors(tmp_path):

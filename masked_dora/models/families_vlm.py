@@ -29,8 +29,8 @@ VLM_WRAPPERS: Dict[str, WrapperSpec] = {
         "deepseek_vl_hybrid", "minicpmv4_6", "minicpmv4_7", "minicpm_ocr")},
     **{t: WrapperSpec(language_model="text_model") for t in ("idefics3", "smolvlm")},
     # BLIP-2 (an OPT inside), InstructBLIP (a Llama/Vicuna): a causal LM, the blocks in its base model (a Flan-T5
-    # inside is not covered: its blocks sit elsewhere)
-    **{t: WrapperSpec(language_model="language_model.model") for t in ("blip-2", "instructblip")},
+    # inside is not covered: its blocks sit elsewhere); their forward needs an image
+    **{t: WrapperSpec(language_model="language_model.model", text_alone=False) for t in ("blip-2", "instructblip")},
     # Idefics2's connector MLP is built text_config.intermediate_size wide: a pruned MLP saves in the per-layer form
     "idefics2": WrapperSpec(language_model="text_model", shared_text_keys=("intermediate_size",)),
 }

@@ -316,11 +316,14 @@ class WrapperSpec:
     and the compacted ones written there). ``shared_text_keys``: text config keys that also size a module outside
     the language model (Idefics2's connector MLP is ``text_config.intermediate_size`` wide): a pruned width is not
     written to them (the connector would be built narrower), so a pruned MLP saves in the per-layer form.
+    ``text_alone``: whether the model runs on text without an image (BLIP-2's and InstructBLIP's forward requires
+    ``pixel_values``: the CLI, which trains on text, refuses them).
     """
 
     language_model: str
     text_config: str = "text_config"
     shared_text_keys: Tuple[str, ...] = ()
+    text_alone: bool = True
 
 
 # the projector adds the image features into the language model's residual stream: pruning its channels would
