@@ -137,7 +137,7 @@ def test_a_per_layer_checkpoint_with_pruned_heads_prunes_its_heads_again(tmp_pat
     more, to 1 query head: the head groups (and gpt-oss's per-head sinks) are read against the heads each block
     was built with, not the config's (prepare_model failed: "q_proj.out_features is 16, expected 32"). One
     query head and one KV head everywhere is a plain checkpoint again. With gqa="kv_groups" the one KV head left
-    in each block can prune nothing: refused, naming the block."""
+    in each block can prune nothing: refused."""
     model = tiny_model(family, kind="lm")
     prepare_model(model, MaskedDoRAConfig(**dict(CFG, save_form="per_layer")))
     randomize_adapters(model)
@@ -146,7 +146,7 @@ def test_a_per_layer_checkpoint_with_pruned_heads_prunes_its_heads_again(tmp_pat
     again = load_compact(str(tmp_path / "first"))
     assert [s["heads"] for s in getattr(again.config, LAYER_SIZES_KEY)] == [2, 2]
     with pytest.raises(ValueError, match=r"one KV head for its 2 query heads \(multi-query attention\), so "
-                                         r"gqa='kv_groups' can prune no head in model\.layers\.0 "):
+                                         r"gqa='kv_groups' can prune no head \(the only KV group of each block"):
         prepare_model(again, MaskedDoRAConfig(**CFG))
     prepare_model(again, MaskedDoRAConfig(**dict(CFG, gqa="query_heads")))
     assert get_state(again).save_form == "plain"
@@ -156,6 +156,28 @@ def test_a_per_layer_checkpoint_with_pruned_heads_prunes_its_heads_again(tmp_pat
     assert not hasattr(small.config, LAYER_SIZES_KEY)
     assert (small.config.num_attention_heads, small.config.num_key_value_heads) == (1, 1)
     assert [layer.self_attn.q_proj.out_features for layer in small.model.layers] == [small.config.head_dim] * 2
+
+
+def test_a_per_layer_checkpoint_with_one_kv_head_in_some_blocks_prunes_the_others(tmp_path):
+    """A per-layer checkpoint keeping both KV groups in block 0 and one in block 1, its heads pruned again with
+    gqa="kv_groups": block 1's one KV group always stays (a rounding warning says so), block 0 prunes one of its
+    two; not refused for the whole model (the multi-query refusal is for a model whose every block has one)."""
+    model = tiny_model("llama", kind="lm")
+    prepare_model(model, MaskedDoRAConfig(**dict(CFG, save_form="per_layer")))
+    randomize_adapters(model)
+    get_state(model).group("heads", 0).set_mask(torch.tensor([True, True]))
+    get_state(model).group("heads", 1).set_mask(torch.tensor([False, True]))
+    _keep_first(model, [32, 32])
+    compact_model(model).save_pretrained(str(tmp_path / "first"))
+    again = load_compact(str(tmp_path / "first"))
+    assert [s["kv_heads"] for s in getattr(again.config, LAYER_SIZES_KEY)] == [2, 1]
+    with pytest.warns(UserWarning, match="heads"):
+        prepare_model(again, MaskedDoRAConfig(**CFG))
+    randomize_adapters(again)
+    harden(again)
+    small = _compacts_saves_and_reloads_equal(again, str(tmp_path / "second"))
+    assert [layer.self_attn.k_proj.out_features for layer in small.model.layers] == [8, 8]
+    assert [layer.self_attn.q_proj.out_features for layer in small.model.layers] == [16, 16]
 
 
 def test_hidden_pruning_of_a_per_layer_checkpoint_is_refused_before_training(tmp_path):

@@ -103,10 +103,10 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes, hid
         # (a heterogeneous config keeps its per-layer head counts: the global keys would override them)
         size = dict(sizes[mine[0]], intermediate=int(width))
         for key, value in _plain_sizes(stack, size, heads=not heterogeneous, mlp=bool(width_key)).items():
-            first = owners.setdefault((stack.text_config, key), stack.stack)
+            first = owners.setdefault((stack.text_config, key), stack.stack or stack.name)
             if values.setdefault((stack.text_config, key), value) != value:
                 return None, (f"{type(text).__name__}'s {key!r} sizes several stacks (the {first} and the "
-                              f"{stack.stack}), which keep different sizes")
+                              f"{stack.stack or stack.name}), which keep different sizes")
     for (sub, key), value in values.items():
         setattr(_sized(plain, sub), key, value)
     if hidden is not None:

@@ -264,16 +264,16 @@ def _refuse_heads_kv_groups_cannot_prune(blocks: List[Block], config: MaskedDoRA
     the only KV group is every head and always stays, so no head could ever go. An error rather than a
     rounding warning (nothing of the target is reachable), and no silent switch to ``gqa="query_heads"``,
     which prunes something else (query heads, the KV head kept) and which the user picks knowingly. Read per
-    block, as it was built (a per-layer checkpoint whose KV heads were pruned to one has such blocks)."""
+    block, as it was built: a per-layer checkpoint whose KV heads were pruned to one in every block is such a
+    model; one with such blocks among others prunes the others (the rounding warning names what is kept)."""
     if "heads" not in config.target_groups or config.gqa != "kv_groups" or config.target_sparsity["heads"] == 0:
         return
-    for b in blocks:
-        hl = built_head_layout(model_config, b.spec, b.index)
-        if hl.kv_heads == 1 and hl.group_size > 1:
-            raise ValueError(f"config.gqa: this {model_config.model_type!r} model has one KV head for its {hl.heads} "
-                             f"query heads (multi-query attention), so gqa='kv_groups' can prune no head in "
-                             f"{b.path} (the only KV group always stays); use gqa='query_heads' (the same number of "
-                             f"query heads leaves every KV group, the KV head stays) or target_groups=('mlp',)")
+    layouts = [built_head_layout(model_config, b.spec, b.index) for b in blocks]
+    if layouts and all(hl.kv_heads == 1 and hl.group_size > 1 for hl in layouts):
+        raise ValueError(f"config.gqa: this {model_config.model_type!r} model has one KV head for its "
+                         f"{layouts[0].heads} query heads (multi-query attention), so gqa='kv_groups' can prune no "
+                         f"head (the only KV group of each block always stays); use gqa='query_heads' (the same "
+                         f"number of query heads leaves every KV group, the KV head stays) or target_groups=('mlp',)")
 
 
 def keep_own_checkpoint_layout(model: nn.Module) -> None:
