@@ -10,7 +10,7 @@ from .families_decoders import LLAMA_SEMANTICS, QK_NORM_SPANS_HEADS, decoder_spe
 from .families_fused_moe import FUSED_MOE_SPECS
 from .families_hybrid import REFUSED_MODEL_TYPES, hybrid_specs
 from .families_moe import moe_specs
-from .families_vision_speech import DEBERTA_SEPARATE_POS_PROJ, VISION_SPEECH_SPECS
+from .families_vision_speech import VISION_SPEECH_SPECS
 from .families_vlm import VLM_WRAPPERS, vlm_text_specs
 from .hidden_spec import BERT_PER_BLOCK, DISTILBERT_PER_BLOCK, LLAMA_HIDDEN, LLAMA_PER_BLOCK, XLMR_XL_PER_BLOCK
 from .spec_types import HeadSpec, MLPSpec, ModelSpec, PerHeadSpec
@@ -63,6 +63,13 @@ OPT = dict(
                    output="self_attn.out_proj", heads_key="num_attention_heads", attention="self_attn",
                    attrs=(("num_heads", "heads"),)),
 )
+
+# DeBERTa-v2's (and SEW-D's) heads where the relative embeddings have projections of their own
+DEBERTA_SEPARATE_POS_PROJ = ("with relative_attention and share_att_key=False, each block projects the relative "
+                             "embeddings through pos_key_proj / pos_query_proj, whose rows are one block per head "
+                             "and which no head spec cuts (the compacted model would mismatch); DeBERTa-v3's and "
+                             "most DeBERTa-v2 checkpoints share the attention's key/query projections "
+                             "(share_att_key=True), whose heads prune")
 
 DEBERTA_V2 = dict(
     layers=("encoder.layer",),
@@ -280,6 +287,9 @@ SPECS: Dict[str, ModelSpec] = {
                                 hidden_per_block=XLMR_XL_PER_BLOCK),
     "mpnet": ModelSpec(name="mpnet", model_types=("mpnet",), **MPNET, unsupported=MPNET_HEADS),
     "deberta-v2": ModelSpec(name="deberta-v2", model_types=("deberta-v2",), **DEBERTA_V2),
+    # SEW-D (a speech encoder): DeBERTa-v2's disentangled attention and BERT-style MLP under encoder.encoder.layer
+    # (its relative embeddings are shared by every block and read through each block's own key/query projections)
+    "sew-d": ModelSpec(name="sew-d", model_types=("sew-d",), **dict(DEBERTA_V2, layers=("encoder.encoder.layer",))),
     "distilbert": ModelSpec(name="distilbert", model_types=("distilbert",), **DISTILBERT,
                             hidden_per_block=DISTILBERT_PER_BLOCK),
     # BART's modules and config keys, post-LN (bart, marian, blenderbot-small) or pre-LN (the rest); m2m_100: NLLB;

@@ -86,27 +86,6 @@ def _conformer() -> ModelSpec:
                      stacks=(ModelSpec(name="wav2vec2-conformer-ffn2", model_types=(), **ffn("ffn2")),))
 
 
-# DeBERTa-v2's (and SEW-D's) heads where the relative embeddings have projections of their own
-DEBERTA_SEPARATE_POS_PROJ = ("with relative_attention and share_att_key=False, each block projects the relative "
-                             "embeddings through pos_key_proj / pos_query_proj, whose rows are one block per head "
-                             "and which no head spec cuts (the compacted model would mismatch); DeBERTa-v3's and "
-                             "most DeBERTa-v2 checkpoints share the attention's key/query projections "
-                             "(share_att_key=True), whose heads prune")
-
-# SEW-D: DeBERTa-v2's disentangled attention and BERT-style MLP under encoder.encoder.layer (its relative
-# embeddings are shared by every block and read through each block's own key/query projections, as DeBERTa-v2's)
-SEW_D = dict(
-    layers=("encoder.encoder.layer",),
-    hidden_key="hidden_size",
-    mlp=MLPSpec(producers=("intermediate.dense",), consumer="output.dense", size_key="intermediate_size"),
-    heads=HeadSpec(query="attention.self.query_proj", key="attention.self.key_proj",
-                   value="attention.self.value_proj", output="attention.output.dense",
-                   heads_key="num_attention_heads", attention="attention.self",
-                   attrs=(("num_attention_heads", "heads"), ("all_head_size", "width"))),
-    unsupported=(("heads", "relative_attention&!share_att_key", DEBERTA_SEPARATE_POS_PROJ),),
-)
-
-
 # the two-tower models (CLIPModel, SiglipModel, Siglip2Model): two stacks, the text tower's blocks then the vision
 # tower's, each with its own sub-config (ModelSpec.text_config: the sizes are read from and written to
 # config.text_config / config.vision_config). The projections (text_projection, visual_projection, SigLIP's text
@@ -168,6 +147,5 @@ VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
     "wav2vec2": ModelSpec(name="wav2vec2", model_types=("wav2vec2", "hubert", "data2vec-audio", "sew"), **WAV2VEC2),
     "wavlm": ModelSpec(name="wavlm", model_types=("wavlm",), **WAV2VEC2, unsupported=WAVLM_HEADS),
     "wav2vec2-conformer": _conformer(),
-    "sew-d": ModelSpec(name="sew-d", model_types=("sew-d",), **SEW_D),
     **DINOV2,  # dinov2-q_proj, dinov2-q_proj-swiglu, dinov2-query, dinov2-query-swiglu
 }
