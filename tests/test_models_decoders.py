@@ -13,7 +13,8 @@ from masked_dora.models import (MaskedDoRAConfig, MLPSpec, compact_for_training,
 from masked_dora.models.group_mask import InputGate
 
 from tiny_family_table import AVAILABLE
-from tiny_models import assert_reloads_and_generates_equal, output_tensor, randomize_adapters, tiny_inputs, tiny_model
+from tiny_models import (assert_reloads_and_generates_equal, harden_and_compact, output_tensor, randomize_adapters,
+                         tiny_inputs, tiny_model)
 
 needs_apertus = pytest.mark.skipif("apertus" not in AVAILABLE, reason="this transformers has no Apertus")
 
@@ -142,12 +143,8 @@ def test_doge_moe_prunes_its_shared_expert_mlp_and_keeps_the_routed_experts(tmp_
                                           target_sparsity=0.5))
     assert get_state(model).save_form == "plain"
     randomize_adapters(model)
-    harden(model)
-    inputs = tiny_inputs()
-    with torch.no_grad():
-        ref = output_tensor(model(**inputs))
-        small = compact_model(model)
-        torch.testing.assert_close(output_tensor(small(**inputs)), ref, rtol=1e-4, atol=1e-5)
+    ref, small, out = harden_and_compact(model)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     assert small.config.intermediate_size == 32
     assert all(torch.equal(dict(small.named_parameters())[n], p) for n, p in experts.items())
-    assert_reloads_and_generates_equal(small, tmp_path, model, ref, inputs)
+    assert_reloads_and_generates_equal(small, tmp_path, model, ref, tiny_inputs())

@@ -24,6 +24,7 @@ from masked_dora.models import (MaskedDoRACallback, MaskedDoRAConfig, compact_mo
                                 prepare_model, spec_for)
 from masked_dora.models.blocks import find_layers
 from masked_dora.models.compact import LAYER_SIZES_KEY
+from masked_dora.models.specs import WRAPPERS
 
 from helpers import rel_err
 from tiny_models import randomize_adapters, reload_plain_in_clean_process
@@ -112,6 +113,8 @@ def test_vlm_spec_is_its_language_models(family):
     assert spec.name == f"{model.config.model_type}+{spec_for(model.config.text_config).name}"
     language_model = FAMILIES[family].language_model
     assert find_layers(model, spec)[0] == language_model + ".layers"
+    # the CLI refuses a VLM that cannot run on text alone by the spec's flag: the spec says what the table knows
+    assert WRAPPERS[model.config.model_type].text_alone == FAMILIES[family].text_alone
     groups = FAMILIES[family].groups
     if "heads" not in groups:  # refused, naming the VLM, before anything is wrapped
         with pytest.raises(ValueError, match=rf"'heads' cannot be pruned in a '{model.config.model_type}' model"):
