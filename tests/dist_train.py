@@ -5,6 +5,11 @@
     python -m torch.distributed.run --nproc_per_node 2 tests/dist_train.py fsdp2 OUT [FAMILY]
     python -m torch.distributed.run --nproc_per_node 2 tests/dist_train.py fsdp2_mp OUT [FAMILY]   # + MixedPrecisionPolicy
     python -m torch.distributed.run --nproc_per_node 2 tests/dist_train.py fsdp2_ckpt OUT [FAMILY] # + checkpointing
+    python -m torch.distributed.run --nproc_per_node 2 tests/dist_train.py ddp,fsdp2 OUT llama,bert  # 4 runs
+
+MODE and FAMILY may be comma-separated lists: every (family, mode) pair then runs in turn in the same
+processes (one process group, a fresh model, optimizer and seeds per run), so the start of a process,
+importing torch and transformers (10 to 15 s per process on a 2-core CI machine), is paid once per launch.
 
 Every process draws the same global batch and trains on its slice of it; the mask gates' noise comes from
 the same seed on every rank (one draw per model forward, as on one process), the sparsity penalty is added
@@ -133,10 +138,8 @@ def trainable(model):
     return {n: _full(p.detach()).float().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def main(mode: str, out: str, family: str = "llama") -> None:
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    if world > 1:
-        dist.init_process_group("gloo")
+def run(mode: str, out: str, family: str, world: int, rank: int) -> None:
+    """One run: train ``family`` under ``mode`` for :data:`STEPS` steps, save its record."""
     model, wrapped, trainer, opt = build(mode, world, family)
     torch.manual_seed(1)  # the gates' noise: the same draws on every rank
     record = {"loss": [], "hard": [], "lambda": []}
@@ -147,6 +150,16 @@ def main(mode: str, out: str, family: str = "llama") -> None:
     torch.save(record, os.path.join(out, f"{family}-{mode}-rank{rank}.pt"))
     if world > 1:
         dist.barrier()
+
+
+def main(modes: str, out: str, families: str = "llama") -> None:
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world > 1:
+        dist.init_process_group("gloo")
+    for family in families.split(","):
+        for mode in modes.split(","):
+            run(mode, out, family, world, rank)
+    if world > 1:
         dist.destroy_process_group()
 
 

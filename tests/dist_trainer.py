@@ -8,7 +8,8 @@
     accelerate launch --multi_gpu --num_processes 2 tests/dist_trainer.py accelerate-ddp OUT [FAMILY]
     accelerate launch --config_file tests/accelerate_fsdp2.yaml tests/dist_trainer.py accelerate-fsdp2 OUT
 
-FAMILY: a family of ``tests/tiny_models.py`` (default llama), trained as its LM (causal or masked).
+FAMILY: a family of ``tests/tiny_models.py`` (default llama), trained as its LM (causal or masked), or
+several, comma-separated (``llama,bert``: each trained in turn by the same processes).
 ``resume`` as a fourth argument: the run saves a checkpoint after 2 of its 4 steps (the optimizer built with
 ``param_groups``, as resuming needs), then a fresh model (other random adapters and mask logits) and a fresh
 Trainer resume from it; writes both records to ``OUT/<family>-<mode>-resume-rank<r>.pt``.
@@ -56,7 +57,14 @@ def _full(t):
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-def main(mode: str, out: str, family: str = "llama", variant: str = "") -> None:
+def main(mode: str, out: str, families: str = "llama", variant: str = "") -> None:
+    """The run of each family (comma-separated: in turn, in the same processes, as the resumed run follows the
+    uninterrupted one; a process start costs 10 to 15 s of a 2-core CI machine)."""
+    for family in families.split(","):
+        run(mode, out, family, variant)
+
+
+def run(mode: str, out: str, family: str, variant: str) -> None:
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     os.makedirs(out, exist_ok=True)
     if variant == "resume":
@@ -95,6 +103,12 @@ def train(mode: str, out: str, family: str, world: int, adapters_seed: int = 0, 
                                   "reshard_after_forward": True})
     elif mode == "zero3":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed on the CPU (gloo); on GPUs it finds them itself
+        import importlib
+
+        # DeepSpeed compiles a C++ shared-memory op for its CPU *inference* all-reduce at its first process group
+        # (90 s of a fresh CI machine, with g++); training reduces through torch.distributed and never calls it.
+        # (The module by its full name: the package's attribute `torch` is torch itself.)
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
         # persistence threshold 0: every parameter released after use, as the large ones of a real model
         extra = dict(deepspeed={"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
                                 "train_micro_batch_size_per_gpu": "auto",

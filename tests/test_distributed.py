@@ -68,6 +68,25 @@ def _run(mode: str, out: str, nproc: int, script: str = SCRIPT, family: str = "l
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-12000:]
 
 
+_LAUNCHES: dict = {}  # the arguments of a launch -> None once it succeeded, or the failed launch's message
+
+
+def _run_once(mode: str, out: str, nproc: int, family: str, script: str = SCRIPT) -> None:
+    """:func:`_run` once per set of arguments: one launch trains several runs (comma-separated families, and
+    modes of ``tests/dist_train.py``, in turn in the same processes) and serves every test that reads one of
+    them; a launch that failed fails each of those tests with its output."""
+    key = (mode, out, nproc, family, script)
+    if key not in _LAUNCHES:
+        try:
+            _run(mode, out, nproc, script, family)
+            _LAUNCHES[key] = None
+        except AssertionError as exc:
+            _LAUNCHES[key] = str(exc)
+    if _LAUNCHES[key] is not None:
+        pytest.fail(f"{os.path.basename(script)} {mode} {family} on {nproc} processes failed:\n{_LAUNCHES[key]}",
+                    pytrace=False)
+
+
 def _version(package: str) -> tuple:
     from importlib.metadata import version
 
@@ -86,26 +105,27 @@ def _load(out, family, mode, rank):
     return torch.load(os.path.join(out, f"{family}-{mode}-rank{rank}.pt"))
 
 
-def _reference(out, family, script=SCRIPT):
-    """The one-process run of ``script`` for ``family`` (run once per module)."""
-    if not os.path.exists(os.path.join(out, f"{family}-single-rank0.pt")):
-        _run("single", out, 1, script, family)
-    return _load(out, family, "single", 0)
-
-
-@pytest.mark.parametrize("family", FAMILIES + ("llama-hidden",))
-@pytest.mark.parametrize("mode, loss_tol, param_tol, lambda_tol", [
-    ("ddp", 1e-5, 1e-5, 1e-6),
-    ("fsdp2", 1e-5, 1e-5, 1e-6),
-    ("fsdp2_ckpt", 1e-5, 1e-5, 1e-6),
+TRAIN_FAMILIES = FAMILIES + ("llama-hidden",)
+TOLERANCES = {  # mode: (loss, parameters, multipliers)
+    "ddp": (1e-5, 1e-5, 1e-6),
+    "fsdp2": (1e-5, 1e-5, 1e-6),
+    "fsdp2_ckpt": (1e-5, 1e-5, 1e-6),
     # bf16 parameters in forward/backward: losses, gradients and the gates' expected keep (which drives the
     # multipliers) to bf16 rounding, 2^-8 = 3.9e-3 relative (measured, llama / bert: loss 2.3e-4 / 1.9e-3,
     # parameters 9.2e-3 / 1.5e-3, multipliers 9.9e-5 / 1.8e-4)
-    ("fsdp2_mp", 1e-2, 0.04, 1e-3),
-])
-def test_two_processes_train_like_one(runs, family, mode, loss_tol, param_tol, lambda_tol):
-    ref = _reference(runs, family)
-    _run(mode, runs, 2, family=family)
+    "fsdp2_mp": (1e-2, 0.04, 1e-3),
+}
+
+
+@pytest.mark.parametrize("family", TRAIN_FAMILIES)
+@pytest.mark.parametrize("mode", TOLERANCES)
+def test_two_processes_train_like_one(runs, family, mode):
+    """Every family under every engine, against the one-process run. Two launches serve them all (one
+    process for the references, two for the 12 multi-process runs): a process start costs 10 to 15 s of CI."""
+    loss_tol, param_tol, lambda_tol = TOLERANCES[mode]
+    _run_once("single", runs, 1, ",".join(TRAIN_FAMILIES))
+    ref = _load(runs, family, "single", 0)
+    _run_once(",".join(TOLERANCES), runs, 2, ",".join(TRAIN_FAMILIES))
     # the masks change their hard decision during the run, so comparing the decisions says something
     assert any(not torch.equal(a[k], b[k]) for a, b in zip(ref["hard"], ref["hard"][1:]) for k in a)
     ranks = [_load(runs, family, mode, r) for r in (0, 1)]
@@ -136,10 +156,23 @@ def trainer_runs(tmp_path_factory):
     return str(tmp_path_factory.mktemp("dist_trainer"))
 
 
+TRAINER_MODES = {"accumulate": 1, "ddp": 2, "fsdp2": 2, "zero3": 2, "accelerate-ddp": 2, "accelerate-fsdp2": 2}
+
+
+def _trainer_skip(mode: str, family: str) -> str:
+    """Why the Trainer test does not run ``family`` under ``mode`` ("" where it does)."""
+    if mode == "accelerate-fsdp2" and family != "llama":
+        return "the config file wraps LlamaDecoderLayer"
+    if (mode, family) == ("fsdp2", "bert"):
+        return ("accelerate's FSDP2 preparation puts BERT's tied decoder bias (cls.predictions.bias) in two FSDP "
+                "groups, which torch 2.13 refuses at the first forward; a plain BERT, without masked_dora, fails the "
+                "same way. tests/dist_train.py's own fully_shard trains BERT.")
+    return ""
+
+
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("mode, nproc", [("accumulate", 1), ("ddp", 2), ("fsdp2", 2), ("zero3", 2),
-                                         ("accelerate-ddp", 2), ("accelerate-fsdp2", 2)])
-def test_trainer_with_the_callback_trains_like_one_process(trainer_runs, family, mode, nproc):
+@pytest.mark.parametrize("mode", TRAINER_MODES)
+def test_trainer_with_the_callback_trains_like_one_process(trainer_runs, family, mode):
     """The HF Trainer + MaskedDoRACallback: 2 gradient-accumulation steps, DDP over 2 processes, FSDP2
     through the Trainer's accelerate integration, DeepSpeed ZeRO-3 (every parameter partitioned and released
     after use), and DDP and FSDP2 started by ``accelerate launch`` (FSDP2 from the README's config file) give
@@ -151,14 +184,12 @@ def test_trainer_with_the_callback_trains_like_one_process(trainer_runs, family,
     sharded logits: "got mixed torch.Tensor and DTensor".)"""
     if mode == "zero3":
         pytest.importorskip("deepspeed")
-    if mode == "accelerate-fsdp2" and family != "llama":
-        pytest.skip("the config file wraps LlamaDecoderLayer")
-    if (mode, family) == ("fsdp2", "bert"):
-        pytest.skip("accelerate's FSDP2 preparation puts BERT's tied decoder bias (cls.predictions.bias) in two "
-                    "FSDP groups, which torch 2.13 refuses at the first forward; a plain BERT, without masked_dora, "
-                    "fails the same way. tests/dist_train.py's own fully_shard trains BERT.")
-    ref = _reference(trainer_runs, family, TRAINER_SCRIPT)
-    _run(mode, trainer_runs, nproc, TRAINER_SCRIPT, family)
+    if _trainer_skip(mode, family):
+        pytest.skip(_trainer_skip(mode, family))
+    _run_once("single", trainer_runs, 1, ",".join(FAMILIES), TRAINER_SCRIPT)
+    ref = _load(trainer_runs, family, "single", 0)
+    nproc = TRAINER_MODES[mode]  # one launch trains every family the mode runs
+    _run_once(mode, trainer_runs, nproc, ",".join(f for f in FAMILIES if not _trainer_skip(mode, f)), TRAINER_SCRIPT)
     for rank in range(nproc):
         rec = _load(trainer_runs, family, mode, rank)
         assert len(rec["loss"]) == len(ref["loss"]) == 4
