@@ -28,9 +28,11 @@ VLM_WRAPPERS: Dict[str, WrapperSpec] = {
         "ovis2", "exaone4_5", "got_ocr2", "hyperclovax_vision_v2", "cosmos3_omni", "video_llama_3",
         "deepseek_vl_hybrid", "minicpmv4_6", "minicpmv4_7", "minicpm_ocr")},
     **{t: WrapperSpec(language_model="text_model") for t in ("idefics3", "smolvlm")},
-    # BLIP-2 (an OPT inside), InstructBLIP (a Llama/Vicuna): a causal LM, the blocks in its base model (a Flan-T5
-    # inside is not covered: its blocks sit elsewhere); their forward needs an image
-    **{t: WrapperSpec(language_model="language_model.model", text_alone=False) for t in ("blip-2", "instructblip")},
+    # BLIP-2 (an OPT inside), InstructBLIP (a Llama/Vicuna): a causal LM, the blocks in its base model; around a
+    # Flan-T5, a T5ForConditionalGeneration with its encoder and decoder stacks directly under it (their MLPs
+    # prune; T5's heads are refused); their forward needs an image
+    **{t: WrapperSpec(language_model="language_model.model", seq2seq_language_model="language_model",
+                      text_alone=False) for t in ("blip-2", "instructblip")},
     # Idefics2's connector MLP is built text_config.intermediate_size wide: a pruned MLP saves in the per-layer form
     "idefics2": WrapperSpec(language_model="text_model", shared_text_keys=("intermediate_size",)),
 }
