@@ -170,10 +170,10 @@ def test_plain_vlm_checkpoints_reload_with_plain_transformers(chains):
         assert rel_err(out, chains[family]["ref"]["image"]) < TOL, family
 
 
-@pytest.mark.parametrize("family", [f for f in ("qwen2_vl", "qwen2_5_vl") if f in VLMS])
+@pytest.mark.parametrize("family", [f for f in ("qwen2_vl", "qwen2_5_vl", "mllama") if f in VLMS])
 def test_qwen_vl_mlp_pruning_alone_saves_plainly(family, tmp_path):
-    """Qwen2-VL's attention derives head_dim from the hidden size (pruned heads: the per-layer form); its
-    pruned MLP alone is a plain checkpoint, with the width in the text config."""
+    """Qwen2-VL's (and Mllama's) attention derives head_dim from the hidden size (pruned heads: the per-layer
+    form); its pruned MLP alone is a plain checkpoint, with the width in the text config."""
     model = tiny_vlm(family)
     prepare_model(model, MaskedDoRAConfig(**CONFIG, target_groups=("mlp",)))
     assert get_state(model).save_form == "plain"
@@ -320,3 +320,24 @@ def test_vlm_around_flan_t5_prunes_one_stack_in_the_per_layer_form(family, tmp_p
     assert [b.layer[2].DenseReluDense.wi_0.out_features for b in t5.decoder.block] == [64, 64]
     with torch.no_grad():
         assert rel_err(reloaded(**inputs).logits, ref) < TOL
+
+
+def test_mllama_cross_attention_blocks_take_their_heads_at_their_own_paths():
+    """Llama 3.2 Vision's text model: its self-attention block's heads are self_attn's, its cross-attention
+    block's cross_attn's (ModelSpec.heads_elsewhere), with the same config keys; a heads_elsewhere reading other
+    keys is refused at the spec's construction."""
+    from dataclasses import replace as replace_dataclass
+
+    from masked_dora.models.blocks import model_blocks
+
+    if "mllama" not in VLMS:
+        pytest.skip("this transformers has no Mllama")
+    model = tiny_vlm("mllama")
+    spec = spec_for(model)
+    blocks = model_blocks(model, spec)
+    assert [type(b.module).__name__ for b in blocks] == ["MllamaSelfAttentionDecoderLayer",
+                                                         "MllamaCrossAttentionDecoderLayer"]
+    assert [(b.spec.heads.query, b.spec.heads.output) for b in blocks] == [
+        ("self_attn.q_proj", "self_attn.o_proj"), ("cross_attn.q_proj", "cross_attn.o_proj")]
+    with pytest.raises(ValueError, match="heads_elsewhere is the same attention at other paths"):
+        replace_dataclass(spec, heads_elsewhere=replace_dataclass(spec.heads_elsewhere, head_dim_key="head_dim"))

@@ -23,7 +23,7 @@ from tiny_vlm_configs import (IMAGE_ID, IMAGE_TOKENS, anyres_images, blip_2, coh
                               packed_patches, paligemma, qianfan_ocr, qwen2_5_vl, qwen2_vl, qwen3_vl, qwen3_vl_moe,
                               qwen_patches, sized_images, square_images, video_llama_3, video_llama_3_patches,
                               video_llava, video_llava_images, vipllava)
-from tiny_vlm_configs import blip_2_flan_t5, instructblip_flan_t5, with_decoder_ids
+from tiny_vlm_configs import blip_2_flan_t5, instructblip_flan_t5, mllama, mllama_tiles, with_decoder_ids
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
 
@@ -146,6 +146,10 @@ FAMILIES: Dict[str, TinyVLM] = {
                                     instructblip_flan_t5, with_decoder_ids(instructblip_inputs), True,
                                     language_model="language_model", stacks=("encoder.block", "decoder.block"),
                                     wrapped=4 * 3, groups=("mlp",), text_alone=False),
+    # Llama 3.2 Vision: block 0 self-attention, block 1 cross-attention (its heads at cross_attn); the attention
+    # derives head_dim = hidden_size // heads: pruned heads save in the per-layer form. One image token per image
+    "mllama": TinyVLM(("MllamaConfig", "MllamaForConditionalGeneration"), mllama, mllama_tiles, False,
+                      image_tokens=1),
 }
 
 
@@ -163,9 +167,11 @@ def tiny_vlm(family: str, seed: int = 0):
     tiny = FAMILIES[family]
     model = getattr(transformers, tiny.classes[1])(tiny.config(transformers)).eval()
     with torch.no_grad():  # weights initialised to 0 (Gemma 3's mm_input_projection_weight) would drop the image
-        for p in model.parameters():
+        for name, p in model.named_parameters():
             if p.dim() >= 2 and not p.any():
                 p.normal_(0.0, 0.05)
+            elif name.endswith("_gate") and not p.any():  # tanh gates that start closed (Mllama's cross-attention)
+                p.fill_(0.5)
     return model
 
 

@@ -249,6 +249,11 @@ class ModelSpec:
     # first_k_dense_replace): their MLP, a group of its own size key; such a block's spec is this one with
     # mlp=dense_mlp (:func:`masked_dora.models.blocks.block_spec`). None: the MLP of such blocks is refused
     dense_mlp: Optional[MLPSpec] = None
+    # the attention of the blocks that lack ``heads``'s modules, at other paths (Mllama's cross-attention decoder
+    # layers among its self-attention ones: cross_attn.q_proj, ...), with the same config keys: such a block's spec is
+    # this one with heads=heads_elsewhere (:func:`masked_dora.models.blocks.block_spec`). None: every block has
+    # ``heads``'s modules
+    heads_elsewhere: Optional[HeadSpec] = None
     # a language model inside a multimodal model (a VLM; :class:`WrapperSpec`): the model config's attribute that
     # holds the language model's config, where this spec's keys (sizes, head counts, flags) are read and the
     # compacted sizes written; "": the model config itself. Each stack reads its own: a two-tower CLIPModel's
@@ -260,6 +265,12 @@ class ModelSpec:
             raise ValueError(f"ModelSpec {self.name!r}: dense_mlp is the dense MLP of an MoE family's other blocks: "
                              f"expected mlp with experts and dense_mlp without, got mlp.experts={self.mlp.experts!r}, "
                              f"dense_mlp.experts={self.dense_mlp.experts!r}")
+        elsewhere = self.heads_elsewhere
+        if elsewhere is not None and (self.heads.qkv or elsewhere.qkv
+                                      or _head_keys(elsewhere) != _head_keys(self.heads)):
+            raise ValueError(f"ModelSpec {self.name!r}: heads_elsewhere is the same attention at other paths: "
+                             f"separate q/k/v projections and the heads' config keys, got heads={self.heads}, "
+                             f"heads_elsewhere={elsewhere}")
 
     def applies_to(self, config) -> bool:
         return all(getattr(config, key, None) == value for key, value in self.when)
@@ -292,6 +303,11 @@ class ModelSpec:
         if kind == "hidden":
             return HIDDEN_UNCOVERED if self.hidden is None else self.hidden.refusal(model_type)
         return None
+
+
+def _head_keys(heads: HeadSpec) -> Tuple[str, Optional[str], Optional[str]]:
+    """The config keys of a head spec's head counts and head size."""
+    return heads.heads_key, heads.kv_heads_key, heads.head_dim_key
 
 
 def _flag_term_holds(config, term: str) -> bool:
