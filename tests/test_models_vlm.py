@@ -22,7 +22,7 @@ import torch
 
 from masked_dora.models import (MaskedDoRACallback, MaskedDoRAConfig, compact_model, get_state, harden, load_compact,
                                 prepare_model, spec_for)
-from masked_dora.models.blocks import find_layers
+from masked_dora.models.blocks import find_layers, stack_specs
 from masked_dora.models.compact import LAYER_SIZES_KEY
 from masked_dora.models.specs import WRAPPERS
 
@@ -47,6 +47,9 @@ def test_vlm_families_this_transformers_lacks_are_reported(family):
 
 
 def _with_labels(inputs: dict) -> dict:
+    """The inputs with labels: the text tokens (the image's masked), or an encoder-decoder's decoder tokens."""
+    if "decoder_input_ids" in inputs:
+        return dict(inputs, labels=inputs["decoder_input_ids"])
     return dict(inputs, labels=inputs["input_ids"].masked_fill(inputs["input_ids"] == IMAGE_ID, -100))
 
 
@@ -62,7 +65,7 @@ def _train_step(model, family: str) -> None:
 
 def _outside_blocks(model, family: str) -> dict:
     """Every tensor but the language model's blocks': the vision tower, the projector, the embeddings, the head."""
-    blocks = FAMILIES[family].language_model + ".layers."
+    blocks = tuple(f"{block_list}." for block_list in FAMILIES[family].block_lists)
     return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith(blocks)}
 
 
@@ -112,7 +115,7 @@ def test_vlm_spec_is_its_language_models(family):
     spec = spec_for(model)
     assert spec.name == f"{model.config.model_type}+{spec_for(model.config.text_config).name}"
     language_model = FAMILIES[family].language_model
-    assert find_layers(model, spec)[0] == language_model + ".layers"
+    assert tuple(find_layers(model, stack)[0] for stack in stack_specs(spec)) == FAMILIES[family].block_lists
     # the CLI refuses a VLM that cannot run on text alone by the spec's flag: the spec says what the table knows
     assert WRAPPERS[model.config.model_type].text_alone == FAMILIES[family].text_alone
     groups = FAMILIES[family].groups
@@ -122,7 +125,8 @@ def test_vlm_spec_is_its_language_models(family):
     prepare_model(model, MaskedDoRAConfig(**CONFIG, target_groups=groups))
     wrapped = [n for n, m in model.named_modules() if type(m).__name__ == "MaskedDoRALinear"]
     assert len(wrapped) == FAMILIES[family].wrapped and all(n.startswith(language_model + ".") for n in wrapped)
-    assert sorted(get_state(model).groups) == sorted(f"{g}_{i}" for g in groups for i in range(2))
+    blocks = 2 * len(FAMILIES[family].stacks)
+    assert sorted(get_state(model).groups) == sorted(f"{g}_{i}" for g in groups for i in range(blocks))
 
 
 @pytest.mark.parametrize("family", VLMS)
@@ -141,7 +145,7 @@ def test_vlm_compacts_saves_reloads_and_generates_equal(chains, family):
     heads = (2, _kv_heads(before) // 2) if "heads" in FAMILIES[family].groups else (4, _kv_heads(before))
     assert (width and (getattr(text, width), text.num_attention_heads, _kv_heads(text)) == (32, *heads)) or (
         not FAMILIES[family].plain and getattr(small.config, LAYER_SIZES_KEY) == [
-            dict(intermediate=32, heads=heads[0], kv_heads=heads[1], head_dim=8)] * 2)
+            dict(intermediate=32, heads=heads[0], kv_heads=heads[1], head_dim=8)] * 2 * len(FAMILIES[family].stacks))
     assert get_state(c["model"]).save_form == ("plain" if FAMILIES[family].plain else "per_layer")
     # the vision tower, the projector, the embeddings and the LM head: the original model's, untouched
     kept = _outside_blocks(small, family)
@@ -169,10 +173,10 @@ def test_plain_vlm_checkpoints_reload_with_plain_transformers(chains):
         assert rel_err(out, chains[family]["ref"]["image"]) < TOL, family
 
 
-@pytest.mark.parametrize("family", [f for f in ("qwen2_vl", "qwen2_5_vl") if f in VLMS])
+@pytest.mark.parametrize("family", [f for f in ("qwen2_vl", "qwen2_5_vl", "mllama") if f in VLMS])
 def test_qwen_vl_mlp_pruning_alone_saves_plainly(family, tmp_path):
-    """Qwen2-VL's attention derives head_dim from the hidden size (pruned heads: the per-layer form); its
-    pruned MLP alone is a plain checkpoint, with the width in the text config."""
+    """Qwen2-VL's (and Mllama's) attention derives head_dim from the hidden size (pruned heads: the per-layer
+    form); its pruned MLP alone is a plain checkpoint, with the width in the text config."""
     model = tiny_vlm(family)
     prepare_model(model, MaskedDoRAConfig(**CONFIG, target_groups=("mlp",)))
     assert get_state(model).save_form == "plain"
@@ -293,3 +297,50 @@ def test_vlm_whose_language_model_has_no_spec_is_refused_naming_it():
     with pytest.raises(ValueError, match=r"'llava' model's language model \(config.text_config, model_type "
                                          r"'mamba'\) has no spec"):
         spec_for(config)
+
+
+@pytest.mark.parametrize("family", [f for f in ("blip-2-flan-t5",) if f in VLMS])
+def test_vlm_around_flan_t5_prunes_one_stack_in_the_per_layer_form(family, tmp_path):
+    """A BLIP-2 around a Flan-T5 pruning its encoder's MLP alone (stacks=("encoder",)): the decoder keeps d_ff,
+    which both stacks share, so the checkpoint is in the per-layer form, said at prepare_model; load_compact gives
+    the masked model's outputs, the encoder's MLP narrower and the decoder's whole."""
+    model = tiny_vlm(family)
+    with pytest.warns(UserWarning, match="'d_ff' sizes several stacks"):
+        prepare_model(model, MaskedDoRAConfig(**CONFIG, target_groups=("mlp",), stacks=("encoder",)))
+    assert get_state(model).save_form == "per_layer" and sorted(get_state(model).groups) == ["mlp_0", "mlp_1"]
+    randomize_adapters(model)
+    _train_step(model, family)
+    harden(model)
+    inputs = image_inputs(family)
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        small = compact_model(model)
+        assert rel_err(small(**inputs).logits, ref) < TOL
+    small.save_pretrained(str(tmp_path))
+    reloaded = load_compact(str(tmp_path))
+    t5 = reloaded.language_model
+    assert [b.layer[1].DenseReluDense.wi_0.out_features for b in t5.encoder.block] == [32, 32]
+    assert [b.layer[2].DenseReluDense.wi_0.out_features for b in t5.decoder.block] == [64, 64]
+    with torch.no_grad():
+        assert rel_err(reloaded(**inputs).logits, ref) < TOL
+
+
+def test_mllama_cross_attention_blocks_take_their_heads_at_their_own_paths():
+    """Llama 3.2 Vision's text model: its self-attention block's heads are self_attn's, its cross-attention
+    block's cross_attn's (ModelSpec.heads_elsewhere), with the same config keys; a heads_elsewhere reading other
+    keys is refused at the spec's construction."""
+    from dataclasses import replace as replace_dataclass
+
+    from masked_dora.models.blocks import model_blocks
+
+    if "mllama" not in VLMS:
+        pytest.skip("this transformers has no Mllama")
+    model = tiny_vlm("mllama")
+    spec = spec_for(model)
+    blocks = model_blocks(model, spec)
+    assert [type(b.module).__name__ for b in blocks] == ["MllamaSelfAttentionDecoderLayer",
+                                                         "MllamaCrossAttentionDecoderLayer"]
+    assert [(b.spec.heads.query, b.spec.heads.output) for b in blocks] == [
+        ("self_attn.q_proj", "self_attn.o_proj"), ("cross_attn.q_proj", "cross_attn.o_proj")]
+    with pytest.raises(ValueError, match="heads_elsewhere is the same attention at other paths"):
+        replace_dataclass(spec, heads_elsewhere=replace_dataclass(spec.heads_elsewhere, head_dim_key="head_dim"))

@@ -382,3 +382,68 @@ def packed_patches(n, gen):
     image's grid (in patches)."""
     return {"pixel_values": torch.randn(1, 3, 16, n * 64 * 16, generator=gen),
             "target_sizes": torch.tensor([[8, 8]] * n)}
+
+
+# Flan-T5 (T5 v1.1): gated-GELU MLP (wi_0, wi_1, wo), relative-position attention, untied LM head; 2 encoder and 2
+# decoder blocks of d_model 32, 4 heads of 8, d_ff 64
+FLAN_T5 = dict(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+               feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0, pad_token_id=0,
+               eos_token_id=2, decoder_start_token_id=0, model_type="t5")
+
+
+def _blip_around_flan_t5(t, config_class: str):
+    """A BLIP-2 or InstructBLIP config around a Flan-T5: the vision tower and Q-Former of ``blip_2``'s, the Q-Former's
+    4 query tokens going into the T5 encoder."""
+    return getattr(t, config_class)(
+        text_config=FLAN_T5, vision_config=dict(VISION, image_size=28, patch_size=14, initializer_range=0.02),
+        qformer_config=dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=64, encoder_hidden_size=32, hidden_dropout_prob=0.0,
+                            attention_probs_dropout_prob=0.0),
+        num_query_tokens=IMAGE_TOKENS, image_token_index=IMAGE_ID)
+
+
+def blip_2_flan_t5(t):
+    """BLIP-2 around a Flan-T5 (blip2-flan-t5-xl's layout)."""
+    return _blip_around_flan_t5(t, "Blip2Config")
+
+
+def instructblip_flan_t5(t):
+    """InstructBLIP around a Flan-T5 (instructblip-flan-t5-xl's layout)."""
+    return _blip_around_flan_t5(t, "InstructBlipConfig")
+
+
+def with_decoder_ids(pixels: Callable, length: int = 5) -> Callable:
+    """An encoder-decoder language model's image inputs: ``pixels``'s and the decoder's tokens (its start token,
+    then ordinary ones), which its forward needs besides (or instead of) labels."""
+    def inputs(n, gen):
+        ids = torch.randint(3, IMAGE_ID, (n, length), generator=gen)
+        ids[:, 0] = FLAN_T5["decoder_start_token_id"]
+        return dict(pixels(n, gen), decoder_input_ids=ids)
+    return inputs
+
+
+# Llama 3.2 Vision: one <|image|> token per image, text of 3 tokens before it and 3 after (tiny_vlms.image_inputs)
+MLLAMA_LENGTH = 3 + 1 + 3
+
+
+def mllama(t):
+    """Llama 3.2 Vision: a text model of a self-attention block and a cross-attention block (cross_attention_layers
+    [1]); a vision tower of 28 px tiles (2x2 patches of 14), up to 2 tiles, 2 local layers and 1 global one, whose
+    features (the last layer's and layer 0's: vision_output_dim 2 x 32) the projector maps to the text width."""
+    text = dict(TEXT, cross_attention_layers=[1], rope_parameters=dict(rope_type="default", rope_theta=10000.0))
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_global_layers=1, attention_heads=4,
+                  image_size=28, patch_size=14, max_num_tiles=2, vision_output_dim=2 * 32,
+                  intermediate_layers_indices=[0], supported_aspect_ratios=[[1, 1], [1, 2]])
+    return t.MllamaConfig(text_config=text, vision_config=vision, image_token_index=IMAGE_ID)
+
+
+def mllama_tiles(n, gen):
+    """Llama 3.2 Vision, as its processor gives them: per row one image of 2 tiles (pixel_values (n, images 1,
+    tiles 2, 3, 28, 28)), its aspect ratio [1, 2] (id 2) with both tiles present, and the cross-attention mask
+    (n, MLLAMA_LENGTH, images, tiles): the tokens from the image token on attend to the image's tiles, those before
+    it to none."""
+    mask = torch.zeros(n, MLLAMA_LENGTH, 1, 2, dtype=torch.long)
+    mask[:, 3:] = 1
+    return {"pixel_values": torch.randn(n, 1, 2, 3, 28, 28, generator=gen),
+            "aspect_ratio_ids": torch.full((n, 1), 2), "aspect_ratio_mask": torch.ones(n, 1, 2, dtype=torch.long),
+            "cross_attention_mask": mask}

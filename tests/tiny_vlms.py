@@ -23,6 +23,7 @@ from tiny_vlm_configs import (IMAGE_ID, IMAGE_TOKENS, anyres_images, blip_2, coh
                               packed_patches, paligemma, qianfan_ocr, qwen2_5_vl, qwen2_vl, qwen3_vl, qwen3_vl_moe,
                               qwen_patches, sized_images, square_images, video_llama_3, video_llama_3_patches,
                               video_llava, video_llava_images, vipllava)
+from tiny_vlm_configs import blip_2_flan_t5, instructblip_flan_t5, mllama, mllama_tiles, with_decoder_ids
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
 
@@ -39,6 +40,9 @@ class TinyVLM:
     # MLP width key that sizes nothing outside the language model)
     plain: bool
     language_model: str = "model.language_model"  # the qualified name of the language model
+    # its block lists, under language_model, stack after stack (an encoder-decoder's "encoder.block" and
+    # "decoder.block"), each of 2 blocks
+    stacks: tuple = ("layers",)
     image_tokens: int = IMAGE_TOKENS  # the image features one image becomes (the image token's repeats)
     # the MaskedDoRALinear modules prepare_model puts in the 2 blocks: q, k, v, o and the MLP's gate, up, down each
     # (packed experts: one per expert and projection, gate/up fused)
@@ -47,6 +51,11 @@ class TinyVLM:
     prefix_lm: bool = False  # PaliGemma: token_type_ids 0 over the prefix (the image and the prompt), 1 after it
     pixels_key: str = "pixel_values"  # the image input's keyword (Video-LLaVA: pixel_values_images)
     text_alone: bool = True  # whether the model runs on text without an image (BLIP-2 needs pixel_values)
+
+    @property
+    def block_lists(self) -> tuple:
+        """The qualified names of the language model's block lists."""
+        return tuple(f"{self.language_model}.{stack}" for stack in self.stacks)
 
 
 FAMILIES: Dict[str, TinyVLM] = {
@@ -126,6 +135,21 @@ FAMILIES: Dict[str, TinyVLM] = {
                               ("minicpm_ocr", "MiniCPMOcr"))},
     "paligemma2": TinyVLM(("PaliGemmaConfig", "PaliGemmaForConditionalGeneration"), paligemma("gemma2"),
                           square_images(28), True, prefix_lm=True),
+    # BLIP-2 / InstructBLIP around a Flan-T5: a T5ForConditionalGeneration whose encoder and decoder MLPs prune
+    # (wi_0, wi_1, wo in 4 blocks; T5's heads are refused), their width d_ff shared by both stacks; the forward
+    # needs the decoder's tokens
+    "blip-2-flan-t5": TinyVLM(("Blip2Config", "Blip2ForConditionalGeneration"), blip_2_flan_t5,
+                              with_decoder_ids(square_images(28)), True, language_model="language_model",
+                              stacks=("encoder.block", "decoder.block"), wrapped=4 * 3, groups=("mlp",),
+                              text_alone=False),
+    "instructblip-flan-t5": TinyVLM(("InstructBlipConfig", "InstructBlipForConditionalGeneration"),
+                                    instructblip_flan_t5, with_decoder_ids(instructblip_inputs), True,
+                                    language_model="language_model", stacks=("encoder.block", "decoder.block"),
+                                    wrapped=4 * 3, groups=("mlp",), text_alone=False),
+    # Llama 3.2 Vision: block 0 self-attention, block 1 cross-attention (its heads at cross_attn); the attention
+    # derives head_dim = hidden_size // heads: pruned heads save in the per-layer form. One image token per image
+    "mllama": TinyVLM(("MllamaConfig", "MllamaForConditionalGeneration"), mllama, mllama_tiles, False,
+                      image_tokens=1),
 }
 
 
@@ -143,9 +167,11 @@ def tiny_vlm(family: str, seed: int = 0):
     tiny = FAMILIES[family]
     model = getattr(transformers, tiny.classes[1])(tiny.config(transformers)).eval()
     with torch.no_grad():  # weights initialised to 0 (Gemma 3's mm_input_projection_weight) would drop the image
-        for p in model.parameters():
+        for name, p in model.named_parameters():
             if p.dim() >= 2 and not p.any():
                 p.normal_(0.0, 0.05)
+            elif name.endswith("_gate") and not p.any():  # tanh gates that start closed (Mllama's cross-attention)
+                p.fill_(0.5)
     return model
 
 

@@ -74,8 +74,11 @@ def model_blocks(model: nn.Module, spec: ModelSpec, stacks: Optional[Sequence[st
 
 
 def block_spec(block: nn.Module, spec: ModelSpec) -> ModelSpec:
-    """The spec of one block of ``spec``'s stack: ``spec``, or for a dense block of an MoE family with a
-    ``dense_mlp``, its dense variant (the same object for every such block)."""
+    """The spec of one block of ``spec``'s stack: ``spec``, or for a block without ``spec.heads``'s query module
+    under a spec with ``heads_elsewhere`` (Mllama's cross-attention layers), its variant with those heads, and for
+    a dense block of an MoE family with a ``dense_mlp``, its dense variant (the same object for every such block)."""
+    if spec.heads_elsewhere is not None and not _exists(block, spec.heads.query):
+        spec = _heads_elsewhere_variant(spec)
     if spec.dense_mlp is None or has_experts(block, spec):
         return spec
     return _dense_variant(spec)
@@ -84,6 +87,12 @@ def block_spec(block: nn.Module, spec: ModelSpec) -> ModelSpec:
 @functools.lru_cache(maxsize=None)
 def _dense_variant(spec: ModelSpec) -> ModelSpec:
     return replace_dataclass(spec, name=f"{spec.name}-dense", mlp=spec.dense_mlp, dense_mlp=None)
+
+
+@functools.lru_cache(maxsize=None)
+def _heads_elsewhere_variant(spec: ModelSpec) -> ModelSpec:
+    return replace_dataclass(spec, name=f"{spec.name}-{spec.heads_elsewhere.attention or 'heads-elsewhere'}",
+                             heads=spec.heads_elsewhere, heads_elsewhere=None)
 
 
 def find_layers(model: nn.Module, spec: ModelSpec) -> Tuple[str, nn.ModuleList]:

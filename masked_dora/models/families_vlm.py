@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace as replace_dataclass
 from typing import Dict
 
-from .spec_types import ModelSpec, WrapperSpec
+from .spec_types import HeadSpec, ModelSpec, WrapperSpec
 
 # outer model_type -> where its language model is. transformers 5 nests it as model.language_model
 # (model.text_model in Idefics3/SmolVLM), a base model whose block list is "layers". Qwen3.5's language model
@@ -28,9 +28,13 @@ VLM_WRAPPERS: Dict[str, WrapperSpec] = {
         "ovis2", "exaone4_5", "got_ocr2", "hyperclovax_vision_v2", "cosmos3_omni", "video_llama_3",
         "deepseek_vl_hybrid", "minicpmv4_6", "minicpmv4_7", "minicpm_ocr")},
     **{t: WrapperSpec(language_model="text_model") for t in ("idefics3", "smolvlm")},
-    # BLIP-2 (an OPT inside), InstructBLIP (a Llama/Vicuna): a causal LM, the blocks in its base model (a Flan-T5
-    # inside is not covered: its blocks sit elsewhere); their forward needs an image
-    **{t: WrapperSpec(language_model="language_model.model", text_alone=False) for t in ("blip-2", "instructblip")},
+    # BLIP-2 (an OPT inside), InstructBLIP (a Llama/Vicuna): a causal LM, the blocks in its base model; around a
+    # Flan-T5, a T5ForConditionalGeneration with its encoder and decoder stacks directly under it (their MLPs
+    # prune; T5's heads are refused); their forward needs an image
+    **{t: WrapperSpec(language_model="language_model.model", seq2seq_language_model="language_model",
+                      text_alone=False) for t in ("blip-2", "instructblip")},
+    # Llama 3.2 Vision: the language model (mllama_text_model, below) reads the image through its cross-attention
+    "mllama": WrapperSpec(language_model="language_model"),
     # Idefics2's connector MLP is built text_config.intermediate_size wide: a pruned MLP saves in the per-layer form
     "idefics2": WrapperSpec(language_model="text_model", shared_text_keys=("intermediate_size",)),
 }
@@ -39,6 +43,12 @@ VLM_WRAPPERS: Dict[str, WrapperSpec] = {
 def vlm_text_specs(llama_style: dict, mixtral_style: dict) -> Dict[str, ModelSpec]:
     """The specs of the language models only VLMs have, built on the ``llama`` spec's fields (``LLAMA_STYLE``)
     and the packed experts' (``MIXTRAL_STYLE``)."""
+    def mllama_heads(attention: str) -> HeadSpec:
+        """Llama's attention at ``attention``, its head_dim derived (hidden_size // num_attention_heads)."""
+        return replace_dataclass(llama_style["heads"], **{role: f"{attention}.{role[0]}_proj" for role in (
+            "query", "key", "value", "output")}, attention=attention, head_dim_key=None, attrs=(
+            ("num_heads", "heads"), ("num_key_value_heads", "kv_heads"), ("num_key_value_groups", "groups")))
+
     return {
         # Qwen2-VL / Qwen2.5-VL: Llama's modules (q/k/v biases, multimodal rotary positions per head dim), but the
         # attention sets head_dim = hidden_size // num_attention_heads (no head_dim key) and checks it at build:
@@ -56,4 +66,12 @@ def vlm_text_specs(llama_style: dict, mixtral_style: dict) -> Dict[str, ModelSpe
         "qwen3_vl_moe_text": ModelSpec(name="qwen3_vl_moe_text", model_types=("qwen3_vl_moe_text",), **dict(
             mixtral_style, mlp=replace_dataclass(mixtral_style["mlp"], size_key="moe_intermediate_size")),
             dense_mlp=llama_style["mlp"]),
+        # Llama 3.2 Vision's text model (MllamaForCausalLM; the language model of MllamaForConditionalGeneration):
+        # Llama's self-attention blocks and, at cross_attention_layers, cross-attention blocks (cross_attn: q from
+        # the text, k/v from the vision features, q/k RMSNorm over head_dim shared by all heads; tanh-gated
+        # attention and MLP). Both have Llama's MLP; their heads prune, each kind at its paths (heads_elsewhere).
+        # The attention derives head_dim = hidden_size // num_attention_heads: pruned heads save in the per-layer
+        # form (load_compact), a pruned MLP alone plainly
+        "mllama_text": ModelSpec(name="mllama_text", model_types=("mllama_text_model",), **dict(
+            llama_style, heads=mllama_heads("self_attn")), heads_elsewhere=mllama_heads("cross_attn")),
     }

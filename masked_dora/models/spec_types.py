@@ -249,6 +249,11 @@ class ModelSpec:
     # first_k_dense_replace): their MLP, a group of its own size key; such a block's spec is this one with
     # mlp=dense_mlp (:func:`masked_dora.models.blocks.block_spec`). None: the MLP of such blocks is refused
     dense_mlp: Optional[MLPSpec] = None
+    # the attention of the blocks that lack ``heads``'s modules, at other paths (Mllama's cross-attention decoder
+    # layers among its self-attention ones: cross_attn.q_proj, ...), with the same config keys: such a block's spec is
+    # this one with heads=heads_elsewhere (:func:`masked_dora.models.blocks.block_spec`). None: every block has
+    # ``heads``'s modules
+    heads_elsewhere: Optional[HeadSpec] = None
     # a language model inside a multimodal model (a VLM; :class:`WrapperSpec`): the model config's attribute that
     # holds the language model's config, where this spec's keys (sizes, head counts, flags) are read and the
     # compacted sizes written; "": the model config itself. Each stack reads its own: a two-tower CLIPModel's
@@ -260,6 +265,12 @@ class ModelSpec:
             raise ValueError(f"ModelSpec {self.name!r}: dense_mlp is the dense MLP of an MoE family's other blocks: "
                              f"expected mlp with experts and dense_mlp without, got mlp.experts={self.mlp.experts!r}, "
                              f"dense_mlp.experts={self.dense_mlp.experts!r}")
+        elsewhere = self.heads_elsewhere
+        if elsewhere is not None and (self.heads.qkv or elsewhere.qkv
+                                      or _head_keys(elsewhere) != _head_keys(self.heads)):
+            raise ValueError(f"ModelSpec {self.name!r}: heads_elsewhere is the same attention at other paths: "
+                             f"separate q/k/v projections and the heads' config keys, got heads={self.heads}, "
+                             f"heads_elsewhere={elsewhere}")
 
     def applies_to(self, config) -> bool:
         return all(getattr(config, key, None) == value for key, value in self.when)
@@ -294,6 +305,11 @@ class ModelSpec:
         return None
 
 
+def _head_keys(heads: HeadSpec) -> Tuple[str, Optional[str], Optional[str]]:
+    """The config keys of a head spec's head counts and head size."""
+    return heads.heads_key, heads.kv_heads_key, heads.head_dim_key
+
+
 def _flag_term_holds(config, term: str) -> bool:
     """One term of an ``unsupported`` flag: ``name`` holds where the config sets it truthy, ``!name`` where it
     is false or missing."""
@@ -317,13 +333,23 @@ class WrapperSpec:
     the language model (Idefics2's connector MLP is ``text_config.intermediate_size`` wide): a pruned width is not
     written to them (the connector would be built narrower), so a pruned MLP saves in the per-layer form.
     ``text_alone``: whether the model runs on text without an image (BLIP-2's and InstructBLIP's forward requires
-    ``pixel_values``: the CLI, which trains on text, refuses them).
+    ``pixel_values``: the CLI, which trains on text, refuses them). ``seq2seq_language_model``: the language
+    model's name instead of ``language_model`` where it is an encoder-decoder (its spec has a ``decoder`` stack):
+    BLIP-2 and InstructBLIP build a causal LM whose base model holds the blocks (``language_model.model``) or,
+    around a Flan-T5, a ``T5ForConditionalGeneration`` whose ``encoder``/``decoder`` stacks sit directly under it
+    (``language_model``); ``""``: ``language_model`` either way.
     """
 
     language_model: str
     text_config: str = "text_config"
     shared_text_keys: Tuple[str, ...] = ()
     text_alone: bool = True
+    seq2seq_language_model: str = ""
+
+    def language_model_of(self, inner: "ModelSpec") -> str:
+        """The name of the language model whose spec is ``inner`` (an encoder-decoder's where it has its own)."""
+        seq2seq = any(stack.stack == "decoder" for stack in inner.stacks)
+        return self.seq2seq_language_model if seq2seq and self.seq2seq_language_model else self.language_model
 
 
 # the projector adds the image features into the language model's residual stream: pruning its channels would
@@ -334,17 +360,20 @@ VLM_HIDDEN = ("the vision projector writes image features into the language mode
 
 def wrap_spec(model_type: str, wrapper: WrapperSpec, inner: ModelSpec) -> ModelSpec:
     """The spec of a ``model_type`` VLM whose language model has the spec ``inner``: its block lists under
-    ``wrapper.language_model``, its keys in ``config.<wrapper.text_config>``, hidden pruning refused, an MLP
-    width key in ``wrapper.shared_text_keys`` left unwritten."""
+    ``wrapper.language_model`` (or ``seq2seq_language_model`` for an encoder-decoder ``inner``), its keys in
+    ``config.<wrapper.text_config>``, hidden pruning refused, an MLP width key in ``wrapper.shared_text_keys`` left
+    unwritten."""
     def unshared(mlp: Optional[MLPSpec]) -> Optional[MLPSpec]:
         shared = mlp is not None and mlp.size_key in wrapper.shared_text_keys
         return replace_dataclass(mlp, size_key="") if shared else mlp
+
+    language_model = wrapper.language_model_of(inner)
 
     def wrap(spec: ModelSpec, name: str, model_types: Tuple[str, ...]) -> ModelSpec:
         return replace_dataclass(
             spec, name=name, model_types=model_types, when=(), text_config=wrapper.text_config,
             mlp=unshared(spec.mlp), dense_mlp=unshared(spec.dense_mlp),
-            layers=tuple(f"{wrapper.language_model}.{suffix}" for suffix in spec.layers),
+            layers=tuple(f"{language_model}.{suffix}" for suffix in spec.layers),
             hidden=None, hidden_per_block=None, unsupported=(("hidden", "", VLM_HIDDEN),) + tuple(spec.unsupported),
             stacks=tuple(wrap(s, s.name, s.model_types) for s in spec.stacks))
     return wrap(inner, f"{model_type}+{inner.name}", (model_type,))
