@@ -336,9 +336,10 @@ def run_prune(args) -> dict:
     # the next-token loss; the vision tower and projector are left as they are
     vlm = model_config.model_type in WRAPPERS
     if vlm and not WRAPPERS[model_config.model_type].text_alone:
-        raise SystemExit(f"--model: {model_dir} is a {model_config.model_type!r} model, whose forward needs an image "
-                         f"in every input; the CLI trains on text only: prune it with the Python API "
-                         f"(prepare_model, then your own batches with pixel_values)")
+        raise SystemExit(f"--model: {model_dir} is a {model_config.model_type!r} model, whose language model needs "
+                         f"an image in its inputs to run every block (its forward requires one, or skips the blocks "
+                         f"that read it); the CLI trains on text only: prune it with the Python API (prepare_model, "
+                         f"then your own batches with pixel_values)")
     if not vlm and getattr(model_config, "vision_config", None) is not None:
         raise SystemExit(f"--model: {model_dir} is a {model_config.model_type!r} model with a vision tower (a "
                          f"two-tower model such as CLIP or SigLIP); the CLI trains on text only: prune it with the "

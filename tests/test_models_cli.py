@@ -200,16 +200,22 @@ def test_cli_prunes_a_vision_language_models_language_model(tmp_path):
 
 
 def test_cli_refuses_image_models_it_cannot_train_on_text(tmp_path):
-    """BLIP-2's forward needs pixel_values in every input, and a two-tower CLIPModel embeds text only beside an
-    image: the CLI, which trains on text, refuses both before it loads any weights (it crashed in the first
-    forward with a TypeError / "You have to specify pixel_values")."""
+    """BLIP-2's forward needs pixel_values in every input, Mllama skips its cross-attention blocks on text alone
+    (the activation importance then failed: "saw no activity in the groups ['mlp_1', 'heads_1']"), and a
+    two-tower CLIPModel embeds text only beside an image: the CLI, which trains on text, refuses them before it
+    loads any weights (BLIP-2 and CLIP crashed in the first forward with a TypeError / "You have to specify
+    pixel_values")."""
     import transformers
-    from tiny_vlm_configs import blip_2
+    from tiny_vlm_configs import blip_2, mllama
 
-    for name, config in (("blip", blip_2(transformers)), ("clip", transformers.CLIPConfig())):
+    configs = [("blip", blip_2(transformers)), ("clip", transformers.CLIPConfig())]
+    if hasattr(transformers, "MllamaConfig"):
+        configs.append(("mllama", mllama(transformers)))
+    for name, config in configs:
         model_dir = str(tmp_path / name)
         config.save_pretrained(model_dir)  # the config alone: the refusal comes first
-        match = "forward needs an image" if name == "blip" else "'clip' model with a vision tower"
+        match = ("needs an image in its inputs to run every block" if name != "clip"
+                 else "'clip' model with a vision tower")
         with pytest.raises(SystemExit, match=f"--model: .*{match}.*Python API"):
             main(["prune", "--model", model_dir, "--out", str(tmp_path / "out")] + SMALL_RUN)
         assert not (tmp_path / "out").exists()

@@ -116,8 +116,8 @@ def test_vlm_spec_is_its_language_models(family):
     assert spec.name == f"{model.config.model_type}+{spec_for(model.config.text_config).name}"
     language_model = FAMILIES[family].language_model
     assert tuple(find_layers(model, stack)[0] for stack in stack_specs(spec)) == FAMILIES[family].block_lists
-    # the CLI refuses a VLM that cannot run on text alone by the spec's flag: the spec says what the table knows
-    assert WRAPPERS[model.config.model_type].text_alone == FAMILIES[family].text_alone
+    # a model that cannot run on text alone must say so in its spec (the CLI, which trains on text, refuses by it)
+    assert FAMILIES[family].text_alone or not WRAPPERS[model.config.model_type].text_alone
     groups = FAMILIES[family].groups
     if "heads" not in groups:  # refused, naming the VLM, before anything is wrapped
         with pytest.raises(ValueError, match=rf"'heads' cannot be pruned in a '{model.config.model_type}' model"):
@@ -127,6 +127,20 @@ def test_vlm_spec_is_its_language_models(family):
     assert len(wrapped) == FAMILIES[family].wrapped and all(n.startswith(language_model + ".") for n in wrapped)
     blocks = 2 * len(FAMILIES[family].stacks)
     assert sorted(get_state(model).groups) == sorted(f"{g}_{i}" for g in groups for i in range(blocks))
+
+
+@pytest.mark.parametrize("family", VLMS)
+def test_vlm_spec_says_whether_text_alone_runs_every_block(family):
+    """``WrapperSpec.text_alone``, by which the CLI (training on text) refuses a VLM: where it holds, importance
+    calibrated on text alone reaches every pruned block; where it does not, text alone fails or leaves blocks
+    unseen (BLIP-2's forward needs an image; Mllama skips its cross-attention blocks without one)."""
+    model = tiny_vlm(family)
+    config = MaskedDoRAConfig(**dict(CONFIG, importance="activation"), target_groups=FAMILIES[family].groups)
+    if WRAPPERS[model.config.model_type].text_alone:
+        prepare_model(model, config, calibration=[text_inputs(n=2)])
+    else:
+        with pytest.raises((ValueError, TypeError)):
+            prepare_model(model, config, calibration=[text_inputs(n=2)])
 
 
 @pytest.mark.parametrize("family", VLMS)

@@ -24,7 +24,8 @@ from .training import MaskedDoRACallback, MaskTrainer, param_groups, train_maske
 
 __all__ = ["GroupMask", "MaskTrainer", "MaskedDoRACallback", "MaskedDoRAConfig", "MaskedDoRAState", "ModelSpec",
            "ExpertsLayout", "HeadSpec", "MLPSpec", "PerHeadSpec", "register_spec",
-           "SPECS", "SparsityController", "build_compact_model", "compact_for_training", "compact_model", "expected_keep", "export_peft",
+           "SPECS", "SparsityController", "build_compact_model", "compact_for_training", "compact_model",
+           "expected_keep", "export_peft",
            "from_peft",
            "get_state", "harden", "is_prepared", "kept_fraction", "load_compact", "load_training_state", "param_groups",
            "plan_keep", "prepare_model", "save_training_state", "spec_for", "train_masked", "use_mask_group"]

@@ -35,7 +35,8 @@ def tokenize_batches(tokenizer, texts: Sequence[str], batch_size: int, max_lengt
 
 
 @torch.no_grad()
-def embed(model: nn.Module, batches: Sequence[Dict[str, Tensor]], progress: bool = False, desc: str = "embed") -> Tensor:
+def embed(model: nn.Module, batches: Sequence[Dict[str, Tensor]], progress: bool = False,
+          desc: str = "embed") -> Tensor:
     model.eval()
     it = batches
     if progress:

@@ -34,7 +34,8 @@ VLM_WRAPPERS: Dict[str, WrapperSpec] = {
     **{t: WrapperSpec(language_model="language_model.model", seq2seq_language_model="language_model",
                       text_alone=False) for t in ("blip-2", "instructblip")},
     # Llama 3.2 Vision: the language model (mllama_text_model, below) reads the image through its cross-attention
-    "mllama": WrapperSpec(language_model="language_model"),
+    # blocks, which text without an image skips (they would train and calibrate on nothing): not text_alone
+    "mllama": WrapperSpec(language_model="language_model", text_alone=False),
     # Idefics2's connector MLP is built text_config.intermediate_size wide: a pruned MLP saves in the per-layer form
     "idefics2": WrapperSpec(language_model="text_model", shared_text_keys=("intermediate_size",)),
 }

@@ -109,7 +109,8 @@ def write_markdown(path: str, metrics: Dict, plot_file: Optional[str], plot_note
     per_block = any("hidden" in s for s in m["layer_sizes"])  # hidden_mode="per_block": a count per block
     width = m.get("hidden_size")
     lines += ["## Kept structure per layer", "",
-              "| layer | MLP channels | heads | KV heads |" + (" hidden channels read and written |" if per_block else ""),
+              "| layer | MLP channels | heads | KV heads |"
+              + (" hidden channels read and written |" if per_block else ""),
               "|---|---|---|---|" + ("---|" if per_block else "")]
     for i, (s, o) in enumerate(zip(m["layer_sizes"], m["original_sizes"])):
         hidden = f" {s['hidden']} / {width} |" if per_block and "hidden" in s else (" |" if per_block else "")

@@ -215,7 +215,8 @@ def warn_unreachable_targets(model: nn.Module, tolerance: float = 0.05) -> Dict[
             warnings.warn(
                 f"target_sparsity[{kind!r}]={target:g} becomes {achieved:.4g} after rounding: {unit}; "
                 f"kept_count rounds {g.num_units} x {1 - target:g} = {g.num_units * (1 - target):g} to "
-                f"{round(g.num_units * (1 - achieved))} kept ({cfg.allocation} allocation). Hardening will remove {achieved:.1%} of the {kind} units, "
+                f"{round(g.num_units * (1 - achieved))} kept ({cfg.allocation} allocation). Hardening will remove "
+                f"{achieved:.1%} of the {kind} units, "
                 f"not {target:.1%}.", UserWarning, stacklevel=3)
     return out
 

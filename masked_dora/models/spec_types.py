@@ -332,8 +332,10 @@ class WrapperSpec:
     and the compacted ones written there). ``shared_text_keys``: text config keys that also size a module outside
     the language model (Idefics2's connector MLP is ``text_config.intermediate_size`` wide): a pruned width is not
     written to them (the connector would be built narrower), so a pruned MLP saves in the per-layer form.
-    ``text_alone``: whether the model runs on text without an image (BLIP-2's and InstructBLIP's forward requires
-    ``pixel_values``: the CLI, which trains on text, refuses them). ``seq2seq_language_model``: the language
+    ``text_alone``: whether text without an image runs every block of the language model (not where the forward
+    requires ``pixel_values``, BLIP-2's and InstructBLIP's, nor where blocks that read the image are skipped
+    without one, Mllama's cross-attention blocks): the CLI, which trains on text, refuses the others.
+    ``seq2seq_language_model``: the language
     model's name instead of ``language_model`` where it is an encoder-decoder (its spec has a ``decoder`` stack):
     BLIP-2 and InstructBLIP build a causal LM whose base model holds the blocks (``language_model.model``) or,
     around a Flan-T5, a ``T5ForConditionalGeneration`` whose ``encoder``/``decoder`` stacks sit directly under it
