@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace as replace_dataclass
 from typing import Dict
 
-from .spec_types import ModelSpec, WrapperSpec
+from .spec_types import MLPSpec, ModelSpec, WrapperSpec
 
 # outer model_type -> where its language model is. transformers 5 nests it as model.language_model
 # (model.text_model in Idefics3/SmolVLM), a base model whose block list is "layers". Qwen3.5's language model
@@ -33,19 +33,28 @@ VLM_WRAPPERS: Dict[str, WrapperSpec] = {
     **{t: WrapperSpec(language_model="language_model.model", text_alone=False) for t in ("blip-2", "instructblip")},
     # Idefics2's connector MLP is built text_config.intermediate_size wide: a pruned MLP saves in the per-layer form
     "idefics2": WrapperSpec(language_model="text_model", shared_text_keys=("intermediate_size",)),
+    # GLM-4.1V (glm4v_text) and GLM-4.5V (glm4v_moe_text: GLM-4.5's MoE blocks); Janus (a Llama; its
+    # image-generation VQ-VAE, embeddings and head are left as they are); FastVLM (a Qwen2 after timm's FastViTHD);
+    # Kimi-K2.5 (a DeepSeek-V3: MLA, its heads refused)
+    **{t: WrapperSpec(language_model="language_model") for t in ("glm4v", "glm4v_moe", "janus", "fast_vlm",
+                                                                  "kimi_k25")},
+    # InstructBLIP-Video: InstructBLIP's layout (a causal LM's base model; its forward needs the video)
+    "instructblipvideo": WrapperSpec(language_model="language_model.model", text_alone=False),
 }
 
 
 def vlm_text_specs(llama_style: dict, mixtral_style: dict) -> Dict[str, ModelSpec]:
     """The specs of the language models only VLMs have, built on the ``llama`` spec's fields (``LLAMA_STYLE``)
     and the packed experts' (``MIXTRAL_STYLE``)."""
+    # the attention sets head_dim = hidden_size // num_attention_heads (no head_dim key), per-head attributes
+    derived_head_dim = replace_dataclass(llama_style["heads"], head_dim_key=None, attrs=(
+        ("num_heads", "heads"), ("num_key_value_heads", "kv_heads"), ("num_key_value_groups", "groups")))
     return {
         # Qwen2-VL / Qwen2.5-VL: Llama's modules (q/k/v biases, multimodal rotary positions per head dim), but the
         # attention sets head_dim = hidden_size // num_attention_heads (no head_dim key) and checks it at build:
         # pruned heads save in the per-layer form (load_compact), a pruned MLP alone plainly
         "qwen2_vl_text": ModelSpec(name="qwen2_vl_text", model_types=("qwen2_vl_text", "qwen2_5_vl_text"), **dict(
-            llama_style, heads=replace_dataclass(llama_style["heads"], head_dim_key=None, attrs=(
-                ("num_heads", "heads"), ("num_key_value_heads", "kv_heads"), ("num_key_value_groups", "groups"))))),
+            llama_style, heads=derived_head_dim)),
         # Qwen3-VL: Qwen3's attention (head_dim from the config, q/k norms over head_dim shared by all heads);
         # the deepstack visual features are added to the residual stream of its first blocks, which MLP and head
         # pruning leave full width (no hidden spec: refused)
@@ -56,4 +65,12 @@ def vlm_text_specs(llama_style: dict, mixtral_style: dict) -> Dict[str, ModelSpe
         "qwen3_vl_moe_text": ModelSpec(name="qwen3_vl_moe_text", model_types=("qwen3_vl_moe_text",), **dict(
             mixtral_style, mlp=replace_dataclass(mixtral_style["mlp"], size_key="moe_intermediate_size")),
             dense_mlp=llama_style["mlp"]),
+        # GLM-4.1V / GLM-4.5V's dense language model (glm4v_text): GLM-4's block (fused gate_up_proj rows [gate |
+        # up], post-norms over the hidden size after the attention and the MLP) under Qwen2-VL's attention (q/k/v
+        # biases, head_dim = hidden_size // num_attention_heads, no head_dim key; multimodal rotary positions over
+        # the first half of each head's dims, the same for every head): pruned heads save in the per-layer form
+        "glm4v_text": ModelSpec(name="glm4v_text", model_types=("glm4v_text",), **dict(
+            llama_style, heads=derived_head_dim, mlp=MLPSpec(
+                producers=("mlp.gate_up_proj",), consumer="mlp.down_proj", size_key="intermediate_size",
+                segments=(2,)))),
     }
