@@ -1,5 +1,5 @@
 """More tiny VLM configs and image inputs (``tiny_vlms.FAMILIES`` puts them together, one row per family), in the
-sizes of :mod:`tiny_vlm_configs`: GLM-4.1V / GLM-4.5V, Janus, InstructBLIP-Video, FastVLM and Kimi-K2.5. Each
+sizes of :mod:`tiny_vlm_configs`: GLM-4.1V / 4.5V / 4.6V, GLM-OCR, Janus, InstructBLIP-Video, FastVLM and Kimi-K2.5. Each
 input builder ``pixels(n, generator)`` gives the keyword arguments besides ``input_ids`` in the layout the
 vision tower reads (GLM-4V's: ``tiny_vlm_configs.qwen_patches(14)``).
 """
@@ -26,6 +26,19 @@ def glm4v(t):
     size)."""
     return t.Glm4vConfig(text_config=dict(TEXT, rope_parameters=GLM4V_ROPE), vision_config=GLM4V_VISION,
                          **GLM4V_TOKENS)
+
+
+def glm46v(t):
+    """GLM-4.6V: GLM-4.1V's language model (glm4v_text) and vision tower under a config of its own."""
+    return t.Glm46VConfig(text_config=dict(TEXT, rope_parameters=GLM4V_ROPE, model_type="glm4v_text"),
+                          vision_config=dict(GLM4V_VISION, model_type="glm4v_vision"), **GLM4V_TOKENS)
+
+
+def glm_ocr(t):
+    """GLM-OCR: its glm_ocr_text language model (GLM-4V's block, no q/k/v biases; no head_dim key: the attention
+    takes hidden_size // heads until the compacted config says head_dim) and GLM-4V's vision tower layout."""
+    return t.GlmOcrConfig(text_config=dict(TEXT, rope_parameters=GLM4V_ROPE), vision_config=GLM4V_VISION,
+                          **GLM4V_TOKENS)
 
 
 def glm4v_moe(t):

@@ -24,8 +24,8 @@ from tiny_vlm_configs import (IMAGE_ID, IMAGE_TOKENS, anyres_images, blip_2, coh
                               qwen_patches, sized_images, square_images, video_llama_3, video_llama_3_patches,
                               video_llava, video_llava_images, vipllava)
 
-from tiny_vlm_configs_more import (fast_vlm, glm4v, glm4v_moe, instructblipvideo, janus, kimi_k25, moonvit_patches,
-                                   video_frames)
+from tiny_vlm_configs_more import (fast_vlm, glm4v, glm4v_moe, glm46v, glm_ocr, instructblipvideo, janus, kimi_k25,
+                                   moonvit_patches, video_frames)
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
 
@@ -148,6 +148,12 @@ FAMILIES: Dict[str, TinyVLM] = {
     # experts prune (3 + 4 * 2 wrapped), the shared expert (moe_intermediate_size wide too) is kept whole
     "kimi_k25": TinyVLM(("Kimi_K25Config", "Kimi_K25ForConditionalGeneration"), kimi_k25, moonvit_patches, False,
                         wrapped=3 + 4 * 2, groups=("mlp",)),
+    # GLM-4.6V: GLM-4.1V's language model (pruned heads: the per-layer form)
+    "glm46v": TinyVLM(("Glm46VConfig", "Glm46VForConditionalGeneration"), glm46v, qwen_patches(14), False,
+                      wrapped=2 * 6),
+    # GLM-OCR: its attention reads head_dim from the config: pruned heads save plainly
+    "glm_ocr": TinyVLM(("GlmOcrConfig", "GlmOcrForConditionalGeneration"), glm_ocr, qwen_patches(14), True,
+                       wrapped=2 * 6),
 }
 
 

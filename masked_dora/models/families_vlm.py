@@ -33,11 +33,11 @@ VLM_WRAPPERS: Dict[str, WrapperSpec] = {
     **{t: WrapperSpec(language_model="language_model.model", text_alone=False) for t in ("blip-2", "instructblip")},
     # Idefics2's connector MLP is built text_config.intermediate_size wide: a pruned MLP saves in the per-layer form
     "idefics2": WrapperSpec(language_model="text_model", shared_text_keys=("intermediate_size",)),
-    # GLM-4.1V (glm4v_text) and GLM-4.5V (glm4v_moe_text: GLM-4.5's MoE blocks); Janus (a Llama; its
+    # GLM-4.1V and GLM-4.6V (glm4v_text), GLM-4.5V (glm4v_moe_text: GLM-4.5's MoE blocks), GLM-OCR; Janus (a Llama; its
     # image-generation VQ-VAE, embeddings and head are left as they are); FastVLM (a Qwen2 after timm's FastViTHD);
     # Kimi-K2.5 (a DeepSeek-V3: MLA, its heads refused)
     **{t: WrapperSpec(language_model="language_model") for t in ("glm4v", "glm4v_moe", "janus", "fast_vlm",
-                                                                  "kimi_k25")},
+                                                                  "kimi_k25", "glm46v", "glm_ocr")},
     # InstructBLIP-Video: InstructBLIP's layout (a causal LM's base model; its forward needs the video)
     "instructblipvideo": WrapperSpec(language_model="language_model.model", text_alone=False),
 }
@@ -49,6 +49,9 @@ def vlm_text_specs(llama_style: dict, mixtral_style: dict) -> Dict[str, ModelSpe
     # the attention sets head_dim = hidden_size // num_attention_heads (no head_dim key), per-head attributes
     derived_head_dim = replace_dataclass(llama_style["heads"], head_dim_key=None, attrs=(
         ("num_heads", "heads"), ("num_key_value_heads", "kv_heads"), ("num_key_value_groups", "groups")))
+    # GLM-4's MLP: a fused gate_up_proj, rows [gate | up]
+    glm_mlp = MLPSpec(producers=("mlp.gate_up_proj",), consumer="mlp.down_proj", size_key="intermediate_size",
+                      segments=(2,))
     return {
         # Qwen2-VL / Qwen2.5-VL: Llama's modules (q/k/v biases, multimodal rotary positions per head dim), but the
         # attention sets head_dim = hidden_size // num_attention_heads (no head_dim key) and checks it at build:
@@ -70,7 +73,10 @@ def vlm_text_specs(llama_style: dict, mixtral_style: dict) -> Dict[str, ModelSpe
         # biases, head_dim = hidden_size // num_attention_heads, no head_dim key; multimodal rotary positions over
         # the first half of each head's dims, the same for every head): pruned heads save in the per-layer form
         "glm4v_text": ModelSpec(name="glm4v_text", model_types=("glm4v_text",), **dict(
-            llama_style, heads=derived_head_dim, mlp=MLPSpec(
-                producers=("mlp.gate_up_proj",), consumer="mlp.down_proj", size_key="intermediate_size",
-                segments=(2,)))),
+            llama_style, heads=derived_head_dim, mlp=glm_mlp)),
+        # GLM-OCR's language model (glm_ocr_text): glm4v_text's block without the q/k/v biases, its attention
+        # reading head_dim from the config where it has one (else hidden_size // num_attention_heads): the
+        # compacted config says head_dim, and pruned heads save plainly
+        "glm_ocr_text": ModelSpec(name="glm_ocr_text", model_types=("glm_ocr_text",), **dict(
+            llama_style, heads=replace_dataclass(derived_head_dim, head_dim_key="head_dim"), mlp=glm_mlp)),
     }
