@@ -1,5 +1,6 @@
 """More tiny VLM configs and image inputs (``tiny_vlms.FAMILIES`` puts them together, one row per family), in the
-sizes of :mod:`tiny_vlm_configs`: GLM-4.1V / 4.5V / 4.6V, GLM-OCR, Janus, InstructBLIP-Video, FastVLM and Kimi-K2.5. Each
+sizes of :mod:`tiny_vlm_configs`: GLM-4.1V / 4.5V / 4.6V, GLM-OCR, Janus, InstructBLIP-Video, FastVLM, Kimi-K2.5
+and PaddleOCR-VL. Each
 input builder ``pixels(n, generator)`` gives the keyword arguments besides ``input_ids`` in the layout the
 vision tower reads (GLM-4V's: ``tiny_vlm_configs.qwen_patches(14)``).
 """
@@ -111,5 +112,21 @@ def kimi_k25(t):
 
 def moonvit_patches(n, gen):
     """Kimi-K2.5: per image its 4x4 patches of 14 px, one (3, 14, 14) row each, with the image's grid."""
+    return {"pixel_values": torch.randn(n * 16, 3, 14, 14, generator=gen),
+            "image_grid_thw": torch.tensor([[1, 4, 4]] * n)}
+
+
+def paddleocr_vl(t):
+    """PaddleOCR-VL around its paddleocr_vl_text (ERNIE-4.5's layout with use_bias: biases on every projection;
+    multimodal rotary over each head's 8 dims): a NaViT-like SigLIP over 4x4 patches of 14 px, merged 2x2 by the
+    projector into 4 tokens."""
+    return t.PaddleOCRVLConfig(text_config=dict(TEXT, head_dim=8, use_bias=True, rope_parameters=dict(
+        rope_type="default", rope_theta=10000.0, mrope_section=[1, 1, 2])),
+        vision_config=dict(VISION, patch_size=14, image_size=56, spatial_merge_size=2),
+        image_token_id=IMAGE_ID, video_token_id=101, vision_start_token_id=102, vision_end_token_id=103)
+
+
+def paddle_patches(n, gen):
+    """PaddleOCR-VL: per image its 4x4 patches of 14 px, one (3, 14, 14) row each, with the image's grid."""
     return {"pixel_values": torch.randn(n * 16, 3, 14, 14, generator=gen),
             "image_grid_thw": torch.tensor([[1, 4, 4]] * n)}

@@ -25,7 +25,7 @@ from tiny_vlm_configs import (IMAGE_ID, IMAGE_TOKENS, anyres_images, blip_2, coh
                               video_llava, video_llava_images, vipllava)
 
 from tiny_vlm_configs_more import (fast_vlm, glm4v, glm4v_moe, glm46v, glm_ocr, instructblipvideo, janus, kimi_k25,
-                                   moonvit_patches, video_frames)
+                                   moonvit_patches, paddle_patches, paddleocr_vl, video_frames)
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
 
@@ -154,6 +154,8 @@ FAMILIES: Dict[str, TinyVLM] = {
     # GLM-OCR: its attention reads head_dim from the config: pruned heads save plainly
     "glm_ocr": TinyVLM(("GlmOcrConfig", "GlmOcrForConditionalGeneration"), glm_ocr, qwen_patches(14), True,
                        wrapped=2 * 6),
+    "paddleocr_vl": TinyVLM(("PaddleOCRVLConfig", "PaddleOCRVLForConditionalGeneration"), paddleocr_vl,
+                            paddle_patches, True),
 }
 
 

@@ -35,9 +35,10 @@ VLM_WRAPPERS: Dict[str, WrapperSpec] = {
     "idefics2": WrapperSpec(language_model="text_model", shared_text_keys=("intermediate_size",)),
     # GLM-4.1V and GLM-4.6V (glm4v_text), GLM-4.5V (glm4v_moe_text: GLM-4.5's MoE blocks), GLM-OCR; Janus (a Llama; its
     # image-generation VQ-VAE, embeddings and head are left as they are); FastVLM (a Qwen2 after timm's FastViTHD);
-    # Kimi-K2.5 (a DeepSeek-V3: MLA, its heads refused)
+    # Kimi-K2.5 (a DeepSeek-V3: MLA, its heads refused); PaddleOCR-VL (paddleocr_vl_text, ERNIE-4.5-like)
     **{t: WrapperSpec(language_model="language_model") for t in ("glm4v", "glm4v_moe", "janus", "fast_vlm",
-                                                                  "kimi_k25", "glm46v", "glm_ocr")},
+                                                                  "kimi_k25", "glm46v", "glm_ocr",
+                                                                  "paddleocr_vl")},
     # InstructBLIP-Video: InstructBLIP's layout (a causal LM's base model; its forward needs the video)
     "instructblipvideo": WrapperSpec(language_model="language_model.model", text_alone=False),
 }
@@ -49,6 +50,8 @@ def vlm_text_specs(llama_style: dict, mixtral_style: dict) -> Dict[str, ModelSpe
     # the attention sets head_dim = hidden_size // num_attention_heads (no head_dim key), per-head attributes
     derived_head_dim = replace_dataclass(llama_style["heads"], head_dim_key=None, attrs=(
         ("num_heads", "heads"), ("num_key_value_heads", "kv_heads"), ("num_key_value_groups", "groups")))
+    # the same attention reading head_dim from the config where it has one (else hidden_size // heads)
+    config_head_dim = replace_dataclass(derived_head_dim, head_dim_key="head_dim")
     # GLM-4's MLP: a fused gate_up_proj, rows [gate | up]
     glm_mlp = MLPSpec(producers=("mlp.gate_up_proj",), consumer="mlp.down_proj", size_key="intermediate_size",
                       segments=(2,))
@@ -78,5 +81,9 @@ def vlm_text_specs(llama_style: dict, mixtral_style: dict) -> Dict[str, ModelSpe
         # reading head_dim from the config where it has one (else hidden_size // num_attention_heads): the
         # compacted config says head_dim, and pruned heads save plainly
         "glm_ocr_text": ModelSpec(name="glm_ocr_text", model_types=("glm_ocr_text",), **dict(
-            llama_style, heads=replace_dataclass(derived_head_dim, head_dim_key="head_dim"), mlp=glm_mlp)),
+            llama_style, heads=config_head_dim, mlp=glm_mlp)),
+        # PaddleOCR-VL's language model (paddleocr_vl_text): ERNIE-4.5's Llama layout (use_bias: biases on every
+        # projection) with multimodal rotary positions, the same for every head; head_dim from the config
+        "paddleocr_vl_text": ModelSpec(name="paddleocr_vl_text", model_types=("paddleocr_vl_text",), **dict(
+            llama_style, heads=config_head_dim)),
     }
