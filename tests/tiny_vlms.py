@@ -4,8 +4,8 @@ One row of ``FAMILIES`` per VLM type (its VLM type a ``WrapperSpec`` in ``masked
 its config and image inputs (``tiny_vlm_configs``, ``tiny_vlm_configs_more``: a language model of 2 blocks,
 hidden 32, 4 query / 2 KV heads of 8, MLP 64, vocabulary 128; a vision tower of 2 layers, hidden 32; a tiny image
 that the model turns into ``IMAGE_TOKENS``, or the family's ``image_tokens``, placeholder tokens, id ``IMAGE_ID``,
-of ``input_ids``) and what the tests expect of it. The inputs are built by hand as the model's processor would: the image token
-repeated as many times as the image has features, the pixels in the layout the vision tower reads.
+of ``input_ids``) and what the tests expect of it. The inputs are built by hand as the model's processor would:
+the image token repeated as many times as the image has features, the pixels in the layout the vision tower reads.
 """
 
 from __future__ import annotations
