@@ -1,6 +1,6 @@
 """More tiny VLM configs and image inputs (``tiny_vlms.FAMILIES`` puts them together, one row per family), in the
-sizes of :mod:`tiny_vlm_configs`: GLM-4.1V / 4.5V / 4.6V, GLM-OCR, Janus, InstructBLIP-Video, FastVLM, Kimi-K2.5
-and PaddleOCR-VL. Each
+sizes of :mod:`tiny_vlm_configs`: GLM-4.1V / 4.5V / 4.6V, GLM-OCR, Janus, InstructBLIP-Video, FastVLM, Kimi-K2.5,
+PaddleOCR-VL and HunYuan-VL. Each
 input builder ``pixels(n, generator)`` gives the keyword arguments besides ``input_ids`` in the layout the
 vision tower reads (GLM-4V's: ``tiny_vlm_configs.qwen_patches(14)``).
 """
@@ -129,4 +129,21 @@ def paddleocr_vl(t):
 def paddle_patches(n, gen):
     """PaddleOCR-VL: per image its 4x4 patches of 14 px, one (3, 14, 14) row each, with the image's grid."""
     return {"pixel_values": torch.randn(n * 16, 3, 14, 14, generator=gen),
+            "image_grid_thw": torch.tensor([[1, 4, 4]] * n)}
+
+
+def hunyuan_vl(t):
+    """HunYuan-VL around its hunyuan_vl_text (HunYuan-Dense's layout: per-head query/key norms over head_dim;
+    multimodal rotary over 4 axes): 4x4 patches of 16 px (position embeddings interpolated from a 4x4 grid),
+    merged 2x2 with a newline token after each row and a begin and an end token: 2 * (2 + 1) + 2 = 8 tokens."""
+    return t.HunYuanVLConfig(text_config=dict(TEXT, head_dim=8, rope_parameters=dict(
+        rope_type="default", rope_theta=10000.0, mrope_section=[1, 1, 1, 1])),
+        vision_config=dict(VISION, patch_size=16, max_image_size=64, out_hidden_size=32, text_hidden_size=32,
+                           spatial_merge_size=2),
+        image_token_id=IMAGE_ID, im_start_id=101, im_end_id=102, im_newline_id=103)
+
+
+def hunyuan_patches(n, gen):
+    """HunYuan-VL: per image its 4x4 flattened patches of 16 px (3 * 16 * 16 each), with the image's grid."""
+    return {"pixel_values": torch.randn(n * 16, 3 * 16 * 16, generator=gen),
             "image_grid_thw": torch.tensor([[1, 4, 4]] * n)}

@@ -25,7 +25,8 @@ from tiny_vlm_configs import (IMAGE_ID, IMAGE_TOKENS, anyres_images, blip_2, coh
                               video_llava, video_llava_images, vipllava)
 
 from tiny_vlm_configs_more import (fast_vlm, glm4v, glm4v_moe, glm46v, glm_ocr, instructblipvideo, janus, kimi_k25,
-                                   moonvit_patches, paddle_patches, paddleocr_vl, video_frames)
+                                   hunyuan_patches, hunyuan_vl, moonvit_patches, paddle_patches, paddleocr_vl,
+                                   video_frames)
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
 
@@ -156,6 +157,9 @@ FAMILIES: Dict[str, TinyVLM] = {
                        wrapped=2 * 6),
     "paddleocr_vl": TinyVLM(("PaddleOCRVLConfig", "PaddleOCRVLForConditionalGeneration"), paddleocr_vl,
                             paddle_patches, True),
+    # HunYuan-VL: an image's 2x2 merged features, a newline after each row, a begin and an end token: 8 tokens
+    "hunyuan_vl": TinyVLM(("HunYuanVLConfig", "HunYuanVLForConditionalGeneration"), hunyuan_vl, hunyuan_patches,
+                          True, image_tokens=8),
 }
 
 

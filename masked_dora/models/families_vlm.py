@@ -35,10 +35,11 @@ VLM_WRAPPERS: Dict[str, WrapperSpec] = {
     "idefics2": WrapperSpec(language_model="text_model", shared_text_keys=("intermediate_size",)),
     # GLM-4.1V and GLM-4.6V (glm4v_text), GLM-4.5V (glm4v_moe_text: GLM-4.5's MoE blocks), GLM-OCR; Janus (a Llama; its
     # image-generation VQ-VAE, embeddings and head are left as they are); FastVLM (a Qwen2 after timm's FastViTHD);
-    # Kimi-K2.5 (a DeepSeek-V3: MLA, its heads refused); PaddleOCR-VL (paddleocr_vl_text, ERNIE-4.5-like)
+    # Kimi-K2.5 (a DeepSeek-V3: MLA, its heads refused); PaddleOCR-VL (paddleocr_vl_text, ERNIE-4.5-like);
+    # HunYuan-VL (hunyuan_vl_text, HunYuan-Dense-like)
     **{t: WrapperSpec(language_model="language_model") for t in ("glm4v", "glm4v_moe", "janus", "fast_vlm",
                                                                   "kimi_k25", "glm46v", "glm_ocr",
-                                                                  "paddleocr_vl")},
+                                                                  "paddleocr_vl", "hunyuan_vl")},
     # InstructBLIP-Video: InstructBLIP's layout (a causal LM's base model; its forward needs the video)
     "instructblipvideo": WrapperSpec(language_model="language_model.model", text_alone=False),
 }
@@ -86,4 +87,7 @@ def vlm_text_specs(llama_style: dict, mixtral_style: dict) -> Dict[str, ModelSpe
         # projection) with multimodal rotary positions, the same for every head; head_dim from the config
         "paddleocr_vl_text": ModelSpec(name="paddleocr_vl_text", model_types=("paddleocr_vl_text",), **dict(
             llama_style, heads=config_head_dim)),
+        # HunYuan-VL's language model (hunyuan_vl_text): HunYuan-Dense's Llama layout (query/key_layernorm over
+        # head_dim, one weight for all heads) with multimodal rotary positions, the same for every head
+        "hunyuan_vl_text": ModelSpec(name="hunyuan_vl_text", model_types=("hunyuan_vl_text",), **llama_style),
     }
