@@ -358,3 +358,28 @@ def test_mllama_cross_attention_blocks_take_their_heads_at_their_own_paths():
         ("self_attn.q_proj", "self_attn.o_proj"), ("cross_attn.q_proj", "cross_attn.o_proj")]
     with pytest.raises(ValueError, match="heads_elsewhere is the same attention at other paths"):
         replace_dataclass(spec, heads_elsewhere=replace_dataclass(spec.heads_elsewhere, head_dim_key="head_dim"))
+
+
+@pytest.mark.parametrize("family,groups", [(f, g) for f, g in (("glm4v", ("mlp",)), ("glm4v_moe", ("heads",)))
+                                           if f in VLMS])
+def test_glm4v_one_group_saves_plainly(family, groups, tmp_path):
+    """GLM-4.1V's attention derives head_dim from the hidden size (pruned heads: the per-layer form), but its pruned
+    MLP alone saves plainly (intermediate_size in the text config); GLM-4.5V's pruned expert width also sizes its
+    shared experts (the per-layer form), but its pruned heads alone save plainly (head_dim in the text config,
+    which its attention reads). Both reload with from_pretrained alone."""
+    model = tiny_vlm(family)
+    prepare_model(model, MaskedDoRAConfig(**CONFIG, target_groups=groups))
+    assert get_state(model).save_form == "plain"
+    randomize_adapters(model)
+    harden(model)
+    inputs = image_inputs(family)
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        small = compact_model(model)
+    text = small.config.text_config
+    sizes = (text.intermediate_size,) if groups == ("mlp",) else (text.num_attention_heads, text.num_key_value_heads)
+    assert not hasattr(small.config, LAYER_SIZES_KEY) and sizes == ((32,) if groups == ("mlp",) else (2, 1))
+    small.save_pretrained(str(tmp_path))
+    reloaded = type(small).from_pretrained(str(tmp_path)).eval()
+    with torch.no_grad():
+        assert rel_err(reloaded(**inputs).logits, ref) < TOL

@@ -1,11 +1,11 @@
 """Tiny random vision-language models (built from configs, no download, no processor) and their inputs.
 
 One row of ``FAMILIES`` per VLM type (its VLM type a ``WrapperSpec`` in ``masked_dora/models/families_vlm.py``):
-its config and image inputs (``tiny_vlm_configs``: a language model of 2 blocks, hidden 32, 4 query / 2 KV heads
-of 8, MLP 64, vocabulary 128; a vision tower of 2 layers, hidden 32; a tiny image that the model turns into
-``IMAGE_TOKENS``, or the family's ``image_tokens``, placeholder tokens, id ``IMAGE_ID``, of ``input_ids``) and
-what the tests expect of it. The inputs are built by hand as the model's processor would: the image token
-repeated as many times as the image has features, the pixels in the layout the vision tower reads.
+its config and image inputs (``tiny_vlm_configs``, ``tiny_vlm_configs_more``: a language model of 2 blocks,
+hidden 32, 4 query / 2 KV heads of 8, MLP 64, vocabulary 128; a vision tower of 2 layers, hidden 32; a tiny image
+that the model turns into ``IMAGE_TOKENS``, or the family's ``image_tokens``, placeholder tokens, id ``IMAGE_ID``,
+of ``input_ids``) and what the tests expect of it. The inputs are built by hand as the model's processor would:
+the image token repeated as many times as the image has features, the pixels in the layout the vision tower reads.
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ from tiny_vlm_configs import (IMAGE_ID, IMAGE_TOKENS, anyres_images, blip_2, coh
                               qwen_patches, sized_images, square_images, video_llama_3, video_llama_3_patches,
                               video_llava, video_llava_images, vipllava)
 from tiny_vlm_configs import blip_2_flan_t5, instructblip_flan_t5, mllama, mllama_tiles, with_decoder_ids
+
+from tiny_vlm_configs_more import (fast_vlm, glm4v, glm4v_moe, glm46v, glm_ocr, instructblipvideo, janus, kimi_k25,
+                                   hunyuan_patches, hunyuan_vl, moonvit_patches, paddle_patches, paddleocr_vl,
+                                   video_frames)
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
 
@@ -150,6 +154,36 @@ FAMILIES: Dict[str, TinyVLM] = {
     # derives head_dim = hidden_size // heads: pruned heads save in the per-layer form. One image token per image
     "mllama": TinyVLM(("MllamaConfig", "MllamaForConditionalGeneration"), mllama, mllama_tiles, False,
                       image_tokens=1),
+    # GLM-4.1V: its attention sets head_dim = hidden_size // heads: pruned heads save in the per-layer form; its
+    # MLP a fused gate_up_proj (one wrapped module)
+    "glm4v": TinyVLM(("Glm4vConfig", "Glm4vForConditionalGeneration"), glm4v, qwen_patches(14), False,
+                     wrapped=2 * 6),
+    # GLM-4.5V: block 0 dense, block 1 of 4 packed experts (the shared expert, moe_intermediate_size wide as the
+    # routed ones, kept whole: a pruned expert width saves in the per-layer form)
+    "glm4v_moe": TinyVLM(("Glm4vMoeConfig", "Glm4vMoeForConditionalGeneration"), glm4v_moe, qwen_patches(14), False,
+                         wrapped=(4 + 4 * 2) + 7),
+    "janus": TinyVLM(("JanusConfig", "JanusForConditionalGeneration"), janus, square_images(28), True),
+    # InstructBLIP-Video: InstructBLIP's layout, a video's frames each its query tokens
+    "instructblipvideo": TinyVLM(("InstructBlipVideoConfig", "InstructBlipVideoForConditionalGeneration"),
+                                 instructblipvideo, video_frames, True, language_model="language_model.model",
+                                 text_alone=False),
+    # FastVLM: a stand-in ConvNeXt vision tower (its own, FastViTHD, is timm's), 8 px images: 4 tokens
+    "fast_vlm": TinyVLM(("FastVlmConfig", "FastVlmForConditionalGeneration"), fast_vlm, square_images(8), True),
+    # Kimi-K2.5's language model, a DeepSeek-V3, has MLA attention (heads refused): its dense MLP and routed
+    # experts prune (3 + 4 * 2 wrapped), the shared expert (moe_intermediate_size wide too) is kept whole
+    "kimi_k25": TinyVLM(("Kimi_K25Config", "Kimi_K25ForConditionalGeneration"), kimi_k25, moonvit_patches, False,
+                        wrapped=3 + 4 * 2, groups=("mlp",)),
+    # GLM-4.6V: GLM-4.1V's language model (pruned heads: the per-layer form)
+    "glm46v": TinyVLM(("Glm46VConfig", "Glm46VForConditionalGeneration"), glm46v, qwen_patches(14), False,
+                      wrapped=2 * 6),
+    # GLM-OCR: its attention reads head_dim from the config: pruned heads save plainly
+    "glm_ocr": TinyVLM(("GlmOcrConfig", "GlmOcrForConditionalGeneration"), glm_ocr, qwen_patches(14), True,
+                       wrapped=2 * 6),
+    "paddleocr_vl": TinyVLM(("PaddleOCRVLConfig", "PaddleOCRVLForConditionalGeneration"), paddleocr_vl,
+                            paddle_patches, True),
+    # HunYuan-VL: an image's 2x2 merged features, a newline after each row, a begin and an end token: 8 tokens
+    "hunyuan_vl": TinyVLM(("HunYuanVLConfig", "HunYuanVLForConditionalGeneration"), hunyuan_vl, hunyuan_patches,
+                          True, image_tokens=8),
 }
 
 

@@ -58,10 +58,12 @@ def _saved_layout(model: nn.Module, shapes: Dict[str, tuple]) -> Optional[Dict[s
         return None
 
 
-def _rebuild(model: nn.Module, saved: Dict[str, torch.Tensor], keys) -> set:
-    """Rebuild the parameters ``keys`` in ``saved`` from the pieces transformers saved them as (removed from
-    ``saved`` when every element they hold went to a rebuilt parameter); returns the keys rebuilt: those whose
-    elements the saved pieces cover exactly."""
+def _rebuild(model: nn.Module, saved: Dict[str, torch.Tensor], keys, wanted=None) -> set:
+    """Rebuild the parameters ``keys`` (only those in ``wanted``, if given) in ``saved`` from the pieces
+    transformers saved them as (removed from ``saved`` when every element they hold went to a rebuilt parameter);
+    returns the keys rebuilt: those whose elements the saved pieces cover exactly. The layout is that of all of
+    ``keys`` together: a group rename (Kimi-K2.5's vision blocks: norm0 -> norm1 and norm1 -> norm2 at load) is
+    reverted right only with its whole group present."""
     state = model.state_dict()
     shapes = {key: tuple(state[key].shape) for key in keys}
     layout = _saved_layout(model, shapes)
@@ -78,7 +80,7 @@ def _rebuild(model: nn.Module, saved: Dict[str, torch.Tensor], keys) -> set:
     done, start, owner = set(), 0, torch.full((total,), -1, dtype=torch.long)
     for i, (key, shape) in enumerate(shapes.items()):
         n = math.prod(shape)
-        if bool(counts[start:start + n].eq(1).all()):  # every element saved once
+        if (wanted is None or key in wanted) and bool(counts[start:start + n].eq(1).all()):  # each saved once
             saved[key] = flat[start:start + n].view(shape).clone()
             owner[start:start + n] = i
             done.add(key)
@@ -91,10 +93,14 @@ def _rebuild(model: nn.Module, saved: Dict[str, torch.Tensor], keys) -> set:
 
 def _from_saved_layout(model: nn.Module, saved: Dict[str, torch.Tensor], missing) -> Dict[str, torch.Tensor]:
     """``saved`` with the ``missing`` parameters rebuilt from the keys transformers saved them under: one
-    parameter at a time (renamed or split ones), then the rest together (merged ones need all their sources);
-    a parameter whose saved pieces are absent or do not cover it exactly stays missing."""
+    parameter at a time (renamed or split ones), then the rest in the layout of all the missing ones together
+    (merged ones need all their sources, a group rename its whole group), then what is still left together
+    (where a converter of another parameter cannot be followed); a parameter whose saved pieces are absent or do
+    not cover it exactly stays missing."""
     saved = dict(saved)
     left = [key for key in missing if not _rebuild(model, saved, [key])]
+    if left:
+        left = [key for key in left if key not in _rebuild(model, saved, list(missing), wanted=set(left))]
     if left:
         _rebuild(model, saved, left)
     return saved

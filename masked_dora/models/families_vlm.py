@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace as replace_dataclass
 from typing import Dict
 
-from .spec_types import HeadSpec, ModelSpec, WrapperSpec
+from .spec_types import HeadSpec, MLPSpec, ModelSpec, WrapperSpec
 
 # outer model_type -> where its language model is. transformers 5 nests it as model.language_model
 # (model.text_model in Idefics3/SmolVLM), a base model whose block list is "layers". Qwen3.5's language model
@@ -38,25 +38,41 @@ VLM_WRAPPERS: Dict[str, WrapperSpec] = {
     "mllama": WrapperSpec(language_model="language_model", text_alone=False),
     # Idefics2's connector MLP is built text_config.intermediate_size wide: a pruned MLP saves in the per-layer form
     "idefics2": WrapperSpec(language_model="text_model", shared_text_keys=("intermediate_size",)),
+    # GLM-4.1V and GLM-4.6V (glm4v_text), GLM-4.5V (glm4v_moe_text: GLM-4.5's MoE blocks), GLM-OCR; Janus (a Llama; its
+    # image-generation VQ-VAE, embeddings and head are left as they are); FastVLM (a Qwen2 after timm's FastViTHD);
+    # Kimi-K2.5 (a DeepSeek-V3: MLA, its heads refused); PaddleOCR-VL (paddleocr_vl_text, ERNIE-4.5-like);
+    # HunYuan-VL (hunyuan_vl_text, HunYuan-Dense-like)
+    **{t: WrapperSpec(language_model="language_model") for t in ("glm4v", "glm4v_moe", "janus", "fast_vlm",
+                                                                  "kimi_k25", "glm46v", "glm_ocr",
+                                                                  "paddleocr_vl", "hunyuan_vl")},
+    # InstructBLIP-Video: InstructBLIP's layout (a causal LM's base model; its forward needs the video)
+    "instructblipvideo": WrapperSpec(language_model="language_model.model", text_alone=False),
 }
 
 
 def vlm_text_specs(llama_style: dict, mixtral_style: dict) -> Dict[str, ModelSpec]:
     """The specs of the language models only VLMs have, built on the ``llama`` spec's fields (``LLAMA_STYLE``)
     and the packed experts' (``MIXTRAL_STYLE``)."""
+    # the attention sets head_dim = hidden_size // num_attention_heads (no head_dim key), per-head attributes
+    derived_head_dim = replace_dataclass(llama_style["heads"], head_dim_key=None, attrs=(
+        ("num_heads", "heads"), ("num_key_value_heads", "kv_heads"), ("num_key_value_groups", "groups")))
+    # the same attention reading head_dim from the config where it has one (else hidden_size // heads)
+    config_head_dim = replace_dataclass(derived_head_dim, head_dim_key="head_dim")
+    # GLM-4's MLP: a fused gate_up_proj, rows [gate | up]
+    glm_mlp = MLPSpec(producers=("mlp.gate_up_proj",), consumer="mlp.down_proj", size_key="intermediate_size",
+                      segments=(2,))
+
     def mllama_heads(attention: str) -> HeadSpec:
         """Llama's attention at ``attention``, its head_dim derived (hidden_size // num_attention_heads)."""
-        return replace_dataclass(llama_style["heads"], **{role: f"{attention}.{role[0]}_proj" for role in (
-            "query", "key", "value", "output")}, attention=attention, head_dim_key=None, attrs=(
-            ("num_heads", "heads"), ("num_key_value_heads", "kv_heads"), ("num_key_value_groups", "groups")))
+        return replace_dataclass(derived_head_dim, **{role: f"{attention}.{role[0]}_proj" for role in (
+            "query", "key", "value", "output")}, attention=attention)
 
     return {
         # Qwen2-VL / Qwen2.5-VL: Llama's modules (q/k/v biases, multimodal rotary positions per head dim), but the
         # attention sets head_dim = hidden_size // num_attention_heads (no head_dim key) and checks it at build:
         # pruned heads save in the per-layer form (load_compact), a pruned MLP alone plainly
         "qwen2_vl_text": ModelSpec(name="qwen2_vl_text", model_types=("qwen2_vl_text", "qwen2_5_vl_text"), **dict(
-            llama_style, heads=replace_dataclass(llama_style["heads"], head_dim_key=None, attrs=(
-                ("num_heads", "heads"), ("num_key_value_heads", "kv_heads"), ("num_key_value_groups", "groups"))))),
+            llama_style, heads=derived_head_dim)),
         # Qwen3-VL: Qwen3's attention (head_dim from the config, q/k norms over head_dim shared by all heads);
         # the deepstack visual features are added to the residual stream of its first blocks, which MLP and head
         # pruning leave full width (no hidden spec: refused)
@@ -75,4 +91,22 @@ def vlm_text_specs(llama_style: dict, mixtral_style: dict) -> Dict[str, ModelSpe
         # form (load_compact), a pruned MLP alone plainly
         "mllama_text": ModelSpec(name="mllama_text", model_types=("mllama_text_model",), **dict(
             llama_style, heads=mllama_heads("self_attn")), heads_elsewhere=mllama_heads("cross_attn")),
+        # GLM-4.1V / GLM-4.5V's dense language model (glm4v_text): GLM-4's block (fused gate_up_proj rows [gate |
+        # up], post-norms over the hidden size after the attention and the MLP) under Qwen2-VL's attention (q/k/v
+        # biases, head_dim = hidden_size // num_attention_heads, no head_dim key; multimodal rotary positions over
+        # the first half of each head's dims, the same for every head): pruned heads save in the per-layer form
+        "glm4v_text": ModelSpec(name="glm4v_text", model_types=("glm4v_text",), **dict(
+            llama_style, heads=derived_head_dim, mlp=glm_mlp)),
+        # GLM-OCR's language model (glm_ocr_text): glm4v_text's block without the q/k/v biases, its attention
+        # reading head_dim from the config where it has one (else hidden_size // num_attention_heads): the
+        # compacted config says head_dim, and pruned heads save plainly
+        "glm_ocr_text": ModelSpec(name="glm_ocr_text", model_types=("glm_ocr_text",), **dict(
+            llama_style, heads=config_head_dim, mlp=glm_mlp)),
+        # PaddleOCR-VL's language model (paddleocr_vl_text): ERNIE-4.5's Llama layout (use_bias: biases on every
+        # projection) with multimodal rotary positions, the same for every head; head_dim from the config
+        "paddleocr_vl_text": ModelSpec(name="paddleocr_vl_text", model_types=("paddleocr_vl_text",), **dict(
+            llama_style, heads=config_head_dim)),
+        # HunYuan-VL's language model (hunyuan_vl_text): HunYuan-Dense's Llama layout (query/key_layernorm over
+        # head_dim, one weight for all heads) with multimodal rotary positions, the same for every head
+        "hunyuan_vl_text": ModelSpec(name="hunyuan_vl_text", model_types=("hunyuan_vl_text",), **llama_style),
     }
