@@ -187,12 +187,19 @@ def test_plain_vlm_checkpoints_reload_with_plain_transformers(chains):
         assert rel_err(out, chains[family]["ref"]["image"]) < TOL, family
 
 
-@pytest.mark.parametrize("family", [f for f in ("qwen2_vl", "qwen2_5_vl", "mllama") if f in VLMS])
-def test_qwen_vl_mlp_pruning_alone_saves_plainly(family, tmp_path):
-    """Qwen2-VL's (and Mllama's) attention derives head_dim from the hidden size (pruned heads: the per-layer
-    form); its pruned MLP alone is a plain checkpoint, with the width in the text config."""
+ONE_GROUP_PLAIN = (("qwen2_vl", ("mlp",)), ("qwen2_5_vl", ("mlp",)), ("mllama", ("mlp",)), ("glm4v", ("mlp",)),
+                   ("glm4v_moe", ("heads",)))
+
+
+@pytest.mark.parametrize("family,groups", [(f, g) for f, g in ONE_GROUP_PLAIN if f in VLMS])
+def test_vlm_one_group_alone_saves_plainly(family, groups, tmp_path):
+    """Where one group's pruned sizes need the per-layer form, the other group alone is a plain checkpoint that
+    reloads with from_pretrained alone. Qwen2-VL's, Mllama's and GLM-4.1V's attention derives head_dim from the
+    hidden size (pruned heads: the per-layer form), but their pruned MLP alone saves plainly (intermediate_size
+    in the text config); GLM-4.5V's pruned expert width also sizes its shared experts (the per-layer form), but
+    its pruned heads alone save plainly (head_dim in the text config, which its attention reads)."""
     model = tiny_vlm(family)
-    prepare_model(model, MaskedDoRAConfig(**CONFIG, target_groups=("mlp",)))
+    prepare_model(model, MaskedDoRAConfig(**CONFIG, target_groups=groups))
     assert get_state(model).save_form == "plain"
     randomize_adapters(model)
     harden(model)
@@ -200,7 +207,9 @@ def test_qwen_vl_mlp_pruning_alone_saves_plainly(family, tmp_path):
     with torch.no_grad():
         ref = model(**inputs).logits
         small = compact_model(model)
-    assert not hasattr(small.config, LAYER_SIZES_KEY) and small.config.text_config.intermediate_size == 32
+    text = small.config.text_config
+    sizes = (text.intermediate_size,) if groups == ("mlp",) else (text.num_attention_heads, text.num_key_value_heads)
+    assert not hasattr(small.config, LAYER_SIZES_KEY) and sizes == ((32,) if groups == ("mlp",) else (2, 1))
     small.save_pretrained(str(tmp_path))
     reloaded = type(small).from_pretrained(str(tmp_path)).eval()
     with torch.no_grad():
@@ -358,28 +367,3 @@ def test_mllama_cross_attention_blocks_take_their_heads_at_their_own_paths():
         ("self_attn.q_proj", "self_attn.o_proj"), ("cross_attn.q_proj", "cross_attn.o_proj")]
     with pytest.raises(ValueError, match="heads_elsewhere is the same attention at other paths"):
         replace_dataclass(spec, heads_elsewhere=replace_dataclass(spec.heads_elsewhere, head_dim_key="head_dim"))
-
-
-@pytest.mark.parametrize("family,groups", [(f, g) for f, g in (("glm4v", ("mlp",)), ("glm4v_moe", ("heads",)))
-                                           if f in VLMS])
-def test_glm4v_one_group_saves_plainly(family, groups, tmp_path):
-    """GLM-4.1V's attention derives head_dim from the hidden size (pruned heads: the per-layer form), but its pruned
-    MLP alone saves plainly (intermediate_size in the text config); GLM-4.5V's pruned expert width also sizes its
-    shared experts (the per-layer form), but its pruned heads alone save plainly (head_dim in the text config,
-    which its attention reads). Both reload with from_pretrained alone."""
-    model = tiny_vlm(family)
-    prepare_model(model, MaskedDoRAConfig(**CONFIG, target_groups=groups))
-    assert get_state(model).save_form == "plain"
-    randomize_adapters(model)
-    harden(model)
-    inputs = image_inputs(family)
-    with torch.no_grad():
-        ref = model(**inputs).logits
-        small = compact_model(model)
-    text = small.config.text_config
-    sizes = (text.intermediate_size,) if groups == ("mlp",) else (text.num_attention_heads, text.num_key_value_heads)
-    assert not hasattr(small.config, LAYER_SIZES_KEY) and sizes == ((32,) if groups == ("mlp",) else (2, 1))
-    small.save_pretrained(str(tmp_path))
-    reloaded = type(small).from_pretrained(str(tmp_path)).eval()
-    with torch.no_grad():
-        assert rel_err(reloaded(**inputs).logits, ref) < TOL

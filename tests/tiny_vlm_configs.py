@@ -16,6 +16,12 @@ VOCAB, IMAGE_ID, IMAGE_TOKENS = 128, 100, 4
 TEXT = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+# BLIP-2's family (BLIP-2, InstructBLIP, InstructBLIP-Video): the vision weights drawn at 0.02 (the config's
+# initializer_range of 1e-10 would let no image reach the logits) and a Q-Former reading them
+BLIP_VISION = dict(VISION, image_size=28, patch_size=14, initializer_range=0.02)
+QFORMER = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+               intermediate_size=64, encoder_hidden_size=32, hidden_dropout_prob=0.0,
+               attention_probs_dropout_prob=0.0)
 
 
 def square_images(size: int) -> Callable:
@@ -313,11 +319,7 @@ def blip_2(t):
     opt = dict(vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
                word_embed_proj_dim=32, dropout=0.0, max_position_embeddings=64, pad_token_id=0, bos_token_id=1,
                eos_token_id=2, model_type="opt")
-    return t.Blip2Config(text_config=opt, vision_config=dict(VISION, image_size=28, patch_size=14,
-                                                             initializer_range=0.02),
-                         qformer_config=dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
-                                             num_attention_heads=4, intermediate_size=64, encoder_hidden_size=32,
-                                             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+    return t.Blip2Config(text_config=opt, vision_config=BLIP_VISION, qformer_config=QFORMER,
                          num_query_tokens=IMAGE_TOKENS, image_token_index=IMAGE_ID)
 
 
@@ -343,13 +345,8 @@ def hybrid_views(n, gen):
 def instructblip(t):
     """InstructBLIP around a Llama (Vicuna): the Q-Former, which reads the instruction too, gives 4 query tokens
     (its vision weights drawn at 0.02, as BLIP-2's)."""
-    return t.InstructBlipConfig(text_config=dict(TEXT, head_dim=8, model_type="llama"),
-                                vision_config=dict(VISION, image_size=28, patch_size=14, initializer_range=0.02),
-                                qformer_config=dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
-                                                    num_attention_heads=4, intermediate_size=64,
-                                                    encoder_hidden_size=32, hidden_dropout_prob=0.0,
-                                                    attention_probs_dropout_prob=0.0),
-                                num_query_tokens=IMAGE_TOKENS, image_token_index=IMAGE_ID)
+    return t.InstructBlipConfig(text_config=dict(TEXT, head_dim=8, model_type="llama"), vision_config=BLIP_VISION,
+                                qformer_config=QFORMER, num_query_tokens=IMAGE_TOKENS, image_token_index=IMAGE_ID)
 
 
 def instructblip_inputs(n, gen):
@@ -395,11 +392,8 @@ def _blip_around_flan_t5(t, config_class: str):
     """A BLIP-2 or InstructBLIP config around a Flan-T5: the vision tower and Q-Former of ``blip_2``'s, the Q-Former's
     4 query tokens going into the T5 encoder."""
     return getattr(t, config_class)(
-        text_config=FLAN_T5, vision_config=dict(VISION, image_size=28, patch_size=14, initializer_range=0.02),
-        qformer_config=dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                            intermediate_size=64, encoder_hidden_size=32, hidden_dropout_prob=0.0,
-                            attention_probs_dropout_prob=0.0),
-        num_query_tokens=IMAGE_TOKENS, image_token_index=IMAGE_ID)
+        text_config=FLAN_T5, vision_config=BLIP_VISION, qformer_config=QFORMER, num_query_tokens=IMAGE_TOKENS,
+        image_token_index=IMAGE_ID)
 
 
 def blip_2_flan_t5(t):

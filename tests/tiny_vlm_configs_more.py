@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from tiny_vlm_configs import IMAGE_ID, TEXT, VISION, VOCAB
+from tiny_vlm_configs import BLIP_VISION, IMAGE_ID, QFORMER, TEXT, VISION, VOCAB
 
 # GLM-4V's vision tower: Qwen2-VL-like flattened 14 px patches (tiny_vlm_configs.qwen_patches(14): a 1x4x4 grid),
 # its learned position embeddings interpolated from a 4x4 grid (image_size 56), 2x2 patches merged: 4 tokens
@@ -69,12 +69,8 @@ def instructblipvideo(t):
     Q-Former (which reads the instruction too) into 2 query tokens: 4 video tokens (its vision weights drawn at
     0.02, as BLIP-2's)."""
     return t.InstructBlipVideoConfig(text_config=dict(TEXT, head_dim=8, model_type="llama"),
-                                     vision_config=dict(VISION, image_size=28, patch_size=14, initializer_range=0.02),
-                                     qformer_config=dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
-                                                         num_attention_heads=4, intermediate_size=64,
-                                                         encoder_hidden_size=32, hidden_dropout_prob=0.0,
-                                                         attention_probs_dropout_prob=0.0),
-                                     num_query_tokens=2, video_token_index=IMAGE_ID)
+                                     vision_config=BLIP_VISION, qformer_config=QFORMER, num_query_tokens=2,
+                                     video_token_index=IMAGE_ID)
 
 
 def video_frames(n, gen):
