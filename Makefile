@@ -21,7 +21,7 @@ $(STAMP): setup.py pyproject.toml $(EXT_SOURCES)
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --durations=15  # the slowest 15, for balancing CI
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q tests -m "not slow"

@@ -64,5 +64,5 @@ print("extension: C++ + CUDA, sm", _C.cuda_archs, "+ PTX", _C.cuda_ptx_arch, "| 
 PYEOF
 
 say "CPU test suite on this stack"
-$py -m pytest -q tests -p no:cacheprovider
+$py -m pytest -q tests -p no:cacheprovider --durations=15
 say "done"
