@@ -1,8 +1,9 @@
 """Image and speech encoders beyond the family chain (tests/test_models_families.py runs each of
 tests/tiny_families_vision_speech.py through prepare -> train -> compact -> save -> reload): their MLP-only
 checkpoints reload with plain transformers, SigLIP's pooling head keeps its MLP, Whisper's decoder keeps its
-cross-attention whole, DINOv2's spec follows the module names of the installed transformers, Wav2Vec2-Conformer
-prunes both feed-forward modules of its blocks, and WavLM's and the conformer's heads are refused."""
+cross-attention whole, UniSpeech(-SAT)'s task heads keep their sizes, DINOv2's spec follows the module names of the
+installed transformers, Wav2Vec2-Conformer prunes both feed-forward modules of its blocks, and WavLM's and the
+conformer's heads are refused."""
 
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ from masked_dora.models import MaskedDoRAConfig, compact_model, get_state, harde
 from masked_dora.models.compact import LAYER_SIZES_KEY
 
 from tiny_family_table import AVAILABLE
-from tiny_models import output_tensor, randomize_adapters, reload_plain_in_clean_process, tiny_inputs, tiny_model
+from tiny_models import (output_tensor, randomize_adapters, reload_plain_in_clean_process, tiny_config, tiny_inputs,
+                         tiny_model)
 
 PRUNE = dict(rank=2, alignment={"mlp": 8}, importance="none", target_sparsity=0.5)
 # the families whose config has a key for the MLP width alone (SigLIP's vision tower has none: its pooling head)
 MLP_PLAIN = [f for f in ("vit", "deit", "clip-vision", "clip-text", "siglip-text", "siglip2-text", "wav2vec2",
                          "wav2vec2-stable", "hubert", "whisper", "data2vec-audio", "sew", "sew-d", "wavlm",
-                         "wav2vec2-conformer") if f in AVAILABLE]
+                         "wav2vec2-conformer", "unispeech", "unispeech-sat") if f in AVAILABLE]
 
 
 def _compacted(family, groups, path=None):
@@ -88,6 +90,37 @@ def test_whisper_prunes_both_stacks_and_keeps_the_cross_attention(tmp_path):
         torch.testing.assert_close(output_tensor(reloaded(**inputs)), ref, rtol=1e-4, atol=1e-5)
     gen = dict(input_features=inputs["input_features"][:1], max_new_tokens=5, do_sample=False)
     assert torch.equal(reloaded.generate(**gen), model.generate(**gen))
+
+
+@pytest.mark.parametrize("family, head", [(f, head) for f, head in (
+    ("unispeech", "UniSpeechForSequenceClassification"), ("unispeech-sat", "UniSpeechSatForSequenceClassification"),
+    ("unispeech-sat", "UniSpeechSatForAudioFrameClassification"), ("unispeech-sat", "UniSpeechSatForXVector"))
+    if f in AVAILABLE])
+def test_unispeech_task_heads_prune_their_encoder(family, head, tmp_path):
+    """UniSpeech(-SAT)'s task heads besides CTC (utterance classification over the weighted sum of every block's
+    output, frame classification, x-vectors) read the encoder's hidden size, which block pruning keeps: heads and MLP
+    prune, equal outputs after compaction and after load_compact."""
+    import transformers
+
+    config = tiny_config(family)
+    config.use_weighted_layer_sum = True
+    config.num_labels = 3
+    torch.manual_seed(0)
+    model = getattr(transformers, head)(config).eval()
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp", "heads"), **PRUNE))
+    randomize_adapters(model)
+    harden(model)
+    inputs = tiny_inputs(family=family)
+    with torch.no_grad():
+        ref = output_tensor(model(**inputs))
+        small = compact_model(model)
+        torch.testing.assert_close(output_tensor(small(**inputs)), ref, rtol=1e-4, atol=1e-5)
+    encoder = getattr(small, small.base_model_prefix).encoder
+    assert [layer.feed_forward.intermediate_dense.out_features for layer in encoder.layers] == [32, 32]
+    assert [layer.attention.q_proj.out_features for layer in encoder.layers] == [16, 16]
+    small.save_pretrained(str(tmp_path))
+    with torch.no_grad():
+        torch.testing.assert_close(output_tensor(load_compact(str(tmp_path))(**inputs)), ref, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", [f for f in ("dinov2", "dinov2-swiglu", "dinov2-registers") if f in AVAILABLE])

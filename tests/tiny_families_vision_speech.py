@@ -54,6 +54,17 @@ TINY = {
                          inputs="input_values"),
     "data2vec-audio": TinyFamily(("Data2VecAudioConfig", "Data2VecAudioModel", "Data2VecAudioForCTC"), _AUDIO,
                                  auto="AutoModelForCTC", inputs="input_values"),
+    # UniSpeech, UniSpeech-SAT: Wav2Vec2's encoder (post-LN, and the stable-layer-norm one) under unispeech(_sat)
+    "unispeech": TinyFamily(("UniSpeechConfig", "UniSpeechModel", "UniSpeechForCTC"), _AUDIO,
+                            auto="AutoModelForCTC", inputs="input_values"),
+    "unispeech-stable": TinyFamily(("UniSpeechConfig", "UniSpeechModel", "UniSpeechForCTC"),
+                                   dict(_AUDIO, do_stable_layer_norm=True, feat_extract_norm="layer"),
+                                   auto="AutoModelForCTC", inputs="input_values"),
+    "unispeech-sat": TinyFamily(("UniSpeechSatConfig", "UniSpeechSatModel", "UniSpeechSatForCTC"), _AUDIO,
+                                auto="AutoModelForCTC", inputs="input_values"),
+    "unispeech-sat-stable": TinyFamily(("UniSpeechSatConfig", "UniSpeechSatModel", "UniSpeechSatForCTC"),
+                                       dict(_AUDIO, do_stable_layer_norm=True, feat_extract_norm="layer"),
+                                       auto="AutoModelForCTC", inputs="input_values"),
     # SEW: squeezes the frames by 2 before the blocks (pooling) and upsamples after
     "sew": TinyFamily(("SEWConfig", "SEWModel", "SEWForCTC"), _AUDIO, auto="AutoModelForCTC", inputs="input_values"),
     # SEW-D: DeBERTa-v2's disentangled attention (relative positions in 16 buckets)

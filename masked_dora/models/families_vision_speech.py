@@ -1,7 +1,7 @@
 """Family specs of image and speech encoders (ViT, DeiT, DINOv2, CLIP / SigLIP towers and two-tower models,
-Wav2Vec2, HuBERT, data2vec-audio, SEW, SEW-D, WavLM, Wav2Vec2-Conformer), merged into the shipped table
-(:data:`masked_dora.models.families.SPECS`). Whisper's encoder-decoder has BART's modules and keys: it is in the
-``bart`` spec of that table.
+Wav2Vec2, HuBERT, data2vec-audio, SEW, UniSpeech(-SAT), WavLM, Wav2Vec2-Conformer; SEW-D is DeBERTa-v2's), merged
+into the shipped table (:data:`masked_dora.models.families.SPECS`). Whisper's encoder-decoder has BART's modules and
+keys: it is in the ``bart`` spec of that table.
 
 Their blocks are a text encoder's (pre- or post-LN attention and a two-layer MLP); only the model's input differs
 (``pixel_values``, ``input_values``), which the specs never see. Most of these attentions hold nothing per head
@@ -43,9 +43,9 @@ CLIP_TOWER = dict(
 # MLP width alone, so a pruned MLP saves in the per-layer form (the head keeps its sizes)
 SIGLIP_VISION = dict(CLIP_TOWER, mlp=MLPSpec(producers=("mlp.fc1",), consumer="mlp.fc2", size_key=""))
 
-# Wav2Vec2, HuBERT (and their stable-layer-norm variants, the same module names): encoder.layers of
-# attention.q/k/v/out_proj and feed_forward.intermediate_dense/output_dense; the convolutional feature encoder
-# and the positional convolution are not pruned
+# Wav2Vec2, HuBERT, UniSpeech, UniSpeech-SAT (and their stable-layer-norm variants, the same module names):
+# encoder.layers of attention.q/k/v/out_proj and feed_forward.intermediate_dense/output_dense; the convolutional
+# feature encoder, the positional convolution and the task heads (which read the hidden size) are not pruned
 WAV2VEC2 = dict(
     layers=("encoder.layers",),
     hidden_key="hidden_size",
@@ -143,8 +143,10 @@ VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
     # SigLIP's vision tower keeps its attention-pooling head (its MLP is intermediate_size wide): a pruned vision MLP
     # saves in the per-layer form
     "siglip": _two_tower("siglip", ("siglip", "siglip2"), CLIP_TOWER, SIGLIP_VISION),
-    # data2vec-audio, SEW: Wav2Vec2's blocks (SEW squeezes the sequence before them and upsamples after)
-    "wav2vec2": ModelSpec(name="wav2vec2", model_types=("wav2vec2", "hubert", "data2vec-audio", "sew"), **WAV2VEC2),
+    # data2vec-audio, SEW, UniSpeech, UniSpeech-SAT: Wav2Vec2's blocks (SEW squeezes the sequence before them and
+    # upsamples after)
+    "wav2vec2": ModelSpec(name="wav2vec2", model_types=("wav2vec2", "hubert", "data2vec-audio", "sew", "unispeech",
+                                                        "unispeech-sat"), **WAV2VEC2),
     "wavlm": ModelSpec(name="wavlm", model_types=("wavlm",), **WAV2VEC2, unsupported=WAVLM_HEADS),
     "wav2vec2-conformer": _conformer(),
     **DINOV2,  # dinov2-q_proj, dinov2-q_proj-swiglu, dinov2-query, dinov2-query-swiglu
