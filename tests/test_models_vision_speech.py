@@ -162,12 +162,36 @@ def test_conformer_prunes_both_feed_forward_modules(tmp_path):
     assert (layer.ffn1.intermediate_dense.out_features, layer.ffn2.intermediate_dense.out_features) == (64, 32)
 
 
-@pytest.mark.parametrize("family, reason", [("wavlm", "gated relative-position bias splits each block's input"),
+@pytest.mark.skipif("wavlm" not in AVAILABLE, reason="this transformers has no WavLM")
+def test_wavlm_attention_reads_its_projections_weights_without_calling_them():
+    """The premise of WavLM's head refusal: its attention passes q/k/v/out_proj's weights to
+    F.multi_head_attention_forward, never calling the modules, so a masked projection (gates, DoRA adapter) in their
+    place would not run. A hook zeroing their outputs is never called and changes nothing; if transformers ever calls
+    them, this fails and the refusal is to be revisited."""
+    model = tiny_model("wavlm")
+    inputs = tiny_inputs(family="wavlm")
+    calls = []
+
+    def zero(module, args, out):
+        calls.append(module)
+        return out * 0
+
+    with torch.no_grad():
+        ref = output_tensor(model(**inputs))
+        attention = model.encoder.layers[0].attention
+        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            getattr(attention, name).register_forward_hook(zero)
+        torch.testing.assert_close(output_tensor(model(**inputs)), ref, rtol=0, atol=0)
+    assert calls == []
+
+
+@pytest.mark.parametrize("family, reason", [("wavlm", "F.multi_head_attention_forward instead of calling them.*"
+                                                      "gated relative-position bias splits each block's input"),
                                             ("wav2vec2-conformer", "two feed-forward modules prune as two stacks")])
 def test_speech_heads_that_cannot_prune_exactly_are_refused(family, reason):
-    """WavLM gates each head's relative-position bias from its slice of the block's input (num_attention_heads
-    slices of hidden_size), and the conformer's relative position embeddings hold rows per head: heads are
-    refused before anything changes, naming the reason."""
+    """WavLM's attention reads its projections' weights (above) and gates each head's relative-position bias from
+    its slice of the block's input (num_attention_heads slices of hidden_size), and the conformer's relative
+    position embeddings hold rows per head: heads are refused before anything changes, naming the reason."""
     if family not in AVAILABLE:
         pytest.skip(f"this transformers has no {family}")
     model = tiny_model(family, kind="lm")

@@ -71,7 +71,8 @@ TINY = {
     "sew-d": TinyFamily(("SEWDConfig", "SEWDModel", "SEWDForCTC"), dict(_AUDIO, position_buckets=16,
                                                                        max_position_embeddings=64),
                         auto="AutoModelForCTC", inputs="input_values"),
-    # WavLM: heads refused (its gated relative-position bias splits the block's input per head): MLP only
+    # WavLM: heads refused (F.multi_head_attention_forward on its projections' weights; a gated relative-position bias
+    # that splits the block's input per head): MLP only
     "wavlm": TinyFamily(("WavLMConfig", "WavLMModel", "WavLMForCTC"),
                         dict(_AUDIO, num_buckets=16, max_bucket_distance=32), auto="AutoModelForCTC",
                         inputs="input_values", heads=False),

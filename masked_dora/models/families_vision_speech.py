@@ -7,7 +7,8 @@ Their blocks are a text encoder's (pre- or post-LN attention and a two-layer MLP
 (``pixel_values``, ``input_values``), which the specs never see. Most of these attentions hold nothing per head
 besides the q/k/v rows and the output columns (no relative-position table, no per-head scale), so heads prune
 exactly; each reads its head size from ``hidden_size // heads`` (ViT and DeiT: ``getattr(config, "head_dim", ...)``).
-WavLM's gated relative-position bias and the conformer's relative position embeddings do: their heads are refused.
+WavLM's attention (F.multi_head_attention_forward on its projections' weights, a gated relative-position bias per
+head) and the conformer's two feed-forward stacks and relative position embeddings do not: their heads are refused.
 """
 
 from __future__ import annotations
@@ -56,9 +57,16 @@ WAV2VEC2 = dict(
                    attrs=(("num_heads", "heads"),)),
 )
 
-# WavLM: Wav2Vec2's modules, and a gated relative-position bias per head
-WAVLM_HEADS = (("heads", "", "its gated relative-position bias splits each block's input (hidden_size wide, which "
-                             "head pruning keeps) into num_attention_heads slices, one per head's gate "
+# WavLM: Wav2Vec2's module names, but its attention is not Wav2Vec2's. It hands q/k/v_proj's and out_proj's weights
+# and biases to F.multi_head_attention_forward (use_separate_proj_weight) instead of calling the modules, so a wrapped
+# projection's gates and DoRA adapter would never run (the masked model would ignore its head masks), and that
+# function views q/k/v as embed_dim (hidden_size) wide, so a compacted attention fails. And its gated
+# relative-position bias slices the block's input per head, which no head count but the config's keeps
+WAVLM_HEADS = (("heads", "", "its attention passes the q/k/v/out projections' weights to "
+                             "F.multi_head_attention_forward instead of calling them (a masked projection's gates and "
+                             "adapter would never run) and that function needs q/k/v as wide as hidden_size; and its "
+                             "gated relative-position bias splits each block's input (hidden_size wide, which head "
+                             "pruning keeps) into num_attention_heads slices, one per head's gate "
                              "(gru_rel_pos_linear), and the first block's bias is shared by every block: fewer heads "
                              "would change every kept head's gate"),)
 
