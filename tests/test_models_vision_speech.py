@@ -2,8 +2,8 @@
 tests/tiny_families_vision_speech.py through prepare -> train -> compact -> save -> reload): their MLP-only
 checkpoints reload with plain transformers, SigLIP's pooling head keeps its MLP, Whisper's decoder keeps its
 cross-attention whole, UniSpeech(-SAT)'s task heads keep their sizes, DINOv2's spec follows the module names of the
-installed transformers, Wav2Vec2-Conformer prunes both feed-forward modules of its blocks, and WavLM's and the
-conformer's heads are refused."""
+installed transformers, Wav2Vec2-Conformer prunes both feed-forward modules of its blocks and its heads with their
+position terms, and WavLM's heads are refused."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import os
 import pytest
 import torch
 
-from masked_dora.models import MaskedDoRAConfig, compact_model, get_state, harden, load_compact, prepare_model, spec_for
+from masked_dora.models import (MaskedDoRAConfig, compact_for_training, compact_model, get_state, harden, load_compact,
+                                prepare_model, spec_for)
 from masked_dora.models.compact import LAYER_SIZES_KEY
 
 from tiny_family_table import AVAILABLE
@@ -162,6 +163,65 @@ def test_conformer_prunes_both_feed_forward_modules(tmp_path):
     assert (layer.ffn1.intermediate_dense.out_features, layer.ffn2.intermediate_dense.out_features) == (64, 32)
 
 
+@pytest.mark.parametrize("family", [f for f in ("wav2vec2-conformer", "wav2vec2-conformer-rotary") if f in AVAILABLE])
+def test_conformer_heads_prune_with_their_position_terms(family, tmp_path):
+    """The conformer's heads are the ffn1 stack's groups (heads_0, heads_1; the ffn2 stack shares the blocks'
+    attention, ModelSpec.attention_of). Relative position embeddings: linear_pos's head-sized row blocks and
+    pos_bias_u/v's rows (distinct per head here, and the kept heads not the first ones) are cut to the kept heads;
+    rotary: the attention keeps num_heads (its rotation views the input by the config's heads). Equal outputs after
+    compaction, after load_compact and after compact_for_training; heads asked of the ffn2 stack alone are
+    refused."""
+    model = tiny_model(family, kind="lm")
+    relative = model.config.position_embeddings_type == "relative"
+    with torch.no_grad():
+        for layer in model.wav2vec2_conformer.encoder.layers:
+            if relative:
+                layer.self_attn.pos_bias_u.uniform_(-1.0, 1.0)
+                layer.self_attn.pos_bias_v.uniform_(-1.0, 1.0)
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp", "heads"), **PRUNE))
+    assert sorted(get_state(model).groups) == ["heads_0", "heads_1"] + [f"mlp_{i}" for i in range(4)]
+    randomize_adapters(model)
+    with torch.no_grad():
+        for key in ("heads_0", "heads_1"):  # keep heads 1 and 3
+            get_state(model).groups[key].mask_logits.copy_(torch.tensor([-5.0, 5.0, -5.0, 5.0]))
+    harden(model)
+    inputs = tiny_inputs(family=family)
+    with torch.no_grad():
+        ref = output_tensor(model(**inputs))
+        small = compact_model(model)
+        torch.testing.assert_close(output_tensor(small(**inputs)), ref, rtol=1e-4, atol=1e-5)
+    for layer in small.wav2vec2_conformer.encoder.layers:
+        attention = layer.self_attn
+        assert (attention.linear_q.out_features, attention.linear_out.in_features, attention.num_heads) == (16, 16, 4)
+        assert (layer.ffn1.intermediate_dense.out_features, layer.ffn2.intermediate_dense.out_features) == (32, 32)
+        if relative:
+            assert (attention.linear_pos.out_features, *attention.linear_pos.weight.shape) == (16, 16, 32)
+            assert tuple(attention.pos_bias_u.shape) == tuple(attention.pos_bias_v.shape) == (2, 8)
+    small.save_pretrained(str(tmp_path))
+    with torch.no_grad():
+        torch.testing.assert_close(output_tensor(load_compact(str(tmp_path))(**inputs)), ref, rtol=1e-4, atol=1e-5)
+    model = tiny_model(family, kind="lm")  # compact_for_training (in place) keeps the same heads: equal outputs
+    with torch.no_grad():
+        for layer in model.wav2vec2_conformer.encoder.layers:
+            if relative:
+                layer.self_attn.pos_bias_u.uniform_(-1.0, 1.0)
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp", "heads"), **PRUNE))
+    randomize_adapters(model)
+    with torch.no_grad():
+        for key in ("heads_0", "heads_1"):
+            get_state(model).groups[key].mask_logits.copy_(torch.tensor([5.0, -5.0, 5.0, -5.0]))
+    harden(model)
+    with torch.no_grad():
+        ref = output_tensor(model(**inputs))
+        compact_for_training(model)
+        torch.testing.assert_close(output_tensor(model(**inputs)), ref, rtol=1e-4, atol=1e-5)
+    model = tiny_model(family, kind="lm")
+    with pytest.raises(ValueError, match=r"'heads' cannot be pruned .*the attention of the stacks \['ffn2'\] is "
+                                         r"pruned by the head groups of the stacks \['ffn1'\]"):
+        prepare_model(model, MaskedDoRAConfig(target_groups=("mlp", "heads"), stacks=("ffn2",), **PRUNE))
+    assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
+
+
 @pytest.mark.skipif("wavlm" not in AVAILABLE, reason="this transformers has no WavLM")
 def test_wavlm_attention_reads_its_projections_weights_without_calling_them():
     """The premise of WavLM's head refusal: its attention passes q/k/v/out_proj's weights to
@@ -186,12 +246,11 @@ def test_wavlm_attention_reads_its_projections_weights_without_calling_them():
 
 
 @pytest.mark.parametrize("family, reason", [("wavlm", "F.multi_head_attention_forward instead of calling them.*"
-                                                      "gated relative-position bias splits each block's input"),
-                                            ("wav2vec2-conformer", "two feed-forward modules prune as two stacks")])
+                                                      "gated relative-position bias splits each block's input")])
 def test_speech_heads_that_cannot_prune_exactly_are_refused(family, reason):
     """WavLM's attention reads its projections' weights (above) and gates each head's relative-position bias from
-    its slice of the block's input (num_attention_heads slices of hidden_size), and the conformer's relative
-    position embeddings hold rows per head: heads are refused before anything changes, naming the reason."""
+    its slice of the block's input (num_attention_heads slices of hidden_size): heads are refused before anything
+    changes, naming the reason."""
     if family not in AVAILABLE:
         pytest.skip(f"this transformers has no {family}")
     model = tiny_model(family, kind="lm")
@@ -225,3 +284,18 @@ def test_disentangled_attention_with_its_own_position_projections_refuses_heads(
     with torch.no_grad():
         ref = output_tensor(model(**inputs))
         torch.testing.assert_close(output_tensor(compact_model(model)(**inputs)), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_of_must_name_a_stack_over_the_same_blocks():
+    """ModelSpec(attention_of=...) says another stack's head groups prune these blocks' attention: a name that is
+    no stack of the spec over the same block list would leave the attention unpruned while heads are targeted."""
+    from dataclasses import replace
+
+    conformer = spec_for(tiny_config("wav2vec2-conformer")) if "wav2vec2-conformer" in AVAILABLE else None
+    if conformer is None:
+        pytest.skip("this transformers has no Wav2Vec2-Conformer")
+    ffn2 = conformer.stacks[0]
+    with pytest.raises(ValueError, match="the stack 'ffn2' has attention_of='ffn3', which names no stack"):
+        replace(conformer, stacks=(replace(ffn2, attention_of="ffn3"),))
+    with pytest.raises(ValueError, match="the stack 'ffn2' has attention_of='ffn1', which names no stack .* same"):
+        replace(conformer, stacks=(replace(ffn2, layers=("encoder.other",)),))

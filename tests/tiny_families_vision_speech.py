@@ -76,10 +76,16 @@ TINY = {
     "wavlm": TinyFamily(("WavLMConfig", "WavLMModel", "WavLMForCTC"),
                         dict(_AUDIO, num_buckets=16, max_bucket_distance=32), auto="AutoModelForCTC",
                         inputs="input_values", heads=False),
-    # Wav2Vec2-Conformer (relative position embeddings): both feed-forward modules prune, heads refused
+    # Wav2Vec2-Conformer: both feed-forward modules prune, and the heads (relative position embeddings: linear_pos
+    # rows and pos_bias_u/v cut per head; rotary: applied to the attention's input, kept whole)
     "wav2vec2-conformer": TinyFamily(("Wav2Vec2ConformerConfig", "Wav2Vec2ConformerModel",
                                       "Wav2Vec2ConformerForCTC"), dict(_AUDIO, conv_depthwise_kernel_size=7),
-                                     auto="AutoModelForCTC", inputs="input_values", heads=False),
+                                     auto="AutoModelForCTC", inputs="input_values"),
+    "wav2vec2-conformer-rotary": TinyFamily(("Wav2Vec2ConformerConfig", "Wav2Vec2ConformerModel",
+                                             "Wav2Vec2ConformerForCTC"),
+                                            dict(_AUDIO, conv_depthwise_kernel_size=7,
+                                                 position_embeddings_type="rotary"),
+                                            auto="AutoModelForCTC", inputs="input_values"),
     "whisper": TinyFamily(("WhisperConfig", "WhisperModel", "WhisperForConditionalGeneration"), _WHISPER,
                           auto="AutoModelForSpeechSeq2Seq", inputs="input_features", seq2seq=True),
 }

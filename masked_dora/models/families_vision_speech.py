@@ -8,14 +8,14 @@ Their blocks are a text encoder's (pre- or post-LN attention and a two-layer MLP
 besides the q/k/v rows and the output columns (no relative-position table, no per-head scale), so heads prune
 exactly; each reads its head size from ``hidden_size // heads`` (ViT and DeiT: ``getattr(config, "head_dim", ...)``).
 WavLM's attention (F.multi_head_attention_forward on its projections' weights, a gated relative-position bias per
-head) and the conformer's two feed-forward stacks and relative position embeddings do not: their heads are refused.
+head) does not: its heads are refused. The conformer's relative position terms are cut per head (``per_head``).
 """
 
 from __future__ import annotations
 
 from typing import Dict
 
-from .spec_types import HeadSpec, MLPSpec, ModelSpec
+from .spec_types import HeadSpec, MLPSpec, ModelSpec, PerHeadSpec
 
 # ViT, DeiT (transformers >= 5.17): ``layers`` of attention.q/k/v/o_proj and mlp.fc1/fc2. Their attention takes
 # head_dim from the config when it has one (else hidden_size // heads), so pruned heads save as a plain checkpoint
@@ -72,26 +72,34 @@ WAVLM_HEADS = (("heads", "", "its attention passes the q/k/v/out projections' we
 
 # Wav2Vec2-Conformer: a conformer block holds two feed-forward modules (ffn1 before the attention, ffn2 after the
 # convolution module), both intermediate_size wide. A spec has one MLP per block, so the family is two stacks
-# over the same block list, the first pruning ffn1, the second ffn2 (uniform pruning keeps one width in both, as
-# their shared key needs). Its heads are refused: with position_embeddings_type="relative" (the default) linear_pos
-# holds head-sized row blocks and pos_bias_u / pos_bias_v a row per head, which the spec does not cut; and each of
-# the two stacks would give the one attention its own head group
-CONFORMER_HEADS = (("heads", "", "its two feed-forward modules prune as two stacks over the same blocks, which "
-                                 "would give each attention two head groups; and its relative position embeddings "
-                                 "(linear_pos, pos_bias_u/v) hold rows per head that no spec cuts"),)
+# over the same block list, the first pruning ffn1 and the attention's heads, the second ffn2 alone
+# (ModelSpec.attention_of: its blocks' attention is the ffn1 stack's); uniform pruning keeps one MLP width in both,
+# as their shared key needs. Heads prune exactly with every position_embeddings_type:
+# * "relative" (the default): linear_pos projects the relative position embeddings into head-sized row blocks, as
+#   the key; pos_bias_u / pos_bias_v hold a (head_dim) row per head, parameters of the attention itself. A kept
+#   head reads only its own rows of them; a pruned head's values are gated (zero), so what its position terms
+#   make never reaches the output; compaction cuts all three to the kept heads (per_head entries).
+# * "rotary": the rotation applies to the attention's input (hidden_size, which head pruning keeps), viewed as
+#   num_attention_heads x head_size before linear_q / linear_k; the attention keeps num_heads as the config says
+#   (no attrs: it views q/k/v by head_size, -1 heads), so the rotation stays the original one.
+# The attention derives head_size from hidden_size // num_attention_heads: pruned heads save per layer
 CONFORMER_HEAD_SPEC = HeadSpec(query="self_attn.linear_q", key="self_attn.linear_k", value="self_attn.linear_v",
                                output="self_attn.linear_out", heads_key="num_attention_heads", attention="self_attn",
-                               attrs=(("num_heads", "heads"),))
+                               per_head=(PerHeadSpec("self_attn.linear_pos", "heads", head_rows=True,
+                                                     flag="position_embeddings_type=relative"),
+                                         PerHeadSpec("self_attn", "heads",
+                                                     flag="position_embeddings_type=relative")))
 
 
 def _conformer() -> ModelSpec:
     def ffn(name: str) -> dict:
         return dict(layers=("encoder.layers",), hidden_key="hidden_size", stack=name, heads=CONFORMER_HEAD_SPEC,
                     mlp=MLPSpec(producers=(f"{name}.intermediate_dense",), consumer=f"{name}.output_dense",
-                                size_key="intermediate_size"), unsupported=CONFORMER_HEADS)
+                                size_key="intermediate_size"))
 
     return ModelSpec(name="wav2vec2-conformer", model_types=("wav2vec2-conformer",), **ffn("ffn1"),
-                     stacks=(ModelSpec(name="wav2vec2-conformer-ffn2", model_types=(), **ffn("ffn2")),))
+                     stacks=(ModelSpec(name="wav2vec2-conformer-ffn2", model_types=(), attention_of="ffn1",
+                                       **ffn("ffn2")),))
 
 
 # the two-tower models (CLIPModel, SiglipModel, Siglip2Model): two stacks, the text tower's blocks then the vision
