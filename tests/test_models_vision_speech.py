@@ -197,6 +197,8 @@ def test_conformer_heads_prune_with_their_position_terms(family, tmp_path):
         if relative:
             assert (attention.linear_pos.out_features, *attention.linear_pos.weight.shape) == (16, 16, 32)
             assert tuple(attention.pos_bias_u.shape) == tuple(attention.pos_bias_v.shape) == (2, 8)
+    # the per-layer sizes: ffn1's blocks, then ffn2's (the same blocks: the same heads)
+    assert [s["heads"] for s in getattr(small.config, LAYER_SIZES_KEY)] == [2] * 4
     small.save_pretrained(str(tmp_path))
     with torch.no_grad():
         torch.testing.assert_close(output_tensor(load_compact(str(tmp_path))(**inputs)), ref, rtol=1e-4, atol=1e-5)

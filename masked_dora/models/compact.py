@@ -209,7 +209,19 @@ def _compact_weights(model: nn.Module):
             sizes[i]["heads"], sizes[i]["kv_heads"] = heads, kv
             kept = {"heads": rows["query"][::hd] // hd, "kv_heads": rows["key"][::hd] // hd}
             params.update(_kept_per_head_params(block, spec, model.config, prefix, kept, hd))
+    _mirror_shared_attention(model, state.spec, sizes)
     return repl, params, sizes
+
+
+def _mirror_shared_attention(model: nn.Module, spec: ModelSpec, sizes: List[Dict[str, int]]) -> None:
+    """Give the blocks of a stack with ``attention_of`` (the conformer's ffn2) the head counts of the same blocks in
+    the stack whose groups prune their attention, so that the per-layer sizes say what every block holds."""
+    blocks = model_blocks(model, spec)
+    owner = {(b.spec.stack, b.path): b.index for b in blocks}
+    for b in blocks:
+        if b.spec.attention_of:
+            source = sizes[owner[(b.spec.attention_of, b.path)]]
+            sizes[b.index].update({k: source[k] for k in ("heads", "kv_heads", "head_dim")})
 
 
 def new_linear(block: nn.Module, path: str, in_features: int, out_features: int) -> None:
