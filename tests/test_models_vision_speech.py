@@ -1,8 +1,9 @@
 """Image and speech encoders beyond the family chain (tests/test_models_families.py runs each of
 tests/tiny_families_vision_speech.py through prepare -> train -> compact -> save -> reload): their MLP-only
 checkpoints reload with plain transformers, SigLIP's pooling head keeps its MLP, Whisper's decoder keeps its
-cross-attention whole, DINOv2's spec follows the module names of the installed transformers, Wav2Vec2-Conformer
-prunes both feed-forward modules of its blocks, and WavLM's and the conformer's heads are refused."""
+cross-attention whole, UniSpeech(-SAT)'s task heads keep their sizes, DINOv2's spec follows the module names of the
+installed transformers, Wav2Vec2-Conformer prunes both feed-forward modules of its blocks and its heads with their
+position terms, and WavLM's heads are refused."""
 
 from __future__ import annotations
 
@@ -11,17 +12,19 @@ import os
 import pytest
 import torch
 
-from masked_dora.models import MaskedDoRAConfig, compact_model, get_state, harden, load_compact, prepare_model, spec_for
+from masked_dora.models import (MaskedDoRAConfig, compact_for_training, compact_model, get_state, harden, load_compact,
+                                prepare_model, spec_for)
 from masked_dora.models.compact import LAYER_SIZES_KEY
 
 from tiny_family_table import AVAILABLE
-from tiny_models import output_tensor, randomize_adapters, reload_plain_in_clean_process, tiny_inputs, tiny_model
+from tiny_models import (output_tensor, randomize_adapters, reload_plain_in_clean_process, tiny_config, tiny_inputs,
+                         tiny_model)
 
 PRUNE = dict(rank=2, alignment={"mlp": 8}, importance="none", target_sparsity=0.5)
 # the families whose config has a key for the MLP width alone (SigLIP's vision tower has none: its pooling head)
 MLP_PLAIN = [f for f in ("vit", "deit", "clip-vision", "clip-text", "siglip-text", "siglip2-text", "wav2vec2",
                          "wav2vec2-stable", "hubert", "whisper", "data2vec-audio", "sew", "sew-d", "wavlm",
-                         "wav2vec2-conformer") if f in AVAILABLE]
+                         "wav2vec2-conformer", "unispeech", "unispeech-sat") if f in AVAILABLE]
 
 
 def _compacted(family, groups, path=None):
@@ -90,6 +93,37 @@ def test_whisper_prunes_both_stacks_and_keeps_the_cross_attention(tmp_path):
     assert torch.equal(reloaded.generate(**gen), model.generate(**gen))
 
 
+@pytest.mark.parametrize("family, head", [(f, head) for f, head in (
+    ("unispeech", "UniSpeechForSequenceClassification"), ("unispeech-sat", "UniSpeechSatForSequenceClassification"),
+    ("unispeech-sat", "UniSpeechSatForAudioFrameClassification"), ("unispeech-sat", "UniSpeechSatForXVector"))
+    if f in AVAILABLE])
+def test_unispeech_task_heads_prune_their_encoder(family, head, tmp_path):
+    """UniSpeech(-SAT)'s task heads besides CTC (utterance classification over the weighted sum of every block's
+    output, frame classification, x-vectors) read the encoder's hidden size, which block pruning keeps: heads and MLP
+    prune, equal outputs after compaction and after load_compact."""
+    import transformers
+
+    config = tiny_config(family)
+    config.use_weighted_layer_sum = True
+    config.num_labels = 3
+    torch.manual_seed(0)
+    model = getattr(transformers, head)(config).eval()
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp", "heads"), **PRUNE))
+    randomize_adapters(model)
+    harden(model)
+    inputs = tiny_inputs(family=family)
+    with torch.no_grad():
+        ref = output_tensor(model(**inputs))
+        small = compact_model(model)
+        torch.testing.assert_close(output_tensor(small(**inputs)), ref, rtol=1e-4, atol=1e-5)
+    encoder = getattr(small, small.base_model_prefix).encoder
+    assert [layer.feed_forward.intermediate_dense.out_features for layer in encoder.layers] == [32, 32]
+    assert [layer.attention.q_proj.out_features for layer in encoder.layers] == [16, 16]
+    small.save_pretrained(str(tmp_path))
+    with torch.no_grad():
+        torch.testing.assert_close(output_tensor(load_compact(str(tmp_path))(**inputs)), ref, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("family", [f for f in ("dinov2", "dinov2-swiglu", "dinov2-registers") if f in AVAILABLE])
 def test_dinov2_spec_follows_the_module_names_of_this_transformers(family):
     """DINOv2's config is the same across transformers releases, its modules are not (attention.q_proj and
@@ -129,12 +163,96 @@ def test_conformer_prunes_both_feed_forward_modules(tmp_path):
     assert (layer.ffn1.intermediate_dense.out_features, layer.ffn2.intermediate_dense.out_features) == (64, 32)
 
 
-@pytest.mark.parametrize("family, reason", [("wavlm", "gated relative-position bias splits each block's input"),
-                                            ("wav2vec2-conformer", "two feed-forward modules prune as two stacks")])
+@pytest.mark.parametrize("family", [f for f in ("wav2vec2-conformer", "wav2vec2-conformer-rotary") if f in AVAILABLE])
+def test_conformer_heads_prune_with_their_position_terms(family, tmp_path):
+    """The conformer's heads are the ffn1 stack's groups (heads_0, heads_1; the ffn2 stack shares the blocks'
+    attention, ModelSpec.attention_of). Relative position embeddings: linear_pos's head-sized row blocks and
+    pos_bias_u/v's rows (distinct per head here, and the kept heads not the first ones) are cut to the kept heads;
+    rotary: the attention keeps num_heads (its rotation views the input by the config's heads). Equal outputs after
+    compaction, after load_compact and after compact_for_training; heads asked of the ffn2 stack alone are
+    refused."""
+    model = tiny_model(family, kind="lm")
+    relative = model.config.position_embeddings_type == "relative"
+    with torch.no_grad():
+        for layer in model.wav2vec2_conformer.encoder.layers:
+            if relative:
+                layer.self_attn.pos_bias_u.uniform_(-1.0, 1.0)
+                layer.self_attn.pos_bias_v.uniform_(-1.0, 1.0)
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp", "heads"), **PRUNE))
+    assert sorted(get_state(model).groups) == ["heads_0", "heads_1"] + [f"mlp_{i}" for i in range(4)]
+    randomize_adapters(model)
+    with torch.no_grad():
+        for key in ("heads_0", "heads_1"):  # keep heads 1 and 3
+            get_state(model).groups[key].mask_logits.copy_(torch.tensor([-5.0, 5.0, -5.0, 5.0]))
+    harden(model)
+    inputs = tiny_inputs(family=family)
+    with torch.no_grad():
+        ref = output_tensor(model(**inputs))
+        small = compact_model(model)
+        torch.testing.assert_close(output_tensor(small(**inputs)), ref, rtol=1e-4, atol=1e-5)
+    for layer in small.wav2vec2_conformer.encoder.layers:
+        attention = layer.self_attn
+        assert (attention.linear_q.out_features, attention.linear_out.in_features, attention.num_heads) == (16, 16, 4)
+        assert (layer.ffn1.intermediate_dense.out_features, layer.ffn2.intermediate_dense.out_features) == (32, 32)
+        if relative:
+            assert (attention.linear_pos.out_features, *attention.linear_pos.weight.shape) == (16, 16, 32)
+            assert tuple(attention.pos_bias_u.shape) == tuple(attention.pos_bias_v.shape) == (2, 8)
+    # the per-layer sizes: ffn1's blocks, then ffn2's (the same blocks: the same heads)
+    assert [s["heads"] for s in getattr(small.config, LAYER_SIZES_KEY)] == [2] * 4
+    small.save_pretrained(str(tmp_path))
+    with torch.no_grad():
+        torch.testing.assert_close(output_tensor(load_compact(str(tmp_path))(**inputs)), ref, rtol=1e-4, atol=1e-5)
+    model = tiny_model(family, kind="lm")  # compact_for_training (in place) keeps the same heads: equal outputs
+    with torch.no_grad():
+        for layer in model.wav2vec2_conformer.encoder.layers:
+            if relative:
+                layer.self_attn.pos_bias_u.uniform_(-1.0, 1.0)
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp", "heads"), **PRUNE))
+    randomize_adapters(model)
+    with torch.no_grad():
+        for key in ("heads_0", "heads_1"):
+            get_state(model).groups[key].mask_logits.copy_(torch.tensor([5.0, -5.0, 5.0, -5.0]))
+    harden(model)
+    with torch.no_grad():
+        ref = output_tensor(model(**inputs))
+        compact_for_training(model)
+        torch.testing.assert_close(output_tensor(model(**inputs)), ref, rtol=1e-4, atol=1e-5)
+    model = tiny_model(family, kind="lm")
+    with pytest.raises(ValueError, match=r"'heads' cannot be pruned .*the attention of the stacks \['ffn2'\] is "
+                                         r"pruned by the head groups of the stacks \['ffn1'\]"):
+        prepare_model(model, MaskedDoRAConfig(target_groups=("mlp", "heads"), stacks=("ffn2",), **PRUNE))
+    assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
+
+
+@pytest.mark.skipif("wavlm" not in AVAILABLE, reason="this transformers has no WavLM")
+def test_wavlm_attention_reads_its_projections_weights_without_calling_them():
+    """The premise of WavLM's head refusal: its attention passes q/k/v/out_proj's weights to
+    F.multi_head_attention_forward, never calling the modules, so a masked projection (gates, DoRA adapter) in their
+    place would not run. A hook zeroing their outputs is never called and changes nothing; if transformers ever calls
+    them, this fails and the refusal is to be revisited."""
+    model = tiny_model("wavlm")
+    inputs = tiny_inputs(family="wavlm")
+    calls = []
+
+    def zero(module, args, out):
+        calls.append(module)
+        return out * 0
+
+    with torch.no_grad():
+        ref = output_tensor(model(**inputs))
+        attention = model.encoder.layers[0].attention
+        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            getattr(attention, name).register_forward_hook(zero)
+        torch.testing.assert_close(output_tensor(model(**inputs)), ref, rtol=0, atol=0)
+    assert calls == []
+
+
+@pytest.mark.parametrize("family, reason", [("wavlm", "F.multi_head_attention_forward instead of calling them.*"
+                                                      "gated relative-position bias splits each block's input")])
 def test_speech_heads_that_cannot_prune_exactly_are_refused(family, reason):
-    """WavLM gates each head's relative-position bias from its slice of the block's input (num_attention_heads
-    slices of hidden_size), and the conformer's relative position embeddings hold rows per head: heads are
-    refused before anything changes, naming the reason."""
+    """WavLM's attention reads its projections' weights (above) and gates each head's relative-position bias from
+    its slice of the block's input (num_attention_heads slices of hidden_size): heads are refused before anything
+    changes, naming the reason."""
     if family not in AVAILABLE:
         pytest.skip(f"this transformers has no {family}")
     model = tiny_model(family, kind="lm")
@@ -168,3 +286,18 @@ def test_disentangled_attention_with_its_own_position_projections_refuses_heads(
     with torch.no_grad():
         ref = output_tensor(model(**inputs))
         torch.testing.assert_close(output_tensor(compact_model(model)(**inputs)), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_of_must_name_a_stack_over_the_same_blocks():
+    """ModelSpec(attention_of=...) says another stack's head groups prune these blocks' attention: a name that is
+    no stack of the spec over the same block list would leave the attention unpruned while heads are targeted."""
+    from dataclasses import replace
+
+    conformer = spec_for(tiny_config("wav2vec2-conformer")) if "wav2vec2-conformer" in AVAILABLE else None
+    if conformer is None:
+        pytest.skip("this transformers has no Wav2Vec2-Conformer")
+    ffn2 = conformer.stacks[0]
+    with pytest.raises(ValueError, match="the stack 'ffn2' has attention_of='ffn3', which names no stack"):
+        replace(conformer, stacks=(replace(ffn2, attention_of="ffn3"),))
+    with pytest.raises(ValueError, match="the stack 'ffn2' has attention_of='ffn1', which names no stack .* same"):
+        replace(conformer, stacks=(replace(ffn2, layers=("encoder.other",)),))

@@ -54,20 +54,38 @@ TINY = {
                          inputs="input_values"),
     "data2vec-audio": TinyFamily(("Data2VecAudioConfig", "Data2VecAudioModel", "Data2VecAudioForCTC"), _AUDIO,
                                  auto="AutoModelForCTC", inputs="input_values"),
+    # UniSpeech, UniSpeech-SAT: Wav2Vec2's encoder (post-LN, and the stable-layer-norm one) under unispeech(_sat)
+    "unispeech": TinyFamily(("UniSpeechConfig", "UniSpeechModel", "UniSpeechForCTC"), _AUDIO,
+                            auto="AutoModelForCTC", inputs="input_values"),
+    "unispeech-stable": TinyFamily(("UniSpeechConfig", "UniSpeechModel", "UniSpeechForCTC"),
+                                   dict(_AUDIO, do_stable_layer_norm=True, feat_extract_norm="layer"),
+                                   auto="AutoModelForCTC", inputs="input_values"),
+    "unispeech-sat": TinyFamily(("UniSpeechSatConfig", "UniSpeechSatModel", "UniSpeechSatForCTC"), _AUDIO,
+                                auto="AutoModelForCTC", inputs="input_values"),
+    "unispeech-sat-stable": TinyFamily(("UniSpeechSatConfig", "UniSpeechSatModel", "UniSpeechSatForCTC"),
+                                       dict(_AUDIO, do_stable_layer_norm=True, feat_extract_norm="layer"),
+                                       auto="AutoModelForCTC", inputs="input_values"),
     # SEW: squeezes the frames by 2 before the blocks (pooling) and upsamples after
     "sew": TinyFamily(("SEWConfig", "SEWModel", "SEWForCTC"), _AUDIO, auto="AutoModelForCTC", inputs="input_values"),
     # SEW-D: DeBERTa-v2's disentangled attention (relative positions in 16 buckets)
     "sew-d": TinyFamily(("SEWDConfig", "SEWDModel", "SEWDForCTC"), dict(_AUDIO, position_buckets=16,
                                                                        max_position_embeddings=64),
                         auto="AutoModelForCTC", inputs="input_values"),
-    # WavLM: heads refused (its gated relative-position bias splits the block's input per head): MLP only
+    # WavLM: heads refused (F.multi_head_attention_forward on its projections' weights; a gated relative-position bias
+    # that splits the block's input per head): MLP only
     "wavlm": TinyFamily(("WavLMConfig", "WavLMModel", "WavLMForCTC"),
                         dict(_AUDIO, num_buckets=16, max_bucket_distance=32), auto="AutoModelForCTC",
                         inputs="input_values", heads=False),
-    # Wav2Vec2-Conformer (relative position embeddings): both feed-forward modules prune, heads refused
+    # Wav2Vec2-Conformer: both feed-forward modules prune, and the heads (relative position embeddings: linear_pos
+    # rows and pos_bias_u/v cut per head; rotary: applied to the attention's input, kept whole)
     "wav2vec2-conformer": TinyFamily(("Wav2Vec2ConformerConfig", "Wav2Vec2ConformerModel",
                                       "Wav2Vec2ConformerForCTC"), dict(_AUDIO, conv_depthwise_kernel_size=7),
-                                     auto="AutoModelForCTC", inputs="input_values", heads=False),
+                                     auto="AutoModelForCTC", inputs="input_values"),
+    "wav2vec2-conformer-rotary": TinyFamily(("Wav2Vec2ConformerConfig", "Wav2Vec2ConformerModel",
+                                             "Wav2Vec2ConformerForCTC"),
+                                            dict(_AUDIO, conv_depthwise_kernel_size=7,
+                                                 position_embeddings_type="rotary"),
+                                            auto="AutoModelForCTC", inputs="input_values"),
     "whisper": TinyFamily(("WhisperConfig", "WhisperModel", "WhisperForConditionalGeneration"), _WHISPER,
                           auto="AutoModelForSpeechSeq2Seq", inputs="input_features", seq2seq=True),
 }

@@ -175,12 +175,14 @@ def per_head_modules(block: nn.Module, spec: ModelSpec, config) -> List[Tuple[Pe
             if entry.built_by(spec.sized_config(config))]
 
 
-def per_head_counts(entry: PerHeadSpec, module: nn.Module) -> List[int]:
+def per_head_counts(entry: PerHeadSpec, module: nn.Module, head_dim: int) -> List[float]:
     """How many heads ``module`` holds, as its layout says: its ModuleList's length, or dim ``entry.dim`` of each
-    parameter."""
+    parameter (over ``head_dim`` with ``entry.head_rows``; a fraction where a head's rows are cut)."""
     if entry.modules:
         return [len(getattr(module, entry.modules))]
-    return [int(p.shape[entry.dim]) if p.dim() > entry.dim else 0 for p in module.parameters(recurse=False)]
+    per = entry.entries_per_head(head_dim)
+    counts = [int(p.shape[entry.dim]) if p.dim() > entry.dim else 0 for p in module.parameters(recurse=False)]
+    return [n // per if n % per == 0 else n / per for n in counts]
 
 
 def check_per_head_modules(block: nn.Module, spec: ModelSpec, config, where: str, layer: int) -> None:
@@ -189,9 +191,11 @@ def check_per_head_modules(block: nn.Module, spec: ModelSpec, config, where: str
     hl = built_head_layout(config, spec, layer)
     for entry, module in per_head_modules(block, spec, config):
         expected = getattr(hl, entry.follows)
-        counts = per_head_counts(entry, module)
+        counts = per_head_counts(entry, module, hl.head_dim)
         if not counts or any(n != expected for n in counts):
-            what = f"modules in .{entry.modules}" if entry.modules else f"rows (dim {entry.dim} of its parameters)"
+            what = (f"modules in .{entry.modules}" if entry.modules else
+                    f"heads of {hl.head_dim} rows (dim {entry.dim} of its parameters)" if entry.head_rows else
+                    f"rows (dim {entry.dim} of its parameters)")
             raise ValueError(f"spec {spec.name!r}: {where}.{entry.path} holds {counts} {what}; expected {expected}, "
                              f"one per {'query' if entry.follows == 'heads' else 'KV'} head")
 

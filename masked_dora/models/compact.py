@@ -36,6 +36,7 @@ from .blocks import (LAYER_SIZES_KEY, block_modules, built_head_layout, features
 from .hidden import cut_hidden, hidden_config, hidden_keep, writers
 from .hidden_per_block import compact_block_hidden, is_per_block, resize_block_hidden
 from .prepare import STATE_ATTR, get_state
+from .spec_types import PerHeadSpec
 from .plain_config import plain_config
 from .specs import ModelSpec, spec_for
 
@@ -118,12 +119,13 @@ def _compact_mlp(block: nn.Module, spec: ModelSpec, group, prefix: str, repl: di
 
 
 @torch.no_grad()
-def _kept_per_head_params(block: nn.Module, spec: ModelSpec, config, prefix: str,
-                          kept: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def _kept_per_head_params(block: nn.Module, spec: ModelSpec, config, prefix: str, kept: Dict[str, torch.Tensor],
+                          head_dim: int) -> Dict[str, torch.Tensor]:
     """``{state-dict key: tensor}`` of the block's per-head modules (``HeadSpec.per_head``) cut to the kept heads.
 
     ``kept``: the kept query heads (``"heads"``) and KV heads (``"kv_heads"``), ascending. A ModuleList's
-    kept modules are renumbered from 0 in that order; a parameter keeps its rows (``entry.dim``) of the kept heads.
+    kept modules are renumbered from 0 in that order; a parameter keeps its rows (``entry.dim``) of the kept heads
+    (``head_dim`` rows each with ``entry.head_rows``).
     """
     out = {}
     for entry, module in per_head_modules(block, spec, config):
@@ -134,9 +136,18 @@ def _kept_per_head_params(block: nn.Module, spec: ModelSpec, config, prefix: str
                 for name, t in head_modules[old].state_dict().items():
                     out[f"{prefix}{entry.path}.{entry.modules}.{new}.{name}"] = t.clone()
         else:
+            rows = head_entries(entry, heads, head_dim)
             for name, p in module.named_parameters(recurse=False):
-                out[f"{prefix}{entry.path}.{name}"] = p.detach().index_select(entry.dim, heads.to(p.device)).clone()
+                out[f"{prefix}{entry.path}.{name}"] = p.detach().index_select(entry.dim, rows.to(p.device)).clone()
     return out
+
+
+def head_entries(entry: PerHeadSpec, heads: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """The indices along ``entry.dim`` of the heads ``heads``: the heads themselves, or with ``entry.head_rows``
+    each head's ``head_dim`` consecutive rows."""
+    if not entry.head_rows:
+        return heads
+    return (heads[:, None] * head_dim + torch.arange(head_dim, device=heads.device)).flatten()
 
 
 def _check_even_partitions(state) -> None:
@@ -166,7 +177,9 @@ def _compact_weights(model: nn.Module):
         i, block, spec, prefix = blk.index, blk.module, blk.spec, blk.path + "."
         if "mlp" in state.config.target_groups and holds_spec_mlp(block, spec):
             sizes[i]["intermediate"] = _compact_mlp(block, spec, state.group("mlp", i), prefix, repl, params)
-        if "heads" in state.config.target_groups and spec.heads.qkv:
+        if "heads" not in state.config.target_groups or spec.attention_of:  # (another stack's groups prune it)
+            continue
+        if spec.heads.qkv:
             paths = role_paths(spec, "heads")
             mods = block_modules(block, spec, ("heads",))["heads"]
             group = state.group("heads", i)
@@ -179,7 +192,7 @@ def _compact_weights(model: nn.Module):
             # the kept rows are the kept query heads' and 2 x the kept KV heads' (whole KV groups, or all of them)
             hd = sizes[i]["head_dim"]
             sizes[i]["heads"], sizes[i]["kv_heads"] = cols.numel() // hd, (rows.numel() - cols.numel()) // (2 * hd)
-        elif "heads" in state.config.target_groups:
+        else:
             paths = role_paths(spec, "heads")
             mods = block_modules(block, spec, ("heads",))["heads"]
             hd = sizes[i]["head_dim"]
@@ -195,8 +208,20 @@ def _compact_weights(model: nn.Module):
                 raise RuntimeError(f"compact_model: layer {i} keeps a partial head; masks must keep whole heads")
             sizes[i]["heads"], sizes[i]["kv_heads"] = heads, kv
             kept = {"heads": rows["query"][::hd] // hd, "kv_heads": rows["key"][::hd] // hd}
-            params.update(_kept_per_head_params(block, spec, model.config, prefix, kept))
+            params.update(_kept_per_head_params(block, spec, model.config, prefix, kept, hd))
+    _mirror_shared_attention(model, state.spec, sizes)
     return repl, params, sizes
+
+
+def _mirror_shared_attention(model: nn.Module, spec: ModelSpec, sizes: List[Dict[str, int]]) -> None:
+    """Give the blocks of a stack with ``attention_of`` (the conformer's ffn2) the head counts of the same blocks in
+    the stack whose groups prune their attention, so that the per-layer sizes say what every block holds."""
+    blocks = model_blocks(model, spec)
+    owner = {(b.spec.stack, b.path): b.index for b in blocks}
+    for b in blocks:
+        if b.spec.attention_of:
+            source = sizes[owner[(b.spec.attention_of, b.path)]]
+            sizes[b.index].update({k: source[k] for k in ("heads", "kv_heads", "head_dim")})
 
 
 def new_linear(block: nn.Module, path: str, in_features: int, out_features: int) -> None:
@@ -237,27 +262,31 @@ def _resize_packed_experts(block: nn.Module, spec: ModelSpec, inter: int) -> Non
 
 
 @torch.no_grad()
-def keep_per_head(block: nn.Module, spec: ModelSpec, config, kept: Dict[str, torch.Tensor]) -> None:
+def keep_per_head(block: nn.Module, spec: ModelSpec, config, kept: Dict[str, torch.Tensor], head_dim: int) -> None:
     """Cut the block's per-head modules (``HeadSpec.per_head``) in place to the heads ``kept`` names
     (``{"heads": query head indices, "kv_heads": KV head indices}``): a ModuleList to those entries (and its
-    count attribute), a parameter to those rows (dim ``entry.dim``)."""
+    count attribute), a parameter to those rows (dim ``entry.dim``; ``head_dim`` rows a head with
+    ``entry.head_rows``)."""
     for entry, module in per_head_modules(block, spec, config):
         heads = kept[entry.follows]
         if entry.modules:
             old = getattr(module, entry.modules)
             setattr(module, entry.modules, nn.ModuleList([old[i] for i in heads.tolist()]))
         else:
+            rows = head_entries(entry, heads, head_dim)
             for name, p in list(module.named_parameters(recurse=False)):
-                setattr(module, name, nn.Parameter(p.detach().index_select(entry.dim, heads.to(p.device)).clone(),
+                setattr(module, name, nn.Parameter(p.detach().index_select(entry.dim, rows.to(p.device)).clone(),
                                                    requires_grad=p.requires_grad))
+            if isinstance(module, nn.Linear) and entry.dim == 0:  # (a projection's rows: its output width too)
+                module.out_features = len(rows)
         if entry.count_attr:
             setattr(module, entry.count_attr, len(heads))
 
 
-def _resize_per_head(block: nn.Module, spec: ModelSpec, config, counts: Dict[str, int]) -> None:
+def _resize_per_head(block: nn.Module, spec: ModelSpec, config, counts: Dict[str, int], head_dim: int) -> None:
     """Cut a fresh block's per-head modules to their first ``counts`` heads (``{"heads": n, "kv_heads": n}``);
     the checkpoint's weights replace them."""
-    keep_per_head(block, spec, config, {k: torch.arange(counts[k]) for k in ("heads", "kv_heads")})
+    keep_per_head(block, spec, config, {k: torch.arange(counts[k]) for k in ("heads", "kv_heads")}, head_dim)
 
 
 def resize_block(block: nn.Module, spec: ModelSpec, size: Dict[str, int], config, layer: int) -> None:
@@ -292,7 +321,7 @@ def resize_block(block: nn.Module, spec: ModelSpec, size: Dict[str, int], config
         for role, n in (("query", heads), ("key", kv), ("value", kv)):
             new_linear(block, head_paths[role], features(mods["heads"][role])[0], n * hd)
     new_linear(block, head_paths["output"], heads * hd, features(mods["heads"]["output"])[1])
-    _resize_per_head(block, spec, config, set_head_attrs(block, spec, heads, kv, hd))
+    _resize_per_head(block, spec, config, set_head_attrs(block, spec, heads, kv, hd), hd)
 
 
 def set_mlp_size_attrs(block: nn.Module, spec: ModelSpec, width: int) -> None:

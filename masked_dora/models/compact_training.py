@@ -82,7 +82,7 @@ def compact_for_training(model: nn.Module) -> nn.Module:
     for b in state.blocks(model):
         if "mlp" in state.config.target_groups and holds_spec_mlp(b.module, b.spec):
             _compact_mlp_group(state, b)
-        if "heads" in state.config.target_groups:
+        if "heads" in state.config.target_groups and not b.spec.attention_of:
             _compact_head_group(state, b, model.config)
     if HIDDEN_KEY in state.groups:
         _compact_hidden_group(state, model)
@@ -113,7 +113,7 @@ def _compact_head_group(state, b: Block, model_config) -> None:
     else:
         kv = mods["key"].out_features // hd
     set_head_attrs(b.module, b.spec, heads, kv, hd)
-    keep_per_head(b.module, b.spec, model_config, kept_heads)
+    keep_per_head(b.module, b.spec, model_config, kept_heads, hd)
 
 
 def _compact_hidden_group(state, model: nn.Module) -> None:

@@ -1,20 +1,21 @@
 """Family specs of image and speech encoders (ViT, DeiT, DINOv2, CLIP / SigLIP towers and two-tower models,
-Wav2Vec2, HuBERT, data2vec-audio, SEW, SEW-D, WavLM, Wav2Vec2-Conformer), merged into the shipped table
-(:data:`masked_dora.models.families.SPECS`). Whisper's encoder-decoder has BART's modules and keys: it is in the
-``bart`` spec of that table.
+Wav2Vec2, HuBERT, data2vec-audio, SEW, UniSpeech(-SAT), WavLM, Wav2Vec2-Conformer; SEW-D is DeBERTa-v2's), merged
+into the shipped table (:data:`masked_dora.models.families.SPECS`). Whisper's encoder-decoder has BART's modules and
+keys: it is in the ``bart`` spec of that table.
 
 Their blocks are a text encoder's (pre- or post-LN attention and a two-layer MLP); only the model's input differs
 (``pixel_values``, ``input_values``), which the specs never see. Most of these attentions hold nothing per head
 besides the q/k/v rows and the output columns (no relative-position table, no per-head scale), so heads prune
 exactly; each reads its head size from ``hidden_size // heads`` (ViT and DeiT: ``getattr(config, "head_dim", ...)``).
-WavLM's gated relative-position bias and the conformer's relative position embeddings do: their heads are refused.
+WavLM's attention (F.multi_head_attention_forward on its projections' weights, a gated relative-position bias per
+head) does not: its heads are refused. The conformer's relative position terms are cut per head (``per_head``).
 """
 
 from __future__ import annotations
 
 from typing import Dict
 
-from .spec_types import HeadSpec, MLPSpec, ModelSpec
+from .spec_types import HeadSpec, MLPSpec, ModelSpec, PerHeadSpec
 
 # ViT, DeiT (transformers >= 5.17): ``layers`` of attention.q/k/v/o_proj and mlp.fc1/fc2. Their attention takes
 # head_dim from the config when it has one (else hidden_size // heads), so pruned heads save as a plain checkpoint
@@ -43,9 +44,9 @@ CLIP_TOWER = dict(
 # MLP width alone, so a pruned MLP saves in the per-layer form (the head keeps its sizes)
 SIGLIP_VISION = dict(CLIP_TOWER, mlp=MLPSpec(producers=("mlp.fc1",), consumer="mlp.fc2", size_key=""))
 
-# Wav2Vec2, HuBERT (and their stable-layer-norm variants, the same module names): encoder.layers of
-# attention.q/k/v/out_proj and feed_forward.intermediate_dense/output_dense; the convolutional feature encoder
-# and the positional convolution are not pruned
+# Wav2Vec2, HuBERT, UniSpeech, UniSpeech-SAT (and their stable-layer-norm variants, the same module names):
+# encoder.layers of attention.q/k/v/out_proj and feed_forward.intermediate_dense/output_dense; the convolutional
+# feature encoder, the positional convolution and the task heads (which read the hidden size) are not pruned
 WAV2VEC2 = dict(
     layers=("encoder.layers",),
     hidden_key="hidden_size",
@@ -56,34 +57,49 @@ WAV2VEC2 = dict(
                    attrs=(("num_heads", "heads"),)),
 )
 
-# WavLM: Wav2Vec2's modules, and a gated relative-position bias per head
-WAVLM_HEADS = (("heads", "", "its gated relative-position bias splits each block's input (hidden_size wide, which "
-                             "head pruning keeps) into num_attention_heads slices, one per head's gate "
+# WavLM: Wav2Vec2's module names, but its attention is not Wav2Vec2's. It hands q/k/v_proj's and out_proj's weights
+# and biases to F.multi_head_attention_forward (use_separate_proj_weight) instead of calling the modules, so a wrapped
+# projection's gates and DoRA adapter would never run (the masked model would ignore its head masks), and that
+# function views q/k/v as embed_dim (hidden_size) wide, so a compacted attention fails. And its gated
+# relative-position bias slices the block's input per head, which no head count but the config's keeps
+WAVLM_HEADS = (("heads", "", "its attention passes the q/k/v/out projections' weights to "
+                             "F.multi_head_attention_forward instead of calling them (a masked projection's gates and "
+                             "adapter would never run) and that function needs q/k/v as wide as hidden_size; and its "
+                             "gated relative-position bias splits each block's input (hidden_size wide, which head "
+                             "pruning keeps) into num_attention_heads slices, one per head's gate "
                              "(gru_rel_pos_linear), and the first block's bias is shared by every block: fewer heads "
                              "would change every kept head's gate"),)
 
 # Wav2Vec2-Conformer: a conformer block holds two feed-forward modules (ffn1 before the attention, ffn2 after the
 # convolution module), both intermediate_size wide. A spec has one MLP per block, so the family is two stacks
-# over the same block list, the first pruning ffn1, the second ffn2 (uniform pruning keeps one width in both, as
-# their shared key needs). Its heads are refused: with position_embeddings_type="relative" (the default) linear_pos
-# holds head-sized row blocks and pos_bias_u / pos_bias_v a row per head, which the spec does not cut; and each of
-# the two stacks would give the one attention its own head group
-CONFORMER_HEADS = (("heads", "", "its two feed-forward modules prune as two stacks over the same blocks, which "
-                                 "would give each attention two head groups; and its relative position embeddings "
-                                 "(linear_pos, pos_bias_u/v) hold rows per head that no spec cuts"),)
+# over the same block list, the first pruning ffn1 and the attention's heads, the second ffn2 alone
+# (ModelSpec.attention_of: its blocks' attention is the ffn1 stack's); uniform pruning keeps one MLP width in both,
+# as their shared key needs. Heads prune exactly with every position_embeddings_type:
+# * "relative" (the default): linear_pos projects the relative position embeddings into head-sized row blocks, as
+#   the key; pos_bias_u / pos_bias_v hold a (head_dim) row per head, parameters of the attention itself. A kept
+#   head reads only its own rows of them; a pruned head's values are gated (zero), so what its position terms
+#   make never reaches the output; compaction cuts all three to the kept heads (per_head entries).
+# * "rotary": the rotation applies to the attention's input (hidden_size, which head pruning keeps), viewed as
+#   num_attention_heads x head_size before linear_q / linear_k; the attention keeps num_heads as the config says
+#   (no attrs: it views q/k/v by head_size, -1 heads), so the rotation stays the original one.
+# The attention derives head_size from hidden_size // num_attention_heads: pruned heads save per layer
 CONFORMER_HEAD_SPEC = HeadSpec(query="self_attn.linear_q", key="self_attn.linear_k", value="self_attn.linear_v",
                                output="self_attn.linear_out", heads_key="num_attention_heads", attention="self_attn",
-                               attrs=(("num_heads", "heads"),))
+                               per_head=(PerHeadSpec("self_attn.linear_pos", "heads", head_rows=True,
+                                                     flag="position_embeddings_type=relative"),
+                                         PerHeadSpec("self_attn", "heads",
+                                                     flag="position_embeddings_type=relative")))
 
 
 def _conformer() -> ModelSpec:
     def ffn(name: str) -> dict:
         return dict(layers=("encoder.layers",), hidden_key="hidden_size", stack=name, heads=CONFORMER_HEAD_SPEC,
                     mlp=MLPSpec(producers=(f"{name}.intermediate_dense",), consumer=f"{name}.output_dense",
-                                size_key="intermediate_size"), unsupported=CONFORMER_HEADS)
+                                size_key="intermediate_size"))
 
     return ModelSpec(name="wav2vec2-conformer", model_types=("wav2vec2-conformer",), **ffn("ffn1"),
-                     stacks=(ModelSpec(name="wav2vec2-conformer-ffn2", model_types=(), **ffn("ffn2")),))
+                     stacks=(ModelSpec(name="wav2vec2-conformer-ffn2", model_types=(), attention_of="ffn1",
+                                       **ffn("ffn2")),))
 
 
 # the two-tower models (CLIPModel, SiglipModel, Siglip2Model): two stacks, the text tower's blocks then the vision
@@ -143,8 +159,10 @@ VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
     # SigLIP's vision tower keeps its attention-pooling head (its MLP is intermediate_size wide): a pruned vision MLP
     # saves in the per-layer form
     "siglip": _two_tower("siglip", ("siglip", "siglip2"), CLIP_TOWER, SIGLIP_VISION),
-    # data2vec-audio, SEW: Wav2Vec2's blocks (SEW squeezes the sequence before them and upsamples after)
-    "wav2vec2": ModelSpec(name="wav2vec2", model_types=("wav2vec2", "hubert", "data2vec-audio", "sew"), **WAV2VEC2),
+    # data2vec-audio, SEW, UniSpeech, UniSpeech-SAT: Wav2Vec2's blocks (SEW squeezes the sequence before them and
+    # upsamples after)
+    "wav2vec2": ModelSpec(name="wav2vec2", model_types=("wav2vec2", "hubert", "data2vec-audio", "sew", "unispeech",
+                                                        "unispeech-sat"), **WAV2VEC2),
     "wavlm": ModelSpec(name="wavlm", model_types=("wavlm",), **WAV2VEC2, unsupported=WAVLM_HEADS),
     "wav2vec2-conformer": _conformer(),
     **DINOV2,  # dinov2-q_proj, dinov2-q_proj-swiglu, dinov2-query, dinov2-query-swiglu

@@ -318,6 +318,10 @@ def _targeted_blocks(model: nn.Module, spec: ModelSpec, config: MaskedDoRAConfig
     if "mlp" in config.target_groups and not any(holds_spec_mlp(b.module, b.spec) for b in blocks):
         _refuse("mlp", config, model.config, f"none of its blocks holds the MLP the spec names "
                                              f"({sorted(set(role_paths(spec, 'mlp').values()))})")
+    if "heads" in config.target_groups and blocks and all(b.spec.attention_of for b in blocks):
+        owners = sorted({b.spec.attention_of for b in blocks})
+        _refuse("heads", config, model.config, f"the attention of the stacks {list(config.stacks)} is pruned by the "
+                                               f"head groups of the stacks {owners}: add them to config.stacks")
     _refuse_heads_kv_groups_cannot_prune(blocks, config, model.config)
     return blocks
 
@@ -340,7 +344,7 @@ def _check_block(b: Block, config: MaskedDoRAConfig, model_config) -> None:
                           "the spec must point at nn.Linear (or transformers Conv1D) projections")
                 raise TypeError(f"model: expected an nn.Linear at {b.path}.{paths[role]}, got "
                                 f"{type(module).__name__} ({advice})")
-    if "heads" in config.target_groups:
+    if "heads" in config.target_groups and not b.spec.attention_of:
         check_per_head_modules(b.module, b.spec, model_config, b.path, b.index)
 
 
@@ -384,7 +388,7 @@ def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, c
     for b in blocks:  # group keys number the blocks across stacks (an encoder-decoder's decoder follows)
         if "mlp" in config.target_groups and holds_spec_mlp(b.module, b.spec):
             state.groups[f"mlp_{b.index}"] = _mlp_group(b.module, b.index, b.spec, config, b.path)
-        if "heads" in config.target_groups:
+        if "heads" in config.target_groups and not b.spec.attention_of:  # (else another stack's group prunes them)
             group, _ = _head_group(b.module, b.index, b.spec, config, model.config, b.path)
             state.groups[f"heads_{b.index}"] = group
     if is_per_block(config):  # one group per block (its reads and writes), after the writers' own groups

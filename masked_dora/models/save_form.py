@@ -36,7 +36,7 @@ def planned_sizes(model: nn.Module, spec: ModelSpec, config) -> List[Dict[str, i
             # same count; width 0: a block without the MLP, MLPSpec.in_some_blocks)
             size["intermediate"] = uniform_count(size["intermediate"], 1, config.target_sparsity["mlp"],
                                                  config.alignment["mlp"])
-        if "heads" in config.target_groups:
+        if "heads" in config.target_groups and not b.spec.attention_of:
             if by_kv:  # one unit per KV head, its query heads with it (in equal chunks of a "chunked" qkv)
                 parts = b.spec.heads.partitions
                 kv = uniform_count(hl.kv_heads, parts, config.target_sparsity["heads"],

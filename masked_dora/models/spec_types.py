@@ -135,9 +135,15 @@ class PerHeadSpec:
     Without ``modules``, every parameter of the module at ``path`` has the head as dim ``dim`` (Cohere's q/k
     LayerNorm weight, ``(heads, head_dim)``: 0; UMT5's per-layer ``relative_attention_bias`` embedding,
     ``(buckets, heads)``: 1); with it, ``modules`` names the module's ``ModuleList`` of one module per head
-    (StableLM's ``StableLmLayerNormPerHead.norms``). ``count_attr``: the module's attribute holding the head count
-    (``num_heads``; an ``nn.Embedding``'s ``embedding_dim``), if any. ``flag``: the config flag under which the
-    family builds the module (``""``: always).
+    (StableLM's ``StableLmLayerNormPerHead.norms``). ``head_rows``: dim ``dim`` holds ``head_dim`` entries per head,
+    in head order (a projection whose output rows come in head-sized blocks as q/k/v's: Wav2Vec2-Conformer's
+    ``linear_pos``, which projects the relative position embeddings per head). ``count_attr``: the module's
+    attribute holding the head count (``num_heads``; an ``nn.Embedding``'s ``embedding_dim``), if any. ``flag``: the
+    config flag under which the family builds the module (``""``: always; ``"key=value"``: where the config's
+    ``key`` is the string ``value``, as the conformer's ``position_embeddings_type="relative"``).
+
+    Only the module's own parameters are cut (not its submodules'): ``path="self_attn"`` names the parameters the
+    attention holds directly (the conformer's ``pos_bias_u`` / ``pos_bias_v``, ``(heads, head_dim)``).
     """
 
     path: str
@@ -146,16 +152,26 @@ class PerHeadSpec:
     count_attr: str = ""
     flag: str = ""
     dim: int = 0
+    head_rows: bool = False
 
     def __post_init__(self):
         if self.follows not in HEAD_COUNTS:
             raise ValueError(f"PerHeadSpec.follows: expected one of {HEAD_COUNTS}, got {self.follows!r}")
         if self.dim < 0 or (self.dim and self.modules):
             raise ValueError(f"PerHeadSpec.dim: expected a dim >= 0 of the parameters (0 with modules), got {self.dim}")
+        if self.head_rows and self.modules:
+            raise ValueError("PerHeadSpec.head_rows: describes a parameter's dim, not a ModuleList (modules)")
 
     def built_by(self, config) -> bool:
         """Whether a model with ``config`` has this module."""
+        if "=" in self.flag:
+            key, _, value = self.flag.partition("=")
+            return str(getattr(config, key, None)) == value
         return not self.flag or bool(getattr(config, self.flag, False))
+
+    def entries_per_head(self, head_dim: int) -> int:
+        """How many entries of dim ``dim`` one head holds."""
+        return head_dim if self.head_rows else 1
 
 
 @dataclass(frozen=True)
@@ -239,7 +255,8 @@ class ModelSpec:
     # refused for the model); a further stack the model lacks (T5EncoderModel has no decoder) is skipped. Two
     # stacks may share a size key (T5's d_ff): then the plain form needs them to keep the same size. Other uses: a
     # two-tower model's "text" and "vision" stacks (CLIPModel; each its own text_config), and a block with two MLPs
-    # as two stacks over the same block list, one MLP each (Wav2Vec2-Conformer's "ffn1" and "ffn2")
+    # as two stacks over the same block list, one MLP each (Wav2Vec2-Conformer's "ffn1" and "ffn2"; the second
+    # says attention_of="ffn1": the first stack's head groups prune the blocks' attention)
     stack: str = ""
     stacks: Tuple["ModelSpec", ...] = ()
     # the residual stream, for "hidden" pruning (None: refused): hidden_mode="global" and "per_block"
@@ -259,12 +276,22 @@ class ModelSpec:
     # compacted sizes written; "": the model config itself. Each stack reads its own: a two-tower CLIPModel's
     # text stack "text_config", its vision stack "vision_config"
     text_config: str = ""
+    # a stack over the same blocks as the stack of this name (Wav2Vec2-Conformer's "ffn2" over "ffn1": a block with
+    # two MLPs): their attention is that stack's, whose head groups prune it, so this stack has none (its blocks'
+    # attention is not read through it); "": a stack of its own blocks
+    attention_of: str = ""
 
     def __post_init__(self):
         if self.dense_mlp is not None and (not self.mlp.experts or self.dense_mlp.experts):
             raise ValueError(f"ModelSpec {self.name!r}: dense_mlp is the dense MLP of an MoE family's other blocks: "
                              f"expected mlp with experts and dense_mlp without, got mlp.experts={self.mlp.experts!r}, "
                              f"dense_mlp.experts={self.dense_mlp.experts!r}")
+        owners = {s.stack: s.layers for s in (self,) + tuple(self.stacks)}
+        for s in self.stacks:  # (a further stack checked in the spec that holds it)
+            if s.attention_of and owners.get(s.attention_of, ()) != s.layers:
+                raise ValueError(f"ModelSpec {self.name!r}: the stack {s.stack!r} has attention_of="
+                                 f"{s.attention_of!r}, which names no stack of this spec over the same blocks "
+                                 f"({list(s.layers)}); stacks: {sorted(owners)}")
         elsewhere = self.heads_elsewhere
         if elsewhere is not None and (self.heads.qkv or elsewhere.qkv
                                       or _head_keys(elsewhere) != _head_keys(self.heads)):
