@@ -28,6 +28,7 @@ from tiny_vlm_configs import blip_2_flan_t5, instructblip_flan_t5, mllama, mllam
 from tiny_vlm_configs_more import (fast_vlm, glm4v, glm4v_moe, glm46v, glm_ocr, instructblipvideo, janus, kimi_k25,
                                    hunyuan_patches, hunyuan_vl, moonvit_patches, paddle_patches, paddleocr_vl,
                                    video_frames)
+from tiny_vlm_configs_extra import qwen2_5_omni_thinker
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
 
@@ -184,6 +185,10 @@ FAMILIES: Dict[str, TinyVLM] = {
     # HunYuan-VL: an image's 2x2 merged features, a newline after each row, a begin and an end token: 8 tokens
     "hunyuan_vl": TinyVLM(("HunYuanVLConfig", "HunYuanVLForConditionalGeneration"), hunyuan_vl, hunyuan_patches,
                           True, image_tokens=8),
+    # Qwen2.5-Omni's thinker: its language model reads head_dim from the config (pruned heads save plainly); its
+    # audio tower, as the vision tower, left as it is
+    "qwen2_5_omni_thinker": TinyVLM(("Qwen2_5OmniThinkerConfig", "Qwen2_5OmniThinkerForConditionalGeneration"),
+                                    qwen2_5_omni_thinker, qwen_patches(14), True),
 }
 
 

@@ -45,6 +45,9 @@ VLM_WRAPPERS: Dict[str, WrapperSpec] = {
     **{t: WrapperSpec(language_model="language_model") for t in ("glm4v", "glm4v_moe", "janus", "fast_vlm",
                                                                   "kimi_k25", "glm46v", "glm_ocr",
                                                                   "paddleocr_vl", "hunyuan_vl")},
+    # Qwen2.5-Omni's thinker (the text-generating half of Qwen2.5-Omni; its audio tower is left as it is, as the
+    # vision tower): qwen2_5_omni_text, Qwen2.5-VL's language model reading head_dim from the config
+    "qwen2_5_omni_thinker": WrapperSpec(language_model="language_model"),
     # InstructBLIP-Video: InstructBLIP's layout (a causal LM's base model; its forward needs the video)
     "instructblipvideo": WrapperSpec(language_model="language_model.model", text_alone=False),
 }
@@ -109,4 +112,10 @@ def vlm_text_specs(llama_style: dict, mixtral_style: dict) -> Dict[str, ModelSpe
         # HunYuan-VL's language model (hunyuan_vl_text): HunYuan-Dense's Llama layout (query/key_layernorm over
         # head_dim, one weight for all heads) with multimodal rotary positions, the same for every head
         "hunyuan_vl_text": ModelSpec(name="hunyuan_vl_text", model_types=("hunyuan_vl_text",), **llama_style),
+        # Qwen2.5-Omni thinker's language model (qwen2_5_omni_text): Qwen2.5-VL's (q/k/v biases, multimodal rotary
+        # positions, the same for every head), its attention and rotary reading head_dim from the config where it
+        # has one (else hidden_size // num_attention_heads): the compacted config says head_dim, pruned heads save
+        # plainly
+        "qwen2_5_omni_text": ModelSpec(name="qwen2_5_omni_text", model_types=("qwen2_5_omni_text",), **dict(
+            llama_style, heads=config_head_dim)),
     }
