@@ -367,3 +367,26 @@ def test_mllama_cross_attention_blocks_take_their_heads_at_their_own_paths():
         ("self_attn.q_proj", "self_attn.o_proj"), ("cross_attn.q_proj", "cross_attn.o_proj")]
     with pytest.raises(ValueError, match="heads_elsewhere is the same attention at other paths"):
         replace_dataclass(spec, heads_elsewhere=replace_dataclass(spec.heads_elsewhere, head_dim_key="head_dim"))
+
+
+def test_ernie_vl_prunes_its_text_experts_and_keeps_its_vision_experts_whole():
+    """ERNIE-4.5-VL's MoE block: the text experts' channels prune (mlp.text_moe.experts narrower after compaction),
+    the vision experts, which its image tokens go to, and the shared expert are kept as they were."""
+    if "ernie4_5_vl_moe" not in VLMS:
+        pytest.skip("this transformers has no ERNIE-4.5-VL")
+    model = tiny_vlm("ernie4_5_vl_moe")
+    moe = model.model.language_model.layers[1].mlp
+    kept = {k: v.detach().clone() for k, v in moe.state_dict().items() if not k.startswith("text_moe.experts.")}
+    prepare_model(model, MaskedDoRAConfig(**CONFIG, target_groups=("mlp",)))
+    randomize_adapters(model)
+    _train_step(model, "ernie4_5_vl_moe")
+    harden(model)
+    inputs = image_inputs("ernie4_5_vl_moe")
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        small = compact_model(model)
+        assert rel_err(small(**inputs).logits, ref) < TOL
+    moe = small.model.language_model.layers[1].mlp
+    assert tuple(moe.text_moe.experts.down_proj.shape) == (4, 32, 32)
+    after = {k: v for k, v in moe.state_dict().items() if not k.startswith("text_moe.experts.")}
+    assert after.keys() == kept.keys() and all(torch.equal(v, kept[k]) for k, v in after.items())

@@ -1,9 +1,11 @@
 """Yet more tiny VLM configs and image inputs (``tiny_vlms.FAMILIES`` puts them together, one row per family), in the
-sizes of :mod:`tiny_vlm_configs`: Qwen2.5-Omni's thinker. Each input builder ``pixels(n, generator)`` gives the
+sizes of :mod:`tiny_vlm_configs`: Qwen2.5-Omni's thinker, ERNIE-4.5-VL. Each input builder ``pixels(n, generator)`` gives the
 keyword arguments besides ``input_ids`` in the layout the vision tower reads.
 """
 
 from __future__ import annotations
+
+import torch
 
 from tiny_vlm_configs import IMAGE_ID, TEXT
 
@@ -21,3 +23,24 @@ def qwen2_5_omni_thinker(t):
                           d_model=16, output_dim=32, max_source_positions=20, n_window=10),
         image_token_index=IMAGE_ID, video_token_index=101, vision_start_token_id=102, audio_token_index=103,
         audio_start_token_id=104, audio_end_token_id=105)
+
+
+def ernie4_5_vl_moe(t):
+    """ERNIE-4.5-VL around its ernie4_5_vl_moe_text: block 0 dense (Llama's MLP, width 64), block 1 an MoE block
+    of 4 text experts of width 64 and 4 vision experts of width 32 (2 per token each) beside a shared expert;
+    a vision tower over flattened 14 px patches (``ernie_patches``), 2x2 merged by the resampler into 4 tokens."""
+    text = dict(TEXT, head_dim=8, moe_intermediate_size=[64, 32], moe_num_experts=4, moe_k=2,
+                moe_num_shared_experts=1, mlp_layer_types=["dense", "sparse"],
+                rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[1, 1, 2]))
+    return t.Ernie4_5_VLMoeConfig(
+        text_config=text,
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, patch_size=14,
+                           spatial_merge_size=2),
+        image_token_id=IMAGE_ID, image_start_token_id=101, image_end_token_id=102, video_token_id=103,
+        video_start_token_id=104, video_end_token_id=105)
+
+
+def ernie_patches(n, gen):
+    """ERNIE-4.5-VL: per image its 4x4 patches of 14 px, flattened (3 * 14 * 14 each), with the image's grid."""
+    return {"pixel_values": torch.randn(n * 16, 3 * 14 * 14, generator=gen),
+            "image_grid_thw": torch.tensor([[1, 4, 4]] * n)}

@@ -28,7 +28,7 @@ from tiny_vlm_configs import blip_2_flan_t5, instructblip_flan_t5, mllama, mllam
 from tiny_vlm_configs_more import (fast_vlm, glm4v, glm4v_moe, glm46v, glm_ocr, instructblipvideo, janus, kimi_k25,
                                    hunyuan_patches, hunyuan_vl, moonvit_patches, paddle_patches, paddleocr_vl,
                                    video_frames)
-from tiny_vlm_configs_extra import qwen2_5_omni_thinker
+from tiny_vlm_configs_extra import ernie4_5_vl_moe, ernie_patches, qwen2_5_omni_thinker
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
 
@@ -189,6 +189,10 @@ FAMILIES: Dict[str, TinyVLM] = {
     # audio tower, as the vision tower, left as it is
     "qwen2_5_omni_thinker": TinyVLM(("Qwen2_5OmniThinkerConfig", "Qwen2_5OmniThinkerForConditionalGeneration"),
                                     qwen2_5_omni_thinker, qwen_patches(14), True),
+    # ERNIE-4.5-VL: block 0 dense, block 1 of 4 text experts (pruned) and 4 vision experts (kept whole) beside a
+    # shared expert (kept whole): a pruned expert width saves in the per-layer form
+    "ernie4_5_vl_moe": TinyVLM(("Ernie4_5_VLMoeConfig", "Ernie4_5_VLMoeForConditionalGeneration"), ernie4_5_vl_moe,
+                               ernie_patches, False, wrapped=(4 + 4 * 2) + 7),
 }
 
 
@@ -245,6 +249,8 @@ def image_inputs(family: str, n: int = 2, seed: int = 2) -> dict:
         inputs["token_type_ids"] = (torch.arange(ids.shape[1]) >= 3 + tokens).long().expand(n, -1)
     if "mm_token_type_ids" in inspect.signature(forward).parameters:  # newer Qwen-VL: which tokens are image ones
         inputs["mm_token_type_ids"] = (ids == IMAGE_ID).long()
+    if "moe_mm_token_type_ids" in inspect.signature(forward).parameters:  # ERNIE-4.5-VL: the vision experts' tokens
+        inputs["moe_mm_token_type_ids"] = (ids == IMAGE_ID).long()
     return inputs
 
 

@@ -48,6 +48,8 @@ VLM_WRAPPERS: Dict[str, WrapperSpec] = {
     # Qwen2.5-Omni's thinker (the text-generating half of Qwen2.5-Omni; its audio tower is left as it is, as the
     # vision tower): qwen2_5_omni_text, Qwen2.5-VL's language model reading head_dim from the config
     "qwen2_5_omni_thinker": WrapperSpec(language_model="language_model"),
+    # ERNIE-4.5-VL (ernie4_5_vl_moe_text, below: text experts prune, vision experts kept whole)
+    "ernie4_5_vl_moe": WrapperSpec(language_model="language_model"),
     # InstructBLIP-Video: InstructBLIP's layout (a causal LM's base model; its forward needs the video)
     "instructblipvideo": WrapperSpec(language_model="language_model.model", text_alone=False),
 }
@@ -118,4 +120,17 @@ def vlm_text_specs(llama_style: dict, mixtral_style: dict) -> Dict[str, ModelSpe
         # plainly
         "qwen2_5_omni_text": ModelSpec(name="qwen2_5_omni_text", model_types=("qwen2_5_omni_text",), **dict(
             llama_style, heads=config_head_dim)),
+        # ERNIE-4.5-VL's language model (ernie4_5_vl_moe_text): Llama's attention (use_bias: biases on every
+        # projection; head_dim from the config; multimodal rotary positions, the same for every head) and, in the
+        # blocks mlp_layer_types says "sparse", modality-isolated MoE blocks: text tokens go to mlp.text_moe's packed
+        # experts (Mixtral's layout, width moe_intermediate_size[0]), image/video tokens to mlp.vision_moe's (width
+        # moe_intermediate_size[1]), both beside a shared expert (kept whole). The text experts' channels prune;
+        # the vision experts are kept whole (one experts module per block prunes). moe_intermediate_size is a
+        # list, also sizing the shared expert: a pruned expert width saves in the per-layer form. The "dense"
+        # blocks hold Llama's MLP of width intermediate_size
+        "ernie4_5_vl_moe_text": ModelSpec(name="ernie4_5_vl_moe_text", model_types=("ernie4_5_vl_moe_text",), **dict(
+            mixtral_style, heads=config_head_dim, mlp=replace_dataclass(
+                mixtral_style["mlp"], size_key="", experts="mlp.text_moe.experts",
+                size_attrs=(("mlp.text_moe.experts", "intermediate_dim"),))),
+            dense_mlp=llama_style["mlp"]),
     }
