@@ -1,5 +1,5 @@
 """Yet more tiny VLM configs and image inputs (``tiny_vlms.FAMILIES`` puts them together, one row per family), in
-the sizes of :mod:`tiny_vlm_configs`: Qwen2.5-Omni's thinker, ERNIE-4.5-VL. Each input builder
+the sizes of :mod:`tiny_vlm_configs`: Qwen2.5-Omni's thinker, ERNIE-4.5-VL, Aria. Each input builder
 ``pixels(n, generator)`` gives the keyword arguments besides ``input_ids`` in the layout the vision tower reads.
 """
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from tiny_vlm_configs import IMAGE_ID, TEXT
+from tiny_vlm_configs import IMAGE_ID, TEXT, VISION
 
 
 def qwen2_5_omni_thinker(t):
@@ -44,3 +44,12 @@ def ernie_patches(n, gen):
     """ERNIE-4.5-VL: per image its 4x4 patches of 14 px, flattened (3 * 14 * 14 each), with the image's grid."""
     return {"pixel_values": torch.randn(n * 16, 3 * 14 * 14, generator=gen),
             "image_grid_thw": torch.tensor([[1, 4, 4]] * n)}
+
+
+def aria(t):
+    """Aria around its aria_text (4 packed experts of width 64, 2 per token, beside one shared expert in each
+    block): Idefics3's vision tower over 2x2 patches of a 28 px image, whose 4 patch features the projector's
+    cross-attention reads into 4 queries (projector_patch_to_query_dict {4: 4}): 4 image tokens."""
+    return t.AriaConfig(text_config=dict(TEXT, head_dim=8, moe_num_experts=4, moe_topk=2, moe_num_shared_experts=1),
+                        vision_config=dict(VISION, image_size=28, patch_size=14, model_type="idefics3_vision"),
+                        projector_patch_to_query_dict={4: 4}, image_token_index=IMAGE_ID)

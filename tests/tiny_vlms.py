@@ -28,7 +28,7 @@ from tiny_vlm_configs import blip_2_flan_t5, instructblip_flan_t5, mllama, mllam
 from tiny_vlm_configs_more import (fast_vlm, glm4v, glm4v_moe, glm46v, glm_ocr, instructblipvideo, janus, kimi_k25,
                                    hunyuan_patches, hunyuan_vl, moonvit_patches, paddle_patches, paddleocr_vl,
                                    video_frames)
-from tiny_vlm_configs_extra import ernie4_5_vl_moe, ernie_patches, qwen2_5_omni_thinker
+from tiny_vlm_configs_extra import aria, ernie4_5_vl_moe, ernie_patches, qwen2_5_omni_thinker
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
 
@@ -193,6 +193,10 @@ FAMILIES: Dict[str, TinyVLM] = {
     # shared expert (kept whole): a pruned expert width saves in the per-layer form
     "ernie4_5_vl_moe": TinyVLM(("Ernie4_5_VLMoeConfig", "Ernie4_5_VLMoeForConditionalGeneration"), ernie4_5_vl_moe,
                                ernie_patches, False, wrapped=(4 + 4 * 2) + 7),
+    # Aria: 4 packed experts in each block beside a shared expert (kept whole; intermediate_size sizes both: a
+    # pruned expert width saves in the per-layer form)
+    "aria": TinyVLM(("AriaConfig", "AriaForConditionalGeneration"), aria, square_images(28), False,
+                    wrapped=2 * (4 + 4 * 2)),
 }
 
 

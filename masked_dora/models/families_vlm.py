@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace as replace_dataclass
 from typing import Dict
 
-from .spec_types import HeadSpec, MLPSpec, ModelSpec, WrapperSpec
+from .spec_types import ExpertsLayout, HeadSpec, MLPSpec, ModelSpec, WrapperSpec
 
 # outer model_type -> where its language model is. transformers 5 nests it as model.language_model
 # (model.text_model in Idefics3/SmolVLM), a base model whose block list is "layers". Qwen3.5's language model
@@ -50,6 +50,8 @@ VLM_WRAPPERS: Dict[str, WrapperSpec] = {
     "qwen2_5_omni_thinker": WrapperSpec(language_model="language_model"),
     # ERNIE-4.5-VL (ernie4_5_vl_moe_text, below: text experts prune, vision experts kept whole)
     "ernie4_5_vl_moe": WrapperSpec(language_model="language_model"),
+    # Aria (aria_text, below: an MoE in every block)
+    "aria": WrapperSpec(language_model="language_model"),
     # InstructBLIP-Video: InstructBLIP's layout (a causal LM's base model; its forward needs the video)
     "instructblipvideo": WrapperSpec(language_model="language_model.model", text_alone=False),
 }
@@ -133,4 +135,11 @@ def vlm_text_specs(llama_style: dict, mixtral_style: dict) -> Dict[str, ModelSpe
                 mixtral_style["mlp"], size_key="", experts="mlp.text_moe.experts",
                 size_attrs=(("mlp.text_moe.experts", "intermediate_dim"),))),
             dense_mlp=llama_style["mlp"]),
+        # Aria's language model (aria_text; AriaTextForCausalLM alone too): Llama's attention and, in every block,
+        # packed experts stored (E, in, out) with [gate | up] (SiLU) beside shared experts of width
+        # intermediate_size * moe_num_shared_experts (kept whole): intermediate_size sizes both, so a pruned expert
+        # width saves in the per-layer form
+        "aria_text": ModelSpec(name="aria_text", model_types=("aria_text",), **dict(mixtral_style, mlp=MLPSpec(
+            producers=("gate_up_proj",), consumer="down_proj", size_key="", segments=(2,), experts="mlp.experts",
+            experts_layout=ExpertsLayout(transposed=True), size_attrs=(("mlp.experts", "intermediate_dim"),)))),
     }
