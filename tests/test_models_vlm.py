@@ -390,3 +390,29 @@ def test_ernie_vl_prunes_its_text_experts_and_keeps_its_vision_experts_whole():
     assert tuple(moe.text_moe.experts.down_proj.shape) == (4, 32, 32)
     after = {k: v for k, v in moe.state_dict().items() if not k.startswith("text_moe.experts.")}
     assert after.keys() == kept.keys() and all(torch.equal(v, kept[k]) for k, v in after.items())
+
+
+def test_molmo2_refuses_heads_where_its_qk_norms_span_all_heads():
+    """Molmo2's qk_norm_type (a string) picks its q/k norms' layout: "olmo" (over all heads' width) refuses its
+    heads before anything changes (an ``unsupported`` flag term "qk_norm_type=olmo"), while its MLP still prunes
+    to the masked model's outputs; "qwen3" (per head, the tiny row's) prunes both."""
+    import transformers
+
+    from tiny_vlm_configs_extra import molmo2
+
+    if "molmo2" not in VLMS:
+        pytest.skip("this transformers has no Molmo2")
+    torch.manual_seed(0)
+    model = transformers.Molmo2ForConditionalGeneration(molmo2(transformers, qk_norm_type="olmo")).eval()
+    assert spec_for(model).refusal("heads", model.config) is not None
+    assert spec_for(tiny_vlm("molmo2")).refusal("heads", tiny_vlm("molmo2").config) is None
+    with pytest.raises(ValueError, match=r"'heads' cannot be pruned in a 'molmo2' model: its q/k norms normalise"):
+        prepare_model(model, MaskedDoRAConfig(**CONFIG))
+    assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
+    prepare_model(model, MaskedDoRAConfig(**CONFIG, target_groups=("mlp",)))
+    randomize_adapters(model)
+    harden(model)
+    inputs = image_inputs("molmo2")
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        assert rel_err(compact_model(model)(**inputs).logits, ref) < TOL

@@ -1,5 +1,5 @@
 """Yet more tiny VLM configs and image inputs (``tiny_vlms.FAMILIES`` puts them together, one row per family), in
-the sizes of :mod:`tiny_vlm_configs`: Qwen2.5-Omni's thinker, ERNIE-4.5-VL, Aria. Each input builder
+the sizes of :mod:`tiny_vlm_configs`: Qwen2.5-Omni's thinker, ERNIE-4.5-VL, Aria, Molmo2. Each input builder
 ``pixels(n, generator)`` gives the keyword arguments besides ``input_ids`` in the layout the vision tower reads.
 """
 
@@ -53,3 +53,24 @@ def aria(t):
     return t.AriaConfig(text_config=dict(TEXT, head_dim=8, moe_num_experts=4, moe_topk=2, moe_num_shared_experts=1),
                         vision_config=dict(VISION, image_size=28, patch_size=14, model_type="idefics3_vision"),
                         projector_patch_to_query_dict={4: 4}, image_token_index=IMAGE_ID)
+
+
+def molmo2(t, qk_norm_type: str = "qwen3"):
+    """Molmo2 around its molmo2_text (q/k norms per head, ``qk_norm_type`` "qwen3", or over all heads' width,
+    "olmo"): a ViT over one crop of 2x2 patches of 14 px per image, each patch pooled (``molmo2_crops``) by the
+    adapter's cross-attention into one of 4 image tokens, whose features are added to those tokens' embeddings
+    (the vision tower and adapter drawn at 0.1: at 0.02 their features are too small to move the logits)."""
+    vision = dict(VISION, num_key_value_heads=4, head_dim=8, image_size=[28, 28], patch_size=14, initializer_range=0.1)
+    adapter = dict(vision_feature_layer=[-1], hidden_size=32, num_attention_heads=4, num_key_value_heads=4,
+                   head_dim=8, intermediate_size=64, text_hidden_size=32, initializer_range=0.1)
+    return t.Molmo2Config(text_config=dict(TEXT, head_dim=8, additional_vocab_size=0, qk_norm_type=qk_norm_type),
+                          vision_config=vision, adapter_config=adapter, image_patch_id=IMAGE_ID,
+                          image_start_token_id=101, low_res_image_start_token_id=102, image_end_token_id=103,
+                          frame_start_token_id=104, frame_end_token_id=105)
+
+
+def molmo2_crops(n, gen):
+    """Molmo2: per image one crop of 4 flattened 14 px patches, (n, 1, 4, 3 * 14 * 14); each image token pools one
+    patch (its index among all images' patches), and each image's grid says 2x2 tokens and no high-res ones."""
+    return {"pixel_values": torch.randn(n, 1, 4, 3 * 14 * 14, generator=gen),
+            "image_token_pooling": torch.arange(4 * n)[:, None], "image_grids": torch.tensor([[2, 2, 0, 0]] * n)}

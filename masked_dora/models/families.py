@@ -313,7 +313,7 @@ SPECS: Dict[str, ModelSpec] = {
 SPECS.update(decoder_specs(LLAMA_STYLE))
 SPECS.update(moe_specs(LLAMA_STYLE, MIXTRAL_STYLE, _QK_NORM_SPANS_HEADS))
 SPECS.update(hybrid_specs(LLAMA_STYLE))
-SPECS.update(vlm_text_specs(LLAMA_STYLE, MIXTRAL_STYLE))
+SPECS.update(vlm_text_specs(LLAMA_STYLE, MIXTRAL_STYLE, _QK_NORM_SPANS_HEADS))
 WRAPPERS = dict(VLM_WRAPPERS)  # outer model_type -> WrapperSpec: a VLM prunes its language model
 REFUSED = dict(REFUSED_MODEL_TYPES)  # model_type -> why it cannot prune exactly (spec_for raises it)
 

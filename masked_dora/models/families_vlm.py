@@ -50,16 +50,16 @@ VLM_WRAPPERS: Dict[str, WrapperSpec] = {
     "qwen2_5_omni_thinker": WrapperSpec(language_model="language_model"),
     # ERNIE-4.5-VL (ernie4_5_vl_moe_text, below: text experts prune, vision experts kept whole)
     "ernie4_5_vl_moe": WrapperSpec(language_model="language_model"),
-    # Aria (aria_text, below: an MoE in every block)
-    "aria": WrapperSpec(language_model="language_model"),
+    # Aria (aria_text, below: an MoE in every block); Molmo2 (molmo2_text, below)
+    **{t: WrapperSpec(language_model="language_model") for t in ("aria", "molmo2")},
     # InstructBLIP-Video: InstructBLIP's layout (a causal LM's base model; its forward needs the video)
     "instructblipvideo": WrapperSpec(language_model="language_model.model", text_alone=False),
 }
 
 
-def vlm_text_specs(llama_style: dict, mixtral_style: dict) -> Dict[str, ModelSpec]:
-    """The specs of the language models only VLMs have, built on the ``llama`` spec's fields (``LLAMA_STYLE``)
-    and the packed experts' (``MIXTRAL_STYLE``)."""
+def vlm_text_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: str) -> Dict[str, ModelSpec]:
+    """The specs of the language models only VLMs have, built on the ``llama`` spec's fields (``LLAMA_STYLE``),
+    the packed experts' (``MIXTRAL_STYLE``) and the reason OLMo-2's heads are refused (``qk_norm_spans_heads``)."""
     # the attention sets head_dim = hidden_size // num_attention_heads (no head_dim key), per-head attributes
     derived_head_dim = replace_dataclass(llama_style["heads"], head_dim_key=None, attrs=(
         ("num_heads", "heads"), ("num_key_value_heads", "kv_heads"), ("num_key_value_groups", "groups")))
@@ -142,4 +142,10 @@ def vlm_text_specs(llama_style: dict, mixtral_style: dict) -> Dict[str, ModelSpe
         "aria_text": ModelSpec(name="aria_text", model_types=("aria_text",), **dict(mixtral_style, mlp=MLPSpec(
             producers=("gate_up_proj",), consumer="down_proj", size_key="", segments=(2,), experts="mlp.experts",
             experts_layout=ExpertsLayout(transposed=True), size_attrs=(("mlp.experts", "intermediate_dim"),)))),
+        # Molmo2's language model (molmo2_text): Llama's layout with q/k RMSNorms that qk_norm_type lays out per
+        # head over head_dim, one weight for all heads ("qwen3", the default: nothing per head), or over all heads'
+        # width ("olmo", OLMo-2's: its heads are refused). Its extra vocabulary rows and norm_after's post-norms over
+        # the hidden size change nothing per head or channel
+        "molmo2_text": ModelSpec(name="molmo2_text", model_types=("molmo2_text",), **llama_style,
+                                 unsupported=(("heads", "qk_norm_type=olmo", qk_norm_spans_heads),)),
     }
