@@ -69,6 +69,21 @@ def _outside_blocks(model, family: str) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith(blocks)}
 
 
+def _text_config(config):
+    """The config holding the language model's sizes: ``text_config``, or the config itself where the VLM's config
+    is its language model's (Idefics 1)."""
+    return getattr(config, "text_config", config)
+
+
+def _spec_says_text_alone(config) -> bool:
+    """Whether masked_dora takes the model to run every block of its language model on text alone, as the CLI
+    (which trains on text) decides: a wrapped VLM by its ``WrapperSpec.text_alone``; another model with a vision
+    tower (Idefics 1, whose config is its language model's) never (the CLI refuses it)."""
+    if config.model_type in WRAPPERS:
+        return WRAPPERS[config.model_type].text_alone
+    return getattr(config, "vision_config", None) is None
+
+
 def _kv_heads(text_config) -> int:
     return getattr(text_config, "num_key_value_heads", text_config.num_attention_heads)  # OPT: one per query head
 
@@ -113,11 +128,14 @@ def test_vlm_spec_is_its_language_models(family):
     (not the vision tower's, which comes first and has a ``layers`` list too), its groups only there."""
     model = tiny_vlm(family)
     spec = spec_for(model)
-    assert spec.name == f"{model.config.model_type}+{spec_for(model.config.text_config).name}"
+    if model.config.model_type in WRAPPERS:
+        assert spec.name == f"{model.config.model_type}+{spec_for(model.config.text_config).name}"
+    else:  # a VLM whose config is its language model's (Idefics 1): a spec of its own, hidden pruning refused
+        assert spec.name == model.config.model_type and spec.refusal("hidden", model.config) is not None
     language_model = FAMILIES[family].language_model
     assert tuple(find_layers(model, stack)[0] for stack in stack_specs(spec)) == FAMILIES[family].block_lists
     # a model that cannot run on text alone must say so in its spec (the CLI, which trains on text, refuses by it)
-    assert FAMILIES[family].text_alone or not WRAPPERS[model.config.model_type].text_alone
+    assert FAMILIES[family].text_alone or not _spec_says_text_alone(model.config)
     groups = FAMILIES[family].groups
     if "heads" not in groups:  # refused, naming the VLM, before anything is wrapped
         with pytest.raises(ValueError, match=rf"'heads' cannot be pruned in a '{model.config.model_type}' model"):
@@ -136,7 +154,7 @@ def test_vlm_spec_says_whether_text_alone_runs_every_block(family):
     unseen (BLIP-2's forward needs an image; Mllama skips its cross-attention blocks without one)."""
     model = tiny_vlm(family)
     config = MaskedDoRAConfig(**dict(CONFIG, importance="activation"), target_groups=FAMILIES[family].groups)
-    if WRAPPERS[model.config.model_type].text_alone:
+    if _spec_says_text_alone(model.config):
         prepare_model(model, config, calibration=[text_inputs(n=2)])
     else:
         with pytest.raises((ValueError, TypeError)):
@@ -152,10 +170,10 @@ def test_vlm_compacts_saves_reloads_and_generates_equal(chains, family):
         assert rel_err(c["model"](**other).logits, c["ref"]["image"]) > 1e-3
     for kind in c["inputs"]:
         assert rel_err(c["out"][kind], c["ref"][kind]) < TOL, kind
-    small, text = c["small"], c["small"].config.text_config
+    small, text = c["small"], _text_config(c["small"].config)
     # the MLP width key: an MoE's is one expert's (moe_intermediate_size); "" where the key sizes other modules
     width = spec_for(small).mlp.size_key
-    before = FAMILIES[family].config(__import__("transformers")).text_config
+    before = _text_config(FAMILIES[family].config(__import__("transformers")))
     heads = (2, _kv_heads(before) // 2) if "heads" in FAMILIES[family].groups else (4, _kv_heads(before))
     assert (width and (getattr(text, width), text.num_attention_heads, _kv_heads(text)) == (32, *heads)) or (
         not FAMILIES[family].plain and getattr(small.config, LAYER_SIZES_KEY) == [

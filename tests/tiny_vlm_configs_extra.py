@@ -1,5 +1,6 @@
 """Yet more tiny VLM configs and image inputs (``tiny_vlms.FAMILIES`` puts them together, one row per family), in
-the sizes of :mod:`tiny_vlm_configs`: Qwen2.5-Omni's thinker, ERNIE-4.5-VL, Aria, Molmo2. Each input builder
+the sizes of :mod:`tiny_vlm_configs`: Qwen2.5-Omni's thinker, ERNIE-4.5-VL, Aria, Molmo2,
+Idefics 1. Each input builder
 ``pixels(n, generator)`` gives the keyword arguments besides ``input_ids`` in the layout the vision tower reads.
 """
 
@@ -74,3 +75,29 @@ def molmo2_crops(n, gen):
     patch (its index among all images' patches), and each image's grid says 2x2 tokens and no high-res ones."""
     return {"pixel_values": torch.randn(n, 1, 4, 3 * 14 * 14, generator=gen),
             "image_token_pooling": torch.arange(4 * n)[:, None], "image_grids": torch.tensor([[2, 2, 0, 0]] * n)}
+
+
+# Idefics 1's inputs: 3 text tokens, one image token (an ordinary token: the image enters through cross-attention)
+# and 3 text tokens
+IDEFICS_LENGTH = 3 + 1 + 3
+
+
+def idefics(t):
+    """Idefics 1 (its config the language model's: no text_config, no GQA): 2 self-attention blocks, each after a
+    gated cross-attention block (cross_layer_interval 1; the tanh gates opened, alpha_initializer "ones") reading
+    the vision tower's features of a 28 px image (2x2 patches of 14 and the class token; no perceiver resampler)
+    with q/k RMSNorms over head_dim (qk_layer_norms)."""
+    text = {k: v for k, v in TEXT.items() if k != "num_key_value_heads"}
+    return t.IdeficsConfig(**text, cross_layer_interval=1, alpha_initializer="ones", qk_layer_norms=True,
+                           freeze_text_layers=False, freeze_vision_layers=False,
+                           vision_config=dict(embed_dim=32, image_size=28, patch_size=14, intermediate_size=64,
+                                              num_hidden_layers=2, num_attention_heads=4))
+
+
+def idefics_images(n, gen):
+    """Idefics 1, as its processor gives them: one image per row, (n, images 1, 3, 28, 28), and the image attention
+    mask (n, IDEFICS_LENGTH, images): the tokens from the image token on attend to the image, those before it to
+    none (their cross-attention output is zeroed)."""
+    mask = torch.zeros(n, IDEFICS_LENGTH, 1, dtype=torch.long)
+    mask[:, 3:] = 1
+    return {"pixel_values": torch.randn(n, 1, 3, 28, 28, generator=gen), "image_attention_mask": mask}

@@ -28,7 +28,8 @@ from tiny_vlm_configs import blip_2_flan_t5, instructblip_flan_t5, mllama, mllam
 from tiny_vlm_configs_more import (fast_vlm, glm4v, glm4v_moe, glm46v, glm_ocr, instructblipvideo, janus, kimi_k25,
                                    hunyuan_patches, hunyuan_vl, moonvit_patches, paddle_patches, paddleocr_vl,
                                    video_frames)
-from tiny_vlm_configs_extra import aria, ernie4_5_vl_moe, ernie_patches, molmo2, molmo2_crops, qwen2_5_omni_thinker
+from tiny_vlm_configs_extra import (aria, ernie4_5_vl_moe, ernie_patches, idefics, idefics_images, molmo2, molmo2_crops,
+                                    qwen2_5_omni_thinker)
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
 
@@ -198,6 +199,12 @@ FAMILIES: Dict[str, TinyVLM] = {
     "aria": TinyVLM(("AriaConfig", "AriaForConditionalGeneration"), aria, square_images(28), False,
                     wrapped=2 * (4 + 4 * 2)),
     "molmo2": TinyVLM(("Molmo2Config", "Molmo2ForConditionalGeneration"), molmo2, molmo2_crops, True),
+    # Idefics 1: its config is the language model's; a self-attention stack (model.layers) and a gated
+    # cross-attention one (model.gated_cross_attn_layers), 2 blocks each; head_dim = hidden_size // heads: pruned
+    # heads save in the per-layer form. One image token per image; its forward needs the image
+    "idefics": TinyVLM(("IdeficsConfig", "IdeficsForVisionText2Text"), idefics, idefics_images, False,
+                       language_model="model", stacks=("layers", "gated_cross_attn_layers"), wrapped=4 * 7,
+                       image_tokens=1, text_alone=False),
 }
 
 

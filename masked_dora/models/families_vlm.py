@@ -58,8 +58,9 @@ VLM_WRAPPERS: Dict[str, WrapperSpec] = {
 
 
 def vlm_text_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: str) -> Dict[str, ModelSpec]:
-    """The specs of the language models only VLMs have, built on the ``llama`` spec's fields (``LLAMA_STYLE``),
-    the packed experts' (``MIXTRAL_STYLE``) and the reason OLMo-2's heads are refused (``qk_norm_spans_heads``)."""
+    """The specs of the language models only VLMs have (and of Idefics 1, a VLM whose config is its language
+    model's: no WrapperSpec), built on the ``llama`` spec's fields (``LLAMA_STYLE``), the packed experts'
+    (``MIXTRAL_STYLE``) and the reason OLMo-2's heads are refused (``qk_norm_spans_heads``)."""
     # the attention sets head_dim = hidden_size // num_attention_heads (no head_dim key), per-head attributes
     derived_head_dim = replace_dataclass(llama_style["heads"], head_dim_key=None, attrs=(
         ("num_heads", "heads"), ("num_key_value_heads", "kv_heads"), ("num_key_value_groups", "groups")))
@@ -74,7 +75,31 @@ def vlm_text_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: 
         return replace_dataclass(derived_head_dim, **{role: f"{attention}.{role[0]}_proj" for role in (
             "query", "key", "value", "output")}, attention=attention)
 
+    def idefics_heads(attention: str) -> HeadSpec:
+        """Idefics 1's attention at ``attention``: no GQA, head_dim = hidden_size // num_attention_heads."""
+        return HeadSpec(query=f"{attention}.q_proj", key=f"{attention}.k_proj", value=f"{attention}.v_proj",
+                        output=f"{attention}.o_proj", heads_key="num_attention_heads", attention=attention,
+                        attrs=(("num_heads", "heads"),))
+
+    def idefics_stack(stack: str, layers: str, attention: str) -> dict:
+        """One of Idefics 1's block lists, the stack ``stack``: Llama's MLP (no width attribute), its attention at
+        ``attention``."""
+        return dict(name=f"idefics-{stack}", layers=(layers,), hidden_key="hidden_size", stack=stack,
+                    mlp=replace_dataclass(llama_style["mlp"], size_attrs=()), heads=idefics_heads(attention))
+
     return {
+        # Idefics 1 (IdeficsForVisionText2Text): its config is the language model's (no text_config), its blocks two
+        # lists under model: Llama-like self-attention blocks (model.layers, rotary) and, every cross_layer_interval
+        # blocks, a tanh-gated cross-attention block before one (model.gated_cross_attn_layers: q from the text,
+        # k/v from the vision features, q/k RMSNorms over head_dim shared by all heads with qk_layer_norms), each
+        # with Llama's MLP: two stacks sharing intermediate_size and num_attention_heads. The attention derives
+        # head_dim = hidden_size // num_attention_heads: pruned heads save in the per-layer form, as do widths the
+        # two stacks do not share. Its forward needs an image (the vision tower, the perceiver resampler where
+        # use_resampler, the decoupled embeddings and LM head stay as they are); no hidden spec (refused)
+        "idefics": ModelSpec(model_types=("idefics",), **dict(
+            idefics_stack("self_attention", "model.layers", "self_attn"), name="idefics"),
+            stacks=(ModelSpec(model_types=(), **idefics_stack("cross_attention", "model.gated_cross_attn_layers",
+                                                              "cross_attn")),)),
         # Qwen2-VL / Qwen2.5-VL: Llama's modules (q/k/v biases, multimodal rotary positions per head dim), but the
         # attention sets head_dim = hidden_size // num_attention_heads (no head_dim key) and checks it at build:
         # pruned heads save in the per-layer form (load_compact), a pruned MLP alone plainly
