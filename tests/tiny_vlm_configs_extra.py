@@ -1,6 +1,6 @@
 """Yet more tiny VLM configs and image inputs (``tiny_vlms.FAMILIES`` puts them together, one row per family), in
 the sizes of :mod:`tiny_vlm_configs`: Qwen2.5-Omni's thinker, ERNIE-4.5-VL, Aria, Molmo2,
-Idefics 1. Each input builder
+Idefics 1, Granite 4 Vision. Each input builder
 ``pixels(n, generator)`` gives the keyword arguments besides ``input_ids`` in the layout the vision tower reads.
 """
 
@@ -101,3 +101,19 @@ def idefics_images(n, gen):
     mask = torch.zeros(n, IDEFICS_LENGTH, 1, dtype=torch.long)
     mask[:, 3:] = 1
     return {"pixel_values": torch.randn(n, 1, 3, 28, 28, generator=gen), "image_attention_mask": mask}
+
+
+def granite4_vision(t):
+    """Granite 4 Vision around its granite4_vision_text (Granite's layout): LLaVA-NeXT's anyres views of a 56 px
+    image (``tiny_vlm_configs.anyres_images(56)``: the base view and one tile, 4x4 CLIP patches of 14 each; CLIP
+    64 wide so that the window Q-Former, hidden_size // 64 heads, has one), each view's patches downsampled 1/2 by
+    window Q-Formers into 2x2 features: 4 for the base view, 2 * (2 + 1) with the tile's newlines: 10 image tokens.
+    The features are added to the residual stream of block 0 (deepstack) and blocks 0, 1, 0, 1 (the 4 spatial
+    groups)."""
+    return t.Granite4VisionConfig(
+        text_config=dict(TEXT, head_dim=8),
+        vision_config=dict(VISION, hidden_size=64, intermediate_size=128, model_type="clip_vision_model",
+                           image_size=56, patch_size=14),
+        qformer_config=dict(num_hidden_layers=1, intermediate_size=64), image_token_index=IMAGE_ID,
+        vision_feature_layer=-1, image_grid_pinpoints=[[56, 56]], downsample_rate="1/2", deepstack_layer_map=[(-1, 0)],
+        spatial_vision_layer=-1, spatial_target_layers=[0, 1, 0, 1], projector_dropout=0.0)

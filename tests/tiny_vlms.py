@@ -28,8 +28,8 @@ from tiny_vlm_configs import blip_2_flan_t5, instructblip_flan_t5, mllama, mllam
 from tiny_vlm_configs_more import (fast_vlm, glm4v, glm4v_moe, glm46v, glm_ocr, instructblipvideo, janus, kimi_k25,
                                    hunyuan_patches, hunyuan_vl, moonvit_patches, paddle_patches, paddleocr_vl,
                                    video_frames)
-from tiny_vlm_configs_extra import (aria, ernie4_5_vl_moe, ernie_patches, idefics, idefics_images, molmo2, molmo2_crops,
-                                    qwen2_5_omni_thinker)
+from tiny_vlm_configs_extra import (aria, ernie4_5_vl_moe, ernie_patches, granite4_vision, idefics, idefics_images,
+                                    molmo2, molmo2_crops, qwen2_5_omni_thinker)
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
 
@@ -205,6 +205,10 @@ FAMILIES: Dict[str, TinyVLM] = {
     "idefics": TinyVLM(("IdeficsConfig", "IdeficsForVisionText2Text"), idefics, idefics_images, False,
                        language_model="model", stacks=("layers", "gated_cross_attn_layers"), wrapped=4 * 7,
                        image_tokens=1, text_alone=False),
+    # Granite 4 Vision: LLaVA-NeXT's anyres views, Q-Former-downsampled into 10 image tokens, added into blocks 0
+    # and 1 (deepstack)
+    "granite4_vision": TinyVLM(("Granite4VisionConfig", "Granite4VisionForConditionalGeneration"), granite4_vision,
+                               anyres_images(56), True, image_tokens=10),
 }
 
 

@@ -52,6 +52,9 @@ VLM_WRAPPERS: Dict[str, WrapperSpec] = {
     "ernie4_5_vl_moe": WrapperSpec(language_model="language_model"),
     # Aria (aria_text, below: an MoE in every block); Molmo2 (molmo2_text, below)
     **{t: WrapperSpec(language_model="language_model") for t in ("aria", "molmo2")},
+    # Granite 4 Vision (granite4_vision_text, below): its image features are added (deepstack) to the residual
+    # stream of the blocks its deepstack_layer_map / spatial_target_layers name, which MLP and head pruning keep
+    "granite4_vision": WrapperSpec(language_model="language_model"),
     # InstructBLIP-Video: InstructBLIP's layout (a causal LM's base model; its forward needs the video)
     "instructblipvideo": WrapperSpec(language_model="language_model.model", text_alone=False),
 }
@@ -171,6 +174,12 @@ def vlm_text_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: 
         # head over head_dim, one weight for all heads ("qwen3", the default: nothing per head), or over all heads'
         # width ("olmo", OLMo-2's: its heads are refused). Its extra vocabulary rows and norm_after's post-norms over
         # the hidden size change nothing per head or channel
+        # Granite 4 Vision's language model (granite4_vision_text): Granite's Llama layout (its embedding, residual,
+        # attention and logits multipliers change nothing per head or channel), head_dim from the config where it
+        # has one (else hidden_size // num_attention_heads): the compacted config says head_dim, pruned heads save
+        # plainly
+        "granite4_vision_text": ModelSpec(name="granite4_vision_text", model_types=("granite4_vision_text",),
+                                          **dict(llama_style, heads=config_head_dim)),
         "molmo2_text": ModelSpec(name="molmo2_text", model_types=("molmo2_text",), **llama_style,
                                  unsupported=(("heads", "qk_norm_type=olmo", qk_norm_spans_heads),)),
     }
