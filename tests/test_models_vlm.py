@@ -26,7 +26,7 @@ from masked_dora.models.blocks import find_layers, stack_specs
 from masked_dora.models.compact import LAYER_SIZES_KEY
 from masked_dora.models.specs import WRAPPERS
 
-from helpers import rel_err
+from helpers import rel_err as _rel_err
 from tiny_models import randomize_adapters, reload_plain_in_clean_process
 from tiny_vlm_configs import TEXT
 from tiny_vlms import FAMILIES, IMAGE_ID, available, image_inputs, text_inputs, tiny_llava_around, tiny_vlm
@@ -44,6 +44,16 @@ def test_vlm_families_this_transformers_lacks_are_reported(family):
     import transformers
 
     pytest.skip(f"transformers {transformers.__version__} has no {FAMILIES[family].classes}: {family!r} is not tested")
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """helpers.rel_err over the logits the model does not suppress: Chameleon's head sets its image tokens' logits
+    to the dtype's minimum, whose size would swamp the norm (any difference elsewhere would look 0); those must be
+    suppressed in both."""
+    floor = torch.finfo(ref.dtype).min / 2
+    kept = ref > floor
+    assert torch.equal(kept, out > floor), "the suppressed logits differ"
+    return _rel_err(out[kept], ref[kept])
 
 
 def _with_labels(inputs: dict) -> dict:
@@ -434,3 +444,26 @@ def test_molmo2_refuses_heads_where_its_qk_norms_span_all_heads():
     with torch.no_grad():
         ref = model(**inputs).logits
         assert rel_err(compact_model(model)(**inputs).logits, ref) < TOL
+
+
+def test_chameleon_per_head_qk_norms_follow_their_heads():
+    """Chameleon's q/k LayerNorms hold a weight and a bias row per head (each head normalised over its own head_dim):
+    compaction keeps the kept heads' rows, so the compacted model gives the masked one's logits (each row drawn
+    its own: the ones and zeros they start at would pass with the wrong rows)."""
+    if "chameleon" not in VLMS:
+        pytest.skip("this transformers has no Chameleon")
+    model = tiny_vlm("chameleon")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".q_norm." in name or ".k_norm." in name:
+                p.copy_(0.5 + torch.randn(p.shape))
+    prepare_model(model, MaskedDoRAConfig(**CONFIG, target_groups=("heads",)))
+    randomize_adapters(model)
+    harden(model)
+    inputs = image_inputs("chameleon")
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        small = compact_model(model)
+        assert rel_err(small(**inputs).logits, ref) < TOL
+    attention = small.model.layers[0].self_attn
+    assert tuple(attention.q_norm.weight.shape) == (2, 8) and tuple(attention.k_norm.bias.shape) == (1, 8)

@@ -1,6 +1,6 @@
 """Yet more tiny VLM configs and image inputs (``tiny_vlms.FAMILIES`` puts them together, one row per family), in
 the sizes of :mod:`tiny_vlm_configs`: Qwen2.5-Omni's thinker, ERNIE-4.5-VL, Aria, Molmo2,
-Idefics 1, Granite 4 Vision. Each input builder
+Idefics 1, Granite 4 Vision, Chameleon. Each input builder
 ``pixels(n, generator)`` gives the keyword arguments besides ``input_ids`` in the layout the vision tower reads.
 """
 
@@ -117,3 +117,21 @@ def granite4_vision(t):
         qformer_config=dict(num_hidden_layers=1, intermediate_size=64), image_token_index=IMAGE_ID,
         vision_feature_layer=-1, image_grid_pinpoints=[[56, 56]], downsample_rate="1/2", deepstack_layer_map=[(-1, 0)],
         spatial_vision_layer=-1, spatial_target_layers=[0, 1, 0, 1], projector_dropout=0.0)
+
+
+def _vq_vocabulary(codes: int, first: int) -> dict:
+    """Chameleon's vocabulary map: the image token, and the VQ-VAE's codes 0..codes-1 as the tokens "IMGIMG<the
+    code's digits as letters, 0 -> A>Z", ids first, first + 1, ..."""
+    letters = "ABCDEFGHIJ"
+    return {"<image>": IMAGE_ID, **{"IMGIMG" + "".join(letters[int(d)] for d in str(code)) + "Z": first + code
+                                    for code in range(codes)}}
+
+
+def chameleon(t):
+    """Chameleon (its config the language model's; q/k LayerNorms per head): a VQ-VAE of 16 codes whose 3 levels
+    (channel_multiplier [1, 1, 1]: 2 downsamplings) turn an 8 px image into 2x2 codes, the 4 image tokens, which
+    the vocabulary map sends to ids 104..119."""
+    return t.ChameleonConfig(**TEXT, vocabulary_map=_vq_vocabulary(16, 104),
+                             vq_config=dict(embed_dim=8, num_embeddings=16, latent_channels=32, resolution=8,
+                                            base_channels=32, channel_multiplier=[1, 1, 1], num_res_blocks=1,
+                                            attn_resolutions=[]))

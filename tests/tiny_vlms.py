@@ -28,8 +28,8 @@ from tiny_vlm_configs import blip_2_flan_t5, instructblip_flan_t5, mllama, mllam
 from tiny_vlm_configs_more import (fast_vlm, glm4v, glm4v_moe, glm46v, glm_ocr, instructblipvideo, janus, kimi_k25,
                                    hunyuan_patches, hunyuan_vl, moonvit_patches, paddle_patches, paddleocr_vl,
                                    video_frames)
-from tiny_vlm_configs_extra import (aria, ernie4_5_vl_moe, ernie_patches, granite4_vision, idefics, idefics_images,
-                                    molmo2, molmo2_crops, qwen2_5_omni_thinker)
+from tiny_vlm_configs_extra import (aria, chameleon, ernie4_5_vl_moe, ernie_patches, granite4_vision, idefics,
+                                    idefics_images, molmo2, molmo2_crops, qwen2_5_omni_thinker)
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
 
@@ -209,6 +209,10 @@ FAMILIES: Dict[str, TinyVLM] = {
     # and 1 (deepstack)
     "granite4_vision": TinyVLM(("Granite4VisionConfig", "Granite4VisionForConditionalGeneration"), granite4_vision,
                                anyres_images(56), True, image_tokens=10),
+    # Chameleon: its config is the language model's, its blocks model.layers; an 8 px image, VQ-encoded into 4 image
+    # tokens; head_dim = hidden_size // heads: pruned heads save in the per-layer form
+    "chameleon": TinyVLM(("ChameleonConfig", "ChameleonForConditionalGeneration"), chameleon, square_images(8), False,
+                         language_model="model"),
 }
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace as replace_dataclass
 from typing import Dict
 
-from .spec_types import ExpertsLayout, HeadSpec, MLPSpec, ModelSpec, WrapperSpec
+from .spec_types import ExpertsLayout, HeadSpec, MLPSpec, ModelSpec, PerHeadSpec, WrapperSpec
 
 # outer model_type -> where its language model is. transformers 5 nests it as model.language_model
 # (model.text_model in Idefics3/SmolVLM), a base model whose block list is "layers". Qwen3.5's language model
@@ -61,8 +61,8 @@ VLM_WRAPPERS: Dict[str, WrapperSpec] = {
 
 
 def vlm_text_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: str) -> Dict[str, ModelSpec]:
-    """The specs of the language models only VLMs have (and of Idefics 1, a VLM whose config is its language
-    model's: no WrapperSpec), built on the ``llama`` spec's fields (``LLAMA_STYLE``), the packed experts'
+    """The specs of the language models only VLMs have (and of Idefics 1 and Chameleon, VLMs whose config is
+    their language model's: no WrapperSpec), built on the ``llama`` spec's fields (``LLAMA_STYLE``), the packed experts'
     (``MIXTRAL_STYLE``) and the reason OLMo-2's heads are refused (``qk_norm_spans_heads``)."""
     # the attention sets head_dim = hidden_size // num_attention_heads (no head_dim key), per-head attributes
     derived_head_dim = replace_dataclass(llama_style["heads"], head_dim_key=None, attrs=(
@@ -103,6 +103,15 @@ def vlm_text_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: 
             idefics_stack("self_attention", "model.layers", "self_attn"), name="idefics"),
             stacks=(ModelSpec(model_types=(), **idefics_stack("cross_attention", "model.gated_cross_attn_layers",
                                                               "cross_attn")),)),
+        # Chameleon (ChameleonForConditionalGeneration): its config is the language model's, its VQ-VAE turns an image
+        # into tokens of the vocabulary (no projector; the VQ-VAE stays as it is), its blocks model.layers: Llama's
+        # (swin_norm: the norms after the attention and the MLP instead, over the hidden size) with q/k LayerNorms
+        # per head (weight and bias (heads, head_dim), each head normalised over its own head_dim: their rows follow
+        # their heads). The attention derives head_dim = hidden_size // num_attention_heads: pruned heads save in
+        # the per-layer form, a pruned MLP alone plainly. No hidden spec (refused)
+        "chameleon": ModelSpec(name="chameleon", model_types=("chameleon",), **dict(llama_style, heads=replace_dataclass(
+            derived_head_dim, per_head=(PerHeadSpec("self_attn.q_norm", "heads"),
+                                        PerHeadSpec("self_attn.k_norm", "kv_heads"))))),
         # Qwen2-VL / Qwen2.5-VL: Llama's modules (q/k/v biases, multimodal rotary positions per head dim), but the
         # attention sets head_dim = hidden_size // num_attention_heads (no head_dim key) and checks it at build:
         # pruned heads save in the per-layer form (load_compact), a pruned MLP alone plainly
