@@ -109,9 +109,9 @@ def vlm_text_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: 
         # per head (weight and bias (heads, head_dim), each head normalised over its own head_dim: their rows follow
         # their heads). The attention derives head_dim = hidden_size // num_attention_heads: pruned heads save in
         # the per-layer form, a pruned MLP alone plainly. No hidden spec (refused)
-        "chameleon": ModelSpec(name="chameleon", model_types=("chameleon",), **dict(llama_style, heads=replace_dataclass(
-            derived_head_dim, per_head=(PerHeadSpec("self_attn.q_norm", "heads"),
-                                        PerHeadSpec("self_attn.k_norm", "kv_heads"))))),
+        "chameleon": ModelSpec(name="chameleon", model_types=("chameleon",), **dict(
+            llama_style, heads=replace_dataclass(derived_head_dim, per_head=(
+                PerHeadSpec("self_attn.q_norm", "heads"), PerHeadSpec("self_attn.k_norm", "kv_heads"))))),
         # Qwen2-VL / Qwen2.5-VL: Llama's modules (q/k/v biases, multimodal rotary positions per head dim), but the
         # attention sets head_dim = hidden_size // num_attention_heads (no head_dim key) and checks it at build:
         # pruned heads save in the per-layer form (load_compact), a pruned MLP alone plainly
