@@ -64,8 +64,11 @@ def _with_labels(inputs: dict) -> dict:
 
 
 def _train_step(model, family: str) -> None:
-    """One optimizer step of the causal-LM loss on image inputs (adapters and mask logits)."""
+    """One optimizer step of the causal-LM loss on image inputs (adapters and mask logits); the family's
+    ``eval_while_training`` modules stay in eval mode."""
     model.train()
+    for name in FAMILIES[family].eval_while_training:
+        model.get_submodule(name).eval()
     params = [p for p in model.parameters() if p.requires_grad]
     model(**_with_labels(image_inputs(family))).loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)

@@ -1,6 +1,6 @@
 """Yet more tiny VLM configs and image inputs (``tiny_vlms.FAMILIES`` puts them together, one row per family), in
 the sizes of :mod:`tiny_vlm_configs`: Qwen2.5-Omni's thinker, ERNIE-4.5-VL, Aria, Molmo2,
-Idefics 1, Granite 4 Vision, Chameleon. Each input builder
+Idefics 1, Granite 4 Vision, Chameleon, Emu3. Each input builder
 ``pixels(n, generator)`` gives the keyword arguments besides ``input_ids`` in the layout the vision tower reads.
 """
 
@@ -135,3 +135,21 @@ def chameleon(t):
                              vq_config=dict(embed_dim=8, num_embeddings=16, latent_channels=32, resolution=8,
                                             base_channels=32, channel_multiplier=[1, 1, 1], num_res_blocks=1,
                                             attn_resolutions=[]))
+
+
+def emu3(t):
+    """Emu3 around its emu3_text_model (Llama's layout): a VQ-VAE of 16 codes (ids 104..119 in the vocabulary map)
+    whose 3 levels turn a 16 px image (repeated over 2 frames, temporal_downsample_factor 2) into 4x4 codes, each
+    row followed by an end-of-line token (id 103): 4 * (4 + 1) = 20 image tokens (an 8 px image's 2x2 codes are
+    too few for the tests' shifted image to change one)."""
+    vocabulary = {"<image>": IMAGE_ID, "<|extra_200|>": 103,
+                  **{f"<|visual token{code:06d}|>": 104 + code for code in range(16)}}
+    return t.Emu3Config(text_config=dict(TEXT, head_dim=8, attention_dropout=0.0), vocabulary_map=vocabulary,
+                        vq_config=dict(codebook_size=16, embed_dim=4, latent_channels=4, base_channels=32,
+                                       channel_multiplier=[1, 1, 1], num_res_blocks=1, attn_resolutions=[],
+                                       temporal_downsample_factor=2, hidden_size=32, num_attention_heads=1))
+
+
+def emu3_images(n, gen):
+    """Emu3: the images (n, 3, 16, 16) and their sizes."""
+    return {"pixel_values": torch.randn(n, 3, 16, 16, generator=gen), "image_sizes": torch.tensor([[16, 16]] * n)}

@@ -28,8 +28,8 @@ from tiny_vlm_configs import blip_2_flan_t5, instructblip_flan_t5, mllama, mllam
 from tiny_vlm_configs_more import (fast_vlm, glm4v, glm4v_moe, glm46v, glm_ocr, instructblipvideo, janus, kimi_k25,
                                    hunyuan_patches, hunyuan_vl, moonvit_patches, paddle_patches, paddleocr_vl,
                                    video_frames)
-from tiny_vlm_configs_extra import (aria, chameleon, ernie4_5_vl_moe, ernie_patches, granite4_vision, idefics,
-                                    idefics_images, molmo2, molmo2_crops, qwen2_5_omni_thinker)
+from tiny_vlm_configs_extra import (aria, chameleon, emu3, emu3_images, ernie4_5_vl_moe, ernie_patches, granite4_vision,
+                                    idefics, idefics_images, molmo2, molmo2_crops, qwen2_5_omni_thinker)
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
 
@@ -57,6 +57,9 @@ class TinyVLM:
     prefix_lm: bool = False  # PaliGemma: token_type_ids 0 over the prefix (the image and the prompt), 1 after it
     pixels_key: str = "pixel_values"  # the image input's keyword (Video-LLaVA: pixel_values_images)
     text_alone: bool = True  # whether the model runs on text without an image (BLIP-2 needs pixel_values)
+    # modules outside the language model kept in eval mode while training, as a user would: BatchNorms whose
+    # running statistics train mode would move (Emu3's VQ-VAE)
+    eval_while_training: tuple = ()
 
     @property
     def block_lists(self) -> tuple:
@@ -213,6 +216,10 @@ FAMILIES: Dict[str, TinyVLM] = {
     # tokens; head_dim = hidden_size // heads: pruned heads save in the per-layer form
     "chameleon": TinyVLM(("ChameleonConfig", "ChameleonForConditionalGeneration"), chameleon, square_images(8), False,
                          language_model="model"),
+    # Emu3: a 16 px image, VQ-encoded into 4x4 tokens and an end-of-line token per row
+    # (its VQ-VAE's temporal blocks hold BatchNorms: kept in eval mode while training)
+    "emu3": TinyVLM(("Emu3Config", "Emu3ForConditionalGeneration"), emu3, emu3_images, True,
+                    language_model="model.text_model", image_tokens=20, eval_while_training=("model.vqmodel",)),
 }
 
 

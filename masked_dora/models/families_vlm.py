@@ -52,6 +52,8 @@ VLM_WRAPPERS: Dict[str, WrapperSpec] = {
     "ernie4_5_vl_moe": WrapperSpec(language_model="language_model"),
     # Aria (aria_text, below: an MoE in every block); Molmo2 (molmo2_text, below)
     **{t: WrapperSpec(language_model="language_model") for t in ("aria", "molmo2")},
+    # Emu3 (emu3_text_model, below; its VQ-VAE turns an image into tokens of the vocabulary, left as it is)
+    "emu3": WrapperSpec(language_model="text_model"),
     # Granite 4 Vision (granite4_vision_text, below): its image features are added (deepstack) to the residual
     # stream of the blocks its deepstack_layer_map / spatial_target_layers name, which MLP and head pruning keep
     "granite4_vision": WrapperSpec(language_model="language_model"),
@@ -189,6 +191,10 @@ def vlm_text_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: 
         # plainly
         "granite4_vision_text": ModelSpec(name="granite4_vision_text", model_types=("granite4_vision_text",),
                                           **dict(llama_style, heads=config_head_dim)),
+        # Emu3's language model (emu3_text_model; Emu3ForCausalLM alone too): Llama's layout, head_dim from the config
+        # where it has one (else hidden_size // num_attention_heads): the compacted config says head_dim
+        "emu3_text_model": ModelSpec(name="emu3_text_model", model_types=("emu3_text_model",), **dict(
+            llama_style, heads=config_head_dim)),
         "molmo2_text": ModelSpec(name="molmo2_text", model_types=("molmo2_text",), **llama_style,
                                  unsupported=(("heads", "qk_norm_type=olmo", qk_norm_spans_heads),)),
     }
