@@ -1,6 +1,6 @@
 """Yet more tiny VLM configs and image inputs (``tiny_vlms.FAMILIES`` puts them together, one row per family), in
 the sizes of :mod:`tiny_vlm_configs`: Qwen2.5-Omni's thinker, ERNIE-4.5-VL, Aria, Molmo2,
-Idefics 1, Granite 4 Vision, Chameleon, Emu3. Each input builder
+Idefics 1, Granite 4 Vision, Chameleon, Emu3, Fuyu. Each input builder
 ``pixels(n, generator)`` gives the keyword arguments besides ``input_ids`` in the layout the vision tower reads.
 """
 
@@ -153,3 +153,17 @@ def emu3(t):
 def emu3_images(n, gen):
     """Emu3: the images (n, 3, 16, 16) and their sizes."""
     return {"pixel_values": torch.randn(n, 3, 16, 16, generator=gen), "image_sizes": torch.tensor([[16, 16]] * n)}
+
+
+def fuyu(t):
+    """Fuyu around a Persimmon (no GQA; q/k LayerNorms over one head_dim): no vision tower, each 4 px patch of the
+    image (3 * 4 * 4 values, ``fuyu_patches``) linearly projected into one of 4 image tokens."""
+    text = {k: v for k, v in TEXT.items() if k != "num_key_value_heads"}
+    return t.FuyuConfig(text_config=dict(text, model_type="persimmon", qk_layernorm=True, hidden_dropout=0.0,
+                                         attention_dropout=0.0), patch_size=4,
+                        image_size=8, image_token_id=IMAGE_ID)
+
+
+def fuyu_patches(n, gen):
+    """Fuyu: per image its 2x2 patches of 4 px, flattened, (n, 4, 3 * 4 * 4)."""
+    return {"pixel_values": torch.randn(n, 4, 3 * 4 * 4, generator=gen)}

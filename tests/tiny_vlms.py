@@ -28,8 +28,9 @@ from tiny_vlm_configs import blip_2_flan_t5, instructblip_flan_t5, mllama, mllam
 from tiny_vlm_configs_more import (fast_vlm, glm4v, glm4v_moe, glm46v, glm_ocr, instructblipvideo, janus, kimi_k25,
                                    hunyuan_patches, hunyuan_vl, moonvit_patches, paddle_patches, paddleocr_vl,
                                    video_frames)
-from tiny_vlm_configs_extra import (aria, chameleon, emu3, emu3_images, ernie4_5_vl_moe, ernie_patches, granite4_vision,
-                                    idefics, idefics_images, molmo2, molmo2_crops, qwen2_5_omni_thinker)
+from tiny_vlm_configs_extra import (aria, chameleon, emu3, emu3_images, ernie4_5_vl_moe, ernie_patches, fuyu,
+                                    fuyu_patches, granite4_vision, idefics, idefics_images, molmo2, molmo2_crops,
+                                    qwen2_5_omni_thinker)
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
 
@@ -220,6 +221,9 @@ FAMILIES: Dict[str, TinyVLM] = {
     # (its VQ-VAE's temporal blocks hold BatchNorms: kept in eval mode while training)
     "emu3": TinyVLM(("Emu3Config", "Emu3ForConditionalGeneration"), emu3, emu3_images, True,
                     language_model="model.text_model", image_tokens=20, eval_while_training=("model.vqmodel",)),
+    # Fuyu: a Persimmon (a fused query_key_value and a plain MLP: 4 wrapped per block; its attention derives
+    # head_dim from the hidden size: pruned heads save in the per-layer form) reading linearly projected patches
+    "fuyu": TinyVLM(("FuyuConfig", "FuyuForCausalLM"), fuyu, fuyu_patches, False, wrapped=2 * 4),
 }
 
 
