@@ -1,6 +1,6 @@
 """Yet more tiny VLM configs and image inputs (``tiny_vlms.FAMILIES`` puts them together, one row per family), in
 the sizes of :mod:`tiny_vlm_configs`: Qwen2.5-Omni's thinker, ERNIE-4.5-VL, Aria, Molmo2,
-Idefics 1, Granite 4 Vision, Chameleon, Emu3, Fuyu. Each input builder
+Idefics 1, Granite 4 Vision, Chameleon, Emu3, Fuyu, PerceptionLM. Each input builder
 ``pixels(n, generator)`` gives the keyword arguments besides ``input_ids`` in the layout the vision tower reads.
 """
 
@@ -167,3 +167,19 @@ def fuyu(t):
 def fuyu_patches(n, gen):
     """Fuyu: per image its 2x2 patches of 4 px, flattened, (n, 4, 3 * 4 * 4)."""
     return {"pixel_values": torch.randn(n, 4, 3 * 4 * 4, generator=gen)}
+
+
+def perception_lm(t):
+    """PerceptionLM around a Llama. Its real vision tower is timm's Perception Encoder (a timm_wrapper config; timm
+    is no test dependency): a stand-in CLIP vision tower, whose config says the width the projector reads from a
+    timm config (model_args embed_dim), over 2x2 patches of a 28 px tile (its CLS token dropped, vision_use_cls_token):
+    4 image tokens (the language model, what prunes, is the same either way)."""
+    return t.PerceptionLMConfig(text_config=dict(TEXT, head_dim=8, model_type="llama"),
+                                vision_config=dict(VISION, model_type="clip_vision_model", image_size=28,
+                                                   patch_size=14, model_args={"embed_dim": 32}),
+                                image_token_id=IMAGE_ID, video_token_id=101)
+
+
+def perception_tiles(n, gen):
+    """PerceptionLM: per image its tiles, one here, (n, 1, 3, 28, 28)."""
+    return {"pixel_values": torch.randn(n, 1, 3, 28, 28, generator=gen)}

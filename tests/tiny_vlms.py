@@ -30,7 +30,7 @@ from tiny_vlm_configs_more import (fast_vlm, glm4v, glm4v_moe, glm46v, glm_ocr, 
                                    video_frames)
 from tiny_vlm_configs_extra import (aria, chameleon, emu3, emu3_images, ernie4_5_vl_moe, ernie_patches, fuyu,
                                     fuyu_patches, granite4_vision, idefics, idefics_images, molmo2, molmo2_crops,
-                                    qwen2_5_omni_thinker)
+                                    perception_lm, perception_tiles, qwen2_5_omni_thinker)
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
 
@@ -224,6 +224,9 @@ FAMILIES: Dict[str, TinyVLM] = {
     # Fuyu: a Persimmon (a fused query_key_value and a plain MLP: 4 wrapped per block; its attention derives
     # head_dim from the hidden size: pruned heads save in the per-layer form) reading linearly projected patches
     "fuyu": TinyVLM(("FuyuConfig", "FuyuForCausalLM"), fuyu, fuyu_patches, False, wrapped=2 * 4),
+    # PerceptionLM: a stand-in CLIP vision tower (its own, the Perception Encoder, is timm's)
+    "perception_lm": TinyVLM(("PerceptionLMConfig", "PerceptionLMForConditionalGeneration"), perception_lm,
+                             perception_tiles, True),
 }
 
 

@@ -55,6 +55,8 @@ VLM_WRAPPERS: Dict[str, WrapperSpec] = {
     # Fuyu: a Persimmon (its heads: a fused query_key_value per head) reading the image's patches, each linearly
     # projected (vision_embed_tokens) into one image token
     "fuyu": WrapperSpec(language_model="language_model"),
+    # PerceptionLM: a Llama after timm's Perception Encoder (a timm_wrapper tower, left as it is)
+    "perception_lm": WrapperSpec(language_model="language_model"),
     # Emu3 (emu3_text_model, below; its VQ-VAE turns an image into tokens of the vocabulary, left as it is)
     "emu3": WrapperSpec(language_model="text_model"),
     # Granite 4 Vision (granite4_vision_text, below): its image features are added (deepstack) to the residual
