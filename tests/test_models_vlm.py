@@ -2,7 +2,9 @@
 VipLLaVA and Video-LLaVA variants, DeepSeek-VL (and hybrid), BLIP-2, InstructBLIP, Gemma 3, PaliGemma 1 and 2, Qwen2-VL,
 Qwen2.5-VL, Qwen3-VL, Cosmos 3 Omni, Qwen3-VL-MoE, EXAONE 4.5, HyperCLOVA X Vision, VideoLLaMA3, Mistral3,
 LightOnOCR, SmolVLM, Idefics2, Idefics3, InternVL, Qianfan-OCR, Ovis2, GOT-OCR2, Aya Vision, Command A Vision,
-LFM2-VL, LFM3-VL, MiniCPM-V 4.6 / 4.7 / OCR) end to end on tiny configs, as a user runs them.
+LFM2-VL, LFM3-VL, MiniCPM-V 4.6 / 4.7 / OCR, and the rest of ``tiny_vlms.FAMILIES``: GLM-4V, Janus, FastVLM, Kimi-K2.5,
+Qwen2.5-Omni's thinker, ERNIE-4.5-VL, Aria, Molmo2, Idefics 1, Granite 4 Vision, Chameleon, Emu3, Fuyu, PerceptionLM,
+...) end to end on tiny configs, as a user runs them.
 
 ``prepare_model(vlm)`` prunes the language model's MLP channels and heads (its MLP only where the language
 model's heads are refused; the vision tower and the projector stay as they are) → one training step on image
