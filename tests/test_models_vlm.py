@@ -221,7 +221,8 @@ def test_plain_vlm_checkpoints_reload_with_plain_transformers(chains):
 
 
 ONE_GROUP_PLAIN = (("qwen2_vl", ("mlp",)), ("qwen2_5_vl", ("mlp",)), ("mllama", ("mlp",)), ("glm4v", ("mlp",)),
-                   ("glm4v_moe", ("heads",)))
+                   ("glm4v_moe", ("heads",)), ("ernie4_5_vl_moe", ("heads",)), ("aria", ("heads",)),
+                   ("fuyu", ("mlp",)), ("idefics", ("mlp",)), ("chameleon", ("mlp",)))
 
 
 @pytest.mark.parametrize("family,groups", [(f, g) for f, g in ONE_GROUP_PLAIN if f in VLMS])
@@ -229,8 +230,9 @@ def test_vlm_one_group_alone_saves_plainly(family, groups, tmp_path):
     """Where one group's pruned sizes need the per-layer form, the other group alone is a plain checkpoint that
     reloads with from_pretrained alone. Qwen2-VL's, Mllama's and GLM-4.1V's attention derives head_dim from the
     hidden size (pruned heads: the per-layer form), but their pruned MLP alone saves plainly (intermediate_size
-    in the text config); GLM-4.5V's pruned expert width also sizes its shared experts (the per-layer form), but
-    its pruned heads alone save plainly (head_dim in the text config, which its attention reads)."""
+    in the text config), as do Fuyu's (a Persimmon), Idefics 1's (both stacks at one width) and Chameleon's;
+    GLM-4.5V's, ERNIE-4.5-VL's and Aria's pruned expert width also sizes their shared experts (the per-layer form),
+    but their pruned heads alone save plainly (head_dim in the text config, which their attention reads)."""
     model = tiny_vlm(family)
     prepare_model(model, MaskedDoRAConfig(**CONFIG, target_groups=groups))
     assert get_state(model).save_form == "plain"
@@ -240,7 +242,7 @@ def test_vlm_one_group_alone_saves_plainly(family, groups, tmp_path):
     with torch.no_grad():
         ref = model(**inputs).logits
         small = compact_model(model)
-    text = small.config.text_config
+    text = _text_config(small.config)
     sizes = (text.intermediate_size,) if groups == ("mlp",) else (text.num_attention_heads, text.num_key_value_heads)
     assert not hasattr(small.config, LAYER_SIZES_KEY) and sizes == ((32,) if groups == ("mlp",) else (2, 1))
     small.save_pretrained(str(tmp_path))
