@@ -342,7 +342,8 @@ def run_prune(args) -> dict:
                          f"then your own batches with pixel_values)")
     if not vlm and getattr(model_config, "vision_config", None) is not None:
         raise SystemExit(f"--model: {model_dir} is a {model_config.model_type!r} model with a vision tower (a "
-                         f"two-tower model such as CLIP or SigLIP); the CLI trains on text only: prune it with the "
+                         f"two-tower model such as CLIP or SigLIP, or a vision-language model whose config is its "
+                         f"language model's, such as Idefics 1); the CLI trains on text only: prune it with the "
                          f"Python API (prepare_model, then your own batches with pixel_values)")
     if objective == "auto":
         architectures = getattr(model_config, "architectures", None) or []

@@ -211,11 +211,13 @@ def test_cli_refuses_image_models_it_cannot_train_on_text(tmp_path):
     configs = [("blip", blip_2(transformers)), ("clip", transformers.CLIPConfig())]
     if hasattr(transformers, "MllamaConfig"):
         configs.append(("mllama", mllama(transformers)))
+    if hasattr(transformers, "IdeficsConfig"):  # a VLM whose config is its language model's (its own spec)
+        configs.append(("idefics", transformers.IdeficsConfig()))
     for name, config in configs:
         model_dir = str(tmp_path / name)
         config.save_pretrained(model_dir)  # the config alone: the refusal comes first
-        match = ("needs an image in its inputs to run every block" if name != "clip"
-                 else "'clip' model with a vision tower")
+        match = ("needs an image in its inputs to run every block" if name in ("blip", "mllama")
+                 else f"'{name}' model with a vision tower")
         with pytest.raises(SystemExit, match=f"--model: .*{match}.*Python API"):
             main(["prune", "--model", model_dir, "--out", str(tmp_path / "out")] + SMALL_RUN)
         assert not (tmp_path / "out").exists()
