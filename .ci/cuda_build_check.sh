@@ -63,6 +63,11 @@ assert not torch.cuda.is_initialized(), "importing masked_dora initialised CUDA"
 print("extension: C++ + CUDA, sm", _C.cuda_archs, "+ PTX", _C.cuda_ptx_arch, "| CUDA untouched")
 PYEOF
 
-say "CPU test suite on this stack"
-$py -m pytest -q tests -p no:cacheprovider --durations=15
+# the multi-process tests (torchrun, accelerate launch: 2 workers each) last: CI's other core runs `make test`,
+# which reaches its own test_distributed.py early (files run in name order); run at the same time, the two
+# suites' workers crowded 2 cores (4 to 6 busy processes) and made the critical path minutes longer
+say "CPU test suite on this stack (the multi-process tests last)"
+$py -m pytest -q tests -p no:cacheprovider --durations=15 --ignore=tests/test_distributed.py
+say "the multi-process tests on this stack"
+$py -m pytest -q tests/test_distributed.py -p no:cacheprovider
 say "done"

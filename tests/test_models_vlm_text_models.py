@@ -13,6 +13,7 @@ from masked_dora.models import MaskedDoRAConfig, compact_model, harden, load_com
 from helpers import rel_err
 from tiny_models import randomize_adapters
 from tiny_vlm_configs import TEXT
+from tiny_vlms import available, unavailable_reason
 
 TEXT_MODELS = {  # causal LM class: (config class, its config's keys besides TEXT)
     "AriaTextForCausalLM": ("AriaTextConfig", dict(head_dim=8, moe_num_experts=4, moe_topk=2,
@@ -28,6 +29,8 @@ def test_vlm_language_model_prunes_alone(causal_lm, tmp_path):
     config_class, keys = TEXT_MODELS[causal_lm]
     if not hasattr(transformers, causal_lm):
         pytest.skip(f"this transformers has no {causal_lm}")
+    if causal_lm == "AriaTextForCausalLM" and not available("aria"):  # (the VLM's layout, its version)
+        pytest.skip(unavailable_reason("aria"))
     torch.manual_seed(0)
     model = getattr(transformers, causal_lm)(getattr(transformers, config_class)(**TEXT, **keys)).eval()
     assert spec_for(model).name == model.config.model_type  # the VLM's inner spec, unwrapped

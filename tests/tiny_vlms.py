@@ -61,6 +61,10 @@ class TinyVLM:
     # modules outside the language model kept in eval mode while training, as a user would: BatchNorms whose
     # running statistics train mode would move (Emu3's VQ-VAE)
     eval_while_training: tuple = ()
+    # (major, minor): the first transformers whose model is laid out as the spec describes, and why an older one is
+    # not (the family is reported skipped there)
+    since: tuple = ()
+    since_why: str = ""
 
     @property
     def block_lists(self) -> tuple:
@@ -193,7 +197,9 @@ FAMILIES: Dict[str, TinyVLM] = {
     # Qwen2.5-Omni's thinker: its language model reads head_dim from the config (pruned heads save plainly); its
     # audio tower, as the vision tower, left as it is
     "qwen2_5_omni_thinker": TinyVLM(("Qwen2_5OmniThinkerConfig", "Qwen2_5OmniThinkerForConditionalGeneration"),
-                                    qwen2_5_omni_thinker, qwen_patches(14), True),
+                                    qwen2_5_omni_thinker, qwen_patches(14), True, since=(5, 24),
+                                    since_why="its thinker names its language model `model` before 5.24, where the "
+                                              "spec looks under `language_model`"),
     # ERNIE-4.5-VL: block 0 dense, block 1 of 4 text experts (pruned) and 4 vision experts (kept whole) beside a
     # shared expert (kept whole): a pruned expert width saves in the per-layer form
     "ernie4_5_vl_moe": TinyVLM(("Ernie4_5_VLMoeConfig", "Ernie4_5_VLMoeForConditionalGeneration"), ernie4_5_vl_moe,
@@ -201,7 +207,9 @@ FAMILIES: Dict[str, TinyVLM] = {
     # Aria: 4 packed experts in each block beside a shared expert (kept whole; intermediate_size sizes both: a
     # pruned expert width saves in the per-layer form)
     "aria": TinyVLM(("AriaConfig", "AriaForConditionalGeneration"), aria, square_images(28), False,
-                    wrapped=2 * (4 + 4 * 2)),
+                    wrapped=2 * (4 + 4 * 2), since=(5, 24),
+                    since_why="its experts are AriaGroupedExpertsGemm modules (fc1, fc2) before 5.24, not the packed "
+                              "gate_up_proj / down_proj the aria_text spec describes"),
     "molmo2": TinyVLM(("Molmo2Config", "Molmo2ForConditionalGeneration"), molmo2, molmo2_crops, True),
     # Idefics 1: its config is the language model's; a self-attention stack (model.layers) and a gated
     # cross-attention one (model.gated_cross_attn_layers), 2 blocks each; head_dim = hidden_size // heads: pruned
@@ -212,7 +220,9 @@ FAMILIES: Dict[str, TinyVLM] = {
     # Granite 4 Vision: LLaVA-NeXT's anyres views, Q-Former-downsampled into 10 image tokens, added into blocks 0
     # and 1 (deepstack)
     "granite4_vision": TinyVLM(("Granite4VisionConfig", "Granite4VisionForConditionalGeneration"), granite4_vision,
-                               anyres_images(56), True, image_tokens=10),
+                               anyres_images(56), True, image_tokens=10, since=(5, 24),
+                               since_why="the tiny config is 5.24's: 5.17's Granite4VisionConfig builds a layer of "
+                                         "the default 768 width from it, which the tiny 64-wide features fail"),
     # Chameleon: its config is the language model's, its blocks model.layers; an 8 px image, VQ-encoded into 4 image
     # tokens; head_dim = hidden_size // heads: pruned heads save in the per-layer form
     "chameleon": TinyVLM(("ChameleonConfig", "ChameleonForConditionalGeneration"), chameleon, square_images(8), False,
@@ -226,14 +236,30 @@ FAMILIES: Dict[str, TinyVLM] = {
     "fuyu": TinyVLM(("FuyuConfig", "FuyuForCausalLM"), fuyu, fuyu_patches, False, wrapped=2 * 4),
     # PerceptionLM: a stand-in CLIP vision tower (its own, the Perception Encoder, is timm's)
     "perception_lm": TinyVLM(("PerceptionLMConfig", "PerceptionLMForConditionalGeneration"), perception_lm,
-                             perception_tiles, True),
+                             perception_tiles, True, since=(5, 24),
+                             since_why="its vision tower is a TimmWrapperModel before 5.24, which needs timm (not a "
+                                       "test dependency) even for the stand-in tower"),
 }
 
 
-def available(family: str) -> bool:
+def unavailable_reason(family: str) -> str:
+    """Why this transformers cannot run the family's test ("" where it can): a class it lacks, or a version
+    before the layout the spec describes (``TinyVLM.since``)."""
+    import re
+
     import transformers
 
-    return all(hasattr(transformers, name) for name in FAMILIES[family].classes)
+    tiny = FAMILIES[family]
+    if not all(hasattr(transformers, name) for name in tiny.classes):
+        return f"transformers {transformers.__version__} has no {tiny.classes}"
+    version = tuple(int(n) for n in re.findall(r"\d+", transformers.__version__)[:2])
+    if tiny.since and version < tiny.since:
+        return f"transformers {transformers.__version__} < {'.'.join(map(str, tiny.since))}: {tiny.since_why}"
+    return ""
+
+
+def available(family: str) -> bool:
+    return not unavailable_reason(family)
 
 
 def tiny_vlm(family: str, seed: int = 0):
