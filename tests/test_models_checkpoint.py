@@ -195,6 +195,37 @@ def test_hidden_pruning_of_a_per_layer_checkpoint_is_refused_before_training(tmp
     assert not hasattr(again, "masked_dora")
 
 
+def test_vlm_with_batchnorms_saved_under_hub_names_reloads_from_the_per_layer_form(tmp_path):
+    """Emu3's VQ-VAE has BatchNorms, which transformers saves under hub names (vqmodel.*, not model.vqmodel.*).
+    load_state_dict never reports a BatchNorm's num_batches_tracked missing (it fills it in), so load_compact
+    must rebuild it from the saved layout as the rest: a per-layer checkpoint (allocation="global") reloads with
+    the masked model's logits and the saved counters."""
+    from helpers import rel_err
+    from tiny_vlms import available, image_inputs, tiny_vlm
+
+    if not available("emu3"):
+        pytest.skip("this transformers has no Emu3")
+    model = tiny_vlm("emu3")
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name.endswith("num_batches_tracked"):
+                buffer.fill_(7)
+    prepare_model(model, MaskedDoRAConfig(**CFG, allocation="global"))
+    assert get_state(model).save_form == "per_layer"
+    randomize_adapters(model)
+    harden(model)
+    inputs = image_inputs("emu3")
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        small = compact_model(model)
+    small.save_pretrained(str(tmp_path))
+    reloaded = load_compact(str(tmp_path))
+    counters = {name: int(b) for name, b in reloaded.named_buffers() if name.endswith("num_batches_tracked")}
+    assert counters and set(counters.values()) == {7}
+    with torch.no_grad():
+        assert rel_err(reloaded(**inputs).logits, ref) < 1e-5
+
+
 def test_load_compact_still_imports_from_its_old_module():
     """Scripts written before load_compact moved to compact_load import it from masked_dora.models.compact."""
     from masked_dora.models import compact
