@@ -133,7 +133,10 @@ def load_compact(path: str, model_class=None, dtype: Optional[torch.dtype] = Non
     model = build_compact_model(model_class, config, dtype)
     missing, unexpected = model.load_state_dict(saved, strict=False)
     if unexpected:  # saved in the hub layout (GPT-NeoX: embed_out, not lm_head; MoE experts: one tensor each)
-        saved = _from_saved_layout(model, saved, missing)
+        # every key the checkpoint lacks, not only those load_state_dict reports: it fills a BatchNorm's absent
+        # num_batches_tracked in (Emu3's VQ-VAE, saved as vqmodel.*), which the saved one must replace
+        absent = [key for key in model.state_dict() if key not in saved]
+        saved = _from_saved_layout(model, saved, absent)
         missing, unexpected = model.load_state_dict(saved, strict=False)
     if hasattr(model, "tie_weights"):
         model.tie_weights()

@@ -2,8 +2,11 @@
 
 :func:`save_training_state` writes only what training created: every
 adapter (``lora_A``, ``lora_B``, ``magnitude``, gate temperatures, fixed
-masks), the group mask logits, and optionally the sparsity controller, plus a
-JSON file with the :class:`MaskedDoRAConfig`. :func:`load_training_state`
+masks), the group mask logits, the running statistics of BatchNorm layers
+(which every train-mode forward updates, frozen weights or not: the
+Wav2Vec2-Conformer's convolution modules, a BatchNorm vision tower), and
+optionally the sparsity controller, plus a JSON file with the
+:class:`MaskedDoRAConfig`. :func:`load_training_state`
 prepares a fresh copy of the base model with that config and loads them back:
 outputs are bit-identical.
 """
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
@@ -40,7 +43,21 @@ def _training_tensors(model: nn.Module) -> Dict[str, torch.Tensor]:
         in_layer = any(key.startswith(name + ".") for name in masked)
         if key.startswith(STATE_ATTR + ".") or (in_layer and not (owner in masked and leaf in _BASE_LEAVES)):
             out[key] = value.detach().contiguous().cpu()
+    for key in _running_statistics(model):
+        out[key] = model.get_buffer(key).detach().contiguous().cpu()
     return out
+
+
+def _running_statistics(model: nn.Module) -> List[str]:
+    """The names of the running-statistics buffers (``running_mean``, ``running_var``, ``num_batches_tracked``) of
+    ``model``'s BatchNorm layers: not parameters, so ``prepare_model`` leaves them to train-mode forwards, which
+    update them, and the trained model's eval outputs depend on them."""
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
+            names += [f"{name}.{leaf}" if name else leaf for leaf, buffer in module.named_buffers(recurse=False)
+                      if buffer is not None and leaf in ("running_mean", "running_var", "num_batches_tracked")]
+    return names
 
 
 def save_training_state(model: nn.Module, path: str, controller: Optional[nn.Module] = None) -> None:
@@ -104,7 +121,8 @@ def load_training_state(model: nn.Module, path: str, controller: Optional[nn.Mod
 
 def _load_adapter_tensors(model, saved, device):
     expected = _training_tensors(model)
-    missing = sorted(set(expected) - set(saved))
+    # a state saved before the running statistics were (they stay the base model's)
+    missing = sorted(set(expected) - set(saved) - set(_running_statistics(model)))
     unexpected = sorted(set(saved) - set(expected))
     if missing or unexpected:
         raise ValueError(f"training state does not match the model: missing {missing[:5]}, "
