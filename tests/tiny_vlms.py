@@ -233,7 +233,9 @@ FAMILIES: Dict[str, TinyVLM] = {
                     language_model="model.text_model", image_tokens=20, eval_while_training=("model.vqmodel",)),
     # Fuyu: a Persimmon (a fused query_key_value and a plain MLP: 4 wrapped per block; its attention derives
     # head_dim from the hidden size: pruned heads save in the per-layer form) reading linearly projected patches
-    "fuyu": TinyVLM(("FuyuConfig", "FuyuForCausalLM"), fuyu, fuyu_patches, False, wrapped=2 * 4),
+    "fuyu": TinyVLM(("FuyuConfig", "FuyuForCausalLM"), fuyu, fuyu_patches, False, wrapped=2 * 4, since=(5, 24),
+                    since_why="5.17's Fuyu does not place the tiny image's patches from these inputs (the image "
+                              "never reaches the logits, so the image-input comparison would say nothing)"),
     # PerceptionLM: a stand-in CLIP vision tower (its own, the Perception Encoder, is timm's)
     "perception_lm": TinyVLM(("PerceptionLMConfig", "PerceptionLMForConditionalGeneration"), perception_lm,
                              perception_tiles, True, since=(5, 24),
