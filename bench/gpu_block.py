@@ -89,8 +89,9 @@ def build_compact(dense: nn.Module, prune: Union[float, Dict[str, float]], seed:
     device = next(dense.parameters()).device
     groups = ("mlp", "heads") + (("hidden",) if hidden_mode else ())
     extra = dict(hidden_mode=hidden_mode) if hidden_mode else {}
+    targets = {k: prune[k] for k in groups} if isinstance(prune, dict) else prune  # only the kinds pruned
     masked = prepare_model(copy.deepcopy(dense), MaskedDoRAConfig(
-        target_groups=groups, target_sparsity=prune, importance="none", **extra)).eval()
+        target_groups=groups, target_sparsity=targets, importance="none", **extra)).eval()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for group in get_state(masked).groups.values():  # random pruning: random logits, hardened to top-k

@@ -1,5 +1,7 @@
 """Specs, MaskedDoRAConfig and prepare_model: groups, shared masks, freezing, clear errors."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -127,6 +129,7 @@ def test_query_heads_mode_keeps_kv_heads_and_needs_equal_counts():
     (dict(target_groups=("mlp", "ffn")), "target_groups"),
     (dict(target_sparsity=1.0), r"target_sparsity\['mlp'\]"),
     (dict(target_sparsity={"mlp": 0.5}), r"target_sparsity\['heads'\]"),
+    (dict(target_sparsity={"mlp": 0.5, "heads": 0.5, "head": 0.5}), r"target_sparsity: expected keys .*'head'"),
     (dict(alignment={"mlp": 0}), r"alignment\['mlp'\]"),
     (dict(gqa="kv"), "gqa"),
     (dict(allocation="per_layer"), "allocation"),
@@ -137,6 +140,15 @@ def test_query_heads_mode_keeps_kv_heads_and_needs_equal_counts():
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MaskedDoRAConfig(**kwargs)
+
+
+def test_config_warns_of_a_target_for_a_kind_it_does_not_prune():
+    with pytest.warns(UserWarning, match=r"target_sparsity: \['heads'\] are not in target_groups=\('mlp',\)"):
+        cfg = MaskedDoRAConfig(target_groups=("mlp",), target_sparsity={"mlp": 0.5, "heads": 0.5})
+    assert cfg.target_sparsity == {"mlp": 0.5, "heads": 0.5}  # kept as given: a saved state round-trips
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MaskedDoRAConfig(target_groups=("mlp",), target_sparsity=0.5)
 
 
 def test_config_round_trips_through_dict():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple, Union
 
@@ -137,6 +138,13 @@ class MaskedDoRAConfig:
         if isinstance(self.target_sparsity, (int, float)):
             self.target_sparsity = {k: float(self.target_sparsity) for k in self.target_groups}
         self.target_sparsity = {k: float(v) for k, v in dict(self.target_sparsity).items()}
+        unknown = sorted(set(self.target_sparsity) - set(GROUP_KINDS))
+        if unknown:
+            raise ValueError(f"target_sparsity: expected keys among the group kinds {GROUP_KINDS}, got {unknown}")
+        untargeted = sorted(set(self.target_sparsity) - set(self.target_groups))
+        if untargeted:  # a warning, not an error: a state saved with such a config must still load
+            warnings.warn(f"target_sparsity: {untargeted} are not in target_groups={self.target_groups}, so those "
+                          f"kinds are not pruned; add them to target_groups to prune them", stacklevel=3)
         for kind in self.target_groups:
             value = self.target_sparsity.get(kind)
             if value is None or not 0.0 <= value < 1.0:
