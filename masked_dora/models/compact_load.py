@@ -4,6 +4,7 @@ one (``masked_dora_layer_sizes`` in its config) into a model built with those si
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -73,15 +74,29 @@ def _rebuild(model: nn.Module, saved: Dict[str, torch.Tensor], keys, wanted=None
         return set()
     total = sum(math.prod(shape) for shape in shapes.values())
     counts = torch.zeros(total, dtype=torch.long)
-    flat = saved[next(iter(pieces))].new_empty(total)
+    # one flat buffer per saved dtype, so that an int64 counter and float weights rebuilt together keep theirs
+    flats: Dict[torch.dtype, torch.Tensor] = {}
+    source = torch.full((total,), -1, dtype=torch.long)  # which of flats' dtypes each element came from
     for name, index in pieces.items():
+        value = saved[name].reshape(-1)
+        if value.dtype not in flats:
+            flats[value.dtype] = value.new_empty(total)
+        flats[value.dtype][index] = value
+        source[index] = list(flats).index(value.dtype)
         counts.index_add_(0, index, torch.ones_like(index))
-        flat[index] = saved[name].reshape(-1).to(flat.dtype)
+    dtypes = list(flats)
     done, start, owner = set(), 0, torch.full((total,), -1, dtype=torch.long)
     for i, (key, shape) in enumerate(shapes.items()):
         n = math.prod(shape)
         if (wanted is None or key in wanted) and bool(counts[start:start + n].eq(1).all()):  # each saved once
-            saved[key] = flat[start:start + n].view(shape).clone()
+            sources = source[start:start + n]
+            used = [dtypes[j] for j in sources.unique().tolist()]
+            dtype = functools.reduce(torch.promote_types, used)  # one dtype unless one parameter mixes pieces
+            value = torch.empty(n, dtype=dtype)
+            for d in used:
+                here = sources.eq(dtypes.index(d))
+                value[here] = flats[d][start:start + n][here].to(dtype)
+            saved[key] = value.view(shape)
             owner[start:start + n] = i
             done.add(key)
         start += n
