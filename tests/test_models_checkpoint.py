@@ -201,7 +201,7 @@ def test_vlm_with_batchnorms_saved_under_hub_names_reloads_from_the_per_layer_fo
     must rebuild it from the saved layout as the rest: a per-layer checkpoint (allocation="global") reloads with
     the masked model's logits and the saved counters."""
     from helpers import rel_err
-    from tiny_vlms import available, image_inputs, tiny_vlm
+    from tiny_vlms import available, harden_and_compact_vlm, image_inputs, tiny_vlm
 
     if not available("emu3"):
         pytest.skip("this transformers has no Emu3")
@@ -213,17 +213,13 @@ def test_vlm_with_batchnorms_saved_under_hub_names_reloads_from_the_per_layer_fo
     prepare_model(model, MaskedDoRAConfig(**CFG, allocation="global"))
     assert get_state(model).save_form == "per_layer"
     randomize_adapters(model)
-    harden(model)
-    inputs = image_inputs("emu3")
-    with torch.no_grad():
-        ref = model(**inputs).logits
-        small = compact_model(model)
+    ref, small, _ = harden_and_compact_vlm(model, "emu3")
     small.save_pretrained(str(tmp_path))
     reloaded = load_compact(str(tmp_path))
     counters = {name: int(b) for name, b in reloaded.named_buffers() if name.endswith("num_batches_tracked")}
     assert counters and set(counters.values()) == {7}
     with torch.no_grad():
-        assert rel_err(reloaded(**inputs).logits, ref) < 1e-5
+        assert rel_err(reloaded(**image_inputs("emu3")).logits, ref) < 1e-5
 
 
 def test_load_compact_still_imports_from_its_old_module():

@@ -17,8 +17,8 @@ from masked_dora.models import (MaskedDoRAConfig, compact_for_training, compact_
 from masked_dora.models.compact import LAYER_SIZES_KEY
 
 from tiny_family_table import AVAILABLE
-from tiny_models import (output_tensor, randomize_adapters, reload_plain_in_clean_process, tiny_config, tiny_inputs,
-                         tiny_model)
+from tiny_models import (harden_and_compact, output_tensor, randomize_adapters, reload_plain_in_clean_process,
+                         tiny_config, tiny_inputs, tiny_model)
 
 PRUNE = dict(rank=2, alignment={"mlp": 8}, importance="none", target_sparsity=0.5)
 # the families whose config has a key for the MLP width alone (SigLIP's vision tower has none: its pooling head)
@@ -33,12 +33,9 @@ def _compacted(family, groups, path=None):
     model = tiny_model(family, kind="lm")
     prepare_model(model, MaskedDoRAConfig(target_groups=groups, **PRUNE))
     randomize_adapters(model)
-    harden(model)
+    ref, small, out = harden_and_compact(model, family)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     inputs = tiny_inputs(family=family)
-    with torch.no_grad():
-        ref = output_tensor(model(**inputs))
-        small = compact_model(model)
-        torch.testing.assert_close(output_tensor(small(**inputs)), ref, rtol=1e-4, atol=1e-5)
     if path:
         small.save_pretrained(path)
         torch.save(inputs, os.path.join(path, "inputs.pt"))
@@ -110,12 +107,9 @@ def test_unispeech_task_heads_prune_their_encoder(family, head, tmp_path):
     model = getattr(transformers, head)(config).eval()
     prepare_model(model, MaskedDoRAConfig(target_groups=("mlp", "heads"), **PRUNE))
     randomize_adapters(model)
-    harden(model)
+    ref, small, out = harden_and_compact(model, family)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     inputs = tiny_inputs(family=family)
-    with torch.no_grad():
-        ref = output_tensor(model(**inputs))
-        small = compact_model(model)
-        torch.testing.assert_close(output_tensor(small(**inputs)), ref, rtol=1e-4, atol=1e-5)
     encoder = getattr(small, small.base_model_prefix).encoder
     assert [layer.feed_forward.intermediate_dense.out_features for layer in encoder.layers] == [32, 32]
     assert [layer.attention.q_proj.out_features for layer in encoder.layers] == [16, 16]
@@ -184,12 +178,9 @@ def test_conformer_heads_prune_with_their_position_terms(family, tmp_path):
     with torch.no_grad():
         for key in ("heads_0", "heads_1"):  # keep heads 1 and 3
             get_state(model).groups[key].mask_logits.copy_(torch.tensor([-5.0, 5.0, -5.0, 5.0]))
-    harden(model)
+    ref, small, out = harden_and_compact(model, family)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     inputs = tiny_inputs(family=family)
-    with torch.no_grad():
-        ref = output_tensor(model(**inputs))
-        small = compact_model(model)
-        torch.testing.assert_close(output_tensor(small(**inputs)), ref, rtol=1e-4, atol=1e-5)
     for layer in small.wav2vec2_conformer.encoder.layers:
         attention = layer.self_attn
         assert (attention.linear_q.out_features, attention.linear_out.in_features, attention.num_heads) == (16, 16, 4)
@@ -281,11 +272,8 @@ def test_disentangled_attention_with_its_own_position_projections_refuses_heads(
     assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
     prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), **PRUNE))
     randomize_adapters(model)
-    harden(model)
-    inputs = tiny_inputs(family=family)
-    with torch.no_grad():
-        ref = output_tensor(model(**inputs))
-        torch.testing.assert_close(output_tensor(compact_model(model)(**inputs)), ref, rtol=1e-4, atol=1e-5)
+    ref, _, out = harden_and_compact(model, family)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 
 
 def test_attention_of_must_name_a_stack_over_the_same_blocks():

@@ -31,8 +31,8 @@ from masked_dora.models.specs import WRAPPERS
 from helpers import rel_err as _rel_err
 from tiny_models import randomize_adapters, reload_plain_in_clean_process
 from tiny_vlm_configs import TEXT
-from tiny_vlms import (FAMILIES, IMAGE_ID, available, image_inputs, text_inputs, tiny_llava_around, tiny_vlm,
-                       unavailable_reason)
+from tiny_vlms import (FAMILIES, IMAGE_ID, available, harden_and_compact_vlm, image_inputs, text_inputs,
+                       tiny_llava_around, tiny_vlm, unavailable_reason)
 
 VLMS = [f for f in FAMILIES if available(f)]
 MISSING = [f for f in FAMILIES if not available(f)]
@@ -305,18 +305,14 @@ def test_vlm_reads_its_language_models_flags_from_the_text_config(tmp_path):
                 p.copy_(1.0 + 0.5 * torch.randn(p.shape))
     prepare_model(model, MaskedDoRAConfig(**CONFIG))
     randomize_adapters(model)
-    harden(model)
-    inputs = image_inputs("llava")
-    with torch.no_grad():
-        ref = model(**inputs).logits
-        small = compact_model(model)
-        assert rel_err(small(**inputs).logits, ref) < TOL
+    ref, small, out = harden_and_compact_vlm(model, "llava")
+    assert rel_err(out, ref) < TOL
     attention = small.model.language_model.layers[0].self_attn
     assert tuple(attention.q_norm.weight.shape) == (2, 8) and tuple(attention.k_norm.weight.shape) == (1, 8)
     small.save_pretrained(str(tmp_path))
     with torch.no_grad():
         reloaded = transformers.LlavaForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
-        assert rel_err(reloaded(**inputs).logits, ref) < TOL
+        assert rel_err(reloaded(**image_inputs("llava")).logits, ref) < TOL
 
 
 def test_vlm_refuses_what_its_language_models_config_refuses():
@@ -414,12 +410,8 @@ def test_ernie_vl_prunes_its_text_experts_and_keeps_its_vision_experts_whole():
     prepare_model(model, MaskedDoRAConfig(**CONFIG, target_groups=("mlp",)))
     randomize_adapters(model)
     _train_step(model, "ernie4_5_vl_moe")
-    harden(model)
-    inputs = image_inputs("ernie4_5_vl_moe")
-    with torch.no_grad():
-        ref = model(**inputs).logits
-        small = compact_model(model)
-        assert rel_err(small(**inputs).logits, ref) < TOL
+    ref, small, out = harden_and_compact_vlm(model, "ernie4_5_vl_moe")
+    assert rel_err(out, ref) < TOL
     moe = small.model.language_model.layers[1].mlp
     assert tuple(moe.text_moe.experts.down_proj.shape) == (4, 32, 32)
     after = {k: v for k, v in moe.state_dict().items() if not k.startswith("text_moe.experts.")}

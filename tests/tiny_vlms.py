@@ -316,6 +316,19 @@ def image_inputs(family: str, n: int = 2, seed: int = 2) -> dict:
     return inputs
 
 
+def harden_and_compact_vlm(model, family: str):
+    """Harden, then the masked model's logits, the compact model and its logits on the same image inputs
+    (:func:`image_inputs` of ``family``): the image-input twin of ``tiny_models.harden_and_compact``."""
+    from masked_dora.models import compact_model, harden
+
+    harden(model)
+    inputs = image_inputs(family)
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        small = compact_model(model)
+        return ref, small, small(**inputs).logits
+
+
 def check_mlp_only_vlm_chain(model, image: dict, first_row: dict, path):
     """The chain of a VLM whose language model prunes its MLP only (its heads refused), after ``prepare_model``:
     a training step on ``image`` inputs, harden, compact (equal logits on text-only and image inputs, the image
