@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import ClampedSwiGLU, MaskedDoRAExperts, MaskedDoRALinear
+from ..nn.base_weight import quantized_weight_reason
 from .blocks import (Block, HeadLayout, block_modules, built_head_layout, check_per_head_modules, expert_biases,
                      expert_index, features, has_experts, holds_spec_mlp, is_consumer_role, is_conv1d, mlp_width,
                      model_blocks, num_experts, packed_experts, producer_index, role_paths, stack_specs)
@@ -290,6 +291,25 @@ def keep_own_checkpoint_layout(model: nn.Module) -> None:
         model._weight_conversions = []
 
 
+def refuse_quantized_base(model: nn.Module, blocks: List[Block]) -> None:
+    """Raise, naming the first one, if a parameter of ``blocks`` is quantized
+    (:func:`~masked_dora.nn.base_weight.quantized_weight_reason`): a QLoRA-style base is not supported."""
+    for b in blocks:
+        for name, p in b.module.named_parameters():
+            reason = quantized_weight_reason(p)
+            if reason is None:
+                continue
+            qc = getattr(model.config, "quantization_config", None)
+            method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+            method = getattr(method, "value", method)  # transformers' QuantizationMethod enum: its string
+            loaded = f", loaded with quantization_config quant_method={str(method)!r}" if method is not None else ""
+            raise ValueError(f"model: {b.path}.{name} holds {reason}{loaded}. Masked DoRA needs the base weights as "
+                             f"floating-point numbers (each row's DoRA norm, the kept rows and columns at compaction), "
+                             f"so a quantized base (QLoRA-style) is not supported: load the model unquantized "
+                             f"(dtype=torch.bfloat16) to prune it; the compacted model is a plain one, which any "
+                             f"quantizer takes afterwards")
+
+
 def _refuse(kind: str, config: MaskedDoRAConfig, model_config, reason: str) -> None:
     others = tuple(k for k in config.target_groups if k != kind)
     raise ValueError(f"config.target_groups: {kind!r} cannot be pruned in a {model_config.model_type!r} model: "
@@ -372,6 +392,7 @@ def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, c
 
     check_hidden(model, spec, config)  # hidden pruning: refusals and the plain config, before anything changes
     blocks = _targeted_blocks(model, spec, config)
+    refuse_quantized_base(model, blocks)
     for b in blocks:  # check every block before changing anything
         _check_block(b, config, model.config)
     from .save_form import decide_save_form

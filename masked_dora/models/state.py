@@ -23,7 +23,7 @@ from torch import nn
 from ..nn import MaskedDoRALinear
 from .blocks import model_blocks, stack_specs
 from .config import MaskedDoRAConfig
-from .prepare import STATE_ATTR, get_state, is_prepared, prepare_model
+from .prepare import STATE_ATTR, get_state, is_prepared, prepare_model, refuse_quantized_base
 from .specs import spec_for
 
 FORMAT_VERSION = 1
@@ -171,6 +171,7 @@ def from_peft(peft_model: nn.Module, config: Optional[MaskedDoRAConfig] = None, 
         config = MaskedDoRAConfig(rank=pcfg.r, alpha=float(pcfg.lora_alpha), use_rslora=bool(pcfg.use_rslora),
                                   lora_dropout=float(pcfg.lora_dropout), importance="none")
     base = peft_model.get_base_model()
+    refuse_quantized_base(base, model_blocks(base, spec_for(base), config.stacks))  # before any layer is merged
     imported = {}
     for name, layer in _peft_layers(base):
         if adapter not in layer.lora_A:

@@ -13,6 +13,7 @@ from ..masks.gates import Gate, make_gate
 from ..ops import _checks
 from ..ops.precision import autocast_enabled
 from ..ops.row_norm import DEFAULT_EPS, default_eps, row_norm, weight_sq_norm
+from .base_weight import quantized_weight_reason
 from .functional import DROPOUT_MODES, masked_dora_linear
 from .norm_cache import RowNormCache
 
@@ -151,8 +152,11 @@ class MaskedDoRALinear(nn.Module):
         """Wrap ``linear``: its weight and bias Parameters are shared (no copy) and frozen."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
-        if not linear.weight.is_floating_point():
-            raise TypeError(f"linear: expected a floating-point weight, got dtype {linear.weight.dtype}")
+        reason = quantized_weight_reason(linear.weight)
+        if reason is not None:
+            raise TypeError(f"linear: expected a plain floating-point weight, got {reason}; masked DoRA needs the base "
+                            f"weight's values (its rows' norms, and the kept rows at compaction), so load the model "
+                            f"unquantized (e.g. dtype=torch.bfloat16)")
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, rank=rank,
                     alpha=alpha, use_rslora=use_rslora, gate=gate, mask_init=mask_init,
                     norm_eps=norm_eps, device="meta", dtype=linear.weight.dtype, lora_dropout=lora_dropout,
