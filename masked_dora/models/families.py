@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace as replace_dataclass
 from typing import Dict
 
+from .families_audio_lm import AUDIO_LM_WRAPPERS
 from .families_decoders import LLAMA_SEMANTICS, QK_NORM_SPANS_HEADS, decoder_specs
 from .families_fused_moe import FUSED_MOE_SPECS
 from .families_hybrid import REFUSED_MODEL_TYPES, hybrid_specs
@@ -314,7 +315,7 @@ SPECS.update(decoder_specs(LLAMA_STYLE))
 SPECS.update(moe_specs(LLAMA_STYLE, MIXTRAL_STYLE, _QK_NORM_SPANS_HEADS))
 SPECS.update(hybrid_specs(LLAMA_STYLE))
 SPECS.update(vlm_text_specs(LLAMA_STYLE, MIXTRAL_STYLE, _QK_NORM_SPANS_HEADS))
-WRAPPERS = dict(VLM_WRAPPERS)  # outer model_type -> WrapperSpec: a VLM prunes its language model
+WRAPPERS = dict(VLM_WRAPPERS, **AUDIO_LM_WRAPPERS)  # outer model_type -> WrapperSpec: VLMs', audio LMs' language model
 REFUSED = dict(REFUSED_MODEL_TYPES)  # model_type -> why it cannot prune exactly (spec_for raises it)
 
 
