@@ -294,9 +294,10 @@ SPECS: Dict[str, ModelSpec] = {
     "distilbert": ModelSpec(name="distilbert", model_types=("distilbert",), **DISTILBERT,
                             hidden_per_block=DISTILBERT_PER_BLOCK),
     # BART's modules and config keys, post-LN (bart, marian, blenderbot-small) or pre-LN (the rest); m2m_100: NLLB;
-    # whisper: the same stacks behind a convolutional audio front end (not pruned)
+    # whisper, speech_to_text (Speech2Text): the same stacks behind a convolutional audio front end (not pruned)
     "bart": ModelSpec(name="bart", model_types=("bart", "mbart", "plbart", "marian", "m2m_100", "pegasus",
-                                                "blenderbot", "blenderbot-small", "whisper"), **BART_ENCODER,
+                                                "blenderbot", "blenderbot-small", "whisper", "speech_to_text"),
+                      **BART_ENCODER,
                       stacks=(BART_DECODER,)),
     "t5": ModelSpec(name="t5", model_types=("t5", "mt5"), **T5_ENCODER, stacks=(_t5_decoder(T5_ENCODER["mlp"]),),
                     when=(("is_gated_act", False),), unsupported=T5_HEADS),
