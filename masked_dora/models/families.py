@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace as replace_dataclass
 from typing import Dict
 
+from .families_audio_lm import AUDIO_LM_WRAPPERS
 from .families_decoders import LLAMA_SEMANTICS, QK_NORM_SPANS_HEADS, decoder_specs
 from .families_fused_moe import FUSED_MOE_SPECS
 from .families_hybrid import REFUSED_MODEL_TYPES, hybrid_specs
@@ -293,9 +294,10 @@ SPECS: Dict[str, ModelSpec] = {
     "distilbert": ModelSpec(name="distilbert", model_types=("distilbert",), **DISTILBERT,
                             hidden_per_block=DISTILBERT_PER_BLOCK),
     # BART's modules and config keys, post-LN (bart, marian, blenderbot-small) or pre-LN (the rest); m2m_100: NLLB;
-    # whisper: the same stacks behind a convolutional audio front end (not pruned)
+    # whisper, speech_to_text (Speech2Text): the same stacks behind a convolutional audio front end (not pruned)
     "bart": ModelSpec(name="bart", model_types=("bart", "mbart", "plbart", "marian", "m2m_100", "pegasus",
-                                                "blenderbot", "blenderbot-small", "whisper"), **BART_ENCODER,
+                                                "blenderbot", "blenderbot-small", "whisper", "speech_to_text"),
+                      **BART_ENCODER,
                       stacks=(BART_DECODER,)),
     "t5": ModelSpec(name="t5", model_types=("t5", "mt5"), **T5_ENCODER, stacks=(_t5_decoder(T5_ENCODER["mlp"]),),
                     when=(("is_gated_act", False),), unsupported=T5_HEADS),
@@ -314,7 +316,7 @@ SPECS.update(decoder_specs(LLAMA_STYLE))
 SPECS.update(moe_specs(LLAMA_STYLE, MIXTRAL_STYLE, _QK_NORM_SPANS_HEADS))
 SPECS.update(hybrid_specs(LLAMA_STYLE))
 SPECS.update(vlm_text_specs(LLAMA_STYLE, MIXTRAL_STYLE, _QK_NORM_SPANS_HEADS))
-WRAPPERS = dict(VLM_WRAPPERS)  # outer model_type -> WrapperSpec: a VLM prunes its language model
+WRAPPERS = dict(VLM_WRAPPERS, **AUDIO_LM_WRAPPERS)  # outer model_type -> WrapperSpec: VLMs', audio LMs' language model
 REFUSED = dict(REFUSED_MODEL_TYPES)  # model_type -> why it cannot prune exactly (spec_for raises it)
 
 

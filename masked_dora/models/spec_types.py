@@ -367,6 +367,7 @@ class WrapperSpec:
     ``text_alone``: whether text without an image runs every block of the language model (not where the forward
     requires ``pixel_values``, BLIP-2's and InstructBLIP's, nor where blocks that read the image are skipped
     without one, Mllama's cross-attention blocks): the CLI, which trains on text, refuses the others.
+    ``hidden_refusal``: why hidden pruning is refused (the modality's projector writes into the residual stream).
     ``seq2seq_language_model``: the language
     model's name instead of ``language_model`` where it is an encoder-decoder (its spec has a ``decoder`` stack):
     BLIP-2 and InstructBLIP build a causal LM whose base model holds the blocks (``language_model.model``) or,
@@ -379,6 +380,7 @@ class WrapperSpec:
     shared_text_keys: Tuple[str, ...] = ()
     text_alone: bool = True
     seq2seq_language_model: str = ""
+    hidden_refusal: str = ""  # "": VLM_HIDDEN (the vision projector's)
 
     def language_model_of(self, inner: "ModelSpec") -> str:
         """The name of the language model whose spec is ``inner`` (an encoder-decoder's where it has its own)."""
@@ -402,12 +404,13 @@ def wrap_spec(model_type: str, wrapper: WrapperSpec, inner: ModelSpec) -> ModelS
         return replace_dataclass(mlp, size_key="") if shared else mlp
 
     language_model = wrapper.language_model_of(inner)
+    hidden_refusal = wrapper.hidden_refusal or VLM_HIDDEN
 
     def wrap(spec: ModelSpec, name: str, model_types: Tuple[str, ...]) -> ModelSpec:
         return replace_dataclass(
             spec, name=name, model_types=model_types, when=(), text_config=wrapper.text_config,
             mlp=unshared(spec.mlp), dense_mlp=unshared(spec.dense_mlp),
             layers=tuple(f"{language_model}.{suffix}" for suffix in spec.layers),
-            hidden=None, hidden_per_block=None, unsupported=(("hidden", "", VLM_HIDDEN),) + tuple(spec.unsupported),
+            hidden=None, hidden_per_block=None, unsupported=(("hidden", "", hidden_refusal),) + tuple(spec.unsupported),
             stacks=tuple(wrap(s, s.name, s.model_types) for s in spec.stacks))
     return wrap(inner, f"{model_type}+{inner.name}", (model_type,))
