@@ -1,7 +1,8 @@
 """Family specs of image and speech encoders (ViT, DeiT, ViT-MSN, I-JEPA, BEiT, data2vec-vision, DINOv2, CLIP /
-SigLIP / MetaCLIP 2 towers and two-tower models, Wav2Vec2, HuBERT, data2vec-audio, SEW, UniSpeech(-SAT), WavLM, Wav2Vec2-Conformer; SEW-D is DeBERTa-v2's), merged
-into the shipped table (:data:`masked_dora.models.families.SPECS`). Whisper's encoder-decoder has BART's modules and
-keys: it is in the ``bart`` spec of that table.
+SigLIP / MetaCLIP 2 towers and two-tower models, Wav2Vec2, HuBERT, data2vec-audio, SEW, UniSpeech(-SAT), WavLM,
+Wav2Vec2-Conformer; SEW-D is DeBERTa-v2's), merged into the shipped table
+(:data:`masked_dora.models.families.SPECS`). Whisper's encoder-decoder has BART's modules and keys: it is in the
+``bart`` spec of that table.
 
 Their blocks are a text encoder's (pre- or post-LN attention and a two-layer MLP); only the model's input differs
 (``pixel_values``, ``input_values``), which the specs never see. Most of these attentions hold nothing per head
