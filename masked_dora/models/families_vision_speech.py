@@ -203,3 +203,35 @@ VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
     "wav2vec2-conformer": _conformer(),
     **DINOV2,  # dinov2-q_proj, dinov2-q_proj-swiglu, dinov2-query, dinov2-query-swiglu
 }
+
+
+# hierarchical image encoders (the image-classification model types without a spec): masked_dora refuses them by
+# name (spec_for says why) rather than "no spec". A spec reads one width and one head count per stack from scalar
+# config keys; these encoders' stages differ in both, which their configs give as per-stage lists (or as a width
+# that doubles at each stage), with each stage's blocks in a list of its own
+_STAGES = ("a hierarchical encoder: its stages have different widths and head counts, which its config gives per "
+           "stage ({keys}), and a masked_dora spec reads one width and one head count per stack from scalar config "
+           "keys")
+_MIX_FFN = ("; and its Mix-FFN runs a depthwise convolution (one filter per channel) between its two linear layers, "
+            "whose channels would have to be cut with the MLP's, which the MLP spec (producers and one consumer) "
+            "does not describe")
+
+
+def _stages(keys: str, *more: str) -> str:
+    return _STAGES.format(keys=keys) + "".join(more)
+
+
+VISION_REFUSED_MODEL_TYPES: Dict[str, str] = {
+    "swin": _stages("num_heads and depths; the width embed_dim doubles at each stage; mlp_ratio"),
+    "donut-swin": _stages("num_heads and depths; the width embed_dim doubles at each stage; mlp_ratio"),
+    "swinv2": _stages("num_heads and depths; the width embed_dim doubles at each stage; mlp_ratio"),
+    "hiera": _stages("num_heads and depths; embed_dim times embed_dim_multiplier at each stage",
+                     "; and its attention projects q/k/v with one fused qkv and pools its queries (query_stride) "
+                     "where a stage begins"),
+    "segformer": _stages("hidden_sizes, num_attention_heads, mlp_ratios", _MIX_FFN),
+    "pvt_v2": _stages("hidden_sizes, num_attention_heads, mlp_ratios", _MIX_FFN),
+    "pvt": _stages("hidden_sizes, num_attention_heads, mlp_ratios"),
+    "levit": _stages("hidden_sizes, num_attention_heads, key_dim, mlp_ratio",
+                     "; and its attention's keys are key_dim wide and its values attention_ratio x key_dim, with "
+                     "learned biases per head, and each of its linear layers is followed by a BatchNorm"),
+}
