@@ -1,6 +1,7 @@
 """Tiny image encoders whose blocks are ViT's, BEiT's or CLIP's (masked_dora/models/families_vision_speech.py): 2
 layers, hidden 32, 4 heads of 8, MLP 64, dropout 0, images of 16 x 16 pixels in patches of 4 (``inputs=
-"pixel_values"``), run through the family chain with their image-classification heads (3 labels)."""
+"pixel_values"``), run through the family chain with their image-classification heads (3 labels); and MetaCLIP 2's
+text tower (token ids)."""
 
 from tiny_family_table import TinyFamily
 
@@ -24,4 +25,8 @@ TINY = {
                                   inputs="pixel_values"),
     "metaclip_2-vision": TinyFamily(("MetaClip2VisionConfig", "MetaClip2VisionModel", "MetaClip2VisionModel"),
                                     _IMAGES, auto="MetaClip2VisionModel", inputs="pixel_values"),
+    # MetaCLIP 2's text tower alone: token ids, as CLIP's
+    "metaclip_2-text": TinyFamily(("MetaClip2TextConfig", "MetaClip2TextModel", "MetaClip2TextModel"),
+                                  dict(_IMAGES, vocab_size=97, max_position_embeddings=64, pad_token_id=0,
+                                       bos_token_id=1, eos_token_id=2), auto="MetaClip2TextModel"),
 }
