@@ -1,8 +1,8 @@
-"""Two-tower image-text models (CLIPModel, SiglipModel, Siglip2Model): both towers' blocks prune, each tower's sizes
-read from and written to its own sub-config (text_config, vision_config), as a user runs it: prepare -> one training
-step -> harden -> compact (equal logits_per_image and embeddings) -> save -> reload (plain transformers in a clean
-process where the sub-configs say the sizes, load_compact otherwise) -> equal outputs. The projections, logit_scale
-and the embeddings stay as they were."""
+"""Two-tower image-text models (CLIPModel, MetaClip2Model, SiglipModel, Siglip2Model): both towers' blocks prune,
+each tower's sizes read from and written to its own sub-config (text_config, vision_config), as a user runs it:
+prepare -> one training step -> harden -> compact (equal logits_per_image and embeddings) -> save -> reload (plain
+transformers in a clean process where the sub-configs say the sizes, load_compact otherwise) -> equal outputs. The
+projections, logit_scale and the embeddings stay as they were."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ _TEXT = dict(_BLOCKS, intermediate_size=64, vocab_size=97, max_position_embeddin
 # model class -> (config class, the vision tower's config arguments, its image inputs (batch 2))
 TOWERS = {
     "CLIPModel": ("CLIPConfig", dict(_BLOCKS, intermediate_size=48, image_size=16, patch_size=4)),
+    # MetaCLIP 2: CLIP's towers under its own model types
+    "MetaClip2Model": ("MetaClip2Config", dict(_BLOCKS, intermediate_size=48, image_size=16, patch_size=4)),
     "SiglipModel": ("SiglipConfig", dict(_BLOCKS, intermediate_size=48, image_size=16, patch_size=4)),
     # Siglip2: pre-patchified images (16 patches of 4 x 4 x 3) with their mask and grid shape
     "Siglip2Model": ("Siglip2Config", dict(_BLOCKS, intermediate_size=48, num_patches=16, patch_size=4)),
@@ -99,7 +101,7 @@ def test_two_tower_model_prunes_both_towers_and_reloads_equal(tmp_path, name, gr
     logits_per_image and embeddings. SigLIP's vision tower keeps its pooling head's MLP (per-layer form); pruned
     heads need the per-layer form (the towers' head size is hidden_size // heads)."""
     model, ref, small = _chain(name, groups, str(tmp_path))
-    plain = groups == ("mlp",) and name == "CLIPModel"
+    plain = groups == ("mlp",) and name in ("CLIPModel", "MetaClip2Model")
     assert get_state(model).save_form == ("plain" if plain else "per_layer")
     text, vision = small.text_model.encoder.layers[0], small.vision_model.encoder.layers[0]
     assert (text.mlp.fc1.out_features, vision.mlp.fc1.out_features) == (32, 24)

@@ -165,6 +165,7 @@ def tiny_model(family: str, seed: int = 0, kind: str = "base"):
     if family in QK_NORM_FAMILIES:
         _distinct_head_norms(model)
     _distinct_attention_sinks(model)
+    _distinct_relative_position_biases(model)
     return model.eval()
 
 
@@ -183,6 +184,16 @@ def _distinct_attention_sinks(model) -> None:
     at zeros, so a compacted model that kept the wrong heads' sinks would still equal the masked one."""
     for name, p in model.named_parameters():
         if name.endswith(".sinks"):
+            p.uniform_(-1.0, 1.0)
+
+
+@torch.no_grad()
+def _distinct_relative_position_biases(model) -> None:
+    """Give every relative-position bias table (BEiT's, data2vec-vision's ``relative_position_bias_table``, one
+    column per head) random values: they start at zeros, so a compacted model that kept the wrong heads' columns
+    would still equal the masked one."""
+    for name, p in model.named_parameters():
+        if name.endswith("relative_position_bias_table"):
             p.uniform_(-1.0, 1.0)
 
 

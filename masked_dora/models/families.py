@@ -11,7 +11,7 @@ from .families_decoders import LLAMA_SEMANTICS, QK_NORM_SPANS_HEADS, decoder_spe
 from .families_fused_moe import FUSED_MOE_SPECS
 from .families_hybrid import REFUSED_MODEL_TYPES, hybrid_specs
 from .families_moe import moe_specs
-from .families_vision_speech import VISION_SPEECH_SPECS
+from .families_vision_speech import VISION_REFUSED_MODEL_TYPES, VISION_SPEECH_SPECS
 from .families_vlm import VLM_WRAPPERS, vlm_text_specs
 from .hidden_spec import BERT_PER_BLOCK, DISTILBERT_PER_BLOCK, LLAMA_HIDDEN, LLAMA_PER_BLOCK, XLMR_XL_PER_BLOCK
 from .spec_types import HeadSpec, MLPSpec, ModelSpec, PerHeadSpec
@@ -317,7 +317,8 @@ SPECS.update(moe_specs(LLAMA_STYLE, MIXTRAL_STYLE, _QK_NORM_SPANS_HEADS))
 SPECS.update(hybrid_specs(LLAMA_STYLE))
 SPECS.update(vlm_text_specs(LLAMA_STYLE, MIXTRAL_STYLE, _QK_NORM_SPANS_HEADS))
 WRAPPERS = dict(VLM_WRAPPERS, **AUDIO_LM_WRAPPERS)  # outer model_type -> WrapperSpec: VLMs', audio LMs' language model
-REFUSED = dict(REFUSED_MODEL_TYPES)  # model_type -> why it cannot prune exactly (spec_for raises it)
+# model_type -> why it cannot prune exactly (spec_for raises it)
+REFUSED = {**REFUSED_MODEL_TYPES, **VISION_REFUSED_MODEL_TYPES}
 
 
 # names the encoder-only specs had before their families' decoders were pruned too

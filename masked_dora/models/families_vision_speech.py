@@ -1,18 +1,21 @@
-"""Family specs of image and speech encoders (ViT, DeiT, DINOv2, CLIP / SigLIP towers and two-tower models,
-Wav2Vec2, HuBERT, data2vec-audio, SEW, UniSpeech(-SAT), WavLM, Wav2Vec2-Conformer; SEW-D is DeBERTa-v2's), merged
-into the shipped table (:data:`masked_dora.models.families.SPECS`). Whisper's encoder-decoder has BART's modules and
-keys: it is in the ``bart`` spec of that table.
+"""Family specs of image and speech encoders (ViT, DeiT, ViT-MSN, I-JEPA, BEiT, data2vec-vision, DINOv2, CLIP /
+SigLIP / MetaCLIP 2 towers and two-tower models, Wav2Vec2, HuBERT, data2vec-audio, SEW, UniSpeech(-SAT), WavLM,
+Wav2Vec2-Conformer; SEW-D is DeBERTa-v2's), merged into the shipped table
+(:data:`masked_dora.models.families.SPECS`). Whisper's encoder-decoder has BART's modules and keys: it is in the
+``bart`` spec of that table.
 
 Their blocks are a text encoder's (pre- or post-LN attention and a two-layer MLP); only the model's input differs
 (``pixel_values``, ``input_values``), which the specs never see. Most of these attentions hold nothing per head
 besides the q/k/v rows and the output columns (no relative-position table, no per-head scale), so heads prune
 exactly; each reads its head size from ``hidden_size // heads`` (ViT and DeiT: ``getattr(config, "head_dim", ...)``).
+BEiT's and data2vec-vision's relative-position bias tables hold one column per head: cut per head (``per_head``).
 WavLM's attention (F.multi_head_attention_forward on its projections' weights, a gated relative-position bias per
 head) does not: its heads are refused. The conformer's relative position terms are cut per head (``per_head``).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace as replace_dataclass
 from typing import Dict
 
 from .spec_types import HeadSpec, MLPSpec, ModelSpec, PerHeadSpec
@@ -27,6 +30,32 @@ VIT = dict(
     heads=HeadSpec(query="attention.q_proj", key="attention.k_proj", value="attention.v_proj",
                    output="attention.o_proj", heads_key="num_attention_heads", head_dim_key="head_dim",
                    attention="attention", attrs=(("num_attention_heads", "heads"),)),
+)
+
+# BEiT (transformers >= 5.17: ViT's module names and head_dim from the config) and data2vec-vision (BERT's layout
+# under attention.attention, head size hidden_size // heads: pruned heads save per layer). With
+# use_relative_position_bias each block's relative_position_bias_table is (distances, heads): its columns follow the
+# heads (a kept head reads only its own column). The layer scales lambda_1 / lambda_2 are over the hidden size, after
+# the attention output and the MLP: they do not see pruned units. A bias shared by every block
+# (use_shared_relative_position_bias, BEiT's pre-training checkpoints) is added to every block's attention scores with
+# num_attention_heads columns: one per-block count of heads cannot follow it
+SHARED_RELATIVE_BIAS = (("heads", "use_shared_relative_position_bias",
+                         "use_shared_relative_position_bias: one relative-position bias table (a column per head) is "
+                         "added to every block's attention scores, so no block can keep fewer heads than the config's "
+                         "num_attention_heads (fine-tuned checkpoints use per-block tables: "
+                         "use_relative_position_bias)"),)
+BEIT = dict(VIT, heads=replace_dataclass(VIT["heads"], per_head=(
+    PerHeadSpec("relative_position_bias", "heads", dim=1, flag="use_relative_position_bias"),)))
+DATA2VEC_VISION = dict(
+    layers=("encoder.layer",),
+    hidden_key="hidden_size",
+    mlp=MLPSpec(producers=("intermediate.dense",), consumer="output.dense", size_key="intermediate_size"),
+    heads=HeadSpec(query="attention.attention.query", key="attention.attention.key",
+                   value="attention.attention.value", output="attention.output.dense",
+                   heads_key="num_attention_heads", attention="attention.attention",
+                   attrs=(("num_attention_heads", "heads"), ("all_head_size", "width")),
+                   per_head=(PerHeadSpec("attention.attention.relative_position_bias", "heads", dim=1,
+                                         flag="use_relative_position_bias"),)),
 )
 
 # CLIP's and SigLIP's towers (CLIPVisionModel, CLIPTextModel, SiglipVisionModel, ...): encoder.layers of
@@ -150,12 +179,19 @@ DINOV2 = {spec.name: spec for spec in (_dinov2(swiglu, layout) for layout in ("q
                                        for swiglu in (False, True))}
 
 VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
-    "vit": ModelSpec(name="vit", model_types=("vit", "deit"), **VIT),
+    # ViT-MSN and I-JEPA: ViT's blocks under other embeddings (I-JEPA: no CLS token) and task heads
+    "vit": ModelSpec(name="vit", model_types=("vit", "deit", "vit_msn", "ijepa"), **VIT),
+    "beit": ModelSpec(name="beit", model_types=("beit",), **BEIT, unsupported=SHARED_RELATIVE_BIAS),
+    "data2vec-vision": ModelSpec(name="data2vec-vision", model_types=("data2vec-vision",), **DATA2VEC_VISION,
+                                 unsupported=SHARED_RELATIVE_BIAS),
+    # MetaCLIP 2: CLIP's towers and two-tower model under its own model types
     "clip-tower": ModelSpec(name="clip-tower", model_types=("clip_vision_model", "clip_text_model",
-                                                            "siglip_text_model", "siglip2_text_model"), **CLIP_TOWER),
+                                                            "siglip_text_model", "siglip2_text_model",
+                                                            "metaclip_2_vision_model", "metaclip_2_text_model"),
+                            **CLIP_TOWER),
     "siglip-vision": ModelSpec(name="siglip-vision", model_types=("siglip_vision_model", "siglip2_vision_model"),
                                **SIGLIP_VISION),
-    "clip": _two_tower("clip", ("clip",), CLIP_TOWER, CLIP_TOWER),
+    "clip": _two_tower("clip", ("clip", "metaclip_2"), CLIP_TOWER, CLIP_TOWER),
     # SigLIP's vision tower keeps its attention-pooling head (its MLP is intermediate_size wide): a pruned vision MLP
     # saves in the per-layer form
     "siglip": _two_tower("siglip", ("siglip", "siglip2"), CLIP_TOWER, SIGLIP_VISION),
@@ -166,4 +202,36 @@ VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
     "wavlm": ModelSpec(name="wavlm", model_types=("wavlm",), **WAV2VEC2, unsupported=WAVLM_HEADS),
     "wav2vec2-conformer": _conformer(),
     **DINOV2,  # dinov2-q_proj, dinov2-q_proj-swiglu, dinov2-query, dinov2-query-swiglu
+}
+
+
+# hierarchical image encoders (the image-classification model types without a spec): masked_dora refuses them by
+# name (spec_for says why) rather than "no spec". A spec reads one width and one head count per stack from scalar
+# config keys; these encoders' stages differ in both, which their configs give as per-stage lists (or as a width
+# that doubles at each stage), with each stage's blocks in a list of its own
+_STAGES = ("a hierarchical encoder: its stages have different widths and head counts, which its config gives per "
+           "stage ({keys}), and a masked_dora spec reads one width and one head count per stack from scalar config "
+           "keys")
+_MIX_FFN = ("; and its Mix-FFN runs a depthwise convolution (one filter per channel) between its two linear layers, "
+            "whose channels would have to be cut with the MLP's, which the MLP spec (producers and one consumer) "
+            "does not describe")
+
+
+def _stages(keys: str, *more: str) -> str:
+    return _STAGES.format(keys=keys) + "".join(more)
+
+
+VISION_REFUSED_MODEL_TYPES: Dict[str, str] = {
+    "swin": _stages("num_heads and depths; the width embed_dim doubles at each stage; mlp_ratio"),
+    "donut-swin": _stages("num_heads and depths; the width embed_dim doubles at each stage; mlp_ratio"),
+    "swinv2": _stages("num_heads and depths; the width embed_dim doubles at each stage; mlp_ratio"),
+    "hiera": _stages("num_heads and depths; embed_dim times embed_dim_multiplier at each stage",
+                     "; and its attention projects q/k/v with one fused qkv and pools its queries (query_stride) "
+                     "where a stage begins"),
+    "segformer": _stages("hidden_sizes, num_attention_heads, mlp_ratios", _MIX_FFN),
+    "pvt_v2": _stages("hidden_sizes, num_attention_heads, mlp_ratios", _MIX_FFN),
+    "pvt": _stages("hidden_sizes, num_attention_heads, mlp_ratios"),
+    "levit": _stages("hidden_sizes, num_attention_heads, key_dim, mlp_ratio",
+                     "; and its attention's keys are key_dim wide and its values attention_ratio x key_dim, with "
+                     "learned biases per head, and each of its linear layers is followed by a BatchNorm"),
 }
