@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 
-from masked_dora.models import MaskedDoRAConfig, compact_model, harden, load_compact, prepare_model
+from masked_dora.models import MaskedDoRAConfig, compact_model, get_state, harden, load_compact, prepare_model
 from masked_dora.models.blocks import model_blocks
 from masked_dora.models.specs import spec_for
 
@@ -175,3 +175,30 @@ def test_encoder_layouts_the_spec_types_cannot_describe_are_refused(model_type, 
     with pytest.raises(ValueError, match=rf"masked_dora cannot prune a '{model_type}' model exactly: .*{why}"):
         prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), importance="none"))
     assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
+
+
+@pytest.mark.parametrize("ffns", [1, 2])
+def test_mobilebert_prunes_each_mlp_its_config_stacks_and_reloads_plain(tmp_path, ffns):
+    """MobileBERT with num_feedforward_networks MLPs per layer (ffns - 1 stacked ones, then BERT's): a group for
+    each that the layer has (the stacks of the missing ffn.<i> hold none), all cut to the same width, which the
+    config's one intermediate_size then says: a process without masked_dora reloads it."""
+    import transformers as t
+
+    torch.manual_seed(0)
+    config = t.MobileBertConfig(**dict(_ENCODER, hidden_size=16), num_hidden_layers=2, embedding_size=16,
+                                intra_bottleneck_size=32, num_feedforward_networks=ffns)
+    model = t.MobileBertForMaskedLM(config).eval()
+    _prune(model, groups=("mlp",))
+    assert len(get_state(model).groups) == 2 * ffns
+    inputs = {"input_ids": _ids(), "attention_mask": torch.ones(2, 9, dtype=torch.long)}
+    with torch.no_grad():
+        ref = output_tensor(model(**inputs))
+        small = compact_model(model)
+        torch.testing.assert_close(output_tensor(small(**inputs)), ref, rtol=1e-4, atol=1e-5)
+    layer = small.mobilebert.encoder.layer[1]
+    assert [m.intermediate.dense.out_features for m in [*getattr(layer, "ffn", ()), layer]] == [32] * ffns
+    assert small.config.intermediate_size == 32
+    small.save_pretrained(str(tmp_path))
+    torch.save(inputs, tmp_path / "inputs.pt")
+    torch.testing.assert_close(reload_plain_in_clean_process([(str(tmp_path), "MobileBertForMaskedLM")])[0], ref,
+                               rtol=1e-4, atol=1e-5)

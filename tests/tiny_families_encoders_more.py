@@ -50,6 +50,11 @@ TINY = {
     # (tests/test_models_encoders.py: one layer run at every depth)
     "albert": TinyFamily(("AlbertConfig", "AlbertModel", "AlbertForMaskedLM"),
                          dict(_ENCODER, embedding_size=16, inner_group_num=2)),
+    # MobileBERT: bottlenecks (true_hidden_size 32 inside, hidden_size 16 between blocks; 4 heads of 8) and 4 MLPs
+    # per layer (ffn.0 .. ffn.2, then BERT's)
+    "mobilebert": TinyFamily(("MobileBertConfig", "MobileBertModel", "MobileBertForMaskedLM"),
+                             dict(_ENCODER, hidden_size=16, embedding_size=16, intra_bottleneck_size=32,
+                                  num_feedforward_networks=4)),
     "nomic_bert": TinyFamily(("NomicBertConfig", "NomicBertModel", "NomicBertForMaskedLM"), _LLAMA_NAMED),
     "gte": TinyFamily(("GteConfig", "GteModel", "GteForMaskedLM"), _LLAMA_NAMED),  # transformers >= 5.24
     "jina_embeddings_v3": TinyFamily(("JinaEmbeddingsV3Config", "JinaEmbeddingsV3Model",

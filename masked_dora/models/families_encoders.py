@@ -64,6 +64,30 @@ def _llama_named_heads(head_dim_key) -> HeadSpec:
                     attention="self_attn")
 
 
+# MobileBERT's released configs stack num_feedforward_networks=4 MLPs in a layer: ffn.0 .. ffn.2, then BERT's
+MOBILEBERT_STACKED_FFNS = 3
+
+
+def _mobilebert() -> ModelSpec:
+    """MobileBERT: BERT's module names inside bottlenecks (the attention and the MLPs work at true_hidden_size,
+    the intra-bottleneck width; value reads the block input or the bottleneck by use_bottleneck_attention), and
+    num_feedforward_networks - 1 more MLPs (``ffn.<i>``) before BERT's own, each of width intermediate_size: one
+    stack per MLP over the same blocks (the first, "block", holds the head groups), in_some_blocks where a config
+    stacks fewer. Its norms (NoNorm: an elementwise scale and shift) work at the hidden widths, which stay."""
+    def mlp(prefix: str, some: bool) -> MLPSpec:
+        return MLPSpec(producers=(f"{prefix}intermediate.dense",), consumer=f"{prefix}output.dense",
+                       size_key="intermediate_size", in_some_blocks=some)
+
+    heads = HeadSpec(query="attention.self.query", key="attention.self.key", value="attention.self.value",
+                     output="attention.output.dense", heads_key="num_attention_heads", attention="attention.self",
+                     attrs=(("num_attention_heads", "heads"), ("all_head_size", "width")))
+    common = dict(layers=("encoder.layer",), hidden_key="true_hidden_size", heads=heads)
+    ffns = tuple(ModelSpec(name=f"mobilebert-ffn{i}", model_types=(), stack=f"ffn{i}", attention_of="block",
+                           mlp=mlp(f"ffn.{i}.", True), **common) for i in range(MOBILEBERT_STACKED_FFNS))
+    return ModelSpec(name="mobilebert", model_types=("mobilebert",), stack="block", mlp=mlp("", False),
+                     stacks=ffns, **common)
+
+
 def encoder_specs(bert_style: dict) -> Dict[str, ModelSpec]:
     """The specs of this module, built on the ``bert`` spec's fields (``BERT_STYLE``)."""
     gated = MLPSpec(producers=("mlp.gate_proj", "mlp.up_proj"), consumer="mlp.down_proj",
@@ -97,6 +121,7 @@ def encoder_specs(bert_style: dict) -> Dict[str, ModelSpec]:
                            attrs=(("num_attention_heads", "heads"), ("all_head_size", "width"))),
             unsupported=(("mlp", "num_hidden_groups!=1", ALBERT_GROUPS),
                          ("heads", "num_hidden_groups!=1", ALBERT_GROUPS))),
+        "mobilebert": _mobilebert(),
         # Llama's module names, post-LN blocks, rotary positions: NomicBERT (SwiGLU, head_dim in its config), GTE
         # (GELU-gated MLP), Jina-embeddings-v3 (fc1/fc2 MLP; transformers' port holds no task LoRA in the model)
         "nomic_bert": ModelSpec(name="nomic_bert", model_types=("nomic_bert",), layers=("layers",),
