@@ -8,6 +8,7 @@ from typing import Dict
 
 from .families_audio_lm import AUDIO_LM_WRAPPERS
 from .families_decoders import LLAMA_SEMANTICS, QK_NORM_SPANS_HEADS, decoder_specs
+from .families_encoders import REFUSED_ENCODER_TYPES, encoder_specs
 from .families_fused_moe import FUSED_MOE_SPECS
 from .families_hybrid import REFUSED_MODEL_TYPES, hybrid_specs
 from .families_moe import moe_specs
@@ -313,12 +314,13 @@ SPECS: Dict[str, ModelSpec] = {
     **VISION_SPEECH_SPECS,
 }
 SPECS.update(decoder_specs(LLAMA_STYLE))
+SPECS.update(encoder_specs(BERT_STYLE))
 SPECS.update(moe_specs(LLAMA_STYLE, MIXTRAL_STYLE, _QK_NORM_SPANS_HEADS))
 SPECS.update(hybrid_specs(LLAMA_STYLE))
 SPECS.update(vlm_text_specs(LLAMA_STYLE, MIXTRAL_STYLE, _QK_NORM_SPANS_HEADS))
 WRAPPERS = dict(VLM_WRAPPERS, **AUDIO_LM_WRAPPERS)  # outer model_type -> WrapperSpec: VLMs', audio LMs' language model
 # model_type -> why it cannot prune exactly (spec_for raises it)
-REFUSED = {**REFUSED_MODEL_TYPES, **VISION_REFUSED_MODEL_TYPES}
+REFUSED = {**REFUSED_MODEL_TYPES, **VISION_REFUSED_MODEL_TYPES, **REFUSED_ENCODER_TYPES}
 
 
 # names the encoder-only specs had before their families' decoders were pruned too

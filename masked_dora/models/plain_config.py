@@ -100,9 +100,11 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes, hid
         if not stack.mlp.size_key and any(sizes[i]["intermediate"] != original[i]["intermediate"] for i in mine):
             return None, (f"{type(text).__name__} has no key for the MLP width alone (the blocks fix it, or the "
                           f"key sizes other modules too), so it cannot describe a pruned MLP")
-        # (a heterogeneous config keeps its per-layer head counts: the global keys would override them)
+        # (a heterogeneous config keeps its per-layer head counts: the global keys would override them; a stack
+        # none of whose blocks holds its MLP, MLPSpec.in_some_blocks, says nothing of a width key it shares: a
+        # MobileBERT built with fewer stacked FFNs than its spec names)
         size = dict(sizes[mine[0]], intermediate=int(width))
-        for key, value in _plain_sizes(stack, size, heads=not heterogeneous, mlp=bool(width_key)).items():
+        for key, value in _plain_sizes(stack, size, heads=not heterogeneous, mlp=bool(width_key and widths)).items():
             first = owners.setdefault((stack.text_config, key), stack.stack or stack.name)
             if values.setdefault((stack.text_config, key), value) != value:
                 return None, (f"{type(text).__name__}'s {key!r} sizes several stacks (the {first} and the "
