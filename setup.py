@@ -207,8 +207,9 @@ setup(
         # scalar loop bounds); compiled kernels work with the triton extra's range (checked on 3.6)
         # deepspeed: tests/test_distributed.py trains through the HF Trainer under ZeRO-3 (a test-only dependency;
         # pure Python, its kernels are built only when used, and the tests use none)
+        # trl: tests/test_trl_sft.py trains through TRL's SFTTrainer (a test-only dependency; it brings datasets)
         "test": ["pytest", "pytest-benchmark", "hypothesis", "triton>=3.9", "transformers>=4.45", "peft>=0.13",
-                 "safetensors", "ninja", "deepspeed>=0.19"],
+                 "safetensors", "ninja", "deepspeed>=0.19", "trl>=1.16"],
     },
     entry_points={"console_scripts": ["masked-dora = masked_dora.cli:main"]},
     ext_modules=ext_modules,

@@ -24,6 +24,7 @@ from .json_state import from_json, to_json
 from .prepare import get_state
 from .sparsity import SparsityController, cubic_progress
 from .sharded import attach_to_zero3, gathered_mask_logits, zero3_partitioned
+from .trl_sft import PenaltyThroughLogProbs, trl_penalty_route
 
 try:  # transformers is a hard dependency of masked_dora.models, but keep the import local to this module
     from transformers import TrainerCallback
@@ -204,12 +205,13 @@ class _AddPenalty:
     def __init__(self, trainer: MaskTrainer):
         self.trainer = trainer
         self._takes_items: Optional[bool] = None  # of the one model this hook is registered on, read once
+        self.through_log_probs = False  # TRL's SFTTrainer: its fused LM head's log_probs carry the penalty too
 
     def __call__(self, module, args, kwargs, output):
         loss = getattr(output, "loss", None)
         if not (module.training and loss is not None):
             return output
-        penalty = self.trainer.penalty().to(loss.dtype)
+        penalty = full = self.trainer.penalty().to(loss.dtype)
         items = kwargs.get("num_items_in_batch")
         labels = kwargs.get("shift_labels", kwargs.get("labels"))
         if self._takes_items is None:
@@ -220,6 +222,9 @@ class _AddPenalty:
             share = labels.ne(-100).sum().to(loss.dtype) / torch.as_tensor(items).to(loss.device, loss.dtype)
             penalty = penalty * share
         output.loss = loss + penalty
+        if self.through_log_probs and kwargs.get("fused_lm_head") and getattr(output, "log_probs", None) is not None:
+            output.log_probs = PenaltyThroughLogProbs.apply(output.log_probs, output.label_mask,
+                                                            full.to(output.log_probs.dtype))
         return output
 
 
@@ -274,7 +279,9 @@ class MaskedDoRACallback(TrainerCallback):
     The penalty is added to ``outputs.loss`` by a forward hook, so it needs the
     model to return its loss (inputs with labels; a ``compute_loss_func`` or
     label smoothing computes the loss outside the model: add
-    ``callback.mask_trainer.penalty()`` to it there). Sparsity statistics go
+    ``callback.mask_trainer.penalty()`` to it there). TRL's ``SFTTrainer`` reads its loss off its fused LM
+    head's ``log_probs``, which then carry the penalty too (:mod:`~masked_dora.models.trl_sft`; its setups
+    the penalty cannot reach are refused at the start of training). Sparsity statistics go
     into every log entry (``state.log_history``) and into :attr:`history`.
     """
 
@@ -288,6 +295,7 @@ class MaskedDoRACallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
         model = self.mask_trainer.model
+        through_log_probs = trl_penalty_route(args)  # raises, before anything changes, where TRL drops the penalty
         if optimizer is not None and use_mask_group(optimizer, model, self.mask_lr, scheduler=lr_scheduler):
             if _save_strategy(args) != "no" and not getattr(args, "save_only_model", False):
                 warnings.warn("MaskedDoRACallback added the mask logits' group to the Trainer's optimizer: the "
@@ -307,8 +315,9 @@ class MaskedDoRACallback(TrainerCallback):
         if zero3:
             attach_to_zero3(model)
         if self._handle is None:  # under ZeRO-3 before DeepSpeed's post-forward hook releases the logits
-            self._handle = model.register_forward_hook(_AddPenalty(self.mask_trainer), with_kwargs=True,
-                                                       prepend=zero3)
+            hook = _AddPenalty(self.mask_trainer)
+            hook.through_log_probs = through_log_probs
+            self._handle = model.register_forward_hook(hook, with_kwargs=True, prepend=zero3)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.mask_trainer.begin_step(state.global_step)
