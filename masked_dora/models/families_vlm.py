@@ -64,6 +64,9 @@ VLM_WRAPPERS: Dict[str, WrapperSpec] = {
     "granite4_vision": WrapperSpec(language_model="language_model"),
     # InstructBLIP-Video: InstructBLIP's layout (a causal LM's base model; its forward needs the video)
     "instructblipvideo": WrapperSpec(language_model="language_model.model", text_alone=False),
+    # Llama 4 (Scout, Maverick): its language model a Llama4ForCausalLM (llama4_text) whose base model holds the
+    # blocks; the vision model's pixel-shuffled patches, projected, replace the image tokens' embeddings
+    "llama4": WrapperSpec(language_model="language_model.model"),
 }
 
 

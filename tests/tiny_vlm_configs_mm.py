@@ -1,0 +1,23 @@
+"""Tiny configs and inputs of the VLMs helper "mm" added (``tiny_vlms.FAMILIES`` puts them together, one row per
+family), in the sizes of :mod:`tiny_vlm_configs`: Llama 4's multimodal model."""
+
+from __future__ import annotations
+
+from tiny_vlm_configs import IMAGE_ID, TEXT, VISION
+
+# Llama 4's text model as tests/tiny_families_moe.py's llama4_text row, its widths the VLM rows' 64: block 0 dense
+# (width intermediate_size_mlp), block 1 of 4 experts (width intermediate_size, top-1, stored (E, in, out)) beside a
+# shared expert (as wide, kept whole); block 0 with rotary and the q/k L2 norm, block 1 NoPE with temperature tuning
+# and chunked attention
+LLAMA4_TEXT = dict(TEXT, intermediate_size_mlp=64, head_dim=8, num_local_experts=4,
+                   num_experts_per_tok=1, interleave_moe_layer_step=2, no_rope_layers=[1, 0], attention_chunk_size=4,
+                   use_qk_norm=True, attn_temperature_tuning=True, floor_scale=2, attn_scale=0.5)
+
+
+def llama4(t):
+    """Llama 4 (Llama4ForConditionalGeneration): a 56 px image in 4x4 patches of 14, pixel-shuffled (ratio 0.5) into
+    2x2 features of 4 * 32 (the vision adapter's MLP reads intermediate_size = 4 * hidden), projected: 4 tokens."""
+    return t.Llama4Config(text_config=LLAMA4_TEXT,
+                          vision_config=dict(VISION, intermediate_size=128, image_size=56, patch_size=14,
+                                             vision_output_dim=32, projector_input_dim=32, projector_output_dim=32),
+                          image_token_index=IMAGE_ID)
