@@ -1,14 +1,23 @@
-"""What the VLM rows of Llama 4 (``llama4``) need beyond tests/test_models_vlm.py's chain: compaction builds the
-smaller model in the original's dtype without casting its complex buffers (Llama 4's vision rotary ``freqs_ci``)."""
+"""What the VLM rows of Llama 4 (``llama4``) and Gemma 3n need beyond tests/test_models_vlm.py's chain: compaction
+builds the smaller model in the original's dtype without casting its complex buffers (Llama 4's vision rotary
+``freqs_ci``); Gemma 3n's language model (``gemma3n_text``) prunes alone, its per-layer MLP widths in the per-layer
+form, and refuses its sparse MLPs and its KV-shared heads with the reason."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from masked_dora.models import MaskedDoRAConfig, compact_model, harden, load_compact, prepare_model, spec_for
 from masked_dora.models.compact import build_compact_model
 
-from tiny_vlm_configs_mm import llama4
+from helpers import rel_err
+from tiny_models import randomize_adapters
+from tiny_vlm_configs_mm import gemma3n_text, llama4
+
+CONFIG = dict(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5)
+TOL = 1e-5  # float32: the compacted model computes the kept channels' sums in another order
+IDS = torch.randint(3, 100, (2, 10), generator=torch.Generator().manual_seed(1))
 
 
 def test_compact_build_keeps_complex_buffers_complex():
@@ -26,3 +35,63 @@ def test_compact_build_keeps_complex_buffers_complex():
         built = build_compact_model(transformers.Llama4VisionModel, config, dtype)
         assert built.rotary_embedding.freqs_ci.is_complex() and torch.equal(built.rotary_embedding.freqs_ci, fresh)
         assert built.patch_embedding.linear.weight.dtype == dtype
+
+
+def _gemma3n_text(**keys):
+    import transformers
+
+    if not hasattr(transformers, "Gemma3nForCausalLM"):
+        pytest.skip("this transformers has no Gemma 3n")
+    torch.manual_seed(0)
+    return transformers.Gemma3nForCausalLM(gemma3n_text(transformers, **keys)).eval()
+
+
+def _prune_compact_compare(model, groups, ids):
+    """prepare (``groups``) → harden → compact: the compacted model's logits equal the masked model's; returns
+    (masked model, compacted model, reference logits)."""
+    prepare_model(model, MaskedDoRAConfig(**CONFIG, target_groups=groups))
+    randomize_adapters(model)
+    harden(model)
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+        small = compact_model(model)
+        assert rel_err(small(input_ids=ids).logits, ref) < TOL
+    return model, small, ref
+
+
+def test_gemma3n_text_prunes_per_layer_mlp_widths_and_heads(tmp_path):
+    """Gemma 3n's language model alone: its MLP (a width per layer, 64 and 48) and its heads prune inside AltUp,
+    Laurel and the per-layer embeddings; the per-layer form reloads (load_compact) to equal logits and generate()
+    tokens."""
+    model = _gemma3n_text()
+    assert spec_for(model).name == "gemma3n_text"
+    model, small, ref = _prune_compact_compare(model, ("mlp", "heads"), IDS)
+    assert [layer.mlp.down_proj.in_features for layer in small.model.layers] == [32, 24]
+    assert [layer.self_attn.q_proj.out_features for layer in small.model.layers] == [16, 16]
+    small.save_pretrained(str(tmp_path))
+    reloaded = load_compact(str(tmp_path))
+    with torch.no_grad():
+        assert rel_err(reloaded(input_ids=IDS).logits, ref) < TOL
+    gen = dict(max_new_tokens=5, do_sample=False)
+    assert torch.equal(reloaded.generate(input_ids=IDS[:1], **gen), model.generate(input_ids=IDS[:1], **gen))
+
+
+def test_gemma3n_text_refuses_sparse_mlps_and_shared_kv_heads():
+    """Activation sparsity in any layer refuses the MLP (its gaussian top-k cut reads the mean and std over all
+    the gate's channels); a pattern of zeros does not. KV sharing (num_kv_shared_layers > 0) refuses the heads.
+    Each refusal names the model and the reason before anything changes, and the other group still prunes to the
+    masked model's logits (the KV-sharing block has no k/v projections of its own)."""
+    sparse = _gemma3n_text(activation_sparsity_pattern=[0.95, 0.0])
+    with pytest.raises(ValueError, match=r"'mlp' cannot be pruned in a 'gemma3n_text' model: its activation sparsity"):
+        prepare_model(sparse, MaskedDoRAConfig(**CONFIG))
+    assert not any(type(m).__name__ == "MaskedDoRALinear" for m in sparse.modules())
+    _prune_compact_compare(sparse, ("heads",), IDS)
+    # 3 blocks, the last reading the keys and values of the full-attention one before it
+    shared = _gemma3n_text(num_kv_shared_layers=1, num_hidden_layers=3, intermediate_size=[64, 48, 64],
+                           activation_sparsity_pattern=[0.0] * 3,
+                           layer_types=["sliding_attention", "full_attention", "full_attention"])
+    assert not hasattr(shared.model.layers[2].self_attn, "k_proj")
+    with pytest.raises(ValueError, match=r"'heads' cannot be pruned in a 'gemma3n_text' model: its last "
+                                         r"num_kv_shared_layers layers reuse"):
+        prepare_model(shared, MaskedDoRAConfig(**CONFIG))
+    _prune_compact_compare(shared, ("mlp",), IDS)

@@ -21,3 +21,17 @@ def llama4(t):
                           vision_config=dict(VISION, intermediate_size=128, image_size=56, patch_size=14,
                                              vision_output_dim=32, projector_input_dim=32, projector_output_dim=32),
                           image_token_index=IMAGE_ID)
+
+
+# Gemma 3n's language model: per-layer MLP widths (intermediate_size a list), no activation sparsity and no KV
+# sharing (each refuses a group: tests/test_models_vlm_mm.py), AltUp over 2 streams, a Laurel branch of rank 4 and
+# per-layer embeddings of 8 per block; a sliding-window and a full-attention block
+GEMMA3N_TEXT = dict(TEXT, head_dim=8, intermediate_size=[64, 48], activation_sparsity_pattern=[0.0, 0.0],
+                    num_kv_shared_layers=0, hidden_size_per_layer_input=8, vocab_size_per_layer_input=TEXT["vocab_size"],
+                    laurel_rank=4, altup_num_inputs=2, sliding_window=4,
+                    layer_types=["sliding_attention", "full_attention"])
+
+
+def gemma3n_text(t, **keys):
+    """Gemma 3n's text model alone (Gemma3nForCausalLM), ``keys`` over ``GEMMA3N_TEXT``."""
+    return t.Gemma3nTextConfig(**dict(GEMMA3N_TEXT, **keys))

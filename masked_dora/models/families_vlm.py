@@ -203,6 +203,22 @@ def vlm_text_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: 
         # where it has one (else hidden_size // num_attention_heads): the compacted config says head_dim
         "emu3_text_model": ModelSpec(name="emu3_text_model", model_types=("emu3_text_model",), **dict(
             llama_style, heads=config_head_dim)),
+        # Gemma 3n's language model (gemma3n_text; Gemma3nForCausalLM alone too): Gemma 3's attention (q/k RMSNorms
+        # over head_dim, one weight for all heads; a v RMSNorm without weight) and Llama's MLP inside AltUp's
+        # predict/correct, the Laurel low-rank branch and the per-layer embeddings' gate, which all read and write the
+        # hidden size only. intermediate_size is a list (a width per layer): a pruned MLP saves in the per-layer form.
+        # Refused: the MLP where activation_sparsity_pattern makes any layer sparse (its gaussian top-k cuts the gate
+        # at the mean + k * std over all gate channels, so removing channels moves the cut for the kept ones); the
+        # heads where num_kv_shared_layers > 0 (the last layers read the keys and values of an earlier layer, whose
+        # KV heads would then be coupled across blocks, which masked_dora's per-block head groups are not)
+        "gemma3n_text": ModelSpec(name="gemma3n_text", model_types=("gemma3n_text",), **dict(
+            llama_style, mlp=replace_dataclass(llama_style["mlp"], size_key="")), unsupported=(
+            ("mlp", "any:activation_sparsity_pattern",
+             "its activation sparsity (activation_sparsity_pattern) cuts each sparse layer's MLP gate at the mean + "
+             "k * std over all its channels, so pruning channels there changes the kept ones"),
+            ("heads", "num_kv_shared_layers",
+             "its last num_kv_shared_layers layers reuse the keys and values of an earlier layer (KV sharing), "
+             "which would couple that layer's KV heads across blocks"))),
         "molmo2_text": ModelSpec(name="molmo2_text", model_types=("molmo2_text",), **llama_style,
                                  unsupported=(("heads", "qk_norm_type=olmo", qk_norm_spans_heads),)),
     }
