@@ -13,7 +13,8 @@ from masked_dora.models.compact import build_compact_model
 
 from helpers import rel_err
 from tiny_models import randomize_adapters
-from tiny_vlm_configs_mm import gemma3n_text, llama4
+from tiny_vlm_configs import IMAGE_ID
+from tiny_vlm_configs_mm import gemma3n, gemma3n_stand_in_tower, gemma3n_text, llama4
 
 CONFIG = dict(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5)
 TOL = 1e-5  # float32: the compacted model computes the kept channels' sums in another order
@@ -95,3 +96,49 @@ def test_gemma3n_text_refuses_sparse_mlps_and_shared_kv_heads():
                                          r"num_kv_shared_layers layers reuse"):
         prepare_model(shared, MaskedDoRAConfig(**CONFIG))
     _prune_compact_compare(shared, ("mlp",), IDS)
+
+
+def test_gemma3n_vlm_chain_keeps_everything_outside_the_language_models_blocks(tmp_path):
+    """Gemma 3n (a stand-in vision tower: timm's is no test dependency): prepare (MLP and heads of gemma3n_text)
+    → a training step on image inputs → harden → compact (equal logits on text and image inputs, the image
+    reaching them; the vision and audio towers, their embedders, the embeddings and the head bit-identical) → save →
+    load_compact (equal logits, equal generate() tokens with an image)."""
+    import transformers
+
+    if not hasattr(transformers, "Gemma3nForConditionalGeneration"):
+        pytest.skip("this transformers has no Gemma 3n")
+    with gemma3n_stand_in_tower():
+        torch.manual_seed(0)
+        model = transformers.Gemma3nForConditionalGeneration(gemma3n(transformers)).eval()
+        blocks = "model.language_model.layers."
+        before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(blocks)}
+        assert spec_for(model).name == "gemma3n+gemma3n_text"
+        prepare_model(model, MaskedDoRAConfig(**CONFIG))
+        randomize_adapters(model)
+        image_ids = IDS.clone()
+        image_ids[:, 3:7] = IMAGE_ID
+        pixels = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+        image = dict(input_ids=image_ids, pixel_values=pixels)
+        model.train()
+        model(**image, labels=image_ids.masked_fill(image_ids == IMAGE_ID, -100)).loss.backward()
+        torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-2).step()
+        model.eval()
+        harden(model)
+        inputs = {"text": dict(input_ids=IDS), "image": image}
+        with torch.no_grad():
+            ref = {kind: model(**v).logits for kind, v in inputs.items()}
+            assert rel_err(model(**dict(image, pixel_values=image["pixel_values"] + 1.0)).logits, ref["image"]) > 1e-3
+            small = compact_model(model)
+            for kind, v in inputs.items():
+                assert rel_err(small(**v).logits, ref[kind]) < TOL, kind
+        kept = {k: v for k, v in small.state_dict().items() if not k.startswith(blocks)}
+        assert kept.keys() == before.keys() and all(torch.equal(v, before[k]) for k, v in kept.items())
+        assert [layer.mlp.down_proj.in_features for layer in small.model.language_model.layers] == [32, 24]
+        small.save_pretrained(str(tmp_path))
+        reloaded = load_compact(str(tmp_path))
+        with torch.no_grad():
+            for kind, v in inputs.items():
+                assert rel_err(reloaded(**v).logits, ref[kind]) < TOL, kind
+        row = {k: v[:1] for k, v in image.items()}
+        gen = dict(max_new_tokens=5, do_sample=False)
+        assert torch.equal(reloaded.generate(**row, **gen), model.generate(**row, **gen))

@@ -3,7 +3,9 @@ family), in the sizes of :mod:`tiny_vlm_configs`: Llama 4's multimodal model."""
 
 from __future__ import annotations
 
-from tiny_vlm_configs import IMAGE_ID, TEXT, VISION
+import contextlib
+
+from tiny_vlm_configs import IMAGE_ID, TEXT, VISION, VOCAB
 
 # Llama 4's text model as tests/tiny_families_moe.py's llama4_text row, its widths the VLM rows' 64: block 0 dense
 # (width intermediate_size_mlp), block 1 of 4 experts (width intermediate_size, top-1, stored (E, in, out)) beside a
@@ -27,7 +29,7 @@ def llama4(t):
 # sharing (each refuses a group: tests/test_models_vlm_mm.py), AltUp over 2 streams, a Laurel branch of rank 4 and
 # per-layer embeddings of 8 per block; a sliding-window and a full-attention block
 GEMMA3N_TEXT = dict(TEXT, head_dim=8, intermediate_size=[64, 48], activation_sparsity_pattern=[0.0, 0.0],
-                    num_kv_shared_layers=0, hidden_size_per_layer_input=8, vocab_size_per_layer_input=TEXT["vocab_size"],
+                    num_kv_shared_layers=0, hidden_size_per_layer_input=8, vocab_size_per_layer_input=VOCAB,
                     laurel_rank=4, altup_num_inputs=2, sliding_window=4,
                     layer_types=["sliding_attention", "full_attention"])
 
@@ -35,3 +37,39 @@ GEMMA3N_TEXT = dict(TEXT, head_dim=8, intermediate_size=[64, 48], activation_spa
 def gemma3n_text(t, **keys):
     """Gemma 3n's text model alone (Gemma3nForCausalLM), ``keys`` over ``GEMMA3N_TEXT``."""
     return t.Gemma3nTextConfig(**dict(GEMMA3N_TEXT, **keys))
+
+
+def gemma3n(t):
+    """Gemma 3n (Gemma3nForConditionalGeneration) around ``GEMMA3N_TEXT``: an 8 px image becomes 4 soft tokens (the
+    vision tower's (b, 32, 2, 2) feature map, embedded); a tiny audio tower (1 conformer layer), unused by these
+    inputs. Its vision tower is timm's (no test dependency): build the model inside ``gemma3n_stand_in_tower()``."""
+    return t.Gemma3nConfig(text_config=GEMMA3N_TEXT,
+                           vision_config=dict(hidden_size=32, vocab_size=8, vocab_offset=VOCAB),
+                           audio_config=dict(hidden_size=16, input_feat_size=8, conf_num_hidden_layers=1,
+                                             conf_num_attention_heads=2, sscp_conv_channel_size=[4, 4], vocab_size=8,
+                                             vocab_offset=VOCAB + 8),
+                           vision_soft_tokens_per_image=4, image_token_id=IMAGE_ID, boi_token_id=101,
+                           eoi_token_id=102, audio_token_id=103, boa_token_id=104, eoa_token_id=105)
+
+
+@contextlib.contextmanager
+def gemma3n_stand_in_tower():
+    """While active, Gemma 3n builds a stand-in vision tower of transformers' own, a ConvNeXt whose last feature map
+    of an 8 px image is (b, 32, 2, 2), where its Gemma3nVisionConfig would build timm's MobileNetV5 (timm is no test
+    dependency); everything else as Gemma 3n builds it. The language model, what prunes, is the same either way;
+    compaction and load_compact, which build the model again from its config, must run inside it too."""
+    from unittest import mock
+
+    import transformers
+    from transformers.models.gemma3n import modeling_gemma3n
+
+    class StandInAutoModel:
+        @staticmethod
+        def from_config(config=None, **kwargs):
+            if isinstance(config, transformers.Gemma3nVisionConfig):
+                return transformers.ConvNextModel(transformers.ConvNextConfig(
+                    num_stages=1, hidden_sizes=[config.hidden_size], depths=[1], patch_size=4))
+            return transformers.AutoModel.from_config(config, **kwargs)
+
+    with mock.patch.object(modeling_gemma3n, "AutoModel", StandInAutoModel):
+        yield

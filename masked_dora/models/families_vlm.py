@@ -67,6 +67,9 @@ VLM_WRAPPERS: Dict[str, WrapperSpec] = {
     # Llama 4 (Scout, Maverick): its language model a Llama4ForCausalLM (llama4_text) whose base model holds the
     # blocks; the vision model's pixel-shuffled patches, projected, replace the image tokens' embeddings
     "llama4": WrapperSpec(language_model="language_model.model"),
+    # Gemma 3n (gemma3n_text, below); its vision tower (timm's MobileNetV5), audio tower and their embedders are
+    # left as they are
+    "gemma3n": WrapperSpec(language_model="language_model"),
 }
 
 
