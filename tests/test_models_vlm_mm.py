@@ -14,7 +14,7 @@ from masked_dora.models.compact import build_compact_model
 from helpers import rel_err
 from tiny_models import randomize_adapters
 from tiny_vlm_configs import IMAGE_ID
-from tiny_vlm_configs_mm import gemma3n, gemma3n_stand_in_tower, gemma3n_text, llama4
+from tiny_vlm_configs_mm import gemma3n, gemma3n_stand_in_tower, gemma3n_text, llama4, shieldgemma2
 
 CONFIG = dict(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5)
 TOL = 1e-5  # float32: the compacted model computes the kept channels' sums in another order
@@ -142,3 +142,50 @@ def test_gemma3n_vlm_chain_keeps_everything_outside_the_language_models_blocks(t
         row = {k: v[:1] for k, v in image.items()}
         gen = dict(max_new_tokens=5, do_sample=False)
         assert torch.equal(reloaded.generate(**row, **gen), model.generate(**row, **gen))
+
+
+def test_shieldgemma2_classifier_prunes_its_gemma3_language_model(tmp_path):
+    """ShieldGemma 2, an image classifier around a Gemma 3 VLM (its logits: the Yes/No token logits at the last
+    position): prepare (MLP and heads) → a training step on a cross-entropy over its two logits → harden → compact
+    (equal logits on text and image inputs, the image reaching them; everything outside the blocks bit-identical)
+    → save → plain from_pretrained (equal logits: Gemma 3's text config says the pruned sizes)."""
+    import transformers
+
+    if not hasattr(transformers, "ShieldGemma2ForImageClassification"):
+        pytest.skip("this transformers has no ShieldGemma 2")
+    torch.manual_seed(0)
+    model = transformers.ShieldGemma2ForImageClassification(shieldgemma2(transformers)).eval()
+    with torch.no_grad():  # Gemma 3's mm_input_projection_weight starts at 0, which would drop the image
+        for p in model.parameters():
+            if p.dim() >= 2 and not p.any():
+                p.normal_(0.0, 0.05)
+    blocks = "model.model.language_model.layers."
+    before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(blocks)}
+    assert spec_for(model).name == f"shieldgemma2+{spec_for(model.config.text_config).name}"  # Gemma 3's
+    prepare_model(model, MaskedDoRAConfig(**CONFIG))
+    randomize_adapters(model)
+    image_ids = IDS.clone()
+    image_ids[:, 3:7] = IMAGE_ID
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    image = dict(input_ids=image_ids, pixel_values=pixels)
+    model.train()
+    torch.nn.functional.cross_entropy(model(**image).logits, torch.tensor([0, 1])).backward()
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-2).step()
+    model.eval()
+    harden(model)
+    inputs = {"text": dict(input_ids=IDS), "image": image}
+    with torch.no_grad():
+        ref = {kind: model(**v).logits for kind, v in inputs.items()}
+        assert rel_err(model(**dict(image, pixel_values=pixels + 1.0)).logits, ref["image"]) > 1e-3
+        small = compact_model(model)
+        for kind, v in inputs.items():
+            assert rel_err(small(**v).logits, ref[kind]) < TOL, kind
+    kept = {k: v for k, v in small.state_dict().items() if not k.startswith(blocks)}
+    assert kept.keys() == before.keys() and all(torch.equal(v, before[k]) for k, v in kept.items())
+    text = small.config.text_config
+    assert (text.intermediate_size, text.num_attention_heads, text.num_key_value_heads) == (32, 2, 1)
+    small.save_pretrained(str(tmp_path))
+    reloaded = transformers.ShieldGemma2ForImageClassification.from_pretrained(str(tmp_path)).eval()
+    with torch.no_grad():
+        for kind, v in inputs.items():
+            assert rel_err(reloaded(**v).logits, ref[kind]) < TOL, kind

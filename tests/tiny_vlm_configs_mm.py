@@ -1,11 +1,12 @@
 """Tiny configs and inputs of the VLMs helper "mm" added (``tiny_vlms.FAMILIES`` puts them together, one row per
-family), in the sizes of :mod:`tiny_vlm_configs`: Llama 4's multimodal model."""
+family, or tests/test_models_vlm_mm.py uses them), in the sizes of :mod:`tiny_vlm_configs`: Llama 4's multimodal
+model, Gemma 3n (its text model alone too), ShieldGemma 2."""
 
 from __future__ import annotations
 
 import contextlib
 
-from tiny_vlm_configs import IMAGE_ID, TEXT, VISION, VOCAB
+from tiny_vlm_configs import IMAGE_ID, IMAGE_TOKENS, TEXT, VISION, VOCAB
 
 # Llama 4's text model as tests/tiny_families_moe.py's llama4_text row, its widths the VLM rows' 64: block 0 dense
 # (width intermediate_size_mlp), block 1 of 4 experts (width intermediate_size, top-1, stored (E, in, out)) beside a
@@ -73,3 +74,12 @@ def gemma3n_stand_in_tower():
 
     with mock.patch.object(modeling_gemma3n, "AutoModel", StandInAutoModel):
         yield
+
+
+def shieldgemma2(t):
+    """ShieldGemma 2 around tests/tiny_vlm_configs.py's tiny Gemma 3 (a 32 px image in 2x2 patches: 4 tokens), its
+    Yes/No tokens ids 5 and 6 (the real ones lie past the tiny vocabulary)."""
+    return t.ShieldGemma2Config(text_config=dict(TEXT, head_dim=8, sliding_window=8, model_type="gemma3_text"),
+                                vision_config=dict(VISION, image_size=32, patch_size=16),
+                                mm_tokens_per_image=IMAGE_TOKENS, image_token_index=IMAGE_ID, boi_token_index=101,
+                                eoi_token_index=102, yes_token_index=5, no_token_index=6)

@@ -70,6 +70,9 @@ VLM_WRAPPERS: Dict[str, WrapperSpec] = {
     # Gemma 3n (gemma3n_text, below); its vision tower (timm's MobileNetV5), audio tower and their embedders are
     # left as they are
     "gemma3n": WrapperSpec(language_model="language_model"),
+    # ShieldGemma 2 (ShieldGemma2ForImageClassification): a Gemma 3 VLM (its model: Gemma3ForConditionalGeneration,
+    # the language model at model.model.language_model) whose logits are its last position's Yes/No token logits
+    "shieldgemma2": WrapperSpec(language_model="language_model"),
 }
 
 
