@@ -1,6 +1,6 @@
 """Tiny configs and inputs of the VLMs helper "mm" added (``tiny_vlms.FAMILIES`` puts them together, one row per
 family, or tests/test_models_vlm_mm.py uses them), in the sizes of :mod:`tiny_vlm_configs`: Llama 4's multimodal
-model, Gemma 3n (its text model alone too), ShieldGemma 2."""
+model, Gemma 3n (its text model alone too), ShieldGemma 2, Qwen3-Omni-MoE's thinker."""
 
 from __future__ import annotations
 
@@ -83,3 +83,20 @@ def shieldgemma2(t):
                                 vision_config=dict(VISION, image_size=32, patch_size=16),
                                 mm_tokens_per_image=IMAGE_TOKENS, image_token_index=IMAGE_ID, boi_token_index=101,
                                 eoi_token_index=102, yes_token_index=5, no_token_index=6)
+
+
+def qwen3_omni_moe_thinker(t):
+    """Qwen3-Omni-MoE's thinker around its qwen3_omni_moe_text (Qwen3-VL-MoE's layout: block 0 of 4 experts of
+    width 64, 2 per token; block 1 dense, mlp_only_layers: Llama's MLP of width 64), Qwen3-VL's vision tower over
+    flattened 16 px patches (``tiny_vlm_configs.qwen_patches(16)``: 4 tokens) and a tiny audio tower, unused by
+    image and text inputs and left as it is."""
+    return t.Qwen3OmniMoeThinkerConfig(
+        text_config=dict(TEXT, head_dim=8, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
+                         mlp_only_layers=[1], rope_parameters=dict(rope_type="default", rope_theta=10000.0,
+                                                                   mrope_section=[1, 1, 2])),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32,
+                           patch_size=16, num_position_embeddings=16, deepstack_visual_indexes=[0]),
+        audio_config=dict(num_mel_bins=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32,
+                          d_model=16, output_dim=32, max_source_positions=20, n_window=10, downsample_hidden_size=8),
+        image_token_id=IMAGE_ID, video_token_id=101, vision_start_token_id=102, audio_token_id=103,
+        audio_start_token_id=104)

@@ -31,7 +31,7 @@ from tiny_vlm_configs_more import (fast_vlm, glm4v, glm4v_moe, glm46v, glm_ocr, 
 from tiny_vlm_configs_extra import (aria, chameleon, emu3, emu3_images, ernie4_5_vl_moe, ernie_patches, fuyu,
                                     fuyu_patches, granite4_vision, idefics, idefics_images, molmo2, molmo2_crops,
                                     perception_lm, perception_tiles, qwen2_5_omni_thinker)
-from tiny_vlm_configs_mm import llama4
+from tiny_vlm_configs_mm import llama4, qwen3_omni_moe_thinker
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
 
@@ -252,6 +252,11 @@ FAMILIES: Dict[str, TinyVLM] = {
                       language_model="language_model.model", wrapped=(4 + 4 * 2) + 7, broken_in=((5, 24),),
                       broken_why="its Llama4ForConditionalGeneration.forward reads `image_outputs` from the language "
                                  "model's output, which has none (AttributeError on every call)"),
+    # Qwen3-Omni-MoE's thinker: block 0 of 4 packed experts, block 1 dense; its audio tower left as it is
+    "qwen3_omni_moe_thinker": TinyVLM(("Qwen3OmniMoeThinkerConfig", "Qwen3OmniMoeThinkerForConditionalGeneration"),
+                                      qwen3_omni_moe_thinker, qwen_patches(16), True, wrapped=(4 + 4 * 2) + 7,
+                                      since=(5, 24), since_why="its thinker names its language model `model` before "
+                                                               "5.24, where the spec looks under `language_model`"),
 }
 
 

@@ -73,6 +73,9 @@ VLM_WRAPPERS: Dict[str, WrapperSpec] = {
     # ShieldGemma 2 (ShieldGemma2ForImageClassification): a Gemma 3 VLM (its model: Gemma3ForConditionalGeneration,
     # the language model at model.model.language_model) whose logits are its last position's Yes/No token logits
     "shieldgemma2": WrapperSpec(language_model="language_model"),
+    # Qwen3-Omni-MoE's thinker (its text-generating half; the talker and code2wav are not covered): its language
+    # model qwen3_omni_moe_text (qwen3_vl_moe_text's layout); its audio tower, as the vision tower, left as it is
+    "qwen3_omni_moe_thinker": WrapperSpec(language_model="language_model"),
 }
 
 
@@ -139,8 +142,10 @@ def vlm_text_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: 
         "qwen3_vl_text": ModelSpec(name="qwen3_vl_text", model_types=("qwen3_vl_text",), **llama_style),
         # Qwen3-VL-MoE: Qwen3-VL's attention and Qwen3-MoE's experts (gate_up_proj (E, 2I, H), down_proj (E, H, I),
         # width moe_intermediate_size: every expert keeps as many channels, its own); the blocks mlp_only_layers or
-        # decoder_sparse_step make dense hold Llama's MLP of width intermediate_size (the qwen3_moe spec's layout)
-        "qwen3_vl_moe_text": ModelSpec(name="qwen3_vl_moe_text", model_types=("qwen3_vl_moe_text",), **dict(
+        # decoder_sparse_step make dense hold Llama's MLP of width intermediate_size (the qwen3_moe spec's layout).
+        # Qwen3-Omni-MoE thinker's language model (qwen3_omni_moe_text) is laid out the same
+        "qwen3_vl_moe_text": ModelSpec(name="qwen3_vl_moe_text", model_types=(
+            "qwen3_vl_moe_text", "qwen3_omni_moe_text"), **dict(
             mixtral_style, mlp=replace_dataclass(mixtral_style["mlp"], size_key="moe_intermediate_size")),
             dense_mlp=llama_style["mlp"]),
         # Llama 3.2 Vision's text model (MllamaForCausalLM; the language model of MllamaForConditionalGeneration):
