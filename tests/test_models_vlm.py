@@ -221,7 +221,7 @@ def test_plain_vlm_checkpoints_reload_with_plain_transformers(chains):
 
 ONE_GROUP_PLAIN = (("qwen2_vl", ("mlp",)), ("qwen2_5_vl", ("mlp",)), ("mllama", ("mlp",)), ("glm4v", ("mlp",)),
                    ("glm4v_moe", ("heads",)), ("ernie4_5_vl_moe", ("heads",)), ("aria", ("heads",)),
-                   ("fuyu", ("mlp",)), ("idefics", ("mlp",)), ("chameleon", ("mlp",)))
+                   ("fuyu", ("mlp",)), ("idefics", ("mlp",)), ("chameleon", ("mlp",)), ("llama4", ("heads",)))
 
 
 @pytest.mark.parametrize("family,groups", [(f, g) for f, g in ONE_GROUP_PLAIN if f in VLMS])

@@ -31,6 +31,7 @@ from tiny_vlm_configs_more import (fast_vlm, glm4v, glm4v_moe, glm46v, glm_ocr, 
 from tiny_vlm_configs_extra import (aria, chameleon, emu3, emu3_images, ernie4_5_vl_moe, ernie_patches, fuyu,
                                     fuyu_patches, granite4_vision, idefics, idefics_images, molmo2, molmo2_crops,
                                     perception_lm, perception_tiles, qwen2_5_omni_thinker)
+from tiny_vlm_configs_mm import llama4, qwen3_omni_moe_thinker
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
 
@@ -65,6 +66,9 @@ class TinyVLM:
     # not (the family is reported skipped there)
     since: tuple = ()
     since_why: str = ""
+    # (major, minor) versions of transformers whose model cannot run these inputs at all (an upstream bug), and why
+    broken_in: tuple = ()
+    broken_why: str = ""
 
     @property
     def block_lists(self) -> tuple:
@@ -241,6 +245,18 @@ FAMILIES: Dict[str, TinyVLM] = {
                              perception_tiles, True, since=(5, 24),
                              since_why="its vision tower is a TimmWrapperModel before 5.24, which needs timm (not a "
                                        "test dependency) even for the stand-in tower"),
+    # Llama 4: its language model a Llama4ForCausalLM (blocks under language_model.model); block 0 dense, block 1
+    # of 4 packed experts beside a shared expert (kept whole; intermediate_size sizes both: a pruned expert width
+    # saves in the per-layer form)
+    "llama4": TinyVLM(("Llama4Config", "Llama4ForConditionalGeneration"), llama4, square_images(56), False,
+                      language_model="language_model.model", wrapped=(4 + 4 * 2) + 7, broken_in=((5, 24),),
+                      broken_why="its Llama4ForConditionalGeneration.forward reads `image_outputs` from the language "
+                                 "model's output, which has none (AttributeError on every call)"),
+    # Qwen3-Omni-MoE's thinker: block 0 of 4 packed experts, block 1 dense; its audio tower left as it is
+    "qwen3_omni_moe_thinker": TinyVLM(("Qwen3OmniMoeThinkerConfig", "Qwen3OmniMoeThinkerForConditionalGeneration"),
+                                      qwen3_omni_moe_thinker, qwen_patches(16), True, wrapped=(4 + 4 * 2) + 7,
+                                      since=(5, 24), since_why="its thinker names its language model `model` before "
+                                                               "5.24, where the spec looks under `language_model`"),
 }
 
 
@@ -257,6 +273,8 @@ def unavailable_reason(family: str) -> str:
     version = tuple(int(n) for n in re.findall(r"\d+", transformers.__version__)[:2])
     if tiny.since and version < tiny.since:
         return f"transformers {transformers.__version__} < {'.'.join(map(str, tiny.since))}: {tiny.since_why}"
+    if version in tiny.broken_in:
+        return f"transformers {transformers.__version__}: {tiny.broken_why}"
     return ""
 
 

@@ -355,8 +355,9 @@ def build_compact_model(model_class, config, dtype: Optional[torch.dtype] = None
             if "hidden" in size:  # hidden_mode="per_block": readers of the kept channels, CompactLinear writers
                 resize_block_hidden(b.module, b.spec, size["hidden"],
                                     getattr(b.spec.sized_config(config), b.spec.hidden_key))
-    if dtype is not None:
-        model = model.to(dtype)
+    if dtype is not None:  # the floating-point tensors only: Module.to would cast a complex buffer (Llama 4's vision
+        # rotary freqs_ci) to a real one, dropping its imaginary part
+        model._apply(lambda t: t.to(dtype) if t.is_floating_point() else t)
     return model.eval()
 
 

@@ -64,6 +64,18 @@ VLM_WRAPPERS: Dict[str, WrapperSpec] = {
     "granite4_vision": WrapperSpec(language_model="language_model"),
     # InstructBLIP-Video: InstructBLIP's layout (a causal LM's base model; its forward needs the video)
     "instructblipvideo": WrapperSpec(language_model="language_model.model", text_alone=False),
+    # Llama 4 (Scout, Maverick): its language model a Llama4ForCausalLM (llama4_text) whose base model holds the
+    # blocks; the vision model's pixel-shuffled patches, projected, replace the image tokens' embeddings
+    "llama4": WrapperSpec(language_model="language_model.model"),
+    # Gemma 3n (gemma3n_text, below); its vision tower (timm's MobileNetV5), audio tower and their embedders are
+    # left as they are
+    "gemma3n": WrapperSpec(language_model="language_model"),
+    # ShieldGemma 2 (ShieldGemma2ForImageClassification): a Gemma 3 VLM (its model: Gemma3ForConditionalGeneration,
+    # the language model at model.model.language_model) whose logits are its last position's Yes/No token logits
+    "shieldgemma2": WrapperSpec(language_model="language_model"),
+    # Qwen3-Omni-MoE's thinker (its text-generating half; the talker and code2wav are not covered): its language
+    # model qwen3_omni_moe_text (qwen3_vl_moe_text's layout); its audio tower, as the vision tower, left as it is
+    "qwen3_omni_moe_thinker": WrapperSpec(language_model="language_model"),
 }
 
 
@@ -130,8 +142,10 @@ def vlm_text_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: 
         "qwen3_vl_text": ModelSpec(name="qwen3_vl_text", model_types=("qwen3_vl_text",), **llama_style),
         # Qwen3-VL-MoE: Qwen3-VL's attention and Qwen3-MoE's experts (gate_up_proj (E, 2I, H), down_proj (E, H, I),
         # width moe_intermediate_size: every expert keeps as many channels, its own); the blocks mlp_only_layers or
-        # decoder_sparse_step make dense hold Llama's MLP of width intermediate_size (the qwen3_moe spec's layout)
-        "qwen3_vl_moe_text": ModelSpec(name="qwen3_vl_moe_text", model_types=("qwen3_vl_moe_text",), **dict(
+        # decoder_sparse_step make dense hold Llama's MLP of width intermediate_size (the qwen3_moe spec's layout).
+        # Qwen3-Omni-MoE thinker's language model (qwen3_omni_moe_text) is laid out the same
+        "qwen3_vl_moe_text": ModelSpec(name="qwen3_vl_moe_text", model_types=(
+            "qwen3_vl_moe_text", "qwen3_omni_moe_text"), **dict(
             mixtral_style, mlp=replace_dataclass(mixtral_style["mlp"], size_key="moe_intermediate_size")),
             dense_mlp=llama_style["mlp"]),
         # Llama 3.2 Vision's text model (MllamaForCausalLM; the language model of MllamaForConditionalGeneration):
@@ -200,6 +214,22 @@ def vlm_text_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: 
         # where it has one (else hidden_size // num_attention_heads): the compacted config says head_dim
         "emu3_text_model": ModelSpec(name="emu3_text_model", model_types=("emu3_text_model",), **dict(
             llama_style, heads=config_head_dim)),
+        # Gemma 3n's language model (gemma3n_text; Gemma3nForCausalLM alone too): Gemma 3's attention (q/k RMSNorms
+        # over head_dim, one weight for all heads; a v RMSNorm without weight) and Llama's MLP inside AltUp's
+        # predict/correct, the Laurel low-rank branch and the per-layer embeddings' gate, which all read and write the
+        # hidden size only. intermediate_size is a list (a width per layer): a pruned MLP saves in the per-layer form.
+        # Refused: the MLP where activation_sparsity_pattern makes any layer sparse (its gaussian top-k cuts the gate
+        # at the mean + k * std over all gate channels, so removing channels moves the cut for the kept ones); the
+        # heads where num_kv_shared_layers > 0 (the last layers read the keys and values of an earlier layer, whose
+        # KV heads would then be coupled across blocks, which masked_dora's per-block head groups are not)
+        "gemma3n_text": ModelSpec(name="gemma3n_text", model_types=("gemma3n_text",), **dict(
+            llama_style, mlp=replace_dataclass(llama_style["mlp"], size_key="")), unsupported=(
+            ("mlp", "any:activation_sparsity_pattern",
+             "its activation sparsity (activation_sparsity_pattern) cuts each sparse layer's MLP gate at the mean + "
+             "k * std over all its channels, so pruning channels there changes the kept ones"),
+            ("heads", "num_kv_shared_layers",
+             "its last num_kv_shared_layers layers reuse the keys and values of an earlier layer (KV sharing), "
+             "which would couple that layer's KV heads across blocks"))),
         "molmo2_text": ModelSpec(name="molmo2_text", model_types=("molmo2_text",), **llama_style,
                                  unsupported=(("heads", "qk_norm_type=olmo", qk_norm_spans_heads),)),
     }

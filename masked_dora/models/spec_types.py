@@ -236,8 +236,9 @@ class ModelSpec:
     # groups this family cannot prune exactly: (kind, config flag, reason); refused when the flag is ""
     # or the model's config sets it truthy (prepare_model raises before anything changes). A flag may be
     # "!name" (refused when the config's name is false or missing), "name=value" (refused when the config's name,
-    # as a string, is value: Molmo2's qk_norm_type=olmo) or "name!=value" (when it is not: ALBERT's
-    # num_hidden_groups!=1), and terms joined by "&" must all hold
+    # as a string, is value: Molmo2's qk_norm_type=olmo), "name!=value" (when it is not: ALBERT's
+    # num_hidden_groups!=1) or "any:name" (when the config's name, a value per layer, is truthy for any layer:
+    # Gemma 3n's activation_sparsity_pattern), and terms joined by "&" must all hold
     # ("relative_attention&!share_att_key")
     unsupported: Tuple[Tuple[str, str, str], ...] = ()
     # the attention reads its head counts from the model config (Phi-3), so pruned heads need the plain form
@@ -343,7 +344,12 @@ def _flag_term_holds(config, term: str) -> bool:
     """One term of an ``unsupported`` flag: ``name`` holds where the config sets it truthy, ``!name`` where it
     is false or missing, ``name=value`` where it is ``value`` (compared as strings: a flag names a layout that a
     string config key selects, Molmo2's ``qk_norm_type``), ``name!=value`` where it is not (ALBERT's
-    ``num_hidden_groups!=1``: any other count of layer groups)."""
+    ``num_hidden_groups!=1``: any other count of layer groups), ``any:name`` where a per-layer list (or a single
+    value) is truthy for any layer (Gemma 3n's ``activation_sparsity_pattern``: a list of zeros is truthy as a
+    list, yet no layer is sparse)."""
+    if term.startswith("any:"):
+        value = getattr(config, term[4:], None)
+        return any(value) if isinstance(value, (list, tuple)) else bool(value)
     if "!=" in term:
         name, value = term.split("!=", 1)
         return str(getattr(config, name, None)) != value

@@ -1,0 +1,191 @@
+"""What the VLM rows of Llama 4 (``llama4``) and Gemma 3n need beyond tests/test_models_vlm.py's chain: compaction
+builds the smaller model in the original's dtype without casting its complex buffers (Llama 4's vision rotary
+``freqs_ci``); Gemma 3n's language model (``gemma3n_text``) prunes alone, its per-layer MLP widths in the per-layer
+form, and refuses its sparse MLPs and its KV-shared heads with the reason."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from masked_dora.models import MaskedDoRAConfig, compact_model, harden, load_compact, prepare_model, spec_for
+from masked_dora.models.compact import build_compact_model
+
+from helpers import rel_err
+from tiny_models import randomize_adapters
+from tiny_vlm_configs import IMAGE_ID
+from tiny_vlm_configs_mm import gemma3n, gemma3n_stand_in_tower, gemma3n_text, llama4, shieldgemma2
+
+CONFIG = dict(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5)
+TOL = 1e-5  # float32: the compacted model computes the kept channels' sums in another order
+IDS = torch.randint(3, 100, (2, 10), generator=torch.Generator().manual_seed(1))
+
+
+def test_compact_build_keeps_complex_buffers_complex():
+    """Llama 4's vision model holds its rotary frequencies as a complex buffer: the compacted model's cast to the
+    original dtype leaves it complex and equal to a freshly built one's (Module.to would keep its real part alone,
+    and the image features, hence the logits, would change)."""
+    import transformers
+
+    if not hasattr(transformers, "Llama4VisionModel"):
+        pytest.skip("this transformers has no Llama 4")
+    config = llama4(transformers).vision_config
+    fresh = transformers.Llama4VisionModel(config).rotary_embedding.freqs_ci
+    assert fresh.is_complex()
+    for dtype in (torch.float32, torch.bfloat16):
+        built = build_compact_model(transformers.Llama4VisionModel, config, dtype)
+        assert built.rotary_embedding.freqs_ci.is_complex() and torch.equal(built.rotary_embedding.freqs_ci, fresh)
+        assert built.patch_embedding.linear.weight.dtype == dtype
+
+
+def _gemma3n_text(**keys):
+    import transformers
+
+    if not hasattr(transformers, "Gemma3nForCausalLM"):
+        pytest.skip("this transformers has no Gemma 3n")
+    torch.manual_seed(0)
+    return transformers.Gemma3nForCausalLM(gemma3n_text(transformers, **keys)).eval()
+
+
+def _prune_compact_compare(model, groups, ids):
+    """prepare (``groups``) → harden → compact: the compacted model's logits equal the masked model's; returns
+    (masked model, compacted model, reference logits)."""
+    prepare_model(model, MaskedDoRAConfig(**CONFIG, target_groups=groups))
+    randomize_adapters(model)
+    harden(model)
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+        small = compact_model(model)
+        assert rel_err(small(input_ids=ids).logits, ref) < TOL
+    return model, small, ref
+
+
+def test_gemma3n_text_prunes_per_layer_mlp_widths_and_heads(tmp_path):
+    """Gemma 3n's language model alone: its MLP (a width per layer, 64 and 48) and its heads prune inside AltUp,
+    Laurel and the per-layer embeddings; the per-layer form reloads (load_compact) to equal logits and generate()
+    tokens."""
+    model = _gemma3n_text()
+    assert spec_for(model).name == "gemma3n_text"
+    model, small, ref = _prune_compact_compare(model, ("mlp", "heads"), IDS)
+    assert [layer.mlp.down_proj.in_features for layer in small.model.layers] == [32, 24]
+    assert [layer.self_attn.q_proj.out_features for layer in small.model.layers] == [16, 16]
+    small.save_pretrained(str(tmp_path))
+    reloaded = load_compact(str(tmp_path))
+    with torch.no_grad():
+        assert rel_err(reloaded(input_ids=IDS).logits, ref) < TOL
+    gen = dict(max_new_tokens=5, do_sample=False)
+    assert torch.equal(reloaded.generate(input_ids=IDS[:1], **gen), model.generate(input_ids=IDS[:1], **gen))
+
+
+def test_gemma3n_text_refuses_sparse_mlps_and_shared_kv_heads():
+    """Activation sparsity in any layer refuses the MLP (its gaussian top-k cut reads the mean and std over all
+    the gate's channels); a pattern of zeros does not. KV sharing (num_kv_shared_layers > 0) refuses the heads.
+    Each refusal names the model and the reason before anything changes, and the other group still prunes to the
+    masked model's logits (the KV-sharing block has no k/v projections of its own)."""
+    sparse = _gemma3n_text(activation_sparsity_pattern=[0.95, 0.0])
+    with pytest.raises(ValueError, match=r"'mlp' cannot be pruned in a 'gemma3n_text' model: its activation sparsity"):
+        prepare_model(sparse, MaskedDoRAConfig(**CONFIG))
+    assert not any(type(m).__name__ == "MaskedDoRALinear" for m in sparse.modules())
+    _prune_compact_compare(sparse, ("heads",), IDS)
+    # 3 blocks, the last reading the keys and values of the full-attention one before it
+    shared = _gemma3n_text(num_kv_shared_layers=1, num_hidden_layers=3, intermediate_size=[64, 48, 64],
+                           activation_sparsity_pattern=[0.0] * 3,
+                           layer_types=["sliding_attention", "full_attention", "full_attention"])
+    assert not hasattr(shared.model.layers[2].self_attn, "k_proj")
+    with pytest.raises(ValueError, match=r"'heads' cannot be pruned in a 'gemma3n_text' model: its last "
+                                         r"num_kv_shared_layers layers reuse"):
+        prepare_model(shared, MaskedDoRAConfig(**CONFIG))
+    _prune_compact_compare(shared, ("mlp",), IDS)
+
+
+def test_gemma3n_vlm_chain_keeps_everything_outside_the_language_models_blocks(tmp_path):
+    """Gemma 3n (a stand-in vision tower: timm's is no test dependency): prepare (MLP and heads of gemma3n_text)
+    → a training step on image inputs → harden → compact (equal logits on text and image inputs, the image
+    reaching them; the vision and audio towers, their embedders, the embeddings and the head bit-identical) → save →
+    load_compact (equal logits, equal generate() tokens with an image)."""
+    import transformers
+
+    if not hasattr(transformers, "Gemma3nForConditionalGeneration"):
+        pytest.skip("this transformers has no Gemma 3n")
+    with gemma3n_stand_in_tower():
+        torch.manual_seed(0)
+        model = transformers.Gemma3nForConditionalGeneration(gemma3n(transformers)).eval()
+        blocks = "model.language_model.layers."
+        before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(blocks)}
+        assert spec_for(model).name == "gemma3n+gemma3n_text"
+        prepare_model(model, MaskedDoRAConfig(**CONFIG))
+        randomize_adapters(model)
+        image_ids = IDS.clone()
+        image_ids[:, 3:7] = IMAGE_ID
+        pixels = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+        image = dict(input_ids=image_ids, pixel_values=pixels)
+        model.train()
+        model(**image, labels=image_ids.masked_fill(image_ids == IMAGE_ID, -100)).loss.backward()
+        torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-2).step()
+        model.eval()
+        harden(model)
+        inputs = {"text": dict(input_ids=IDS), "image": image}
+        with torch.no_grad():
+            ref = {kind: model(**v).logits for kind, v in inputs.items()}
+            assert rel_err(model(**dict(image, pixel_values=image["pixel_values"] + 1.0)).logits, ref["image"]) > 1e-3
+            small = compact_model(model)
+            for kind, v in inputs.items():
+                assert rel_err(small(**v).logits, ref[kind]) < TOL, kind
+        kept = {k: v for k, v in small.state_dict().items() if not k.startswith(blocks)}
+        assert kept.keys() == before.keys() and all(torch.equal(v, before[k]) for k, v in kept.items())
+        assert [layer.mlp.down_proj.in_features for layer in small.model.language_model.layers] == [32, 24]
+        small.save_pretrained(str(tmp_path))
+        reloaded = load_compact(str(tmp_path))
+        with torch.no_grad():
+            for kind, v in inputs.items():
+                assert rel_err(reloaded(**v).logits, ref[kind]) < TOL, kind
+        row = {k: v[:1] for k, v in image.items()}
+        gen = dict(max_new_tokens=5, do_sample=False)
+        assert torch.equal(reloaded.generate(**row, **gen), model.generate(**row, **gen))
+
+
+def test_shieldgemma2_classifier_prunes_its_gemma3_language_model(tmp_path):
+    """ShieldGemma 2, an image classifier around a Gemma 3 VLM (its logits: the Yes/No token logits at the last
+    position): prepare (MLP and heads) → a training step on a cross-entropy over its two logits → harden → compact
+    (equal logits on text and image inputs, the image reaching them; everything outside the blocks bit-identical)
+    → save → plain from_pretrained (equal logits: Gemma 3's text config says the pruned sizes)."""
+    import transformers
+
+    if not hasattr(transformers, "ShieldGemma2ForImageClassification"):
+        pytest.skip("this transformers has no ShieldGemma 2")
+    torch.manual_seed(0)
+    model = transformers.ShieldGemma2ForImageClassification(shieldgemma2(transformers)).eval()
+    with torch.no_grad():  # Gemma 3's mm_input_projection_weight starts at 0, which would drop the image
+        for p in model.parameters():
+            if p.dim() >= 2 and not p.any():
+                p.normal_(0.0, 0.05)
+    blocks = "model.model.language_model.layers."
+    before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(blocks)}
+    assert spec_for(model).name == f"shieldgemma2+{spec_for(model.config.text_config).name}"  # Gemma 3's
+    prepare_model(model, MaskedDoRAConfig(**CONFIG))
+    randomize_adapters(model)
+    image_ids = IDS.clone()
+    image_ids[:, 3:7] = IMAGE_ID
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    image = dict(input_ids=image_ids, pixel_values=pixels)
+    model.train()
+    torch.nn.functional.cross_entropy(model(**image).logits, torch.tensor([0, 1])).backward()
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-2).step()
+    model.eval()
+    harden(model)
+    inputs = {"text": dict(input_ids=IDS), "image": image}
+    with torch.no_grad():
+        ref = {kind: model(**v).logits for kind, v in inputs.items()}
+        assert rel_err(model(**dict(image, pixel_values=pixels + 1.0)).logits, ref["image"]) > 1e-3
+        small = compact_model(model)
+        for kind, v in inputs.items():
+            assert rel_err(small(**v).logits, ref[kind]) < TOL, kind
+    kept = {k: v for k, v in small.state_dict().items() if not k.startswith(blocks)}
+    assert kept.keys() == before.keys() and all(torch.equal(v, before[k]) for k, v in kept.items())
+    text = small.config.text_config
+    assert (text.intermediate_size, text.num_attention_heads, text.num_key_value_heads) == (32, 2, 1)
+    small.save_pretrained(str(tmp_path))
+    reloaded = transformers.ShieldGemma2ForImageClassification.from_pretrained(str(tmp_path)).eval()
+    with torch.no_grad():
+        for kind, v in inputs.items():
+            assert rel_err(reloaded(**v).logits, ref[kind]) < TOL, kind
