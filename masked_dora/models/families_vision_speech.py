@@ -1,7 +1,8 @@
 """Family specs of image and speech encoders (ViT, DeiT, DINOv2, CLIP / SigLIP towers and two-tower models,
 Wav2Vec2, HuBERT, data2vec-audio, SEW, UniSpeech(-SAT), WavLM, Wav2Vec2-Conformer; SEW-D is DeBERTa-v2's), merged
 into the shipped table (:data:`masked_dora.models.families.SPECS`). Whisper's encoder-decoder has BART's modules and
-keys: it is in the ``bart`` spec of that table.
+keys: it is in the ``bart`` spec of that table. Moonshine's encoder-decoder (raw audio, rotary attention, a gated
+decoder MLP) is here.
 
 Their blocks are a text encoder's (pre- or post-LN attention and a two-layer MLP); only the model's input differs
 (``pixel_values``, ``input_values``), which the specs never see. Most of these attentions hold nothing per head
@@ -149,6 +150,36 @@ def _dinov2(swiglu: bool, layout: str) -> ModelSpec:
 DINOV2 = {spec.name: spec for spec in (_dinov2(swiglu, layout) for layout in ("q_proj", "query")
                                        for swiglu in (False, True))}
 
+
+# Moonshine (MoonshineModel, MoonshineForConditionalGeneration): an encoder-decoder over raw audio behind a
+# convolutional front end (conv1-3 and a GroupNorm, kept), pre-LN blocks with rotary self-attention. The encoder's
+# MLP is fc1 / GELU / fc2; the decoder's is gated, fc1 2 x intermediate_size wide, chunked into [value | gate] with
+# act(gate) * value, so channel i is fc1's rows i and intermediate_size + i (segments=2: both go, and (0, 0) maps to
+# 0). Both MLPs are intermediate_size wide (one key). The attention views q/k/v by ``self.config.num_key_value_heads``
+# at forward, and ``self.config`` is the model's config, shared by every attention (the constructor writes each
+# stack's head counts into it); a compacted attention gets its own copy with its kept counts (dotted attrs), so the
+# decoder's cross-attention (encoder_attn), which keeps every head, still reads the model's. head_dim is
+# hidden_size // heads, fixed at build (pruned heads save in the per-layer form); pad_head_dim_to_multiple_of pads
+# each head's q/k/v with zeros up to a multiple before the attention and drops them after, per head, so fewer heads
+# change nothing. (transformers' Moonshine runs with equal query and KV head counts only: it views the queries by
+# the KV count, and its constructor gives the decoder the encoder's head counts.)
+def _moonshine_heads(stack: str, cross_attention: str = "") -> HeadSpec:
+    return HeadSpec(query="self_attn.q_proj", key="self_attn.k_proj", value="self_attn.v_proj",
+                    output="self_attn.o_proj", heads_key=f"{stack}_num_attention_heads",
+                    kv_heads_key=f"{stack}_num_key_value_heads", attention="self_attn",
+                    attrs=(("config.num_attention_heads", "heads"), ("config.num_key_value_heads", "kv_heads"),
+                           ("num_key_value_groups", "groups")), cross_attention=cross_attention)
+
+
+MOONSHINE = ModelSpec(
+    name="moonshine", model_types=("moonshine",), stack="encoder", layers=("encoder.layers",),
+    hidden_key="hidden_size", heads=_moonshine_heads("encoder"),
+    mlp=MLPSpec(producers=("mlp.fc1",), consumer="mlp.fc2", size_key="intermediate_size"),
+    stacks=(ModelSpec(name="moonshine-decoder", model_types=(), stack="decoder", layers=("decoder.layers",),
+                      hidden_key="hidden_size", heads=_moonshine_heads("decoder", cross_attention="encoder_attn"),
+                      mlp=MLPSpec(producers=("mlp.fc1",), consumer="mlp.fc2", size_key="intermediate_size",
+                                  segments=(2,))),))
+
 VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
     "vit": ModelSpec(name="vit", model_types=("vit", "deit"), **VIT),
     "clip-tower": ModelSpec(name="clip-tower", model_types=("clip_vision_model", "clip_text_model",
@@ -165,5 +196,6 @@ VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
                                                         "unispeech-sat"), **WAV2VEC2),
     "wavlm": ModelSpec(name="wavlm", model_types=("wavlm",), **WAV2VEC2, unsupported=WAVLM_HEADS),
     "wav2vec2-conformer": _conformer(),
+    "moonshine": MOONSHINE,
     **DINOV2,  # dinov2-q_proj, dinov2-q_proj-swiglu, dinov2-query, dinov2-query-swiglu
 }
