@@ -7,6 +7,9 @@ end stay as they are) → a training step → harden → compact → equal logit
 ``generate()`` tokens from the audio. Its attention derives head_dim from d_model // heads: pruned heads save in
 the per-layer form (``load_compact``); a pruned MLP alone saves plainly and reloads with
 ``AutoModelForSpeechSeq2Seq`` in a process without masked_dora.
+
+Moonshine (``moonshine``, raw audio ``input_values``) goes the same way: its decoder's gated MLP (fc1 [value | gate])
+and its attentions, which read their head count from the model config at forward (a compacted one gets its own).
 """
 
 from __future__ import annotations
@@ -211,6 +214,67 @@ def test_moonshine_pruned_mlp_reloads_with_plain_transformers(tmp_path):
         small = compact_model(model)
     assert small.config.intermediate_size == 24
     assert small.model.decoder.layers[0].mlp.fc1.out_features == 48
+    small.save_pretrained(str(tmp_path))
+    torch.save(inputs, os.path.join(str(tmp_path), "inputs.pt"))
+    out, = reload_plain_in_clean_process([(str(tmp_path), "AutoModelForSpeechSeq2Seq")])
+    assert rel_err(out, ref) < TOL
+
+
+# Moonshine Streaming: 80-sample frames through two stride-2 causal convolutions (1920 samples: 6 encoder
+# positions); an encoder config of its own (hidden 40, 4 heads of 10, sliding windows per layer) and Moonshine's
+# decoder (hidden 32, 4 heads of 8; the config needs num_key_value_heads, its attention reads it)
+STREAMING = dict(encoder_config=dict(hidden_size=40, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                     num_key_value_heads=4, sliding_windows=[[16, 4], [16, 0]],
+                                     max_position_embeddings=64),
+                 vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=4, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                 decoder_start_token_id=1)
+
+
+def _pruned_streaming(groups: tuple):
+    transformers = _transformers("MoonshineStreamingForConditionalGeneration")
+    torch.manual_seed(0)
+    model = transformers.MoonshineStreamingForConditionalGeneration(
+        transformers.MoonshineStreamingConfig(**STREAMING)).eval()
+    assert spec_for(model).name == "moonshine_streaming"
+    prepare_model(model, MaskedDoRAConfig(**CONFIG, target_groups=groups))
+    randomize_adapters(model)
+    model.train()
+    inputs = _moonshine_inputs()
+    inputs["input_values"] = inputs["input_values"][:, :1920]
+    model(**inputs, labels=inputs["decoder_input_ids"]).loss.backward()
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-2).step()
+    model.eval()
+    harden(model)
+    return model, inputs
+
+
+def test_moonshine_streaming_compacts_saves_reloads_and_generates_equal(tmp_path):
+    model, inputs = _pruned_streaming(("mlp", "heads"))
+    assert sorted(get_state(model).groups) == sorted(f"{g}_{i}" for g in ("mlp", "heads") for i in range(4))
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        small = compact_model(model)
+        assert rel_err(small(**inputs).logits, ref) < TOL
+    encoder, decoder = small.model.encoder.layers, small.model.decoder.layers
+    assert [(b.self_attn.q_proj.out_features, b.mlp.fc1.out_features) for b in encoder] == [(20, 24)] * 2
+    assert [(b.self_attn.q_proj.out_features, b.mlp.fc1.out_features) for b in decoder] == [(16, 48)] * 2
+    assert all(b.encoder_attn.q_proj.out_features == 32 and b.encoder_attn.config is small.config for b in decoder)
+    small.save_pretrained(str(tmp_path))
+    reloaded = load_compact(str(tmp_path))
+    gen, row = dict(max_new_tokens=5, do_sample=False), inputs["input_values"][:1]
+    with torch.no_grad():
+        assert rel_err(reloaded(**inputs).logits, ref) < TOL
+        assert torch.equal(reloaded.generate(input_values=row, **gen), model.generate(input_values=row, **gen))
+
+
+def test_moonshine_streaming_pruned_mlp_reloads_with_plain_transformers(tmp_path):
+    model, inputs = _pruned_streaming(("mlp",))
+    assert get_state(model).save_form == "plain"
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        small = compact_model(model)
+    assert (small.config.encoder_config.intermediate_size, small.config.intermediate_size) == (24, 24)
     small.save_pretrained(str(tmp_path))
     torch.save(inputs, os.path.join(str(tmp_path), "inputs.pt"))
     out, = reload_plain_in_clean_process([(str(tmp_path), "AutoModelForSpeechSeq2Seq")])

@@ -163,22 +163,42 @@ DINOV2 = {spec.name: spec for spec in (_dinov2(swiglu, layout) for layout in ("q
 # each head's q/k/v with zeros up to a multiple before the attention and drops them after, per head, so fewer heads
 # change nothing. (transformers' Moonshine runs with equal query and KV head counts only: it views the queries by
 # the KV count, and its constructor gives the decoder the encoder's head counts.)
-def _moonshine_heads(stack: str, cross_attention: str = "") -> HeadSpec:
+def _moonshine_heads(prefix: str, cross_attention: str = "", config_counts: bool = True,
+                     head_dim_key=None) -> HeadSpec:
+    """The self-attention of a Moonshine block whose config keys are ``<prefix>num_attention_heads`` ...;
+    ``config_counts``: its forward reads the KV head count from ``self.config`` (the decoder attention)."""
+    counts = (("config.num_attention_heads", "heads"), ("config.num_key_value_heads", "kv_heads"))
     return HeadSpec(query="self_attn.q_proj", key="self_attn.k_proj", value="self_attn.v_proj",
-                    output="self_attn.o_proj", heads_key=f"{stack}_num_attention_heads",
-                    kv_heads_key=f"{stack}_num_key_value_heads", attention="self_attn",
-                    attrs=(("config.num_attention_heads", "heads"), ("config.num_key_value_heads", "kv_heads"),
-                           ("num_key_value_groups", "groups")), cross_attention=cross_attention)
+                    output="self_attn.o_proj", heads_key=f"{prefix}num_attention_heads",
+                    kv_heads_key=f"{prefix}num_key_value_heads", head_dim_key=head_dim_key, attention="self_attn",
+                    attrs=(counts if config_counts else ()) + (("num_key_value_groups", "groups"),),
+                    cross_attention=cross_attention)
 
 
+def _moonshine_decoder(name: str, head_dim_key=None, prefix: str = "decoder_") -> ModelSpec:
+    """Moonshine's decoder stack: the gated MLP, fc1 rows [value | gate]; the cross-attention kept whole."""
+    return ModelSpec(name=name, model_types=(), stack="decoder", layers=("decoder.layers",), hidden_key="hidden_size",
+                     heads=_moonshine_heads(prefix, cross_attention="encoder_attn", head_dim_key=head_dim_key),
+                     mlp=MLPSpec(producers=("mlp.fc1",), consumer="mlp.fc2", size_key="intermediate_size",
+                                 segments=(2,)))
+
+
+_MOONSHINE_ENCODER_MLP = MLPSpec(producers=("mlp.fc1",), consumer="mlp.fc2", size_key="intermediate_size")
 MOONSHINE = ModelSpec(
     name="moonshine", model_types=("moonshine",), stack="encoder", layers=("encoder.layers",),
-    hidden_key="hidden_size", heads=_moonshine_heads("encoder"),
-    mlp=MLPSpec(producers=("mlp.fc1",), consumer="mlp.fc2", size_key="intermediate_size"),
-    stacks=(ModelSpec(name="moonshine-decoder", model_types=(), stack="decoder", layers=("decoder.layers",),
-                      hidden_key="hidden_size", heads=_moonshine_heads("decoder", cross_attention="encoder_attn"),
-                      mlp=MLPSpec(producers=("mlp.fc1",), consumer="mlp.fc2", size_key="intermediate_size",
-                                  segments=(2,))),))
+    hidden_key="hidden_size", heads=_moonshine_heads("encoder_"), mlp=_MOONSHINE_ENCODER_MLP,
+    stacks=(_moonshine_decoder("moonshine-decoder"),))
+
+# Moonshine Streaming: a frame embedder and two causal convolutions (kept), an encoder of its own config
+# (``encoder_config``: sizes, head_dim, sliding windows per layer, over the positions, not per head) whose attention
+# views q/k/v by head_dim (-1 heads) and reads no count at forward, and Moonshine's decoder (the model config, with
+# head_dim). Both configs have head_dim: the encoder's pruned heads can save plainly, the decoder's not (its
+# num_attention_heads also sizes the cross-attention)
+MOONSHINE_STREAMING = ModelSpec(
+    name="moonshine_streaming", model_types=("moonshine_streaming",), stack="encoder", layers=("encoder.layers",),
+    hidden_key="hidden_size", text_config="encoder_config", mlp=_MOONSHINE_ENCODER_MLP,
+    heads=_moonshine_heads("", config_counts=False, head_dim_key="head_dim"),
+    stacks=(_moonshine_decoder("moonshine_streaming-decoder", head_dim_key="head_dim", prefix=""),))
 
 VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
     "vit": ModelSpec(name="vit", model_types=("vit", "deit"), **VIT),
@@ -197,5 +217,6 @@ VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
     "wavlm": ModelSpec(name="wavlm", model_types=("wavlm",), **WAV2VEC2, unsupported=WAVLM_HEADS),
     "wav2vec2-conformer": _conformer(),
     "moonshine": MOONSHINE,
+    "moonshine_streaming": MOONSHINE_STREAMING,
     **DINOV2,  # dinov2-q_proj, dinov2-q_proj-swiglu, dinov2-query, dinov2-query-swiglu
 }
