@@ -14,12 +14,14 @@ and its attentions, which read their head count from the model config at forward
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
 import torch
 
-from masked_dora.models import MaskedDoRAConfig, compact_model, get_state, harden, load_compact, prepare_model, spec_for
+from masked_dora.models import (MaskedDoRAConfig, compact_for_training, compact_model, get_state, harden, load_compact,
+                                prepare_model, spec_for)
 
 from helpers import rel_err
 from tiny_models import randomize_adapters, reload_plain_in_clean_process
@@ -203,6 +205,21 @@ def test_moonshine_compacts_saves_reloads_and_generates_equal(tmp_path, model_cl
             gen, row = dict(max_new_tokens=5, do_sample=False), inputs["input_values"][:1]
             tokens = model.generate(input_values=row, **gen)
             assert tokens.shape[1] > 1 and torch.equal(reloaded.generate(input_values=row, **gen), tokens)
+
+
+def test_moonshine_compacts_for_training_in_place():
+    """compact_for_training gives each decoder self-attention its own config too: the small model trains as the
+    masked one (same outputs), and compacts to it."""
+    model, _ = _pruned_moonshine(("mlp", "heads"))
+    inputs = _moonshine_inputs()
+    with torch.no_grad():
+        ref = model(**inputs).logits
+    small = compact_for_training(copy.deepcopy(model))
+    attention = small.model.decoder.layers[0].self_attn
+    assert attention.q_proj.out_features == 16 and attention.config is not small.config
+    with torch.no_grad():
+        assert rel_err(small(**inputs).logits, ref) < TOL
+        assert rel_err(compact_model(small)(**inputs).logits, ref) < TOL
 
 
 def test_moonshine_pruned_mlp_reloads_with_plain_transformers(tmp_path):
