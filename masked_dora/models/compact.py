@@ -331,11 +331,23 @@ def set_mlp_size_attrs(block: nn.Module, spec: ModelSpec, width: int) -> None:
 
 
 def set_head_attrs(block: nn.Module, spec: ModelSpec, heads: int, kv: int, head_dim: int) -> Dict[str, int]:
-    """Set the attention module's head-count attributes (``HeadSpec.attrs``); returns the quantities."""
+    """Set the attention module's head-count attributes (``HeadSpec.attrs``); returns the quantities.
+
+    A dotted attribute ``owner.name`` is set on the attention's own shallow copy of ``owner`` (Moonshine's
+    ``config``, which its forward reads the head counts from, is the model's config, shared by every attention:
+    setting the count there would resize all of them, the cross-attention too)."""
     quantity = {"heads": heads, "kv_heads": kv, "groups": heads // kv, "width": heads * head_dim}
     attention = block.get_submodule(spec.heads.attention)
+    owned = {}  # owner name -> the attention's copy (made once)
     for attr, what in spec.heads.attrs:
-        setattr(attention, attr, quantity[what])
+        owner_name, _, name = attr.rpartition(".")
+        owner = attention
+        if owner_name:
+            if owner_name not in owned:
+                owned[owner_name] = copy.copy(getattr(attention, owner_name))
+                setattr(attention, owner_name, owned[owner_name])
+            owner = owned[owner_name]
+        setattr(owner, name, quantity[what])
     return quantity
 
 

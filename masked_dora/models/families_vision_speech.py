@@ -2,7 +2,8 @@
 SigLIP / MetaCLIP 2 towers and two-tower models, Wav2Vec2, HuBERT, data2vec-audio, SEW, UniSpeech(-SAT), WavLM,
 Wav2Vec2-Conformer; SEW-D is DeBERTa-v2's), merged into the shipped table
 (:data:`masked_dora.models.families.SPECS`). Whisper's encoder-decoder has BART's modules and keys: it is in the
-``bart`` spec of that table.
+``bart`` spec of that table. Moonshine's encoder-decoder (raw audio, rotary attention, a gated decoder MLP) is
+here.
 
 Their blocks are a text encoder's (pre- or post-LN attention and a two-layer MLP); only the model's input differs
 (``pixel_values``, ``input_values``), which the specs never see. Most of these attentions hold nothing per head
@@ -178,6 +179,56 @@ def _dinov2(swiglu: bool, layout: str) -> ModelSpec:
 DINOV2 = {spec.name: spec for spec in (_dinov2(swiglu, layout) for layout in ("q_proj", "query")
                                        for swiglu in (False, True))}
 
+
+# Moonshine (MoonshineModel, MoonshineForConditionalGeneration): an encoder-decoder over raw audio behind a
+# convolutional front end (conv1-3 and a GroupNorm, kept), pre-LN blocks with rotary self-attention. The encoder's
+# MLP is fc1 / GELU / fc2; the decoder's is gated, fc1 2 x intermediate_size wide, chunked into [value | gate] with
+# act(gate) * value, so channel i is fc1's rows i and intermediate_size + i (segments=2: both go, and (0, 0) maps to
+# 0). Both MLPs are intermediate_size wide (one key). The attention views q/k/v by ``self.config.num_key_value_heads``
+# at forward, and ``self.config`` is the model's config, shared by every attention (the constructor writes each
+# stack's head counts into it); a compacted attention gets its own copy with its kept counts (dotted attrs), so the
+# decoder's cross-attention (encoder_attn), which keeps every head, still reads the model's. head_dim is
+# hidden_size // heads, fixed at build (pruned heads save in the per-layer form); pad_head_dim_to_multiple_of pads
+# each head's q/k/v with zeros up to a multiple before the attention and drops them after, per head, so fewer heads
+# change nothing. (transformers' Moonshine runs with equal query and KV head counts only: it views the queries by
+# the KV count, and its constructor gives the decoder the encoder's head counts.)
+def _moonshine_heads(prefix: str, cross_attention: str = "", config_counts: bool = True,
+                     head_dim_key=None) -> HeadSpec:
+    """The self-attention of a Moonshine block whose config keys are ``<prefix>num_attention_heads`` ...;
+    ``config_counts``: its forward reads the KV head count from ``self.config`` (the decoder attention)."""
+    counts = (("config.num_attention_heads", "heads"), ("config.num_key_value_heads", "kv_heads"))
+    return HeadSpec(query="self_attn.q_proj", key="self_attn.k_proj", value="self_attn.v_proj",
+                    output="self_attn.o_proj", heads_key=f"{prefix}num_attention_heads",
+                    kv_heads_key=f"{prefix}num_key_value_heads", head_dim_key=head_dim_key, attention="self_attn",
+                    attrs=(counts if config_counts else ()) + (("num_key_value_groups", "groups"),),
+                    cross_attention=cross_attention)
+
+
+def _moonshine_decoder(name: str, head_dim_key=None, prefix: str = "decoder_") -> ModelSpec:
+    """Moonshine's decoder stack: the gated MLP, fc1 rows [value | gate]; the cross-attention kept whole."""
+    return ModelSpec(name=name, model_types=(), stack="decoder", layers=("decoder.layers",), hidden_key="hidden_size",
+                     heads=_moonshine_heads(prefix, cross_attention="encoder_attn", head_dim_key=head_dim_key),
+                     mlp=MLPSpec(producers=("mlp.fc1",), consumer="mlp.fc2", size_key="intermediate_size",
+                                 segments=(2,)))
+
+
+_MOONSHINE_ENCODER_MLP = MLPSpec(producers=("mlp.fc1",), consumer="mlp.fc2", size_key="intermediate_size")
+MOONSHINE = ModelSpec(
+    name="moonshine", model_types=("moonshine",), stack="encoder", layers=("encoder.layers",),
+    hidden_key="hidden_size", heads=_moonshine_heads("encoder_"), mlp=_MOONSHINE_ENCODER_MLP,
+    stacks=(_moonshine_decoder("moonshine-decoder"),))
+
+# Moonshine Streaming: a frame embedder and two causal convolutions (kept), an encoder of its own config
+# (``encoder_config``: sizes, head_dim, sliding windows per layer, over the positions, not per head) whose attention
+# views q/k/v by head_dim (-1 heads) and reads no count at forward, and Moonshine's decoder (the model config, with
+# head_dim). Both configs have head_dim: the encoder's pruned heads can save plainly, the decoder's not (its
+# num_attention_heads also sizes the cross-attention)
+MOONSHINE_STREAMING = ModelSpec(
+    name="moonshine_streaming", model_types=("moonshine_streaming",), stack="encoder", layers=("encoder.layers",),
+    hidden_key="hidden_size", text_config="encoder_config", mlp=_MOONSHINE_ENCODER_MLP,
+    heads=_moonshine_heads("", config_counts=False, head_dim_key="head_dim"),
+    stacks=(_moonshine_decoder("moonshine_streaming-decoder", head_dim_key="head_dim", prefix=""),))
+
 VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
     # ViT-MSN and I-JEPA: ViT's blocks under other embeddings (I-JEPA: no CLS token) and task heads
     "vit": ModelSpec(name="vit", model_types=("vit", "deit", "vit_msn", "ijepa"), **VIT),
@@ -201,6 +252,8 @@ VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
                                                         "unispeech-sat"), **WAV2VEC2),
     "wavlm": ModelSpec(name="wavlm", model_types=("wavlm",), **WAV2VEC2, unsupported=WAVLM_HEADS),
     "wav2vec2-conformer": _conformer(),
+    "moonshine": MOONSHINE,
+    "moonshine_streaming": MOONSHINE_STREAMING,
     **DINOV2,  # dinov2-q_proj, dinov2-q_proj-swiglu, dinov2-query, dinov2-query-swiglu
 }
 

@@ -201,7 +201,9 @@ class HeadSpec:
     # heads * head_dim (Helium: hidden_size): a config cannot describe pruned heads then (the per-layer form)
     output_width_key: Optional[str] = None
     attention: str = ""  # path of the attention module whose attributes follow the head counts
-    # attribute -> quantity, quantity one of "heads", "kv_heads", "groups" (heads per KV head), "width"
+    # attribute -> quantity, quantity one of "heads", "kv_heads", "groups" (heads per KV head), "width"; a dotted
+    # "owner.attribute" is set on the attention's own copy of its ``owner`` (Moonshine's "config.num_key_value_heads":
+    # its forward reads the count from a config shared by every attention of the model)
     attrs: Tuple[Tuple[str, str], ...] = ()
     # modules holding parameters per head (q/k norms), which compaction cuts to the kept heads
     per_head: Tuple[PerHeadSpec, ...] = ()
