@@ -167,3 +167,25 @@ def test_other_trl_trainers_are_refused(tmp_path):
 
     with pytest.raises(ValueError, match="DPOConfig"):
         trl_penalty_route(DPOConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False))
+
+
+def test_sft_with_a_compute_loss_func_trains_under_gradient_checkpointing(tmp_path):
+    """A compute_loss_func computes the loss outside the model (the penalty added by hand), and the SFTTrainer then
+    runs a second forward, without gradients, for its metrics before the backward. That forward drew new gate
+    samples, which TRL's default gradient checkpointing recomputed the blocks with ("A different number of tensors
+    was saved during the original forward and recomputation"); it now puts the first forward's samples back."""
+    from masked_dora.models import MaskedDoRACallback
+
+    model = prepared()
+    callback = MaskedDoRACallback(model)
+
+    def loss_func(outputs, labels, num_items_in_batch=None):
+        logits, targets = outputs.logits[:, :-1].float(), labels[:, 1:]
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                                 ignore_index=-100) + callback.mask_trainer.penalty()
+
+    trainer = sft(model, callback, dataset("text"), tmp_path)
+    trainer.compute_loss_func = loss_func
+    probe = probe_penalty(callback)
+    trainer.train()
+    assert model.is_gradient_checkpointing and probe.grad is not None and probe.grad > 0

@@ -264,11 +264,33 @@ class ForwardMasks:
     exact top-k plan (``state.exact_plan()``, recomputed only when a logit changed). Read from the
     state's config at every call (a training state loaded later may change it). Either way the masks
     are fixed outside any checkpointed block, so a recomputation reads the same.
+
+    A checkpointed block's recomputation (in the backward) reads the sample the groups hold then, so a forward
+    between a forward and its backward must not leave its own sample there (:meth:`after`, the model's forward
+    hook):
+
+    * a forward without gradients in training mode (metrics or an entropy term in a Trainer's
+      ``compute_loss_func``, TRL's) draws its own sample and puts the previous one back after it: the pending
+      backward recomputes with the sample its forward used (before, a non-reentrant checkpoint raised
+      ``CheckpointError`` there);
+    * a second forward with gradients before the first one's backward, under activation checkpointing (a
+      two-column contrastive loss that runs the model once per column, as sentence-transformers' losses do),
+      would recompute the first forward's blocks with the second forward's sample: every gradient of the first
+      would be computed at activations it never had, silently. It raises instead, naming the ways out.
     """
 
     def __init__(self, state: nn.Module):
         self.state = state
         self._layers = None
+        self._restore: Optional[Dict[str, Optional[Tensor]]] = None  # the samples a no-grad forward set aside
+        self._awaiting_backward = False  # the last forward with gradients drew samples its backward has not used
+        self._checkpointing_modules = None
+
+    def _checkpointing(self, module: nn.Module) -> bool:
+        """Whether activation checkpointing is on (transformers' ``gradient_checkpointing`` flags)."""
+        if self._checkpointing_modules is None:
+            self._checkpointing_modules = [m for m in module.modules() if hasattr(m, "gradient_checkpointing")]
+        return any(m.gradient_checkpointing is True for m in self._checkpointing_modules)
 
     def __call__(self, module: nn.Module, args, kwargs=None):
         if self._layers is None:
@@ -285,7 +307,44 @@ class ForwardMasks:
             for key, group in groups.items():
                 group.set_planned(plans[key])
             return None
+        self._restore = None
+        if module.training and groups:
+            if not torch.is_grad_enabled():
+                self._restore = {key: group._sample for key, group in groups.items()}
+            elif self._awaiting_backward and self._checkpointing(module):
+                raise RuntimeError(
+                    "masked_dora: a second training forward with gradients started before the backward of the "
+                    "previous one, under activation checkpointing: each forward draws its own mask sample, and the "
+                    "previous forward's blocks would be recomputed with this one's in the backward, which gives "
+                    "wrong gradients. Run each forward's backward first (or concatenate the inputs into one "
+                    "forward), disable gradient checkpointing, use MaskedDoRAConfig(budget='exact') (the same "
+                    "masks in every forward), or run forwards whose outputs you do not backpropagate under "
+                    "torch.no_grad()")
         for group in groups.values():
             group.set_planned(None)
             group.draw_sample()
         return None
+
+    def after(self, module: nn.Module, args, output):
+        """Model forward hook: put back the samples a no-grad forward set aside; after a forward with gradients,
+        note that its backward is pending until a gradient reaches one of its output tensors (a forward that
+        raises inside never gets here, so it leaves nothing pending)."""
+        if self._restore is not None:
+            for key, sample in self._restore.items():
+                self.state.groups[key]._sample = sample
+            self._restore = None
+            return None
+        if not (module.training and torch.is_grad_enabled()) or self.state.config.budget == "exact" \
+                or torch.compiler.is_compiling():  # (a tensor hook would break the graph: compiled, not watched)
+            return None
+        values = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) \
+            else (output,)
+        tensors = [t for t in values if isinstance(t, Tensor) and t.requires_grad]
+        if tensors:
+            self._awaiting_backward = True
+            for t in tensors:
+                t.register_hook(self._backward_reached)
+        return None
+
+    def _backward_reached(self, grad: Tensor) -> None:
+        self._awaiting_backward = False

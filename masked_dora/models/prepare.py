@@ -423,7 +423,9 @@ def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, c
     state.save_form, state.save_form_reason = save_form, save_form_reason
     state.built_sizes = built_sizes
     model.train(model.training)  # new modules follow the model's mode
-    model.register_forward_pre_hook(ForwardMasks(state))
+    forward_masks = ForwardMasks(state)
+    model.register_forward_pre_hook(forward_masks)
+    model.register_forward_hook(forward_masks.after)
     from .sparsity import warn_unreachable_targets
 
     warn_unreachable_targets(model)  # a target that rounding changes (e.g. 25% of 2 KV groups: none) warns now
