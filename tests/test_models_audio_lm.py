@@ -11,19 +11,18 @@ refused (the audio projector writes into the residual stream).
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-from masked_dora.models import MaskedDoRAConfig, compact_model, get_state, harden, load_compact, prepare_model, spec_for
+from masked_dora.models import MaskedDoRAConfig, get_state, load_compact, prepare_model, spec_for
 from masked_dora.models.blocks import find_layers, stack_specs
 from masked_dora.models.specs import WRAPPERS
 
 from helpers import rel_err
 from tiny_audio_lms import AUDIO_ID, FAMILIES, audio_inputs, available, tiny_audio_lm, unavailable_reason
-from tiny_models import randomize_adapters, reload_plain_in_clean_process
+from tiny_models import reload_plain_in_clean_process
 from tiny_vlms import text_inputs
+from wrapped_lm_chain import compact_chain, outside_blocks, train_step
 
 AUDIO_LMS = [f for f in FAMILIES if available(f)]
 MISSING = [f for f in FAMILIES if not available(f)]
@@ -39,23 +38,14 @@ def test_audio_lm_families_this_transformers_lacks_are_reported(family):
 
 
 def _train_step(model, family: str) -> None:
-    """One optimizer step of the causal-LM loss on audio inputs (the audio placeholders' labels masked); the
-    family's ``eval_while_training`` modules stay in eval mode."""
-    model.train()
-    for name in FAMILIES[family].eval_while_training:
-        model.get_submodule(name).eval()
-    params = [p for p in model.parameters() if p.requires_grad]
+    """One optimizer step of the causal-LM loss on audio inputs (the audio placeholders' labels masked)."""
     inputs = audio_inputs(family)
-    model(**inputs, labels=inputs["input_ids"].masked_fill(inputs["input_ids"] == AUDIO_ID, -100)).loss.backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
-    torch.optim.SGD(params, lr=1e-2).step()
-    model.eval()
+    labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == AUDIO_ID, -100)
+    train_step(model, dict(inputs, labels=labels), FAMILIES[family].eval_while_training)
 
 
 def _outside_blocks(model, family: str) -> dict:
-    """Every tensor but the language model's blocks': the audio tower, the projector, the embeddings, the head."""
-    blocks = tuple(f"{block_list}." for block_list in FAMILIES[family].block_lists)
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith(blocks)}
+    return outside_blocks(model, FAMILIES[family].block_lists)
 
 
 def _generate(model, inputs: dict) -> torch.Tensor:
@@ -67,21 +57,9 @@ def _inputs(family: str, n: int = 2) -> dict:
 
 
 def _chain(family: str, path: str) -> dict:
-    model = tiny_audio_lm(family)
-    before = _outside_blocks(model, family)
-    prepare_model(model, MaskedDoRAConfig(**CONFIG, target_groups=FAMILIES[family].groups))
-    randomize_adapters(model)
-    _train_step(model, family)
-    harden(model)
-    inputs = _inputs(family)
-    with torch.no_grad():
-        ref = {k: model(**v).logits for k, v in inputs.items()}
-        small = compact_model(model)
-        out = {k: small(**v).logits for k, v in inputs.items()}
-    small.save_pretrained(path)
-    torch.save(inputs["audio"], os.path.join(path, "inputs.pt"))
-    return dict(model=model, small=small, before=before, inputs=inputs, ref=ref, out=out, path=path,
-                one_row=_inputs(family, n=1))
+    config = MaskedDoRAConfig(**CONFIG, target_groups=FAMILIES[family].groups)
+    return compact_chain(tiny_audio_lm(family), config, FAMILIES[family].block_lists,
+                         lambda m: _train_step(m, family), _inputs(family), "audio", path, _inputs(family, n=1))
 
 
 @pytest.fixture(scope="module")

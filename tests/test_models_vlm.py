@@ -17,8 +17,6 @@ the VLM's loss. Hidden pruning is refused (the projector writes into the residua
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -33,6 +31,7 @@ from tiny_models import randomize_adapters, reload_plain_in_clean_process
 from tiny_vlm_configs import TEXT
 from tiny_vlms import (FAMILIES, IMAGE_ID, available, harden_and_compact_vlm, image_inputs, text_inputs,
                        tiny_llava_around, tiny_vlm, unavailable_reason)
+from wrapped_lm_chain import compact_chain, outside_blocks, train_step
 
 VLMS = [f for f in FAMILIES if available(f)]
 MISSING = [f for f in FAMILIES if not available(f)]
@@ -65,22 +64,12 @@ def _with_labels(inputs: dict) -> dict:
 
 
 def _train_step(model, family: str) -> None:
-    """One optimizer step of the causal-LM loss on image inputs (adapters and mask logits); the family's
-    ``eval_while_training`` modules stay in eval mode."""
-    model.train()
-    for name in FAMILIES[family].eval_while_training:
-        model.get_submodule(name).eval()
-    params = [p for p in model.parameters() if p.requires_grad]
-    model(**_with_labels(image_inputs(family))).loss.backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
-    torch.optim.SGD(params, lr=1e-2).step()
-    model.eval()
+    """One optimizer step of the causal-LM loss on image inputs (adapters and mask logits)."""
+    train_step(model, _with_labels(image_inputs(family)), FAMILIES[family].eval_while_training)
 
 
 def _outside_blocks(model, family: str) -> dict:
-    """Every tensor but the language model's blocks': the vision tower, the projector, the embeddings, the head."""
-    blocks = tuple(f"{block_list}." for block_list in FAMILIES[family].block_lists)
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith(blocks)}
+    return outside_blocks(model, FAMILIES[family].block_lists)
 
 
 def _text_config(config):
@@ -114,21 +103,9 @@ def _inputs(family: str, n: int = 2) -> dict:
 
 
 def _chain(family: str, path: str) -> dict:
-    model = tiny_vlm(family)
-    before = _outside_blocks(model, family)
-    prepare_model(model, MaskedDoRAConfig(**CONFIG, target_groups=FAMILIES[family].groups))
-    randomize_adapters(model)
-    _train_step(model, family)
-    harden(model)
-    inputs = _inputs(family)
-    with torch.no_grad():
-        ref = {k: model(**v).logits for k, v in inputs.items()}
-        small = compact_model(model)
-        out = {k: small(**v).logits for k, v in inputs.items()}
-    small.save_pretrained(path)
-    torch.save(inputs["image"], os.path.join(path, "inputs.pt"))
-    return dict(model=model, small=small, before=before, inputs=inputs, ref=ref, out=out, path=path,
-                one_row=_inputs(family, n=1))
+    config = MaskedDoRAConfig(**CONFIG, target_groups=FAMILIES[family].groups)
+    return compact_chain(tiny_vlm(family), config, FAMILIES[family].block_lists, lambda m: _train_step(m, family),
+                         _inputs(family), "image", path, _inputs(family, n=1))
 
 
 @pytest.fixture(scope="module")

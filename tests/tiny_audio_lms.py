@@ -10,13 +10,13 @@ audio embedding). Each ``audio(n, generator)`` gives the keyword arguments besid
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Callable, Dict
 
 import torch
 
 from tiny_vlm_configs import IMAGE_ID, TEXT
+from wrapped_lm_chain import row_unavailable_reason
 
 AUDIO_ID, AUDIO_TOKENS, MEL = IMAGE_ID, 4, 16
 # a Whisper-like audio tower (two convolutions, the second of stride 2, then transformer layers): 16 channels
@@ -141,15 +141,7 @@ FAMILIES: Dict[str, TinyAudioLM] = {
 
 def unavailable_reason(family: str) -> str:
     """Why this transformers cannot run the family's test ("" where it can)."""
-    import transformers
-
-    tiny = FAMILIES[family]
-    if not all(hasattr(transformers, name) for name in tiny.classes):
-        return f"transformers {transformers.__version__} has no {tiny.classes}"
-    version = tuple(int(n) for n in re.findall(r"\d+", transformers.__version__)[:2])
-    if tiny.since and version < tiny.since:
-        return f"transformers {transformers.__version__} < {'.'.join(map(str, tiny.since))}: {tiny.since_why}"
-    return ""
+    return row_unavailable_reason(FAMILIES[family])
 
 
 def available(family: str) -> bool:

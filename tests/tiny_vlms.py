@@ -32,6 +32,7 @@ from tiny_vlm_configs_extra import (aria, chameleon, emu3, emu3_images, ernie4_5
                                     fuyu_patches, granite4_vision, idefics, idefics_images, molmo2, molmo2_crops,
                                     perception_lm, perception_tiles, qwen2_5_omni_thinker)
 from tiny_vlm_configs_mm import llama4, qwen3_omni_moe_thinker
+from wrapped_lm_chain import row_unavailable_reason
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
 
@@ -261,21 +262,9 @@ FAMILIES: Dict[str, TinyVLM] = {
 
 
 def unavailable_reason(family: str) -> str:
-    """Why this transformers cannot run the family's test ("" where it can): a class it lacks, or a version
-    before the layout the spec describes (``TinyVLM.since``)."""
-    import re
-
-    import transformers
-
-    tiny = FAMILIES[family]
-    if not all(hasattr(transformers, name) for name in tiny.classes):
-        return f"transformers {transformers.__version__} has no {tiny.classes}"
-    version = tuple(int(n) for n in re.findall(r"\d+", transformers.__version__)[:2])
-    if tiny.since and version < tiny.since:
-        return f"transformers {transformers.__version__} < {'.'.join(map(str, tiny.since))}: {tiny.since_why}"
-    if version in tiny.broken_in:
-        return f"transformers {transformers.__version__}: {tiny.broken_why}"
-    return ""
+    """Why this transformers cannot run the family's test ("" where it can): a class it lacks, a version before
+    the layout the spec describes (``TinyVLM.since``), or one whose own forward fails (``TinyVLM.broken_in``)."""
+    return row_unavailable_reason(FAMILIES[family])
 
 
 def available(family: str) -> bool:
