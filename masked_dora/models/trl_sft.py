@@ -11,6 +11,8 @@ from __future__ import annotations
 import sys
 
 import torch
+
+
 class PenaltyThroughLogProbs(torch.autograd.Function):
     """``log_probs`` unchanged, with the sparsity penalty's gradient riding on it: TRL's ``SFTTrainer`` (1.16) calls
     its fused LM head (``fused_lm_head=True``) and builds its loss from ``outputs.log_probs``, never reading
@@ -37,8 +39,6 @@ class PenaltyThroughLogProbs(torch.autograd.Function):
         (label_mask,) = ctx.saved_tensors
         share = -(grad * label_mask.to(grad.dtype)).sum()
         return grad, None, share.to(ctx.penalty_dtype)
-
-
 
 
 def trl_penalty_route(args) -> bool:
