@@ -189,3 +189,25 @@ def test_sft_with_a_compute_loss_func_trains_under_gradient_checkpointing(tmp_pa
     probe = probe_penalty(callback)
     trainer.train()
     assert model.is_gradient_checkpointing and probe.grad is not None and probe.grad > 0
+
+
+def test_a_users_sft_config_subclass_is_recognised(tmp_path):
+    """An SFTConfig subclass defined in the user's own script (its module is not trl's) is still TRL's SFTTrainer:
+    the penalty reaches the loss (read by module name, the route was missed and the penalty dropped)."""
+    from trl import SFTConfig, SFTTrainer
+
+    from masked_dora.models import MaskedDoRACallback
+
+    class MyConfig(SFTConfig):
+        pass
+
+    model = prepared()
+    callback = MaskedDoRACallback(model)
+    args = MyConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False, save_strategy="no",
+                    disable_tqdm=True, max_steps=1, per_device_train_batch_size=4, max_length=32)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset("text"), processing_class=tokenizer(),
+                         callbacks=[callback])
+    probe = probe_penalty(callback)
+    trainer.train()
+    assert probe.grad is not None, "the penalty never reached the loss"
+    torch.testing.assert_close(probe.grad, torch.tensor(1.0), rtol=1e-5, atol=0)

@@ -50,12 +50,14 @@ def trl_penalty_route(args) -> bool:
     (the loss comes from full logits, computed without labels: no loss, no log-probabilities for the hook) and
     TRL's other trainers (DPO, GRPO, KTO, ...: their losses are not a token mean of log-likelihoods).
     """
-    module = type(args).__module__ or ""
-    if not (module == "trl" or module.startswith("trl.")):
-        return False
     trl = sys.modules.get("trl")
-    name = type(args).__name__
-    if trl is None or not isinstance(args, getattr(trl, "SFTConfig", ())):
+    if trl is None:  # never imported: no TRL trainer is running
+        return False
+    module, name = type(args).__module__ or "", type(args).__name__
+    # by class, not by module: a user's SFTConfig subclass, defined in their own script, is TRL's SFTTrainer too
+    if not isinstance(args, getattr(trl, "SFTConfig", ())):
+        if not (module == "trl" or module.startswith("trl.")):
+            return False
         raise ValueError(f"args: MaskedDoRACallback supports TRL's SFTTrainer only, got a {name}: TRL's other "
                          f"trainers build their loss from the model's per-token log-probabilities in ways "
                          f"(preferences, rewards) that the sparsity penalty cannot be added to")
