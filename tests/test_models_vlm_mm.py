@@ -15,10 +15,33 @@ from helpers import rel_err
 from tiny_models import randomize_adapters
 from tiny_vlm_configs import IMAGE_ID
 from tiny_vlm_configs_mm import gemma3n, gemma3n_stand_in_tower, gemma3n_text, llama4, shieldgemma2
+from wrapped_lm_chain import compact_chain, outside_blocks, train_step
 
 CONFIG = dict(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5)
 TOL = 1e-5  # float32: the compacted model computes the kept channels' sums in another order
 IDS = torch.randint(3, 100, (2, 10), generator=torch.Generator().manual_seed(1))
+
+
+def _image_inputs(size: int) -> dict:
+    """The two rows of IDS with 4 image tokens (positions 3 to 6) and their ``size`` px images."""
+    ids = IDS.clone()
+    ids[:, 3:7] = IMAGE_ID
+    return dict(input_ids=ids, pixel_values=torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(2)))
+
+
+def _chain(model, block_lists, train, image: dict, path) -> dict:
+    """compact_chain (MLP and heads) on text and ``image`` inputs, then what every VLM must show: the image reaches
+    the logits, the compacted model equals the masked one, everything outside the blocks is bit-identical."""
+    c = compact_chain(model, MaskedDoRAConfig(**CONFIG), block_lists, train,
+                      {"text": dict(input_ids=IDS), "image": image}, "image", str(path), {})
+    with torch.no_grad():
+        other = dict(image, pixel_values=image["pixel_values"] + 1.0)
+        assert rel_err(c["model"](**other).logits, c["ref"]["image"]) > 1e-3
+    for kind in c["inputs"]:
+        assert rel_err(c["out"][kind], c["ref"][kind]) < TOL, kind
+    kept = outside_blocks(c["small"], block_lists)
+    assert kept.keys() == c["before"].keys() and all(torch.equal(v, c["before"][k]) for k, v in kept.items())
+    return c
 
 
 def test_compact_build_keeps_complex_buffers_complex():
@@ -110,35 +133,15 @@ def test_gemma3n_vlm_chain_keeps_everything_outside_the_language_models_blocks(t
     with gemma3n_stand_in_tower():
         torch.manual_seed(0)
         model = transformers.Gemma3nForConditionalGeneration(gemma3n(transformers)).eval()
-        blocks = "model.language_model.layers."
-        before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(blocks)}
         assert spec_for(model).name == "gemma3n+gemma3n_text"
-        prepare_model(model, MaskedDoRAConfig(**CONFIG))
-        randomize_adapters(model)
-        image_ids = IDS.clone()
-        image_ids[:, 3:7] = IMAGE_ID
-        pixels = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
-        image = dict(input_ids=image_ids, pixel_values=pixels)
-        model.train()
-        model(**image, labels=image_ids.masked_fill(image_ids == IMAGE_ID, -100)).loss.backward()
-        torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-2).step()
-        model.eval()
-        harden(model)
-        inputs = {"text": dict(input_ids=IDS), "image": image}
-        with torch.no_grad():
-            ref = {kind: model(**v).logits for kind, v in inputs.items()}
-            assert rel_err(model(**dict(image, pixel_values=image["pixel_values"] + 1.0)).logits, ref["image"]) > 1e-3
-            small = compact_model(model)
-            for kind, v in inputs.items():
-                assert rel_err(small(**v).logits, ref[kind]) < TOL, kind
-        kept = {k: v for k, v in small.state_dict().items() if not k.startswith(blocks)}
-        assert kept.keys() == before.keys() and all(torch.equal(v, before[k]) for k, v in kept.items())
-        assert [layer.mlp.down_proj.in_features for layer in small.model.language_model.layers] == [32, 24]
-        small.save_pretrained(str(tmp_path))
+        image = _image_inputs(8)
+        labeled = dict(image, labels=image["input_ids"].masked_fill(image["input_ids"] == IMAGE_ID, -100))
+        c = _chain(model, ["model.language_model.layers"], lambda m: train_step(m, labeled), image, tmp_path)
+        assert [layer.mlp.down_proj.in_features for layer in c["small"].model.language_model.layers] == [32, 24]
         reloaded = load_compact(str(tmp_path))
         with torch.no_grad():
-            for kind, v in inputs.items():
-                assert rel_err(reloaded(**v).logits, ref[kind]) < TOL, kind
+            for kind, v in c["inputs"].items():
+                assert rel_err(reloaded(**v).logits, c["ref"][kind]) < TOL, kind
         row = {k: v[:1] for k, v in image.items()}
         gen = dict(max_new_tokens=5, do_sample=False)
         assert torch.equal(reloaded.generate(**row, **gen), model.generate(**row, **gen))
@@ -159,32 +162,19 @@ def test_shieldgemma2_classifier_prunes_its_gemma3_language_model(tmp_path):
         for p in model.parameters():
             if p.dim() >= 2 and not p.any():
                 p.normal_(0.0, 0.05)
-    blocks = "model.model.language_model.layers."
-    before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(blocks)}
     assert spec_for(model).name == f"shieldgemma2+{spec_for(model.config.text_config).name}"  # Gemma 3's
-    prepare_model(model, MaskedDoRAConfig(**CONFIG))
-    randomize_adapters(model)
-    image_ids = IDS.clone()
-    image_ids[:, 3:7] = IMAGE_ID
-    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-    image = dict(input_ids=image_ids, pixel_values=pixels)
-    model.train()
-    torch.nn.functional.cross_entropy(model(**image).logits, torch.tensor([0, 1])).backward()
-    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-2).step()
-    model.eval()
-    harden(model)
-    inputs = {"text": dict(input_ids=IDS), "image": image}
-    with torch.no_grad():
-        ref = {kind: model(**v).logits for kind, v in inputs.items()}
-        assert rel_err(model(**dict(image, pixel_values=pixels + 1.0)).logits, ref["image"]) > 1e-3
-        small = compact_model(model)
-        for kind, v in inputs.items():
-            assert rel_err(small(**v).logits, ref[kind]) < TOL, kind
-    kept = {k: v for k, v in small.state_dict().items() if not k.startswith(blocks)}
-    assert kept.keys() == before.keys() and all(torch.equal(v, before[k]) for k, v in kept.items())
+    image = _image_inputs(32)
+
+    def train(m):  # a cross-entropy over its two logits (it takes no labels)
+        m.train()
+        torch.nn.functional.cross_entropy(m(**image).logits, torch.tensor([0, 1])).backward()
+        torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-2).step()
+        m.eval()
+
+    c = _chain(model, ["model.model.language_model.layers"], train, image, tmp_path)
+    small, inputs, ref = c["small"], c["inputs"], c["ref"]
     text = small.config.text_config
     assert (text.intermediate_size, text.num_attention_heads, text.num_key_value_heads) == (32, 2, 1)
-    small.save_pretrained(str(tmp_path))
     reloaded = transformers.ShieldGemma2ForImageClassification.from_pretrained(str(tmp_path)).eval()
     with torch.no_grad():
         for kind, v in inputs.items():
