@@ -3,6 +3,9 @@
     python tests/dist_checkpoint.py single OUT
     python -m torch.distributed.run --nproc_per_node 2 tests/dist_checkpoint.py fsdp2 OUT
 
+(``tests/dist_train.py`` runs it too, as its last run, where its modes list ``checkpoint``: its launches then serve
+both tests, and a process start is paid once.)
+
 ``fsdp2``: 2 steps of ``tests/dist_train.py``'s FSDP2 run; the model and optimizer saved with
 ``torch.distributed.checkpoint`` (sharded, ``get_state_dict``), the Lagrangian controller and its optimizer
 (``MaskTrainer.state_dict()``) and the RNG state with ``torch.save``; a fresh FSDP2 model loads them (``set_state_dict``) and trains steps 2-3.
@@ -36,7 +39,16 @@ def _compact(model, out: str, mode: str) -> None:
 
 
 def main(mode: str, out: str) -> None:
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if mode == "fsdp2":
+        dist.init_process_group("gloo")
+    run(mode, out, world, int(os.environ.get("RANK", "0")))
+    if mode == "fsdp2":
+        dist.destroy_process_group()
+
+
+def run(mode: str, out: str, world: int, rank: int) -> None:
+    """The ``mode`` run (``single``, or ``fsdp2`` in an initialised process group of ``world`` processes)."""
     os.makedirs(out, exist_ok=True)
     record = {"loss": [], "hard": [], "lambda": []}
     if mode == "single":
@@ -53,7 +65,6 @@ def main(mode: str, out: str) -> None:
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                          set_state_dict)
 
-    dist.init_process_group("gloo")
     model, wrapped, trainer, opt = build("fsdp2", world)
     torch.manual_seed(1)
     train_steps(model, wrapped, trainer, opt, range(2), world, rank, record)
@@ -83,7 +94,6 @@ def main(mode: str, out: str) -> None:
         plain.load_state_dict(full)
         _compact(plain, out, mode)
     dist.barrier()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -6,10 +6,12 @@
     python -m torch.distributed.run --nproc_per_node 2 tests/dist_train.py fsdp2_mp OUT [FAMILY]   # + MixedPrecisionPolicy
     python -m torch.distributed.run --nproc_per_node 2 tests/dist_train.py fsdp2_ckpt OUT [FAMILY] # + checkpointing
     python -m torch.distributed.run --nproc_per_node 2 tests/dist_train.py ddp,fsdp2 OUT llama,bert  # 4 runs
+    python -m torch.distributed.run --nproc_per_node 2 tests/dist_train.py fsdp2,checkpoint OUT    # + dist_checkpoint
 
 MODE and FAMILY may be comma-separated lists: every (family, mode) pair then runs in turn in the same
 processes (one process group, a fresh model, optimizer and seeds per run), so the start of a process,
-importing torch and transformers (10 to 15 s per process on a 2-core CI machine), is paid once per launch.
+importing torch and transformers (10 to 15 s per process on a 2-core CI machine), is paid once per launch. The mode ``checkpoint`` runs ``tests/dist_checkpoint.py`` last, once (its
+``single`` on one process, ``fsdp2`` on several; the latter reads this launch's ``fsdp2`` run).
 
 Every process draws the same global batch and trains on its slice of it; the mask gates' noise comes from
 the same seed on every rank (one draw per model forward, as on one process), the sparsity penalty is added
@@ -156,9 +158,15 @@ def main(modes: str, out: str, families: str = "llama") -> None:
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world > 1:
         dist.init_process_group("gloo")
+    modes = modes.split(",")
     for family in families.split(","):
-        for mode in modes.split(","):
-            run(mode, out, family, world, rank)
+        for mode in modes:
+            if mode != "checkpoint":
+                run(mode, out, family, world, rank)
+    if "checkpoint" in modes:
+        import dist_checkpoint
+
+        dist_checkpoint.run("fsdp2" if world > 1 else "single", out, world, rank)
     if world > 1:
         dist.destroy_process_group()
 

@@ -9,8 +9,9 @@
     accelerate launch --config_file tests/accelerate_fsdp2.yaml tests/dist_trainer.py accelerate-fsdp2 OUT
 
 FAMILY: a family of ``tests/tiny_models.py`` (default llama), trained as its LM (causal or masked), or
-several, comma-separated (``llama,bert``: each trained in turn by the same processes).
-``resume`` as a fourth argument: the run saves a checkpoint after 2 of its 4 steps (the optimizer built with
+several, comma-separated (``llama,bert``: each trained in turn by the same processes); ``llama:resume`` runs
+that family with the variant ``resume``.
+``resume`` as a fourth argument (the variant of every run): the run saves a checkpoint after 2 of its 4 steps (the optimizer built with
 ``param_groups``, as resuming needs), then a fresh model (other random adapters and mask logits) and a fresh
 Trainer resume from it; writes both records to ``OUT/<family>-<mode>-resume-rank<r>.pt``.
 
@@ -60,8 +61,9 @@ def _full(t):
 def main(mode: str, out: str, families: str = "llama", variant: str = "") -> None:
     """The run of each family (comma-separated: in turn, in the same processes, as the resumed run follows the
     uninterrupted one; a process start costs 10 to 15 s of a 2-core CI machine)."""
-    for family in families.split(","):
-        run(mode, out, family, variant)
+    for item in families.split(","):
+        family, _, own_variant = item.partition(":")
+        run(mode, out, family, own_variant or variant)
 
 
 def run(mode: str, out: str, family: str, variant: str) -> None:

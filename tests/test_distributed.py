@@ -34,7 +34,7 @@ def _free_port() -> int:
 _WORKER_SIGNAL = re.compile(r"exitcode\s*:\s*-(6|7|11)\b")
 
 
-def _launch(mode: str, out: str, nproc: int, script: str, family: str, variant: str) -> subprocess.CompletedProcess:
+def _launch(mode: str, out: str, nproc: int, script: str, family: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("MASKED_DORA_BACKEND", "TRITON_INTERPRET")}
     env["OMP_NUM_THREADS"] = "1"
     env["PYTHONFAULTHANDLER"] = "1"  # a worker that aborts prints every thread's Python stack
@@ -48,23 +48,22 @@ def _launch(mode: str, out: str, nproc: int, script: str, family: str, variant: 
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
                "127.0.0.1", "--master_port", str(_free_port()), script, mode, out, family]
-    cmd += [variant] if variant else []
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
 
 
-def _run(mode: str, out: str, nproc: int, script: str = SCRIPT, family: str = "llama", variant: str = "") -> None:
-    """Run ``script mode out family [variant]`` on ``nproc`` processes; fail with its output if it fails.
+def _run(mode: str, out: str, nproc: int, script: str = SCRIPT, family: str = "llama") -> None:
+    """Run ``script mode out family`` on ``nproc`` processes; fail with its output if it fails.
 
     A multi-process run whose worker was killed by a signal (CI saw one FSDP2 run over gloo abort with
     "terminate called without an active exception" and no Python error, once in six FSDP2 launches; 40
     launches here never did) is launched once more, with a warning carrying the first run's output, so
     such a crash stays visible; a second failure, or any failure that is not a signal, fails the test. The
     results the test compares come from the run that succeeded, and are checked in full."""
-    res = _launch(mode, out, nproc, script, family, variant)
+    res = _launch(mode, out, nproc, script, family)
     if res.returncode != 0 and nproc > 1 and _WORKER_SIGNAL.search(res.stderr):
         warnings.warn(f"{os.path.basename(script)} {mode} {family}: a worker was killed by a signal; launching once more. "
                       f"Its output:\n{res.stdout[-2000:]}{res.stderr[-12000:]}")
-        res = _launch(mode, out, nproc, script, family, variant)
+        res = _launch(mode, out, nproc, script, family)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-12000:]
 
 
@@ -117,15 +116,23 @@ TOLERANCES = {  # mode: (loss, parameters, multipliers)
 }
 
 
+def _train_launch(runs: str, nproc: int) -> None:
+    """The launch of ``tests/dist_train.py`` on ``nproc`` processes (1: the references; 2: every mode), each run
+    once and read by every test: by ``test_two_processes_train_like_one`` and, through their last run
+    (``checkpoint``: ``tests/dist_checkpoint.py``), by the sharded checkpoint test."""
+    modes = "single" if nproc == 1 else ",".join(TOLERANCES)
+    _run_once(modes + ",checkpoint", runs, nproc, ",".join(TRAIN_FAMILIES))
+
+
 @pytest.mark.parametrize("family", TRAIN_FAMILIES)
 @pytest.mark.parametrize("mode", TOLERANCES)
 def test_two_processes_train_like_one(runs, family, mode):
     """Every family under every engine, against the one-process run. Two launches serve them all (one
     process for the references, two for the 12 multi-process runs): a process start costs 10 to 15 s of CI."""
     loss_tol, param_tol, lambda_tol = TOLERANCES[mode]
-    _run_once("single", runs, 1, ",".join(TRAIN_FAMILIES))
+    _train_launch(runs, 1)
     ref = _load(runs, family, "single", 0)
-    _run_once(",".join(TOLERANCES), runs, 2, ",".join(TRAIN_FAMILIES))
+    _train_launch(runs, 2)
     # the masks change their hard decision during the run, so comparing the decisions says something
     assert any(not torch.equal(a[k], b[k]) for a, b in zip(ref["hard"], ref["hard"][1:]) for k in a)
     ranks = [_load(runs, family, mode, r) for r in (0, 1)]
@@ -170,6 +177,29 @@ def _trainer_skip(mode: str, family: str) -> str:
     return ""
 
 
+def _resume_skip(mode: str) -> str:
+    """Why the resume test does not run ``mode`` ("" where it does)."""
+    if mode == "ddp" and _version("transformers") < (5, 24):
+        return ("transformers before 5.24 loads a multi-process run's optimizer state onto args.device, 'cpu:0' on "
+                "CPU processes, which torch cannot restore (fixed upstream; on GPUs the device is cuda:N)")
+    return ""
+
+
+RESUME_MODES = {"single": 1, "ddp": 2, "fsdp2": 2, "zero3": 2}
+
+
+def _trainer_launch(trainer_runs: str, mode: str) -> int:
+    """The one launch of ``tests/dist_trainer.py`` for ``mode`` (its process count returned): every family the
+    mode runs, then, where the resume test takes the mode, the resumed run (``llama:resume``). Both tests read
+    it, so a process start (10 to 15 s of CI per process) is paid once per mode."""
+    runs = [f for f in FAMILIES if not _trainer_skip(mode, f)]
+    if mode in RESUME_MODES and not _resume_skip(mode):
+        runs.append("llama:resume")
+    nproc = 1 if mode == "single" else TRAINER_MODES[mode]
+    _run_once(mode, trainer_runs, nproc, ",".join(runs), TRAINER_SCRIPT)
+    return nproc
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("mode", TRAINER_MODES)
 def test_trainer_with_the_callback_trains_like_one_process(trainer_runs, family, mode):
@@ -186,10 +216,9 @@ def test_trainer_with_the_callback_trains_like_one_process(trainer_runs, family,
         pytest.importorskip("deepspeed")
     if _trainer_skip(mode, family):
         pytest.skip(_trainer_skip(mode, family))
-    _run_once("single", trainer_runs, 1, ",".join(FAMILIES), TRAINER_SCRIPT)
+    _trainer_launch(trainer_runs, "single")
     ref = _load(trainer_runs, family, "single", 0)
-    nproc = TRAINER_MODES[mode]  # one launch trains every family the mode runs
-    _run_once(mode, trainer_runs, nproc, ",".join(f for f in FAMILIES if not _trainer_skip(mode, f)), TRAINER_SCRIPT)
+    nproc = _trainer_launch(trainer_runs, mode)
     for rank in range(nproc):
         rec = _load(trainer_runs, family, mode, rank)
         assert len(rec["loss"]) == len(ref["loss"]) == 4
@@ -201,7 +230,7 @@ def test_trainer_with_the_callback_trains_like_one_process(trainer_runs, family,
         assert worst <= 2e-5, (mode, worst)
 
 
-@pytest.mark.parametrize("mode, nproc", [("single", 1), ("ddp", 2), ("fsdp2", 2), ("zero3", 2)])
+@pytest.mark.parametrize("mode, nproc", RESUME_MODES.items())
 def test_trainer_checkpoint_resumes_bit_exactly(trainer_runs, mode, nproc):
     """The Trainer saves a checkpoint after 2 of 4 steps (its own format for each engine: safetensors, FSDP2's
     sharded state, DeepSpeed's ZeRO-3 checkpoint); a fresh model with other adapters and mask logits, and a
@@ -210,10 +239,9 @@ def test_trainer_checkpoint_resumes_bit_exactly(trainer_runs, mode, nproc):
     used to be left out of the Trainer's checkpoints: a resumed run restarted its multipliers from zero.)"""
     if mode == "zero3":
         pytest.importorskip("deepspeed")
-    if mode == "ddp" and _version("transformers") < (5, 24):
-        pytest.skip("transformers before 5.24 loads a multi-process run's optimizer state onto args.device, 'cpu:0' "
-                    "on CPU processes, which torch cannot restore (fixed upstream; on GPUs the device is cuda:N)")
-    _run(mode, trainer_runs, nproc, TRAINER_SCRIPT, "llama", variant="resume")
+    if _resume_skip(mode):
+        pytest.skip(_resume_skip(mode))
+    assert _trainer_launch(trainer_runs, mode) == nproc
     for rank in range(nproc):
         rec = torch.load(os.path.join(trainer_runs, f"llama-{mode}-resume-rank{rank}.pt"))
         straight, resumed = rec["straight"], rec["resumed"]
@@ -225,17 +253,12 @@ def test_trainer_checkpoint_resumes_bit_exactly(trainer_runs, mode, nproc):
         assert all(torch.equal(resumed["params"][k], straight["params"][k]) for k in straight["params"])
 
 
-CHECKPOINT_SCRIPT = os.path.join(HERE, "dist_checkpoint.py")
-
-
 def test_sharded_checkpoint_resumes_bit_exactly_and_compacts_on_rank0(runs):
     """FSDP2 state saved with torch.distributed.checkpoint after 2 steps and loaded into a fresh sharded model
     continues exactly as the uninterrupted run (bit for bit); the full state dict gathered on rank 0 hardens
-    and compacts to the one-process compacted model."""
-    if not os.path.exists(os.path.join(runs, "llama-fsdp2-rank0.pt")):
-        _run("fsdp2", runs, 2)
-    _run("single", runs, 1, CHECKPOINT_SCRIPT)
-    _run("fsdp2", runs, 2, CHECKPOINT_SCRIPT)
+    and compacts to the one-process compacted model. (``tests/dist_checkpoint.py``, run by the training launches.)"""
+    _train_launch(runs, 1)
+    _train_launch(runs, 2)
     for rank in (0, 1):
         straight = _load(runs, "llama", "fsdp2", rank)
         resumed = torch.load(os.path.join(runs, f"fsdp2-resume-rank{rank}.pt"))
