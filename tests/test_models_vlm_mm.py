@@ -1,7 +1,8 @@
 """What the VLM rows of Llama 4 (``llama4``) and Gemma 3n need beyond tests/test_models_vlm.py's chain: compaction
 builds the smaller model in the original's dtype without casting its complex buffers (Llama 4's vision rotary
-``freqs_ci``); Gemma 3n's language model (``gemma3n_text``) prunes alone, its per-layer MLP widths in the per-layer
-form, and refuses its sparse MLPs and its KV-shared heads with the reason."""
+``freqs_ci``); Gemma 3n's language model (``gemma3n_text``) prunes alone, its per-layer MLP widths in a plain
+config, and keeps the MLP of its sparse layers and the heads of its KV-sharing layers whole (refused where every layer
+would)."""
 
 from __future__ import annotations
 
@@ -85,15 +86,22 @@ def _prune_compact_compare(model, groups, ids):
 
 def test_gemma3n_text_prunes_per_layer_mlp_widths_and_heads(tmp_path):
     """Gemma 3n's language model alone: its MLP (a width per layer, 64 and 48) and its heads prune inside AltUp,
-    Laurel and the per-layer embeddings; the per-layer form reloads (load_compact) to equal logits and generate()
-    tokens."""
+    Laurel and the per-layer embeddings; its config says the pruned widths per layer (intermediate_size, a list:
+    MLPSpec.size_per_layer) and the uniform head counts, so a plain from_pretrained reloads to equal logits and
+    generate() tokens."""
+    import transformers
+
+    from masked_dora.models.blocks import LAYER_SIZES_KEY
+
     model = _gemma3n_text()
     assert spec_for(model).name == "gemma3n_text"
     model, small, ref = _prune_compact_compare(model, ("mlp", "heads"), IDS)
+    assert model.masked_dora.save_form == "plain"
     assert [layer.mlp.down_proj.in_features for layer in small.model.layers] == [32, 24]
     assert [layer.self_attn.q_proj.out_features for layer in small.model.layers] == [16, 16]
     small.save_pretrained(str(tmp_path))
-    reloaded = load_compact(str(tmp_path))
+    reloaded = transformers.Gemma3nForCausalLM.from_pretrained(str(tmp_path)).eval()
+    assert reloaded.config.intermediate_size == [32, 24] and not getattr(reloaded.config, LAYER_SIZES_KEY, None)
     with torch.no_grad():
         assert rel_err(reloaded(input_ids=IDS).logits, ref) < TOL
     gen = dict(max_new_tokens=5, do_sample=False)
@@ -164,6 +172,21 @@ def test_gemma3n_text_prunes_outside_its_sparse_and_kv_sharing_layers(tmp_path):
         assert rel_err(reloaded(input_ids=ids).logits, ref) < TOL
     gen = dict(max_new_tokens=5, do_sample=False)
     assert torch.equal(reloaded.generate(input_ids=ids[:1], **gen), model.generate(input_ids=ids[:1], **gen))
+
+
+def test_gemma3n_text_mlp_alone_saves_plain_on_the_released_layout(tmp_path):
+    """The MLP alone on the released layout: the sparse blocks keep their widths, the others half, and the config's
+    intermediate_size (a list) says each block's, so a plain from_pretrained reloads to the masked model's logits."""
+    import transformers
+
+    model = _gemma3n_text(**RELEASED_LAYOUT)
+    model, small, ref = _prune_compact_compare(model, ("mlp",), IDS)
+    assert model.masked_dora.save_form == "plain"
+    small.save_pretrained(str(tmp_path))
+    reloaded = transformers.Gemma3nForCausalLM.from_pretrained(str(tmp_path)).eval()
+    assert reloaded.config.intermediate_size == [64, 48] + [32, 24] * 3
+    with torch.no_grad():
+        assert rel_err(reloaded(input_ids=IDS).logits, ref) < TOL
 
 
 def test_gemma3n_text_compacts_for_training_outside_its_sparse_and_kv_sharing_layers():

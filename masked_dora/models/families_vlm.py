@@ -217,7 +217,7 @@ def vlm_text_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: 
         # Gemma 3n's language model (gemma3n_text; Gemma3nForCausalLM alone too): Gemma 3's attention (q/k RMSNorms
         # over head_dim, one weight for all heads; a v RMSNorm without weight) and Llama's MLP inside AltUp's
         # predict/correct, the Laurel low-rank branch and the per-layer embeddings' gate, which all read and write the
-        # hidden size only. intermediate_size is a list (a width per layer): a pruned MLP saves in the per-layer form.
+        # hidden size only. intermediate_size is a list (a width per layer, size_per_layer): a pruned MLP saves plainly.
         # Kept whole per block (block_refusals; the released E2B/E4B have both, in their first and last layers): the
         # MLP of a layer with activation sparsity (activation_sparsity_pattern > 0: its gaussian top-k cuts the gate
         # at the mean + k * std over all gate channels, so removing channels moves the cut for the kept ones); the
@@ -227,7 +227,7 @@ def vlm_text_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: 
         # transformers 5.17 sets it without KV sharing too; its KV heads are read by later blocks, which
         # masked_dora's per-block head groups would not follow). The other layers' MLP and heads prune
         "gemma3n_text": ModelSpec(name="gemma3n_text", model_types=("gemma3n_text",), **dict(
-            llama_style, mlp=replace_dataclass(llama_style["mlp"], size_key="")), block_refusals=(
+            llama_style, mlp=replace_dataclass(llama_style["mlp"], size_per_layer=True)), block_refusals=(
             ("mlp", "mlp.activation_sparsity",
              "its activation sparsity (activation_sparsity_pattern) cuts the layer's MLP gate at the mean + k * std "
              "over all its channels, so pruning channels there changes the kept ones"),

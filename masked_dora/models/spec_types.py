@@ -107,8 +107,14 @@ class MLPSpec:
     # consumer exist has no MLP group, keeps what it holds and reports an MLP width of 0
     # (:func:`masked_dora.models.blocks.holds_spec_mlp`); one that has only some of them is an error
     in_some_blocks: bool = False
+    # size_key holds a list, one width per block of the stack (Gemma 3n's intermediate_size, which each block's MLP
+    # reads at its layer index): a plain config says every block's pruned width there, so the blocks need not keep
+    # the same one
+    size_per_layer: bool = False
 
     def __post_init__(self):
+        if self.size_per_layer and not self.size_key:
+            raise ValueError("MLPSpec: size_per_layer says size_key holds a width per block; it needs a size_key")
         if self.in_some_blocks and self.experts:
             raise ValueError("MLPSpec: in_some_blocks is supported for a dense MLP, not with experts")
         if self.experts and (len(self.producers) != 1 or self.segments != (2,)):
