@@ -1,7 +1,8 @@
 """What the VLM rows of Llama 4 (``llama4``) and Gemma 3n need beyond tests/test_models_vlm.py's chain: compaction
 builds the smaller model in the original's dtype without casting its complex buffers (Llama 4's vision rotary
-``freqs_ci``); Gemma 3n's language model (``gemma3n_text``) prunes alone, its per-layer MLP widths in the per-layer
-form, and refuses its sparse MLPs and its KV-shared heads with the reason."""
+``freqs_ci``); Gemma 3n's language model (``gemma3n_text``) prunes alone, its per-layer MLP widths in a plain
+config, and keeps the MLP of its sparse layers and the heads of its KV-sharing layers whole (refused where every layer
+would)."""
 
 from __future__ import annotations
 
@@ -85,40 +86,191 @@ def _prune_compact_compare(model, groups, ids):
 
 def test_gemma3n_text_prunes_per_layer_mlp_widths_and_heads(tmp_path):
     """Gemma 3n's language model alone: its MLP (a width per layer, 64 and 48) and its heads prune inside AltUp,
-    Laurel and the per-layer embeddings; the per-layer form reloads (load_compact) to equal logits and generate()
-    tokens."""
+    Laurel and the per-layer embeddings; its config says the pruned widths per layer (intermediate_size, a list:
+    MLPSpec.size_per_layer) and the uniform head counts, so a plain from_pretrained reloads to equal logits and
+    generate() tokens."""
+    import transformers
+
+    from masked_dora.models.blocks import LAYER_SIZES_KEY
+
     model = _gemma3n_text()
     assert spec_for(model).name == "gemma3n_text"
     model, small, ref = _prune_compact_compare(model, ("mlp", "heads"), IDS)
+    assert model.masked_dora.save_form == "plain"
     assert [layer.mlp.down_proj.in_features for layer in small.model.layers] == [32, 24]
     assert [layer.self_attn.q_proj.out_features for layer in small.model.layers] == [16, 16]
     small.save_pretrained(str(tmp_path))
-    reloaded = load_compact(str(tmp_path))
+    reloaded = transformers.Gemma3nForCausalLM.from_pretrained(str(tmp_path)).eval()
+    assert reloaded.config.intermediate_size == [32, 24] and not getattr(reloaded.config, LAYER_SIZES_KEY, None)
     with torch.no_grad():
         assert rel_err(reloaded(input_ids=IDS).logits, ref) < TOL
     gen = dict(max_new_tokens=5, do_sample=False)
     assert torch.equal(reloaded.generate(input_ids=IDS[:1], **gen), model.generate(input_ids=IDS[:1], **gen))
 
 
-def test_gemma3n_text_refuses_sparse_mlps_and_shared_kv_heads():
-    """Activation sparsity in any layer refuses the MLP (its gaussian top-k cut reads the mean and std over all
-    the gate's channels); a pattern of zeros does not. KV sharing (num_kv_shared_layers > 0) refuses the heads.
+# 8 blocks shaped like the released E2B/E4B (activation sparsity in the first blocks, KV sharing in the last ones):
+# blocks 0-1 sparse (their MLP kept whole); blocks 6-7 (num_kv_shared_layers=2) reuse the keys and values that blocks
+# 4 (the last sliding-window one before them) and 5 (the last full-attention one) store (their heads kept whole); the
+# heads of blocks 0-3 and the MLP of blocks 2-7 prune (blocks 2-3 both)
+RELEASED_LAYOUT = dict(num_hidden_layers=8, intermediate_size=[64, 48] * 4,
+                       activation_sparsity_pattern=[0.95, 0.95] + [0.0] * 6, num_kv_shared_layers=2,
+                       layer_types=["sliding_attention", "full_attention"] * 4)
+
+
+def _module_outputs(model, paths, ids) -> dict:
+    """The outputs of the modules at ``paths`` (their first tensor) in a forward of ``model`` on ``ids``."""
+    outs, hooks = {}, []
+    for path in paths:
+        def keep(_, __, out, path=path):
+            outs[path] = (out[0] if isinstance(out, tuple) else out).detach().clone()
+        hooks.append(model.get_submodule(path).register_forward_hook(keep))
+    with torch.no_grad():
+        model(input_ids=ids)
+    for hook in hooks:
+        hook.remove()
+    return outs
+
+
+def test_gemma3n_text_prunes_outside_its_sparse_and_kv_sharing_layers(tmp_path):
+    """The released checkpoints' layout (activation sparsity in the first blocks, KV sharing in the last): prepare
+    (MLP and heads) groups only the MLPs of the blocks without activation sparsity and the heads of the blocks
+    outside KV sharing (neither reusing keys and values nor storing them for later blocks), wrapping nothing in the
+    others → a training step → harden → compact (equal logits; the kept-whole modules bit-identical to the original
+    and their outputs equal the masked model's) → save → load_compact (equal logits and generate() tokens)."""
+    from masked_dora.nn import MaskedDoRALinear
+
+    model = _gemma3n_text(**RELEASED_LAYOUT)
+    layers = model.model.layers
+    assert [i for i, b in enumerate(layers) if b.self_attn.is_kv_shared_layer] == [6, 7]
+    assert [i for i, b in enumerate(layers) if b.self_attn.store_full_length_kv] == [4, 5]
+    whole = [f"model.layers.{i}.mlp" for i in (0, 1)] + [f"model.layers.{i}.self_attn" for i in range(4, 8)]
+    original = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(tuple(p + "." for p in whole))}
+    ids = IDS.clone()
+    with pytest.warns(UserWarning, match="per-layer form"):
+        prepare_model(model, MaskedDoRAConfig(**CONFIG))
+    groups = sorted(model.masked_dora.groups, key=lambda k: (k.split("_")[0], int(k.split("_")[1])))
+    assert groups == [f"heads_{i}" for i in range(4)] + [f"mlp_{i}" for i in range(2, 8)]
+    assert not any(isinstance(m, MaskedDoRALinear) for p in whole for m in model.get_submodule(p).modules())
+    randomize_adapters(model)
+    train_step(model, dict(input_ids=ids, labels=ids))
+    harden(model)
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+        small = compact_model(model)
+        assert rel_err(small(input_ids=ids).logits, ref) < TOL
+    assert [b.mlp.down_proj.in_features for b in small.model.layers] == [64, 48] + [32, 24] * 3
+    assert [b.self_attn.q_proj.out_features for b in small.model.layers] == [16] * 4 + [32] * 4
+    assert [b.self_attn.k_proj.out_features for b in small.model.layers[:6]] == [8] * 4 + [16] * 2
+    kept = small.state_dict()
+    assert all(torch.equal(kept[k], v) for k, v in original.items())
+    masked_out, small_out = (_module_outputs(m, whole, ids) for m in (model, small))
+    for path in whole:
+        assert rel_err(small_out[path], masked_out[path]) < TOL, path
+    small.save_pretrained(str(tmp_path))
+    reloaded = load_compact(str(tmp_path))
+    with torch.no_grad():
+        assert rel_err(reloaded(input_ids=ids).logits, ref) < TOL
+    gen = dict(max_new_tokens=5, do_sample=False)
+    assert torch.equal(reloaded.generate(input_ids=ids[:1], **gen), model.generate(input_ids=ids[:1], **gen))
+
+
+def test_gemma3n_text_mlp_alone_saves_plain_on_the_released_layout(tmp_path):
+    """The MLP alone on the released layout: the sparse blocks keep their widths, the others half, and the config's
+    intermediate_size (a list) says each block's, so a plain from_pretrained reloads to the masked model's logits."""
+    import transformers
+
+    model = _gemma3n_text(**RELEASED_LAYOUT)
+    model, small, ref = _prune_compact_compare(model, ("mlp",), IDS)
+    assert model.masked_dora.save_form == "plain"
+    small.save_pretrained(str(tmp_path))
+    reloaded = transformers.Gemma3nForCausalLM.from_pretrained(str(tmp_path)).eval()
+    assert reloaded.config.intermediate_size == [64, 48] + [32, 24] * 3
+    with torch.no_grad():
+        assert rel_err(reloaded(input_ids=IDS).logits, ref) < TOL
+
+
+def test_gemma3n_text_compacts_for_training_outside_its_sparse_and_kv_sharing_layers():
+    """compact_for_training on the released layout: the groups leave the blocks that have them (the MLP of blocks
+    2-7 and the heads of blocks 0-3 at the kept size), the kept-whole modules stay as they were, and the logits
+    equal the hardened masked model's."""
+    from masked_dora.models import compact_for_training
+
+    model = _gemma3n_text(**RELEASED_LAYOUT)
+    with pytest.warns(UserWarning, match="per-layer form"):
+        prepare_model(model, MaskedDoRAConfig(**CONFIG))
+    randomize_adapters(model)
+    harden(model)
+    with torch.no_grad():
+        ref = model(input_ids=IDS).logits
+        compact_for_training(model)
+        assert rel_err(model(input_ids=IDS).logits, ref) < TOL
+    assert [b.mlp.down_proj.in_features for b in model.model.layers] == [64, 48] + [32, 24] * 3
+    assert [b.self_attn.q_proj.out_features for b in model.model.layers] == [16] * 4 + [32] * 4
+
+
+def test_gemma3n_text_heads_alone_plan_the_per_layer_form():
+    """Heads alone on the released layout (one MLP width in every block, which a plain config could say): the blocks
+    that keep them whole keep the config's counts, the others half, so prepare_model plans the per-layer form (a
+    plain config holds one count), and compaction does not find it planned wrong."""
+    import warnings
+
+    model = _gemma3n_text(**dict(RELEASED_LAYOUT, intermediate_size=[64] * 8))
+    with pytest.warns(UserWarning, match=r"per-layer form \(the layers keep different sizes\)"):
+        prepare_model(model, MaskedDoRAConfig(**CONFIG, target_groups=("heads",)))
+    assert model.masked_dora.save_form == "per_layer"
+    harden(model)
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        small = compact_model(model)
+    assert not [w for w in caught if "planned a plain checkpoint" in str(w.message)]
+    assert [b.self_attn.q_proj.out_features for b in small.model.layers] == [16] * 4 + [32] * 4
+
+
+def test_gemma3n_text_refuses_a_group_only_where_every_block_keeps_it_whole():
+    """Activation sparsity in every block refuses the MLP (its gaussian top-k cut reads the mean and std over all
+    the gate's channels); KV sharing in every block (each storing or reusing keys and values) refuses the heads.
     Each refusal names the model and the reason before anything changes, and the other group still prunes to the
     masked model's logits (the KV-sharing block has no k/v projections of its own)."""
-    sparse = _gemma3n_text(activation_sparsity_pattern=[0.95, 0.0])
-    with pytest.raises(ValueError, match=r"'mlp' cannot be pruned in a 'gemma3n_text' model: its activation sparsity"):
+    sparse = _gemma3n_text(activation_sparsity_pattern=[0.95, 0.5])
+    with pytest.raises(ValueError, match=r"'mlp' cannot be pruned in a 'gemma3n_text' model: in every block, its "
+                                         r"activation sparsity"):
         prepare_model(sparse, MaskedDoRAConfig(**CONFIG))
     assert not any(type(m).__name__ == "MaskedDoRALinear" for m in sparse.modules())
     _prune_compact_compare(sparse, ("heads",), IDS)
-    # 3 blocks, the last reading the keys and values of the full-attention one before it
+    # 3 blocks, the last reading the keys and values of the full-attention one before it; the sliding-window one
+    # stores its own too (the last of its layer type before the shared blocks)
     shared = _gemma3n_text(num_kv_shared_layers=1, num_hidden_layers=3, intermediate_size=[64, 48, 64],
                            activation_sparsity_pattern=[0.0] * 3,
                            layer_types=["sliding_attention", "full_attention", "full_attention"])
     assert not hasattr(shared.model.layers[2].self_attn, "k_proj")
-    with pytest.raises(ValueError, match=r"'heads' cannot be pruned in a 'gemma3n_text' model: its last "
-                                         r"num_kv_shared_layers layers reuse"):
+    with pytest.raises(ValueError, match=r"'heads' cannot be pruned in a 'gemma3n_text' model: in every block, "
+                                         r"(later layers reuse|the layer reuses)"):
         prepare_model(shared, MaskedDoRAConfig(**CONFIG))
+    assert not any(type(m).__name__ == "MaskedDoRALinear" for m in shared.modules())
     _prune_compact_compare(shared, ("mlp",), IDS)
+
+
+def test_block_refusals_are_checked():
+    """A block refusal names a kind with one group per block and an attribute; one whose attribute a block lacks
+    (the spec no longer describes the modules) is an error naming it, not a silent prune."""
+    from dataclasses import replace
+
+    from masked_dora.models.blocks import block_refusal
+    from masked_dora.models.specs import ModelSpec
+
+    spec = spec_for(_gemma3n_text())
+    with pytest.raises(ValueError, match="block_refusals names a kind"):
+        replace(spec, block_refusals=(("hidden", "mlp.activation_sparsity", "why"),))
+    assert isinstance(spec, ModelSpec)
+    block = _gemma3n_text().model.layers[0]
+    missing = replace(spec, block_refusals=(("mlp", "mlp.no_such_flag", "why"),))
+    with pytest.raises(ValueError, match="has no attribute 'no_such_flag'"):
+        block_refusal(block, missing, "mlp")
+    assert block_refusal(block, spec, "mlp") is None
+    # terms joined by "&" must all hold; a dotted path walks attributes (the attention's config's head_dim)
+    both = replace(spec, block_refusals=(("mlp", "mlp.hidden_size&self_attn.config.head_dim", "why"),))
+    one = replace(spec, block_refusals=(("mlp", "mlp.hidden_size&mlp.activation_sparsity", "why"),))
+    assert (block_refusal(block, both, "mlp"), block_refusal(block, one, "mlp")) == ("why", None)
 
 
 def test_gemma3n_vlm_chain_keeps_everything_outside_the_language_models_blocks(tmp_path):

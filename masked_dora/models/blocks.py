@@ -299,6 +299,38 @@ def holds_spec_mlp(block: nn.Module, spec: ModelSpec) -> bool:
     return not spec.mlp.experts or has_experts(block, spec)
 
 
+def block_refusal(block: nn.Module, spec: ModelSpec, kind: str) -> Optional[str]:
+    """Why ``spec.block_refusals`` keeps ``kind`` whole in ``block`` (``None``: it does not): the reason of the
+    first entry of that kind whose attributes (terms joined by ``&``) are all truthy in this block. An attribute
+    the block lacks is an error (the spec no longer describes this transformers' modules; pruning on would not be
+    exact)."""
+    for k, terms, reason in spec.block_refusals:
+        if k == kind and all(_block_attribute(block, spec, term, kind) for term in terms.split("&")):
+            return reason
+    return None
+
+
+def _block_attribute(block: nn.Module, spec: ModelSpec, path: str, kind: str):
+    """The value at the dotted ``path`` from ``block``, attribute after attribute (``self_attn.config.x``: the
+    attention's config's ``x``)."""
+    value = block
+    for name in path.split("."):
+        if not hasattr(value, name):
+            raise ValueError(f"spec {spec.name!r}: {type(value).__name__} has no attribute {name!r} (of {path!r} "
+                             f"from a {type(block).__name__}), which the spec's block_refusals reads for {kind!r}")
+        value = getattr(value, name)
+    return value
+
+
+def holds_group(block: nn.Module, spec: ModelSpec, kind: str) -> bool:
+    """Whether ``block`` has a group of ``kind`` (``"mlp"`` or ``"heads"``) that ``prepare_model`` builds where
+    the kind is targeted: the MLP where the block holds it (:func:`holds_spec_mlp`), the heads where no other
+    stack's groups prune its attention (``ModelSpec.attention_of``); either, unless ``spec.block_refusals`` keeps
+    it whole in this block (:func:`block_refusal`)."""
+    holds = holds_spec_mlp(block, spec) if kind == "mlp" else not spec.attention_of
+    return holds and block_refusal(block, spec, kind) is None
+
+
 def _exists(block: nn.Module, path: str) -> bool:
     try:
         block.get_submodule(path)

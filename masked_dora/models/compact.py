@@ -31,8 +31,8 @@ from torch import nn
 
 from ..nn import MaskedDoRALinear
 from .blocks import (LAYER_SIZES_KEY, block_modules, built_head_layout, features, has_experts, head_layout,
-                     holds_spec_mlp, is_consumer_role, is_conv1d, mlp_width, model_blocks, num_experts, packed_experts,
-                     per_head_modules, producer_index, role_paths)
+                     holds_group, holds_spec_mlp, is_consumer_role, is_conv1d, mlp_width, model_blocks, num_experts,
+                     packed_experts, per_head_modules, producer_index, role_paths)
 from .hidden import cut_hidden, hidden_config, hidden_keep, writers
 from .hidden_per_block import compact_block_hidden, is_per_block, resize_block_hidden
 from .prepare import STATE_ATTR, get_state
@@ -175,9 +175,10 @@ def _compact_weights(model: nn.Module):
     repl, params = {}, {}
     for blk in state.blocks(model):
         i, block, spec, prefix = blk.index, blk.module, blk.spec, blk.path + "."
-        if "mlp" in state.config.target_groups and holds_spec_mlp(block, spec):
+        if "mlp" in state.config.target_groups and holds_group(block, spec, "mlp"):
             sizes[i]["intermediate"] = _compact_mlp(block, spec, state.group("mlp", i), prefix, repl, params)
-        if "heads" not in state.config.target_groups or spec.attention_of:  # (another stack's groups prune it)
+        # (another stack's groups prune it, or ModelSpec.block_refusals keep it whole)
+        if "heads" not in state.config.target_groups or not holds_group(block, spec, "heads"):
             continue
         if spec.heads.qkv:
             paths = role_paths(spec, "heads")

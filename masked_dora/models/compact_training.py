@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from ..nn import MaskedDoRALinear
 from ..nn.norm_cache import is_regathered
-from .blocks import Block, block_modules, built_head_layout, holds_spec_mlp
+from .blocks import Block, block_modules, built_head_layout, holds_group
 from .compact import keep_per_head, set_head_attrs, set_mlp_size_attrs
 from .group_mask import ALWAYS_KEPT, GroupMask, InputGate, MaskView
 from .hidden import HIDDEN_KEY, narrow_residual_stream, writers
@@ -80,9 +80,9 @@ def compact_for_training(model: nn.Module) -> nn.Module:
                          f"(train_masked(..., compact=False))")
     masks = {key: g.hard().cpu().clone() for key, g in state.groups.items()}
     for b in state.blocks(model):
-        if "mlp" in state.config.target_groups and holds_spec_mlp(b.module, b.spec):
+        if "mlp" in state.config.target_groups and holds_group(b.module, b.spec, "mlp"):
             _compact_mlp_group(state, b)
-        if "heads" in state.config.target_groups and not b.spec.attention_of:
+        if "heads" in state.config.target_groups and holds_group(b.module, b.spec, "heads"):
             _compact_head_group(state, b, model.config)
     if HIDDEN_KEY in state.groups:
         _compact_hidden_group(state, model)

@@ -217,19 +217,26 @@ def vlm_text_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: 
         # Gemma 3n's language model (gemma3n_text; Gemma3nForCausalLM alone too): Gemma 3's attention (q/k RMSNorms
         # over head_dim, one weight for all heads; a v RMSNorm without weight) and Llama's MLP inside AltUp's
         # predict/correct, the Laurel low-rank branch and the per-layer embeddings' gate, which all read and write the
-        # hidden size only. intermediate_size is a list (a width per layer): a pruned MLP saves in the per-layer form.
-        # Refused: the MLP where activation_sparsity_pattern makes any layer sparse (its gaussian top-k cuts the gate
+        # hidden size only. intermediate_size is a list (a width per layer, size_per_layer): a pruned MLP saves plainly.
+        # Kept whole per block (block_refusals; the released E2B/E4B have both, in their first and last layers): the
+        # MLP of a layer with activation sparsity (activation_sparsity_pattern > 0: its gaussian top-k cuts the gate
         # at the mean + k * std over all gate channels, so removing channels moves the cut for the kept ones); the
-        # heads where num_kv_shared_layers > 0 (the last layers read the keys and values of an earlier layer, whose
-        # KV heads would then be coupled across blocks, which masked_dora's per-block head groups are not)
+        # heads of a layer in KV sharing: the last num_kv_shared_layers layers reuse ("is_kv_shared_layer": no k/v
+        # projections; their query heads attend over all KV heads of the layer they read) the keys and values that
+        # the last earlier layer of their layer type stores ("store_full_length_kv", where num_kv_shared_layers > 0:
+        # transformers 5.17 sets it without KV sharing too; its KV heads are read by later blocks, which
+        # masked_dora's per-block head groups would not follow). The other layers' MLP and heads prune
         "gemma3n_text": ModelSpec(name="gemma3n_text", model_types=("gemma3n_text",), **dict(
-            llama_style, mlp=replace_dataclass(llama_style["mlp"], size_key="")), unsupported=(
-            ("mlp", "any:activation_sparsity_pattern",
-             "its activation sparsity (activation_sparsity_pattern) cuts each sparse layer's MLP gate at the mean + "
-             "k * std over all its channels, so pruning channels there changes the kept ones"),
-            ("heads", "num_kv_shared_layers",
-             "its last num_kv_shared_layers layers reuse the keys and values of an earlier layer (KV sharing), "
-             "which would couple that layer's KV heads across blocks"))),
+            llama_style, mlp=replace_dataclass(llama_style["mlp"], size_per_layer=True)), block_refusals=(
+            ("mlp", "mlp.activation_sparsity",
+             "its activation sparsity (activation_sparsity_pattern) cuts the layer's MLP gate at the mean + k * std "
+             "over all its channels, so pruning channels there changes the kept ones"),
+            ("heads", "self_attn.is_kv_shared_layer",
+             "the layer reuses the keys and values of an earlier layer (KV sharing: num_kv_shared_layers), its query "
+             "heads grouped over all of that layer's KV heads"),
+            ("heads", "self_attn.store_full_length_kv&self_attn.config.num_kv_shared_layers",
+             "later layers reuse the layer's keys and values (KV sharing: num_kv_shared_layers), which would couple "
+             "its KV heads across blocks"))),
         "molmo2_text": ModelSpec(name="molmo2_text", model_types=("molmo2_text",), **llama_style,
                                  unsupported=(("heads", "qk_norm_type=olmo", qk_norm_spans_heads),)),
     }

@@ -78,11 +78,15 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes, hid
                 return None, (f"{type(text).__name__} gives layers their own {width_key!r} (per_layer_config), which "
                               f"one pruned width cannot say")
             width_key = ""
-        base = getattr(text, width_key) if width_key else None
+        per_layer = bool(width_key) and stack.mlp.size_per_layer  # a list in the config: a width per block
+        base = getattr(text, width_key) if width_key and not per_layer else None
         terms = [_in_config_terms(sizes[i], original[i], base) for i in mine]
         widths = [t.pop("intermediate") for t in terms if "intermediate" in t]  # (of the blocks with the MLP)
-        if not all(t == terms[0] for t in terms) or any(w != widths[0] for w in widths):
+        if not all(t == terms[0] for t in terms) or (not per_layer and any(w != widths[0] for w in widths)):
             return None, "the layers keep different sizes"
+        if per_layer and len(widths) != len(getattr(text, width_key)):
+            return None, (f"{type(text).__name__}'s {width_key!r} lists {len(getattr(text, width_key))} widths, "
+                          f"the stack has {len(widths)} MLPs")
         width = widths[0] if widths else sizes[mine[0]]["intermediate"]
         if int(width) != width:
             return None, (f"the pruned MLP widths are not a whole multiple of {type(text).__name__}'s "
@@ -104,7 +108,10 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes, hid
         # none of whose blocks holds its MLP, MLPSpec.in_some_blocks, says nothing of a width key it shares: a
         # MobileBERT built with fewer stacked FFNs than its spec names)
         size = dict(sizes[mine[0]], intermediate=int(width))
-        for key, value in _plain_sizes(stack, size, heads=not heterogeneous, mlp=bool(width_key and widths)).items():
+        said = _plain_sizes(stack, size, heads=not heterogeneous, mlp=bool(width_key and widths))
+        if per_layer and width_key in said:
+            said[width_key] = [int(w) for w in widths]
+        for key, value in said.items():
             first = owners.setdefault((stack.text_config, key), stack.stack or stack.name)
             if values.setdefault((stack.text_config, key), value) != value:
                 return None, (f"{type(text).__name__}'s {key!r} sizes several stacks (the {first} and the "

@@ -17,12 +17,13 @@ from torch import Tensor, nn
 
 from ..nn import ClampedSwiGLU, MaskedDoRAExperts, MaskedDoRALinear
 from ..nn.base_weight import quantized_weight_reason
-from .blocks import (Block, HeadLayout, block_modules, built_head_layout, check_per_head_modules, expert_biases,
-                     expert_index, features, has_experts, holds_spec_mlp, is_consumer_role, is_conv1d, mlp_width,
-                     model_blocks, num_experts, packed_experts, producer_index, role_paths, stack_specs)
+from .blocks import (Block, HeadLayout, block_modules, block_refusal, built_head_layout, check_per_head_modules,
+                     expert_biases, expert_index, features, has_experts, holds_group, holds_spec_mlp, is_consumer_role,
+                     is_conv1d, mlp_width, model_blocks, num_experts, packed_experts, producer_index, role_paths,
+                     stack_specs)
 from .config import MaskedDoRAConfig
 from .group_mask import ALWAYS_KEPT, ForwardMasks, GroupMask, InputGate, MaskView
-from .specs import QKV_LAYOUTS, HeadSpec, ModelSpec, spec_for
+from .specs import BLOCK_KINDS, QKV_LAYOUTS, HeadSpec, ModelSpec, spec_for
 
 STATE_ATTR = "masked_dora"
 
@@ -269,7 +270,8 @@ def _refuse_heads_kv_groups_cannot_prune(blocks: List[Block], config: MaskedDoRA
     model; one with such blocks among others prunes the others (the rounding warning names what is kept)."""
     if "heads" not in config.target_groups or config.gqa != "kv_groups" or config.target_sparsity["heads"] == 0:
         return
-    layouts = [built_head_layout(model_config, b.spec, b.index) for b in blocks]
+    layouts = [built_head_layout(model_config, b.spec, b.index) for b in blocks
+               if holds_group(b.module, b.spec, "heads")]
     if layouts and all(hl.kv_heads == 1 and hl.group_size > 1 for hl in layouts):
         raise ValueError(f"config.gqa: this {model_config.model_type!r} model has one KV head for its "
                          f"{layouts[0].heads} query heads (multi-query attention), so gqa='kv_groups' can prune no "
@@ -342,6 +344,10 @@ def _targeted_blocks(model: nn.Module, spec: ModelSpec, config: MaskedDoRAConfig
         owners = sorted({b.spec.attention_of for b in blocks})
         _refuse("heads", config, model.config, f"the attention of the stacks {list(config.stacks)} is pruned by the "
                                                f"head groups of the stacks {owners}: add them to config.stacks")
+    for kind in config.target_groups:  # every block keeps the kind whole (ModelSpec.block_refusals): nothing prunes
+        refusals = [r for b in blocks if kind in BLOCK_KINDS and (r := block_refusal(b.module, b.spec, kind))]
+        if refusals and not any(holds_group(b.module, b.spec, kind) for b in blocks):
+            _refuse(kind, config, model.config, f"in every block, {refusals[0]}")
     _refuse_heads_kv_groups_cannot_prune(blocks, config, model.config)
     return blocks
 
@@ -353,8 +359,9 @@ def _check_block(b: Block, config: MaskedDoRAConfig, model_config) -> None:
     if b.spec.mlp.experts and "mlp" in kinds:
         packed_experts(b.module, b.spec)  # the experts' packed weights, wrapped whole by _mlp_group
         kinds = tuple(k for k in kinds if k != "mlp")
-    if not holds_spec_mlp(b.module, b.spec):  # a hybrid's mixer block (MLPSpec.in_some_blocks): no MLP group
-        kinds = tuple(k for k in kinds if k != "mlp")
+    # no group of a kind here: a hybrid's mixer block (MLPSpec.in_some_blocks) has no MLP, ModelSpec.block_refusals
+    # keep a kind whole, another stack's head groups prune this attention (attention_of)
+    kinds = tuple(k for k in kinds if k not in BLOCK_KINDS or holds_group(b.module, b.spec, k))
     for kind, roles in block_modules(b.module, b.spec, kinds).items():
         paths = role_paths(b.spec, kind)
         for role, module in roles.items():
@@ -364,7 +371,7 @@ def _check_block(b: Block, config: MaskedDoRAConfig, model_config) -> None:
                           "the spec must point at nn.Linear (or transformers Conv1D) projections")
                 raise TypeError(f"model: expected an nn.Linear at {b.path}.{paths[role]}, got "
                                 f"{type(module).__name__} ({advice})")
-    if "heads" in config.target_groups and not b.spec.attention_of:
+    if "heads" in kinds:
         check_per_head_modules(b.module, b.spec, model_config, b.path, b.index)
 
 
@@ -407,9 +414,9 @@ def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, c
     state = MaskedDoRAState(config, spec)
     device = next(model.parameters()).device
     for b in blocks:  # group keys number the blocks across stacks (an encoder-decoder's decoder follows)
-        if "mlp" in config.target_groups and holds_spec_mlp(b.module, b.spec):
+        if "mlp" in config.target_groups and holds_group(b.module, b.spec, "mlp"):
             state.groups[f"mlp_{b.index}"] = _mlp_group(b.module, b.index, b.spec, config, b.path)
-        if "heads" in config.target_groups and not b.spec.attention_of:  # (else another stack's group prunes them)
+        if "heads" in config.target_groups and holds_group(b.module, b.spec, "heads"):  # (see _check_block)
             group, _ = _head_group(b.module, b.index, b.spec, config, model.config, b.path)
             state.groups[f"heads_{b.index}"] = group
     if is_per_block(config):  # one group per block (its reads and writes), after the writers' own groups

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 
 from torch import nn
 
-from .blocks import built_head_layout, model_blocks
+from .blocks import built_head_layout, holds_group, model_blocks
 from .specs import ModelSpec
 
 
@@ -32,11 +32,12 @@ def planned_sizes(model: nn.Module, spec: ModelSpec, config) -> List[Dict[str, i
     for b in model_blocks(model, spec, config.stacks):  # the blocks prepare_model gives groups
         size, hl = sizes[b.index], built_head_layout(model.config, b.spec, b.index)
         by_kv = config.gqa == "kv_groups" or hl.group_size == 1
-        if "mlp" in config.target_groups and size["intermediate"]:  # (an MoE block: per expert, each keeping the
-            # same count; width 0: a block without the MLP, MLPSpec.in_some_blocks)
+        # (an MoE block: per expert, each keeping the same count; no group: a block without the MLP,
+        # MLPSpec.in_some_blocks, or one that keeps it whole, ModelSpec.block_refusals)
+        if "mlp" in config.target_groups and holds_group(b.module, b.spec, "mlp"):
             size["intermediate"] = uniform_count(size["intermediate"], 1, config.target_sparsity["mlp"],
                                                  config.alignment["mlp"])
-        if "heads" in config.target_groups and not b.spec.attention_of:
+        if "heads" in config.target_groups and holds_group(b.module, b.spec, "heads"):
             if by_kv:  # one unit per KV head, its query heads with it (in equal chunks of a "chunked" qkv)
                 parts = b.spec.heads.partitions
                 kv = uniform_count(hl.kv_heads, parts, config.target_sparsity["heads"],

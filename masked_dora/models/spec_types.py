@@ -107,8 +107,14 @@ class MLPSpec:
     # consumer exist has no MLP group, keeps what it holds and reports an MLP width of 0
     # (:func:`masked_dora.models.blocks.holds_spec_mlp`); one that has only some of them is an error
     in_some_blocks: bool = False
+    # size_key holds a list, one width per block of the stack (Gemma 3n's intermediate_size, which each block's MLP
+    # reads at its layer index): a plain config says every block's pruned width there, so the blocks need not keep
+    # the same one
+    size_per_layer: bool = False
 
     def __post_init__(self):
+        if self.size_per_layer and not self.size_key:
+            raise ValueError("MLPSpec: size_per_layer says size_key holds a width per block; it needs a size_key")
         if self.in_some_blocks and self.experts:
             raise ValueError("MLPSpec: in_some_blocks is supported for a dense MLP, not with experts")
         if self.experts and (len(self.producers) != 1 or self.segments != (2,)):
@@ -243,6 +249,14 @@ class ModelSpec:
     # Gemma 3n's activation_sparsity_pattern), and terms joined by "&" must all hold
     # ("relative_attention&!share_att_key")
     unsupported: Tuple[Tuple[str, str, str], ...] = ()
+    # groups some blocks cannot prune exactly: (kind, attributes, reason), an attribute a dotted path from the block
+    # ("mlp.activation_sparsity": the block's mlp module's; "self_attn.config.num_kv_shared_layers": its attention's
+    # config's), several joined by "&"; a block where they are all truthy keeps that kind whole (no group, nothing
+    # wrapped, its full size), the other blocks prune it
+    # (:func:`masked_dora.models.blocks.holds_group`). Read from the built modules, so it follows what each block
+    # was built to do (Gemma 3n: the layers whose MLP is sparse, whose attention reuses or stores the keys and
+    # values that KV sharing passes on); a kind every targeted block refuses is refused for the model
+    block_refusals: Tuple[Tuple[str, str, str], ...] = ()
     # the attention reads its head counts from the model config (Phi-3), so pruned heads need the plain form
     heads_need_plain_config: bool = False
     # config values this spec needs, for a model_type whose module layout follows its config (T5 v1.0's
@@ -287,6 +301,10 @@ class ModelSpec:
     attention_of: str = ""
 
     def __post_init__(self):
+        bad = [(kind, attr) for kind, attr, _ in self.block_refusals if kind not in BLOCK_KINDS or not attr]
+        if bad:
+            raise ValueError(f"ModelSpec {self.name!r}: block_refusals names a kind of {BLOCK_KINDS} and a block's "
+                             f"module attribute, got {bad}")
         if self.dense_mlp is not None and (not self.mlp.experts or self.dense_mlp.experts):
             raise ValueError(f"ModelSpec {self.name!r}: dense_mlp is the dense MLP of an MoE family's other blocks: "
                              f"expected mlp with experts and dense_mlp without, got mlp.experts={self.mlp.experts!r}, "
