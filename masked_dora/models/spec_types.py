@@ -245,8 +245,7 @@ class ModelSpec:
     # or the model's config sets it truthy (prepare_model raises before anything changes). A flag may be
     # "!name" (refused when the config's name is false or missing), "name=value" (refused when the config's name,
     # as a string, is value: Molmo2's qk_norm_type=olmo), "name!=value" (when it is not: ALBERT's
-    # num_hidden_groups!=1) or "any:name" (when the config's name, a value per layer, is truthy for any layer:
-    # Gemma 3n's activation_sparsity_pattern), and terms joined by "&" must all hold
+    # num_hidden_groups!=1), and terms joined by "&" must all hold
     # ("relative_attention&!share_att_key")
     unsupported: Tuple[Tuple[str, str, str], ...] = ()
     # groups some blocks cannot prune exactly: (kind, attributes, reason), an attribute a dotted path from the block
@@ -364,12 +363,7 @@ def _flag_term_holds(config, term: str) -> bool:
     """One term of an ``unsupported`` flag: ``name`` holds where the config sets it truthy, ``!name`` where it
     is false or missing, ``name=value`` where it is ``value`` (compared as strings: a flag names a layout that a
     string config key selects, Molmo2's ``qk_norm_type``), ``name!=value`` where it is not (ALBERT's
-    ``num_hidden_groups!=1``: any other count of layer groups), ``any:name`` where a per-layer list (or a single
-    value) is truthy for any layer (Gemma 3n's ``activation_sparsity_pattern``: a list of zeros is truthy as a
-    list, yet no layer is sparse)."""
-    if term.startswith("any:"):
-        value = getattr(config, term[4:], None)
-        return any(value) if isinstance(value, (list, tuple)) else bool(value)
+    ``num_hidden_groups!=1``: any other count of layer groups)."""
     if "!=" in term:
         name, value = term.split("!=", 1)
         return str(getattr(config, name, None)) != value
