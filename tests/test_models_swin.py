@@ -1,8 +1,8 @@
-"""Hierarchical image encoders pruned stage by stage: Swin, Swin V2 and Donut's Swin (masked_dora/models/stage_spec.py,
-the specs in families_vision_speech.py). Each stage is a stack of its own width and head count (embed_dim doubling,
-num_heads per stage): its blocks' MLP channels and heads prune as its own groups, each block's per-head position
-parameters (bias table column, Swin V2's logit scale and position-bias MLP rows) cut with its heads, and the
-compacted model equals the masked one, saved in the per-layer form and reloaded with load_compact."""
+"""Hierarchical image encoders pruned stage by stage: Swin, Swin V2, Donut's and MaskFormer's Swin
+(masked_dora/models/stage_spec.py, the specs in families_vision_speech.py). Each stage is a stack of its own width and
+head count (embed_dim doubling, num_heads per stage): its blocks' MLP channels and heads prune as its own groups, each
+block's per-head position parameters (bias table column, Swin V2's logit scale and position-bias MLP rows) cut with its
+heads, and the compacted model equals the masked one, saved in the per-layer form and reloaded with load_compact."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import transformers
 
 from masked_dora.models import (MaskedDoRAConfig, ModelSpec, StagesSpec, compact_model, get_state, harden,
-                                load_compact, prepare_model, spec_for)
+                                load_compact, load_training_state, prepare_model, save_training_state, spec_for)
 from masked_dora.models.compact import LAYER_SIZES_KEY
 from masked_dora.models.stage_spec import StageConfig
 
@@ -25,7 +25,8 @@ TINY = dict(image_size=32, patch_size=4, num_channels=3, embed_dim=16, depths=[2
 # model type -> (config class, model classes: an image classifier where the family has one, the bare encoder)
 FAMILIES = {"swin": ("SwinConfig", ("SwinForImageClassification", "SwinModel")),
             "swinv2": ("Swinv2Config", ("Swinv2ForImageClassification", "Swinv2Model")),
-            "donut-swin": ("DonutSwinConfig", ("DonutSwinModel",))}
+            "donut-swin": ("DonutSwinConfig", ("DonutSwinModel",)),
+            "maskformer-swin": ("MaskFormerSwinConfig", ("MaskFormerSwinModel",))}
 CASES = [(t, head) for t, (config, heads) in FAMILIES.items() for head in heads
          if hasattr(transformers, config) and hasattr(transformers, head)]
 # per-head parameters of a block (name suffix -> the dim holding one entry per head)
@@ -96,6 +97,31 @@ def test_swin_stages_prune_compact_and_reload_equal(model_type, head, tmp_path):
     with torch.no_grad():
         reloaded = output_tensor(load_compact(str(tmp_path))(**inputs))
     assert _rel_err(reloaded, ref) < 1e-5
+
+
+@pytest.mark.skipif(not hasattr(transformers, "SwinForImageClassification"), reason="this transformers has no Swin")
+def test_one_stage_prunes_alone_and_its_training_state_reloads(tmp_path):
+    """MaskedDoRAConfig(stacks=("stage1",)) prunes the second stage alone (its groups keep their block numbers across
+    stages); a saved training state reloads into a fresh model to the same outputs, and it compacts equal, stage 0
+    kept whole."""
+    model = _model("swin", "SwinForImageClassification")
+    fresh = _model("swin", "SwinForImageClassification")
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp", "heads"), stacks=("stage1",), **PRUNE))
+    assert sorted(get_state(model).groups) == ["heads_2", "heads_3", "mlp_2", "mlp_3"]
+    randomize_adapters(model)
+    save_training_state(model, str(tmp_path))
+    load_training_state(fresh, str(tmp_path))
+    inputs = _images()
+    with torch.no_grad():
+        for m in (model, fresh):
+            harden(m)
+        ref = output_tensor(model(**inputs))
+        assert _rel_err(output_tensor(fresh(**inputs)), ref) < 1e-6
+        small = compact_model(fresh)
+        assert _rel_err(output_tensor(small(**inputs)), ref) < 1e-5
+    sizes = getattr(small.config, LAYER_SIZES_KEY)
+    # stage 0 whole (64 channels, 2 heads); stage 1 half of its 128 channels and 4 heads
+    assert [(s["intermediate"], s["heads"]) for s in sizes] == [(64, 2), (64, 2), (64, 2), (64, 2)]
 
 
 @pytest.mark.parametrize("model_type", [t for t in FAMILIES if hasattr(transformers, FAMILIES[t][0])])

@@ -1,10 +1,9 @@
 """Family specs of image and speech encoders (ViT, DeiT, ViT-MSN, I-JEPA, BEiT, data2vec-vision, DINOv2, CLIP /
 SigLIP / MetaCLIP 2 towers and two-tower models, Wav2Vec2, HuBERT, data2vec-audio, SEW, UniSpeech(-SAT), WavLM,
-Wav2Vec2-Conformer, and the hierarchical Swin, Swin V2 and Donut-Swin, one stack per stage; SEW-D is DeBERTa-v2's),
-merged into the shipped table
-(:data:`masked_dora.models.families.SPECS`). Whisper's encoder-decoder has BART's modules and keys: it is in the
-``bart`` spec of that table. Moonshine's encoder-decoder (raw audio, rotary attention, a gated decoder MLP) is
-here.
+Wav2Vec2-Conformer, and the hierarchical Swin, Swin V2, Donut-Swin and MaskFormer-Swin, one stack per stage; SEW-D
+is DeBERTa-v2's), merged into the shipped table (:data:`masked_dora.models.families.SPECS`). Whisper's
+encoder-decoder has BART's modules and keys: it is in the ``bart`` spec of that table. Moonshine's encoder-decoder
+(raw audio, rotary attention, a gated decoder MLP) is here.
 
 Their blocks are a text encoder's (pre- or post-LN attention and a two-layer MLP); only the model's input differs
 (``pixel_values``, ``input_values``), which the specs never see. Most of these attentions hold nothing per head
@@ -249,14 +248,15 @@ SWIN = ModelSpec(
                    output="attention.o_proj", heads_key="num_heads", attention="attention",
                    attrs=(("num_attention_heads", "heads"),),
                    per_head=(PerHeadSpec("attention.relative_position_bias", "heads", dim=1),)))
-# Donut's Swin and Swin V2: BERT's layout under attention.self, the MLP in intermediate.dense / output.dense
+# Donut's Swin, MaskFormer's Swin and Swin V2: BERT's layout under attention.self, the MLP in intermediate.dense /
+# output.dense
 _SWIN_SELF = dict(query="attention.self.query", key="attention.self.key", value="attention.self.value",
                   output="attention.output.dense", heads_key="num_heads", attention="attention.self",
                   attrs=(("num_attention_heads", "heads"), ("all_head_size", "width")))
 _SWIN_BERT_MLP = MLPSpec(producers=("intermediate.dense",), consumer="output.dense", size_key="")
-DONUT_SWIN = ModelSpec(
-    name="donut-swin", model_types=("donut-swin",), layers=(SWIN_STAGES.layers,), hidden_key="embed_dim",
-    stages=SWIN_STAGES, mlp=_SWIN_BERT_MLP,
+DONUT_SWIN = ModelSpec(  # (MaskFormer's Swin backbone model too: the same modules and keys)
+    name="donut-swin", model_types=("donut-swin", "maskformer-swin"), layers=(SWIN_STAGES.layers,),
+    hidden_key="embed_dim", stages=SWIN_STAGES, mlp=_SWIN_BERT_MLP,
     heads=HeadSpec(**_SWIN_SELF, per_head=(PerHeadSpec("attention.self", "heads", dim=1),)))  # its bias table
 SWINV2 = ModelSpec(
     name="swinv2", model_types=("swinv2",), layers=(SWIN_STAGES.layers,), hidden_key="embed_dim",
