@@ -183,3 +183,21 @@ def test_stages_spec_bad_layouts_are_refused():
             ModelSpec(**{**{f: getattr(swin, f) for f in ("name", "model_types", "layers", "hidden_key", "mlp",
                                                           "heads")},
                          "stages": replace(swin.stages, index=-1), "stacks": (swin.stacks[0],)})
+
+
+@pytest.mark.parametrize("model_type, backbone", [(t, b) for t, b in (("swin", "SwinBackbone"),
+                                                                      ("swinv2", "Swinv2Backbone"))
+                                                  if hasattr(transformers, b)])
+def test_swin_backbones_prune_with_equal_feature_maps(model_type, backbone):
+    """The backbones of detection and segmentation heads: every stage's feature map (read at the stage's width,
+    which block pruning keeps, through its own norm) equals the masked model's after compaction."""
+    model = _model(model_type, backbone, out_features=["stage1", "stage2"])
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp", "heads"), **PRUNE))
+    randomize_adapters(model)
+    harden(model)
+    inputs = _images()
+    with torch.no_grad():
+        ref = model(**inputs).feature_maps
+        out = compact_model(model)(**inputs).feature_maps
+    assert [tuple(f.shape[:2]) for f in ref] == [(2, 16), (2, 32)]
+    assert all(_rel_err(o, r) < 1e-5 for o, r in zip(out, ref))
