@@ -201,3 +201,23 @@ def test_swin_backbones_prune_with_equal_feature_maps(model_type, backbone):
         out = compact_model(model)(**inputs).feature_maps
     assert [tuple(f.shape[:2]) for f in ref] == [(2, 16), (2, 32)]
     assert all(_rel_err(o, r) < 1e-5 for o, r in zip(out, ref))
+
+
+@pytest.mark.skipif(not hasattr(transformers, "Swinv2ForImageClassification"), reason="this transformers has no Swin V2")
+def test_swinv2_compacts_for_training_then_compacts_equal():
+    """compact_for_training drops the hardened units in place (each stage's blocks and per-head parameters: logit
+    scales, position-bias MLP rows) and the model still computes the masked one; compact_model after it too."""
+    from masked_dora.models import compact_for_training
+
+    model = _model("swinv2", "Swinv2ForImageClassification")
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp", "heads"), **PRUNE))
+    randomize_adapters(model)
+    harden(model)
+    inputs = _images()
+    with torch.no_grad():
+        ref = output_tensor(model(**inputs))
+        compact_for_training(model)
+        assert _rel_err(output_tensor(model(**inputs)), ref) < 1e-5
+        assert _rel_err(output_tensor(compact_model(model)(**inputs)), ref) < 1e-5
+    scales = [m.logit_scale.shape[0] for m in model.modules() if hasattr(m, "logit_scale")]
+    assert scales == [1, 1, 2, 2]
