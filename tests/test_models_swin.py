@@ -203,7 +203,8 @@ def test_swin_backbones_prune_with_equal_feature_maps(model_type, backbone):
     assert all(_rel_err(o, r) < 1e-5 for o, r in zip(out, ref))
 
 
-@pytest.mark.skipif(not hasattr(transformers, "Swinv2ForImageClassification"), reason="this transformers has no Swin V2")
+@pytest.mark.skipif(not hasattr(transformers, "Swinv2ForImageClassification"),
+                    reason="this transformers has no Swin V2")
 def test_swinv2_compacts_for_training_then_compacts_equal():
     """compact_for_training drops the hardened units in place (each stage's blocks and per-head parameters: logit
     scales, position-bias MLP rows) and the model still computes the masked one; compact_model after it too."""
