@@ -80,18 +80,18 @@ def test_beit_task_heads_prune_their_encoder(family, head, tmp_path):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 
 
-# model type -> (config class, what the refusal names)
-HIERARCHICAL = {"swin": ("SwinConfig", "num_heads and depths"), "donut-swin": ("DonutSwinConfig", "embed_dim doubles"),
-                "swinv2": ("Swinv2Config", "mlp_ratio"), "hiera": ("HieraConfig", "fused qkv"),
+# model type -> (config class, what the refusal names); Swin (V1, V2, Donut's) prunes stage by stage
+# (tests/test_models_swin.py)
+HIERARCHICAL = {"hiera": ("HieraConfig", "fused qkv"),
                 "segformer": ("SegformerConfig", "depthwise convolution"), "pvt_v2": ("PvtV2Config", "Mix-FFN"),
                 "pvt": ("PvtConfig", "hidden_sizes, num_attention_heads"), "levit": ("LevitConfig", "BatchNorm")}
 
 
 @pytest.mark.parametrize("model_type", sorted(HIERARCHICAL))
 def test_hierarchical_image_encoders_are_refused_naming_the_reason(model_type):
-    """Swin (V1, V2, Donut's), Hiera, SegFormer, PVT (V1, V2), LeViT: stages of different widths and head counts,
-    given per stage in their configs, which a spec's scalar size keys cannot describe (and SegFormer's / PVT-v2's
-    Mix-FFN, LeViT's attention): spec_for and prepare_model say why, not "no spec", before anything changes."""
+    """Hiera, SegFormer, PVT (V1, V2), LeViT: stages of different widths and head counts, given per stage in their
+    configs otherwise than Swin's stages (StagesSpec) read them (and SegFormer's / PVT-v2's Mix-FFN, LeViT's
+    attention): spec_for and prepare_model say why, not "no spec", before anything changes."""
     config_class, why = HIERARCHICAL[model_type]
     if not hasattr(transformers, config_class):
         pytest.skip(f"this transformers has no {config_class}")
@@ -100,9 +100,10 @@ def test_hierarchical_image_encoders_are_refused_naming_the_reason(model_type):
     with pytest.raises(ValueError, match=rf"masked_dora cannot prune a '{model_type}' model exactly: a hierarchical "
                                          rf"encoder.*{why}"):
         spec_for(config)
-    if model_type == "swin":  # a model too: refused before any layer is wrapped
-        model = transformers.SwinForImageClassification(transformers.SwinConfig(
-            image_size=16, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=2))
-        with pytest.raises(ValueError, match="cannot prune a 'swin' model exactly"):
+    if model_type == "pvt":  # a model too: refused before any layer is wrapped
+        model = transformers.PvtForImageClassification(transformers.PvtConfig(
+            image_size=32, num_encoder_blocks=2, depths=[1, 1], sequence_reduction_ratios=[2, 1], hidden_sizes=[8, 16],
+            patch_sizes=[4, 2], strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2]))
+        with pytest.raises(ValueError, match="cannot prune a 'pvt' model exactly"):
             prepare_model(model, MaskedDoRAConfig(**PRUNE))
         assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())

@@ -18,12 +18,13 @@ from .group_mask import GroupMask
 from .peft_export import export_peft
 from .prepare import MaskedDoRAState, get_state, is_prepared, prepare_model
 from .sparsity import SparsityController, expected_keep, harden, kept_fraction, plan_keep
-from .specs import SPECS, ExpertsLayout, HeadSpec, MLPSpec, ModelSpec, PerHeadSpec, register_spec, spec_for
+from .specs import (SPECS, ExpertsLayout, HeadSpec, MLPSpec, ModelSpec, PerHeadSpec, StagesSpec, register_spec,
+                    spec_for)
 from .state import from_peft, load_training_state, save_training_state
 from .training import MaskedDoRACallback, MaskTrainer, param_groups, train_masked, use_mask_group
 
 __all__ = ["GroupMask", "MaskTrainer", "MaskedDoRACallback", "MaskedDoRAConfig", "MaskedDoRAState", "ModelSpec",
-           "ExpertsLayout", "HeadSpec", "MLPSpec", "PerHeadSpec", "register_spec",
+           "ExpertsLayout", "HeadSpec", "MLPSpec", "PerHeadSpec", "StagesSpec", "register_spec",
            "SPECS", "SparsityController", "build_compact_model", "compact_for_training", "compact_model",
            "expected_keep", "export_peft",
            "from_peft",

@@ -1,9 +1,9 @@
 """Family specs of image and speech encoders (ViT, DeiT, ViT-MSN, I-JEPA, BEiT, data2vec-vision, DINOv2, CLIP /
 SigLIP / MetaCLIP 2 towers and two-tower models, Wav2Vec2, HuBERT, data2vec-audio, SEW, UniSpeech(-SAT), WavLM,
-Wav2Vec2-Conformer; SEW-D is DeBERTa-v2's), merged into the shipped table
-(:data:`masked_dora.models.families.SPECS`). Whisper's encoder-decoder has BART's modules and keys: it is in the
-``bart`` spec of that table. Moonshine's encoder-decoder (raw audio, rotary attention, a gated decoder MLP) is
-here.
+Wav2Vec2-Conformer, and the hierarchical Swin, Swin V2, Donut-Swin and MaskFormer-Swin, one stack per stage; SEW-D
+is DeBERTa-v2's), merged into the shipped table (:data:`masked_dora.models.families.SPECS`). Whisper's
+encoder-decoder has BART's modules and keys: it is in the ``bart`` spec of that table. Moonshine's encoder-decoder
+(raw audio, rotary attention, a gated decoder MLP) is here.
 
 Their blocks are a text encoder's (pre- or post-LN attention and a two-layer MLP); only the model's input differs
 (``pixel_values``, ``input_values``), which the specs never see. Most of these attentions hold nothing per head
@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import replace as replace_dataclass
 from typing import Dict
 
-from .spec_types import HeadSpec, MLPSpec, ModelSpec, PerHeadSpec
+from .spec_types import HeadSpec, MLPSpec, ModelSpec, PerHeadSpec, StagesSpec
 
 # ViT, DeiT (transformers >= 5.17): ``layers`` of attention.q/k/v/o_proj and mlp.fc1/fc2. Their attention takes
 # head_dim from the config when it has one (else hidden_size // heads), so pruned heads save as a plain checkpoint
@@ -229,6 +229,41 @@ MOONSHINE_STREAMING = ModelSpec(
     heads=_moonshine_heads("", config_counts=False, head_dim_key="head_dim"),
     stacks=(_moonshine_decoder("moonshine_streaming-decoder", head_dim_key="head_dim", prefix=""),))
 
+# Swin, Swin V2 and Donut's Swin: hierarchical encoders. Stage s holds encoder.layers.<s>.blocks, embed_dim * 2**s
+# wide with num_heads[s] heads (patch merging between stages, not pruned, doubles the width): one stack per stage
+# (StagesSpec), each pruning its blocks' MLP channels and heads as its own groups. The MLP is int(mlp_ratio * width)
+# wide, a float ratio and no key for the width: a pruned MLP saves in the per-layer form; each attention derives
+# its head size from the stage's width / heads, so pruned heads do too (load_compact). Each block's relative-position
+# bias has one column (Swin, Donut) or one output row of its continuous position-bias MLP (Swin V2) per head, and
+# Swin V2 a logit scale per head (its cosine attention normalises each head's q and k over that head alone): cut
+# per head. The layer norms (and Swin V2's post-norms) are over the width, which block pruning keeps
+SWIN_STAGES = StagesSpec(layers="encoder.layers.{stage}.blocks", count_key="depths", per_stage_keys=("num_heads",),
+                         width_key="embed_dim")
+# Swin (transformers >= 5.17): attention.q/k/v/o_proj viewed by head_dim (-1 heads), the table in
+# attention.relative_position_bias
+SWIN = ModelSpec(
+    name="swin", model_types=("swin",), layers=(SWIN_STAGES.layers,), hidden_key="embed_dim", stages=SWIN_STAGES,
+    mlp=MLPSpec(producers=("mlp.fc1",), consumer="mlp.fc2", size_key=""),
+    heads=HeadSpec(query="attention.q_proj", key="attention.k_proj", value="attention.v_proj",
+                   output="attention.o_proj", heads_key="num_heads", attention="attention",
+                   attrs=(("num_attention_heads", "heads"),),
+                   per_head=(PerHeadSpec("attention.relative_position_bias", "heads", dim=1),)))
+# Donut's Swin, MaskFormer's Swin and Swin V2: BERT's layout under attention.self, the MLP in intermediate.dense /
+# output.dense
+_SWIN_SELF = dict(query="attention.self.query", key="attention.self.key", value="attention.self.value",
+                  output="attention.output.dense", heads_key="num_heads", attention="attention.self",
+                  attrs=(("num_attention_heads", "heads"), ("all_head_size", "width")))
+_SWIN_BERT_MLP = MLPSpec(producers=("intermediate.dense",), consumer="output.dense", size_key="")
+DONUT_SWIN = ModelSpec(  # (MaskFormer's Swin backbone model too: the same modules and keys)
+    name="donut-swin", model_types=("donut-swin", "maskformer-swin"), layers=(SWIN_STAGES.layers,),
+    hidden_key="embed_dim", stages=SWIN_STAGES, mlp=_SWIN_BERT_MLP,
+    heads=HeadSpec(**_SWIN_SELF, per_head=(PerHeadSpec("attention.self", "heads", dim=1),)))  # its bias table
+SWINV2 = ModelSpec(
+    name="swinv2", model_types=("swinv2",), layers=(SWIN_STAGES.layers,), hidden_key="embed_dim",
+    stages=SWIN_STAGES, mlp=_SWIN_BERT_MLP,
+    heads=HeadSpec(**_SWIN_SELF, per_head=(PerHeadSpec("attention.self", "heads", dim=0),  # logit_scale
+                                           PerHeadSpec("attention.self.continuous_position_bias_mlp.2", "heads"))))
+
 VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
     # ViT-MSN and I-JEPA: ViT's blocks under other embeddings (I-JEPA: no CLS token) and task heads
     "vit": ModelSpec(name="vit", model_types=("vit", "deit", "vit_msn", "ijepa"), **VIT),
@@ -255,16 +290,20 @@ VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
     "moonshine": MOONSHINE,
     "moonshine_streaming": MOONSHINE_STREAMING,
     **DINOV2,  # dinov2-q_proj, dinov2-q_proj-swiglu, dinov2-query, dinov2-query-swiglu
+    "swin": SWIN,
+    "donut-swin": DONUT_SWIN,
+    "swinv2": SWINV2,
 }
 
 
-# hierarchical image encoders (the image-classification model types without a spec): masked_dora refuses them by
-# name (spec_for says why) rather than "no spec". A spec reads one width and one head count per stack from scalar
-# config keys; these encoders' stages differ in both, which their configs give as per-stage lists (or as a width
-# that doubles at each stage), with each stage's blocks in a list of its own
+# hierarchical image encoders besides Swin's (the image-classification model types without a spec): masked_dora
+# refuses them by name (spec_for says why) rather than "no spec". StagesSpec describes Swin's stages: per-stage head
+# counts and one first-stage width that doubles at each stage, read from the config, blocks in a list per stage. These
+# encoders lay their stages out otherwise (per-stage width lists, a width multiplier) and their blocks hold more
+# than the MLP and attention groups describe
 _STAGES = ("a hierarchical encoder: its stages have different widths and head counts, which its config gives per "
-           "stage ({keys}), and a masked_dora spec reads one width and one head count per stack from scalar config "
-           "keys")
+           "stage ({keys}), and masked_dora's stages (StagesSpec, Swin's) read the heads per stage and one first-stage "
+           "width that doubles at each stage")
 _MIX_FFN = ("; and its Mix-FFN runs a depthwise convolution (one filter per channel) between its two linear layers, "
             "whose channels would have to be cut with the MLP's, which the MLP spec (producers and one consumer) "
             "does not describe")
@@ -275,9 +314,6 @@ def _stages(keys: str, *more: str) -> str:
 
 
 VISION_REFUSED_MODEL_TYPES: Dict[str, str] = {
-    "swin": _stages("num_heads and depths; the width embed_dim doubles at each stage; mlp_ratio"),
-    "donut-swin": _stages("num_heads and depths; the width embed_dim doubles at each stage; mlp_ratio"),
-    "swinv2": _stages("num_heads and depths; the width embed_dim doubles at each stage; mlp_ratio"),
     "hiera": _stages("num_heads and depths; embed_dim times embed_dim_multiplier at each stage",
                      "; and its attention projects q/k/v with one fused qkv and pools its queries (query_stride) "
                      "where a stage begins"),

@@ -10,6 +10,7 @@ from fractions import Fraction
 from typing import Dict, List, Optional, Tuple
 
 from .specs import ModelSpec
+from .stage_spec import StageConfig
 
 _HEAD_SIZES = ("heads", "kv_heads", "head_dim")
 
@@ -61,8 +62,10 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes, hid
     plain = copy.deepcopy(config)
     # (sub-config attribute, key) -> value: each stack's keys live in its own config (ModelSpec.sized_config: a
     # VLM's text config, a two-tower model's text_config and vision_config; else the model config)
-    values: Dict[Tuple[str, str], int] = {}
-    owners: Dict[Tuple[str, str], str] = {}  # the stack that set each
+    # (and a hierarchical encoder's stage: its own entry of the per-stage keys, ModelSpec.stages)
+    values: Dict[Tuple[str, int, str], int] = {}
+    owners: Dict[Tuple[str, int, str], str] = {}  # the stack that set each
+    writers: Dict[Tuple[str, int, str], ModelSpec] = {}  # a stack whose sized_config holds each
     for stack in dict.fromkeys(stacks):
         text = stack.sized_config(config)
         heterogeneous = bool(getattr(text, "is_heterogeneous", False))
@@ -70,12 +73,12 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes, hid
         heads_changed = any((sizes[i]["heads"], sizes[i]["kv_heads"]) != (original[i]["heads"], original[i]["kv_heads"])
                             for i in mine)
         if heads_changed and heterogeneous:
-            return None, (f"{type(text).__name__} gives layers their own head counts (per_layer_config), which "
+            return None, (f"{_described(text)} gives layers their own head counts (per_layer_config), which "
                           f"one pruned count per key cannot say")
         width_key = stack.mlp.size_key
         if width_key and heterogeneous and width_key in (getattr(text, "per_layer_attributes", None) or ()):
             if any(sizes[i]["intermediate"] != original[i]["intermediate"] for i in mine):
-                return None, (f"{type(text).__name__} gives layers their own {width_key!r} (per_layer_config), which "
+                return None, (f"{_described(text)} gives layers their own {width_key!r} (per_layer_config), which "
                               f"one pruned width cannot say")
             width_key = ""
         per_layer = bool(width_key) and stack.mlp.size_per_layer  # a list in the config: a width per block
@@ -85,14 +88,14 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes, hid
         if not all(t == terms[0] for t in terms) or (not per_layer and any(w != widths[0] for w in widths)):
             return None, "the layers keep different sizes"
         if per_layer and len(widths) != len(getattr(text, width_key)):
-            return None, (f"{type(text).__name__}'s {width_key!r} lists {len(getattr(text, width_key))} widths, "
+            return None, (f"{_described(text)}'s {width_key!r} lists {len(getattr(text, width_key))} widths, "
                           f"the stack has {len(widths)} MLPs")
         width = widths[0] if widths else sizes[mine[0]]["intermediate"]
         if int(width) != width:
-            return None, (f"the pruned MLP widths are not a whole multiple of {type(text).__name__}'s "
+            return None, (f"the pruned MLP widths are not a whole multiple of {_described(text)}'s "
                           f"{width_key!r} in the blocks it builds wider")
         if heads_changed and stack.heads.head_dim_key is None:
-            return None, (f"{type(text).__name__} derives the head size from {stack.hidden_key} / "
+            return None, (f"{_described(text)} derives the head size from {stack.hidden_key} / "
                           f"{stack.heads.heads_key}, so it cannot describe pruned heads")
         if heads_changed and stack.heads.output_width_key:
             return None, (f"{type(config).__name__}'s attention builds {stack.heads.output} "
@@ -102,7 +105,7 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes, hid
             return None, (f"{type(config).__name__}'s {stack.heads.heads_key!r} also sets the heads of the "
                           f"{stack.stack}'s cross-attention ({stack.heads.cross_attention}), which keeps them all")
         if not stack.mlp.size_key and any(sizes[i]["intermediate"] != original[i]["intermediate"] for i in mine):
-            return None, (f"{type(text).__name__} has no key for the MLP width alone (the blocks fix it, or the "
+            return None, (f"{_described(text)} has no key for the MLP width alone (the blocks fix it, or the "
                           f"key sizes other modules too), so it cannot describe a pruned MLP")
         # (a heterogeneous config keeps its per-layer head counts: the global keys would override them; a stack
         # none of whose blocks holds its MLP, MLPSpec.in_some_blocks, says nothing of a width key it shares: a
@@ -112,12 +115,14 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes, hid
         if per_layer and width_key in said:
             said[width_key] = [int(w) for w in widths]
         for key, value in said.items():
-            first = owners.setdefault((stack.text_config, key), stack.stack or stack.name)
-            if values.setdefault((stack.text_config, key), value) != value:
-                return None, (f"{type(text).__name__}'s {key!r} sizes several stacks (the {first} and the "
+            slot = (stack.text_config, _stage(stack), key)
+            first = owners.setdefault(slot, stack.stack or stack.name)
+            writers.setdefault(slot, stack)
+            if values.setdefault(slot, value) != value:
+                return None, (f"{_described(text)}'s {key!r} sizes several stacks (the {first} and the "
                               f"{stack.stack or stack.name}), which keep different sizes")
-    for (sub, key), value in values.items():
-        setattr(_sized(plain, sub), key, value)
+    for (_sub, _stage_index, key), value in values.items():
+        setattr(writers[(_sub, _stage_index, key)].sized_config(plain), key, value)
     if hidden is not None:
         for stack in dict.fromkeys(stacks):
             setattr(stack.sized_config(plain), stack.hidden_key, hidden)
@@ -129,13 +134,18 @@ def plain_config_or_reason(config, stacks: List[ModelSpec], original, sizes, hid
                 validate()
             except Exception as exc:  # noqa: BLE001  (huggingface_hub StrictDataclassClassValidationError, ...)
                 reason = str(exc).strip().splitlines()[-1].strip()
-                return None, f"{type(checked).__name__} refuses the pruned sizes: {reason}"
+                return None, f"{_described(checked)} refuses the pruned sizes: {reason}"
     return plain, None
 
 
-def _sized(config, sub: str):
-    """The config holding a stack's keys: ``config.<sub>`` (``ModelSpec.text_config``), or ``config`` itself."""
-    return getattr(config, sub) if sub and hasattr(config, sub) else config
+def _described(config) -> str:
+    """A config's class name, for a hierarchical encoder's stage with the stage (``SwinConfig (stage 1)``)."""
+    return config.described if isinstance(config, StageConfig) else type(config).__name__
+
+
+def _stage(stack: ModelSpec) -> int:
+    """The stage of a hierarchical encoder a stack stands for (``ModelSpec.stages``), or -1."""
+    return stack.stages.index if stack.stages is not None else -1
 
 
 def plain_config(config, stacks, original, sizes, form: str = "auto", hidden: Optional[int] = None):

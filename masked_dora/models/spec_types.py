@@ -43,6 +43,7 @@ from dataclasses import replace as replace_dataclass
 from typing import Optional, Tuple
 
 from .hidden_spec import HIDDEN_UNCOVERED, PER_BLOCK_UNCOVERED, HiddenSpec, PerBlockHiddenSpec
+from .stage_spec import StageConfig, StagesSpec
 
 GROUP_KINDS = ("mlp", "heads", "hidden")
 BLOCK_KINDS = ("mlp", "heads")  # the kinds with one group per block (``hidden``: one group for the model)
@@ -298,12 +299,19 @@ class ModelSpec:
     # two MLPs): their attention is that stack's, whose head groups prune it, so this stack has none (its blocks'
     # attention is not read through it); "": a stack of its own blocks
     attention_of: str = ""
+    # a hierarchical encoder (Swin): one stack per stage of its config, each with its own block list and sizes
+    # (:mod:`masked_dora.models.stage_spec`); spec_for expands the family's spec for the model's stage count, and
+    # each stage's keys are read through its StageConfig. ``layers`` and ``stacks`` then come from the expansion
+    stages: Optional[StagesSpec] = None
 
     def __post_init__(self):
         bad = [(kind, attr) for kind, attr, _ in self.block_refusals if kind not in BLOCK_KINDS or not attr]
         if bad:
             raise ValueError(f"ModelSpec {self.name!r}: block_refusals names a kind of {BLOCK_KINDS} and a block's "
                              f"module attribute, got {bad}")
+        if self.stages is not None and self.stages.index < 0 and self.stacks:
+            raise ValueError(f"ModelSpec {self.name!r}: a spec with stages gets one stack per stage from the config; "
+                             f"it cannot have further stacks, got {[s.stack for s in self.stacks]}")
         if self.dense_mlp is not None and (not self.mlp.experts or self.dense_mlp.experts):
             raise ValueError(f"ModelSpec {self.name!r}: dense_mlp is the dense MLP of an MoE family's other blocks: "
                              f"expected mlp with experts and dense_mlp without, got mlp.experts={self.mlp.experts!r}, "
@@ -326,9 +334,12 @@ class ModelSpec:
 
     def sized_config(self, config):
         """The config holding this spec's keys: ``config.<text_config>`` for a VLM's language model (given that
-        text config itself, or without a ``text_config``: ``config``)."""
+        text config itself, or without a ``text_config``: ``config``); for one stage of a hierarchical encoder, that
+        config as the stage sees it (:class:`~masked_dora.models.stage_spec.StageConfig`)."""
         if self.text_config and hasattr(config, self.text_config):
-            return getattr(config, self.text_config)
+            config = getattr(config, self.text_config)
+        if self.stages is not None and self.stages.index >= 0 and not isinstance(config, StageConfig):
+            return StageConfig(config, self.stages)  # (one stage of a hierarchical encoder: its own sizes)
         return config
 
     def listed_refusal(self, kind: str, config) -> Optional[str]:

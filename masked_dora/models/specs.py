@@ -13,12 +13,13 @@ from typing import Optional
 from torch import nn
 
 from .families import REFUSED, RENAMED_SPECS, SPECS, WRAPPERS
+from .stage_spec import StagesSpec, expand_stages, stage_count
 from .spec_types import (BLOCK_KINDS, GROUP_KINDS, HEAD_COUNTS, QKV_LAYOUTS, ExpertsLayout, HeadSpec, MLPSpec,
                          ModelSpec, PerHeadSpec, WrapperSpec, wrap_spec)
 
 __all__ = ["BLOCK_KINDS", "GROUP_KINDS", "HEAD_COUNTS", "QKV_LAYOUTS", "ExpertsLayout", "HeadSpec", "MLPSpec",
-           "ModelSpec", "PerHeadSpec", "RENAMED_SPECS", "SPECS", "WRAPPERS", "WrapperSpec", "matching_specs",
-           "register_spec", "spec_for"]
+           "ModelSpec", "PerHeadSpec", "RENAMED_SPECS", "SPECS", "StagesSpec", "WRAPPERS", "WrapperSpec",
+           "matching_specs", "register_spec", "spec_for"]
 
 
 def spec_for(model_or_config) -> ModelSpec:
@@ -40,8 +41,10 @@ def spec_for(model_or_config) -> ModelSpec:
         return _wrapped_spec_for(config, model_type, WRAPPERS[model_type])
     model = model_or_config if isinstance(model_or_config, nn.Module) else None
     for spec in variants:
-        if spec.applies_to(config) and (model is None or has_spec_modules(model, spec)):
-            return spec
+        if spec.applies_to(config):
+            spec = _with_stages(spec, config)
+            if model is None or has_spec_modules(model, spec):
+                return spec
     if variants:
         raise ValueError(f"model: this {model_type!r} model matches none of its specs' conditions: "
                          + "; ".join(f"{s.name} needs {dict(s.when)}"
@@ -64,6 +67,14 @@ def spec_for(model_or_config) -> ModelSpec:
                 "HeadSpec(qkv=..., qkv_layout=...)), as are GPT-2's Conv1D layers and MoE experts packed into 3-D "
                 "parameters (MLPSpec(experts=...), see the 'mixtral' spec).")
     raise ValueError(msg)
+
+
+def _with_stages(spec: ModelSpec, config) -> ModelSpec:
+    """A hierarchical encoder's spec (``stages``) as one stack per stage of ``config``
+    (:func:`~masked_dora.models.stage_spec.expand_stages`); any other spec as it is."""
+    if spec.stages is None or spec.stages.index >= 0:
+        return spec
+    return expand_stages(spec, stage_count(spec, config))
 
 
 def _wrapped_spec_for(config, model_type: str, wrapper: WrapperSpec) -> ModelSpec:
