@@ -259,3 +259,37 @@ def test_a_bitsandbytes_weight_repacked_for_its_cpu_kernel_still_dequantizes(tmp
     if not getattr(q.weight.quant_state, "packing_format_for_cpu", False):
         pytest.skip("bitsandbytes did not repack the weight (this CPU lacks AVX512-BF16)")
     assert _rel(dequantize_weight(q), before) < 2 ** -8
+
+
+def test_quantized_moe_experts_are_refused_before_any_change():
+    """Masked DoRA's MoE experts read their packed weights as tensors: quantized ones are refused, naming them."""
+    model = tiny_model("mixtral", kind="lm")
+    experts = model.model.layers[0].mlp.experts
+    experts.down_proj = nn.Parameter(experts.down_proj.detach().to(torch.int8), requires_grad=False)
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.mlp\.experts\.down_proj holds torch\.int8 values .*, and "
+                                         r"it is a MixtralExperts, not a linear layer: this quantized base"):
+        prepare_model(model, MaskedDoRAConfig(rank=2, alignment={"mlp": 8}, importance="none"))
+    assert not any(isinstance(m, MaskedDoRALinear) for m in model.modules())
+
+
+def test_importance_scores_read_a_quantized_base_dequantized():
+    """magnitude and activation scores of a quantized base are those of the plain model on its dequantized weights
+    (not of its int8 codes)."""
+    from masked_dora.models.importance import activation_scores, magnitude_scores
+
+    quantized = _quantize_blocks(tiny_model("llama", kind="lm"))
+    plain = _quantize_blocks(tiny_model("llama", kind="lm"))
+    for layer in plain.model.layers:
+        for parent in (layer.self_attn, layer.mlp):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, Int8Linear):
+                    setattr(parent, name, _plain(child))
+    del plain.config.quantization_config
+    cfg = MaskedDoRAConfig(rank=2, alignment={"mlp": 8}, importance="none")
+    prepare_model(quantized, cfg), prepare_model(plain, cfg)
+    batches = [tiny_inputs()]
+    for scores in (magnitude_scores, lambda m: activation_scores(m, batches)):
+        got, want = scores(quantized), scores(plain)
+        assert got.keys() == want.keys()
+        for key in want:
+            assert _rel(got[key], want[key]) < 1e-6
