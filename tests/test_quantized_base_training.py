@@ -300,3 +300,17 @@ def test_importance_scores_read_a_quantized_base_dequantized():
         assert got.keys() == want.keys()
         for key in want:
             assert _rel(got[key], want[key]) < 1e-6
+
+
+def test_compact_for_training_is_refused_over_a_quantized_base_before_any_change():
+    """Training at the kept size would cut the quantized weights: refused (train_masked then trains at full width),
+    and the layers keep their sizes."""
+    from masked_dora.models.compact_training import compact_for_training
+
+    model = _quantize_blocks(tiny_model("llama", kind="lm"))
+    prepare_model(model, MaskedDoRAConfig(rank=2, alignment={"mlp": 8}, importance="magnitude",
+                                          target_groups=("mlp",), target_sparsity=0.5))
+    harden(model)
+    with pytest.raises(ValueError, match=r"compact_for_training cannot run: its base is quantized \(QLoRA-style\)"):
+        compact_for_training(model)
+    assert model.model.layers[0].mlp.up_proj.out_features == model.config.intermediate_size
