@@ -1,5 +1,8 @@
-"""A quantized base model (QLoRA-style: bitsandbytes 4/8-bit, torchao, FP8) is refused before anything changes,
-by ``prepare_model``, ``from_peft`` and ``MaskedDoRALinear.from_linear``, naming the parameter and the remedy."""
+"""A quantized base that masked DoRA cannot keep as a quantized base is refused before anything changes, by
+``prepare_model``, ``from_peft`` and ``MaskedDoRALinear.from_linear``, naming the parameter and the remedy: an
+``nn.Linear`` holding codes, FP8 values or a tensor subclass with no dequantization of its own, and any quantized
+base under ``from_peft``. What is supported (bitsandbytes 4/8-bit layers and others that dequantize, QLoRA-style)
+is tested in ``tests/test_quantized_base_training.py``."""
 
 from __future__ import annotations
 
@@ -73,35 +76,3 @@ def test_from_peft_refuses_a_quantized_base_before_merging_anything():
         from_peft(peft_model)
     head = peft_model.get_base_model().lm_head
     assert hasattr(head, "lora_A") and not head.merged
-
-
-def _saved_tiny_llama(path):
-    model = tiny_model("llama", kind="lm")
-    model.save_pretrained(str(path))
-    return str(path)
-
-
-def test_a_bitsandbytes_4bit_model_is_refused(tmp_path):
-    """The real QLoRA path, where bitsandbytes is installed (it is not a dependency; CI skips this)."""
-    pytest.importorskip("bitsandbytes")
-    import transformers
-
-    config = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                             bnb_4bit_compute_dtype=torch.bfloat16)
-    model = transformers.AutoModelForCausalLM.from_pretrained(_saved_tiny_llama(tmp_path), quantization_config=config,
-                                                              device_map="cpu")
-    with pytest.raises(ValueError, match=r"torch\.uint8 values \(Params4bit.*quant_method='bitsandbytes'"):
-        prepare_model(model, MaskedDoRAConfig(**CFG))
-
-
-def test_a_torchao_model_is_refused(tmp_path):
-    """torchao's int8 weight-only quantization, where torchao is installed (not a dependency; CI skips this)."""
-    pytest.importorskip("torchao")
-    import transformers
-    from torchao.quantization import Int8WeightOnlyConfig
-
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        _saved_tiny_llama(tmp_path), quantization_config=transformers.TorchAoConfig(Int8WeightOnlyConfig()),
-        device_map="cpu", dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match=r"a tensor of type Int8Tensor .*quant_method='torchao'"):
-        prepare_model(model, MaskedDoRAConfig(**CFG))

@@ -30,6 +30,8 @@ import torch
 from torch import nn
 
 from ..nn import MaskedDoRALinear
+from ..nn.base_weight import dequantize_weight, quantized_weight_reason
+from ..nn.quantized_base import is_quantized_linear
 from .blocks import (LAYER_SIZES_KEY, block_modules, built_head_layout, features, has_experts, head_layout,
                      holds_group, holds_spec_mlp, is_consumer_role, is_conv1d, mlp_width, model_blocks, num_experts,
                      packed_experts, per_head_modules, producer_index, role_paths)
@@ -50,6 +52,21 @@ def _merged(module: nn.Module):
     if isinstance(module, MaskedDoRALinear):
         return module.merged_weight()
     return module.weight.detach().clone(), None if module.bias is None else module.bias.detach().clone()
+
+
+def dequantized_rest(model: nn.Module, repl: dict, skip_prefix: str) -> dict:
+    """``{name: (weight, bias)}``: the quantized linear layers that no group merged (outside the groups, or in a
+    block whose other group kinds are not pruned), dequantized one at a time."""
+    out, wrapped = {}, tuple(n + "." for n, m in model.named_modules() if isinstance(m, MaskedDoRALinear))
+    for name, m in model.named_modules():
+        if name in repl or name.startswith((skip_prefix,) + wrapped) or not is_quantized_linear(m):
+            continue
+        w = dequantize_weight(m)
+        if w is None:
+            raise RuntimeError(f"compact_model: the quantized weight of {name} ({type(m).__name__}) cannot be "
+                               f"dequantized")
+        out[name] = (w, None if m.bias is None else m.bias.detach().clone().to(w.dtype))
+    return out
 
 
 def block_sizes(model, spec) -> List[Dict[str, int]]:
@@ -404,7 +421,13 @@ def compact_model(model: nn.Module) -> nn.Module:
             delattr(config, LAYER_SIZES_KEY)
     else:
         setattr(config, LAYER_SIZES_KEY, sizes)
-    dtype = next(model.parameters()).dtype
+    # a quantized base (QLoRA-style): the compacted model is a plain one, its layers dequantized, its config without
+    # the quantization (from_pretrained would quantize again, or expect quantized tensors)
+    repl.update(dequantized_rest(model, repl, STATE_ATTR))
+    for attr in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point() and quantized_weight_reason(p) is None)
     new = build_compact_model(type(model), config, dtype)
     old_sd = {k: v for k, v in model.state_dict().items() if not k.startswith(STATE_ATTR + ".")}
     new_sd = {}

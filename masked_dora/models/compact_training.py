@@ -34,7 +34,7 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor, nn
 
-from ..nn import MaskedDoRALinear
+from ..nn import MaskedDoRALinear, QuantizedBaseDoRALinear
 from ..nn.norm_cache import is_regathered
 from .blocks import Block, block_modules, built_head_layout, holds_group
 from .compact import keep_per_head, set_head_attrs, set_mlp_size_attrs
@@ -59,6 +59,9 @@ def compact_training_refusal(model: nn.Module) -> Optional[str]:
     if "heads" in state.config.target_groups and state.spec.heads_need_plain_config:
         return (f"a {model.config.model_type!r} attention reads its head counts from the model config, so its heads "
                 f"cannot leave the prepared model while it trains")
+    if any(isinstance(m, QuantizedBaseDoRALinear) for m in model.modules()):
+        return ("its base is quantized (QLoRA-style), and cutting the layers would copy rows of their quantized "
+                "weights out; compact_model dequantizes them at the end")
     if any(is_regathered(m.weight) for m in model.modules() if isinstance(m, MaskedDoRALinear)):
         return ("its parameters are sharded (FSDP2 or DeepSpeed ZeRO-3), and the sharded copies would keep the old "
                 "shapes: compact before wrapping the model")

@@ -55,6 +55,11 @@ def _consumers(model, group):
     return [(role, m) for role, m in _members(model, group).items() if _is_consumer(group, role)]
 
 
+def _weight(m: nn.Module) -> Tensor:
+    """A member's ``W0`` values: a quantized base's dequantized (``base_weight``), else its weight."""
+    return m.base_weight() if callable(getattr(m, "base_weight", None)) else m.weight
+
+
 def _scatter(values: Tensor, index: Tensor, num_units: int) -> Tensor:
     return torch.zeros(num_units, dtype=torch.float64).index_add_(0, index.cpu(), values.double().cpu())
 
@@ -69,7 +74,7 @@ def magnitude_scores(model: nn.Module) -> Dict[str, Tensor]:
             continue
         score = torch.zeros(group.num_units, dtype=torch.float64)
         for role, m in _members(model, group).items():
-            w = m.weight.detach().double()
+            w = _weight(m).detach().double()
             if _is_consumer(group, role):
                 per, index = w.pow(2).sum(0), group.index(role)
             elif role in group.roles:
@@ -178,7 +183,7 @@ def activation_scores(model: nn.Module, calibration: Iterable) -> Dict[str, Tens
             continue
         out[key] = torch.zeros(group.num_units, dtype=torch.float64)
         for role, m in consumers[key]:
-            col = m.weight.detach().double().pow(2).sum(0).sqrt().cpu()
+            col = _weight(m).detach().double().pow(2).sum(0).sqrt().cpu()
             seen = sq.get((key, role))  # an expert no calibration token was routed to scores 0
             per = (seen.sqrt() if seen is not None else torch.zeros_like(col)) * col
             out[key] += _scatter(per, group.index(role), group.num_units)

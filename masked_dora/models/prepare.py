@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import ClampedSwiGLU, MaskedDoRAExperts, MaskedDoRALinear
-from ..nn.base_weight import quantized_weight_reason
+from ..nn.base_weight import dequantize_weight, quantized_weight_reason
+from ..nn.quantized_base import QuantizedBaseDoRALinear, is_quantized_linear
 from .blocks import (Block, HeadLayout, block_modules, block_refusal, built_head_layout, check_per_head_modules,
                      expert_biases, expert_index, features, has_experts, holds_group, holds_spec_mlp, is_consumer_role,
                      is_conv1d, mlp_width, model_blocks, num_experts, packed_experts, producer_index, role_paths,
@@ -111,6 +112,12 @@ def _wrap(block: nn.Module, path: str, module: nn.Module, config: MaskedDoRAConf
             linear.weight.copy_(module.weight.t())
             linear.bias.copy_(module.bias)
         module = linear
+    if is_quantized_linear(module):  # QLoRA-style: the quantized module stays the base, whole
+        shape = torch.empty(module.out_features, module.in_features, device="meta")
+        layer = QuantizedBaseDoRALinear.from_quantized(module, **_layer_kwargs(config, shape))
+        layer.from_conv1d = False
+        _replace(block, path, layer)
+        return layer
     if not isinstance(module, nn.Linear):
         raise TypeError(f"model: expected an nn.Linear at {where}.{path}, got {type(module).__name__} "
                         f"(merge or unload other adapters first; for PEFT DoRA use masked_dora.from_peft)")
@@ -293,23 +300,42 @@ def keep_own_checkpoint_layout(model: nn.Module) -> None:
         model._weight_conversions = []
 
 
-def refuse_quantized_base(model: nn.Module, blocks: List[Block]) -> None:
+def _unwrappable_quantized(module: nn.Module, config: Optional[MaskedDoRAConfig]) -> Optional[str]:
+    """Why a module holding a quantized parameter cannot stay the base of a masked-DoRA layer (``None``: it can)."""
+    if config is None:
+        return "from_peft reads PEFT's adapters off plain base layers"
+    if not is_quantized_linear(module):
+        return f"it is a {type(module).__name__}, not a linear layer"
+    if dequantize_weight(module) is None:  # (one layer's weight, transient)
+        return f"its {type(module).__name__} weight cannot be dequantized"
+    if "hidden" in config.target_groups:
+        return "hidden-dimension pruning reads and cuts every layer's columns"
+    return None
+
+
+def refuse_quantized_base(model: nn.Module, blocks: List[Block], config: Optional[MaskedDoRAConfig] = None) -> None:
     """Raise, naming the first one, if a parameter of ``blocks`` is quantized
-    (:func:`~masked_dora.nn.base_weight.quantized_weight_reason`): a QLoRA-style base is not supported."""
+    (:func:`~masked_dora.nn.base_weight.quantized_weight_reason`) and masked DoRA cannot keep its module as a
+    quantized base (:class:`~masked_dora.nn.quantized_base.QuantizedBaseDoRALinear`): a linear layer whose weight
+    dequantizes (bitsandbytes 4/8-bit, torchao), without hidden pruning, under ``prepare_model`` (``config``);
+    ``from_peft`` (no ``config``) refuses any quantized base."""
     for b in blocks:
-        for name, p in b.module.named_parameters():
-            reason = quantized_weight_reason(p)
-            if reason is None:
-                continue
-            qc = getattr(model.config, "quantization_config", None)
-            method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
-            method = getattr(method, "value", method)  # transformers' QuantizationMethod enum: its string
-            loaded = f", loaded with quantization_config quant_method={str(method)!r}" if method is not None else ""
-            raise ValueError(f"model: {b.path}.{name} holds {reason}{loaded}. Masked DoRA needs the base weights as "
-                             f"floating-point numbers (each row's DoRA norm, the kept rows and columns at compaction), "
-                             f"so a quantized base (QLoRA-style) is not supported: load the model unquantized "
-                             f"(dtype=torch.bfloat16) to prune it; the compacted model is a plain one, which any "
-                             f"quantizer takes afterwards")
+        for mod_name, module in b.module.named_modules():
+            for p_name, p in module.named_parameters(recurse=False):
+                reason = quantized_weight_reason(p)
+                why = None if reason is None else _unwrappable_quantized(module, config)
+                if why is None:
+                    continue
+                name = f"{mod_name}.{p_name}" if mod_name else p_name
+                qc = getattr(model.config, "quantization_config", None)
+                method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+                method = getattr(method, "value", method)  # transformers' QuantizationMethod enum: its string
+                loaded = f", loaded with quantization_config quant_method={str(method)!r}" if method else ""
+                raise ValueError(f"model: {b.path}.{name} holds {reason}{loaded}, and {why}: this quantized base "
+                                 f"(QLoRA-style) is not supported: load the model unquantized (dtype=torch.bfloat16) "
+                                 f"to prune it; the compacted model is a plain one, which any quantizer takes "
+                                 f"afterwards. prepare_model wraps quantized linear layers whose weight dequantizes "
+                                 f"(bitsandbytes 4/8-bit, torchao), without hidden pruning")
 
 
 def _refuse(kind: str, config: MaskedDoRAConfig, model_config, reason: str) -> None:
@@ -365,7 +391,7 @@ def _check_block(b: Block, config: MaskedDoRAConfig, model_config) -> None:
     for kind, roles in block_modules(b.module, b.spec, kinds).items():
         paths = role_paths(b.spec, kind)
         for role, module in roles.items():
-            if not (isinstance(module, nn.Linear) or is_conv1d(module)):
+            if not (isinstance(module, nn.Linear) or is_conv1d(module) or is_quantized_linear(module)):
                 advice = ("merge or unload other adapters first; for PEFT LoRA/DoRA use masked_dora.from_peft"
                           if hasattr(module, "base_layer") else
                           "the spec must point at nn.Linear (or transformers Conv1D) projections")
@@ -399,7 +425,7 @@ def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, c
 
     check_hidden(model, spec, config)  # hidden pruning: refusals and the plain config, before anything changes
     blocks = _targeted_blocks(model, spec, config)
-    refuse_quantized_base(model, blocks)
+    refuse_quantized_base(model, blocks, config)
     for b in blocks:  # check every block before changing anything
         _check_block(b, config, model.config)
     from .save_form import decide_save_form
@@ -428,6 +454,11 @@ def prepare_model(model: nn.Module, config: Optional[MaskedDoRAConfig] = None, c
     setattr(model, STATE_ATTR, state.to(device))
     keep_own_checkpoint_layout(model)
     state.save_form, state.save_form_reason = save_form, save_form_reason
+    if getattr(model, "is_quantized", False) and any(isinstance(m, QuantizedBaseDoRALinear) for m in model.modules()):
+        # transformers' Trainer refuses "purely quantized models" (is_quantized, and not a PEFT model: no trainable
+        # adapters); this one trains masked-DoRA adapters over its quantized base. hf_quantizer, which saving and
+        # loading consult, stays
+        model.is_quantized = False
     state.built_sizes = built_sizes
     model.train(model.training)  # new modules follow the model's mode
     forward_masks = ForwardMasks(state)

@@ -7,6 +7,7 @@ from .functional import masked_dora_linear
 from .masked_dora_experts import ClampedSwiGLU, MaskedDoRAExperts
 from .masked_dora_linear import MaskedDoRALinear
 from .peft_accelerate import accelerate_peft, restore_peft
+from .quantized_base import QuantizedBaseDoRALinear
 
 __all__ = ["ClampedSwiGLU", "CompactLinear", "DeferredScatter", "MaskedDoRAExperts", "MaskedDoRALinear",
-           "accelerate_peft", "compact_pair", "masked_dora_linear", "restore_peft"]
+           "QuantizedBaseDoRALinear", "accelerate_peft", "compact_pair", "masked_dora_linear", "restore_peft"]

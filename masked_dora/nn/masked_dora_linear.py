@@ -121,7 +121,7 @@ class MaskedDoRALinear(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def _create_adapter(self) -> None:
-        factory = {"device": self.weight.device, "dtype": self.weight.dtype}
+        factory = {"device": self.weight.device, "dtype": self.base_dtype}
         self.lora_A = nn.Parameter(torch.empty(self.rank, self.in_features, **factory))
         self.lora_B = nn.Parameter(torch.empty(self.out_features, self.rank, **factory))
         self.magnitude = nn.Parameter(torch.empty(self.out_features, **factory))
@@ -139,7 +139,7 @@ class MaskedDoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B)
         if self.weight.device.type != "meta":
-            self.magnitude.copy_(weight_sq_norm(self.weight).sqrt())
+            self.magnitude.copy_(self._base_row_sq().sqrt())
         self.mask_logits.fill_(self.mask_init)
         self.fixed_keep.fill_(True)
         self.mask_fixed.fill_(False)
@@ -156,7 +156,8 @@ class MaskedDoRALinear(nn.Module):
         if reason is not None:
             raise TypeError(f"linear: expected a plain floating-point weight, got {reason}; masked DoRA needs the base "
                             f"weight's values (its rows' norms, and the kept rows at compaction), so load the model "
-                            f"unquantized (e.g. dtype=torch.bfloat16)")
+                            f"unquantized (e.g. dtype=torch.bfloat16), or wrap a quantized layer whose weight "
+                            f"dequantizes with QuantizedBaseDoRALinear.from_quantized")
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, rank=rank,
                     alpha=alpha, use_rslora=use_rslora, gate=gate, mask_init=mask_init,
                     norm_eps=norm_eps, device="meta", dtype=linear.weight.dtype, lora_dropout=lora_dropout,
@@ -242,6 +243,21 @@ class MaskedDoRALinear(nn.Module):
         return 1.0 - self.keep_mask().float().mean().item()
 
     # ------------------------------------------------------------ forward
+
+    @property
+    def base_dtype(self) -> torch.dtype:
+        """The dtype ``W0`` computes in, which the adapter takes: the weight's (a quantized base's dequantized
+        dtype, :class:`~masked_dora.nn.quantized_base.QuantizedBaseDoRALinear`)."""
+        return self.weight.dtype
+
+    def base_weight(self) -> Tensor:
+        """``W0`` as a plain floating-point tensor (out x in): the weight itself (a quantized base dequantizes
+        it, transiently). For readers of the values outside the layer (importance scores)."""
+        return self.weight
+
+    def _base_row_sq(self) -> Tensor:
+        """``||W0_j||^2`` computed now (the magnitude's initial value is its square root)."""
+        return weight_sq_norm(self.weight)
 
     def weight_sq(self) -> Optional[Tensor]:
         """``||W0_j||^2`` (float32), cached while the frozen weight is unchanged."""
