@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from torch import nn
-
 import torch
+from torch import nn
 
 FLOAT8_DTYPES = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
                                                         "float8_e5m2fnuz", "float8_e8m0fnu") if hasattr(torch, name))
