@@ -11,6 +11,7 @@
 # that its editable _C never clobbers the CPU build in the checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+unset MASKED_DORA_CI_GPU_STACK_ELSEWHERE  # the gpu_stack tests run here (.ci/run's `make test` leaves them to this)
 root=$PWD
 venv=${CUDA_CHECK_VENV:-$root/.venv-cuda}
 pins="torch==2.11.0 triton==3.6.0 transformers==5.17.0"

@@ -12,6 +12,8 @@ import sys
 import pytest
 import torch
 
+pytestmark = pytest.mark.gpu_stack  # CI: on the GPU machine's stack (tests/conftest.py)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "bench", "gpu_check.sh")
 STAGES = ["env", "build", "registration", "selftest", "cuda_tests", "sanitize", "bench", "triton_tests"]
