@@ -2,12 +2,16 @@
 # Build a wheel the way users do and check it: it carries the compiled extension
 # and the Triton kernels, and imports from the wheel alone (not from the
 # checkout) with the extension loaded. Needs .venv (made by `make install`).
+# Built from a copy of the tree (its tracked and untracked, not ignored files, as a source distribution holds
+# them), so that the build writes nothing into the checkout: CI runs this while `make test` runs there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="$PWD/.venv/bin/python"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-$PY -m pip wheel -q --no-deps --no-build-isolation . -w "$out/dist"
+mkdir "$out/src"
+git ls-files -co --exclude-standard -z | tar --null -T - -cf - | tar -xf - -C "$out/src"
+(cd "$out/src" && $PY -m pip wheel -q --no-deps --no-build-isolation . -w "$out/dist")
 wheel=$(ls "$out"/dist/masked_dora-*.whl)
 echo "built $(basename "$wheel")"
 $PY - "$wheel" <<'PYEOF'
