@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # CI's second core (.ci/run starts this beside `make install` + `make test`, which keep the first one busy):
-# the CUDA stack check (.ci/cuda_build_check.sh), then the wheel check (.ci/wheel_check.sh: a user's wheel
-# with the extension, built and imported from the wheel alone), once `make install` has made .venv. The CUDA
-# stack check ends minutes before `make test` does, so the wheel check runs on the core it frees instead of
-# after `make test`, on the critical path.
+# the CUDA stack check (.ci/cuda_build_check.sh), then, once `make install` has made .venv, the wheel check
+# (.ci/wheel_check.sh: a user's wheel with the extension, built and imported from the wheel alone) and the
+# quantized-base tests with bitsandbytes. The CUDA stack check ends minutes before `make test` does, so these
+# run on the core it frees instead of after `make test`, on the critical path.
 #
-#   bash .ci/second_core.sh READY_FILE     # the wheel check starts once READY_FILE exists (.ci/run touches it)
+#   bash .ci/second_core.sh READY_FILE     # what needs .venv starts once READY_FILE exists (.ci/run touches it)
 #
-# Exit status: 0 if both passed, else 1; each one's log is printed, with its verdict, as it ends.
+# Exit status: 0 if every check passed, else 1; each one's log is printed, with its verdict, as it ends.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ready=$1
@@ -16,4 +16,16 @@ bash .ci/cuda_build_check.sh || { echo "== cuda-build-check FAILED (exit $?)"; s
 while [ ! -e "$ready" ]; do sleep 5; done
 echo "== wheel check (.ci/wheel_check.sh), on the core the CUDA stack check freed"
 MAX_JOBS=1 bash .ci/wheel_check.sh || { echo "== wheel check FAILED (exit $?)"; status=1; }
+# the real QLoRA base: bitsandbytes' 4- and 8-bit layers (tests/test_quantized_base*.py skip those tests without it),
+# from a side directory rather than .venv: installed there, every process importing peft would import it, and
+# through it torch's compiler (seconds for each of the suites' subprocesses)
+echo "== the quantized-base tests with bitsandbytes (installed beside .venv)"
+side=$(mktemp -d)
+if .venv/bin/python -m pip install -q --target "$side" --no-deps "bitsandbytes>=0.50"; then
+    PYTHONPATH="$side" .venv/bin/python -m pytest -q -p no:cacheprovider tests/test_quantized_base.py \
+        tests/test_quantized_base_training.py || { echo "== quantized-base tests FAILED"; status=1; }
+else
+    echo "== installing bitsandbytes FAILED"; status=1
+fi
+rm -rf "$side"
 exit "$status"

@@ -314,3 +314,29 @@ def test_compact_for_training_is_refused_over_a_quantized_base_before_any_change
     with pytest.raises(ValueError, match=r"compact_for_training cannot run: its base is quantized \(QLoRA-style\)"):
         compact_for_training(model)
     assert model.model.layers[0].mlp.up_proj.out_features == model.config.intermediate_size
+
+
+@pytest.mark.parametrize("engine", ["fsdp", "deepspeed", "accelerate-fsdp"])
+def test_sharding_a_quantized_base_is_refused_when_the_trainer_is_built(engine, tmp_path, monkeypatch):
+    """FSDP or DeepSpeed over a quantized base (the codes and scales would be sharded as plain parameters) is
+    refused, naming the argument, when the Trainer is built: before train() lets the engine wrap the model. (Before,
+    nothing checked it.) A plain model is not refused by this check."""
+    from transformers import TrainingArguments
+
+    from masked_dora.models.sharded import refuse_sharded_quantized_base
+
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    if engine == "accelerate-fsdp":  # `accelerate launch` with an FSDP config file: the engine in the environment
+        monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    else:  # the arguments as users set them (post-init parsing needs the engine's launcher: set afterwards)
+        setattr(args, engine, ["full_shard"] if engine == "fsdp" else {"zero_optimization": {"stage": 3}})
+    quantized = _quantize_blocks(tiny_model("llama", kind="lm"))
+    plain = tiny_model("llama", kind="lm")
+    for model in (quantized, plain):
+        prepare_model(model, MaskedDoRAConfig(rank=2, alignment={"mlp": 8}, importance="none",
+                                              target_groups=("mlp",), target_sparsity=0.5))
+    name = "DeepSpeed" if engine == "deepspeed" else "FSDP"
+    with pytest.raises(ValueError, match=rf"args: {name} .* shards the model, whose masked-DoRA layers keep a "
+                                         r"quantized base \(QLoRA-style\)"):
+        MaskedDoRACallback(quantized).on_init_end(args, None, None)
+    refuse_sharded_quantized_base(args, plain)  # a plain base: nothing to refuse here

@@ -23,11 +23,13 @@ This module imports DeepSpeed only when a model is partitioned by it; nothing he
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterator, List
 
 from torch import nn
 
 from ..nn import MaskedDoRALinear
+from ..nn.quantized_base import QuantizedBaseDoRALinear
 from ..nn.norm_cache import is_dtensor
 from .group_mask import ForwardMasks
 from .prepare import get_state
@@ -35,6 +37,22 @@ from .prepare import get_state
 
 def _mask_logits(model: nn.Module) -> List[nn.Parameter]:
     return [group.mask_logits for group in get_state(model).groups.values()]
+
+
+def refuse_sharded_quantized_base(args, model: nn.Module) -> None:
+    """Raise if the Trainer's ``args`` (or ``accelerate launch``'s config) shard a model whose layers keep a quantized
+    base (QLoRA-style, :class:`~masked_dora.nn.quantized_base.QuantizedBaseDoRALinear`): neither FSDP nor DeepSpeed
+    is supported there (the quantized codes and their scales would be sharded as plain parameters; untested).
+    Called when the Trainer is built, before any engine wraps the model."""
+    engine = ""
+    if getattr(args, "deepspeed", None) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        engine = "DeepSpeed (args.deepspeed or accelerate's config)"
+    elif getattr(args, "fsdp", None) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        engine = "FSDP (args.fsdp or accelerate's config)"
+    if engine and any(isinstance(m, QuantizedBaseDoRALinear) for m in model.modules()):
+        raise ValueError(f"args: {engine} shards the model, whose masked-DoRA layers keep a quantized base "
+                         f"(QLoRA-style); sharding a quantized base is not supported: train it on one process or "
+                         f"with DDP, or load the model unquantized (dtype=torch.bfloat16) to shard it")
 
 
 def zero3_partitioned(model: nn.Module) -> bool:

@@ -23,7 +23,7 @@ from ..masks.schedules import Schedule
 from .json_state import from_json, to_json
 from .prepare import get_state
 from .sparsity import SparsityController, cubic_progress
-from .sharded import attach_to_zero3, gathered_mask_logits, zero3_partitioned
+from .sharded import attach_to_zero3, gathered_mask_logits, refuse_sharded_quantized_base, zero3_partitioned
 from .trl_sft import PenaltyThroughLogProbs, trl_penalty_route
 
 try:  # transformers is a hard dependency of masked_dora.models, but keep the import local to this module
@@ -293,8 +293,12 @@ class MaskedDoRACallback(TrainerCallback):
         self.history: List[Dict[str, float]] = []
         self._handle = None
 
+    def on_init_end(self, args, state, control, **kwargs):
+        refuse_sharded_quantized_base(args, self.mask_trainer.model)  # before train() lets an engine wrap it
+
     def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
         model = self.mask_trainer.model
+        refuse_sharded_quantized_base(args, model)  # (a callback added after the Trainer was built)
         through_log_probs = trl_penalty_route(args)  # raises, before anything changes, where TRL drops the penalty
         if optimizer is not None and use_mask_group(optimizer, model, self.mask_lr, scheduler=lr_scheduler):
             if _save_strategy(args) != "no" and not getattr(args, "save_only_model", False):
