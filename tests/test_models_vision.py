@@ -81,17 +81,16 @@ def test_beit_task_heads_prune_their_encoder(family, head, tmp_path):
 
 
 # model type -> (config class, what the refusal names); Swin (V1, V2, Donut's) prunes stage by stage
-# (tests/test_models_swin.py)
+# (tests/test_models_swin.py), SegFormer and PVT v2 too (tests/test_models_segformer.py)
 HIERARCHICAL = {"hiera": ("HieraConfig", "fused qkv"),
-                "segformer": ("SegformerConfig", "depthwise convolution"), "pvt_v2": ("PvtV2Config", "Mix-FFN"),
                 "pvt": ("PvtConfig", "hidden_sizes, num_attention_heads"), "levit": ("LevitConfig", "BatchNorm")}
 
 
 @pytest.mark.parametrize("model_type", sorted(HIERARCHICAL))
 def test_hierarchical_image_encoders_are_refused_naming_the_reason(model_type):
-    """Hiera, SegFormer, PVT (V1, V2), LeViT: stages of different widths and head counts, given per stage in their
-    configs otherwise than Swin's stages (StagesSpec) read them (and SegFormer's / PVT-v2's Mix-FFN, LeViT's
-    attention): spec_for and prepare_model say why, not "no spec", before anything changes."""
+    """Hiera, PVT (V1), LeViT: stages of different widths and head counts, given per stage in their configs, with
+    blocks no spec describes (Hiera's fused qkv and query pooling, PVT's block lists, LeViT's attention): spec_for
+    and prepare_model say why, not "no spec", before anything changes."""
     config_class, why = HIERARCHICAL[model_type]
     if not hasattr(transformers, config_class):
         pytest.skip(f"this transformers has no {config_class}")

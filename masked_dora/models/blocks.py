@@ -350,6 +350,25 @@ def mlp_width(block: nn.Module, spec: ModelSpec) -> int:
     return features(block_modules(block, spec, ("mlp",))["mlp"]["consumer"])[0]
 
 
+def depthwise_modules(block: nn.Module, spec: ModelSpec) -> List[nn.Module]:
+    """The MLP's depthwise convolutions between its producers and its consumer (``MLPSpec.depthwise``), paths
+    checked."""
+    return [_resolve(block, path, "mlp depthwise convolution") for path in spec.mlp.depthwise]
+
+
+def check_depthwise_modules(block: nn.Module, spec: ModelSpec, where: str) -> None:
+    """Raise unless every ``MLPSpec.depthwise`` module of ``block`` is a convolution with one filter per MLP channel
+    (``groups == in_channels == out_channels ==`` the MLP's width): only then is channel c of the group its
+    channel c alone, so that cutting a channel's filter leaves the others' outputs as they were."""
+    width = mlp_width(block, spec)
+    for path, conv in zip(spec.mlp.depthwise, depthwise_modules(block, spec)):
+        sizes = tuple(getattr(conv, k, None) for k in ("groups", "in_channels", "out_channels"))
+        if not isinstance(conv, nn.modules.conv._ConvNd) or sizes != (width,) * 3:
+            raise ValueError(f"spec {spec.name!r}: {where}.{path} should be a depthwise convolution over the MLP's "
+                             f"{width} channels (groups, in_channels, out_channels all {width}), got "
+                             f"{type(conv).__name__} with {sizes}")
+
+
 def producer_index(role: str) -> int:
     """The spec's producer number of a producer role (``"producer<i>"`` or ``"producer<i>_e<e>"``)."""
     return int(role[len("producer"):].split("_")[0])

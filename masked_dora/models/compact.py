@@ -32,9 +32,9 @@ from torch import nn
 from ..nn import MaskedDoRALinear
 from ..nn.base_weight import dequantize_weight, quantized_weight_reason
 from ..nn.quantized_base import is_quantized_linear
-from .blocks import (LAYER_SIZES_KEY, block_modules, built_head_layout, features, has_experts, head_layout,
-                     holds_group, holds_spec_mlp, is_consumer_role, is_conv1d, mlp_width, model_blocks, num_experts,
-                     packed_experts, per_head_modules, producer_index, role_paths)
+from .blocks import (LAYER_SIZES_KEY, block_modules, built_head_layout, depthwise_modules, features, has_experts,
+                     head_layout, holds_group, holds_spec_mlp, is_consumer_role, is_conv1d, mlp_width, model_blocks,
+                     num_experts, packed_experts, per_head_modules, producer_index, role_paths)
 from .hidden import cut_hidden, hidden_config, hidden_keep, writers
 from .hidden_per_block import compact_block_hidden, is_per_block, resize_block_hidden
 from .prepare import STATE_ATTR, get_state
@@ -109,8 +109,9 @@ def config_block_sizes(model, spec) -> List[Dict[str, int]]:
 def _compact_mlp(block: nn.Module, spec: ModelSpec, group, prefix: str, repl: dict, packed: dict) -> int:
     """The MLP's kept producer rows and consumer columns into ``repl`` (module name: (weight, bias)), or, for
     an MoE block, each projection's experts stacked into ``packed`` (parameter name: (experts, out, in), or
-    (experts, in, out) where ``experts_layout.transposed``; with ``experts_layout.bias``, "<name>_bias" too);
-    returns the kept width (one expert's)."""
+    (experts, in, out) where ``experts_layout.transposed``; with ``experts_layout.bias``, "<name>_bias" too), and
+    the kept channels' filters of its depthwise convolutions into ``packed`` (``MLPSpec.depthwise``); returns the
+    kept width (one expert's)."""
     experts = num_experts(block, spec)
     layout = spec.mlp.experts_layout
     paths = role_paths(spec, "mlp", experts)
@@ -132,6 +133,11 @@ def _compact_mlp(block: nn.Module, spec: ModelSpec, group, prefix: str, repl: di
         else:
             repl[prefix + paths[role]] = (w, b)
     packed.update({name: torch.stack(ws).contiguous() for name, ws in stacks.items()})
+    if spec.mlp.depthwise:  # the kept channels' filters (the consumer's kept columns are the kept channels)
+        channels = _idx(group.per_channel("consumer", keep))
+        for path, conv in zip(spec.mlp.depthwise, depthwise_modules(block, spec)):
+            packed.update({f"{prefix}{path}.{name}": p.detach().index_select(0, channels.to(p.device)).clone()
+                           for name, p in conv.named_parameters(recurse=False)})
     return int(keep.sum()) // max(1, experts)  # the same count in every expert (the group's partitions)
 
 
@@ -329,6 +335,8 @@ def resize_block(block: nn.Module, spec: ModelSpec, size: Dict[str, int], config
             new_linear(block, path, inter, fan_out)
         else:
             new_linear(block, path, fan_in, inter * spec.mlp.segments_of(producer_index(role)))
+    if "mlp" in mods:
+        keep_depthwise_channels(block, spec, torch.arange(inter))
     set_mlp_size_attrs(block, spec, inter)
     if heads_kept_whole:
         return
@@ -340,6 +348,18 @@ def resize_block(block: nn.Module, spec: ModelSpec, size: Dict[str, int], config
             new_linear(block, head_paths[role], features(mods["heads"][role])[0], n * hd)
     new_linear(block, head_paths["output"], heads * hd, features(mods["heads"]["output"])[1])
     _resize_per_head(block, spec, config, set_head_attrs(block, spec, heads, kv, hd), hd)
+
+
+@torch.no_grad()
+def keep_depthwise_channels(block: nn.Module, spec: ModelSpec, channels: torch.Tensor) -> None:
+    """Cut the block's MLP depthwise convolutions (``MLPSpec.depthwise``) in place to the MLP channels ``channels``
+    (ascending): their filters and biases, and their channel counts and groups (which their forward passes to the
+    convolution)."""
+    for conv in depthwise_modules(block, spec):
+        for name, p in list(conv.named_parameters(recurse=False)):
+            setattr(conv, name, nn.Parameter(p.detach().index_select(0, channels.to(p.device)).clone(),
+                                             requires_grad=p.requires_grad))
+        conv.in_channels = conv.out_channels = conv.groups = len(channels)
 
 
 def set_mlp_size_attrs(block: nn.Module, spec: ModelSpec, width: int) -> None:

@@ -11,7 +11,8 @@ stays a trainable masked-DoRA layer:
   (:meth:`~masked_dora.nn.MaskedDoRALinear.keep_input_columns`); their input is exactly zero in the dropped
   columns, and the row norm still counts the dropped part (``n^2 = n_kept^2 + n_dropped^2``);
 * attention modules get their new head counts (``HeadSpec.attrs``), per-head norms their kept heads, MLP
-  modules their new width (``MLPSpec.size_attrs``), MoE experts each their kept channels;
+  modules their new width (``MLPSpec.size_attrs``), an MLP's depthwise convolutions their kept channels
+  (``MLPSpec.depthwise``), MoE experts each their kept channels;
 * every group becomes one of its kept units, all kept (fixed), so a query head's ``InputGate`` goes;
 * a pruned residual stream (``hidden_mode="global"``) narrows as :func:`~masked_dora.models.compact_model` narrows
   it (:func:`~masked_dora.models.hidden.narrow_residual_stream`; the writers keep their kept rows). With
@@ -37,7 +38,7 @@ from torch import Tensor, nn
 from ..nn import MaskedDoRALinear, QuantizedBaseDoRALinear
 from ..nn.norm_cache import is_regathered
 from .blocks import Block, block_modules, built_head_layout, holds_group
-from .compact import keep_per_head, set_head_attrs, set_mlp_size_attrs
+from .compact import keep_depthwise_channels, keep_per_head, set_head_attrs, set_mlp_size_attrs
 from .group_mask import ALWAYS_KEPT, GroupMask, InputGate, MaskView
 from .hidden import HIDDEN_KEY, narrow_residual_stream, writers
 from .prepare import get_state
@@ -97,7 +98,10 @@ def compact_for_training(model: nn.Module) -> nn.Module:
 def _compact_mlp_group(state, b: Block) -> None:
     group = state.group("mlp", b.index)
     members = block_modules(b.module, b.spec, ("mlp",))["mlp"]
-    state.groups[f"mlp_{b.index}"] = _kept_group(group, _slice_members(group, members), members)
+    keep = _slice_members(group, members)
+    state.groups[f"mlp_{b.index}"] = _kept_group(group, keep, members)
+    if b.spec.mlp.depthwise:  # (a dense MLP: its consumer's kept columns are the kept channels)
+        keep_depthwise_channels(b.module, b.spec, torch.nonzero(keep["consumer"]).flatten())
     width = int(group.hard().sum()) // group.partitions
     set_mlp_size_attrs(b.module, b.spec, width)
     if b.spec.mlp.experts:  # the MaskedDoRAExperts' own width (size_attrs may name the original module's attribute)

@@ -1,7 +1,7 @@
 """Family specs of image and speech encoders (ViT, DeiT, ViT-MSN, I-JEPA, BEiT, data2vec-vision, DINOv2, CLIP /
 SigLIP / MetaCLIP 2 towers and two-tower models, Wav2Vec2, HuBERT, data2vec-audio, SEW, UniSpeech(-SAT), WavLM,
-Wav2Vec2-Conformer, and the hierarchical Swin, Swin V2, Donut-Swin and MaskFormer-Swin, one stack per stage; SEW-D
-is DeBERTa-v2's), merged into the shipped table (:data:`masked_dora.models.families.SPECS`). Whisper's
+Wav2Vec2-Conformer, and the hierarchical Swin, Swin V2, Donut-Swin, MaskFormer-Swin, SegFormer and PVT v2, one stack
+per stage; SEW-D is DeBERTa-v2's), merged into the shipped table (:data:`masked_dora.models.families.SPECS`). Whisper's
 encoder-decoder has BART's modules and keys: it is in the ``bart`` spec of that table. Moonshine's encoder-decoder
 (raw audio, rotary attention, a gated decoder MLP) is here.
 
@@ -264,6 +264,40 @@ SWINV2 = ModelSpec(
     heads=HeadSpec(**_SWIN_SELF, per_head=(PerHeadSpec("attention.self", "heads", dim=0),  # logit_scale
                                            PerHeadSpec("attention.self.continuous_position_bias_mlp.2", "heads"))))
 
+# SegFormer (SegformerModel, SegformerForImageClassification, SegformerForSemanticSegmentation) and PVT v2 (PvtV2Model,
+# PvtV2ForImageClassification, PvtV2Backbone): stage s holds <encoder>.<s>.blocks, hidden_sizes[s] wide (a list: no
+# width follows from another) with num_attention_heads[s] heads, one stack per stage. Their Mix-FFN is fc1 (dense1),
+# a 3 x 3 depthwise convolution over its channels (MLPSpec.depthwise: cut with them), the activation, fc2 (dense2):
+# the convolution's bias makes a gated channel non-zero, so the consumer's input is gated too. The MLP is
+# int(hidden_sizes[s] * mlp_ratios[s]) wide, no key says a pruned width: the per-layer form. The spatial reduction
+# (a strided convolution and a LayerNorm on the hidden states before the keys and values) is over the width, which
+# block pruning keeps. The decode head reads each stage's output at its width
+_PER_STAGE_WIDTHS = dict(count_key="depths", per_stage_keys=("num_attention_heads",), widths_key="hidden_sizes")
+SEGFORMER_STAGES = StagesSpec(layers="stages.{stage}.blocks", **_PER_STAGE_WIDTHS)
+# SegFormer's attention views q/k/v by head_dim (-1 heads), hidden_sizes[s] // heads fixed at build: pruned heads
+# save in the per-layer form too (load_compact)
+SEGFORMER = ModelSpec(
+    name="segformer", model_types=("segformer",), layers=(SEGFORMER_STAGES.layers,), hidden_key="hidden_sizes",
+    stages=SEGFORMER_STAGES,
+    mlp=MLPSpec(producers=("mlp.fc1",), consumer="mlp.fc2", size_key="", gate_consumer_input=True,
+                depthwise=("mlp.dwconv.dwconv",)),
+    heads=HeadSpec(query="attention.q_proj", key="attention.k_proj", value="attention.v_proj",
+                   output="attention.o_proj", heads_key="num_attention_heads", attention="attention",
+                   attrs=(("num_attention_heads", "heads"),)))
+PVT_V2_STAGES = StagesSpec(layers="encoder.layers.{stage}.blocks", **_PER_STAGE_WIDTHS)
+# PVT v2's attention reshapes its heads' output to the block's input width (num_channels) before proj: fewer heads
+# cannot reshape. With linear_attention its MLP applies a ReLU before the convolution (maps 0 to 0)
+PVT_V2_HEADS = (("heads", "", "its attention reshapes the heads' output to the block's input width (hidden_sizes of "
+                              "the stage) before its output projection, so it runs only with every head"),)
+PVT_V2 = ModelSpec(
+    name="pvt_v2", model_types=("pvt_v2",), layers=(PVT_V2_STAGES.layers,), hidden_key="hidden_sizes",
+    stages=PVT_V2_STAGES, unsupported=PVT_V2_HEADS,
+    mlp=MLPSpec(producers=("mlp.dense1",), consumer="mlp.dense2", size_key="", gate_consumer_input=True,
+                depthwise=("mlp.dwconv.dwconv",)),
+    heads=HeadSpec(query="attention.query", key="attention.key", value="attention.value", output="attention.proj",
+                   heads_key="num_attention_heads", attention="attention",
+                   attrs=(("num_attention_heads", "heads"), ("all_head_size", "width"))))
+
 VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
     # ViT-MSN and I-JEPA: ViT's blocks under other embeddings (I-JEPA: no CLS token) and task heads
     "vit": ModelSpec(name="vit", model_types=("vit", "deit", "vit_msn", "ijepa"), **VIT),
@@ -293,20 +327,19 @@ VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
     "swin": SWIN,
     "donut-swin": DONUT_SWIN,
     "swinv2": SWINV2,
+    "segformer": SEGFORMER,
+    "pvt_v2": PVT_V2,
 }
 
 
-# hierarchical image encoders besides Swin's (the image-classification model types without a spec): masked_dora
-# refuses them by name (spec_for says why) rather than "no spec". StagesSpec describes Swin's stages: per-stage head
-# counts and one first-stage width that doubles at each stage, read from the config, blocks in a list per stage. These
-# encoders lay their stages out otherwise (per-stage width lists, a width multiplier) and their blocks hold more
-# than the MLP and attention groups describe
+# hierarchical image encoders besides Swin's, SegFormer's and PVT v2's (the image-classification model types without a
+# spec): masked_dora refuses them by name (spec_for says why) rather than "no spec". StagesSpec describes stages with
+# per-stage head counts, a width per stage (a list, or the first stage's doubling), blocks in a list per stage, and
+# blocks of attention and an MLP (with depthwise convolutions inside: MLPSpec.depthwise). These encoders lay their
+# stages out otherwise (a width multiplier) or their blocks hold more than the MLP and attention groups describe
 _STAGES = ("a hierarchical encoder: its stages have different widths and head counts, which its config gives per "
-           "stage ({keys}), and masked_dora's stages (StagesSpec, Swin's) read the heads per stage and one first-stage "
-           "width that doubles at each stage")
-_MIX_FFN = ("; and its Mix-FFN runs a depthwise convolution (one filter per channel) between its two linear layers, "
-            "whose channels would have to be cut with the MLP's, which the MLP spec (producers and one consumer) "
-            "does not describe")
+           "stage ({keys}), and masked_dora's stages (StagesSpec) read the heads per stage and a width per stage "
+           "(a list, or one first-stage width that doubles at each stage)")
 
 
 def _stages(keys: str, *more: str) -> str:
@@ -317,9 +350,8 @@ VISION_REFUSED_MODEL_TYPES: Dict[str, str] = {
     "hiera": _stages("num_heads and depths; embed_dim times embed_dim_multiplier at each stage",
                      "; and its attention projects q/k/v with one fused qkv and pools its queries (query_stride) "
                      "where a stage begins"),
-    "segformer": _stages("hidden_sizes, num_attention_heads, mlp_ratios", _MIX_FFN),
-    "pvt_v2": _stages("hidden_sizes, num_attention_heads, mlp_ratios", _MIX_FFN),
-    "pvt": _stages("hidden_sizes, num_attention_heads, mlp_ratios"),
+    "pvt": _stages("hidden_sizes, num_attention_heads, mlp_ratios",
+                   "; its blocks (encoder.block.<stage>) have no spec yet"),
     "levit": _stages("hidden_sizes, num_attention_heads, key_dim, mlp_ratio",
                      "; and its attention's keys are key_dim wide and its values attention_ratio x key_dim, with "
                      "learned biases per head, and each of its linear layers is followed by a BatchNorm"),

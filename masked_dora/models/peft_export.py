@@ -7,7 +7,8 @@ becomes ``z * b`` (saved with the adapter: PEFT's ``bias="lora_only"``). Not exp
 query heads pruned inside KV groups (``gqa="query_heads"``), which are cut at the output projection's
 *input* (:class:`~masked_dora.models.group_mask.InputGate`; their KV heads stay, so the head's attention
 output is not zero by itself), and a DoRA adapter cannot zero a base weight's input columns; MLP channels
-cut at the consumer's input likewise (``MLPSpec.gate_consumer_input``: Apertus's xIELU maps 0 elsewhere); and MoE
+cut at the consumer's input likewise (``MLPSpec.gate_consumer_input``: Apertus's xIELU maps 0 elsewhere,
+SegFormer's depthwise convolution adds its bias); and MoE
 experts (PEFT's adapters on packed expert parameters are LoRA only). ``z`` is the layer's current
 hard decision, what eval mode computes: the learned gates' decision before :func:`harden`, the exact
 mask after it. The rank and scaling of each layer are kept (``rank_pattern``/``alpha_pattern`` where a
@@ -85,7 +86,11 @@ def _refuse_unexportable(model: nn.Module) -> None:
                                   "outputs. Use compact_model for the pruned model, or prune with gqa='kv_groups'")
     cut = _inputs_cut(model, "mlp")
     if cut:
-        raise NotImplementedError(f"model: this family's MLP activation does not map 0 to 0, so its pruned channels "
+        spec = get_state(model).spec
+        depthwise = any(s.mlp.depthwise for s in (spec,) + tuple(spec.stacks))
+        why = ("MLP runs a depthwise convolution between its layers, whose bias makes a gated channel non-zero"
+               if depthwise else "MLP activation does not map 0 to 0")
+        raise NotImplementedError(f"model: this family's {why}, so its pruned channels "
                                   f"are cut at the input of {_first_of(cut)} (MLPSpec.gate_consumer_input), which a "
                                   "PEFT DoRA adapter cannot express (it cannot zero input columns of a base weight): "
                                   "the loaded adapter would compute other outputs. Use compact_model for the pruned "

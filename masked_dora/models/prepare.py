@@ -18,10 +18,10 @@ from torch import Tensor, nn
 from ..nn import ClampedSwiGLU, MaskedDoRAExperts, MaskedDoRALinear
 from ..nn.base_weight import dequantize_weight, quantized_weight_reason
 from ..nn.quantized_base import QuantizedBaseDoRALinear, is_quantized_linear
-from .blocks import (Block, HeadLayout, block_modules, block_refusal, built_head_layout, check_per_head_modules,
-                     expert_biases, expert_index, features, has_experts, holds_group, holds_spec_mlp, is_consumer_role,
-                     is_conv1d, mlp_width, model_blocks, num_experts, packed_experts, producer_index, role_paths,
-                     stack_specs)
+from .blocks import (Block, HeadLayout, block_modules, block_refusal, built_head_layout, check_depthwise_modules,
+                     check_per_head_modules, expert_biases, expert_index, features, has_experts, holds_group,
+                     holds_spec_mlp, is_consumer_role, is_conv1d, mlp_width, model_blocks, num_experts, packed_experts,
+                     producer_index, role_paths, stack_specs)
 from .config import MaskedDoRAConfig
 from .group_mask import ALWAYS_KEPT, ForwardMasks, GroupMask, InputGate, MaskView
 from .specs import BLOCK_KINDS, QKV_LAYOUTS, HeadSpec, ModelSpec, spec_for
@@ -397,6 +397,8 @@ def _check_block(b: Block, config: MaskedDoRAConfig, model_config) -> None:
                           "the spec must point at nn.Linear (or transformers Conv1D) projections")
                 raise TypeError(f"model: expected an nn.Linear at {b.path}.{paths[role]}, got "
                                 f"{type(module).__name__} ({advice})")
+    if "mlp" in kinds:
+        check_depthwise_modules(b.module, b.spec, b.path)
     if "heads" in kinds:
         check_per_head_modules(b.module, b.spec, model_config, b.path, b.index)
 

@@ -112,8 +112,19 @@ class MLPSpec:
     # reads at its layer index): a plain config says every block's pruned width there, so the blocks need not keep
     # the same one
     size_per_layer: bool = False
+    # depthwise convolutions between the producers and the consumer (SegFormer's and PVT v2's Mix-FFN: fc1, a 3 x 3
+    # convolution with one filter per channel, the activation, fc2), paths relative to the block: channel c of the
+    # group is the convolution's channel c, so a pruned channel's filter and bias go with it (compaction cuts
+    # them, and the convolution's channel counts and groups, to the kept channels). Its bias turns a gated channel's
+    # zeros into a constant, so such an MLP also gates the consumer's input (gate_consumer_input)
+    depthwise: Tuple[str, ...] = ()
 
     def __post_init__(self):
+        if self.depthwise and (self.experts or not self.gate_consumer_input or any(n != 1 for n in self.segments)):
+            raise ValueError(f"MLPSpec: depthwise convolutions {self.depthwise} sit between one-segment producers "
+                             f"and the consumer of a dense MLP and need gate_consumer_input=True (a convolution's "
+                             f"bias makes a gated channel non-zero); got experts={self.experts!r}, "
+                             f"gate_consumer_input={self.gate_consumer_input}, segments={self.segments}")
         if self.size_per_layer and not self.size_key:
             raise ValueError("MLPSpec: size_per_layer says size_key holds a width per block; it needs a size_key")
         if self.in_some_blocks and self.experts:

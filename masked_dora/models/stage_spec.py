@@ -1,13 +1,14 @@
-"""Hierarchical encoders (Swin, Swin V2, Donut's Swin): one stack of blocks per stage, each with its own sizes.
+"""Hierarchical encoders (Swin, Swin V2, Donut's Swin, SegFormer, PVT v2): one stack of blocks per stage, each with its
+own sizes.
 
 A spec reads one width and one head count per stack from scalar config keys. A hierarchical encoder's config gives
 them per stage instead (Swin: ``num_heads=[3, 6, 12, 24]``, ``depths=[2, 2, 6, 2]``, and a width ``embed_dim``
-that doubles at each stage), and each stage keeps its blocks in a list of its own
-(``encoder.layers.<stage>.blocks``). :class:`StagesSpec` says so declaratively; :func:`expand_stages` turns the
-family's spec into one stack per stage of a given config (``stage0``, ``stage1``, ...: per-stage groups), each
-reading its sizes through :class:`StageConfig`, the config as that stage sees it (``num_heads`` its own count,
-``embed_dim`` its own width). Everything downstream (blocks, groups, compaction, per-layer sizes) then treats
-the stages as it treats an encoder-decoder's stacks.
+that doubles at each stage; SegFormer: one width per stage, ``hidden_sizes``), and each stage keeps its blocks in a
+list of its own (``encoder.layers.<stage>.blocks``). :class:`StagesSpec` says so declaratively;
+:func:`expand_stages` turns the family's spec into one stack per stage of a given config (``stage0``, ``stage1``,
+...: per-stage groups), each reading its sizes through :class:`StageConfig`, the config as that stage sees it
+(``num_heads`` its own count, ``embed_dim`` its own width). Everything downstream (blocks, groups, compaction,
+per-layer sizes) then treats the stages as it treats an encoder-decoder's stacks.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class StagesSpec:
     # ``width_growth`` (the patch merging between stages doubles it): a stage reads its own width there
     width_key: str = ""
     width_growth: int = 2
+    # config key listing each stage's width (SegFormer's and PVT v2's ``hidden_sizes``), for an encoder whose widths
+    # do not follow from the first one: a stage reads its own entry there, and, as with ``width_key``, cannot set it
+    widths_key: str = ""
     # the stage a stack spec stands for (set by :func:`expand_stages`); -1 in the family's spec
     index: int = -1
 
@@ -39,15 +43,23 @@ class StagesSpec:
         if "{stage}" not in self.layers:
             raise ValueError(f"StagesSpec.layers: expected a block list path with '{{stage}}' for the stage's "
                              f"number, got {self.layers!r}")
+        if self.width_key and self.widths_key:
+            raise ValueError(f"StagesSpec: a stage's width is read from width_key (the first stage's, grown) or from "
+                             f"widths_key (one per stage), not both; got width_key={self.width_key!r}, "
+                             f"widths_key={self.widths_key!r}")
+        if self.widths_key in self.per_stage_keys:
+            raise ValueError(f"StagesSpec: widths_key {self.widths_key!r} cannot also be a per_stage_keys entry "
+                             f"(a stage's width is read, never written)")
         if self.width_growth < 1:
             raise ValueError(f"StagesSpec.width_growth: expected an integer >= 1, got {self.width_growth}")
 
 
 class StageConfig:
     """A model config as one stage of a hierarchical encoder sees it (``ModelSpec.sized_config``): the keys of
-    ``StagesSpec.per_stage_keys`` give this stage's entry, ``width_key`` this stage's width, every other attribute
-    the config's own. Setting a per-stage key writes this stage's entry of a copy of the list (a plain checkpoint's
-    config keeps the other stages' values); the width cannot be set (no pruning here changes a stage's width)."""
+    ``StagesSpec.per_stage_keys`` give this stage's entry, ``width_key`` (grown) or ``widths_key`` (its entry) this
+    stage's width, every other attribute the config's own. Setting a per-stage key writes this stage's entry of a
+    copy of the list (a plain checkpoint's config keeps the other stages' values); the width cannot be set (no
+    pruning here changes a stage's width)."""
 
     def __init__(self, config, stages: StagesSpec):
         object.__setattr__(self, "_config", config)
@@ -62,6 +74,8 @@ class StageConfig:
             return _entry(value, stages.index, name)
         if name == stages.width_key:
             return value * stages.width_growth ** stages.index
+        if name == stages.widths_key:
+            return _entry(value, stages.index, name)
         return value
 
     def __setattr__(self, name: str, value) -> None:
@@ -74,6 +88,9 @@ class StageConfig:
         elif name == stages.width_key:
             raise ValueError(f"config.{name}: the width of stage {stages.index} follows from the first stage's "
                              f"(times {stages.width_growth} per stage); it cannot be set for one stage")
+        elif name == stages.widths_key:
+            raise ValueError(f"config.{name}: the width of stage {stages.index} sizes its patch embedding, norms and "
+                             f"the next stage's input; no pruning here changes it")
         else:
             setattr(config, name, value)
 
