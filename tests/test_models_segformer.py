@@ -1,8 +1,8 @@
-"""SegFormer and PVT v2, hierarchical encoders pruned stage by stage (StagesSpec with a width per stage,
+"""SegFormer, PVT and PVT v2, hierarchical encoders pruned stage by stage (StagesSpec with a width per stage,
 ``widths_key="hidden_sizes"``), their Mix-FFN's depthwise convolution cut with the MLP channels
-(``MLPSpec.depthwise``): prepare -> train -> harden -> compact gives the masked model's logits, saved in the
-per-layer form and reloaded with load_compact; one stage alone; the training state round trip; PVT v2's heads
-refused (its attention reshapes to the full width)."""
+(``MLPSpec.depthwise``; PVT v1's MLP has none): prepare -> train -> harden -> compact gives the masked model's
+logits, saved in the per-layer form and reloaded with load_compact; one stage alone; the training state round trip;
+PVT v2's heads refused (its attention reshapes to the full width)."""
 
 from __future__ import annotations
 
@@ -25,18 +25,23 @@ from tiny_models import output_tensor, randomize_adapters
 PRUNE = dict(rank=2, alignment={"mlp": 8}, importance="none", target_sparsity=0.5)
 # 32 x 32 images: stage 0 embeds 7 x 7 patches at stride 4 (8 x 8 tokens, keys and values reduced 2 x 2 by its
 # strided convolution), stage 1 3 x 3 at stride 2 (4 x 4 tokens); widths 16 and 32, 2 and 4 heads of 8, MLPs 64 and 128
-TINY = dict(num_encoder_blocks=2, depths=[1, 2], sr_ratios=[2, 1], hidden_sizes=[16, 32], patch_sizes=[7, 3],
-            strides=[4, 2], num_attention_heads=[2, 4], mlp_ratios=[4, 4], num_labels=3, hidden_dropout_prob=0.0,
+TINY = dict(num_encoder_blocks=2, depths=[1, 2], hidden_sizes=[16, 32], patch_sizes=[7, 3], strides=[4, 2],
+            num_attention_heads=[2, 4], mlp_ratios=[4, 4], num_labels=3, hidden_dropout_prob=0.0,
             attention_probs_dropout_prob=0.0, drop_path_rate=0.0)
-EXTRA = {"segformer": dict(decoder_hidden_size=32, classifier_dropout_prob=0.0), "pvt_v2": {}}
+# (PVT v1: its patch embeddings are a strided convolution of kernel patch_sizes, its position embeddings sized for
+# image_size, interpolated to the tokens)
+EXTRA = {"segformer": dict(sr_ratios=[2, 1], decoder_hidden_size=32, classifier_dropout_prob=0.0),
+         "pvt_v2": dict(sr_ratios=[2, 1]),
+         "pvt": dict(sequence_reduction_ratios=[2, 1], image_size=32, patch_sizes=[4, 2])}
 # model type -> (config class, model classes: the task models and the bare encoder)
 FAMILIES = {"segformer": ("SegformerConfig", ("SegformerForSemanticSegmentation", "SegformerForImageClassification",
                                               "SegformerModel")),
-            "pvt_v2": ("PvtV2Config", ("PvtV2ForImageClassification", "PvtV2Model"))}
+            "pvt_v2": ("PvtV2Config", ("PvtV2ForImageClassification", "PvtV2Model")),
+            "pvt": ("PvtConfig", ("PvtForImageClassification", "PvtModel"))}
 CASES = [(t, head) for t, (config, heads) in FAMILIES.items() for head in heads
          if hasattr(transformers, config) and hasattr(transformers, head)]
 # the groups each family prunes (PVT v2's heads are refused)
-TARGETS = {"segformer": ("mlp", "heads"), "pvt_v2": ("mlp",)}
+TARGETS = {"segformer": ("mlp", "heads"), "pvt_v2": ("mlp",), "pvt": ("mlp", "heads")}
 HAS_SEGFORMER = hasattr(transformers, "SegformerForSemanticSegmentation")
 
 
@@ -107,7 +112,7 @@ def test_stages_prune_compact_and_reload_equal(model_type, head, tmp_path):
     heads = [1, 2, 2] if "heads" in targets else [2, 4, 4]
     assert [(s["intermediate"], s["heads"], s["head_dim"]) for s in sizes] == list(zip([32, 64, 64], heads, [8] * 3))
     kept = [(c.weight.shape[0], c.bias.shape[0], c.groups) for c in _dwconvs(small)]
-    assert kept == [(n, n, n) for n in (32, 64, 64)]
+    assert kept == ([] if model_type == "pvt" else [(n, n, n) for n in (32, 64, 64)])  # (PVT v1: a plain MLP)
     assert small.config.hidden_sizes == [16, 32] and small.config.num_attention_heads == [2, 4]  # as built
     small.save_pretrained(str(tmp_path))
     with torch.no_grad():
@@ -141,9 +146,9 @@ def test_one_stage_prunes_alone_and_its_training_state_reloads(tmp_path):
 
 @pytest.mark.parametrize("model_type, head", [c for c in CASES if c[1].endswith("ForImageClassification")])
 def test_compact_for_training_cuts_the_depthwise_convolutions_then_compacts_equal(model_type, head, tmp_path):
-    """compact_for_training drops the hardened channels in place, each depthwise convolution's filters, biases and
-    groups with them, and the model still computes the masked one; its training state reloads compacted into a
-    fresh model, and compact_model after it gives the same logits."""
+    """compact_for_training drops the hardened channels (and heads) in place, each depthwise convolution's filters,
+    biases and groups with them (PVT v1 has none), and the model still computes the masked one; its training state
+    reloads compacted into a fresh model, and compact_model after it gives the same logits."""
     model = _model(model_type, head)
     fresh = _model(model_type, head)
     prepare_model(model, MaskedDoRAConfig(target_groups=TARGETS[model_type], **PRUNE))
@@ -154,7 +159,8 @@ def test_compact_for_training_cuts_the_depthwise_convolutions_then_compacts_equa
         ref = output_tensor(model(**inputs))
         compact_for_training(model)
         assert _rel_err(output_tensor(model(**inputs)), ref) < 1e-5
-    assert [(c.weight.shape[0], c.in_channels, c.groups) for c in _dwconvs(model)] == [(n, n, n) for n in (32, 64, 64)]
+    kept = [(c.weight.shape[0], c.in_channels, c.groups) for c in _dwconvs(model)]
+    assert kept == ([] if model_type == "pvt" else [(n, n, n) for n in (32, 64, 64)])
     save_training_state(model, str(tmp_path))
     load_training_state(fresh, str(tmp_path))
     with torch.no_grad():

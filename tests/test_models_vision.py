@@ -81,16 +81,15 @@ def test_beit_task_heads_prune_their_encoder(family, head, tmp_path):
 
 
 # model type -> (config class, what the refusal names); Swin (V1, V2, Donut's) prunes stage by stage
-# (tests/test_models_swin.py), SegFormer and PVT v2 too (tests/test_models_segformer.py)
-HIERARCHICAL = {"hiera": ("HieraConfig", "fused qkv"),
-                "pvt": ("PvtConfig", "hidden_sizes, num_attention_heads"), "levit": ("LevitConfig", "BatchNorm")}
+# (tests/test_models_swin.py), SegFormer and PVT (V1, V2) too (tests/test_models_segformer.py)
+HIERARCHICAL = {"hiera": ("HieraConfig", "fused qkv"), "levit": ("LevitConfig", "BatchNorm")}
 
 
 @pytest.mark.parametrize("model_type", sorted(HIERARCHICAL))
 def test_hierarchical_image_encoders_are_refused_naming_the_reason(model_type):
-    """Hiera, PVT (V1), LeViT: stages of different widths and head counts, given per stage in their configs, with
-    blocks no spec describes (Hiera's fused qkv and query pooling, PVT's block lists, LeViT's attention): spec_for
-    and prepare_model say why, not "no spec", before anything changes."""
+    """Hiera, LeViT: stages of different widths and head counts, given per stage in their configs, with blocks no
+    spec describes (Hiera's fused qkv and query pooling, LeViT's attention): spec_for and prepare_model say why, not
+    "no spec", before anything changes."""
     config_class, why = HIERARCHICAL[model_type]
     if not hasattr(transformers, config_class):
         pytest.skip(f"this transformers has no {config_class}")
@@ -99,10 +98,10 @@ def test_hierarchical_image_encoders_are_refused_naming_the_reason(model_type):
     with pytest.raises(ValueError, match=rf"masked_dora cannot prune a '{model_type}' model exactly: a hierarchical "
                                          rf"encoder.*{why}"):
         spec_for(config)
-    if model_type == "pvt":  # a model too: refused before any layer is wrapped
-        model = transformers.PvtForImageClassification(transformers.PvtConfig(
-            image_size=32, num_encoder_blocks=2, depths=[1, 1], sequence_reduction_ratios=[2, 1], hidden_sizes=[8, 16],
-            patch_sizes=[4, 2], strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2]))
-        with pytest.raises(ValueError, match="cannot prune a 'pvt' model exactly"):
+    if model_type == "levit":  # a model too: refused before any layer is wrapped
+        model = transformers.LevitForImageClassification(transformers.LevitConfig(
+            image_size=32, hidden_sizes=[16, 32], num_attention_heads=[1, 2], depths=[1, 1], key_dim=[8, 8],
+            mlp_ratio=[2, 2], attention_ratio=[2, 2], down_ops=[["Subsample", 8, 1, 2, 2, 2]], num_labels=2))
+        with pytest.raises(ValueError, match="cannot prune a 'levit' model exactly"):
             prepare_model(model, MaskedDoRAConfig(**PRUNE))
         assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())

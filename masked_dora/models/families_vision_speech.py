@@ -1,8 +1,9 @@
 """Family specs of image and speech encoders (ViT, DeiT, ViT-MSN, I-JEPA, BEiT, data2vec-vision, DINOv2, CLIP /
 SigLIP / MetaCLIP 2 towers and two-tower models, Wav2Vec2, HuBERT, data2vec-audio, SEW, UniSpeech(-SAT), WavLM,
-Wav2Vec2-Conformer, and the hierarchical Swin, Swin V2, Donut-Swin, MaskFormer-Swin, SegFormer and PVT v2, one stack
-per stage; SEW-D is DeBERTa-v2's), merged into the shipped table (:data:`masked_dora.models.families.SPECS`). Whisper's
-encoder-decoder has BART's modules and keys: it is in the ``bart`` spec of that table. Moonshine's encoder-decoder
+Wav2Vec2-Conformer, and the hierarchical Swin, Swin V2, Donut-Swin, MaskFormer-Swin, SegFormer, PVT and PVT v2, one
+stack per stage; SEW-D is DeBERTa-v2's), merged into the shipped table (:data:`masked_dora.models.families.SPECS`).
+Whisper's encoder-decoder has BART's modules and keys: it is in the ``bart`` spec of that table. Moonshine's
+encoder-decoder
 (raw audio, rotary attention, a gated decoder MLP) is here.
 
 Their blocks are a text encoder's (pre- or post-LN attention and a two-layer MLP); only the model's input differs
@@ -298,6 +299,18 @@ PVT_V2 = ModelSpec(
                    heads_key="num_attention_heads", attention="attention",
                    attrs=(("num_attention_heads", "heads"), ("all_head_size", "width"))))
 
+# PVT (v1: PvtModel, PvtForImageClassification): stage s holds encoder.block.<s> (a ModuleList in a ModuleList),
+# BERT's attention layout under attention.self / attention.output.dense, which views its context by all_head_size;
+# a plain MLP dense1 / dense2. Each stage's patch embedding holds position embeddings (the last a class token too)
+# sized by its width, which block pruning keeps. Head size hidden_sizes[s] // heads (pruned heads: per layer)
+PVT_STAGES = StagesSpec(layers="encoder.block.{stage}", **_PER_STAGE_WIDTHS)
+PVT = ModelSpec(
+    name="pvt", model_types=("pvt",), layers=(PVT_STAGES.layers,), hidden_key="hidden_sizes", stages=PVT_STAGES,
+    mlp=MLPSpec(producers=("mlp.dense1",), consumer="mlp.dense2", size_key=""),
+    heads=HeadSpec(query="attention.self.query", key="attention.self.key", value="attention.self.value",
+                   output="attention.output.dense", heads_key="num_attention_heads", attention="attention.self",
+                   attrs=(("num_attention_heads", "heads"), ("all_head_size", "width"))))
+
 VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
     # ViT-MSN and I-JEPA: ViT's blocks under other embeddings (I-JEPA: no CLS token) and task heads
     "vit": ModelSpec(name="vit", model_types=("vit", "deit", "vit_msn", "ijepa"), **VIT),
@@ -329,10 +342,11 @@ VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
     "swinv2": SWINV2,
     "segformer": SEGFORMER,
     "pvt_v2": PVT_V2,
+    "pvt": PVT,
 }
 
 
-# hierarchical image encoders besides Swin's, SegFormer's and PVT v2's (the image-classification model types without a
+# hierarchical image encoders besides Swin's, SegFormer's and PVT's (the image-classification model types without a
 # spec): masked_dora refuses them by name (spec_for says why) rather than "no spec". StagesSpec describes stages with
 # per-stage head counts, a width per stage (a list, or the first stage's doubling), blocks in a list per stage, and
 # blocks of attention and an MLP (with depthwise convolutions inside: MLPSpec.depthwise). These encoders lay their
@@ -350,8 +364,6 @@ VISION_REFUSED_MODEL_TYPES: Dict[str, str] = {
     "hiera": _stages("num_heads and depths; embed_dim times embed_dim_multiplier at each stage",
                      "; and its attention projects q/k/v with one fused qkv and pools its queries (query_stride) "
                      "where a stage begins"),
-    "pvt": _stages("hidden_sizes, num_attention_heads, mlp_ratios",
-                   "; its blocks (encoder.block.<stage>) have no spec yet"),
     "levit": _stages("hidden_sizes, num_attention_heads, key_dim, mlp_ratio",
                      "; and its attention's keys are key_dim wide and its values attention_ratio x key_dim, with "
                      "learned biases per head, and each of its linear layers is followed by a BatchNorm"),
