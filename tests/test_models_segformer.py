@@ -184,6 +184,23 @@ def test_pvt_v2_backbone_prunes_with_equal_feature_maps():
     assert all(_rel_err(o, r) < 1e-5 for o, r in zip(out, ref))
 
 
+@pytest.mark.skipif(not hasattr(transformers, "PvtV2Model"), reason="this transformers has no PVT v2")
+def test_pvt_v2_linear_attention_prunes_its_mlp_equal():
+    """PVT v2 with linear_attention (the keys and values pooled to 7 x 7, a ReLU before the Mix-FFN's convolution,
+    which maps 0 to 0): the MLP channels prune and compact to the masked model's logits."""
+    model = _model("pvt_v2", "PvtV2ForImageClassification", linear_attention=True)
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), **PRUNE))
+    randomize_adapters(model)
+    harden(model)
+    inputs = _images()
+    with torch.no_grad():
+        ref = output_tensor(model(**inputs))
+        small = compact_model(model)
+        out = output_tensor(small(**inputs))
+    assert _rel_err(out, ref) < 1e-5
+    assert [c.groups for c in _dwconvs(small)] == [32, 64, 64]
+
+
 @pytest.mark.parametrize("model_type", [t for t in FAMILIES if hasattr(transformers, FAMILIES[t][0])])
 def test_nothing_pruned_saves_plain(model_type, tmp_path):
     """With every unit kept, the compacted model is a plain checkpoint (its config's per-stage lists as built) that
