@@ -20,9 +20,9 @@ from masked_dora.models.compact import LAYER_SIZES_KEY
 from masked_dora.models.families import SPECS
 from masked_dora.models.stage_spec import StageConfig
 
+from stage_chain import PRUNE, images, one_stage_round_trip, rel_err, train_step
 from tiny_models import output_tensor, randomize_adapters
 
-PRUNE = dict(rank=2, alignment={"mlp": 8}, importance="none", target_sparsity=0.5)
 # 32 x 32 images: stage 0 embeds 7 x 7 patches at stride 4 (8 x 8 tokens, keys and values reduced 2 x 2 by its
 # strided convolution), stage 1 3 x 3 at stride 2 (4 x 4 tokens); widths 16 and 32, 2 and 4 heads of 8, MLPs 64 and 128
 TINY = dict(num_encoder_blocks=2, depths=[1, 2], hidden_sizes=[16, 32], patch_sizes=[7, 3], strides=[4, 2],
@@ -59,25 +59,6 @@ def _model(model_type: str, head: str, **overrides):
     return model
 
 
-def _images(seed: int = 1) -> dict:
-    return {"pixel_values": torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))}
-
-
-def _train_step(model) -> None:
-    """One optimizer step on the adapters and mask logits (the training path: gates sampled, gradients reach them)."""
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=1e-2)
-    output_tensor(model(**_images(2))).float().pow(2).mean().backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
-    opt.step()
-    model.eval()
-
-
-def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((out - ref).norm() / ref.norm())
-
-
 def _dwconvs(model) -> list:
     return [m for name, m in model.named_modules() if name.endswith("dwconv.dwconv")]
 
@@ -90,7 +71,7 @@ def test_stages_prune_compact_and_reload_equal(model_type, head, tmp_path):
     saved per layer, load_compact reloads it equal."""
     model = _model(model_type, head)
     with torch.no_grad():
-        full = output_tensor(model(**_images()))
+        full = output_tensor(model(**images()))
     spec = spec_for(model)
     assert [s.stack for s in (spec,) + spec.stacks] == ["stage0", "stage1"]
     targets = TARGETS[model_type]
@@ -99,15 +80,15 @@ def test_stages_prune_compact_and_reload_equal(model_type, head, tmp_path):
     assert sorted(state.groups) == [f"{kind}_{i}" for kind in sorted(targets) for i in range(3)]
     assert [state.groups[f"mlp_{i}"].mask_logits.numel() for i in range(3)] == [64, 128, 128]
     randomize_adapters(model)
-    _train_step(model)
+    train_step(model)
     harden(model)
-    inputs = _images()
+    inputs = images()
     with torch.no_grad():
         ref = output_tensor(model(**inputs))
         small = compact_model(model)
         out = output_tensor(small(**inputs))
-    assert _rel_err(ref, full) > 1e-2  # (pruning and the adapters changed the model)
-    assert _rel_err(out, ref) < 1e-5
+    assert rel_err(ref, full) > 1e-2  # (pruning and the adapters changed the model)
+    assert rel_err(out, ref) < 1e-5
     sizes = getattr(small.config, LAYER_SIZES_KEY)
     heads = [1, 2, 2] if "heads" in targets else [2, 4, 4]
     assert [(s["intermediate"], s["heads"], s["head_dim"]) for s in sizes] == list(zip([32, 64, 64], heads, [8] * 3))
@@ -117,28 +98,16 @@ def test_stages_prune_compact_and_reload_equal(model_type, head, tmp_path):
     small.save_pretrained(str(tmp_path))
     with torch.no_grad():
         reloaded = output_tensor(load_compact(str(tmp_path))(**inputs))
-    assert _rel_err(reloaded, ref) < 1e-5
+    assert rel_err(reloaded, ref) < 1e-5
 
 
 @pytest.mark.skipif(not HAS_SEGFORMER, reason="this transformers has no SegFormer")
 def test_one_stage_prunes_alone_and_its_training_state_reloads(tmp_path):
     """MaskedDoRAConfig(stacks=("stage1",)) prunes the second stage alone (its groups keep their block numbers);
     a saved training state reloads into a fresh model to the same outputs, and it compacts equal, stage 0 whole."""
-    model = _model("segformer", "SegformerForSemanticSegmentation")
-    fresh = _model("segformer", "SegformerForSemanticSegmentation")
-    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp", "heads"), stacks=("stage1",), **PRUNE))
-    assert sorted(get_state(model).groups) == ["heads_1", "heads_2", "mlp_1", "mlp_2"]
-    randomize_adapters(model)
-    save_training_state(model, str(tmp_path))
-    load_training_state(fresh, str(tmp_path))
-    inputs = _images()
-    with torch.no_grad():
-        for m in (model, fresh):
-            harden(m)
-        ref = output_tensor(model(**inputs))
-        assert _rel_err(output_tensor(fresh(**inputs)), ref) < 1e-6
-        small = compact_model(fresh)
-        assert _rel_err(output_tensor(small(**inputs)), ref) < 1e-5
+    small = one_stage_round_trip(_model("segformer", "SegformerForSemanticSegmentation"),
+                                 _model("segformer", "SegformerForSemanticSegmentation"), tmp_path,
+                                 ["heads_1", "heads_2", "mlp_1", "mlp_2"])
     sizes = getattr(small.config, LAYER_SIZES_KEY)
     assert [(s["intermediate"], s["heads"]) for s in sizes] == [(64, 2), (64, 2), (64, 2)]
     assert [c.groups for c in _dwconvs(small)] == [64, 64, 64]
@@ -154,18 +123,18 @@ def test_compact_for_training_cuts_the_depthwise_convolutions_then_compacts_equa
     prepare_model(model, MaskedDoRAConfig(target_groups=TARGETS[model_type], **PRUNE))
     randomize_adapters(model)
     harden(model)
-    inputs = _images()
+    inputs = images()
     with torch.no_grad():
         ref = output_tensor(model(**inputs))
         compact_for_training(model)
-        assert _rel_err(output_tensor(model(**inputs)), ref) < 1e-5
+        assert rel_err(output_tensor(model(**inputs)), ref) < 1e-5
     kept = [(c.weight.shape[0], c.in_channels, c.groups) for c in _dwconvs(model)]
     assert kept == ([] if model_type == "pvt" else [(n, n, n) for n in (32, 64, 64)])
     save_training_state(model, str(tmp_path))
     load_training_state(fresh, str(tmp_path))
     with torch.no_grad():
-        assert _rel_err(output_tensor(fresh(**inputs)), ref) < 1e-5
-        assert _rel_err(output_tensor(compact_model(model)(**inputs)), ref) < 1e-5
+        assert rel_err(output_tensor(fresh(**inputs)), ref) < 1e-5
+        assert rel_err(output_tensor(compact_model(model)(**inputs)), ref) < 1e-5
 
 
 @pytest.mark.skipif(not hasattr(transformers, "PvtV2Backbone"), reason="this transformers has no PVT v2")
@@ -176,12 +145,12 @@ def test_pvt_v2_backbone_prunes_with_equal_feature_maps():
     prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), **PRUNE))
     randomize_adapters(model)
     harden(model)
-    inputs = _images()
+    inputs = images()
     with torch.no_grad():
         ref = model(**inputs).feature_maps
         out = compact_model(model)(**inputs).feature_maps
     assert [tuple(f.shape[:2]) for f in ref] == [(2, 16), (2, 32)]
-    assert all(_rel_err(o, r) < 1e-5 for o, r in zip(out, ref))
+    assert all(rel_err(o, r) < 1e-5 for o, r in zip(out, ref))
 
 
 @pytest.mark.skipif(not hasattr(transformers, "PvtV2Model"), reason="this transformers has no PVT v2")
@@ -192,12 +161,12 @@ def test_pvt_v2_linear_attention_prunes_its_mlp_equal():
     prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), **PRUNE))
     randomize_adapters(model)
     harden(model)
-    inputs = _images()
+    inputs = images()
     with torch.no_grad():
         ref = output_tensor(model(**inputs))
         small = compact_model(model)
         out = output_tensor(small(**inputs))
-    assert _rel_err(out, ref) < 1e-5
+    assert rel_err(out, ref) < 1e-5
     assert [c.groups for c in _dwconvs(small)] == [32, 64, 64]
 
 
@@ -210,7 +179,7 @@ def test_nothing_pruned_saves_plain(model_type, tmp_path):
     prepare_model(model, MaskedDoRAConfig(target_groups=TARGETS[model_type], **dict(PRUNE, target_sparsity=0.0)))
     assert get_state(model).save_form == "plain"
     harden(model)
-    inputs = _images()
+    inputs = images()
     with torch.no_grad():
         ref = output_tensor(model(**inputs))
         small = compact_model(model)
@@ -218,7 +187,7 @@ def test_nothing_pruned_saves_plain(model_type, tmp_path):
     small.save_pretrained(str(tmp_path))
     with torch.no_grad():
         out = output_tensor(getattr(transformers, head).from_pretrained(str(tmp_path)).eval()(**inputs))
-    assert _rel_err(out, ref) < 1e-5
+    assert rel_err(out, ref) < 1e-5
 
 
 @pytest.mark.skipif(not HAS_SEGFORMER, reason="this transformers has no SegFormer")

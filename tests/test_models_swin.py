@@ -11,13 +11,13 @@ import torch
 import transformers
 
 from masked_dora.models import (MaskedDoRAConfig, ModelSpec, StagesSpec, compact_model, get_state, harden,
-                                load_compact, load_training_state, prepare_model, save_training_state, spec_for)
+                                load_compact, prepare_model, spec_for)
 from masked_dora.models.compact import LAYER_SIZES_KEY
 from masked_dora.models.stage_spec import StageConfig
 
+from stage_chain import PRUNE, images, one_stage_round_trip, rel_err, train_step
 from tiny_models import output_tensor, randomize_adapters
 
-PRUNE = dict(rank=2, alignment={"mlp": 8}, importance="none", target_sparsity=0.5)
 # 32 x 32 images in patches of 4: stage 0 has 8 x 8 tokens in windows of 4 (its odd blocks shifted, with the shift
 # mask), stage 1 4 x 4; widths 16 and 32, 2 and 4 heads of 8, MLPs 64 and 128
 TINY = dict(image_size=32, patch_size=4, num_channels=3, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4,
@@ -46,25 +46,6 @@ def _model(model_type: str, head: str, **overrides):
     return model
 
 
-def _images(seed: int = 1, size: int = 32) -> dict:
-    return {"pixel_values": torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))}
-
-
-def _train_step(model) -> None:
-    """One optimizer step on the adapters and mask logits (the training path: gates sampled, gradients reach them)."""
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=1e-2)
-    output_tensor(model(**_images(2))).float().pow(2).mean().backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
-    opt.step()
-    model.eval()
-
-
-def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((out - ref).norm() / ref.norm())
-
-
 @pytest.mark.parametrize("model_type, head", CASES)
 def test_swin_stages_prune_compact_and_reload_equal(model_type, head, tmp_path):
     """prepare (MLP and heads) -> a training step -> harden -> compact: per-stage groups keep half of each stage's
@@ -79,14 +60,14 @@ def test_swin_stages_prune_compact_and_reload_equal(model_type, head, tmp_path):
     assert sorted(state.groups) == [f"{kind}_{i}" for kind in ("heads", "mlp") for i in range(4)]
     assert [state.groups[f"heads_{i}"].mask_logits.numel() for i in range(4)] == [2, 2, 4, 4]  # one per head
     randomize_adapters(model)
-    _train_step(model)
+    train_step(model)
     harden(model)
-    inputs = _images()
+    inputs = images()
     with torch.no_grad():
         ref = output_tensor(model(**inputs))
         small = compact_model(model)
         out = output_tensor(small(**inputs))
-    assert _rel_err(out, ref) < 1e-5
+    assert rel_err(out, ref) < 1e-5
     sizes = getattr(small.config, LAYER_SIZES_KEY)
     assert [(s["intermediate"], s["heads"], s["head_dim"]) for s in sizes] == [(32, 1, 8)] * 2 + [(64, 2, 8)] * 2
     assert small.config.num_heads == [2, 4] and small.config.embed_dim == 16  # the config's own, as built
@@ -96,7 +77,7 @@ def test_swin_stages_prune_compact_and_reload_equal(model_type, head, tmp_path):
     small.save_pretrained(str(tmp_path))
     with torch.no_grad():
         reloaded = output_tensor(load_compact(str(tmp_path))(**inputs))
-    assert _rel_err(reloaded, ref) < 1e-5
+    assert rel_err(reloaded, ref) < 1e-5
 
 
 @pytest.mark.skipif(not hasattr(transformers, "SwinForImageClassification"), reason="this transformers has no Swin")
@@ -104,21 +85,9 @@ def test_one_stage_prunes_alone_and_its_training_state_reloads(tmp_path):
     """MaskedDoRAConfig(stacks=("stage1",)) prunes the second stage alone (its groups keep their block numbers across
     stages); a saved training state reloads into a fresh model to the same outputs, and it compacts equal, stage 0
     kept whole."""
-    model = _model("swin", "SwinForImageClassification")
-    fresh = _model("swin", "SwinForImageClassification")
-    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp", "heads"), stacks=("stage1",), **PRUNE))
-    assert sorted(get_state(model).groups) == ["heads_2", "heads_3", "mlp_2", "mlp_3"]
-    randomize_adapters(model)
-    save_training_state(model, str(tmp_path))
-    load_training_state(fresh, str(tmp_path))
-    inputs = _images()
-    with torch.no_grad():
-        for m in (model, fresh):
-            harden(m)
-        ref = output_tensor(model(**inputs))
-        assert _rel_err(output_tensor(fresh(**inputs)), ref) < 1e-6
-        small = compact_model(fresh)
-        assert _rel_err(output_tensor(small(**inputs)), ref) < 1e-5
+    small = one_stage_round_trip(_model("swin", "SwinForImageClassification"),
+                                 _model("swin", "SwinForImageClassification"), tmp_path,
+                                 ["heads_2", "heads_3", "mlp_2", "mlp_3"])
     sizes = getattr(small.config, LAYER_SIZES_KEY)
     # stage 0 whole (64 channels, 2 heads); stage 1 half of its 128 channels and 4 heads
     assert [(s["intermediate"], s["heads"]) for s in sizes] == [(64, 2), (64, 2), (64, 2), (64, 2)]
@@ -134,7 +103,7 @@ def test_swin_with_nothing_pruned_saves_plain_keeping_each_stage_s_heads(model_t
     prepare_model(model, MaskedDoRAConfig(target_groups=("mlp", "heads"), **dict(PRUNE, target_sparsity=0.0)))
     assert get_state(model).save_form == "plain"
     harden(model)
-    inputs = _images(size=64)
+    inputs = images(size=64)
     with torch.no_grad():
         ref = output_tensor(model(**inputs))
         small = compact_model(model)
@@ -142,7 +111,7 @@ def test_swin_with_nothing_pruned_saves_plain_keeping_each_stage_s_heads(model_t
     small.save_pretrained(str(tmp_path))
     with torch.no_grad():
         out = output_tensor(getattr(transformers, head).from_pretrained(str(tmp_path)).eval()(**inputs))
-    assert _rel_err(out, ref) < 1e-5
+    assert rel_err(out, ref) < 1e-5
 
 
 @pytest.mark.skipif(not hasattr(transformers, "SwinModel"), reason="this transformers has no Swin")
@@ -195,12 +164,12 @@ def test_swin_backbones_prune_with_equal_feature_maps(model_type, backbone):
     prepare_model(model, MaskedDoRAConfig(target_groups=("mlp", "heads"), **PRUNE))
     randomize_adapters(model)
     harden(model)
-    inputs = _images()
+    inputs = images()
     with torch.no_grad():
         ref = model(**inputs).feature_maps
         out = compact_model(model)(**inputs).feature_maps
     assert [tuple(f.shape[:2]) for f in ref] == [(2, 16), (2, 32)]
-    assert all(_rel_err(o, r) < 1e-5 for o, r in zip(out, ref))
+    assert all(rel_err(o, r) < 1e-5 for o, r in zip(out, ref))
 
 
 @pytest.mark.skipif(not hasattr(transformers, "Swinv2ForImageClassification"),
@@ -214,11 +183,11 @@ def test_swinv2_compacts_for_training_then_compacts_equal():
     prepare_model(model, MaskedDoRAConfig(target_groups=("mlp", "heads"), **PRUNE))
     randomize_adapters(model)
     harden(model)
-    inputs = _images()
+    inputs = images()
     with torch.no_grad():
         ref = output_tensor(model(**inputs))
         compact_for_training(model)
-        assert _rel_err(output_tensor(model(**inputs)), ref) < 1e-5
-        assert _rel_err(output_tensor(compact_model(model)(**inputs)), ref) < 1e-5
+        assert rel_err(output_tensor(model(**inputs)), ref) < 1e-5
+        assert rel_err(output_tensor(compact_model(model)(**inputs)), ref) < 1e-5
     scales = [m.logit_scale.shape[0] for m in model.modules() if hasattr(m, "logit_scale")]
     assert scales == [1, 1, 2, 2]
