@@ -226,6 +226,35 @@ def test_gemma3n_text_heads_alone_plan_the_per_layer_form():
     assert [b.self_attn.q_proj.out_features for b in small.model.layers] == [16] * 4 + [32] * 4
 
 
+def test_gemma3n_text_from_peft_merges_the_adapters_of_kept_whole_modules():
+    """A PEFT DoRA adapter on every projection of the released layout: from_peft keeps the adapters of the modules
+    that prune (wrapped) and merges those of the modules the blocks keep whole (block_refusals: nothing wraps them),
+    so the model computes the PEFT model's logits, and it hardens and compacts to the masked model's."""
+    from peft import LoraConfig, get_peft_model
+
+    from masked_dora.models import from_peft
+    from masked_dora.nn import MaskedDoRALinear
+
+    members = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    peft_model = get_peft_model(_gemma3n_text(**RELEASED_LAYOUT),
+                                LoraConfig(r=4, lora_alpha=8, use_dora=True, target_modules=members,
+                                           init_lora_weights=False)).eval()
+    with torch.no_grad():
+        ref = peft_model(input_ids=IDS).logits
+    model = from_peft(peft_model, MaskedDoRAConfig(**CONFIG)).eval()
+    layers = model.model.layers
+    assert isinstance(layers[2].mlp.down_proj, MaskedDoRALinear) and isinstance(layers[0].self_attn.q_proj,
+                                                                                MaskedDoRALinear)
+    assert not isinstance(layers[0].mlp.down_proj, MaskedDoRALinear)  # sparse: kept whole, its adapter merged
+    assert not isinstance(layers[6].self_attn.q_proj, MaskedDoRALinear)  # KV sharing: kept whole, merged
+    with torch.no_grad():
+        assert rel_err(model(input_ids=IDS).logits, ref) < TOL
+    harden(model)
+    with torch.no_grad():
+        masked = model(input_ids=IDS).logits
+        assert rel_err(compact_model(model)(input_ids=IDS).logits, masked) < TOL
+
+
 def test_gemma3n_text_refuses_a_group_only_where_every_block_keeps_it_whole():
     """Activation sparsity in every block refuses the MLP (its gaussian top-k cut reads the mean and std over all
     the gate's channels); KV sharing in every block (each storing or reusing keys and values) refuses the heads.

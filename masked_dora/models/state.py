@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from ..nn import MaskedDoRALinear
-from .blocks import model_blocks, stack_specs
+from .blocks import holds_group, model_blocks, stack_specs
 from .config import MaskedDoRAConfig
 from .prepare import STATE_ATTR, get_state, is_prepared, prepare_model, refuse_quantized_base
-from .specs import spec_for
+from .specs import BLOCK_KINDS, spec_for
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "masked_dora_config.json"
@@ -182,9 +182,11 @@ def from_peft(peft_model: nn.Module, config: Optional[MaskedDoRAConfig] = None, 
         if layer.use_dora.get(adapter, False):
             mag = layer.lora_magnitude_vector[adapter].weight.detach().clone()
         imported[name] = (A, B, float(layer.scaling[adapter]), mag, layer)
-    members = set()
+    members = set()  # the layers prepare_model wraps: not those of a kind a block keeps whole (block_refusals)
     for block in model_blocks(base, spec_for(base), config.stacks):
         for kind in config.target_groups:
+            if kind in BLOCK_KINDS and not holds_group(block.module, block.spec, kind):
+                continue
             for path in _role_paths(block.spec, kind):
                 members.add(f"{block.path}.{path}")
     for name, (_, _, _, _, layer) in imported.items():
