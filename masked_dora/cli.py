@@ -32,7 +32,7 @@ import sys
 import time
 from typing import List, Optional
 
-from .cli_model import DEFAULT_MODEL, resolve_model, wrapped_auto_class
+from .cli_model import DEFAULT_MODEL, main_input_name, resolve_model, wrapped_auto_class
 
 
 def _fraction(name):
@@ -337,6 +337,11 @@ def run_prune(args) -> dict:
                          f"({model_config.model_type!r}); the CLI prunes its language model on your text with the "
                          f"next-token loss: --objective lm (or auto)")
     auto_class = wrapped_auto_class(model_config) if vlm else AutoModelForCausalLM if objective == "lm" else AutoModel
+    main_input = "input_ids" if vlm else main_input_name(auto_class, model_config)
+    if main_input not in ("", "input_ids"):  # an image or speech encoder (ViT, Swin, Wav2Vec2): no text, no tokenizer
+        raise SystemExit(f"--model: {model_dir} is a {model_config.model_type!r} model whose input is {main_input}, "
+                         f"not text; the CLI trains on text only: prune it with the Python API (prepare_model, then "
+                         f"your own batches with {main_input})")
     hidden_weight, note = resolve_hidden_weight(args.hidden_weight, objective, groups, args.hidden_mode)
     if note:
         _log(note)

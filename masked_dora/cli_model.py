@@ -38,3 +38,17 @@ def wrapped_auto_class(model_config):
         if auto_class is not None and type(model_config) in auto_class._model_mapping:
             return auto_class
     return transformers.AutoModelForImageTextToText  # its error names the config class
+
+
+def main_input_name(auto_class, model_config) -> str:
+    """The input the model class that loads ``model_config`` takes first (``input_ids`` for a text model,
+    ``pixel_values`` for an image encoder, ``input_values`` for a speech one): ``auto_class``'s class for it, else
+    ``AutoModel``'s (a Swin has no causal LM class, and its directory no tokenizer); ``""`` where neither maps it.
+    Read from the class, before any weights load."""
+    import transformers
+
+    for auto in (auto_class, transformers.AutoModel):
+        mapping = getattr(auto, "_model_mapping", None)
+        if mapping is not None and type(model_config) in mapping:
+            return getattr(mapping[type(model_config)], "main_input_name", "")
+    return ""

@@ -259,6 +259,27 @@ def test_cli_refuses_image_models_it_cannot_train_on_text(tmp_path):
         assert not (tmp_path / "out").exists()
 
 
+def test_cli_refuses_image_and_speech_encoders_before_loading_anything(tmp_path):
+    """Swin (prunable since its stages got a spec), ViT and Wav2Vec2 take pixel_values / input_values, not text: the
+    CLI, which trains on text, refuses them by name with their input, whatever the objective, before it loads
+    anything or writes the output (it crashed in AutoTokenizer with "Couldn't instantiate the backend
+    tokenizer")."""
+    import transformers
+
+    for name in ("SwinConfig", "ViTConfig", "Wav2Vec2Config"):
+        if not hasattr(transformers, name):
+            continue
+        config = getattr(transformers, name)()
+        model_dir = str(tmp_path / config.model_type)
+        config.save_pretrained(model_dir)  # the config alone: the refusal comes first
+        for objective in ("auto", "lm"):
+            with pytest.raises(SystemExit, match=rf"--model: .*'{config.model_type}' model whose input is "
+                                                 rf"(pixel_values|input_values).*Python API"):
+                main(["prune", "--model", model_dir, "--out", str(tmp_path / "out"), "--objective", objective]
+                     + SMALL_RUN)
+        assert not (tmp_path / "out").exists()
+
+
 def test_cli_embedding_objective_on_jsonl_and_clear_data_errors(tmp_path):
     model_dir = _tiny_bert_dir(str(tmp_path / "tiny"))
     data = tmp_path / "corpus.jsonl"
