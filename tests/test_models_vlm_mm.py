@@ -255,6 +255,28 @@ def test_gemma3n_text_from_peft_merges_the_adapters_of_kept_whole_modules():
         assert rel_err(compact_model(model)(input_ids=IDS).logits, masked) < TOL
 
 
+def test_gemma3n_text_prunes_its_reloaded_compact_model_again(tmp_path):
+    """A second pruning of the released layout's compacted model (load_compact): its pruned blocks have one KV head
+    each, the kept-whole ones still two, so gqa='kv_groups' can prune no head and says so for the blocks whose heads
+    prune, not as if the whole model were multi-query; gqa='query_heads' prunes again to equal logits."""
+    model = _gemma3n_text(**RELEASED_LAYOUT)
+    with pytest.warns(UserWarning, match="per-layer form"):
+        _, small, _ = _prune_compact_compare(model, ("mlp", "heads"), IDS)
+    small.save_pretrained(str(tmp_path))
+    with pytest.raises(ValueError, match=r"'gemma3n_text' model, in each block whose heads prune \(the others keep "
+                                         r"theirs whole: 4 of 8 blocks\), has one KV head for its 2 query heads"):
+        prepare_model(load_compact(str(tmp_path)), MaskedDoRAConfig(**CONFIG))
+    reloaded = load_compact(str(tmp_path))
+    with pytest.warns(UserWarning, match="per-layer form"):
+        prepare_model(reloaded, MaskedDoRAConfig(**CONFIG, gqa="query_heads"))
+    randomize_adapters(reloaded)
+    harden(reloaded)
+    with torch.no_grad():
+        again = compact_model(reloaded)
+        assert rel_err(again(input_ids=IDS).logits, reloaded(input_ids=IDS).logits) < TOL
+    assert [b.self_attn.q_proj.out_features for b in again.model.layers] == [8] * 4 + [32] * 4
+
+
 def test_gemma3n_text_refuses_a_group_only_where_every_block_keeps_it_whole():
     """Activation sparsity in every block refuses the MLP (its gaussian top-k cut reads the mean and std over all
     the gate's channels); KV sharing in every block (each storing or reusing keys and values) refuses the heads.

@@ -280,7 +280,11 @@ def _refuse_heads_kv_groups_cannot_prune(blocks: List[Block], config: MaskedDoRA
     layouts = [built_head_layout(model_config, b.spec, b.index) for b in blocks
                if holds_group(b.module, b.spec, "heads")]
     if layouts and all(hl.kv_heads == 1 and hl.group_size > 1 for hl in layouts):
-        raise ValueError(f"config.gqa: this {model_config.model_type!r} model has one KV head for its "
+        # (blocks that keep their heads whole, ModelSpec.block_refusals, may have more KV heads: not "the model")
+        where = ("model" if len(layouts) == len(blocks) else
+                 f"model, in each block whose heads prune (the others keep theirs whole: {len(blocks) - len(layouts)} "
+                 f"of {len(blocks)} blocks),")
+        raise ValueError(f"config.gqa: this {model_config.model_type!r} {where} has one KV head for its "
                          f"{layouts[0].heads} query heads (multi-query attention), so gqa='kv_groups' can prune no "
                          f"head (the only KV group of each block always stays); use gqa='query_heads' (the same "
                          f"number of query heads leaves every KV group, the KV head stays) or target_groups=('mlp',)")
