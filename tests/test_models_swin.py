@@ -11,7 +11,7 @@ import torch
 import transformers
 
 from masked_dora.models import (MaskedDoRAConfig, ModelSpec, StagesSpec, compact_model, get_state, harden,
-                                load_compact, prepare_model, spec_for)
+                                load_compact, prepare_model, register_spec, spec_for)
 from masked_dora.models.compact import LAYER_SIZES_KEY
 from masked_dora.models.stage_spec import StageConfig
 
@@ -135,6 +135,23 @@ def test_swin_stage_configs_read_and_write_their_own_entries():
     with pytest.raises(ValueError, match="'hidden' cannot be pruned in a 'swin' model"):
         prepare_model(model, MaskedDoRAConfig(target_groups=("hidden",), **PRUNE))
     assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
+
+
+@pytest.mark.skipif(not hasattr(transformers, "SwinModel"), reason="this transformers has no Swin")
+def test_a_swin_of_an_unknown_model_type_is_told_to_register_like_swin(monkeypatch):
+    """A model of an unregistered type laid out as Swin: the error names register_spec(..., like='swin') (the block
+    list of a spec with stages is per stage, which matching_specs read as one list and so matched nothing), and the
+    registration prunes it stage by stage."""
+    import masked_dora.models.specs as specs_module
+
+    monkeypatch.setattr(specs_module, "SPECS", dict(specs_module.SPECS))  # (the registration ends with the test)
+    model = _model("swin", "SwinModel")
+    model.config.model_type = "my-swin"
+    with pytest.raises(ValueError, match=r"register_spec\('my-swin', like='swin'\)"):
+        spec_for(model)
+    register_spec("my-swin", like="swin")
+    spec = spec_for(model)
+    assert [s.stack for s in (spec,) + spec.stacks] == ["stage0", "stage1"]
 
 
 def test_stages_spec_bad_layouts_are_refused():

@@ -119,6 +119,8 @@ def matching_specs(model: nn.Module) -> list:
 
     names = []
     for name, spec in SPECS.items():
+        if spec.stages is not None and spec.stages.index < 0:  # a hierarchical encoder: its first stage's blocks
+            spec = expand_stages(spec, 1)
         try:
             _, layers = find_layers(model, spec)
             kinds = BLOCK_KINDS
