@@ -189,6 +189,34 @@ def test_gemma3n_text_mlp_alone_saves_plain_on_the_released_layout(tmp_path):
         assert rel_err(reloaded(input_ids=IDS).logits, ref) < TOL
 
 
+def test_gemma3n_text_mlp_alone_with_global_allocation_saves_plain(tmp_path):
+    """The MLP alone with allocation='global' (a width per layer, from the logits): intermediate_size, a list, says
+    each layer's, so prepare_model plans a plain checkpoint (no per-layer-form warning) and a plain from_pretrained
+    reloads the widths it kept to the masked model's logits."""
+    import warnings
+
+    import transformers
+
+    model = _gemma3n_text(**RELEASED_LAYOUT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # (the per-layer form is announced with one)
+        prepare_model(model, MaskedDoRAConfig(**dict(CONFIG, importance="magnitude"), target_groups=("mlp",),
+                                              allocation="global"))
+    assert model.masked_dora.save_form == "plain"
+    randomize_adapters(model)
+    harden(model)
+    with torch.no_grad():
+        ref = model(input_ids=IDS).logits
+        small = compact_model(model)
+    widths = [b.mlp.down_proj.in_features for b in small.model.layers]
+    assert widths[:2] == [64, 48] and widths[2:] != [32, 24] * 3  # the sparse layers whole, the others their own
+    small.save_pretrained(str(tmp_path))
+    reloaded = transformers.Gemma3nForCausalLM.from_pretrained(str(tmp_path)).eval()
+    assert reloaded.config.intermediate_size == widths
+    with torch.no_grad():
+        assert rel_err(reloaded(input_ids=IDS).logits, ref) < TOL
+
+
 def test_gemma3n_text_compacts_for_training_outside_its_sparse_and_kv_sharing_layers():
     """compact_for_training on the released layout: the groups leave the blocks that have them (the MLP of blocks
     2-7 and the heads of blocks 0-3 at the kept size), the kept-whole modules stay as they were, and the logits

@@ -61,7 +61,7 @@ def decide_save_form(model: nn.Module, spec: ModelSpec, config) -> Tuple[str, Op
         return "per_layer", "hidden_mode='per_block' compacts to CompactLinear writers, which load_compact builds"
     if config.save_form == "per_layer":
         reason = "save_form='per_layer' was asked for"
-    elif config.allocation == "global":
+    elif config.allocation == "global" and not _widths_per_layer_alone(model, spec, config):
         reason = "allocation='global' gives every layer its own sizes"
     else:
         from .hidden import planned_hidden_size
@@ -85,3 +85,11 @@ def decide_save_form(model: nn.Module, spec: ModelSpec, config) -> Tuple[str, Op
                   f"masked_dora.load_compact(path), not a plain from_pretrained (save_form='plain' makes this an "
                   f"error instead)", UserWarning, stacklevel=3)
     return "per_layer", reason
+
+
+def _widths_per_layer_alone(model: nn.Module, spec: ModelSpec, config) -> bool:
+    """Whether the pruning changes MLP widths alone, in stacks whose config key lists a width per layer
+    (``MLPSpec.size_per_layer``: Gemma 3n's ``intermediate_size``): a plain config then says whatever width each
+    layer keeps, so ``allocation="global"`` (widths differing per layer) can save plainly too."""
+    return tuple(config.target_groups) == ("mlp",) and all(
+        b.spec.mlp.size_per_layer for b in model_blocks(model, spec, config.stacks))
