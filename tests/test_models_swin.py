@@ -154,6 +154,27 @@ def test_a_swin_of_an_unknown_model_type_is_told_to_register_like_swin(monkeypat
     assert [s.stack for s in (spec,) + spec.stacks] == ["stage0", "stage1"]
 
 
+@pytest.mark.skipif(not hasattr(transformers, "SwinModel"), reason="this transformers has no Swin")
+def test_magnitude_importance_ranks_units_of_stages_of_different_widths_alike():
+    """The magnitude score of a unit is its share of each member's norm relative to the member's mean unit, so every
+    block's units average one per member whatever its width, and allocation='global' (the default importance,
+    magnitude) spreads the cut over the stages: each keeps a quarter to three quarters of its MLP channels. (Divided
+    by the member's total, a stage twice as wide scored half as much per unit: the last stage lost 7/8 of its
+    channels and heads, the first two kept everything.)"""
+    from masked_dora.models.importance import importance_scores
+
+    model = _model("swin", "SwinModel", depths=[2, 2, 2], num_heads=[2, 4, 8], image_size=64)
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp", "heads"), **dict(PRUNE, importance="magnitude"),
+                                          allocation="global"))
+    scores = importance_scores(model, "magnitude")
+    members = {"mlp": 2, "heads": 4}  # fc1 rows and fc2 columns; q, k, v rows and o_proj columns
+    assert all(abs(float(s.mean()) - members[key.split("_")[0]]) < 1e-9 for key, s in scores.items()), scores
+    harden(model)
+    state = get_state(model)
+    kept = [float(state.groups[f"mlp_{i}"].hard().float().mean()) for i in range(6)]
+    assert all(0.25 <= k <= 0.75 for k in kept), kept
+
+
 def test_stages_spec_bad_layouts_are_refused():
     """A stage block list without its stage number, a growth below 1, and a spec with stages and stacks of its own
     (stages make the stacks) are refused where they are declared."""

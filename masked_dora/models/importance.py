@@ -1,8 +1,12 @@
 r"""Importance scores per group unit, and mask initialisation from them.
 
 * ``magnitude``: for each member, the squared Frobenius norm of the unit's
-  rows (producers) or columns (consumer), divided by the member's total, summed
-  over members (scale-free across members).
+  rows (producers) or columns (consumer), divided by the member's mean per unit
+  (its total over the group's units), summed over members: scale-free across
+  members and across layers of different widths. (Divided by the total, a unit
+  of a layer twice as wide scored half as much on average, so
+  ``allocation="global"`` cut the widest layers first whatever their weights:
+  Swin's last stage to its minimum, the first stages kept whole.)
 * ``taylor`` (first order): ``sum over calibration batches |dL/dz_unit|`` at
   ``z = 1``: the loss change from removing the unit, to first order. Needs
   ``calibration`` and ``loss_fn`` (default: ``model(**batch).loss``).
@@ -83,7 +87,7 @@ def magnitude_scores(model: nn.Module) -> Dict[str, Tensor]:
                 continue
             gated = (index != ALWAYS_KEPT).to(per.device)  # a fused projection's K/V rows may follow no unit
             kept = _scatter(per[gated], index[gated.to(index.device)], group.num_units)
-            score += kept / per.sum().clamp_min(1e-30)
+            score += kept * group.num_units / per.sum().clamp_min(1e-30)  # (its units average 1: see the docstring)
         out[key] = score
     return out
 
