@@ -32,6 +32,21 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out - ref).norm() / ref.norm())
 
 
+def compact_equal(model, train: bool = True):
+    """Random adapters, one training step (``train``), harden, compact: returns the masked model's output on
+    :func:`images` and the compacted model, after checking that the compacted model computes that output."""
+    randomize_adapters(model)
+    if train:
+        train_step(model)
+    harden(model)
+    inputs = images()
+    with torch.no_grad():
+        ref = output_tensor(model(**inputs))
+        small = compact_model(model)
+        assert rel_err(output_tensor(small(**inputs)), ref) < 1e-5
+    return ref, small
+
+
 def one_stage_round_trip(model, fresh, tmp_path, groups: list):
     """Prune stage 1 alone (``stacks=("stage1",)``; ``groups``: the group names expected, which keep their block
     numbers across stages), save the training state, reload it into ``fresh`` (same outputs), harden both, compact

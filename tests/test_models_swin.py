@@ -15,7 +15,7 @@ from masked_dora.models import (MaskedDoRAConfig, ModelSpec, StagesSpec, compact
 from masked_dora.models.compact import LAYER_SIZES_KEY
 from masked_dora.models.stage_spec import StageConfig
 
-from stage_chain import PRUNE, images, one_stage_round_trip, rel_err, train_step
+from stage_chain import PRUNE, compact_equal, images, one_stage_round_trip, rel_err
 from tiny_models import output_tensor, randomize_adapters
 
 # 32 x 32 images in patches of 4: stage 0 has 8 x 8 tokens in windows of 4 (its odd blocks shifted, with the shift
@@ -59,15 +59,7 @@ def test_swin_stages_prune_compact_and_reload_equal(model_type, head, tmp_path):
     state = get_state(model)
     assert sorted(state.groups) == [f"{kind}_{i}" for kind in ("heads", "mlp") for i in range(4)]
     assert [state.groups[f"heads_{i}"].mask_logits.numel() for i in range(4)] == [2, 2, 4, 4]  # one per head
-    randomize_adapters(model)
-    train_step(model)
-    harden(model)
-    inputs = images()
-    with torch.no_grad():
-        ref = output_tensor(model(**inputs))
-        small = compact_model(model)
-        out = output_tensor(small(**inputs))
-    assert rel_err(out, ref) < 1e-5
+    ref, small = compact_equal(model)
     sizes = getattr(small.config, LAYER_SIZES_KEY)
     assert [(s["intermediate"], s["heads"], s["head_dim"]) for s in sizes] == [(32, 1, 8)] * 2 + [(64, 2, 8)] * 2
     assert small.config.num_heads == [2, 4] and small.config.embed_dim == 16  # the config's own, as built
@@ -76,7 +68,7 @@ def test_swin_stages_prune_compact_and_reload_equal(model_type, head, tmp_path):
     assert per_head and all(n == (1 if ".layers.0." in name else 2) for name, n in per_head), per_head
     small.save_pretrained(str(tmp_path))
     with torch.no_grad():
-        reloaded = output_tensor(load_compact(str(tmp_path))(**inputs))
+        reloaded = output_tensor(load_compact(str(tmp_path))(**images()))
     assert rel_err(reloaded, ref) < 1e-5
 
 

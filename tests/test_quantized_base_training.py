@@ -48,6 +48,17 @@ def _rel(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
+def _output_and_grads(layer, x) -> list:
+    """``layer``'s training-mode output on ``x`` and, after a backward of cos(y), the gradients of x, A, B, the
+    magnitude and the mask logits (the gate sample and dropout mask drawn from seed 1: the same in every layer)."""
+    layer.train()
+    xi = x.clone().requires_grad_(True)
+    torch.manual_seed(1)
+    y = layer(xi)
+    y.backward(torch.cos(y.detach()))
+    return [y.detach(), xi.grad] + [getattr(layer, n).grad for n in ("lora_A", "lora_B", "magnitude", "mask_logits")]
+
+
 @pytest.mark.parametrize("dropout_mode", [None, "peft", "adapter"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_a_quantized_base_layer_equals_the_plain_layer_on_its_dequantized_weight(dropout_mode, bias):
@@ -63,16 +74,7 @@ def test_a_quantized_base_layer_equals_the_plain_layer_on_its_dequantized_weight
         for name in ("lora_B", "magnitude", "mask_logits"):
             getattr(ref, name).copy_(getattr(layer, name))
     x = torch.randn(3, 5, 24, dtype=torch.float64)
-    grads = []
-    for m in (layer, ref):
-        m.train()
-        xi = x.clone().requires_grad_(True)
-        torch.manual_seed(1)  # the same gate sample and dropout mask
-        y = m(xi)
-        y.backward(torch.cos(y.detach()))
-        grads.append([y.detach(), xi.grad] + [getattr(m, n).grad for n in ("lora_A", "lora_B", "magnitude",
-                                                                          "mask_logits")])
-    for got, want in zip(*grads):
+    for got, want in zip(_output_and_grads(layer, x), _output_and_grads(ref, x)):
         assert _rel(got, want) < 1e-12
     assert layer.base.weight.grad is None and layer.base.weight.dtype == torch.int8
     layer.eval(), ref.eval()
@@ -211,16 +213,7 @@ def test_a_bitsandbytes_layer_equals_the_plain_layer_on_its_dequantized_weight(k
         layer.lora_B.normal_()
         ref.lora_B.copy_(layer.lora_B)
     x = torch.randn(2, 7, q.in_features)
-    grads = []
-    for m in (layer, ref):
-        m.train()
-        xi = x.clone().requires_grad_(True)
-        torch.manual_seed(1)
-        y = m(xi)
-        y.backward(torch.cos(y.detach()))
-        grads.append([y.detach(), xi.grad] + [getattr(m, n).grad for n in ("lora_A", "lora_B", "magnitude",
-                                                                          "mask_logits")])
-    for got, want in zip(*grads):
+    for got, want in zip(_output_and_grads(layer, x), _output_and_grads(ref, x)):
         assert _rel(got, want) < 1e-5
 
 
