@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # CI's second core (.ci/run starts this beside `make install` + `make test`, which keep the first one busy):
 # the CUDA stack check (.ci/cuda_build_check.sh), then, once `make install` has made .venv, the wheel check
-# (.ci/wheel_check.sh: a user's wheel with the extension, built and imported from the wheel alone) and the
-# quantized-base tests with bitsandbytes. The CUDA stack check ends minutes before `make test` does, so these
-# run on the core it frees instead of after `make test`, on the critical path.
+# (.ci/wheel_check.sh: a user's wheel with the extension, built and imported from the wheel alone), the
+# quantized-base tests with bitsandbytes, and the tests of packages only .venv has (the `second_core` marker:
+# DeepSpeed's launches, TRL; `make test` skips them under MASKED_DORA_CI_SECOND_CORE_ELSEWHERE=1). The CUDA stack
+# check ends minutes before `make test` does, so these run on the core it frees instead of on the critical path.
 #
 #   bash .ci/second_core.sh READY_FILE     # what needs .venv starts once READY_FILE exists (.ci/run touches it)
 #
@@ -12,14 +13,16 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 ready=$1
 status=0
+start=$(date +%s)
+say() { echo "== second core [$(( $(date +%s) - start )) s] $*"; }
 bash .ci/cuda_build_check.sh || { echo "== cuda-build-check FAILED (exit $?)"; status=1; }
 while [ ! -e "$ready" ]; do sleep 5; done
-echo "== wheel check (.ci/wheel_check.sh), on the core the CUDA stack check freed"
+say "wheel check (.ci/wheel_check.sh), on the core the CUDA stack check freed"
 MAX_JOBS=1 bash .ci/wheel_check.sh || { echo "== wheel check FAILED (exit $?)"; status=1; }
 # the real QLoRA base: bitsandbytes' 4- and 8-bit layers (tests/test_quantized_base*.py skip those tests without it),
 # from a side directory rather than .venv: installed there, every process importing peft would import it, and
 # through it torch's compiler (seconds for each of the suites' subprocesses)
-echo "== the quantized-base tests with bitsandbytes (installed beside .venv)"
+say "the quantized-base tests with bitsandbytes (installed beside .venv)"
 side=$(mktemp -d)
 if .venv/bin/python -m pip install -q --target "$side" --no-deps "bitsandbytes>=0.50"; then
     PYTHONPATH="$side" .venv/bin/python -m pytest -q -p no:cacheprovider tests/test_quantized_base.py \
@@ -28,4 +31,8 @@ else
     echo "== installing bitsandbytes FAILED"; status=1
 fi
 rm -rf "$side"
+marked=$(grep -l "second_core" tests/test_*.py)
+say "the second_core tests (DeepSpeed, TRL: $(echo $marked))"
+.venv/bin/python -m pytest -q -p no:cacheprovider -m second_core $marked || { echo "== second_core tests FAILED"; status=1; }
+say "done"
 exit "$status"

@@ -19,17 +19,25 @@ if not HAS_CUDA:
 # (gpu_stack marker: bench/gpu_check.sh end to end) run on that machine's stack only there; .ci/run sets this
 # variable for `make test`. Everywhere else (a developer's `make test`) they run.
 GPU_STACK_ELSEWHERE = os.environ.get("MASKED_DORA_CI_GPU_STACK_ELSEWHERE") == "1"
+# Tests of packages only this stack has (second_core marker: DeepSpeed's launches, TRL) skip on the GPU machine's
+# stack, which then ends minutes before `make test`: CI runs them there, on this stack's .venv, once the CUDA stack
+# check is done (.ci/second_core.sh), and sets this variable for `make test` so they do not run twice.
+SECOND_CORE_ELSEWHERE = os.environ.get("MASKED_DORA_CI_SECOND_CORE_ELSEWHERE") == "1"
 
 
 def pytest_collection_modifyitems(config, items):
     skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU (cuda marker); not run on this machine")
     skip_gpu_stack = pytest.mark.skip(reason="CI runs this on the GPU machine's stack (.ci/cuda_build_check.sh), "
                                              "beside this run (MASKED_DORA_CI_GPU_STACK_ELSEWHERE=1)")
+    skip_second_core = pytest.mark.skip(reason="CI runs this on its second core once the CUDA stack check is done "
+                                               "(.ci/second_core.sh; MASKED_DORA_CI_SECOND_CORE_ELSEWHERE=1)")
     for item in items:
         if "cuda" in item.keywords and not HAS_CUDA:
             item.add_marker(skip_cuda)
         if "gpu_stack" in item.keywords and GPU_STACK_ELSEWHERE:
             item.add_marker(skip_gpu_stack)
+        if "second_core" in item.keywords and SECOND_CORE_ELSEWHERE:
+            item.add_marker(skip_second_core)
 
 
 @pytest.fixture(autouse=True)

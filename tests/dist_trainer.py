@@ -10,7 +10,8 @@
 
 FAMILY: a family of ``tests/tiny_models.py`` (default llama), trained as its LM (causal or masked), or
 several, comma-separated (``llama,bert``: each trained in turn by the same processes); ``llama:resume`` runs
-that family with the variant ``resume``.
+that family with the variant ``resume``; ``llama@accumulate`` under another one-process mode than the launch's
+(``single`` and ``accumulate`` share a launch: a process start costs 10 to 15 s of CI).
 ``resume`` as a fourth argument (the variant of every run): the run saves a checkpoint after 2 of its 4 steps (the optimizer built with
 ``param_groups``, as resuming needs), then a fresh model (other random adapters and mask logits) and a fresh
 Trainer resume from it; writes both records to ``OUT/<family>-<mode>-resume-rank<r>.pt``.
@@ -41,6 +42,7 @@ from masked_dora.models.training import loss_takes_num_items  # noqa: E402
 from tiny_models import randomize_adapters, tiny_model  # noqa: E402
 
 EPOCHS, GLOBAL_BATCH, SEQ = 4, 4, 9
+ONE_PROCESS_MODES = ("single", "accumulate")
 
 
 class Sequences(torch.utils.data.Dataset):
@@ -62,8 +64,12 @@ def main(mode: str, out: str, families: str = "llama", variant: str = "") -> Non
     """The run of each family (comma-separated: in turn, in the same processes, as the resumed run follows the
     uninterrupted one; a process start costs 10 to 15 s of a 2-core CI machine)."""
     for item in families.split(","):
-        family, _, own_variant = item.partition(":")
-        run(mode, out, family, own_variant or variant)
+        item, _, own_variant = item.partition(":")
+        family, _, own_mode = item.partition("@")
+        if own_mode and (own_mode not in ONE_PROCESS_MODES or mode not in ONE_PROCESS_MODES):
+            raise SystemExit(f"family: {item!r} names the mode {own_mode!r}; a launch in {mode!r} runs another "
+                             f"mode only between one-process modes {ONE_PROCESS_MODES}")
+        run(own_mode or mode, out, family, own_variant or variant)
 
 
 def run(mode: str, out: str, family: str, variant: str) -> None:

@@ -188,20 +188,32 @@ def _resume_skip(mode: str) -> str:
 RESUME_MODES = {"single": 1, "ddp": 2, "fsdp2": 2, "zero3": 2}
 
 
+def _on_second_core(*mode_and_args):
+    """A mode's parameters, marked ``second_core`` for DeepSpeed (only CI's first stack has it: CI runs its
+    launch on the second core once the CUDA stack check is done, beside the end of `make test`)."""
+    marks = [pytest.mark.second_core] if mode_and_args[0] == "zero3" else []
+    return pytest.param(*mode_and_args, marks=marks, id="-".join(map(str, mode_and_args)))
+
+
 def _trainer_launch(trainer_runs: str, mode: str) -> int:
     """The one launch of ``tests/dist_trainer.py`` for ``mode`` (its process count returned): every family the
     mode runs, then, where the resume test takes the mode, the resumed run (``llama:resume``). Both tests read
-    it, so a process start (10 to 15 s of CI per process) is paid once per mode."""
-    runs = [f for f in FAMILIES if not _trainer_skip(mode, f)]
-    if mode in RESUME_MODES and not _resume_skip(mode):
-        runs.append("llama:resume")
+    it, so a process start (10 to 15 s of CI per process) is paid once per mode, and once for all the
+    one-process modes (``single``, the references, and ``accumulate``: ``llama@accumulate``)."""
     nproc = 1 if mode == "single" else TRAINER_MODES[mode]
-    _run_once(mode, trainer_runs, nproc, ",".join(runs), TRAINER_SCRIPT)
+    modes = [mode] if nproc > 1 else ["single", *(m for m, n in TRAINER_MODES.items() if n == 1)]
+    runs = []
+    for each in modes:  # the one-process modes in one launch, the others in their own
+        own = "" if each == modes[0] else f"@{each}"
+        runs += [f + own for f in FAMILIES if not _trainer_skip(each, f)]
+        if each in RESUME_MODES and not _resume_skip(each):
+            runs.append(f"llama{own}:resume")
+    _run_once(modes[0], trainer_runs, nproc, ",".join(runs), TRAINER_SCRIPT)
     return nproc
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("mode", TRAINER_MODES)
+@pytest.mark.parametrize("mode", [_on_second_core(m) for m in TRAINER_MODES])
 def test_trainer_with_the_callback_trains_like_one_process(trainer_runs, family, mode):
     """The HF Trainer + MaskedDoRACallback: 2 gradient-accumulation steps, DDP over 2 processes, FSDP2
     through the Trainer's accelerate integration, DeepSpeed ZeRO-3 (every parameter partitioned and released
@@ -230,7 +242,7 @@ def test_trainer_with_the_callback_trains_like_one_process(trainer_runs, family,
         assert worst <= 2e-5, (mode, worst)
 
 
-@pytest.mark.parametrize("mode, nproc", RESUME_MODES.items())
+@pytest.mark.parametrize("mode, nproc", [_on_second_core(*item) for item in RESUME_MODES.items()])
 def test_trainer_checkpoint_resumes_bit_exactly(trainer_runs, mode, nproc):
     """The Trainer saves a checkpoint after 2 of 4 steps (its own format for each engine: safetensors, FSDP2's
     sharded state, DeepSpeed's ZeRO-3 checkpoint); a fresh model with other adapters and mask logits, and a

@@ -10,6 +10,7 @@ micro-batches by their tokens. No downloads: a word-level tokenizer and a chat t
 import pytest
 import torch
 
+pytestmark = pytest.mark.second_core  # CI: on its second core, beside the end of `make test` (tests/conftest.py)
 pytest.importorskip("trl")  # a test-only dependency: the GPU machine and the CUDA CI stack have none
 pytest.importorskip("datasets")
 
