@@ -8,6 +8,10 @@ _GQA_MOE = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num
                 eos_token_id=2)
 # one dense block (width 64), then an MoE block: experts of width 32 and one shared expert of width 32 (kept whole)
 _DENSE_THEN_MOE = dict(_GQA_MOE, moe_intermediate_size=32, num_experts_per_tok=2, head_dim=8)
+# DeepSeek-V3's blocks under MLA: block 0 dense (width 64), block 1 4 experts (width 32, top-2) and a shared expert
+_MLA_MOE = dict(_GQA_MOE, num_key_value_heads=4, moe_intermediate_size=32, n_routed_experts=4, num_experts_per_tok=2,
+                n_shared_experts=1, n_group=1, topk_group=1, mlp_layer_types=["dense", "sparse"], q_lora_rank=16,
+                kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8, head_dim=4)
 
 TINY = {
     # experts of width intermediate_size (64); q/k norms over all heads' width: heads refused
@@ -81,6 +85,16 @@ TINY = {
                                    q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4,
                                    v_head_dim=8),
                               causal_lm=True, heads=False),
+    # DeepSeek-V3's blocks (block 0 dense by mlp_layer_types) and MLA with the sparse-attention indexer (heads
+    # refused); GLM-5's (glm_moe_dsa) the same; GLM-4.7-Flash's without the indexer
+    "deepseek_v32": TinyFamily(("DeepseekV32Config", "DeepseekV32Model", "DeepseekV32ForCausalLM"),
+                               dict(_MLA_MOE, index_topk=4, index_head_dim=8, index_n_heads=2),
+                               causal_lm=True, heads=False),
+    "glm_moe_dsa": TinyFamily(("GlmMoeDsaConfig", "GlmMoeDsaModel", "GlmMoeDsaForCausalLM"),
+                              dict(_MLA_MOE, index_topk=4, index_head_dim=8, index_n_heads=2),
+                              causal_lm=True, heads=False),
+    "glm4_moe_lite": TinyFamily(("Glm4MoeLiteConfig", "Glm4MoeLiteModel", "Glm4MoeLiteForCausalLM"), dict(_MLA_MOE),
+                                causal_lm=True, heads=False),
     # GraniteMoE with a shared_mlp of width shared_intermediate_size (48), kept whole
     "granitemoeshared": TinyFamily(("GraniteMoeSharedConfig", "GraniteMoeSharedModel",
                                     "GraniteMoeSharedForCausalLM"),
