@@ -95,6 +95,14 @@ TINY = {
                               causal_lm=True, heads=False),
     "glm4_moe_lite": TinyFamily(("Glm4MoeLiteConfig", "Glm4MoeLiteModel", "Glm4MoeLiteForCausalLM"), dict(_MLA_MOE),
                                 causal_lm=True, heads=False),
+    # block 0 dense (Llama's MLP, width 64) by mlp_layer_types, block 1 4 experts of width 32; a sliding-window
+    # layer (twice the KV heads, sinks) and a full one; value heads 4 wide (heads refused)
+    "mimo_v2_flash": TinyFamily(("MiMoV2FlashConfig", "MiMoV2FlashModel", "MiMoV2FlashForCausalLM"),
+                                dict(_GQA_MOE, num_key_value_heads=1, moe_intermediate_size=32, n_routed_experts=4,
+                                     num_experts_per_tok=2, head_dim=8, v_head_dim=4, sliding_window=4,
+                                     layer_types=["sliding_attention", "full_attention"],
+                                     mlp_layer_types=["dense", "sparse"]),
+                                kv_heads=1, causal_lm=True, heads=False),
     # GraniteMoE with a shared_mlp of width shared_intermediate_size (48), kept whole
     "granitemoeshared": TinyFamily(("GraniteMoeSharedConfig", "GraniteMoeSharedModel",
                                     "GraniteMoeSharedForCausalLM"),

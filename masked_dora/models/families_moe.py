@@ -18,6 +18,11 @@ from .families_fused_moe import DEEPSEEK_V3
 from .spec_types import ExpertsLayout, MLPSpec, ModelSpec, PerHeadSpec
 
 
+_MIMO_HEADS = ("its sliding-window layers have twice the config's KV heads (and a sink logit per query head) and its "
+               "value heads are v_head_dim wide, not head_dim: the config's head counts and one head size do not "
+               "describe its attention")
+
+
 def moe_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: str) -> Dict[str, ModelSpec]:
     """The specs of this module, built on the ``llama`` spec's fields (``llama_style``), the ``mixtral`` spec's
     (``mixtral_style``) and the reason OLMo-2's heads are refused (``qk_norm_spans_heads``)."""
@@ -58,6 +63,11 @@ def moe_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: str) 
                         segments=(2,), experts="mlp.experts", size_attrs=(("mlp.experts", "intermediate_size"),),
                         experts_layout=ExpertsLayout(transposed=True, interleaved=True, bias=True,
                                                      glu="clamped_swiglu")))),
+        # MiMo-V2-Flash: Mixtral's experts (width moe_intermediate_size, no shared experts) and, by mlp_layer_types,
+        # dense blocks of Llama's MLP (intermediate_size, groups of their own); heads refused (_MIMO_HEADS)
+        "mimo_v2_flash": ModelSpec(name="mimo_v2_flash", model_types=("mimo_v2_flash",), **dict(
+            mixtral_style, mlp=replace_dataclass(mixtral_style["mlp"], size_key="moe_intermediate_size")),
+            dense_mlp=llama_style["mlp"], unsupported=(("heads", "", _MIMO_HEADS),)),
         # Llama 4 (text): experts under feed_forward, stored (E, in, out) with [gate | up]; the experts module is
         # called with every expert's routed (router-scaled) tokens in turn (MaskedDoRAExperts takes that call too);
         # the shared_expert (kept whole) is intermediate_size wide as the experts (size_key ""); the blocks not in
