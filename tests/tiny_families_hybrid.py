@@ -83,4 +83,7 @@ TINY.update({
     # block 0 short convolution with LFM2's dense feed_forward (width 64), block 1 attention with 4 experts (width 32)
     "lfm2_moe": _lm("Lfm2Moe", layer_types=["conv", "full_attention"], num_dense_layers=1, moe_intermediate_size=32,
                     num_experts=4, num_experts_per_tok=2),
+    # layer 0 lightning attention, layer 1 softmax attention, each with 4 experts of width 64
+    "minimax": _lm("MiniMax", head_dim=8, layer_types=["linear_attention", "full_attention"], num_local_experts=4,
+                   num_experts_per_tok=2, block_size=4, full_attn_alpha_factor=0.5, mlp_alpha_factor=2.0),
 })

@@ -103,6 +103,21 @@ TINY = {
                                      layer_types=["sliding_attention", "full_attention"],
                                      mlp_layer_types=["dense", "sparse"]),
                                 kv_heads=1, causal_lm=True, heads=False),
+    # block 0 dense (width 64), block 1 4 experts of width 32 and a shared expert (32, kept whole); per-query-channel
+    # output gate (its rows cut with the heads), q/k norms, a sliding-window and a full-attention layer
+    "afmoe": TinyFamily(("AfmoeConfig", "AfmoeModel", "AfmoeForCausalLM"),
+                        dict(_GQA_MOE, moe_intermediate_size=32, num_dense_layers=1, head_dim=8, num_experts=4,
+                             num_experts_per_tok=2, num_shared_experts=1, sliding_window=4,
+                             layer_types=["sliding_attention", "full_attention"]),
+                        kv_heads=2, causal_lm=True),
+    # block 0 dense (width 64), block 1 4 experts of width 32 and a shared expert (48, kept whole); per-layer head
+    # counts and the g_proj output gate: heads refused
+    "laguna": TinyFamily(("LagunaConfig", "LagunaModel", "LagunaForCausalLM"),
+                         dict(_GQA_MOE, moe_intermediate_size=32, shared_expert_intermediate_size=48, head_dim=8,
+                              num_experts=4, num_experts_per_tok=2, sliding_window=4,
+                              layer_types=["sliding_attention", "full_attention"], num_attention_heads_per_layer=[4, 2],
+                              mlp_layer_types=["dense", "sparse"]),
+                         kv_heads=2, causal_lm=True, heads=False),
     # GraniteMoE with a shared_mlp of width shared_intermediate_size (48), kept whole
     "granitemoeshared": TinyFamily(("GraniteMoeSharedConfig", "GraniteMoeSharedModel",
                                     "GraniteMoeSharedForCausalLM"),

@@ -118,6 +118,9 @@ def hybrid_specs(llama_style: dict) -> Dict[str, ModelSpec]:
         # mlp_layer_types, its dense MLP of width intermediate_size (a group of its own)
         "kimi_linear": spec("kimi_linear", ("kimi_linear",), mlp=DEEPSEEK_V3["mlp"],
                             dense_mlp=DEEPSEEK_V3["dense_mlp"]),
+        # MiniMax(-Text-01): lightning (linear) attention or softmax attention blocks (layer_types), each with
+        # Mixtral's experts (width intermediate_size; router untouched); scalar residual factors
+        "minimax": spec("minimax", ("minimax",), mlp=replace_dataclass(qwen_moe_experts, size_key="intermediate_size")),
         # LFM2-MoE: LFM2's convolution / attention blocks; the first num_dense_layers hold LFM2's feed_forward
         # (w1/w3/w2, width intermediate_size, a group of its own), the others a sparse block whose experts
         # (feed_forward.experts, packed as Mixtral's, width moe_intermediate_size) prune; no shared experts

@@ -23,6 +23,10 @@ _MIMO_HEADS = ("its sliding-window layers have twice the config's KV heads (and 
                "describe its attention")
 
 
+_LAGUNA_HEADS = ("its blocks have their own query head counts (num_attention_heads_per_layer) and an output gate "
+                 "(g_proj) whose width follows its gating mode, which the config's one head count does not describe")
+
+
 def moe_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: str) -> Dict[str, ModelSpec]:
     """The specs of this module, built on the ``llama`` spec's fields (``llama_style``), the ``mixtral`` spec's
     (``mixtral_style``) and the reason OLMo-2's heads are refused (``qk_norm_spans_heads``)."""
@@ -68,6 +72,22 @@ def moe_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: str) 
         "mimo_v2_flash": ModelSpec(name="mimo_v2_flash", model_types=("mimo_v2_flash",), **dict(
             mixtral_style, mlp=replace_dataclass(mixtral_style["mlp"], size_key="moe_intermediate_size")),
             dense_mlp=llama_style["mlp"], unsupported=(("heads", "", _MIMO_HEADS),)),
+        # AFMoE: Mixtral's experts of width moe_intermediate_size, which also sizes the shared experts (times
+        # num_shared_experts: size_key ""); the first num_dense_layers blocks hold Llama's MLP (intermediate_size,
+        # groups of their own). Its attention multiplies the output by sigmoid(gate_proj(x)), one row per query
+        # channel: gate_proj's rows follow their query heads (cut with them; a pruned head's output is 0 before the
+        # gate); q/k norms over head_dim with one weight for all heads, sliding-window layers
+        "afmoe": ModelSpec(name="afmoe", model_types=("afmoe",), **dict(
+            llama_style, mlp=replace_dataclass(mixtral_style["mlp"], size_key=""),
+            heads=replace_dataclass(llama_style["heads"], per_head=(
+                PerHeadSpec("self_attn.gate_proj", "heads", head_rows=True),))),
+            dense_mlp=llama_style["mlp"]),
+        # Laguna: Mixtral's experts (width moe_intermediate_size; shared_experts kept whole, sized by
+        # shared_expert_intermediate_size) and, by mlp_layer_types, dense blocks of Llama's MLP (intermediate_size,
+        # groups of their own); heads refused (_LAGUNA_HEADS)
+        "laguna": ModelSpec(name="laguna", model_types=("laguna",), **dict(
+            mixtral_style, mlp=replace_dataclass(mixtral_style["mlp"], size_key="moe_intermediate_size")),
+            dense_mlp=llama_style["mlp"], unsupported=(("heads", "", _LAGUNA_HEADS),)),
         # Llama 4 (text): experts under feed_forward, stored (E, in, out) with [gate | up]; the experts module is
         # called with every expert's routed (router-scaled) tokens in turn (MaskedDoRAExperts takes that call too);
         # the shared_expert (kept whole) is intermediate_size wide as the experts (size_key ""); the blocks not in
