@@ -118,6 +118,12 @@ TINY = {
                               layer_types=["sliding_attention", "full_attention"], num_attention_heads_per_layer=[4, 2],
                               mlp_layer_types=["dense", "sparse"]),
                          kv_heads=2, causal_lm=True, heads=False),
+    # 4 experts of width 32 (top-2) stored 2-D (w1, v1, w2: (4 * 32, 32)); fused Wqkv with 2 KV heads, clip_qkv
+    "dbrx": TinyFamily(("DbrxConfig", "DbrxModel", "DbrxForCausalLM"),
+                       dict(d_model=32, n_heads=4, n_layers=2, max_seq_len=64, vocab_size=97, pad_token_id=0,
+                            attn_config=dict(kv_n_heads=2, clip_qkv=2.0, rope_theta=10000.0),
+                            ffn_config=dict(ffn_hidden_size=32, moe_num_experts=4, moe_top_k=2)),
+                       kv_heads=2, causal_lm=True),
     # GraniteMoE with a shared_mlp of width shared_intermediate_size (48), kept whole
     "granitemoeshared": TinyFamily(("GraniteMoeSharedConfig", "GraniteMoeSharedModel",
                                     "GraniteMoeSharedForCausalLM"),

@@ -15,7 +15,7 @@ from dataclasses import replace as replace_dataclass
 from typing import Dict
 
 from .families_fused_moe import DEEPSEEK_V3
-from .spec_types import ExpertsLayout, MLPSpec, ModelSpec, PerHeadSpec
+from .spec_types import ExpertsLayout, HeadSpec, MLPSpec, ModelSpec, PerHeadSpec
 
 
 _MIMO_HEADS = ("its sliding-window layers have twice the config's KV heads (and a sink logit per query head) and its "
@@ -88,6 +88,23 @@ def moe_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: str) 
         "laguna": ModelSpec(name="laguna", model_types=("laguna",), **dict(
             mixtral_style, mlp=replace_dataclass(mixtral_style["mlp"], size_key="moe_intermediate_size")),
             dense_mlp=llama_style["mlp"], unsupported=(("heads", "", _LAGUNA_HEADS),)),
+        # DBRX: blocks under transformer.blocks; experts (ffn.experts) whose w1 (gate), v1 (up) and w2 (down, each
+        # expert's stored (in, out)) are 2-D, (E * ffn_hidden_size, d_model) each, under experts.mlp: the
+        # ExpertsLayout's flat/up/down_transposed; the experts take the block's (batch, seq, d_model) tokens. The
+        # width is ffn_config.ffn_hidden_size, in a sub-config no size key names: the per-layer form. Attention: a
+        # fused Wqkv [q | k | v] (GQA, kv_n_heads mirrored as num_key_value_heads; its clip_qkv clamp maps 0 to 0),
+        # head_dim d_model // n_heads (pruned heads: the per-layer form)
+        "dbrx": ModelSpec(
+            name="dbrx", model_types=("dbrx",), layers=("blocks",), hidden_key="d_model",
+            mlp=MLPSpec(producers=("mlp.w1",), consumer="mlp.w2", size_key="", segments=(2,), experts="ffn.experts",
+                        size_attrs=(("ffn.experts", "ffn_hidden_size"), ("ffn.experts.mlp", "ffn_hidden_size")),
+                        experts_layout=ExpertsLayout(flat=True, up="mlp.v1", down_transposed=True,
+                                                     act_fn="mlp.activation_fn")),
+            heads=HeadSpec(query="", key="", value="", output="norm_attn_norm.attn.out_proj", heads_key="n_heads",
+                           kv_heads_key="num_key_value_heads", attention="norm_attn_norm.attn",
+                           qkv="norm_attn_norm.attn.Wqkv",
+                           attrs=(("num_heads", "heads"), ("num_key_value_heads", "kv_heads"),
+                                  ("num_key_value_groups", "groups"), ("hidden_size", "width")))),
         # Llama 4 (text): experts under feed_forward, stored (E, in, out) with [gate | up]; the experts module is
         # called with every expert's routed (router-scaled) tokens in turn (MaskedDoRAExperts takes that call too);
         # the shared_expert (kept whole) is intermediate_size wide as the experts (size_key ""); the blocks not in
