@@ -138,7 +138,9 @@ def test_plain_checkpoints_reload_with_plain_transformers(chains):
                                                 "flex_olmo", "gemma4_text", "gemma4_text-moe", "diffllama", "doge",
                                                 "qwen3_5_text", "olmo_hybrid", "falcon_h1", "bamba", "lfm2",
                                                 "granitemoehybrid", "jamba-dense", "lfm3", "recurrent_gemma",
-                                                "qwen3_next", "qwen3_5_moe_text", "layoutlmv3", "lilt", "convbert",
+                                                "qwen3_next", "qwen3_5_moe_text", "deepseek_v32", "glm_moe_dsa",
+                                                "glm4_moe_lite", "minicpm3", "kimi_linear", "lfm2_moe",
+                                                "mimo_v2_flash", "laguna", "minimax", "layoutlmv3", "lilt", "convbert",
                                                 "deberta", "esmc")
                             if f in TABLE_FAMILIES])
 def test_heads_that_cannot_be_pruned_exactly_are_refused_before_anything_changes(family, flag):

@@ -174,6 +174,26 @@ def test_experts_module_checks_its_inputs():
         experts(torch.randn(3, 6), torch.zeros(3, 2, dtype=torch.long), torch.ones(3, 1))
 
 
+def test_experts_layout_refuses_dbrx_flags_with_other_layouts():
+    from masked_dora.models.spec_types import ExpertsLayout
+
+    for other in (dict(bias=True), dict(interleaved=True), dict(transposed=True)):
+        with pytest.raises(ValueError, match="flat, up and down_transposed describe DBRX's layout"):
+            ExpertsLayout(flat=True, up="mlp.v1", **other)
+
+
+def test_experts_take_unflattened_tokens_with_flat_routing():
+    """DBRX's experts get the block's (batch, seq, H) tokens with (batch * seq, k) routing and return them so."""
+    torch.manual_seed(0)
+    experts = MaskedDoRAExperts.from_packed(torch.randn(3, 8, 6), torch.randn(3, 6, 4), torch.nn.functional.silu,
+                                            rank=2).eval()
+    x, index, weights = torch.randn(2, 5, 6), torch.randint(0, 3, (10, 2)), torch.rand(10, 2)
+    with torch.no_grad():
+        out = experts(x, index, weights)
+        assert out.shape == x.shape
+        torch.testing.assert_close(out, experts(x.view(10, 6), index, weights).view(2, 5, 6), rtol=0, atol=0)
+
+
 def test_experts_forward_matches_the_float64_reference():
     """Each token's output is the weighted sum over its top-k experts of D_e(act(G_e x) * U_e x), with every
     projection masked DoRA (float64 reference by hand, pruned channels included)."""

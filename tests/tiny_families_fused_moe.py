@@ -64,6 +64,11 @@ TINY = {
                                    first_k_dense_replace=1, q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4,
                                    qk_nope_head_dim=4, v_head_dim=8),
                               causal_lm=True, heads=False),
+    # Llama's MLP (width 64) under MLA (heads refused), residual branches scaled by scale_depth
+    "minicpm3": TinyFamily(("MiniCPM3Config", "MiniCPM3Model", "MiniCPM3ForCausalLM"),
+                           dict(_GQA_MOE, num_key_value_heads=4, q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4,
+                                qk_nope_head_dim=4, v_head_dim=8, scale_emb=2, dim_model_base=16),
+                           causal_lm=True, heads=False),
     # ALiBi: heads refused; MLP width 4 * hidden (128), no config key: per-layer form
     "bloom": TinyFamily(("BloomConfig", "BloomModel", "BloomForCausalLM"),
                         dict(vocab_size=97, hidden_size=32, n_layer=2, n_head=4, hidden_dropout=0.0,

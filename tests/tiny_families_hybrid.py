@@ -72,3 +72,18 @@ TINY.update({
     # Qwen3_5MoeForCausalLM: the MoE in both blocks
     "qwen3_5_moe_text": _lm("Qwen3_5MoeText", lm="Qwen3_5MoeForCausalLM", **_QWEN_MOE_HYBRID),
 })
+TINY.update({
+    # block 0 Kimi delta attention with the dense MLP (width 64), block 1 MLA with DeepSeek-V3's MoE block (4 experts
+    # of width 32, top-2, a shared expert kept whole)
+    "kimi_linear": _lm("KimiLinear", num_key_value_heads=4, layer_types=["linear_attention", "full_attention"],
+                       mlp_layer_types=["dense", "sparse"], moe_intermediate_size=32, num_local_experts=4,
+                       num_experts_per_tok=2, n_shared_experts=1, kv_lora_rank=16, qk_rope_head_dim=4,
+                       qk_nope_head_dim=4, v_head_dim=8, linear_head_dim=8, linear_num_heads=4,
+                       linear_conv_kernel_dim=4),
+    # block 0 short convolution with LFM2's dense feed_forward (width 64), block 1 attention with 4 experts (width 32)
+    "lfm2_moe": _lm("Lfm2Moe", layer_types=["conv", "full_attention"], num_dense_layers=1, moe_intermediate_size=32,
+                    num_experts=4, num_experts_per_tok=2),
+    # layer 0 lightning attention, layer 1 softmax attention, each with 4 experts of width 64
+    "minimax": _lm("MiniMax", head_dim=8, layer_types=["linear_attention", "full_attention"], num_local_experts=4,
+                   num_experts_per_tok=2, block_size=4, full_attn_alpha_factor=0.5, mlp_alpha_factor=2.0),
+})

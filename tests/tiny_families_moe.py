@@ -8,6 +8,10 @@ _GQA_MOE = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num
                 eos_token_id=2)
 # one dense block (width 64), then an MoE block: experts of width 32 and one shared expert of width 32 (kept whole)
 _DENSE_THEN_MOE = dict(_GQA_MOE, moe_intermediate_size=32, num_experts_per_tok=2, head_dim=8)
+# DeepSeek-V3's blocks under MLA: block 0 dense (width 64), block 1 4 experts (width 32, top-2) and a shared expert
+_MLA_MOE = dict(_GQA_MOE, num_key_value_heads=4, moe_intermediate_size=32, n_routed_experts=4, num_experts_per_tok=2,
+                n_shared_experts=1, n_group=1, topk_group=1, mlp_layer_types=["dense", "sparse"], q_lora_rank=16,
+                kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8, head_dim=4)
 
 TINY = {
     # experts of width intermediate_size (64); q/k norms over all heads' width: heads refused
@@ -81,6 +85,45 @@ TINY = {
                                    q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4,
                                    v_head_dim=8),
                               causal_lm=True, heads=False),
+    # DeepSeek-V3's blocks (block 0 dense by mlp_layer_types) and MLA with the sparse-attention indexer (heads
+    # refused); GLM-5's (glm_moe_dsa) the same; GLM-4.7-Flash's without the indexer
+    "deepseek_v32": TinyFamily(("DeepseekV32Config", "DeepseekV32Model", "DeepseekV32ForCausalLM"),
+                               dict(_MLA_MOE, index_topk=4, index_head_dim=8, index_n_heads=2),
+                               causal_lm=True, heads=False),
+    "glm_moe_dsa": TinyFamily(("GlmMoeDsaConfig", "GlmMoeDsaModel", "GlmMoeDsaForCausalLM"),
+                              dict(_MLA_MOE, index_topk=4, index_head_dim=8, index_n_heads=2),
+                              causal_lm=True, heads=False),
+    "glm4_moe_lite": TinyFamily(("Glm4MoeLiteConfig", "Glm4MoeLiteModel", "Glm4MoeLiteForCausalLM"), dict(_MLA_MOE),
+                                causal_lm=True, heads=False),
+    # block 0 dense (Llama's MLP, width 64) by mlp_layer_types, block 1 4 experts of width 32; a sliding-window
+    # layer (twice the KV heads, sinks) and a full one; value heads 4 wide (heads refused)
+    "mimo_v2_flash": TinyFamily(("MiMoV2FlashConfig", "MiMoV2FlashModel", "MiMoV2FlashForCausalLM"),
+                                dict(_GQA_MOE, num_key_value_heads=1, moe_intermediate_size=32, n_routed_experts=4,
+                                     num_experts_per_tok=2, head_dim=8, v_head_dim=4, sliding_window=4,
+                                     layer_types=["sliding_attention", "full_attention"],
+                                     mlp_layer_types=["dense", "sparse"]),
+                                kv_heads=1, causal_lm=True, heads=False),
+    # block 0 dense (width 64), block 1 4 experts of width 32 and a shared expert (32, kept whole); per-query-channel
+    # output gate (its rows cut with the heads), q/k norms, a sliding-window and a full-attention layer
+    "afmoe": TinyFamily(("AfmoeConfig", "AfmoeModel", "AfmoeForCausalLM"),
+                        dict(_GQA_MOE, moe_intermediate_size=32, num_dense_layers=1, head_dim=8, num_experts=4,
+                             num_experts_per_tok=2, num_shared_experts=1, sliding_window=4,
+                             layer_types=["sliding_attention", "full_attention"]),
+                        kv_heads=2, causal_lm=True),
+    # block 0 dense (width 64), block 1 4 experts of width 32 and a shared expert (48, kept whole); per-layer head
+    # counts and the g_proj output gate: heads refused
+    "laguna": TinyFamily(("LagunaConfig", "LagunaModel", "LagunaForCausalLM"),
+                         dict(_GQA_MOE, moe_intermediate_size=32, shared_expert_intermediate_size=48, head_dim=8,
+                              num_experts=4, num_experts_per_tok=2, sliding_window=4,
+                              layer_types=["sliding_attention", "full_attention"], num_attention_heads_per_layer=[4, 2],
+                              mlp_layer_types=["dense", "sparse"]),
+                         kv_heads=2, causal_lm=True, heads=False),
+    # 4 experts of width 32 (top-2) stored 2-D (w1, v1, w2: (4 * 32, 32)); fused Wqkv with 2 KV heads, clip_qkv
+    "dbrx": TinyFamily(("DbrxConfig", "DbrxModel", "DbrxForCausalLM"),
+                       dict(d_model=32, n_heads=4, n_layers=2, max_seq_len=64, vocab_size=97, pad_token_id=0,
+                            attn_config=dict(kv_n_heads=2, clip_qkv=2.0, rope_theta=10000.0),
+                            ffn_config=dict(ffn_hidden_size=32, moe_num_experts=4, moe_top_k=2)),
+                       kv_heads=2, causal_lm=True),
     # GraniteMoE with a shared_mlp of width shared_intermediate_size (48), kept whole
     "granitemoeshared": TinyFamily(("GraniteMoeSharedConfig", "GraniteMoeSharedModel",
                                     "GraniteMoeSharedForCausalLM"),

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from dataclasses import replace as replace_dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import torch
 from torch import Tensor, nn
 
 from .specs import BLOCK_KINDS, ModelSpec, PerHeadSpec
@@ -221,19 +222,32 @@ def num_experts(block: nn.Module, spec: ModelSpec) -> int:
     return count
 
 
+def dotted_attr(module: nn.Module, name: str):
+    """The attribute ``name`` of ``module`` (a parameter, an activation), a dotted path below it (DBRX's
+    ``mlp.w1``); ``None`` if missing."""
+    owner, _, attr = name.rpartition(".")
+    try:
+        owner_module = module.get_submodule(owner) if owner else module
+    except AttributeError:
+        return None
+    return getattr(owner_module, attr, None)
+
+
 def packed_experts(block: nn.Module, spec: ModelSpec) -> Tuple[nn.Module, Tuple[Tensor, ...], Tensor]:
     """``(experts module, (packed producer weights...), packed consumer weight)`` of an unprepared MoE block, as
-    stored (``MLPSpec.experts_layout``: (experts, out, in), or (experts, in, out) where ``transposed``); checked
-    against the layout (3-D weights, the biases it names, the module's own layout flags where it has them)."""
+    stored (``MLPSpec.experts_layout``: (experts, out, in), or (experts, in, out) where ``transposed``; 2-D
+    (experts * rows, cols) where ``flat``; the ``up`` parameter after the producers); checked against the layout
+    (the weights' dims, the biases it names, the module's own layout flags where it has them)."""
     module = _resolve(block, spec.mlp.experts, "mlp experts module")
     layout = spec.mlp.experts_layout
-    names = tuple(spec.mlp.producers) + (spec.mlp.consumer,)
-    weights = [getattr(module, name, None) for name in names]
+    names = tuple(spec.mlp.producers) + ((layout.up,) if layout.up else ()) + (spec.mlp.consumer,)
+    weights = [dotted_attr(module, name) for name in names]
     order = "(experts, in, out)" if layout.transposed else "(experts, out, in)"
+    order = "(experts * rows, cols)" if layout.flat else order
     for name, w in zip(names, weights):
-        if not isinstance(w, Tensor) or w.dim() != 3:
-            raise ValueError(f"spec {spec.name!r}: expected a packed 3-D parameter {name!r} {order} on "
-                             f"{type(module).__name__}, got {type(w).__name__}")
+        if not isinstance(w, Tensor) or w.dim() != (2 if layout.flat else 3):
+            raise ValueError(f"spec {spec.name!r}: expected a packed {2 if layout.flat else 3}-D parameter {name!r} "
+                             f"{order} on {type(module).__name__}, got {type(w).__name__}")
     # transformers' newer experts modules say their layout (is_transposed, has_bias, is_concatenated)
     declared = {"is_transposed": layout.transposed, "has_bias": layout.bias, "is_concatenated": not layout.interleaved}
     differs = {k: getattr(module, k) for k, want in declared.items() if hasattr(module, k) and
@@ -243,13 +257,34 @@ def packed_experts(block: nn.Module, spec: ModelSpec) -> Tuple[nn.Module, Tuple[
                          f"{'with' if layout.bias else 'without'} bias, gate/up "
                          f"{'interleaved' if layout.interleaved else 'concatenated [gate | up]'} (the spec's "
                          f"experts_layout); {type(module).__name__} has {differs}")
-    (gate_up, down) = (w.transpose(1, 2) if layout.transposed else w for w in (weights[0], weights[-1]))
-    if gate_up.shape[1] != spec.mlp.segments_of(0) * down.shape[2] or gate_up.shape[2] != down.shape[1]:
+    *producers, down = (per_expert(module, spec, w, consumer=i == len(weights) - 1) for i, w in enumerate(weights))
+    gate_up_rows = sum(w.shape[1] for w in producers)
+    if (gate_up_rows != spec.mlp.segments_of(0) * down.shape[2] or any(w.shape[2] != down.shape[1] for w in producers)
+            or len({w.shape for w in producers}) != 1):
         raise ValueError(f"spec {spec.name!r}: {names[0]!r} {tuple(weights[0].shape)} and {names[-1]!r} "
                          f"{tuple(weights[-1].shape)} on {type(module).__name__} do not pair as {order} packed "
                          f"[gate | up] and down projections (is the spec's experts_layout the module's?)")
     expert_biases(module, spec)  # checked
     return module, tuple(weights[:-1]), weights[-1]
+
+
+def expert_matrices(module: nn.Module, spec: ModelSpec, weights: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
+    """``(gate_up (experts, 2I, H), down (experts, H, I))``, each expert's (out, in) matrices, of the stored
+    ``weights`` (:func:`packed_experts`' order: producer, ``up`` where the layout has one, consumer): views, but
+    for a separate ``up``, whose gate and up rows are stacked into a copy."""
+    *producers, down = weights
+    producers = [per_expert(module, spec, w, consumer=False) for w in producers]
+    gate_up = torch.cat(producers, dim=1) if spec.mlp.experts_layout.up else producers[0]
+    return gate_up, per_expert(module, spec, down, consumer=True)
+
+
+def per_expert(module: nn.Module, spec: ModelSpec, weight: Tensor, consumer: bool) -> Tensor:
+    """A stored packed parameter as each expert's (out, in) matrices, (experts, out, in): a view."""
+    layout = spec.mlp.experts_layout
+    if layout.flat:  # (experts * rows, cols): each expert's block of rows
+        count = int(module.num_experts)
+        weight = weight.view(count, weight.shape[0] // count, weight.shape[1])
+    return weight.transpose(1, 2) if layout.transposed or (consumer and layout.down_transposed) else weight
 
 
 def expert_biases(module: nn.Module, spec: ModelSpec) -> Tuple[Optional[Tensor], ...]:
@@ -343,9 +378,9 @@ def mlp_width(block: nn.Module, spec: ModelSpec) -> int:
     """The MLP's inner width in ``block`` (one expert's, for an MoE block, prepared or not)."""
     if spec.mlp.experts:
         module = _resolve(block, spec.mlp.experts, "mlp experts module")
-        consumer = getattr(module, spec.mlp.consumer, None)
-        if isinstance(consumer, Tensor):  # packed (experts, out, in), or (experts, in, out) where transposed
-            return int(consumer.shape[1 if spec.mlp.experts_layout.transposed else 2])
+        consumer = dotted_attr(module, spec.mlp.consumer)
+        if isinstance(consumer, Tensor):  # packed, as the layout stores it
+            return int(per_expert(module, spec, consumer, consumer=True).shape[2])
         return int(module.intermediate_dim)  # wrapped (MaskedDoRAExperts)
     return features(block_modules(block, spec, ("mlp",))["mlp"]["consumer"])[0]
 

@@ -34,7 +34,7 @@ from ..nn.base_weight import dequantize_weight, quantized_weight_reason
 from ..nn.quantized_base import is_quantized_linear
 from .blocks import (LAYER_SIZES_KEY, block_modules, built_head_layout, depthwise_modules, features, has_experts,
                      head_layout, holds_group, holds_spec_mlp, is_consumer_role, is_conv1d, mlp_width, model_blocks,
-                     num_experts, packed_experts, per_head_modules, producer_index, role_paths)
+                     num_experts, packed_experts, per_expert, per_head_modules, producer_index, role_paths)
 from .hidden import cut_hidden, hidden_config, hidden_keep, writers
 from .hidden_per_block import compact_block_hidden, is_per_block, resize_block_hidden
 from .prepare import STATE_ATTR, get_state
@@ -126,13 +126,17 @@ def _compact_mlp(block: nn.Module, spec: ModelSpec, group, prefix: str, repl: di
             w, b = w[k], None if b is None else b[k]
         if experts:  # expert e's layer of the producer (the consumer): the packed parameter's slice e
             name = spec.mlp.consumer if is_consumer_role(role) else spec.mlp.producers[producer_index(role)]
-            key = f"{prefix}{spec.mlp.experts}.{name}"
-            stacks.setdefault(key, []).append(w.t() if layout.transposed else w)
+            # (gate and up rows in parameters of their own: the producer's, then the layout's up)
+            parts = ((name, w),) if is_consumer_role(role) or not layout.up else zip((name, layout.up), w.chunk(2))
+            for part_name, part in parts:
+                flip = layout.transposed or (is_consumer_role(role) and layout.down_transposed)
+                stacks.setdefault(f"{prefix}{spec.mlp.experts}.{part_name}", []).append(part.t() if flip else part)
             if layout.bias:  # (the consumer's bias is whole: z = 1 on its rows)
-                stacks.setdefault(key + "_bias", []).append(b)
+                stacks.setdefault(f"{prefix}{spec.mlp.experts}.{name}_bias", []).append(b)
         else:
             repl[prefix + paths[role]] = (w, b)
-    packed.update({name: torch.stack(ws).contiguous() for name, ws in stacks.items()})
+    join = torch.cat if layout.flat else torch.stack  # (flat: (experts * rows, cols))
+    packed.update({name: join(ws).contiguous() for name, ws in stacks.items()})
     if spec.mlp.depthwise:  # the kept channels' filters (the consumer's kept columns are the kept channels)
         channels = _idx(group.per_channel("consumer", keep))
         for path, conv in zip(spec.mlp.depthwise, depthwise_modules(block, spec)):
@@ -269,20 +273,25 @@ def _resize_packed_experts(block: nn.Module, spec: ModelSpec, inter: int) -> Non
     values), in the stored layout (``MLPSpec.experts_layout``)."""
     module, producers, consumer = packed_experts(block, spec)
     layout = spec.mlp.experts_layout
-    experts, hidden = consumer.shape[0], consumer.shape[2 if layout.transposed else 1]
+    experts, hidden = per_expert(module, spec, consumer, consumer=True).shape[:2]
 
-    def stored(out, fan_in):
-        return (experts, fan_in, out) if layout.transposed else (experts, out, fan_in)
+    def stored(out, fan_in, flip):
+        shape = (experts, fan_in, out) if flip else (experts, out, fan_in)
+        return (experts * shape[1], shape[2]) if layout.flat else shape
 
-    shapes = {name: stored(inter * spec.mlp.segments_of(i), hidden) for i, name in enumerate(spec.mlp.producers)}
+    rows = inter * spec.mlp.segments_of(0) // (2 if layout.up else 1)  # (gate and up apart: each inter rows)
+    shapes = {name: stored(rows, hidden, layout.transposed) for name in spec.mlp.producers + (
+        (layout.up,) if layout.up else ())}
     if layout.bias:
         shapes.update({f"{name}_bias": (experts, inter * spec.mlp.segments_of(i))
                        for i, name in enumerate(spec.mlp.producers)})
-    shapes[spec.mlp.consumer] = stored(hidden, inter)
+    shapes[spec.mlp.consumer] = stored(hidden, inter, layout.transposed or layout.down_transposed)
     for name, shape in shapes.items():
-        old = getattr(module, name)
+        owner, _, attr = name.rpartition(".")
+        owner = module.get_submodule(owner) if owner else module
+        old = getattr(owner, attr)
         if tuple(old.shape) != shape:
-            setattr(module, name, nn.Parameter(old.new_empty(shape), requires_grad=old.requires_grad))
+            setattr(owner, attr, nn.Parameter(old.new_empty(shape), requires_grad=old.requires_grad))
 
 
 @torch.no_grad()

@@ -100,6 +100,14 @@ FUSED_MOE_SPECS: Dict[str, ModelSpec] = {
     "persimmon": ModelSpec(name="persimmon", model_types=("persimmon",), **PERSIMMON),
     "bloom": ModelSpec(name="bloom", model_types=("bloom",), **BLOOM),
     "mpt": ModelSpec(name="mpt", model_types=("mpt",), **MPT),
-    # deepseek_v2: the same blocks and MLA attention
-    "deepseek_v3": ModelSpec(name="deepseek_v3", model_types=("deepseek_v3", "deepseek_v2"), **DEEPSEEK_V3),
+    # deepseek_v2: the same blocks and MLA attention. DeepSeek-V3.2 and GLM-5 (glm_moe_dsa): the same blocks (dense
+    # ones by mlp_layer_types), their MLA with a sparse-attention indexer beside it (which reads the block's input and
+    # the query latent, not the MLP); GLM-4.7-Flash (glm4_moe_lite): the same blocks and MLA
+    "deepseek_v3": ModelSpec(name="deepseek_v3", model_types=("deepseek_v3", "deepseek_v2", "deepseek_v32",
+                                                              "glm_moe_dsa", "glm4_moe_lite"), **DEEPSEEK_V3),
+    # MiniCPM3: Llama's MLP (width intermediate_size, mlp_bias) under DeepSeek-V2's MLA; its residual branches scaled
+    # by a constant (scale_depth) change nothing per channel
+    "minicpm3": ModelSpec(name="minicpm3", model_types=("minicpm3",), layers=("layers",), hidden_key="hidden_size",
+                          mlp=DEEPSEEK_V3["dense_mlp"], heads=DEEPSEEK_V3["heads"],
+                          unsupported=(("heads", "", _MLA_HEADS),)),
 }

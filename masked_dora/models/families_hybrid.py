@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import replace as replace_dataclass
 from typing import Dict
 
+from .families_fused_moe import DEEPSEEK_V3
 from .spec_types import MLPSpec, ModelSpec
 
 # model types masked_dora knows it cannot prune exactly, and why: spec_for names the reason instead of "no spec"
@@ -112,4 +113,19 @@ def hybrid_specs(llama_style: dict) -> Dict[str, ModelSpec]:
         # experts a pruned MLP saves in the per-layer form (num_experts=1: no MoE blocks, plain)
         "jamba-dense": spec("jamba-dense", ("jamba",), mlp=feed_forward, when=(("num_experts", 1),)),
         "jamba": spec("jamba", ("jamba",), mlp=replace_dataclass(feed_forward, size_key="", in_some_blocks=True)),
+        # Kimi-Linear: Kimi delta attention or MLA blocks (layer_types), each with DeepSeek-V3's MoE block (packed
+        # experts; shared_experts kept whole, sized by moe_intermediate_size too: the per-layer form) or, by
+        # mlp_layer_types, its dense MLP of width intermediate_size (a group of its own)
+        "kimi_linear": spec("kimi_linear", ("kimi_linear",), mlp=DEEPSEEK_V3["mlp"],
+                            dense_mlp=DEEPSEEK_V3["dense_mlp"]),
+        # MiniMax(-Text-01): lightning (linear) attention or softmax attention blocks (layer_types), each with
+        # Mixtral's experts (width intermediate_size; router untouched); scalar residual factors
+        "minimax": spec("minimax", ("minimax",), mlp=replace_dataclass(qwen_moe_experts, size_key="intermediate_size")),
+        # LFM2-MoE: LFM2's convolution / attention blocks; the first num_dense_layers hold LFM2's feed_forward
+        # (w1/w3/w2, width intermediate_size, a group of its own), the others a sparse block whose experts
+        # (feed_forward.experts, packed as Mixtral's, width moe_intermediate_size) prune; no shared experts
+        "lfm2_moe": spec("lfm2_moe", ("lfm2_moe",), mlp=MLPSpec(
+            producers=("gate_up_proj",), consumer="down_proj", size_key="moe_intermediate_size", segments=(2,),
+            experts="feed_forward.experts", size_attrs=(("feed_forward.experts", "intermediate_dim"),)),
+            dense_mlp=replace_dataclass(lfm2_mlp, size_attrs=(("feed_forward", "intermediate_size"),))),
     }

@@ -15,7 +15,16 @@ from dataclasses import replace as replace_dataclass
 from typing import Dict
 
 from .families_fused_moe import DEEPSEEK_V3
-from .spec_types import ExpertsLayout, MLPSpec, ModelSpec, PerHeadSpec
+from .spec_types import ExpertsLayout, HeadSpec, MLPSpec, ModelSpec, PerHeadSpec
+
+
+_MIMO_HEADS = ("its sliding-window layers have twice the config's KV heads (and a sink logit per query head) and its "
+               "value heads are v_head_dim wide, not head_dim: the config's head counts and one head size do not "
+               "describe its attention")
+
+
+_LAGUNA_HEADS = ("its blocks have their own query head counts (num_attention_heads_per_layer) and an output gate "
+                 "(g_proj) whose width follows its gating mode, which the config's one head count does not describe")
 
 
 def moe_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: str) -> Dict[str, ModelSpec]:
@@ -58,6 +67,44 @@ def moe_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: str) 
                         segments=(2,), experts="mlp.experts", size_attrs=(("mlp.experts", "intermediate_size"),),
                         experts_layout=ExpertsLayout(transposed=True, interleaved=True, bias=True,
                                                      glu="clamped_swiglu")))),
+        # MiMo-V2-Flash: Mixtral's experts (width moe_intermediate_size, no shared experts) and, by mlp_layer_types,
+        # dense blocks of Llama's MLP (intermediate_size, groups of their own); heads refused (_MIMO_HEADS)
+        "mimo_v2_flash": ModelSpec(name="mimo_v2_flash", model_types=("mimo_v2_flash",), **dict(
+            mixtral_style, mlp=replace_dataclass(mixtral_style["mlp"], size_key="moe_intermediate_size")),
+            dense_mlp=llama_style["mlp"], unsupported=(("heads", "", _MIMO_HEADS),)),
+        # AFMoE: Mixtral's experts of width moe_intermediate_size, which also sizes the shared experts (times
+        # num_shared_experts: size_key ""); the first num_dense_layers blocks hold Llama's MLP (intermediate_size,
+        # groups of their own). Its attention multiplies the output by sigmoid(gate_proj(x)), one row per query
+        # channel: gate_proj's rows follow their query heads (cut with them; a pruned head's output is 0 before the
+        # gate); q/k norms over head_dim with one weight for all heads, sliding-window layers
+        "afmoe": ModelSpec(name="afmoe", model_types=("afmoe",), **dict(
+            llama_style, mlp=replace_dataclass(mixtral_style["mlp"], size_key=""),
+            heads=replace_dataclass(llama_style["heads"], per_head=(
+                PerHeadSpec("self_attn.gate_proj", "heads", head_rows=True),))),
+            dense_mlp=llama_style["mlp"]),
+        # Laguna: Mixtral's experts (width moe_intermediate_size; shared_experts kept whole, sized by
+        # shared_expert_intermediate_size) and, by mlp_layer_types, dense blocks of Llama's MLP (intermediate_size,
+        # groups of their own); heads refused (_LAGUNA_HEADS)
+        "laguna": ModelSpec(name="laguna", model_types=("laguna",), **dict(
+            mixtral_style, mlp=replace_dataclass(mixtral_style["mlp"], size_key="moe_intermediate_size")),
+            dense_mlp=llama_style["mlp"], unsupported=(("heads", "", _LAGUNA_HEADS),)),
+        # DBRX: blocks under transformer.blocks; experts (ffn.experts) whose w1 (gate), v1 (up) and w2 (down, each
+        # expert's stored (in, out)) are 2-D, (E * ffn_hidden_size, d_model) each, under experts.mlp: the
+        # ExpertsLayout's flat/up/down_transposed; the experts take the block's (batch, seq, d_model) tokens. The
+        # width is ffn_config.ffn_hidden_size, in a sub-config no size key names: the per-layer form. Attention: a
+        # fused Wqkv [q | k | v] (GQA, kv_n_heads mirrored as num_key_value_heads; its clip_qkv clamp maps 0 to 0),
+        # head_dim d_model // n_heads (pruned heads: the per-layer form)
+        "dbrx": ModelSpec(
+            name="dbrx", model_types=("dbrx",), layers=("blocks",), hidden_key="d_model",
+            mlp=MLPSpec(producers=("mlp.w1",), consumer="mlp.w2", size_key="", segments=(2,), experts="ffn.experts",
+                        size_attrs=(("ffn.experts", "ffn_hidden_size"), ("ffn.experts.mlp", "ffn_hidden_size")),
+                        experts_layout=ExpertsLayout(flat=True, up="mlp.v1", down_transposed=True,
+                                                     act_fn="mlp.activation_fn")),
+            heads=HeadSpec(query="", key="", value="", output="norm_attn_norm.attn.out_proj", heads_key="n_heads",
+                           kv_heads_key="num_key_value_heads", attention="norm_attn_norm.attn",
+                           qkv="norm_attn_norm.attn.Wqkv",
+                           attrs=(("num_heads", "heads"), ("num_key_value_heads", "kv_heads"),
+                                  ("num_key_value_groups", "groups"), ("hidden_size", "width")))),
         # Llama 4 (text): experts under feed_forward, stored (E, in, out) with [gate | up]; the experts module is
         # called with every expert's routed (router-scaled) tokens in turn (MaskedDoRAExperts takes that call too);
         # the shared_expert (kept whole) is intermediate_size wide as the experts (size_key ""); the blocks not in

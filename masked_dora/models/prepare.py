@@ -19,9 +19,9 @@ from ..nn import ClampedSwiGLU, MaskedDoRAExperts, MaskedDoRALinear
 from ..nn.base_weight import dequantize_weight, quantized_weight_reason
 from ..nn.quantized_base import QuantizedBaseDoRALinear, is_quantized_linear
 from .blocks import (Block, HeadLayout, block_modules, block_refusal, built_head_layout, check_depthwise_modules,
-                     check_per_head_modules, expert_biases, expert_index, features, has_experts, holds_group,
-                     holds_spec_mlp, is_consumer_role, is_conv1d, mlp_width, model_blocks, num_experts, packed_experts,
-                     producer_index, role_paths, stack_specs)
+                     check_per_head_modules, expert_biases, expert_index, expert_matrices, features, has_experts,
+                     holds_group, holds_spec_mlp, is_consumer_role, is_conv1d, mlp_width, model_blocks, num_experts,
+                     packed_experts, producer_index, role_paths, stack_specs, dotted_attr)
 from .config import MaskedDoRAConfig
 from .group_mask import ALWAYS_KEPT, ForwardMasks, GroupMask, InputGate, MaskView
 from .specs import BLOCK_KINDS, QKV_LAYOUTS, HeadSpec, ModelSpec, spec_for
@@ -135,15 +135,15 @@ def _keep_all(layer: MaskedDoRALinear) -> None:
 
 def _wrap_experts(block, spec, config) -> None:
     """Replace an MoE block's experts module by a :class:`MaskedDoRAExperts` sharing its packed weights (copying
-    them where they are stored transposed), in the layout ``spec.mlp.experts_layout`` says."""
+    them where they are stored transposed, or gate and up apart), in the layout ``spec.mlp.experts_layout`` says."""
     module, producers, consumer = packed_experts(block, spec)
     layout = spec.mlp.experts_layout
-    gate_up, down = (w.transpose(1, 2) if layout.transposed else w for w in (producers[0], consumer))
+    gate_up, down = expert_matrices(module, spec, producers + (consumer,))
     gate_up_bias, down_bias = expert_biases(module, spec)
-    act = dict(act_fn=module.act_fn) if layout.glu == "act" else dict(
+    act = dict(act_fn=dotted_attr(module, layout.act_fn)) if layout.glu == "act" else dict(
         act_fn=None, glu=ClampedSwiGLU(module.alpha, module.limit))
     experts = MaskedDoRAExperts.from_packed(gate_up, down, gate_up_bias=gate_up_bias, down_bias=down_bias,
-                                            interleaved=layout.interleaved, **act, **_layer_kwargs(config, consumer))
+                                            interleaved=layout.interleaved, **act, **_layer_kwargs(config, down))
     _replace(block, spec.mlp.experts, experts)
 
 

@@ -62,6 +62,11 @@ class ExpertsLayout:
     outputs interleaved (gate of channel c at 2c, up at 2c + 1), a bias ``<name>_bias`` (experts, out) beside each,
     and combines them with a clamped SwiGLU. A pruned channel's gate and up outputs are both gated to exactly 0
     (bias included), and every ``glu`` here maps (0, 0) to 0, so the channel adds nothing at ``down_proj``.
+
+    DBRX stores each projection as a 2-D parameter of the experts' matrices stacked (``flat``: (E * I, H)), the gate
+    rows (``w1``) and the up rows (``up``: ``v1``) in parameters of their own, and the down projection as the
+    transpose of each expert's (``down_transposed``: ``w2`` (E * I, H), each expert's (in, out)). Parameter names
+    may be dotted paths below the experts module (``mlp.w1``).
     """
 
     transposed: bool = False  # packed (experts, in, out) (gpt_oss, llama4), not (experts, out, in)
@@ -70,10 +75,18 @@ class ExpertsLayout:
     # "act": the module's act_fn(gate) * up; "clamped_swiglu": gpt-oss's (clamp(up, +-limit) + 1) * g * sigmoid(
     # alpha * g) with g = clamp(gate, max=limit), alpha and limit read from the module's attributes of those names
     glu: str = "act"
+    flat: bool = False  # each parameter 2-D, the experts' matrices stacked along dim 0 (DBRX: (E * I, H))
+    up: str = ""  # the up rows' own parameter (DBRX's "mlp.v1"), the producer holding the gate rows only
+    down_transposed: bool = False  # the consumer alone stored (in, out) per expert (DBRX's w2)
+    act_fn: str = "act_fn"  # the experts module's activation (with glu="act"), a dotted path below it
 
     def __post_init__(self):
         if self.glu not in EXPERT_GLUS:
             raise ValueError(f"ExpertsLayout.glu: expected one of {EXPERT_GLUS}, got {self.glu!r}")
+        if (self.flat or self.up or self.down_transposed) and (self.bias or self.interleaved or self.transposed):
+            raise ValueError("ExpertsLayout: flat, up and down_transposed describe DBRX's layout (no bias, gate and up "
+                             "in parameters of their own, gate/up stored (out, in)); they do not combine with bias, "
+                             "interleaved or transposed")
 
 
 @dataclass(frozen=True)

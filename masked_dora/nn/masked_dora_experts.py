@@ -136,6 +136,10 @@ class MaskedDoRAExperts(nn.Module):
 
     def forward(self, hidden_states: Tensor, top_k_index: Optional[Tensor] = None,
                 top_k_weights: Optional[Tensor] = None) -> Tensor:
+        routed = top_k_index is not None and hidden_states.dim() > 2
+        if routed and hidden_states.shape[-1] == self.hidden_dim:  # (batch, seq, H) with (batch * seq, k) routing
+            # (DBRX's experts take the block's tokens unflattened and return them so)
+            return self(hidden_states.reshape(-1, self.hidden_dim), top_k_index, top_k_weights).view_as(hidden_states)
         if hidden_states.dim() != 2 or hidden_states.shape[-1] != self.hidden_dim:
             raise ValueError(f"hidden_states: expected (tokens, {self.hidden_dim}), got {tuple(hidden_states.shape)}")
         if top_k_index is None and top_k_weights is None:  # one run of rows per expert (Llama 4)
