@@ -19,9 +19,9 @@ from ..nn import ClampedSwiGLU, MaskedDoRAExperts, MaskedDoRALinear
 from ..nn.base_weight import dequantize_weight, quantized_weight_reason
 from ..nn.quantized_base import QuantizedBaseDoRALinear, is_quantized_linear
 from .blocks import (Block, HeadLayout, block_modules, block_refusal, built_head_layout, check_depthwise_modules,
-                     check_per_head_modules, expert_biases, expert_index, expert_matrices, features, has_experts,
-                     holds_group, holds_spec_mlp, is_consumer_role, is_conv1d, mlp_width, model_blocks, num_experts,
-                     packed_experts, producer_index, role_paths, stack_specs, dotted_attr)
+                     check_per_head_modules, dotted_attr, expert_biases, expert_index, expert_matrices, features,
+                     has_experts, holds_group, holds_spec_mlp, is_consumer_role, is_conv1d, mlp_width, model_blocks,
+                     num_experts, packed_experts, producer_index, role_paths, stack_specs)
 from .config import MaskedDoRAConfig
 from .group_mask import ALWAYS_KEPT, ForwardMasks, GroupMask, InputGate, MaskView
 from .specs import BLOCK_KINDS, QKV_LAYOUTS, HeadSpec, ModelSpec, spec_for
