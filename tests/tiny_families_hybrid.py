@@ -72,3 +72,10 @@ TINY.update({
     # Qwen3_5MoeForCausalLM: the MoE in both blocks
     "qwen3_5_moe_text": _lm("Qwen3_5MoeText", lm="Qwen3_5MoeForCausalLM", **_QWEN_MOE_HYBRID),
 })
+TINY.update({
+    # Qwen4-Exp (text): the MoE in both blocks (block 1 indexed attention), between hyper-connections of 2
+    # residual streams; the QSA indexer's budget (8 blocks of 2 tokens) covers every position the chain runs
+    "qwen4_exp_text": _lm("Qwen4ExpText", lm="Qwen4ExpForCausalLM", **dict(
+        _QWEN_MOE_HYBRID, layer_types=["linear_attention", "indexed_attention"]), hc_count=2, hc_lowrank=8,
+        indexer_n_heads=2, indexer_kv_heads=1, indexer_head_dim=8, indexer_budget=16, indexer_compress_ratio=2),
+})

@@ -1,6 +1,6 @@
 """Tiny configs and inputs of the VLMs helper "mm" added (``tiny_vlms.FAMILIES`` puts them together, one row per
 family, or tests/test_models_vlm_mm.py uses them), in the sizes of :mod:`tiny_vlm_configs`: Llama 4's multimodal
-model, Gemma 3n (its text model alone too), ShieldGemma 2, Qwen3-Omni-MoE's thinker."""
+model, Gemma 3n (its text model alone too), ShieldGemma 2, Qwen3-Omni-MoE's thinker; and helper "newlm"'s Qwen4-Exp."""
 
 from __future__ import annotations
 
@@ -100,3 +100,20 @@ def qwen3_omni_moe_thinker(t):
                           d_model=16, output_dim=32, max_source_positions=20, n_window=10, downsample_hidden_size=8),
         image_token_id=IMAGE_ID, video_token_id=101, vision_start_token_id=102, audio_token_id=103,
         audio_start_token_id=104)
+
+
+def qwen4_exp(t):
+    """Qwen4-Exp (Qwen4ExpForConditionalGeneration) around its qwen4_exp_text (tests/tiny_families_hybrid.py's row,
+    its expert width the VLM rows' 64: block 0 gated DeltaNet, block 1 indexed attention, an MoE of 4 experts, 2 per
+    token, and a shared expert of width 48 in each, between hyper-connections of 2 residual streams), Qwen3.5's
+    vision tower over flattened 16 px patches (``tiny_vlm_configs.qwen_patches(16)``: 4 tokens)."""
+    text = dict(TEXT, head_dim=8, layer_types=["linear_attention", "indexed_attention"], linear_conv_kernel_dim=4,
+                linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4,
+                num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, shared_expert_intermediate_size=48,
+                hc_count=2, hc_lowrank=8, indexer_n_heads=2, indexer_kv_heads=1, indexer_head_dim=8,
+                indexer_budget=16, indexer_compress_ratio=2, rope_parameters=dict(
+                    rope_type="default", rope_theta=10000.0, mrope_section=[1, 1, 2], mrope_interleaved=True))
+    return t.Qwen4ExpConfig(text_config=text, vision_config=dict(
+        depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32, patch_size=16,
+        num_position_embeddings=16), image_token_id=IMAGE_ID, video_token_id=101, vision_start_token_id=102,
+        vision_end_token_id=103)
