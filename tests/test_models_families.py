@@ -134,12 +134,13 @@ def test_plain_checkpoints_reload_with_plain_transformers(chains):
 @pytest.mark.parametrize("family, flag", [("olmo2", None), ("t5", None), ("t5-gated", None), ("mpnet", None),
                                           ("longt5-local", None), ("longt5-tglobal", None), ("falcon-rw", "alibi"),
                                           ("falcon", "alibi")]
-                         + [(f, None) for f in ("olmo3", "bloom", "mpt", "deepseek_v3", "deepseek_v2", "olmoe",
-                                                "flex_olmo", "gemma4_text", "gemma4_text-moe", "gemma4_unified_text",
-                                                "diffllama", "doge", "qwen3_5_text", "olmo_hybrid", "falcon_h1",
-                                                "bamba", "lfm2", "granitemoehybrid", "jamba-dense", "lfm3",
-                                                "recurrent_gemma", "qwen3_next", "qwen3_5_moe_text", "qwen4_exp_text",
-                                                "layoutlmv3", "lilt", "convbert", "deberta", "esmc")
+                         + [(f, None) for f in ("olmo3", "bloom", "mpt", "deepseek_v3", "deepseek_v2", "deepseek_v4",
+                                                "olmoe", "flex_olmo", "gemma4_text", "gemma4_text-moe",
+                                                "gemma4_unified_text", "diffllama", "doge", "qwen3_5_text",
+                                                "olmo_hybrid", "falcon_h1", "bamba", "lfm2", "granitemoehybrid",
+                                                "jamba-dense", "lfm3", "recurrent_gemma", "qwen3_next",
+                                                "qwen3_5_moe_text", "qwen4_exp_text", "layoutlmv3", "lilt",
+                                                "convbert", "deberta", "esmc")
                             if f in TABLE_FAMILIES])
 def test_heads_that_cannot_be_pruned_exactly_are_refused_before_anything_changes(family, flag):
     import transformers as t

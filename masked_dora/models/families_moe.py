@@ -74,4 +74,20 @@ def moe_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: str) 
                                     ("feed_forward.experts", "expert_dim")))),
             dense_mlp=MLPSpec(producers=("feed_forward.gate_proj", "feed_forward.up_proj"),
                               consumer="feed_forward.down_proj", size_key="intermediate_size_mlp")),
+        # DeepSeek-V4: an MoE in every block (routed by a learned top-k router, or by a frozen token-id table in its
+        # hash_moe blocks), Mixtral's packed experts with gate and up clipped before SiLU (swiglu_limit: a pruned
+        # channel's (0, 0) still gives 0) beside shared_experts (kept whole) of the same width moe_intermediate_size
+        # (size_key ""), between hyper-connections over hc_mult residual streams (their mixing weights stay whole);
+        # its heads are refused
+        "deepseek_v4": ModelSpec(name="deepseek_v4", model_types=("deepseek_v4",), **dict(
+            llama_style, mlp=MLPSpec(producers=("gate_up_proj",), consumer="down_proj", size_key="", segments=(2,),
+                                     experts="mlp.experts", size_attrs=(("mlp.experts", "intermediate_dim"),),
+                                     experts_layout=ExpertsLayout(glu="clamped_act"))),
+            unsupported=(("heads", "", _DEEPSEEK_V4_HEADS),)),
     }
+
+
+_DEEPSEEK_V4_HEADS = ("its attention reads one shared KV head (kv_proj) as both keys and values, projects its output "
+                      "through a grouped low-rank o_a_proj (o_groups groups of heads) and keeps a per-layer KV "
+                      "compressor and indexer, which a head group of q/k/v rows and output columns does not "
+                      "describe")

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..nn import ClampedSwiGLU, MaskedDoRAExperts, MaskedDoRALinear
+from ..nn import ClampedGLU, ClampedSwiGLU, MaskedDoRAExperts, MaskedDoRALinear
 from ..nn.base_weight import dequantize_weight, quantized_weight_reason
 from ..nn.quantized_base import QuantizedBaseDoRALinear, is_quantized_linear
 from .blocks import (Block, HeadLayout, block_modules, block_refusal, built_head_layout, check_depthwise_modules,
@@ -140,8 +140,9 @@ def _wrap_experts(block, spec, config) -> None:
     layout = spec.mlp.experts_layout
     gate_up, down = (w.transpose(1, 2) if layout.transposed else w for w in (producers[0], consumer))
     gate_up_bias, down_bias = expert_biases(module, spec)
-    act = dict(act_fn=module.act_fn) if layout.glu == "act" else dict(
-        act_fn=None, glu=ClampedSwiGLU(module.alpha, module.limit))
+    act = dict(act_fn=module.act_fn) if layout.glu == "act" else dict(act_fn=None, glu=(
+        ClampedSwiGLU(module.alpha, module.limit) if layout.glu == "clamped_swiglu"
+        else ClampedGLU(module.act_fn, module.limit)))
     experts = MaskedDoRAExperts.from_packed(gate_up, down, gate_up_bias=gate_up_bias, down_bias=down_bias,
                                             interleaved=layout.interleaved, **act, **_layer_kwargs(config, consumer))
     _replace(block, spec.mlp.experts, experts)

@@ -50,7 +50,7 @@ BLOCK_KINDS = ("mlp", "heads")  # the kinds with one group per block (``hidden``
 QKV_LAYOUTS = ("blocks", "grouped", "per_head", "chunked")
 
 
-EXPERT_GLUS = ("act", "clamped_swiglu")
+EXPERT_GLUS = ("act", "clamped_swiglu", "clamped_act")
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,8 @@ class ExpertsLayout:
     interleaved: bool = False  # gate/up outputs alternate per channel (gpt_oss), not [gate | up]
     bias: bool = False  # a "<parameter>_bias" (experts, out) beside each packed parameter (gpt_oss)
     # "act": the module's act_fn(gate) * up; "clamped_swiglu": gpt-oss's (clamp(up, +-limit) + 1) * g * sigmoid(
-    # alpha * g) with g = clamp(gate, max=limit), alpha and limit read from the module's attributes of those names
+    # alpha * g) with g = clamp(gate, max=limit), alpha and limit read from the module's attributes of those names;
+    # "clamped_act": DeepSeek-V4's act_fn(clamp(gate, max=limit)) * clamp(up, +-limit), act_fn and limit the module's
     glu: str = "act"
 
     def __post_init__(self):
