@@ -43,6 +43,10 @@ TINY = {
                              dict(_DENSE_THEN_MOE, num_experts=4, num_shared_experts=1,
                                   mlp_layer_types=["dense", "sparse"], sliding_window=4, sliding_window_pattern=2),
                              kv_heads=2, causal_lm=True),
+    # HY-V3: block 0 dense by mlp_layer_types, per-head q/k norms
+    "hy_v3": TinyFamily(("HYV3Config", "HYV3Model", "HYV3ForCausalLM"),
+                        dict(_DENSE_THEN_MOE, num_experts=4, num_shared_experts=1, mlp_layer_types=["dense", "sparse"]),
+                        kv_heads=2, causal_lm=True),
     # experts and a shared_mlp both of width intermediate_size (64); per-head query/key_layernorm
     "hunyuan_v1_moe": TinyFamily(("HunYuanMoEV1Config", "HunYuanMoEV1Model", "HunYuanMoEV1ForCausalLM"),
                                  dict(_GQA_MOE, num_experts=4, moe_topk=2, head_dim=8),
