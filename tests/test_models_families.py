@@ -135,7 +135,7 @@ def test_plain_checkpoints_reload_with_plain_transformers(chains):
                                           ("longt5-local", None), ("longt5-tglobal", None), ("falcon-rw", "alibi"),
                                           ("falcon", "alibi")]
                          + [(f, None) for f in ("olmo3", "bloom", "mpt", "deepseek_v3", "deepseek_v2", "deepseek_v4",
-                                                "olmoe", "flex_olmo", "gemma4_text", "gemma4_text-moe",
+                                                "hy_v4", "olmoe", "flex_olmo", "gemma4_text", "gemma4_text-moe",
                                                 "gemma4_unified_text", "diffllama", "doge", "qwen3_5_text",
                                                 "olmo_hybrid", "falcon_h1", "bamba", "lfm2", "granitemoehybrid",
                                                 "jamba-dense", "lfm3", "recurrent_gemma", "qwen3_next",

@@ -105,4 +105,11 @@ TINY = {
                                    compress_rates={"compressed_sparse_attention": 2,
                                                    "heavily_compressed_attention": 4}),
                               kv_heads=1, causal_lm=True, heads=False),
+    # HY-V4: block 0 dense (width 64), block 1 of 4 clipped experts (swiglu_limit 0.05 binds) and a shared expert
+    # (width 32 each, per-layer form); MLA with a per-head output gate and an indexer; heads refused
+    "hy_v4": TinyFamily(("HYV4Config", "HYV4Model", "HYV4ForCausalLM"),
+                        dict(_DENSE_THEN_MOE, n_routed_experts=4, n_shared_experts=1, q_lora_rank=16, kv_lora_rank=16,
+                             qk_nope_head_dim=4, qk_rope_head_dim=4, v_head_dim=8, index_topk=16, index_head_dim=8,
+                             index_n_heads=2, hc_mult=2, swiglu_limit=0.05, mlp_layer_types=["dense", "sparse"]),
+                        kv_heads=4, causal_lm=True, heads=False),
 }

@@ -86,6 +86,16 @@ def moe_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: str) 
                                      experts="mlp.experts", size_attrs=(("mlp.experts", "intermediate_dim"),),
                                      experts_layout=ExpertsLayout(glu="clamped_act"))),
             unsupported=(("heads", "", _DEEPSEEK_V4_HEADS),)),
+        # HY-V4 (Hunyuan): DeepSeek-V4's clipped experts (its limit swiglu_limit, SiLU hard-coded) beside shared
+        # experts (moe_intermediate_size * n_shared_experts wide: size_key ""), dense blocks by mlp_layer_types
+        # (the Llama MLP, intermediate_size), hyper-connections kept whole; its MLA attention with a per-head output
+        # gate, sinks and a token indexer is refused
+        "hy_v4": ModelSpec(name="hy_v4", model_types=("hy_v4",), **dict(
+            llama_style, mlp=MLPSpec(producers=("gate_up_proj",), consumer="down_proj", size_key="", segments=(2,),
+                                     experts="mlp.experts", size_attrs=(("mlp.experts", "intermediate_dim"),),
+                                     experts_layout=ExpertsLayout(glu="clamped_act", limit_attr="swiglu_limit",
+                                                                  act="silu")),
+            dense_mlp=llama_style["mlp"]), unsupported=(("heads", "", _HY_V4_HEADS),)),
     }
 
 
@@ -93,3 +103,7 @@ _DEEPSEEK_V4_HEADS = ("its attention reads one shared KV head (kv_proj) as both 
                       "through a grouped low-rank o_a_proj (o_groups groups of heads) and keeps a per-layer KV "
                       "compressor and indexer, which a head group of q/k/v rows and output columns does not "
                       "describe")
+_HY_V4_HEADS = ("its multi-head latent attention (MLA) builds every head's keys and values from one shared low-rank "
+                "latent (kv_a_proj_with_mqa, then kv_b_proj) with query/key and value heads of different sizes, "
+                "gates each head's output (gate_proj) and selects keys with a shared token indexer, which a head "
+                "group of one head_dim per head does not describe")

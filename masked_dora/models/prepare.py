@@ -140,12 +140,22 @@ def _wrap_experts(block, spec, config) -> None:
     layout = spec.mlp.experts_layout
     gate_up, down = (w.transpose(1, 2) if layout.transposed else w for w in (producers[0], consumer))
     gate_up_bias, down_bias = expert_biases(module, spec)
-    act = dict(act_fn=module.act_fn) if layout.glu == "act" else dict(act_fn=None, glu=(
-        ClampedSwiGLU(module.alpha, module.limit) if layout.glu == "clamped_swiglu"
-        else ClampedGLU(module.act_fn, module.limit)))
     experts = MaskedDoRAExperts.from_packed(gate_up, down, gate_up_bias=gate_up_bias, down_bias=down_bias,
-                                            interleaved=layout.interleaved, **act, **_layer_kwargs(config, consumer))
+                                            interleaved=layout.interleaved, **_expert_activation(module, layout),
+                                            **_layer_kwargs(config, consumer))
     _replace(block, spec.mlp.experts, experts)
+
+
+def _expert_activation(module, layout) -> dict:
+    """How the experts ``module`` combines gate and up (``layout.glu``), as MaskedDoRAExperts' act_fn / glu."""
+    if layout.glu == "act":
+        return dict(act_fn=module.act_fn)
+    if layout.glu == "clamped_swiglu":
+        return dict(act_fn=None, glu=ClampedSwiGLU(module.alpha, module.limit))
+    from transformers.activations import ACT2FN
+
+    act_fn = ACT2FN[layout.act] if layout.act else module.act_fn
+    return dict(act_fn=None, glu=ClampedGLU(act_fn, getattr(module, layout.limit_attr)))
 
 
 def _channels_of_rows(width: int, rows: int, interleaved: bool) -> Tensor:

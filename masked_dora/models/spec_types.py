@@ -69,12 +69,18 @@ class ExpertsLayout:
     bias: bool = False  # a "<parameter>_bias" (experts, out) beside each packed parameter (gpt_oss)
     # "act": the module's act_fn(gate) * up; "clamped_swiglu": gpt-oss's (clamp(up, +-limit) + 1) * g * sigmoid(
     # alpha * g) with g = clamp(gate, max=limit), alpha and limit read from the module's attributes of those names;
-    # "clamped_act": DeepSeek-V4's act_fn(clamp(gate, max=limit)) * clamp(up, +-limit), act_fn and limit the module's
+    # "clamped_act": DeepSeek-V4's act_fn(clamp(gate, max=limit)) * clamp(up, +-limit), limit read from the module's
+    # attribute limit_attr and act_fn from its act_fn or, where its forward hard-codes one (HY-V4's F.silu), from
+    # transformers' ACT2FN[act]
     glu: str = "act"
+    limit_attr: str = "limit"
+    act: str = ""
 
     def __post_init__(self):
         if self.glu not in EXPERT_GLUS:
             raise ValueError(f"ExpertsLayout.glu: expected one of {EXPERT_GLUS}, got {self.glu!r}")
+        if self.glu != "clamped_act" and (self.act or self.limit_attr != "limit"):
+            raise ValueError(f"ExpertsLayout: act and limit_attr describe glu='clamped_act', got glu={self.glu!r}")
 
 
 @dataclass(frozen=True)
