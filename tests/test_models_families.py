@@ -134,11 +134,12 @@ def test_plain_checkpoints_reload_with_plain_transformers(chains):
 @pytest.mark.parametrize("family, flag", [("olmo2", None), ("t5", None), ("t5-gated", None), ("mpnet", None),
                                           ("longt5-local", None), ("longt5-tglobal", None), ("falcon-rw", "alibi"),
                                           ("falcon", "alibi")]
-                         + [(f, None) for f in ("olmo3", "bloom", "mpt", "deepseek_v3", "deepseek_v2", "olmoe",
-                                                "flex_olmo", "gemma4_text", "gemma4_text-moe", "diffllama", "doge",
-                                                "qwen3_5_text", "olmo_hybrid", "falcon_h1", "bamba", "lfm2",
-                                                "granitemoehybrid", "jamba-dense", "lfm3", "recurrent_gemma",
-                                                "qwen3_next", "qwen3_5_moe_text", "deepseek_v32", "glm_moe_dsa",
+                         + [(f, None) for f in ("olmo3", "bloom", "mpt", "deepseek_v3", "deepseek_v2", "deepseek_v4",
+                                                "hy_v4", "olmoe", "flex_olmo", "gemma4_text", "gemma4_text-moe",
+                                                "gemma4_unified_text", "diffllama", "doge", "qwen3_5_text",
+                                                "olmo_hybrid", "falcon_h1", "bamba", "lfm2", "granitemoehybrid",
+                                                "jamba-dense", "lfm3", "recurrent_gemma", "qwen3_next",
+                                                "qwen3_5_moe_text", "qwen4_exp_text", "deepseek_v32", "glm_moe_dsa",
                                                 "glm4_moe_lite", "minicpm3", "kimi_linear", "lfm2_moe",
                                                 "mimo_v2_flash", "laguna", "minimax", "layoutlmv3", "lilt", "convbert",
                                                 "deberta", "esmc")

@@ -19,8 +19,14 @@ from tiny_models import output_tensor, randomize_adapters, tiny_inputs, tiny_mod
 pytestmark = pytest.mark.skipif("gemma4_text" not in AVAILABLE, reason="this transformers has no Gemma 4")
 
 
-def test_a_heterogeneous_config_is_read_per_layer():
-    model = tiny_model("gemma4_text", kind="lm")
+# Gemma 4 Unified's text model: Gemma 4's dense blocks alone, the same heterogeneous layers
+_DENSE_LAYOUTS = [pytest.param(f, marks=pytest.mark.skipif(f not in AVAILABLE, reason=f"this transformers has no {f}"))
+                  for f in ("gemma4_text", "gemma4_unified_text")]
+
+
+@pytest.mark.parametrize("family", _DENSE_LAYOUTS)
+def test_a_heterogeneous_config_is_read_per_layer(family):
+    model = tiny_model(family, kind="lm")
     assert model.config.is_heterogeneous
     sizes = block_sizes(model, spec_for(model))
     # sliding layers: 4 heads of 8 over 2 KV heads; full-attention layers (keys as values): head_dim 16 over 1 KV
@@ -29,8 +35,9 @@ def test_a_heterogeneous_config_is_read_per_layer():
     assert [s["intermediate"] for s in sizes] == [64, 64, 128, 128]
 
 
-def test_a_plain_checkpoint_keeps_the_per_layer_heads_and_the_double_wide_blocks():
-    model = tiny_model("gemma4_text", kind="lm")
+@pytest.mark.parametrize("family", _DENSE_LAYOUTS)
+def test_a_plain_checkpoint_keeps_the_per_layer_heads_and_the_double_wide_blocks(family):
+    model = tiny_model(family, kind="lm")
     spec = spec_for(model)
     stacks = [b.spec for b in model_blocks(model, spec)]
     original = block_sizes(model, spec)

@@ -86,4 +86,10 @@ TINY = {
     "gemma4_text-moe": TinyFamily(classes=_GEMMA4, config=dict(
         _GEMMA4_COMMON, enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=16,
         hidden_size_per_layer_input=0), kv_heads=2, causal_lm=True, heads=False),
+    # Gemma 4 Unified (text): Gemma 4's dense blocks alone (no MoE, no PLE), as gemma4_text's row: heterogeneous
+    # layers, keys as values, the last 2 blocks reuse earlier keys/values with a double-wide MLP (per-layer form)
+    "gemma4_unified_text": TinyFamily(classes=("Gemma4UnifiedTextConfig", "Gemma4UnifiedTextModel",
+                                               "Gemma4UnifiedForCausalLM"), config=dict(
+        _GEMMA4_COMMON, num_kv_shared_layers=2, use_double_wide_mlp=True, attention_k_eq_v=True), kv_heads=2,
+        causal_lm=True, heads=False),
 }

@@ -47,6 +47,10 @@ TINY = {
                              dict(_DENSE_THEN_MOE, num_experts=4, num_shared_experts=1,
                                   mlp_layer_types=["dense", "sparse"], sliding_window=4, sliding_window_pattern=2),
                              kv_heads=2, causal_lm=True),
+    # HY-V3: block 0 dense by mlp_layer_types, per-head q/k norms
+    "hy_v3": TinyFamily(("HYV3Config", "HYV3Model", "HYV3ForCausalLM"),
+                        dict(_DENSE_THEN_MOE, num_experts=4, num_shared_experts=1, mlp_layer_types=["dense", "sparse"]),
+                        kv_heads=2, causal_lm=True),
     # experts and a shared_mlp both of width intermediate_size (64); per-head query/key_layernorm
     "hunyuan_v1_moe": TinyFamily(("HunYuanMoEV1Config", "HunYuanMoEV1Model", "HunYuanMoEV1ForCausalLM"),
                                  dict(_GQA_MOE, num_experts=4, moe_topk=2, head_dim=8),
@@ -130,4 +134,25 @@ TINY = {
                                    dict(_GQA_MOE, num_local_experts=4, num_experts_per_tok=2,
                                         shared_intermediate_size=48),
                                    kv_heads=2, causal_lm=True),
+    # DeepSeek-V4: block 0 hash-routed (a frozen token-id table), block 1 top-k routed; experts and shared experts
+    # of width 32 (per-layer form); hyper-connections over 2 streams; swiglu_limit 0.05, so the clipping of gate and
+    # up binds; heads refused. Sliding attention in both (the compressed layers' compressor and indexer, which
+    # pruning leaves as they are, would double the test's time)
+    "deepseek_v4": TinyFamily(("DeepseekV4Config", "DeepseekV4Model", "DeepseekV4ForCausalLM"),
+                              dict(_GQA_MOE, num_key_value_heads=1, head_dim=16, q_lora_rank=16, n_routed_experts=4,
+                                   num_experts_per_tok=2, moe_intermediate_size=32, hc_mult=2, hc_sinkhorn_iters=3,
+                                   o_groups=2, o_lora_rank=8, index_n_heads=2, index_head_dim=8, index_topk=16,
+                                   sliding_window=4, partial_rotary_factor=0.5, swiglu_limit=0.05,
+                                   layer_types=["sliding_attention", "sliding_attention"],
+                                   mlp_layer_types=["hash_moe", "moe"],
+                                   compress_rates={"compressed_sparse_attention": 2,
+                                                   "heavily_compressed_attention": 4}),
+                              kv_heads=1, causal_lm=True, heads=False),
+    # HY-V4: block 0 dense (width 64), block 1 of 4 clipped experts (swiglu_limit 0.05 binds) and a shared expert
+    # (width 32 each, per-layer form); MLA with a per-head output gate and an indexer; heads refused
+    "hy_v4": TinyFamily(("HYV4Config", "HYV4Model", "HYV4ForCausalLM"),
+                        dict(_DENSE_THEN_MOE, n_routed_experts=4, n_shared_experts=1, q_lora_rank=16, kv_lora_rank=16,
+                             qk_nope_head_dim=4, qk_rope_head_dim=4, v_head_dim=8, index_topk=16, index_head_dim=8,
+                             index_n_heads=2, hc_mult=2, swiglu_limit=0.05, mlp_layer_types=["dense", "sparse"]),
+                        kv_heads=4, causal_lm=True, heads=False),
 }

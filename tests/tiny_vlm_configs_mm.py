@@ -1,10 +1,13 @@
 """Tiny configs and inputs of the VLMs helper "mm" added (``tiny_vlms.FAMILIES`` puts them together, one row per
 family, or tests/test_models_vlm_mm.py uses them), in the sizes of :mod:`tiny_vlm_configs`: Llama 4's multimodal
-model, Gemma 3n (its text model alone too), ShieldGemma 2, Qwen3-Omni-MoE's thinker."""
+model, Gemma 3n (its text model alone too), ShieldGemma 2, Qwen3-Omni-MoE's thinker; and Qwen4-Exp and Gemma 4
+Unified."""
 
 from __future__ import annotations
 
 import contextlib
+
+import torch
 
 from tiny_vlm_configs import IMAGE_ID, IMAGE_TOKENS, TEXT, VISION, VOCAB
 
@@ -100,3 +103,41 @@ def qwen3_omni_moe_thinker(t):
                           d_model=16, output_dim=32, max_source_positions=20, n_window=10, downsample_hidden_size=8),
         image_token_id=IMAGE_ID, video_token_id=101, vision_start_token_id=102, audio_token_id=103,
         audio_start_token_id=104)
+
+
+def qwen4_exp(t):
+    """Qwen4-Exp (Qwen4ExpForConditionalGeneration) around its qwen4_exp_text (tests/tiny_families_hybrid.py's row,
+    its expert width the VLM rows' 64: block 0 gated DeltaNet, block 1 indexed attention, an MoE of 4 experts, 2 per
+    token, and a shared expert of width 48 in each, between hyper-connections of 2 residual streams), Qwen3.5's
+    vision tower over flattened 16 px patches (``tiny_vlm_configs.qwen_patches(16)``: 4 tokens)."""
+    text = dict(TEXT, head_dim=8, layer_types=["linear_attention", "indexed_attention"], linear_conv_kernel_dim=4,
+                linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4,
+                num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, shared_expert_intermediate_size=48,
+                hc_count=2, hc_lowrank=8, indexer_n_heads=2, indexer_kv_heads=1, indexer_head_dim=8,
+                indexer_budget=16, indexer_compress_ratio=2, rope_parameters=dict(
+                    rope_type="default", rope_theta=10000.0, mrope_section=[1, 1, 2], mrope_interleaved=True))
+    return t.Qwen4ExpConfig(text_config=text, vision_config=dict(
+        depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32, patch_size=16,
+        num_position_embeddings=16), image_token_id=IMAGE_ID, video_token_id=101, vision_start_token_id=102,
+        vision_end_token_id=103)
+
+
+def gemma4_unified(t):
+    """Gemma 4 Unified (Gemma4UnifiedForConditionalGeneration), encoder-free: no vision tower, each merged 4 px
+    patch (2 x 2 patches of 2 px) embedded into one image token, around its gemma4_unified_text (Gemma 4's dense
+    blocks: a sliding-window block, then a full-attention one with its own head_dim and one KV head, keys as
+    values; the KV sharing of tests/tiny_families_decoders.py's row needs more blocks); no audio embedder."""
+    text = dict(TEXT, head_dim=8, global_head_dim=16, num_global_key_value_heads=1, sliding_window=4,
+                layer_types=["sliding_attention", "full_attention"], attention_k_eq_v=True)
+    return t.Gemma4UnifiedConfig(text_config=text, vision_config=dict(
+        patch_size=2, pooling_kernel_size=2, mm_embed_dim=32, mm_posemb_size=8, output_proj_dims=32),
+        audio_config=None, image_token_id=IMAGE_ID, boi_token_id=101, eoi_token_id=102, video_token_id=103,
+        audio_token_id=104, boa_token_id=105, eoa_token_index=106)
+
+
+def gemma4_unified_patches(n, gen):
+    """Gemma 4 Unified's raw merged patches, 4 per image (4 x 4 px x 3 channels each) with their (x, y) positions
+    on a 2 x 2 grid."""
+    ys, xs = torch.meshgrid(torch.arange(2), torch.arange(2), indexing="ij")
+    return {"pixel_values": torch.randn(n, IMAGE_TOKENS, 4 * 4 * 3, generator=gen),
+            "image_position_ids": torch.stack([xs.flatten(), ys.flatten()], -1).expand(n, IMAGE_TOKENS, 2).clone()}

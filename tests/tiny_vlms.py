@@ -31,7 +31,7 @@ from tiny_vlm_configs_more import (fast_vlm, glm4v, glm4v_moe, glm46v, glm_ocr, 
 from tiny_vlm_configs_extra import (aria, chameleon, emu3, emu3_images, ernie4_5_vl_moe, ernie_patches, fuyu,
                                     fuyu_patches, granite4_vision, idefics, idefics_images, molmo2, molmo2_crops,
                                     perception_lm, perception_tiles, qwen2_5_omni_thinker)
-from tiny_vlm_configs_mm import llama4, qwen3_omni_moe_thinker
+from tiny_vlm_configs_mm import gemma4_unified, gemma4_unified_patches, llama4, qwen3_omni_moe_thinker, qwen4_exp
 from wrapped_lm_chain import row_unavailable_reason
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
@@ -258,6 +258,14 @@ FAMILIES: Dict[str, TinyVLM] = {
                                       qwen3_omni_moe_thinker, qwen_patches(16), True, wrapped=(4 + 4 * 2) + 7,
                                       since=(5, 24), since_why="its thinker names its language model `model` before "
                                                                "5.24, where the spec looks under `language_model`"),
+    # Qwen4-Exp: a hybrid language model (heads refused) with 4 packed experts in each block between
+    # hyper-connections: the experts prune, the shared experts are kept whole
+    "qwen4_exp": TinyVLM(("Qwen4ExpConfig", "Qwen4ExpForConditionalGeneration"), qwen4_exp, qwen_patches(16), True,
+                         wrapped=2 * 4 * 2, groups=("mlp",)),
+    # Gemma 4 Unified: encoder-free (raw patches embedded straight into image tokens); its language model's heads
+    # are refused as Gemma 4's
+    "gemma4_unified": TinyVLM(("Gemma4UnifiedConfig", "Gemma4UnifiedForConditionalGeneration"), gemma4_unified,
+                              gemma4_unified_patches, True, wrapped=2 * 3, groups=("mlp",)),
 }
 
 

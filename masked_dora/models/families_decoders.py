@@ -63,8 +63,9 @@ def decoder_specs(llama_style: dict) -> Dict[str, ModelSpec]:
         "doge": ModelSpec(name="doge", model_types=("doge",), **llama_style, unsupported=(("heads", "", _DOGE_HEADS),)),
         # Gemma 4 (text; Gemma4ForCausalLM): the Llama MLP in every block (twice intermediate_size wide in the
         # KV-sharing blocks under use_double_wide_mlp: those save in the per-layer form); an MoE block's experts
-        # and router sit beside it and are kept whole, as are the per-layer-input (PLE) projections
-        "gemma4_text": ModelSpec(name="gemma4_text", model_types=("gemma4_text",), **llama_style,
+        # and router sit beside it and are kept whole, as are the per-layer-input (PLE) projections. Gemma 4 Unified
+        # (text; Gemma4UnifiedForCausalLM, transformers 5.24) is that dense block alone (no MoE, no PLE)
+        "gemma4_text": ModelSpec(name="gemma4_text", model_types=("gemma4_text", "gemma4_unified_text"), **llama_style,
                                  unsupported=(("heads", "", _GEMMA4_HEADS),)),
     }
 

@@ -75,8 +75,12 @@ def hybrid_specs(llama_style: dict) -> Dict[str, ModelSpec]:
         "qwen3_5_text": spec("qwen3_5_text", ("qwen3_5_text", "olmo_hybrid")),
         # Qwen3-Next and Qwen3.5-MoE (text; Qwen3_5MoeForCausalLM): Qwen3.5's gated DeltaNet / gated attention
         # blocks (layer_types), each with Qwen2-MoE's sparse block; Qwen3-Next's blocks in mlp_only_layers (or off
-        # decoder_sparse_step) hold the Llama MLP of width intermediate_size instead, a group of its own (dense_mlp)
-        "qwen3_next": spec("qwen3_next", ("qwen3_next", "qwen3_5_moe_text"), mlp=qwen_moe_experts,
+        # decoder_sparse_step) hold the Llama MLP of width intermediate_size instead, a group of its own (dense_mlp).
+        # Qwen4-Exp (text; Qwen4ExpForCausalLM): the same sparse block in every block, between hyper-connections
+        # (hc_count residual streams, mixed into one hidden_size-wide input before the mixer and the MoE and their
+        # output injected back into each), whose parameters are over the hidden size and stay whole; its indexed
+        # attention (a QSA token indexer choosing the keys) and n-gram per-layer embeddings (PLE) are kept as they are
+        "qwen3_next": spec("qwen3_next", ("qwen3_next", "qwen3_5_moe_text", "qwen4_exp_text"), mlp=qwen_moe_experts,
                            dense_mlp=llama_mlp),
         # Falcon-H1: attention and a Mamba-2 mixer in parallel in every block, then the Llama MLP (feed_forward,
         # with scalar mlp_multipliers); Bamba: Mamba-2 or attention blocks (attn_layer_indices), the same MLP

@@ -44,9 +44,11 @@ def moe_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: str) 
         # Exaone-4's attention) or none (solar_open); per-head q/k norms over head_dim with one weight for all
         # heads (glm4_moe's use_qk_norm, dots1, exaone_moe) and partial rotary (glm4_moe) change nothing per head
         # GLM-4.5V's language model (glm4v_moe_text) is GLM-4.5's (no q/k norms; multimodal rotary positions over
-        # part of each head's dims, the same for every head)
+        # part of each head's dims, the same for every head). HY-V3 (Hunyuan, hy_v3): dense blocks by mlp_layer_types,
+        # per-head q/k norms over head_dim, the routed and shared outputs summed in float32
         "glm4_moe": ModelSpec(name="glm4_moe", model_types=("glm4_moe", "dots1", "ernie4_5_moe", "solar_open",
-                                                            "exaone_moe", "glm4v_moe_text"), **deepseek_moe_gqa),
+                                                            "exaone_moe", "glm4v_moe_text", "hy_v3"),
+                              **deepseek_moe_gqa),
         # Hunyuan-MoE: Mixtral's experts and a shared_mlp (kept whole), both intermediate_size wide (size_key "");
         # its query/key_layernorm over head_dim, one weight for all heads, changes nothing per head
         "hunyuan_v1_moe": ModelSpec(name="hunyuan_v1_moe", model_types=("hunyuan_v1_moe",), **dict(
@@ -121,4 +123,34 @@ def moe_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: str) 
                                     ("feed_forward.experts", "expert_dim")))),
             dense_mlp=MLPSpec(producers=("feed_forward.gate_proj", "feed_forward.up_proj"),
                               consumer="feed_forward.down_proj", size_key="intermediate_size_mlp")),
+        # DeepSeek-V4: an MoE in every block (routed by a learned top-k router, or by a frozen token-id table in its
+        # hash_moe blocks), Mixtral's packed experts with gate and up clipped before SiLU (swiglu_limit: a pruned
+        # channel's (0, 0) still gives 0) beside shared_experts (kept whole) of the same width moe_intermediate_size
+        # (size_key ""), between hyper-connections over hc_mult residual streams (their mixing weights stay whole);
+        # its heads are refused
+        "deepseek_v4": ModelSpec(name="deepseek_v4", model_types=("deepseek_v4",), **dict(
+            llama_style, mlp=MLPSpec(producers=("gate_up_proj",), consumer="down_proj", size_key="", segments=(2,),
+                                     experts="mlp.experts", size_attrs=(("mlp.experts", "intermediate_dim"),),
+                                     experts_layout=ExpertsLayout(glu="clamped_act"))),
+            unsupported=(("heads", "", _DEEPSEEK_V4_HEADS),)),
+        # HY-V4 (Hunyuan): DeepSeek-V4's clipped experts (its limit swiglu_limit, SiLU hard-coded) beside shared
+        # experts (moe_intermediate_size * n_shared_experts wide: size_key ""), dense blocks by mlp_layer_types
+        # (the Llama MLP, intermediate_size), hyper-connections kept whole; its MLA attention with a per-head output
+        # gate, sinks and a token indexer is refused
+        "hy_v4": ModelSpec(name="hy_v4", model_types=("hy_v4",), **dict(
+            llama_style, mlp=MLPSpec(producers=("gate_up_proj",), consumer="down_proj", size_key="", segments=(2,),
+                                     experts="mlp.experts", size_attrs=(("mlp.experts", "intermediate_dim"),),
+                                     experts_layout=ExpertsLayout(glu="clamped_act", limit_attr="swiglu_limit",
+                                                                  act="silu")),
+            dense_mlp=llama_style["mlp"]), unsupported=(("heads", "", _HY_V4_HEADS),)),
     }
+
+
+_DEEPSEEK_V4_HEADS = ("its attention reads one shared KV head (kv_proj) as both keys and values, projects its output "
+                      "through a grouped low-rank o_a_proj (o_groups groups of heads) and keeps a per-layer KV "
+                      "compressor and indexer, which a head group of q/k/v rows and output columns does not "
+                      "describe")
+_HY_V4_HEADS = ("its multi-head latent attention (MLA) builds every head's keys and values from one shared low-rank "
+                "latent (kv_a_proj_with_mqa, then kv_b_proj) with query/key and value heads of different sizes, "
+                "gates each head's output (gate_proj) and selects keys with a shared token indexer, which a head "
+                "group of one head_dim per head does not describe")

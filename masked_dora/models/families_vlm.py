@@ -19,14 +19,17 @@ from .spec_types import ExpertsLayout, HeadSpec, MLPSpec, ModelSpec, PerHeadSpec
 # (model.text_model in Idefics3/SmolVLM), a base model whose block list is "layers". Qwen3.5's language model
 # (qwen3_5_text, MiniCPM-V's too) is a hybrid of gated DeltaNet and attention blocks, LFM2-VL's and LFM3-VL's
 # (lfm2, lfm3) of short convolution and attention blocks: their MLP prunes, their heads are refused; the
-# Qwen3.5-MoE one (qwen3_5_moe_text) the same with an MoE in every block: its routed experts prune
+# Qwen3.5-MoE one (qwen3_5_moe_text) the same with an MoE in every block: its routed experts prune, as do
+# Qwen4-Exp's (qwen4_exp_text: that block between hyper-connections). Gemma 4 Unified has no vision tower (its
+# embedder projects raw patches into image tokens) around Gemma 4's dense text blocks (gemma4_unified_text)
 VLM_WRAPPERS: Dict[str, WrapperSpec] = {
     **{t: WrapperSpec(language_model="language_model") for t in (
         "gemma3", "gemma4", "llava", "llava_next", "llava_next_video", "llava_onevision", "vipllava", "mistral3",
         "lighton_ocr", "paligemma", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe",
         "lfm2_vl", "lfm3_vl", "internvl", "qianfan_ocr", "aya_vision", "cohere2_vision", "video_llava", "deepseek_vl",
         "ovis2", "exaone4_5", "got_ocr2", "hyperclovax_vision_v2", "cosmos3_omni", "video_llama_3",
-        "deepseek_vl_hybrid", "minicpmv4_6", "minicpmv4_7", "minicpm_ocr")},
+        "deepseek_vl_hybrid", "minicpmv4_6", "minicpmv4_7", "minicpm_ocr", "qwen4_exp",
+        "gemma4_unified")},
     **{t: WrapperSpec(language_model="text_model") for t in ("idefics3", "smolvlm")},
     # BLIP-2 (an OPT inside), InstructBLIP (a Llama/Vicuna): a causal LM, the blocks in its base model; around a
     # Flan-T5, a T5ForConditionalGeneration with its encoder and decoder stacks directly under it (their MLPs

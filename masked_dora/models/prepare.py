@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..nn import ClampedSwiGLU, MaskedDoRAExperts, MaskedDoRALinear
+from ..nn import ClampedGLU, ClampedSwiGLU, MaskedDoRAExperts, MaskedDoRALinear
 from ..nn.base_weight import dequantize_weight, quantized_weight_reason
 from ..nn.quantized_base import QuantizedBaseDoRALinear, is_quantized_linear
 from .blocks import (Block, HeadLayout, block_modules, block_refusal, built_head_layout, check_depthwise_modules,
@@ -140,11 +140,22 @@ def _wrap_experts(block, spec, config) -> None:
     layout = spec.mlp.experts_layout
     gate_up, down = expert_matrices(module, spec, producers + (consumer,))
     gate_up_bias, down_bias = expert_biases(module, spec)
-    act = dict(act_fn=dotted_attr(module, layout.act_fn)) if layout.glu == "act" else dict(
-        act_fn=None, glu=ClampedSwiGLU(module.alpha, module.limit))
     experts = MaskedDoRAExperts.from_packed(gate_up, down, gate_up_bias=gate_up_bias, down_bias=down_bias,
-                                            interleaved=layout.interleaved, **act, **_layer_kwargs(config, down))
+                                            interleaved=layout.interleaved, **_expert_activation(module, layout),
+                                            **_layer_kwargs(config, down))
     _replace(block, spec.mlp.experts, experts)
+
+
+def _expert_activation(module, layout) -> dict:
+    """How the experts ``module`` combines gate and up (``layout.glu``), as MaskedDoRAExperts' act_fn / glu."""
+    if layout.glu == "act":
+        return dict(act_fn=dotted_attr(module, layout.act_fn))
+    if layout.glu == "clamped_swiglu":
+        return dict(act_fn=None, glu=ClampedSwiGLU(module.alpha, module.limit))
+    from transformers.activations import ACT2FN
+
+    act_fn = ACT2FN[layout.act] if layout.act else dotted_attr(module, layout.act_fn)
+    return dict(act_fn=None, glu=ClampedGLU(act_fn, getattr(module, layout.limit_attr)))
 
 
 def _channels_of_rows(width: int, rows: int, interleaved: bool) -> Tensor:

@@ -50,7 +50,7 @@ BLOCK_KINDS = ("mlp", "heads")  # the kinds with one group per block (``hidden``
 QKV_LAYOUTS = ("blocks", "grouped", "per_head", "chunked")
 
 
-EXPERT_GLUS = ("act", "clamped_swiglu")
+EXPERT_GLUS = ("act", "clamped_swiglu", "clamped_act")
 
 
 @dataclass(frozen=True)
@@ -73,12 +73,17 @@ class ExpertsLayout:
     interleaved: bool = False  # gate/up outputs alternate per channel (gpt_oss), not [gate | up]
     bias: bool = False  # a "<parameter>_bias" (experts, out) beside each packed parameter (gpt_oss)
     # "act": the module's act_fn(gate) * up; "clamped_swiglu": gpt-oss's (clamp(up, +-limit) + 1) * g * sigmoid(
-    # alpha * g) with g = clamp(gate, max=limit), alpha and limit read from the module's attributes of those names
+    # alpha * g) with g = clamp(gate, max=limit), alpha and limit read from the module's attributes of those names;
+    # "clamped_act": DeepSeek-V4's act_fn(clamp(gate, max=limit)) * clamp(up, +-limit), limit read from the module's
+    # attribute limit_attr and act_fn from its act_fn or, where its forward hard-codes one (HY-V4's F.silu), from
+    # transformers' ACT2FN[act]
     glu: str = "act"
     flat: bool = False  # each parameter 2-D, the experts' matrices stacked along dim 0 (DBRX: (E * I, H))
     up: str = ""  # the up rows' own parameter (DBRX's "mlp.v1"), the producer holding the gate rows only
     down_transposed: bool = False  # the consumer alone stored (in, out) per expert (DBRX's w2)
-    act_fn: str = "act_fn"  # the experts module's activation (with glu="act"), a dotted path below it
+    act_fn: str = "act_fn"  # the experts module's activation (glu="act", "clamped_act"), a dotted path below it
+    limit_attr: str = "limit"
+    act: str = ""
 
     def __post_init__(self):
         if self.glu not in EXPERT_GLUS:
@@ -87,6 +92,8 @@ class ExpertsLayout:
             raise ValueError("ExpertsLayout: flat, up and down_transposed describe DBRX's layout (no bias, gate and up "
                              "in parameters of their own, gate/up stored (out, in)); they do not combine with bias, "
                              "interleaved or transposed")
+        if self.glu != "clamped_act" and (self.act or self.limit_attr != "limit"):
+            raise ValueError(f"ExpertsLayout: act and limit_attr describe glu='clamped_act', got glu={self.glu!r}")
 
 
 @dataclass(frozen=True)

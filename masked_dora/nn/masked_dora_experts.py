@@ -16,9 +16,10 @@ take the layers for packed experts.)
 Other layouts come in through :meth:`MaskedDoRAExperts.from_packed`'s arguments: biases (``gate_up_bias``
 (E, 2I), ``down_bias`` (E, H)), gate and up outputs interleaved per channel (``interleaved``: gate of channel
 ``c`` at row ``2c``, up at ``2c + 1``, as gpt-oss stores them), and another combination of gate and up
-(``glu(gate, up)``, e.g. :class:`ClampedSwiGLU`). A gated row's bias is gated too, so a pruned channel's gate
-and up are both exactly 0, and each ``glu`` here maps (0, 0) to 0. Weights stored transposed, (E, in, out),
-are the caller's to pass as ``.transpose(1, 2)``: such a slice is not contiguous, and it is copied.
+(``glu(gate, up)``, e.g. :class:`ClampedSwiGLU`, :class:`ClampedGLU`). A gated row's bias is gated too, so a
+pruned channel's gate and up are both exactly 0, and each ``glu`` here maps (0, 0) to 0. Weights stored
+transposed, (E, in, out), are the caller's to pass as ``.transpose(1, 2)``: such a slice is not contiguous, and
+it is copied.
 
 The routing (which tokens go to which expert, with which weight) is the caller's: ``forward`` takes the
 router's ``top_k_index`` and ``top_k_weights`` and loops over the experts that received a token, as
@@ -69,6 +70,22 @@ class ClampedSwiGLU(nn.Module):
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, limit={self.limit}"
+
+
+class ClampedGLU(nn.Module):
+    r"""``act_fn(clamp(gate, max=limit)) * clamp(up, -limit, limit)``: a gated activation whose gate and up are
+    clipped first (DeepSeek-V4's experts, SiLU and limit 10). A pruned channel (``gate = up = 0``) gives
+    ``act_fn(0) * 0 = 0`` exactly, whatever ``act_fn(0)`` is."""
+
+    def __init__(self, act_fn: Callable[[Tensor], Tensor], limit: float):
+        super().__init__()
+        self.act_fn, self.limit = act_fn, float(limit)
+
+    def forward(self, gate: Tensor, up: Tensor) -> Tensor:
+        return self.act_fn(gate.clamp(max=self.limit)) * up.clamp(min=-self.limit, max=self.limit)
+
+    def extra_repr(self) -> str:
+        return f"limit={self.limit}"
 
 
 class MaskedDoRAExperts(nn.Module):
