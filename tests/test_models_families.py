@@ -133,7 +133,7 @@ def test_plain_checkpoints_reload_with_plain_transformers(chains):
 
 @pytest.mark.parametrize("family, flag", [("olmo2", None), ("t5", None), ("t5-gated", None), ("mpnet", None),
                                           ("longt5-local", None), ("longt5-tglobal", None), ("falcon-rw", "alibi"),
-                                          ("falcon", "alibi")]
+                                          ("falcon", "alibi"), ("mvp", "use_prompt")]
                          + [(f, None) for f in ("olmo3", "bloom", "mpt", "deepseek_v3", "deepseek_v2", "olmoe",
                                                 "flex_olmo", "gemma4_text", "gemma4_text-moe", "diffllama", "doge",
                                                 "qwen3_5_text", "olmo_hybrid", "falcon_h1", "bamba", "lfm2",
@@ -141,7 +141,8 @@ def test_plain_checkpoints_reload_with_plain_transformers(chains):
                                                 "qwen3_next", "qwen3_5_moe_text", "deepseek_v32", "glm_moe_dsa",
                                                 "glm4_moe_lite", "minicpm3", "kimi_linear", "lfm2_moe",
                                                 "mimo_v2_flash", "laguna", "minimax", "layoutlmv3", "lilt", "convbert",
-                                                "deberta", "esmc")
+                                                "deberta", "esmc", "youtu", "zaya", "trocr", "cpmant", "prophetnet",
+                                                "lara_mini", "dots3_note_text")
                             if f in TABLE_FAMILIES])
 def test_heads_that_cannot_be_pruned_exactly_are_refused_before_anything_changes(family, flag):
     import transformers as t
