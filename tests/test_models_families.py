@@ -160,6 +160,24 @@ def test_heads_that_cannot_be_pruned_exactly_are_refused_before_anything_changes
     assert sorted(get_state(model).groups) == sorted(f"mlp_{b.index}" for b in blocks)
 
 
+@pytest.mark.parametrize("model_type, classes, config, why", [
+    ("dory", ("DoryConfig", "DoryForCausalLM"), dict(vocab_size=97, hidden_size=32, intermediate_size=64,
+                                                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                                     head_dim=8), "ffn_sub_norm L2-normalises over the whole MLP")])
+def test_decoders_that_cannot_prune_exactly_are_refused_with_the_reason(model_type, classes, config, why):
+    """A decoder whose every group is coupled beyond what the spec types describe (Dory's L2 norms over the whole
+    MLP width and all heads' width) is refused at prepare_model with the reason, before anything changes."""
+    import transformers as t
+
+    if not all(hasattr(t, name) for name in classes):
+        pytest.skip(f"transformers {t.__version__} has no {classes}")
+    model = getattr(t, classes[1])(getattr(t, classes[0])(**config))
+    for target_groups in (("mlp",), ("mlp", "heads")):
+        with pytest.raises(ValueError, match=rf"masked_dora cannot prune a '{model_type}' model exactly: .*{why}"):
+            prepare_model(model, MaskedDoRAConfig(target_groups=target_groups, importance="none"))
+    assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
+
+
 def _head_norm_rows(attention, name):
     """The per-head weights of a q/k norm as a (heads, head_dim) tensor (Cohere: the weight; StableLM: one
     LayerNorm per head)."""

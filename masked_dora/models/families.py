@@ -7,7 +7,7 @@ from dataclasses import replace as replace_dataclass
 from typing import Dict
 
 from .families_audio_lm import AUDIO_LM_WRAPPERS
-from .families_classic import classic_specs
+from .families_classic import REFUSED_CLASSIC_TYPES, classic_specs
 from .families_decoders import LLAMA_SEMANTICS, QK_NORM_SPANS_HEADS, decoder_specs
 from .families_encoders import REFUSED_ENCODER_TYPES, encoder_specs
 from .families_fused_moe import FUSED_MOE_SPECS
@@ -323,7 +323,7 @@ SPECS.update(vlm_text_specs(LLAMA_STYLE, MIXTRAL_STYLE, _QK_NORM_SPANS_HEADS))
 SPECS.update(classic_specs(LLAMA_STYLE, MIXTRAL_STYLE, GPT2, BERT_STYLE, BART_ENCODER, BART_DECODER))
 WRAPPERS = dict(VLM_WRAPPERS, **AUDIO_LM_WRAPPERS)  # outer model_type -> WrapperSpec: VLMs', audio LMs' language model
 # model_type -> why it cannot prune exactly (spec_for raises it)
-REFUSED = {**REFUSED_MODEL_TYPES, **VISION_REFUSED_MODEL_TYPES, **REFUSED_ENCODER_TYPES}
+REFUSED = {**REFUSED_MODEL_TYPES, **VISION_REFUSED_MODEL_TYPES, **REFUSED_ENCODER_TYPES, **REFUSED_CLASSIC_TYPES}
 
 
 # names the encoder-only specs had before their families' decoders were pruned too

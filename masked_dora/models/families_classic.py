@@ -23,6 +23,15 @@ _ZAYA_HEADS = ("its compressed convolutional attention (CCA) runs the query and 
                "(qk_norm.temp): no head spec cuts these")
 
 
+# model types masked_dora knows it cannot prune exactly, and why (spec_for raises it; a spec registered for such a
+# type is used instead)
+REFUSED_CLASSIC_TYPES: Dict[str, str] = {
+    "dory": ("its blocks keep hidden states on the unit sphere (nGPT): the MLP's ffn_sub_norm L2-normalises over the "
+             "whole MLP width and the attention's attn_sub_norm over all heads' width, so a removed channel or head "
+             "changes every kept one; its per-channel scales (suv_gate / suv_up per MLP channel, sqk / s_gate per "
+             "query channel) sit outside the projections"),
+}
+
 _MVP_PROMPT_HEADS = ("with use_prompt its layer-wise prompts (self_attn_prompt / cross_attn_prompt, MvpPrompt) "
                      "project one key and value prefix per head of every layer through prompt_trans, whose rows no "
                      "head spec cuts")
