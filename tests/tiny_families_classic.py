@@ -107,4 +107,11 @@ TINY = {
                                        qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8, index_topk=4,
                                        index_head_dim=8, index_n_heads=2),
                                   causal_lm=True, heads=False),
+    # every block MoE (4 experts of width 32, top-2) with a softcapped SwiGLU act_fn(gate, up); heads refused
+    "inkling2_text": TinyFamily(("Inkling2TextConfig", "Inkling2TextModel", "Inkling2ForCausalLM"),
+                                dict(_LLAMA_LIKE, unpadded_vocab_size=97, swa_num_attention_heads=4,
+                                     swa_num_key_value_heads=2, swa_head_dim=8, sliding_window_size=4, d_rel=4,
+                                     rel_extent=16, moe_intermediate_size=32, n_routed_experts=4,
+                                     num_experts_per_tok=2, n_layers_per_attn_res_block=1),
+                                kv_heads=2, causal_lm=True, heads=False),
 }

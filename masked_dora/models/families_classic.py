@@ -12,7 +12,7 @@ from typing import Dict
 
 from .families_fused_moe import DEEPSEEK_V3
 from .families_hybrid import _HYBRID_HEADS
-from .spec_types import HeadSpec, MLPSpec, ModelSpec, PerHeadSpec
+from .spec_types import ExpertsLayout, HeadSpec, MLPSpec, ModelSpec, PerHeadSpec
 
 _MLA_HEADS = DEEPSEEK_V3["unsupported"][0][2]
 
@@ -31,6 +31,12 @@ REFUSED_CLASSIC_TYPES: Dict[str, str] = {
              "changes every kept one; its per-channel scales (suv_gate / suv_up per MLP channel, sqk / s_gate per "
              "query channel) sit outside the projections"),
 }
+
+_INKLING2_HEADS = ("its sliding and full attention layers have their own head counts (swa_num_attention_heads, "
+                   "num_attention_heads), its key and value projections run through short convolutions (sconv), and "
+                   "it projects per head the attention sinks (sink_proj), a relative-position bias "
+                   "(relative_position_bias.linear, heads x d_rel rows) and an output gate per query channel "
+                   "(o_proj.gate_proj), which no head spec cuts")
 
 _MVP_PROMPT_HEADS = ("with use_prompt its layer-wise prompts (self_attn_prompt / cross_attn_prompt, MvpPrompt) "
                      "project one key and value prefix per head of every layer through prompt_trans, whose rows no "
@@ -126,6 +132,18 @@ def classic_specs(llama_style: dict, mixtral_style: dict, gpt2: dict, bert_style
         "dots3_note_text": ModelSpec(name="dots3_note_text", model_types=("dots3_note_text",), **dict(
             moe_experts, heads=DEEPSEEK_V3["heads"]), dense_mlp=llama_style["mlp"],
             unsupported=(("heads", "", _MLA_HEADS),)),
+        # Inkling 2 (text; Inkling2ForCausalLM): every block an MoE whose experts (Mixtral's packing, width
+        # moe_intermediate_size) combine gate and up in their act_fn (a softcapped SwiGLU, (0, 0) -> 0:
+        # ExpertsLayout(glu="act_pair")); the short convolutions after the attention and the MLP and the attention
+        # residuals across blocks act over the hidden size; heads refused
+        "inkling2_text": ModelSpec(
+            name="inkling2_text", model_types=("inkling2_text",), layers=("layers",), hidden_key="hidden_size",
+            mlp=replace_dataclass(moe_experts["mlp"], experts_layout=ExpertsLayout(glu="act_pair")),
+            heads=HeadSpec(query="self_attn.q_proj.linear", key="self_attn.k_proj.linear",
+                           value="self_attn.v_proj.linear", output="self_attn.o_proj.linear",
+                           heads_key="num_attention_heads", kv_heads_key="num_key_value_heads",
+                           head_dim_key="head_dim", attention="self_attn"),
+            unsupported=(("heads", "", _INKLING2_HEADS),)),
         # BertGeneration (encoder and decoder): BERT's layer; with add_cross_attention its crossattention keeps
         # every head (pruned heads save per layer anyway: head_dim is hidden_size // num_attention_heads)
         "bert-generation": ModelSpec(name="bert-generation", model_types=("bert-generation",), **bert_style),

@@ -140,8 +140,9 @@ def _wrap_experts(block, spec, config) -> None:
     layout = spec.mlp.experts_layout
     gate_up, down = expert_matrices(module, spec, producers + (consumer,))
     gate_up_bias, down_bias = expert_biases(module, spec)
-    act = dict(act_fn=dotted_attr(module, layout.act_fn)) if layout.glu == "act" else dict(
-        act_fn=None, glu=ClampedSwiGLU(module.alpha, module.limit))
+    act = {"act": lambda: dict(act_fn=dotted_attr(module, layout.act_fn)),
+           "act_pair": lambda: dict(act_fn=None, glu=dotted_attr(module, layout.act_fn)),
+           "clamped_swiglu": lambda: dict(act_fn=None, glu=ClampedSwiGLU(module.alpha, module.limit))}[layout.glu]()
     experts = MaskedDoRAExperts.from_packed(gate_up, down, gate_up_bias=gate_up_bias, down_bias=down_bias,
                                             interleaved=layout.interleaved, **act, **_layer_kwargs(config, down))
     _replace(block, spec.mlp.experts, experts)

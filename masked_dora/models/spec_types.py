@@ -50,7 +50,7 @@ BLOCK_KINDS = ("mlp", "heads")  # the kinds with one group per block (``hidden``
 QKV_LAYOUTS = ("blocks", "grouped", "per_head", "chunked")
 
 
-EXPERT_GLUS = ("act", "clamped_swiglu")
+EXPERT_GLUS = ("act", "clamped_swiglu", "act_pair")
 
 
 @dataclass(frozen=True)
@@ -73,12 +73,14 @@ class ExpertsLayout:
     interleaved: bool = False  # gate/up outputs alternate per channel (gpt_oss), not [gate | up]
     bias: bool = False  # a "<parameter>_bias" (experts, out) beside each packed parameter (gpt_oss)
     # "act": the module's act_fn(gate) * up; "clamped_swiglu": gpt-oss's (clamp(up, +-limit) + 1) * g * sigmoid(
-    # alpha * g) with g = clamp(gate, max=limit), alpha and limit read from the module's attributes of those names
+    # alpha * g) with g = clamp(gate, max=limit), alpha and limit read from the module's attributes of those names;
+    # "act_pair": the module's act_fn(gate, up), which combines them itself (Inkling 2's softcapped SwiGLU,
+    # softcap(g) * sigmoid(g) * softcap(up): (0, 0) -> 0)
     glu: str = "act"
     flat: bool = False  # each parameter 2-D, the experts' matrices stacked along dim 0 (DBRX: (E * I, H))
     up: str = ""  # the up rows' own parameter (DBRX's "mlp.v1"), the producer holding the gate rows only
     down_transposed: bool = False  # the consumer alone stored (in, out) per expert (DBRX's w2)
-    act_fn: str = "act_fn"  # the experts module's activation (with glu="act"), a dotted path below it
+    act_fn: str = "act_fn"  # the experts module's activation (with glu="act" or "act_pair"), a dotted path below it
 
     def __post_init__(self):
         if self.glu not in EXPERT_GLUS:
