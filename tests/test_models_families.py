@@ -133,7 +133,7 @@ def test_plain_checkpoints_reload_with_plain_transformers(chains):
 
 @pytest.mark.parametrize("family, flag", [("olmo2", None), ("t5", None), ("t5-gated", None), ("mpnet", None),
                                           ("longt5-local", None), ("longt5-tglobal", None), ("falcon-rw", "alibi"),
-                                          ("falcon", "alibi")]
+                                          ("falcon", "alibi"), ("mvp", "use_prompt")]
                          + [(f, None) for f in ("olmo3", "bloom", "mpt", "deepseek_v3", "deepseek_v2", "deepseek_v4",
                                                 "hy_v4", "olmoe", "flex_olmo", "gemma4_text", "gemma4_text-moe",
                                                 "gemma4_unified_text", "diffllama", "doge", "qwen3_5_text",
@@ -142,7 +142,8 @@ def test_plain_checkpoints_reload_with_plain_transformers(chains):
                                                 "qwen3_5_moe_text", "qwen4_exp_text", "deepseek_v32", "glm_moe_dsa",
                                                 "glm4_moe_lite", "minicpm3", "kimi_linear", "lfm2_moe",
                                                 "mimo_v2_flash", "laguna", "minimax", "layoutlmv3", "lilt", "convbert",
-                                                "deberta", "esmc")
+                                                "deberta", "esmc", "youtu", "zaya", "trocr", "cpmant", "prophetnet",
+                                                "lara_mini", "dots3_note_text", "inkling2_text")
                             if f in TABLE_FAMILIES])
 def test_heads_that_cannot_be_pruned_exactly_are_refused_before_anything_changes(family, flag):
     import transformers as t
@@ -158,6 +159,24 @@ def test_heads_that_cannot_be_pruned_exactly_are_refused_before_anything_changes
     prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), importance="none"))  # the MLP still prunes
     blocks = model_blocks(model, spec_for(model))
     assert sorted(get_state(model).groups) == sorted(f"mlp_{b.index}" for b in blocks)
+
+
+@pytest.mark.parametrize("model_type, classes, config, why", [
+    ("dory", ("DoryConfig", "DoryForCausalLM"), dict(vocab_size=97, hidden_size=32, intermediate_size=64,
+                                                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                                     head_dim=8), "ffn_sub_norm L2-normalises over the whole MLP")])
+def test_decoders_that_cannot_prune_exactly_are_refused_with_the_reason(model_type, classes, config, why):
+    """A decoder whose every group is coupled beyond what the spec types describe (Dory's L2 norms over the whole
+    MLP width and all heads' width) is refused at prepare_model with the reason, before anything changes."""
+    import transformers as t
+
+    if not all(hasattr(t, name) for name in classes):
+        pytest.skip(f"transformers {t.__version__} has no {classes}")
+    model = getattr(t, classes[1])(getattr(t, classes[0])(**config))
+    for target_groups in (("mlp",), ("mlp", "heads")):
+        with pytest.raises(ValueError, match=rf"masked_dora cannot prune a '{model_type}' model exactly: .*{why}"):
+            prepare_model(model, MaskedDoRAConfig(target_groups=target_groups, importance="none"))
+    assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
 
 
 def _head_norm_rows(attention, name):

@@ -180,10 +180,11 @@ def _distinct_head_norms(model) -> None:
 
 @torch.no_grad()
 def _distinct_attention_sinks(model) -> None:
-    """Give every per-head attention sink (``self_attn.sinks``, one logit per query head) its own value: they start
-    at zeros, so a compacted model that kept the wrong heads' sinks would still equal the masked one."""
+    """Give every per-head attention sink (``self_attn.sinks``, one logit per query head) and output-gate bias
+    (Beam's ``self_attn.gate_bias``) its own value: they start at zeros, so a compacted model that kept the wrong
+    heads' entries would still equal the masked one."""
     for name, p in model.named_parameters():
-        if name.endswith(".sinks"):
+        if name.endswith((".sinks", ".self_attn.gate_bias")):
             p.uniform_(-1.0, 1.0)
 
 

@@ -7,6 +7,7 @@ from dataclasses import replace as replace_dataclass
 from typing import Dict
 
 from .families_audio_lm import AUDIO_LM_WRAPPERS
+from .families_classic import REFUSED_CLASSIC_TYPES, classic_specs
 from .families_decoders import LLAMA_SEMANTICS, QK_NORM_SPANS_HEADS, decoder_specs
 from .families_encoders import REFUSED_ENCODER_TYPES, encoder_specs
 from .families_fused_moe import FUSED_MOE_SPECS
@@ -269,7 +270,8 @@ SPECS: Dict[str, ModelSpec] = {
                                     **MODERNBERT_DECODER),
     "eurobert": ModelSpec(name="eurobert", model_types=("eurobert",), **LLAMA_STYLE),  # an encoder of Llama's modules
     "gpt_neox": ModelSpec(name="gpt_neox", model_types=("gpt_neox",), **GPT_NEOX),
-    "gpt2": ModelSpec(name="gpt2", model_types=("gpt2",), **GPT2),
+    # gpt-sw3: GPT2Config and GPT2LMHeadModel under transformers' own model_type name
+    "gpt2": ModelSpec(name="gpt2", model_types=("gpt2", "gpt-sw3"), **GPT2),
     "falcon-new": ModelSpec(name="falcon-new", model_types=("falcon",), **FALCON_NEW, unsupported=FALCON_ALIBI,
                             when=(("new_decoder_architecture", True),)),
     "falcon": ModelSpec(name="falcon", model_types=("falcon",), **FALCON_MULTI_QUERY, unsupported=FALCON_ALIBI,
@@ -318,9 +320,10 @@ SPECS.update(encoder_specs(BERT_STYLE))
 SPECS.update(moe_specs(LLAMA_STYLE, MIXTRAL_STYLE, _QK_NORM_SPANS_HEADS))
 SPECS.update(hybrid_specs(LLAMA_STYLE))
 SPECS.update(vlm_text_specs(LLAMA_STYLE, MIXTRAL_STYLE, _QK_NORM_SPANS_HEADS))
+SPECS.update(classic_specs(LLAMA_STYLE, MIXTRAL_STYLE, GPT2, BERT_STYLE, BART_ENCODER, BART_DECODER))
 WRAPPERS = dict(VLM_WRAPPERS, **AUDIO_LM_WRAPPERS)  # outer model_type -> WrapperSpec: VLMs', audio LMs' language model
 # model_type -> why it cannot prune exactly (spec_for raises it)
-REFUSED = {**REFUSED_MODEL_TYPES, **VISION_REFUSED_MODEL_TYPES, **REFUSED_ENCODER_TYPES}
+REFUSED = {**REFUSED_MODEL_TYPES, **VISION_REFUSED_MODEL_TYPES, **REFUSED_ENCODER_TYPES, **REFUSED_CLASSIC_TYPES}
 
 
 # names the encoder-only specs had before their families' decoders were pruned too

@@ -150,6 +150,8 @@ def _expert_activation(module, layout) -> dict:
     """How the experts ``module`` combines gate and up (``layout.glu``), as MaskedDoRAExperts' act_fn / glu."""
     if layout.glu == "act":
         return dict(act_fn=dotted_attr(module, layout.act_fn))
+    if layout.glu == "act_pair":  # the module's act_fn(gate, up) combines them itself
+        return dict(act_fn=None, glu=dotted_attr(module, layout.act_fn))
     if layout.glu == "clamped_swiglu":
         return dict(act_fn=None, glu=ClampedSwiGLU(module.alpha, module.limit))
     from transformers.activations import ACT2FN

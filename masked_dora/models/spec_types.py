@@ -50,7 +50,7 @@ BLOCK_KINDS = ("mlp", "heads")  # the kinds with one group per block (``hidden``
 QKV_LAYOUTS = ("blocks", "grouped", "per_head", "chunked")
 
 
-EXPERT_GLUS = ("act", "clamped_swiglu", "clamped_act")
+EXPERT_GLUS = ("act", "clamped_swiglu", "clamped_act", "act_pair")
 
 
 @dataclass(frozen=True)
@@ -77,11 +77,13 @@ class ExpertsLayout:
     # "clamped_act": DeepSeek-V4's act_fn(clamp(gate, max=limit)) * clamp(up, +-limit), limit read from the module's
     # attribute limit_attr and act_fn from its act_fn or, where its forward hard-codes one (HY-V4's F.silu), from
     # transformers' ACT2FN[act]
+    # "act_pair": the module's act_fn(gate, up), which combines them itself (Inkling 2's softcapped SwiGLU,
+    # softcap(g) * sigmoid(g) * softcap(up): (0, 0) -> 0)
     glu: str = "act"
     flat: bool = False  # each parameter 2-D, the experts' matrices stacked along dim 0 (DBRX: (E * I, H))
     up: str = ""  # the up rows' own parameter (DBRX's "mlp.v1"), the producer holding the gate rows only
     down_transposed: bool = False  # the consumer alone stored (in, out) per expert (DBRX's w2)
-    act_fn: str = "act_fn"  # the experts module's activation (glu="act", "clamped_act"), a dotted path below it
+    act_fn: str = "act_fn"  # the experts module's activation (glu="act", "act_pair", "clamped_act"), a dotted path
     limit_attr: str = "limit"
     act: str = ""
 
