@@ -86,9 +86,10 @@ TINY.update({
     # layer 0 lightning attention, layer 1 softmax attention, each with 4 experts of width 64
     "minimax": _lm("MiniMax", head_dim=8, layer_types=["linear_attention", "full_attention"], num_local_experts=4,
                    num_experts_per_tok=2, block_size=4, full_attn_alpha_factor=0.5, mlp_alpha_factor=2.0),
-    # Qwen4-Exp (text): the MoE in both blocks (block 1 indexed attention), between hyper-connections of 2
+    # Qwen4-Exp (text): the MoE in both blocks (block 1 indexed attention: "full_attention", the released
+    # checkpoints' name, which each version maps to its own sparse attention), between hyper-connections of 2
     # residual streams; the QSA indexer's budget (8 blocks of 2 tokens) covers every position the chain runs
     "qwen4_exp_text": _lm("Qwen4ExpText", lm="Qwen4ExpForCausalLM", **dict(
-        _QWEN_MOE_HYBRID, layer_types=["linear_attention", "indexed_attention"]), hc_count=2, hc_lowrank=8,
+        _QWEN_MOE_HYBRID, layer_types=["linear_attention", "full_attention"]), hc_count=2, hc_lowrank=8,
         indexer_n_heads=2, indexer_kv_heads=1, indexer_head_dim=8, indexer_budget=16, indexer_compress_ratio=2),
 })

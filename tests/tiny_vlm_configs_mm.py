@@ -110,7 +110,7 @@ def qwen4_exp(t):
     its expert width the VLM rows' 64: block 0 gated DeltaNet, block 1 indexed attention, an MoE of 4 experts, 2 per
     token, and a shared expert of width 48 in each, between hyper-connections of 2 residual streams), Qwen3.5's
     vision tower over flattened 16 px patches (``tiny_vlm_configs.qwen_patches(16)``: 4 tokens)."""
-    text = dict(TEXT, head_dim=8, layer_types=["linear_attention", "indexed_attention"], linear_conv_kernel_dim=4,
+    text = dict(TEXT, head_dim=8, layer_types=["linear_attention", "full_attention"], linear_conv_kernel_dim=4,
                 linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4,
                 num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, shared_expert_intermediate_size=48,
                 hc_count=2, hc_lowrank=8, indexer_n_heads=2, indexer_kv_heads=1, indexer_head_dim=8,
