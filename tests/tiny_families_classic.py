@@ -44,10 +44,11 @@ TINY = {
     # the text decoder of a GIT (run on text alone) beside a tiny CLIP-like image encoder (kept whole)
     "git": _lm("Git", dict(_BERT_LIKE, vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                                          num_attention_heads=2, image_size=8, patch_size=4))),
-    # per-head fused query_key_value, partial rotary, MLP hidden * intermediate_multiple_size (per-layer form)
+    # per-head fused query_key_value, MLP hidden * intermediate_multiple_size (per-layer form); full rotary: 5.17's
+    # rotary embedding ignores partial_rotary_factor, so the model cannot run with rotary_pct < 1 there (fixed in 5.24)
     "gpt_neox_japanese": _lm("GPTNeoXJapanese", dict(vocab_size=97, num_hidden_layers=2, max_position_embeddings=64,
                                                      hidden_size=32, intermediate_multiple_size=2,
-                                                     num_attention_heads=4, rotary_pct=0.5, hidden_dropout=0.0,
+                                                     num_attention_heads=4, rotary_pct=1.0, hidden_dropout=0.0,
                                                      attention_dropout=0.0, bos_token_id=1, eos_token_id=2)),
     # BART's stacks (decoder inputs given; generate() from the input ids is compared)
     "mvp": TinyFamily(("MvpConfig", "MvpModel", "MvpForConditionalGeneration"),
