@@ -143,7 +143,8 @@ def test_plain_checkpoints_reload_with_plain_transformers(chains):
                                                 "glm4_moe_lite", "minicpm3", "kimi_linear", "lfm2_moe",
                                                 "mimo_v2_flash", "laguna", "minimax", "layoutlmv3", "lilt", "convbert",
                                                 "deberta", "esmc", "youtu", "zaya", "trocr", "cpmant", "prophetnet",
-                                                "lara_mini", "dots3_note_text", "inkling2_text")
+                                                "lara_mini", "dots3_note_text", "inkling2_text", "axk1", "axk2",
+                                                "inkling_text")
                             if f in TABLE_FAMILIES])
 def test_heads_that_cannot_be_pruned_exactly_are_refused_before_anything_changes(family, flag):
     import transformers as t

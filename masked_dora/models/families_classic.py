@@ -38,6 +38,11 @@ _INKLING2_HEADS = ("its sliding and full attention layers have their own head co
                    "(relative_position_bias.linear, heads x d_rel rows) and an output gate per query channel "
                    "(o_proj.gate_proj), which no head spec cuts")
 
+_INKLING_HEADS = ("its sliding and full attention layers have their own head counts and head sizes "
+                  "(swa_num_attention_heads, swa_head_dim), its key and value projections run through short "
+                  "convolutions over their channels (k_sconv, v_sconv) and it projects a relative-position bias per "
+                  "head (r_proj, heads x d_rel rows), which no head spec cuts")
+
 _MVP_PROMPT_HEADS = ("with use_prompt its layer-wise prompts (self_attn_prompt / cross_attn_prompt, MvpPrompt) "
                      "project one key and value prefix per head of every layer through prompt_trans, whose rows no "
                      "head spec cuts")
@@ -144,6 +149,21 @@ def classic_specs(llama_style: dict, mixtral_style: dict, gpt2: dict, bert_style
                            heads_key="num_attention_heads", kv_heads_key="num_key_value_heads",
                            head_dim_key="head_dim", attention="self_attn"),
             unsupported=(("heads", "", _INKLING2_HEADS),)),
+        # A.X K1 (axk1): DeepSeek-V3's blocks (Mixtral's packed experts beside shared_experts of width
+        # moe_intermediate_size * n_shared_experts, kept whole: the per-layer form; dense blocks of Llama's MLP by
+        # mlp_layer_types, or first_k_dense_replace in transformers 5.17, their own groups) and its MLA attention
+        # (heads refused); the post_mlp_layernorm after the MoE is over the hidden size. A.X K2 (axk2): the same
+        # blocks under MLA with a per-head query gate and a sparse-attention indexer (heads refused), and gated RMS
+        # norms (a low-rank sigmoid gate over the hidden size) before the attention and the MoE
+        "axk1": ModelSpec(name="axk1", model_types=("axk1", "axk2"), **DEEPSEEK_V3),
+        # Inkling (text; InklingForCausalLM): every mlp_layer_types "sparse" block an MoE of Mixtral's packed experts
+        # (width moe_intermediate_size, which also sizes the shared_experts, kept whole: the per-layer form) whose
+        # router also weighs the shared experts, the "dense" blocks Llama's MLP (intermediate_size, times a scalar
+        # global_scale; their own groups); the short convolutions after the attention and the MLP act over the
+        # hidden size; heads refused
+        "inkling_text": ModelSpec(name="inkling_text", model_types=("inkling_text",), **dict(
+            llama_style, mlp=DEEPSEEK_V3["mlp"]), dense_mlp=DEEPSEEK_V3["dense_mlp"],
+            unsupported=(("heads", "", _INKLING_HEADS),)),
         # BertGeneration (encoder and decoder): BERT's layer; with add_cross_attention its crossattention keeps
         # every head (pruned heads save per layer anyway: head_dim is hidden_size // num_attention_heads)
         "bert-generation": ModelSpec(name="bert-generation", model_types=("bert-generation",), **bert_style),
