@@ -143,7 +143,8 @@ def test_plain_checkpoints_reload_with_plain_transformers(chains):
                                                 "glm4_moe_lite", "minicpm3", "kimi_linear", "lfm2_moe",
                                                 "mimo_v2_flash", "laguna", "minimax", "layoutlmv3", "lilt", "convbert",
                                                 "deberta", "esmc", "youtu", "zaya", "trocr", "cpmant", "prophetnet",
-                                                "lara_mini", "dots3_note_text", "inkling2_text")
+                                                "lara_mini", "dots3_note_text", "inkling2_text", "axk1", "axk2",
+                                                "inkling_text", "longcat_flash")
                             if f in TABLE_FAMILIES])
 def test_heads_that_cannot_be_pruned_exactly_are_refused_before_anything_changes(family, flag):
     import transformers as t
@@ -164,7 +165,12 @@ def test_heads_that_cannot_be_pruned_exactly_are_refused_before_anything_changes
 @pytest.mark.parametrize("model_type, classes, config, why", [
     ("dory", ("DoryConfig", "DoryForCausalLM"), dict(vocab_size=97, hidden_size=32, intermediate_size=64,
                                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                                     head_dim=8), "ffn_sub_norm L2-normalises over the whole MLP")])
+                                                     head_dim=8), "ffn_sub_norm L2-normalises over the whole MLP"),
+    ("jetmoe", ("JetMoeConfig", "JetMoeForCausalLM"), dict(vocab_size=97, hidden_size=32, intermediate_size=32,
+                                                         num_hidden_layers=2, num_attention_heads=4,
+                                                         num_key_value_heads=2, kv_channels=8, num_local_experts=4,
+                                                         num_experts_per_tok=2),
+     "two JetMoeParallelExperts modules")])
 def test_decoders_that_cannot_prune_exactly_are_refused_with_the_reason(model_type, classes, config, why):
     """A decoder whose every group is coupled beyond what the spec types describe (Dory's L2 norms over the whole
     MLP width and all heads' width) is refused at prepare_model with the reason, before anything changes."""

@@ -115,4 +115,21 @@ TINY = {
                                      rel_extent=16, moe_intermediate_size=32, n_routed_experts=4,
                                      num_experts_per_tok=2, n_layers_per_attn_res_block=1),
                                 kv_heads=2, causal_lm=True, heads=False),
+    # (transformers 5.24) block 0 dense (Llama's MLP, width 64, a scalar global_scale), block 1 4 experts of width
+    # 32 (top-2) and a shared expert (kept whole) weighed by the router; a sliding and a full attention layer with
+    # their own head counts (heads refused)
+    "inkling_text": TinyFamily(("InklingTextConfig", "InklingTextModel", "InklingForCausalLM"),
+                               dict(_LLAMA_LIKE, swa_num_attention_heads=2, swa_num_key_value_heads=1, swa_head_dim=8,
+                                    sliding_window_size=4, d_rel=4, rel_extent=16, moe_intermediate_size=32,
+                                    n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1,
+                                    layer_types=["hybrid_sliding", "hybrid"], mlp_layer_types=["dense", "sparse"]),
+                               kv_heads=2, causal_lm=True, heads=False),
+    # one block (two attention sublayers: num_hidden_layers 2) with two MLA attentions (heads refused), two dense
+    # MLPs of width 64 (the two stacks) and an MoE of 2 routed experts (width 32) and 2 identity experts, kept whole
+    "longcat_flash": _lm("LongcatFlash", dict(vocab_size=97, num_layers=1, max_position_embeddings=64, hidden_size=32,
+                                              ffn_hidden_size=64, num_attention_heads=4, q_lora_rank=16,
+                                              kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4, head_dim=4,
+                                              v_head_dim=8, moe_topk=2, n_routed_experts=2, zero_expert_num=2,
+                                              expert_ffn_hidden_size=32, pad_token_id=0, bos_token_id=1,
+                                              eos_token_id=2), heads=False),
 }

@@ -92,4 +92,15 @@ TINY = {
                                                "Gemma4UnifiedForCausalLM"), config=dict(
         _GEMMA4_COMMON, num_kv_shared_layers=2, use_double_wide_mlp=True, attention_k_eq_v=True), kv_heads=2,
         causal_lm=True, heads=False),
+    # Cohere's North text model: Cohere-2's parallel attention and MLP after one LayerNorm (with its mean), a
+    # sliding-window layer with multimodal RoPE and a full-attention one without (NoPE); the config recomputes
+    # head_dim but takes a saved one
+    "cohere_compass_text": TinyFamily(("CohereCompassTextConfig", "CohereCompassTextModel", "CohereCompassForCausalLM"),
+                                      dict(_COMMON, sliding_window=4,
+                                           layer_types=["sliding_attention", "full_attention"],
+                                           rope_parameters={"sliding_attention": dict(rope_type="default",
+                                                                                      rope_theta=10000.0,
+                                                                                      mrope_section=[2, 1, 1]),
+                                                            "full_attention": None}),
+                                      kv_heads=2, causal_lm=True),
 }

@@ -155,4 +155,13 @@ TINY = {
                              qk_nope_head_dim=4, qk_rope_head_dim=4, v_head_dim=8, index_topk=16, index_head_dim=8,
                              index_n_heads=2, hc_mult=2, swiglu_limit=0.05, mlp_layer_types=["dense", "sparse"]),
                         kv_heads=4, causal_lm=True, heads=False),
+    # A.X K1: DeepSeek-V3's blocks (block 0 dense by first_k_dense_replace, the name both 5.17 and 5.24 read) and
+    # MLA (heads refused), the MoE's output through post_mlp_layernorm; A.X K2: the same blocks, MLA with a query
+    # gate and an indexer, gated RMS norms (rank 4)
+    "axk1": TinyFamily(("AXK1Config", "AXK1Model", "AXK1ForCausalLM"),
+                       dict({k: v for k, v in _MLA_MOE.items() if k != "mlp_layer_types"}, first_k_dense_replace=1),
+                       causal_lm=True, heads=False),
+    "axk2": TinyFamily(("AXK2Config", "AXK2Model", "AXK2ForCausalLM"),
+                       dict(_MLA_MOE, index_topk=4, index_head_dim=8, index_n_heads=2, gated_norm_rank=4),
+                       causal_lm=True, heads=False),
 }

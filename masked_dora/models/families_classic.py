@@ -30,6 +30,12 @@ REFUSED_CLASSIC_TYPES: Dict[str, str] = {
              "whole MLP width and the attention's attn_sub_norm over all heads' width, so a removed channel or head "
              "changes every kept one; its per-channel scales (suv_gate / suv_up per MLP channel, sqk / s_gate per "
              "query channel) sit outside the projections"),
+    "jetmoe": ("its only MLP is a mixture of experts whose projections are two JetMoeParallelExperts modules "
+               "(mlp.input_linear, rows [gate | up] per expert, and mlp.output_linear), each called with the routed "
+               "tokens sorted by expert and the per-expert token counts, which the experts wrapper (one packed "
+               "experts module called with the router's top-k choice) does not take; its attention is a mixture of "
+               "attention experts too (self_attn.experts: per-expert query and output projections over shared keys "
+               "and values, kv_proj), which no head spec describes"),
 }
 
 _INKLING2_HEADS = ("its sliding and full attention layers have their own head counts (swa_num_attention_heads, "
@@ -37,6 +43,11 @@ _INKLING2_HEADS = ("its sliding and full attention layers have their own head co
                    "it projects per head the attention sinks (sink_proj), a relative-position bias "
                    "(relative_position_bias.linear, heads x d_rel rows) and an output gate per query channel "
                    "(o_proj.gate_proj), which no head spec cuts")
+
+_INKLING_HEADS = ("its sliding and full attention layers have their own head counts and head sizes "
+                  "(swa_num_attention_heads, swa_head_dim), its key and value projections run through short "
+                  "convolutions over their channels (k_sconv, v_sconv) and it projects a relative-position bias per "
+                  "head (r_proj, heads x d_rel rows), which no head spec cuts")
 
 _MVP_PROMPT_HEADS = ("with use_prompt its layer-wise prompts (self_attn_prompt / cross_attn_prompt, MvpPrompt) "
                      "project one key and value prefix per head of every layer through prompt_trans, whose rows no "
@@ -144,6 +155,30 @@ def classic_specs(llama_style: dict, mixtral_style: dict, gpt2: dict, bert_style
                            heads_key="num_attention_heads", kv_heads_key="num_key_value_heads",
                            head_dim_key="head_dim", attention="self_attn"),
             unsupported=(("heads", "", _INKLING2_HEADS),)),
+        # A.X K1 (axk1): DeepSeek-V3's blocks (Mixtral's packed experts beside shared_experts of width
+        # moe_intermediate_size * n_shared_experts, kept whole: the per-layer form; dense blocks of Llama's MLP by
+        # mlp_layer_types, or first_k_dense_replace in transformers 5.17, their own groups) and its MLA attention
+        # (heads refused); the post_mlp_layernorm after the MoE is over the hidden size. A.X K2 (axk2): the same
+        # blocks under MLA with a per-head query gate and a sparse-attention indexer (heads refused), and gated RMS
+        # norms (a low-rank sigmoid gate over the hidden size) before the attention and the MoE
+        "axk1": ModelSpec(name="axk1", model_types=("axk1", "axk2"), **DEEPSEEK_V3),
+        # Inkling (text; InklingForCausalLM): every mlp_layer_types "sparse" block an MoE of Mixtral's packed experts
+        # (width moe_intermediate_size, which also sizes the shared_experts, kept whole: the per-layer form) whose
+        # router also weighs the shared experts, the "dense" blocks Llama's MLP (intermediate_size, times a scalar
+        # global_scale; their own groups); the short convolutions after the attention and the MLP act over the
+        # hidden size; heads refused
+        "inkling_text": ModelSpec(name="inkling_text", model_types=("inkling_text",), **dict(
+            llama_style, mlp=DEEPSEEK_V3["mlp"]), dense_mlp=DEEPSEEK_V3["dense_mlp"],
+            unsupported=(("heads", "", _INKLING_HEADS),)),
+        # LongCat-Flash: each block holds two MLA attentions (heads refused), two dense Llama MLPs (mlps.0, mlps.1,
+        # both ffn_hidden_size wide) and an MoE beside them; a spec has one MLP per block, so the family is two
+        # stacks over the same blocks (the second's attention the first's, as Wav2Vec2-Conformer's ffn1 / ffn2),
+        # one dense MLP each; uniform pruning keeps one width in both, as their shared key needs. The MoE is kept
+        # whole: its routed experts' gate_up_proj also holds entries for the zero-computation (identity) experts,
+        # which have no down_proj, a packing MaskedDoRAExperts does not take
+        "longcat_flash": ModelSpec(name="longcat_flash", model_types=("longcat_flash",), **_longcat_mlp(0),
+                                   stacks=(ModelSpec(name="longcat_flash-mlp1", model_types=(), attention_of="mlp0",
+                                                     **_longcat_mlp(1)),)),
         # BertGeneration (encoder and decoder): BERT's layer; with add_cross_attention its crossattention keeps
         # every head (pruned heads save per layer anyway: head_dim is hidden_size // num_attention_heads)
         "bert-generation": ModelSpec(name="bert-generation", model_types=("bert-generation",), **bert_style),
@@ -197,3 +232,19 @@ def _prophetnet_stack(stack: str) -> dict:
                 heads=HeadSpec(query="self_attn.query_proj", key="self_attn.key_proj", value="self_attn.value_proj",
                                output="self_attn.out_proj", heads_key=f"num_{stack}_attention_heads",
                                attention="self_attn", attrs=(("num_attn_heads", "heads"),)))
+
+
+def _longcat_mlp(index: int) -> dict:
+    """One of LongCat-Flash's two dense MLPs (``mlps.<index>``) as a stack over its blocks, heads refused (MLA)."""
+    return dict(stack=f"mlp{index}", layers=("layers",), hidden_key="hidden_size",
+                mlp=MLPSpec(producers=(f"mlps.{index}.gate_proj", f"mlps.{index}.up_proj"),
+                            consumer=f"mlps.{index}.down_proj", size_key="ffn_hidden_size",
+                            size_attrs=((f"mlps.{index}", "intermediate_size"),)),
+                heads=replace_dataclass(DEEPSEEK_V3["heads"], output="self_attn.0.o_proj",
+                                        qkv="self_attn.0.kv_b_proj", attention="self_attn.0"),
+                unsupported=(("heads", "", _LONGCAT_HEADS),))
+
+
+_LONGCAT_HEADS = ("each block holds two multi-head latent attentions (MLA: every head's keys and values from one "
+                  "shared low-rank latent, query/key and value heads of different sizes), which a head group of one "
+                  "head_dim per head does not describe")

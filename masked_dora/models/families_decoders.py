@@ -19,11 +19,12 @@ from .spec_types import MLPSpec, ModelSpec, PerHeadSpec
 # (ernie4_5's use_bias, seed_oss, internlm3), a query scale per position (ministral3's llama_4_scaling_beta), norms
 # over the hidden size after the attention and the MLP (hyperclovax's use_post_norm) and constant multipliers on
 # the embeddings, residual branches and logits (hyperclovax) and attention and MLP in parallel after one LayerNorm
-# (cohere2, whose config recomputes head_dim from hidden_size // num_attention_heads but then takes a saved
-# head_dim: pruned heads save plainly) change nothing per head or channel. exaone, internlm3 and iquestcoder build
-# transformers' LlamaForCausalLM
+# (cohere2 and Cohere's North text model cohere_compass_text, whose configs recompute head_dim from hidden_size //
+# num_attention_heads but then take a saved head_dim: pruned heads save plainly) change nothing per head or
+# channel. exaone, internlm3 and iquestcoder build transformers' LlamaForCausalLM
 LLAMA_SEMANTICS = ("smollm3", "ministral", "olmo", "exaone4", "ernie4_5", "seed_oss", "hunyuan_v1_dense",
-                   "vaultgemma", "ministral3", "cwm", "hyperclovax", "internlm3", "exaone", "iquestcoder", "cohere2")
+                   "vaultgemma", "ministral3", "cwm", "hyperclovax", "internlm3", "exaone", "iquestcoder", "cohere2",
+                   "cohere_compass_text")
 QK_NORM_SPANS_HEADS = ("olmo3",)  # q_norm over num_attention_heads * head_dim, as OLMo-2
 
 
