@@ -71,7 +71,8 @@ PYEOF
 say "CPU test suite on this stack (the multi-process tests last)"
 # the extension was just built with CUDA here, so tests/test_cuda_sources.py's nvcc compile checks (make test runs
 # them beside this against its own torch) skip here, saying why
-MASKED_DORA_CI_BUILT_WITH_CUDA=1 $py -m pytest -q tests -p no:cacheprovider --durations=15 --ignore=tests/test_distributed.py
+MASKED_DORA_CI_BUILT_WITH_CUDA=1 $py -m pytest -q tests -p no:cacheprovider --durations=15 \
+    --ignore=tests/test_distributed.py
 say "the multi-process tests on this stack"
 $py -m pytest -q tests/test_distributed.py -p no:cacheprovider
 say "done"

@@ -33,6 +33,7 @@ fi
 rm -rf "$side"
 marked=$(grep -l "second_core" tests/test_*.py)
 say "the second_core tests (DeepSpeed, TRL: $(echo $marked))"
-.venv/bin/python -m pytest -q -p no:cacheprovider -m second_core $marked || { echo "== second_core tests FAILED"; status=1; }
+.venv/bin/python -m pytest -q -p no:cacheprovider -m second_core $marked \
+    || { echo "== second_core tests FAILED"; status=1; }
 say "done"
 exit "$status"
