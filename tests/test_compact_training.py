@@ -23,6 +23,9 @@ CASES = [("llama", "kv_groups"), ("llama", "query_heads"), ("mixtral", "kv_group
          ("falcon", "query_heads"), ("gpt2", "kv_groups"), ("bert", "kv_groups"), ("bart", "kv_groups"),
          ("cohere-qk-norm", "query_heads"), ("stablelm-qk-norm", "kv_groups"), ("t5-gated", "kv_groups")]
 CASES += [("gpt_oss", "query_heads")] if "gpt_oss" in AVAILABLE else []  # transposed, interleaved experts; sinks
+# flat experts with gate and up apart, whose width attributes sit below the experts module (ffn.experts.mlp), which
+# the prepared model has replaced
+CASES += [("dbrx", "kv_groups")] if "dbrx" in AVAILABLE else []
 
 
 def _hardened(family, gqa):

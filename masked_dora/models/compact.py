@@ -371,10 +371,14 @@ def keep_depthwise_channels(block: nn.Module, spec: ModelSpec, channels: torch.T
         conv.in_channels = conv.out_channels = conv.groups = len(channels)
 
 
-def set_mlp_size_attrs(block: nn.Module, spec: ModelSpec, width: int) -> None:
-    """Set the MLP modules' width attributes (``MLPSpec.size_attrs``; none in a dense block of an MoE spec)."""
+def set_mlp_size_attrs(block: nn.Module, spec: ModelSpec, width: int, wrapped: bool = False) -> None:
+    """Set the MLP modules' width attributes (``MLPSpec.size_attrs``; none in a dense block of an MoE spec).
+    ``wrapped``: a prepared block, whose experts module is a MaskedDoRAExperts: the attributes at or below the
+    experts path belong to the module it replaced (DBRX's ``ffn.experts.mlp``, which it has no submodule for)."""
+    experts = spec.mlp.experts
     for mpath, attr in spec.mlp.size_attrs if holds_spec_mlp(block, spec) else ():
-        setattr(block.get_submodule(mpath), attr, width)
+        if not (wrapped and experts and (mpath + ".").startswith(experts + ".")):
+            setattr(block.get_submodule(mpath), attr, width)
 
 
 def set_head_attrs(block: nn.Module, spec: ModelSpec, heads: int, kv: int, head_dim: int) -> Dict[str, int]:

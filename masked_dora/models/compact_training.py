@@ -103,8 +103,8 @@ def _compact_mlp_group(state, b: Block) -> None:
     if b.spec.mlp.depthwise:  # (a dense MLP: its consumer's kept columns are the kept channels)
         keep_depthwise_channels(b.module, b.spec, torch.nonzero(keep["consumer"]).flatten())
     width = int(group.hard().sum()) // group.partitions
-    set_mlp_size_attrs(b.module, b.spec, width)
-    if b.spec.mlp.experts:  # the MaskedDoRAExperts' own width (size_attrs may name the original module's attribute)
+    set_mlp_size_attrs(b.module, b.spec, width, wrapped=True)
+    if b.spec.mlp.experts:  # the MaskedDoRAExperts' own width (size_attrs name the original module's attributes)
         b.module.get_submodule(b.spec.mlp.experts).intermediate_dim = width
 
 
