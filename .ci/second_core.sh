@@ -2,9 +2,10 @@
 # CI's second core (.ci/run starts this beside `make install` + `make test`, which keep the first one busy):
 # the CUDA stack check (.ci/cuda_build_check.sh), then, once `make install` has made .venv, the wheel check
 # (.ci/wheel_check.sh: a user's wheel with the extension, built and imported from the wheel alone), the
-# quantized-base tests with bitsandbytes, and the tests of packages only .venv has (the `second_core` marker:
-# DeepSpeed's launches, TRL; `make test` skips them under MASKED_DORA_CI_SECOND_CORE_ELSEWHERE=1). The CUDA stack
-# check ends minutes before `make test` does, so these run on the core it frees instead of on the critical path.
+# quantized-base tests with bitsandbytes, and the tests marked `second_core` (packages only .venv has, DeepSpeed's
+# launches and TRL, and some multi-process launches, to balance the cores; `make test` skips them under
+# MASKED_DORA_CI_SECOND_CORE_ELSEWHERE=1). The CUDA stack check ends minutes before `make test` does, so these run
+# on the core it frees instead of on the critical path.
 #
 #   bash .ci/second_core.sh READY_FILE     # what needs .venv starts once READY_FILE exists (.ci/run touches it)
 #
@@ -32,7 +33,7 @@ else
 fi
 rm -rf "$side"
 marked=$(grep -l "second_core" tests/test_*.py)
-say "the second_core tests (DeepSpeed, TRL: $(echo $marked))"
+say "the second_core tests ($(echo $marked))"
 .venv/bin/python -m pytest -q -p no:cacheprovider -m second_core $marked \
     || { echo "== second_core tests FAILED"; status=1; }
 say "done"

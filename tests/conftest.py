@@ -19,9 +19,9 @@ if not HAS_CUDA:
 # (gpu_stack marker: bench/gpu_check.sh end to end) run on that machine's stack only there; .ci/run sets this
 # variable for `make test`. Everywhere else (a developer's `make test`) they run.
 GPU_STACK_ELSEWHERE = os.environ.get("MASKED_DORA_CI_GPU_STACK_ELSEWHERE") == "1"
-# Tests of packages only this stack has (second_core marker: DeepSpeed's launches, TRL) skip on the GPU machine's
-# stack, which then ends minutes before `make test`: CI runs them there, on this stack's .venv, once the CUDA stack
-# check is done (.ci/second_core.sh), and sets this variable for `make test` so they do not run twice.
+# CI's second core ends its CUDA stack check minutes before `make test` ends: it then runs, on this stack's .venv,
+# the tests marked second_core (packages only .venv has, DeepSpeed and TRL, and some multi-process launches, to
+# balance the cores; .ci/second_core.sh), and CI sets this variable for `make test` so they do not run twice.
 SECOND_CORE_ELSEWHERE = os.environ.get("MASKED_DORA_CI_SECOND_CORE_ELSEWHERE") == "1"
 
 

@@ -188,10 +188,17 @@ def _resume_skip(mode: str) -> str:
 RESUME_MODES = {"single": 1, "ddp": 2, "fsdp2": 2, "zero3": 2}
 
 
+# the Trainer modes CI runs on .venv on its second core once the CUDA stack check is done, beside the end of `make
+# test` (tests/conftest.py): DeepSpeed, which only .venv has, and, to balance the two cores (measured on a clean
+# clone: the second core was done 240 s before `make test`), FSDP2 and the `accelerate launch` modes, which the CUDA
+# stack's own run of this file covers there as well
+SECOND_CORE_MODES = ("zero3", "fsdp2", "accelerate-ddp", "accelerate-fsdp2")
+
+
 def _on_second_core(*mode_and_args):
-    """A mode's parameters, marked ``second_core`` for DeepSpeed (only CI's first stack has it: CI runs its
-    launch on the second core once the CUDA stack check is done, beside the end of `make test`)."""
-    marks = [pytest.mark.second_core] if mode_and_args[0] == "zero3" else []
+    """A mode's parameters, marked ``second_core`` where the mode is in ``SECOND_CORE_MODES`` (the mark is by mode,
+    so the Trainer test and the resume test, which share a mode's launch, run it in the same session)."""
+    marks = [pytest.mark.second_core] if mode_and_args[0] in SECOND_CORE_MODES else []
     return pytest.param(*mode_and_args, marks=marks, id="-".join(map(str, mode_and_args)))
 
 
