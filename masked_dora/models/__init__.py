@@ -10,13 +10,14 @@ Typical use::
     small.save_pretrained("pruned")  # uniform: AutoModel loads it; otherwise masked_dora.load_compact
 """
 
-from .compact import build_compact_model, compact_model
+from .compact import compact_model
 from .compact_training import compact_for_training
 from .compact_load import load_compact
 from .config import MaskedDoRAConfig
 from .group_mask import GroupMask
 from .peft_export import export_peft
 from .prepare import MaskedDoRAState, get_state, is_prepared, prepare_model
+from .resize import build_compact_model
 from .sparsity import SparsityController, expected_keep, harden, kept_fraction, plan_keep
 from .specs import (SPECS, ExpertsLayout, HeadSpec, MLPSpec, ModelSpec, PerHeadSpec, StagesSpec, register_spec,
                     spec_for)

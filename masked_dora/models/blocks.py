@@ -222,15 +222,28 @@ def num_experts(block: nn.Module, spec: ModelSpec) -> int:
     return count
 
 
+def owner_of(root: nn.Module, path: str) -> Tuple[nn.Module, str]:
+    """``(module, name)``: the module below ``root`` that holds the attribute at the dotted ``path`` (``root``
+    itself for a plain name) and the attribute's name in it. ``AttributeError`` where a module on the way is
+    missing."""
+    owner, _, name = path.rpartition(".")
+    return (root.get_submodule(owner) if owner else root), name
+
+
+def set_module(root: nn.Module, path: str, module: nn.Module) -> None:
+    """Put ``module`` at the dotted ``path`` below ``root`` (replacing what is there)."""
+    owner, name = owner_of(root, path)
+    setattr(owner, name, module)
+
+
 def dotted_attr(module: nn.Module, name: str):
     """The attribute ``name`` of ``module`` (a parameter, an activation), a dotted path below it (DBRX's
     ``mlp.w1``); ``None`` if missing."""
-    owner, _, attr = name.rpartition(".")
     try:
-        owner_module = module.get_submodule(owner) if owner else module
+        owner, attr = owner_of(module, name)
     except AttributeError:
         return None
-    return getattr(owner_module, attr, None)
+    return getattr(owner, attr, None)
 
 
 def packed_experts(block: nn.Module, spec: ModelSpec) -> Tuple[nn.Module, Tuple[Tensor, ...], Tensor]:

@@ -1,6 +1,6 @@
 """Loading a compacted checkpoint back (:func:`load_compact`): a plain one through ``from_pretrained``, a per-layer
 one (``masked_dora_layer_sizes`` in its config) into a model built with those sizes
-(:func:`~masked_dora.models.compact.build_compact_model`)."""
+(:func:`~masked_dora.models.resize.build_compact_model`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from .compact import LAYER_SIZES_KEY, build_compact_model
+from .blocks import LAYER_SIZES_KEY
+from .resize import build_compact_model
 
 
 def _read_safetensors(path: str) -> Dict[str, torch.Tensor]:

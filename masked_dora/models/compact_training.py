@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from ..nn import MaskedDoRALinear, QuantizedBaseDoRALinear
 from ..nn.norm_cache import is_regathered
 from .blocks import Block, block_modules, built_head_layout, holds_group
-from .compact import keep_depthwise_channels, keep_per_head, set_head_attrs, set_mlp_size_attrs
+from .resize import keep_depthwise_channels, keep_per_head, set_head_attrs, set_mlp_size_attrs
 from .group_mask import ALWAYS_KEPT, GroupMask, InputGate, MaskView
 from .hidden import HIDDEN_KEY, narrow_residual_stream, writers
 from .prepare import get_state

@@ -5,7 +5,7 @@ An audio LM (Qwen2-Audio, Voxtral, Granite Speech, ...) is laid out as a VLM: an
 encoder, or Granite Speech's conformer), a projector (an MLP, or Granite Speech's windowed Q-Former) writing one
 embedding per audio placeholder token into the input of a language model (``model.language_model``, a base model
 whose block list is ``layers``, its config ``config.text_config``), and the LM head. Spec lookup wraps the spec of
-the text config's ``model_type`` (:func:`masked_dora.models.spec_types.wrap_spec`): the language model's MLP
+the text config's ``model_type`` (:func:`masked_dora.models.wrapper_spec.wrap_spec`): the language model's MLP
 channels and heads prune as its own spec says, the audio tower and the projector are left as they are, and hidden
 pruning is refused (the projector writes into the residual stream). Their forward runs on text without audio
 through every block of the language model (``text_alone``).
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Dict
 
-from .spec_types import WrapperSpec
+from .wrapper_spec import WrapperSpec
 
 # the projector writes the audio embeddings into the language model's residual stream: pruning its channels would
 # need the projector's output rows cut too (a writer hidden pruning does not cover)

@@ -3,7 +3,7 @@ models that only VLMs have; :mod:`masked_dora.models.families` adds them to the 
 
 A VLM's outer ``model_type`` (``gemma3``, ``llava``, ``qwen2_vl``, ...) has no spec of its own: spec lookup finds
 its wrapper here, takes the spec of ``config.text_config.model_type`` (Llama, Mistral, Gemma 3's text model, the
-Qwen-VL text models below) and wraps it (:func:`masked_dora.models.spec_types.wrap_spec`): the blocks are those
+Qwen-VL text models below) and wraps it (:func:`masked_dora.models.wrapper_spec.wrap_spec`): the blocks are those
 of the language model, the sizes are read from and written to the text config, the vision tower and the
 projector are left as they are, and hidden pruning is refused (the projector writes into the residual stream).
 """
@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import replace as replace_dataclass
 from typing import Dict
 
-from .spec_types import ExpertsLayout, HeadSpec, MLPSpec, ModelSpec, PerHeadSpec, WrapperSpec
+from .spec_types import ExpertsLayout, HeadSpec, MLPSpec, ModelSpec, PerHeadSpec
+from .wrapper_spec import WrapperSpec
 
 # outer model_type -> where its language model is. transformers 5 nests it as model.language_model
 # (model.text_model in Idefics3/SmolVLM), a base model whose block list is "layers". Qwen3.5's language model

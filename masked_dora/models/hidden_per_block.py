@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import CompactLinear
-from .blocks import Block, features, is_consumer_role, role_paths
+from .blocks import Block, features, is_consumer_role, role_paths, set_module
 from .group_mask import GroupMask, MaskView
 
 HALVES = ("heads", "mlp")  # the attention half (its readers: q/k/v) and the MLP half (its producers)
@@ -225,7 +225,7 @@ def resize_block_hidden(block: nn.Module, spec, kept: int, width: int) -> None:
     """Give a freshly built block (sizes already set by ``resize_block``) its per-block hidden form: readers
     with ``kept`` input features, writers as :class:`CompactLinear` scattering ``kept`` rows into ``width``
     (placeholder weights and indices: the checkpoint's replace them), and the gather hooks."""
-    from .compact import new_linear
+    from .resize import new_linear
 
     for half in reader_paths(spec).values():
         for path in half.values():
@@ -237,8 +237,7 @@ def resize_block_hidden(block: nn.Module, spec, kept: int, width: int) -> None:
         bias = None if old.bias is None else old.bias.new_zeros(kept)
         new = CompactLinear(w, bias, features(old)[0], width, None, torch.arange(kept, device=w.device),
                             defer_scatter=True)
-        parent_path, _, name = path.rpartition(".")
-        setattr(block.get_submodule(parent_path) if parent_path else block, name, new)
+        set_module(block, path, new)
         writers[half] = new
     for half, path in entry_paths(spec).items():
         block.get_submodule(path).register_forward_pre_hook(ReadGather(writers[half]), with_kwargs=True)

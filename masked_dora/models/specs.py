@@ -15,7 +15,8 @@ from torch import nn
 from .families import REFUSED, RENAMED_SPECS, SPECS, WRAPPERS
 from .stage_spec import StagesSpec, expand_stages, stage_count
 from .spec_types import (BLOCK_KINDS, GROUP_KINDS, HEAD_COUNTS, QKV_LAYOUTS, ExpertsLayout, HeadSpec, MLPSpec,
-                         ModelSpec, PerHeadSpec, WrapperSpec, wrap_spec)
+                         ModelSpec, PerHeadSpec)
+from .wrapper_spec import WrapperSpec, wrap_spec
 
 __all__ = ["BLOCK_KINDS", "GROUP_KINDS", "HEAD_COUNTS", "QKV_LAYOUTS", "ExpertsLayout", "HeadSpec", "MLPSpec",
            "ModelSpec", "PerHeadSpec", "RENAMED_SPECS", "SPECS", "StagesSpec", "WRAPPERS", "WrapperSpec",
@@ -54,7 +55,7 @@ def spec_for(model_or_config) -> ModelSpec:
     Given a model without a spec, the error says which existing spec its module names match (one
     :func:`register_spec` call away) or that none does. A vision-language model whose ``model_type`` has a
     ``WrapperSpec`` (``WRAPPERS``) and no spec of its own gets its language model's spec, wrapped
-    (:func:`~masked_dora.models.spec_types.wrap_spec`). A type known not to prune exactly (Zamba's shared blocks,
+    (:func:`~masked_dora.models.wrapper_spec.wrap_spec`). A type known not to prune exactly (Zamba's shared blocks,
     the pure state-space models: ``REFUSED``) and without a registered spec gets the reason.
     """
     require_supported_transformers()

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..nn import MaskedDoRALinear
-from .blocks import holds_group, model_blocks, stack_specs
+from .blocks import holds_group, model_blocks, set_module, stack_specs
 from .config import MaskedDoRAConfig
 from .prepare import STATE_ATTR, get_state, is_prepared, prepare_model, refuse_quantized_base
 from .specs import BLOCK_KINDS, spec_for
@@ -192,7 +192,7 @@ def from_peft(peft_model: nn.Module, config: Optional[MaskedDoRAConfig] = None, 
     for name, (_, _, _, _, layer) in imported.items():
         if name not in members:
             layer.merge(adapter_names=[adapter])
-        _set_module(base, name, layer.get_base_layer())
+        set_module(base, name, layer.get_base_layer())
     prepare_model(base, config)
     with torch.no_grad():
         for name, (A, B, scaling, mag, _) in imported.items():
@@ -207,11 +207,6 @@ def _role_paths(spec, kind):
     from .blocks import role_paths
 
     return role_paths(spec, kind).values()
-
-
-def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, module)
 
 
 def _load_lora(layer: MaskedDoRALinear, A, B, scaling, mag) -> None:
