@@ -20,16 +20,17 @@ bash .ci/cuda_build_check.sh || { echo "== cuda-build-check FAILED (exit $?)"; s
 while [ ! -e "$ready" ]; do sleep 5; done
 say "wheel check (.ci/wheel_check.sh), on the core the CUDA stack check freed"
 MAX_JOBS=1 bash .ci/wheel_check.sh || { echo "== wheel check FAILED (exit $?)"; status=1; }
-# the real QLoRA base: bitsandbytes' 4- and 8-bit layers (tests/test_quantized_base*.py skip those tests without it),
-# from a side directory rather than .venv: installed there, every process importing peft would import it, and
-# through it torch's compiler (seconds for each of the suites' subprocesses)
-say "the quantized-base tests with bitsandbytes (installed beside .venv)"
+# the real QLoRA bases: bitsandbytes' 4- and 8-bit layers and torchao's quantized weights (tests/test_quantized_base*.py
+# skip those tests without them), from a side directory rather than .venv: installed there, every process importing
+# peft would import them, and through them torch's compiler (seconds for each of the suites' subprocesses)
+say "the quantized-base tests with bitsandbytes and torchao (installed beside .venv)"
 side=$(mktemp -d)
-if .venv/bin/python -m pip install -q --target "$side" --no-deps "bitsandbytes>=0.50"; then
+if .venv/bin/python -m pip install -q --target "$side" --no-deps "bitsandbytes>=0.50" "torchao>=0.18"; then
     PYTHONPATH="$side" .venv/bin/python -m pytest -q -p no:cacheprovider tests/test_quantized_base.py \
-        tests/test_quantized_base_training.py || { echo "== quantized-base tests FAILED"; status=1; }
+        tests/test_quantized_base_training.py tests/test_quantized_base_torchao.py \
+        || { echo "== quantized-base tests FAILED"; status=1; }
 else
-    echo "== installing bitsandbytes FAILED"; status=1
+    echo "== installing bitsandbytes and torchao FAILED"; status=1
 fi
 rm -rf "$side"
 marked=$(grep -l "second_core" tests/test_*.py)
