@@ -15,7 +15,8 @@ from masked_dora.nn import MaskedDoRALinear
 from masked_dora.nn.base_weight import dequantize_weight
 from masked_dora.nn.quantized_base import QuantizedBaseDoRALinear
 
-from test_quantized_base_training import _output_and_grads, _rel, _train_harden_compact
+from test_quantized_base_training import (_output_and_grads, _rel, _train_harden_compact,
+                                          resumed_run_matches_the_uninterrupted_one)
 from tiny_models import tiny_config, tiny_inputs
 
 torchao = pytest.importorskip("torchao")
@@ -115,3 +116,15 @@ def test_a_torchao_model_trains_and_compacts_into_a_plain_model(tmp_path, name, 
         small.save_pretrained(str(tmp_path / "small"))
         again = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "small"), dtype=dtype)
         assert _rel(again(**inputs).logits.float(), want) < tol
+
+
+def test_a_torchao_run_resumes_from_its_checkpoint_bit_exactly(tmp_path):
+    """The Trainer's checkpoint of a TorchAoConfig model stores torchao's weights as their parts (``_weight_qdata``,
+    ``_weight_scale``): the resumed model keeps the frozen bases it was loaded with, and its trained tensors end
+    bit-exactly as the uninterrupted run's."""
+    def build():
+        model = _torchao_tiny_llama(tmp_path, "Int8WeightOnlyConfig")
+        prepare_model(model, MaskedDoRAConfig(rank=2, alignment={"mlp": 8}, importance="none", target_sparsity=0.5))
+        return model
+
+    resumed_run_matches_the_uninterrupted_one(build, tmp_path)

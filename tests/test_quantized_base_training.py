@@ -244,6 +244,58 @@ def test_a_bitsandbytes_4bit_model_trains_and_compacts_into_a_plain_model(tmp_pa
         assert _rel(again(**inputs).logits.float(), want) < tol
 
 
+def resumed_run_matches_the_uninterrupted_one(build, tmp_path) -> None:
+    """Train ``build()`` (a prepared quantized model) for 4 steps with checkpoints; train a fresh ``build()`` with other
+    adapters and mask logits from the step-2 checkpoint: every trained tensor (adapters, magnitudes, mask logits)
+    and the controller's state end bit-exactly as the uninterrupted run's. The quantized bases are frozen: the
+    resumed model keeps those it was loaded with (transformers logs their keys as missing/unexpected where the
+    checkpoint stores a quantized weight's parts under other names)."""
+    import json
+
+    from transformers import Trainer, TrainingArguments
+
+    from masked_dora.models import param_groups
+
+    gen = torch.Generator().manual_seed(0)
+    data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(3, 97, (8, 9), generator=gen)]
+
+    def train(model, out, resume=None):
+        args = TrainingArguments(output_dir=str(tmp_path / out), max_steps=4, per_device_train_batch_size=2,
+                                 learning_rate=1e-2, report_to=[], use_cpu=True, disable_tqdm=True,
+                                 save_strategy="steps", save_steps=2)
+        Trainer(model=model, args=args, train_dataset=data, callbacks=[MaskedDoRACallback(model)],
+                optimizer_cls_and_kwargs=(torch.optim.AdamW, {"params": param_groups(model, lr=1e-2)})
+                ).train(resume_from_checkpoint=resume)
+
+    torch.manual_seed(0)
+    full = build()
+    train(full, "full")
+    torch.manual_seed(1)  # other starting adapters and mask logits
+    resumed = build()
+    train(resumed, "resumed", resume=str(tmp_path / "full" / "checkpoint-2"))
+    trained = [n for n, p in full.named_parameters() if p.requires_grad]
+    assert trained and any(n.endswith("mask_logits") for n in trained)
+    params = dict(resumed.named_parameters())
+    for name in trained:
+        assert torch.equal(params[name], dict(full.named_parameters())[name]), name
+    controller = [json.loads((tmp_path / run / "checkpoint-4" / "trainer_state.json").read_text())
+                  ["stateful_callbacks"]["masked_dora"] for run in ("full", "resumed")]
+    assert controller[0] == controller[1]
+
+
+@pytest.mark.parametrize("kind", ["test_int8", "nf4"])
+def test_a_quantized_run_resumes_from_its_checkpoint_bit_exactly(kind, tmp_path):
+    def build():
+        if kind == "nf4":
+            model = _bnb_4bit_tiny_llama(tmp_path)
+        else:
+            model = _quantize_blocks(tiny_model("llama", kind="lm"))
+        prepare_model(model, MaskedDoRAConfig(rank=2, alignment={"mlp": 8}, importance="none", target_sparsity=0.5))
+        return model
+
+    resumed_run_matches_the_uninterrupted_one(build, tmp_path)
+
+
 def test_a_bitsandbytes_weight_repacked_for_its_cpu_kernel_still_dequantizes(tmp_path):
     """bitsandbytes repacks a 4-bit weight in place for its CPU kernel at an inference forward (eval, no grad, on a
     CPU with AVX512-BF16), into a layout its dequantize_4bit does not read: dequantize_weight unpacks it first (the
