@@ -8,7 +8,8 @@
     accelerate launch --multi_gpu --num_processes 2 tests/dist_trainer.py accelerate-ddp OUT [FAMILY]
     accelerate launch --config_file tests/accelerate_fsdp2.yaml tests/dist_trainer.py accelerate-fsdp2 OUT
 
-FAMILY: a family of ``tests/tiny_models.py`` (default llama), trained as its LM (causal or masked), or
+FAMILY: a family of ``tests/tiny_models.py`` (default llama), trained as its LM (causal or masked), with ``-int8``
+its blocks quantized (``llama-int8``: ``tests/quantized_layers.py``, the quantized-base path), or
 several, comma-separated (``llama,bert``: each trained in turn by the same processes); ``llama:resume`` runs
 that family with the variant ``resume``; ``llama@accumulate`` under another one-process mode than the launch's
 (``single`` and ``accumulate`` share a launch: a process start costs 10 to 15 s of CI).
@@ -39,6 +40,7 @@ from masked_dora.models import (MaskedDoRACallback, MaskedDoRAConfig, get_state,
 from masked_dora.models.blocks import find_layers  # noqa: E402
 from masked_dora.models.specs import spec_for  # noqa: E402
 from masked_dora.models.training import loss_takes_num_items  # noqa: E402
+from quantized_layers import quantize_blocks  # noqa: E402
 from tiny_models import randomize_adapters, tiny_model  # noqa: E402
 
 EPOCHS, GLOBAL_BATCH, SEQ = 4, 4, 9
@@ -96,7 +98,12 @@ def train(mode: str, out: str, family: str, world: int, adapters_seed: int = 0, 
     from transformers import Trainer, TrainingArguments
 
     torch.manual_seed(0)
-    model = tiny_model(family, kind="lm")
+    base_family, _, quantized = family.partition("-")
+    if quantized not in ("", "int8"):
+        raise SystemExit(f"family: expected a tiny family, or one with -int8 (its blocks quantized), got {family!r}")
+    model = tiny_model(base_family, kind="lm")
+    if quantized:  # QLoRA-style: the blocks' layers quantized (the test-only int8 layer), the quantized path trains
+        quantize_blocks(model)
     prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none", target_sparsity=0.5,
                                           # the resumed run restores the RNG, so it can take the gate's noise
                                           mask_init=0.5, gate="hard_concrete" if save_steps else "sigmoid_ste"))

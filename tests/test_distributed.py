@@ -105,6 +105,8 @@ def _load(out, family, mode, rank):
 
 
 TRAIN_FAMILIES = FAMILIES + ("llama-hidden",)
+# the Trainer's families: with a quantized base too (QLoRA-style: the test-only int8 layer), under DDP
+TRAINER_FAMILIES = FAMILIES + ("llama-int8",)
 TOLERANCES = {  # mode: (loss, parameters, multipliers)
     "ddp": (1e-5, 1e-5, 1e-6),
     "fsdp2": (1e-5, 1e-5, 1e-6),
@@ -168,6 +170,11 @@ TRAINER_MODES = {"accumulate": 1, "ddp": 2, "fsdp2": 2, "zero3": 2, "accelerate-
 
 def _trainer_skip(mode: str, family: str) -> str:
     """Why the Trainer test does not run ``family`` under ``mode`` ("" where it does)."""
+    if family == "llama-int8" and mode not in ("single", "accumulate", "ddp"):
+        if mode == "accelerate-ddp":
+            return "DDP over a quantized base runs in the ddp launch (one launch per engine is enough)"
+        return ("FSDP and DeepSpeed over a quantized base are refused when the Trainer is built "
+                "(tests/test_quantized_base_training.py)")
     if mode == "accelerate-fsdp2" and family != "llama":
         return "the config file wraps LlamaDecoderLayer"
     if (mode, family) == ("fsdp2", "bert"):
@@ -212,20 +219,21 @@ def _trainer_launch(trainer_runs: str, mode: str) -> int:
     runs = []
     for each in modes:  # the one-process modes in one launch, the others in their own
         own = "" if each == modes[0] else f"@{each}"
-        runs += [f + own for f in FAMILIES if not _trainer_skip(each, f)]
+        runs += [f + own for f in TRAINER_FAMILIES if not _trainer_skip(each, f)]
         if each in RESUME_MODES and not _resume_skip(each):
             runs.append(f"llama{own}:resume")
     _run_once(modes[0], trainer_runs, nproc, ",".join(runs), TRAINER_SCRIPT)
     return nproc
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TRAINER_FAMILIES)
 @pytest.mark.parametrize("mode", [_on_second_core(m) for m in TRAINER_MODES])
 def test_trainer_with_the_callback_trains_like_one_process(trainer_runs, family, mode):
     """The HF Trainer + MaskedDoRACallback: 2 gradient-accumulation steps, DDP over 2 processes, FSDP2
     through the Trainer's accelerate integration, DeepSpeed ZeRO-3 (every parameter partitioned and released
     after use), and DDP and FSDP2 started by ``accelerate launch`` (FSDP2 from the README's config file) give
-    the one-process, one-micro-batch run. (The penalty used to count once per micro-batch and
+    the one-process, one-micro-batch run; with a quantized base (``llama-int8``, QLoRA-style) under DDP too. (The
+    penalty used to count once per micro-batch and
     process: transformers 5 sums token-normalised losses over micro-batches and scales them by the process
     count, so the penalty weighed 2x here. Under ZeRO-3 the mask logits, read outside their own module, were
     never gathered: "size of tensor a (2) must match the size of tensor b (0)". The "fsdp2" run was DDP until

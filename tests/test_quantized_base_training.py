@@ -6,33 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from masked_dora.models import MaskedDoRACallback, MaskedDoRAConfig, compact_model, harden, prepare_model
 from masked_dora.nn import MaskedDoRALinear
 from masked_dora.nn.quantized_base import QuantizedBaseDoRALinear
 
+from quantized_layers import Int8Linear, quantize_blocks
 from tiny_models import tiny_inputs, tiny_model
-
-
-class Int8Linear(nn.Module):
-    """A quantized linear layer as quantizers build them: int8 codes, per-row scales, a forward of its own."""
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        self.in_features, self.out_features, self.dtype = linear.in_features, linear.out_features, linear.weight.dtype
-        w = linear.weight.detach()
-        scale = w.abs().amax(1).clamp_min(1e-12) / 127
-        self.weight = nn.Parameter(torch.round(w / scale[:, None]).to(torch.int8), requires_grad=False)
-        self.register_buffer("scale", scale)
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
-
-    def dequantize(self):
-        return self.weight.to(self.dtype) * self.scale[:, None]
-
-    def forward(self, x):
-        return F.linear(x, self.dequantize(), self.bias)
 
 
 def _plain(q: Int8Linear) -> nn.Linear:
@@ -92,16 +73,6 @@ def test_from_quantized_refuses_a_weight_it_cannot_read():
         QuantizedBaseDoRALinear.from_quantized(nn.Linear(8, 4))
 
 
-def _quantize_blocks(model):
-    for layer in model.model.layers:
-        for parent in (layer.self_attn, layer.mlp):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, nn.Linear):
-                    setattr(parent, name, Int8Linear(child))
-    model.config.quantization_config = {"quant_method": "test_int8"}  # what a quantizer records
-    return model
-
-
 def _train_harden_compact(model, tmp_path, steps=4, **args):
     from transformers import Trainer, TrainingArguments
 
@@ -121,7 +92,7 @@ def test_prepare_train_compact_a_quantized_tiny_llama(tmp_path):
     is a plain transformers model with the masked model's logits, which reloads with plain from_pretrained."""
     import transformers
 
-    model = _quantize_blocks(tiny_model("llama", kind="lm"))
+    model = quantize_blocks(tiny_model("llama", kind="lm"))
     prepare_model(model, MaskedDoRAConfig(rank=2, alignment={"mlp": 8}, importance="magnitude",
                                           target_groups=("mlp",), target_sparsity=0.5))
     wrapped = [m for m in model.modules() if isinstance(m, QuantizedBaseDoRALinear)]
@@ -143,7 +114,7 @@ def test_prepare_train_compact_a_quantized_tiny_llama(tmp_path):
 
 
 def test_hidden_pruning_over_a_quantized_base_is_refused_before_any_change():
-    model = _quantize_blocks(tiny_model("llama", kind="lm"))
+    model = quantize_blocks(tiny_model("llama", kind="lm"))
     with pytest.raises(ValueError, match=r"q_proj\.weight holds torch\.int8 values .*quant_method='test_int8', and "
                                          r"hidden-dimension pruning"):
         prepare_model(model, MaskedDoRAConfig(rank=2, alignment={"mlp": 8, "hidden": 8}, importance="none",
@@ -289,7 +260,7 @@ def test_a_quantized_run_resumes_from_its_checkpoint_bit_exactly(kind, tmp_path)
         if kind == "nf4":
             model = _bnb_4bit_tiny_llama(tmp_path)
         else:
-            model = _quantize_blocks(tiny_model("llama", kind="lm"))
+            model = quantize_blocks(tiny_model("llama", kind="lm"))
         prepare_model(model, MaskedDoRAConfig(rank=2, alignment={"mlp": 8}, importance="none", target_sparsity=0.5))
         return model
 
@@ -329,8 +300,8 @@ def test_importance_scores_read_a_quantized_base_dequantized():
     (not of its int8 codes)."""
     from masked_dora.models.importance import activation_scores, magnitude_scores
 
-    quantized = _quantize_blocks(tiny_model("llama", kind="lm"))
-    plain = _quantize_blocks(tiny_model("llama", kind="lm"))
+    quantized = quantize_blocks(tiny_model("llama", kind="lm"))
+    plain = quantize_blocks(tiny_model("llama", kind="lm"))
     for layer in plain.model.layers:
         for parent in (layer.self_attn, layer.mlp):
             for name, child in list(parent.named_children()):
@@ -352,7 +323,7 @@ def test_compact_for_training_is_refused_over_a_quantized_base_before_any_change
     and the layers keep their sizes."""
     from masked_dora.models.compact_training import compact_for_training
 
-    model = _quantize_blocks(tiny_model("llama", kind="lm"))
+    model = quantize_blocks(tiny_model("llama", kind="lm"))
     prepare_model(model, MaskedDoRAConfig(rank=2, alignment={"mlp": 8}, importance="magnitude",
                                           target_groups=("mlp",), target_sparsity=0.5))
     harden(model)
@@ -375,7 +346,7 @@ def test_sharding_a_quantized_base_is_refused_when_the_trainer_is_built(engine, 
         monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     else:  # the arguments as users set them (post-init parsing needs the engine's launcher: set afterwards)
         setattr(args, engine, ["full_shard"] if engine == "fsdp" else {"zero_optimization": {"stage": 3}})
-    quantized = _quantize_blocks(tiny_model("llama", kind="lm"))
+    quantized = quantize_blocks(tiny_model("llama", kind="lm"))
     plain = tiny_model("llama", kind="lm")
     for model in (quantized, plain):
         prepare_model(model, MaskedDoRAConfig(rank=2, alignment={"mlp": 8}, importance="none",
