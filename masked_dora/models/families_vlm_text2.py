@@ -1,0 +1,32 @@
+"""More vision-language models: which language model each wraps (``VLM_TEXT2_WRAPPERS``) and the specs of their
+language models (:func:`vlm_text2_specs`), most laid out as a text model that already has a spec (its spec under
+the VLM text model's ``model_type``); :mod:`masked_dora.models.families` adds them to the table, as
+:mod:`masked_dora.models.families_vlm`'s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace as replace_dataclass
+from typing import Dict, Mapping
+
+from .spec_types import ModelSpec, WrapperSpec
+
+# outer model_type -> where its language model is (see families_vlm.VLM_WRAPPERS).
+# HY-V4-VL: Qwen2-VL's layout (model.language_model) around HY-V4's MoE blocks (hy_v4_vl_text)
+VLM_TEXT2_WRAPPERS: Dict[str, WrapperSpec] = {
+    "hy_v4_vl": WrapperSpec(language_model="language_model"),
+}
+
+# a VLM's text model_type -> the spec whose modules, config keys and refusals it has: the VLM's text model
+# is that text model's blocks under multimodal rotary positions (the same for every head)
+_LIKE = {
+    # HY-V4-VL's language model: HY-V4's decoder layers (clipped experts, shared experts kept whole, MLA heads
+    # refused), its latent norms eps from the config
+    "hy_v4_vl_text": "hy_v4",
+}
+
+
+def vlm_text2_specs(specs: Mapping[str, ModelSpec]) -> Dict[str, ModelSpec]:
+    """The specs of the language models of ``VLM_TEXT2_WRAPPERS``'s VLMs, each the spec in ``specs`` (the table
+    so far) it is laid out like, under its own name."""
+    return {text: replace_dataclass(specs[like], name=text, model_types=(text,)) for text, like in _LIKE.items()}

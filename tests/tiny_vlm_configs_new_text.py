@@ -1,0 +1,32 @@
+"""Tiny configs and image inputs of the VLMs whose language model is laid out as a text model with a spec
+(``masked_dora/models/families_vlm_text2.py``), in the sizes of :mod:`tiny_vlm_configs`; ``tiny_vlms.FAMILIES``
+puts them together, one row per family. Each input builder ``pixels(n, generator)`` gives the keyword arguments
+besides ``input_ids`` in the layout the vision tower reads.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tiny_vlm_configs import IMAGE_ID, TEXT, VISION
+
+
+def hy_v4_vl(t):
+    """HY-V4-VL around its hy_v4_vl_text (HY-V4's blocks: block 0 dense, width 64; block 1 of 4 clipped experts,
+    swiglu_limit 0.05 binding, and a shared expert, width 64 each; MLA, its heads refused, its rotary slice of
+    8 the config's head_dim; 2 hyper-connection streams): HunYuan-VL's vision tower over 4x4 patches of 16 px, merged 2x2 with a newline token after each
+    row: 2 * (2 + 1) = 6 image tokens (hy_v4_vl_patches)."""
+    text = dict(TEXT, num_key_value_heads=4, head_dim=8, moe_intermediate_size=64, num_experts_per_tok=2,
+                n_routed_experts=4, n_shared_experts=1, q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=4,
+                qk_rope_head_dim=8, v_head_dim=8, index_topk=16, index_head_dim=8, index_n_heads=2, hc_mult=2,
+                swiglu_limit=0.05, mlp_layer_types=["dense", "sparse"],
+                rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 1, 1]))
+    return t.HYV4VLConfig(text_config=text, vision_config=dict(VISION, patch_size=16, max_image_size=64,
+                                                                out_hidden_size=32, spatial_merge_size=2),
+                          image_token_id=IMAGE_ID, video_token_id=101)
+
+
+def hy_v4_vl_patches(n, gen):
+    """HY-V4-VL: per image its 4x4 flattened patches of 16 px (3 * 16 * 16 each), with the image's grid."""
+    return {"pixel_values": torch.randn(n * 16, 3 * 16 * 16, generator=gen),
+            "image_grid_thw": torch.tensor([[1, 4, 4]] * n)}
