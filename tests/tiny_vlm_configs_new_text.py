@@ -30,3 +30,19 @@ def hy_v4_vl_patches(n, gen):
     """HY-V4-VL: per image its 4x4 flattened patches of 16 px (3 * 16 * 16 each), with the image's grid."""
     return {"pixel_values": torch.randn(n * 16, 3 * 16 * 16, generator=gen),
             "image_grid_thw": torch.tensor([[1, 4, 4]] * n)}
+
+
+def granite_docling(t):
+    """Granite-Docling around its granite_docling_text (Granite's Llama layout and multipliers, head_dim from the
+    config where it has one): an Idefics3-like vision tower over a 32 px tile of 8 px patches, its 4x4 features
+    pixel-shuffled 2x2 into 4 image tokens by the coarse connector path (no fine path), the 2 vision layers' outputs
+    added (DeepStack) into the first language-model blocks (granite_docling_tiles)."""
+    return t.GraniteDoclingConfig(text_config=TEXT, vision_config=dict(
+        VISION, image_size=32, patch_size=8, out_hidden_size=32, scale_factor=2, deepstack_visual_indexes=[0, 1],
+        use_fine_route=False), image_token_id=IMAGE_ID)
+
+
+def granite_docling_tiles(n, gen):
+    """Granite-Docling: one 32 px tile per row, (n, tiles, 3, 32, 32), and which tiles are real."""
+    return {"pixel_values": torch.randn(n, 1, 3, 32, 32, generator=gen),
+            "pixel_attention_mask": torch.ones(n, 1, dtype=torch.bool)}

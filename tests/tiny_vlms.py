@@ -32,7 +32,7 @@ from tiny_vlm_configs_extra import (aria, chameleon, emu3, emu3_images, ernie4_5
                                     fuyu_patches, granite4_vision, idefics, idefics_images, molmo2, molmo2_crops,
                                     perception_lm, perception_tiles, qwen2_5_omni_thinker)
 from tiny_vlm_configs_mm import gemma4_unified, gemma4_unified_patches, llama4, qwen3_omni_moe_thinker, qwen4_exp
-from tiny_vlm_configs_new_text import hy_v4_vl, hy_v4_vl_patches
+from tiny_vlm_configs_new_text import granite_docling, granite_docling_tiles, hy_v4_vl, hy_v4_vl_patches
 from wrapped_lm_chain import row_unavailable_reason
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
@@ -271,6 +271,10 @@ FAMILIES: Dict[str, TinyVLM] = {
     # expert (kept whole; moe_intermediate_size sizes both: a pruned expert width saves in the per-layer form)
     "hy_v4_vl": TinyVLM(("HYV4VLConfig", "HYV4VLForConditionalGeneration"), hy_v4_vl, hy_v4_vl_patches, False,
                         image_tokens=6, wrapped=3 + 4 * 2, groups=("mlp",)),
+    # Granite-Docling: a Granite (head_dim from the config: pruned heads save plainly), its vision features also
+    # added (DeepStack) into its first blocks
+    "granite_docling": TinyVLM(("GraniteDoclingConfig", "GraniteDoclingForConditionalGeneration"), granite_docling,
+                               granite_docling_tiles, True, language_model="model.text_model"),
 }
 
 

@@ -15,6 +15,10 @@ from .spec_types import ModelSpec, WrapperSpec
 # HY-V4-VL: Qwen2-VL's layout (model.language_model) around HY-V4's MoE blocks (hy_v4_vl_text)
 VLM_TEXT2_WRAPPERS: Dict[str, WrapperSpec] = {
     "hy_v4_vl": WrapperSpec(language_model="language_model"),
+    # Granite-Docling: Idefics3's layout (model.text_model) around a Granite (granite_docling_text); its connector
+    # also adds the vision layers' features (DeepStack) to the first blocks' residual stream, which MLP and head
+    # pruning keep
+    "granite_docling": WrapperSpec(language_model="text_model"),
 }
 
 # a VLM's text model_type -> the spec whose modules, config keys and refusals it has: the VLM's text model
@@ -23,6 +27,10 @@ _LIKE = {
     # HY-V4-VL's language model: HY-V4's decoder layers (clipped experts, shared experts kept whole, MLA heads
     # refused), its latent norms eps from the config
     "hy_v4_vl_text": "hy_v4",
+    # Granite-Docling's language model: Granite's Llama layout, its attention reading head_dim from the config
+    # where it has one (else hidden_size // num_attention_heads), as Granite 4 Vision's: the compacted config says
+    # head_dim, pruned heads save plainly
+    "granite_docling_text": "granite4_vision_text",
 }
 
 
