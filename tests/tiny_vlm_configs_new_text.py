@@ -46,3 +46,20 @@ def granite_docling_tiles(n, gen):
     """Granite-Docling: one 32 px tile per row, (n, tiles, 3, 32, 32), and which tiles are real."""
     return {"pixel_values": torch.randn(n, 1, 3, 32, 32, generator=gen),
             "pixel_attention_mask": torch.ones(n, 1, dtype=torch.bool)}
+
+
+def cosmos3_edge(t):
+    """Cosmos3-Edge around its cosmos3_edge_text (Llama's attention, head_dim from the config, multimodal rotary
+    positions; a plain fc1/fc2 MLP with ReLU²): a SigLIP2-like vision tower over 4x4 flattened patches of 16 px
+    (learned positions interpolated from a 4x4 grid), merged 2x2 by the projector into 4 image tokens
+    (tiny_vlm_configs.qwen_patches-like, one frame: cosmos3_edge_patches)."""
+    return t.Cosmos3EdgeConfig(text_config=dict(TEXT, head_dim=8, rope_parameters=dict(
+        rope_type="default", rope_theta=10000.0, mrope_section=[2, 1, 1])),
+        vision_config=dict(VISION, patch_size=16, num_patches=16, spatial_merge_size=2), projector_hidden_size=64,
+        image_token_id=IMAGE_ID, video_token_id=101, vision_start_token_id=102, vision_end_token_id=103)
+
+
+def cosmos3_edge_patches(n, gen):
+    """Cosmos3-Edge: per image its 4x4 flattened patches of 16 px (3 * 16 * 16 each), with the image's grid."""
+    return {"pixel_values": torch.randn(n * 16, 3 * 16 * 16, generator=gen),
+            "image_grid_thw": torch.tensor([[1, 4, 4]] * n)}

@@ -19,6 +19,8 @@ VLM_TEXT2_WRAPPERS: Dict[str, WrapperSpec] = {
     # also adds the vision layers' features (DeepStack) to the first blocks' residual stream, which MLP and head
     # pruning keep
     "granite_docling": WrapperSpec(language_model="text_model"),
+    # Cosmos3-Edge: Qwen2-VL's layout (model.language_model) around cosmos3_edge_text
+    "cosmos3_edge": WrapperSpec(language_model="language_model"),
 }
 
 # a VLM's text model_type -> the spec whose modules, config keys and refusals it has: the VLM's text model
@@ -31,6 +33,9 @@ _LIKE = {
     # where it has one (else hidden_size // num_attention_heads), as Granite 4 Vision's: the compacted config says
     # head_dim, pruned heads save plainly
     "granite_docling_text": "granite4_vision_text",
+    # Cosmos3-Edge's language model: Llama's attention (head_dim from the config) with nanochat's plain MLP
+    # (mlp.fc1, mlp.fc2; ReLU² between, elementwise: a pruned channel gives 0)
+    "cosmos3_edge_text": "nanochat",
 }
 
 
