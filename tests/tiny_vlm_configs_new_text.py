@@ -63,3 +63,20 @@ def cosmos3_edge_patches(n, gen):
     """Cosmos3-Edge: per image its 4x4 flattened patches of 16 px (3 * 16 * 16 each), with the image's grid."""
     return {"pixel_values": torch.randn(n * 16, 3 * 16 * 16, generator=gen),
             "image_grid_thw": torch.tensor([[1, 4, 4]] * n)}
+
+
+def deepseek_ocr2(t):
+    """DeepSeek-OCR-2 around its deepseek_ocr2_text (Llama's attention, head_dim = hidden_size // heads; block 0
+    dense, width 64; block 1 of 4 experts, 2 per token, beside a shared expert, width 64 each): a SAM encoder over
+    4x4 patches of 16 px of a 64 px image, convolved down to one feature, then a Qwen2-like encoder reading it and
+    144 learned queries, whose outputs and a view separator are the 145 image tokens (weights drawn at 0.02: the
+    SAM config's initializer_range of 1e-10 would let no image reach the logits)."""
+    text = dict(TEXT, moe_intermediate_size=64, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1,
+                mlp_layer_types=["dense", "sparse"], n_group=1, topk_group=1)
+    sam = dict(hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=4, image_size=64,
+               patch_size=16, window_size=2, global_attn_indexes=[1], mlp_dim=64, downsample_channels=[16, 32],
+               initializer_range=0.02)
+    encoder = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, vocab_size=8)
+    return t.DeepseekOcr2Config(text_config=text, vision_config=dict(sam_config=sam, encoder_config=encoder),
+                                image_token_id=IMAGE_ID)

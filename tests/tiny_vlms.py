@@ -32,8 +32,8 @@ from tiny_vlm_configs_extra import (aria, chameleon, emu3, emu3_images, ernie4_5
                                     fuyu_patches, granite4_vision, idefics, idefics_images, molmo2, molmo2_crops,
                                     perception_lm, perception_tiles, qwen2_5_omni_thinker)
 from tiny_vlm_configs_mm import gemma4_unified, gemma4_unified_patches, llama4, qwen3_omni_moe_thinker, qwen4_exp
-from tiny_vlm_configs_new_text import (cosmos3_edge, cosmos3_edge_patches, granite_docling, granite_docling_tiles,
-                                       hy_v4_vl, hy_v4_vl_patches)
+from tiny_vlm_configs_new_text import (cosmos3_edge, cosmos3_edge_patches, deepseek_ocr2, granite_docling,
+                                       granite_docling_tiles, hy_v4_vl, hy_v4_vl_patches)
 from wrapped_lm_chain import row_unavailable_reason
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
@@ -280,6 +280,10 @@ FAMILIES: Dict[str, TinyVLM] = {
     # (3 wrapped per block with q, k, v, o: 6)
     "cosmos3_edge": TinyVLM(("Cosmos3EdgeConfig", "Cosmos3EdgeForConditionalGeneration"), cosmos3_edge,
                             cosmos3_edge_patches, True, wrapped=2 * 6),
+    # DeepSeek-OCR-2: block 0 dense, block 1 of 4 packed experts beside a shared expert (kept whole); head_dim =
+    # hidden_size // heads on every load: the per-layer form. A 64 px image becomes 145 image tokens
+    "deepseek_ocr2": TinyVLM(("DeepseekOcr2Config", "DeepseekOcr2ForConditionalGeneration"), deepseek_ocr2,
+                             square_images(64), False, image_tokens=145, wrapped=(4 + 4 * 2) + 7),
 }
 
 

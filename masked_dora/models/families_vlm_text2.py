@@ -21,6 +21,9 @@ VLM_TEXT2_WRAPPERS: Dict[str, WrapperSpec] = {
     "granite_docling": WrapperSpec(language_model="text_model"),
     # Cosmos3-Edge: Qwen2-VL's layout (model.language_model) around cosmos3_edge_text
     "cosmos3_edge": WrapperSpec(language_model="language_model"),
+    # DeepSeek-OCR-2: a SAM encoder and a Qwen2-like query encoder (left as they are) before a DeepSeek-V2-like
+    # MoE language model without MLA (deepseek_ocr2_text)
+    "deepseek_ocr2": WrapperSpec(language_model="language_model"),
 }
 
 # a VLM's text model_type -> the spec whose modules, config keys and refusals it has: the VLM's text model
@@ -41,5 +44,15 @@ _LIKE = {
 
 def vlm_text2_specs(specs: Mapping[str, ModelSpec]) -> Dict[str, ModelSpec]:
     """The specs of the language models of ``VLM_TEXT2_WRAPPERS``'s VLMs, each the spec in ``specs`` (the table
-    so far) it is laid out like, under its own name."""
-    return {text: replace_dataclass(specs[like], name=text, model_types=(text,)) for text, like in _LIKE.items()}
+    so far) it is laid out like, under its own name, and those that differ from it in a field."""
+    like = {text: replace_dataclass(specs[spec], name=text, model_types=(text,)) for text, spec in _LIKE.items()}
+    glm4_moe = specs["glm4_moe"]
+    return dict(
+        like,
+        # DeepSeek-OCR-2's language model (deepseek_ocr2_text): GLM-4.5's MoE layout (Llama's attention; in the
+        # blocks mlp_layer_types says "sparse", Mixtral's packed experts beside shared experts of width
+        # moe_intermediate_size * n_shared_experts, kept whole: a pruned expert width saves in the per-layer form;
+        # the "dense" blocks Llama's MLP of width intermediate_size), but its config recomputes head_dim =
+        # hidden_size // num_attention_heads on every load: pruned heads save in the per-layer form
+        deepseek_ocr2_text=replace_dataclass(glm4_moe, name="deepseek_ocr2_text", model_types=("deepseek_ocr2_text",),
+                                             heads=replace_dataclass(glm4_moe.heads, head_dim_key=None)))
