@@ -33,7 +33,7 @@ from tiny_vlm_configs_extra import (aria, chameleon, emu3, emu3_images, ernie4_5
                                     perception_lm, perception_tiles, qwen2_5_omni_thinker)
 from tiny_vlm_configs_mm import gemma4_unified, gemma4_unified_patches, llama4, qwen3_omni_moe_thinker, qwen4_exp
 from tiny_vlm_configs_new_text import (cosmos3_edge, cosmos3_edge_patches, deepseek_ocr2, granite_docling,
-                                       granite_docling_tiles, hy_v4_vl, hy_v4_vl_patches)
+                                       granite_docling_tiles, hy_v4_vl, hy_v4_vl_patches, minimax_m3_vl)
 from wrapped_lm_chain import row_unavailable_reason
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
@@ -284,6 +284,10 @@ FAMILIES: Dict[str, TinyVLM] = {
     # hidden_size // heads on every load: the per-layer form. A 64 px image becomes 145 image tokens
     "deepseek_ocr2": TinyVLM(("DeepseekOcr2Config", "DeepseekOcr2ForConditionalGeneration"), deepseek_ocr2,
                              square_images(64), False, image_tokens=145, wrapped=(4 + 4 * 2) + 7),
+    # MiniMax-M3-VL: block 0 a fused dense MLP (6 wrapped with q, k, v, o), block 1 4 packed experts (4 + 4 * 2)
+    # beside a shared expert (kept whole)
+    "minimax_m3_vl": TinyVLM(("MiniMaxM3VLConfig", "MiniMaxM3SparseForConditionalGeneration"), minimax_m3_vl,
+                             qwen_patches(14), True, wrapped=6 + (4 + 4 * 2)),
 }
 
 
