@@ -13,9 +13,9 @@ from tiny_vlm_configs import IMAGE_ID, TEXT, VISION
 
 def hy_v4_vl(t):
     """HY-V4-VL around its hy_v4_vl_text (HY-V4's blocks: block 0 dense, width 64; block 1 of 4 clipped experts,
-    swiglu_limit 0.05 binding, and a shared expert, width 64 each; MLA, its heads refused, its rotary slice of
-    8 the config's head_dim; 2 hyper-connection streams): HunYuan-VL's vision tower over 4x4 patches of 16 px, merged 2x2 with a newline token after each
-    row: 2 * (2 + 1) = 6 image tokens (hy_v4_vl_patches)."""
+    swiglu_limit 0.05 binding, and a shared expert, width 64 each; MLA, its heads refused, its rotary slice of 8
+    the config's head_dim; 2 hyper-connection streams): HunYuan-VL's vision tower over 4x4 patches of 16 px,
+    merged 2x2 with a newline token after each row: 2 * (2 + 1) = 6 image tokens (hy_v4_vl_patches)."""
     text = dict(TEXT, num_key_value_heads=4, head_dim=8, moe_intermediate_size=64, num_experts_per_tok=2,
                 n_routed_experts=4, n_shared_experts=1, q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=4,
                 qk_rope_head_dim=8, v_head_dim=8, index_topk=16, index_head_dim=8, index_n_heads=2, hc_mult=2,
