@@ -28,8 +28,8 @@ VLM_TEXT2_WRAPPERS: Dict[str, WrapperSpec] = {
     "minimax_m3_vl": WrapperSpec(language_model="language_model"),
 }
 
-# a VLM's text model_type -> the spec whose modules, config keys and refusals it has: the VLM's text model
-# is that text model's blocks under multimodal rotary positions (the same for every head)
+# a VLM's text model_type -> the spec whose modules, config keys and refusals it has: the VLM's text model is that
+# text model's blocks (HY-V4-VL's and Cosmos3-Edge's under multimodal rotary positions, the same for every head)
 _LIKE = {
     # HY-V4-VL's language model: HY-V4's decoder layers (clipped experts, shared experts kept whole, MLA heads
     # refused), its latent norms eps from the config
