@@ -32,6 +32,8 @@ from tiny_vlm_configs_extra import (aria, chameleon, emu3, emu3_images, ernie4_5
                                     fuyu_patches, granite4_vision, idefics, idefics_images, molmo2, molmo2_crops,
                                     perception_lm, perception_tiles, qwen2_5_omni_thinker)
 from tiny_vlm_configs_mm import gemma4_unified, gemma4_unified_patches, llama4, qwen3_omni_moe_thinker, qwen4_exp
+from tiny_vlm_configs_new_text import (cosmos3_edge, cosmos3_edge_patches, deepseek_ocr2, granite_docling,
+                                       granite_docling_tiles, hy_v4_vl, hy_v4_vl_patches, minimax_m3_vl)
 from wrapped_lm_chain import row_unavailable_reason
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
@@ -266,6 +268,26 @@ FAMILIES: Dict[str, TinyVLM] = {
     # are refused as Gemma 4's
     "gemma4_unified": TinyVLM(("Gemma4UnifiedConfig", "Gemma4UnifiedForConditionalGeneration"), gemma4_unified,
                               gemma4_unified_patches, True, wrapped=2 * 3, groups=("mlp",)),
+    # HY-V4-VL: HY-V4's blocks (MLA: heads refused), block 0 dense, block 1 of 4 clipped experts beside a shared
+    # expert (kept whole; moe_intermediate_size sizes both: a pruned expert width saves in the per-layer form)
+    "hy_v4_vl": TinyVLM(("HYV4VLConfig", "HYV4VLForConditionalGeneration"), hy_v4_vl, hy_v4_vl_patches, False,
+                        image_tokens=6, wrapped=3 + 4 * 2, groups=("mlp",)),
+    # Granite-Docling: a Granite (head_dim from the config: pruned heads save plainly), its vision features also
+    # added (DeepStack) into its first blocks
+    "granite_docling": TinyVLM(("GraniteDoclingConfig", "GraniteDoclingForConditionalGeneration"), granite_docling,
+                               granite_docling_tiles, True, language_model="model.text_model"),
+    # Cosmos3-Edge: Llama's attention (head_dim in the config: pruned heads save plainly), a plain fc1/fc2 MLP
+    # (3 wrapped per block with q, k, v, o: 6)
+    "cosmos3_edge": TinyVLM(("Cosmos3EdgeConfig", "Cosmos3EdgeForConditionalGeneration"), cosmos3_edge,
+                            cosmos3_edge_patches, True, wrapped=2 * 6),
+    # DeepSeek-OCR-2: block 0 dense, block 1 of 4 packed experts beside a shared expert (kept whole); head_dim =
+    # hidden_size // heads on every load: the per-layer form. A 64 px image becomes 145 image tokens
+    "deepseek_ocr2": TinyVLM(("DeepseekOcr2Config", "DeepseekOcr2ForConditionalGeneration"), deepseek_ocr2,
+                             square_images(64), False, image_tokens=145, wrapped=(4 + 4 * 2) + 7),
+    # MiniMax-M3-VL: block 0 a fused dense MLP (6 wrapped with q, k, v, o), block 1 4 packed experts (4 + 4 * 2)
+    # beside a shared expert (kept whole)
+    "minimax_m3_vl": TinyVLM(("MiniMaxM3VLConfig", "MiniMaxM3SparseForConditionalGeneration"), minimax_m3_vl,
+                             qwen_patches(14), True, wrapped=6 + (4 + 4 * 2)),
 }
 
 

@@ -82,7 +82,7 @@ def _expert_activation(module, layout) -> dict:
     if layout.glu == "act_pair":  # the module's act_fn(gate, up) combines them itself
         return dict(act_fn=None, glu=dotted_attr(module, layout.act_fn))
     if layout.glu == "clamped_swiglu":
-        return dict(act_fn=None, glu=ClampedSwiGLU(module.alpha, module.limit))
+        return dict(act_fn=None, glu=ClampedSwiGLU(getattr(module, layout.alpha_attr), module.limit))
     from transformers.activations import ACT2FN
 
     act_fn = ACT2FN[layout.act] if layout.act else dotted_attr(module, layout.act_fn)

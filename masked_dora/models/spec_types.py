@@ -85,6 +85,8 @@ class ExpertsLayout:
     act_fn: str = "act_fn"  # the experts module's activation (glu="act", "act_pair", "clamped_act"), a dotted path
     limit_attr: str = "limit"
     act: str = ""
+    # glu="clamped_swiglu": the module's attribute holding alpha (gpt-oss's alpha; MiniMax-M3's swiglu_alpha)
+    alpha_attr: str = "alpha"
 
     def __post_init__(self):
         if self.glu not in EXPERT_GLUS:
@@ -95,6 +97,8 @@ class ExpertsLayout:
                              "interleaved or transposed")
         if self.glu != "clamped_act" and (self.act or self.limit_attr != "limit"):
             raise ValueError(f"ExpertsLayout: act and limit_attr describe glu='clamped_act', got glu={self.glu!r}")
+        if self.glu != "clamped_swiglu" and self.alpha_attr != "alpha":
+            raise ValueError(f"ExpertsLayout: alpha_attr describes glu='clamped_swiglu', got glu={self.glu!r}")
 
 
 @dataclass(frozen=True)
