@@ -30,6 +30,11 @@ REFUSED_CLASSIC_TYPES: Dict[str, str] = {
              "whole MLP width and the attention's attn_sub_norm over all heads' width, so a removed channel or head "
              "changes every kept one; its per-channel scales (suv_gate / suv_up per MLP channel, sqk / s_gate per "
              "query channel) sit outside the projections"),
+    "bitnet": ("its MLP's ffn_sub_norm RMS-normalises over the whole MLP width (intermediate_size) before down_proj, "
+               "and its attention's attn_sub_norm over all heads' width (hidden_size) before o_proj: a removed "
+               "channel or head still counts in the mean square each kept one is divided by, so the compacted block "
+               "would differ (exact only with each sub-norm's weight scaled by sqrt(width / kept) and its epsilon by "
+               "width / kept per block, which neither the spec types nor a config's one rms_norm_eps describe)"),
     "jetmoe": ("its only MLP is a mixture of experts whose projections are two JetMoeParallelExperts modules "
                "(mlp.input_linear, rows [gate | up] per expert, and mlp.output_linear), each called with the routed "
                "tokens sorted by expert and the per-expert token counts, which the experts wrapper (one packed "
