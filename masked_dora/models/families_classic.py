@@ -151,9 +151,11 @@ def classic_specs(llama_style: dict, mixtral_style: dict, gpt2: dict, bert_style
         # Inkling 2 (text; Inkling2ForCausalLM): every block an MoE whose experts (Mixtral's packing, width
         # moe_intermediate_size) combine gate and up in their act_fn (a softcapped SwiGLU, (0, 0) -> 0:
         # ExpertsLayout(glu="act_pair")); the short convolutions after the attention and the MLP and the attention
-        # residuals across blocks act over the hidden size; heads refused
+        # residuals across blocks act over the hidden size; heads refused. Inkling 2 Loop (inkling2_loop_text,
+        # transformers 5.24): the same blocks, the loop layers run loop_num_passes times, their inputs mixed with
+        # messages from the previous pass by gates over the hidden size (a block pruned once serves every pass)
         "inkling2_text": ModelSpec(
-            name="inkling2_text", model_types=("inkling2_text",), layers=("layers",), hidden_key="hidden_size",
+            name="inkling2_text", model_types=("inkling2_text", "inkling2_loop_text"), layers=("layers",), hidden_key="hidden_size",
             mlp=replace_dataclass(moe_experts["mlp"], experts_layout=ExpertsLayout(glu="act_pair")),
             heads=HeadSpec(query="self_attn.q_proj.linear", key="self_attn.k_proj.linear",
                            value="self_attn.v_proj.linear", output="self_attn.o_proj.linear",
