@@ -155,7 +155,8 @@ def classic_specs(llama_style: dict, mixtral_style: dict, gpt2: dict, bert_style
         # transformers 5.24): the same blocks, the loop layers run loop_num_passes times, their inputs mixed with
         # messages from the previous pass by gates over the hidden size (a block pruned once serves every pass)
         "inkling2_text": ModelSpec(
-            name="inkling2_text", model_types=("inkling2_text", "inkling2_loop_text"), layers=("layers",), hidden_key="hidden_size",
+            name="inkling2_text", model_types=("inkling2_text", "inkling2_loop_text"), layers=("layers",),
+            hidden_key="hidden_size",
             mlp=replace_dataclass(moe_experts["mlp"], experts_layout=ExpertsLayout(glu="act_pair")),
             heads=HeadSpec(query="self_attn.q_proj.linear", key="self_attn.k_proj.linear",
                            value="self_attn.v_proj.linear", output="self_attn.o_proj.linear",
