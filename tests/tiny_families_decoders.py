@@ -103,10 +103,10 @@ TINY = {
                                                                                       mrope_section=[2, 1, 1]),
                                                             "full_attention": None}),
                                       kv_heads=2, causal_lm=True),
-    # HRM-Text: an L and an H stack of one block each (4 MHA heads with a per-channel output gate), the L stack called
-    # twice per H cycle (one H cycle); weight-less RMS norms
+    # HRM-Text: an L and an H stack of two blocks each (4 MHA heads with a per-channel output gate), called once each
+    # (one H cycle of one L cycle: the H stack reads the L stack's output); weight-less RMS norms
     "hrm_text": TinyFamily(("HrmTextConfig", "HrmTextModel", "HrmTextForCausalLM"),
-                           dict({k: v for k, v in _COMMON.items() if k != "num_key_value_heads"}, num_hidden_layers=1,
-                                head_dim=8, H_cycles=1, L_cycles=2, L_bp_cycles=[2], embedding_scale=2.0),
+                           dict({k: v for k, v in _COMMON.items() if k != "num_key_value_heads"}, head_dim=8,
+                                H_cycles=1, L_cycles=1, L_bp_cycles=[1], embedding_scale=2.0),
                            causal_lm=True),
 }
