@@ -185,6 +185,9 @@ def test_experts_layout_checks_its_values():
         ExpertsLayout(glu="gelu")
     with pytest.raises(ValueError, match="act and limit_attr describe glu='clamped_act', got glu='clamped_swiglu'"):
         ExpertsLayout(glu="clamped_swiglu", limit_attr="swiglu_limit")
+    with pytest.raises(ValueError, match=r"glu='clamped_swiglu' computes .* itself and reads no act_fn, got "
+                                         r"act_fn='mlp.activation_fn'"):  # (it was ignored)
+        ExpertsLayout(glu="clamped_swiglu", act_fn="mlp.activation_fn")
     with pytest.raises(ValueError, match="experts_layout describes packed experts; it needs experts="):
         MLPSpec(producers=("mlp.up",), consumer="mlp.down", size_key="", experts_layout=ExpertsLayout(bias=True))
     with pytest.raises(ValueError, match="act_fn, glu: expected exactly one"):
