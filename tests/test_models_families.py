@@ -144,7 +144,8 @@ def test_plain_checkpoints_reload_with_plain_transformers(chains):
                                                 "mimo_v2_flash", "laguna", "minimax", "layoutlmv3", "lilt", "convbert",
                                                 "deberta", "esmc", "youtu", "zaya", "trocr", "cpmant", "prophetnet",
                                                 "lara_mini", "dots3_note_text", "inkling2_text", "axk1", "axk2",
-                                                "inkling_text", "longcat_flash")
+                                                "inkling_text", "longcat_flash", "sarvam_mla",
+                                                "bailing_hybrid", "inkling2_loop_text")
                             if f in TABLE_FAMILIES])
 def test_heads_that_cannot_be_pruned_exactly_are_refused_before_anything_changes(family, flag):
     import transformers as t
@@ -166,6 +167,10 @@ def test_heads_that_cannot_be_pruned_exactly_are_refused_before_anything_changes
     ("dory", ("DoryConfig", "DoryForCausalLM"), dict(vocab_size=97, hidden_size=32, intermediate_size=64,
                                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                                      head_dim=8), "ffn_sub_norm L2-normalises over the whole MLP"),
+    ("bitnet", ("BitNetConfig", "BitNetForCausalLM"), dict(vocab_size=97, hidden_size=32, intermediate_size=64,
+                                                         num_hidden_layers=2, num_attention_heads=4,
+                                                         num_key_value_heads=2),
+     "ffn_sub_norm RMS-normalises over the whole MLP width"),
     ("jetmoe", ("JetMoeConfig", "JetMoeForCausalLM"), dict(vocab_size=97, hidden_size=32, intermediate_size=32,
                                                          num_hidden_layers=2, num_attention_heads=4,
                                                          num_key_value_heads=2, kv_channels=8, num_local_experts=4,

@@ -187,6 +187,9 @@ def test_experts_layout_checks_its_values():
         ExpertsLayout(glu="clamped_swiglu", limit_attr="swiglu_limit")
     with pytest.raises(ValueError, match="alpha_attr describes glu='clamped_swiglu', got glu='act'"):
         ExpertsLayout(alpha_attr="swiglu_alpha")
+    with pytest.raises(ValueError, match=r"glu='clamped_swiglu' computes .* itself and reads no act_fn, got "
+                                         r"act_fn='mlp.activation_fn'"):  # (it was ignored)
+        ExpertsLayout(glu="clamped_swiglu", act_fn="mlp.activation_fn")
     with pytest.raises(ValueError, match="experts_layout describes packed experts; it needs experts="):
         MLPSpec(producers=("mlp.up",), consumer="mlp.down", size_key="", experts_layout=ExpertsLayout(bias=True))
     with pytest.raises(ValueError, match="act_fn, glu: expected exactly one"):
@@ -194,3 +197,39 @@ def test_experts_layout_checks_its_values():
     with pytest.raises(ValueError, match=r"gate_up_bias: expected shape \(2, 8\)"):
         MaskedDoRAExperts.from_packed(torch.randn(2, 8, 6), torch.randn(2, 6, 4), torch.nn.functional.silu,
                                       gate_up_bias=torch.randn(2, 4))
+
+
+class _NestedExperts(torch.nn.Module):
+    """gpt-oss's experts module one level down (``inner``): its packed parameters and their biases at dotted paths
+    below the module a spec names (as DBRX's ``mlp.w1``)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.alpha, self.limit = inner, inner.alpha, inner.limit
+
+    def forward(self, *args, **kwargs):
+        return self.inner(*args, **kwargs)
+
+
+def test_packed_biases_follow_dotted_parameter_paths(monkeypatch):
+    """A spec naming the packed parameters by dotted paths below the experts module (``inner.gate_up_proj``) with
+    ``experts_layout.bias``: their biases are ``inner.gate_up_proj_bias`` and ``inner.down_proj_bias`` (looked up on
+    the experts module itself, they were refused as missing), and the prepared model is the model."""
+    from masked_dora.models import specs as specs_module
+
+    spec = specs_module.SPECS["gpt_oss"]
+    monkeypatch.setattr(specs_module, "SPECS", dict(specs_module.SPECS))
+    specs_module.register_spec("gpt_oss", replace=True, spec=replace_dataclass(spec, mlp=replace_dataclass(
+        spec.mlp, producers=("inner.gate_up_proj",), consumer="inner.down_proj")))
+    model = _gpt_oss()
+    for layer in model.model.layers:
+        layer.mlp.experts = _NestedExperts(layer.mlp.experts)
+    original = copy.deepcopy(model)
+    prepare_model(model, MaskedDoRAConfig(rank=4, alignment={"mlp": 8}, importance="none"))
+    wrapped, inner = model.model.layers[1].mlp.experts, original.model.layers[1].mlp.experts.inner
+    assert isinstance(wrapped, MaskedDoRAExperts)
+    torch.testing.assert_close(wrapped.gate_up[2].bias, inner.gate_up_proj_bias[2])
+    torch.testing.assert_close(wrapped.down[2].bias, inner.down_proj_bias[2])
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        assert _rel(output_tensor(model(**inputs)), output_tensor(original(**inputs))) < 1e-5

@@ -92,6 +92,14 @@ def granite_frames(n, gen):
     return {"input_features": torch.randn(n, 8, MEL, generator=gen)}
 
 
+def moss_transcribe_diarize(t):
+    """MOSS-Transcribe-Diarize around a Qwen3 (head_dim said: the config's default is 128): its Whisper-like tower
+    takes 2 * max_source_positions (16) frames into 8 positions, every audio_merge_size (2) of them one audio
+    token: 4."""
+    return t.MossTranscribeDiarizeConfig(audio_config=dict(WHISPER_LIKE, max_source_positions=8),
+                                         text_config=dict(TEXT, head_dim=8), audio_token_id=AUDIO_ID,
+                                         audio_merge_size=2)
+
 @dataclass(frozen=True)
 class TinyAudioLM:
     """A family: its transformers classes, its config (``config(t)``, ``t`` the transformers module) and its audio
@@ -136,6 +144,9 @@ FAMILIES: Dict[str, TinyAudioLM] = {
                                  lambda t: audioflamingo3(t, "MusicFlamingoConfig", audio_bos_token_id=101,
                                                           audio_eos_token_id=102),
                                  mel_frames(16, "input_features_mask")),
+    "moss_transcribe_diarize": TinyAudioLM(("MossTranscribeDiarizeConfig",
+                                            "MossTranscribeDiarizeForConditionalGeneration"),
+                                           moss_transcribe_diarize, mel_frames(16, "input_features_mask")),
 }
 
 

@@ -115,6 +115,15 @@ TINY = {
                                      rel_extent=16, moe_intermediate_size=32, n_routed_experts=4,
                                      num_experts_per_tok=2, n_layers_per_attn_res_block=1),
                                 kv_heads=2, causal_lm=True, heads=False),
+    # (transformers 5.24) the same with block 1 looped twice, gated messages of rank 4 from the first pass
+    "inkling2_loop_text": TinyFamily(("Inkling2LoopTextConfig", "Inkling2LoopTextModel", "Inkling2LoopForCausalLM"),
+                                     dict(_LLAMA_LIKE, unpadded_vocab_size=97, swa_num_attention_heads=4,
+                                          swa_num_key_value_heads=2, swa_head_dim=8, sliding_window_size=4, d_rel=4,
+                                          rel_extent=16, moe_intermediate_size=32, n_routed_experts=4,
+                                          num_experts_per_tok=2, n_layers_per_attn_res_block=1,
+                                          loop_layer_index_start=1, loop_layer_index_end=2, loop_num_passes=2,
+                                          loop_gate_rank=4),
+                                     kv_heads=2, causal_lm=True, heads=False),
     # (transformers 5.24) block 0 dense (Llama's MLP, width 64, a scalar global_scale), block 1 4 experts of width
     # 32 (top-2) and a shared expert (kept whole) weighed by the router; a sliding and a full attention layer with
     # their own head counts (heads refused)

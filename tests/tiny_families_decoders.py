@@ -103,4 +103,10 @@ TINY = {
                                                                                       mrope_section=[2, 1, 1]),
                                                             "full_attention": None}),
                                       kv_heads=2, causal_lm=True),
+    # HRM-Text: an L and an H stack of two blocks each (4 MHA heads with a per-channel output gate), called once each
+    # (one H cycle of one L cycle: the H stack reads the L stack's output); weight-less RMS norms
+    "hrm_text": TinyFamily(("HrmTextConfig", "HrmTextModel", "HrmTextForCausalLM"),
+                           dict({k: v for k, v in _COMMON.items() if k != "num_key_value_heads"}, head_dim=8,
+                                H_cycles=1, L_cycles=1, L_bp_cycles=[1], embedding_scale=2.0),
+                           causal_lm=True),
 }

@@ -80,6 +80,12 @@ TINY.update({
                        num_experts_per_tok=2, n_shared_experts=1, kv_lora_rank=16, qk_rope_head_dim=4,
                        qk_nope_head_dim=4, v_head_dim=8, linear_head_dim=8, linear_num_heads=4,
                        linear_conv_kernel_dim=4),
+    # Ling 2.5: layer 0 delta attention with the dense MLP (width 64), layer 1 MLA with 4 experts (width 32) and a
+    # shared expert (kept whole); linear heads 4 of head_dim 8
+    "bailing_hybrid": _lm("BailingHybrid", num_key_value_heads=4, layer_types=["linear_attention", "full_attention"],
+                          mlp_layer_types=["dense", "sparse"], moe_intermediate_size=32, num_local_experts=4,
+                          num_experts_per_tok=2, n_shared_experts=1, n_group=1, topk_group=1, kv_lora_rank=16,
+                          qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8, head_dim=8, short_conv_kernel_size=4),
     # block 0 short convolution with LFM2's dense feed_forward (width 64), block 1 attention with 4 experts (width 32)
     "lfm2_moe": _lm("Lfm2Moe", layer_types=["conv", "full_attention"], num_dense_layers=1, moe_intermediate_size=32,
                     num_experts=4, num_experts_per_tok=2),

@@ -164,4 +164,14 @@ TINY = {
     "axk2": TinyFamily(("AXK2Config", "AXK2Model", "AXK2ForCausalLM"),
                        dict(_MLA_MOE, index_topk=4, index_head_dim=8, index_n_heads=2, gated_norm_rank=4),
                        causal_lm=True, heads=False),
+    # Sarvam-30B: GLM-4.5's classes under its own config (per-head q/k norms, full-width rotary); Sarvam-105B:
+    # DeepSeek-V3's classes, blocks and MLA (heads refused), block 0 dense by first_k_dense_replace
+    "sarvam_moe": TinyFamily(("SarvamMoEConfig", "Glm4MoeModel", "Glm4MoeForCausalLM"),
+                             dict(_DENSE_THEN_MOE, n_routed_experts=4, n_shared_experts=1, first_k_dense_replace=1,
+                                  n_group=1, topk_group=1, use_qk_norm=True),
+                             kv_heads=2, causal_lm=True),
+    "sarvam_mla": TinyFamily(("SarvamMLAConfig", "DeepseekV3Model", "DeepseekV3ForCausalLM"),
+                             dict({k: v for k, v in _MLA_MOE.items() if k not in ("mlp_layer_types", "head_dim")},
+                                  first_k_dense_replace=1),
+                             causal_lm=True, heads=False),
 }

@@ -302,11 +302,12 @@ def per_expert(module: nn.Module, spec: ModelSpec, weight: Tensor, consumer: boo
 
 def expert_biases(module: nn.Module, spec: ModelSpec) -> Tuple[Optional[Tensor], ...]:
     """The packed biases ``<name>_bias`` (experts, out) of the producers and the consumer of an unprepared experts
-    module (``None`` each where ``MLPSpec.experts_layout`` has no bias)."""
+    module (``None`` each where ``MLPSpec.experts_layout`` has no bias); a dotted name's bias beside its parameter
+    (``inner.gate_up_proj_bias``), as compaction writes it."""
     names = tuple(spec.mlp.producers) + (spec.mlp.consumer,)
     if not spec.mlp.experts_layout.bias:
         return (None,) * len(names)
-    biases = tuple(getattr(module, f"{name}_bias", None) for name in names)
+    biases = tuple(dotted_attr(module, f"{name}_bias") for name in names)
     for name, b in zip(names, biases):
         if not isinstance(b, Tensor) or b.dim() != 2:
             raise ValueError(f"spec {spec.name!r}: expected a packed 2-D parameter {name + '_bias'!r} (experts, out) "

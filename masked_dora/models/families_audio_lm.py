@@ -23,8 +23,10 @@ AUDIO_LM_HIDDEN = ("the audio projector writes audio embeddings into the languag
                    "hidden pruning does not cut (only the language model's own writers)")
 
 # outer model_type -> where its language model is: Qwen2-Audio, Audio Flamingo 3 and Music Flamingo around a Qwen2;
-# Voxtral and GLM-ASR around a Llama; Qwen3-ASR around a Qwen3; Granite Speech around a Granite (its conformer
-# encoder under model.encoder, its Q-Former projector under model.projector, both left as they are)
+# Voxtral and GLM-ASR around a Llama; Qwen3-ASR and MOSS-Transcribe-Diarize (transformers 5.24) around a Qwen3;
+# Granite Speech around a Granite (its conformer encoder under model.encoder, its Q-Former projector under
+# model.projector, both left as they are)
 AUDIO_LM_WRAPPERS: Dict[str, WrapperSpec] = {
     t: WrapperSpec(language_model="language_model", hidden_refusal=AUDIO_LM_HIDDEN) for t in (
-        "qwen2_audio", "voxtral", "granite_speech", "qwen3_asr", "audioflamingo3", "glmasr", "musicflamingo")}
+        "qwen2_audio", "voxtral", "granite_speech", "qwen3_asr", "audioflamingo3", "glmasr", "musicflamingo",
+        "moss_transcribe_diarize")}

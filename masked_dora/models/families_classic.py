@@ -30,6 +30,11 @@ REFUSED_CLASSIC_TYPES: Dict[str, str] = {
              "whole MLP width and the attention's attn_sub_norm over all heads' width, so a removed channel or head "
              "changes every kept one; its per-channel scales (suv_gate / suv_up per MLP channel, sqk / s_gate per "
              "query channel) sit outside the projections"),
+    "bitnet": ("its MLP's ffn_sub_norm RMS-normalises over the whole MLP width (intermediate_size) before down_proj, "
+               "and its attention's attn_sub_norm over all heads' width (hidden_size) before o_proj: a removed "
+               "channel or head still counts in the mean square each kept one is divided by, so the compacted block "
+               "would differ (exact only with each sub-norm's weight scaled by sqrt(width / kept) and its epsilon by "
+               "width / kept per block, which neither the spec types nor a config's one rms_norm_eps describe)"),
     "jetmoe": ("its only MLP is a mixture of experts whose projections are two JetMoeParallelExperts modules "
                "(mlp.input_linear, rows [gate | up] per expert, and mlp.output_linear), each called with the routed "
                "tokens sorted by expert and the per-expert token counts, which the experts wrapper (one packed "
@@ -146,9 +151,12 @@ def classic_specs(llama_style: dict, mixtral_style: dict, gpt2: dict, bert_style
         # Inkling 2 (text; Inkling2ForCausalLM): every block an MoE whose experts (Mixtral's packing, width
         # moe_intermediate_size) combine gate and up in their act_fn (a softcapped SwiGLU, (0, 0) -> 0:
         # ExpertsLayout(glu="act_pair")); the short convolutions after the attention and the MLP and the attention
-        # residuals across blocks act over the hidden size; heads refused
+        # residuals across blocks act over the hidden size; heads refused. Inkling 2 Loop (inkling2_loop_text,
+        # transformers 5.24): the same blocks, the loop layers run loop_num_passes times, their inputs mixed with
+        # messages from the previous pass by gates over the hidden size (a block pruned once serves every pass)
         "inkling2_text": ModelSpec(
-            name="inkling2_text", model_types=("inkling2_text",), layers=("layers",), hidden_key="hidden_size",
+            name="inkling2_text", model_types=("inkling2_text", "inkling2_loop_text"), layers=("layers",),
+            hidden_key="hidden_size",
             mlp=replace_dataclass(moe_experts["mlp"], experts_layout=ExpertsLayout(glu="act_pair")),
             heads=HeadSpec(query="self_attn.q_proj.linear", key="self_attn.k_proj.linear",
                            value="self_attn.v_proj.linear", output="self_attn.o_proj.linear",

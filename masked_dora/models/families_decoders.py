@@ -68,7 +68,23 @@ def decoder_specs(llama_style: dict) -> Dict[str, ModelSpec]:
         # (text; Gemma4UnifiedForCausalLM, transformers 5.24) is that dense block alone (no MoE, no PLE)
         "gemma4_text": ModelSpec(name="gemma4_text", model_types=("gemma4_text", "gemma4_unified_text"), **llama_style,
                                  unsupported=(("heads", "", _GEMMA4_HEADS),)),
+        # HRM-Text: two stacks of Llama blocks (L_module.layers, H_module.layers: a stack each, with the same size
+        # keys) that its forward calls in a recurrence (the L stack L_cycles times per H cycle): a block's modules,
+        # pruned once, serve each call. Its attention is multi-head (no KV heads) with a sigmoid output gate per
+        # query channel (self_attn.gate_proj), whose rows follow their query heads (a pruned head's output is 0
+        # before the gate); its RMS norms have no weight
+        "hrm_text": ModelSpec(name="hrm_text", model_types=("hrm_text",), stack="L", **_hrm_stack(llama_style, "L"),
+                              stacks=(ModelSpec(name="hrm_text-H", model_types=(), stack="H",
+                                                **_hrm_stack(llama_style, "H")),)),
     }
+
+
+def _hrm_stack(llama_style: dict, stack: str) -> dict:
+    """The fields of HRM-Text's ``stack`` ("L" or "H"): Llama's blocks under ``<stack>_module.layers``, multi-head
+    attention with an output gate per query channel."""
+    heads = replace_dataclass(llama_style["heads"], kv_heads_key=None, per_head=(
+        PerHeadSpec("self_attn.gate_proj", "heads", head_rows=True),))
+    return dict(llama_style, layers=(f"{stack}_module.layers",), heads=heads)
 
 
 _DIFFLLAMA_HEADS = ("its differential attention pairs head h with head h + num_attention_heads / 2 (one output "

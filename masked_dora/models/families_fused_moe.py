@@ -102,9 +102,11 @@ FUSED_MOE_SPECS: Dict[str, ModelSpec] = {
     "mpt": ModelSpec(name="mpt", model_types=("mpt",), **MPT),
     # deepseek_v2: the same blocks and MLA attention. DeepSeek-V3.2 and GLM-5 (glm_moe_dsa): the same blocks (dense
     # ones by mlp_layer_types), their MLA with a sparse-attention indexer beside it (which reads the block's input and
-    # the query latent, not the MLP); GLM-4.7-Flash (glm4_moe_lite): the same blocks and MLA
+    # the query latent, not the MLP); GLM-4.7-Flash (glm4_moe_lite): the same blocks and MLA; Sarvam-105B (sarvam_mla)
+    # is DeepSeek-V3's model itself (transformers maps its config to DeepseekV3ForCausalLM)
     "deepseek_v3": ModelSpec(name="deepseek_v3", model_types=("deepseek_v3", "deepseek_v2", "deepseek_v32",
-                                                              "glm_moe_dsa", "glm4_moe_lite"), **DEEPSEEK_V3),
+                                                              "glm_moe_dsa", "glm4_moe_lite", "sarvam_mla"),
+                             **DEEPSEEK_V3),
     # MiniCPM3: Llama's MLP (width intermediate_size, mlp_bias) under DeepSeek-V2's MLA; its residual branches scaled
     # by a constant (scale_depth) change nothing per channel
     "minicpm3": ModelSpec(name="minicpm3", model_types=("minicpm3",), layers=("layers",), hidden_key="hidden_size",

@@ -119,8 +119,9 @@ def hybrid_specs(llama_style: dict) -> Dict[str, ModelSpec]:
         "jamba": spec("jamba", ("jamba",), mlp=replace_dataclass(feed_forward, size_key="", in_some_blocks=True)),
         # Kimi-Linear: Kimi delta attention or MLA blocks (layer_types), each with DeepSeek-V3's MoE block (packed
         # experts; shared_experts kept whole, sized by moe_intermediate_size too: the per-layer form) or, by
-        # mlp_layer_types, its dense MLP of width intermediate_size (a group of its own)
-        "kimi_linear": spec("kimi_linear", ("kimi_linear",), mlp=DEEPSEEK_V3["mlp"],
+        # mlp_layer_types, its dense MLP of width intermediate_size (a group of its own). Ling 2.5 (bailing_hybrid):
+        # the same blocks, its MLA layers with a per-head output gate (g_proj) among KDA-style delta-attention ones
+        "kimi_linear": spec("kimi_linear", ("kimi_linear", "bailing_hybrid"), mlp=DEEPSEEK_V3["mlp"],
                             dense_mlp=DEEPSEEK_V3["dense_mlp"]),
         # MiniMax(-Text-01): lightning (linear) attention or softmax attention blocks (layer_types), each with
         # Mixtral's experts (width intermediate_size; router untouched); scalar residual factors

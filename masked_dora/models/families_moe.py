@@ -45,9 +45,10 @@ def moe_specs(llama_style: dict, mixtral_style: dict, qk_norm_spans_heads: str) 
         # heads (glm4_moe's use_qk_norm, dots1, exaone_moe) and partial rotary (glm4_moe) change nothing per head
         # GLM-4.5V's language model (glm4v_moe_text) is GLM-4.5's (no q/k norms; multimodal rotary positions over
         # part of each head's dims, the same for every head). HY-V3 (Hunyuan, hy_v3): dense blocks by mlp_layer_types,
-        # per-head q/k norms over head_dim, the routed and shared outputs summed in float32
+        # per-head q/k norms over head_dim, the routed and shared outputs summed in float32. Sarvam-30B (sarvam_moe)
+        # is GLM-4.5's model itself (transformers maps its config to Glm4MoeForCausalLM) with full-width rotary
         "glm4_moe": ModelSpec(name="glm4_moe", model_types=("glm4_moe", "dots1", "ernie4_5_moe", "solar_open",
-                                                            "exaone_moe", "glm4v_moe_text", "hy_v3"),
+                                                            "exaone_moe", "glm4v_moe_text", "hy_v3", "sarvam_moe"),
                               **deepseek_moe_gqa),
         # Hunyuan-MoE: Mixtral's experts and a shared_mlp (kept whole), both intermediate_size wide (size_key "");
         # its query/key_layernorm over head_dim, one weight for all heads, changes nothing per head

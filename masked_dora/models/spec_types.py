@@ -99,6 +99,9 @@ class ExpertsLayout:
             raise ValueError(f"ExpertsLayout: act and limit_attr describe glu='clamped_act', got glu={self.glu!r}")
         if self.glu != "clamped_swiglu" and self.alpha_attr != "alpha":
             raise ValueError(f"ExpertsLayout: alpha_attr describes glu='clamped_swiglu', got glu={self.glu!r}")
+        if self.glu == "clamped_swiglu" and self.act_fn != "act_fn":
+            raise ValueError(f"ExpertsLayout: glu='clamped_swiglu' computes gpt-oss's (clamp(up) + 1) * g * sigmoid("
+                             f"alpha * g) itself and reads no act_fn, got act_fn={self.act_fn!r}")
 
 
 @dataclass(frozen=True)
