@@ -206,3 +206,21 @@ def test_longt5_prunes_the_mlp_of_both_stacks_to_a_plain_checkpoint(tmp_path, at
     ids = inputs["input_ids"][:1]
     gen = dict(max_new_tokens=5, do_sample=False)
     assert torch.equal(reloaded.generate(ids, **gen), model.generate(ids, **gen))
+
+
+def test_bigbird_pegasus_refuses_heads_with_block_sparse_attention():
+    """BigBird-Pegasus with attention_type='block_sparse' (its default) rebuilds the encoder's attention from the
+    config's head count when an input is too short for its blocks: heads refused before anything changes, the MLP
+    of both stacks still prunes (its family chain, with original_full, prunes the heads too)."""
+    import transformers as t
+
+    from tiny_families_seq2seq import TINY
+
+    config = t.BigBirdPegasusConfig(**dict(TINY["bigbird_pegasus"].config, attention_type="block_sparse"))
+    model = t.BigBirdPegasusForConditionalGeneration(config).eval()
+    with pytest.raises(ValueError, match=r"'heads' cannot be pruned in a 'bigbird_pegasus' model: with "
+                                         r"attention_type='block_sparse'"):
+        prepare_model(model, MaskedDoRAConfig(importance="none"))
+    assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), importance="none"))
+    assert sorted(get_state(model).groups) == ["mlp_0", "mlp_1", "mlp_2", "mlp_3"]

@@ -8,6 +8,17 @@ _GEMMA2_STACK = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hi
                      sliding_window=4, layer_types=["sliding_attention", "full_attention"], pad_token_id=0,
                      bos_token_id=1, eos_token_id=2)
 _TOKENS = dict(vocab_size=97, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+_BART_LIKE = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_ffn_dim=64, decoder_ffn_dim=48,
+                  encoder_attention_heads=4, decoder_attention_heads=4, max_position_embeddings=64, dropout=0.0,
+                  attention_dropout=0.0, activation_dropout=0.0, decoder_start_token_id=2, **_TOKENS)
+
+
+def _bart_like(prefix: str, heads: bool = True, **config) -> TinyFamily:
+    """A BART-like encoder-decoder whose classes are ``<prefix>Config``, ``<prefix>Model``,
+    ``<prefix>ForConditionalGeneration``."""
+    return TinyFamily((f"{prefix}Config", f"{prefix}Model", f"{prefix}ForConditionalGeneration"),
+                      dict(_BART_LIKE, **config), auto="AutoModelForSeq2SeqLM", seq2seq=True, heads=heads)
+
 
 TINY = {
     # two stacks of Gemma 2 blocks (2 KV heads), each sized by its own sub-config; the decoder's MLP narrower
@@ -24,4 +35,11 @@ TINY = {
                                                                 image_size=8, patch_size=4)),
                                 decoder=dict(_GEMMA2_STACK, intermediate_size=48), image_token_index=95),
                            kv_heads=2, auto="AutoModelForSeq2SeqLM", seq2seq=True),
+    # BART's stacks with heads refused: LED's Longformer encoder (windows of 4), PEGASUS-X's global-local encoder
+    # (blocks of 4, 2 global tokens), FSMT (source and target vocabularies)
+    "led": _bart_like("LED", heads=False, attention_window=4),
+    "pegasus_x": _bart_like("PegasusX", heads=False, block_size=4, num_global_tokens=2),
+    "fsmt": _bart_like("FSMT", heads=False, langs=["en", "de"], src_vocab_size=97, tgt_vocab_size=97),
+    # BigBird's full attention in the encoder (attention_type="original_full": block_sparse refuses the heads)
+    "bigbird_pegasus": _bart_like("BigBirdPegasus", attention_type="original_full"),
 }

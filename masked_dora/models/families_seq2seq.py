@@ -11,14 +11,49 @@ from __future__ import annotations
 from dataclasses import replace as replace_dataclass
 from typing import Dict
 
-from .spec_types import ModelSpec
+from .spec_types import HeadSpec, ModelSpec
 
 # model types masked_dora knows it cannot prune exactly, and why (spec_for raises it)
 REFUSED_SEQ2SEQ_TYPES: Dict[str, str] = {}
 
 
-def seq2seq_specs(llama_style: dict) -> Dict[str, ModelSpec]:
-    """The specs of this module, built on the fields of the ``llama`` spec (``llama_style``)."""
+_INPUT_WIDTH_HEADS = ("its attentions reshape their output to the width of their input (hidden_states.size(-1)), "
+                      "not to the kept heads x head_dim, so a block with fewer heads cannot run")
+_LED_HEADS = ("its encoder's Longformer attention (local and global: query/key/value and query_global/key_global/"
+              "value_global) and its decoder's attention reshape their output to the width of their input "
+              "(hidden_states.size(-1)), not to the kept heads x head_dim, so a block with fewer heads cannot run")
+_PEGASUS_X_HEADS = ("its encoder's global-local attention reshapes its local and global outputs to the width of its "
+                    "input (DimensionInfo.hidden_dim), not to the kept heads x head_dim, so an encoder block with "
+                    "fewer heads cannot run")
+_BLOCK_SPARSE_HEADS = ("with attention_type='block_sparse' the encoder switches to full attention for inputs shorter "
+                       "than its blocks need, rebuilding each block's attention (self_attn.self) from the config's "
+                       "head count, which a block with fewer heads does not have; attention_type='original_full' "
+                       "prunes them")
+
+
+def _bart_mlp_only(bart_encoder: dict, bart_decoder: ModelSpec, name: str, encoder_heads: HeadSpec, reason: str):
+    """BART's stacks (fc1/fc2 of width encoder_ffn_dim / decoder_ffn_dim), their heads refused for ``reason``."""
+    unsupported = (("heads", "", reason),)
+    decoder = replace_dataclass(bart_decoder, name=f"{name}-decoder", unsupported=unsupported)
+    return ModelSpec(name=name, model_types=(name,), **dict(bart_encoder, heads=encoder_heads), stacks=(decoder,),
+                     unsupported=unsupported)
+
+
+def seq2seq_specs(llama_style: dict, bart_encoder: dict, bart_decoder: ModelSpec) -> Dict[str, ModelSpec]:
+    """The specs of this module, built on the fields of the ``llama`` spec (``llama_style``) and of the ``bart``
+    spec's stacks (``bart_encoder``, ``bart_decoder``)."""
+    longformer = "self_attn.longformer_self_attn"
+    led_heads = HeadSpec(query=f"{longformer}.query", key=f"{longformer}.key", value=f"{longformer}.value",
+                         output="self_attn.output", heads_key="encoder_attention_heads", attention=longformer,
+                         attrs=(("num_heads", "heads"),))
+    # BigBird-Pegasus: the encoder's attention is BigBird's (self_attn.self: query/key/value of all_head_size, each
+    # head alone; self_attn.output), the decoder's BART's (its output reshaped to heads x head_dim); its
+    # cross-attention (encoder_attn) keeps every head. Head sizes follow from d_model / heads: per-layer form
+    bigbird_heads = HeadSpec(query="self_attn.self.query", key="self_attn.self.key", value="self_attn.self.value",
+                             output="self_attn.output", heads_key="encoder_attention_heads",
+                             attention="self_attn.self",
+                             attrs=(("num_attention_heads", "heads"), ("all_head_size", "width")))
+    bigbird_refusal = (("heads", "attention_type=block_sparse", _BLOCK_SPARSE_HEADS),)
     # T5Gemma: two stacks of Gemma 2 blocks (gated gate/up/down MLP of width intermediate_size, GQA attention with
     # an explicit head_dim, pre/post norms over the hidden size, logit soft-capping per head, sliding layers), each
     # sized by its own sub-config (config.encoder, config.decoder); the decoder's cross_attn reads the decoder's
@@ -40,4 +75,12 @@ def seq2seq_specs(llama_style: dict) -> Dict[str, ModelSpec]:
         "t5gemma2": ModelSpec(name="t5gemma2", model_types=("t5gemma2",), stack="encoder",
                               text_config="encoder.text_config",
                               **dict(llama_style, layers=("encoder.text_model.layers",)), stacks=(t5gemma2_decoder,)),
+        # LED, PEGASUS-X, FSMT: BART's stacks and MLP (fc1/fc2), heads refused
+        "led": _bart_mlp_only(bart_encoder, bart_decoder, "led", led_heads, _LED_HEADS),
+        "pegasus_x": _bart_mlp_only(bart_encoder, bart_decoder, "pegasus_x", bart_encoder["heads"], _PEGASUS_X_HEADS),
+        "fsmt": _bart_mlp_only(bart_encoder, bart_decoder, "fsmt", bart_encoder["heads"], _INPUT_WIDTH_HEADS),
+        "bigbird_pegasus": ModelSpec(
+            name="bigbird_pegasus", model_types=("bigbird_pegasus",), **dict(bart_encoder, heads=bigbird_heads),
+            stacks=(replace_dataclass(bart_decoder, name="bigbird_pegasus-decoder", unsupported=bigbird_refusal),),
+            unsupported=bigbird_refusal),
     }
