@@ -224,3 +224,28 @@ def test_bigbird_pegasus_refuses_heads_with_block_sparse_attention():
     assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
     prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), importance="none"))
     assert sorted(get_state(model).groups) == ["mlp_0", "mlp_1", "mlp_2", "mlp_3"]
+
+
+@pytest.mark.parametrize("family", ["switch_transformers", "nllb-moe"])
+def test_moe_encoder_decoders_prune_their_dense_blocks_and_keep_the_experts_whole(family):
+    """Switch Transformers and NLLB-MoE: block 1 of each stack is a mixture of expert modules (kept whole, with
+    their router), block 0 a dense MLP (a group); Switch's heads are refused (T5's relative-position bias of block
+    0), NLLB-MoE's prune in every block."""
+    import transformers as t
+
+    from tiny_families_seq2seq import TINY
+
+    config_class, _, lm_class = TINY[family].classes
+    model = getattr(t, lm_class)(getattr(t, config_class)(**TINY[family].config)).eval()
+    if family == "switch_transformers":
+        with pytest.raises(ValueError, match=r"'heads' cannot be pruned in a 'switch_transformers' model: block 0"):
+            prepare_model(model, MaskedDoRAConfig(importance="none"))
+    groups = ("mlp",) if family == "switch_transformers" else ("mlp", "heads")
+    prepare_model(model, MaskedDoRAConfig(target_groups=groups, importance="none"))
+    kinds = {}
+    for name, group in get_state(model).groups.items():
+        kinds.setdefault(group.kind, []).append(name)
+    assert sorted(kinds["mlp"]) == ["mlp_0", "mlp_2"]  # the dense blocks of each stack
+    assert sorted(kinds.get("heads", [])) == ([] if family == "switch_transformers" else [f"heads_{i}" for i in range(4)])
+    experts = [m for n, m in model.named_modules() if n.endswith(".experts")]
+    assert len(experts) == 2 and not any(type(m).__name__ == "MaskedDoRALinear" for e in experts for m in e.modules())

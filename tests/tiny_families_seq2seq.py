@@ -42,4 +42,13 @@ TINY = {
     "fsmt": _bart_like("FSMT", heads=False, langs=["en", "de"], src_vocab_size=97, tgt_vocab_size=97),
     # BigBird's full attention in the encoder (attention_type="original_full": block_sparse refuses the heads)
     "bigbird_pegasus": _bart_like("BigBirdPegasus", attention_type="original_full"),
+    # block 0 of each stack dense (its MLP prunes), block 1 a mixture of 4 experts (kept whole); T5's heads refused
+    "switch_transformers": TinyFamily(
+        ("SwitchTransformersConfig", "SwitchTransformersModel", "SwitchTransformersForConditionalGeneration"),
+        dict(vocab_size=97, d_model=32, d_ff=64, d_kv=8, num_layers=2, num_decoder_layers=2, num_heads=4,
+             num_experts=4, encoder_sparse_step=2, decoder_sparse_step=2, expert_capacity=64, dropout_rate=0.0,
+             pad_token_id=0, eos_token_id=1, decoder_start_token_id=0),
+        auto="AutoModelForSeq2SeqLM", seq2seq=True, heads=False),
+    # block 1 of each stack a top-2 mixture of 4 experts (kept whole), block 0 dense; heads prune in every block
+    "nllb-moe": _bart_like("NllbMoe", num_experts=4, expert_capacity=64, encoder_sparse_step=2, decoder_sparse_step=2),
 }

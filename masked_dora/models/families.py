@@ -322,7 +322,7 @@ SPECS.update(moe_specs(LLAMA_STYLE, MIXTRAL_STYLE, _QK_NORM_SPANS_HEADS))
 SPECS.update(hybrid_specs(LLAMA_STYLE))
 SPECS.update(vlm_text_specs(LLAMA_STYLE, MIXTRAL_STYLE, _QK_NORM_SPANS_HEADS))
 SPECS.update(classic_specs(LLAMA_STYLE, MIXTRAL_STYLE, GPT2, BERT_STYLE, BART_ENCODER, BART_DECODER))
-SPECS.update(seq2seq_specs(LLAMA_STYLE, BART_ENCODER, BART_DECODER))
+SPECS.update(seq2seq_specs(LLAMA_STYLE, BART_ENCODER, BART_DECODER, T5_ENCODER, T5_HEADS))
 WRAPPERS = dict(VLM_WRAPPERS, **AUDIO_LM_WRAPPERS)  # outer model_type -> WrapperSpec: VLMs', audio LMs' language model
 # model_type -> why it cannot prune exactly (spec_for raises it)
 REFUSED = {**REFUSED_MODEL_TYPES, **VISION_REFUSED_MODEL_TYPES, **REFUSED_ENCODER_TYPES, **REFUSED_CLASSIC_TYPES,

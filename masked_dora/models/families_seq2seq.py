@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace as replace_dataclass
 from typing import Dict
 
-from .spec_types import HeadSpec, ModelSpec
+from .spec_types import HeadSpec, MLPSpec, ModelSpec
 
 # model types masked_dora knows it cannot prune exactly, and why (spec_for raises it)
 REFUSED_SEQ2SEQ_TYPES: Dict[str, str] = {}
@@ -39,9 +39,18 @@ def _bart_mlp_only(bart_encoder: dict, bart_decoder: ModelSpec, name: str, encod
                      unsupported=unsupported)
 
 
-def seq2seq_specs(llama_style: dict, bart_encoder: dict, bart_decoder: ModelSpec) -> Dict[str, ModelSpec]:
-    """The specs of this module, built on the fields of the ``llama`` spec (``llama_style``) and of the ``bart``
-    spec's stacks (``bart_encoder``, ``bart_decoder``)."""
+def _dense_mlp(producer: str, consumer: str) -> MLPSpec:
+    """The dense MLP of an MoE encoder-decoder's dense blocks (its sparse blocks, whose experts are modules of their
+    own, keep them whole: no MLP group there); its width key also sizes the experts, so pruned widths save in the
+    per-layer form."""
+    return MLPSpec(producers=(producer,), consumer=consumer, size_key="", in_some_blocks=True)
+
+
+def seq2seq_specs(llama_style: dict, bart_encoder: dict, bart_decoder: ModelSpec, t5_encoder: dict,
+                  t5_heads: tuple) -> Dict[str, ModelSpec]:
+    """The specs of this module, built on the fields of the ``llama`` spec (``llama_style``), of the ``bart``
+    spec's stacks (``bart_encoder``, ``bart_decoder``) and of T5's encoder stack (``t5_encoder``; its heads refused
+    for ``t5_heads``)."""
     longformer = "self_attn.longformer_self_attn"
     led_heads = HeadSpec(query=f"{longformer}.query", key=f"{longformer}.key", value=f"{longformer}.value",
                          output="self_attn.output", heads_key="encoder_attention_heads", attention=longformer,
@@ -83,4 +92,22 @@ def seq2seq_specs(llama_style: dict, bart_encoder: dict, bart_decoder: ModelSpec
             name="bigbird_pegasus", model_types=("bigbird_pegasus",), **dict(bart_encoder, heads=bigbird_heads),
             stacks=(replace_dataclass(bart_decoder, name="bigbird_pegasus-decoder", unsupported=bigbird_refusal),),
             unsupported=bigbird_refusal),
+        # Switch Transformers: T5's stacks (heads refused as T5's); every encoder_sparse_step-th block's MLP is a
+        # top-1 mixture of experts (mlp.experts, a ModuleDict of expert MLPs, which the packed-experts wrapper does
+        # not take: kept whole with the router), the other blocks' dense wi/wo MLP (layer.1.mlp, the decoder's
+        # layer.2.mlp) prunes
+        "switch_transformers": ModelSpec(
+            name="switch_transformers", model_types=("switch_transformers",),
+            **dict(t5_encoder, mlp=_dense_mlp("layer.1.mlp.wi", "layer.1.mlp.wo")), unsupported=t5_heads,
+            stacks=(ModelSpec(name="switch_transformers-decoder", model_types=(), stack="decoder",
+                              layers=("decoder.block",), hidden_key="d_model",
+                              mlp=_dense_mlp("layer.2.mlp.wi", "layer.2.mlp.wo"),
+                              heads=replace_dataclass(t5_encoder["heads"], cross_attention="layer.1.EncDecAttention"),
+                              unsupported=t5_heads),)),
+        # NLLB-MoE: BART's stacks and attention (heads prune; head sizes follow from d_model / heads: per-layer
+        # form); every *_sparse_step-th block's ffn is a top-2 mixture of experts (ffn.experts, a ModuleDict: kept
+        # whole with the router), the other blocks' dense ffn.fc1 / ffn.fc2 prunes
+        "nllb-moe": ModelSpec(
+            name="nllb-moe", model_types=("nllb-moe",), **dict(bart_encoder, mlp=_dense_mlp("ffn.fc1", "ffn.fc2")),
+            stacks=(replace_dataclass(bart_decoder, name="nllb-moe-decoder", mlp=_dense_mlp("ffn.fc1", "ffn.fc2")),)),
     }
