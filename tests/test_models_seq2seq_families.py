@@ -249,3 +249,30 @@ def test_moe_encoder_decoders_prune_their_dense_blocks_and_keep_the_experts_whol
     assert sorted(kinds.get("heads", [])) == ([] if family == "switch_transformers" else [f"heads_{i}" for i in range(4)])
     experts = [m for n, m in model.named_modules() if n.endswith(".experts")]
     assert len(experts) == 2 and not any(type(m).__name__ == "MaskedDoRALinear" for e in experts for m in e.modules())
+
+
+def test_two_model_encoder_decoders_take_their_halves_refusals_and_refuse_halves_with_stacks():
+    """A VisionEncoderDecoderModel is pruned as its two halves' specs say: a TrOCR decoder's heads are refused
+    with TrOCR's reason (its MLP and the ViT encoder's still prune); an encoder with stacks of its own (Swin's
+    stages) is refused by name before anything changes."""
+    import transformers as t
+
+    from tiny_families_seq2seq import TINY
+
+    config = dict(TINY["vision-encoder-decoder"].config, decoder=dict(
+        model_type="trocr", vocab_size=97, d_model=32, decoder_layers=2, decoder_attention_heads=4,
+        decoder_ffn_dim=48, max_position_embeddings=64, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2))
+    model = t.VisionEncoderDecoderModel(t.VisionEncoderDecoderConfig(**config)).eval()
+    assert spec_for(model).name == "vision-encoder-decoder+vit+trocr"
+    with pytest.raises(ValueError, match=r"'heads' cannot be pruned in a 'vision-encoder-decoder' model: its "
+                                         r"attention reshapes its output"):
+        prepare_model(model, MaskedDoRAConfig(importance="none"))
+    assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), importance="none"))
+    assert sorted(get_state(model).groups) == ["mlp_0", "mlp_1", "mlp_2", "mlp_3"]
+    swin = t.VisionEncoderDecoderConfig(**dict(config, encoder=dict(
+        model_type="swin", image_size=8, patch_size=2, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=2)))
+    with pytest.raises(ValueError, match=r"'vision-encoder-decoder' model's encoder \(model_type 'swin'\) has stacks "
+                                         r"of its own"):
+        spec_for(swin)

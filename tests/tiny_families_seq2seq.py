@@ -11,6 +11,9 @@ _TOKENS = dict(vocab_size=97, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 _BART_LIKE = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_ffn_dim=64, decoder_ffn_dim=48,
                   encoder_attention_heads=4, decoder_attention_heads=4, max_position_embeddings=64, dropout=0.0,
                   attention_dropout=0.0, activation_dropout=0.0, decoder_start_token_id=2, **_TOKENS)
+_BERT = dict(model_type="bert", vocab_size=97, num_hidden_layers=2, max_position_embeddings=64, hidden_size=32,
+             intermediate_size=64, num_attention_heads=4, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+             pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
 
 def _bart_like(prefix: str, heads: bool = True, **config) -> TinyFamily:
@@ -50,5 +53,22 @@ TINY = {
              pad_token_id=0, eos_token_id=1, decoder_start_token_id=0),
         auto="AutoModelForSeq2SeqLM", seq2seq=True, heads=False),
     # block 1 of each stack a top-2 mixture of 4 experts (kept whole), block 0 dense; heads prune in every block
+    # two models joined (EncoderDecoderModel): a BERT encoder and a BERT decoder with cross-attention (MLP 48)
+    "encoder-decoder": TinyFamily(("EncoderDecoderConfig", "EncoderDecoderModel", "EncoderDecoderModel"),
+                                  dict(encoder=_BERT, decoder=dict(_BERT, intermediate_size=48, is_decoder=True,
+                                                                   add_cross_attention=True),
+                                       decoder_start_token_id=2, pad_token_id=0),
+                                  auto="AutoModelForSeq2SeqLM", seq2seq=True),
+    # a ViT image encoder (8 x 8 images of 4 x 4 patches) and a GPT-2 decoder with cross-attention
+    "vision-encoder-decoder": TinyFamily(
+        ("VisionEncoderDecoderConfig", "VisionEncoderDecoderModel", "VisionEncoderDecoderModel"),
+        dict(encoder=dict(model_type="vit", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, image_size=8, patch_size=4, hidden_dropout_prob=0.0,
+                          attention_probs_dropout_prob=0.0),
+             decoder=dict(model_type="gpt2", vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                          add_cross_attention=True, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=1,
+                          eos_token_id=2),
+             decoder_start_token_id=1, pad_token_id=0),
+        inputs="pixel_values", seq2seq=True),
     "nllb-moe": _bart_like("NllbMoe", num_experts=4, expert_capacity=64, encoder_sparse_step=2, decoder_sparse_step=2),
 }

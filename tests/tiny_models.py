@@ -230,6 +230,7 @@ def tiny_inputs(batch: int = 2, seq: int = 9, seed: int = 1, family: str = ""):
 def _signal(kind: str, config, batch: int, gen: torch.Generator) -> torch.Tensor:
     """A random batch of non-text inputs of ``kind`` sized by ``config``."""
     if kind == "pixel_values":
+        config = config if hasattr(config, "image_size") else config.encoder  # (an image encoder-decoder's encoder)
         shape = (batch, config.num_channels, config.image_size, config.image_size)
     elif kind == "input_values":  # raw audio: 400 samples
         shape = (batch, 400)

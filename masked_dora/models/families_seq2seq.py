@@ -11,7 +11,11 @@ from __future__ import annotations
 from dataclasses import replace as replace_dataclass
 from typing import Dict
 
+from .pair_spec import PairSpec
 from .spec_types import HeadSpec, MLPSpec, ModelSpec
+
+# encoder-decoders of two models, each half pruned as its own model type says (:mod:`masked_dora.models.pair_spec`)
+PAIRS: Dict[str, PairSpec] = {"encoder-decoder": PairSpec(), "vision-encoder-decoder": PairSpec()}
 
 # model types masked_dora knows it cannot prune exactly, and why (spec_for raises it)
 REFUSED_SEQ2SEQ_TYPES: Dict[str, str] = {}
