@@ -7,6 +7,7 @@ take their per-block relative-position bias along) and LongT5 (MLP only)."""
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -259,11 +260,11 @@ def test_two_model_encoder_decoders_take_their_halves_refusals_and_refuse_halves
 
     from tiny_families_seq2seq import TINY
 
-    config = dict(TINY["vision-encoder-decoder"].config, decoder=dict(
+    config = dict(copy.deepcopy(TINY["vision-encoder-decoder"].config), decoder=dict(
         model_type="trocr", vocab_size=97, d_model=32, decoder_layers=2, decoder_attention_heads=4,
         decoder_ffn_dim=48, max_position_embeddings=64, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
         pad_token_id=0, bos_token_id=1, eos_token_id=2))
-    model = t.VisionEncoderDecoderModel(t.VisionEncoderDecoderConfig(**config)).eval()
+    model = t.VisionEncoderDecoderModel(t.VisionEncoderDecoderConfig(**copy.deepcopy(config))).eval()
     assert spec_for(model).name == "vision-encoder-decoder+vit+trocr"
     with pytest.raises(ValueError, match=r"'heads' cannot be pruned in a 'vision-encoder-decoder' model: its "
                                          r"attention reshapes its output"):
@@ -271,7 +272,7 @@ def test_two_model_encoder_decoders_take_their_halves_refusals_and_refuse_halves
     assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
     prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), importance="none"))
     assert sorted(get_state(model).groups) == ["mlp_0", "mlp_1", "mlp_2", "mlp_3"]
-    swin = t.VisionEncoderDecoderConfig(**dict(config, encoder=dict(
+    swin = t.VisionEncoderDecoderConfig(**dict(copy.deepcopy(config), encoder=dict(
         model_type="swin", image_size=8, patch_size=2, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=2)))
     with pytest.raises(ValueError, match=r"'vision-encoder-decoder' model's encoder \(model_type 'swin'\) has stacks "
                                          r"of its own"):
