@@ -13,7 +13,7 @@ from .families_encoders import REFUSED_ENCODER_TYPES, encoder_specs
 from .families_fused_moe import FUSED_MOE_SPECS
 from .families_hybrid import REFUSED_MODEL_TYPES, hybrid_specs
 from .families_moe import moe_specs
-from .families_seq2seq import REFUSED_SEQ2SEQ_TYPES, seq2seq_specs
+from .families_seq2seq import seq2seq_specs
 from .families_vision_speech import VISION_REFUSED_MODEL_TYPES, VISION_SPEECH_SPECS
 from .families_vlm import VLM_WRAPPERS, vlm_text_specs
 from .hidden_spec import BERT_PER_BLOCK, DISTILBERT_PER_BLOCK, LLAMA_HIDDEN, LLAMA_PER_BLOCK, XLMR_XL_PER_BLOCK
@@ -325,8 +325,7 @@ SPECS.update(classic_specs(LLAMA_STYLE, MIXTRAL_STYLE, GPT2, BERT_STYLE, BART_EN
 SPECS.update(seq2seq_specs(LLAMA_STYLE, BART_ENCODER, BART_DECODER, T5_ENCODER, T5_HEADS))
 WRAPPERS = dict(VLM_WRAPPERS, **AUDIO_LM_WRAPPERS)  # outer model_type -> WrapperSpec: VLMs', audio LMs' language model
 # model_type -> why it cannot prune exactly (spec_for raises it)
-REFUSED = {**REFUSED_MODEL_TYPES, **VISION_REFUSED_MODEL_TYPES, **REFUSED_ENCODER_TYPES, **REFUSED_CLASSIC_TYPES,
-           **REFUSED_SEQ2SEQ_TYPES}
+REFUSED = {**REFUSED_MODEL_TYPES, **VISION_REFUSED_MODEL_TYPES, **REFUSED_ENCODER_TYPES, **REFUSED_CLASSIC_TYPES}
 
 
 # names the encoder-only specs had before their families' decoders were pruned too

@@ -1,5 +1,7 @@
-"""The remaining encoder-decoders (T5Gemma, ...): their specs over existing capabilities, and the types refused;
-:mod:`masked_dora.models.families` adds them to ``SPECS`` and ``REFUSED``.
+"""The remaining encoder-decoders (T5Gemma, T5Gemma 2, LED, PEGASUS-X, FSMT, BigBird-Pegasus, Switch Transformers,
+NLLB-MoE): their specs over existing capabilities, which :mod:`masked_dora.models.families` adds to ``SPECS``; and
+the encoder-decoders of two models (``PAIRS``: EncoderDecoderModel, VisionEncoderDecoderModel), whose spec is their
+halves' (:mod:`masked_dora.models.pair_spec`, looked up by :func:`masked_dora.models.specs.spec_for`).
 
 Each was checked against its modeling file in transformers 5.24: which Linear layers form the MLP and the heads of
 each stack, which config (the model's, or a stack's own sub-config) sizes them, and what the decoder's
@@ -16,9 +18,6 @@ from .spec_types import HeadSpec, MLPSpec, ModelSpec
 
 # encoder-decoders of two models, each half pruned as its own model type says (:mod:`masked_dora.models.pair_spec`)
 PAIRS: Dict[str, PairSpec] = {"encoder-decoder": PairSpec(), "vision-encoder-decoder": PairSpec()}
-
-# model types masked_dora knows it cannot prune exactly, and why (spec_for raises it)
-REFUSED_SEQ2SEQ_TYPES: Dict[str, str] = {}
 
 
 _INPUT_WIDTH_HEADS = ("its attentions reshape their output to the width of their input (hidden_states.size(-1)), "
