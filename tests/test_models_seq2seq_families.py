@@ -7,6 +7,7 @@ take their per-block relative-position bias along) and LongT5 (MLP only)."""
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -206,3 +207,74 @@ def test_longt5_prunes_the_mlp_of_both_stacks_to_a_plain_checkpoint(tmp_path, at
     ids = inputs["input_ids"][:1]
     gen = dict(max_new_tokens=5, do_sample=False)
     assert torch.equal(reloaded.generate(ids, **gen), model.generate(ids, **gen))
+
+
+def test_bigbird_pegasus_refuses_heads_with_block_sparse_attention():
+    """BigBird-Pegasus with attention_type='block_sparse' (its default) rebuilds the encoder's attention from the
+    config's head count when an input is too short for its blocks: heads refused before anything changes, the MLP
+    of both stacks still prunes (its family chain, with original_full, prunes the heads too)."""
+    import transformers as t
+
+    from tiny_families_seq2seq import TINY
+
+    config = t.BigBirdPegasusConfig(**dict(TINY["bigbird_pegasus"].config, attention_type="block_sparse"))
+    model = t.BigBirdPegasusForConditionalGeneration(config).eval()
+    with pytest.raises(ValueError, match=r"'heads' cannot be pruned in a 'bigbird_pegasus' model: with "
+                                         r"attention_type='block_sparse'"):
+        prepare_model(model, MaskedDoRAConfig(importance="none"))
+    assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), importance="none"))
+    assert sorted(get_state(model).groups) == ["mlp_0", "mlp_1", "mlp_2", "mlp_3"]
+
+
+@pytest.mark.parametrize("family", ["switch_transformers", "nllb-moe"])
+def test_moe_encoder_decoders_prune_their_dense_blocks_and_keep_the_experts_whole(family):
+    """Switch Transformers and NLLB-MoE: block 1 of each stack is a mixture of expert modules (kept whole, with
+    their router), block 0 a dense MLP (a group); Switch's heads are refused (T5's relative-position bias of block
+    0), NLLB-MoE's prune in every block."""
+    import transformers as t
+
+    from tiny_families_seq2seq import TINY
+
+    config_class, _, lm_class = TINY[family].classes
+    model = getattr(t, lm_class)(getattr(t, config_class)(**TINY[family].config)).eval()
+    if family == "switch_transformers":
+        with pytest.raises(ValueError, match=r"'heads' cannot be pruned in a 'switch_transformers' model: block 0"):
+            prepare_model(model, MaskedDoRAConfig(importance="none"))
+    groups = ("mlp",) if family == "switch_transformers" else ("mlp", "heads")
+    prepare_model(model, MaskedDoRAConfig(target_groups=groups, importance="none"))
+    kinds = {}
+    for name, group in get_state(model).groups.items():
+        kinds.setdefault(group.kind, []).append(name)
+    assert sorted(kinds["mlp"]) == ["mlp_0", "mlp_2"]  # the dense blocks of each stack
+    heads = [] if family == "switch_transformers" else [f"heads_{i}" for i in range(4)]  # every block's
+    assert sorted(kinds.get("heads", [])) == heads
+    experts = [m for n, m in model.named_modules() if n.endswith(".experts")]
+    assert len(experts) == 2 and not any(type(m).__name__ == "MaskedDoRALinear" for e in experts for m in e.modules())
+
+
+def test_two_model_encoder_decoders_take_their_halves_refusals_and_refuse_halves_with_stacks():
+    """A VisionEncoderDecoderModel is pruned as its two halves' specs say: a TrOCR decoder's heads are refused
+    with TrOCR's reason (its MLP and the ViT encoder's still prune); an encoder with stacks of its own (Swin's
+    stages) is refused by name before anything changes."""
+    import transformers as t
+
+    from tiny_families_seq2seq import TINY
+
+    config = dict(copy.deepcopy(TINY["vision-encoder-decoder"].config), decoder=dict(
+        model_type="trocr", vocab_size=97, d_model=32, decoder_layers=2, decoder_attention_heads=4,
+        decoder_ffn_dim=48, max_position_embeddings=64, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2))
+    model = t.VisionEncoderDecoderModel(t.VisionEncoderDecoderConfig(**copy.deepcopy(config))).eval()
+    assert spec_for(model).name == "vision-encoder-decoder+vit+trocr"
+    with pytest.raises(ValueError, match=r"'heads' cannot be pruned in a 'vision-encoder-decoder' model: its "
+                                         r"attention reshapes its output"):
+        prepare_model(model, MaskedDoRAConfig(importance="none"))
+    assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), importance="none"))
+    assert sorted(get_state(model).groups) == ["mlp_0", "mlp_1", "mlp_2", "mlp_3"]
+    swin = t.VisionEncoderDecoderConfig(**dict(copy.deepcopy(config), encoder=dict(
+        model_type="swin", image_size=8, patch_size=2, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=2)))
+    with pytest.raises(ValueError, match=r"'vision-encoder-decoder' model's encoder \(model_type 'swin'\) has stacks "
+                                         r"of its own"):
+        spec_for(swin)

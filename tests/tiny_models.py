@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from tiny_family_table import AVAILABLE as TABLE_FAMILIES
@@ -95,8 +97,8 @@ def tiny_config(family: str):
     import transformers as t
 
     cfg_cls, _, _ = _classes(t, family)
-    if family in TABLE_FAMILIES:
-        return cfg_cls(**TABLE_FAMILIES[family].config)
+    if family in TABLE_FAMILIES:  # (a copy: transformers 5.17's encoder-decoder configs pop keys of their sub-dicts)
+        return cfg_cls(**copy.deepcopy(TABLE_FAMILIES[family].config))
     common = dict(vocab_size=97, num_hidden_layers=2, max_position_embeddings=64)
     encoder = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, hidden_dropout_prob=0.0,
                    attention_probs_dropout_prob=0.0, **common)
@@ -230,6 +232,7 @@ def tiny_inputs(batch: int = 2, seq: int = 9, seed: int = 1, family: str = ""):
 def _signal(kind: str, config, batch: int, gen: torch.Generator) -> torch.Tensor:
     """A random batch of non-text inputs of ``kind`` sized by ``config``."""
     if kind == "pixel_values":
+        config = config if hasattr(config, "image_size") else config.encoder  # (an image encoder-decoder's encoder)
         shape = (batch, config.num_channels, config.image_size, config.image_size)
     elif kind == "input_values":  # raw audio: 400 samples
         shape = (batch, 400)

@@ -13,6 +13,7 @@ from .families_encoders import REFUSED_ENCODER_TYPES, encoder_specs
 from .families_fused_moe import FUSED_MOE_SPECS
 from .families_hybrid import REFUSED_MODEL_TYPES, hybrid_specs
 from .families_moe import moe_specs
+from .families_seq2seq import seq2seq_specs
 from .families_vision_speech import VISION_REFUSED_MODEL_TYPES, VISION_SPEECH_SPECS
 from .families_vlm import VLM_WRAPPERS, vlm_text_specs
 from .families_vlm_text2 import VLM_TEXT2_WRAPPERS, vlm_text2_specs
@@ -322,6 +323,7 @@ SPECS.update(moe_specs(LLAMA_STYLE, MIXTRAL_STYLE, _QK_NORM_SPANS_HEADS))
 SPECS.update(hybrid_specs(LLAMA_STYLE))
 SPECS.update(vlm_text_specs(LLAMA_STYLE, MIXTRAL_STYLE, _QK_NORM_SPANS_HEADS))
 SPECS.update(classic_specs(LLAMA_STYLE, MIXTRAL_STYLE, GPT2, BERT_STYLE, BART_ENCODER, BART_DECODER))
+SPECS.update(seq2seq_specs(LLAMA_STYLE, BART_ENCODER, BART_DECODER, T5_ENCODER, T5_HEADS))
 SPECS.update(vlm_text2_specs(SPECS))
 # outer model_type -> WrapperSpec: VLMs', audio LMs' language model
 WRAPPERS = dict(VLM_WRAPPERS, **VLM_TEXT2_WRAPPERS, **AUDIO_LM_WRAPPERS)

@@ -332,7 +332,8 @@ class ModelSpec:
     # a language model inside a multimodal model (a VLM; :class:`WrapperSpec`): the model config's attribute that
     # holds the language model's config, where this spec's keys (sizes, head counts, flags) are read and the
     # compacted sizes written; "": the model config itself. Each stack reads its own: a two-tower CLIPModel's
-    # text stack "text_config", its vision stack "vision_config"
+    # text stack "text_config", its vision stack "vision_config"; a dotted path for a config nested deeper (T5Gemma
+    # 2's encoder stack: "encoder.text_config")
     text_config: str = ""
     # a stack over the same blocks as the stack of this name (Wav2Vec2-Conformer's "ffn2" over "ffn1": a block with
     # two MLPs): their attention is that stack's, whose head groups prune it, so this stack has none (its blocks'
@@ -375,8 +376,8 @@ class ModelSpec:
         """The config holding this spec's keys: ``config.<text_config>`` for a VLM's language model (given that
         text config itself, or without a ``text_config``: ``config``); for one stage of a hierarchical encoder, that
         config as the stage sees it (:class:`~masked_dora.models.stage_spec.StageConfig`)."""
-        if self.text_config and hasattr(config, self.text_config):
-            config = getattr(config, self.text_config)
+        for name in self.text_config.split(".") if self.text_config else ():  # (T5Gemma 2: "encoder.text_config")
+            config = getattr(config, name, config)
         if self.stages is not None and self.stages.index >= 0 and not isinstance(config, StageConfig):
             return StageConfig(config, self.stages)  # (one stage of a hierarchical encoder: its own sizes)
         return config

@@ -13,13 +13,15 @@ from typing import Optional
 from torch import nn
 
 from .families import REFUSED, RENAMED_SPECS, SPECS, WRAPPERS
+from .families_seq2seq import PAIRS
+from .pair_spec import pair_spec_for
 from .stage_spec import StagesSpec, expand_stages, stage_count
 from .spec_types import (BLOCK_KINDS, GROUP_KINDS, HEAD_COUNTS, QKV_LAYOUTS, ExpertsLayout, HeadSpec, MLPSpec,
                          ModelSpec, PerHeadSpec)
 from .wrapper_spec import WrapperSpec, wrap_spec
 
 __all__ = ["BLOCK_KINDS", "GROUP_KINDS", "HEAD_COUNTS", "QKV_LAYOUTS", "ExpertsLayout", "HeadSpec", "MLPSpec",
-           "ModelSpec", "PerHeadSpec", "RENAMED_SPECS", "SPECS", "StagesSpec", "WRAPPERS", "WrapperSpec",
+           "ModelSpec", "PAIRS", "PerHeadSpec", "RENAMED_SPECS", "SPECS", "StagesSpec", "WRAPPERS", "WrapperSpec",
            "matching_specs", "register_spec", "spec_for"]
 
 
@@ -55,7 +57,8 @@ def spec_for(model_or_config) -> ModelSpec:
     Given a model without a spec, the error says which existing spec its module names match (one
     :func:`register_spec` call away) or that none does. A vision-language model whose ``model_type`` has a
     ``WrapperSpec`` (``WRAPPERS``) and no spec of its own gets its language model's spec, wrapped
-    (:func:`~masked_dora.models.wrapper_spec.wrap_spec`). A type known not to prune exactly (Zamba's shared blocks,
+    (:func:`~masked_dora.models.wrapper_spec.wrap_spec`); an encoder-decoder of two models (``PAIRS``) its halves'
+    specs, composed (:mod:`~masked_dora.models.pair_spec`). A type known not to prune exactly (Zamba's shared blocks,
     the pure state-space models: ``REFUSED``) and without a registered spec gets the reason.
     """
     require_supported_transformers()
@@ -67,6 +70,8 @@ def spec_for(model_or_config) -> ModelSpec:
     variants = [spec for spec in SPECS.values() if model_type in spec.model_types]
     if not variants and model_type in WRAPPERS:
         return _wrapped_spec_for(config, model_type, WRAPPERS[model_type])
+    if not variants and model_type in PAIRS:  # an encoder-decoder of two models: their specs, composed
+        return pair_spec_for(config, model_type, PAIRS[model_type], spec_for)
     model = model_or_config if isinstance(model_or_config, nn.Module) else None
     for spec in variants:
         if spec.applies_to(config):
