@@ -32,6 +32,7 @@ from tiny_vlm_configs_extra import (aria, chameleon, emu3, emu3_images, ernie4_5
                                     fuyu_patches, granite4_vision, idefics, idefics_images, molmo2, molmo2_crops,
                                     perception_lm, perception_tiles, qwen2_5_omni_thinker)
 from tiny_vlm_configs_mm import gemma4_unified, gemma4_unified_patches, llama4, qwen3_omni_moe_thinker, qwen4_exp
+from tiny_vlm_configs_2026 import mistral_large4
 from wrapped_lm_chain import row_unavailable_reason
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
@@ -266,6 +267,11 @@ FAMILIES: Dict[str, TinyVLM] = {
     # are refused as Gemma 4's
     "gemma4_unified": TinyVLM(("Gemma4UnifiedConfig", "Gemma4UnifiedForConditionalGeneration"), gemma4_unified,
                               gemma4_unified_patches, True, wrapped=2 * 3, groups=("mlp",)),
+    # Mistral Large 4: DeepSeek-V3.2's language model (MLA: heads refused) behind Mistral3's Pixtral tower; block 0
+    # dense, block 1 of 4 packed experts beside a shared expert (kept whole, moe_intermediate_size wide as the routed
+    # ones: a pruned expert width saves in the per-layer form)
+    "mistral_large4": TinyVLM(("MistralLarge4Config", "MistralLarge4ForConditionalGeneration"), mistral_large4,
+                              sized_images(56), False, wrapped=3 + 4 * 2, groups=("mlp",)),
 }
 
 

@@ -1,0 +1,24 @@
+"""Tiny VLM configs of the 2026 types (``tiny_vlms.FAMILIES`` puts them together, one row per family), in the sizes
+of :mod:`tiny_vlm_configs`: Mistral Large 4, ... Each input builder ``pixels(n, generator)`` gives the keyword
+arguments besides ``input_ids`` in the layout the vision tower reads.
+"""
+
+from __future__ import annotations
+
+from tiny_vlm_configs import IMAGE_ID, TEXT, VISION
+
+# DeepSeek-V3's MoE language models: block 0 dense, block 1 of 4 experts of width 64, 2 per token, beside a shared
+# expert kept whole; MLA (heads refused) over a latent of 16
+DEEPSEEK_MOE = dict(TEXT, num_key_value_heads=4, moe_intermediate_size=64, n_routed_experts=4, num_experts_per_tok=2,
+                    n_group=1, topk_group=1, n_shared_experts=1, first_k_dense_replace=1, kv_lora_rank=16,
+                    qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8)
+
+
+def mistral_large4(t):
+    """Mistral Large 4 around its mistral_large4_text (DeepSeek-V3.2's blocks: MLA with a sparse-attention indexer of
+    2 heads of 8, top 4 tokens): Mistral3's Pixtral tower over 4x4 patches of a 56 px image, merged 2x2: 4 tokens."""
+    text = dict(DEEPSEEK_MOE, index_topk=4, index_head_dim=8, index_n_heads=2, rope_parameters=dict(
+        rope_type="default", rope_theta=10000.0))
+    return t.MistralLarge4Config(text_config=text, vision_config=dict(VISION, model_type="pixtral", image_size=56,
+                                                                      patch_size=14),
+                                 image_token_index=IMAGE_ID, spatial_merge_size=2)
