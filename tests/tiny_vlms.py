@@ -32,7 +32,7 @@ from tiny_vlm_configs_extra import (aria, chameleon, emu3, emu3_images, ernie4_5
                                     fuyu_patches, granite4_vision, idefics, idefics_images, molmo2, molmo2_crops,
                                     perception_lm, perception_tiles, qwen2_5_omni_thinker)
 from tiny_vlm_configs_mm import gemma4_unified, gemma4_unified_patches, llama4, qwen3_omni_moe_thinker, qwen4_exp
-from tiny_vlm_configs_2026 import mistral_large4
+from tiny_vlm_configs_2026 import glm5_next, mistral_large4
 from wrapped_lm_chain import row_unavailable_reason
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
@@ -272,6 +272,10 @@ FAMILIES: Dict[str, TinyVLM] = {
     # ones: a pruned expert width saves in the per-layer form)
     "mistral_large4": TinyVLM(("MistralLarge4Config", "MistralLarge4ForConditionalGeneration"), mistral_large4,
                               sized_images(56), False, wrapped=3 + 4 * 2, groups=("mlp",)),
+    # GLM-5.3-Flash: block 0 linear attention and dense, block 1 MLA and 4 packed experts beside a shared expert
+    # (kept whole, moe_intermediate_size wide: the per-layer form), both between hyper-connections; heads refused
+    "glm5_next": TinyVLM(("Glm5NextConfig", "Glm5NextForConditionalGeneration"), glm5_next, qwen_patches(14), False,
+                         wrapped=3 + 4 * 2, groups=("mlp",)),
 }
 
 

@@ -8,12 +8,20 @@ from __future__ import annotations
 from typing import Dict
 
 from .families_fused_moe import DEEPSEEK_V3
-from .spec_types import ModelSpec, WrapperSpec
+from .spec_types import ExpertsLayout, MLPSpec, ModelSpec, WrapperSpec
+
+_KDA_AND_MLA_HEADS = ("its blocks are Kimi delta attention (layer_types 'linear_attention': short convolutions over "
+                      "q/k/v, per-head forget and output gates through low-rank f_a/f_b and g_a/g_b projections) or "
+                      "multi-head latent attention (MLA: every head's keys and values from one shared latent, "
+                      "kv_b_proj) under a sparse-attention indexer, which a head group of one head_dim per head does "
+                      "not describe")
 
 # outer model_type -> where its language model is (transformers 5 nests it as model.language_model)
 VLM_WRAPPERS_2026: Dict[str, WrapperSpec] = {
     # Mistral Large 4: Mistral3's Pixtral tower and patch-merging projector around mistral_large4_text (below)
     "mistral_large4": WrapperSpec(language_model="language_model"),
+    # GLM-5.3-Flash (glm5_next): GLM-4V's vision tower layout around glm5_next_text (below)
+    "glm5_next": WrapperSpec(language_model="language_model"),
 }
 
 VLM_TEXT_SPECS_2026: Dict[str, ModelSpec] = {
@@ -24,4 +32,15 @@ VLM_TEXT_SPECS_2026: Dict[str, ModelSpec] = {
     # soft-capping changes nothing per channel. Its MLP and routed experts prune
     "mistral_large4_text": ModelSpec(name="mistral_large4_text", model_types=("mistral_large4_text",),
                                      **DEEPSEEK_V3),
+    # GLM-5.3-Flash's language model (glm5_next_text): DeepSeek-V3's MLP layout (dense blocks by mlp_layer_types,
+    # then packed routed experts beside shared_experts, kept whole, moe_intermediate_size * n_shared_experts wide)
+    # with gate and up clipped at swiglu_limit before SiLU in the experts and the dense MLP alike (a pruned channel's
+    # (0, 0) still gives 0), between hyper-connections over hc_mult residual streams (their mixing weights read the
+    # hidden size only and stay whole). Its blocks mix Kimi delta attention and MLA: heads refused
+    "glm5_next_text": ModelSpec(name="glm5_next_text", model_types=("glm5_next_text",), **dict(
+        DEEPSEEK_V3, mlp=MLPSpec(producers=("gate_up_proj",), consumer="down_proj", size_key="", segments=(2,),
+                                 experts="mlp.experts", size_attrs=(("mlp.experts", "intermediate_dim"),),
+                                 experts_layout=ExpertsLayout(glu="clamped_act", limit_attr="swiglu_limit",
+                                                              act="silu")),
+        unsupported=(("heads", "", _KDA_AND_MLA_HEADS),))),
 }
