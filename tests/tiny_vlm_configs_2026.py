@@ -37,3 +37,13 @@ def glm5_next(t):
     return t.Glm5NextConfig(text_config=text, vision_config=vision, image_token_id=IMAGE_ID, video_token_id=101,
                             image_start_token_id=102, image_end_token_id=103, video_start_token_id=104,
                             video_end_token_id=105)
+
+
+def step3p7(t):
+    """Step-3.7-Flash around its step3p5: block 0 dense (Llama's MLP, width 64), block 1 of 4 experts of width 64,
+    2 per token, beside a shared expert of 64, the experts' activated gate and up clipped at 0.05 (active at these
+    sizes); its tower over 8x8 patches of 7 px of a 56 px image, downsampled twice by 2: 4 tokens."""
+    text = dict(TEXT, head_dim=8, mlp_layer_types=["dense", "sparse"], n_routed_experts=4, num_experts_per_tok=2,
+                moe_intermediate_size=64, share_expert_dim=64, swiglu_limits=[0.0, 0.05], sliding_window=4)
+    vision = dict(VISION, image_size=56, patch_size=7, mlp_ratio=2.0, max_position_embeddings=64)
+    return t.Step3p7Config(text_config=text, vision_config=vision, image_token_id=IMAGE_ID)

@@ -15,7 +15,7 @@ from .families_hybrid import REFUSED_MODEL_TYPES, hybrid_specs
 from .families_moe import moe_specs
 from .families_vision_speech import VISION_REFUSED_MODEL_TYPES, VISION_SPEECH_SPECS
 from .families_vlm import VLM_WRAPPERS, vlm_text_specs
-from .families_vlm_2026 import VLM_TEXT_SPECS_2026, VLM_WRAPPERS_2026
+from .families_vlm_2026 import VLM_WRAPPERS_2026, vlm_text_specs_2026
 from .hidden_spec import BERT_PER_BLOCK, DISTILBERT_PER_BLOCK, LLAMA_HIDDEN, LLAMA_PER_BLOCK, XLMR_XL_PER_BLOCK
 from .spec_types import HeadSpec, MLPSpec, ModelSpec, PerHeadSpec
 
@@ -321,7 +321,7 @@ SPECS.update(encoder_specs(BERT_STYLE))
 SPECS.update(moe_specs(LLAMA_STYLE, MIXTRAL_STYLE, _QK_NORM_SPANS_HEADS))
 SPECS.update(hybrid_specs(LLAMA_STYLE))
 SPECS.update(vlm_text_specs(LLAMA_STYLE, MIXTRAL_STYLE, _QK_NORM_SPANS_HEADS))
-SPECS.update(VLM_TEXT_SPECS_2026)
+SPECS.update(vlm_text_specs_2026(LLAMA_STYLE))
 SPECS.update(classic_specs(LLAMA_STYLE, MIXTRAL_STYLE, GPT2, BERT_STYLE, BART_ENCODER, BART_DECODER))
 # outer model_type -> WrapperSpec: VLMs', audio LMs' language model
 WRAPPERS = dict(VLM_WRAPPERS, **VLM_WRAPPERS_2026, **AUDIO_LM_WRAPPERS)
