@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from tiny_vlm_configs import IMAGE_ID, TEXT, VISION
 
+ROPE = dict(rope_type="default", rope_theta=10000.0)  # where the config's default rotary needs longer positions
 # DeepSeek-V3's MoE language models: block 0 dense, block 1 of 4 experts of width 64, 2 per token, beside a shared
 # expert kept whole; MLA (heads refused) over a latent of 16
 DEEPSEEK_MOE = dict(TEXT, num_key_value_heads=4, moe_intermediate_size=64, n_routed_experts=4, num_experts_per_tok=2,
@@ -17,8 +18,7 @@ DEEPSEEK_MOE = dict(TEXT, num_key_value_heads=4, moe_intermediate_size=64, n_rou
 def mistral_large4(t):
     """Mistral Large 4 around its mistral_large4_text (DeepSeek-V3.2's blocks: MLA with a sparse-attention indexer of
     2 heads of 8, top 4 tokens): Mistral3's Pixtral tower over 4x4 patches of a 56 px image, merged 2x2: 4 tokens."""
-    text = dict(DEEPSEEK_MOE, index_topk=4, index_head_dim=8, index_n_heads=2, rope_parameters=dict(
-        rope_type="default", rope_theta=10000.0))
+    text = dict(DEEPSEEK_MOE, index_topk=4, index_head_dim=8, index_n_heads=2, rope_parameters=ROPE)
     return t.MistralLarge4Config(text_config=text, vision_config=dict(VISION, model_type="pixtral", image_size=56,
                                                                       patch_size=14),
                                  image_token_index=IMAGE_ID, spatial_merge_size=2)
@@ -47,3 +47,18 @@ def step3p7(t):
                 moe_intermediate_size=64, share_expert_dim=64, swiglu_limits=[0.0, 0.05], sliding_window=4)
     vision = dict(VISION, image_size=56, patch_size=7, mlp_ratio=2.0, max_position_embeddings=64)
     return t.Step3p7Config(text_config=text, vision_config=vision, image_token_id=IMAGE_ID)
+
+
+def apertus1p5(t):
+    """Apertus 1.5 around its apertus1p5_text (Apertus's layout): a VQ tokenizer of 16 codes (ids 104..119 of the
+    vocabulary, image_token_offset) whose 3 levels turn a 16 px image (``emu3_images``' layout) into 4x4 codes, each
+    embedded by the text embedding into one of 16 image tokens; a tiny WavTokenizer encoder (8 codes, ids 120..127),
+    unused by image and text inputs and left as it is."""
+    vision = dict(codebook_size=16, embed_dim=4, latent_channels=32, base_channels=32, channel_multiplier=[1, 1, 1],
+                  num_res_blocks=1, attn_resolutions=[], resolution=16)
+    audio = dict(model_type="wavtokenizer_encoder", num_filters=4, upsampling_ratios=[2, 2], hidden_size=8,
+                 codebook_size=8, codebook_dim=8, num_lstm_layers=1, decoder_hidden_size=8,
+                 decoder_intermediate_size=16, decoder_num_layers=1, decoder_attention_num_groups=1)
+    return t.Apertus1p5Config(text_config=dict(TEXT, head_dim=8, rope_parameters=ROPE), vision_config=vision, audio_config=audio,
+                              image_token_id=IMAGE_ID, audio_token_id=101, image_token_offset=104,
+                              audio_token_offset=120)

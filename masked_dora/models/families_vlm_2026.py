@@ -27,6 +27,9 @@ VLM_WRAPPERS_2026: Dict[str, WrapperSpec] = {
     "glm5_next": WrapperSpec(language_model="language_model"),
     # Step-3.7-Flash (step3p7): a SigLIP-like tower with two stride-2 downsamplers around step3p5 (below)
     "step3p7": WrapperSpec(language_model="language_model"),
+    # Apertus 1.5 around apertus1p5_text: its VQ image tokenizer's codes (and its WavTokenizer encoder's, for audio)
+    # are ids of the vocabulary, embedded by the text embedding; both tokenizers are left as they are
+    "apertus1p5": WrapperSpec(language_model="language_model"),
 }
 
 
