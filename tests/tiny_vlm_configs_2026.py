@@ -29,8 +29,8 @@ def glm5_next(t):
     block 1 MLA under a sparse-attention indexer and 4 experts (gate and up clipped at swiglu_limit) beside a shared
     expert, both between hyper-connections over 2 residual streams; GLM-4V's vision tower layout over flattened
     14 px patches (``tiny_vlm_configs.qwen_patches(14)``: 4 tokens)."""
-    text = dict(DEEPSEEK_MOE, q_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=0, index_topk=4, index_kpool=2, index_head_dim=8,
-                index_n_heads=2, linear_head_dim=8, linear_num_heads=4, hc_mult=2, hc_sinkhorn_iters=3,
+    text = dict(DEEPSEEK_MOE, q_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=0, index_topk=4, index_kpool=2,
+                index_head_dim=8, index_n_heads=2, linear_head_dim=8, linear_num_heads=4, hc_mult=2, hc_sinkhorn_iters=3,
                 layer_types=["linear_attention", "full_attention"], mlp_layer_types=["dense", "sparse"])
     vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32, patch_size=14,
                   image_size=56, spatial_merge_size=2, temporal_patch_size=2, projection_intermediate_size=64)
@@ -59,6 +59,6 @@ def apertus1p5(t):
     audio = dict(model_type="wavtokenizer_encoder", num_filters=4, upsampling_ratios=[2, 2], hidden_size=8,
                  codebook_size=8, codebook_dim=8, num_lstm_layers=1, decoder_hidden_size=8,
                  decoder_intermediate_size=16, decoder_num_layers=1, decoder_attention_num_groups=1)
-    return t.Apertus1p5Config(text_config=dict(TEXT, head_dim=8, rope_parameters=ROPE), vision_config=vision, audio_config=audio,
-                              image_token_id=IMAGE_ID, audio_token_id=101, image_token_offset=104,
-                              audio_token_offset=120)
+    return t.Apertus1p5Config(text_config=dict(TEXT, head_dim=8, rope_parameters=ROPE), vision_config=vision,
+                              audio_config=audio, image_token_id=IMAGE_ID, audio_token_id=101,
+                              image_token_offset=104, audio_token_offset=120)
