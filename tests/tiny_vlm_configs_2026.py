@@ -30,7 +30,8 @@ def glm5_next(t):
     expert, both between hyper-connections over 2 residual streams; GLM-4V's vision tower layout over flattened
     14 px patches (``tiny_vlm_configs.qwen_patches(14)``: 4 tokens)."""
     text = dict(DEEPSEEK_MOE, q_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=0, index_topk=4, index_kpool=2,
-                index_head_dim=8, index_n_heads=2, linear_head_dim=8, linear_num_heads=4, hc_mult=2, hc_sinkhorn_iters=3,
+                index_head_dim=8, index_n_heads=2, linear_head_dim=8, linear_num_heads=4, hc_mult=2,
+                hc_sinkhorn_iters=3,
                 layer_types=["linear_attention", "full_attention"], mlp_layer_types=["dense", "sparse"])
     vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32, patch_size=14,
                   image_size=56, spatial_merge_size=2, temporal_patch_size=2, projection_intermediate_size=64)
