@@ -31,8 +31,7 @@ def glm5_next(t):
     14 px patches (``tiny_vlm_configs.qwen_patches(14)``: 4 tokens)."""
     text = dict(DEEPSEEK_MOE, q_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=0, index_topk=4, index_kpool=2,
                 index_head_dim=8, index_n_heads=2, linear_head_dim=8, linear_num_heads=4, hc_mult=2,
-                hc_sinkhorn_iters=3,
-                layer_types=["linear_attention", "full_attention"], mlp_layer_types=["dense", "sparse"])
+                hc_sinkhorn_iters=3, layer_types=["linear_attention", "full_attention"], mlp_layer_types=["dense", "sparse"])
     vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32, patch_size=14,
                   image_size=56, spatial_merge_size=2, temporal_patch_size=2, projection_intermediate_size=64)
     return t.Glm5NextConfig(text_config=text, vision_config=vision, image_token_id=IMAGE_ID, video_token_id=101,
@@ -63,3 +62,16 @@ def apertus1p5(t):
     return t.Apertus1p5Config(text_config=dict(TEXT, head_dim=8, rope_parameters=ROPE), vision_config=vision,
                               audio_config=audio, image_token_id=IMAGE_ID, audio_token_id=101,
                               image_token_offset=104, audio_token_offset=120)
+
+
+def cohere_compass(t):
+    """Cohere's North vision model (cohere_compass) around its cohere_compass_text (Cohere 2's parallel blocks, its
+    config taking head_dim = hidden_size // heads): Qwen3-VL's vision tower layout over flattened 16 px patches
+    (``tiny_vlm_configs.qwen_patches(16)``: 4 tokens), its deepstack features added into block 0."""
+    rope = {"full_attention": dict(ROPE, mrope_section=[1, 1, 2])}  # per layer type (mrope_section: a list)
+    return t.CohereCompassConfig(text_config=dict(TEXT, rope_parameters=rope),
+                                 vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4,
+                                                    out_hidden_size=32, patch_size=16, num_position_embeddings=16,
+                                                    deepstack_visual_indexes=[0]),
+                                 image_token_id=IMAGE_ID, video_token_id=101, vision_start_token_id=102,
+                                 vision_end_token_id=103)

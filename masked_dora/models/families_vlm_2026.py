@@ -30,6 +30,10 @@ VLM_WRAPPERS_2026: Dict[str, WrapperSpec] = {
     # Apertus 1.5 around apertus1p5_text: its VQ image tokenizer's codes (and its WavTokenizer encoder's, for audio)
     # are ids of the vocabulary, embedded by the text embedding; both tokenizers are left as they are
     "apertus1p5": WrapperSpec(language_model="language_model"),
+    # Cohere's North vision model (cohere_compass) around cohere_compass_text (a llama-semantics spec: Cohere 2's
+    # parallel attention and MLP): Qwen3-VL's vision tower, whose deepstack features are added to the residual
+    # stream of the first blocks, which MLP and head pruning keep full width
+    "cohere_compass": WrapperSpec(language_model="language_model"),
 }
 
 
