@@ -5,6 +5,8 @@ arguments besides ``input_ids`` in the layout the vision tower reads.
 
 from __future__ import annotations
 
+import torch
+
 from tiny_vlm_configs import IMAGE_ID, TEXT, VISION
 
 ROPE = dict(rope_type="default", rope_theta=10000.0)  # where the config's default rotary needs longer positions
@@ -75,3 +77,22 @@ def cohere_compass(t):
                                                     deepstack_visual_indexes=[0]),
                                  image_token_id=IMAGE_ID, video_token_id=101, vision_start_token_id=102,
                                  vision_end_token_id=103)
+
+
+def inkling2(t):
+    """Inkling 2 around its inkling2_text (every block 4 experts of width 64, top-2, with a softcapped SwiGLU; its
+    sliding and full attention with their own head counts): a ViT over 4 px patches, merged 2x2 into 4 tokens
+    (``inkling2_patches``)."""
+    text = dict(TEXT, head_dim=8, unpadded_vocab_size=TEXT["vocab_size"], swa_num_attention_heads=4,
+                swa_num_key_value_heads=2, swa_head_dim=8,
+                sliding_window_size=4, d_rel=4, rel_extent=16, moe_intermediate_size=64, n_routed_experts=4,
+                num_experts_per_tok=2, n_layers_per_attn_res_block=1)
+    vision = dict(VISION, patch_size=4, spatial_merge_size=2, posemb_grid_size=4, projection_hidden_dim=32,
+                  text_hidden_size=32)
+    return t.Inkling2Config(text_config=text, vision_config=vision, image_token_id=IMAGE_ID)
+
+
+def inkling2_patches(n, gen):
+    """Inkling 2: per image token its 2x2 merged 4 px patches, (8, 8, 3) in [-1, 1], with the image's token grid."""
+    return {"pixel_values": torch.rand(n * 4, 8, 8, 3, generator=gen) * 2 - 1,
+            "image_grid_thw": torch.tensor([[1, 2, 2]] * n)}

@@ -34,6 +34,9 @@ VLM_WRAPPERS_2026: Dict[str, WrapperSpec] = {
     # parallel attention and MLP): Qwen3-VL's vision tower, whose deepstack features are added to the residual
     # stream of the first blocks, which MLP and head pruning keep full width
     "cohere_compass": WrapperSpec(language_model="language_model"),
+    # Inkling 2 around inkling2_text (its experts prune, its heads are refused): a ViT whose merged patches replace
+    # the image tokens' embeddings
+    "inkling2": WrapperSpec(language_model="language_model"),
 }
 
 
