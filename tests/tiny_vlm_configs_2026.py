@@ -96,3 +96,25 @@ def inkling2_patches(n, gen):
     """Inkling 2: per image token its 2x2 merged 4 px patches, (8, 8, 3) in [-1, 1], with the image's token grid."""
     return {"pixel_values": torch.rand(n * 4, 8, 8, 3, generator=gen) * 2 - 1,
             "image_grid_thw": torch.tensor([[1, 2, 2]] * n)}
+
+
+def inkling_mm_model(t):
+    """Inkling (inkling_mm_model) around its inkling_text (block 0 dense, width 64; block 1 4 experts of width 64,
+    top-2, beside a shared expert; a sliding and a full attention layer with their own head counts): a vision tower
+    folding each 2-frame 8 px patch (``inkling_patches``) into one image token; a tiny dMel audio embedder, unused by
+    image and text inputs and left as it is."""
+    text = dict(TEXT, head_dim=8, swa_num_attention_heads=2, swa_num_key_value_heads=1, swa_head_dim=8,
+                sliding_window_size=4, d_rel=4, rel_extent=16, moe_intermediate_size=64, n_routed_experts=4,
+                num_experts_per_tok=2, n_shared_experts=1, layer_types=["hybrid_sliding", "hybrid"],
+                mlp_layer_types=["dense", "sparse"])
+    # 2 px patches: 3 scales (the input, 2x2 px, 2 frames), as many layers as scales (fewer would need scipy's
+    # linear_sum_assignment to place them)
+    vision = dict(patch_size=2, temporal_patch_size=2, hidden_size=32, num_hidden_layers=3, num_attention_heads=4)
+    return t.InklingConfig(text_config=text, vision_config=vision, audio_config=dict(n_mel_bins=4, mel_vocab_size=8),
+                           image_token_id=IMAGE_ID, audio_token_id=101, image_bos_token_id=102,
+                           audio_bos_token_id=103)
+
+
+def inkling_patches(n, gen):
+    """Inkling: 4 patches per image, each 2 frames of 2x2 px, (frames, height, width, channels) in [-1, 1]."""
+    return {"pixel_values": torch.rand(n * 4, 2, 2, 2, 3, generator=gen) * 2 - 1}

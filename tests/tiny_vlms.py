@@ -32,8 +32,8 @@ from tiny_vlm_configs_extra import (aria, chameleon, emu3, emu3_images, ernie4_5
                                     fuyu_patches, granite4_vision, idefics, idefics_images, molmo2, molmo2_crops,
                                     perception_lm, perception_tiles, qwen2_5_omni_thinker)
 from tiny_vlm_configs_mm import gemma4_unified, gemma4_unified_patches, llama4, qwen3_omni_moe_thinker, qwen4_exp
-from tiny_vlm_configs_2026 import (apertus1p5, cohere_compass, glm5_next, inkling2, inkling2_patches, mistral_large4,
-                                  step3p7)
+from tiny_vlm_configs_2026 import (apertus1p5, cohere_compass, glm5_next, inkling2, inkling2_patches, inkling_mm_model,
+                                  inkling_patches, mistral_large4, step3p7)
 from wrapped_lm_chain import row_unavailable_reason
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
@@ -291,6 +291,10 @@ FAMILIES: Dict[str, TinyVLM] = {
     # Inkling 2: 4 packed experts in each block (heads refused)
     "inkling2": TinyVLM(("Inkling2Config", "Inkling2ForConditionalGeneration"), inkling2, inkling2_patches, True,
                         wrapped=2 * 4 * 2, groups=("mlp",)),
+    # Inkling: block 0 dense, block 1 of 4 packed experts beside a shared expert (kept whole; moe_intermediate_size
+    # sizes both: a pruned expert width saves in the per-layer form); heads refused
+    "inkling_mm_model": TinyVLM(("InklingConfig", "InklingForConditionalGeneration"), inkling_mm_model,
+                                inkling_patches, False, wrapped=3 + 4 * 2, groups=("mlp",)),
 }
 
 

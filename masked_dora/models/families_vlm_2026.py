@@ -37,6 +37,9 @@ VLM_WRAPPERS_2026: Dict[str, WrapperSpec] = {
     # Inkling 2 around inkling2_text (its experts prune, its heads are refused): a ViT whose merged patches replace
     # the image tokens' embeddings
     "inkling2": WrapperSpec(language_model="language_model"),
+    # Inkling (inkling_mm_model) around inkling_text (its MLP and experts prune, its heads are refused): a vision
+    # tower folding each patch into one image token and a dMel audio embedder, both left as they are
+    "inkling_mm_model": WrapperSpec(language_model="language_model"),
 }
 
 
