@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from tiny_vlm_configs import IMAGE_ID, TEXT, VISION
+from tiny_vlm_configs_more import GLM4V_ROPE, GLM4V_TOKENS, GLM4V_VISION
 
 ROPE = dict(rope_type="default", rope_theta=10000.0)  # where the config's default rotary needs longer positions
 # DeepSeek-V3's MoE language models: block 0 dense, block 1 of 4 experts of width 64, 2 per token, beside a shared
@@ -33,7 +34,8 @@ def glm5_next(t):
     14 px patches (``tiny_vlm_configs.qwen_patches(14)``: 4 tokens)."""
     text = dict(DEEPSEEK_MOE, q_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=0, index_topk=4, index_kpool=2,
                 index_head_dim=8, index_n_heads=2, linear_head_dim=8, linear_num_heads=4, hc_mult=2,
-                hc_sinkhorn_iters=3, layer_types=["linear_attention", "full_attention"], mlp_layer_types=["dense", "sparse"])
+                hc_sinkhorn_iters=3, layer_types=["linear_attention", "full_attention"],
+                mlp_layer_types=["dense", "sparse"])
     vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32, patch_size=14,
                   image_size=56, spatial_merge_size=2, temporal_patch_size=2, projection_intermediate_size=64)
     return t.Glm5NextConfig(text_config=text, vision_config=vision, image_token_id=IMAGE_ID, video_token_id=101,
@@ -118,3 +120,20 @@ def inkling_mm_model(t):
 def inkling_patches(n, gen):
     """Inkling: 4 patches per image, each 2 frames of 2x2 px, (frames, height, width, channels) in [-1, 1]."""
     return {"pixel_values": torch.rand(n * 4, 2, 2, 2, 3, generator=gen) * 2 - 1}
+
+
+def glmga(t):
+    """GLM-GA (glmga, a Glm46VForConditionalGeneration): GLM-4.1V's language model (glm4v_text) and vision tower under
+    a config of its own."""
+    return t.GlmgaConfig(text_config=dict(TEXT, rope_parameters=GLM4V_ROPE, model_type="glm4v_text"),
+                         vision_config=dict(GLM4V_VISION, model_type="glm4v_vision"), **GLM4V_TOKENS)
+
+
+def pp_chart2table(t):
+    """PP-Chart2Table (pp_chart2table, a GotOcr2ForConditionalGeneration) around a Qwen2: GOT-OCR2's SAM-like encoder
+    of 4x4 patches of 16 px, convolved down to one image token (``tiny_vlm_configs.got_ocr2``'s sizes)."""
+    return t.PPChart2TableConfig(text_config=dict(TEXT, head_dim=8, model_type="qwen2"),
+                                 vision_config=dict(hidden_size=32, output_channels=16, num_hidden_layers=2,
+                                                    num_attention_heads=4, image_size=64, patch_size=16, window_size=2,
+                                                    global_attn_indexes=[1], mlp_dim=64, initializer_range=0.02),
+                                 image_token_index=IMAGE_ID)

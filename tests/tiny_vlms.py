@@ -32,8 +32,8 @@ from tiny_vlm_configs_extra import (aria, chameleon, emu3, emu3_images, ernie4_5
                                     fuyu_patches, granite4_vision, idefics, idefics_images, molmo2, molmo2_crops,
                                     perception_lm, perception_tiles, qwen2_5_omni_thinker)
 from tiny_vlm_configs_mm import gemma4_unified, gemma4_unified_patches, llama4, qwen3_omni_moe_thinker, qwen4_exp
-from tiny_vlm_configs_2026 import (apertus1p5, cohere_compass, glm5_next, inkling2, inkling2_patches, inkling_mm_model,
-                                  inkling_patches, mistral_large4, step3p7)
+from tiny_vlm_configs_2026 import (apertus1p5, cohere_compass, glm5_next, glmga, inkling2, inkling2_patches,
+                                  inkling_mm_model, inkling_patches, mistral_large4, pp_chart2table, step3p7)
 from wrapped_lm_chain import row_unavailable_reason
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
@@ -295,6 +295,12 @@ FAMILIES: Dict[str, TinyVLM] = {
     # sizes both: a pruned expert width saves in the per-layer form); heads refused
     "inkling_mm_model": TinyVLM(("InklingConfig", "InklingForConditionalGeneration"), inkling_mm_model,
                                 inkling_patches, False, wrapped=3 + 4 * 2, groups=("mlp",)),
+    # GLM-GA: GLM-4.6V's model class and GLM-4.1V's language model (pruned heads: the per-layer form)
+    "glmga": TinyVLM(("GlmgaConfig", "Glm46VForConditionalGeneration"), glmga, qwen_patches(14), False,
+                     wrapped=2 * 6),
+    # PP-Chart2Table: GOT-OCR2's model class around a Qwen2
+    "pp_chart2table": TinyVLM(("PPChart2TableConfig", "GotOcr2ForConditionalGeneration"), pp_chart2table,
+                              square_images(64), True, image_tokens=1),
 }
 
 

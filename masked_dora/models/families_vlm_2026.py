@@ -40,6 +40,9 @@ VLM_WRAPPERS_2026: Dict[str, WrapperSpec] = {
     # Inkling (inkling_mm_model) around inkling_text (its MLP and experts prune, its heads are refused): a vision
     # tower folding each patch into one image token and a dMel audio embedder, both left as they are
     "inkling_mm_model": WrapperSpec(language_model="language_model"),
+    # GLM-GA (glmga): GLM-4.6V's model class around glm4v_text; PP-Chart2Table (pp_chart2table): GOT-OCR2's model
+    # class around a Qwen2
+    **{t: WrapperSpec(language_model="language_model") for t in ("glmga", "pp_chart2table")},
 }
 
 
