@@ -1,5 +1,6 @@
 """Tiny VLM configs of the 2026 types (``tiny_vlms.FAMILIES`` puts them together, one row per family), in the sizes
-of :mod:`tiny_vlm_configs`: Mistral Large 4, ... Each input builder ``pixels(n, generator)`` gives the keyword
+of :mod:`tiny_vlm_configs`: Mistral Large 4, GLM-5.3-Flash, Step-3.7-Flash, Apertus 1.5, North, Inkling 2, Inkling,
+GLM-GA, PP-Chart2Table. Each input builder ``pixels(n, generator)`` gives the keyword
 arguments besides ``input_ids`` in the layout the vision tower reads.
 """
 

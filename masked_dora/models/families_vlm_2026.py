@@ -1,4 +1,5 @@
-"""The 2026 vision-language models (Mistral Large 4, ...): which language model each wraps
+"""The 2026 vision-language models (Mistral Large 4, GLM-5.3-Flash, Step-3.7-Flash, Apertus 1.5, North, Inkling 2,
+Inkling, GLM-GA, PP-Chart2Table): which language model each wraps
 (``VLM_WRAPPERS_2026``) and the specs of the language models only they have (:func:`vlm_text_specs_2026`);
 :mod:`masked_dora.models.families` adds them to the tables beside :mod:`masked_dora.models.families_vlm`'s.
 """

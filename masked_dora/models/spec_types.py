@@ -96,8 +96,8 @@ class ExpertsLayout:
                              "in parameters of their own, gate/up stored (out, in)); they do not combine with bias, "
                              "interleaved or transposed")
         if self.glu not in ("clamped_act", "act_clamped") and (self.act or self.limit_attr != "limit"):
-            raise ValueError(f"ExpertsLayout: act and limit_attr describe glu='clamped_act' or 'act_clamped', got "
-                             f"glu={self.glu!r}")
+            raise ValueError(f"ExpertsLayout: act and limit_attr describe glu='clamped_act', got glu={self.glu!r} "
+                             f"(and glu='act_clamped')")
 
 
 @dataclass(frozen=True)
