@@ -34,6 +34,8 @@ from tiny_vlm_configs_extra import (aria, chameleon, emu3, emu3_images, ernie4_5
 from tiny_vlm_configs_mm import gemma4_unified, gemma4_unified_patches, llama4, qwen3_omni_moe_thinker, qwen4_exp
 from tiny_vlm_configs_new_text import (cosmos3_edge, cosmos3_edge_patches, deepseek_ocr2, granite_docling,
                                        granite_docling_tiles, hy_v4_vl, hy_v4_vl_patches, minimax_m3_vl)
+from tiny_vlm_configs_2026 import (apertus1p5, cohere_compass, glm5_next, glmga, inkling2, inkling2_patches,
+                                  inkling_mm_model, inkling_patches, mistral_large4, pp_chart2table, step3p7)
 from wrapped_lm_chain import row_unavailable_reason
 
 _qwen_patches = qwen_patches  # (tests/test_models_hybrid.py imports it from here)
@@ -288,6 +290,39 @@ FAMILIES: Dict[str, TinyVLM] = {
     # beside a shared expert (kept whole)
     "minimax_m3_vl": TinyVLM(("MiniMaxM3VLConfig", "MiniMaxM3SparseForConditionalGeneration"), minimax_m3_vl,
                              qwen_patches(14), True, wrapped=6 + (4 + 4 * 2)),
+    # Mistral Large 4: DeepSeek-V3.2's language model (MLA: heads refused) behind Mistral3's Pixtral tower; block 0
+    # dense, block 1 of 4 packed experts beside a shared expert (kept whole, moe_intermediate_size wide as the routed
+    # ones: a pruned expert width saves in the per-layer form)
+    "mistral_large4": TinyVLM(("MistralLarge4Config", "MistralLarge4ForConditionalGeneration"), mistral_large4,
+                              sized_images(56), False, wrapped=3 + 4 * 2, groups=("mlp",)),
+    # GLM-5.3-Flash: block 0 linear attention and dense, block 1 MLA and 4 packed experts beside a shared expert
+    # (kept whole, moe_intermediate_size wide: the per-layer form), both between hyper-connections; heads refused
+    "glm5_next": TinyVLM(("Glm5NextConfig", "Glm5NextForConditionalGeneration"), glm5_next, qwen_patches(14), False,
+                         wrapped=3 + 4 * 2, groups=("mlp",)),
+    # Step-3.7-Flash: block 0 dense, block 1 of 4 packed experts (their activated gate and up clipped) beside a shared
+    # expert sized by a key of its own (the routed width saves plainly); heads refused
+    "step3p7": TinyVLM(("Step3p7Config", "Step3p7ForConditionalGeneration"), step3p7, square_images(56), True,
+                       wrapped=3 + 4 * 2, groups=("mlp",)),
+    # Apertus 1.5: a VQ tokenizer's 4x4 codes of a 16 px image, embedded as 16 image tokens; Apertus's MLP (up and
+    # down projections, xIELU: 6 wrapped per block)
+    "apertus1p5": TinyVLM(("Apertus1p5Config", "Apertus1p5ForConditionalGeneration"), apertus1p5, emu3_images, True,
+                          wrapped=2 * 6, image_tokens=16),
+    # North (cohere_compass): Qwen3-VL's vision tower, its deepstack features added into block 0
+    "cohere_compass": TinyVLM(("CohereCompassConfig", "CohereCompassForConditionalGeneration"), cohere_compass,
+                              qwen_patches(16), True),
+    # Inkling 2: 4 packed experts in each block (heads refused)
+    "inkling2": TinyVLM(("Inkling2Config", "Inkling2ForConditionalGeneration"), inkling2, inkling2_patches, True,
+                        wrapped=2 * 4 * 2, groups=("mlp",)),
+    # Inkling: block 0 dense, block 1 of 4 packed experts beside a shared expert (kept whole; moe_intermediate_size
+    # sizes both: a pruned expert width saves in the per-layer form); heads refused
+    "inkling_mm_model": TinyVLM(("InklingConfig", "InklingForConditionalGeneration"), inkling_mm_model,
+                                inkling_patches, False, wrapped=3 + 4 * 2, groups=("mlp",)),
+    # GLM-GA: GLM-4.6V's model class and GLM-4.1V's language model (pruned heads: the per-layer form)
+    "glmga": TinyVLM(("GlmgaConfig", "Glm46VForConditionalGeneration"), glmga, qwen_patches(14), False,
+                     wrapped=2 * 6),
+    # PP-Chart2Table: GOT-OCR2's model class around a Qwen2
+    "pp_chart2table": TinyVLM(("PPChart2TableConfig", "GotOcr2ForConditionalGeneration"), pp_chart2table,
+                              square_images(64), True, image_tokens=1),
 }
 
 

@@ -86,7 +86,8 @@ def _expert_activation(module, layout) -> dict:
     from transformers.activations import ACT2FN
 
     act_fn = ACT2FN[layout.act] if layout.act else dotted_attr(module, layout.act_fn)
-    return dict(act_fn=None, glu=ClampedGLU(act_fn, getattr(module, layout.limit_attr)))
+    return dict(act_fn=None, glu=ClampedGLU(act_fn, getattr(module, layout.limit_attr),
+                                            clamp_after_act=layout.glu == "act_clamped"))
 
 
 def _channels_of_rows(width: int, rows: int, interleaved: bool) -> Tensor:

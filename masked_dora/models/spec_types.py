@@ -49,7 +49,7 @@ BLOCK_KINDS = ("mlp", "heads")  # the kinds with one group per block (``hidden``
 QKV_LAYOUTS = ("blocks", "grouped", "per_head", "chunked")
 
 
-EXPERT_GLUS = ("act", "clamped_swiglu", "clamped_act", "act_pair")
+EXPERT_GLUS = ("act", "clamped_swiglu", "clamped_act", "act_clamped", "act_pair")
 
 
 @dataclass(frozen=True)
@@ -75,14 +75,15 @@ class ExpertsLayout:
     # alpha * g) with g = clamp(gate, max=limit), alpha and limit read from the module's attributes of those names;
     # "clamped_act": DeepSeek-V4's act_fn(clamp(gate, max=limit)) * clamp(up, +-limit), limit read from the module's
     # attribute limit_attr and act_fn from its act_fn or, where its forward hard-codes one (HY-V4's F.silu), from
-    # transformers' ACT2FN[act]
+    # transformers' ACT2FN[act]; "act_clamped": Step-3.7's clamp(act_fn(gate), max=limit) * clamp(up, +-limit) (the
+    # activated gate clipped), limit and act_fn read as for "clamped_act"
     # "act_pair": the module's act_fn(gate, up), which combines them itself (Inkling 2's softcapped SwiGLU,
     # softcap(g) * sigmoid(g) * softcap(up): (0, 0) -> 0)
     glu: str = "act"
     flat: bool = False  # each parameter 2-D, the experts' matrices stacked along dim 0 (DBRX: (E * I, H))
     up: str = ""  # the up rows' own parameter (DBRX's "mlp.v1"), the producer holding the gate rows only
     down_transposed: bool = False  # the consumer alone stored (in, out) per expert (DBRX's w2)
-    act_fn: str = "act_fn"  # the experts module's activation (glu="act", "act_pair", "clamped_act"), a dotted path
+    act_fn: str = "act_fn"  # the experts module's activation (glu="act", "act_pair", "clamped_act"...), a dotted path
     limit_attr: str = "limit"
     act: str = ""
     # glu="clamped_swiglu": the module's attribute holding alpha (gpt-oss's alpha; MiniMax-M3's swiglu_alpha)
@@ -95,8 +96,9 @@ class ExpertsLayout:
             raise ValueError("ExpertsLayout: flat, up and down_transposed describe DBRX's layout (no bias, gate and up "
                              "in parameters of their own, gate/up stored (out, in)); they do not combine with bias, "
                              "interleaved or transposed")
-        if self.glu != "clamped_act" and (self.act or self.limit_attr != "limit"):
-            raise ValueError(f"ExpertsLayout: act and limit_attr describe glu='clamped_act', got glu={self.glu!r}")
+        if self.glu not in ("clamped_act", "act_clamped") and (self.act or self.limit_attr != "limit"):
+            raise ValueError(f"ExpertsLayout: act and limit_attr describe glu='clamped_act', got glu={self.glu!r} "
+                             f"(and glu='act_clamped')")
         if self.glu != "clamped_swiglu" and self.alpha_attr != "alpha":
             raise ValueError(f"ExpertsLayout: alpha_attr describes glu='clamped_swiglu', got glu={self.glu!r}")
         if self.glu == "clamped_swiglu" and self.act_fn != "act_fn":

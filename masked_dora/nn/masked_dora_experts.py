@@ -74,18 +74,22 @@ class ClampedSwiGLU(nn.Module):
 
 class ClampedGLU(nn.Module):
     r"""``act_fn(clamp(gate, max=limit)) * clamp(up, -limit, limit)``: a gated activation whose gate and up are
-    clipped first (DeepSeek-V4's experts, SiLU and limit 10). A pruned channel (``gate = up = 0``) gives
-    ``act_fn(0) * 0 = 0`` exactly, whatever ``act_fn(0)`` is."""
+    clipped first (DeepSeek-V4's experts, SiLU and limit 10); with ``clamp_after_act``, ``clamp(act_fn(gate),
+    max=limit) * clamp(up, -limit, limit)``, the activated gate clipped (Step-3.7's experts). A pruned channel
+    (``gate = up = 0``) gives ``act_fn(0) * 0 = 0`` exactly, whatever ``act_fn(0)`` is."""
 
-    def __init__(self, act_fn: Callable[[Tensor], Tensor], limit: float):
+    def __init__(self, act_fn: Callable[[Tensor], Tensor], limit: float, clamp_after_act: bool = False):
         super().__init__()
-        self.act_fn, self.limit = act_fn, float(limit)
+        self.act_fn, self.limit, self.clamp_after_act = act_fn, float(limit), clamp_after_act
 
     def forward(self, gate: Tensor, up: Tensor) -> Tensor:
-        return self.act_fn(gate.clamp(max=self.limit)) * up.clamp(min=-self.limit, max=self.limit)
+        up = up.clamp(min=-self.limit, max=self.limit)
+        if self.clamp_after_act:
+            return self.act_fn(gate).clamp(max=self.limit) * up
+        return self.act_fn(gate.clamp(max=self.limit)) * up
 
     def extra_repr(self) -> str:
-        return f"limit={self.limit}"
+        return f"limit={self.limit}" + (", clamp_after_act=True" if self.clamp_after_act else "")
 
 
 class MaskedDoRAExperts(nn.Module):
