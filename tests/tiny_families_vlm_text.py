@@ -1,4 +1,4 @@
-"""The language models of VLMs (``masked_dora/models/families_vlm_text2.py``) that transformers also builds alone as
+"""The language models of VLMs (``masked_dora/models/families_vlm_2026.py``) that transformers also builds alone as
 causal LMs: MiniMax-M3's (``MiniMaxM3VLForCausalLM``): 2 layers, hidden 32, 4 heads of 8 with 2 KV heads, vocab 97;
 block 0 a "minimax_m3_sparse" layer (its indexer keeps 1 scored block of 4 keys and the local one) with a fused
 dense MLP of width 64, block 1 full attention with 4 experts of width 64 (2 per token) beside a shared expert of

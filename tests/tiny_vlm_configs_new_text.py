@@ -1,5 +1,5 @@
 """Tiny configs and image inputs of the VLMs whose language model is laid out as a text model with a spec
-(``masked_dora/models/families_vlm_text2.py``), in the sizes of :mod:`tiny_vlm_configs`; ``tiny_vlms.FAMILIES``
+(``masked_dora/models/families_vlm_2026.py``), in the sizes of :mod:`tiny_vlm_configs`; ``tiny_vlms.FAMILIES``
 puts them together, one row per family. Each input builder ``pixels(n, generator)`` gives the keyword arguments
 besides ``input_ids`` in the layout the vision tower reads.
 """

@@ -16,8 +16,7 @@ from .families_moe import moe_specs
 from .families_seq2seq import seq2seq_specs
 from .families_vision_speech import VISION_REFUSED_MODEL_TYPES, VISION_SPEECH_SPECS
 from .families_vlm import VLM_WRAPPERS, vlm_text_specs
-from .families_vlm_text2 import VLM_TEXT2_WRAPPERS, vlm_text2_specs
-from .families_vlm_2026 import VLM_WRAPPERS_2026, vlm_text_specs_2026
+from .families_vlm_2026 import VLM_WRAPPERS_2026, vlm_like_specs_2026, vlm_text_specs_2026
 from .hidden_spec import BERT_PER_BLOCK, DISTILBERT_PER_BLOCK, LLAMA_HIDDEN, LLAMA_PER_BLOCK, XLMR_XL_PER_BLOCK
 from .spec_types import HeadSpec, MLPSpec, ModelSpec, PerHeadSpec
 
@@ -326,9 +325,9 @@ SPECS.update(vlm_text_specs(LLAMA_STYLE, MIXTRAL_STYLE, _QK_NORM_SPANS_HEADS))
 SPECS.update(vlm_text_specs_2026(LLAMA_STYLE))
 SPECS.update(classic_specs(LLAMA_STYLE, MIXTRAL_STYLE, GPT2, BERT_STYLE, BART_ENCODER, BART_DECODER))
 SPECS.update(seq2seq_specs(LLAMA_STYLE, BART_ENCODER, BART_DECODER, T5_ENCODER, T5_HEADS))
-SPECS.update(vlm_text2_specs(SPECS))
+SPECS.update(vlm_like_specs_2026(SPECS))  # (after classic_specs: it copies nanochat)
 # outer model_type -> WrapperSpec: VLMs', audio LMs' language model
-WRAPPERS = dict(VLM_WRAPPERS, **VLM_TEXT2_WRAPPERS, **VLM_WRAPPERS_2026, **AUDIO_LM_WRAPPERS)
+WRAPPERS = dict(VLM_WRAPPERS, **VLM_WRAPPERS_2026, **AUDIO_LM_WRAPPERS)
 # model_type -> why it cannot prune exactly (spec_for raises it)
 REFUSED = {**REFUSED_MODEL_TYPES, **VISION_REFUSED_MODEL_TYPES, **REFUSED_ENCODER_TYPES, **REFUSED_CLASSIC_TYPES}
 

@@ -1,12 +1,15 @@
 """The 2026 vision-language models (Mistral Large 4, GLM-5.3-Flash, Step-3.7-Flash, Apertus 1.5, North, Inkling 2,
-Inkling, GLM-GA, PP-Chart2Table): which language model each wraps
-(``VLM_WRAPPERS_2026``) and the specs of the language models only they have (:func:`vlm_text_specs_2026`);
-:mod:`masked_dora.models.families` adds them to the tables beside :mod:`masked_dora.models.families_vlm`'s.
+Inkling, GLM-GA, PP-Chart2Table, HY-V4-VL, Granite-Docling, Cosmos3-Edge, DeepSeek-OCR-2, MiniMax-M3-VL): which
+language model each wraps (``VLM_WRAPPERS_2026``) and the specs of the language models only they have: those built on
+the ``llama`` spec's fields (:func:`vlm_text_specs_2026`) and those laid out like a text model that has a spec
+(:func:`vlm_like_specs_2026`, from the table so far); :mod:`masked_dora.models.families` adds them to the tables
+beside :mod:`masked_dora.models.families_vlm`'s.
 """
 
 from __future__ import annotations
 
-from typing import Dict
+from dataclasses import replace as replace_dataclass
+from typing import Dict, Mapping
 
 from .families_fused_moe import DEEPSEEK_V3
 from .spec_types import ExpertsLayout, MLPSpec, ModelSpec
@@ -45,6 +48,19 @@ VLM_WRAPPERS_2026: Dict[str, WrapperSpec] = {
     # GLM-GA (glmga): GLM-4.6V's model class around glm4v_text; PP-Chart2Table (pp_chart2table): GOT-OCR2's model
     # class around a Qwen2
     **{t: WrapperSpec(language_model="language_model") for t in ("glmga", "pp_chart2table")},
+    # HY-V4-VL: Qwen2-VL's layout (model.language_model) around HY-V4's MoE blocks (hy_v4_vl_text)
+    "hy_v4_vl": WrapperSpec(language_model="language_model"),
+    # Granite-Docling: Idefics3's layout (model.text_model) around a Granite (granite_docling_text); its connector
+    # also adds the vision layers' features (DeepStack) to the first blocks' residual stream, which MLP and head
+    # pruning keep
+    "granite_docling": WrapperSpec(language_model="text_model"),
+    # Cosmos3-Edge: Qwen2-VL's layout (model.language_model) around cosmos3_edge_text
+    "cosmos3_edge": WrapperSpec(language_model="language_model"),
+    # DeepSeek-OCR-2: a SAM encoder and a Qwen2-like query encoder (left as they are) before a DeepSeek-V2-like
+    # MoE language model without MLA (deepseek_ocr2_text)
+    "deepseek_ocr2": WrapperSpec(language_model="language_model"),
+    # MiniMax-M3-VL: a Qwen2-VL-like vision tower, LLaVA's layout (model.language_model) around minimax_m3_vl_text
+    "minimax_m3_vl": WrapperSpec(language_model="language_model"),
 }
 
 
@@ -71,7 +87,7 @@ def vlm_text_specs_2026(llama_style: dict) -> Dict[str, ModelSpec]:
                                      experts_layout=ExpertsLayout(glu="clamped_act", limit_attr="swiglu_limit",
                                                                   act="silu")),
             unsupported=(("heads", "", _KDA_AND_MLA_HEADS),))),
-            # Step-3.7-Flash's language model (step3p5): Llama's blocks, dense ones (Llama's MLP, intermediate_size) by
+        # Step-3.7-Flash's language model (step3p5): Llama's blocks, dense ones (Llama's MLP, intermediate_size) by
         # mlp_layer_types, the others packed routed experts (moe_intermediate_size) beside shared_experts (kept
         # whole; share_expert_dim wide: the routed width saves plainly), the experts' activated gate and up clipped
         # per layer (swiglu_limits: glu "act_clamped"; the dense and shared MLPs clip theirs in their own forward).
@@ -83,3 +99,51 @@ def vlm_text_specs_2026(llama_style: dict) -> Dict[str, ModelSpec]:
                                      experts_layout=ExpertsLayout(glu="act_clamped"))),
             dense_mlp=llama_style["mlp"], unsupported=(("heads", "", _STEP3P5_HEADS),)),
     }
+
+
+# a VLM's text model_type -> the spec whose modules, config keys and refusals it has: the VLM's text model is that
+# text model's blocks (HY-V4-VL's and Cosmos3-Edge's under multimodal rotary positions, the same for every head)
+_LIKE = {
+    # HY-V4-VL's language model: HY-V4's decoder layers (clipped experts, shared experts kept whole, MLA heads
+    # refused), its latent norms eps from the config
+    "hy_v4_vl_text": "hy_v4",
+    # Granite-Docling's language model: Granite's Llama layout, its attention reading head_dim from the config
+    # where it has one (else hidden_size // num_attention_heads), as Granite 4 Vision's: the compacted config says
+    # head_dim, pruned heads save plainly
+    "granite_docling_text": "granite4_vision_text",
+    # Cosmos3-Edge's language model: Llama's attention (head_dim from the config) with nanochat's plain MLP
+    # (mlp.fc1, mlp.fc2; ReLU² between, elementwise: a pruned channel gives 0)
+    "cosmos3_edge_text": "nanochat",
+}
+
+
+def vlm_like_specs_2026(specs: Mapping[str, ModelSpec]) -> Dict[str, ModelSpec]:
+    """The specs of the language models of HY-V4-VL, Granite-Docling, Cosmos3-Edge, DeepSeek-OCR-2 and MiniMax-M3-VL,
+    each the spec in ``specs`` (the table so far) it is laid out like, under its own name, and those that differ from
+    it in a field."""
+    like = {text: replace_dataclass(specs[spec], name=text, model_types=(text,)) for text, spec in _LIKE.items()}
+    glm4_moe, llama = specs["glm4_moe"], specs["llama"]
+    return dict(
+        like,
+        # DeepSeek-OCR-2's language model (deepseek_ocr2_text): GLM-4.5's MoE layout (Llama's attention; in the
+        # blocks mlp_layer_types says "sparse", Mixtral's packed experts beside shared experts of width
+        # moe_intermediate_size * n_shared_experts, kept whole: a pruned expert width saves in the per-layer form;
+        # the "dense" blocks Llama's MLP of width intermediate_size), but its config recomputes head_dim =
+        # hidden_size // num_attention_heads on every load: pruned heads save in the per-layer form
+        deepseek_ocr2_text=replace_dataclass(glm4_moe, name="deepseek_ocr2_text", model_types=("deepseek_ocr2_text",),
+                                             heads=replace_dataclass(glm4_moe.heads, head_dim_key=None)),
+        # MiniMax-M3's language model (minimax_m3_vl_text; MiniMaxM3VLForCausalLM alone too): Llama's attention
+        # (q/k RMSNorms over head_dim, one weight for all heads; partial rotary; in its "minimax_m3_sparse" layers
+        # an indexer with heads of its own picks the key blocks every head attends to) and, in the blocks
+        # mlp_layer_types says "sparse", packed experts (E, 2I, H), [gate | up], combined by gpt-oss's clamped
+        # SwiGLU (its alpha swiglu_alpha: a pruned channel's (0, 0) gives 0), width intermediate_size, beside
+        # shared experts of width shared_intermediate_size (kept whole); the "dense" blocks a fused gate_up_proj
+        # (rows [gate | up], the same activation) of width dense_intermediate_size
+        minimax_m3_vl_text=ModelSpec(
+            name="minimax_m3_vl_text", model_types=("minimax_m3_vl_text",), layers=llama.layers,
+            hidden_key=llama.hidden_key, heads=llama.heads,
+            mlp=MLPSpec(producers=("gate_up_proj",), consumer="down_proj", size_key="intermediate_size",
+                        segments=(2,), experts="mlp.experts", size_attrs=(("mlp.experts", "intermediate_dim"),),
+                        experts_layout=ExpertsLayout(glu="clamped_swiglu", alpha_attr="swiglu_alpha")),
+            dense_mlp=MLPSpec(producers=("mlp.gate_up_proj",), consumer="mlp.down_proj",
+                              size_key="dense_intermediate_size", segments=(2,))))
