@@ -145,7 +145,8 @@ def test_plain_checkpoints_reload_with_plain_transformers(chains):
                                                 "deberta", "esmc", "youtu", "zaya", "trocr", "cpmant", "prophetnet",
                                                 "lara_mini", "dots3_note_text", "inkling2_text", "axk1", "axk2",
                                                 "inkling_text", "longcat_flash", "sarvam_mla",
-                                                "bailing_hybrid", "inkling2_loop_text", "led", "pegasus_x", "fsmt")
+                                                "bailing_hybrid", "inkling2_loop_text", "led", "pegasus_x", "fsmt",
+                                                "mistral4")
                             if f in TABLE_FAMILIES])
 def test_heads_that_cannot_be_pruned_exactly_are_refused_before_anything_changes(family, flag):
     import transformers as t

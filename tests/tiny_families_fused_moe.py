@@ -64,6 +64,13 @@ TINY = {
                                    first_k_dense_replace=1, q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4,
                                    qk_nope_head_dim=4, v_head_dim=8),
                               causal_lm=True, heads=False),
+    # Mistral 4: the same blocks and MLA (heads refused) under its own classes (transformers 5.24)
+    "mistral4": TinyFamily(("Mistral4Config", "Mistral4Model", "Mistral4ForCausalLM"),
+                           dict(_GQA_MOE, num_key_value_heads=4, moe_intermediate_size=32, n_routed_experts=4,
+                                num_experts_per_tok=2, n_group=1, topk_group=1, n_shared_experts=1,
+                                first_k_dense_replace=1, q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4,
+                                qk_nope_head_dim=4, v_head_dim=8),
+                           causal_lm=True, heads=False),
     # Llama's MLP (width 64) under MLA (heads refused), residual branches scaled by scale_depth
     "minicpm3": TinyFamily(("MiniCPM3Config", "MiniCPM3Model", "MiniCPM3ForCausalLM"),
                            dict(_GQA_MOE, num_key_value_heads=4, q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4,

@@ -104,8 +104,11 @@ FUSED_MOE_SPECS: Dict[str, ModelSpec] = {
     # ones by mlp_layer_types), their MLA with a sparse-attention indexer beside it (which reads the block's input and
     # the query latent, not the MLP); GLM-4.7-Flash (glm4_moe_lite): the same blocks and MLA; Sarvam-105B (sarvam_mla)
     # is DeepSeek-V3's model itself (transformers maps its config to DeepseekV3ForCausalLM)
+    # (mistral4, Mistral Small 4: DeepSeek-V3's blocks and MLA under its own classes; transformers maps it to
+    # Mistral4ForCausalLM in its image-text-to-text table, not the causal-LM one)
     "deepseek_v3": ModelSpec(name="deepseek_v3", model_types=("deepseek_v3", "deepseek_v2", "deepseek_v32",
-                                                              "glm_moe_dsa", "glm4_moe_lite", "sarvam_mla"),
+                                                              "glm_moe_dsa", "glm4_moe_lite", "sarvam_mla",
+                                                              "mistral4"),
                              **DEEPSEEK_V3),
     # MiniCPM3: Llama's MLP (width intermediate_size, mlp_bias) under DeepSeek-V2's MLA; its residual branches scaled
     # by a constant (scale_depth) change nothing per channel
