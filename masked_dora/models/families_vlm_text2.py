@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import replace as replace_dataclass
 from typing import Dict, Mapping
 
-from .spec_types import ExpertsLayout, MLPSpec, ModelSpec, WrapperSpec
+from .spec_types import ExpertsLayout, MLPSpec, ModelSpec
+from .wrapper_spec import WrapperSpec
 
 # outer model_type -> where its language model is (see families_vlm.VLM_WRAPPERS).
 # HY-V4-VL: Qwen2-VL's layout (model.language_model) around HY-V4's MoE blocks (hy_v4_vl_text)
