@@ -86,6 +86,13 @@ TINY = {
                                             dict(_AUDIO, conv_depthwise_kernel_size=7,
                                                  position_embeddings_type="rotary"),
                                             auto="AutoModelForCTC", inputs="input_values"),
+    # Wav2Vec2-BERT: the conformer's blocks over frames of 8 features, its default relative_key positions
+    # (a distance embedding shared by the heads)
+    "wav2vec2-bert": TinyFamily(("Wav2Vec2BertConfig", "Wav2Vec2BertModel", "Wav2Vec2BertForCTC"),
+                                dict(_AUDIO, feature_projection_input_dim=8, conv_depthwise_kernel_size=7,
+                                     left_max_position_embeddings=8, right_max_position_embeddings=4),
+                                auto="AutoModelForCTC", inputs="input_features",
+                                frame_features="feature_projection_input_dim"),
     "whisper": TinyFamily(("WhisperConfig", "WhisperModel", "WhisperForConditionalGeneration"), _WHISPER,
                           auto="AutoModelForSpeechSeq2Seq", inputs="input_features", seq2seq=True),
 }

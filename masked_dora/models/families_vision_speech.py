@@ -122,15 +122,27 @@ CONFORMER_HEAD_SPEC = HeadSpec(query="self_attn.linear_q", key="self_attn.linear
                                                      flag="position_embeddings_type=relative")))
 
 
-def _conformer() -> ModelSpec:
-    def ffn(name: str) -> dict:
-        return dict(layers=("encoder.layers",), hidden_key="hidden_size", stack=name, heads=CONFORMER_HEAD_SPEC,
-                    mlp=MLPSpec(producers=(f"{name}.intermediate_dense",), consumer=f"{name}.output_dense",
-                                size_key="intermediate_size"))
+def _conformer(name: str = "wav2vec2-conformer", model_type: str = "wav2vec2-conformer",
+               size_key: str = "intermediate_size", when=()) -> ModelSpec:
+    def ffn(stack: str) -> dict:
+        return dict(layers=("encoder.layers",), hidden_key="hidden_size", stack=stack, heads=CONFORMER_HEAD_SPEC,
+                    mlp=MLPSpec(producers=(f"{stack}.intermediate_dense",), consumer=f"{stack}.output_dense",
+                                size_key=size_key))
 
-    return ModelSpec(name="wav2vec2-conformer", model_types=("wav2vec2-conformer",), **ffn("ffn1"),
-                     stacks=(ModelSpec(name="wav2vec2-conformer-ffn2", model_types=(), attention_of="ffn1",
-                                       **ffn("ffn2")),))
+    return ModelSpec(name=name, model_types=(model_type,), **ffn("ffn1"), when=when,
+                     stacks=(ModelSpec(name=f"{name}-ffn2", model_types=(), attention_of="ffn1", **ffn("ffn2")),))
+
+
+# Wav2Vec2-BERT (Wav2Vec2BertModel, Wav2Vec2BertForCTC, ...): the conformer's blocks and module names over log-mel
+# frames (feature_projection), one more position type, "relative_key" (its default): a distance_embedding of
+# head_size entries per distance, the same for every head, so a kept head reads what it read. Its optional adapter
+# (add_adapter: strided convolutions and layers of their own, adapter.layers, kept whole) and the feed-forward
+# before it (use_intermediate_ffn_before_adapter) are also intermediate_size wide, and the adapter's attention has
+# num_attention_heads: with an adapter a pruned MLP saves in the per-layer form (size_key "")
+_NO_W2V_BERT_ADAPTER = (("add_adapter", False), ("use_intermediate_ffn_before_adapter", False))
+WAV2VEC2_BERT = {spec.name: spec for spec in (
+    _conformer("wav2vec2-bert", "wav2vec2-bert", when=_NO_W2V_BERT_ADAPTER),
+    _conformer("wav2vec2-bert-adapter", "wav2vec2-bert", size_key=""))}
 
 
 # the two-tower models (CLIPModel, SiglipModel, Siglip2Model): two stacks, the text tower's blocks then the vision
@@ -334,6 +346,7 @@ VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
                                                         "unispeech-sat"), **WAV2VEC2),
     "wavlm": ModelSpec(name="wavlm", model_types=("wavlm",), **WAV2VEC2, unsupported=WAVLM_HEADS),
     "wav2vec2-conformer": _conformer(),
+    **WAV2VEC2_BERT,  # wav2vec2-bert, wav2vec2-bert-adapter (with an adapter: the MLP's width per layer)
     "moonshine": MOONSHINE,
     "moonshine_streaming": MOONSHINE_STREAMING,
     **DINOV2,  # dinov2-q_proj, dinov2-q_proj-swiglu, dinov2-query, dinov2-query-swiglu
