@@ -93,6 +93,15 @@ TINY = {
                                      left_max_position_embeddings=8, right_max_position_embeddings=4),
                                 auto="AutoModelForCTC", inputs="input_features",
                                 frame_features="feature_projection_input_dim"),
+    # Parakeet CTC: a conformer (two feed-forward modules, Transformer-XL relative attention) behind a 2x
+    # subsampling of 32 frames of 8 mel bins (16 frames reach the blocks); the sizes in its encoder_config
+    "parakeet_ctc": TinyFamily(("ParakeetCTCConfig", "ParakeetForCTC", "ParakeetForCTC"),
+                               dict(vocab_size=32, pad_token_id=0, encoder_config=dict(
+                                   _BLOCKS, subsampling_factor=2, subsampling_conv_channels=4, num_mel_bins=8,
+                                   conv_kernel_size=5, dropout=0.0, layerdrop=0.0, activation_dropout=0.0,
+                                   attention_dropout=0.0, max_position_embeddings=64)),
+                               auto="AutoModelForCTC", inputs="input_features",
+                               frame_features="encoder_config.num_mel_bins"),
     "whisper": TinyFamily(("WhisperConfig", "WhisperModel", "WhisperForConditionalGeneration"), _WHISPER,
                           auto="AutoModelForSpeechSeq2Seq", inputs="input_features", seq2seq=True),
 }

@@ -145,6 +145,34 @@ WAV2VEC2_BERT = {spec.name: spec for spec in (
     _conformer("wav2vec2-bert-adapter", "wav2vec2-bert", size_key=""))}
 
 
+# Parakeet (ParakeetForCTC): a conformer over log-mel frames behind a strided
+# convolutional subsampling (kept), the sizes in config.encoder_config (the encoder's own config). Each block holds
+# two feed-forward modules (feed_forward1 / feed_forward2: linear1, SiLU, linear2, both intermediate_size wide),
+# two stacks over the same blocks as Wav2Vec2-Conformer's. Its attention adds Transformer-XL's relative terms:
+# relative_k_proj projects the position embeddings into head-sized row blocks (one per query head) and bias_u /
+# bias_v hold a (head_dim) row per head, cut to the kept heads; the forward views them by
+# ``self.config.num_attention_heads``, the encoder config every attention shares, so a compacted attention gets its
+# own copy with its kept count (a dotted attr, as Moonshine's). Its KV heads always equal its heads (the config
+# sets num_key_value_heads so). head_dim is hidden_size // heads: pruned heads save in the per-layer form
+PARAKEET_HEADS = HeadSpec(query="self_attn.q_proj", key="self_attn.k_proj", value="self_attn.v_proj",
+                          output="self_attn.o_proj", heads_key="num_attention_heads", attention="self_attn",
+                          attrs=(("config.num_attention_heads", "heads"), ("config.num_key_value_heads", "heads")),
+                          per_head=(PerHeadSpec("self_attn.relative_k_proj", "heads", head_rows=True),
+                                    PerHeadSpec("self_attn", "heads")))
+
+
+def _parakeet() -> ModelSpec:
+    def ffn(stack: str) -> dict:
+        return dict(layers=("encoder.layers",), hidden_key="hidden_size", stack=stack, heads=PARAKEET_HEADS,
+                    text_config="encoder_config",
+                    mlp=MLPSpec(producers=(f"{stack}.linear1",), consumer=f"{stack}.linear2",
+                                size_key="intermediate_size"))
+
+    return ModelSpec(name="parakeet", model_types=("parakeet_ctc",), **ffn("feed_forward1"),
+                     stacks=(ModelSpec(name="parakeet-ffn2", model_types=(), attention_of="feed_forward1",
+                                       **ffn("feed_forward2")),))
+
+
 # the two-tower models (CLIPModel, SiglipModel, Siglip2Model): two stacks, the text tower's blocks then the vision
 # tower's, each with its own sub-config (ModelSpec.text_config: the sizes are read from and written to
 # config.text_config / config.vision_config). The projections (text_projection, visual_projection, SigLIP's text
@@ -346,6 +374,7 @@ VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
                                                         "unispeech-sat"), **WAV2VEC2),
     "wavlm": ModelSpec(name="wavlm", model_types=("wavlm",), **WAV2VEC2, unsupported=WAVLM_HEADS),
     "wav2vec2-conformer": _conformer(),
+    "parakeet": _parakeet(),
     **WAV2VEC2_BERT,  # wav2vec2-bert, wav2vec2-bert-adapter (with an adapter: the MLP's width per layer)
     "moonshine": MOONSHINE,
     "moonshine_streaming": MOONSHINE_STREAMING,
