@@ -102,6 +102,14 @@ TINY = {
                                    attention_dropout=0.0, max_position_embeddings=64)),
                                auto="AutoModelForCTC", inputs="input_features",
                                frame_features="encoder_config.num_mel_bins"),
+    # LASR CTC: Parakeet's block layout with rotary attention, behind a linear + 2-convolution subsampling
+    "lasr_ctc": TinyFamily(("LasrCTCConfig", "LasrForCTC", "LasrForCTC"),
+                           dict(vocab_size=32, pad_token_id=0, encoder_config=dict(
+                               _BLOCKS, subsampling_conv_channels=4, num_mel_bins=8, subsampling_conv_kernel_size=3,
+                               conv_kernel_size=5, dropout=0.0, layerdrop=0.0, activation_dropout=0.0,
+                               attention_dropout=0.0, max_position_embeddings=64)),
+                           auto="AutoModelForCTC", inputs="input_features",
+                           frame_features="encoder_config.num_mel_bins"),
     "whisper": TinyFamily(("WhisperConfig", "WhisperModel", "WhisperForConditionalGeneration"), _WHISPER,
                           auto="AutoModelForSpeechSeq2Seq", inputs="input_features", seq2seq=True),
 }

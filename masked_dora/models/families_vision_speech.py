@@ -161,15 +161,25 @@ PARAKEET_HEADS = HeadSpec(query="self_attn.q_proj", key="self_attn.k_proj", valu
                                     PerHeadSpec("self_attn", "heads")))
 
 
-def _parakeet() -> ModelSpec:
+# LASR (LasrForCTC, Google's MedASR): Parakeet's block layout (feed_forward1 / feed_forward2 of linear1 / linear2,
+# weighted residuals, a convolution module, kept) with plain rotary attention (one rotation over head_dim, the same
+# for every head) and nothing per head besides q/k/v/o_proj; KV heads equal to its heads (the config sets them so)
+LASR_HEADS = HeadSpec(query="self_attn.q_proj", key="self_attn.k_proj", value="self_attn.v_proj",
+                      output="self_attn.o_proj", heads_key="num_attention_heads", attention="self_attn")
+
+
+def _parakeet(name: str = "parakeet", model_type: str = "parakeet_ctc", heads: HeadSpec = PARAKEET_HEADS
+              ) -> ModelSpec:
+    """A CTC conformer of Parakeet's layout: ``encoder.layers`` blocks with two feed-forward modules (two stacks),
+    the sizes in ``config.encoder_config``."""
     def ffn(stack: str) -> dict:
-        return dict(layers=("encoder.layers",), hidden_key="hidden_size", stack=stack, heads=PARAKEET_HEADS,
+        return dict(layers=("encoder.layers",), hidden_key="hidden_size", stack=stack, heads=heads,
                     text_config="encoder_config",
                     mlp=MLPSpec(producers=(f"{stack}.linear1",), consumer=f"{stack}.linear2",
                                 size_key="intermediate_size"))
 
-    return ModelSpec(name="parakeet", model_types=("parakeet_ctc",), **ffn("feed_forward1"),
-                     stacks=(ModelSpec(name="parakeet-ffn2", model_types=(), attention_of="feed_forward1",
+    return ModelSpec(name=name, model_types=(model_type,), **ffn("feed_forward1"),
+                     stacks=(ModelSpec(name=f"{name}-ffn2", model_types=(), attention_of="feed_forward1",
                                        **ffn("feed_forward2")),))
 
 
@@ -375,6 +385,7 @@ VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
     "wavlm": ModelSpec(name="wavlm", model_types=("wavlm",), **WAV2VEC2, unsupported=WAVLM_HEADS),
     "wav2vec2-conformer": _conformer(),
     "parakeet": _parakeet(),
+    "lasr": _parakeet("lasr", "lasr_ctc", LASR_HEADS),
     **WAV2VEC2_BERT,  # wav2vec2-bert, wav2vec2-bert-adapter (with an adapter: the MLP's width per layer)
     "moonshine": MOONSHINE,
     "moonshine_streaming": MOONSHINE_STREAMING,
