@@ -167,6 +167,9 @@ def test_encoder_layouts_a_config_flag_makes_inexact_are_refused(family, flags, 
     ("flaubert", "Flaubert", dict(vocab_size=97, emb_dim=32, n_layers=2, n_heads=4), "parallel lists"),
     ("funnel", "Funnel", dict(vocab_size=97, d_model=32, n_head=4, d_head=8, d_inner=64, block_sizes=[1, 1]),
      "several block lists"),
+    ("squeezebert", "SqueezeBert", dict(_ENCODER, embedding_size=32), "nn.Conv1d layers of kernel size 1"),
+    ("fnet", "FNet", dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, intermediate_size=64),
+     "no attention .* head layout"),
 ])
 def test_encoder_layouts_the_spec_types_cannot_describe_are_refused(model_type, name, config, why):
     import transformers as t

@@ -146,6 +146,14 @@ REFUSED_ENCODER_TYPES: Dict[str, str] = {
             "indexed by depth, and a spec names one block list whose blocks hold both the attention and the MLP"),
     "flaubert": ("XLM's layout: parallel lists (attentions, layer_norm1, ffns, layer_norm2) indexed by depth, not "
                  "one block list whose blocks hold both the attention and the MLP"),
+    "squeezebert": ("its projections (attention.query/key/value, post_attention, intermediate, output) are nn.Conv1d "
+                    "layers of kernel size 1 over (batch, channels, positions), grouped by default (q_groups, "
+                    "k_groups, v_groups, intermediate_groups, output_groups = 4: block-diagonal weights), not "
+                    "nn.Linear or GPT-2's Conv1D layers that masked_dora's adapters wrap"),
+    "fnet": ("it has no attention (a parameter-free Fourier transform mixes the tokens, fourier.self), and "
+             "masked_dora's specs read a head layout (the config's num_attention_heads) for every block, which "
+             "FNetConfig lacks; its MLP (intermediate.dense / output.dense, BERT's) would prune exactly with a spec "
+             "kind for blocks without attention"),
     "funnel": ("its encoder is several block lists (encoder.blocks.<i>, one per entry of block_sizes) with pooling "
                "between them, plus a decoder list, and a spec names one block list per stack; its relative attention "
                "also holds per-head parameters at several dims (r_w_bias, r_r_bias, r_kernel, r_s_bias, seg_embed)"),

@@ -417,6 +417,15 @@ VISION_REFUSED_MODEL_TYPES: Dict[str, str] = {
     "hiera": _stages("num_heads and depths; embed_dim times embed_dim_multiplier at each stage",
                      "; and its attention projects q/k/v with one fused qkv and pools its queries (query_stride) "
                      "where a stage begins"),
+    "convnext": ("a hierarchical encoder with no attention: each block is a 7 x 7 depthwise convolution, a LayerNorm "
+                 "and an MLP of pointwise nn.Linear layers (pwconv1 / pwconv2, 4 x the stage's width); the MLP "
+                 "channels would prune exactly (the layer scale is over the stage's width, which they keep), but "
+                 "masked_dora's specs read a head count for every block and every stage "
+                 "(StagesSpec.per_stage_keys), which ConvNextConfig lacks"),
+    "convnextv2": ("ConvNeXt's blocks (no attention, which masked_dora's specs need a head count for) with a Global "
+                   "Response Norm between pwconv1 and pwconv2 that divides each channel by the mean of every "
+                   "channel's spatial norm (and adds a bias per channel): fewer channels change that mean, so even its "
+                   "MLP would not prune exactly"),
     "levit": _stages("hidden_sizes, num_attention_heads, key_dim, mlp_ratio",
                      "; and its attention's keys are key_dim wide and its values attention_ratio x key_dim, with "
                      "learned biases per head, and each of its linear layers is followed by a BatchNorm"),
