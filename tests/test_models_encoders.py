@@ -146,6 +146,7 @@ def test_xmod_language_adapters_are_kept_whole_and_every_language_stays_equal(tm
 @pytest.mark.parametrize("family, flags, kind, why", [
     ("layoutlmv3-no-bias", dict(has_spatial_attention_bias=True), "heads", "one relative-position bias"),
     ("convbert", dict(num_groups=2), "mlp", "GroupedLinearLayer"),
+    ("longformer", {}, "heads", "query_global / key_global / value_global"),
 ])
 def test_encoder_layouts_a_config_flag_makes_inexact_are_refused(family, flags, kind, why):
     import transformers as t

@@ -49,6 +49,10 @@ ALBERT_GROUPS = ("its num_hidden_groups > 1 layer groups are separate block list
                  "would also size the unpruned groups")
 ESMC_QK_NORM = ("its q/k LayerNorms normalise over all heads' width together, so removing a head would change every "
                 "kept head's output (the compacted model would not equal the masked one)")
+LONGFORMER_HEADS = ("its attention projects every head twice, through the local query / key / value and through "
+                    "query_global / key_global / value_global (for the tokens given global attention), all viewed "
+                    "by num_heads x head_dim: a head's rows are in six projections, and the head spec names three "
+                    "(query, key, value); its MLP (BERT's) prunes")
 
 BERT_HEADS = HeadSpec(query="attention.self.query", key="attention.self.key", value="attention.self.value",
                       output="attention.output.dense", heads_key="num_attention_heads", attention="attention.self",
@@ -122,6 +126,10 @@ def encoder_specs(bert_style: dict) -> Dict[str, ModelSpec]:
             unsupported=(("mlp", "num_hidden_groups!=1", ALBERT_GROUPS),
                          ("heads", "num_hidden_groups!=1", ALBERT_GROUPS))),
         "mobilebert": _mobilebert(),
+        # Longformer: BERT's block names (attention.self: sliding-window and global attention, attention.output.dense,
+        # intermediate.dense / output.dense); its heads refused
+        "longformer": ModelSpec(name="longformer", model_types=("longformer",), **bert_style,
+                                unsupported=(("heads", "", LONGFORMER_HEADS),)),
         # Llama's module names, post-LN blocks, rotary positions: NomicBERT (SwiGLU, head_dim in its config), GTE
         # (GELU-gated MLP), Jina-embeddings-v3 (fc1/fc2 MLP; transformers' port holds no task LoRA in the model)
         "nomic_bert": ModelSpec(name="nomic_bert", model_types=("nomic_bert",), layers=("layers",),
