@@ -59,6 +59,8 @@ TINY = {
     # Longformer: sliding windows of 4 tokens (the 9 tokens padded to 12); heads refused (local and global
     # projections per head): MLP only
     "longformer": _bert_layout("Longformer", heads=False, attention_window=4, pad_token_id=1),
+    # LUKE: words only here (tests/test_models_encoders.py: words and entities, entity-aware attention)
+    "luke": _bert_layout("Luke", entity_vocab_size=11, entity_emb_size=16, pad_token_id=1),
     "nomic_bert": TinyFamily(("NomicBertConfig", "NomicBertModel", "NomicBertForMaskedLM"), _LLAMA_NAMED),
     "gte": TinyFamily(("GteConfig", "GteModel", "GteForMaskedLM"), _LLAMA_NAMED),  # transformers >= 5.24
     "jina_embeddings_v3": TinyFamily(("JinaEmbeddingsV3Config", "JinaEmbeddingsV3Model",

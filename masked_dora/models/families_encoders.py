@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import replace as replace_dataclass
 from typing import Dict
 
-from .spec_types import HeadSpec, MLPSpec, ModelSpec
+from .spec_types import HeadSpec, MLPSpec, ModelSpec, PerHeadSpec
 
 # BERT's module names (encoder.layer, attention.self.query, intermediate.dense, ...) under other model types
 BERT_LAYOUT_TYPES = ("ernie", "roformer", "layoutlm", "markuplm", "rembert", "roc_bert", "xmod", "big_bird", "esm",
@@ -126,6 +126,14 @@ def encoder_specs(bert_style: dict) -> Dict[str, ModelSpec]:
             unsupported=(("mlp", "num_hidden_groups!=1", ALBERT_GROUPS),
                          ("heads", "num_hidden_groups!=1", ALBERT_GROUPS))),
         "mobilebert": _mobilebert(),
+        # LUKE: BERT's blocks over the words and entities concatenated; with use_entity_aware_attention (its default)
+        # the word-to-entity, entity-to-word and entity-to-entity scores take queries of their own (w2e_query,
+        # e2w_query, e2e_query: head-sized row blocks as query's), cut to the kept heads (not adapted); a pruned
+        # head's keys and values are gated, so what its extra queries make never reaches the output
+        "luke": ModelSpec(name="luke", model_types=("luke",), **dict(bert_style, heads=replace_dataclass(
+            bert_style["heads"], per_head=tuple(
+                PerHeadSpec(f"attention.self.{q}_query", "heads", head_rows=True, flag="use_entity_aware_attention")
+                for q in ("w2e", "e2w", "e2e"))))),
         # Longformer: BERT's block names (attention.self: sliding-window and global attention, attention.output.dense,
         # intermediate.dense / output.dense); its heads refused
         "longformer": ModelSpec(name="longformer", model_types=("longformer",), **bert_style,
