@@ -110,6 +110,14 @@ TINY = {
                                attention_dropout=0.0, max_position_embeddings=64)),
                            auto="AutoModelForCTC", inputs="input_features",
                            frame_features="encoder_config.num_mel_bins"),
+    # OmniASR CTC (transformers >= 5.24): Wav2Vec2's blocks in its audio tower (audio_config), over raw audio
+    # (batch, 1, samples)
+    "omniasr_ctc": TinyFamily(("OmniASRCTCConfig", "OmniASRForCTC", "OmniASRForCTC"),
+                              dict(vocab_size=32, pad_token_id=0, audio_config=dict(
+                                  _BLOCKS, model_type="omniasr_audio", conv_dim=(16, 16), conv_stride=(5, 2),
+                                  conv_kernel=(10, 3), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                                  layerdrop=0.0, hidden_dropout=0.0, activation_dropout=0.0)),
+                              auto="AutoModelForCTC", inputs="input_values", audio_channels=1),
     "whisper": TinyFamily(("WhisperConfig", "WhisperModel", "WhisperForConditionalGeneration"), _WHISPER,
                           auto="AutoModelForSpeechSeq2Seq", inputs="input_features", seq2seq=True),
 }

@@ -41,6 +41,8 @@ class TinyFamily:
     # attribute (dotted: a sub-config's) holding the per-frame feature width (Wav2Vec2-BERT's
     # feature_projection_input_dim, Parakeet's encoder_config.num_mel_bins); tiny_inputs builds 32 frames
     frame_features: str = ""
+    # input_values laid out (batch, audio_channels, samples) (OmniASR's (batch, 1, samples)); 0: (batch, samples)
+    audio_channels: int = 0
 
     def __post_init__(self):
         if self.inputs not in INPUT_KINDS:

@@ -221,7 +221,9 @@ def tiny_inputs(batch: int = 2, seq: int = 9, seed: int = 1, family: str = ""):
     if entry is None or entry.inputs == "input_ids":
         inputs = {"input_ids": ids, "attention_mask": mask}
     else:
-        inputs = {entry.inputs: _signal(entry.inputs, tiny_config(family), batch, gen, entry.frame_features)}
+        signal = _signal(entry.inputs, tiny_config(family), batch, gen, entry.frame_features)
+        inputs = {entry.inputs: signal.unsqueeze(1).expand(-1, entry.audio_channels, -1).contiguous()
+                  if entry.audio_channels else signal}
     if entry is not None and entry.seq2seq:
         inputs["decoder_input_ids"] = ids[:, :4]
     return inputs

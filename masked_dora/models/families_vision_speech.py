@@ -382,6 +382,10 @@ VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
     # upsamples after)
     "wav2vec2": ModelSpec(name="wav2vec2", model_types=("wav2vec2", "hubert", "data2vec-audio", "sew", "unispeech",
                                                         "unispeech-sat"), **WAV2VEC2),
+    # OmniASR CTC (OmniASRForCTC): Wav2Vec2's blocks (pre-LN) in the audio tower (model.audio_tower.layers) behind
+    # its convolutional subsampling and positional convolution (kept), the sizes in config.audio_config
+    "omniasr_ctc": ModelSpec(name="omniasr_ctc", model_types=("omniasr_ctc",),
+                             **dict(WAV2VEC2, layers=("audio_tower.layers",), text_config="audio_config")),
     "wavlm": ModelSpec(name="wavlm", model_types=("wavlm",), **WAV2VEC2, unsupported=WAVLM_HEADS),
     "wav2vec2-conformer": _conformer(),
     "parakeet": _parakeet(),
