@@ -26,7 +26,7 @@ MLP_PLAIN = [f for f in ("vit", "deit", "clip-vision", "clip-text", "siglip-text
                          "wav2vec2-stable", "hubert", "whisper", "data2vec-audio", "sew", "sew-d", "wavlm",
                          "wav2vec2-conformer", "unispeech", "unispeech-sat", "vit_msn", "ijepa", "beit",
                          "data2vec-vision", "metaclip_2-vision", "metaclip_2-text", "wav2vec2-bert", "parakeet_ctc",
-                         "lasr_ctc", "omniasr_ctc") if f in AVAILABLE]
+                         "lasr_ctc", "omniasr_ctc", "granite_speech5_ctc") if f in AVAILABLE]
 
 
 def _compacted(family, groups, path=None):

@@ -118,6 +118,14 @@ TINY = {
                                   conv_kernel=(10, 3), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
                                   layerdrop=0.0, hidden_dropout=0.0, activation_dropout=0.0)),
                               auto="AutoModelForCTC", inputs="input_values", audio_channels=1),
+    # Granite Speech 5 CTC (transformers >= 5.24): Parakeet's layout, block attention over 8 frames, the second
+    # block subsampling by 2; frames of 4 x 2 mel bins
+    "granite_speech5_ctc": TinyFamily(("GraniteSpeech5CTCConfig", "GraniteSpeech5ForCTC", "GraniteSpeech5ForCTC"),
+                                      dict(vocab_size=32, pad_token_id=0, encoder_config=dict(
+                                          _BLOCKS, vocab_size=32, num_mel_bins=2, head_dim=8, context_size=8,
+                                          max_position_embeddings=16, conv_kernel_size=3, subsample_layers=[1])),
+                                      auto="AutoModelForCTC", inputs="input_features",
+                                      frame_features="encoder_config.num_mel_bins*4"),
     "whisper": TinyFamily(("WhisperConfig", "WhisperModel", "WhisperForConditionalGeneration"), _WHISPER,
                           auto="AutoModelForSpeechSeq2Seq", inputs="input_features", seq2seq=True),
 }

@@ -39,7 +39,8 @@ class TinyFamily:
     seq2seq: bool = False
     # input_features laid out (batch, frames, features) rather than Whisper's (batch, mel bins, frames): the config
     # attribute (dotted: a sub-config's) holding the per-frame feature width (Wav2Vec2-BERT's
-    # feature_projection_input_dim, Parakeet's encoder_config.num_mel_bins); tiny_inputs builds 32 frames
+    # feature_projection_input_dim, Parakeet's encoder_config.num_mel_bins; "<attribute>*<n>": n times it, Granite
+    # Speech 5's 4 stacked frames of num_mel_bins); tiny_inputs builds 32 frames
     frame_features: str = ""
     # input_values laid out (batch, audio_channels, samples) (OmniASR's (batch, 1, samples)); 0: (batch, samples)
     audio_channels: int = 0

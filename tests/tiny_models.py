@@ -233,9 +233,10 @@ def _signal(kind: str, config, batch: int, gen: torch.Generator, frame_features:
     """A random batch of non-text inputs of ``kind`` sized by ``config`` (``frame_features``: the config attribute
     of the feature width of (batch, frames, features) input_features, :class:`TinyFamily`)."""
     if frame_features:  # 32 frames of features
-        for name in frame_features.split("."):
+        path, _, times = frame_features.partition("*")
+        for name in path.split("."):
             config = getattr(config, name)
-        shape = (batch, 32, config)
+        shape = (batch, 32, config * int(times or 1))
     elif kind == "pixel_values":
         shape = (batch, config.num_channels, config.image_size, config.image_size)
     elif kind == "input_values":  # raw audio: 400 samples

@@ -167,6 +167,16 @@ PARAKEET_HEADS = HeadSpec(query="self_attn.q_proj", key="self_attn.k_proj", valu
 LASR_HEADS = HeadSpec(query="self_attn.q_proj", key="self_attn.k_proj", value="self_attn.v_proj",
                       output="self_attn.o_proj", heads_key="num_attention_heads", attention="self_attn")
 
+# Granite Speech 5 (GraniteSpeech5ForCTC): Parakeet's block layout whose attention runs within blocks of
+# context_size frames, with a relative-position embedding of head_dim entries per distance, the same for every head;
+# it views q/k/v and the output by ``self.config.num_attention_heads`` (the shared encoder config: a copy of its own
+# per compacted attention), head_dim from the config. Some blocks (subsample_layers) subsample by 2 in their
+# convolution module (kept); the mid-network CTC layers (out, out_mid) read the hidden size, kept
+GRANITE_SPEECH5_HEADS = HeadSpec(query="self_attn.q_proj", key="self_attn.k_proj", value="self_attn.v_proj",
+                                 output="self_attn.o_proj", heads_key="num_attention_heads", head_dim_key="head_dim",
+                                 attention="self_attn", attrs=(("config.num_attention_heads", "heads"),
+                                                               ("config.num_key_value_heads", "heads")))
+
 
 def _parakeet(name: str = "parakeet", model_type: str = "parakeet_ctc", heads: HeadSpec = PARAKEET_HEADS
               ) -> ModelSpec:
@@ -390,6 +400,7 @@ VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
     "wav2vec2-conformer": _conformer(),
     "parakeet": _parakeet(),
     "lasr": _parakeet("lasr", "lasr_ctc", LASR_HEADS),
+    "granite_speech5_ctc": _parakeet("granite_speech5_ctc", "granite_speech5_ctc", GRANITE_SPEECH5_HEADS),
     **WAV2VEC2_BERT,  # wav2vec2-bert, wav2vec2-bert-adapter (with an adapter: the MLP's width per layer)
     "moonshine": MOONSHINE,
     "moonshine_streaming": MOONSHINE_STREAMING,
