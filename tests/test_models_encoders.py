@@ -146,6 +146,7 @@ def test_xmod_language_adapters_are_kept_whole_and_every_language_stays_equal(tm
 @pytest.mark.parametrize("family, flags, kind, why", [
     ("layoutlmv3-no-bias", dict(has_spatial_attention_bias=True), "heads", "one relative-position bias"),
     ("convbert", dict(num_groups=2), "mlp", "GroupedLinearLayer"),
+    ("longformer", {}, "heads", "query_global / key_global / value_global"),
 ])
 def test_encoder_layouts_a_config_flag_makes_inexact_are_refused(family, flags, kind, why):
     import transformers as t
@@ -167,6 +168,9 @@ def test_encoder_layouts_a_config_flag_makes_inexact_are_refused(family, flags, 
     ("flaubert", "Flaubert", dict(vocab_size=97, emb_dim=32, n_layers=2, n_heads=4), "parallel lists"),
     ("funnel", "Funnel", dict(vocab_size=97, d_model=32, n_head=4, d_head=8, d_inner=64, block_sizes=[1, 1]),
      "several block lists"),
+    ("squeezebert", "SqueezeBert", dict(_ENCODER, embedding_size=32), "nn.Conv1d layers of kernel size 1"),
+    ("fnet", "FNet", dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, intermediate_size=64),
+     "no attention .* head layout"),
 ])
 def test_encoder_layouts_the_spec_types_cannot_describe_are_refused(model_type, name, config, why):
     import transformers as t
@@ -202,3 +206,38 @@ def test_mobilebert_prunes_each_mlp_its_config_stacks_and_reloads_plain(tmp_path
     torch.save(inputs, tmp_path / "inputs.pt")
     torch.testing.assert_close(reload_plain_in_clean_process([(str(tmp_path), "MobileBertForMaskedLM")])[0], ref,
                                rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif("luke" not in AVAILABLE, reason="this transformers has no LUKE")
+def test_luke_entity_aware_queries_follow_the_kept_heads(tmp_path):
+    """LUKE over words and entities with entity-aware attention: w2e_query / e2w_query / e2e_query hold head-sized
+    row blocks as query does; pruned to heads 1 and 3 (not the first ones) they keep those heads' rows, and the
+    word and entity logits equal the masked model's after compaction and after load_compact."""
+    import transformers as t
+
+    torch.manual_seed(0)
+    model = t.LukeForMaskedLM(tiny_config("luke")).eval()
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp", "heads"), rank=4, importance="none",
+                                          target_sparsity=0.5, alignment={"mlp": 8}))
+    randomize_adapters(model)
+    with torch.no_grad():
+        for key in ("heads_0", "heads_1"):
+            get_state(model).groups[key].mask_logits.copy_(torch.tensor([-5.0, 5.0, -5.0, 5.0]))
+    harden(model)
+    full = model.luke.encoder.layer[0].attention.self.e2w_query.weight.detach().clone()
+    entities = dict(entity_ids=torch.tensor([[3, 5, 0], [7, 2, 9]]), entity_attention_mask=torch.ones(2, 3).long(),
+                    entity_position_ids=torch.tensor([[[0, 1], [2, -1], [4, 5]], [[1, -1], [3, 4], [6, -1]]]))
+    inputs = dict(input_ids=_ids(), attention_mask=torch.ones(2, 9, dtype=torch.long), **entities)
+    with torch.no_grad():
+        ref = model(**inputs)
+        small = compact_model(model)
+        out = small(**inputs)
+    for name in ("logits", "entity_logits"):
+        torch.testing.assert_close(getattr(out, name), getattr(ref, name), rtol=1e-4, atol=1e-5)
+    attention = small.luke.encoder.layer[0].attention.self
+    assert [getattr(attention, f"{q}_query").out_features for q in ("w2e", "e2w", "e2e")] == [16] * 3
+    assert torch.equal(attention.e2w_query.weight, torch.cat([full[8:16], full[24:32]]))
+    small.save_pretrained(str(tmp_path))
+    with torch.no_grad():
+        reloaded = load_compact(str(tmp_path))(**inputs)
+    torch.testing.assert_close(reloaded.entity_logits, ref.entity_logits, rtol=1e-4, atol=1e-5)

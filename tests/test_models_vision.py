@@ -85,6 +85,28 @@ def test_beit_task_heads_prune_their_encoder(family, head, tmp_path):
 HIERARCHICAL = {"hiera": ("HieraConfig", "fused qkv"), "levit": ("LevitConfig", "BatchNorm")}
 
 
+# model type -> (config class, what the refusal names): the ConvNeXt encoders, with no attention in their blocks
+CONVOLUTIONAL = {"convnext": ("ConvNextConfig", "read a head count for every block"),
+                 "convnextv2": ("ConvNextV2Config", "Global Response Norm .* mean of every channel")}
+
+
+@pytest.mark.parametrize("model_type", sorted(CONVOLUTIONAL))
+def test_convolutional_image_encoders_are_refused_naming_the_reason(model_type):
+    """ConvNeXt (no attention, a head count the specs need) and ConvNeXt V2 (its GRN's mean over the MLP's
+    channels): spec_for and prepare_model say why before anything changes."""
+    config_class, why = CONVOLUTIONAL[model_type]
+    if not hasattr(transformers, config_class):
+        pytest.skip(f"this transformers has no {config_class}")
+    config = getattr(transformers, config_class)(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2)
+    assert config.model_type == model_type
+    with pytest.raises(ValueError, match=rf"masked_dora cannot prune a '{model_type}' model exactly: .*{why}"):
+        spec_for(config)
+    model = getattr(transformers, config_class.replace("Config", "Model"))(config)
+    with pytest.raises(ValueError, match=rf"masked_dora cannot prune a '{model_type}' model exactly: .*{why}"):
+        prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), importance="none"))
+    assert not any(type(m).__name__ == "MaskedDoRALinear" for m in model.modules())
+
+
 @pytest.mark.parametrize("model_type", sorted(HIERARCHICAL))
 def test_hierarchical_image_encoders_are_refused_naming_the_reason(model_type):
     """Hiera, LeViT: stages of different widths and head counts, given per stage in their configs, with blocks no

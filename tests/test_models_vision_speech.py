@@ -25,7 +25,8 @@ PRUNE = dict(rank=2, alignment={"mlp": 8}, importance="none", target_sparsity=0.
 MLP_PLAIN = [f for f in ("vit", "deit", "clip-vision", "clip-text", "siglip-text", "siglip2-text", "wav2vec2",
                          "wav2vec2-stable", "hubert", "whisper", "data2vec-audio", "sew", "sew-d", "wavlm",
                          "wav2vec2-conformer", "unispeech", "unispeech-sat", "vit_msn", "ijepa", "beit",
-                         "data2vec-vision", "metaclip_2-vision", "metaclip_2-text") if f in AVAILABLE]
+                         "data2vec-vision", "metaclip_2-vision", "metaclip_2-text", "wav2vec2-bert", "parakeet_ctc",
+                         "lasr_ctc", "omniasr_ctc", "granite_speech5_ctc") if f in AVAILABLE]
 
 
 def _compacted(family, groups, path=None):
@@ -275,6 +276,63 @@ def test_disentangled_attention_with_its_own_position_projections_refuses_heads(
     randomize_adapters(model)
     ref, _, out = harden_and_compact(model, family)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif("wav2vec2-bert" not in AVAILABLE, reason="this transformers has no Wav2Vec2-BERT")
+def test_wav2vec2_bert_with_an_adapter_keeps_the_adapter_and_saves_its_mlp_per_layer(tmp_path):
+    """Wav2Vec2-BERT's adapter (add_adapter: its own attention and feed-forward, intermediate_size wide, and the one
+    before it) is kept whole, so the config's intermediate_size must keep sizing it: a pruned encoder MLP saves in
+    the per-layer form (the spec without a size key) and reloads equal; without an adapter it saves plain."""
+    import transformers
+
+    family = "wav2vec2-bert"
+    config = tiny_config(family)
+    assert spec_for(config).mlp.size_key == "intermediate_size"
+    config = transformers.Wav2Vec2BertConfig(**dict(AVAILABLE[family].config, add_adapter=True, num_adapter_layers=1,
+                                                    use_intermediate_ffn_before_adapter=True))
+    assert spec_for(config).mlp.size_key == ""
+    torch.manual_seed(0)
+    model = transformers.Wav2Vec2BertForCTC(config).eval()
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp",), **PRUNE))
+    randomize_adapters(model)
+    ref, small, out = harden_and_compact(model, family)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    adapter = small.wav2vec2_bert.adapter.layers[0].ffn
+    assert (adapter.intermediate_dense.out_features, small.wav2vec2_bert.intermediate_ffn.output_dense.in_features,
+            small.wav2vec2_bert.encoder.layers[0].ffn1.intermediate_dense.out_features) == (64, 64, 32)
+    assert getattr(small.config, LAYER_SIZES_KEY)
+    small.save_pretrained(str(tmp_path))
+    with torch.no_grad():
+        reloaded = load_compact(str(tmp_path))(**tiny_inputs(family=family))
+    torch.testing.assert_close(output_tensor(reloaded), ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif("parakeet_ctc" not in AVAILABLE, reason="this transformers has no Parakeet")
+def test_parakeet_heads_prune_with_their_relative_terms_and_own_head_count(tmp_path):
+    """Parakeet's attention views bias_u / bias_v and relative_k_proj's output by self.config.num_attention_heads,
+    the encoder config every attention shares: pruned to heads 1 and 3 (not the first ones), each compacted
+    attention holds those heads' rows and a config copy of its own with 2 heads, the model's config keeps 4, and the
+    outputs equal the masked model's after compaction and after load_compact."""
+    family = "parakeet_ctc"
+    model = tiny_model(family, kind="lm")
+    prepare_model(model, MaskedDoRAConfig(target_groups=("mlp", "heads"), **PRUNE))
+    randomize_adapters(model)
+    with torch.no_grad():
+        for key in ("heads_0", "heads_1"):
+            get_state(model).groups[key].mask_logits.copy_(torch.tensor([-5.0, 5.0, -5.0, 5.0]))
+    bias_u = [layer.self_attn.bias_u.detach().clone() for layer in model.encoder.layers]
+    ref, small, out = harden_and_compact(model, family)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    for layer, full in zip(small.encoder.layers, bias_u):
+        attention = layer.self_attn
+        assert (attention.relative_k_proj.out_features, attention.config.num_attention_heads,
+                layer.feed_forward2.linear1.out_features) == (16, 2, 32)
+        assert torch.equal(attention.bias_u, full[[1, 3]])
+    assert small.config.encoder_config.num_attention_heads == 4
+    small.save_pretrained(str(tmp_path))
+    with torch.no_grad():
+        reloaded = load_compact(str(tmp_path))(**tiny_inputs(family=family))
+    torch.testing.assert_close(output_tensor(reloaded), ref, rtol=1e-4, atol=1e-5)
 
 
 def test_attention_of_must_name_a_stack_over_the_same_blocks():

@@ -11,8 +11,9 @@ _LLAMA_NAMED = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_atte
 _TOKENS = "AutoModelForTokenClassification"  # the families without a masked-LM head
 
 
-def _bert_layout(name: str, lm: str = "ForMaskedLM", auto: str = "", **config) -> TinyFamily:
-    return TinyFamily((f"{name}Config", f"{name}Model", f"{name}{lm}"), dict(_ENCODER, **config), auto=auto)
+def _bert_layout(name: str, lm: str = "ForMaskedLM", auto: str = "", heads: bool = True, **config) -> TinyFamily:
+    return TinyFamily((f"{name}Config", f"{name}Model", f"{name}{lm}"), dict(_ENCODER, **config), auto=auto,
+                      heads=heads)
 
 
 TINY = {
@@ -55,6 +56,11 @@ TINY = {
     "mobilebert": TinyFamily(("MobileBertConfig", "MobileBertModel", "MobileBertForMaskedLM"),
                              dict(_ENCODER, hidden_size=16, embedding_size=16, intra_bottleneck_size=32,
                                   num_feedforward_networks=4)),
+    # Longformer: sliding windows of 4 tokens (the 9 tokens padded to 12); heads refused (local and global
+    # projections per head): MLP only
+    "longformer": _bert_layout("Longformer", heads=False, attention_window=4, pad_token_id=1),
+    # LUKE: words only here (tests/test_models_encoders.py: words and entities, entity-aware attention)
+    "luke": _bert_layout("Luke", entity_vocab_size=11, entity_emb_size=16, pad_token_id=1),
     "nomic_bert": TinyFamily(("NomicBertConfig", "NomicBertModel", "NomicBertForMaskedLM"), _LLAMA_NAMED),
     "gte": TinyFamily(("GteConfig", "GteModel", "GteForMaskedLM"), _LLAMA_NAMED),  # transformers >= 5.24
     "jina_embeddings_v3": TinyFamily(("JinaEmbeddingsV3Config", "JinaEmbeddingsV3Model",

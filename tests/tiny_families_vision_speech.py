@@ -86,6 +86,46 @@ TINY = {
                                             dict(_AUDIO, conv_depthwise_kernel_size=7,
                                                  position_embeddings_type="rotary"),
                                             auto="AutoModelForCTC", inputs="input_values"),
+    # Wav2Vec2-BERT: the conformer's blocks over frames of 8 features, its default relative_key positions
+    # (a distance embedding shared by the heads)
+    "wav2vec2-bert": TinyFamily(("Wav2Vec2BertConfig", "Wav2Vec2BertModel", "Wav2Vec2BertForCTC"),
+                                dict(_AUDIO, feature_projection_input_dim=8, conv_depthwise_kernel_size=7,
+                                     left_max_position_embeddings=8, right_max_position_embeddings=4),
+                                auto="AutoModelForCTC", inputs="input_features",
+                                frame_features="feature_projection_input_dim"),
+    # Parakeet CTC: a conformer (two feed-forward modules, Transformer-XL relative attention) behind a 2x
+    # subsampling of 32 frames of 8 mel bins (16 frames reach the blocks); the sizes in its encoder_config
+    "parakeet_ctc": TinyFamily(("ParakeetCTCConfig", "ParakeetForCTC", "ParakeetForCTC"),
+                               dict(vocab_size=32, pad_token_id=0, encoder_config=dict(
+                                   _BLOCKS, subsampling_factor=2, subsampling_conv_channels=4, num_mel_bins=8,
+                                   conv_kernel_size=5, dropout=0.0, layerdrop=0.0, activation_dropout=0.0,
+                                   attention_dropout=0.0, max_position_embeddings=64)),
+                               auto="AutoModelForCTC", inputs="input_features",
+                               frame_features="encoder_config.num_mel_bins"),
+    # LASR CTC: Parakeet's block layout with rotary attention, behind a linear + 2-convolution subsampling
+    "lasr_ctc": TinyFamily(("LasrCTCConfig", "LasrForCTC", "LasrForCTC"),
+                           dict(vocab_size=32, pad_token_id=0, encoder_config=dict(
+                               _BLOCKS, subsampling_conv_channels=4, num_mel_bins=8, subsampling_conv_kernel_size=3,
+                               conv_kernel_size=5, dropout=0.0, layerdrop=0.0, activation_dropout=0.0,
+                               attention_dropout=0.0, max_position_embeddings=64)),
+                           auto="AutoModelForCTC", inputs="input_features",
+                           frame_features="encoder_config.num_mel_bins"),
+    # OmniASR CTC (transformers >= 5.24): Wav2Vec2's blocks in its audio tower (audio_config), over raw audio
+    # (batch, 1, samples)
+    "omniasr_ctc": TinyFamily(("OmniASRCTCConfig", "OmniASRForCTC", "OmniASRForCTC"),
+                              dict(vocab_size=32, pad_token_id=0, audio_config=dict(
+                                  _BLOCKS, model_type="omniasr_audio", conv_dim=(16, 16), conv_stride=(5, 2),
+                                  conv_kernel=(10, 3), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                                  layerdrop=0.0, hidden_dropout=0.0, activation_dropout=0.0)),
+                              auto="AutoModelForCTC", inputs="input_values", audio_channels=1),
+    # Granite Speech 5 CTC (transformers >= 5.24): Parakeet's layout, block attention over 8 frames, the second
+    # block subsampling by 2; frames of 4 x 2 mel bins
+    "granite_speech5_ctc": TinyFamily(("GraniteSpeech5CTCConfig", "GraniteSpeech5ForCTC", "GraniteSpeech5ForCTC"),
+                                      dict(vocab_size=32, pad_token_id=0, encoder_config=dict(
+                                          _BLOCKS, vocab_size=32, num_mel_bins=2, head_dim=8, context_size=8,
+                                          max_position_embeddings=16, conv_kernel_size=3, subsample_layers=[1])),
+                                      auto="AutoModelForCTC", inputs="input_features",
+                                      frame_features="encoder_config.num_mel_bins*4"),
     "whisper": TinyFamily(("WhisperConfig", "WhisperModel", "WhisperForConditionalGeneration"), _WHISPER,
                           auto="AutoModelForSpeechSeq2Seq", inputs="input_features", seq2seq=True),
 }

@@ -37,10 +37,19 @@ class TinyFamily:
     # an encoder-decoder whose forward needs decoder_input_ids (tiny_inputs adds them); the family chain compares
     # generate() from the main input after the reload
     seq2seq: bool = False
+    # input_features laid out (batch, frames, features) rather than Whisper's (batch, mel bins, frames): the config
+    # attribute (dotted: a sub-config's) holding the per-frame feature width (Wav2Vec2-BERT's
+    # feature_projection_input_dim, Parakeet's encoder_config.num_mel_bins; "<attribute>*<n>": n times it, Granite
+    # Speech 5's 4 stacked frames of num_mel_bins); tiny_inputs builds 32 frames
+    frame_features: str = ""
+    # input_values laid out (batch, audio_channels, samples) (OmniASR's (batch, 1, samples)); 0: (batch, samples)
+    audio_channels: int = 0
 
     def __post_init__(self):
         if self.inputs not in INPUT_KINDS:
             raise ValueError(f"TinyFamily.inputs: expected one of {INPUT_KINDS}, got {self.inputs!r}")
+        if self.frame_features and self.inputs != "input_features":
+            raise ValueError(f"TinyFamily.frame_features: describes input_features, got inputs={self.inputs!r}")
 
     def available(self) -> bool:
         return all(hasattr(transformers, name) for name in self.classes)

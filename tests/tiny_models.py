@@ -223,15 +223,23 @@ def tiny_inputs(batch: int = 2, seq: int = 9, seed: int = 1, family: str = ""):
     if entry is None or entry.inputs == "input_ids":
         inputs = {"input_ids": ids, "attention_mask": mask}
     else:
-        inputs = {entry.inputs: _signal(entry.inputs, tiny_config(family), batch, gen)}
+        signal = _signal(entry.inputs, tiny_config(family), batch, gen, entry.frame_features)
+        inputs = {entry.inputs: signal.unsqueeze(1).expand(-1, entry.audio_channels, -1).contiguous()
+                  if entry.audio_channels else signal}
     if entry is not None and entry.seq2seq:
         inputs["decoder_input_ids"] = ids[:, :4]
     return inputs
 
 
-def _signal(kind: str, config, batch: int, gen: torch.Generator) -> torch.Tensor:
-    """A random batch of non-text inputs of ``kind`` sized by ``config``."""
-    if kind == "pixel_values":
+def _signal(kind: str, config, batch: int, gen: torch.Generator, frame_features: str = "") -> torch.Tensor:
+    """A random batch of non-text inputs of ``kind`` sized by ``config`` (``frame_features``: the config attribute
+    of the feature width of (batch, frames, features) input_features, :class:`TinyFamily`)."""
+    if frame_features:  # 32 frames of features
+        path, _, times = frame_features.partition("*")
+        for name in path.split("."):
+            config = getattr(config, name)
+        shape = (batch, 32, config * int(times or 1))
+    elif kind == "pixel_values":
         config = config if hasattr(config, "image_size") else config.encoder  # (an image encoder-decoder's encoder)
         shape = (batch, config.num_channels, config.image_size, config.image_size)
     elif kind == "input_values":  # raw audio: 400 samples

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import replace as replace_dataclass
 from typing import Dict
 
-from .spec_types import HeadSpec, MLPSpec, ModelSpec
+from .spec_types import HeadSpec, MLPSpec, ModelSpec, PerHeadSpec
 
 # BERT's module names (encoder.layer, attention.self.query, intermediate.dense, ...) under other model types
 BERT_LAYOUT_TYPES = ("ernie", "roformer", "layoutlm", "markuplm", "rembert", "roc_bert", "xmod", "big_bird", "esm",
@@ -49,6 +49,10 @@ ALBERT_GROUPS = ("its num_hidden_groups > 1 layer groups are separate block list
                  "would also size the unpruned groups")
 ESMC_QK_NORM = ("its q/k LayerNorms normalise over all heads' width together, so removing a head would change every "
                 "kept head's output (the compacted model would not equal the masked one)")
+LONGFORMER_HEADS = ("its attention projects every head twice, through the local query / key / value and through "
+                    "query_global / key_global / value_global (for the tokens given global attention), all viewed "
+                    "by num_heads x head_dim: a head's rows are in six projections, and the head spec names three "
+                    "(query, key, value); its MLP (BERT's) prunes")
 
 BERT_HEADS = HeadSpec(query="attention.self.query", key="attention.self.key", value="attention.self.value",
                       output="attention.output.dense", heads_key="num_attention_heads", attention="attention.self",
@@ -122,6 +126,18 @@ def encoder_specs(bert_style: dict) -> Dict[str, ModelSpec]:
             unsupported=(("mlp", "num_hidden_groups!=1", ALBERT_GROUPS),
                          ("heads", "num_hidden_groups!=1", ALBERT_GROUPS))),
         "mobilebert": _mobilebert(),
+        # LUKE: BERT's blocks over the words and entities concatenated; with use_entity_aware_attention (its default)
+        # the word-to-entity, entity-to-word and entity-to-entity scores take queries of their own (w2e_query,
+        # e2w_query, e2e_query: head-sized row blocks as query's), cut to the kept heads (not adapted); a pruned
+        # head's keys and values are gated, so what its extra queries make never reaches the output
+        "luke": ModelSpec(name="luke", model_types=("luke",), **dict(bert_style, heads=replace_dataclass(
+            bert_style["heads"], per_head=tuple(
+                PerHeadSpec(f"attention.self.{q}_query", "heads", head_rows=True, flag="use_entity_aware_attention")
+                for q in ("w2e", "e2w", "e2e"))))),
+        # Longformer: BERT's block names (attention.self: sliding-window and global attention, attention.output.dense,
+        # intermediate.dense / output.dense); its heads refused
+        "longformer": ModelSpec(name="longformer", model_types=("longformer",), **bert_style,
+                                unsupported=(("heads", "", LONGFORMER_HEADS),)),
         # Llama's module names, post-LN blocks, rotary positions: NomicBERT (SwiGLU, head_dim in its config), GTE
         # (GELU-gated MLP), Jina-embeddings-v3 (fc1/fc2 MLP; transformers' port holds no task LoRA in the model)
         "nomic_bert": ModelSpec(name="nomic_bert", model_types=("nomic_bert",), layers=("layers",),
@@ -146,6 +162,14 @@ REFUSED_ENCODER_TYPES: Dict[str, str] = {
             "indexed by depth, and a spec names one block list whose blocks hold both the attention and the MLP"),
     "flaubert": ("XLM's layout: parallel lists (attentions, layer_norm1, ffns, layer_norm2) indexed by depth, not "
                  "one block list whose blocks hold both the attention and the MLP"),
+    "squeezebert": ("its projections (attention.query/key/value, post_attention, intermediate, output) are nn.Conv1d "
+                    "layers of kernel size 1 over (batch, channels, positions), grouped by default (q_groups, "
+                    "k_groups, v_groups, intermediate_groups, output_groups = 4: block-diagonal weights), not "
+                    "nn.Linear or GPT-2's Conv1D layers that masked_dora's adapters wrap"),
+    "fnet": ("it has no attention (a parameter-free Fourier transform mixes the tokens, fourier.self), and "
+             "masked_dora's specs read a head layout (the config's num_attention_heads) for every block, which "
+             "FNetConfig lacks; its MLP (intermediate.dense / output.dense, BERT's) would prune exactly with a spec "
+             "kind for blocks without attention"),
     "funnel": ("its encoder is several block lists (encoder.blocks.<i>, one per entry of block_sizes) with pooling "
                "between them, plus a decoder list, and a spec names one block list per stack; its relative attention "
                "also holds per-head parameters at several dims (r_w_bias, r_r_bias, r_kernel, r_s_bias, seg_embed)"),

@@ -122,15 +122,75 @@ CONFORMER_HEAD_SPEC = HeadSpec(query="self_attn.linear_q", key="self_attn.linear
                                                      flag="position_embeddings_type=relative")))
 
 
-def _conformer() -> ModelSpec:
-    def ffn(name: str) -> dict:
-        return dict(layers=("encoder.layers",), hidden_key="hidden_size", stack=name, heads=CONFORMER_HEAD_SPEC,
-                    mlp=MLPSpec(producers=(f"{name}.intermediate_dense",), consumer=f"{name}.output_dense",
+def _conformer(name: str = "wav2vec2-conformer", model_type: str = "wav2vec2-conformer",
+               size_key: str = "intermediate_size", when=()) -> ModelSpec:
+    def ffn(stack: str) -> dict:
+        return dict(layers=("encoder.layers",), hidden_key="hidden_size", stack=stack, heads=CONFORMER_HEAD_SPEC,
+                    mlp=MLPSpec(producers=(f"{stack}.intermediate_dense",), consumer=f"{stack}.output_dense",
+                                size_key=size_key))
+
+    return ModelSpec(name=name, model_types=(model_type,), **ffn("ffn1"), when=when,
+                     stacks=(ModelSpec(name=f"{name}-ffn2", model_types=(), attention_of="ffn1", **ffn("ffn2")),))
+
+
+# Wav2Vec2-BERT (Wav2Vec2BertModel, Wav2Vec2BertForCTC, ...): the conformer's blocks and module names over log-mel
+# frames (feature_projection), one more position type, "relative_key" (its default): a distance_embedding of
+# head_size entries per distance, the same for every head, so a kept head reads what it read. Its optional adapter
+# (add_adapter: strided convolutions and layers of their own, adapter.layers, kept whole) and the feed-forward
+# before it (use_intermediate_ffn_before_adapter) are also intermediate_size wide, and the adapter's attention has
+# num_attention_heads: with an adapter a pruned MLP saves in the per-layer form (size_key "")
+_NO_W2V_BERT_ADAPTER = (("add_adapter", False), ("use_intermediate_ffn_before_adapter", False))
+WAV2VEC2_BERT = {spec.name: spec for spec in (
+    _conformer("wav2vec2-bert", "wav2vec2-bert", when=_NO_W2V_BERT_ADAPTER),
+    _conformer("wav2vec2-bert-adapter", "wav2vec2-bert", size_key=""))}
+
+
+# Parakeet (ParakeetForCTC): a conformer over log-mel frames behind a strided
+# convolutional subsampling (kept), the sizes in config.encoder_config (the encoder's own config). Each block holds
+# two feed-forward modules (feed_forward1 / feed_forward2: linear1, SiLU, linear2, both intermediate_size wide),
+# two stacks over the same blocks as Wav2Vec2-Conformer's. Its attention adds Transformer-XL's relative terms:
+# relative_k_proj projects the position embeddings into head-sized row blocks (one per query head) and bias_u /
+# bias_v hold a (head_dim) row per head, cut to the kept heads; the forward views them by
+# ``self.config.num_attention_heads``, the encoder config every attention shares, so a compacted attention gets its
+# own copy with its kept count (a dotted attr, as Moonshine's). Its KV heads always equal its heads (the config
+# sets num_key_value_heads so). head_dim is hidden_size // heads: pruned heads save in the per-layer form
+PARAKEET_HEADS = HeadSpec(query="self_attn.q_proj", key="self_attn.k_proj", value="self_attn.v_proj",
+                          output="self_attn.o_proj", heads_key="num_attention_heads", attention="self_attn",
+                          attrs=(("config.num_attention_heads", "heads"), ("config.num_key_value_heads", "heads")),
+                          per_head=(PerHeadSpec("self_attn.relative_k_proj", "heads", head_rows=True),
+                                    PerHeadSpec("self_attn", "heads")))
+
+
+# LASR (LasrForCTC, Google's MedASR): Parakeet's block layout (feed_forward1 / feed_forward2 of linear1 / linear2,
+# weighted residuals, a convolution module, kept) with plain rotary attention (one rotation over head_dim, the same
+# for every head) and nothing per head besides q/k/v/o_proj; KV heads equal to its heads (the config sets them so)
+LASR_HEADS = HeadSpec(query="self_attn.q_proj", key="self_attn.k_proj", value="self_attn.v_proj",
+                      output="self_attn.o_proj", heads_key="num_attention_heads", attention="self_attn")
+
+# Granite Speech 5 (GraniteSpeech5ForCTC): Parakeet's block layout whose attention runs within blocks of
+# context_size frames, with a relative-position embedding of head_dim entries per distance, the same for every head;
+# it views q/k/v and the output by ``self.config.num_attention_heads`` (the shared encoder config: a copy of its own
+# per compacted attention), head_dim from the config. Some blocks (subsample_layers) subsample by 2 in their
+# convolution module (kept); the mid-network CTC layers (out, out_mid) read the hidden size, kept
+GRANITE_SPEECH5_HEADS = HeadSpec(query="self_attn.q_proj", key="self_attn.k_proj", value="self_attn.v_proj",
+                                 output="self_attn.o_proj", heads_key="num_attention_heads", head_dim_key="head_dim",
+                                 attention="self_attn", attrs=(("config.num_attention_heads", "heads"),
+                                                               ("config.num_key_value_heads", "heads")))
+
+
+def _parakeet(name: str = "parakeet", model_type: str = "parakeet_ctc", heads: HeadSpec = PARAKEET_HEADS
+              ) -> ModelSpec:
+    """A CTC conformer of Parakeet's layout: ``encoder.layers`` blocks with two feed-forward modules (two stacks),
+    the sizes in ``config.encoder_config``."""
+    def ffn(stack: str) -> dict:
+        return dict(layers=("encoder.layers",), hidden_key="hidden_size", stack=stack, heads=heads,
+                    text_config="encoder_config",
+                    mlp=MLPSpec(producers=(f"{stack}.linear1",), consumer=f"{stack}.linear2",
                                 size_key="intermediate_size"))
 
-    return ModelSpec(name="wav2vec2-conformer", model_types=("wav2vec2-conformer",), **ffn("ffn1"),
-                     stacks=(ModelSpec(name="wav2vec2-conformer-ffn2", model_types=(), attention_of="ffn1",
-                                       **ffn("ffn2")),))
+    return ModelSpec(name=name, model_types=(model_type,), **ffn("feed_forward1"),
+                     stacks=(ModelSpec(name=f"{name}-ffn2", model_types=(), attention_of="feed_forward1",
+                                       **ffn("feed_forward2")),))
 
 
 # the two-tower models (CLIPModel, SiglipModel, Siglip2Model): two stacks, the text tower's blocks then the vision
@@ -332,8 +392,16 @@ VISION_SPEECH_SPECS: Dict[str, ModelSpec] = {
     # upsamples after)
     "wav2vec2": ModelSpec(name="wav2vec2", model_types=("wav2vec2", "hubert", "data2vec-audio", "sew", "unispeech",
                                                         "unispeech-sat"), **WAV2VEC2),
+    # OmniASR CTC (OmniASRForCTC): Wav2Vec2's blocks (pre-LN) in the audio tower (model.audio_tower.layers) behind
+    # its convolutional subsampling and positional convolution (kept), the sizes in config.audio_config
+    "omniasr_ctc": ModelSpec(name="omniasr_ctc", model_types=("omniasr_ctc",),
+                             **dict(WAV2VEC2, layers=("audio_tower.layers",), text_config="audio_config")),
     "wavlm": ModelSpec(name="wavlm", model_types=("wavlm",), **WAV2VEC2, unsupported=WAVLM_HEADS),
     "wav2vec2-conformer": _conformer(),
+    "parakeet": _parakeet(),
+    "lasr": _parakeet("lasr", "lasr_ctc", LASR_HEADS),
+    "granite_speech5_ctc": _parakeet("granite_speech5_ctc", "granite_speech5_ctc", GRANITE_SPEECH5_HEADS),
+    **WAV2VEC2_BERT,  # wav2vec2-bert, wav2vec2-bert-adapter (with an adapter: the MLP's width per layer)
     "moonshine": MOONSHINE,
     "moonshine_streaming": MOONSHINE_STREAMING,
     **DINOV2,  # dinov2-q_proj, dinov2-q_proj-swiglu, dinov2-query, dinov2-query-swiglu
@@ -364,6 +432,15 @@ VISION_REFUSED_MODEL_TYPES: Dict[str, str] = {
     "hiera": _stages("num_heads and depths; embed_dim times embed_dim_multiplier at each stage",
                      "; and its attention projects q/k/v with one fused qkv and pools its queries (query_stride) "
                      "where a stage begins"),
+    "convnext": ("a hierarchical encoder with no attention: each block is a 7 x 7 depthwise convolution, a LayerNorm "
+                 "and an MLP of pointwise nn.Linear layers (pwconv1 / pwconv2, 4 x the stage's width); the MLP "
+                 "channels would prune exactly (the layer scale is over the stage's width, which they keep), but "
+                 "masked_dora's specs read a head count for every block and every stage "
+                 "(StagesSpec.per_stage_keys), which ConvNextConfig lacks"),
+    "convnextv2": ("ConvNeXt's blocks (no attention, which masked_dora's specs need a head count for) with a Global "
+                   "Response Norm between pwconv1 and pwconv2 that divides each channel by the mean of every "
+                   "channel's spatial norm (and adds a bias per channel): fewer channels change that mean, so even its "
+                   "MLP would not prune exactly"),
     "levit": _stages("hidden_sizes, num_attention_heads, key_dim, mlp_ratio",
                      "; and its attention's keys are key_dim wide and its values attention_ratio x key_dim, with "
                      "learned biases per head, and each of its linear layers is followed by a BatchNorm"),
