@@ -2,7 +2,8 @@
 causal LMs: MiniMax-M3's (``MiniMaxM3VLForCausalLM``): 2 layers, hidden 32, 4 heads of 8 with 2 KV heads, vocab 97;
 block 0 a "minimax_m3_sparse" layer (its indexer keeps 1 scored block of 4 keys and the local one) with a fused
 dense MLP of width 64, block 1 full attention with 4 experts of width 64 (2 per token) beside a shared expert of
-width 32 (kept whole), gpt-oss's clamped SwiGLU (limit 0.5 binds). Its config says every width: plain saves."""
+width 32 (kept whole), gpt-oss's clamped SwiGLU (limit 0.5 binds). Block 0 keeps its heads whole (its indexer's
+choice is per KV group), block 1 prunes them: pruned heads save per layer, the MLP alone plainly."""
 
 from tiny_family_table import TinyFamily
 

@@ -84,13 +84,14 @@ def deepseek_ocr2(t):
 
 def minimax_m3_vl(t):
     """MiniMax-M3-VL around its minimax_m3_vl_text (Llama's attention with q/k norms over head_dim, partial rotary;
-    block 0 a "minimax_m3_sparse" layer whose indexer keeps 1 scored block of 4 keys and the local one, with a
-    fused dense MLP of width 64; block 1 full attention and 4 experts of width 64, 2 per token, beside a shared
+    full attention in both blocks: a "minimax_m3_sparse" layer keeps its heads whole, which
+    tests/test_models_vlm_text_models.py checks on the language model alone; block 0 a fused dense MLP of width
+    64; block 1 4 experts of width 64, 2 per token, beside a shared
     expert of width 32, all with gpt-oss's clamped SwiGLU, limit 0.5 binding): Qwen2-VL-like 4x4 patches of 14 px
     merged 2x2 into 4 image tokens (tiny_vlm_configs.qwen_patches(14))."""
     text = dict(TEXT, head_dim=8, intermediate_size=64, dense_intermediate_size=64, shared_intermediate_size=32,
                 num_local_experts=4, num_experts_per_tok=2, rotary_dim=4, swiglu_limit=0.5,
-                mlp_layer_types=["dense", "sparse"], layer_types=["minimax_m3_sparse", "full_attention"],
+                mlp_layer_types=["dense", "sparse"], layer_types=["full_attention", "full_attention"],
                 index_n_heads=2, index_head_dim=8, index_block_size=4, index_topk_blocks=1, index_local_blocks=1)
     return t.MiniMaxM3VLConfig(text_config=text, vision_config=dict(VISION, patch_size=14, spatial_merge_size=2),
                                projector_hidden_size=64, image_token_index=IMAGE_ID, video_token_index=101)

@@ -20,6 +20,10 @@ _KDA_AND_MLA_HEADS = ("its blocks are Kimi delta attention (layer_types 'linear_
                       "multi-head latent attention (MLA: every head's keys and values from one shared latent, "
                       "kv_b_proj) under a sparse-attention indexer, which a head group of one head_dim per head does "
                       "not describe")
+_MINIMAX_M3_INDEXER_HEADS = (
+    "its indexer (a 'minimax_m3_sparse' layer) picks key blocks per KV group (index_n_heads) and its mask hands "
+    "them to the query heads by config.num_attention_heads // index_n_heads: a kept KV group would get another "
+    "group's blocks, and per-layer head counts a mask of the config's")
 _STEP3P5_HEADS = ("its sliding-window layers have their own query head count (num_sliding_attention_heads, a "
                   "per-layer config) and its output gate g_proj is one row per head or per query channel by its "
                   "gating mode, which the config's one head count does not describe")
@@ -134,7 +138,8 @@ def vlm_like_specs_2026(specs: Mapping[str, ModelSpec]) -> Dict[str, ModelSpec]:
                                              heads=replace_dataclass(glm4_moe.heads, head_dim_key=None)),
         # MiniMax-M3's language model (minimax_m3_vl_text; MiniMaxM3VLForCausalLM alone too): Llama's attention
         # (q/k RMSNorms over head_dim, one weight for all heads; partial rotary; in its "minimax_m3_sparse" layers
-        # an indexer with heads of its own picks the key blocks every head attends to) and, in the blocks
+        # an indexer with heads of its own picks the key blocks each KV group attends to: those layers keep their
+        # heads whole, block_refusals) and, in the blocks
         # mlp_layer_types says "sparse", packed experts (E, 2I, H), [gate | up], combined by gpt-oss's clamped
         # SwiGLU (its alpha swiglu_alpha: a pruned channel's (0, 0) gives 0), width intermediate_size, beside
         # shared experts of width shared_intermediate_size (kept whole); the "dense" blocks a fused gate_up_proj
@@ -146,4 +151,5 @@ def vlm_like_specs_2026(specs: Mapping[str, ModelSpec]) -> Dict[str, ModelSpec]:
                         segments=(2,), experts="mlp.experts", size_attrs=(("mlp.experts", "intermediate_dim"),),
                         experts_layout=ExpertsLayout(glu="clamped_swiglu", alpha_attr="swiglu_alpha")),
             dense_mlp=MLPSpec(producers=("mlp.gate_up_proj",), consumer="mlp.down_proj",
-                              size_key="dense_intermediate_size", segments=(2,))))
+                              size_key="dense_intermediate_size", segments=(2,)),
+            block_refusals=(("heads", "self_attn.indexer", _MINIMAX_M3_INDEXER_HEADS),)))
