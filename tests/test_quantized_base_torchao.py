@@ -16,8 +16,8 @@ from masked_dora.nn.base_weight import dequantize_weight
 from masked_dora.nn.quantized_base import QuantizedBaseDoRALinear
 
 from test_quantized_base_training import (_output_and_grads, _rel, _train_harden_compact,
-                                          resumed_run_matches_the_uninterrupted_one)
-from tiny_models import tiny_config, tiny_inputs
+                                          assert_a_plain_compacted_model, resumed_run_matches_the_uninterrupted_one)
+from tiny_models import tiny_config
 
 torchao = pytest.importorskip("torchao")
 
@@ -92,8 +92,6 @@ def test_a_torchao_model_trains_and_compacts_into_a_plain_model(tmp_path, name, 
     from_pretrained. With activations quantized too (``Int8DynamicActivationInt8WeightConfig``) the compacted model
     computes on the dequantized weights in full precision: it differs from the masked model by the activations'
     int8 rounding, no more."""
-    import transformers
-
     model = _torchao_tiny_llama(tmp_path, name, dtype)
     layers = model.model.layers
     assert type(layers[0].mlp.up_proj.weight).__module__.startswith("torchao")
@@ -105,17 +103,8 @@ def test_a_torchao_model_trains_and_compacts_into_a_plain_model(tmp_path, name, 
     small = _train_harden_compact(model, tmp_path, **more)
     assert not more or (tmp_path / "run" / "checkpoint-4").is_dir()
     assert any(not torch.equal(b, m.lora_B) for b, m in zip(before, wrapped))
-    assert not hasattr(small.config, "quantization_config")
-    assert all(type(p) is nn.Parameter and p.dtype == dtype for p in small.parameters())
-    assert small.model.layers[0].mlp.up_proj.out_features < layers[0].mlp.up_proj.out_features
     tol = {torch.float32: 1e-4, torch.bfloat16: 2e-2}[dtype] if name != DYNAMIC else 2e-2  # (measured: 5e-3)
-    inputs = tiny_inputs()
-    with torch.no_grad():
-        want = model(**inputs).logits.float()
-        assert _rel(small(**inputs).logits.float(), want) < tol
-        small.save_pretrained(str(tmp_path / "small"))
-        again = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "small"), dtype=dtype)
-        assert _rel(again(**inputs).logits.float(), want) < tol
+    assert_a_plain_compacted_model(small, model, tmp_path, dtype, tol)
 
 
 def test_a_torchao_run_resumes_from_its_checkpoint_bit_exactly(tmp_path):

@@ -193,8 +193,6 @@ def test_a_bitsandbytes_4bit_model_trains_and_compacts_into_a_plain_model(tmp_pa
     """QLoRA-style: a tiny Llama loaded with BitsAndBytesConfig(load_in_4bit=True) on CPU (float32, or bfloat16 as
     QLoRA runs), prepared, trained by the HF Trainer, hardened and compacted: a plain model (no quantization_config)
     with the masked model's logits, which reloads with plain from_pretrained."""
-    import transformers
-
     model = _bnb_4bit_tiny_llama(tmp_path, dtype=dtype)
     tol = 1e-4 if dtype == torch.float32 else 2e-2  # (bfloat16: the masked model's GEMMs round, the merge does not)
     # bfloat16 as QLoRA runs it: with activation checkpointing and the Trainer's checkpoints saved
@@ -203,8 +201,17 @@ def test_a_bitsandbytes_4bit_model_trains_and_compacts_into_a_plain_model(tmp_pa
     assert any(isinstance(m, QuantizedBaseDoRALinear) for m in model.modules())
     small = _train_harden_compact(model, tmp_path, **more)
     assert not more or (tmp_path / "run" / "checkpoint-4").is_dir()
+    assert_a_plain_compacted_model(small, model, tmp_path, dtype, tol)
+
+
+def assert_a_plain_compacted_model(small, model, tmp_path, dtype, tol) -> None:
+    """``small`` (compacted from the quantized masked ``model``) is a plain model of ``dtype`` (no
+    quantization_config, plain nn.Parameter weights, a narrower MLP) with ``model``'s logits to ``tol``, and so is
+    its save reloaded with plain ``from_pretrained``."""
+    import transformers
+
     assert not hasattr(small.config, "quantization_config")
-    assert all(p.dtype == dtype for p in small.parameters())
+    assert all(type(p) is nn.Parameter and p.dtype == dtype for p in small.parameters())
     assert small.model.layers[0].mlp.up_proj.out_features < model.model.layers[0].mlp.up_proj.out_features
     inputs = tiny_inputs()
     with torch.no_grad():
