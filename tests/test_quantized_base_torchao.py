@@ -11,11 +11,10 @@ import torch
 from torch import nn
 
 from masked_dora.models import MaskedDoRAConfig, prepare_model
-from masked_dora.nn import MaskedDoRALinear
 from masked_dora.nn.base_weight import dequantize_weight
 from masked_dora.nn.quantized_base import QuantizedBaseDoRALinear
 
-from test_quantized_base_training import (_output_and_grads, _rel, _train_harden_compact,
+from test_quantized_base_training import (_train_harden_compact, assert_a_masked_layer_over_it_equals_the_plain_one,
                                           assert_a_plain_compacted_model, resumed_run_matches_the_uninterrupted_one)
 from tiny_models import tiny_config
 
@@ -52,18 +51,7 @@ def test_a_torchao_layer_equals_the_plain_layer_on_its_dequantized_weight(name):
     assert type(q.weight).__module__.startswith("torchao")
     w = dequantize_weight(q)
     assert w is not None and w.shape == (32, 64)
-    plain = nn.Linear(64, 32)
-    with torch.no_grad():
-        plain.weight.copy_(w.float())
-        plain.bias.copy_(q.bias)
-    layer, ref = QuantizedBaseDoRALinear.from_quantized(q, rank=4), MaskedDoRALinear.from_linear(plain, rank=4)
-    with torch.no_grad():
-        ref.lora_A.copy_(layer.lora_A)
-        layer.lora_B.normal_()
-        ref.lora_B.copy_(layer.lora_B)
-    x = torch.randn(2, 7, 64)
-    for got, want in zip(_output_and_grads(layer, x), _output_and_grads(ref, x)):
-        assert _rel(got, want) < 1e-5
+    assert_a_masked_layer_over_it_equals_the_plain_one(q, w.float())
     assert q.weight.grad is None
 
 

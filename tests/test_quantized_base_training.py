@@ -172,7 +172,13 @@ def test_a_bitsandbytes_layer_equals_the_plain_layer_on_its_dequantized_weight(k
     """The real QLoRA bases (bitsandbytes' Linear4bit, NF4, and Linear8bitLt, on CPU), where bitsandbytes is
     installed (a test-only package; CI without it skips this)."""
     pytest.importorskip("bitsandbytes")
-    q, w = _bnb_linear(kind, tmp_path)
+    assert_a_masked_layer_over_it_equals_the_plain_one(*_bnb_linear(kind, tmp_path))
+
+
+def assert_a_masked_layer_over_it_equals_the_plain_one(q, w) -> None:
+    """The masked layer over the quantized layer ``q`` (``QuantizedBaseDoRALinear``) against the plain masked layer
+    on its dequantized weight ``w`` (float32): output and every gradient (x, A, B, magnitude, mask logits), with
+    the same adapters (B random, not zero)."""
     plain = nn.Linear(q.in_features, q.out_features, bias=q.bias is not None)
     with torch.no_grad():
         plain.weight.copy_(w)

@@ -17,6 +17,7 @@ from dataclasses import replace as replace_dataclass
 from typing import Callable
 
 from .spec_types import ModelSpec
+from .wrapper_spec import inner_spec
 
 PAIR_HIDDEN = ("the encoder's and the decoder's residual streams are two (the decoder's cross-attention reads the "
                "encoder's output, or its projection enc_to_dec_proj), which hidden pruning does not cut together")
@@ -39,15 +40,8 @@ def pair_spec_for(config, model_type: str, pair: PairSpec, spec_of: Callable) ->
 
     halves = []
     for role in (pair.encoder, pair.decoder):
-        sub = getattr(config, role, None)
-        if getattr(sub, "model_type", None) is None:
-            raise ValueError(f"model: a {model_type!r} model prunes its {role} as its own model type, whose config "
-                             f"config.{role} is missing (got {type(sub).__name__})")
-        try:
-            inner = spec_of(sub)
-        except ValueError as exc:
-            raise ValueError(f"model: this {model_type!r} model's {role} (config.{role}, model_type "
-                             f"{sub.model_type!r}) has no spec: {exc}") from exc
+        inner = inner_spec(config, role, model_type, role, spec_of)
+        sub = getattr(config, role)
         if inner.stacks or inner.stages is not None:
             raise ValueError(f"model: this {model_type!r} model's {role} (model_type {sub.model_type!r}) has stacks "
                              f"of its own ({inner.name!r}: {[s.stack for s in inner.stacks] or 'stages'}), which "

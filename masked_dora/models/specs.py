@@ -18,7 +18,7 @@ from .pair_spec import pair_spec_for
 from .stage_spec import StagesSpec, expand_stages, stage_count
 from .spec_types import (BLOCK_KINDS, GROUP_KINDS, HEAD_COUNTS, QKV_LAYOUTS, ExpertsLayout, HeadSpec, MLPSpec,
                          ModelSpec, PerHeadSpec)
-from .wrapper_spec import WrapperSpec, wrap_spec
+from .wrapper_spec import WrapperSpec, inner_spec, wrap_spec
 
 __all__ = ["BLOCK_KINDS", "GROUP_KINDS", "HEAD_COUNTS", "QKV_LAYOUTS", "ExpertsLayout", "HeadSpec", "MLPSpec",
            "ModelSpec", "PAIRS", "PerHeadSpec", "RENAMED_SPECS", "SPECS", "StagesSpec", "WRAPPERS", "WrapperSpec",
@@ -112,15 +112,7 @@ def _with_stages(spec: ModelSpec, config) -> ModelSpec:
 
 def _wrapped_spec_for(config, model_type: str, wrapper: WrapperSpec) -> ModelSpec:
     """The spec of a VLM: its language model's (by the text config's ``model_type``), wrapped."""
-    text = getattr(config, wrapper.text_config, None)
-    if getattr(text, "model_type", None) is None:
-        raise ValueError(f"model: a {model_type!r} model prunes its language model, whose config "
-                         f"config.{wrapper.text_config} is missing (got {type(text).__name__})")
-    try:
-        inner = spec_for(text)
-    except ValueError as exc:
-        raise ValueError(f"model: this {model_type!r} model's language model (config.{wrapper.text_config}, "
-                         f"model_type {text.model_type!r}) has no spec: {exc}") from exc
+    inner = inner_spec(config, wrapper.text_config, model_type, "language model", spec_for)
     return _cached_wrap(model_type, wrapper, inner)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from dataclasses import replace as replace_dataclass
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 from .spec_types import MLPSpec, ModelSpec
 
@@ -75,3 +75,18 @@ def wrap_spec(model_type: str, wrapper: WrapperSpec, inner: ModelSpec) -> ModelS
             hidden=None, hidden_per_block=None, unsupported=(("hidden", "", hidden_refusal),) + tuple(spec.unsupported),
             stacks=tuple(wrap(s, s.name, s.model_types) for s in spec.stacks))
     return wrap(inner, f"{model_type}+{inner.name}", (model_type,))
+
+
+def inner_spec(config, attr: str, model_type: str, part: str, spec_of: Callable) -> ModelSpec:
+    """The spec of the inner model a ``model_type`` model holds and whose config is ``config.<attr>`` (a VLM's
+    language model, one half of an encoder-decoder of two models: ``part`` names it in the errors): ``spec_of``
+    (the spec lookup) of that config; a clear error where the config is missing or its model type has no spec."""
+    sub = getattr(config, attr, None)
+    if getattr(sub, "model_type", None) is None:
+        raise ValueError(f"model: a {model_type!r} model prunes its {part}, whose config config.{attr} is missing "
+                         f"(got {type(sub).__name__})")
+    try:
+        return spec_of(sub)
+    except ValueError as exc:
+        raise ValueError(f"model: this {model_type!r} model's {part} (config.{attr}, model_type "
+                         f"{sub.model_type!r}) has no spec: {exc}") from exc
