@@ -197,9 +197,9 @@ RESUME_MODES = {"single": 1, "ddp": 2, "fsdp2": 2, "zero3": 2}
 
 # the Trainer modes CI runs on .venv on its second core once the CUDA stack check is done, beside the end of `make
 # test` (tests/conftest.py): DeepSpeed, which only .venv has, and, to balance the two cores (measured on a clean
-# clone: the second core was done 240 s before `make test`), FSDP2 and the `accelerate launch` modes, which the CUDA
-# stack's own run of this file covers there as well
-SECOND_CORE_MODES = ("zero3", "fsdp2", "accelerate-ddp", "accelerate-fsdp2")
+# clone: the second core was done 240 s before `make test`), FSDP2 and the `accelerate launch` modes, and (done 180 s
+# before it on a clean clone of 3a1c09e) DDP, which the CUDA stack's own run of this file covers there as well
+SECOND_CORE_MODES = ("zero3", "fsdp2", "ddp", "accelerate-ddp", "accelerate-fsdp2")
 
 
 def _on_second_core(*mode_and_args):
